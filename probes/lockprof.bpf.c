@@ -1,0 +1,480 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * lockprof kernel side: wait and hold times of mmap_lock and of every lock
+ * class that lock:contention_begin/end report.
+ *
+ * Loaded by profiler/bpf.py with BCC. Valid C as it stands: build-time
+ * parameters come in as -D defines (defaults below), runtime switches live in
+ * the one-entry lp_config map. The functions are attached individually by
+ * Python from its probe table (profiler/probes.py), so none is auto-attached.
+ *
+ * Hot-path design (measured in docs/performance.md):
+ *   - raw tracepoints: no trace-event record is built (the mmap_lock events'
+ *     memcg id lookup is skipped), arguments come from TP_PROTO;
+ *   - per-task state in task-local storage, not a tid-keyed hash;
+ *   - aggregates in a per-CPU hash, so counters need no atomic instructions.
+ */
+#include <uapi/linux/ptrace.h>
+#include <linux/sched.h>
+#include "lockprof.h"
+
+/* Struct offsets come from BTF at run time (profiler/btf.py): the kernel
+ * headers BCC compiles against may be a fallback with wrong layouts. */
+#ifndef LP_TASK_MM_OFFSET
+#error "LP_TASK_MM_OFFSET (offsetof(struct task_struct, mm)) must come from BTF"
+#endif
+#ifndef LP_MMAP_LOCK_OFFSET
+#error "LP_MMAP_LOCK_OFFSET (offsetof(struct mm_struct, mmap_lock)) must come from BTF"
+#endif
+
+#if (LP_MAX_NEST & (LP_MAX_NEST - 1)) != 0
+#error "LP_MAX_NEST must be a power of two"
+#endif
+
+BPF_ARRAY(lp_config, struct lp_config, 1);
+BPF_PERCPU_ARRAY(lp_errors, u64, LP_NR_ERRORS);
+/* Never written: a source of zeroes too large for the 512-byte BPF stack. */
+BPF_PERCPU_ARRAY(lp_zero_stats, struct lp_stats, 1);
+
+BPF_F_TABLE("percpu_hash", struct lp_key, struct lp_stats, lp_stats, LP_MAX_LOCKS, 0);
+BPF_HASH(lp_tasks, struct lp_task_key, struct lp_task_stats, LP_MAX_TASKS);
+BPF_HASH(lp_callers, struct lp_caller_key, struct lp_caller_stats, LP_MAX_CALLERS);
+BPF_HASH(lp_owners, u64, struct lp_owner, LP_MAX_OWNERS);
+BPF_STACK_TRACE(lp_stacks, LP_MAX_STACKS);
+BPF_TASK_STORAGE(lp_task_store, struct lp_task);
+BPF_RINGBUF_OUTPUT(lp_events, LP_RINGBUF_PAGES);
+
+static __always_inline void lp_error(u32 which)
+{
+	u64 *count = lp_errors.lookup(&which);
+
+	if (count)
+		(*count)++; /* per-CPU slot: no other CPU writes it */
+}
+
+static __always_inline struct lp_config *lp_cfg(void)
+{
+	int zero = 0;
+
+	return lp_config.lookup(&zero);
+}
+
+/* Is this event ours? The target's own tasks, or anyone on its mmap_lock. */
+static __always_inline int lp_wanted(struct lp_config *cfg, u32 tgid, u64 lock)
+{
+	return cfg->target_tgid == 0 || cfg->target_tgid == tgid || cfg->target_lock == lock;
+}
+
+static __always_inline struct lp_task *lp_task_get(int create)
+{
+	struct lp_task *ts;
+
+	ts = lp_task_store.task_storage_get(bpf_get_current_task_btf(), 0,
+					    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	if (!ts && create)
+		lp_error(LP_ERR_TASK_STORAGE);
+	return ts;
+}
+
+/* slot 0: 0 ns; slot s >= 1: [2^(s-1), 2^s) ns; the last slot takes the rest. */
+static __always_inline u32 lp_slot(u64 ns)
+{
+	u32 slot = 0;
+
+	if (ns == 0)
+		return 0;
+	if (ns >> 32) { ns >>= 32; slot += 32; }
+	if (ns >> 16) { ns >>= 16; slot += 16; }
+	if (ns >> 8)  { ns >>= 8;  slot += 8; }
+	if (ns >> 4)  { ns >>= 4;  slot += 4; }
+	if (ns >> 2)  { ns >>= 2;  slot += 2; }
+	if (ns >> 1)  { slot += 1; }
+	slot += 1;
+	return slot < LP_HIST_SLOTS ? slot : LP_HIST_SLOTS - 1;
+}
+
+/*
+ * Plain adds on a per-CPU value. Each program is kept from re-entering on one
+ * CPU by the kernel (prog->active), so a given field is written by one program
+ * run at a time per CPU. The hold histogram is written by both the release and
+ * the downgrade program; a preempted update there could lose one sample on a
+ * fully preemptible kernel. The max is racy in the same, rare, way.
+ */
+static __always_inline void lp_hist_add(struct lp_hist *h, u64 ns)
+{
+	u32 slot = lp_slot(ns);
+
+	h->count++;
+	h->total_ns += ns;
+	if (ns > h->max_ns)
+		h->max_ns = ns;
+	if (slot < LP_HIST_SLOTS)
+		h->slots[slot]++;
+}
+
+static __always_inline struct lp_stats *lp_stats_get(u64 lock, u32 flags, u32 source)
+{
+	struct lp_key key = { .lock = lock, .flags = flags, .source = source };
+	struct lp_stats *stats;
+	int zero = 0;
+
+	stats = lp_stats.lookup(&key);
+	if (stats)
+		return stats;
+	struct lp_stats *blank = lp_zero_stats.lookup(&zero);
+	if (!blank)
+		return 0;
+	/* NOEXIST: a concurrent creator on another CPU must not be zeroed. */
+	lp_stats.insert(&key, blank);
+	stats = lp_stats.lookup(&key);
+	if (!stats)
+		lp_error(LP_ERR_STATS_MAP_FULL);
+	return stats;
+}
+
+/* Per-task split. Only the current task writes its own key, so plain adds. */
+static __always_inline void lp_task_account(u64 lock, u32 flags, u32 source, u64 pid_tgid,
+					    u64 wait_ns, u64 hold_ns, int is_hold)
+{
+	struct lp_task_key key = {
+		.lock = lock, .tid = (u32)pid_tgid, .tgid = pid_tgid >> 32,
+		.flags = flags, .source = source,
+	};
+	struct lp_task_stats *ts = lp_tasks.lookup(&key);
+
+	if (!ts) {
+		struct lp_task_stats blank = {};
+
+		bpf_get_current_comm(&blank.comm, sizeof(blank.comm));
+		lp_tasks.insert(&key, &blank);
+		ts = lp_tasks.lookup(&key);
+		if (!ts) {
+			lp_error(LP_ERR_TASK_MAP_FULL);
+			return;
+		}
+	}
+	if (is_hold) {
+		ts->holds++;
+		ts->hold_ns += hold_ns;
+	} else {
+		ts->waits++;
+		ts->wait_ns += wait_ns;
+	}
+}
+
+static __always_inline void lp_emit(struct lp_config *cfg, u64 now, u64 duration, u64 lock,
+				    u32 flags, u32 source, u32 kind, s32 stack_id, u64 pid_tgid)
+{
+	struct lp_event *ev;
+
+	if (duration < cfg->threshold_ns)
+		return;
+	ev = lp_events.ringbuf_reserve(sizeof(struct lp_event));
+	if (!ev) {
+		lp_error(LP_ERR_RINGBUF_FULL);
+		return;
+	}
+	ev->ts_ns = now;
+	ev->duration_ns = duration;
+	ev->lock = lock;
+	ev->tgid = pid_tgid >> 32;
+	ev->tid = (u32)pid_tgid;
+	ev->cpu = bpf_get_smp_processor_id();
+	ev->stack_id = stack_id;
+	ev->flags = flags;
+	ev->source = source;
+	ev->kind = kind;
+	bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+	lp_events.ringbuf_submit(ev, 0);
+}
+
+/*
+ * Learn which process owns an mm, the first time a task is seen on its own
+ * mm: the lock then gets a name (mmap_lock of pid N), and a --pid target's
+ * mmap_lock address becomes known so that other tasks taking it are counted.
+ */
+static __always_inline void lp_learn_owner(struct lp_config *cfg, struct lp_task *ts, u64 mm,
+					   u64 pid_tgid)
+{
+	u64 task = bpf_get_current_task();
+	u64 current_mm = 0;
+	u32 tgid = pid_tgid >> 32;
+
+	if (ts->own_mm == mm)
+		return;
+	bpf_probe_read_kernel(&current_mm, sizeof(current_mm), (void *)(task + LP_TASK_MM_OFFSET));
+	if (current_mm != mm)
+		return; /* a foreign mm: khugepaged, /proc/N/maps readers, ptrace */
+	ts->own_mm = mm;
+
+	struct lp_owner owner = { .tgid = tgid };
+	u64 lock = mm + LP_MMAP_LOCK_OFFSET;
+
+	bpf_get_current_comm(&owner.comm, sizeof(owner.comm));
+	if (lp_owners.update(&lock, &owner))
+		lp_error(LP_ERR_OWNER_MAP_FULL);
+	if (cfg->target_tgid == tgid)
+		cfg->target_lock = lock; /* one aligned 8-byte store */
+}
+
+/* ---- mmap_lock: TP_PROTO(struct mm_struct *mm, bool write[, bool success]) ---- */
+
+int lp_mmap_start(struct bpf_raw_tracepoint_args *ctx)
+{
+	u64 mm = ctx->args[0];
+	u64 lock = mm + LP_MMAP_LOCK_OFFSET;
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lp_config *cfg = lp_cfg();
+	struct lp_task *ts;
+
+	if (!cfg || !lp_wanted(cfg, pid_tgid >> 32, lock))
+		return 0;
+	ts = lp_task_get(1);
+	if (!ts)
+		return 0;
+	lp_learn_owner(cfg, ts, mm, pid_tgid);
+	ts->wait_lock = lock;
+	ts->wait_flags = (u8)ctx->args[1] ? LP_LCB_WRITE : LP_LCB_READ;
+	ts->wait_contended = 0;
+	ts->wait_start_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+static __always_inline int lp_held_push(struct lp_task *ts, u64 lock, u32 flags, u64 now)
+{
+#pragma unroll
+	for (int i = 0; i < LP_MAX_HELD; i++) {
+		if (ts->held[i].lock == 0) {
+			ts->held[i].lock = lock;
+			ts->held[i].flags = flags;
+			ts->held[i].since_ns = now;
+			return 0;
+		}
+	}
+	lp_error(LP_ERR_HELD_OVERFLOW);
+	return -1;
+}
+
+/* Index of the held slot for (lock, flags), or -1. */
+static __always_inline int lp_held_find(struct lp_task *ts, u64 lock, u32 flags)
+{
+#pragma unroll
+	for (int i = 0; i < LP_MAX_HELD; i++) {
+		if (ts->held[i].lock == lock && ts->held[i].flags == flags)
+			return i;
+	}
+	return -1;
+}
+
+/* A read acquisition with no start_locking: mmap_write_downgrade(). */
+static __always_inline void lp_mmap_downgrade(struct lp_config *cfg, struct lp_task *ts, u64 lock,
+					      u64 now, u64 pid_tgid)
+{
+	int i = lp_held_find(ts, lock, LP_LCB_WRITE);
+	struct lp_stats *stats;
+	u64 held_ns;
+
+	if (i < 0 || i >= LP_MAX_HELD) {
+		lp_error(LP_ERR_DOWNGRADE_WITHOUT_WRITE);
+		return;
+	}
+	held_ns = now - ts->held[i].since_ns;
+	ts->held[i].flags = LP_LCB_READ;
+	ts->held[i].since_ns = now;
+	stats = lp_stats_get(lock, LP_LCB_WRITE, LP_SRC_MMAP_LOCK);
+	if (stats) {
+		stats->downgrades++;
+		lp_hist_add(&stats->hold, held_ns);
+	}
+	lp_task_account(lock, LP_LCB_WRITE, LP_SRC_MMAP_LOCK, pid_tgid, 0, held_ns, 1);
+	lp_emit(cfg, now, held_ns, lock, LP_LCB_WRITE, LP_SRC_MMAP_LOCK, LP_KIND_HOLD, -1, pid_tgid);
+}
+
+int lp_mmap_acquired(struct bpf_raw_tracepoint_args *ctx)
+{
+	u64 mm = ctx->args[0];
+	u64 lock = mm + LP_MMAP_LOCK_OFFSET;
+	u32 flags = (u8)ctx->args[1] ? LP_LCB_WRITE : LP_LCB_READ;
+	u32 success = (u8)ctx->args[2];
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lp_config *cfg = lp_cfg();
+	struct lp_stats *stats;
+	struct lp_task *ts;
+	u64 now, wait_ns;
+
+	if (!cfg || !lp_wanted(cfg, pid_tgid >> 32, lock))
+		return 0;
+	ts = lp_task_get(1);
+	if (!ts)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (ts->wait_lock != lock) {
+		if (flags == LP_LCB_READ && success)
+			lp_mmap_downgrade(cfg, ts, lock, now, pid_tgid);
+		else
+			lp_error(LP_ERR_ACQUIRE_WITHOUT_START);
+		return 0;
+	}
+	wait_ns = now - ts->wait_start_ns;
+	ts->wait_lock = 0;
+	stats = lp_stats_get(lock, flags, LP_SRC_MMAP_LOCK);
+	if (!stats)
+		return 0;
+	if (!success) {
+		stats->failures++; /* trylock failed, or a killable wait was killed */
+		return 0;
+	}
+	stats->acquisitions++;
+	if (ts->wait_contended)
+		stats->contended++;
+	lp_hist_add(&stats->wait, wait_ns);
+	lp_held_push(ts, lock, flags, now);
+	lp_task_account(lock, flags, LP_SRC_MMAP_LOCK, pid_tgid, wait_ns, 0, 0);
+	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_MMAP_LOCK, LP_KIND_WAIT, -1, pid_tgid);
+	return 0;
+}
+
+int lp_mmap_released(struct bpf_raw_tracepoint_args *ctx)
+{
+	u64 lock = ctx->args[0] + LP_MMAP_LOCK_OFFSET;
+	u32 flags = (u8)ctx->args[1] ? LP_LCB_WRITE : LP_LCB_READ;
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lp_config *cfg = lp_cfg();
+	struct lp_stats *stats;
+	struct lp_task *ts;
+	u64 now, held_ns;
+	int i;
+
+	if (!cfg || !lp_wanted(cfg, pid_tgid >> 32, lock))
+		return 0;
+	ts = lp_task_get(0);
+	i = ts ? lp_held_find(ts, lock, flags) : -1;
+	if (!ts || i < 0 || i >= LP_MAX_HELD) {
+		lp_error(LP_ERR_RELEASE_WITHOUT_ACQUIRE);
+		return 0;
+	}
+	now = bpf_ktime_get_ns();
+	held_ns = now - ts->held[i].since_ns;
+	ts->held[i].lock = 0;
+	stats = lp_stats_get(lock, flags, LP_SRC_MMAP_LOCK);
+	if (stats) {
+		stats->releases++;
+		lp_hist_add(&stats->hold, held_ns);
+	}
+	lp_task_account(lock, flags, LP_SRC_MMAP_LOCK, pid_tgid, 0, held_ns, 1);
+	lp_emit(cfg, now, held_ns, lock, flags, LP_SRC_MMAP_LOCK, LP_KIND_HOLD, -1, pid_tgid);
+	return 0;
+}
+
+/* ---- lock:contention_begin(void *lock, unsigned int flags) / _end(lock, int ret) ---- */
+
+int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
+{
+	u64 lock = ctx->args[0];
+	u32 flags = (u32)ctx->args[1];
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lp_config *cfg = lp_cfg();
+	struct lp_task *ts;
+	u32 depth;
+
+	if (!cfg || !lp_wanted(cfg, pid_tgid >> 32, lock))
+		return 0;
+	ts = lp_task_get(1);
+	if (!ts)
+		return 0;
+	if (ts->wait_lock == lock)
+		ts->wait_contended = 1; /* this mmap_lock acquisition had to wait */
+	depth = ts->depth;
+	if (depth > 0 && depth <= LP_MAX_NEST && ts->nest[(depth - 1) & (LP_MAX_NEST - 1)].lock == lock) {
+		/* A mutex that stopped spinning and now sleeps begins again
+		 * without an end: one wait, keep its start, take the new flags. */
+		ts->nest[(depth - 1) & (LP_MAX_NEST - 1)].flags = flags;
+		return 0;
+	}
+	if (depth >= LP_MAX_NEST) {
+		lp_error(LP_ERR_NEST_OVERFLOW);
+		return 0;
+	}
+	struct lp_nest *slot = &ts->nest[depth & (LP_MAX_NEST - 1)];
+	slot->lock = lock;
+	slot->flags = flags;
+	slot->stack_id = lp_stacks.get_stackid(ctx, 0);
+	if (slot->stack_id < 0)
+		lp_error(LP_ERR_STACK);
+	slot->start_ns = bpf_ktime_get_ns();
+	ts->depth = depth + 1;
+	return 0;
+}
+
+static __always_inline void lp_caller_account(u64 lock, s32 stack_id, u32 flags, u64 wait_ns)
+{
+	struct lp_caller_key key = { .lock = lock, .stack_id = stack_id, .flags = flags };
+	struct lp_caller_stats *cs = lp_callers.lookup(&key);
+
+	if (!cs) {
+		struct lp_caller_stats blank = {};
+
+		lp_callers.insert(&key, &blank);
+		cs = lp_callers.lookup(&key);
+		if (!cs) {
+			lp_error(LP_ERR_CALLER_MAP_FULL);
+			return;
+		}
+	}
+	/* Shared across CPUs: atomic adds. The max is racy (a concurrent larger
+	 * value can be overwritten by a smaller one); exact maxima are in lp_stats. */
+	__sync_fetch_and_add(&cs->count, 1);
+	__sync_fetch_and_add(&cs->total_ns, wait_ns);
+	if (wait_ns > cs->max_ns)
+		cs->max_ns = wait_ns;
+}
+
+int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
+{
+	u64 lock = ctx->args[0];
+	s32 ret = (s32)ctx->args[1];
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lp_config *cfg = lp_cfg();
+	struct lp_nest found = {};
+	struct lp_stats *stats;
+	struct lp_task *ts;
+	u64 now, wait_ns;
+	u32 depth;
+	int at = -1;
+
+	if (!cfg || !lp_wanted(cfg, pid_tgid >> 32, lock))
+		return 0;
+	ts = lp_task_get(0);
+	if (!ts)
+		return 0;
+	depth = ts->depth;
+	/* Innermost match first; anything nested above it lost its end. */
+#pragma unroll
+	for (int i = LP_MAX_NEST - 1; i >= 0; i--) {
+		if (at < 0 && (u32)i < depth && ts->nest[i].lock == lock)
+			at = i;
+	}
+	if (at < 0 || at >= LP_MAX_NEST) {
+		lp_error(LP_ERR_END_WITHOUT_BEGIN);
+		return 0;
+	}
+	found = ts->nest[at];
+	ts->depth = at;
+	now = bpf_ktime_get_ns();
+	wait_ns = now - found.start_ns;
+	stats = lp_stats_get(lock, found.flags, LP_SRC_CONTENTION);
+	if (stats) {
+		stats->contended++;
+		if (ret)
+			stats->failures++; /* interrupted or killed while waiting */
+		lp_hist_add(&stats->wait, wait_ns);
+	}
+	lp_caller_account(lock, found.stack_id, found.flags, wait_ns);
+	lp_task_account(lock, found.flags, LP_SRC_CONTENTION, pid_tgid, wait_ns, 0, 0);
+	lp_emit(cfg, now, wait_ns, lock, found.flags, LP_SRC_CONTENTION, LP_KIND_WAIT,
+		found.stack_id, pid_tgid);
+	return 0;
+}
+
+/* Never used by a program: gives Python the ctypes layout of struct lp_event. */
+BPF_ARRAY(lp_event_layout, struct lp_event, 1);

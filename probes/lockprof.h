@@ -1,0 +1,205 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * lockprof.h: the one header shared by the BPF programs and Python.
+ *
+ * BPF includes it directly. Python (profiler/schema.py) parses the enums and
+ * #defines below, and BCC derives the ctypes layout of every map key/value
+ * from these struct definitions, so there is no second copy of any layout.
+ *
+ * Rules so that the Python parser stays trivial:
+ *   - constants are `#define LP_NAME <integer>` on one line, inside #ifndef
+ *     guards where they are tunable with -D at compile time;
+ *   - enums list `LP_NAME = <integer>,` one per line.
+ */
+#ifndef LOCKPROF_H
+#define LOCKPROF_H
+
+/* Histogram slots: slot 0 holds 0 ns, slot s >= 1 holds [2^(s-1), 2^s) ns.
+ * The last slot also takes everything larger (2^38 ns is about 4.6 minutes). */
+#ifndef LP_HIST_SLOTS
+#define LP_HIST_SLOTS 40
+#endif
+
+/* mmap_locks one task may hold at once (fork holds the parent's and child's). */
+#ifndef LP_MAX_HELD
+#define LP_MAX_HELD 4
+#endif
+
+/* Nested lock:contention_begin depth per task (irq spinlocks inside a wait). */
+#ifndef LP_MAX_NEST
+#define LP_MAX_NEST 4
+#endif
+
+/* Map sizes. Entries beyond these are counted as LP_ERR_*_MAP_FULL. */
+#ifndef LP_MAX_LOCKS
+#define LP_MAX_LOCKS 4096
+#endif
+#ifndef LP_MAX_TASKS
+#define LP_MAX_TASKS 8192
+#endif
+#ifndef LP_MAX_CALLERS
+#define LP_MAX_CALLERS 8192
+#endif
+#ifndef LP_MAX_STACKS
+#define LP_MAX_STACKS 4096
+#endif
+#ifndef LP_MAX_OWNERS
+#define LP_MAX_OWNERS 4096
+#endif
+/* Event stream ring buffer, in pages (must be a power of two). */
+#ifndef LP_RINGBUF_PAGES
+#define LP_RINGBUF_PAGES 256
+#endif
+
+/* lock:contention_begin flags, as the kernel defines them (LCB_F_*). */
+#define LP_LCB_SPIN 1
+#define LP_LCB_READ 2
+#define LP_LCB_WRITE 4
+#define LP_LCB_RT 8
+#define LP_LCB_PERCPU 16
+#define LP_LCB_MUTEX 32
+
+/* Which probe family produced an aggregate row. */
+enum lp_source {
+	LP_SRC_MMAP_LOCK = 0,  /* mmap_lock:* tracepoints: every acquisition */
+	LP_SRC_CONTENTION = 1, /* lock:contention_*: contended waits only */
+};
+
+/* What an event in the stream measured. */
+enum lp_kind {
+	LP_KIND_WAIT = 0,
+	LP_KIND_HOLD = 1,
+};
+
+/* Failure counters, one per-CPU array slot each. Shown to the user. */
+enum lp_error {
+	LP_ERR_RINGBUF_FULL = 0,             /* event stream: event dropped */
+	LP_ERR_STATS_MAP_FULL = 1,           /* aggregate map full: figure dropped */
+	LP_ERR_TASK_MAP_FULL = 2,            /* per-task map full */
+	LP_ERR_CALLER_MAP_FULL = 3,          /* per-caller map full */
+	LP_ERR_OWNER_MAP_FULL = 4,           /* mm owner map full: lock left unnamed */
+	LP_ERR_TASK_STORAGE = 5,             /* task storage unavailable (nested) */
+	LP_ERR_NEST_OVERFLOW = 6,            /* contention nested deeper than LP_MAX_NEST */
+	LP_ERR_END_WITHOUT_BEGIN = 7,        /* contention_end, begin before attach */
+	LP_ERR_ACQUIRE_WITHOUT_START = 8,    /* acquire_returned(write), start missed */
+	LP_ERR_RELEASE_WITHOUT_ACQUIRE = 9,  /* released, acquired before attach */
+	LP_ERR_DOWNGRADE_WITHOUT_WRITE = 10, /* downgrade, write taken before attach */
+	LP_ERR_HELD_OVERFLOW = 11,           /* more than LP_MAX_HELD mmap_locks held */
+	LP_ERR_STACK = 12,                   /* kernel stack not captured */
+	LP_NR_ERRORS = 13,
+};
+
+/* Aggregate key: one row per lock, acquisition flags and probe family. */
+struct lp_key {
+	u64 lock;   /* lock address; for mmap_lock: mm_struct + offset of mmap_lock */
+	u32 flags;  /* LP_LCB_* (mmap_lock source uses READ or WRITE only) */
+	u32 source; /* enum lp_source */
+};
+
+/* Log2 histogram of nanoseconds with exact count, sum and max. */
+struct lp_hist {
+	u64 count;
+	u64 total_ns;
+	u64 max_ns;
+	u64 slots[LP_HIST_SLOTS];
+};
+
+/* The one value per lp_key, per CPU (the map is per-CPU). */
+struct lp_stats {
+	u64 acquisitions; /* successful acquisitions (mmap_lock source only) */
+	u64 contended;    /* acquisitions that waited in lock:contention_begin */
+	u64 releases;     /* holds ended by a release */
+	u64 downgrades;   /* write holds ended by a write->read downgrade */
+	u64 failures;     /* failed trylock/killable acquisitions, failed waits */
+	struct lp_hist wait;
+	struct lp_hist hold;
+};
+
+/* Per-task split, keyed by lock and task. */
+struct lp_task_key {
+	u64 lock;
+	u32 tid;
+	u32 tgid;
+	u32 flags;
+	u32 source;
+};
+
+struct lp_task_stats {
+	u64 waits;
+	u64 wait_ns;
+	u64 holds;
+	u64 hold_ns;
+	char comm[16];
+};
+
+/* Contention by kernel stack: who waited on which lock from where. */
+struct lp_caller_key {
+	u64 lock;
+	s32 stack_id;
+	u32 flags;
+};
+
+struct lp_caller_stats {
+	u64 count;
+	u64 total_ns;
+	u64 max_ns;
+};
+
+/* Which process an mm (its mmap_lock address) belongs to. */
+struct lp_owner {
+	u32 tgid;
+	u32 pad;
+	char comm[16];
+};
+
+/* Runtime switches, written by Python into a one-entry array. */
+struct lp_config {
+	u32 target_tgid;     /* 0: whole system */
+	u32 pad;
+	u64 threshold_ns;    /* stream waits/holds at least this long */
+	u64 target_lock;     /* learned in BPF: the target's mmap_lock address */
+};
+
+/* One record of the per-event stream (waits and holds over the threshold). */
+struct lp_event {
+	u64 ts_ns;       /* bpf_ktime_get_ns() at the end of the wait/hold */
+	u64 duration_ns;
+	u64 lock;
+	u32 tgid;
+	u32 tid;
+	u32 cpu;
+	s32 stack_id;    /* kernel stack of a contended wait, else -1 */
+	u32 flags;
+	u16 source;
+	u16 kind;        /* enum lp_kind */
+	char comm[16];
+};
+
+/* Per-task state in task-local storage (no tid-keyed hash on the hot path). */
+struct lp_held {
+	u64 lock;
+	u64 since_ns;
+	u32 flags;
+	u32 pad;
+};
+
+struct lp_nest {
+	u64 lock;
+	u64 start_ns;
+	u32 flags;
+	s32 stack_id;
+};
+
+struct lp_task {
+	u64 wait_lock;     /* mmap_lock after start_locking, 0 when none */
+	u64 wait_start_ns;
+	u32 wait_flags;
+	u32 wait_contended;
+	u64 own_mm;        /* current->mm last recorded in the owner map */
+	u32 depth;         /* used entries of nest[] */
+	u32 pad;
+	struct lp_held held[LP_MAX_HELD];
+	struct lp_nest nest[LP_MAX_NEST];
+};
+
+#endif /* LOCKPROF_H */

@@ -1,0 +1,257 @@
+"""From kernel snapshots to interval tables, and from those to summary rows.
+
+Everything here is a pure function of plain data (numpy arrays, DataFrames),
+so reports and comparisons work on recordings without root.
+
+Units: every *_ns column is nanoseconds; *_slots columns are log2 histograms
+(see profiler/hist.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from profiler import hist, schema
+
+# Scalar columns of an interval row (from struct lp_stats), in order.
+COUNTER_COLUMNS = ["acquisitions", "contended", "releases", "downgrades", "failures"]
+HIST_SCALARS = ["count", "total_ns", "max_ns"]
+KEY_COLUMNS = ["lock", "flags", "source"]
+INTERVAL_COLUMNS = (
+    ["interval", "t_s", *KEY_COLUMNS, "cpu", *COUNTER_COLUMNS]
+    + [f"wait_{c}" for c in HIST_SCALARS]
+    + ["wait_slots"]
+    + [f"hold_{c}" for c in HIST_SCALARS]
+    + ["hold_slots"]
+)
+
+
+def _column_index(columns: list[str]) -> dict[str, object]:
+    """Where each interval column lives in a flattened lp_stats row."""
+    where: dict[str, object] = {}
+    for name in COUNTER_COLUMNS:
+        where[name] = columns.index(name)
+    for h in ("wait", "hold"):
+        for c in HIST_SCALARS:
+            where[f"{h}_{c}"] = columns.index(f"{h}.{c}")
+        where[f"{h}_slots"] = [i for i, c in enumerate(columns) if c.startswith(f"{h}.slots[")]
+    return where
+
+
+def interval_rows(
+    previous: dict[tuple[int, int, int], np.ndarray],
+    current: dict[tuple[int, int, int], np.ndarray],
+    columns: list[str],
+    interval: int,
+    t_s: float,
+) -> list[dict]:
+    """Per-CPU deltas between two cumulative snapshots, one dict per nonzero
+    (lock, flags, source, cpu). Counters, sums and histogram slots are exact
+    deltas; *_max_ns is the running maximum since the start (a maximum cannot be
+    differenced), per-interval extremes come from the event stream."""
+    where = _column_index(columns)
+    max_cols = [where["wait_max_ns"], where["hold_max_ns"]]
+    rows = []
+    for key, now in current.items():
+        before = previous.get(key)
+        delta = now - before if before is not None else now.copy()
+        delta[:, max_cols] = now[:, max_cols]
+        activity = delta[:, [where["wait_count"], where["hold_count"], where["failures"]]]
+        for cpu in np.nonzero(activity.sum(axis=1))[0]:
+            d = delta[cpu]
+            row: dict = {"interval": interval, "t_s": t_s, "lock": key[0], "flags": key[1],
+                         "source": key[2], "cpu": int(cpu)}
+            for name, index in where.items():
+                row[name] = d[index].tolist() if isinstance(index, list) else int(d[index])
+            rows.append(row)
+    return rows
+
+
+def empty_intervals() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object" if c.endswith("_slots") else "int64")
+                         for c in INTERVAL_COLUMNS})
+
+
+def intervals_frame(rows: list[dict]) -> pd.DataFrame:
+    if not rows:
+        return empty_intervals()
+    frame = pd.DataFrame(rows, columns=INTERVAL_COLUMNS)
+    frame["lock"] = frame["lock"].astype("uint64")
+    return frame
+
+
+# -- naming locks -------------------------------------------------------------
+
+# Frames inside the locking primitives themselves: the caller is the first
+# frame below them (as perf lock contention skips them).
+_LOCK_INTERNALS = (
+    "__mutex_lock", "mutex_lock", "__rwsem", "rwsem_", "down_read", "down_write", "up_read",
+    "up_write", "_raw_", "queued_", "native_queued", "percpu_down", "__percpu_down",
+    "percpu_rwsem", "rt_mutex", "rtlock", "__down", "down", "mmap_read_lock", "mmap_write_lock",
+    "lock_mm_and_find_vma", "__lock_", "schedule", "__schedule", "preempt_schedule",
+)
+
+
+def caller_of(frames: list[str]) -> str | None:
+    """First frame that is not a locking primitive, or None."""
+    for frame in frames:
+        function = frame.split("+", 1)[0]
+        if not function.startswith(_LOCK_INTERNALS):
+            return frame
+    return frames[-1] if frames else None
+
+
+def name_locks(
+    keys: pd.DataFrame,
+    owners: dict[int, tuple[int, str]],
+    callers: pd.DataFrame,
+    stacks: dict[int, list[str]],
+    data_symbols: dict[int, str] | None = None,
+) -> pd.DataFrame:
+    """One row per (lock, flags, source): class, mode and a human name.
+
+    An rwsem whose address is some mm's mmap_lock is named mmap_lock (with the
+    owning pid). Others: a kallsyms data symbol if one starts at the address,
+    else the top contending caller (function+offset) and the address.
+    """
+    data_symbols = data_symbols or {}
+    top_caller = _top_callers(callers, stacks)
+    rows = []
+    for lock, flags, source in keys[KEY_COLUMNS].drop_duplicates().itertuples(index=False):
+        lock_class, mode = schema.classify(int(source), int(flags))
+        owner_pid, owner_comm = owners.get(int(lock), (None, None))
+        if owner_pid is not None and lock_class == "rwsem":
+            lock_class = "mmap_lock"
+        if lock_class == "mmap_lock":
+            name = "mmap_lock"
+        elif int(lock) in data_symbols:
+            name = data_symbols[int(lock)]
+        else:
+            caller = top_caller.get(int(lock))
+            name = f"{caller} ({int(lock):#x})" if caller else f"{lock_class} {int(lock):#x}"
+        rows.append({"lock": int(lock), "flags": int(flags), "source": int(source),
+                     "lock_class": lock_class, "mode": mode, "name": name,
+                     "owner_pid": owner_pid, "owner_comm": owner_comm})
+    frame = pd.DataFrame(rows, columns=["lock", "flags", "source", "lock_class", "mode", "name",
+                                        "owner_pid", "owner_comm"])
+    frame["lock"] = frame["lock"].astype("uint64")
+    return frame
+
+
+def _top_callers(callers: pd.DataFrame, stacks: dict[int, list[str]]) -> dict[int, str]:
+    if callers.empty:
+        return {}
+    best = callers.sort_values("total_ns", ascending=False).drop_duplicates("lock")
+    named = {}
+    for lock, stack_id in best[["lock", "stack_id"]].itertuples(index=False):
+        caller = caller_of(stacks.get(int(stack_id), []))
+        if caller:
+            named[int(lock)] = caller
+    return named
+
+
+# -- summary --------------------------------------------------------------------
+
+
+def _hist_of(group: pd.DataFrame, prefix: str) -> dict | None:
+    if group.empty:
+        return None
+    slots = np.sum(np.array(group[f"{prefix}_slots"].tolist(), dtype=np.uint64), axis=0)
+    return hist.summarize(
+        int(group[f"{prefix}_count"].sum()),
+        int(group[f"{prefix}_total_ns"].sum()),
+        int(group[f"{prefix}_max_ns"].max()),
+        slots,
+    )
+
+
+def _per_cpu(mmap_rows: pd.DataFrame, contention_rows: pd.DataFrame) -> list[dict]:
+    rows = mmap_rows if not mmap_rows.empty else contention_rows
+    out = []
+    for cpu, group in rows.groupby("cpu"):
+        out.append({
+            "cpu": int(cpu),
+            "acquisitions": int(group["acquisitions"].sum()) if not mmap_rows.empty else None,
+            "contended": int(group["contended"].sum()),
+            "wait_total_ns": int(group["wait_total_ns"].sum()),
+            "hold_total_ns": int(group["hold_total_ns"].sum()) if not mmap_rows.empty else None,
+        })
+    return out
+
+
+def summary_rows(intervals: pd.DataFrame, locks: pd.DataFrame, families: list[str]) -> list[dict]:
+    """One summary dict per lock and mode (the `show --json` `locks` entries).
+
+    Rows from the mmap_lock tracepoints (every acquisition) and from
+    lock:contention_* (contended waits only) on the same lock and mode are
+    merged: acquisitions, wait and hold come from the former, the contended
+    wait distribution from the latter. Figures the attached probes cannot know
+    are None.
+    """
+    if intervals.empty:
+        return []
+    merged = intervals.merge(locks, on=KEY_COLUMNS, how="left")
+    src_mmap = schema.const("LP_SRC_MMAP_LOCK")
+    result = []
+    for (lock, mode), group in merged.groupby(["lock", "mode"], sort=False):
+        mmap_rows = group[group["source"] == src_mmap]
+        cont_rows = group[group["source"] != src_mmap]
+        first = group.iloc[0]
+        has_mmap = not mmap_rows.empty or (first["lock_class"] == "mmap_lock"
+                                           and "mmap_lock" in families)
+        row = {
+            "lock": first["name"],
+            "lock_class": first["lock_class"],
+            "mode": mode,
+            "lock_addr": f"{int(lock):#x}",
+            "owner_pid": None if pd.isna(first["owner_pid"]) else int(first["owner_pid"]),
+            "owner_comm": None if pd.isna(first["owner_comm"]) else first["owner_comm"],
+        }
+        if has_mmap:
+            row["acquisitions"] = int(mmap_rows["acquisitions"].sum())
+            row["contended"] = (int(mmap_rows["contended"].sum())
+                                if "contention" in families else None)
+            row["releases"] = int(mmap_rows["releases"].sum())
+            row["downgrades"] = int(mmap_rows["downgrades"].sum())
+            row["trylock_failures"] = int(mmap_rows["failures"].sum())
+            row["wait_ns"] = _hist_of(mmap_rows, "wait")
+            row["hold_ns"] = _hist_of(mmap_rows, "hold")
+        else:
+            row["acquisitions"] = None
+            row["contended"] = int(cont_rows["contended"].sum())
+            row["releases"] = None
+            row["downgrades"] = None
+            row["trylock_failures"] = None
+            row["wait_ns"] = _hist_of(cont_rows, "wait")
+            row["hold_ns"] = None
+        row["contended_wait_ns"] = _hist_of(cont_rows, "wait") if not cont_rows.empty else None
+        row["per_cpu"] = _per_cpu(mmap_rows, cont_rows)
+        result.append(row)
+    _add_reconciliation(result)
+    result.sort(key=lambda r: (r["wait_ns"] or {}).get("total") or 0, reverse=True)
+    return result
+
+
+def _add_reconciliation(rows: list[dict]) -> None:
+    """still_held (acquired, neither released nor downgraded by the end) and
+    the reader:writer ratio, per lock."""
+    by_lock: dict[tuple[str, str], dict[str, dict]] = {}
+    for row in rows:
+        by_lock.setdefault((row["lock_addr"], row["lock_class"]), {})[row["mode"]] = row
+    for modes in by_lock.values():
+        read, write = modes.get("read"), modes.get("write")
+        downgrades = (write or {}).get("downgrades") or 0
+        if write and write["acquisitions"] is not None:
+            write["still_held"] = write["acquisitions"] - write["releases"] - downgrades
+        if read and read["acquisitions"] is not None:
+            read["still_held"] = read["acquisitions"] + downgrades - read["releases"]
+        reads = (read or {}).get("acquisitions")
+        writes = (write or {}).get("acquisitions")
+        if reads is None or writes is None:
+            reads = (read or {}).get("contended")
+            writes = (write or {}).get("contended")
+        ratio = (reads / writes) if reads is not None and writes else None
+        for row in modes.values():
+            row.setdefault("still_held", None)
+            row["reader_writer_ratio"] = ratio

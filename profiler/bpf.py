@@ -1,0 +1,310 @@
+"""The only module that touches bcc and ctypes.
+
+It compiles probes/lockprof.bpf.c, attaches the planned probes, and hands the
+rest of lockprof plain numpy arrays, dicts and dataclasses. Struct layouts are
+never written here: BCC derives them from probes/lockprof.h.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from profiler import btf, schema
+from profiler.errors import LockprofError, MechanismUnavailable
+from profiler.probes import Plan
+
+# Cap the per-CPU aggregate map's memory: entries x value size x CPUs.
+_STATS_MAP_BUDGET_BYTES = 64 << 20
+
+
+def import_bcc():  # -> module bcc
+    try:
+        import bcc  # Debian's python3-bpfcc; PyPI's "bcc" is another project
+    except ImportError:
+        raise LockprofError(
+            "BCC's Python module is missing: install Debian's python3-bpfcc "
+            "(run `make setup`; PyPI's 'bcc' is an unrelated package)"
+        ) from None
+    if not hasattr(bcc, "BPF"):
+        raise LockprofError("the imported 'bcc' is not BCC (PyPI's bcc?): use python3-bpfcc")
+    return bcc
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect what clang/libbpf print on fd 2 (fallback-header warnings), so a
+    working compile stays quiet and a failing one can quote it."""
+    captured: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode(errors="replace"))
+
+
+def _first_error(compiler_output: str) -> str:
+    for line in compiler_output.splitlines():
+        if "error" in line.lower():
+            return line.strip()
+    lines = [line for line in compiler_output.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no compiler output"
+
+
+def possible_cpus() -> int:
+    bcc = import_bcc()
+    return len(bcc.utils.get_possible_cpus())
+
+
+def online_cpus() -> list[int]:
+    bcc = import_bcc()
+    return list(bcc.utils.get_online_cpus())
+
+
+@dataclass
+class Attached:
+    probe: str
+    mechanism: str
+    target: str
+
+
+@dataclass
+class StatsSnapshot:
+    """Cumulative per-CPU aggregates at one instant.
+
+    rows maps (lock, flags, source) to an array of shape (cpus, len(columns))
+    whose columns are the flattened fields of struct lp_stats.
+    """
+
+    ts_ns: int
+    columns: list[str]
+    rows: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
+
+
+def _flat_fields(ctype: type, prefix: str = "") -> list[str]:
+    """Flatten a ctypes struct into one name per u64 (arrays become name[i])."""
+    names: list[str] = []
+    for fname, ftype in ctype._fields_:  # type: ignore[attr-defined]
+        name = f"{prefix}{fname}"
+        if hasattr(ftype, "_fields_"):
+            names += _flat_fields(ftype, f"{name}.")
+        elif hasattr(ftype, "_length_"):
+            names += [f"{name}[{i}]" for i in range(ftype._length_)]
+        else:
+            names.append(name)
+    return names
+
+
+class BpfSession:
+    """Compiled and attached lockprof probes. Use as a context manager: leaving
+    it detaches every probe, whatever happened inside."""
+
+    def __init__(self, plans: list[Plan], target_tgid: int = 0, threshold_ns: int = 0):
+        self.plans = plans
+        self.attached: list[Attached] = []
+        self._bcc = import_bcc()
+        self._events_raw: list[bytes] = []
+        self.events_dropped_userspace = 0
+        self.max_events = 1_000_000
+        self._bpf = self._compile()
+        self._configure(target_tgid, threshold_ns)
+        self._stats_columns = _flat_fields(self._bpf["lp_stats"].sLeaf)
+        self._event_dtype = np.dtype(self._bpf["lp_event_layout"].Leaf)
+
+    # -- set-up -----------------------------------------------------------------
+
+    def _cflags(self) -> list[str]:
+        offsets = btf.probe_offsets()
+        value_bytes = 8 * (5 + 2 * (3 + schema.const("LP_HIST_SLOTS")))
+        max_locks = max(256, min(4096, _STATS_MAP_BUDGET_BYTES // (value_bytes * possible_cpus())))
+        flags = [f"-D{name}={value}" for name, value in offsets.items()]
+        flags += [f"-DLP_MAX_LOCKS={max_locks}", f"-I{schema.probes_dir()}", "-w"]
+        return flags
+
+    def _compile(self):
+        source = schema.probes_dir() / "lockprof.bpf.c"
+        with _captured_stderr() as output:
+            try:
+                bpf = self._bcc.BPF(src_file=str(source).encode(), cflags=self._cflags())
+            except Exception as exc:  # bcc raises plain Exception on compile errors
+                failure = exc
+            else:
+                failure = None
+        if failure is not None:
+            detail = _first_error(output[0]) if output else str(failure)
+            raise LockprofError(f"BPF compile/load failed: {detail}")
+        return bpf
+
+    def _configure(self, target_tgid: int, threshold_ns: int) -> None:
+        config = self._bpf["lp_config"]
+        value = config.Leaf()
+        value.target_tgid = target_tgid
+        value.threshold_ns = threshold_ns
+        value.target_lock = 0
+        config[ctypes.c_int(0)] = value
+
+    def attach(self) -> list[Attached]:
+        for chosen in self.plans:
+            self._attach_one(chosen)
+        self._bpf["lp_events"].open_ring_buffer(self._on_event)
+        return self.attached
+
+    def _attach_one(self, chosen: Plan) -> None:
+        point, fn = chosen.point, chosen.probe.fn.encode()
+        try:
+            if point.mechanism == "raw_tracepoint":
+                event = point.target.split(":", 1)[1]
+                self._bpf.attach_raw_tracepoint(tp=event.encode(), fn_name=fn)
+            elif point.mechanism == "tracepoint":
+                self._bpf.attach_tracepoint(tp=point.target.encode(), fn_name=fn)
+            else:
+                raise MechanismUnavailable(f"mechanism {point.mechanism} is not implemented")
+        except MechanismUnavailable:
+            raise
+        except Exception as exc:
+            raise MechanismUnavailable(
+                f"attaching {chosen.probe.name} to {point.mechanism} {point.target} failed: {exc}"
+            ) from None
+        self.attached.append(Attached(chosen.probe.name, point.mechanism, point.target))
+
+    def close(self) -> None:
+        """Detach everything and release the maps. Safe to call twice."""
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> BpfSession:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- reading ----------------------------------------------------------------
+
+    def read_stats(self, ts_ns: int) -> StatsSnapshot:
+        table = self._bpf["lp_stats"]
+        snapshot = StatsSnapshot(ts_ns, self._stats_columns)
+        width = len(self._stats_columns)
+        for key in table.keys():
+            raw = table.getvalue(key)
+            values = np.frombuffer(bytes(raw), dtype=np.uint64)
+            snapshot.rows[(int(key.lock), int(key.flags), int(key.source))] = values.reshape(
+                -1, width
+            ).copy()
+        return snapshot
+
+    def read_errors(self) -> dict[str, int]:
+        table = self._bpf["lp_errors"]
+        names = schema.error_names()
+        totals = {}
+        for index, name in names.items():
+            if name == "nr_errors":
+                continue
+            totals[name] = int(sum(table.getvalue(ctypes.c_int(index))))
+        return totals
+
+    def read_tasks(self) -> list[dict]:
+        rows = []
+        for key, value in self._bpf["lp_tasks"].items():
+            rows.append({
+                "lock": int(key.lock), "tid": int(key.tid), "tgid": int(key.tgid),
+                "flags": int(key.flags), "source": int(key.source),
+                "comm": bytes(value.comm).rstrip(b"\0").decode(errors="replace"),
+                "waits": int(value.waits), "wait_ns": int(value.wait_ns),
+                "holds": int(value.holds), "hold_ns": int(value.hold_ns),
+            })
+        return rows
+
+    def read_callers(self) -> list[dict]:
+        return [
+            {"lock": int(k.lock), "stack_id": int(k.stack_id), "flags": int(k.flags),
+             "count": int(v.count), "total_ns": int(v.total_ns), "max_ns": int(v.max_ns)}
+            for k, v in self._bpf["lp_callers"].items()
+        ]
+
+    def read_owners(self) -> dict[int, tuple[int, str]]:
+        return {
+            int(k.value): (int(v.tgid), bytes(v.comm).rstrip(b"\0").decode(errors="replace"))
+            for k, v in self._bpf["lp_owners"].items()
+        }
+
+    def target_lock(self) -> int:
+        return int(self._bpf["lp_config"][ctypes.c_int(0)].target_lock)
+
+    def stack_frames(self, stack_id: int) -> list[str]:
+        """Kernel frames of a stack, innermost first, as function+0xoffset."""
+        if stack_id < 0:
+            return []
+        try:
+            addresses = list(self._bpf["lp_stacks"].walk(stack_id))
+        except KeyError:
+            return []
+        frames = [
+            self._bpf.ksym(addr, show_offset=True).decode(errors="replace") for addr in addresses
+        ]
+        return strip_tracing_frames(frames)
+
+    # -- event stream -----------------------------------------------------------
+
+    def _on_event(self, _ctx, data, size) -> None:
+        # Keep the callback minimal: copy the bytes, decode in bulk later.
+        if len(self._events_raw) >= self.max_events:
+            self.events_dropped_userspace += 1
+            return
+        self._events_raw.append(ctypes.string_at(data, size))
+
+    def poll_events(self, timeout_ms: int) -> None:
+        self._bpf.ring_buffer_poll(timeout_ms)
+
+    def drain_events(self) -> None:
+        self._bpf.ring_buffer_consume()
+
+    def take_events(self) -> np.ndarray:
+        """Structured array (fields of struct lp_event) of events so far."""
+        blob = b"".join(self._events_raw)
+        self._events_raw.clear()
+        return np.frombuffer(blob, dtype=self._event_dtype).copy()
+
+
+# Frames of the tracing machinery itself, above the code that hit the tracepoint.
+_TRACING_FRAMES = ("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_", "trace_contention",
+                   "bpf_get_stackid", "perf_trace_", "__trace_")
+
+
+def strip_tracing_frames(frames: list[str]) -> list[str]:
+    """Drop the leading BPF/tracepoint frames of a stack taken in a probe."""
+    start = 0
+    while start < len(frames) and frames[start].startswith(_TRACING_FRAMES):
+        start += 1
+    return frames[start:]
+
+
+def compile_check(text: str, attach: str | None = None, **attach_args) -> None:
+    """Compile a tiny program and optionally attach one function (for doctor)."""
+    bcc = import_bcc()
+    with _captured_stderr() as output:
+        try:
+            prog = bcc.BPF(text=text.encode(), cflags=["-w"])
+        except Exception as exc:
+            failure: Exception | None = exc
+            prog = None
+        else:
+            failure = None
+    if failure is not None or prog is None:
+        raise LockprofError(_first_error(output[0]) if output and output[0] else str(failure))
+    try:
+        if attach is not None:
+            getattr(prog, attach)(**attach_args)
+    finally:
+        prog.cleanup()

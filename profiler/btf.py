@@ -1,0 +1,172 @@
+"""Struct member offsets from the running kernel's BTF.
+
+BCC may compile against fallback headers whose struct layouts do not match the
+running kernel, so every offset the probes use comes from here instead, read
+from /sys/kernel/btf/vmlinux (the BTF format is in the kernel's
+Documentation/bpf/btf.rst). Results are cached per BTF blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from profiler.errors import LockprofError
+
+VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+BTF_MAGIC = 0xEB9F
+
+KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM = 1, 2, 3, 4, 5, 6
+KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 7, 8, 9, 10, 11
+KIND_FUNC, KIND_FUNC_PROTO, KIND_VAR, KIND_DATASEC, KIND_FLOAT = 12, 13, 14, 15, 16
+KIND_DECL_TAG, KIND_TYPE_TAG, KIND_ENUM64 = 17, 18, 19
+
+# Bytes that follow the 12-byte common header, per kind: (fixed, per vlen item).
+_TRAILER = {
+    KIND_INT: (4, 0),
+    KIND_ARRAY: (12, 0),
+    KIND_STRUCT: (0, 12),
+    KIND_UNION: (0, 12),
+    KIND_ENUM: (0, 8),
+    KIND_FUNC_PROTO: (0, 8),
+    KIND_VAR: (4, 0),
+    KIND_DATASEC: (0, 12),
+    KIND_DECL_TAG: (4, 0),
+    KIND_ENUM64: (0, 12),
+}
+_QUALIFIERS = {KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG}
+
+
+@dataclass(frozen=True)
+class BtfType:
+    kind: int
+    name_off: int
+    kind_flag: bool
+    vlen: int
+    size_or_type: int
+    trailer_at: int  # offset of the kind-specific data in the type section
+
+
+class Btf:
+    """A parsed BTF blob: enough to resolve struct member offsets."""
+
+    def __init__(self, blob: bytes):
+        if len(blob) < 24:
+            raise LockprofError("BTF blob is truncated")
+        magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", blob, 0)
+        if magic != BTF_MAGIC:
+            raise LockprofError("not a BTF blob (bad magic)")
+        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", blob, 8)
+        self._types_raw = blob[hdr_len + type_off : hdr_len + type_off + type_len]
+        self._strings = blob[hdr_len + str_off : hdr_len + str_off + str_len]
+        self.types: list[BtfType | None] = [None]  # type id 0 is void
+        self._index_types()
+
+    def _index_types(self) -> None:
+        raw, pos = self._types_raw, 0
+        while pos < len(raw):
+            name_off, info, size_or_type = struct.unpack_from("<III", raw, pos)
+            kind = (info >> 24) & 0x1F
+            vlen = info & 0xFFFF
+            fixed, per_item = _TRAILER.get(kind, (0, 0))
+            self.types.append(
+                BtfType(kind, name_off, bool(info >> 31), vlen, size_or_type, pos + 12)
+            )
+            pos += 12 + fixed + per_item * vlen
+
+    def name(self, name_off: int) -> str:
+        end = self._strings.index(b"\0", name_off)
+        return self._strings[name_off:end].decode()
+
+    def find_struct(self, name: str) -> int:
+        """Type id of the complete struct called name."""
+        wanted = name.encode() + b"\0"
+        for type_id, t in enumerate(self.types):
+            if t is None or t.kind != KIND_STRUCT or t.vlen == 0:
+                continue
+            if self._strings.startswith(wanted, t.name_off):
+                return type_id
+        raise LockprofError(f"struct {name} not found in kernel BTF")
+
+    def _resolve(self, type_id: int) -> int:
+        while True:
+            t = self.types[type_id]
+            if t is None or t.kind not in _QUALIFIERS:
+                return type_id
+            type_id = t.size_or_type
+
+    def _members(self, type_id: int) -> list[tuple[str, int, int]]:
+        """(name, type id, bit offset) of each member of a struct/union."""
+        t = self.types[type_id]
+        assert t is not None
+        out = []
+        for i in range(t.vlen):
+            name_off, mtype, offset = struct.unpack_from("<III", self._types_raw, t.trailer_at + 12 * i)
+            bit_offset = offset & 0xFFFFFF if t.kind_flag else offset
+            out.append((self.name(name_off) if name_off else "", mtype, bit_offset))
+        return out
+
+    def member_offset(self, struct_name: str, member: str) -> int:
+        """Byte offset of member in struct_name, looking inside anonymous
+        structs and unions (mm_struct.mmap_lock sits in one)."""
+        found = self._search(self.find_struct(struct_name), member)
+        if found is None:
+            raise LockprofError(f"struct {struct_name} has no member {member} in kernel BTF")
+        if found % 8:
+            raise LockprofError(f"{struct_name}.{member} is a bitfield")
+        return found // 8
+
+    def _search(self, type_id: int, member: str) -> int | None:
+        for name, mtype, bit_offset in self._members(type_id):
+            if name == member:
+                return bit_offset
+            resolved = self._resolve(mtype)
+            inner = self.types[resolved]
+            if not name and inner is not None and inner.kind in (KIND_STRUCT, KIND_UNION):
+                nested = self._search(resolved, member)
+                if nested is not None:
+                    return bit_offset + nested
+        return None
+
+
+# The offsets the probes need: -D name -> (struct, member).
+PROBE_OFFSETS = {
+    "LP_TASK_MM_OFFSET": ("task_struct", "mm"),
+    "LP_MMAP_LOCK_OFFSET": ("mm_struct", "mmap_lock"),
+}
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lockprof"
+
+
+def probe_offsets(btf_path: Path = VMLINUX_BTF) -> dict[str, int]:
+    """Offsets for PROBE_OFFSETS, cached by a hash of the BTF blob."""
+    try:
+        blob = btf_path.read_bytes()
+    except OSError as exc:
+        raise LockprofError(
+            f"kernel BTF not readable at {btf_path} ({exc.strerror}); "
+            "lockprof needs CONFIG_DEBUG_INFO_BTF"
+        ) from None
+    digest = hashlib.sha256(blob).hexdigest()[:24]
+    cache = _cache_dir() / f"offsets-{digest}.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if set(cached) == set(PROBE_OFFSETS):
+            return {k: int(v) for k, v in cached.items()}
+    except (OSError, ValueError):
+        pass
+    btf = Btf(blob)
+    offsets = {d: btf.member_offset(s, m) for d, (s, m) in PROBE_OFFSETS.items()}
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(offsets))
+    except OSError:
+        pass  # a cache we cannot write only costs start-up time
+    return offsets

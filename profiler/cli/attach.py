@@ -1,0 +1,26 @@
+"""lockprof attach: profile a running process."""
+
+from __future__ import annotations
+
+import click
+
+from profiler.cli.common import collect_command, collection_options
+from profiler.targets import PidTarget
+
+
+@click.command("attach")
+@click.option("-p", "--pid", type=int, required=True, help="Process to profile.")
+@collection_options
+def command(pid, **options) -> None:
+    """Profile a running process until Ctrl-C, -d SECONDS or its exit.
+
+    Counts the process's own lock activity and every task that takes its
+    mmap_lock (khugepaged, /proc/PID/maps readers, ptrace), labelled by comm.
+
+    \b
+    Examples:
+      lockprof attach -p 1234                 live view until Ctrl-C
+      lockprof attach -p 1234 -d 30 -o a.lpr  30 seconds into a.lpr
+      lockprof attach -p 1234 -t 1ms --json   stream waits >= 1 ms, JSON summary
+    """
+    collect_command(lambda: PidTarget(pid), **options)

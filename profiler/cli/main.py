@@ -1,0 +1,71 @@
+"""lockprof command line: one module per subcommand, wired here.
+
+Every user-facing failure is one line on stderr and a nonzero exit code.
+Set LOCKPROF_DEBUG=1 to see a traceback for an internal error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from profiler import __version__
+from profiler.cli import attach, doctor, record, run, show
+from profiler.errors import LockprofError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lockprof")
+def cli() -> None:
+    """Live lock contention profiler for Linux (eBPF).
+
+    Measures how often mmap_lock, rwsems and other kernel locks are taken for
+    read and for write, how long readers and writers wait and hold them, and
+    on which CPUs.
+
+    \b
+    Examples:
+      lockprof attach -p 1234 -d 30     profile a running process for 30 s
+      lockprof run -- ./ebizzy -m       start a command, profile until it exits
+      lockprof record -a -d 10          the whole system for 10 s
+      lockprof show lockprof.lpr        summarise a recording (--json for scripts)
+      lockprof doctor                   which kernel mechanisms work here
+    """
+
+
+cli.add_command(attach.command)
+cli.add_command(run.command)
+cli.add_command(record.command)
+cli.add_command(show.command)
+cli.add_command(doctor.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="lockprof", standalone_mode=False)
+    except LockprofError as exc:
+        click.echo(f"lockprof: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("lockprof: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except BrokenPipeError:
+        return 141
+    except Exception as exc:
+        if os.environ.get("LOCKPROF_DEBUG"):
+            raise
+        click.echo(f"lockprof: internal error: {type(exc).__name__}: {exc} "
+                   "(LOCKPROF_DEBUG=1 shows a traceback)", err=True)
+        return 70
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""lockprof run: start a command and profile it until it exits."""
+
+from __future__ import annotations
+
+import click
+
+from profiler.cli.common import collect_command, collection_options
+from profiler.targets import CommandTarget
+
+
+@click.command("run", context_settings={"ignore_unknown_options": True})
+@collection_options
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED, required=True)
+def command(argv, **options) -> None:
+    """Start CMD, profile it until it exits, and record its exit status and
+    rusage (user, sys, elapsed, minor faults) as /usr/bin/time would.
+
+    The command is held before exec until the probes are attached. Only its
+    own process is profiled, not the children it forks.
+
+    \b
+    Examples:
+      lockprof run -- ./ebizzy -m -P
+      lockprof run -o before.lpr -- workloads/bin/lpbizzy -t 4 -S 10
+    """
+    collect_command(lambda: CommandTarget(list(argv)), **options)

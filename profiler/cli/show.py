@@ -1,0 +1,25 @@
+"""lockprof show: summarise a recording (no root needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from profiler import recording
+from profiler.cli.common import print_summary
+
+
+@click.command("show")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary (stable).")
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Only the first N rows.")
+def command(path, as_json, top) -> None:
+    """Print the summary of a recording: one row per lock and mode.
+
+    \b
+    Examples:
+      lockprof show demo.lpr
+      lockprof show demo.lpr --json | jq '.locks[] | select(.lock == "mmap_lock")'
+    """
+    print_summary(recording.load(path), as_json, top)

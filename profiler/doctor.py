@@ -1,0 +1,216 @@
+"""What this kernel offers lockprof, checked by loading and attaching for real.
+
+`lockprof doctor` prints these checks; the integration tests use the same
+checks to decide what to skip, so a skip reason is what doctor would say.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from profiler import btf
+from profiler.errors import LockprofError
+
+TRACEPOINTS = (
+    "lock:contention_begin",
+    "lock:contention_end",
+    "mmap_lock:mmap_lock_start_locking",
+    "mmap_lock:mmap_lock_acquire_returned",
+    "mmap_lock:mmap_lock_released",
+    "sched:sched_switch",
+)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = False
+
+
+def _fn_name(event: str) -> str:
+    return "doc_" + event.replace(":", "__")
+
+
+def _tracepoint_program(raw: bool) -> str:
+    ctx = "struct bpf_raw_tracepoint_args *ctx" if raw else "void *ctx"
+    return "\n".join(f"int {_fn_name(e)}({ctx}) {{ return 0; }}" for e in TRACEPOINTS)
+
+
+def _attach_each(raw: bool) -> list[Check]:
+    from profiler import bpf
+
+    kind = "raw_tracepoint" if raw else "tracepoint"
+    bcc = bpf.import_bcc()
+    checks = []
+    try:
+        prog = bcc.BPF(text=_tracepoint_program(raw).encode(), cflags=["-w"])
+    except Exception as exc:
+        return [Check(f"{kind} {e}", False, f"compile failed: {exc}") for e in TRACEPOINTS]
+    try:
+        for event in TRACEPOINTS:
+            required = raw and not event.startswith("sched:")
+            try:
+                if raw:
+                    prog.attach_raw_tracepoint(tp=event.split(":")[1].encode(),
+                                               fn_name=_fn_name(event).encode())
+                else:
+                    prog.attach_tracepoint(tp=event.encode(), fn_name=_fn_name(event).encode())
+                checks.append(Check(f"{kind} {event}", True, "attached", required))
+            except Exception as exc:
+                checks.append(Check(f"{kind} {event}", False, _short(exc), required))
+    finally:
+        prog.cleanup()
+    return checks
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _try(name: str, required: bool, action) -> Check:
+    from profiler import bpf
+
+    try:
+        with bpf._captured_stderr():
+            detail = action()
+        return Check(name, True, detail or "works", required)
+    except Exception as exc:
+        return Check(name, False, _short(exc), required)
+
+
+def _kprobe() -> str:
+    from profiler import bpf
+
+    if not Path("/sys/kernel/tracing/kprobe_events").exists() and not Path(
+        "/sys/kernel/debug/tracing/kprobe_events"
+    ).exists():
+        raise LockprofError("absent: no kprobe_events in tracefs (CONFIG_KPROBES off?)")
+    bpf.compile_check("int doc_k(struct pt_regs *ctx) { return 0; }", "attach_kprobe",
+                      event=b"vfs_read", fn_name=b"doc_k")
+    return "attached to vfs_read"
+
+
+def _fentry() -> str:
+    from profiler import bpf
+
+    bcc = bpf.import_bcc()
+    if not bcc.BPF.support_kfunc():
+        raise LockprofError("absent: BCC reports no kfunc (fentry) support")
+    bpf.compile_check("KFUNC_PROBE(vfs_read) { return 0; }")
+    return "loaded on vfs_read"
+
+
+def _uprobe() -> str:
+    from profiler import bpf
+
+    bpf.compile_check("int doc_u(struct pt_regs *ctx) { return 0; }", "attach_uprobe",
+                      name=b"c", sym=b"getpid", fn_name=b"doc_u")
+    return "attached to libc getpid"
+
+
+def _perf_event() -> str:
+    from profiler import bpf
+
+    bcc = bpf.import_bcc()
+    bpf.compile_check(
+        "int doc_p(struct bpf_perf_event_data *ctx) { return 0; }", "attach_perf_event",
+        ev_type=bcc.PerfType.SOFTWARE, ev_config=bcc.PerfSWConfig.CPU_CLOCK,
+        fn_name=b"doc_p", sample_freq=49,
+    )
+    return "cpu-clock sampling attached"
+
+
+def _probes_compile() -> str:
+    from profiler import bpf
+    from profiler.probes import plan
+
+    with bpf.BpfSession(plan(("mmap_lock", "contention"), {"raw_tracepoint"})) as session:
+        session.attach()
+        names = ", ".join(sorted({a.mechanism for a in session.attached}))
+    return f"lockprof's probes compile, load and attach ({names}; task storage, ring buffer)"
+
+
+def _btf() -> str:
+    offsets = btf.probe_offsets()
+    return "offsets " + ", ".join(f"{k}={v}" for k, v in offsets.items())
+
+
+def _headers() -> Check:
+    from profiler.session import headers_in_use
+
+    info = headers_in_use()
+    if info["kind"] == "missing":
+        return Check("kernel headers", False,
+                     f"missing at {info['path']} (run `make setup`)", True)
+    note = ("exact match" if info["kind"] == "exact" else
+            f"FALLBACK {info['version']} for {platform.release()}: struct layouts come from BTF")
+    return Check("kernel headers", True, f"{note} ({info['path']})", True)
+
+
+def _privileges() -> Check:
+    from profiler.session import require_privileges
+
+    try:
+        require_privileges()
+        return Check("privileges", True, "root" if os.geteuid() == 0 else "capabilities", True)
+    except LockprofError as exc:
+        return Check("privileges", False, str(exc), True)
+
+
+def run_checks() -> list[Check]:
+    checks = [_privileges()]
+    if not checks[0].ok:
+        return checks
+    checks.append(_try("bcc", True, lambda: "python3-bpfcc " + _bcc_version()))
+    checks.append(_try("BTF", True, _btf))
+    checks.append(_headers())
+    checks.append(Check("tracefs", Path("/sys/kernel/tracing/events").is_dir(),
+                        "/sys/kernel/tracing" if Path("/sys/kernel/tracing/events").is_dir()
+                        else "not mounted: mount -t tracefs nodev /sys/kernel/tracing"))
+    checks += _attach_each(raw=True)
+    checks += _attach_each(raw=False)
+    checks.append(_try("kprobe", False, _kprobe))
+    checks.append(_try("fentry", False, _fentry))
+    checks.append(_try("uprobe", False, _uprobe))
+    checks.append(_try("perf_event sampling", False, _perf_event))
+    checks.append(_try("lockprof probes", True, _probes_compile))
+    return checks
+
+
+def _bcc_version() -> str:
+    from profiler import bpf
+
+    return getattr(bpf.import_bcc(), "__version__", "?")
+
+
+@functools.cache
+def cached_checks() -> tuple[Check, ...]:
+    return tuple(run_checks())
+
+
+def working_mechanisms(checks: tuple[Check, ...] | list[Check]) -> set[str]:
+    """Mechanisms with at least one successful check."""
+    working = set()
+    for check in checks:
+        mechanism = check.name.split(" ", 1)[0]
+        if check.ok and mechanism in ("raw_tracepoint", "tracepoint", "kprobe", "fentry",
+                                      "uprobe"):
+            working.add(mechanism)
+    return working
+
+
+def cheap_mechanisms() -> set[str]:
+    """What collection may plan with, without doctor's compile-and-attach
+    round: tracepoints are assumed and attach errors are reported as such."""
+    return {"raw_tracepoint", "tracepoint"}
+
+
+def as_dicts(checks) -> list[dict]:
+    return [asdict(c) for c in checks]

@@ -1,0 +1,96 @@
+"""Declarative probe table and run-time choice of attach mechanism.
+
+Each probe names the BPF function that implements it and, in order of
+preference, the points it can attach to. At run time the first point whose
+mechanism works on this kernel (as `lockprof doctor` checks) and whose event
+exists is chosen. Nothing here imports bcc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from profiler.errors import MechanismUnavailable
+
+TRACEFS = Path("/sys/kernel/tracing")
+
+# Preference order among mechanisms, cheapest and most stable first.
+MECHANISM_ORDER = ("raw_tracepoint", "tracepoint", "fentry", "kprobe", "uprobe")
+
+
+@dataclass(frozen=True)
+class AttachPoint:
+    mechanism: str  # one of MECHANISM_ORDER
+    target: str  # "category:event" for tracepoints, a symbol for k/u probes
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    family: str  # "mmap_lock" or "contention": what the user turns on
+    fn: str  # BPF function in probes/lockprof.bpf.c
+    points: tuple[AttachPoint, ...]
+
+
+def _raw_tp(event: str) -> AttachPoint:
+    return AttachPoint("raw_tracepoint", event)
+
+
+# The BPF functions read TP_PROTO arguments, so raw tracepoints are their
+# mechanism; the same events as classic tracepoints would build the trace
+# record for every hit (for mmap_lock that includes a memcg id lookup), which
+# costs about twice as much (docs/performance.md).
+PROBES: tuple[Probe, ...] = (
+    Probe("mmap_lock.start", "mmap_lock", "lp_mmap_start",
+          (_raw_tp("mmap_lock:mmap_lock_start_locking"),)),
+    Probe("mmap_lock.acquired", "mmap_lock", "lp_mmap_acquired",
+          (_raw_tp("mmap_lock:mmap_lock_acquire_returned"),)),
+    Probe("mmap_lock.released", "mmap_lock", "lp_mmap_released",
+          (_raw_tp("mmap_lock:mmap_lock_released"),)),
+    Probe("contention.begin", "contention", "lp_contention_begin",
+          (_raw_tp("lock:contention_begin"),)),
+    Probe("contention.end", "contention", "lp_contention_end",
+          (_raw_tp("lock:contention_end"),)),
+)
+
+FAMILIES = ("mmap_lock", "contention")
+
+
+def tracepoint_exists(target: str) -> bool:
+    category, event = target.split(":", 1)
+    return (TRACEFS / "events" / category / event).is_dir()
+
+
+def point_available(point: AttachPoint, working: set[str]) -> bool:
+    if point.mechanism not in working:
+        return False
+    if point.mechanism in ("raw_tracepoint", "tracepoint"):
+        return tracepoint_exists(point.target)
+    return True
+
+
+@dataclass(frozen=True)
+class Plan:
+    probe: Probe
+    point: AttachPoint
+
+
+def plan(families: tuple[str, ...], working: set[str]) -> list[Plan]:
+    """Choose an attach point for every probe of the requested families.
+
+    Raises MechanismUnavailable naming the probe and what it would need.
+    """
+    chosen = []
+    for probe in PROBES:
+        if probe.family not in families:
+            continue
+        point = next((p for p in probe.points if point_available(p, working)), None)
+        if point is None:
+            wanted = ", ".join(f"{p.mechanism} {p.target}" for p in probe.points)
+            raise MechanismUnavailable(
+                f"cannot attach {probe.name}: this kernel lacks {wanted} "
+                f"(see `lockprof doctor`; leave out --{probe.family.replace('_', '-')})"
+            )
+        chosen.append(Plan(probe, point))
+    return chosen

@@ -1,0 +1,114 @@
+"""Terminal output: the summary table, the per-CPU line and error counters.
+
+Untrusted text (process names, symbols) goes through safe_text(): control
+characters are shown escaped and rich never parses it as markup, so a traced
+process cannot send escape sequences to the user's terminal.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+
+def safe_text(value: object) -> str:
+    """Printable form of untrusted text: control chars as \\xNN escapes."""
+    out = []
+    for ch in str(value):
+        if ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
+def fmt_ns(ns: float | int | None) -> str:
+    if ns is None:
+        return "-"
+    ns = float(ns)
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if ns >= scale:
+            return f"{ns / scale:.3g}{unit}"
+    return f"{ns:.0f}ns"
+
+
+def fmt_count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def lock_label(row: dict) -> str:
+    label = row["lock"]
+    if row.get("owner_pid") is not None:
+        label += f" pid {row['owner_pid']} ({row.get('owner_comm') or '?'})"
+    return safe_text(label)
+
+
+def summary_table(rows: list[dict], top: int | None = None, title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold", pad_edge=False)
+    for header, justify in (
+        ("lock", "left"), ("mode", "left"), ("acq", "right"), ("contended", "right"),
+        ("wait total", "right"), ("avg", "right"), ("p50", "right"), ("p99", "right"),
+        ("max", "right"), ("hold avg", "right"), ("p99", "right"), ("max", "right"),
+        ("r:w", "right"), ("downgr", "right"), ("fail", "right"),
+    ):
+        table.add_column(header, justify=justify, no_wrap=header != "lock")  # type: ignore[arg-type]
+    for row in rows[:top] if top else rows:
+        wait = row.get("wait_ns") or {}
+        hold = row.get("hold_ns") or {}
+        ratio = row.get("reader_writer_ratio")
+        table.add_row(
+            Text(lock_label(row)), row["mode"], fmt_count(row.get("acquisitions")),
+            fmt_count(row.get("contended")), fmt_ns(wait.get("total")), fmt_ns(wait.get("avg")),
+            fmt_ns(wait.get("p50")), fmt_ns(wait.get("p99")), fmt_ns(wait.get("max")),
+            fmt_ns(hold.get("avg")), fmt_ns(hold.get("p99")), fmt_ns(hold.get("max")),
+            "-" if ratio is None else f"{ratio:.3g}", fmt_count(row.get("downgrades")),
+            fmt_count(row.get("trylock_failures")),
+        )
+    return table
+
+
+def per_cpu_line(rows: list[dict]) -> Text:
+    totals: dict[int, list[int]] = {}
+    for row in rows:
+        for cpu in row.get("per_cpu") or []:
+            entry = totals.setdefault(cpu["cpu"], [0, 0])
+            entry[0] += cpu.get("acquisitions") or cpu.get("contended") or 0
+            entry[1] += cpu.get("wait_total_ns") or 0
+    parts = [f"cpu{cpu}: {n:,} acq, wait {fmt_ns(w)}" for cpu, (n, w) in sorted(totals.items())]
+    return Text("per CPU  " + ("  |  ".join(parts) if parts else "no activity"))
+
+
+def problems_line(errors: dict[str, int], lost_events: int) -> Text | None:
+    """Lost events and kernel-side failures, or None when there were none."""
+    shown = {k: v for k, v in errors.items() if v and k != "ringbuf_full"}
+    if not lost_events and not shown:
+        return None
+    parts = [f"lost events: {lost_events:,}"] if lost_events else []
+    parts += [f"{k.replace('_', ' ')}: {v:,}" for k, v in sorted(shown.items())]
+    return Text("! " + "; ".join(parts), style="yellow")
+
+
+NOTES = {
+    "release_without_acquire": "held since before attach",
+    "end_without_begin": "waits begun before attach",
+}
+
+
+def view(rows: list[dict], header: str, errors: dict[str, int], lost: int,
+         top: int | None = 15) -> Group:
+    parts: list = [Text(safe_text(header), style="bold"), summary_table(rows, top), per_cpu_line(rows)]
+    problems = problems_line(errors, lost)
+    if problems is not None:
+        parts.append(problems)
+    if top and len(rows) > top:
+        parts.append(Text(f"({len(rows) - top} more rows; `lockprof show FILE` lists all)"))
+    return Group(*parts)
+
+
+def console(stderr: bool = False) -> Console:
+    """A console that never wraps tables into unreadable columns: when output
+    is not a terminal (pipes, CI logs), lines may be as wide as they need."""
+    probe = Console(stderr=stderr)
+    width = None if probe.is_terminal else 240
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)

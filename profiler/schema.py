@@ -1,0 +1,68 @@
+"""Constants shared with the BPF side, parsed from probes/lockprof.h.
+
+The header is the single source of truth: enum values and #defines are read
+from it here, and BCC derives the ctypes struct layouts from it in bpf.py.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+_DEFINE = re.compile(r"^\s*#define\s+(LP_\w+)\s+(-?\d+)\s*$", re.M)
+_ENUM_ITEM = re.compile(r"^\s*(LP_\w+)\s*=\s*(-?\d+)\s*,", re.M)
+
+
+def probes_dir() -> Path:
+    """Directory holding the BPF sources (package data, works non-editable)."""
+    return Path(str(resources.files("probes")))
+
+
+@cache
+def constants() -> dict[str, int]:
+    text = (probes_dir() / "lockprof.h").read_text()
+    found = {name: int(value) for name, value in _DEFINE.findall(text)}
+    found.update({name: int(value) for name, value in _ENUM_ITEM.findall(text)})
+    return found
+
+
+def const(name: str) -> int:
+    return constants()[name]
+
+
+def error_names() -> dict[int, str]:
+    """LP_ERR_* index -> short name (ringbuf_full, ...), excluding the count."""
+    return {
+        value: name.removeprefix("LP_ERR_").lower()
+        for name, value in constants().items()
+        if name.startswith("LP_ERR_")
+    }
+
+
+SOURCE_NAMES = {0: "mmap_lock", 1: "contention"}
+
+
+def classify(source: int, flags: int) -> tuple[str, str]:
+    """(lock class, mode) of an aggregate row, from its probe family and flags.
+
+    Mirrors the kernel's LCB_F_* meaning (include/trace/events/lock.h).
+    mode is "read", "write" or "exclusive" (locks with no reader side).
+    """
+    c = constants()
+    read, write = bool(flags & c["LP_LCB_READ"]), bool(flags & c["LP_LCB_WRITE"])
+    rw_mode = "read" if read else "write"
+    if source == c["LP_SRC_MMAP_LOCK"]:
+        return "mmap_lock", rw_mode
+    if flags & c["LP_LCB_PERCPU"]:
+        return "percpu-rwsem", rw_mode
+    if flags & c["LP_LCB_MUTEX"]:
+        return "mutex", "exclusive"
+    if flags & c["LP_LCB_RT"]:
+        return ("rwlock-rt", rw_mode) if (read or write) else ("rt-mutex", "exclusive")
+    if flags & c["LP_LCB_SPIN"]:
+        return ("rwlock", rw_mode) if (read or write) else ("spinlock", "exclusive")
+    if read or write:
+        return "rwsem", rw_mode
+    return "semaphore", "exclusive"

@@ -1,0 +1,335 @@
+"""One collection: attach, stream, aggregate per interval, detach, record.
+
+Ctrl-C (SIGINT), SIGTERM and SIGHUP end collection, not the program: the
+probes are detached, the recording is written and the summary is printed. A
+second signal while draining is ignored with a message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from profiler import aggregate, ksyms, schema
+from profiler.errors import LockprofError
+from profiler.recording import Recording
+from profiler.targets import CommandTarget, Target
+
+POLL_MS = 100
+
+
+@dataclass
+class CollectOptions:
+    families: tuple[str, ...] = ("mmap_lock", "contention")
+    interval_s: float = 1.0
+    duration_s: float | None = None
+    threshold_ns: int = 100_000
+    max_events: int = 1_000_000
+
+
+@dataclass
+class LiveState:
+    """What a live view gets every interval."""
+
+    elapsed_s: float
+    target: str
+    rows: list[dict]
+    errors: dict[str, int]
+    events: int
+    cpus: int
+
+
+class StopFlag:
+    """Turns the first SIGINT/SIGTERM/SIGHUP into a request to stop."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.draining = False
+        self._saved: dict[int, object] = {}
+
+    def __enter__(self) -> StopFlag:
+        for signum in self.SIGNALS:
+            self._saved[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.reason is None and not self.draining:
+            self.reason = f"{signal.Signals(signum).name} received"
+        else:
+            sys.stderr.write("lockprof: already stopping; writing the recording, please wait\n")
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+
+@dataclass
+class _Collected:
+    rows: list[dict] = field(default_factory=list)
+    previous: dict = field(default_factory=dict)
+    interval: int = 0
+
+
+def collect(
+    options: CollectOptions,
+    target: Target,
+    working_mechanisms: set[str],
+    on_interval: Callable[[LiveState], None] | None = None,
+    on_attached: Callable[[list], None] | None = None,
+) -> Recording:
+    """Run one collection and return its recording (not yet saved)."""
+    from profiler import bpf as bpf_mod  # bcc is imported only when collecting
+    from profiler.probes import plan
+
+    plans = plan(options.families, working_mechanisms)
+    session = None
+    try:
+        session = bpf_mod.BpfSession(plans, target.tgid, options.threshold_ns)
+        session.max_events = options.max_events
+        attached = session.attach()
+    except BaseException:
+        if session is not None:
+            session.close()
+        if isinstance(target, CommandTarget):
+            target.abandon()
+        raise
+    with session, StopFlag() as stop:
+        if on_attached:
+            on_attached(attached)
+        start_ns = time.monotonic_ns()
+        wall_start = dt.datetime.now(dt.UTC)
+        target.begin()
+        state = _Collected()
+        namer = _LockNamer(session)
+        _collect_loop(options, target, session, stop, state, namer, start_ns, on_interval)
+        stop.draining = True
+        session.drain_events()
+        end_ns = time.monotonic_ns()
+        _take_interval(session, state, (end_ns - start_ns) / 1e9)
+        target.end()
+        if isinstance(target, CommandTarget):
+            _reap(target, stop)
+        return _build_recording(options, target, session, state, namer, attached, stop.reason,
+                                start_ns, end_ns, wall_start)
+
+
+def _collect_loop(options, target, session, stop, state, namer, start_ns, on_interval) -> None:
+    next_tick = start_ns + int(options.interval_s * 1e9)
+    deadline = start_ns + int(options.duration_s * 1e9) if options.duration_s else None
+    while stop.reason is None:
+        now = time.monotonic_ns()
+        wait_ms = max(0, min(POLL_MS, (next_tick - now) // 1_000_000))
+        session.poll_events(int(wait_ms))
+        ended = target.poll()
+        if ended:
+            stop.request(ended)
+        now = time.monotonic_ns()
+        if deadline is not None and now >= deadline:
+            stop.request(f"duration {options.duration_s:g}s reached")
+        if now >= next_tick and stop.reason is None:
+            next_tick += int(options.interval_s * 1e9)
+            snapshot = _take_interval(session, state, (now - start_ns) / 1e9)
+            if on_interval:
+                on_interval(_live_state(snapshot, session, namer, target, options, now - start_ns))
+
+
+def _take_interval(session, state: _Collected, t_s: float):
+    snapshot = session.read_stats(time.monotonic_ns())
+    state.interval += 1
+    state.rows += aggregate.interval_rows(
+        state.previous, snapshot.rows, snapshot.columns, state.interval, round(t_s, 6)
+    )
+    state.previous = snapshot.rows
+    return snapshot
+
+
+def _reap(target: CommandTarget, stop: StopFlag) -> None:
+    """After the collection, collect the command's exit status and rusage."""
+    deadline = time.monotonic() + 5.0
+    while target.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if target.exit_status is None:
+        sys.stderr.write(f"lockprof: command still running as pid {target.tgid}; "
+                         "its rusage covers the collection window only\n")
+
+
+def _cumulative_frame(snapshot) -> pd.DataFrame:
+    """A snapshot as one interval of per-CPU rows (for the live view)."""
+    rows = aggregate.interval_rows({}, snapshot.rows, snapshot.columns, 0, 0.0)
+    return aggregate.intervals_frame(rows)
+
+
+def _live_state(snapshot, session, namer, target, options, elapsed_ns) -> LiveState:
+    frame = _cumulative_frame(snapshot)
+    locks = namer.name(frame)
+    rows = aggregate.summary_rows(frame, locks, list(options.families))
+    return LiveState(
+        elapsed_s=elapsed_ns / 1e9,
+        target=target.describe(),
+        rows=rows,
+        errors=session.read_errors(),
+        events=len(session._events_raw),
+        cpus=len(session_cpus()),
+    )
+
+
+def session_cpus() -> list[int]:
+    from profiler import bpf as bpf_mod
+
+    return bpf_mod.online_cpus()
+
+
+class _LockNamer:
+    """Names locks from the owner map, contention stacks and data symbols,
+    caching stack symbolization across intervals."""
+
+    def __init__(self, session) -> None:
+        self._session = session
+        self._frames: dict[int, list[str]] = {}
+        self._data_symbols: dict[int, str] | None = None
+
+    def callers(self) -> pd.DataFrame:
+        return pd.DataFrame(self._session.read_callers(),
+                            columns=["lock", "stack_id", "flags", "count", "total_ns", "max_ns"])
+
+    def frames(self, stack_ids) -> dict[int, list[str]]:
+        for stack_id in stack_ids:
+            stack_id = int(stack_id)
+            if stack_id not in self._frames:
+                self._frames[stack_id] = self._session.stack_frames(stack_id)
+        return self._frames
+
+    def name(self, frame: pd.DataFrame, callers: pd.DataFrame | None = None) -> pd.DataFrame:
+        if self._data_symbols is None:
+            self._data_symbols = ksyms.data_symbols()
+        callers = self.callers() if callers is None else callers
+        stacks = self.frames(callers["stack_id"].unique()) if not callers.empty else {}
+        return aggregate.name_locks(frame, self._session.read_owners(), callers, stacks,
+                                    self._data_symbols)
+
+
+def _events_frame(events: np.ndarray, start_ns: int) -> pd.DataFrame:
+    columns = ["t_s", "duration_ns", "lock", "tgid", "tid", "cpu", "stack_id", "flags",
+               "source", "kind", "comm"]
+    if len(events) == 0:
+        return pd.DataFrame({c: pd.Series(dtype="object" if c == "comm" else "int64")
+                             for c in columns})
+    frame = pd.DataFrame({
+        "t_s": (events["ts_ns"].astype(np.int64) - start_ns) / 1e9,
+        "duration_ns": events["duration_ns"].astype(np.int64),
+        "lock": events["lock"].astype(np.uint64),
+        "tgid": events["tgid"].astype(np.int64),
+        "tid": events["tid"].astype(np.int64),
+        "cpu": events["cpu"].astype(np.int64),
+        "stack_id": events["stack_id"].astype(np.int64),
+        "flags": events["flags"].astype(np.int64),
+        "source": events["source"].astype(np.int64),
+        "kind": np.where(events["kind"] == schema.const("LP_KIND_HOLD"), "hold", "wait"),
+        "comm": [bytes(c).split(b"\0", 1)[0].decode(errors="replace") for c in events["comm"]],
+    })
+    return frame
+
+
+def _build_recording(options, target, session, state, namer, attached, stop_reason,
+                     start_ns, end_ns, wall_start) -> Recording:
+    intervals = aggregate.intervals_frame(state.rows)
+    callers = namer.callers()
+    events = _events_frame(session.take_events(), start_ns)
+    stack_ids = set(callers["stack_id"].tolist()) | set(events["stack_id"].tolist())
+    frames = namer.frames(sorted(s for s in stack_ids if s >= 0))
+    locks = namer.name(intervals, callers)
+    tasks = pd.DataFrame(session.read_tasks(),
+                         columns=["lock", "tid", "tgid", "flags", "source", "comm", "waits",
+                                  "wait_ns", "holds", "hold_ns"])
+    stacks = pd.DataFrame({"stack_id": list(frames), "frames": list(frames.values())})
+    errors = session.read_errors()
+    lost = errors.get("ringbuf_full", 0) + session.events_dropped_userspace
+    meta = {
+        "lockprof_version": _version(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpus": len(session_cpus()),
+        "mode": target.mode,
+        "target_pid": target.tgid or None,
+        "target": target.describe(),
+        "command": target.command(),
+        "exit_status": target.exit_status,
+        "families": list(options.families),
+        "mechanisms": [a.__dict__ for a in attached],
+        "interval_s": options.interval_s,
+        "threshold_ns": options.threshold_ns,
+        "start_time": wall_start.isoformat(),
+        "start_ns": start_ns,
+        "end_ns": end_ns,
+        "duration_s": round((end_ns - start_ns) / 1e9, 6),
+        "stop_reason": stop_reason,
+        "lost_events": lost,
+        "events_dropped_userspace": session.events_dropped_userspace,
+        "errors": errors,
+        "rusage": target.rusage(),
+        "lockprof_pid": os.getpid(),
+        "headers": headers_in_use(),
+    }
+    return Recording(meta=meta, intervals=intervals, locks=locks, events=events, tasks=tasks,
+                     callers=callers, stacks=stacks)
+
+
+def _version() -> str:
+    from profiler import __version__
+
+    return __version__
+
+
+def headers_in_use() -> dict:
+    """Which kernel headers BCC compiles against: exact or a fallback."""
+    release = platform.release()
+    build = Path(f"/lib/modules/{release}/build")
+    if not build.exists():
+        return {"kind": "missing", "path": str(build)}
+    resolved = build.resolve()
+    version_file = resolved / "include/generated/utsrelease.h"
+    try:
+        version = version_file.read_text().split('"')[1]
+    except (OSError, IndexError):
+        version = resolved.name
+    kind = "exact" if version == release else "fallback"
+    return {"kind": kind, "path": str(resolved), "version": version}
+
+
+def require_privileges() -> None:
+    """Refuse to collect without the capabilities BPF tracing needs."""
+    if os.geteuid() == 0:
+        return
+    caps = 0
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                caps = int(line.split()[1], 16)
+    except OSError:
+        pass
+    cap_sys_admin, cap_perfmon, cap_bpf = 21, 38, 39
+    if caps & (1 << cap_sys_admin) or (caps & (1 << cap_bpf) and caps & (1 << cap_perfmon)):
+        return
+    raise LockprofError(
+        "lockprof needs root (or CAP_BPF plus CAP_PERFMON) to load BPF programs; "
+        "try: sudo lockprof ...", exit_code=1,
+    )
+
+
+__all__ = ["CollectOptions", "LiveState", "LockprofError", "collect", "require_privileges"]

@@ -1,0 +1,259 @@
+"""What is being profiled: a running pid, a command we start, or the system.
+
+Each target knows whether it is still there and what its resource usage was
+over the collection window (user/sys/elapsed seconds, minor faults), the
+figures /usr/bin/time gave in the seed thread.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from profiler.errors import LockprofError
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def check_pid(pid: int) -> int:
+    """Validate a user-given pid and return its thread-group id."""
+    if pid <= 0:
+        raise LockprofError(f"invalid pid {pid}: must be a positive integer", exit_code=2)
+    status = Path(f"/proc/{pid}/status")
+    try:
+        text = status.read_text()
+    except FileNotFoundError:
+        raise LockprofError(f"no such process: {pid}", exit_code=2) from None
+    except OSError as exc:
+        raise LockprofError(f"cannot read {status}: {exc.strerror}", exit_code=2) from None
+    for line in text.splitlines():
+        if line.startswith("Tgid:"):
+            return int(line.split()[1])
+    return pid
+
+
+def _proc_times(pid: int) -> tuple[float, float, int] | None:
+    """(user s, sys s, minor faults) of a live process, or None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    # After "pid (comm)": state=0, minflt=7, utime=11, stime=12 (proc(5) minus 3).
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS, int(fields[7])
+
+
+def _system_times() -> tuple[float, float, int]:
+    """(user s, sys s, minor faults) summed over the whole system."""
+    cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user = (int(cpu[0]) + int(cpu[1])) / CLOCK_TICKS
+    system = (int(cpu[2]) + int(cpu[5]) + int(cpu[6])) / CLOCK_TICKS
+    faults = 0
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        name, value = line.split()
+        if name == "pgfault":
+            faults += int(value)
+        elif name == "pgmajfault":
+            faults -= int(value)
+    return user, system, faults
+
+
+def comm_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().rstrip("\n")
+    except OSError:
+        return "?"
+
+
+def cmdline_of(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+class Target:
+    """Base: the whole system."""
+
+    tgid = 0
+    mode = "system"
+
+    def __init__(self) -> None:
+        self._start_wall = 0.0
+        self._end_wall = 0.0
+        self._first: tuple[float, float, int] | None = None
+        self._last: tuple[float, float, int] | None = None
+        self.exit_status: int | None = None
+
+    def describe(self) -> str:
+        return "the whole system"
+
+    def command(self) -> list[str]:
+        return []
+
+    def _sample(self) -> tuple[float, float, int] | None:
+        return _system_times()
+
+    def begin(self) -> None:
+        """Collection has started: release the target / take baselines."""
+        self._start_wall = time.monotonic()
+        self._first = self._last = self._sample()
+
+    def poll(self) -> str | None:
+        """None while the target runs, else why collection should stop."""
+        sample = self._sample()
+        if sample is not None:
+            self._last = sample
+        return None
+
+    def end(self) -> None:
+        self._end_wall = time.monotonic()
+        self.poll()
+
+    def rusage(self) -> dict:
+        elapsed = (self._end_wall or time.monotonic()) - self._start_wall
+        if self._first is None or self._last is None:
+            return {"user_s": None, "sys_s": None, "elapsed_s": round(elapsed, 6),
+                    "minor_faults": None}
+        return {
+            "user_s": round(self._last[0] - self._first[0], 6),
+            "sys_s": round(self._last[1] - self._first[1], 6),
+            "elapsed_s": round(elapsed, 6),
+            "minor_faults": self._last[2] - self._first[2],
+        }
+
+
+class PidTarget(Target):
+    """A process that is already running (`lockprof attach --pid N`)."""
+
+    mode = "attach"
+
+    def __init__(self, pid: int):
+        super().__init__()
+        self.tgid = check_pid(pid)
+        self._comm = comm_of(self.tgid)
+        self._cmdline = cmdline_of(self.tgid)
+
+    def describe(self) -> str:
+        return f"pid {self.tgid} ({self._comm})"
+
+    def command(self) -> list[str]:
+        return self._cmdline
+
+    def _sample(self) -> tuple[float, float, int] | None:
+        return _proc_times(self.tgid)
+
+    def poll(self) -> str | None:
+        sample = self._sample()
+        if sample is None or _is_zombie(self.tgid):
+            return f"pid {self.tgid} exited"
+        self._last = sample
+        return None
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+class CommandTarget(Target):
+    """A command lockprof starts (`lockprof run -- CMD`). The child is forked
+    and held before exec until the probes are attached, so nothing is missed."""
+
+    mode = "run"
+
+    def __init__(self, argv: list[str]):
+        super().__init__()
+        if not argv:
+            raise LockprofError("no command given: lockprof run -- CMD [ARGS...]", exit_code=2)
+        self.argv = argv
+        self._rusage: dict | None = None
+        self.tgid = self._spawn_held()
+
+    def _spawn_held(self) -> int:
+        gate_r, gate_w = os.pipe()
+        err_r, err_w = os.pipe()
+        os.set_inheritable(err_w, False)
+        pid = os.fork()
+        if pid == 0:  # child: wait for the gate, then exec
+            os.close(gate_w)
+            os.close(err_r)
+            try:
+                os.read(gate_r, 1)
+                os.close(gate_r)
+                os.set_blocking(err_w, True)
+                os.execvp(self.argv[0], self.argv)
+            except OSError as exc:
+                os.write(err_w, f"{exc.strerror}".encode())
+            os._exit(127)
+        os.close(gate_r)
+        os.close(err_w)
+        self._gate_w, self._err_r = gate_w, err_r
+        return pid
+
+    def describe(self) -> str:
+        return f"pid {self.tgid} ({' '.join(self.argv)})"
+
+    def command(self) -> list[str]:
+        return self.argv
+
+    def begin(self) -> None:
+        super().begin()
+        os.write(self._gate_w, b"x")
+        os.close(self._gate_w)
+        # An exec failure writes its reason; a successful exec closes the pipe.
+        reason = os.read(self._err_r, 512).decode(errors="replace")
+        os.close(self._err_r)
+        if reason:
+            os.waitpid(self.tgid, 0)
+            raise LockprofError(f"cannot run {self.argv[0]}: {reason}", exit_code=127)
+
+    def abandon(self) -> None:
+        """Collection failed before begin(): do not leave the held child behind."""
+        try:
+            os.kill(self.tgid, signal.SIGKILL)
+            os.waitpid(self.tgid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+    def poll(self) -> str | None:
+        if self._rusage is not None:
+            return f"command exited with status {self.exit_status}"
+        pid, status, usage = os.wait4(self.tgid, os.WNOHANG)
+        if pid == 0:
+            return None
+        self._finish(status, usage)
+        return f"command exited with status {self.exit_status}"
+
+    def wait(self) -> None:
+        """Reap the command (after Ctrl-C it may still be running)."""
+        if self._rusage is None:
+            _pid, status, usage = os.wait4(self.tgid, 0)
+            self._finish(status, usage)
+
+    def _finish(self, status: int, usage) -> None:
+        self._end_wall = time.monotonic()
+        self.exit_status = os.waitstatus_to_exitcode(status)
+        self._rusage = {
+            "user_s": round(usage.ru_utime, 6),
+            "sys_s": round(usage.ru_stime, 6),
+            "elapsed_s": round(self._end_wall - self._start_wall, 6),
+            "minor_faults": int(usage.ru_minflt),
+            "major_faults": int(usage.ru_majflt),
+            "max_rss_kb": int(usage.ru_maxrss),
+        }
+
+    def end(self) -> None:
+        if self._rusage is None:
+            self._end_wall = time.monotonic()
+
+    def rusage(self) -> dict:
+        if self._rusage is not None:
+            return self._rusage
+        return super().rusage()

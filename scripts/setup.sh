@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Idempotent machine setup for lockprof: apt packages, kernel headers (exact or
+# wired fallback), tracefs, a venv that sees Debian's bcc, and the package.
+# Every step checks before it acts, so a second run is fast and changes nothing.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+venv="$repo/.venv"
+say() { printf 'setup: %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: must run as root (apt, tracefs and eBPF need it); try: sudo make setup" >&2
+    exit 1
+fi
+
+apt_updated=0
+apt_install() {
+    # Install only the packages that are missing; update the index once.
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ $apt_updated -eq 0 ]; then
+        say "apt-get update"
+        apt-get update -qq
+        apt_updated=1
+    fi
+    say "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# python3-bpfcc is BCC's Python binding. PyPI's "bcc" is an unrelated project.
+apt_install python3-bpfcc libbpfcc bpftool stress-ng python3-venv gcc make libc6-dev
+
+# Kernel headers: BCC compiles against /lib/modules/$(uname -r)/build.
+# Prefer the exact package; else wire the distro's generic headers. Struct
+# layouts in a fallback are wrong for this kernel, which is why the probes take
+# every struct offset from BTF instead (see profiler/btf.py).
+kver=$(uname -r)
+moddir="/lib/modules/$kver"
+if [ ! -e "$moddir/build/include" ]; then
+    if apt-cache show "linux-headers-$kver" >/dev/null 2>&1; then
+        apt_install "linux-headers-$kver"
+    else
+        apt_install linux-headers-amd64
+        arch_dir=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+        common_dir=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+        if [ -z "$arch_dir" ] || [ -z "$common_dir" ]; then
+            echo "setup: no kernel headers found under /usr/src after installing linux-headers-amd64" >&2
+            exit 1
+        fi
+        mkdir -p "$moddir"
+        ln -sfn "$arch_dir" "$moddir/build"
+        ln -sfn "$common_dir" "$moddir/source"
+        say "wired fallback headers $arch_dir for kernel $kver"
+    fi
+fi
+
+# BCC reads tracepoint formats from tracefs, which is not mounted at boot here.
+if [ ! -e /sys/kernel/tracing/events ]; then
+    mount -t tracefs nodev /sys/kernel/tracing
+    say "mounted tracefs"
+fi
+
+# A venv on Debian's python so that `import bcc` finds python3-bpfcc.
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import bcc" 2>/dev/null; then
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv --system-site-packages "$venv"
+    say "created $venv"
+fi
+
+# Reinstall the package only when its metadata changed (editable install:
+# source edits need no reinstall).
+stamp="$venv/.lockprof-installed"
+want=$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x "$venv/bin/lockprof" ]; then
+    "$venv/bin/pip" install -q --upgrade pip >/dev/null
+    "$venv/bin/pip" install -q -e "$repo[dev]"
+    echo "$want" > "$stamp"
+    say "installed lockprof into $venv"
+fi
+
+make -s -C "$repo/workloads"
+say "ready: $venv/bin/lockprof"
