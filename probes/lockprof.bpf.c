@@ -27,6 +27,14 @@
 #error "LP_MMAP_LOCK_OFFSET (offsetof(struct mm_struct, mmap_lock)) must come from BTF"
 #endif
 
+/* Per-task rows for a process's own tasks on its own mmap_lock cost a hash
+ * update per acquisition and release (docs/performance.md). By default only
+ * foreign tasks (khugepaged, /proc readers, ptrace) and contended waits get
+ * per-task rows; -DLP_TASK_SPLIT_OWN=1 adds the owner's own tasks. */
+#ifndef LP_TASK_SPLIT_OWN
+#define LP_TASK_SPLIT_OWN 0
+#endif
+
 #if (LP_MAX_NEST & (LP_MAX_NEST - 1)) != 0
 #error "LP_MAX_NEST must be a power of two"
 #endif
@@ -266,6 +274,15 @@ static __always_inline int lp_held_find(struct lp_task *ts, u64 lock, u32 flags)
 	return -1;
 }
 
+/* Per-task row for an mmap_lock event, if this task is foreign to the mm. */
+static __always_inline void lp_mmap_task_account(struct lp_task *ts, u64 lock, u32 flags,
+						 u64 pid_tgid, u64 wait_ns, u64 hold_ns, int is_hold)
+{
+	if (!LP_TASK_SPLIT_OWN && ts->own_mm + LP_MMAP_LOCK_OFFSET == lock)
+		return;
+	lp_task_account(lock, flags, LP_SRC_MMAP_LOCK, pid_tgid, wait_ns, hold_ns, is_hold);
+}
+
 /* A read acquisition with no start_locking: mmap_write_downgrade(). */
 static __always_inline void lp_mmap_downgrade(struct lp_config *cfg, struct lp_task *ts, u64 lock,
 					      u64 now, u64 pid_tgid)
@@ -286,7 +303,7 @@ static __always_inline void lp_mmap_downgrade(struct lp_config *cfg, struct lp_t
 		stats->downgrades++;
 		lp_hist_add(&stats->hold, held_ns);
 	}
-	lp_task_account(lock, LP_LCB_WRITE, LP_SRC_MMAP_LOCK, pid_tgid, 0, held_ns, 1);
+	lp_mmap_task_account(ts, lock, LP_LCB_WRITE, pid_tgid, 0, held_ns, 1);
 	lp_emit(cfg, now, held_ns, lock, LP_LCB_WRITE, LP_SRC_MMAP_LOCK, LP_KIND_HOLD, -1, pid_tgid);
 }
 
@@ -329,7 +346,7 @@ int lp_mmap_acquired(struct bpf_raw_tracepoint_args *ctx)
 		stats->contended++;
 	lp_hist_add(&stats->wait, wait_ns);
 	lp_held_push(ts, lock, flags, now);
-	lp_task_account(lock, flags, LP_SRC_MMAP_LOCK, pid_tgid, wait_ns, 0, 0);
+	lp_mmap_task_account(ts, lock, flags, pid_tgid, wait_ns, 0, 0);
 	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_MMAP_LOCK, LP_KIND_WAIT, -1, pid_tgid);
 	return 0;
 }
@@ -361,7 +378,7 @@ int lp_mmap_released(struct bpf_raw_tracepoint_args *ctx)
 		stats->releases++;
 		lp_hist_add(&stats->hold, held_ns);
 	}
-	lp_task_account(lock, flags, LP_SRC_MMAP_LOCK, pid_tgid, 0, held_ns, 1);
+	lp_mmap_task_account(ts, lock, flags, pid_tgid, 0, held_ns, 1);
 	lp_emit(cfg, now, held_ns, lock, flags, LP_SRC_MMAP_LOCK, LP_KIND_HOLD, -1, pid_tgid);
 	return 0;
 }

@@ -27,9 +27,9 @@ INTERVAL_COLUMNS = (
 )
 
 
-def _column_index(columns: list[str]) -> dict[str, object]:
+def _column_index(columns: list[str]) -> dict[str, int | list[int]]:
     """Where each interval column lives in a flattened lp_stats row."""
-    where: dict[str, object] = {}
+    where: dict[str, int | list[int]] = {}
     for name in COUNTER_COLUMNS:
         where[name] = columns.index(name)
     for h in ("wait", "hold"):
@@ -51,17 +51,24 @@ def interval_rows(
     deltas; *_max_ns is the running maximum since the start (a maximum cannot be
     differenced), per-interval extremes come from the event stream."""
     where = _column_index(columns)
-    max_cols = [where["wait_max_ns"], where["hold_max_ns"]]
+    max_cols = [columns.index("wait.max_ns"), columns.index("hold.max_ns")]
+    active_cols = [columns.index(c) for c in ("wait.count", "hold.count", "failures")]
     rows = []
     for key, now in current.items():
         before = previous.get(key)
         delta = now - before if before is not None else now.copy()
         delta[:, max_cols] = now[:, max_cols]
-        activity = delta[:, [where["wait_count"], where["hold_count"], where["failures"]]]
+        activity = delta[:, active_cols]
         for cpu in np.nonzero(activity.sum(axis=1))[0]:
             d = delta[cpu]
-            row: dict = {"interval": interval, "t_s": t_s, "lock": key[0], "flags": key[1],
-                         "source": key[2], "cpu": int(cpu)}
+            row: dict = {
+                "interval": interval,
+                "t_s": t_s,
+                "lock": key[0],
+                "flags": key[1],
+                "source": key[2],
+                "cpu": int(cpu),
+            }
             for name, index in where.items():
                 row[name] = d[index].tolist() if isinstance(index, list) else int(d[index])
             rows.append(row)
@@ -69,8 +76,12 @@ def interval_rows(
 
 
 def empty_intervals() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="object" if c.endswith("_slots") else "int64")
-                         for c in INTERVAL_COLUMNS})
+    return pd.DataFrame(
+        {
+            c: pd.Series(dtype="object" if c.endswith("_slots") else "int64")
+            for c in INTERVAL_COLUMNS
+        }
+    )
 
 
 def intervals_frame(rows: list[dict]) -> pd.DataFrame:
@@ -86,10 +97,31 @@ def intervals_frame(rows: list[dict]) -> pd.DataFrame:
 # Frames inside the locking primitives themselves: the caller is the first
 # frame below them (as perf lock contention skips them).
 _LOCK_INTERNALS = (
-    "__mutex_lock", "mutex_lock", "__rwsem", "rwsem_", "down_read", "down_write", "up_read",
-    "up_write", "_raw_", "queued_", "native_queued", "percpu_down", "__percpu_down",
-    "percpu_rwsem", "rt_mutex", "rtlock", "__down", "down", "mmap_read_lock", "mmap_write_lock",
-    "lock_mm_and_find_vma", "__lock_", "schedule", "__schedule", "preempt_schedule",
+    "__mutex_lock",
+    "mutex_lock",
+    "__rwsem",
+    "rwsem_",
+    "down_read",
+    "down_write",
+    "up_read",
+    "up_write",
+    "_raw_",
+    "queued_",
+    "native_queued",
+    "percpu_down",
+    "__percpu_down",
+    "percpu_rwsem",
+    "rt_mutex",
+    "rtlock",
+    "__down",
+    "down",
+    "mmap_read_lock",
+    "mmap_write_lock",
+    "lock_mm_and_find_vma",
+    "__lock_",
+    "schedule",
+    "__schedule",
+    "preempt_schedule",
 )
 
 
@@ -130,11 +162,31 @@ def name_locks(
         else:
             caller = top_caller.get(int(lock))
             name = f"{caller} ({int(lock):#x})" if caller else f"{lock_class} {int(lock):#x}"
-        rows.append({"lock": int(lock), "flags": int(flags), "source": int(source),
-                     "lock_class": lock_class, "mode": mode, "name": name,
-                     "owner_pid": owner_pid, "owner_comm": owner_comm})
-    frame = pd.DataFrame(rows, columns=["lock", "flags", "source", "lock_class", "mode", "name",
-                                        "owner_pid", "owner_comm"])
+        rows.append(
+            {
+                "lock": int(lock),
+                "flags": int(flags),
+                "source": int(source),
+                "lock_class": lock_class,
+                "mode": mode,
+                "name": name,
+                "owner_pid": owner_pid,
+                "owner_comm": owner_comm,
+            }
+        )
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "lock",
+            "flags",
+            "source",
+            "lock_class",
+            "mode",
+            "name",
+            "owner_pid",
+            "owner_comm",
+        ],
+    )
     frame["lock"] = frame["lock"].astype("uint64")
     return frame
 
@@ -170,13 +222,16 @@ def _per_cpu(mmap_rows: pd.DataFrame, contention_rows: pd.DataFrame) -> list[dic
     rows = mmap_rows if not mmap_rows.empty else contention_rows
     out = []
     for cpu, group in rows.groupby("cpu"):
-        out.append({
-            "cpu": int(cpu),
-            "acquisitions": int(group["acquisitions"].sum()) if not mmap_rows.empty else None,
-            "contended": int(group["contended"].sum()),
-            "wait_total_ns": int(group["wait_total_ns"].sum()),
-            "hold_total_ns": int(group["hold_total_ns"].sum()) if not mmap_rows.empty else None,
-        })
+        assert isinstance(cpu, int | np.integer)
+        out.append(
+            {
+                "cpu": int(cpu),
+                "acquisitions": int(group["acquisitions"].sum()) if not mmap_rows.empty else None,
+                "contended": int(group["contended"].sum()),
+                "wait_total_ns": int(group["wait_total_ns"].sum()),
+                "hold_total_ns": int(group["hold_total_ns"].sum()) if not mmap_rows.empty else None,
+            }
+        )
     return out
 
 
@@ -198,20 +253,22 @@ def summary_rows(intervals: pd.DataFrame, locks: pd.DataFrame, families: list[st
         mmap_rows = group[group["source"] == src_mmap]
         cont_rows = group[group["source"] != src_mmap]
         first = group.iloc[0]
-        has_mmap = not mmap_rows.empty or (first["lock_class"] == "mmap_lock"
-                                           and "mmap_lock" in families)
+        has_mmap = not mmap_rows.empty or (
+            first["lock_class"] == "mmap_lock" and "mmap_lock" in families
+        )
         row = {
             "lock": first["name"],
             "lock_class": first["lock_class"],
             "mode": mode,
-            "lock_addr": f"{int(lock):#x}",
+            "lock_addr": f"{int(lock):#x}",  # type: ignore[call-overload]
             "owner_pid": None if pd.isna(first["owner_pid"]) else int(first["owner_pid"]),
             "owner_comm": None if pd.isna(first["owner_comm"]) else first["owner_comm"],
         }
         if has_mmap:
             row["acquisitions"] = int(mmap_rows["acquisitions"].sum())
-            row["contended"] = (int(mmap_rows["contended"].sum())
-                                if "contention" in families else None)
+            row["contended"] = (
+                int(mmap_rows["contended"].sum()) if "contention" in families else None
+            )
             row["releases"] = int(mmap_rows["releases"].sum())
             row["downgrades"] = int(mmap_rows["downgrades"].sum())
             row["trylock_failures"] = int(mmap_rows["failures"].sum())

@@ -134,13 +134,12 @@ class BpfSession:
 
     def _compile(self):
         source = schema.probes_dir() / "lockprof.bpf.c"
+        failure: Exception | None = None
         with _captured_stderr() as output:
             try:
                 bpf = self._bcc.BPF(src_file=str(source).encode(), cflags=self._cflags())
             except Exception as exc:  # bcc raises plain Exception on compile errors
                 failure = exc
-            else:
-                failure = None
         if failure is not None:
             detail = _first_error(output[0]) if output else str(failure)
             raise LockprofError(f"BPF compile/load failed: {detail}")
@@ -196,7 +195,7 @@ class BpfSession:
         table = self._bpf["lp_stats"]
         snapshot = StatsSnapshot(ts_ns, self._stats_columns)
         width = len(self._stats_columns)
-        for key in table.keys():
+        for key in table:
             raw = table.getvalue(key)
             values = np.frombuffer(bytes(raw), dtype=np.uint64)
             snapshot.rows[(int(key.lock), int(key.flags), int(key.source))] = values.reshape(
@@ -217,19 +216,32 @@ class BpfSession:
     def read_tasks(self) -> list[dict]:
         rows = []
         for key, value in self._bpf["lp_tasks"].items():
-            rows.append({
-                "lock": int(key.lock), "tid": int(key.tid), "tgid": int(key.tgid),
-                "flags": int(key.flags), "source": int(key.source),
-                "comm": bytes(value.comm).rstrip(b"\0").decode(errors="replace"),
-                "waits": int(value.waits), "wait_ns": int(value.wait_ns),
-                "holds": int(value.holds), "hold_ns": int(value.hold_ns),
-            })
+            rows.append(
+                {
+                    "lock": int(key.lock),
+                    "tid": int(key.tid),
+                    "tgid": int(key.tgid),
+                    "flags": int(key.flags),
+                    "source": int(key.source),
+                    "comm": bytes(value.comm).rstrip(b"\0").decode(errors="replace"),
+                    "waits": int(value.waits),
+                    "wait_ns": int(value.wait_ns),
+                    "holds": int(value.holds),
+                    "hold_ns": int(value.hold_ns),
+                }
+            )
         return rows
 
     def read_callers(self) -> list[dict]:
         return [
-            {"lock": int(k.lock), "stack_id": int(k.stack_id), "flags": int(k.flags),
-             "count": int(v.count), "total_ns": int(v.total_ns), "max_ns": int(v.max_ns)}
+            {
+                "lock": int(k.lock),
+                "stack_id": int(k.stack_id),
+                "flags": int(k.flags),
+                "count": int(v.count),
+                "total_ns": int(v.total_ns),
+                "max_ns": int(v.max_ns),
+            }
             for k, v in self._bpf["lp_callers"].items()
         ]
 
@@ -278,8 +290,16 @@ class BpfSession:
 
 
 # Frames of the tracing machinery itself, above the code that hit the tracepoint.
-_TRACING_FRAMES = ("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_", "trace_contention",
-                   "bpf_get_stackid", "perf_trace_", "__trace_")
+_TRACING_FRAMES = (
+    "bpf_prog_",
+    "bpf_trace_run",
+    "__bpf_trace_",
+    "__traceiter_",
+    "trace_contention",
+    "bpf_get_stackid",
+    "perf_trace_",
+    "__trace_",
+)
 
 
 def strip_tracing_frames(frames: list[str]) -> list[str]:

@@ -105,7 +105,9 @@ class Btf:
         assert t is not None
         out = []
         for i in range(t.vlen):
-            name_off, mtype, offset = struct.unpack_from("<III", self._types_raw, t.trailer_at + 12 * i)
+            name_off, mtype, offset = struct.unpack_from(
+                "<III", self._types_raw, t.trailer_at + 12 * i
+            )
             bit_offset = offset & 0xFFFFFF if t.kind_flag else offset
             out.append((self.name(name_off) if name_off else "", mtype, bit_offset))
         return out

@@ -57,8 +57,9 @@ def _attach_each(raw: bool) -> list[Check]:
             required = raw and not event.startswith("sched:")
             try:
                 if raw:
-                    prog.attach_raw_tracepoint(tp=event.split(":")[1].encode(),
-                                               fn_name=_fn_name(event).encode())
+                    prog.attach_raw_tracepoint(
+                        tp=event.split(":")[1].encode(), fn_name=_fn_name(event).encode()
+                    )
                 else:
                     prog.attach_tracepoint(tp=event.encode(), fn_name=_fn_name(event).encode())
                 checks.append(Check(f"{kind} {event}", True, "attached", required))
@@ -88,12 +89,17 @@ def _try(name: str, required: bool, action) -> Check:
 def _kprobe() -> str:
     from profiler import bpf
 
-    if not Path("/sys/kernel/tracing/kprobe_events").exists() and not Path(
-        "/sys/kernel/debug/tracing/kprobe_events"
-    ).exists():
+    if (
+        not Path("/sys/kernel/tracing/kprobe_events").exists()
+        and not Path("/sys/kernel/debug/tracing/kprobe_events").exists()
+    ):
         raise LockprofError("absent: no kprobe_events in tracefs (CONFIG_KPROBES off?)")
-    bpf.compile_check("int doc_k(struct pt_regs *ctx) { return 0; }", "attach_kprobe",
-                      event=b"vfs_read", fn_name=b"doc_k")
+    bpf.compile_check(
+        "int doc_k(struct pt_regs *ctx) { return 0; }",
+        "attach_kprobe",
+        event=b"vfs_read",
+        fn_name=b"doc_k",
+    )
     return "attached to vfs_read"
 
 
@@ -110,8 +116,13 @@ def _fentry() -> str:
 def _uprobe() -> str:
     from profiler import bpf
 
-    bpf.compile_check("int doc_u(struct pt_regs *ctx) { return 0; }", "attach_uprobe",
-                      name=b"c", sym=b"getpid", fn_name=b"doc_u")
+    bpf.compile_check(
+        "int doc_u(struct pt_regs *ctx) { return 0; }",
+        "attach_uprobe",
+        name=b"c",
+        sym=b"getpid",
+        fn_name=b"doc_u",
+    )
     return "attached to libc getpid"
 
 
@@ -120,9 +131,12 @@ def _perf_event() -> str:
 
     bcc = bpf.import_bcc()
     bpf.compile_check(
-        "int doc_p(struct bpf_perf_event_data *ctx) { return 0; }", "attach_perf_event",
-        ev_type=bcc.PerfType.SOFTWARE, ev_config=bcc.PerfSWConfig.CPU_CLOCK,
-        fn_name=b"doc_p", sample_freq=49,
+        "int doc_p(struct bpf_perf_event_data *ctx) { return 0; }",
+        "attach_perf_event",
+        ev_type=bcc.PerfType.SOFTWARE,
+        ev_config=bcc.PerfSWConfig.CPU_CLOCK,
+        fn_name=b"doc_p",
+        sample_freq=49,
     )
     return "cpu-clock sampling attached"
 
@@ -147,10 +161,12 @@ def _headers() -> Check:
 
     info = headers_in_use()
     if info["kind"] == "missing":
-        return Check("kernel headers", False,
-                     f"missing at {info['path']} (run `make setup`)", True)
-    note = ("exact match" if info["kind"] == "exact" else
-            f"FALLBACK {info['version']} for {platform.release()}: struct layouts come from BTF")
+        return Check("kernel headers", False, f"missing at {info['path']} (run `make setup`)", True)
+    note = (
+        "exact match"
+        if info["kind"] == "exact"
+        else f"FALLBACK {info['version']} for {platform.release()}: struct layouts come from BTF"
+    )
     return Check("kernel headers", True, f"{note} ({info['path']})", True)
 
 
@@ -171,9 +187,15 @@ def run_checks() -> list[Check]:
     checks.append(_try("bcc", True, lambda: "python3-bpfcc " + _bcc_version()))
     checks.append(_try("BTF", True, _btf))
     checks.append(_headers())
-    checks.append(Check("tracefs", Path("/sys/kernel/tracing/events").is_dir(),
-                        "/sys/kernel/tracing" if Path("/sys/kernel/tracing/events").is_dir()
-                        else "not mounted: mount -t tracefs nodev /sys/kernel/tracing"))
+    checks.append(
+        Check(
+            "tracefs",
+            Path("/sys/kernel/tracing/events").is_dir(),
+            "/sys/kernel/tracing"
+            if Path("/sys/kernel/tracing/events").is_dir()
+            else "not mounted: mount -t tracefs nodev /sys/kernel/tracing",
+        )
+    )
     checks += _attach_each(raw=True)
     checks += _attach_each(raw=False)
     checks.append(_try("kprobe", False, _kprobe))
@@ -200,8 +222,7 @@ def working_mechanisms(checks: tuple[Check, ...] | list[Check]) -> set[str]:
     working = set()
     for check in checks:
         mechanism = check.name.split(" ", 1)[0]
-        if check.ok and mechanism in ("raw_tracepoint", "tracepoint", "kprobe", "fentry",
-                                      "uprobe"):
+        if check.ok and mechanism in ("raw_tracepoint", "tracepoint", "kprobe", "fentry", "uprobe"):
             working.add(mechanism)
     return working
 

@@ -24,7 +24,9 @@ def slot_of(ns: int, nslots: int) -> int:
     return 0 if ns <= 0 else min(int(ns).bit_length(), nslots - 1)
 
 
-def percentile(slots: Sequence[int] | np.ndarray, q: float, max_ns: int | None = None) -> float | None:
+def percentile(
+    slots: Sequence[int] | np.ndarray, q: float, max_ns: int | None = None
+) -> float | None:
     """Estimated q-quantile (0 < q <= 1) in ns, or None for an empty histogram."""
     counts = np.asarray(slots, dtype=np.float64)
     total = counts.sum()

@@ -42,16 +42,28 @@ def _raw_tp(event: str) -> AttachPoint:
 # record for every hit (for mmap_lock that includes a memcg id lookup), which
 # costs about twice as much (docs/performance.md).
 PROBES: tuple[Probe, ...] = (
-    Probe("mmap_lock.start", "mmap_lock", "lp_mmap_start",
-          (_raw_tp("mmap_lock:mmap_lock_start_locking"),)),
-    Probe("mmap_lock.acquired", "mmap_lock", "lp_mmap_acquired",
-          (_raw_tp("mmap_lock:mmap_lock_acquire_returned"),)),
-    Probe("mmap_lock.released", "mmap_lock", "lp_mmap_released",
-          (_raw_tp("mmap_lock:mmap_lock_released"),)),
-    Probe("contention.begin", "contention", "lp_contention_begin",
-          (_raw_tp("lock:contention_begin"),)),
-    Probe("contention.end", "contention", "lp_contention_end",
-          (_raw_tp("lock:contention_end"),)),
+    Probe(
+        "mmap_lock.start",
+        "mmap_lock",
+        "lp_mmap_start",
+        (_raw_tp("mmap_lock:mmap_lock_start_locking"),),
+    ),
+    Probe(
+        "mmap_lock.acquired",
+        "mmap_lock",
+        "lp_mmap_acquired",
+        (_raw_tp("mmap_lock:mmap_lock_acquire_returned"),),
+    ),
+    Probe(
+        "mmap_lock.released",
+        "mmap_lock",
+        "lp_mmap_released",
+        (_raw_tp("mmap_lock:mmap_lock_released"),),
+    ),
+    Probe(
+        "contention.begin", "contention", "lp_contention_begin", (_raw_tp("lock:contention_begin"),)
+    ),
+    Probe("contention.end", "contention", "lp_contention_end", (_raw_tp("lock:contention_end"),)),
 )
 
 FAMILIES = ("mmap_lock", "contention")

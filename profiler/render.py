@@ -47,10 +47,21 @@ def lock_label(row: dict) -> str:
 def summary_table(rows: list[dict], top: int | None = None, title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left", header_style="bold", pad_edge=False)
     for header, justify in (
-        ("lock", "left"), ("mode", "left"), ("acq", "right"), ("contended", "right"),
-        ("wait total", "right"), ("avg", "right"), ("p50", "right"), ("p99", "right"),
-        ("max", "right"), ("hold avg", "right"), ("p99", "right"), ("max", "right"),
-        ("r:w", "right"), ("downgr", "right"), ("fail", "right"),
+        ("lock", "left"),
+        ("mode", "left"),
+        ("acq", "right"),
+        ("contended", "right"),
+        ("wait total", "right"),
+        ("avg", "right"),
+        ("p50", "right"),
+        ("p99", "right"),
+        ("max", "right"),
+        ("hold avg", "right"),
+        ("p99", "right"),
+        ("max", "right"),
+        ("r:w", "right"),
+        ("downgr", "right"),
+        ("fail", "right"),
     ):
         table.add_column(header, justify=justify, no_wrap=header != "lock")  # type: ignore[arg-type]
     for row in rows[:top] if top else rows:
@@ -58,11 +69,20 @@ def summary_table(rows: list[dict], top: int | None = None, title: str | None = 
         hold = row.get("hold_ns") or {}
         ratio = row.get("reader_writer_ratio")
         table.add_row(
-            Text(lock_label(row)), row["mode"], fmt_count(row.get("acquisitions")),
-            fmt_count(row.get("contended")), fmt_ns(wait.get("total")), fmt_ns(wait.get("avg")),
-            fmt_ns(wait.get("p50")), fmt_ns(wait.get("p99")), fmt_ns(wait.get("max")),
-            fmt_ns(hold.get("avg")), fmt_ns(hold.get("p99")), fmt_ns(hold.get("max")),
-            "-" if ratio is None else f"{ratio:.3g}", fmt_count(row.get("downgrades")),
+            Text(lock_label(row)),
+            row["mode"],
+            fmt_count(row.get("acquisitions")),
+            fmt_count(row.get("contended")),
+            fmt_ns(wait.get("total")),
+            fmt_ns(wait.get("avg")),
+            fmt_ns(wait.get("p50")),
+            fmt_ns(wait.get("p99")),
+            fmt_ns(wait.get("max")),
+            fmt_ns(hold.get("avg")),
+            fmt_ns(hold.get("p99")),
+            fmt_ns(hold.get("max")),
+            "-" if ratio is None else f"{ratio:.3g}",
+            fmt_count(row.get("downgrades")),
             fmt_count(row.get("trylock_failures")),
         )
     return table
@@ -95,9 +115,14 @@ NOTES = {
 }
 
 
-def view(rows: list[dict], header: str, errors: dict[str, int], lost: int,
-         top: int | None = 15) -> Group:
-    parts: list = [Text(safe_text(header), style="bold"), summary_table(rows, top), per_cpu_line(rows)]
+def view(
+    rows: list[dict], header: str, errors: dict[str, int], lost: int, top: int | None = 15
+) -> Group:
+    parts: list = [
+        Text(safe_text(header), style="bold"),
+        summary_table(rows, top),
+        per_cpu_line(rows),
+    ]
     problems = problems_line(errors, lost)
     if problems is not None:
         parts.append(problems)

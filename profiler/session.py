@@ -125,8 +125,18 @@ def collect(
         target.end()
         if isinstance(target, CommandTarget):
             _reap(target, stop)
-        return _build_recording(options, target, session, state, namer, attached, stop.reason,
-                                start_ns, end_ns, wall_start)
+        return _build_recording(
+            options,
+            target,
+            session,
+            state,
+            namer,
+            attached,
+            stop.reason,
+            start_ns,
+            end_ns,
+            wall_start,
+        )
 
 
 def _collect_loop(options, target, session, stop, state, namer, start_ns, on_interval) -> None:
@@ -165,8 +175,10 @@ def _reap(target: CommandTarget, stop: StopFlag) -> None:
     while target.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     if target.exit_status is None:
-        sys.stderr.write(f"lockprof: command still running as pid {target.tgid}; "
-                         "its rusage covers the collection window only\n")
+        sys.stderr.write(
+            f"lockprof: command still running as pid {target.tgid}; "
+            "its rusage covers the collection window only\n"
+        )
 
 
 def _cumulative_frame(snapshot) -> pd.DataFrame:
@@ -205,8 +217,10 @@ class _LockNamer:
         self._data_symbols: dict[int, str] | None = None
 
     def callers(self) -> pd.DataFrame:
-        return pd.DataFrame(self._session.read_callers(),
-                            columns=["lock", "stack_id", "flags", "count", "total_ns", "max_ns"])
+        return pd.DataFrame(
+            self._session.read_callers(),
+            columns=["lock", "stack_id", "flags", "count", "total_ns", "max_ns"],
+        )
 
     def frames(self, stack_ids) -> dict[int, list[str]]:
         for stack_id in stack_ids:
@@ -220,43 +234,71 @@ class _LockNamer:
             self._data_symbols = ksyms.data_symbols()
         callers = self.callers() if callers is None else callers
         stacks = self.frames(callers["stack_id"].unique()) if not callers.empty else {}
-        return aggregate.name_locks(frame, self._session.read_owners(), callers, stacks,
-                                    self._data_symbols)
+        return aggregate.name_locks(
+            frame, self._session.read_owners(), callers, stacks, self._data_symbols
+        )
 
 
 def _events_frame(events: np.ndarray, start_ns: int) -> pd.DataFrame:
-    columns = ["t_s", "duration_ns", "lock", "tgid", "tid", "cpu", "stack_id", "flags",
-               "source", "kind", "comm"]
+    columns = [
+        "t_s",
+        "duration_ns",
+        "lock",
+        "tgid",
+        "tid",
+        "cpu",
+        "stack_id",
+        "flags",
+        "source",
+        "kind",
+        "comm",
+    ]
     if len(events) == 0:
-        return pd.DataFrame({c: pd.Series(dtype="object" if c == "comm" else "int64")
-                             for c in columns})
-    frame = pd.DataFrame({
-        "t_s": (events["ts_ns"].astype(np.int64) - start_ns) / 1e9,
-        "duration_ns": events["duration_ns"].astype(np.int64),
-        "lock": events["lock"].astype(np.uint64),
-        "tgid": events["tgid"].astype(np.int64),
-        "tid": events["tid"].astype(np.int64),
-        "cpu": events["cpu"].astype(np.int64),
-        "stack_id": events["stack_id"].astype(np.int64),
-        "flags": events["flags"].astype(np.int64),
-        "source": events["source"].astype(np.int64),
-        "kind": np.where(events["kind"] == schema.const("LP_KIND_HOLD"), "hold", "wait"),
-        "comm": [bytes(c).split(b"\0", 1)[0].decode(errors="replace") for c in events["comm"]],
-    })
+        return pd.DataFrame(
+            {c: pd.Series(dtype="object" if c == "comm" else "int64") for c in columns}
+        )
+    frame = pd.DataFrame(
+        {
+            "t_s": (events["ts_ns"].astype(np.int64) - start_ns) / 1e9,
+            "duration_ns": events["duration_ns"].astype(np.int64),
+            "lock": events["lock"].astype(np.uint64),
+            "tgid": events["tgid"].astype(np.int64),
+            "tid": events["tid"].astype(np.int64),
+            "cpu": events["cpu"].astype(np.int64),
+            "stack_id": events["stack_id"].astype(np.int64),
+            "flags": events["flags"].astype(np.int64),
+            "source": events["source"].astype(np.int64),
+            "kind": np.where(events["kind"] == schema.const("LP_KIND_HOLD"), "hold", "wait"),
+            "comm": [bytes(c).split(b"\0", 1)[0].decode(errors="replace") for c in events["comm"]],
+        }
+    )
     return frame
 
 
-def _build_recording(options, target, session, state, namer, attached, stop_reason,
-                     start_ns, end_ns, wall_start) -> Recording:
+def _build_recording(
+    options, target, session, state, namer, attached, stop_reason, start_ns, end_ns, wall_start
+) -> Recording:
     intervals = aggregate.intervals_frame(state.rows)
     callers = namer.callers()
     events = _events_frame(session.take_events(), start_ns)
     stack_ids = set(callers["stack_id"].tolist()) | set(events["stack_id"].tolist())
     frames = namer.frames(sorted(s for s in stack_ids if s >= 0))
     locks = namer.name(intervals, callers)
-    tasks = pd.DataFrame(session.read_tasks(),
-                         columns=["lock", "tid", "tgid", "flags", "source", "comm", "waits",
-                                  "wait_ns", "holds", "hold_ns"])
+    tasks = pd.DataFrame(
+        session.read_tasks(),
+        columns=[
+            "lock",
+            "tid",
+            "tgid",
+            "flags",
+            "source",
+            "comm",
+            "waits",
+            "wait_ns",
+            "holds",
+            "hold_ns",
+        ],
+    )
     stacks = pd.DataFrame({"stack_id": list(frames), "frames": list(frames.values())})
     errors = session.read_errors()
     lost = errors.get("ringbuf_full", 0) + session.events_dropped_userspace
@@ -286,8 +328,15 @@ def _build_recording(options, target, session, state, namer, attached, stop_reas
         "lockprof_pid": os.getpid(),
         "headers": headers_in_use(),
     }
-    return Recording(meta=meta, intervals=intervals, locks=locks, events=events, tasks=tasks,
-                     callers=callers, stacks=stacks)
+    return Recording(
+        meta=meta,
+        intervals=intervals,
+        locks=locks,
+        events=events,
+        tasks=tasks,
+        callers=callers,
+        stacks=stacks,
+    )
 
 
 def _version() -> str:
@@ -328,7 +377,8 @@ def require_privileges() -> None:
         return
     raise LockprofError(
         "lockprof needs root (or CAP_BPF plus CAP_PERFMON) to load BPF programs; "
-        "try: sudo lockprof ...", exit_code=1,
+        "try: sudo lockprof ...",
+        exit_code=1,
     )
 
 

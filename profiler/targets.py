@@ -116,8 +116,12 @@ class Target:
     def rusage(self) -> dict:
         elapsed = (self._end_wall or time.monotonic()) - self._start_wall
         if self._first is None or self._last is None:
-            return {"user_s": None, "sys_s": None, "elapsed_s": round(elapsed, 6),
-                    "minor_faults": None}
+            return {
+                "user_s": None,
+                "sys_s": None,
+                "elapsed_s": round(elapsed, 6),
+                "minor_faults": None,
+            }
         return {
             "user_s": round(self._last[0] - self._first[0], 6),
             "sys_s": round(self._last[1] - self._first[1], 6),

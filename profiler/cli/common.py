@@ -42,25 +42,57 @@ class TimeParam(click.ParamType):
 def collection_options(func):
     """The bcc-style flags every collecting subcommand takes."""
     options = [
-        click.option("-d", "--duration", type=click.FloatRange(min=0.1, max=7 * 86400),
-                     help="Stop after SECONDS (default: Ctrl-C, or the target's exit)."),
-        click.option("-i", "--interval", type=click.FloatRange(min=0.1, max=3600), default=1.0,
-                     show_default=True, help="Seconds between live-view refreshes and "
-                     "aggregate snapshots."),
-        click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Recording file (default: lockprof-MODE-PID-TIME.lpr here)."),
-        click.option("-t", "--threshold", type=TimeParam("us"), default="100us",
-                     show_default=True, help="Stream every wait or hold at least this long "
-                     "(for timelines); aggregates count everything."),
-        click.option("--no-mmap-lock", is_flag=True,
-                     help="Leave out the mmap_lock tracepoints (contention only)."),
-        click.option("--no-contention", is_flag=True,
-                     help="Leave out lock:contention_* (mmap_lock only)."),
-        click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
-                     help="Rows in the live view."),
+        click.option(
+            "-d",
+            "--duration",
+            type=click.FloatRange(min=0.1, max=7 * 86400),
+            help="Stop after SECONDS (default: Ctrl-C, or the target's exit).",
+        ),
+        click.option(
+            "-i",
+            "--interval",
+            type=click.FloatRange(min=0.1, max=3600),
+            default=1.0,
+            show_default=True,
+            help="Seconds between live-view refreshes and aggregate snapshots.",
+        ),
+        click.option(
+            "-o",
+            "--output",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Recording file (default: lockprof-MODE-PID-TIME.lpr here).",
+        ),
+        click.option(
+            "-t",
+            "--threshold",
+            type=TimeParam("us"),
+            default="100us",
+            show_default=True,
+            help="Stream every wait or hold at least this long "
+            "(for timelines); aggregates count everything.",
+        ),
+        click.option(
+            "--no-mmap-lock",
+            is_flag=True,
+            help="Leave out the mmap_lock tracepoints (contention only).",
+        ),
+        click.option(
+            "--no-contention", is_flag=True, help="Leave out lock:contention_* (mmap_lock only)."
+        ),
+        click.option(
+            "--top",
+            type=click.IntRange(min=1),
+            default=15,
+            show_default=True,
+            help="Rows in the live view.",
+        ),
         click.option("-q", "--quiet", is_flag=True, help="No live view."),
-        click.option("--json", "as_json", is_flag=True,
-                     help="Print the final summary as JSON (as `show --json`)."),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="Print the final summary as JSON (as `show --json`).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -68,15 +100,18 @@ def collection_options(func):
 
 
 def build_options(duration, interval, threshold, no_mmap_lock, no_contention) -> CollectOptions:
-    families = tuple(f for f, off in (("mmap_lock", no_mmap_lock),
-                                      ("contention", no_contention)) if not off)
+    families = tuple(
+        f for f, off in (("mmap_lock", no_mmap_lock), ("contention", no_contention)) if not off
+    )
     if not families:
-        raise LockprofError("--no-mmap-lock and --no-contention leave nothing to trace",
-                            exit_code=2)
+        raise LockprofError(
+            "--no-mmap-lock and --no-contention leave nothing to trace", exit_code=2
+        )
     if threshold <= 0:
         raise LockprofError("--threshold must be positive", exit_code=2)
-    return CollectOptions(families=families, interval_s=interval, duration_s=duration,
-                          threshold_ns=threshold)
+    return CollectOptions(
+        families=families, interval_s=interval, duration_s=duration, threshold_ns=threshold
+    )
 
 
 def default_output(mode: str, tgid: int) -> Path:
@@ -96,12 +131,21 @@ class LiveView:
 
     def attached(self, target: Target, probes: list) -> None:
         mechanisms = sorted({p.mechanism for p in probes})
-        self.err.print(Text(render.safe_text(
-            f"lockprof: attached {len(probes)} probes ({', '.join(mechanisms)}) to "
-            f"{target.describe()}; Ctrl-C to stop")))
+        self.err.print(
+            Text(
+                render.safe_text(
+                    f"lockprof: attached {len(probes)} probes ({', '.join(mechanisms)}) to "
+                    f"{target.describe()}; Ctrl-C to stop"
+                )
+            )
+        )
         if not self.quiet and self.console.is_terminal:
-            self._live = Live(Text("waiting for the first interval..."), console=self.console,
-                              auto_refresh=False, transient=True)
+            self._live = Live(
+                Text("waiting for the first interval..."),
+                console=self.console,
+                auto_refresh=False,
+                transient=True,
+            )
             self._live.start()
 
     def update(self, state: LiveState) -> None:
@@ -110,15 +154,18 @@ class LiveView:
         lost = state.errors.get("ringbuf_full", 0)
         if self._live is not None:
             header = f"lockprof  {state.target}  {state.elapsed_s:6.1f}s  events {state.events:,}"
-            self._live.update(render.view(state.rows, header, state.errors, lost, self.top),
-                              refresh=True)
+            self._live.update(
+                render.view(state.rows, header, state.errors, lost, self.top), refresh=True
+            )
             return
         acquisitions = sum(r.get("acquisitions") or 0 for r in state.rows)
         contended = sum(r.get("contended") or 0 for r in state.rows)
         wait = sum((r.get("wait_ns") or {}).get("total") or 0 for r in state.rows)
-        self.err.print(f"[{state.elapsed_s:7.1f}s] {len(state.rows)} lock rows, "
-                       f"{acquisitions:,} acquisitions, {contended:,} contended, "
-                       f"wait {render.fmt_ns(wait)}, lost {lost:,}")
+        self.err.print(
+            f"[{state.elapsed_s:7.1f}s] {len(state.rows)} lock rows, "
+            f"{acquisitions:,} acquisitions, {contended:,} contended, "
+            f"wait {render.fmt_ns(wait)}, lost {lost:,}"
+        )
 
     def stop(self) -> None:
         if self._live is not None:
@@ -126,22 +173,37 @@ class LiveView:
             self._live = None
 
 
-def run_collection(target: Target, options: CollectOptions, output: Path | None, top: int,
-                   quiet: bool, as_json: bool, working: set[str]) -> int:
+def run_collection(
+    target: Target,
+    options: CollectOptions,
+    output: Path | None,
+    top: int,
+    quiet: bool,
+    as_json: bool,
+    working: set[str],
+) -> int:
     """Collect, save the recording, print the summary. Returns the exit code."""
     output = output or default_output(target.mode, target.tgid)
     recording.check_writable(output)
     view = LiveView(top, quiet or as_json)
     try:
-        rec = collect(options, target, working, on_interval=view.update,
-                      on_attached=lambda probes: view.attached(target, probes))
+        rec = collect(
+            options,
+            target,
+            working,
+            on_interval=view.update,
+            on_attached=lambda probes: view.attached(target, probes),
+        )
     finally:
         view.stop()
     recording.save(rec, output)
     print_summary(rec, as_json, top=None)
     err = render.console(stderr=True)
-    err.print(Text(render.safe_text(
-        f"lockprof: {rec.meta['stop_reason']}; recording written to {output}")))
+    err.print(
+        Text(
+            render.safe_text(f"lockprof: {rec.meta['stop_reason']}; recording written to {output}")
+        )
+    )
     return 0
 
 
@@ -153,23 +215,44 @@ def print_summary(rec: recording.Recording, as_json: bool, top: int | None) -> N
         return
     meta = rec.meta
     rusage = meta.get("rusage") or {}
-    header = (f"{meta.get('target')}: {meta.get('duration_s', 0):.2f}s on {meta.get('kernel')}, "
-              f"{meta.get('cpus')} CPUs, {len(rec.events):,} events over "
-              f"{render.fmt_ns(meta.get('threshold_ns'))}")
+    header = (
+        f"{meta.get('target')}: {meta.get('duration_s', 0):.2f}s on {meta.get('kernel')}, "
+        f"{meta.get('cpus')} CPUs, {len(rec.events):,} events over "
+        f"{render.fmt_ns(meta.get('threshold_ns'))}"
+    )
     out = render.console()
-    out.print(render.view(document["locks"], header, meta.get("errors", {}),
-                          meta.get("lost_events", 0), top))
+    out.print(
+        render.view(
+            document["locks"], header, meta.get("errors", {}), meta.get("lost_events", 0), top
+        )
+    )
     if rusage.get("user_s") is not None:
-        out.print(f"rusage  user {rusage['user_s']:.2f}s  sys {rusage['sys_s']:.2f}s  "
-                  f"elapsed {rusage['elapsed_s']:.2f}s  minor faults {rusage['minor_faults']:,}")
+        out.print(
+            f"rusage  user {rusage['user_s']:.2f}s  sys {rusage['sys_s']:.2f}s  "
+            f"elapsed {rusage['elapsed_s']:.2f}s  minor faults {rusage['minor_faults']:,}"
+        )
     held = [r for r in document["locks"] if r.get("still_held")]
     for row in held:
-        out.print(Text(f"still held at the end: {render.lock_label(row)} {row['mode']} "
-                       f"x{row['still_held']}"))
+        out.print(
+            Text(
+                f"still held at the end: {render.lock_label(row)} {row['mode']} "
+                f"x{row['still_held']}"
+            )
+        )
 
 
-def collect_command(target_factory, duration, interval, output, threshold, no_mmap_lock,
-                    no_contention, top, quiet, as_json) -> None:
+def collect_command(
+    target_factory,
+    duration,
+    interval,
+    output,
+    threshold,
+    no_mmap_lock,
+    no_contention,
+    top,
+    quiet,
+    as_json,
+) -> None:
     options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
     require_privileges()
     from profiler.doctor import cheap_mechanisms

@@ -26,18 +26,30 @@ def command(as_json) -> None:
     checks = doctor.run_checks()
     usable = all(c.ok for c in checks if c.required)
     if as_json:
-        click.echo(json.dumps({"usable": usable,
-                               "mechanisms": sorted(doctor.working_mechanisms(checks)),
-                               "checks": doctor.as_dicts(checks)}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "usable": usable,
+                    "mechanisms": sorted(doctor.working_mechanisms(checks)),
+                    "checks": doctor.as_dicts(checks),
+                },
+                indent=2,
+            )
+        )
     else:
         out = render.console()
         for check in checks:
-            mark, style = ("ok  ", "green") if check.ok else (("FAIL", "red") if check.required
-                                                             else ("no  ", "yellow"))
+            mark, style = (
+                ("ok  ", "green")
+                if check.ok
+                else (("FAIL", "red") if check.required else ("no  ", "yellow"))
+            )
             line = Text(f"{mark} ", style=style)
             line.append(f"{check.name:<45} {render.safe_text(check.detail)}")
             out.print(line, soft_wrap=True)
-        out.print(f"usable: {'yes' if usable else 'no'}; working mechanisms: "
-                  f"{', '.join(sorted(doctor.working_mechanisms(checks))) or 'none'}")
+        out.print(
+            f"usable: {'yes' if usable else 'no'}; working mechanisms: "
+            f"{', '.join(sorted(doctor.working_mechanisms(checks))) or 'none'}"
+        )
     if not usable:
         raise SystemExit(1)

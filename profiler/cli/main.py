@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("LOCKPROF_DEBUG"):
             raise
-        click.echo(f"lockprof: internal error: {type(exc).__name__}: {exc} "
-                   "(LOCKPROF_DEBUG=1 shows a traceback)", err=True)
+        click.echo(
+            f"lockprof: internal error: {type(exc).__name__}: {exc} "
+            "(LOCKPROF_DEBUG=1 shows a traceback)",
+            err=True,
+        )
         return 70
     return 0
 

@@ -10,8 +10,14 @@ from profiler.targets import Target
 
 
 @click.command("record")
-@click.option("-a", "--all-cpus", "system_wide", is_flag=True, required=True,
-              help="Whole system (all processes, all CPUs).")
+@click.option(
+    "-a",
+    "--all-cpus",
+    "system_wide",
+    is_flag=True,
+    required=True,
+    help="Whole system (all processes, all CPUs).",
+)
 @collection_options
 def command(system_wide, **options) -> None:
     """Profile the whole system until Ctrl-C or -d SECONDS.
@@ -22,6 +28,7 @@ def command(system_wide, **options) -> None:
       lockprof record -a -i 5 -o system.lpr
     """
     if not system_wide:
-        raise LockprofError("record needs -a (whole system); for one process use attach -p",
-                            exit_code=2)
+        raise LockprofError(
+            "record needs -a (whole system); for one process use attach -p", exit_code=2
+        )
     collect_command(Target, **options)

@@ -1,0 +1,151 @@
+"""Integration tests: real eBPF on this kernel, against workloads with known
+lock counts. They skip, with doctor's own reason, where a mechanism is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / "workloads" / "bin"
+LOCKPROF = [sys.executable, "-m", "profiler.cli.main"]
+
+
+def _doctor_skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to load BPF programs"
+    from profiler import doctor
+
+    failed = [c for c in doctor.cached_checks() if c.required and not c.ok]
+    if failed:
+        return "doctor: " + "; ".join(f"{c.name}: {c.detail}" for c in failed)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = None
+    for item in items:
+        if "integration" not in str(item.fspath):
+            continue
+        if reason is None:
+            reason = _doctor_skip_reason() or ""
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def workloads_built():
+    subprocess.run(["make", "-s", "-C", str(REPO / "workloads")], check=True)
+
+
+class Lockprof:
+    """A lockprof process started in the background, ready once attached."""
+
+    def __init__(self, args: list[str], cwd: Path):
+        self.proc = subprocess.Popen(
+            [*LOCKPROF, *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stderr_lines: list[str] = []
+
+    def wait_attached(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stderr is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.stderr_lines.append(line)
+            if "attached" in line:
+                return
+        self.proc.kill()
+        raise AssertionError(f"lockprof did not attach: {''.join(self.stderr_lines)}")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60.0) -> tuple[int, str, str]:
+        self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, "".join(self.stderr_lines) + err
+
+    def wait(self, timeout: float = 60.0) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, "".join(self.stderr_lines) + err
+
+
+class Held:
+    """mmapcount -w: a process that does its exact work only when told."""
+
+    def __init__(self, pairs: int, threads: int = 1):
+        self.proc = subprocess.Popen(
+            [str(BIN / "mmapcount"), "-w", "-n", str(pairs), "-t", str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        assert line.startswith("ready "), line
+        self.pid = self.proc.pid
+
+    def go_and_wait_done(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(b"g")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == b"done\n"
+
+    def finish(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def lockprof_factory(tmp_path):
+    started: list[Lockprof] = []
+
+    def start(*args: str) -> Lockprof:
+        lp = Lockprof(list(args), tmp_path)
+        started.append(lp)
+        return lp
+
+    yield start
+    for lp in started:
+        if lp.proc.poll() is None:
+            lp.proc.kill()
+            lp.proc.wait()
+
+
+def show_json(path: Path) -> dict:
+    out = subprocess.run(
+        [*LOCKPROF, "show", "--json", str(path)], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
+def rows_for(summary: dict, pid: int, comm: str | None = None) -> dict[str, dict]:
+    """This pid's mmap_lock rows by mode. Under `run`, the pid also owned the
+    pre-exec copy of lockprof's mm for a moment: pass comm to pick the command's."""
+    return {
+        r["mode"]: r
+        for r in summary["locks"]
+        if r["owner_pid"] == pid
+        and r["lock_class"] == "mmap_lock"
+        and (comm is None or r["owner_comm"] == comm)
+    }
+
+
+def lockprof_programs() -> list[str]:
+    out = subprocess.run(
+        ["bpftool", "prog", "list", "-j"], capture_output=True, text=True, check=True
+    )
+    names = [p.get("name", "") for p in json.loads(out.stdout or "[]")]
+    return [n for n in names if n.startswith(("lp_", "doc_"))]

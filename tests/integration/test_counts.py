@@ -1,0 +1,122 @@
+"""Exact counts against workloads whose mmap_lock traffic is known.
+
+mmapcount does N one-page mmap+munmap pairs: mmap takes mmap_lock for write;
+munmap takes it for write and downgrades it to read before releasing. So:
+write acquisitions 2N, downgrades N, write releases N, read releases N, and no
+read acquisitions of its own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from conftest import BIN, Held, lockprof_programs, rows_for, show_json
+
+
+@pytest.mark.parametrize("pairs,threads", [(2000, 1), (3000, 3)])
+def test_attach_counts_are_exact(lockprof_factory, tmp_path, pairs, threads):
+    target = Held(pairs, threads)
+    try:
+        lp = lockprof_factory("attach", "-p", str(target.pid), "-o", "rec.lpr", "-q")
+        lp.wait_attached()
+        time.sleep(0.3)  # let the first poll of /proc/PID pass
+        target.go_and_wait_done()
+        code, _out, err = lp.stop()
+    finally:
+        target.finish()
+    assert code == 0, err
+    assert "Traceback" not in err
+    rows = rows_for(show_json(tmp_path / "rec.lpr"), target.pid)
+    write, read = rows["write"], rows["read"]
+    assert write["acquisitions"] == 2 * pairs
+    assert write["downgrades"] == pairs
+    assert write["releases"] == pairs
+    assert write["trylock_failures"] == 0
+    assert write["still_held"] == 0
+    assert read["acquisitions"] == 0
+    assert read["releases"] == pairs
+    assert read["still_held"] == 0
+    assert write["wait_ns"]["count"] == 2 * pairs
+    assert write["hold_ns"]["count"] == 2 * pairs  # N released + N downgraded
+    assert read["hold_ns"]["count"] == pairs
+    assert 0 < write["hold_ns"]["p50"] < 10_000_000  # plausible: a one-page mmap
+    assert sum(c["acquisitions"] for c in write["per_cpu"]) == 2 * pairs
+
+
+def test_pid_excludes_a_concurrent_process(lockprof_factory, tmp_path):
+    target, other = Held(1000), Held(1500)
+    try:
+        lp = lockprof_factory("attach", "-p", str(target.pid), "-o", "rec.lpr", "-q")
+        lp.wait_attached()
+        other.go_and_wait_done()
+        target.go_and_wait_done()
+        code, _out, err = lp.stop()
+    finally:
+        target.finish()
+        other.finish()
+    assert code == 0, err
+    summary = show_json(tmp_path / "rec.lpr")
+    assert rows_for(summary, target.pid)["write"]["acquisitions"] == 2000
+    assert rows_for(summary, other.pid) == {}
+    owners = {r["owner_pid"] for r in summary["locks"] if r["owner_pid"] is not None}
+    assert other.pid not in owners
+
+
+def test_foreign_readers_of_the_target_mm_are_counted_with_their_comm(lockprof_factory, tmp_path):
+    """/proc/PID/cmdline readers take the target's mmap_lock for read."""
+    import profiler
+
+    target = Held(10)
+    try:
+        lp = lockprof_factory("attach", "-p", str(target.pid), "-o", "rec.lpr", "-q")
+        lp.wait_attached()
+        target.go_and_wait_done()  # the target learns its own mm first
+        for _ in range(5):
+            subprocess.run(["cat", f"/proc/{target.pid}/cmdline"], capture_output=True, check=True)
+        code, _out, err = lp.stop()
+    finally:
+        target.finish()
+    assert code == 0, err
+    rec = profiler.load(tmp_path / "rec.lpr")
+    cats = rec.tasks[(rec.tasks["comm"] == "cat") & (rec.tasks["tgid"] != target.pid)]
+    assert len(cats) > 0, rec.tasks
+    assert cats["waits"].sum() >= 5
+    mm_lock = int(cats["lock"].iloc[0])
+    assert (rec.locks[rec.locks["lock"] == mm_lock]["owner_pid"] == target.pid).all()
+
+
+def test_contended_workload_reports_rwsem_contention(lockprof_factory, tmp_path):
+    lp = lockprof_factory("run", "-o", "rec.lpr", "-q", "--", str(BIN / "rwcontend"), "-S", "2")
+    code, _out, err = lp.wait()
+    assert code == 0, err
+    summary = show_json(tmp_path / "rec.lpr")
+    pid = summary["target_pid"]
+    rows = rows_for(summary, pid, comm="rwcontend")
+    # rwcontend's writers and readers collide on its own mmap_lock, an rwsem.
+    assert rows["write"]["contended"] > 0
+    assert rows["read"]["contended"] > 0
+    for mode in ("read", "write"):
+        contended = rows[mode]["contended_wait_ns"]
+        assert contended["count"] > 0 and contended["total"] > 0 and contended["max"] > 0
+    assert summary["exit_status"] == 0
+    assert summary["rusage"]["sys_s"] > 0
+
+
+def test_no_lockprof_program_stays_loaded(lockprof_factory, tmp_path):
+    assert lockprof_programs() == []
+    lp = lockprof_factory("run", "-o", "a.lpr", "-q", "--", str(BIN / "mmapcount"), "-n", "10")
+    assert lp.wait()[0] == 0
+    assert lockprof_programs() == []
+    target = Held(10)
+    try:
+        lp = lockprof_factory("attach", "-p", str(target.pid), "-o", "b.lpr", "-q")
+        lp.wait_attached()
+        assert lockprof_programs() != []  # really attached while running
+        code, _out, err = lp.stop()
+    finally:
+        target.finish()
+    assert code == 0, err
+    assert lockprof_programs() == []
+    assert (tmp_path / "b.lpr").exists()
