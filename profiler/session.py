@@ -34,6 +34,7 @@ class CollectOptions:
     interval_s: float = 1.0
     duration_s: float | None = None
     threshold_ns: int = 100_000
+    stack_threshold_ns: int = 10_000
     max_events: int = 1_000_000
 
 
@@ -100,7 +101,9 @@ def collect(
     plans = plan(options.families, working_mechanisms)
     session = None
     try:
-        session = bpf_mod.BpfSession(plans, target.tgid, options.threshold_ns)
+        session = bpf_mod.BpfSession(
+            plans, target.tgid, options.threshold_ns, options.stack_threshold_ns
+        )
         session.max_events = options.max_events
         attached = session.attach()
     except BaseException:
@@ -316,6 +319,7 @@ def _build_recording(
         "mechanisms": [a.__dict__ for a in attached],
         "interval_s": options.interval_s,
         "threshold_ns": options.threshold_ns,
+        "stack_threshold_ns": options.stack_threshold_ns,
         "start_time": wall_start.isoformat(),
         "start_ns": start_ns,
         "end_ns": end_ns,

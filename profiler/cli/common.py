@@ -72,6 +72,14 @@ def collection_options(func):
             "(for timelines); aggregates count everything.",
         ),
         click.option(
+            "--stack-threshold",
+            type=TimeParam("us"),
+            default="10us",
+            show_default=True,
+            help="Take the kernel stack of contended waits at least this long "
+            "(stacks cost microseconds each; shorter waits are counted without one).",
+        ),
+        click.option(
             "--no-mmap-lock",
             is_flag=True,
             help="Leave out the mmap_lock tracepoints (contention only).",
@@ -247,6 +255,7 @@ def collect_command(
     interval,
     output,
     threshold,
+    stack_threshold,
     no_mmap_lock,
     no_contention,
     top,
@@ -254,6 +263,7 @@ def collect_command(
     as_json,
 ) -> None:
     options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
+    options.stack_threshold_ns = stack_threshold
     require_privileges()
     from profiler.doctor import cheap_mechanisms
 
