@@ -1,0 +1,237 @@
+"""profiler.render: untrusted text never reaches the terminal raw; number formats."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from rich.console import Console
+
+from profiler import render, summary
+
+SGR = re.compile(r"\x1b\[[0-9;]*m")  # rich's own colour/bold sequences
+
+HOSTILE_COMMS = [
+    "\x1b[31mevil",
+    "[bold]x[/bold]",
+    "\x1b]0;pwned\x07title",  # OSC: set the terminal title
+    "a\rb\nc\x00d",
+    "[link=http://x]y[/link]",
+    "\x9b31m8bit-csi",
+]
+
+
+def test_safe_text_escapes_control_characters():
+    assert render.safe_text("\x1b[31mevil") == "\\x1b[31mevil"
+    assert render.safe_text("a\rb\nc\x00d\te") == "a\\x0db\\x0ac\\x00d\\x09e"
+    assert render.safe_text("\x7f\x9b") == "\\x7f\\x9b"
+    assert render.safe_text("\u2028") == "\\u2028"  # line separator
+
+
+def test_safe_text_keeps_normal_text():
+    for text in ("mmapcount", "kworker/u8:3-events", "[bold]x[/bold]", "Grüße 进程", "a b"):
+        assert render.safe_text(text) == text
+    assert render.safe_text(1234) == "1234"
+
+
+@given(st.text())
+def test_safe_text_output_is_printable(text):
+    assert render.safe_text(text).isprintable()
+
+
+def lock_row(comm: str) -> dict:
+    return {
+        "lock": "mmap_lock",
+        "lock_class": "mmap_lock",
+        "mode": "write",
+        "lock_addr": "0xffff888100000100",
+        "owner_pid": 4242,
+        "owner_comm": comm,
+        "acquisitions": 10,
+        "contended": 1,
+        "releases": 10,
+        "downgrades": 0,
+        "trylock_failures": 0,
+        "wait_ns": {
+            "count": 10,
+            "total": 5000,
+            "avg": 500.0,
+            "p50": 400.0,
+            "p99": 900.0,
+            "max": 1000,
+        },
+        "hold_ns": {
+            "count": 10,
+            "total": 20000,
+            "avg": 2000.0,
+            "p50": 1500.0,
+            "p99": 3000.0,
+            "max": 3500,
+        },
+        "contended_wait_ns": None,
+        "still_held": 0,
+        "reader_writer_ratio": None,
+        "per_cpu": [
+            {
+                "cpu": 0,
+                "acquisitions": 10,
+                "contended": 1,
+                "wait_total_ns": 5000,
+                "hold_total_ns": 20000,
+            }
+        ],
+    }
+
+
+def rendered(renderable) -> tuple[str, str]:
+    """(raw terminal output with styling, plain text) of a renderable."""
+    out = io.StringIO()
+    console = Console(
+        file=out, record=True, force_terminal=True, color_system="truecolor", width=300
+    )
+    console.print(renderable)
+    return out.getvalue(), console.export_text(styles=False)
+
+
+@pytest.mark.parametrize("comm", HOSTILE_COMMS)
+def test_hostile_comm_in_the_view(comm):
+    header = f"lockprof  pid 4242 ({comm})  1.0s"
+    raw, plain = rendered(render.view([lock_row(comm)], header, {}, 0))
+    assert raw.count("\x1b") > 0  # the styling itself is there (bold header)
+    without_styling = SGR.sub("", raw)
+    assert "\x1b" not in without_styling and "\x07" not in without_styling
+    assert "\x00" not in raw and "\r" not in raw and "\x9b" not in raw
+    escaped = render.safe_text(comm)
+    assert plain.count(escaped) == 2  # the header and the lock label, verbatim
+    assert f"mmap_lock pid 4242 ({escaped})" in plain
+
+
+def test_markup_in_a_comm_is_shown_as_text():
+    raw, plain = rendered(render.summary_table([lock_row("[bold]x[/bold]")]))
+    assert "[bold]x[/bold]" in plain
+    assert "[bold]x[/bold]" in SGR.sub("", raw)
+
+
+def test_escape_sequence_from_a_comm_is_not_emitted():
+    raw, _plain = rendered(render.summary_table([lock_row("\x1b[31mevil")]))
+    assert "\x1b[31mevil" not in raw
+    assert "\\x1b[31mevil" in SGR.sub("", raw)
+
+
+def test_summary_table_figures():
+    _raw, plain = rendered(render.summary_table([lock_row("mmapcount")]))
+    line = next(x for x in plain.splitlines() if "mmap_lock pid 4242" in x)
+    cells = [c.strip() for c in line.strip().strip("│").split("│")]
+    lock_mode_acq_contended = ["mmap_lock pid 4242 (mmapcount)", "write", "10", "1"]
+    wait_total_avg_p50_p99_max = ["5us", "500ns", "400ns", "900ns", "1us"]
+    hold_avg_p99_max = ["2us", "3us", "3.5us"]
+    ratio_downgrades_failures = ["-", "0", "0"]
+    assert cells == (
+        lock_mode_acq_contended
+        + wait_total_avg_p50_p99_max
+        + hold_avg_p99_max
+        + ratio_downgrades_failures
+    )
+
+
+def test_summary_table_top_limits_rows():
+    rows = [lock_row(f"c{i}") for i in range(5)]
+    _raw, plain = rendered(render.summary_table(rows, top=2))
+    assert "(c0)" in plain and "(c1)" in plain and "(c2)" not in plain
+
+
+def test_view_mentions_hidden_rows_and_problems():
+    rows = [lock_row(f"c{i}") for i in range(4)]
+    _raw, plain = rendered(render.view(rows, "hdr", {"stack": 2, "ringbuf_full": 9}, 9, top=3))
+    assert "(1 more rows; `lockprof show FILE` lists all)" in plain
+    assert "! lost events: 9; stack: 2" in plain
+
+
+def test_problems_line():
+    assert render.problems_line({"stack": 0, "ringbuf_full": 0}, 0) is None
+    # ringbuf_full is reported as lost events, not twice
+    assert render.problems_line({"ringbuf_full": 3}, 3).plain == "! lost events: 3"
+    line = render.problems_line({"task_map_full": 1200, "held_overflow": 1}, 0)
+    assert line.plain == "! held overflow: 1; task map full: 1,200"
+
+
+def test_per_cpu_line():
+    rows = [lock_row("a"), lock_row("b")]
+    rows[1]["per_cpu"] = [
+        {
+            "cpu": 1,
+            "acquisitions": None,
+            "contended": 3,
+            "wait_total_ns": 2_000_000,
+            "hold_total_ns": None,
+        }
+    ]
+    assert render.per_cpu_line(rows).plain == (
+        "per CPU  cpu0: 10 acq, wait 5us  |  cpu1: 3 acq, wait 2ms"
+    )
+    assert render.per_cpu_line([]).plain == "per CPU  no activity"
+
+
+@pytest.mark.parametrize(
+    ("ns", "text"),
+    [
+        (None, "-"),
+        (0, "0ns"),
+        (1, "1ns"),
+        (999, "999ns"),
+        (1000, "1us"),
+        (1500, "1.5us"),
+        (12_345, "12.3us"),
+        (999_000, "999us"),
+        (1_000_000, "1ms"),
+        (2_500_000, "2.5ms"),
+        (1_000_000_000, "1s"),
+        (61_500_000_000, "61.5s"),
+        (0.4, "0ns"),
+    ],
+)
+def test_fmt_ns(ns, text):
+    assert render.fmt_ns(ns) == text
+
+
+@pytest.mark.parametrize(("value", "text"), [(None, "-"), (0, "0"), (1234567, "1,234,567")])
+def test_fmt_count(value, text):
+    assert render.fmt_count(value) == text
+
+
+FMT = re.compile(r"^(\d+(?:\.\d+)?)(ns|us|ms|s)$")
+SCALE = {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: fmt_ns formats with .3g, so values that round up "
+    "to 1000 of a unit print in scientific notation: fmt_ns(999_999) == '1e+03us'",
+)
+@pytest.mark.parametrize("ns", [999_999, 999_600, 999_999_999, 1_500_000_000_000])
+def test_fmt_ns_never_uses_scientific_notation(ns):
+    text = render.fmt_ns(ns)
+    match = FMT.match(text)
+    assert match, text
+    assert float(match.group(1)) * SCALE[match.group(2)] == pytest.approx(ns, rel=0.01)
+
+
+def test_lock_label():
+    assert render.lock_label({"lock": "x", "owner_pid": None}) == "x"
+    assert render.lock_label({"lock": "mmap_lock", "owner_pid": 7, "owner_comm": None}) == (
+        "mmap_lock pid 7 (?)"
+    )
+    assert render.lock_label({"lock": "m\x1b", "owner_pid": 7, "owner_comm": "a\nb"}) == (
+        "m\\x1b pid 7 (a\\x0ab)"
+    )
+
+
+def test_view_of_the_real_recording(rec):
+    doc = summary.summary_json(rec)
+    _raw, plain = rendered(render.view(doc["locks"], "header", rec.meta["errors"], 0, top=None))
+    assert "mmap_lock pid 4560 (mmapcount)" in plain
+    assert "2,030" in plain and "1,002" in plain  # write acquisitions, downgrades
+    assert "!" not in plain  # no lost events or errors in this run

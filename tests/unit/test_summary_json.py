@@ -1,0 +1,180 @@
+"""profiler.summary: the `show --json` document of a real recording.
+
+tests/data/mmapcount-1000.lpr is `lockprof run -- workloads/bin/mmapcount -n 1000`:
+one untimed warm-up pair plus 1000 mmap+munmap pairs of one page. Each mmap
+takes mmap_lock for write once; each munmap takes it for write, downgrades
+it to read and releases the read lock (workloads/mmapcount.c). exec, ld.so
+and exit add a few more acquisitions on top.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from profiler import summary
+
+PAIRS = 1001  # warm-up + -n 1000
+HIST_KEYS = {"count", "total", "avg", "p50", "p99", "max"}
+# The keys README.md documents for `show --json`.
+TOP_LEVEL_KEYS = {
+    "json_version",
+    "kernel",
+    "cpus",
+    "duration_s",
+    "target",
+    "target_pid",
+    "command",
+    "exit_status",
+    "mechanisms",
+    "threshold_ns",
+    "lost_events",
+    "errors",
+    "rusage",
+    "events",
+    "locks",
+}
+LOCK_KEYS = {
+    "lock",
+    "lock_class",
+    "mode",
+    "lock_addr",
+    "owner_pid",
+    "owner_comm",
+    "acquisitions",
+    "contended",
+    "releases",
+    "downgrades",
+    "trylock_failures",
+    "still_held",
+    "reader_writer_ratio",
+    "wait_ns",
+    "hold_ns",
+    "contended_wait_ns",
+    "per_cpu",
+}
+PER_CPU_KEYS = {"cpu", "acquisitions", "contended", "wait_total_ns", "hold_total_ns"}
+
+
+@pytest.fixture
+def doc(rec):
+    return summary.summary_json(rec)
+
+
+def target_rows(doc, rec):
+    """The mmap_lock rows of mmapcount's own mm (after exec), by mode."""
+    rows = [
+        r
+        for r in doc["locks"]
+        if r["lock"] == "mmap_lock"
+        and r["owner_pid"] == rec.meta["target_pid"]
+        and r["owner_comm"] == "mmapcount"
+    ]
+    return {r["mode"]: r for r in rows}
+
+
+def test_top_level_schema(doc):
+    for key in (
+        "json_version",
+        "kernel",
+        "cpus",
+        "duration_s",
+        "target",
+        "target_pid",
+        "command",
+        "exit_status",
+        "mechanisms",
+        "threshold_ns",
+        "lost_events",
+        "errors",
+        "rusage",
+        "events",
+        "locks",
+    ):
+        assert key in doc, key
+    assert doc["json_version"] == 1
+    assert isinstance(doc["kernel"], str) and doc["kernel"]
+    assert isinstance(doc["cpus"], int) and doc["cpus"] >= 1
+    assert isinstance(doc["duration_s"], float) and doc["duration_s"] > 0
+    assert doc["lost_events"] == 0
+    assert set(doc["rusage"]) == {"user_s", "sys_s", "elapsed_s", "minor_faults"}
+    assert all(isinstance(v, int | float) for v in doc["rusage"].values())
+    assert isinstance(doc["locks"], list) and doc["locks"]
+
+
+def test_document_is_plain_json(doc):
+    # No numpy scalars or NaN: json.dumps in strict mode must take it as is.
+    again = json.loads(json.dumps(doc, allow_nan=False))
+    assert again == doc
+
+
+def test_facts_of_the_run(doc, rec):
+    assert doc["command"][1:] == ["-n", "1000"]
+    assert doc["command"][0].endswith("workloads/bin/mmapcount")
+    assert doc["exit_status"] == 0
+    assert doc["target_pid"] == rec.meta["target_pid"]
+    assert doc["events"] == len(rec.events)
+    assert doc["rusage"]["elapsed_s"] <= doc["duration_s"]
+
+
+def test_every_lock_entry_has_the_documented_shape(doc):
+    for row in doc["locks"]:
+        assert set(row) == LOCK_KEYS
+        assert all(set(c) == PER_CPU_KEYS for c in row["per_cpu"])
+        assert row["mode"] in {"read", "write", "exclusive"}
+        assert isinstance(row["lock"], str) and row["lock"]
+        for key in ("acquisitions", "contended", "downgrades", "trylock_failures"):
+            assert row[key] is None or (isinstance(row[key], int) and row[key] >= 0), key
+        for key in ("wait_ns", "hold_ns", "contended_wait_ns"):
+            value = row[key]
+            assert value is None or set(value) == HIST_KEYS, key
+            if value and value["count"]:
+                assert value["p50"] <= value["p99"] <= value["max"]
+                assert value["max"] <= value["total"]
+                assert value["avg"] == pytest.approx(value["total"] / value["count"])
+        assert isinstance(row["per_cpu"], list) and row["per_cpu"]
+        cpus = [c["cpu"] for c in row["per_cpu"]]
+        assert cpus == sorted(set(cpus)) and all(0 <= c < 4096 for c in cpus)
+        if row["acquisitions"] is not None:
+            assert sum(c["acquisitions"] for c in row["per_cpu"]) == row["acquisitions"]
+        if row["wait_ns"] is not None:
+            assert sum(c["wait_total_ns"] for c in row["per_cpu"]) == row["wait_ns"]["total"]
+
+
+def test_rows_are_sorted_by_total_wait(doc):
+    totals = [(r["wait_ns"] or {}).get("total") or 0 for r in doc["locks"]]
+    assert totals == sorted(totals, reverse=True)
+
+
+def test_mmapcount_mmap_lock_counts(doc, rec):
+    rows = target_rows(doc, rec)
+    assert set(rows) == {"read", "write"}
+    write, read = rows["write"], rows["read"]
+    # Exact figures of this recording (checked with `lockprof show --json`).
+    assert (write["acquisitions"], write["releases"], write["downgrades"]) == (2030, 1028, 1002)
+    assert (read["acquisitions"], read["releases"], read["downgrades"]) == (15, 1017, 0)
+    # ... and why they are right: every pair is two write acquisitions and one
+    # downgrade; each downgrade ends in a read release.
+    assert write["acquisitions"] >= 2 * PAIRS and write["downgrades"] >= PAIRS
+    assert write["acquisitions"] == write["releases"] + write["downgrades"]
+    assert read["releases"] == read["acquisitions"] + write["downgrades"]
+    assert write["still_held"] == 0 and read["still_held"] == 0
+    assert write["trylock_failures"] == 0 and read["trylock_failures"] == 0
+    assert write["wait_ns"]["count"] == 2030
+    assert write["hold_ns"]["count"] == 2030  # a write hold ends by release or downgrade
+    assert read["hold_ns"]["count"] == 1017
+    ratio = 15 / 2030
+    assert write["reader_writer_ratio"] == pytest.approx(ratio)
+    assert read["reader_writer_ratio"] == pytest.approx(ratio)
+    assert write["lock_addr"] == read["lock_addr"]
+    assert write["contended"] == 0  # one thread: nobody to contend with
+
+
+def test_contention_only_rows_in_the_recording(doc):
+    spin = [r for r in doc["locks"] if r["lock_class"] == "spinlock"]
+    assert len(spin) == 2
+    for row in spin:
+        assert row["mode"] == "exclusive"
+        assert row["acquisitions"] is None and row["hold_ns"] is None
+        assert row["contended"] == 1 == row["wait_ns"]["count"]
