@@ -106,6 +106,7 @@ _LOCK_INTERNALS = (
     "up_read",
     "up_write",
     "_raw_",
+    "__pv_queued",
     "queued_",
     "native_queued",
     "percpu_down",

@@ -25,6 +25,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def load(path: str | Path) -> Recording:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise LockprofError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
         raise LockprofError(f"{path}: not a lockprof recording ({exc})") from None
     with archive:
         meta = _read_meta(archive, path)
@@ -140,7 +141,14 @@ def _read_meta(archive: zipfile.ZipFile, path: Path) -> dict:
         meta = json.loads(archive.read("meta.json"))
     except KeyError:
         raise LockprofError(f"{path}: not a lockprof recording (no meta.json)") from None
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+    except (
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        NotImplementedError,
+        RuntimeError,
+        zlib.error,
+    ) as exc:
         raise LockprofError(f"{path}: corrupt recording metadata ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise LockprofError(f"{path}: not a lockprof recording")

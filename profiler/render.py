@@ -27,9 +27,12 @@ def fmt_ns(ns: float | int | None) -> str:
     if ns is None:
         return "-"
     ns = float(ns)
+    # Pick the unit after rounding to 3 significant digits, so 999_999 ns is
+    # "1ms", never "1e+03us"; seconds keep every integer digit.
     for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
-        if ns >= scale:
-            return f"{ns / scale:.3g}{unit}"
+        if float(f"{ns:.3g}") >= scale:
+            value = ns / scale
+            return f"{value:.0f}{unit}" if value >= 1000 else f"{float(f'{value:.3g}'):g}{unit}"
     return f"{ns:.0f}ns"
 
 

@@ -528,12 +528,6 @@ def test_caller_of_skips_lock_internals(frames, caller):
     assert aggregate.caller_of(frames) == caller
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: caller_of does not treat the paravirt slow path "
-    "__pv_queued_spin_lock_slowpath as a lock internal and names the lock after "
-    "it (stack from tests/data/mmapcount-1000.lpr, tracing frames stripped)",
-)
 def test_caller_of_skips_paravirt_spinlock_slowpath(rec):
     frames = {
         int(s): list(f) for s, f in rec.stacks[["stack_id", "frames"]].itertuples(index=False)

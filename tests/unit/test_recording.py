@@ -295,12 +295,6 @@ ZIP_FEATURE_DEFECTS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: recording.load() catches only BadZipFile/"
-    "ValueError/OSError around zipfile.ZipFile() and archive.read('meta.json'); "
-    "zipfile's NotImplementedError/RuntimeError and zlib.error escape",
-)
 @pytest.mark.parametrize("defect", list(ZIP_FEATURE_DEFECTS))
 def test_meta_member_zip_defects(recording_bytes, tmp_path, defect):
     path = tmp_path / "z.lpr"
