@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
 
 from conftest import LOCKPROF, Held, lockprof_programs
 
@@ -70,27 +71,24 @@ def test_unwritable_output_is_refused_before_attaching():
     assert "does not exist" in _one_line_error(result)
 
 
-def test_not_root_is_one_line(tmp_path):
-    result = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            sys.executable,
-            "-m",
-            "profiler.cli.main",
-            "record",
-            "-a",
-            "-d",
-            "1",
-            "-o",
-            str(tmp_path / "x.lpr"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd="/",
-    )
+def test_not_root_is_one_line():
+    # The checkout may be private (mktemp -d is 0700): give the unprivileged
+    # user a world-readable copy of the package to import.
+    public = tempfile.mkdtemp(prefix="lockprof-nonroot-")
+    try:
+        os.chmod(public, 0o777)
+        for package in ("profiler", "probes"):
+            shutil.copytree(REPO / package, f"{public}/{package}")
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1]); from profiler.cli.main import main;"
+            " sys.exit(main(['record', '-a', '-d', '1', '-o', sys.argv[1] + '/x.lpr']))"
+        )
+        setpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        result = subprocess.run(
+            [*setpriv, sys.executable, "-c", code, public], capture_output=True, text=True, cwd="/"
+        )
+    finally:
+        shutil.rmtree(public)
     assert "needs root" in _one_line_error(result)
 
 
