@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 
-from conftest import LOCKPROF, Held, lockprof_programs
+from conftest import LOCKPROF, REPO, Held, lockprof_programs
 
 import profiler
 
