@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
 from conftest import LOCKPROF, REPO, Held, lockprof_programs
 
 import profiler
@@ -86,6 +87,13 @@ def test_not_root_is_one_line():
             " sys.exit(main(['record', '-a', '-d', '1', '-o', sys.argv[1] + '/x.lpr']))"
         )
         setpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        probe = subprocess.run(
+            [*setpriv, sys.executable, "-c", "import pandas, click, rich"],
+            capture_output=True,
+            cwd="/",
+        )
+        if probe.returncode != 0:
+            pytest.skip("the venv is not readable by uid 65534 (private checkout)")
         result = subprocess.run(
             [*setpriv, sys.executable, "-c", code, public], capture_output=True, text=True, cwd="/"
         )
