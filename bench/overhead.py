@@ -77,10 +77,12 @@ def _temp_recording() -> str:
     return path
 
 
-def with_lockprof(pid: int, action):
+def with_lockprof(target_args: list[str], action):
+    """Run action() while lockprof collects with target_args (e.g. ["attach",
+    "-p", PID] or ["record", "-a"]); stop it with Ctrl-C afterwards."""
     out = _temp_recording()
     lp = subprocess.Popen(
-        [*LOCKPROF, "attach", "-p", str(pid), "-q", "-o", out],
+        [*LOCKPROF, *target_args, "-q", "-o", out],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -104,7 +106,7 @@ def storm_once(config: str, pairs: int) -> float:
     if config == "bare":
         return workload.run()
     if config == "lockprof":
-        return with_lockprof(workload.proc.pid, workload.run)
+        return with_lockprof(["attach", "-p", str(workload.proc.pid)], workload.run)
     progs = empty_programs(raw=config == "floor-raw")
     try:
         return workload.run()
@@ -127,23 +129,7 @@ def ebizzy_once(config: str, seconds: float) -> float:
     if config == "lockprof":
         # Whole-system attach is the fair equivalent here: lpbizzy is started
         # after the probes, as a fresh pid we cannot name in advance.
-        out = _temp_recording()
-        lp = subprocess.Popen(
-            [*LOCKPROF, "record", "-a", "-q", "-o", out],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        assert lp.stderr is not None
-        for line in lp.stderr:
-            if "attached" in line:
-                break
-        try:
-            return run()
-        finally:
-            lp.send_signal(signal.SIGINT)
-            lp.communicate(timeout=120)
-            os.unlink(out)
+        return with_lockprof(["record", "-a"], run)
     progs = empty_programs(raw=config == "floor-raw")
     try:
         return run()
