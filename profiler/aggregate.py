@@ -94,6 +94,16 @@ def intervals_frame(rows: list[dict]) -> pd.DataFrame:
 
 # -- naming locks -------------------------------------------------------------
 
+# The locks table: one row per (lock, flags, source).
+LOCK_COLUMNS = [
+    *KEY_COLUMNS,
+    "lock_class",
+    "mode",
+    "name",
+    "owner_pid",
+    "owner_comm",
+]
+
 # Frames inside the locking primitives themselves: the caller is the first
 # frame below them (as perf lock contention skips them).
 _LOCK_INTERNALS = (
@@ -150,11 +160,20 @@ def name_locks(
     """
     data_symbols = data_symbols or {}
     top_caller = _top_callers(callers, stacks)
+    unique_keys = keys[KEY_COLUMNS].drop_duplicates()
+    # A lock the mmap_lock tracepoints fired on is an mmap_lock even when its
+    # owner was never learned (owner map full, or only foreign tasks took it).
+    seen_as_mmap = {
+        int(lock)
+        for lock in unique_keys.loc[
+            unique_keys["source"] == schema.const("LP_SRC_MMAP_LOCK"), "lock"
+        ]
+    }
     rows = []
-    for lock, flags, source in keys[KEY_COLUMNS].drop_duplicates().itertuples(index=False):
+    for lock, flags, source in unique_keys.itertuples(index=False):
         lock_class, mode = schema.classify(int(source), int(flags))
         owner_pid, owner_comm = owners.get(int(lock), (None, None))
-        if owner_pid is not None and lock_class == "rwsem":
+        if lock_class == "rwsem" and (owner_pid is not None or int(lock) in seen_as_mmap):
             lock_class = "mmap_lock"
         if lock_class == "mmap_lock":
             name = "mmap_lock"
@@ -175,19 +194,7 @@ def name_locks(
                 "owner_comm": owner_comm,
             }
         )
-    frame = pd.DataFrame(
-        rows,
-        columns=[
-            "lock",
-            "flags",
-            "source",
-            "lock_class",
-            "mode",
-            "name",
-            "owner_pid",
-            "owner_comm",
-        ],
-    )
+    frame = pd.DataFrame(rows, columns=LOCK_COLUMNS)
     frame["lock"] = frame["lock"].astype("uint64")
     return frame
 
@@ -249,21 +256,22 @@ def summary_rows(intervals: pd.DataFrame, locks: pd.DataFrame, families: list[st
         return []
     merged = intervals.merge(locks, on=KEY_COLUMNS, how="left")
     src_mmap = schema.const("LP_SRC_MMAP_LOCK")
+    identities = _lock_identities(merged)
     result = []
     for (lock, mode), group in merged.groupby(["lock", "mode"], sort=False):
         mmap_rows = group[group["source"] == src_mmap]
         cont_rows = group[group["source"] != src_mmap]
-        first = group.iloc[0]
+        ident = identities[int(lock)]  # type: ignore[call-overload]
         has_mmap = not mmap_rows.empty or (
-            first["lock_class"] == "mmap_lock" and "mmap_lock" in families
+            ident["lock_class"] == "mmap_lock" and "mmap_lock" in families
         )
         row = {
-            "lock": first["name"],
-            "lock_class": first["lock_class"],
+            "lock": ident["name"],
+            "lock_class": ident["lock_class"],
             "mode": mode,
             "lock_addr": f"{int(lock):#x}",  # type: ignore[call-overload]
-            "owner_pid": None if pd.isna(first["owner_pid"]) else int(first["owner_pid"]),
-            "owner_comm": None if pd.isna(first["owner_comm"]) else first["owner_comm"],
+            "owner_pid": ident["owner_pid"],
+            "owner_comm": ident["owner_comm"],
         }
         if has_mmap:
             row["acquisitions"] = int(mmap_rows["acquisitions"].sum())
@@ -291,12 +299,38 @@ def summary_rows(intervals: pd.DataFrame, locks: pd.DataFrame, families: list[st
     return result
 
 
+def _lock_identities(merged: pd.DataFrame) -> dict[int, dict]:
+    """lock address -> the name, class and owner every row of that lock gets.
+
+    A lock's rows differ by probe family and mode, and so may their locks
+    rows: an mmap_lock whose owner was never learned is "mmap_lock" on its
+    mmap_lock-tracepoint rows but a plain "rwsem" on its contention rows (as
+    named by older lockprof versions). The identity must not depend on which
+    row happens to come first (per-CPU map iteration order is arbitrary): the
+    mmap_lock reading wins, then a row with a known owner.
+    """
+    ranked = merged.assign(
+        _not_mmap=(merged["lock_class"] != "mmap_lock").astype(int),
+        _no_owner=merged["owner_pid"].isna().astype(int),
+    ).sort_values(["_not_mmap", "_no_owner"], kind="stable")
+    identities = {}
+    for row in ranked.drop_duplicates("lock").to_dict("records"):
+        owner_pid, owner_comm = row["owner_pid"], row["owner_comm"]
+        identities[int(row["lock"])] = {
+            "lock_class": row["lock_class"],
+            "name": row["name"],
+            "owner_pid": None if pd.isna(owner_pid) else int(owner_pid),
+            "owner_comm": None if pd.isna(owner_comm) else owner_comm,
+        }
+    return identities
+
+
 def _add_reconciliation(rows: list[dict]) -> None:
     """still_held (acquired, neither released nor downgraded by the end) and
     the reader:writer ratio, per lock."""
-    by_lock: dict[tuple[str, str], dict[str, dict]] = {}
+    by_lock: dict[str, dict[str, dict]] = {}
     for row in rows:
-        by_lock.setdefault((row["lock_addr"], row["lock_class"]), {})[row["mode"]] = row
+        by_lock.setdefault(row["lock_addr"], {})[row["mode"]] = row
     for modes in by_lock.values():
         read, write = modes.get("read"), modes.get("write")
         downgrades = (write or {}).get("downgrades") or 0

@@ -384,13 +384,6 @@ def test_rows_sorted_by_total_wait(make_row):
     assert [r["lock_addr"] for r in rows] == ["0x2000", "0x3000", "0x1000"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: summary_rows takes lock_class/name from the "
-    "group's first row, so an mmap_lock with no owner entry whose contention "
-    "row comes first is split into 'rwsem' (write) and 'mmap_lock' (read) and "
-    "read still_held goes negative",
-)
 def test_unowned_mmap_lock_reconciles_whatever_the_row_order(snap, stats_columns):
     m = MmapLock(snap)
     for _ in range(5):
@@ -404,6 +397,43 @@ def test_unowned_mmap_lock_reconciles_whatever_the_row_order(snap, stats_columns
     assert {r["lock_class"] for r in rows.values()} == {"mmap_lock"}
     assert rows["read"]["still_held"] == 0
     assert rows["write"]["still_held"] == 0
+    assert {r["lock"] for r in rows.values()} == {"mmap_lock"}
+    assert rows["write"]["acquisitions"] == 10 and rows["write"]["downgrades"] == 5
+    assert rows["write"]["contended_wait_ns"]["count"] == 1
+    assert rows["read"]["reader_writer_ratio"] == 0.0
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_summary_identity_ignores_locks_table_order(make_row, order):
+    # A locks table as older versions wrote it: the contention row of an
+    # mmap_lock whose owner was unknown says "rwsem"; another row knows the owner.
+    frame = aggregate.intervals_frame(
+        [
+            make_row(MM_LOCK, WRITE, SRC_CONT, contended=1, wait_count=1, wait_total_ns=900),
+            make_row(MM_LOCK, WRITE, SRC_MMAP, acquisitions=3, releases=2, downgrades=1),
+            make_row(MM_LOCK, READ, SRC_MMAP, acquisitions=2, releases=3),
+        ]
+    )
+    locks = pd.DataFrame(
+        [
+            (MM_LOCK, WRITE, SRC_CONT, "rwsem", "write", f"rwsem {MM_LOCK:#x}", None, None),
+            (MM_LOCK, WRITE, SRC_MMAP, "mmap_lock", "write", "mmap_lock", None, None),
+            (MM_LOCK, READ, SRC_MMAP, "mmap_lock", "read", "mmap_lock", 77.0, "app"),
+        ][::order],
+        columns=aggregate.LOCK_COLUMNS,
+    ).astype({"lock": "uint64"})
+    rows = {r["mode"]: r for r in aggregate.summary_rows(frame, locks, ["mmap_lock"])}
+    assert set(rows) == {"read", "write"}
+    for row in rows.values():
+        assert (row["lock"], row["lock_class"], row["owner_pid"], row["owner_comm"]) == (
+            "mmap_lock",
+            "mmap_lock",
+            77,
+            "app",
+        )
+    assert rows["write"]["still_held"] == 0  # 3 - 2 released - 1 downgraded
+    assert rows["read"]["still_held"] == 0  # 2 + 1 downgrade - 3 released
+    assert rows["write"]["contended_wait_ns"]["total"] == 900
 
 
 # -- naming locks ---------------------------------------------------------------------------
@@ -435,6 +465,23 @@ def test_rwsem_that_is_an_mm_mmap_lock_is_named_mmap_lock(make_row):
     assert (other.lock_class, other.mode) == ("rwsem", "write")
     assert other.name == "rwsem 0xffff888300000000"
     assert pd.isna(other.owner_pid) and pd.isna(other.owner_comm)
+
+
+def test_contention_row_of_an_unowned_mmap_lock_is_named_mmap_lock(make_row):
+    # No owner entry (owner map full, or only foreign tasks took the lock), but
+    # the mmap_lock tracepoints fired on this address: every row is mmap_lock.
+    frame = aggregate.intervals_frame(
+        [
+            make_row(MM_LOCK, WRITE, SRC_CONT, contended=1, wait_count=1),
+            make_row(MM_LOCK, READ, SRC_MMAP, acquisitions=1, wait_count=1),
+            make_row(0xFFFF888300000000, WRITE, SRC_CONT, contended=1, wait_count=1),
+        ]
+    )
+    named = names(frame)
+    cont = named[(MM_LOCK, WRITE, SRC_CONT)]
+    assert (cont.lock_class, cont.mode, cont.name) == ("mmap_lock", "write", "mmap_lock")
+    assert pd.isna(cont.owner_pid)
+    assert named[(0xFFFF888300000000, WRITE, SRC_CONT)].lock_class == "rwsem"
 
 
 def test_only_rwsems_become_mmap_lock(make_row):
