@@ -19,6 +19,8 @@ from profiler.errors import LockprofError
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 BTF_MAGIC = 0xEB9F
+BTF_VERSION = 1
+HEADER_LEN = 24  # struct btf_header: magic, version, flags, hdr_len, 4 x u32
 
 KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM = 1, 2, 3, 4, 5, 6
 KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 7, 8, 9, 10, 11
@@ -52,35 +54,70 @@ class BtfType:
 
 
 class Btf:
-    """A parsed BTF blob: enough to resolve struct member offsets."""
+    """A parsed BTF blob: enough to resolve struct member offsets.
+
+    Every length, offset and type id in the blob is checked before it is
+    used, so a truncated or corrupt blob raises a one-line LockprofError
+    (never struct.error, IndexError or a recursion error).
+    """
 
     def __init__(self, blob: bytes):
-        if len(blob) < 24:
-            raise LockprofError("BTF blob is truncated")
-        magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", blob, 0)
+        if len(blob) < HEADER_LEN:
+            raise LockprofError(
+                f"BTF blob is truncated: {len(blob)} bytes, "
+                f"shorter than its {HEADER_LEN}-byte header"
+            )
+        magic, version, _flags, hdr_len = struct.unpack_from("<HBBI", blob, 0)
         if magic != BTF_MAGIC:
             raise LockprofError("not a BTF blob (bad magic)")
+        if version != BTF_VERSION:
+            raise LockprofError(f"unsupported BTF version {version} (this reader knows 1)")
+        if hdr_len < HEADER_LEN:
+            raise _malformed(f"header length {hdr_len} is shorter than {HEADER_LEN} bytes")
+        if hdr_len > len(blob):
+            raise LockprofError(
+                f"BTF blob is truncated: header length {hdr_len}, blob has {len(blob)} bytes"
+            )
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", blob, 8)
-        self._types_raw = blob[hdr_len + type_off : hdr_len + type_off + type_len]
-        self._strings = blob[hdr_len + str_off : hdr_len + str_off + str_len]
+        self._types_raw = _section(blob, "type", hdr_len, type_off, type_len)
+        self._strings = _section(blob, "string", hdr_len, str_off, str_len)
+        if self._strings[:1] != b"\0" or self._strings[-1:] != b"\0":
+            raise _malformed("the string section must start and end with a NUL byte")
         self.types: list[BtfType | None] = [None]  # type id 0 is void
         self._index_types()
 
     def _index_types(self) -> None:
         raw, pos = self._types_raw, 0
         while pos < len(raw):
+            type_id = len(self.types)
+            if pos + 12 > len(raw):
+                raise _malformed(f"type {type_id} is cut short at the end of the type section")
             name_off, info, size_or_type = struct.unpack_from("<III", raw, pos)
             kind = (info >> 24) & 0x1F
             vlen = info & 0xFFFF
+            if not KIND_INT <= kind <= KIND_ENUM64:
+                raise _malformed(f"type {type_id} has unknown kind {kind}")
+            if name_off >= len(self._strings):
+                raise _malformed(f"type {type_id} has its name outside the string section")
             fixed, per_item = _TRAILER.get(kind, (0, 0))
+            end = pos + 12 + fixed + per_item * vlen
+            if end > len(raw):
+                raise _malformed(f"type {type_id} is cut short at the end of the type section")
             self.types.append(
                 BtfType(kind, name_off, bool(info >> 31), vlen, size_or_type, pos + 12)
             )
-            pos += 12 + fixed + per_item * vlen
+            pos = end
+
+    def _type(self, type_id: int) -> BtfType | None:
+        if not 0 <= type_id < len(self.types):
+            raise _malformed(f"reference to type {type_id}, which does not exist")
+        return self.types[type_id]
 
     def name(self, name_off: int) -> str:
-        end = self._strings.index(b"\0", name_off)
-        return self._strings[name_off:end].decode()
+        end = self._strings.find(b"\0", name_off)
+        if name_off >= len(self._strings) or end < 0:
+            raise _malformed(f"string offset {name_off} is outside the string section")
+        return self._strings[name_off:end].decode(errors="replace")
 
     def find_struct(self, name: str) -> int:
         """Type id of the complete struct called name."""
@@ -93,16 +130,17 @@ class Btf:
         raise LockprofError(f"struct {name} not found in kernel BTF")
 
     def _resolve(self, type_id: int) -> int:
-        while True:
-            t = self.types[type_id]
+        for _ in range(len(self.types)):  # a longer qualifier chain is a cycle
+            t = self._type(type_id)
             if t is None or t.kind not in _QUALIFIERS:
                 return type_id
             type_id = t.size_or_type
+        raise _malformed(f"type {type_id} is part of a qualifier cycle")
 
     def _members(self, type_id: int) -> list[tuple[str, int, int]]:
         """(name, type id, bit offset) of each member of a struct/union."""
-        t = self.types[type_id]
-        assert t is not None
+        t = self._type(type_id)
+        assert t is not None and t.kind in (KIND_STRUCT, KIND_UNION)
         out = []
         for i in range(t.vlen):
             name_off, mtype, offset = struct.unpack_from(
@@ -115,24 +153,44 @@ class Btf:
     def member_offset(self, struct_name: str, member: str) -> int:
         """Byte offset of member in struct_name, looking inside anonymous
         structs and unions (mm_struct.mmap_lock sits in one)."""
-        found = self._search(self.find_struct(struct_name), member)
+        found = self._search(self.find_struct(struct_name), member, set())
         if found is None:
             raise LockprofError(f"struct {struct_name} has no member {member} in kernel BTF")
         if found % 8:
             raise LockprofError(f"{struct_name}.{member} is a bitfield")
         return found // 8
 
-    def _search(self, type_id: int, member: str) -> int | None:
+    def _search(self, type_id: int, member: str, inside: set[int]) -> int | None:
+        """Bit offset of member in type_id or its anonymous members. inside
+        holds the anonymous types being searched: a struct cannot contain
+        itself, so meeting one again means the blob is corrupt."""
+        if type_id in inside:
+            raise _malformed(f"type {type_id} contains itself")
         for name, mtype, bit_offset in self._members(type_id):
             if name == member:
                 return bit_offset
             resolved = self._resolve(mtype)
-            inner = self.types[resolved]
+            inner = self._type(resolved)
             if not name and inner is not None and inner.kind in (KIND_STRUCT, KIND_UNION):
-                nested = self._search(resolved, member)
+                nested = self._search(resolved, member, inside | {type_id})
                 if nested is not None:
                     return bit_offset + nested
         return None
+
+
+def _malformed(reason: str) -> LockprofError:
+    return LockprofError(f"malformed BTF blob: {reason}")
+
+
+def _section(blob: bytes, what: str, hdr_len: int, offset: int, length: int) -> bytes:
+    """The bytes of one section, whose offset counts from the end of the header."""
+    start, end = hdr_len + offset, hdr_len + offset + length
+    if end > len(blob):
+        raise LockprofError(
+            f"BTF blob is truncated: the {what} section ends at byte {end}, "
+            f"the blob has {len(blob)}"
+        )
+    return blob[start:end]
 
 
 # The offsets the probes need: -D name -> (struct, member).
@@ -164,7 +222,10 @@ def probe_offsets(btf_path: Path = VMLINUX_BTF) -> dict[str, int]:
             return {k: int(v) for k, v in cached.items()}
     except (OSError, ValueError):
         pass
-    btf = Btf(blob)
+    try:
+        btf = Btf(blob)
+    except LockprofError as exc:
+        raise LockprofError(f"{btf_path}: {exc}") from None
     offsets = {d: btf.member_offset(s, m) for d, (s, m) in PROBE_OFFSETS.items()}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from profiler import btf
 from profiler.errors import LockprofError
@@ -190,26 +192,173 @@ def test_shorter_than_a_header(size):
         btf.Btf(mm_like_blob()[:size])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Btf() checks only len(blob) >= 24; a blob cut "
-    "inside the type section makes _index_types() raise struct.error (or "
-    "name() ValueError) instead of LockprofError",
-)
 @pytest.mark.parametrize("record", [0, 3, 9])
 def test_truncated_type_section(record):
     writer = mm_like_writer()
     blob = writer.blob()
     cut = 24 + writer.starts[record] + 6  # in the middle of a type record's header
-    with pytest.raises(LockprofError):
-        btf.Btf(blob[:cut]).member_offset("mm", "mmap_lock")
+    with pytest.raises(LockprofError, match=r"^BTF blob is truncated: the type section ends"):
+        btf.Btf(blob[:cut])
 
 
-def test_truncated_string_section_does_not_find_the_struct():
+def test_truncated_string_section():
     blob = mm_like_blob()
     types_end = 24 + struct.unpack_from("<I", blob, 12)[0]
-    with pytest.raises(LockprofError, match="not found"):
-        btf.Btf(blob[: types_end + 1]).find_struct("mm")
+    with pytest.raises(LockprofError, match=r"^BTF blob is truncated: the string section ends"):
+        btf.Btf(blob[: types_end + 1])
+
+
+def test_every_truncation_is_a_one_line_error():
+    blob = mm_like_blob()
+    for size in range(len(blob)):
+        with pytest.raises(LockprofError, match="truncated") as excinfo:
+            btf.Btf(blob[:size])
+        assert "\n" not in str(excinfo.value)
+
+
+def patched(blob: bytes, offset: int, fmt: str, value: int) -> bytes:
+    out = bytearray(blob)
+    struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
+
+
+def header_field(blob: bytes, name: str) -> tuple[int, int]:
+    """(offset, value) of a u32 field of struct btf_header."""
+    offset = {"hdr_len": 4, "type_off": 8, "type_len": 12, "str_off": 16, "str_len": 20}[name]
+    return offset, struct.unpack_from("<I", blob, offset)[0]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("hdr_len", 8, "header length 8 is shorter than 24 bytes"),
+        ("hdr_len", 10**6, "truncated: header length 1000000"),
+        ("type_off", 2**32 - 1, "truncated: the type section ends"),
+        ("str_off", 2**31, "truncated: the string section ends"),
+        ("str_len", 2**32 - 1, "truncated: the string section ends"),
+    ],
+)
+def test_bad_header_fields(field, value, message):
+    offset, _ = header_field(mm_like_blob(), field)
+    with pytest.raises(LockprofError, match=message):
+        btf.Btf(patched(mm_like_blob(), offset, "<I", value))
+
+
+def test_unsupported_version():
+    with pytest.raises(LockprofError, match="unsupported BTF version 2"):
+        btf.Btf(patched(mm_like_blob(), 2, "<B", 2))
+
+
+def test_type_lengths_that_do_not_add_up():
+    # The header's type section ends inside the last type record.
+    w = mm_like_writer()
+    blob = w.blob()
+    offset, type_len = header_field(blob, "type_len")
+    last = len(w.starts)  # type ids start at 1
+    with pytest.raises(LockprofError, match=rf"malformed BTF blob: type {last} is cut short"):
+        btf.Btf(patched(blob, offset, "<I", type_len - 4))
+
+
+def type_record(writer: BtfWriter, type_id: int) -> int:
+    """Blob offset of a type record (its name_off, info, size_or_type)."""
+    return 24 + writer.starts[type_id - 1]
+
+
+def test_unknown_kind():
+    w = mm_like_writer()
+    blob = w.blob()
+    info = struct.unpack_from("<I", blob, type_record(w, 2) + 4)[0]
+    bad = patched(blob, type_record(w, 2) + 4, "<I", (info & ~(0x1F << 24)) | (25 << 24))
+    with pytest.raises(LockprofError, match="malformed BTF blob: type 2 has unknown kind 25"):
+        btf.Btf(bad)
+
+
+def test_name_outside_the_string_section():
+    w = mm_like_writer()
+    bad = patched(w.blob(), type_record(w, 1), "<I", 10**6)
+    with pytest.raises(LockprofError, match="type 1 has its name outside the string section"):
+        btf.Btf(bad)
+
+
+def test_string_section_without_final_nul():
+    blob = bytearray(mm_like_blob())
+    blob[-1] = ord("x")
+    with pytest.raises(LockprofError, match="must start and end with a NUL byte"):
+        btf.Btf(bytes(blob))
+
+
+def member_record(writer: BtfWriter, type_id: int, index: int) -> int:
+    """Blob offset of member index of a struct/union type."""
+    return type_record(writer, type_id) + 12 + 12 * index
+
+
+def mm_id(writer: BtfWriter) -> int:
+    return btf.Btf(writer.blob()).find_struct("mm")
+
+
+def test_member_type_that_does_not_exist():
+    w = mm_like_writer()
+    # mm's anonymous union member (index 1) points past the last type.
+    bad = patched(w.blob(), member_record(w, mm_id(w), 1) + 4, "<I", 999)
+    with pytest.raises(LockprofError, match="reference to type 999, which does not exist"):
+        btf.Btf(bad).member_offset("mm", "mmap_lock")
+
+
+def test_member_name_outside_the_string_section():
+    w = mm_like_writer()
+    bad = patched(w.blob(), member_record(w, mm_id(w), 0), "<I", 10**6)
+    with pytest.raises(LockprofError, match="string offset 1000000 is outside"):
+        btf.Btf(bad).member_offset("mm", "mmap_lock")
+
+
+def test_qualifier_cycle():
+    w = BtfWriter()
+    long_t = w.int_("long", 8)
+    a = w.qualifier(btf.KIND_CONST, 3)  # 2 -> 3 -> 2
+    w.qualifier(btf.KIND_VOLATILE, a)
+    w.struct("s", 16, [("x", long_t, 0), ("", a, 64)])
+    with pytest.raises(LockprofError, match="qualifier cycle"):
+        btf.Btf(w.blob()).member_offset("s", "missing")
+
+
+def test_anonymous_struct_that_contains_itself():
+    w = BtfWriter()
+    long_t = w.int_("long", 8)
+    w.struct("", 16, [("x", long_t, 0), ("", 2, 64)])  # type 2 holds type 2
+    w.struct("s", 16, [("", 2, 0)])
+    with pytest.raises(LockprofError, match="type 2 contains itself"):
+        btf.Btf(w.blob()).member_offset("s", "missing")
+
+
+@given(st.data())
+def test_fuzz_corrupt_blobs(data):
+    """Any damage gives a result or a one-line LockprofError, nothing else."""
+    blob = bytearray(mm_like_blob())
+    edits = data.draw(
+        st.lists(
+            st.tuples(st.integers(0, len(blob) - 1), st.integers(0, 255)), min_size=1, max_size=6
+        )
+    )
+    for offset, value in edits:
+        blob[offset] = value
+    cut = data.draw(st.one_of(st.none(), st.integers(0, len(blob))))
+    try:
+        parsed = btf.Btf(bytes(blob[:cut]))
+        for struct_name, member in (("mm", "mmap_lock"), ("mm", "ptr"), ("bits", "b")):
+            try:
+                parsed.member_offset(struct_name, member)
+            except LockprofError as exc:
+                assert "\n" not in str(exc)
+    except LockprofError as exc:
+        assert "\n" not in str(exc)
+
+
+def test_probe_offsets_from_a_corrupt_file_names_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "vmlinux"
+    path.write_bytes(mm_like_blob()[:100])
+    with pytest.raises(LockprofError, match=f"^{path}: BTF blob is truncated"):
+        btf.probe_offsets(path)
 
 
 # -- the running kernel -----------------------------------------------------------------
