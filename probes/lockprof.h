@@ -104,7 +104,9 @@ struct lp_hist {
 	u64 slots[LP_HIST_SLOTS];
 };
 
-/* The one value per lp_key, per CPU (the map is per-CPU). */
+/* The one value per lp_key, per CPU: lp_slots maps each lp_key to an index
+ * of the per-CPU array lp_stats (an array lookup costs a fraction of a hash
+ * lookup, and tasks cache their mmap_lock's index). */
 struct lp_stats {
 	u64 acquisitions; /* successful acquisitions (mmap_lock source only) */
 	u64 contended;    /* acquisitions that waited in lock:contention_begin */
@@ -181,7 +183,7 @@ struct lp_held {
 	u64 lock;
 	u64 since_ns;
 	u32 flags;
-	u32 pad;
+	u32 slot;          /* lp_stats index of (lock, flags, MMAP_LOCK) */
 };
 
 struct lp_nest {
@@ -199,6 +201,8 @@ struct lp_task {
 	u64 own_mm;        /* current->mm last recorded in the owner map */
 	u32 depth;         /* used entries of nest[] */
 	u32 pad;
+	u64 slot_lock;     /* the mmap_lock whose lp_stats indexes are cached */
+	u32 slot_plus1[2]; /* its read [0] and write [1] index + 1; 0: not cached */
 	struct lp_held held[LP_MAX_HELD];
 	struct lp_nest nest[LP_MAX_NEST];
 };

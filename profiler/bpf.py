@@ -199,11 +199,12 @@ class BpfSession:
     # -- reading ----------------------------------------------------------------
 
     def read_stats(self, ts_ns: int) -> StatsSnapshot:
+        # lp_slots names the rows; lp_stats (a per-CPU array) holds them.
         table = self._bpf["lp_stats"]
         snapshot = StatsSnapshot(ts_ns, self._stats_columns)
         width = len(self._stats_columns)
-        for key in table:
-            raw = table.getvalue(key)
+        for key, slot in self._bpf["lp_slots"].items():
+            raw = table.getvalue(ctypes.c_int(slot.value))
             values = np.frombuffer(bytes(raw), dtype=np.uint64)
             snapshot.rows[(int(key.lock), int(key.flags), int(key.source))] = values.reshape(
                 -1, width

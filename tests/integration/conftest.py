@@ -143,9 +143,64 @@ def rows_for(summary: dict, pid: int, comm: str | None = None) -> dict[str, dict
     }
 
 
+def _prog_holders() -> dict[int, set[int]]:
+    """prog id -> pids holding an fd to it (from /proc/PID/fdinfo)."""
+    holders: dict[int, set[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fdinfos = list((proc / "fdinfo").iterdir())
+        except OSError:
+            continue
+        for fdinfo in fdinfos:
+            try:
+                text = fdinfo.read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("prog_id:"):
+                    holders.setdefault(int(line.split()[1]), set()).add(int(proc.name))
+    return holders
+
+
+def _ppid(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _ours(pid: int) -> bool:
+    """Is pid in this test run's process tree, or an orphan (a leaked child
+    of ours is reparented to init)? Other people's lockprof runs on this
+    shared machine are neither."""
+    me = os.getpid()
+    seen = 0
+    while pid > 1 and seen < 64:
+        if pid == me:
+            return True
+        parent = _ppid(pid)
+        if parent <= 1:
+            return True  # orphaned
+        pid, seen = parent, seen + 1
+    return False
+
+
 def lockprof_programs() -> list[str]:
+    """Names of lockprof's BPF programs still loaded by this test run: ones
+    nobody holds an fd to (pinned or leaked) or held by our process tree."""
     out = subprocess.run(
         ["bpftool", "prog", "list", "-j"], capture_output=True, text=True, check=True
     )
-    names = [p.get("name", "") for p in json.loads(out.stdout or "[]")]
-    return [n for n in names if n.startswith(("lp_", "doc_"))]
+    holders = _prog_holders()
+    names = []
+    for prog in json.loads(out.stdout or "[]"):
+        name = prog.get("name", "")
+        if not name.startswith(("lp_", "doc_")):
+            continue
+        pids = holders.get(prog.get("id", -1), set())
+        if not pids or any(_ours(pid) for pid in pids):
+            names.append(name)
+    return names
