@@ -18,25 +18,59 @@ from profiler import hist, schema
 COUNTER_COLUMNS = ["acquisitions", "contended", "releases", "downgrades", "failures"]
 HIST_SCALARS = ["count", "total_ns", "max_ns"]
 KEY_COLUMNS = ["lock", "flags", "source"]
-INTERVAL_COLUMNS = (
-    ["interval", "t_s", *KEY_COLUMNS, "cpu", *COUNTER_COLUMNS]
-    + [f"wait_{c}" for c in HIST_SCALARS]
-    + ["wait_slots"]
-    + [f"hold_{c}" for c in HIST_SCALARS]
-    + ["hold_slots"]
-)
+
+
+def _hist_columns(h: str) -> list[str]:
+    return [f"{h}_count", f"{h}_total_ns", f"{h}_max_ns", f"{h}_running_max_ns", f"{h}_slots"]
+
+
+INTERVAL_COLUMNS = [
+    "interval",
+    "t_s",
+    *KEY_COLUMNS,
+    "cpu",
+    *COUNTER_COLUMNS,
+    *_hist_columns("wait"),
+    *_hist_columns("hold"),
+]
+# Maxima of an interval row. The kernel keeps one running maximum per lock,
+# mode and CPU, and a maximum cannot be differenced, so:
+#   {wait,hold}_running_max_ns: the maximum since collection started, up to the
+#       end of this interval, on this CPU (always known; an upper bound of the
+#       interval's own maximum);
+#   {wait,hold}_max_ns: the maximum of this interval's samples on this CPU
+#       where that is known, else null (pandas <NA>). It is known when the
+#       running maximum rose during the interval (the sample that raised it is
+#       the interval's largest), or when every sample so far was 0 ns. When
+#       the running maximum did not rise, the interval's maximum is somewhere
+#       in [0, running max] and is left null rather than guessed; samples over
+#       --threshold are in the events table with their exact durations.
+INTERVAL_MAX_COLUMNS = ["wait_max_ns", "hold_max_ns"]
+RUNNING_MAX_COLUMNS = ["wait_running_max_ns", "hold_running_max_ns"]
 
 
 def _column_index(columns: list[str]) -> dict[str, int | list[int]]:
-    """Where each interval column lives in a flattened lp_stats row."""
+    """Where each interval column lives in a flattened lp_stats row (the
+    interval maxima, derived from two rows, are not in here)."""
     where: dict[str, int | list[int]] = {}
     for name in COUNTER_COLUMNS:
         where[name] = columns.index(name)
     for h in ("wait", "hold"):
-        for c in HIST_SCALARS:
-            where[f"{h}_{c}"] = columns.index(f"{h}.{c}")
+        where[f"{h}_count"] = columns.index(f"{h}.count")
+        where[f"{h}_total_ns"] = columns.index(f"{h}.total_ns")
+        where[f"{h}_running_max_ns"] = columns.index(f"{h}.max_ns")
         where[f"{h}_slots"] = [i for i, c in enumerate(columns) if c.startswith(f"{h}.slots[")]
     return where
+
+
+def interval_max(running_before: int, running_now: int, samples: int) -> int | None:
+    """The maximum of one interval's samples, from the running maximum at its
+    start and end and the number of samples in it; None when unknowable."""
+    if running_now > running_before:
+        return running_now  # the sample that raised it is the interval's largest
+    if running_now == 0 and samples > 0:
+        return 0  # every sample so far took 0 ns
+    return None
 
 
 def interval_rows(
@@ -48,16 +82,22 @@ def interval_rows(
 ) -> list[dict]:
     """Per-CPU deltas between two cumulative snapshots, one dict per nonzero
     (lock, flags, source, cpu). Counters, sums and histogram slots are exact
-    deltas; *_max_ns is the running maximum since the start (a maximum cannot be
-    differenced), per-interval extremes come from the event stream."""
+    deltas; *_running_max_ns is the maximum since the start and *_max_ns the
+    interval's own maximum where known, else None (see INTERVAL_MAX_COLUMNS)."""
     where = _column_index(columns)
-    max_cols = [columns.index("wait.max_ns"), columns.index("hold.max_ns")]
+    maxima = [
+        (f"{h}_max_ns", columns.index(f"{h}.max_ns"), columns.index(f"{h}.count"))
+        for h in ("wait", "hold")
+    ]
     active_cols = [columns.index(c) for c in ("wait.count", "hold.count", "failures")]
     rows = []
     for key, now in current.items():
         before = previous.get(key)
-        delta = now - before if before is not None else now.copy()
-        delta[:, max_cols] = now[:, max_cols]
+        if before is None:
+            before = np.zeros_like(now)
+        delta = now - before
+        for _name, max_col, _count_col in maxima:
+            delta[:, max_col] = now[:, max_col]  # running, not differenced
         activity = delta[:, active_cols]
         for cpu in np.nonzero(activity.sum(axis=1))[0]:
             d = delta[cpu]
@@ -71,17 +111,24 @@ def interval_rows(
             }
             for name, index in where.items():
                 row[name] = d[index].tolist() if isinstance(index, list) else int(d[index])
+            for name, max_col, count_col in maxima:
+                row[name] = interval_max(
+                    int(before[cpu, max_col]), int(now[cpu, max_col]), int(d[count_col])
+                )
             rows.append(row)
     return rows
 
 
+def _interval_dtype(column: str) -> str:
+    if column.endswith("_slots"):
+        return "object"
+    if column in INTERVAL_MAX_COLUMNS:
+        return "Int64"  # nullable: null where the interval's maximum is unknown
+    return {"t_s": "float64", "lock": "uint64"}.get(column, "int64")
+
+
 def empty_intervals() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            c: pd.Series(dtype="object" if c.endswith("_slots") else "int64")
-            for c in INTERVAL_COLUMNS
-        }
-    )
+    return pd.DataFrame({c: pd.Series(dtype=_interval_dtype(c)) for c in INTERVAL_COLUMNS})
 
 
 def intervals_frame(rows: list[dict]) -> pd.DataFrame:
@@ -89,7 +136,29 @@ def intervals_frame(rows: list[dict]) -> pd.DataFrame:
         return empty_intervals()
     frame = pd.DataFrame(rows, columns=INTERVAL_COLUMNS)
     frame["lock"] = frame["lock"].astype("uint64")
+    for column in INTERVAL_MAX_COLUMNS:
+        frame[column] = frame[column].astype("Int64")
     return frame
+
+
+def interval_maxima_from_running(intervals: pd.DataFrame) -> pd.DataFrame:
+    """*_max_ns (per-interval, where known) from *_running_max_ns, for interval
+    tables that only have the running maxima (schema 1 recordings). A key and
+    CPU with no row in an interval had no sample there, so each row's running
+    maximum at the interval's start is that of the key and CPU's previous row."""
+    frame = intervals.copy()
+    order = frame.sort_values("interval", kind="stable")
+    groups = order.groupby([*KEY_COLUMNS, "cpu"], sort=False)
+    for h in ("wait", "hold"):
+        running = order[f"{h}_running_max_ns"]
+        before = groups[f"{h}_running_max_ns"].shift(1, fill_value=0)
+        known = [
+            interval_max(int(b), int(n), int(c))
+            for b, n, c in zip(before, running, order[f"{h}_count"], strict=True)
+        ]
+        frame[f"{h}_max_ns"] = pd.Series(known, index=order.index, dtype="Int64")
+    ordered = [c for c in INTERVAL_COLUMNS if c in frame.columns]
+    return frame[ordered + [c for c in frame.columns if c not in ordered]]
 
 
 # -- naming locks -------------------------------------------------------------
@@ -221,7 +290,9 @@ def _hist_of(group: pd.DataFrame, prefix: str) -> dict | None:
     return hist.summarize(
         int(group[f"{prefix}_count"].sum()),
         int(group[f"{prefix}_total_ns"].sum()),
-        int(group[f"{prefix}_max_ns"].max()),
+        # The largest running maximum is the largest sample of the whole
+        # collection (summaries cover whole recordings).
+        int(group[f"{prefix}_running_max_ns"].max()),
         slots,
     )
 

@@ -4,12 +4,21 @@ Format (schema version 1): a ZIP archive (extension .lpr) holding
 
   meta.json          format, schema_version, kernel, cpus, mechanisms, command,
                      rusage, start/end times, threshold, lost events, errors
-  intervals.parquet  per-interval, per-CPU aggregate deltas (aggregate.INTERVAL_COLUMNS)
+  intervals.parquet  per-interval, per-CPU aggregate deltas (aggregate.INTERVAL_COLUMNS;
+                     *_running_max_ns is the maximum since the start, *_max_ns the
+                     interval's own maximum where known, else null)
   locks.parquet      lock identity: lock, flags, source -> lock_class, mode, name, owner
   events.parquet     the per-event stream (waits/holds over the threshold)
   tasks.parquet      per-task split: lock, tid, tgid, comm, waits, wait_ns, holds, hold_ns
   callers.parquet    contended waits by kernel stack: lock, stack_id, flags, count, total_ns
   stacks.parquet     stack_id -> frames (innermost first)
+
+TABLE_COLUMNS lists each table's columns and what kind of values they hold;
+load() refuses a recording whose tables do not match it.
+
+Schema versions: 1 had a single *_max_ns per interval row, the running
+maximum since the start. 2 renamed it *_running_max_ns and added *_max_ns,
+the interval's own maximum where known. load() reads both and upgrades 1.
 
 Load it with one call: ``profiler.load(path)`` returns a Recording whose
 attributes are those DataFrames plus ``meta``.
@@ -29,13 +38,85 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from pandas.api import types as ptypes
 
+from profiler import aggregate
 from profiler.errors import LockprofError
 
 FORMAT = "lockprof-recording"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TABLES = ("intervals", "locks", "events", "tasks", "callers", "stacks")
+
+EVENT_COLUMNS = [
+    "t_s",
+    "duration_ns",
+    "lock",
+    "tgid",
+    "tid",
+    "cpu",
+    "stack_id",
+    "flags",
+    "source",
+    "kind",
+    "comm",
+]
+TASK_COLUMNS = [
+    "lock",
+    "tid",
+    "tgid",
+    "flags",
+    "source",
+    "comm",
+    "waits",
+    "wait_ns",
+    "holds",
+    "hold_ns",
+]
+CALLER_COLUMNS = ["lock", "stack_id", "flags", "count", "total_ns", "max_ns"]
+STACK_COLUMNS = ["stack_id", "frames"]
+
+# What each column of each table holds: int, float (int or float), str, list
+# (of numbers or, for frames, of str); a trailing ? allows nulls.
+_KINDS_BY_NAME = {
+    "t_s": "float",
+    "kind": "str",
+    "comm": "str",
+    "lock_class": "str",
+    "mode": "str",
+    "name": "str",
+    "owner_pid": "float?",  # float64 with NaN when no owner is known
+    "owner_comm": "str?",
+    "frames": "list",
+    "wait_slots": "list",
+    "hold_slots": "list",
+    **{c: "int?" for c in aggregate.INTERVAL_MAX_COLUMNS},
+}
+
+
+def _kinds(columns: list[str]) -> dict[str, str]:
+    return {c: _KINDS_BY_NAME.get(c, "int") for c in columns}
+
+
+TABLE_COLUMNS: dict[str, dict[str, str]] = {
+    "intervals": _kinds(aggregate.INTERVAL_COLUMNS),
+    "locks": _kinds(aggregate.LOCK_COLUMNS),
+    "events": _kinds(EVENT_COLUMNS),
+    "tasks": _kinds(TASK_COLUMNS),
+    "callers": _kinds(CALLER_COLUMNS),
+    "stacks": _kinds(STACK_COLUMNS),
+}
+
+
+def empty_table(name: str) -> pd.DataFrame:
+    """A table with no rows and the columns (and dtypes) of table name."""
+    if name == "intervals":
+        return aggregate.empty_intervals()
+    dtypes = {"int": "int64", "float": "float64", "float?": "float64", "int?": "Int64"}
+    return pd.DataFrame(
+        {c: pd.Series(dtype=dtypes.get(k, "object")) for c, k in TABLE_COLUMNS[name].items()}
+    )
 
 
 @dataclass
@@ -43,10 +124,10 @@ class Recording:
     meta: dict
     intervals: pd.DataFrame
     locks: pd.DataFrame
-    events: pd.DataFrame = field(default_factory=pd.DataFrame)
-    tasks: pd.DataFrame = field(default_factory=pd.DataFrame)
-    callers: pd.DataFrame = field(default_factory=pd.DataFrame)
-    stacks: pd.DataFrame = field(default_factory=pd.DataFrame)
+    events: pd.DataFrame = field(default_factory=lambda: empty_table("events"))
+    tasks: pd.DataFrame = field(default_factory=lambda: empty_table("tasks"))
+    callers: pd.DataFrame = field(default_factory=lambda: empty_table("callers"))
+    stacks: pd.DataFrame = field(default_factory=lambda: empty_table("stacks"))
 
     def table(self, name: str) -> pd.DataFrame:
         return getattr(self, name)
@@ -133,7 +214,96 @@ def load(path: str | Path) -> Recording:
     with archive:
         meta = _read_meta(archive, path)
         tables = {name: _read_table(archive, name, path) for name in TABLES}
+    if meta["schema_version"] == 1:
+        tables["intervals"] = _upgrade_intervals_v1(tables["intervals"], path)
+        # The tables are schema 2 now: say so, and where they came from.
+        meta.update(schema_version=SCHEMA_VERSION, upgraded_from_schema=1)
+    for name, frame in tables.items():
+        check_table(frame, name, path)
     return Recording(meta=meta, **tables)
+
+
+def _corrupt(path: Path, reason: str) -> LockprofError:
+    return LockprofError(f"{path}: corrupt recording: {reason}")
+
+
+def _upgrade_intervals_v1(intervals: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Schema 1 -> 2: *_max_ns was the running maximum; it becomes
+    *_running_max_ns and *_max_ns is derived from it (see aggregate)."""
+    running = dict(zip(aggregate.INTERVAL_MAX_COLUMNS, aggregate.RUNNING_MAX_COLUMNS, strict=True))
+    v1_kinds = {
+        column: "int" if column in running else kind
+        for column, kind in TABLE_COLUMNS["intervals"].items()
+        if column not in aggregate.RUNNING_MAX_COLUMNS
+    }
+    _check_columns(intervals, "intervals", v1_kinds, path)
+    return aggregate.interval_maxima_from_running(intervals.rename(columns=running))
+
+
+def check_table(frame: pd.DataFrame, name: str, path: str | Path) -> None:
+    """Raise a one-line LockprofError unless frame has the columns of table
+    name (TABLE_COLUMNS), each holding the right kind of values."""
+    _check_columns(frame, name, TABLE_COLUMNS[name], Path(path))
+
+
+def _check_columns(frame: pd.DataFrame, name: str, kinds: dict[str, str], path: Path) -> None:
+    for column, kind in kinds.items():
+        if column not in frame.columns:
+            raise _corrupt(path, f"table {name} lacks column {column}")
+        problem = _kind_problem(frame[column], kind)
+        if problem:
+            raise _corrupt(path, f"table {name} column {column} {problem}")
+
+
+def _kind_problem(series: pd.Series, kind: str) -> str | None:
+    """Why series does not hold values of kind, or None if it does."""
+    nullable = kind.endswith("?")
+    kind = kind.rstrip("?")
+    if series.empty:
+        return None  # an empty table written without a schema has object columns
+    if not nullable and series.isna().any():
+        return "has nulls"
+    dtype = series.dtype
+    if kind == "int":
+        return (
+            None
+            if ptypes.is_integer_dtype(dtype) or _all_null(series)
+            else f"is {dtype}, not integer"
+        )
+    if kind == "float":
+        numeric = ptypes.is_numeric_dtype(dtype) and not ptypes.is_bool_dtype(dtype)
+        return None if numeric or _all_null(series) else f"is {dtype}, not numeric"
+    if kind == "str":
+        try:
+            values = series.dropna().tolist()  # arrow-backed text is decoded here
+        except Exception:  # pyarrow raises UnicodeDecodeError, ArrowException...
+            return "holds text that cannot be decoded"
+        return None if all(isinstance(v, str) for v in values) else "holds values that are not text"
+    if kind == "list":
+        return _list_problem(series)
+    raise AssertionError(f"unknown column kind {kind}")
+
+
+def _all_null(series: pd.Series) -> bool:
+    return bool(series.isna().all())
+
+
+def _list_problem(series: pd.Series) -> str | None:
+    lengths = set()
+    for value in series:
+        if not isinstance(value, list | tuple | np.ndarray):
+            return "holds values that are not lists"
+        lengths.add(len(value))
+    if series.name in ("wait_slots", "hold_slots"):
+        if len(lengths) != 1 or 0 in lengths:
+            return "holds histograms of different or zero lengths"
+        try:
+            slots = np.asarray(series.tolist(), dtype=np.float64)
+        except (TypeError, ValueError):
+            return "holds histogram slots that are not numbers"
+        if not np.isfinite(slots).all() or (slots < 0).any():
+            return "holds histogram slots that are not counts"
+    return None
 
 
 def _read_meta(archive: zipfile.ZipFile, path: Path) -> dict:

@@ -59,6 +59,8 @@ def test_first_interval_is_the_snapshot_itself(snap, stats_columns):
     ) == (3, 2, 0, 0, 0)
     assert (row["wait_count"], row["wait_total_ns"], row["wait_max_ns"]) == (3, 900, 500)
     assert (row["hold_count"], row["hold_total_ns"], row["hold_max_ns"]) == (2, 4000, 3000)
+    # The first interval's maximum is the running maximum.
+    assert (row["wait_running_max_ns"], row["hold_running_max_ns"]) == (500, 3000)
     assert row["wait_slots"] == [3 if i == 9 else 0 for i in range(SLOTS)]
     assert row["hold_slots"] == [2 if i == 12 else 0 for i in range(SLOTS)]
     assert set(row) == set(aggregate.INTERVAL_COLUMNS)
@@ -108,9 +110,81 @@ def test_deltas_between_cumulative_snapshots(snap, stats_columns):
     assert (row["hold_count"], row["hold_total_ns"]) == (6, 600)
     assert row["wait_slots"][5] == 2 and row["wait_slots"][7] == 3 and sum(row["wait_slots"]) == 5
     assert row["hold_slots"][10] == 6 and sum(row["hold_slots"]) == 6
-    # A maximum cannot be differenced: the running maximum since the start.
+    # A maximum cannot be differenced. The running maximum since the start:
+    assert (row["wait_running_max_ns"], row["hold_running_max_ns"]) == (120, 2000)
+    # The interval's own maximum: the wait maximum rose from 50 to 120, so a
+    # wait of 120 ns happened in this interval and none longer ...
     assert row["wait_max_ns"] == 120
-    assert row["hold_max_ns"] == 2000  # unchanged this interval, still reported, not 0
+    # ... the hold maximum did not move: this interval's holds were all
+    # <= 2000 ns, but how long the longest was is unknown, not 2000 or 0.
+    assert row["hold_max_ns"] is None
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "samples", "expected"),
+    [
+        (0, 0, 0, None),  # no sample
+        (0, 0, 4, 0),  # every sample so far was 0 ns
+        (0, 300, 1, 300),
+        (300, 900, 5, 900),  # raised: the raising sample is the largest
+        (900, 900, 5, None),  # not raised: somewhere in [0, 900]
+        (900, 900, 0, None),
+    ],
+)
+def test_interval_max(before, now, samples, expected):
+    assert aggregate.interval_max(before, now, samples) == expected
+
+
+def test_interval_maxima_over_several_intervals(snap, stats_columns):
+    """Samples of known size on one CPU, read at the end of each interval:
+    the interval maximum is exact where the running maximum rose, else null;
+    the running maximum never decreases."""
+    s = snap(cpus=2)
+    key = (MM_LOCK, WRITE, SRC_MMAP)
+    per_interval = [[100, 400], [50, 60], [700], [], [700, 10], [0]]
+    previous: dict = {}
+    rows = []
+    for i, waits in enumerate(per_interval, 1):
+        for ns in waits:
+            s.bump(key, 1, "acquisitions")
+            s.hist_add(key, 1, "wait", ns)
+        s.bump(key, 0, "acquisitions")  # cpu 0: one 0 ns wait per interval
+        s.hist_add(key, 0, "wait", 0)
+        current = s.copy()
+        rows += aggregate.interval_rows(previous, current, stats_columns, i, float(i))
+        previous = current
+    frame = aggregate.intervals_frame(rows)
+    cpu1 = frame[frame["cpu"] == 1].set_index("interval")
+    assert list(cpu1.index) == [1, 2, 3, 5, 6]  # interval 4: no sample, no row
+    assert cpu1["wait_running_max_ns"].tolist() == [400, 400, 700, 700, 700]
+    assert cpu1["wait_max_ns"].tolist() == [400, pd.NA, 700, pd.NA, pd.NA]
+    assert cpu1["wait_count"].tolist() == [2, 2, 1, 2, 1]
+    cpu0 = frame[frame["cpu"] == 0]
+    assert cpu0["wait_max_ns"].tolist() == [0] * 6  # all 0 ns: known exactly
+    assert frame["wait_max_ns"].dtype == "Int64"
+    # hold: no sample at all, so no maximum is known
+    assert frame["hold_max_ns"].isna().all() and (frame["hold_running_max_ns"] == 0).all()
+    # The interval maxima never exceed the running maxima, and the largest
+    # known interval maximum is the largest sample (700).
+    known = frame.dropna(subset=["wait_max_ns"])
+    assert (known["wait_max_ns"] <= known["wait_running_max_ns"]).all()
+    assert frame["wait_max_ns"].max() == 700 == frame["wait_running_max_ns"].max()
+    # Derived from the running maxima alone (a schema 1 recording), the same.
+    derived = aggregate.interval_maxima_from_running(frame.drop(columns=["wait_max_ns"]))
+    pd.testing.assert_series_equal(derived["wait_max_ns"], frame["wait_max_ns"])
+    pd.testing.assert_series_equal(derived["hold_max_ns"], frame["hold_max_ns"])
+
+
+def test_summary_max_is_the_largest_sample(snap, stats_columns):
+    m = MmapLock(snap)
+    m.acquire(WRITE, wait_ns=9000)
+    m.release(WRITE)
+    m.tick()
+    m.acquire(WRITE, wait_ns=30)  # interval 2: a small wait, maximum unknown
+    m.release(WRITE)
+    rows = by_mode(m.summary(stats_columns))
+    assert rows["write"]["wait_ns"]["max"] == 9000
+    assert rows["write"]["wait_ns"]["p99"] <= 9000
 
 
 def test_unchanged_snapshot_yields_no_rows(snap, stats_columns):
@@ -156,6 +230,19 @@ def test_intervals_frame_keeps_kernel_addresses(make_row):
     assert list(frame.columns) == aggregate.INTERVAL_COLUMNS
     assert frame["lock"].dtype == np.uint64
     assert int(frame["lock"].iloc[0]) == MM_LOCK
+
+
+def test_intervals_frame_dtypes(make_row):
+    frame = aggregate.intervals_frame(
+        [
+            make_row(MM_LOCK, WRITE, SRC_MMAP, acquisitions=1, wait_max_ns=None),
+            make_row(MM_LOCK, READ, SRC_MMAP, acquisitions=1, wait_max_ns=5),
+        ]
+    )
+    empty = aggregate.intervals_frame([])
+    for column in aggregate.INTERVAL_COLUMNS:
+        assert frame[column].dtype == empty[column].dtype, column
+    assert frame["wait_max_ns"].tolist() == [pd.NA, 5]
 
 
 def test_empty_intervals():

@@ -61,7 +61,7 @@ def future_recording(recording_bytes, tmp_path) -> Path:
     with zipfile.ZipFile(io.BytesIO(recording_bytes)) as archive:
         contents = {n: archive.read(n) for n in archive.namelist()}
     meta = json.loads(contents["meta.json"])
-    meta["schema_version"] = 2
+    meta["schema_version"] = recording.SCHEMA_VERSION + 1
     contents["meta.json"] = json.dumps(meta).encode()
     path = tmp_path / "future.lpr"
     with zipfile.ZipFile(path, "w") as archive:
@@ -100,7 +100,8 @@ def test_show_truncated_recording(capsys, tmp_path, recording_bytes):
 def test_show_future_version(capsys, future_recording):
     code, out, err = run_main(capsys, "show", str(future_recording))
     line = assert_one_error_line(code, err)
-    assert "schema version 2" in line and "upgrade lockprof" in line
+    assert f"schema version {recording.SCHEMA_VERSION + 1}" in line
+    assert "upgrade lockprof" in line
     assert code == 1 and out == ""
 
 
@@ -140,18 +141,26 @@ def test_show_escapes_hostile_text(capsys, rec, tmp_path):
     assert "pid 1 (\\x1b[2J)" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: load() does not check the tables' columns, so a "
-    "recording whose intervals table lacks a column loads and `show` fails with "
-    "'internal error: KeyError' (exit 70) instead of a corrupt-recording error",
-)
 def test_show_recording_with_a_broken_table(capsys, rec, tmp_path):
     rec.intervals = rec.intervals.drop(columns=["hold_count"])
     path = recording.save(rec, tmp_path / "broken.lpr")
-    code, _out, err = run_main(capsys, "show", str(path))
+    code, out, err = run_main(capsys, "show", str(path))
     line = assert_one_error_line(code, err)
-    assert code == 1 and "internal error" not in line
+    assert code == 1 and out == "" and "internal error" not in line
+    assert line == f"lockprof: {path}: corrupt recording: table intervals lacks column hold_count"
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_show_recording_with_a_mistyped_column(capsys, rec, tmp_path, as_json):
+    rec.locks["mode"] = 3  # numbers where text belongs
+    path = recording.save(rec, tmp_path / "broken.lpr")
+    code, out, err = run_main(capsys, "show", *(["--json"] if as_json else []), str(path))
+    line = assert_one_error_line(code, err)
+    assert code == 1 and out == ""
+    assert line == (
+        f"lockprof: {path}: corrupt recording: table locks column mode "
+        "holds values that are not text"
+    )
 
 
 # -- attach and other collecting commands ----------------------------------------------------

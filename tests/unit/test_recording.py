@@ -67,7 +67,7 @@ def test_round_trip_of_a_real_recording(rec, tmp_path):
     assert_same_recording(rec, again)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # holds command lines
     assert again.meta["format"] == "lockprof-recording"
-    assert again.meta["schema_version"] == recording.SCHEMA_VERSION == 1
+    assert again.meta["schema_version"] == recording.SCHEMA_VERSION == 2
     assert [p.name for p in tmp_path.iterdir()] == ["copy.lpr"]  # no temp file left
 
 
@@ -98,7 +98,7 @@ def test_round_trip_of_a_synthetic_recording(tmp_path, make_row):
     )
     saved = recording.save(original, tmp_path / "s.lpr")
     loaded = profiler.load(saved)
-    assert loaded.meta == {**original.meta, "format": "lockprof-recording", "schema_version": 1}
+    assert loaded.meta == {**original.meta, "format": "lockprof-recording", "schema_version": 2}
     assert original.meta.get("format") is None  # save does not modify its argument
     pd.testing.assert_frame_equal(loaded.intervals, intervals)
     assert int(loaded.intervals["lock"].iloc[0]) == 0xFFFF888100000100
@@ -178,10 +178,11 @@ def test_other_zip_file(tmp_path):
 
 def test_future_schema_version(recording_bytes, tmp_path):
     path = tmp_path / "future.lpr"
-    path.write_bytes(with_meta(recording_bytes, schema_version=2))
+    future = recording.SCHEMA_VERSION + 1
+    path.write_bytes(with_meta(recording_bytes, schema_version=future))
     with pytest.raises(LockprofError) as excinfo:
         recording.load(path)
-    assert_one_line_error(excinfo, path, "schema version 2", "upgrade lockprof")
+    assert_one_line_error(excinfo, path, f"schema version {future}", "upgrade lockprof")
 
 
 @pytest.mark.parametrize("version", [0, -1, None, "1", 1.0, [1]])
@@ -234,6 +235,146 @@ def test_missing_table(recording_bytes, tmp_path, table):
     with pytest.raises(LockprofError) as excinfo:
         recording.load(path)
     assert_one_line_error(excinfo, path, f"table {table} missing")
+
+
+# -- table columns ---------------------------------------------------------------------
+
+ALL_COLUMNS = [(t, c) for t in recording.TABLES for c in recording.TABLE_COLUMNS[t]]
+
+
+def test_every_table_column_is_declared(rec):
+    from profiler import aggregate
+
+    assert list(recording.TABLE_COLUMNS["intervals"]) == aggregate.INTERVAL_COLUMNS
+    assert list(recording.TABLE_COLUMNS["locks"]) == aggregate.LOCK_COLUMNS
+    for name in recording.TABLES:
+        assert list(rec.table(name).columns) == list(recording.TABLE_COLUMNS[name]), name
+        assert not rec.table(name).empty, name  # so the dtype tests below mean something
+        empty = recording.empty_table(name)
+        assert empty.empty and list(empty.columns) == list(recording.TABLE_COLUMNS[name])
+
+
+@pytest.mark.parametrize(("table", "column"), ALL_COLUMNS)
+def test_table_that_lacks_a_column(rec, tmp_path, table, column):
+    setattr(rec, table, rec.table(table).drop(columns=[column]))
+    path = recording.save(rec, tmp_path / "c.lpr")
+    with pytest.raises(LockprofError) as excinfo:
+        recording.load(path)
+    assert str(excinfo.value) == f"{path}: corrupt recording: table {table} lacks column {column}"
+
+
+def _ragged(frame):
+    frame["wait_slots"] = [
+        list(v)[:-1] if i == 0 else list(v) for i, v in enumerate(frame["wait_slots"])
+    ]
+
+
+def _negative_slot(frame):
+    frame["hold_slots"] = [[-1, *list(v)[1:]] for v in frame["hold_slots"]]
+
+
+def _set(table, column, values):
+    def change(frame):
+        frame[column] = values(frame) if callable(values) else values
+
+    return table, change
+
+
+@pytest.mark.parametrize(
+    ("table", "change", "problem"),
+    [
+        (*_set("intervals", "acquisitions", "many"), "column acquisitions is str, not integer"),
+        (*_set("intervals", "acquisitions", 1.5), "column acquisitions is float64, not integer"),
+        (*_set("intervals", "t_s", "soon"), "column t_s is str, not numeric"),
+        (
+            *_set(
+                "intervals", "wait_count", lambda f: pd.array([None] + [1] * (len(f) - 1), "Int64")
+            ),
+            "column wait_count has nulls",
+        ),
+        (*_set("intervals", "wait_max_ns", "big"), "column wait_max_ns is str, not integer"),
+        ("intervals", _ragged, "column wait_slots holds histograms of different or zero lengths"),
+        (
+            "intervals",
+            _negative_slot,
+            "column hold_slots holds histogram slots that are not counts",
+        ),
+        (
+            *_set("intervals", "wait_slots", "x"),
+            "column wait_slots holds values that are not lists",
+        ),
+        (*_set("locks", "name", 7), "column name holds values that are not text"),
+        (*_set("locks", "owner_pid", "me"), "column owner_pid is str, not numeric"),
+        (*_set("events", "duration_ns", "long"), "column duration_ns is str, not integer"),
+        (*_set("tasks", "comm", None), "column comm has nulls"),
+        (*_set("callers", "stack_id", 0.5), "column stack_id is float64, not integer"),
+        (*_set("stacks", "frames", "f+0x1"), "column frames holds values that are not lists"),
+    ],
+)
+def test_table_with_a_mistyped_column(rec, tmp_path, table, change, problem):
+    frame = rec.table(table).copy()
+    change(frame)
+    setattr(rec, table, frame)
+    path = recording.save(rec, tmp_path / "t.lpr")
+    with pytest.raises(LockprofError) as excinfo:
+        recording.load(path)
+    assert str(excinfo.value) == f"{path}: corrupt recording: table {table} {problem}"
+
+
+def test_nulls_where_they_are_allowed(rec, tmp_path):
+    rec.locks["owner_pid"] = float("nan")
+    rec.locks["owner_comm"] = None
+    rec.intervals["hold_max_ns"] = pd.array([None] * len(rec.intervals), dtype="Int64")
+    loaded = recording.load(recording.save(rec, tmp_path / "n.lpr"))
+    assert loaded.locks["owner_comm"].isna().all()
+    assert loaded.intervals["hold_max_ns"].isna().all()
+
+
+def test_empty_tables_load(rec, tmp_path):
+    for name in ("events", "tasks", "callers", "stacks"):
+        # as a collection with no such rows writes them: object columns, no rows
+        setattr(rec, name, pd.DataFrame(columns=list(recording.TABLE_COLUMNS[name])))
+    loaded = recording.load(recording.save(rec, tmp_path / "e.lpr"))
+    assert loaded.events.empty and loaded.stacks.empty
+    assert list(loaded.tasks.columns) == list(recording.TABLE_COLUMNS["tasks"])
+
+
+def test_schema_1_recording_is_upgraded(recording_bytes, rec):
+    """tests/data holds a schema 1 recording: *_max_ns was the running
+    maximum. It loads as schema 2 with the running maxima kept and the
+    interval maxima derived from them."""
+    with zipfile.ZipFile(io.BytesIO(recording_bytes)) as archive:
+        assert json.loads(archive.read("meta.json"))["schema_version"] == 1
+        raw = pd.read_parquet(io.BytesIO(archive.read("intervals.parquet")))
+    assert "wait_running_max_ns" not in raw
+    assert rec.meta["schema_version"] == 2 and rec.meta["upgraded_from_schema"] == 1
+    from profiler import aggregate
+
+    assert list(rec.intervals.columns) == aggregate.INTERVAL_COLUMNS
+    for h in ("wait", "hold"):
+        assert rec.intervals[f"{h}_running_max_ns"].tolist() == raw[f"{h}_max_ns"].tolist()
+    # One interval (a 0.1 s run): every maximum rose from 0, so the interval
+    # maximum is the running maximum wherever there was a sample.
+    assert (rec.intervals["interval"] == 1).all()
+    has_holds = rec.intervals["hold_count"] > 0
+    assert (rec.intervals.loc[has_holds, "hold_max_ns"] == raw.loc[has_holds, "hold_max_ns"]).all()
+    assert rec.intervals.loc[~has_holds, "hold_max_ns"].isna().all()
+    assert rec.intervals["wait_max_ns"].tolist() == raw["wait_max_ns"].tolist()
+
+
+def test_schema_1_recording_that_lacks_a_column(recording_bytes, tmp_path):
+    contents = members(recording_bytes)
+    raw = pd.read_parquet(io.BytesIO(contents["intervals.parquet"]))
+    buffer = io.BytesIO()
+    raw.drop(columns=["hold_max_ns"]).to_parquet(buffer, index=False)
+    contents["intervals.parquet"] = buffer.getvalue()
+    path = tmp_path / "v1.lpr"
+    path.write_bytes(rezip(contents))
+    with pytest.raises(LockprofError) as excinfo:
+        recording.load(path)
+    assert str(excinfo.value) == (
+        f"{path}: corrupt recording: table intervals lacks column hold_max_ns"
+    )
 
 
 def test_crc_mismatch_in_meta(recording_bytes, tmp_path):
