@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.live import Live
 from rich.text import Text
 
 from profiler import recording, render, summary
+from profiler.cli import report
 from profiler.errors import LockprofError
 from profiler.session import CollectOptions, LiveState, collect, require_privileges
 from profiler.targets import Target
@@ -93,6 +95,11 @@ def collection_options(func):
             default=15,
             show_default=True,
             help="Rows in the live view.",
+        ),
+        click.option(
+            "--html",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Also write the HTML report (as `lockprof report`) to this file.",
         ),
         click.option("-q", "--quiet", is_flag=True, help="No live view."),
         click.option(
@@ -189,10 +196,15 @@ def run_collection(
     quiet: bool,
     as_json: bool,
     working: set[str],
+    html: Path | None = None,
 ) -> int:
-    """Collect, save the recording, print the summary. Returns the exit code."""
+    """Collect, save the recording, print the summary, write the HTML report
+    if asked. Returns the exit code: 1 when the report could not be written
+    (the recording is kept either way)."""
     output = output or default_output(target.mode, target.tgid)
     recording.check_writable(output)
+    if html is not None:
+        report.check_output(html)
     view = LiveView(top, quiet or as_json)
     try:
         rec = collect(
@@ -212,6 +224,23 @@ def run_collection(
             render.safe_text(f"lockprof: {rec.meta['stop_reason']}; recording written to {output}")
         )
     )
+    if html is None:
+        return 0
+    try:
+        report.write_html(rec, html, source=str(output))
+    except Exception as exc:  # the recording is safe on disk: say why in one line
+        if os.environ.get("LOCKPROF_DEBUG") and not isinstance(exc, LockprofError):
+            raise
+        reason = str(exc) if isinstance(exc, LockprofError) else f"{type(exc).__name__}: {exc}"
+        reason = " ".join(reason.split())
+        click.echo(
+            render.safe_text(
+                f"lockprof: report not written ({reason}); recording kept in {output}"
+            ),
+            err=True,
+        )
+        return 1
+    click.echo(render.safe_text(f"lockprof: report written to {html}"), err=True)
     return 0
 
 
@@ -261,6 +290,7 @@ def collect_command(
     top,
     quiet,
     as_json,
+    html=None,
 ) -> None:
     options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
     options.stack_threshold_ns = stack_threshold
@@ -268,6 +298,8 @@ def collect_command(
     from profiler.doctor import cheap_mechanisms
 
     target = target_factory()
-    code = run_collection(target, options, output, top, quiet, as_json, cheap_mechanisms())
+    code = run_collection(
+        target, options, output, top, quiet, as_json, cheap_mechanisms(), html=html
+    )
     if code:
         raise SystemExit(code)

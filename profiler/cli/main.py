@@ -12,7 +12,7 @@ import sys
 import click
 
 from profiler import __version__
-from profiler.cli import attach, doctor, record, run, show
+from profiler.cli import attach, doctor, export, record, report, run, show
 from profiler.errors import LockprofError
 
 
@@ -27,11 +27,13 @@ def cli() -> None:
 
     \b
     Examples:
-      lockprof attach -p 1234 -d 30     profile a running process for 30 s
-      lockprof run -- ./ebizzy -m       start a command, profile until it exits
-      lockprof record -a -d 10          the whole system for 10 s
-      lockprof show lockprof.lpr        summarise a recording (--json for scripts)
-      lockprof doctor                   which kernel mechanisms work here
+      lockprof attach -p 1234 -d 30         profile a running process for 30 s
+      lockprof run -- ./ebizzy -m           start a command, profile until it exits
+      lockprof record -a -d 10 --html r.html  the whole system for 10 s, and a report
+      lockprof show lockprof.lpr            summarise a recording (--json for scripts)
+      lockprof report rec.lpr -o r.html     self-contained HTML dashboard (offline)
+      lockprof export rec.lpr --folded f    folded stacks for FlameGraph (--csv DIR)
+      lockprof doctor                       which kernel mechanisms work here
     """
 
 
@@ -39,6 +41,8 @@ cli.add_command(attach.command)
 cli.add_command(run.command)
 cli.add_command(record.command)
 cli.add_command(show.command)
+cli.add_command(report.command)
+cli.add_command(export.command)
 cli.add_command(doctor.command)
 
 

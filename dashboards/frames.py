@@ -1,0 +1,306 @@
+"""From a Recording to the tidy frames the figure builders plot.
+
+Everything here is a pure function of a Recording's DataFrames (no I/O).
+
+Two rules shared by every panel:
+
+* **Lock labels.** A lock is shown by its identity: ``mmap_lock pid N (comm)``
+  for a process's mmap_lock, a kallsyms symbol for a static lock, otherwise
+  ``caller+0xoff (address)`` as the recording names it. Labels are unique per
+  lock address (the address is appended when two locks would share one).
+* **No double counting.** A contended mmap_lock wait is seen twice: by the
+  mmap_lock tracepoints (every acquisition) and by lock:contention_* (as an
+  rwsem). As in the summary, where a lock and mode has mmap_lock-tracepoint
+  rows, its contention rows are left out of totals.
+
+Labels here are plain (unescaped) text; the builders escape them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from profiler import aggregate, schema
+from profiler.recording import Recording
+
+KEY = ["lock", "flags", "source"]
+# Frames of the probe itself at the top of a stack (bpf program, trampolines).
+_PROBE_FRAMES = ("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "bpf_trampoline_")
+NO_STACK = "[no_stack]"
+
+
+def src_mmap() -> int:
+    return schema.const("LP_SRC_MMAP_LOCK")
+
+
+def lock_table(rec: Recording) -> pd.DataFrame:
+    """One row per (lock, flags, source) seen anywhere in the recording:
+    lock_class, mode and a unique label (keys absent from the locks table
+    are classified from their flags)."""
+    keys = [rec.locks[KEY]] if not rec.locks.empty else []
+    for name in ("events", "tasks"):
+        frame = rec.table(name)
+        if not frame.empty and set(KEY) <= set(frame.columns):
+            keys.append(frame[KEY])
+    if not rec.callers.empty:
+        keys.append(rec.callers[["lock", "flags"]].assign(source=schema.const("LP_SRC_CONTENTION")))
+    columns = [*KEY, "lock_class", "mode", "name", "owner_pid", "owner_comm", "label"]
+    if not keys:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+    table = pd.concat(
+        [k.astype({"lock": "uint64", "flags": "int64", "source": "int64"}) for k in keys],
+        ignore_index=True,
+    ).drop_duplicates(KEY)
+    if not rec.locks.empty:
+        known = rec.locks[[c for c in columns[3:-1] if c in rec.locks.columns] + KEY]
+        known = known.astype({"lock": "uint64", "flags": "int64", "source": "int64"})
+        table = table.merge(known, on=KEY, how="left")
+    for column in columns[3:-1]:
+        if column not in table.columns:
+            table[column] = None
+    table = table.astype({"lock_class": "object", "mode": "object", "name": "object"})
+    missing = table["lock_class"].isna().to_numpy()
+    if missing.any():
+        classes = [
+            schema.classify(int(source), int(flags))
+            for flags, source in table.loc[missing, ["flags", "source"]].itertuples(index=False)
+        ]
+        table.loc[missing, "lock_class"] = [c for c, _ in classes]
+        table.loc[missing, "mode"] = [m for _, m in classes]
+    # A lock seen by both families is an mmap_lock if either says so.
+    mmap_locks = table.loc[table["lock_class"] == "mmap_lock", "lock"].unique()
+    table.loc[table["lock"].isin(mmap_locks), "lock_class"] = "mmap_lock"
+    table["label"] = table["lock"].map(_labels(table, rec))
+    return table[columns].reset_index(drop=True)
+
+
+def _labels(table: pd.DataFrame, rec: Recording) -> dict[int, str]:
+    """lock address -> unique label."""
+    owned = table.dropna(subset=["owner_pid"]).drop_duplicates("lock")
+    owners = {
+        int(lock): (int(pid), comm if isinstance(comm, str) else "?")
+        for lock, pid, comm in owned[["lock", "owner_pid", "owner_comm"]].itertuples(index=False)
+    }
+    firsts = table.drop_duplicates("lock")[["lock", "lock_class", "name"]]
+    callers: dict[int, str] | None = None
+    labels: dict[int, str] = {}
+    for lock, lock_class, name in firsts.itertuples(index=False):
+        lock = int(lock)
+        if lock in owners:
+            pid, comm = owners[lock]
+            label = f"mmap_lock pid {pid} ({comm})"
+        elif lock_class == "mmap_lock":
+            label = f"mmap_lock {lock:#x}"
+        elif isinstance(name, str) and name and not name.startswith(_PROBE_FRAMES):
+            label = name
+        else:
+            # Unnamed, or named after the probe's own frame by an older lockprof.
+            if callers is None:
+                callers = _top_callers(rec)
+            caller = callers.get(lock)
+            label = f"{caller} ({lock:#x})" if caller else f"{lock_class} {lock:#x}"
+        labels[lock] = label
+    counts: dict[str, int] = {}
+    for label in labels.values():
+        counts[label] = counts.get(label, 0) + 1
+    for lock, label in labels.items():
+        if counts[label] > 1 and f"{lock:#x}" not in label:
+            labels[lock] = f"{label} {lock:#x}"
+    return labels
+
+
+def _top_callers(rec: Recording) -> dict[int, str]:
+    """lock address -> its top contending caller, from the cleaned stacks."""
+    if rec.callers.empty:
+        return {}
+    stacks = stack_frames(rec)
+    best = rec.callers.sort_values("total_ns", ascending=False).drop_duplicates("lock")
+    out = {}
+    for lock, stack_id in best[["lock", "stack_id"]].itertuples(index=False):
+        frames = clean_frames(stacks.get(int(stack_id), []))
+        caller = aggregate.caller_of(frames) if frames else None
+        if caller:
+            out[int(lock)] = caller
+    return out
+
+
+def _with_locks(frame: pd.DataFrame, locks: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        out = frame.copy()
+        for column in ("lock_class", "mode", "label"):
+            out[column] = pd.Series(dtype="object")
+        return out
+    left = frame.copy()
+    left["lock"] = left["lock"].astype("uint64")
+    left[["flags", "source"]] = left[["flags", "source"]].astype("int64")
+    return left.merge(locks[[*KEY, "lock_class", "mode", "label"]], on=KEY, how="left")
+
+
+def _drop_double_counted(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Leave out contention-source rows of a (lock, mode, *by) that has
+    mmap_lock-tracepoint rows."""
+    if frame.empty:
+        return frame
+    keys = ["lock", "mode", *by]
+    covered = frame.loc[frame["source"] == src_mmap(), keys].drop_duplicates()
+    if covered.empty:
+        return frame
+    marked = frame.merge(covered.assign(_covered=True), on=keys, how="left")
+    keep = (marked["source"] == src_mmap()) | marked["_covered"].isna()
+    return frame.loc[keep.to_numpy()].reset_index(drop=True)
+
+
+def label_map(locks: pd.DataFrame) -> dict[int, str]:
+    """lock address -> label."""
+    return {
+        int(lock): str(label) for lock, label in locks[["lock", "label"]].itertuples(index=False)
+    }
+
+
+def lock_intervals(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The intervals table with lock_class, mode and label, double counting removed."""
+    locks = lock_table(rec) if locks is None else locks
+    return _drop_double_counted(_with_locks(rec.intervals, locks), [])
+
+
+def lock_events(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The event stream (waits and holds over the threshold) with lock labels.
+    A contended mmap_lock wait is streamed by both families; the mmap_lock
+    tracepoints' event (which spans the whole wait) is kept."""
+    locks = lock_table(rec) if locks is None else locks
+    return _drop_double_counted(_with_locks(rec.events, locks), [])
+
+
+def lock_tasks(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The per-task table with lock labels, double counting removed."""
+    locks = lock_table(rec) if locks is None else locks
+    return _drop_double_counted(_with_locks(rec.tasks, locks), ["tid"])
+
+
+def stack_frames(rec: Recording) -> dict[int, list[str]]:
+    """stack_id -> frames, innermost first."""
+    if rec.stacks.empty:
+        return {}
+    return {
+        int(stack_id): [str(f) for f in frames]
+        for stack_id, frames in rec.stacks[["stack_id", "frames"]].itertuples(index=False)
+        if frames is not None
+    }
+
+
+def clean_frames(frames: list[str]) -> list[str]:
+    """Innermost-first frames without the probe's own frames."""
+    out = list(frames)
+    while out and out[0].startswith(_PROBE_FRAMES):
+        out.pop(0)
+    return out
+
+
+def lock_callers(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Contended waits by kernel stack, with the lock label and the caller
+    (the first frame outside the locking primitives)."""
+    locks = lock_table(rec) if locks is None else locks
+    columns = ["lock", "stack_id", "flags", "count", "total_ns", "max_ns", "label", "caller"]
+    if rec.callers.empty:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+    stacks = stack_frames(rec)
+    callers = rec.callers.copy()
+    callers["lock"] = callers["lock"].astype("uint64")
+    labels = label_map(locks)
+    callers["label"] = [labels.get(int(v), f"{int(v):#x}") for v in callers["lock"]]
+    callers["caller"] = [
+        aggregate.caller_of(clean_frames(stacks.get(int(s), []))) or NO_STACK
+        for s in callers["stack_id"]
+    ]
+    return callers[columns]
+
+
+def _function(frame: str) -> str:
+    """A frame without its offset, made safe for the folded format."""
+    name = frame.split("+", 1)[0] or frame
+    return "".join(ch if ch.isprintable() and ch not in "; " else "_" for ch in name)
+
+
+def folded_stacks(callers: pd.DataFrame, stacks: dict[int, list[str]]) -> dict[str, int]:
+    """Wait nanoseconds by stack, root first, frames joined by ';' (offsets
+    dropped so that call sites merge, as perf script | stackcollapse does).
+    Waits recorded without a stack are one frame, NO_STACK."""
+    folded: dict[str, int] = {}
+    if callers.empty:
+        return folded
+    for stack_id, total in callers[["stack_id", "total_ns"]].itertuples(index=False):
+        frames = clean_frames(stacks.get(int(stack_id), []))
+        path = ";".join(_function(f) for f in reversed(frames)) if frames else NO_STACK
+        folded[path] = folded.get(path, 0) + int(total)
+    return dict(sorted(folded.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def summary_frame(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per lock and mode (the `show` table), flattened, with labels.
+    Figures the probes cannot know are NaN."""
+    locks = lock_table(rec) if locks is None else locks
+    rows = aggregate.summary_rows(rec.intervals, rec.locks, rec.meta.get("families", []))
+    labels = label_map(locks)
+    records = []
+    for row in rows:
+        wait = row.get("wait_ns") or {}
+        hold = row.get("hold_ns") or {}
+        address = int(row["lock_addr"], 16)
+        records.append(
+            {
+                "label": labels.get(address, row["lock"]),
+                "lock_class": row["lock_class"],
+                "mode": row["mode"],
+                "lock_addr": row["lock_addr"],
+                "acquisitions": row.get("acquisitions"),
+                "contended": row.get("contended"),
+                "wait_total": wait.get("total"),
+                "wait_avg": wait.get("avg"),
+                "wait_p50": wait.get("p50"),
+                "wait_p99": wait.get("p99"),
+                "wait_max": wait.get("max"),
+                "hold_total": hold.get("total"),
+                "hold_avg": hold.get("avg"),
+                "hold_p99": hold.get("p99"),
+                "hold_max": hold.get("max"),
+                "downgrades": row.get("downgrades"),
+                "trylock_failures": row.get("trylock_failures"),
+                "still_held": row.get("still_held"),
+                "reader_writer_ratio": row.get("reader_writer_ratio"),
+            }
+        )
+    frame = pd.DataFrame(records, columns=SUMMARY_COLUMNS)
+    numeric = [c for c in SUMMARY_COLUMNS if c not in ("label", "lock_class", "mode", "lock_addr")]
+    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce").astype("float64")
+    return frame
+
+
+SUMMARY_COLUMNS = [
+    "label",
+    "lock_class",
+    "mode",
+    "lock_addr",
+    "acquisitions",
+    "contended",
+    "wait_total",
+    "wait_avg",
+    "wait_p50",
+    "wait_p99",
+    "wait_max",
+    "hold_total",
+    "hold_avg",
+    "hold_p99",
+    "hold_max",
+    "downgrades",
+    "trylock_failures",
+    "still_held",
+    "reader_writer_ratio",
+]
+
+
+def slot_sums(frame: pd.DataFrame, column: str) -> np.ndarray | None:
+    """Element-wise sum of a *_slots column (None when there are no rows)."""
+    if frame.empty:
+        return None
+    return np.sum(np.array(frame[column].tolist(), dtype=np.uint64), axis=0)

@@ -1,0 +1,411 @@
+"""The HTML report: one self-contained, offline file.
+
+plotly.js is embedded inline once, in the page head; every figure is a JSON
+document inside the page's one inline script, escaped with
+escape.script_json(). The page carries a Content-Security-Policy that allows
+no network access at all and only the page's own (nonce-tagged) scripts, so
+even a string that escaped escaping could neither run script nor load
+anything.
+
+build_report() is pure (Recording in, HTML text out); write_report() writes
+the file atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import plotly
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from dashboards import figures, frames
+from dashboards.escape import html_text, script_json
+from profiler.errors import LockprofError
+from profiler.recording import Recording
+from profiler.render import fmt_ns
+
+PLOT_CONFIG = {"displaylogo": False, "responsive": True, "scrollZoom": False}
+
+
+@dataclass
+class Panel:
+    anchor: str
+    title: str
+    description: str
+    figures: list[tuple[str, go.Figure]] = field(default_factory=list)  # (name, figure)
+    html: str = ""  # extra markup (already escaped), before the figures
+
+
+def panels(
+    rec: Recording,
+    max_events: int = 5000,
+    top: int = 15,
+    max_table_rows: int = 500,
+) -> list[Panel]:
+    """Every panel of the report, figures built."""
+    locks = frames.lock_table(rec)
+    intervals = frames.lock_intervals(rec, locks)
+    events = frames.lock_events(rec, locks)
+    tasks = frames.lock_tasks(rec, locks)
+    callers = frames.lock_callers(rec, locks)
+    summary = frames.summary_frame(rec, locks)
+    folded = frames.folded_stacks(callers, frames.stack_frames(rec))
+    meta = rec.meta
+    cpus = meta.get("cpus")
+    return [
+        Panel(
+            "header",
+            "Recording",
+            "What was profiled, where and how, and what it cost.",
+            [("header", figures.build_header(meta, len(rec.events)))],
+            html=lost_banner(meta),
+        ),
+        Panel(
+            "summary",
+            "Summary",
+            "One row per lock and mode. Click a column header to sort. "
+            "'-' means the attached probes cannot know the figure (locks seen "
+            "only through lock:contention_* have no acquisition or hold counts).",
+            html=summary_table(summary, max_table_rows),
+        ),
+        Panel(
+            "readers-writers",
+            "Readers and writers",
+            "Read vs write acquisitions and contended acquisitions per reader/writer lock.",
+            [("readers-writers", figures.build_reader_writer(summary, top))],
+        ),
+        Panel(
+            "distributions",
+            "Distributions",
+            "From the exact in-kernel log2 histograms: every acquisition for "
+            "mmap_lock, every contended wait for other locks.",
+            [("distributions", figures.build_distributions(intervals))],
+        ),
+        Panel(
+            "cpus",
+            "Per CPU",
+            "Where waiting happened: wait time per CPU and interval, and per CPU in total.",
+            [
+                ("cpu-heatmap", figures.build_cpu_heatmap(intervals, cpus)),
+                ("cpu-totals", figures.build_cpu_totals(intervals, cpus)),
+            ],
+        ),
+        Panel(
+            "timeline",
+            "Timeline",
+            "When: counts and wait time per interval, and each wait or hold over "
+            "the threshold with its task and lock (hover a point).",
+            [
+                (
+                    "timeline",
+                    figures.build_timeline(intervals, events, meta.get("threshold_ns"), max_events),
+                )
+            ],
+        ),
+        Panel(
+            "top",
+            "Top locks and callers",
+            "Which locks hurt most, by identity, and the kernel call sites that waited for them.",
+            [
+                ("top-locks", figures.build_top_locks(summary, top)),
+                ("top-callers", figures.build_top_callers(callers, top)),
+            ],
+        ),
+        Panel(
+            "stacks",
+            "Stacks",
+            "Contended wait time by kernel stack, outermost frame on top. Click a "
+            "frame to zoom. `lockprof export REC --folded FILE` writes the same "
+            "stacks for FlameGraph or speedscope.",
+            [("stacks", figures.build_stacks(folded))],
+        ),
+        Panel(
+            "tasks",
+            "Tasks",
+            "The tasks that waited longest, including tasks of other processes "
+            "that took the target's locks.",
+            [("tasks", figures.build_tasks(tasks, events, meta.get("target_pid"), top + 5))],
+        ),
+    ]
+
+
+def lost_banner(meta: dict) -> str:
+    lost = int(meta.get("lost_events") or 0)
+    if not lost:
+        return ""
+    return (
+        f'<p class="lost" role="alert"><b>{lost:,} events were lost</b> (the ring buffer '
+        "was full): the timeline and the event counts miss them. The aggregates "
+        "(summary, distributions, per CPU) are exact.</p>"
+    )
+
+
+# -- the sortable summary table ---------------------------------------------------------
+
+SUMMARY_HEADERS = [
+    ("label", "lock", "text"),
+    ("lock_class", "class", "text"),
+    ("mode", "mode", "text"),
+    ("acquisitions", "acq", "count"),
+    ("contended", "contended", "count"),
+    ("wait_total", "wait total", "ns"),
+    ("wait_avg", "avg", "ns"),
+    ("wait_p50", "p50", "ns"),
+    ("wait_p99", "p99", "ns"),
+    ("wait_max", "max", "ns"),
+    ("hold_avg", "hold avg", "ns"),
+    ("hold_p99", "hold p99", "ns"),
+    ("hold_max", "hold max", "ns"),
+    ("reader_writer_ratio", "r:w", "ratio"),
+    ("downgrades", "downgr", "count"),
+    ("trylock_failures", "fail", "count"),
+    ("still_held", "still held", "count"),
+]
+
+
+def _cell(value, kind: str) -> str:
+    if kind == "text":
+        shown = "-" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+        return f"<td>{html_text(shown)}</td>"
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    if missing:
+        return '<td class="num" data-v="">-</td>'
+    if kind == "ns":
+        shown = fmt_ns(value)
+    elif kind == "ratio":
+        shown = f"{value:.3g}"
+    else:
+        shown = f"{value:,.0f}"
+    return f'<td class="num" data-v="{float(value)!r}">{html_text(shown)}</td>'
+
+
+def summary_table(summary: pd.DataFrame, limit: int = 500) -> str:
+    """The summary as an HTML table that sorts on a header click (the
+    script is in the page). At most `limit` rows, by total wait time."""
+    if summary.empty:
+        return '<p class="empty">No lock activity was recorded.</p>'
+    ordered = summary.sort_values("wait_total", ascending=False, na_position="last")
+    shown = ordered.head(limit)
+    head = "".join(
+        f'<th scope="col" tabindex="0" data-type="{"text" if kind == "text" else "num"}">'
+        f"{html_text(title)}</th>"
+        for _column, title, kind in SUMMARY_HEADERS
+    )
+    body = []
+    for values in shown.to_dict("records"):
+        body.append(
+            "<tr>" + "".join(_cell(values[c], kind) for c, _t, kind in SUMMARY_HEADERS) + "</tr>"
+        )
+    note = ""
+    if len(shown) < len(summary):
+        note = (
+            f'<p class="note">Showing the {len(shown):,} rows with the most wait time '
+            f"of {len(summary):,}; <code>lockprof show REC</code> or "
+            "<code>lockprof export REC --csv DIR</code> list all.</p>"
+        )
+    return (
+        f'{note}<div class="table-wrap"><table id="summary-table" class="sortable">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+# -- the page ----------------------------------------------------------------------------
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;
+background:#fafafa}
+header.top{background:#263238;color:#fff;padding:14px 24px}
+header.top h1{margin:0;font-size:20px}
+header.top p{margin:4px 0 0;color:#cfd8dc;font-size:13px;word-break:break-all}
+nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:6px 24px;
+z-index:10;font-size:13px}
+nav a{margin-right:14px;color:#1565c0;text-decoration:none}
+main{padding:8px 24px 40px}
+section{background:#fff;border:1px solid #e0e0e0;border-radius:6px;margin:16px 0;
+padding:10px 16px}
+section h2{font-size:17px;margin:6px 0}
+section p.desc{color:#555;font-size:13px;margin:2px 0 8px}
+.lost{background:#fde0dd;color:#900;border:1px solid #f5a3a3;padding:8px 12px;
+border-radius:4px;font-size:15px}
+.note{color:#555;font-size:13px}
+.table-wrap{max-height:620px;overflow:auto}
+table.sortable{border-collapse:collapse;font-size:12px;white-space:nowrap}
+table.sortable th{position:sticky;top:0;background:#eceff1;cursor:pointer;padding:4px 8px;
+text-align:left;user-select:none}
+table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
+table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
+table.sortable td{padding:3px 8px;border-bottom:1px solid #eee}
+table.sortable td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.sortable tbody tr:hover{background:#f5f5f5}
+footer{color:#777;font-size:12px;padding:0 24px 24px}
+"""
+
+_SORTER = """
+(function () {
+  var table = document.getElementById("summary-table");
+  if (!table) return;
+  var heads = table.tHead.rows[0].cells, body = table.tBodies[0];
+  function key(cell, numeric) {
+    if (!numeric) return cell.textContent.toLowerCase();
+    var v = cell.getAttribute("data-v");
+    return v === "" || v === null ? NaN : parseFloat(v);
+  }
+  function sortBy(index) {
+    var head = heads[index], numeric = head.getAttribute("data-type") === "num";
+    var current = head.getAttribute("aria-sort");
+    var dir = current ? (current === "descending" ? "ascending" : "descending")
+                      : (numeric ? "descending" : "ascending");
+    for (var i = 0; i < heads.length; i++) heads[i].removeAttribute("aria-sort");
+    head.setAttribute("aria-sort", dir);
+    var sign = dir === "ascending" ? 1 : -1;
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = key(a.cells[index], numeric), y = key(b.cells[index], numeric);
+      if (numeric) {
+        if (isNaN(x)) return isNaN(y) ? 0 : 1;  /* missing values last */
+        if (isNaN(y)) return -1;
+      }
+      return x < y ? -sign : x > y ? sign : 0;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+  }
+  Array.prototype.forEach.call(heads, function (head, index) {
+    head.addEventListener("click", function () { sortBy(index); });
+    head.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sortBy(index); }
+    });
+  });
+})();
+"""
+
+_DRAW = """
+(function () {
+  var specs = JSON.parse(document.getElementById("lockprof-figures").textContent);
+  var config = specs.config;
+  specs.figures.forEach(function (spec) {
+    try {
+      Plotly.newPlot(spec.div, spec.figure.data, spec.figure.layout, config);
+    } catch (err) {
+      console.error("lockprof: figure " + spec.div + " failed: " + err);
+      document.getElementById(spec.div).textContent = "This figure could not be drawn: " + err;
+    }
+  });
+})();
+"""
+
+
+def _figure_json(fig: go.Figure) -> dict:
+    return json.loads(pio.to_json(fig, validate=False))
+
+
+def render(
+    rec: Recording,
+    source: str | None = None,
+    max_events: int = 5000,
+    top: int = 15,
+    max_table_rows: int = 500,
+) -> str:
+    """The whole report page as one string."""
+    built = panels(rec, max_events=max_events, top=top, max_table_rows=max_table_rows)
+    nonce = secrets.token_urlsafe(18)
+    meta = rec.meta
+    specs = []
+    sections = []
+    for panel in built:
+        divs = []
+        for name, fig in panel.figures:
+            div = f"plot-{name}"
+            specs.append({"div": div, "figure": _figure_json(fig)})
+            divs.append(
+                f'<div class="plot" id="{div}" data-panel="{html_text(panel.anchor)}"></div>'
+            )
+        sections.append(
+            f'<section id="{panel.anchor}"><h2>{html_text(panel.title)}</h2>'
+            f'<p class="desc">{html_text(panel.description)}</p>'
+            f"{panel.html}{''.join(divs)}</section>"
+        )
+    nav = "".join(f'<a href="#{p.anchor}">{html_text(p.title)}</a>' for p in built)
+    document = json.dumps({"config": PLOT_CONFIG, "figures": specs}, separators=(",", ":"))
+    target = meta.get("target") or "recording"
+    subtitle = (
+        f"{meta.get('kernel', '?')}, {meta.get('cpus', '?')} CPUs, "
+        f"{float(meta.get('duration_s') or 0):.1f} s, started {meta.get('start_time', '?')}"
+    )
+    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    csp = (
+        "default-src 'none'; "
+        f"script-src 'nonce-{nonce}'; "
+        "style-src 'unsafe-inline'; "
+        "img-src data: blob:; font-src data:; "
+        "base-uri 'none'; form-action 'none'"
+    )
+    return "".join(
+        [
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>lockprof: {html_text(target)}</title>",
+            f"<style>{_STYLE}</style>",
+            f'<script nonce="{nonce}">{get_plotlyjs()}</script>',
+            "</head><body>",
+            f'<header class="top"><h1>lockprof report: {html_text(target)}</h1>',
+            f"<p>{html_text(subtitle)}</p></header>",
+            f"<nav>{nav}</nav><main>",
+            "".join(sections),
+            "</main>",
+            f"<footer>Generated by lockprof {html_text(meta.get('lockprof_version', ''))} "
+            f"from {html_text(source or 'a recording')} at {generated}. Self-contained: "
+            f"plotly.js {html_text(plotly.__version__)} (python) is embedded; the page "
+            "loads nothing from the network.</footer>",
+            '<script type="application/json" id="lockprof-figures">',
+            script_json(document),
+            "</script>",
+            f'<script nonce="{nonce}">{_SORTER}{_DRAW}</script>',
+            "</body></html>\n",
+        ]
+    )
+
+
+def write_report(rec: Recording, path: str | Path, source: str | None = None, **options) -> Path:
+    """Build the report and write it atomically (mode 0600, like recordings:
+    it holds command lines). Errors are LockprofError with one line."""
+    path = Path(path)
+    check_writable(path)
+    page = render(rec, source=source, **options)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise LockprofError(f"cannot write report to {path} ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(page)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise LockprofError(f"cannot write report to {path} ({exc.strerror})") from None
+    return path
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail early (before a collection) if the report could not be written."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise LockprofError(f"report path {path} is a directory")
+    if not directory.is_dir():
+        raise LockprofError(f"report directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise LockprofError(f"report directory {directory} is not writable")

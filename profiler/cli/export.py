@@ -1,0 +1,138 @@
+"""lockprof export: folded stacks (FlameGraph, speedscope) and CSV tables."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from profiler import recording, summary
+from profiler.errors import LockprofError
+
+
+def folded_lines(rec: recording.Recording) -> list[str]:
+    """`frame;frame;frame value` lines, root first, value = contended wait ns."""
+    from dashboards import frames
+
+    folded = frames.folded_stacks(frames.lock_callers(rec), frames.stack_frames(rec))
+    return [f"{path} {value}" for path, value in folded.items() if value > 0]
+
+
+def _is_list(value) -> bool:
+    return isinstance(value, list | tuple) or hasattr(value, "tolist")
+
+
+def _csv_value(value):
+    """Lists (histogram slots, stack frames) as one cell."""
+    if _is_list(value):
+        items = value.tolist() if hasattr(value, "tolist") else list(value)
+        return ";".join(str(v) for v in items)
+    return value
+
+
+def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table made CSV-friendly: list cells joined with ';'."""
+    out = frame.copy()
+    for column in out.columns:
+        values = out[column]
+        if values.dtype == object and values.map(_is_list).any():
+            out[column] = values.map(_csv_value)
+    return out
+
+
+def summary_table(rec: recording.Recording) -> pd.DataFrame:
+    """The `show` rows, flattened: wait_ns.p99 becomes wait_p99_ns, and so on."""
+    rows = []
+    for row in summary.lock_rows(rec):
+        flat: dict = {}
+        for key, value in row.items():
+            if key == "per_cpu":
+                continue
+            if isinstance(value, dict) or (value is None and key.endswith("_ns")):
+                prefix = key.removesuffix("_ns")
+                for stat in ("count", "total", "avg", "p50", "p99", "max"):
+                    name = f"{prefix}_count" if stat == "count" else f"{prefix}_{stat}_ns"
+                    flat[name] = (value or {}).get(stat)
+            else:
+                flat[key] = value
+        rows.append(flat)
+    return pd.DataFrame(rows)
+
+
+def write_csv(rec: recording.Recording, directory: Path) -> list[Path]:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LockprofError(f"cannot create {directory} ({exc.strerror})") from None
+    if not directory.is_dir():
+        raise LockprofError(f"{directory} is not a directory")
+    written = []
+    tables = {name: rec.table(name) for name in recording.TABLES}
+    tables["summary"] = summary_table(rec)
+    try:
+        for name, frame in tables.items():
+            path = directory / f"{name}.csv"
+            csv_frame(frame).to_csv(path, index=False)
+            written.append(path)
+        meta = directory / "meta.json"
+        meta.write_text(json.dumps(rec.meta, indent=2, default=str) + "\n")
+        written.append(meta)
+    except OSError as exc:
+        raise LockprofError(f"cannot write {directory} ({exc.strerror})") from None
+    return written
+
+
+def write_folded(rec: recording.Recording, output: Path) -> int:
+    lines = folded_lines(rec)
+    text = "".join(f"{line}\n" for line in lines)
+    if str(output) == "-":
+        sys.stdout.write(text)
+        return len(lines)
+    try:
+        output.write_text(text)
+    except OSError as exc:
+        raise LockprofError(f"cannot write {output} ({exc.strerror})") from None
+    return len(lines)
+
+
+@click.command("export")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--folded",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Write folded stacks (`frame;frame value`, root first, value = contended "
+    "wait ns) for FlameGraph or speedscope; - for stdout.",
+)
+@click.option(
+    "--csv",
+    "csv_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write every table (and the summary) as CSV into this directory.",
+)
+def command(path, folded, csv_dir) -> None:
+    """Export a recording for other tools.
+
+    Folded stacks have one line per kernel stack of contended waits, root
+    first, offsets dropped so that call sites merge; waits taken without a
+    stack (shorter than --stack-threshold) are the single frame [no_stack].
+    CSV cells holding lists (histogram slots, stack frames) are joined by ';'.
+
+    \b
+    Examples:
+      lockprof export demo.lpr --folded demo.folded
+      flamegraph.pl demo.folded > demo.svg        (or open it in speedscope)
+      lockprof export demo.lpr --csv demo-csv/
+    """
+    if folded is None and csv_dir is None:
+        raise LockprofError("nothing to export: give --folded FILE and/or --csv DIR", exit_code=2)
+    rec = recording.load(path)
+    if folded is not None:
+        count = write_folded(rec, folded)
+        if str(folded) != "-":
+            click.echo(f"lockprof: {count} folded stacks written to {folded}", err=True)
+    if csv_dir is not None:
+        written = write_csv(rec, csv_dir)
+        click.echo(f"lockprof: {len(written)} files written to {csv_dir}", err=True)

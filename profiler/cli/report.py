@@ -1,0 +1,88 @@
+"""lockprof report: a self-contained HTML dashboard of a recording (no root needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from profiler import recording
+from profiler.errors import LockprofError
+
+
+def default_output(path: Path) -> Path:
+    """rec.lpr -> rec.html, next to the recording."""
+    return path.with_suffix(".html")
+
+
+def check_output(path: Path) -> None:
+    """Fail before any work (or collection) if the report cannot be written."""
+    from dashboards.html import check_writable
+
+    check_writable(path)
+
+
+def write_html(
+    rec: recording.Recording, output: Path, source: str | None = None, **options
+) -> Path:
+    """Build and write the report. Every failure is a LockprofError with one
+    line: a recording whose tables do not have the expected content cannot
+    crash with a traceback (LOCKPROF_DEBUG=1 shows one)."""
+    from dashboards.html import write_report
+
+    try:
+        return write_report(rec, output, source=source, **options)
+    except LockprofError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        if os.environ.get("LOCKPROF_DEBUG"):
+            raise
+        where = f"{source}: " if source else ""
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise LockprofError(
+            f"{where}cannot build a report: the recording has unexpected content "
+            f"({type(exc).__name__}{': ' + reason if reason else ''})"
+        ) from None
+
+
+@click.command("report")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="HTML file to write (default: the recording's name with .html).",
+)
+@click.option(
+    "--max-events",
+    type=click.IntRange(min=0),
+    default=5000,
+    show_default=True,
+    help="Most individual waits/holds drawn on the timeline (the page says when it samples).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=15,
+    show_default=True,
+    help="Locks and callers in the top-N charts.",
+)
+def command(path, output, max_events, top) -> None:
+    """Write a self-contained HTML report of a recording.
+
+    The page works offline (plotly.js is embedded): a sortable summary,
+    readers vs writers, wait and hold distributions, per-CPU heatmap,
+    timeline of long waits, top locks and callers, kernel stacks, and the
+    tasks that waited.
+
+    \b
+    Examples:
+      lockprof report demo.lpr                  writes demo.html
+      lockprof report demo.lpr -o /tmp/r.html
+    """
+    output = output or default_output(path)
+    check_output(output)
+    rec = recording.load(path)
+    write_html(rec, output, source=str(path), max_events=max_events, top=top)
+    click.echo(f"lockprof: report written to {output}", err=True)
