@@ -22,8 +22,8 @@ import pandas as pd
 
 from profiler import aggregate, ksyms, schema
 from profiler.errors import LockprofError
-from profiler.recording import Recording
-from profiler.targets import CommandTarget, Target
+from profiler.recording import CALLER_COLUMNS, EVENT_COLUMNS, TASK_COLUMNS, Recording
+from profiler.targets import PRE_EXEC_COMM, CommandTarget, Target, pre_exec_locks
 
 POLL_MS = 100
 
@@ -191,7 +191,7 @@ def _cumulative_frame(snapshot) -> pd.DataFrame:
 
 
 def _live_state(snapshot, session, namer, target, options, elapsed_ns) -> LiveState:
-    frame = _cumulative_frame(snapshot)
+    frame = without_locks(_cumulative_frame(snapshot), hidden_locks(target, session))
     locks = namer.name(frame)
     rows = aggregate.summary_rows(frame, locks, list(options.families))
     return LiveState(
@@ -220,10 +220,7 @@ class _LockNamer:
         self._data_symbols: dict[int, str] | None = None
 
     def callers(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            self._session.read_callers(),
-            columns=["lock", "stack_id", "flags", "count", "total_ns", "max_ns"],
-        )
+        return pd.DataFrame(self._session.read_callers(), columns=CALLER_COLUMNS)
 
     def frames(self, stack_ids) -> dict[int, list[str]]:
         for stack_id in stack_ids:
@@ -242,23 +239,72 @@ class _LockNamer:
         )
 
 
+# -- the pre-exec mm of `lockprof run` ------------------------------------------
+
+
+def hidden_locks(target: Target, session) -> set[int]:
+    """Locks left out of the live view and the recording: the mmap_lock of a
+    `run` child's pre-exec mm (a copy of lockprof's own, not the command's)."""
+    if not isinstance(target, CommandTarget):
+        return set()
+    return pre_exec_locks(session.read_owners(), target.tgid, session.target_lock())
+
+
+def _on_locks(frame: pd.DataFrame, locks: set[int]) -> pd.Series:
+    """Which rows of frame are about one of locks (kernel addresses are
+    above 2**63: compared as uint64)."""
+    return frame["lock"].astype("uint64").isin(np.array(sorted(locks), dtype=np.uint64))
+
+
+def without_locks(frame: pd.DataFrame, locks: set[int]) -> pd.DataFrame:
+    if not locks or frame.empty:
+        return frame
+    return frame[~_on_locks(frame, locks)].reset_index(drop=True)
+
+
+def pre_exec_note(intervals: pd.DataFrame, events: pd.DataFrame, locks: set[int]) -> dict | None:
+    """What leaving out the pre-exec mmap_lock removed, for meta."""
+    if not locks:
+        return None
+    mine = intervals[_on_locks(intervals, locks)] if not intervals.empty else intervals
+    return {
+        "locks": [f"{lock:#x}" for lock in sorted(locks)],
+        "comm": PRE_EXEC_COMM,
+        "acquisitions": int(mine["acquisitions"].sum()),
+        "wait_total_ns": int(mine["wait_total_ns"].sum()),
+        "hold_total_ns": int(mine["hold_total_ns"].sum()),
+        "events": int(_on_locks(events, locks).sum()) if not events.empty else 0,
+    }
+
+
+def relabel_pre_exec_tasks(tasks: pd.DataFrame, tgid: int, comm: str | None) -> pd.DataFrame:
+    """A per-task row keeps the comm its task had when first seen. The `run`
+    child's rows first seen before its exec (on the command's new mm, which
+    exec builds while the child is still PRE_EXEC_COMM) are the command's
+    main thread: give them the command's comm."""
+    if not comm or comm == PRE_EXEC_COMM or tasks.empty:
+        return tasks
+    tasks = tasks.copy()
+    tasks.loc[(tasks["tgid"] == tgid) & (tasks["comm"] == PRE_EXEC_COMM), "comm"] = comm
+    return tasks
+
+
+def _command_comm(target: Target, session) -> str | None:
+    """The comm the command's own mm was learned under, if known."""
+    pid, comm = session.read_owners().get(session.target_lock(), (None, None))
+    return comm if pid == target.tgid else None
+
+
 def _events_frame(events: np.ndarray, start_ns: int) -> pd.DataFrame:
-    columns = [
-        "t_s",
-        "duration_ns",
-        "lock",
-        "tgid",
-        "tid",
-        "cpu",
-        "stack_id",
-        "flags",
-        "source",
-        "kind",
-        "comm",
-    ]
+    columns = EVENT_COLUMNS
     if len(events) == 0:
         return pd.DataFrame(
-            {c: pd.Series(dtype="object" if c == "comm" else "int64") for c in columns}
+            {
+                c: pd.Series(
+                    dtype={"comm": "object", "kind": "object", "t_s": "float64"}.get(c, "int64")
+                )
+                for c in columns
+            }
         )
     frame = pd.DataFrame(
         {
@@ -284,24 +330,17 @@ def _build_recording(
     intervals = aggregate.intervals_frame(state.rows)
     callers = namer.callers()
     events = _events_frame(session.take_events(), start_ns)
+    tasks = pd.DataFrame(session.read_tasks(), columns=TASK_COLUMNS)
+    hidden = hidden_locks(target, session)
+    pre_exec = pre_exec_note(intervals, events, hidden)
+    intervals, callers, events, tasks = (
+        without_locks(frame, hidden) for frame in (intervals, callers, events, tasks)
+    )
+    if isinstance(target, CommandTarget):
+        tasks = relabel_pre_exec_tasks(tasks, target.tgid, _command_comm(target, session))
     stack_ids = set(callers["stack_id"].tolist()) | set(events["stack_id"].tolist())
     frames = namer.frames(sorted(s for s in stack_ids if s >= 0))
     locks = namer.name(intervals, callers)
-    tasks = pd.DataFrame(
-        session.read_tasks(),
-        columns=[
-            "lock",
-            "tid",
-            "tgid",
-            "flags",
-            "source",
-            "comm",
-            "waits",
-            "wait_ns",
-            "holds",
-            "hold_ns",
-        ],
-    )
     stacks = pd.DataFrame({"stack_id": list(frames), "frames": list(frames.values())})
     errors = session.read_errors()
     lost = errors.get("ringbuf_full", 0) + session.events_dropped_userspace
@@ -326,6 +365,7 @@ def _build_recording(
         "duration_s": round((end_ns - start_ns) / 1e9, 6),
         "stop_reason": stop_reason,
         "lost_events": lost,
+        "pre_exec_mmap_lock": pre_exec,
         "events_dropped_userspace": session.events_dropped_userspace,
         "errors": errors,
         "rusage": target.rusage(),

@@ -16,6 +16,12 @@ from profiler.errors import LockprofError
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
+# The comm of a `lockprof run` child from fork until it execs the command
+# (at most 15 bytes: TASK_COMM_LEN - 1). Until the exec the child runs in a
+# copy of lockprof's own address space; this name tells that mm (and its
+# mmap_lock) apart from the command's own in the BPF owner map.
+PRE_EXEC_COMM = "lockprof-exec"
+
 
 def check_pid(pid: int) -> int:
     """Validate a user-given pid and return its thread-group id."""
@@ -166,9 +172,40 @@ def _is_zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+def _set_own_comm(name: str) -> None:
+    """Rename the calling (single-threaded) process, as prctl(PR_SET_NAME) does."""
+    try:
+        fd = os.open("/proc/self/comm", os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.write(fd, name.encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def pre_exec_locks(owners: dict[int, tuple[int, str]], tgid: int, command_lock: int) -> set[int]:
+    """The mmap_lock addresses of a `run` child's pre-exec mm.
+
+    owners maps an mmap_lock address to the (tgid, comm) of the process seen
+    on it as its own mm. The child's pre-exec mm is owned by the command's pid
+    under PRE_EXEC_COMM. command_lock, the mmap_lock the BPF side learned last
+    for the pid (after the exec: the command's own), is never one of them,
+    even if the kernel ran the child on its new mm before renaming it.
+    """
+    return {
+        lock
+        for lock, (pid, comm) in owners.items()
+        if pid == tgid and comm == PRE_EXEC_COMM and lock != command_lock
+    }
+
+
 class CommandTarget(Target):
     """A command lockprof starts (`lockprof run -- CMD`). The child is forked
-    and held before exec until the probes are attached, so nothing is missed."""
+    and held before exec until the probes are attached, so nothing is missed.
+    Until the exec it is called PRE_EXEC_COMM (see pre_exec_locks)."""
 
     mode = "run"
 
@@ -183,11 +220,15 @@ class CommandTarget(Target):
     def _spawn_held(self) -> int:
         gate_r, gate_w = os.pipe()
         err_r, err_w = os.pipe()
+        ready_r, ready_w = os.pipe()
         os.set_inheritable(err_w, False)
         pid = os.fork()
-        if pid == 0:  # child: wait for the gate, then exec
+        if pid == 0:  # child: rename itself, say so, wait for the gate, then exec
             os.close(gate_w)
             os.close(err_r)
+            os.close(ready_r)
+            _set_own_comm(PRE_EXEC_COMM)
+            os.close(ready_w)
             try:
                 os.read(gate_r, 1)
                 os.close(gate_r)
@@ -198,6 +239,11 @@ class CommandTarget(Target):
             os._exit(127)
         os.close(gate_r)
         os.close(err_w)
+        os.close(ready_w)
+        # The child is renamed before any probe can see it: the probes are
+        # attached after this returns.
+        os.read(ready_r, 1)  # end of file once the child closed its end
+        os.close(ready_r)
         self._gate_w, self._err_r = gate_w, err_r
         return pid
 

@@ -1,0 +1,280 @@
+"""profiler.session and profiler.targets without BPF: what `lockprof run` keeps.
+
+`lockprof run -- CMD` forks a child that waits, in a copy of lockprof's own
+address space, until the probes are attached, then execs CMD. The mmap_lock
+of that pre-exec mm is not the command's and must not show up as a lock of
+its own; the command's own mm_lock must.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from profiler import aggregate, ksyms, recording, session, summary
+from profiler.targets import PRE_EXEC_COMM, CommandTarget, PidTarget, pre_exec_locks
+
+READ, WRITE, SPIN = 2, 4, 1
+SRC_MMAP, SRC_CONT = 0, 1
+PRE_EXEC_LOCK = 0xFFFF888104F6A178  # lockprof's copied mm, as in tests/data
+COMMAND_LOCK = 0xFFFF888100818138  # the command's own mm
+SPINLOCK = 0xFFFFFFFF830F3100
+
+
+# -- the child's name before exec -----------------------------------------------------------
+
+
+def wait_for_exit(target: CommandTarget, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while target.poll() is None:
+        assert time.monotonic() < deadline, "command did not exit"
+        time.sleep(0.01)
+
+
+def test_run_child_is_named_until_it_execs(tmp_path):
+    out = tmp_path / "comm"
+    target = CommandTarget(["sh", "-c", f"cat /proc/$$/comm > {out}"])
+    try:
+        # Held before exec: the name the BPF owner map will learn its mm under.
+        assert Path(f"/proc/{target.tgid}/comm").read_text() == PRE_EXEC_COMM + "\n"
+    finally:
+        target.begin()
+    wait_for_exit(target)
+    assert target.exit_status == 0
+    assert out.read_text() == "sh\n"  # exec gave the command its own name
+
+
+def test_pre_exec_comm_fits_in_a_task_comm():
+    assert 0 < len(PRE_EXEC_COMM.encode()) <= 15  # TASK_COMM_LEN - 1
+
+
+def test_pre_exec_locks():
+    pid = 4560
+    owners = {
+        PRE_EXEC_LOCK: (pid, PRE_EXEC_COMM),
+        COMMAND_LOCK: (pid, "mmapcount"),
+        0xFFFF888200000000: (77, PRE_EXEC_COMM),  # another lockprof run's child
+        0xFFFF888300000000: (pid + 1, "mmapcount"),
+    }
+    assert pre_exec_locks(owners, pid, COMMAND_LOCK) == {PRE_EXEC_LOCK}
+    # The command's current mm is never left out, whatever it is called.
+    owners[COMMAND_LOCK] = (pid, PRE_EXEC_COMM)
+    assert pre_exec_locks(owners, pid, COMMAND_LOCK) == {PRE_EXEC_LOCK}
+    assert pre_exec_locks({}, pid, 0) == set()
+
+
+# -- a collection's end, with a fake BPF session ------------------------------------------
+
+
+class FakeSession:
+    """What _build_recording and _live_state read from a BpfSession."""
+
+    def __init__(self, owners, target_lock, tasks=(), callers=(), stacks=None):
+        self.owners = owners
+        self._target_lock = target_lock
+        self.tasks = list(tasks)
+        self.callers = list(callers)
+        self.stacks = stacks or {}
+        self.events_dropped_userspace = 0
+        self._events_raw: list[bytes] = []
+
+    def read_owners(self):
+        return dict(self.owners)
+
+    def target_lock(self):
+        return self._target_lock
+
+    def read_tasks(self):
+        return self.tasks
+
+    def read_callers(self):
+        return self.callers
+
+    def stack_frames(self, stack_id):
+        return self.stacks.get(stack_id, [])
+
+    def take_events(self):
+        return np.array([])
+
+    def read_errors(self):
+        return {"ringbuf_full": 0}
+
+
+def task(lock, comm, tgid, flags=WRITE, source=SRC_MMAP, waits=1):
+    return {
+        "lock": lock,
+        "tid": tgid,
+        "tgid": tgid,
+        "flags": flags,
+        "source": source,
+        "comm": comm,
+        "waits": waits,
+        "wait_ns": 100 * waits,
+        "holds": waits,
+        "hold_ns": 1000 * waits,
+    }
+
+
+@pytest.fixture
+def no_bpf(monkeypatch):
+    monkeypatch.setattr(session, "session_cpus", lambda: [0, 1])
+    monkeypatch.setattr(ksyms, "data_symbols", lambda *a: {})
+
+
+@pytest.fixture
+def finished_run():
+    """A real `run` target (`true`) that has exited."""
+    target = CommandTarget(["true"])
+    target.begin()
+    wait_for_exit(target)
+    return target
+
+
+def run_snapshot(snap, pid_lock_pairs=True):
+    """Interval stats of a `run` of an mmap/munmap workload: the pre-exec mm
+    saw 1 write + 2 reads (exec and exit_mmap), the command's mm the rest."""
+    s = snap(cpus=2)
+    for flags, n in ((WRITE, 1), (READ, 2)):
+        for _ in range(n):
+            s.bump((PRE_EXEC_LOCK, flags, SRC_MMAP), 1, "acquisitions")
+            s.hist_add((PRE_EXEC_LOCK, flags, SRC_MMAP), 1, "wait", 400)
+            s.bump((PRE_EXEC_LOCK, flags, SRC_MMAP), 1, "releases")
+            s.hist_add((PRE_EXEC_LOCK, flags, SRC_MMAP), 1, "hold", 600_000)
+    for _ in range(10):  # 5 mmap + 5 munmap
+        for flags in (WRITE, WRITE):
+            s.bump((COMMAND_LOCK, flags, SRC_MMAP), 0, "acquisitions")
+            s.hist_add((COMMAND_LOCK, flags, SRC_MMAP), 0, "wait", 200)
+        s.bump((COMMAND_LOCK, WRITE, SRC_MMAP), 0, "releases")
+        s.hist_add((COMMAND_LOCK, WRITE, SRC_MMAP), 0, "hold", 1500)
+        s.bump((COMMAND_LOCK, WRITE, SRC_MMAP), 0, "downgrades")
+        s.hist_add((COMMAND_LOCK, WRITE, SRC_MMAP), 0, "hold", 700)
+        s.bump((COMMAND_LOCK, READ, SRC_MMAP), 0, "releases")
+        s.hist_add((COMMAND_LOCK, READ, SRC_MMAP), 0, "hold", 900)
+    s.bump((SPINLOCK, SPIN, SRC_CONT), 1, "contended")
+    s.hist_add((SPINLOCK, SPIN, SRC_CONT), 1, "wait", 691)
+    return s
+
+
+def build(target, fake, snap, stats_columns):
+    state = session._Collected()
+    state.rows = aggregate.interval_rows({}, run_snapshot(snap).copy(), stats_columns, 1, 0.1)
+    options = session.CollectOptions()
+    now = time.monotonic_ns()
+    return session._build_recording(
+        options,
+        target,
+        fake,
+        state,
+        session._LockNamer(fake),
+        [],
+        "command exited with status 0",
+        now - 100_000_000,
+        now,
+        dt.datetime.now(dt.UTC),
+    )
+
+
+def test_run_recording_leaves_out_the_pre_exec_mm(
+    no_bpf, finished_run, snap, stats_columns, tmp_path
+):
+    pid = finished_run.tgid
+    fake = FakeSession(
+        owners={PRE_EXEC_LOCK: (pid, PRE_EXEC_COMM), COMMAND_LOCK: (pid, "mmapcount")},
+        target_lock=COMMAND_LOCK,
+        tasks=[
+            task(PRE_EXEC_LOCK, PRE_EXEC_COMM, pid, READ, waits=2),
+            task(COMMAND_LOCK, PRE_EXEC_COMM, pid, WRITE, waits=20),  # first seen in exec
+            task(SPINLOCK, "mmapcount", pid, SPIN, SRC_CONT),
+            task(COMMAND_LOCK, "khugepaged", 40, READ),
+        ],
+        callers=[
+            {"lock": SPINLOCK, "stack_id": 3, "flags": SPIN, "count": 1, "total_ns": 691},
+        ],
+        stacks={3: ["_raw_spin_lock+0x1", "rcu_core+0xac"]},
+    )
+    fake.callers[0]["max_ns"] = 691
+    rec = build(finished_run, fake, snap, stats_columns)
+    for name in ("intervals", "locks", "tasks", "callers"):
+        assert PRE_EXEC_LOCK not in set(rec.table(name)["lock"].astype("uint64").tolist()), name
+    assert set(rec.intervals["lock"].tolist()) == {COMMAND_LOCK, SPINLOCK}
+    assert rec.meta["pre_exec_mmap_lock"] == {
+        "locks": [f"{PRE_EXEC_LOCK:#x}"],
+        "comm": PRE_EXEC_COMM,
+        "acquisitions": 3,
+        "wait_total_ns": 1200,
+        "hold_total_ns": 1_800_000,
+        "events": 0,
+    }
+    # The command's main thread is called by the command's name everywhere.
+    assert sorted(rec.tasks["comm"]) == ["khugepaged", "mmapcount", "mmapcount"]
+    # What a user sees: only the command's own mmap_lock, and it reconciles.
+    rows = summary.lock_rows(recording.load(recording.save(rec, tmp_path / "run.lpr")))
+    mmap_rows = {r["mode"]: r for r in rows if r["lock_class"] == "mmap_lock"}
+    assert set(mmap_rows) == {"read", "write"}
+    for row in mmap_rows.values():
+        assert (row["lock_addr"], row["owner_pid"], row["owner_comm"]) == (
+            f"{COMMAND_LOCK:#x}",
+            pid,
+            "mmapcount",
+        )
+        assert row["still_held"] == 0
+    assert mmap_rows["write"]["acquisitions"] == 20
+    assert [r["lock"] for r in rows if r["lock_class"] == "spinlock"] == [
+        f"rcu_core+0xac ({SPINLOCK:#x})"
+    ]
+
+
+def test_run_keeps_the_pre_exec_mm_while_it_is_the_commands_only_mm(
+    no_bpf, finished_run, snap, stats_columns
+):
+    # Collection ended before the exec: the copied mm is all the pid has.
+    pid = finished_run.tgid
+    fake = FakeSession(owners={PRE_EXEC_LOCK: (pid, PRE_EXEC_COMM)}, target_lock=PRE_EXEC_LOCK)
+    rec = build(finished_run, fake, snap, stats_columns)
+    assert PRE_EXEC_LOCK in set(rec.intervals["lock"].tolist())
+    assert rec.meta["pre_exec_mmap_lock"] is None
+
+
+def test_attach_keeps_every_lock(no_bpf, snap, stats_columns):
+    # Only `run` has a pre-exec mm: an attached process named like one keeps its lock.
+    target = PidTarget(os.getpid())
+    fake = FakeSession(
+        owners={PRE_EXEC_LOCK: (os.getpid(), PRE_EXEC_COMM), COMMAND_LOCK: (os.getpid(), "x")},
+        target_lock=COMMAND_LOCK,
+    )
+    target.begin()
+    rec = build(target, fake, snap, stats_columns)
+    assert {PRE_EXEC_LOCK, COMMAND_LOCK} <= set(rec.intervals["lock"].tolist())
+    assert rec.meta["pre_exec_mmap_lock"] is None
+
+
+def test_live_view_leaves_out_the_pre_exec_mm(no_bpf, finished_run, snap, stats_columns):
+    pid = finished_run.tgid
+    fake = FakeSession(
+        owners={PRE_EXEC_LOCK: (pid, PRE_EXEC_COMM), COMMAND_LOCK: (pid, "mmapcount")},
+        target_lock=COMMAND_LOCK,
+    )
+    snapshot = SimpleNamespace(rows=run_snapshot(snap).copy(), columns=stats_columns)
+    state = session._live_state(
+        snapshot,
+        fake,
+        session._LockNamer(fake),
+        finished_run,
+        session.CollectOptions(),
+        1_000_000_000,
+    )
+    assert {r["lock_addr"] for r in state.rows} == {f"{COMMAND_LOCK:#x}", f"{SPINLOCK:#x}"}
+    assert {r["owner_comm"] for r in state.rows if r["lock_class"] == "mmap_lock"} == {"mmapcount"}
+
+
+def test_without_locks_compares_kernel_addresses_exactly():
+    frame = pd.DataFrame({"lock": pd.Series([2**64 - 1, 2**63, 5], dtype="uint64"), "x": [1, 2, 3]})
+    assert session.without_locks(frame, {2**63})["x"].tolist() == [1, 3]
+    assert session.without_locks(frame, set()) is frame
