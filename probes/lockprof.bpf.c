@@ -577,5 +577,203 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+/* ---- lock specs: a user's own lock functions, via uprobes or kprobes ----
+ *
+ * One program family for user and kernel functions: both give pt_regs.
+ * The lock is the functions' first argument. Python attaches
+ *   lp_spec_{read,write}_lock   at the lock functions' entry,
+ *   lp_spec_lock_ret[_rc]       at their return (_rc: 0 means acquired, as
+ *                               pthread_rwlock_*lock and *_killable return),
+ *   lp_spec_{read,write}_unlock at mode-specific unlock functions' entry,
+ *   lp_spec_unlock              at a shared unlock (pthread_rwlock_unlock):
+ *                               the mode is the holder's, from its held entry,
+ *   lp_spec_sum[_ret]           around the optional "sum" function.
+ * Uprobes are attached to every process using the binary; the target filter
+ * is applied here, as for the tracepoints.
+ */
+
+static __always_inline int lp_spec_enter(struct pt_regs *ctx, u32 flags)
+{
+	u64 lock = PT_REGS_PARM1(ctx);
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lp_config *cfg = lp_cfg();
+	struct lp_task *ts;
+
+	if (!cfg || !lp_wanted(cfg, pid_tgid >> 32, lock))
+		return 0;
+	ts = lp_task_get(1);
+	if (!ts)
+		return 0;
+	ts->spec_wait.lock = lock;
+	ts->spec_wait.flags = flags;
+	ts->spec_wait.start_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+int lp_spec_read_lock(struct pt_regs *ctx)
+{
+	return lp_spec_enter(ctx, LP_LCB_READ);
+}
+
+int lp_spec_write_lock(struct pt_regs *ctx)
+{
+	return lp_spec_enter(ctx, LP_LCB_WRITE);
+}
+
+static __always_inline int lp_spec_held_push(struct lp_task *ts, u64 lock, u32 flags, u64 now)
+{
+#pragma unroll
+	for (int i = 0; i < LP_MAX_HELD; i++) {
+		if (ts->spec_held[i].lock == 0) {
+			ts->spec_held[i].lock = lock;
+			ts->spec_held[i].flags = flags;
+			ts->spec_held[i].since_ns = now;
+			return 0;
+		}
+	}
+	lp_error(LP_ERR_HELD_OVERFLOW);
+	return -1;
+}
+
+static __always_inline int lp_spec_returned(struct pt_regs *ctx, int acquired)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lp_config *cfg = lp_cfg();
+	struct lp_stats *stats;
+	struct lp_task *ts;
+	u64 now, wait_ns, lock;
+	u32 flags;
+
+	ts = lp_task_get(0);
+	if (!cfg || !ts || !ts->spec_wait.lock) {
+		/* Not ours (filtered at entry), or the entry came before attach. */
+		if (cfg && (cfg->target_tgid == 0 || cfg->target_tgid == pid_tgid >> 32))
+			lp_error(LP_ERR_SPEC_RETURN_WITHOUT_ENTRY);
+		return 0;
+	}
+	lock = ts->spec_wait.lock;
+	flags = ts->spec_wait.flags;
+	ts->spec_wait.lock = 0;
+	now = bpf_ktime_get_ns();
+	wait_ns = now - ts->spec_wait.start_ns;
+	stats = lp_stats_get(lock, flags, LP_SRC_SPEC);
+	if (!stats)
+		return 0;
+	if (!acquired) {
+		stats->failures++; /* trylock busy, timed out, interrupted */
+		return 0;
+	}
+	stats->acquisitions++;
+	lp_hist_add(&stats->wait, wait_ns);
+	lp_spec_held_push(ts, lock, flags, now);
+	lp_task_account(lock, flags, LP_SRC_SPEC, pid_tgid, wait_ns, 0, 0);
+	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_SPEC, LP_KIND_WAIT, -1, pid_tgid);
+	return 0;
+}
+
+/* Lock functions that return nothing: returning means acquired. */
+int lp_spec_lock_ret(struct pt_regs *ctx)
+{
+	return lp_spec_returned(ctx, 1);
+}
+
+/* Lock functions that return 0 when they acquired the lock. */
+int lp_spec_lock_ret_rc(struct pt_regs *ctx)
+{
+	return lp_spec_returned(ctx, PT_REGS_RC(ctx) == 0);
+}
+
+/* flags 0: a shared unlock; the innermost held entry of the lock gives the mode. */
+static __always_inline int lp_spec_release(struct pt_regs *ctx, u32 flags)
+{
+	u64 lock = PT_REGS_PARM1(ctx);
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lp_config *cfg = lp_cfg();
+	struct lp_stats *stats;
+	struct lp_task *ts;
+	u64 now, held_ns;
+	int at = -1;
+
+	if (!cfg || !lp_wanted(cfg, pid_tgid >> 32, lock))
+		return 0;
+	ts = lp_task_get(0);
+	if (!ts) {
+		lp_error(LP_ERR_SPEC_UNLOCK_WITHOUT_LOCK);
+		return 0;
+	}
+#pragma unroll
+	for (int i = LP_MAX_HELD - 1; i >= 0; i--) {
+		if (at < 0 && ts->spec_held[i].lock == lock &&
+		    (flags == 0 || ts->spec_held[i].flags == flags))
+			at = i;
+	}
+	if (at < 0 || at >= LP_MAX_HELD) {
+		lp_error(LP_ERR_SPEC_UNLOCK_WITHOUT_LOCK);
+		return 0;
+	}
+	flags = ts->spec_held[at].flags;
+	now = bpf_ktime_get_ns();
+	held_ns = now - ts->spec_held[at].since_ns;
+	ts->spec_held[at].lock = 0;
+	stats = lp_stats_get(lock, flags, LP_SRC_SPEC);
+	if (stats) {
+		stats->releases++;
+		lp_hist_add(&stats->hold, held_ns);
+	}
+	lp_task_account(lock, flags, LP_SRC_SPEC, pid_tgid, 0, held_ns, 1);
+	lp_emit(cfg, now, held_ns, lock, flags, LP_SRC_SPEC, LP_KIND_HOLD, -1, pid_tgid);
+	return 0;
+}
+
+int lp_spec_read_unlock(struct pt_regs *ctx)
+{
+	return lp_spec_release(ctx, LP_LCB_READ);
+}
+
+int lp_spec_write_unlock(struct pt_regs *ctx)
+{
+	return lp_spec_release(ctx, LP_LCB_WRITE);
+}
+
+int lp_spec_unlock(struct pt_regs *ctx)
+{
+	return lp_spec_release(ctx, 0);
+}
+
+/* The writer's price: the "sum" function (percpu_counter_sum), per call. */
+int lp_spec_sum(struct pt_regs *ctx)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lp_config *cfg = lp_cfg();
+	struct lp_task *ts;
+
+	if (!cfg || !lp_wanted(cfg, pid_tgid >> 32, PT_REGS_PARM1(ctx)))
+		return 0;
+	ts = lp_task_get(1);
+	if (!ts)
+		return 0;
+	ts->spec_sum.lock = PT_REGS_PARM1(ctx);
+	ts->spec_sum.start_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+int lp_spec_sum_ret(struct pt_regs *ctx)
+{
+	struct lp_task *ts = lp_task_get(0);
+	struct lp_stats *stats;
+	u64 elapsed;
+
+	if (!ts || !ts->spec_sum.lock)
+		return 0;
+	elapsed = bpf_ktime_get_ns() - ts->spec_sum.start_ns;
+	stats = lp_stats_get(ts->spec_sum.lock, LP_F_SUM, LP_SRC_SPEC);
+	ts->spec_sum.lock = 0;
+	if (stats) {
+		stats->acquisitions++; /* calls */
+		lp_hist_add(&stats->wait, elapsed);
+	}
+	return 0;
+}
+
 /* Never used by a program: gives Python the ctypes layout of struct lp_event. */
 BPF_ARRAY(lp_event_layout, struct lp_event, 1);

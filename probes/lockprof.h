@@ -63,7 +63,12 @@
 enum lp_source {
 	LP_SRC_MMAP_LOCK = 0,  /* mmap_lock:* tracepoints: every acquisition */
 	LP_SRC_CONTENTION = 1, /* lock:contention_*: contended waits only */
+	LP_SRC_SPEC = 2,       /* a lock spec's functions (uprobe/kprobe): every acquisition */
 };
+
+/* Flag of a lock spec row measuring its "sum" function: the row's wait
+ * histogram is the function's latency, acquisitions its calls. */
+#define LP_F_SUM 256
 
 /* What an event in the stream measured. */
 enum lp_kind {
@@ -86,7 +91,9 @@ enum lp_error {
 	LP_ERR_DOWNGRADE_WITHOUT_WRITE = 10, /* downgrade, write taken before attach */
 	LP_ERR_HELD_OVERFLOW = 11,           /* more than LP_MAX_HELD mmap_locks held */
 	LP_ERR_STACK = 12,                   /* kernel stack not captured */
-	LP_NR_ERRORS = 13,
+	LP_ERR_SPEC_RETURN_WITHOUT_ENTRY = 13, /* lock spec: return probe, entry missed */
+	LP_ERR_SPEC_UNLOCK_WITHOUT_LOCK = 14,  /* lock spec: unlock of a lock not seen taken */
+	LP_NR_ERRORS = 15,
 };
 
 /* Aggregate key: one row per lock, acquisition flags and probe family. */
@@ -193,6 +200,14 @@ struct lp_nest {
 	s32 stack_id;
 };
 
+/* A lock spec acquisition in progress: lock function entered, not returned. */
+struct lp_spec_wait {
+	u64 lock;
+	u64 start_ns;
+	u32 flags;
+	u32 pad;
+};
+
 struct lp_task {
 	u64 wait_lock;     /* mmap_lock after start_locking, 0 when none */
 	u64 wait_start_ns;
@@ -205,6 +220,9 @@ struct lp_task {
 	u32 slot_plus1[2]; /* its read [0] and write [1] index + 1; 0: not cached */
 	struct lp_held held[LP_MAX_HELD];
 	struct lp_nest nest[LP_MAX_NEST];
+	struct lp_spec_wait spec_wait;      /* lock spec: in a lock function */
+	struct lp_spec_wait spec_sum;       /* lock spec: in the sum function */
+	struct lp_held spec_held[LP_MAX_HELD];
 };
 
 #endif /* LOCKPROF_H */

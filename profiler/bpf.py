@@ -175,6 +175,14 @@ class BpfSession:
                 self._bpf.attach_raw_tracepoint(tp=event.encode(), fn_name=fn)
             elif point.mechanism == "tracepoint":
                 self._bpf.attach_tracepoint(tp=point.target.encode(), fn_name=fn)
+            elif point.mechanism == "uprobe":
+                # All processes mapping the binary; BPF filters by target.
+                path, symbol = point.target.rsplit(":", 1)
+                attach = self._bpf.attach_uretprobe if point.ret else self._bpf.attach_uprobe
+                attach(name=path.encode(), sym=symbol.encode(), fn_name=fn)
+            elif point.mechanism == "kprobe":
+                attach = self._bpf.attach_kretprobe if point.ret else self._bpf.attach_kprobe
+                attach(event=point.target.encode(), fn_name=fn)
             else:
                 raise MechanismUnavailable(f"mechanism {point.mechanism} is not implemented")
         except MechanismUnavailable:
@@ -314,6 +322,16 @@ _TRACING_FRAMES = (
     "perf_trace_",
     "__trace_",
 )
+
+
+def user_symbols(path: str) -> set[str]:
+    """Function symbols of an ELF binary or library (for lock spec checks)."""
+    bcc = import_bcc()
+    try:
+        found = bcc.BPF.get_user_functions_and_addresses(path.encode(), b".*")
+    except Exception as exc:
+        raise LockprofError(f"cannot read symbols of {path}: {exc}") from None
+    return {name.decode(errors="replace") for name, _addr in found}
 
 
 def strip_tracing_frames(frames: list[str]) -> list[str]:

@@ -227,6 +227,16 @@ def working_mechanisms(checks: tuple[Check, ...] | list[Check]) -> set[str]:
     return working
 
 
+_SINGLE_CHECKS = {"kprobe": _kprobe, "fentry": _fentry, "uprobe": _uprobe}
+
+
+@functools.cache
+def mechanism_works(mechanism: str) -> bool:
+    """Run doctor's one check for kprobe, fentry or uprobe (lock specs need
+    them; tracepoint collection does not pay for these checks)."""
+    return _try(mechanism, False, _SINGLE_CHECKS[mechanism]).ok
+
+
 def cheap_mechanisms() -> set[str]:
     """What collection may plan with, without doctor's compile-and-attach
     round: tracepoints are assumed and attach errors are reported as such."""

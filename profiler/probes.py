@@ -22,7 +22,9 @@ MECHANISM_ORDER = ("raw_tracepoint", "tracepoint", "fentry", "kprobe", "uprobe")
 @dataclass(frozen=True)
 class AttachPoint:
     mechanism: str  # one of MECHANISM_ORDER
-    target: str  # "category:event" for tracepoints, a symbol for k/u probes
+    target: str  # "category:event" for tracepoints, a symbol for kprobes,
+    # "/path/to/binary:symbol" for uprobes
+    ret: bool = False  # kretprobe / uretprobe: at the function's return
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ PROBES: tuple[Probe, ...] = (
 
 FAMILIES = ("mmap_lock", "contention")
 
+# Lock spec probes share one BPF family taking pt_regs, which kprobes and
+# uprobes give; fentry's context differs, so kernel specs use kprobes.
+SPEC_KERNEL_MECHANISMS = ("kprobe",)
+
 
 def tracepoint_exists(target: str) -> bool:
     category, event = target.split(":", 1)
@@ -106,3 +112,44 @@ def plan(families: tuple[str, ...], working: set[str]) -> list[Plan]:
             )
         chosen.append(Plan(probe, point))
     return chosen
+
+
+def spec_probes(spec) -> list[Probe]:
+    """Probes for a lock spec (profiler.lockspec.LockSpec): each function's
+    entry, plus the return of lock and sum functions."""
+    from profiler import lockspec
+
+    def point(symbol: str, ret: bool = False) -> AttachPoint:
+        if spec.in_kernel:
+            return AttachPoint("kprobe", symbol, ret)
+        return AttachPoint("uprobe", f"{spec.target}:{symbol}", ret)
+
+    probes = []
+    for role in lockspec.ROLES:
+        for symbol in spec.role(role):
+            entry_fn = lockspec.ENTRY_FN[role]
+            probes.append(Probe(f"{spec.name}.{symbol}", "locks", entry_fn, (point(symbol),)))
+            if role in ("read_lock", "write_lock", "sum"):
+                if role == "sum":
+                    ret_fn = "lp_spec_sum_ret"
+                elif symbol in spec.status:
+                    ret_fn = "lp_spec_lock_ret_rc"
+                else:
+                    ret_fn = "lp_spec_lock_ret"
+                probes.append(
+                    Probe(f"{spec.name}.{symbol}.return", "locks", ret_fn, (point(symbol, True),))
+                )
+    return probes
+
+
+def spec_plan(spec, working: set[str]) -> list[Plan]:
+    """Plans for a lock spec, or MechanismUnavailable naming the spec and the
+    mechanism it lacks."""
+    needed = "kprobe" if spec.in_kernel else "uprobe"
+    if needed not in working:
+        what = "kernel functions" if spec.in_kernel else f"functions of {spec.target}"
+        raise MechanismUnavailable(
+            f"lock spec {spec.name}: its {what} need {needed}s (entry and return), which "
+            f"do not work on this kernel (see `lockprof doctor`)"
+        )
+    return [Plan(probe, probe.points[0]) for probe in spec_probes(spec)]

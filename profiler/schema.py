@@ -41,7 +41,7 @@ def error_names() -> dict[int, str]:
     }
 
 
-SOURCE_NAMES = {0: "mmap_lock", 1: "contention"}
+SOURCE_NAMES = {0: "mmap_lock", 1: "contention", 2: "lockspec"}
 
 
 def classify(source: int, flags: int) -> tuple[str, str]:
@@ -55,6 +55,9 @@ def classify(source: int, flags: int) -> tuple[str, str]:
     rw_mode = "read" if read else "write"
     if source == c["LP_SRC_MMAP_LOCK"]:
         return "mmap_lock", rw_mode
+    if source == c["LP_SRC_SPEC"]:
+        # A lock spec's functions; the session renames the class after the spec.
+        return "lockspec", "sum" if flags & c["LP_F_SUM"] else rw_mode
     if flags & c["LP_LCB_PERCPU"]:
         return "percpu-rwsem", rw_mode
     if flags & c["LP_LCB_MUTEX"]:

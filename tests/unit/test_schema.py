@@ -65,7 +65,7 @@ def test_lcb_flags_match_installed_kernel_headers(path):
 
 def test_error_counters_are_dense_and_counted_by_lp_nr_errors():
     errors = {n: v for n, v in C.items() if n.startswith("LP_ERR_")}
-    assert len(errors) == C["LP_NR_ERRORS"] == 13
+    assert len(errors) == C["LP_NR_ERRORS"]
     assert sorted(errors.values()) == list(range(C["LP_NR_ERRORS"]))
 
 
@@ -78,7 +78,9 @@ def test_error_names():
 
 
 def test_error_names_match_a_real_recording(rec):
-    assert set(rec.meta["errors"]) == set(schema.error_names().values())
+    # A recording made before a counter was added lacks only the new ones.
+    assert set(rec.meta["errors"]) <= set(schema.error_names().values())
+    assert {"ringbuf_full", "stats_map_full", "end_without_begin"} <= set(rec.meta["errors"])
 
 
 def test_masked_ring_indices_need_powers_of_two():
@@ -90,7 +92,11 @@ def test_masked_ring_indices_need_powers_of_two():
 
 
 def test_source_names_match_the_enum():
-    expected = {C["LP_SRC_MMAP_LOCK"]: "mmap_lock", C["LP_SRC_CONTENTION"]: "contention"}
+    expected = {
+        C["LP_SRC_MMAP_LOCK"]: "mmap_lock",
+        C["LP_SRC_CONTENTION"]: "contention",
+        C["LP_SRC_SPEC"]: "lockspec",
+    }
     assert expected == schema.SOURCE_NAMES
 
 

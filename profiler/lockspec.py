@@ -1,0 +1,246 @@
+"""Lock specs: a user's own lock functions, probed with uprobes or kprobes.
+
+`--locks SPEC` takes a built-in spec name, optionally retargeted at a binary
+(`rw_mutex@./librw_mutex.so`), or a TOML file:
+
+    name = "my_rwlock"          # lock class shown in the output
+    target = "kernel"           # or a path to an executable or shared library
+    [functions]
+    read_lock = ["my_read_lock"]
+    read_unlock = ["my_read_unlock"]
+    write_lock = ["my_write_lock"]
+    write_unlock = ["my_write_unlock"]
+    unlock = []                 # unlocks shared by both modes (mode = holder's)
+    sum = ["my_sum_readers"]    # optional: the writer's sum over readers
+    status = ["my_write_lock"]  # lock functions returning 0 when acquired
+
+Every function takes the lock as its first argument. A spec is checked
+(functions present in the target, target readable) before anything is
+attached. Nothing here imports bcc: symbol lookups are passed in.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from profiler.errors import LockprofError
+
+ROLES = ("read_lock", "read_unlock", "write_lock", "write_unlock", "unlock", "sum")
+KERNEL = "kernel"
+
+# BPF function (probes/lockprof.bpf.c) at each role's entry.
+ENTRY_FN = {
+    "read_lock": "lp_spec_read_lock",
+    "write_lock": "lp_spec_write_lock",
+    "read_unlock": "lp_spec_read_unlock",
+    "write_unlock": "lp_spec_write_unlock",
+    "unlock": "lp_spec_unlock",
+    "sum": "lp_spec_sum",
+}
+
+
+@dataclass(frozen=True)
+class LockSpec:
+    name: str
+    target: str  # KERNEL or an absolute path
+    functions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    status: frozenset[str] = frozenset()  # lock functions returning 0 on success
+
+    def role(self, role: str) -> tuple[str, ...]:
+        return self.functions.get(role, ())
+
+    @property
+    def in_kernel(self) -> bool:
+        return self.target == KERNEL
+
+    def symbols(self) -> list[str]:
+        return [fn for role in ROLES for fn in self.role(role)]
+
+
+def _libc_path() -> str:
+    for candidate in (
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib/aarch64-linux-gnu/libc.so.6",
+        "/lib64/libc.so.6",
+    ):
+        if os.path.exists(candidate):
+            return candidate
+    return "libc.so.6"
+
+
+BUILTIN: dict[str, Callable[[], LockSpec]] = {
+    # The seed thread's API (Peter Zijlstra, 2007). The writer's
+    # percpu_counter_sum is the figure the thread argued about.
+    "rw_mutex": lambda: LockSpec(
+        "rw_mutex",
+        KERNEL,
+        {
+            "read_lock": ("rw_mutex_read_lock",),
+            "read_unlock": ("rw_mutex_read_unlock",),
+            "write_lock": ("rw_mutex_write_lock",),
+            "write_unlock": ("rw_mutex_write_unlock",),
+            "sum": ("percpu_counter_sum",),
+        },
+    ),
+    # Hold times of every rwsem, where kprobes work.
+    "rwsem": lambda: LockSpec(
+        "rwsem",
+        KERNEL,
+        {
+            "read_lock": ("down_read", "down_read_killable", "down_read_interruptible"),
+            "read_unlock": ("up_read",),
+            "write_lock": ("down_write", "down_write_killable"),
+            "write_unlock": ("up_write",),
+        },
+        frozenset({"down_read_killable", "down_read_interruptible", "down_write_killable"}),
+    ),
+    # glibc: one unlock for both modes, paired with the holder's mode.
+    "pthread_rwlock": lambda: LockSpec(
+        "pthread_rwlock",
+        _libc_path(),
+        {
+            "read_lock": ("pthread_rwlock_rdlock", "pthread_rwlock_tryrdlock"),
+            "write_lock": ("pthread_rwlock_wrlock", "pthread_rwlock_trywrlock"),
+            "unlock": ("pthread_rwlock_unlock",),
+        },
+        frozenset(
+            {
+                "pthread_rwlock_rdlock",
+                "pthread_rwlock_tryrdlock",
+                "pthread_rwlock_wrlock",
+                "pthread_rwlock_trywrlock",
+            }
+        ),
+    ),
+}
+
+
+def _as_names(value: object, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and v.strip() and v.isprintable() and " " not in v for v in value
+    ):
+        raise LockprofError(f"lock spec {where}: expected a list of function names")
+    return tuple(value)
+
+
+def parse_toml(text: str, origin: str) -> LockSpec:
+    """A LockSpec from TOML text (validated, symbols not yet checked)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LockprofError(f"lock spec {origin}: invalid TOML: {exc}") from None
+    unknown = set(doc) - {"name", "target", "functions"}
+    if unknown:
+        raise LockprofError(f"lock spec {origin}: unknown key {sorted(unknown)[0]!r}")
+    name = doc.get("name")
+    if not isinstance(name, str) or not name.strip() or not name.isprintable() or len(name) > 64:
+        raise LockprofError(f"lock spec {origin}: 'name' must be a short printable string")
+    target = doc.get("target", KERNEL)
+    if not isinstance(target, str) or not target:
+        raise LockprofError(f"lock spec {origin}: 'target' must be 'kernel' or a path")
+    table = doc.get("functions")
+    if not isinstance(table, dict):
+        raise LockprofError(f"lock spec {origin}: missing [functions] table")
+    bad = set(table) - set(ROLES) - {"status"}
+    if bad:
+        raise LockprofError(f"lock spec {origin}: unknown function role {sorted(bad)[0]!r}")
+    functions = {
+        role: _as_names(table[role], f"{origin} functions.{role}")
+        for role in ROLES
+        if role in table
+    }
+    status = frozenset(_as_names(table.get("status", []), f"{origin} functions.status"))
+    spec = LockSpec(name.strip(), target, functions, status)
+    check_shape(spec, origin)
+    return spec
+
+
+def check_shape(spec: LockSpec, origin: str) -> None:
+    locks = spec.role("read_lock") + spec.role("write_lock")
+    unlocks = spec.role("read_unlock") + spec.role("write_unlock") + spec.role("unlock")
+    if not locks or not unlocks:
+        raise LockprofError(f"lock spec {origin}: needs at least one lock and one unlock function")
+    stray = spec.status - set(locks)
+    if stray:
+        raise LockprofError(
+            f"lock spec {origin}: status names {sorted(stray)[0]!r}, which is not a lock function"
+        )
+    roles_of: dict[str, str] = {}
+    for role in ROLES:
+        for fn in spec.role(role):
+            if fn in roles_of:
+                raise LockprofError(f"lock spec {origin}: {fn!r} is both {roles_of[fn]} and {role}")
+            roles_of[fn] = role
+
+
+def resolve(argument: str) -> LockSpec:
+    """`--locks` value -> LockSpec: NAME, NAME@TARGET, or a TOML file path."""
+    name, _, target = argument.partition("@")
+    if name in BUILTIN:
+        spec = BUILTIN[name]()
+        if target:
+            spec = replace(spec, target=KERNEL if target == KERNEL else _abs_target(target))
+        return spec
+    path = Path(argument)
+    if argument.endswith(".toml") or path.exists():
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LockprofError(f"cannot read lock spec {argument}: {exc}") from None
+        spec = parse_toml(text, argument)
+        if not spec.in_kernel:
+            base = path.resolve().parent
+            target_path = Path(spec.target)
+            spec = replace(
+                spec, target=str(target_path if target_path.is_absolute() else base / target_path)
+            )
+        return spec
+    known = ", ".join(sorted(BUILTIN))
+    raise LockprofError(f"unknown lock spec {argument!r} (built-in: {known}; or a .toml file)")
+
+
+def _abs_target(target: str) -> str:
+    return str(Path(target).resolve())
+
+
+def check_target(
+    spec: LockSpec,
+    user_symbols: Callable[[str], set[str]],
+    kernel_symbols: Callable[[], set[str]],
+) -> None:
+    """Refuse a spec whose binary or functions are missing, before attaching."""
+    if spec.in_kernel:
+        available = kernel_symbols()
+        where = "the kernel (/proc/kallsyms)"
+    else:
+        path = Path(spec.target)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise LockprofError(f"lock spec {spec.name}: no readable binary {spec.target}")
+        available = user_symbols(str(path))
+        where = spec.target
+    missing = [fn for fn in spec.symbols() if fn not in available]
+    if missing:
+        raise LockprofError(
+            f"lock spec {spec.name}: {where} has no function {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+
+
+def kernel_symbols() -> set[str]:
+    names = set()
+    try:
+        with open("/proc/kallsyms") as kallsyms:
+            for line in kallsyms:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in "tTwW":
+                    names.add(parts[2])
+    except OSError as exc:
+        raise LockprofError(f"cannot read /proc/kallsyms: {exc.strerror}") from None
+    return names
