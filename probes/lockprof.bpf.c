@@ -19,6 +19,7 @@
  *     (a per-CPU hash lookup measured ~40 ns, an array lookup a few).
  */
 #include <uapi/linux/ptrace.h>
+#include <uapi/linux/bpf_perf_event.h>
 #include <linux/sched.h>
 #include "lockprof.h"
 
@@ -772,6 +773,104 @@ int lp_spec_sum_ret(struct pt_regs *ctx)
 		stats->acquisitions++; /* calls */
 		lp_hist_add(&stats->wait, elapsed);
 	}
+	return 0;
+}
+
+/* ---- off-CPU: sched_switch(bool preempt, prev, next, unsigned int prev_state) ---- */
+
+#ifndef LP_TASK_PID_OFFSET
+#error "LP_TASK_PID_OFFSET (offsetof(struct task_struct, pid)) must come from BTF"
+#endif
+
+BPF_HASH(lp_offcpu_start, u32, struct lp_offcpu_start, LP_MAX_TASKS);
+BPF_HASH(lp_offcpu, struct lp_offcpu_key, struct lp_offcpu_stats, LP_MAX_CALLERS);
+
+/*
+ * Runs in prev's context. A prev that blocks (not preempted) gets its start
+ * time and kernel stack remembered; a next that had blocked gets its off-CPU
+ * time added to the (tgid, stack) row. Raw tracepoint arguments are not BTF
+ * pointers, so next's task storage is out of reach: a tid-keyed hash it is,
+ * and next's tid is read at its BTF offset.
+ */
+int lp_offcpu_switch(struct bpf_raw_tracepoint_args *ctx)
+{
+	u32 preempt = (u8)ctx->args[0];
+	u32 prev_state = (u32)ctx->args[3];
+	u64 next = ctx->args[2];
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lp_config *cfg = lp_cfg();
+	struct lp_offcpu_start *start;
+	struct lp_offcpu_stats *row;
+	u32 tid = (u32)pid_tgid, next_tid = 0;
+	u64 now, off_ns;
+
+	if (!cfg)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (!preempt && prev_state != 0 && tid != 0 &&
+	    (cfg->target_tgid == 0 || cfg->target_tgid == pid_tgid >> 32)) {
+		struct lp_offcpu_start blocked = { .ts_ns = now, .tgid = pid_tgid >> 32 };
+
+		blocked.stack_id = lp_stacks.get_stackid(ctx, 0);
+		bpf_get_current_comm(&blocked.comm, sizeof(blocked.comm));
+		if (lp_offcpu_start.update(&tid, &blocked))
+			lp_error(LP_ERR_OFFCPU_MAP_FULL);
+	}
+	bpf_probe_read_kernel(&next_tid, sizeof(next_tid), (void *)(next + LP_TASK_PID_OFFSET));
+	start = lp_offcpu_start.lookup(&next_tid);
+	if (!start)
+		return 0;
+	off_ns = now - start->ts_ns;
+	struct lp_offcpu_key key = { .tgid = start->tgid, .stack_id = start->stack_id };
+	row = lp_offcpu.lookup(&key);
+	if (!row) {
+		struct lp_offcpu_stats blank = {};
+
+		__builtin_memcpy(blank.comm, start->comm, sizeof(blank.comm));
+		lp_offcpu.insert(&key, &blank);
+		row = lp_offcpu.lookup(&key);
+	}
+	lp_offcpu_start.delete(&next_tid);
+	if (!row) {
+		lp_error(LP_ERR_OFFCPU_MAP_FULL);
+		return 0;
+	}
+	/* Shared across CPUs: atomic adds; the max is racy like lp_callers'. */
+	__sync_fetch_and_add(&row->count, 1);
+	__sync_fetch_and_add(&row->total_ns, off_ns);
+	if (off_ns > row->max_ns)
+		row->max_ns = off_ns;
+	return 0;
+}
+
+/* ---- CPU sampling (perf cpu-clock): kernel stacks of on-CPU samples ---- */
+
+BPF_HASH(lp_samples, struct lp_sample_key, u64, LP_MAX_CALLERS);
+
+int lp_sample(struct bpf_perf_event_data *ctx)
+{
+	struct lp_sample_key key = { .cpu = bpf_get_smp_processor_id() };
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lp_config *cfg = lp_cfg();
+	u64 one = 1, *count;
+
+	if (!cfg || (cfg->target_tgid && cfg->target_tgid != pid_tgid >> 32))
+		return 0;
+	key.stack_id = lp_stacks.get_stackid(ctx, 0);
+	if (key.stack_id < 0)
+		return 0; /* a user-mode sample has no kernel stack */
+	count = lp_samples.lookup(&key);
+	if (count) {
+		__sync_fetch_and_add(count, 1);
+		return 0;
+	}
+	if (lp_samples.insert(&key, &one) == 0)
+		return 0;
+	count = lp_samples.lookup(&key); /* another CPU inserted it first */
+	if (count)
+		__sync_fetch_and_add(count, 1);
+	else
+		lp_error(LP_ERR_SAMPLE_MAP_FULL);
 	return 0;
 }
 

@@ -93,7 +93,9 @@ enum lp_error {
 	LP_ERR_STACK = 12,                   /* kernel stack not captured */
 	LP_ERR_SPEC_RETURN_WITHOUT_ENTRY = 13, /* lock spec: return probe, entry missed */
 	LP_ERR_SPEC_UNLOCK_WITHOUT_LOCK = 14,  /* lock spec: unlock of a lock not seen taken */
-	LP_NR_ERRORS = 15,
+	LP_ERR_OFFCPU_MAP_FULL = 15,         /* off-CPU start or stack map full */
+	LP_ERR_SAMPLE_MAP_FULL = 16,         /* CPU sample map full */
+	LP_NR_ERRORS = 17,
 };
 
 /* Aggregate key: one row per lock, acquisition flags and probe family. */
@@ -159,6 +161,35 @@ struct lp_owner {
 	u32 tgid;
 	u32 pad;
 	char comm[16];
+};
+
+/* Off-CPU time by kernel stack (sched:sched_switch): where tasks blocked.
+ * The writer's price of a percpu rw-semaphore (rcu_sync_enter's grace
+ * period, then waiting for readers to drain) shows only here. */
+struct lp_offcpu_key {
+	u32 tgid;
+	s32 stack_id;   /* kernel stack when the task blocked */
+};
+
+struct lp_offcpu_stats {
+	u64 count;
+	u64 total_ns;
+	u64 max_ns;
+	char comm[16];
+};
+
+struct lp_offcpu_start {
+	u64 ts_ns;
+	u32 tgid;
+	s32 stack_id;
+	char comm[16];
+};
+
+/* CPU samples by kernel stack and CPU (perf cpu-clock): where CPU time goes,
+ * e.g. inside __percpu_counter_sum where no kprobe can time it. */
+struct lp_sample_key {
+	s32 stack_id;
+	u32 cpu;
 };
 
 /* Runtime switches, written by Python into a one-entry array. */

@@ -117,6 +117,7 @@ class BpfSession:
         target_tgid: int = 0,
         threshold_ns: int = 0,
         stack_threshold_ns: int = 10_000,
+        sample_hz: int = 99,
     ):
         self.plans = plans
         self.attached: list[Attached] = []
@@ -124,6 +125,7 @@ class BpfSession:
         self._events_raw: list[bytes] = []
         self.events_dropped_userspace = 0
         self.max_events = 1_000_000
+        self.sample_hz = sample_hz
         self._bpf = self._compile()
         self._configure(target_tgid, threshold_ns, stack_threshold_ns)
         self._stats_columns = _flat_fields(self._bpf["lp_stats"].sLeaf)
@@ -180,6 +182,13 @@ class BpfSession:
                 path, symbol = point.target.rsplit(":", 1)
                 attach = self._bpf.attach_uretprobe if point.ret else self._bpf.attach_uprobe
                 attach(name=path.encode(), sym=symbol.encode(), fn_name=fn)
+            elif point.mechanism == "perf_event":
+                self._bpf.attach_perf_event(
+                    ev_type=self._bcc.PerfType.SOFTWARE,
+                    ev_config=self._bcc.PerfSWConfig.CPU_CLOCK,
+                    fn_name=fn,
+                    sample_freq=self.sample_hz,
+                )
             elif point.mechanism == "kprobe":
                 attach = self._bpf.attach_kretprobe if point.ret else self._bpf.attach_kprobe
                 attach(event=point.target.encode(), fn_name=fn)
@@ -260,6 +269,25 @@ class BpfSession:
                 "max_ns": int(v.max_ns),
             }
             for k, v in self._bpf["lp_callers"].items()
+        ]
+
+    def read_offcpu(self) -> list[dict]:
+        return [
+            {
+                "tgid": int(k.tgid),
+                "stack_id": int(k.stack_id),
+                "comm": bytes(v.comm).rstrip(b"\0").decode(errors="replace"),
+                "count": int(v.count),
+                "total_ns": int(v.total_ns),
+                "max_ns": int(v.max_ns),
+            }
+            for k, v in self._bpf["lp_offcpu"].items()
+        ]
+
+    def read_samples(self) -> list[dict]:
+        return [
+            {"stack_id": int(k.stack_id), "cpu": int(k.cpu), "count": int(v.value)}
+            for k, v in self._bpf["lp_samples"].items()
         ]
 
     def read_owners(self) -> dict[int, tuple[int, str]]:

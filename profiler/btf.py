@@ -197,6 +197,7 @@ def _section(blob: bytes, what: str, hdr_len: int, offset: int, length: int) -> 
 PROBE_OFFSETS = {
     "LP_TASK_MM_OFFSET": ("task_struct", "mm"),
     "LP_MMAP_LOCK_OFFSET": ("mm_struct", "mmap_lock"),
+    "LP_TASK_PID_OFFSET": ("task_struct", "pid"),  # off-CPU: the task switched in
 }
 
 

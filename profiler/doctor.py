@@ -224,16 +224,24 @@ def working_mechanisms(checks: tuple[Check, ...] | list[Check]) -> set[str]:
         mechanism = check.name.split(" ", 1)[0]
         if check.ok and mechanism in ("raw_tracepoint", "tracepoint", "kprobe", "fentry", "uprobe"):
             working.add(mechanism)
+        if check.ok and check.name == "perf_event sampling":
+            working.add("perf_event")
     return working
 
 
-_SINGLE_CHECKS = {"kprobe": _kprobe, "fentry": _fentry, "uprobe": _uprobe}
+_SINGLE_CHECKS = {
+    "kprobe": _kprobe,
+    "fentry": _fentry,
+    "uprobe": _uprobe,
+    "perf_event": _perf_event,
+}
 
 
 @functools.cache
 def mechanism_works(mechanism: str) -> bool:
-    """Run doctor's one check for kprobe, fentry or uprobe (lock specs need
-    them; tracepoint collection does not pay for these checks)."""
+    """Run doctor's one check for kprobe, fentry, uprobe or perf_event (lock
+    specs and sampling need them; tracepoint collection does not pay for
+    these checks)."""
     return _try(mechanism, False, _SINGLE_CHECKS[mechanism]).ok
 
 

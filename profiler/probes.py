@@ -16,7 +16,7 @@ from profiler.errors import MechanismUnavailable
 TRACEFS = Path("/sys/kernel/tracing")
 
 # Preference order among mechanisms, cheapest and most stable first.
-MECHANISM_ORDER = ("raw_tracepoint", "tracepoint", "fentry", "kprobe", "uprobe")
+MECHANISM_ORDER = ("raw_tracepoint", "tracepoint", "fentry", "kprobe", "uprobe", "perf_event")
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,14 @@ PROBES: tuple[Probe, ...] = (
         "contention.begin", "contention", "lp_contention_begin", (_raw_tp("lock:contention_begin"),)
     ),
     Probe("contention.end", "contention", "lp_contention_end", (_raw_tp("lock:contention_end"),)),
+    # Opt-in: a kernel stack per block of every traced task.
+    Probe("offcpu.switch", "offcpu", "lp_offcpu_switch", (_raw_tp("sched:sched_switch"),)),
+    # Opt-in: cpu-clock sampling on every CPU (target: the sampling frequency).
+    Probe("sample.cpu", "sample", "lp_sample", (AttachPoint("perf_event", "cpu-clock"),)),
 )
 
-FAMILIES = ("mmap_lock", "contention")
+FAMILIES = ("mmap_lock", "contention", "offcpu", "sample")
+DEFAULT_FAMILIES = ("mmap_lock", "contention")
 
 # Lock spec probes share one BPF family taking pt_regs, which kprobes and
 # uprobes give; fentry's context differs, so kernel specs use kprobes.
