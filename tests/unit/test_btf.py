@@ -495,9 +495,7 @@ def test_probe_offsets_from_a_synthetic_blob(tmp_path, monkeypatch):
     anon = w.struct("", 16, [("x", long_t, 0), ("mmap_lock", rwsem, 64)])
     mm = w.struct("mm_struct", 32, [("a", long_t, 0), ("", anon, 128)])
     int_t = w.int_("int", 4)
-    w.struct(
-        "task_struct", 48, [("state", long_t, 0), ("mm", w.ptr(mm), 256), ("pid", int_t, 320)]
-    )
+    w.struct("task_struct", 48, [("state", long_t, 0), ("mm", w.ptr(mm), 256), ("pid", int_t, 320)])
     path = tmp_path / "vmlinux"
     path.write_bytes(w.blob())
     assert btf.probe_offsets(path) == {
