@@ -59,7 +59,15 @@ def summary_table(rec: recording.Recording) -> pd.DataFrame:
             else:
                 flat[key] = value
         rows.append(flat)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # Counts stay integers where some rows have none (nullable Int64, not 1.0).
+    for column in frame.columns:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        known = values.dropna()
+        if frame[column].notna().sum() == len(known) and len(known) and (known % 1 == 0).all():
+            if not column.endswith(("_avg_ns", "_p50_ns", "_p99_ns", "_ratio")):
+                frame[column] = values.astype("Int64")
+    return frame
 
 
 def write_csv(rec: recording.Recording, directory: Path) -> list[Path]:
@@ -91,6 +99,8 @@ def write_folded(rec: recording.Recording, output: Path) -> int:
     if str(output) == "-":
         sys.stdout.write(text)
         return len(lines)
+    if output.is_dir():
+        raise LockprofError(f"cannot write {output}: it is a directory")
     try:
         output.write_text(text)
     except OSError as exc:
@@ -102,14 +112,14 @@ def write_folded(rec: recording.Recording, output: Path) -> int:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
     "--folded",
-    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    type=click.Path(allow_dash=True, path_type=Path),
     help="Write folded stacks (`frame;frame value`, root first, value = contended "
     "wait ns) for FlameGraph or speedscope; - for stdout.",
 )
 @click.option(
     "--csv",
     "csv_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="Write every table (and the summary) as CSV into this directory.",
 )
 def command(path, folded, csv_dir) -> None:

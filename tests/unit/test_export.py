@@ -1,0 +1,252 @@
+"""lockprof report and lockprof export, and --html on the collecting commands
+(collection itself is replaced by a recorded Recording: no BPF, no root)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import profiler
+from dashboards import frames
+from profiler import recording
+from profiler.cli import common, report
+from profiler.cli.export import csv_frame, folded_lines
+from profiler.cli.main import main
+from profiler.session import CollectOptions
+
+from .helpers import DATA
+
+HOSTILE = DATA / "hostile-comm.lpr"
+FOLDED_LINE = re.compile(r"^[^ ;]+(;[^ ;]+)* [1-9][0-9]*$")
+
+
+def run_main(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(code: int, err: str) -> str:
+    assert code != 0
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lockprof: ")
+    return lines[0]
+
+
+# -- report -----------------------------------------------------------------------------
+
+
+def test_report_writes_the_page(capsys, tmp_path):
+    out_path = tmp_path / "r.html"
+    code, out, err = run_main(capsys, "report", HOSTILE, "-o", out_path)
+    assert (code, out) == (0, "")
+    assert err == f"lockprof: report written to {out_path}\n"
+    page = out_path.read_text()
+    assert page.startswith("<!DOCTYPE html>") and 'id="plot-timeline"' in page
+
+
+def test_report_default_output_is_next_to_the_recording(capsys, tmp_path):
+    copy = tmp_path / "demo.lpr"
+    copy.write_bytes(HOSTILE.read_bytes())
+    code, _out, _err = run_main(capsys, "report", copy)
+    assert code == 0 and (tmp_path / "demo.html").is_file()
+
+
+def test_report_options_reach_the_page(capsys, tmp_path):
+    out_path = tmp_path / "r.html"
+    code, _out, _err = run_main(capsys, "report", HOSTILE, "-o", out_path, "--max-events", "10")
+    assert code == 0
+    events = len(frames.lock_events(profiler.load(HOSTILE)))
+    assert f"showing 10 of {events:,} events" in out_path.read_text()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip", b"PK\x03\x04garbage"])
+def test_report_of_a_corrupt_recording(capsys, tmp_path, content):
+    bad = tmp_path / "bad.lpr"
+    bad.write_bytes(content)
+    code, out, err = run_main(capsys, "report", bad, "-o", tmp_path / "r.html")
+    line = one_error_line(code, err)
+    assert str(bad) in line and out == ""
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_of_a_missing_recording(capsys, tmp_path):
+    code, _out, err = run_main(capsys, "report", tmp_path / "none.lpr", "-o", tmp_path / "r.html")
+    assert one_error_line(code, err) == f"lockprof: {tmp_path / 'none.lpr'}: no such file"
+
+
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [("missing/r.html", "does not exist"), (".", "is a directory")],
+)
+def test_report_to_an_unusable_path(capsys, tmp_path, where, words):
+    code, _out, err = run_main(capsys, "report", HOSTILE, "-o", tmp_path / where)
+    assert words in one_error_line(code, err)
+
+
+def test_report_of_a_recording_with_unexpected_content(capsys, tmp_path, monkeypatch):
+    """Content that passes load() but that a builder cannot use: one line."""
+    rec = profiler.load(HOSTILE)
+    monkeypatch.setattr(report.recording, "load", lambda path: rec)
+    rec.callers = rec.callers.drop(columns=["total_ns"])
+    code, _out, err = run_main(capsys, "report", HOSTILE, "-o", tmp_path / "r.html")
+    line = one_error_line(code, err)
+    assert "cannot build a report" in line and "internal error" not in line
+
+
+# -- export -------------------------------------------------------------------------------
+
+
+def test_folded_stacks_file(capsys, tmp_path):
+    out_path = tmp_path / "stacks.folded"
+    code, _out, err = run_main(capsys, "export", HOSTILE, "--folded", out_path)
+    assert code == 0 and "folded stacks written" in err
+    lines = out_path.read_text().splitlines()
+    assert lines and all(FOLDED_LINE.match(line) for line in lines), lines[:3]
+    rec = profiler.load(HOSTILE)
+    assert sum(int(line.rsplit(" ", 1)[1]) for line in lines) == rec.callers["total_ns"].sum()
+    roots = {line.split(";", 1)[0].split(" ")[0] for line in lines}
+    assert roots & {"entry_SYSCALL_64_after_hwframe", "asm_exc_page_fault"}
+    assert not any("bpf_prog_" in line or "+0x" in line for line in lines)
+
+
+def test_folded_stacks_to_stdout(capsys):
+    code, out, err = run_main(capsys, "export", HOSTILE, "--folded", "-")
+    assert code == 0 and err == ""
+    assert out.splitlines() == folded_lines(profiler.load(HOSTILE))
+
+
+def test_csv_tables(capsys, tmp_path):
+    directory = tmp_path / "csv"
+    code, _out, _err = run_main(capsys, "export", HOSTILE, "--csv", directory)
+    assert code == 0
+    rec = profiler.load(HOSTILE)
+    names = {p.name for p in directory.iterdir()}
+    assert names == {f"{t}.csv" for t in recording.TABLES} | {"summary.csv", "meta.json"}
+    for table in recording.TABLES:
+        frame = pd.read_csv(directory / f"{table}.csv")
+        assert list(frame.columns) == list(rec.table(table).columns)
+        assert len(frame) == len(rec.table(table))
+    intervals = pd.read_csv(directory / "intervals.csv")
+    first = [int(v) for v in intervals["wait_slots"][0].split(";")]
+    assert first == list(rec.intervals["wait_slots"][0])
+    summary = pd.read_csv(directory / "summary.csv")
+    assert {"lock", "mode", "wait_total_ns", "wait_p99_ns", "hold_max_ns"} <= set(summary.columns)
+    assert summary["wait_total_ns"].sum() == frames.summary_frame(rec)["wait_total"].sum()
+    assert "</script><b>x" in set(summary["owner_comm"].dropna())
+
+
+def test_csv_frame_joins_lists():
+    frame = pd.DataFrame({"frames": [["a+0x1", "b+0x2"], []], "n": [1, 2]})
+    assert csv_frame(frame)["frames"].tolist() == ["a+0x1;b+0x2", ""]
+    assert csv_frame(frame)["n"].tolist() == [1, 2]
+
+
+def test_export_needs_something_to_do(capsys):
+    code, _out, err = run_main(capsys, "export", HOSTILE)
+    assert code == 2 and "nothing to export" in one_error_line(code, err)
+
+
+def test_export_to_an_unwritable_place(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _out, err = run_main(capsys, "export", HOSTILE, "--csv", blocker / "sub")
+    one_error_line(code, err)
+    code, _out, err = run_main(capsys, "export", HOSTILE, "--folded", tmp_path / "no" / "f")
+    assert "cannot write" in one_error_line(code, err)
+
+
+def test_export_of_a_corrupt_recording(capsys, tmp_path):
+    bad = tmp_path / "bad.lpr"
+    bad.write_bytes(b"nope")
+    code, _out, err = run_main(capsys, "export", bad, "--folded", tmp_path / "f")
+    assert "not a lockprof recording" in one_error_line(code, err)
+
+
+@pytest.mark.parametrize("command", ["report", "export"])
+def test_help_has_examples(capsys, command):
+    code, out, _err = run_main(capsys, command, "--help")
+    assert code == 0 and "Examples:" in out and f"lockprof {command} " in out
+
+
+def test_main_help_lists_report_and_export(capsys):
+    code, out, _err = run_main(capsys, "--help")
+    assert code == 0
+    assert "lockprof report " in out and "lockprof export " in out
+
+
+@pytest.mark.parametrize("command", ["attach", "run", "record"])
+def test_collecting_commands_take_html(capsys, command):
+    code, out, _err = run_main(capsys, command, "--help")
+    assert code == 0 and "--html FILE" in out.replace("--html PATH", "--html FILE")
+
+
+# -- --html after a collection ------------------------------------------------------------
+
+
+class FakeTarget:
+    mode = "run"
+    tgid = 4242
+
+    def describe(self) -> str:
+        return "pid 4242 (fake)"
+
+
+@pytest.fixture
+def fake_collect(monkeypatch):
+    rec = profiler.load(HOSTILE)
+    rec.meta["stop_reason"] = "command exited with status 0"
+    monkeypatch.setattr(common, "collect", lambda *args, **kwargs: rec)
+    return rec
+
+
+def collect(tmp_path, html: Path | None) -> int:
+    return common.run_collection(
+        FakeTarget(),  # type: ignore[arg-type]
+        CollectOptions(families=("mmap_lock", "contention")),
+        tmp_path / "rec.lpr",
+        top=5,
+        quiet=True,
+        as_json=True,
+        working=set(),
+        html=html,
+    )
+
+
+def test_html_after_collection(capsys, tmp_path, fake_collect):
+    code = collect(tmp_path, tmp_path / "rec.html")
+    _out, err = capsys.readouterr()
+    assert code == 0
+    assert (tmp_path / "rec.lpr").is_file() and (tmp_path / "rec.html").is_file()
+    assert err.splitlines()[-1] == f"lockprof: report written to {tmp_path / 'rec.html'}"
+
+
+def test_html_failure_keeps_the_recording(capsys, tmp_path, fake_collect, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotly\nexploded")
+
+    monkeypatch.setattr(report, "write_html", broken)
+    code = collect(tmp_path, tmp_path / "rec.html")
+    _out, err = capsys.readouterr()
+    assert code == 1
+    assert profiler.load(tmp_path / "rec.lpr").meta["target_pid"] == fake_collect.meta["target_pid"]
+    last = err.splitlines()[-1]
+    assert last == (
+        "lockprof: report not written (RuntimeError: plotly exploded); "
+        f"recording kept in {tmp_path / 'rec.lpr'}"
+    )
+    assert not (tmp_path / "rec.html").exists()
+
+
+def test_html_path_is_checked_before_collecting(tmp_path, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("collected although the report could not be written")
+
+    monkeypatch.setattr(common, "collect", must_not_run)
+    with pytest.raises(profiler.recording.LockprofError, match="does not exist"):
+        collect(tmp_path, tmp_path / "missing" / "r.html")
