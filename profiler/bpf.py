@@ -321,6 +321,10 @@ class BpfSession:
             return
         self._events_raw.append(ctypes.string_at(data, size))
 
+    def events_pending(self) -> int:
+        """Events received and not yet taken."""
+        return len(self._events_raw)
+
     def poll_events(self, timeout_ms: int) -> None:
         """Wait timeout_ms, then drain the ring. The BPF side submits without
         waking us (one wakeup per event cost a context switch per event), so

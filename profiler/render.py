@@ -91,9 +91,12 @@ def summary_table(rows: list[dict], top: int | None = None, title: str | None = 
     return table
 
 
-def per_cpu_line(rows: list[dict]) -> Text:
-    totals: dict[int, list[int]] = {}
-    for row in rows:
+def per_cpu_line(rows: list[dict], cpu_totals: dict[int, tuple[int, int]] | None = None) -> Text:
+    """Acquisitions (else contended waits) and wait time per CPU: from
+    cpu_totals when given (the live view's, over every lock), else summed
+    over rows."""
+    totals: dict[int, list[int]] = {c: list(v) for c, v in (cpu_totals or {}).items()}
+    for row in rows if cpu_totals is None else []:
         for cpu in row.get("per_cpu") or []:
             entry = totals.setdefault(cpu["cpu"], [0, 0])
             entry[0] += cpu.get("acquisitions") or cpu.get("contended") or 0
@@ -119,18 +122,28 @@ NOTES = {
 
 
 def view(
-    rows: list[dict], header: str, errors: dict[str, int], lost: int, top: int | None = 15
+    rows: list[dict],
+    header: str,
+    errors: dict[str, int],
+    lost: int,
+    top: int | None = 15,
+    more_locks: int = 0,
+    cpu_totals: dict[int, tuple[int, int]] | None = None,
 ) -> Group:
     parts: list = [
         Text(safe_text(header), style="bold"),
         summary_table(rows, top),
-        per_cpu_line(rows),
+        per_cpu_line(rows, cpu_totals),
     ]
     problems = problems_line(errors, lost)
     if problems is not None:
         parts.append(problems)
-    if top and len(rows) > top:
-        parts.append(Text(f"({len(rows) - top} more rows; `lockprof show FILE` lists all)"))
+    hidden = max(0, len(rows) - top) if top else 0
+    if hidden or more_locks:
+        what = f"{hidden} more rows" if hidden else ""
+        if more_locks:
+            what += f"{', and ' if what else ''}{more_locks} quieter locks"
+        parts.append(Text(f"({what}; `lockprof show FILE` lists all)"))
     return Group(*parts)
 
 

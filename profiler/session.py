@@ -48,6 +48,9 @@ class LiveState:
     errors: dict[str, int]
     events: int
     cpus: int
+    more_rows: int = 0  # lock rows left out of `rows` (not the busiest)
+    # cpu -> (acquisitions or contended waits, wait ns), over every lock
+    cpu_totals: dict[int, tuple[int, int]] | None = None
 
 
 class StopFlag:
@@ -190,8 +193,49 @@ def _cumulative_frame(snapshot) -> pd.DataFrame:
     return aggregate.intervals_frame(rows)
 
 
+# The live view summarises this many locks, the busiest by wait and hold
+# time: a system-wide run sees thousands of mm's, and summarising them all
+# every interval cost a tenth of a CPU (docs/performance.md).
+LIVE_LOCKS = 40
+
+
+def busiest_rows(rows: dict, columns: list[str], limit: int) -> tuple[dict, int]:
+    """The snapshot rows of the `limit` locks with the most wait+hold time,
+    and how many locks were left out."""
+    wait, hold = columns.index("wait.total_ns"), columns.index("hold.total_ns")
+    score: dict[int, int] = {}
+    for (lock, _flags, _source), values in rows.items():
+        score[lock] = score.get(lock, 0) + int(values[:, wait].sum()) + int(values[:, hold].sum())
+    if len(score) <= limit:
+        return rows, 0
+    keep = set(sorted(score, key=score.__getitem__, reverse=True)[:limit])
+    return {key: v for key, v in rows.items() if key[0] in keep}, len(score) - limit
+
+
+def cpu_totals(rows: dict, columns: list[str]) -> dict[int, tuple[int, int]]:
+    """Per CPU, over every lock: acquisitions (contended waits where no
+    mmap_lock row exists) and wait time, as the live view's per-CPU line."""
+    acq, cont = columns.index("acquisitions"), columns.index("contended")
+    wait = columns.index("wait.total_ns")
+    mmap_src = schema.const("LP_SRC_MMAP_LOCK")
+    has_mmap = any(key[2] == mmap_src for key in rows)
+    count = np.zeros(0, dtype=np.uint64)
+    waited = np.zeros(0, dtype=np.uint64)
+    for (_lock, _flags, source), values in rows.items():
+        if has_mmap and source != mmap_src:
+            continue
+        n = values[:, acq] if has_mmap else values[:, cont]
+        if count.size == 0:
+            count, waited = np.zeros_like(n), np.zeros_like(n)
+        count = count + n
+        waited = waited + values[:, wait]
+    return {cpu: (int(count[cpu]), int(waited[cpu])) for cpu in range(count.size)}
+
+
 def _live_state(snapshot, session, namer, target, options, elapsed_ns) -> LiveState:
-    frame = without_locks(_cumulative_frame(snapshot), hidden_locks(target, session))
+    shown, more = busiest_rows(snapshot.rows, snapshot.columns, LIVE_LOCKS)
+    frame = _cumulative_frame(StatsView(shown, snapshot.columns))
+    frame = without_locks(frame, hidden_locks(target, session))
     locks = namer.name(frame)
     rows = aggregate.summary_rows(frame, locks, list(options.families))
     return LiveState(
@@ -199,9 +243,19 @@ def _live_state(snapshot, session, namer, target, options, elapsed_ns) -> LiveSt
         target=target.describe(),
         rows=rows,
         errors=session.read_errors(),
-        events=len(session._events_raw),
+        events=session.events_pending(),
         cpus=len(session_cpus()),
+        more_rows=more,
+        cpu_totals=cpu_totals(snapshot.rows, snapshot.columns),
     )
+
+
+@dataclass
+class StatsView:
+    """A subset of a snapshot's rows, shaped like the snapshot."""
+
+    rows: dict
+    columns: list[str]
 
 
 def session_cpus() -> list[int]:

@@ -170,7 +170,16 @@ class LiveView:
         if self._live is not None:
             header = f"lockprof  {state.target}  {state.elapsed_s:6.1f}s  events {state.events:,}"
             self._live.update(
-                render.view(state.rows, header, state.errors, lost, self.top), refresh=True
+                render.view(
+                    state.rows,
+                    header,
+                    state.errors,
+                    lost,
+                    self.top,
+                    more_locks=state.more_rows,
+                    cpu_totals=state.cpu_totals,
+                ),
+                refresh=True,
             )
             return
         acquisitions = sum(r.get("acquisitions") or 0 for r in state.rows)
@@ -211,7 +220,8 @@ def run_collection(
             options,
             target,
             working,
-            on_interval=view.update,
+            # Quiet: no live state is built at all (it costs CPU every interval).
+            on_interval=None if quiet or as_json else view.update,
             on_attached=lambda probes: view.attached(target, probes),
         )
     finally:

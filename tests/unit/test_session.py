@@ -85,6 +85,9 @@ class FakeSession:
         self.events_dropped_userspace = 0
         self._events_raw: list[bytes] = []
 
+    def events_pending(self):
+        return len(self._events_raw)
+
     def read_owners(self):
         return dict(self.owners)
 
@@ -278,3 +281,35 @@ def test_without_locks_compares_kernel_addresses_exactly():
     frame = pd.DataFrame({"lock": pd.Series([2**64 - 1, 2**63, 5], dtype="uint64"), "x": [1, 2, 3]})
     assert session.without_locks(frame, {2**63})["x"].tolist() == [1, 3]
     assert session.without_locks(frame, set()) is frame
+
+
+def _snapshot_rows(columns, per_lock):
+    """{(lock, flags, source): (cpus x columns) array} with wait/hold totals."""
+    rows = {}
+    for (lock, source), (wait, hold, acq) in per_lock.items():
+        values = np.zeros((2, len(columns)), dtype=np.uint64)
+        values[0, columns.index("wait.total_ns")] = wait
+        values[1, columns.index("hold.total_ns")] = hold
+        values[1, columns.index("acquisitions")] = acq
+        values[0, columns.index("contended")] = 1
+        rows[(lock, 2, source)] = values
+    return rows
+
+
+def test_live_view_summarises_the_busiest_locks_and_counts_the_rest(stats_columns):
+    rows = _snapshot_rows(
+        stats_columns,
+        {(0x10, 0): (5, 5, 1), (0x20, 0): (100, 0, 1), (0x30, 1): (0, 50, 0), (0x40, 0): (1, 0, 1)},
+    )
+    kept, more = session.busiest_rows(rows, stats_columns, 2)
+    assert {key[0] for key in kept} == {0x20, 0x30} and more == 2
+    assert session.busiest_rows(rows, stats_columns, 10) == (rows, 0)
+
+
+def test_cpu_totals_cover_every_lock(stats_columns):
+    rows = _snapshot_rows(stats_columns, {(0x10, 0): (5, 5, 3), (0x20, 0): (100, 0, 4)})
+    rows[(0x30, 2, 1)] = np.ones((2, len(stats_columns)), dtype=np.uint64)  # contention row
+    # With mmap_lock rows, acquisitions and waits come from them only.
+    assert session.cpu_totals(rows, stats_columns) == {0: (0, 105), 1: (7, 0)}
+    contention_only = {k: v for k, v in rows.items() if k[2] == 1}
+    assert session.cpu_totals(contention_only, stats_columns) == {0: (1, 1), 1: (1, 1)}
