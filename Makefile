@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 LOCKPROF := $(VENV)/bin/lockprof
 DEMO_SECONDS ?= 10
 DEMO_OUT ?= demo.lpr
+DEMO_HTML ?= demo.html
 
 .PHONY: setup demo test test-unit test-integration lint bench workloads clean
 
@@ -14,10 +15,12 @@ setup:
 workloads:
 	@$(MAKE) -s -C workloads
 
-# Profile the built-in ebizzy-like workload: live view, recording, summary.
+# Profile the built-in ebizzy-like workload: live view, recording, summary,
+# and the HTML report (self-contained: open it in any browser, offline).
 demo: setup
-	$(LOCKPROF) run -i 1 -o $(DEMO_OUT) -- workloads/bin/lpbizzy -t 4 -S $(DEMO_SECONDS)
+	$(LOCKPROF) run -i 1 -o $(DEMO_OUT) --html $(DEMO_HTML) -- workloads/bin/lpbizzy -t 4 -S $(DEMO_SECONDS)
 	@echo "recording: $(DEMO_OUT)  (summarise again with: $(LOCKPROF) show $(DEMO_OUT) [--json])"
+	@echo "report: $(abspath $(DEMO_HTML))  (rebuild with: $(LOCKPROF) report $(DEMO_OUT) -o $(DEMO_HTML))"
 
 test: setup
 	$(PY) -m pytest -ra tests

@@ -236,11 +236,28 @@ def folded_stacks(callers: pd.DataFrame, stacks: dict[int, list[str]]) -> dict[s
     return dict(sorted(folded.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def summary_frame(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:
+def summary_frame(
+    rec: Recording, locks: pd.DataFrame | None = None, max_locks: int | None = None
+) -> pd.DataFrame:
     """One row per lock and mode (the `show` table), flattened, with labels.
-    Figures the probes cannot know are NaN."""
+    Figures the probes cannot know are NaN.
+
+    With max_locks, only the max_locks lock addresses with the most wait time
+    are summarised (the summary costs about a millisecond per lock, and a
+    system-wide recording can hold thousands of page-table locks);
+    ``frame.attrs["total_rows"]`` is the number of rows there would be."""
     locks = lock_table(rec) if locks is None else locks
-    rows = aggregate.summary_rows(rec.intervals, rec.locks, rec.meta.get("families", []))
+    intervals, known = rec.intervals, rec.locks
+    total_rows = None
+    if max_locks is not None and not intervals.empty:
+        ranked = lock_intervals(rec, locks)
+        waits = ranked.groupby("lock")["wait_total_ns"].sum()
+        if len(waits) > max_locks:
+            total_rows = len(ranked[["lock", "mode"]].drop_duplicates())
+            keep = waits.nlargest(max_locks).index
+            intervals = intervals[intervals["lock"].isin(keep)]
+            known = known[known["lock"].isin(keep)]
+    rows = aggregate.summary_rows(intervals, known, rec.meta.get("families", []))
     labels = label_map(locks)
     records = []
     for row in rows:
@@ -273,6 +290,7 @@ def summary_frame(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataF
     frame = pd.DataFrame(records, columns=SUMMARY_COLUMNS)
     numeric = [c for c in SUMMARY_COLUMNS if c not in ("label", "lock_class", "mode", "lock_addr")]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce").astype("float64")
+    frame.attrs["total_rows"] = len(frame) if total_rows is None else total_rows
     return frame
 
 

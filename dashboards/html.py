@@ -59,7 +59,7 @@ def panels(
     events = frames.lock_events(rec, locks)
     tasks = frames.lock_tasks(rec, locks)
     callers = frames.lock_callers(rec, locks)
-    summary = frames.summary_frame(rec, locks)
+    summary = frames.summary_frame(rec, locks, max_locks=max_table_rows)
     folded = frames.folded_stacks(callers, frames.stack_frames(rec))
     meta = rec.meta
     cpus = meta.get("cpus")
@@ -208,10 +208,11 @@ def summary_table(summary: pd.DataFrame, limit: int = 500) -> str:
             "<tr>" + "".join(_cell(values[c], kind) for c, _t, kind in SUMMARY_HEADERS) + "</tr>"
         )
     note = ""
-    if len(shown) < len(summary):
+    total = max(int(summary.attrs.get("total_rows", len(summary))), len(summary))
+    if len(shown) < total:
         note = (
             f'<p class="note">Showing the {len(shown):,} rows with the most wait time '
-            f"of {len(summary):,}; <code>lockprof show REC</code> or "
+            f"of {total:,}; <code>lockprof show REC</code> or "
             "<code>lockprof export REC --csv DIR</code> list all.</p>"
         )
     return (

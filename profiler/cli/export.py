@@ -64,9 +64,10 @@ def summary_table(rec: recording.Recording) -> pd.DataFrame:
     for column in frame.columns:
         values = pd.to_numeric(frame[column], errors="coerce")
         known = values.dropna()
-        if frame[column].notna().sum() == len(known) and len(known) and (known % 1 == 0).all():
-            if not column.endswith(("_avg_ns", "_p50_ns", "_p99_ns", "_ratio")):
-                frame[column] = values.astype("Int64")
+        integral = len(known) > 0 and bool((known % 1 == 0).all())
+        estimate = column.endswith(("_avg_ns", "_p50_ns", "_p99_ns", "_ratio"))
+        if integral and not estimate and frame[column].notna().sum() == len(known):
+            frame[column] = values.astype("Int64")
     return frame
 
 

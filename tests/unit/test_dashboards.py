@@ -717,3 +717,18 @@ def test_figure_json_cannot_end_its_script_even_unescaped(hostile, monkeypatch):
     ).group(1)
     header = json.loads(document)["figures"][0]["figure"]
     assert header["layout"]["title"]["text"] == raw
+
+
+def test_summary_of_the_top_locks_only(hostile, parts):
+    full = parts["summary"]
+    top = frames.summary_frame(hostile, parts["locks"], max_locks=3)
+    assert top.attrs["total_rows"] == len(full) > len(top)
+    assert top["lock_addr"].nunique() == 3
+    waits = full.groupby("lock_addr")["wait_total"].sum().nlargest(3)
+    assert set(top["lock_addr"]) == set(waits.index)
+    merged = top.merge(full, on=["lock_addr", "mode"], suffixes=("", "_full"))
+    assert len(merged) == len(top)
+    for column in ("acquisitions", "contended", "wait_total", "wait_p99", "hold_max"):
+        assert merged[column].equals(merged[f"{column}_full"]), column
+    table = html.summary_table(top)
+    assert f"Showing the {len(top)} rows with the most wait time of {len(full)}" in table
