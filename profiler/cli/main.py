@@ -13,6 +13,8 @@ import click
 
 from profiler import __version__
 from profiler.cli import attach, doctor, export, record, report, run, show
+from profiler.cli import bench as bench_cmd
+from profiler.cli import compare as compare_cmd
 from profiler.errors import LockprofError
 
 
@@ -34,6 +36,8 @@ def cli() -> None:
       lockprof report rec.lpr -o r.html     self-contained HTML dashboard (offline)
       lockprof export rec.lpr --folded f    folded stacks for FlameGraph (--csv DIR)
       lockprof doctor                       which kernel mechanisms work here
+      lockprof bench --runs 3 -o before.lpset -- CMD   repeated runs for a comparison
+      lockprof compare before.lpset after.lpset -o c.html   did the patch help?
     """
 
 
@@ -44,6 +48,8 @@ cli.add_command(show.command)
 cli.add_command(report.command)
 cli.add_command(export.command)
 cli.add_command(doctor.command)
+cli.add_command(bench_cmd.command)
+cli.add_command(compare_cmd.command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,486 @@
+"""The before/after comparison page (`lockprof compare -o compare.html`).
+
+One self-contained, offline file, built like the single-recording report
+(dashboards.html): plotly.js inline in the head, every figure a JSON document
+in one inline data script, escaped with escape.script_json(), and a
+Content-Security-Policy that allows no network access and only the page's own
+nonce-tagged scripts. Untrusted text (comm names, symbols, command lines)
+goes through escape.text() in figures and escape.html_text() in markup.
+
+Panels:
+* the profiled process: user, sys, elapsed, minor faults, throughput as
+  side-by-side bars (mean of runs, error bars one standard deviation of the
+  runs) with each run as a dot;
+* key lock figures: acquisitions, contended, wait total, wait p99, hold p99
+  for the top locks and modes, the same way;
+* distributions: before and after log2 histograms of wait and hold overlaid,
+  per lock and mode (mean count per run in each bucket);
+* the verdict table: every metric, with delta, interval and verdict.
+
+build is pure (Comparison in, HTML text out); write() writes atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import secrets
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import plotly
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+from dashboards.escape import html_text, script_json, text
+from profiler import compare as cmp
+from profiler.errors import LockprofError
+from profiler.hist import slot_bounds
+from profiler.render import fmt_ns
+
+COLORS = {"before": "#78909c", "after": "#1e88e5"}
+PLOT_CONFIG = {"displaylogo": False, "responsive": True, "scrollZoom": False}
+BAR_METRICS = ["acquisitions", "contended", "wait_total_ns", "wait_p99_ns", "hold_p99_ns"]
+TOP_LOCKS = 8
+TOP_DISTRIBUTIONS = 8
+MAX_TABLE_ROWS = 3000
+
+
+def _lock_mode(entry: dict) -> str:
+    return f"{entry['lock']} {entry['mode']}"
+
+
+def _sd(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) >= 2 else 0.0
+
+
+def _axis_title(unit: str) -> str:
+    return {"ns": "ns", "s": "seconds", "count": "count", "ratio": "ratio"}.get(unit, unit)
+
+
+def _side_bars(fig: go.Figure, entries: list[dict], labels: list[str], row: int, col: int):
+    """Before and after bars (means, sd error bars) and each run as a dot."""
+    for side in ("before", "after"):
+        means = [e[side] for e in entries]
+        runs = [e[f"{side}_values"] for e in entries]
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=means,
+                name=side,
+                legendgroup=side,
+                showlegend=row == 1 and col == 1,
+                marker_color=COLORS[side],
+                offsetgroup=side,
+                error_y={"type": "data", "array": [_sd(r) for r in runs], "visible": True},
+                hovertemplate="%{x}<br>" + side + " mean %{y:,.4g}<extra></extra>",
+            ),
+            row=row,
+            col=col,
+        )
+        xs, ys = [], []
+        for label, values in zip(labels, runs, strict=True):
+            xs += [label] * len(values)
+            ys += values
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers",
+                name=f"{side} runs",
+                legendgroup=side,
+                showlegend=False,
+                offsetgroup=side,
+                marker={"color": "#263238", "size": 6, "symbol": "circle-open"},
+                hovertemplate="%{x}<br>" + side + " run %{y:,.4g}<extra></extra>",
+            ),
+            row=row,
+            col=col,
+        )
+
+
+def process_figure(document: dict) -> go.Figure:
+    entries = [e for e in document["rusage"] if e["before"] is not None or e["after"] is not None]
+    if not entries:
+        return _empty("No rusage was recorded on either side.")
+    fig = make_subplots(
+        rows=1,
+        cols=len(entries),
+        subplot_titles=[text(f"{e['name']} ({_axis_title(e['unit'])})") for e in entries],
+    )
+    for i, entry in enumerate(entries, start=1):
+        _side_bars(fig, [entry], [text(entry["name"])], 1, i)
+    fig.update_layout(
+        barmode="group",
+        scattermode="group",
+        height=360,
+        margin={"l": 50, "r": 20, "t": 50, "b": 40},
+        legend={"orientation": "h", "y": -0.15},
+    )
+    return fig
+
+
+def top_lock_modes(document: dict, limit: int) -> list[tuple[str, str]]:
+    seen: list[tuple[str, str]] = []
+    for entry in document["verdicts"]:
+        key = (entry["lock"], entry["mode"])
+        if key not in seen:
+            seen.append(key)
+    return seen[:limit]
+
+
+def locks_figure(document: dict, limit: int = TOP_LOCKS) -> go.Figure:
+    chosen = top_lock_modes(document, limit)
+    if not chosen:
+        return _empty("No lock activity on either side.")
+    by_key = {(e["lock"], e["mode"], e["metric"]): e for e in document["verdicts"]}
+    metrics = [m for m in BAR_METRICS if any((lock, mode, m) in by_key for lock, mode in chosen)]
+    fig = make_subplots(
+        rows=len(metrics),
+        cols=1,
+        subplot_titles=[text(m) for m in metrics],
+        vertical_spacing=0.28 / max(len(metrics), 1),
+    )
+    for row, metric in enumerate(metrics, start=1):
+        entries, labels = [], []
+        for lock, mode in chosen:
+            entry = by_key.get((lock, mode, metric))
+            if entry is not None:
+                entries.append(entry)
+                labels.append(text(f"{lock} {mode}"))
+        _side_bars(fig, entries, labels, row, 1)
+        unit = entries[0]["unit"] if entries else "count"
+        fig.update_yaxes(title_text=_axis_title(unit), row=row, col=1)
+    fig.update_layout(
+        barmode="group",
+        scattermode="group",
+        height=260 * len(metrics) + 80,
+        margin={"l": 60, "r": 20, "t": 40, "b": 40},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"},
+    )
+    return fig
+
+
+def _slot_label(slot: int) -> str:
+    low, _high = slot_bounds(slot)
+    return "0" if slot == 0 else f"≥{fmt_ns(low)}"
+
+
+def distribution_figure(key: cmp.LockKey, sides: dict[str, dict[str, np.ndarray]]) -> go.Figure:
+    label, _lock_class, mode = key
+    kinds = [k for k in ("wait", "hold") if any(k in sides.get(s, {}) for s in sides)]
+    fig = make_subplots(
+        rows=1,
+        cols=max(len(kinds), 1),
+        subplot_titles=[text(f"{k} time") for k in kinds],
+    )
+    for col, kind in enumerate(kinds, start=1):
+        present = [sides[s][kind] for s in ("before", "after") if kind in sides.get(s, {})]
+        total = np.sum(present, axis=0)
+        nonzero = np.nonzero(total)[0]
+        low, high = (int(nonzero[0]), int(nonzero[-1])) if len(nonzero) else (0, 0)
+        slots = list(range(low, high + 1))
+        x = [_slot_label(s) for s in slots]
+        for side in ("before", "after"):
+            hist = sides.get(side, {}).get(kind)
+            if hist is None:
+                continue
+            fig.add_trace(
+                go.Bar(
+                    x=x,
+                    y=[float(hist[s]) for s in slots],
+                    name=side,
+                    legendgroup=side,
+                    showlegend=col == 1,
+                    marker_color=COLORS[side],
+                    opacity=0.6,
+                    hovertemplate=f"{side}: %{{y:,.1f}} per run in %{{x}}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text="bucket (log2 ns)", type="category", row=1, col=col)
+        fig.update_yaxes(title_text="count per run", row=1, col=col)
+    fig.update_layout(
+        barmode="overlay",
+        height=330,
+        title={"text": text(f"{label} {mode}"), "font": {"size": 14}},
+        margin={"l": 60, "r": 20, "t": 70, "b": 50},
+        legend={"orientation": "h", "y": -0.3},
+    )
+    return fig
+
+
+def _empty(message: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(
+        text=text(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper"
+    )
+    fig.update_layout(height=160, xaxis={"visible": False}, yaxis={"visible": False})
+    return fig
+
+
+# -- markup -------------------------------------------------------------------------
+
+
+def _fmt(entry: dict, key: str) -> str:
+    return cmp.fmt_value(entry[key], entry.get("unit", "count"))
+
+
+def verdict_table(document: dict, limit: int = MAX_TABLE_ROWS) -> str:
+    rows = []
+    entries = [
+        {**e, "lock": f"{e['process']} (process)", "mode": ""} for e in document["rusage"]
+    ] + document["verdicts"]
+    for entry in entries[:limit]:
+        ci = cmp.fmt_ci(entry).removeprefix("95% CI ") if entry["significant"] is not None else "-"
+        verdict = entry["verdict"]
+        cls = "sig" if entry["significant"] else ("none" if entry["significant"] is None else "")
+        rows.append(
+            "<tr>"
+            f"<td>{html_text(entry['lock'])}</td><td>{html_text(entry['mode'])}</td>"
+            f"<td>{html_text(entry.get('name') or entry['metric'])}</td>"
+            f'<td class="num">{html_text(_fmt(entry, "before"))}</td>'
+            f'<td class="num">{html_text(_fmt(entry, "after"))}</td>'
+            f'<td class="num">{html_text(cmp.fmt_pct(entry["delta_pct"]))}</td>'
+            f'<td class="num">{html_text(ci)}</td>'
+            f'<td class="{cls}">{html_text(verdict)}</td>'
+            "</tr>"
+        )
+    note = ""
+    if len(entries) > limit:
+        note = (
+            f'<p class="note">Showing {limit:,} of {len(entries):,} rows; '
+            "<code>lockprof compare --json</code> lists all.</p>"
+        )
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("lock", "mode", "metric", "before", "after", "delta", "95% CI", "verdict")
+    )
+    return (
+        f'{note}<div class="table-wrap"><table id="verdict-table"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _side_html(name: str, side: dict) -> str:
+    command = " ".join(str(c) for c in side.get("command") or [])
+    runs = side["runs"]
+    return (
+        f"<li><b>{html_text(name)}</b>: {html_text(side['label'])}, {runs} run"
+        f"{'s' if runs != 1 else ''}, kernel {html_text(side['kernel'])}, "
+        f"{html_text(side['cpus'])} CPUs: <code>{html_text(command)}</code></li>"
+    )
+
+
+def header_html(document: dict) -> str:
+    method = document["method"]
+    warnings = "".join(f"<li>{html_text(w)}</li>" for w in document["warnings"])
+    headline = "".join(f"<li>{html_text(line)}</li>" for line in document["headline"])
+    return (
+        f"<ul>{_side_html('before', document['before'])}"
+        f"{_side_html('after', document['after'])}</ul>"
+        + (
+            f'<div class="warn" role="alert"><b>The sides differ:</b><ul>{warnings}</ul></div>'
+            if warnings
+            else ""
+        )
+        + f"<p>Noise: {html_text(document['confidence'])}. Method: "
+        f"{html_text(method['name'])} ({html_text(method['resampling'])}; "
+        f"{int(method['resamples']):,} resamples; seed {int(method['seed'])}); a change is "
+        "significant when its interval excludes 0. Error bars: one standard deviation "
+        "of the runs; dots: the runs.</p>"
+        f'<ul class="headline">{headline}</ul>'
+    )
+
+
+# -- the page -----------------------------------------------------------------------
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;
+background:#fafafa}
+header.top{background:#263238;color:#fff;padding:14px 24px}
+header.top h1{margin:0;font-size:20px}
+nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:6px 24px;
+z-index:10;font-size:13px}
+nav a{margin-right:14px;color:#1565c0;text-decoration:none}
+main{padding:8px 24px 40px}
+section{background:#fff;border:1px solid #e0e0e0;border-radius:6px;margin:16px 0;
+padding:10px 16px}
+section h2{font-size:17px;margin:6px 0}
+section p.desc{color:#555;font-size:13px;margin:2px 0 8px}
+code{word-break:break-all}
+ul.headline{font-family:ui-monospace,monospace;font-size:14px}
+.warn{background:#fff8e1;border:1px solid #ffcc80;padding:6px 12px;border-radius:4px}
+.note{color:#555;font-size:13px}
+.table-wrap{max-height:640px;overflow:auto}
+table{border-collapse:collapse;font-size:12px;white-space:nowrap}
+th{position:sticky;top:0;background:#eceff1;padding:4px 8px;text-align:left}
+td{padding:3px 8px;border-bottom:1px solid #eee}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.sig{font-weight:bold}
+td.none{color:#888}
+footer{color:#777;font-size:12px;padding:0 24px 24px}
+"""
+
+_DRAW = """
+(function () {
+  var specs = JSON.parse(document.getElementById("lockprof-figures").textContent);
+  specs.figures.forEach(function (spec) {
+    try {
+      Plotly.newPlot(spec.div, spec.figure.data, spec.figure.layout, specs.config);
+    } catch (err) {
+      console.error("lockprof: figure " + spec.div + " failed: " + err);
+      document.getElementById(spec.div).textContent = "This figure could not be drawn: " + err;
+    }
+  });
+})();
+"""
+
+
+def _figure_json(fig: go.Figure) -> dict:
+    return json.loads(pio.to_json(fig, validate=False))
+
+
+def sections(
+    result: cmp.Comparison,
+) -> list[tuple[str, str, str, list[tuple[str, go.Figure]], str]]:
+    """(anchor, title, description, figures, extra markup) per panel."""
+    document = result.document
+    order = {key: i for i, key in enumerate(top_lock_modes(document, 10**6))}
+    dist_keys = sorted(
+        (k for k in result.hists if (k[0], k[2]) in order),
+        key=lambda k: order[(k[0], k[2])],
+    )[:TOP_DISTRIBUTIONS]
+    return [
+        (
+            "summary",
+            "Summary",
+            "What was compared, and the process-level verdicts.",
+            [],
+            header_html(document),
+        ),
+        (
+            "process",
+            "The profiled process",
+            "Mean of the runs per side; error bars one standard deviation; dots the runs.",
+            [("process", process_figure(document))],
+            "",
+        ),
+        (
+            "locks",
+            "Key lock figures",
+            f"The top {TOP_LOCKS} locks and modes by wait time, matched across runs by "
+            "class, name and owner.",
+            [("locks", locks_figure(document))],
+            "",
+        ),
+        (
+            "distributions",
+            "Distributions",
+            "Before and after log2 histograms overlaid (mean count per run in each "
+            "bucket), from the exact in-kernel histograms.",
+            [
+                (f"dist-{i}", distribution_figure(k, result.hists[k]))
+                for i, k in enumerate(dist_keys)
+            ],
+            "" if dist_keys else '<p class="note">No wait or hold samples on either side.</p>',
+        ),
+        (
+            "verdicts",
+            "Verdicts",
+            "Every metric: means over runs, percent change, 95% interval and verdict.",
+            [],
+            verdict_table(document),
+        ),
+    ]
+
+
+def build(result: cmp.Comparison) -> str:
+    """The whole comparison page as one string."""
+    document = result.document
+    nonce = secrets.token_urlsafe(18)
+    specs = []
+    parts = []
+    built = sections(result)
+    for anchor, title, description, figures, extra in built:
+        divs = []
+        for name, fig in figures:
+            div = f"plot-{name}"
+            specs.append({"div": div, "figure": _figure_json(fig)})
+            divs.append(f'<div class="plot" id="{div}"></div>')
+        parts.append(
+            f'<section id="{anchor}"><h2>{html_text(title)}</h2>'
+            f'<p class="desc">{html_text(description)}</p>{extra}{"".join(divs)}</section>'
+        )
+    nav = "".join(f'<a href="#{anchor}">{html_text(title)}</a>' for anchor, title, *_ in built)
+    data = json.dumps({"config": PLOT_CONFIG, "figures": specs}, separators=(",", ":"))
+    title = f"{document['before']['label']} vs {document['after']['label']}"
+    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    csp = (
+        "default-src 'none'; "
+        f"script-src 'nonce-{nonce}'; "
+        "style-src 'unsafe-inline'; "
+        "img-src data: blob:; font-src data:; "
+        "base-uri 'none'; form-action 'none'"
+    )
+    return "".join(
+        [
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>lockprof compare: {html_text(title)}</title>",
+            f"<style>{_STYLE}</style>",
+            f'<script nonce="{nonce}">{get_plotlyjs()}</script>',
+            "</head><body>",
+            f'<header class="top"><h1>lockprof compare: {html_text(title)}</h1></header>',
+            f"<nav>{nav}</nav><main>",
+            "".join(parts),
+            "</main>",
+            f"<footer>Generated by lockprof at {generated}. Self-contained: plotly.js "
+            f"{html_text(plotly.__version__)} (python) is embedded; the page loads nothing "
+            "from the network.</footer>",
+            f'<script type="application/json" id="lockprof-figures">{script_json(data)}</script>',
+            f'<script nonce="{nonce}">{_DRAW}</script>',
+            "</body></html>\n",
+        ]
+    )
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail before any work if the page could not be written."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise LockprofError(f"output path {path} is a directory")
+    if not directory.is_dir():
+        raise LockprofError(f"output directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise LockprofError(f"output directory {directory} is not writable")
+
+
+def write(result: cmp.Comparison, path: str | Path) -> Path:
+    """Build the page and write it atomically, mode 0600 (it holds command lines)."""
+    path = Path(path)
+    check_writable(path)
+    page = build(result)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise LockprofError(f"cannot write {path} ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(page)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise LockprofError(f"cannot write {path} ({exc.strerror})") from None
+    return path

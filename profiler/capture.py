@@ -1,0 +1,138 @@
+"""A command target whose stdout is captured (for `lockprof bench`).
+
+CapturedCommand is a targets.CommandTarget whose child gets a pipe as its
+stdout; OutputCapture reads that pipe on a thread, keeps the bytes (up to a
+cap) and echoes them live to a stream of lockprof's, so the command's output
+is both shown and saved. Throughput is then parsed from the captured text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import sys
+import threading
+from typing import BinaryIO
+
+from profiler.errors import LockprofError
+from profiler.targets import CommandTarget
+
+_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+class OutputCapture:
+    """The read end of a pipe, drained on a thread into memory (and echo)."""
+
+    def __init__(self, echo: BinaryIO | None, cap: int):
+        self.read_fd, self.write_fd = os.pipe()  # both close-on-exec
+        self._echo = echo
+        self._cap = cap
+        self._chunks: list[bytes] = []
+        self._kept = 0
+        self.truncated = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="lockprof-stdout", daemon=True)
+
+    def start(self) -> None:
+        """Call once the child holds the write end: the parent's copy is
+        closed, so the pipe reaches EOF when the command (and any child of
+        it that inherited stdout) is gone."""
+        os.close(self.write_fd)
+        self.write_fd = -1
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            ready, _w, _x = select.select([self.read_fd], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self.read_fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self._keep(chunk)
+            if self._echo is not None:
+                try:
+                    self._echo.write(chunk)
+                    self._echo.flush()
+                except (OSError, ValueError):
+                    self._echo = None  # a closed terminal must not stop the capture
+
+    def _keep(self, chunk: bytes) -> None:
+        room = self._cap - self._kept
+        if room <= 0:
+            self.truncated = True
+            return
+        if len(chunk) > room:
+            chunk, self.truncated = chunk[:room], True
+        self._chunks.append(chunk)
+        self._kept += len(chunk)
+
+    def finish(self, timeout: float = 5.0) -> bytes:
+        """Wait up to timeout for EOF (a background child of the command may
+        keep stdout open), then stop reading; the bytes kept."""
+        if self.write_fd >= 0:  # start() never ran: nothing will be written
+            os.close(self.write_fd)
+            self.write_fd = -1
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            self._stop.set()
+            self._thread.join()
+        if self.read_fd >= 0:
+            os.close(self.read_fd)
+            self.read_fd = -1
+        return b"".join(self._chunks)
+
+
+class CapturedCommand(CommandTarget):
+    """CommandTarget with the child's stdout on the given fd.
+
+    CommandTarget forks the held child in its constructor; the child inherits
+    fd 1 from the parent. For the moment of the fork, the parent's fd 1 is
+    pointed at the capture pipe and then restored (nothing else in lockprof
+    writes to fd 1 in that window)."""
+
+    def __init__(self, argv: list[str], stdout_fd: int):
+        self._stdout_fd = stdout_fd
+        super().__init__(argv)
+
+    def _spawn_held(self) -> int:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        try:
+            os.dup2(self._stdout_fd, 1)
+            return super()._spawn_held()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def compile_throughput(pattern: str | None) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise LockprofError(f"--throughput-regex {pattern!r}: {exc}", exit_code=2) from None
+
+
+def parse_throughput(regex: re.Pattern[str], text: str) -> float | None:
+    """The number in the last match of regex in text: its first group if it
+    has groups, else the first number inside the match. None without one."""
+    matches = list(regex.finditer(text))
+    if not matches:
+        return None
+    last = matches[-1]
+    raw = last.group(1) if regex.groups else last.group(0)
+    if raw is None:
+        return None
+    number = _NUMBER.search(raw)
+    if number is None:
+        return None
+    try:
+        return float(number.group(0).replace(",", ""))
+    except ValueError:
+        return None

@@ -1,0 +1,317 @@
+"""lockprof bench: run a command N times under the profiler, keep every run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from profiler import recording, render, runset, summary
+from profiler.capture import CapturedCommand, OutputCapture, compile_throughput, parse_throughput
+from profiler.cli.common import TimeParam, build_options
+from profiler.errors import LockprofError
+from profiler.runset import Run, RunSet
+from profiler.session import CollectOptions, collect, require_privileges
+
+MAX_RUNS = 1000
+
+
+def check_command(argv0: str) -> None:
+    """Fail before loading any BPF if the command cannot be started."""
+    if "/" in argv0:
+        path = Path(argv0)
+        if not path.exists():
+            raise LockprofError(f"command not found: {argv0}", exit_code=127)
+        if path.is_dir() or not os.access(path, os.X_OK):
+            raise LockprofError(f"command is not executable: {argv0}", exit_code=126)
+    elif shutil.which(argv0) is None:
+        raise LockprofError(f"command not found: {argv0}", exit_code=127)
+
+
+def one_run(
+    argv: list[str],
+    options: CollectOptions,
+    working: set[str],
+    regex,
+    echo: bool,
+) -> Run:
+    """One collection of the command, its stdout captured (and echoed on stderr)."""
+    capture = OutputCapture(sys.stderr.buffer if echo else None, runset.STDOUT_CAP)
+    try:
+        target = CapturedCommand(argv, capture.write_fd)
+    except BaseException:
+        capture.finish(timeout=0)
+        raise
+    capture.start()
+    try:
+        rec = collect(options, target, working)
+    finally:
+        output = capture.finish()
+    throughput = parse_throughput(regex, output.decode(errors="replace")) if regex else None
+    return Run(
+        recording=rec,
+        throughput=throughput,
+        stdout=output,
+        stdout_truncated=capture.truncated,
+    )
+
+
+def _totals(rec: recording.Recording) -> tuple[int, int]:
+    rows = summary.lock_rows(rec)
+    return (
+        sum(r.get("acquisitions") or 0 for r in rows),
+        sum(r.get("contended") or 0 for r in rows),
+    )
+
+
+def run_line(index: int, total: int, run: Run) -> str:
+    rusage = run.rusage
+    acquisitions, contended = _totals(run.recording)
+    parts = [f"run {index}/{total}: exit {run.exit_status}"]
+    for key, name in (("elapsed_s", "elapsed"), ("user_s", "user"), ("sys_s", "sys")):
+        if rusage.get(key) is not None:
+            parts.append(f"{name} {rusage[key]:.3f}s")
+    if rusage.get("minor_faults") is not None:
+        parts.append(f"minor faults {rusage['minor_faults']:,}")
+    parts.append(f"{acquisitions:,} acquisitions, {contended:,} contended")
+    if run.throughput is not None:
+        parts.append(f"throughput {run.throughput:,.6g}")
+    return ", ".join(parts)
+
+
+_COLUMNS = [
+    # (header, format of one value)
+    ("elapsed s", "{:.3f}"),
+    ("user s", "{:.3f}"),
+    ("sys s", "{:.3f}"),
+    ("minor faults", "{:,.0f}"),
+    ("acquisitions", "{:,.0f}"),
+    ("throughput", "{:,.6g}"),
+]
+
+
+def _stat(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    mean = fmt.format(statistics.fmean(values))
+    if len(values) < 2:
+        return mean
+    return f"{mean} ± {fmt.format(statistics.stdev(values))}"
+
+
+def summary_table(result: RunSet) -> Table:
+    table = Table(
+        title=render.safe_text(f"{result.label}: {shlex.join(result.command)}"),
+        title_justify="left",
+        header_style="bold",
+        pad_edge=False,
+    )
+    table.add_column("run")
+    table.add_column("exit", justify="right")
+    for header, _fmt in _COLUMNS:
+        table.add_column(header, justify="right")
+    columns: dict[str, list[float]] = {h: [] for h, _f in _COLUMNS}
+    for i, run in enumerate(result.runs, start=1):
+        rusage = run.rusage
+        values = {
+            "elapsed s": rusage.get("elapsed_s"),
+            "user s": rusage.get("user_s"),
+            "sys s": rusage.get("sys_s"),
+            "minor faults": rusage.get("minor_faults"),
+            "acquisitions": _totals(run.recording)[0],
+            "throughput": run.throughput,
+        }
+        for name, value in values.items():
+            if value is not None:
+                columns[name].append(float(value))
+        table.add_row(
+            str(i),
+            str(run.exit_status),
+            *("-" if values[h] is None else f.format(values[h]) for h, f in _COLUMNS),
+        )
+    table.add_row("mean ± sd", "", *(_stat(columns[h], f) for h, f in _COLUMNS), style="bold")
+    return table
+
+
+@click.command("bench", context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--runs",
+    type=int,
+    default=3,
+    show_default=True,
+    help="How many times to run the command.",
+)
+@click.option("--label", help="Name of this side, e.g. before or after (default: FILE's stem).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The run set file to write (.lpset).",
+)
+@click.option(
+    "--throughput-regex",
+    metavar="RE",
+    help="Throughput from the command's stdout: the last match's first group "
+    r"(else its first number), e.g. '(\d+) records/s'.",
+)
+@click.option(
+    "-d",
+    "--duration",
+    type=click.FloatRange(min=0.1, max=7 * 86400),
+    help="Stop each run's collection after SECONDS (default: the command's exit).",
+)
+@click.option(
+    "-i",
+    "--interval",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds between aggregate snapshots.",
+)
+@click.option(
+    "-t",
+    "--threshold",
+    type=TimeParam("us"),
+    default="100us",
+    show_default=True,
+    help="Stream every wait or hold at least this long.",
+)
+@click.option(
+    "--stack-threshold",
+    type=TimeParam("us"),
+    default="10us",
+    show_default=True,
+    help="Take the kernel stack of contended waits at least this long.",
+)
+@click.option("--no-mmap-lock", is_flag=True, help="Leave out the mmap_lock tracepoints.")
+@click.option("--no-contention", is_flag=True, help="Leave out lock:contention_*.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Do not echo the command's stdout (it is still kept in the set).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the set's manifest (runs, rusage) as JSON."
+)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED, required=True)
+def command(
+    argv,
+    runs,
+    label,
+    output,
+    throughput_regex,
+    duration,
+    interval,
+    threshold,
+    stack_threshold,
+    no_mmap_lock,
+    no_contention,
+    quiet,
+    as_json,
+) -> None:
+    """Run CMD --runs times, each under the profiler as `lockprof run` does,
+    and write every run's recording, exit status, rusage, stdout and
+    throughput to one run set file for `lockprof compare`.
+
+    The command's stdout is echoed on lockprof's stderr as it runs (-q: not
+    echoed) and kept in the set.
+
+    \b
+    Examples:
+      lockprof bench --runs 3 --label before -o before.lpset \\
+          --throughput-regex '(\\d+) records/s' -- workloads/bin/lpbizzy -S 3
+      lockprof bench --runs 3 --label after -o after.lpset \\
+          --throughput-regex '(\\d+) records/s' -- workloads/bin/lpbizzy -S 3 -R
+      lockprof compare before.lpset after.lpset -o compare.html
+    """
+    argv = list(argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise LockprofError("no command given: lockprof bench ... -- CMD [ARGS...]", exit_code=2)
+    if runs < 1 or runs > MAX_RUNS:
+        raise LockprofError(f"--runs must be between 1 and {MAX_RUNS}, not {runs}", exit_code=2)
+    regex = compile_throughput(throughput_regex)
+    check_command(argv[0])
+    if output.is_dir():
+        raise LockprofError(f"output path {output} is a directory", exit_code=2)
+    recording.check_writable(output)
+    options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
+    options.stack_threshold_ns = stack_threshold
+    require_privileges()
+    from profiler.doctor import cheap_mechanisms
+
+    result = RunSet(
+        label=label or output.stem,
+        command=argv,
+        throughput_regex=throughput_regex,
+    )
+    err = render.console(stderr=True)
+    try:
+        _run_all(result, runs, options, cheap_mechanisms(), regex, quiet, err)
+    except KeyboardInterrupt:
+        _save_partial(result, output)
+        raise LockprofError("interrupted", exit_code=130) from None
+    except LockprofError as exc:
+        kept = _save_partial(result, output)
+        raise LockprofError(f"{exc}{kept}", exit_code=exc.exit_code) from None
+    runset.save(result, output)
+    if as_json:
+        json.dump(runset.manifest(result), sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        render.console().print(summary_table(result))
+    if regex is not None and all(run.throughput is None for run in result.runs):
+        err.print(
+            Text(
+                render.safe_text(
+                    f"lockprof: --throughput-regex {throughput_regex!r} matched no "
+                    "number in the command's stdout"
+                ),
+                style="yellow",
+            )
+        )
+    err.print(
+        Text(
+            render.safe_text(
+                f"lockprof: run set {result.label!r} with {len(result.runs)} runs "
+                f"written to {output}"
+            )
+        )
+    )
+
+
+def _run_all(result: RunSet, runs: int, options, working, regex, quiet: bool, err) -> None:
+    for i in range(1, runs + 1):
+        err.print(
+            Text(render.safe_text(f"lockprof bench: run {i}/{runs}: {shlex.join(result.command)}"))
+        )
+        run = one_run(result.command, options, working, regex, echo=not quiet)
+        result.runs.append(run)
+        err.print(Text(render.safe_text(run_line(i, runs, run))))
+        if run.exit_status not in (0, None):
+            err.print(
+                Text(f"lockprof: run {i} exited with status {run.exit_status}", style="yellow")
+            )
+        reason = str(run.recording.meta.get("stop_reason") or "")
+        if "received" in reason and i < runs:  # Ctrl-C, SIGTERM, SIGHUP: stop here
+            err.print(Text(f"lockprof: {reason}; stopping after {i} of {runs} runs"))
+            break
+
+
+def _save_partial(result: RunSet, output: Path) -> str:
+    """Keep the runs that completed; a note for the error message."""
+    if not result.runs:
+        return ""
+    runset.save(result, output)
+    return f" ({len(result.runs)} completed runs written to {output})"

@@ -1,0 +1,173 @@
+"""lockprof compare: before/after verdicts from two run sets (no root needed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from profiler import compare as cmp
+from profiler import render, runset
+from profiler.errors import LockprofError
+
+VERDICT_STYLE = {
+    "significant increase": "bold",
+    "significant decrease": "bold",
+    "no significant change": "dim",
+}
+
+
+def _lock_title(entry: dict) -> str:
+    return render.safe_text(entry["lock"])
+
+
+def verdict_table(verdicts: list[dict], top: int | None, everything: bool) -> Table:
+    table = Table(header_style="bold", pad_edge=False)
+    for header, justify in (
+        ("lock", "left"),
+        ("mode", "left"),
+        ("metric", "left"),
+        ("before", "right"),
+        ("after", "right"),
+        ("delta", "right"),
+        ("95% CI", "right"),
+        ("verdict", "left"),
+    ):
+        table.add_column(header, justify=justify, no_wrap=header != "lock")  # type: ignore[arg-type]
+    locks: list[str] = []
+    previous = None
+    for entry in verdicts:
+        if entry["lock"] not in locks:
+            locks.append(entry["lock"])
+        if top is not None and len(locks) > top:
+            break
+        if not everything and entry["metric"] not in cmp.KEY_METRICS:
+            continue
+        ident = (entry["lock"], entry["mode"])
+        ci = cmp.fmt_ci(entry).removeprefix("95% CI ") if entry["significant"] is not None else "-"
+        table.add_row(
+            Text(_lock_title(entry)) if ident != previous else Text(""),
+            entry["mode"] if ident != previous else "",
+            entry["metric"],
+            cmp.fmt_value(entry["before"], entry["unit"]),
+            cmp.fmt_value(entry["after"], entry["unit"]),
+            cmp.fmt_pct(entry["delta_pct"]),
+            ci,
+            Text(entry["verdict"], style=VERDICT_STYLE.get(entry["verdict"], "")),
+        )
+        previous = ident
+    return table
+
+
+def _side_line(name: str, side: dict) -> str:
+    command = " ".join(str(c) for c in side.get("command") or [])
+    return render.safe_text(
+        f"{name}: {side['label']} ({side['runs']} run{'s' if side['runs'] != 1 else ''}, "
+        f"kernel {side['kernel']}, {side['cpus']} CPUs) {command}"
+    )
+
+
+def terminal_view(document: dict, top: int | None, everything: bool) -> Group:
+    method = document["method"]
+    parts: list = [
+        Text(_side_line("before", document["before"]), style="bold"),
+        Text(_side_line("after", document["after"]), style="bold"),
+    ]
+    for warning in document["warnings"]:
+        parts.append(Text("! " + render.safe_text(warning), style="yellow"))
+    parts.append(
+        Text(
+            f"noise: {document['confidence']} ({method['name']}, {method['resamples']:,} "
+            f"resamples, seed {method['seed']}; significant = interval excludes 0)"
+        )
+    )
+    parts.append(Text(""))
+    process = document["rusage"][0]["process"] if document["rusage"] else "process"
+    parts.append(Text(render.safe_text(f"{process} (the profiled process):"), style="bold"))
+    for line in document["headline"]:
+        parts.append(Text("  " + render.safe_text(line)))
+    parts.append(Text(""))
+    if document["verdicts"]:
+        parts.append(verdict_table(document["verdicts"], top, everything))
+        locks = len({(v["lock"], v["lock_class"]) for v in document["verdicts"]})
+        notes = []
+        if top is not None and locks > top:
+            notes.append(f"{locks - top} more locks")
+        if not everything:
+            notes.append("key metrics only")
+        if notes:
+            parts.append(
+                Text(f"({'; '.join(notes)}: --all shows every lock and metric, --json all)")
+            )
+    else:
+        parts.append(Text("no lock activity on either side"))
+    return Group(*parts)
+
+
+@click.command("compare")
+@click.argument("before", type=click.Path(path_type=Path))
+@click.argument("after", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Also write a self-contained HTML page (plots, verdict table).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (stable).")
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Locks shown in the terminal.",
+)
+@click.option("--all", "everything", is_flag=True, help="Every lock and metric in the terminal.")
+@click.option(
+    "--seed",
+    type=int,
+    default=cmp.SEED,
+    show_default=True,
+    help="Seed of the bootstrap (results are reproducible for a given seed).",
+)
+def command(before, after, output, as_json, top, everything, seed) -> None:
+    """Compare BEFORE and AFTER: each a run set from `lockprof bench` (.lpset)
+    or a single recording (.lpr).
+
+    Per lock and mode (matched by class, name and owner, never by address),
+    and for the profiled process (user, sys, elapsed, minor faults,
+    throughput): before, after, delta and percent. With at least 2 runs per
+    side each delta has a 95% bootstrap confidence interval; changes within
+    the noise read "no significant change". Differences in kernel, CPU
+    count, command line or probe mechanisms are warned about.
+
+    \b
+    Examples:
+      lockprof compare before.lpset after.lpset
+      lockprof compare before.lpset after.lpset -o compare.html
+      lockprof compare before.lpset after.lpset --json | jq '.verdicts[] | select(.significant)'
+    """
+    if output is not None:
+        from dashboards import compare as page
+
+        page.check_writable(output)
+    sides = [runset.load_side(before), runset.load_side(after)]
+    result = cmp.compare(sides[0], sides[1], seed=seed)
+    document = result.document
+    for warning in document["warnings"]:
+        click.echo(f"lockprof: warning: {render.safe_text(warning)}", err=True)
+    if as_json:
+        json.dump(document, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render.console().print(terminal_view(document, None if everything else top, everything))
+    if output is not None:
+        page.write(result, output)
+        click.echo(f"lockprof: comparison page written to {output}", err=True)
+
+
+__all__ = ["LockprofError", "command"]

@@ -1,0 +1,673 @@
+"""Before/after comparison of two run sets (`lockprof compare`).
+
+Pure functions of recordings: no root, no BPF.
+
+Locks are matched across runs by a stable identity, never by address (kernel
+addresses and pids differ from run to run):
+
+* an mmap_lock is "mmap_lock (target COMM)" when its owner is the profiled
+  process, else "mmap_lock (COMM)" with the owner's comm;
+* any other lock is its class plus its name with the address left out: a
+  kallsyms data symbol, or the top contending caller (function+offset).
+  Unnamed locks of one class, and locks with the same top caller, are added
+  up under one identity.
+
+All rows of one identity and mode in a run are merged (counts and totals
+added, log2 histograms added, maxima taken) by relabelling the run's locks
+and reusing aggregate.summary_rows. Each metric's side value is the mean over
+that side's runs.
+
+Noise: with at least two runs per side, every delta carries a confidence
+interval by a percentile bootstrap: runs are resampled with replacement
+within each side (RESAMPLES times, numpy's default_rng seeded with SEED, the
+same resampled runs for every metric), and the 2.5th and 97.5th percentiles
+of the resampled difference of means (and of the percent change) are the 95%
+interval. A change is "significant" when that interval excludes 0. With one
+run on a side no interval can be computed and significant is None.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from profiler import aggregate
+from profiler.recording import Recording
+from profiler.runset import RunSet
+
+COMPARE_VERSION = 1
+SEED = 20070517  # any fixed value: results are reproducible, and the seed is printed
+RESAMPLES = 10_000
+CONFIDENCE = 0.95
+
+# (metric, unit, summable): a summable metric of a lock that a run never saw
+# is 0 in that run; the others (ratios, percentiles, maxima) are unknown there.
+LOCK_METRICS: list[tuple[str, str, bool]] = [
+    ("acquisitions", "count", True),
+    ("reader_writer_ratio", "ratio", False),
+    ("contended", "count", True),
+    ("wait_total_ns", "ns", True),
+    ("wait_p50_ns", "ns", False),
+    ("wait_p99_ns", "ns", False),
+    ("wait_max_ns", "ns", False),
+    ("hold_p50_ns", "ns", False),
+    ("hold_p99_ns", "ns", False),
+    ("hold_max_ns", "ns", False),
+    ("downgrades", "count", True),
+]
+# Per-CPU totals: metric "cpuN.<name>".
+CPU_METRICS: list[tuple[str, str]] = [
+    ("acquisitions", "count"),
+    ("contended", "count"),
+    ("wait_total_ns", "ns"),
+]
+RUSAGE_METRICS: list[tuple[str, str, str]] = [
+    # (metric, unit, headline name)
+    ("user_s", "s", "user time"),
+    ("sys_s", "s", "sys time"),
+    ("elapsed_s", "s", "elapsed time"),
+    ("minor_faults", "count", "minor faults"),
+    ("throughput", "throughput", "throughput"),
+]
+# What the terminal shows per lock unless asked for everything.
+KEY_METRICS = ("acquisitions", "contended", "wait_total_ns", "wait_p99_ns", "hold_p99_ns")
+
+NO_CONFIDENCE = "no confidence (fewer than 2 runs per side)"
+NOT_MEASURED = "not measured on both sides"
+
+_ADDRESS_SUFFIX = re.compile(r"\s*\(0x[0-9a-fA-F]+\)$")
+_CLASS_AND_ADDRESS = re.compile(r"^(\S+) 0x[0-9a-fA-F]+$")
+
+LockKey = tuple[str, str, str]  # (lock label, lock class, mode)
+
+
+# -- identities -------------------------------------------------------------------
+
+
+def lock_identity(row: dict, target_pid: int | None) -> tuple[str, str]:
+    """(stable label, lock class) of one summary row (aggregate.summary_rows)."""
+    lock_class = row.get("lock_class") or "unknown"
+    if lock_class == "mmap_lock":
+        comm = row.get("owner_comm")
+        owner = row.get("owner_pid")
+        if owner is not None and target_pid and owner == target_pid:
+            return f"mmap_lock (target {comm or '?'})", lock_class
+        if comm:
+            return f"mmap_lock ({comm})", lock_class
+        return "mmap_lock (owner unknown)", lock_class
+    name = str(row.get("lock") or "")
+    if _CLASS_AND_ADDRESS.match(name):
+        return f"{lock_class} (unnamed)", lock_class
+    name = _ADDRESS_SUFFIX.sub("", name)
+    return (name or f"{lock_class} (unnamed)"), lock_class
+
+
+@dataclass
+class RunFigures:
+    """One run's figures per lock identity and mode, and its histograms."""
+
+    locks: dict[LockKey, dict[str, float | None]] = field(default_factory=dict)
+    hists: dict[LockKey, dict[str, np.ndarray]] = field(default_factory=dict)
+    rusage: dict[str, float | None] = field(default_factory=dict)
+
+
+def _relabel(rec: Recording) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple[str, str]]]:
+    """The run's intervals and locks with each address replaced by a small
+    integer per identity, so that summary_rows merges each identity's rows."""
+    families = rec.meta.get("families") or []
+    target_pid = rec.meta.get("target_pid")
+    identity_of: dict[int, tuple[str, str]] = {}
+    for row in aggregate.summary_rows(rec.intervals, rec.locks, families):
+        identity_of[int(row["lock_addr"], 16)] = lock_identity(row, target_pid)
+    ids: dict[tuple[str, str], int] = {}
+    address_to_id: dict[int, int] = {}
+    for address in sorted({int(a) for a in rec.intervals["lock"].unique()}):
+        ident = identity_of.get(address, ("unknown lock", "unknown"))
+        address_to_id[address] = ids.setdefault(ident, len(ids) + 1)
+    labels = {i: ident for ident, i in ids.items()}
+
+    def mapped(series: pd.Series) -> pd.Series:
+        return series.map(lambda a: address_to_id.get(int(a), 0)).astype("uint64")
+
+    intervals = rec.intervals.copy()
+    intervals["lock"] = mapped(intervals["lock"])
+    locks = rec.locks[rec.locks["lock"].isin(list(address_to_id))].copy()
+    locks["lock"] = mapped(locks["lock"])
+    locks["name"] = [labels[int(i)][0] for i in locks["lock"]]
+    locks["lock_class"] = [labels[int(i)][1] for i in locks["lock"]]
+    locks["owner_pid"] = np.nan
+    locks["owner_comm"] = None
+    locks = locks.drop_duplicates(aggregate.KEY_COLUMNS).reset_index(drop=True)
+    return intervals, locks, labels
+
+
+def _hist_figure(hist: dict | None, key: str) -> float | None:
+    if not hist or not hist.get("count"):
+        return None
+    value = hist.get(key)
+    return None if value is None else float(value)
+
+
+def run_figures(rec: Recording, throughput: float | None = None) -> RunFigures:
+    """Every compared figure of one run."""
+    figures = RunFigures()
+    rusage = rec.meta.get("rusage") or {}
+    for metric, _unit, _name in RUSAGE_METRICS:
+        value = throughput if metric == "throughput" else rusage.get(metric)
+        figures.rusage[metric] = None if value is None else float(value)
+    if rec.intervals.empty:
+        return figures
+    intervals, locks, labels = _relabel(rec)
+    families = rec.meta.get("families") or []
+    for row in aggregate.summary_rows(intervals, locks, families):
+        label, lock_class = labels[int(row["lock_addr"], 16)]
+        key = (label, lock_class, row["mode"])
+        wait, hold = row.get("wait_ns"), row.get("hold_ns")
+        values: dict[str, float | None] = {
+            "acquisitions": row.get("acquisitions"),
+            "reader_writer_ratio": row.get("reader_writer_ratio"),
+            "contended": row.get("contended"),
+            "wait_total_ns": None if wait is None else float(wait["total"]),
+            "wait_p50_ns": _hist_figure(wait, "p50"),
+            "wait_p99_ns": _hist_figure(wait, "p99"),
+            "wait_max_ns": _hist_figure(wait, "max"),
+            "hold_p50_ns": _hist_figure(hold, "p50"),
+            "hold_p99_ns": _hist_figure(hold, "p99"),
+            "hold_max_ns": _hist_figure(hold, "max"),
+            "downgrades": row.get("downgrades"),
+        }
+        for cpu in row.get("per_cpu") or []:
+            for name, _unit in CPU_METRICS:
+                values[f"cpu{cpu['cpu']}.{name}"] = cpu.get(name)
+        figures.locks[key] = {k: None if v is None else float(v) for k, v in values.items()}
+    figures.hists = _histograms(intervals, locks, labels)
+    return figures
+
+
+def _histograms(
+    intervals: pd.DataFrame, locks: pd.DataFrame, labels: dict[int, tuple[str, str]]
+) -> dict[LockKey, dict[str, np.ndarray]]:
+    """Summed log2 histograms of wait and hold per identity and mode (rows of
+    the mmap_lock tracepoints where there are any, as summary_rows does)."""
+    merged = intervals.merge(locks, on=aggregate.KEY_COLUMNS, how="inner")
+    src_mmap = _mmap_source()
+    out: dict[LockKey, dict[str, np.ndarray]] = {}
+    for (lock, mode), group in merged.groupby(["lock", "mode"], sort=False):
+        mmap_rows = group[group["source"] == src_mmap]
+        rows = mmap_rows if not mmap_rows.empty else group
+        label, lock_class = labels[int(lock)]  # type: ignore[call-overload]
+        entry = {}
+        for which in ("wait", "hold"):
+            if rows[f"{which}_count"].sum() > 0:
+                entry[which] = np.sum(np.array(rows[f"{which}_slots"].tolist(), dtype=float), 0)
+        out[(label, lock_class, str(mode))] = entry
+    return out
+
+
+def _mmap_source() -> int:
+    from profiler import schema
+
+    return schema.const("LP_SRC_MMAP_LOCK")
+
+
+# -- statistics -------------------------------------------------------------------
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def percent(before: float | None, after: float | None) -> float | None:
+    """100 * (after - before) / before; 0 when both are 0; None when unknowable."""
+    if before is None or after is None:
+        return None
+    if before == 0:
+        return 0.0 if after == 0 else None
+    return 100.0 * (after - before) / before
+
+
+def _resample_indices(n: int, seed: int, resamples: int) -> np.ndarray:
+    """(resamples, n) run indices drawn with replacement. A fresh generator
+    per call, so each metric of a given run count gets the same resampled runs
+    whatever the order metrics are compared in."""
+    return np.random.default_rng([seed, n]).integers(0, n, size=(resamples, n))
+
+
+def bootstrap_ci(
+    before: list[float], after: list[float], seed: int = SEED, resamples: int = RESAMPLES
+) -> tuple[float, float, float | None, float | None]:
+    """95% percentile-bootstrap interval of the difference of means (after -
+    before) and of the percent change: (low, high, low_pct, high_pct).
+
+    Runs are resampled with replacement within each side. The percent
+    interval is None when a resample of the before side can have mean 0."""
+    b = np.asarray(before, dtype=float)
+    a = np.asarray(after, dtype=float)
+    mb = b[_resample_indices(len(b), seed, resamples)].mean(axis=1)
+    ma = a[_resample_indices(len(a), seed + 1, resamples)].mean(axis=1)
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(ma - mb, [tail, 100 - tail])
+    if (b > 0).all() or (b < 0).all():
+        low_pct, high_pct = np.percentile(100.0 * (ma - mb) / mb, [tail, 100 - tail])
+        return float(low), float(high), float(low_pct), float(high_pct)
+    if (b == 0).all() and (a == 0).all():
+        return float(low), float(high), 0.0, 0.0
+    return float(low), float(high), None, None
+
+
+def _clean(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def compare_values(
+    before: list[float | None],
+    after: list[float | None],
+    seed: int = SEED,
+    resamples: int = RESAMPLES,
+) -> dict:
+    """Before, after (means over runs), delta, percent, interval and verdict
+    of one metric from its per-run values (None: not known in that run)."""
+    b = [float(v) for v in before if v is not None]
+    a = [float(v) for v in after if v is not None]
+    mean_b, mean_a = _mean(b), _mean(a)
+    delta = None if mean_b is None or mean_a is None else mean_a - mean_b
+    result: dict = {
+        "before": _clean(mean_b),
+        "after": _clean(mean_a),
+        "delta": _clean(delta),
+        "delta_pct": _clean(percent(mean_b, mean_a)),
+        "ci_low": None,
+        "ci_high": None,
+        "ci_low_pct": None,
+        "ci_high_pct": None,
+        "significant": None,
+        "runs_before": len(b),
+        "runs_after": len(a),
+        "before_values": b,
+        "after_values": a,
+    }
+    if delta is None:
+        result["verdict"] = NOT_MEASURED
+        return result
+    if len(b) < 2 or len(a) < 2:
+        result["verdict"] = NO_CONFIDENCE
+        return result
+    low, high, low_pct, high_pct = bootstrap_ci(b, a, seed, resamples)
+    significant = bool(low > 0 or high < 0)
+    result.update(
+        ci_low=_clean(low),
+        ci_high=_clean(high),
+        ci_low_pct=_clean(low_pct),
+        ci_high_pct=_clean(high_pct),
+        significant=significant,
+        verdict=(
+            ("significant increase" if delta > 0 else "significant decrease")
+            if significant
+            else "no significant change"
+        ),
+    )
+    return result
+
+
+# -- the comparison ---------------------------------------------------------------
+
+
+def side_figures(runset: RunSet) -> list[RunFigures]:
+    return [run_figures(run.recording, run.throughput) for run in runset.runs]
+
+
+def _lock_values(
+    runs: list[RunFigures], key: LockKey, metric: str, summable: bool, seen: bool
+) -> list[float | None]:
+    """A metric's value in each run. A run that never saw the lock counts 0
+    for a summable metric the probes measure (seen: known in some run)."""
+    values = []
+    for run in runs:
+        figures = run.locks.get(key)
+        if figures is None:
+            values.append(0.0 if summable and seen else None)
+        else:
+            values.append(figures.get(metric, 0.0 if summable and seen else None))
+    return values
+
+
+def _lock_order(
+    keys: set[LockKey], before: list[RunFigures], after: list[RunFigures]
+) -> list[LockKey]:
+    """Locks by the larger side's mean wait total, then acquisitions; a
+    lock's modes stay together."""
+
+    def score(key: LockKey, metric: str) -> float:
+        best = 0.0
+        for runs in (before, after):
+            values = [r.locks.get(key, {}).get(metric) or 0.0 for r in runs]
+            best = max(best, float(np.mean(values)) if values else 0.0)
+        return best
+
+    per_lock: dict[tuple[str, str], tuple[float, float]] = {}
+    for key in keys:
+        lock = key[:2]
+        wait, acq = score(key, "wait_total_ns"), score(key, "acquisitions")
+        old = per_lock.get(lock, (0.0, 0.0))
+        per_lock[lock] = (max(old[0], wait), max(old[1], acq))
+    mode_rank = {"write": 0, "read": 1, "exclusive": 2}
+    return sorted(
+        keys,
+        key=lambda k: (
+            -per_lock[k[:2]][0],
+            -per_lock[k[:2]][1],
+            k[0],
+            mode_rank.get(k[2], 3),
+        ),
+    )
+
+
+def _cpu_metrics(keys_runs: list[RunFigures], key: LockKey) -> list[str]:
+    names = set()
+    for run in keys_runs:
+        names |= {m for m in run.locks.get(key, {}) if m.startswith("cpu")}
+
+    def order(name: str) -> tuple[int, int]:
+        cpu, metric = name.split(".", 1)
+        index = [m for m, _u in CPU_METRICS].index(metric)
+        return int(cpu[3:]), index
+
+    return sorted(names, key=order)
+
+
+def _cpu_unit(metric: str) -> str:
+    return dict(CPU_METRICS)[metric.split(".", 1)[1]]
+
+
+def lock_verdicts(
+    before: list[RunFigures],
+    after: list[RunFigures],
+    seed: int = SEED,
+    resamples: int = RESAMPLES,
+) -> list[dict]:
+    keys = {k for run in before + after for k in run.locks}
+    verdicts = []
+    for key in _lock_order(keys, before, after):
+        label, lock_class, mode = key
+        metrics = [(m, u, s) for m, u, s in LOCK_METRICS]
+        metrics += [(m, _cpu_unit(m), True) for m in _cpu_metrics(before + after, key)]
+        for metric, unit, summable in metrics:
+            seen = any(run.locks.get(key, {}).get(metric) is not None for run in before + after)
+            if not seen:
+                continue  # the probes cannot know it for this lock
+            b = _lock_values(before, key, metric, summable, seen)
+            a = _lock_values(after, key, metric, summable, seen)
+            entry = {"lock": label, "lock_class": lock_class, "mode": mode, "metric": metric}
+            entry["unit"] = unit
+            entry.update(compare_values(b, a, seed, resamples))
+            verdicts.append(entry)
+    return verdicts
+
+
+def process_name(runset: RunSet) -> str:
+    command = runset.command or (runset.runs[0].recording.meta.get("command") or [])
+    if command:
+        return Path(str(command[0])).name or str(command[0])
+    return str(runset.runs[0].recording.meta.get("target") or "?")
+
+
+def rusage_verdicts(
+    before: list[RunFigures],
+    after: list[RunFigures],
+    process: str,
+    seed: int = SEED,
+    resamples: int = RESAMPLES,
+) -> list[dict]:
+    out = []
+    for metric, unit, name in RUSAGE_METRICS:
+        b = [run.rusage.get(metric) for run in before]
+        a = [run.rusage.get(metric) for run in after]
+        if all(v is None for v in b + a):
+            continue
+        entry = {"process": process, "metric": metric, "name": name, "unit": unit}
+        entry.update(compare_values(b, a, seed, resamples))
+        out.append(entry)
+    return out
+
+
+# -- mismatch guard -----------------------------------------------------------------
+
+
+def _distinct(values: list) -> list:
+    out: list = []
+    for value in values:
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def _shown(value) -> str:
+    if isinstance(value, list):
+        return shlex.join(str(v) for v in value) if value else "(none)"
+    return str(value)
+
+
+def _mechanisms(rec: Recording) -> list[str]:
+    return sorted(
+        f"{m.get('probe')}={m.get('mechanism')}"
+        for m in rec.meta.get("mechanisms") or []
+        if isinstance(m, dict)
+    )
+
+
+def _side_values(runset: RunSet, what: str) -> list:
+    if what == "mechanisms":
+        return _distinct([_mechanisms(run.recording) for run in runset.runs])
+    if what == "command":
+        return _distinct([list(run.recording.meta.get("command") or []) for run in runset.runs])
+    return _distinct(runset.meta(what))
+
+
+MISMATCH_FIELDS = [
+    ("kernel", "kernel release", " (expected when comparing a kernel patch)"),
+    ("cpus", "CPU count", ""),
+    ("command", "command line", ""),
+    ("mechanisms", "mechanisms", " (the sides did not measure the same events)"),
+]
+
+
+def mismatch_warnings(before: RunSet, after: RunSet) -> list[str]:
+    """What differs between (or within) the sides, and other caveats."""
+    warnings = []
+    for key, name, note in MISMATCH_FIELDS:
+        b, a = _side_values(before, key), _side_values(after, key)
+        for side, values in (("before", b), ("after", a)):
+            if len(values) > 1:
+                shown = "; ".join(_shown(v) for v in values)
+                warnings.append(f"{name} differs between the {side} runs: {shown}")
+        if b != a:
+            warnings.append(
+                f"{name} differs: before {' | '.join(_shown(v) for v in b)}, "
+                f"after {' | '.join(_shown(v) for v in a)}{note}"
+            )
+    for side, runset in (("before", before), ("after", after)):
+        failed = [
+            f"run {i} exited {run.exit_status}"
+            for i, run in enumerate(runset.runs, start=1)
+            if run.exit_status not in (0, None)
+        ]
+        if failed:
+            warnings.append(f"{side}: {', '.join(failed)}")
+        lost = sum(int(run.recording.meta.get("lost_events") or 0) for run in runset.runs)
+        if lost:
+            warnings.append(
+                f"{side}: {lost:,} events lost (aggregates are exact; timelines miss them)"
+            )
+    return warnings
+
+
+def target_warnings(runset: RunSet, figures: list[RunFigures], side: str) -> list[str]:
+    """Runs of a command whose mmap_lock rows name no lock of the target.
+
+    The owner of an mmap_lock is learned from its mm's address. When the
+    command has exited, a new process can get an mm at the same address
+    before collection ends, and the lock is then filed under that owner.
+    """
+    out = []
+    for i, (run, fig) in enumerate(zip(runset.runs, figures, strict=True), start=1):
+        meta = run.recording.meta
+        if not meta.get("target_pid") or "mmap_lock" not in (meta.get("families") or []):
+            continue
+        labels = {key[0] for key in fig.locks if key[1] == "mmap_lock"}
+        command = meta.get("command") or [""]
+        expected = f"mmap_lock (target {Path(str(command[0])).name[:15]})"
+        foreign = sorted(label for label in labels if not label.startswith("mmap_lock (target "))
+        if expected not in labels and foreign:
+            out.append(
+                f"{side} run {i}: no mmap_lock is owned by the target pid "
+                f"{meta['target_pid']} ({expected[11:-1]}), but {', '.join(foreign)} is: the "
+                "command's figures may be filed under another owner (an mm address reused "
+                "after the command exited), which skews this comparison"
+            )
+    return out
+
+
+# -- the document --------------------------------------------------------------------
+
+
+def side_info(runset: RunSet) -> dict:
+    first = runset.runs[0].recording.meta
+    return {
+        "label": runset.label,
+        "source": runset.source,
+        "runs": len(runset.runs),
+        "kernel": first.get("kernel"),
+        "cpus": first.get("cpus"),
+        "command": runset.command or first.get("command"),
+        "mechanisms": _mechanisms(runset.runs[0].recording),
+        "throughput_regex": runset.throughput_regex,
+        "exit_statuses": [run.exit_status for run in runset.runs],
+    }
+
+
+def method(seed: int = SEED, resamples: int = RESAMPLES) -> dict:
+    return {
+        "name": "percentile bootstrap",
+        "statistic": "difference of the means of runs (after - before), and percent change",
+        "resampling": "runs resampled with replacement within each side",
+        "resamples": resamples,
+        "seed": seed,
+        "rng": "numpy.random.default_rng",
+        "confidence": CONFIDENCE,
+        "significant": "the interval excludes 0",
+        "requires": "at least 2 runs per side; with fewer, significant is null",
+    }
+
+
+@dataclass
+class Comparison:
+    """The JSON document (`compare --json`) and, for the HTML page, the mean
+    per-run log2 histograms of each side per lock identity and mode."""
+
+    document: dict
+    hists: dict[LockKey, dict[str, dict[str, np.ndarray]]]
+
+
+def _mean_hists(runs: list[RunFigures]) -> dict[LockKey, dict[str, np.ndarray]]:
+    out: dict[LockKey, dict[str, np.ndarray]] = {}
+    for run in runs:
+        for key, entry in run.hists.items():
+            for which, slots in entry.items():
+                slot = out.setdefault(key, {})
+                slot[which] = slot.get(which, 0) + slots / max(len(runs), 1)
+    return out
+
+
+def compare(
+    before: RunSet, after: RunSet, seed: int = SEED, resamples: int = RESAMPLES
+) -> Comparison:
+    """Compare two run sets: verdicts per lock and mode, per process, warnings."""
+    fig_b, fig_a = side_figures(before), side_figures(after)
+    process = process_name(before)
+    rusage = rusage_verdicts(fig_b, fig_a, process, seed, resamples)
+    confident = len(before.runs) >= 2 and len(after.runs) >= 2
+    document = {
+        "compare_version": COMPARE_VERSION,
+        "before": side_info(before),
+        "after": side_info(after),
+        "method": method(seed, resamples),
+        "confidence": (
+            f"{int(CONFIDENCE * 100)}% bootstrap intervals from {len(before.runs)} and "
+            f"{len(after.runs)} runs"
+            if confident
+            else "none: no confidence can be given with fewer than 2 runs per side"
+        ),
+        "warnings": mismatch_warnings(before, after)
+        + target_warnings(before, fig_b, "before")
+        + target_warnings(after, fig_a, "after"),
+        "headline": [headline(entry) for entry in rusage],
+        "verdicts": lock_verdicts(fig_b, fig_a, seed, resamples),
+        "rusage": rusage,
+    }
+    hists = {}
+    mean_b, mean_a = _mean_hists(fig_b), _mean_hists(fig_a)
+    for key in set(mean_b) | set(mean_a):
+        hists[key] = {"before": mean_b.get(key, {}), "after": mean_a.get(key, {})}
+    return Comparison(document=document, hists=hists)
+
+
+# -- words --------------------------------------------------------------------------
+
+
+def fmt_value(value: float | None, unit: str) -> str:
+    from profiler.render import fmt_ns
+
+    if value is None:
+        return "-"
+    if unit == "ns":
+        return f"-{fmt_ns(-value)}" if value < 0 else fmt_ns(value)
+    if unit == "s":
+        return f"{value:.3g} s" if abs(value) < 100 else f"{value:,.0f} s"
+    if unit == "ratio":
+        return f"{value:.3g}"
+    if float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def fmt_pct(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value != 0 and abs(value) < 0.05:
+        return f"{value:+.2g}%"  # not "-0.0%" for a real, tiny change
+    return f"{value:+.1f}%"
+
+
+def fmt_ci(entry: dict) -> str:
+    """'95% CI -14.2% to -7.0%', or why there is none."""
+    if entry.get("significant") is None:
+        return "no CI"
+    level = f"{int(CONFIDENCE * 100)}% CI"
+    if entry.get("ci_low_pct") is not None:
+        return f"{level} {fmt_pct(entry['ci_low_pct'])} to {fmt_pct(entry['ci_high_pct'])}"
+    unit = entry.get("unit", "count")
+    return f"{level} {fmt_value(entry['ci_low'], unit)} to {fmt_value(entry['ci_high'], unit)}"
+
+
+_NO_CONFIDENCE = "fewer than 2 runs per side: no confidence can be given"
+
+
+def headline(entry: dict) -> str:
+    """'sys time: 1.23 s -> 1.10 s (-10.6%, 95% CI -14.2% to -7.0%): significant decrease'."""
+    unit = entry.get("unit", "count")
+    name = entry.get("name") or entry["metric"]
+    before, after = fmt_value(entry["before"], unit), fmt_value(entry["after"], unit)
+    pct = fmt_pct(entry.get("delta_pct"))
+    if entry.get("delta") is None:
+        return f"{name}: {before} -> {after}: {entry['verdict']}"
+    if entry.get("significant") is None:
+        return f"{name}: {before} -> {after} ({pct}; {_NO_CONFIDENCE})"
+    return f"{name}: {before} -> {after} ({pct}, {fmt_ci(entry)}): {entry['verdict']}"

@@ -1,0 +1,801 @@
+"""lockprof compare and run sets, without root: synthetic run sets with known
+differences, identical sets, single runs, mismatch warnings, the .lpset
+format (round trip, corrupt files) and the bench/compare command lines'
+one-line errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from profiler import aggregate, recording, runset, schema
+from profiler import compare as cmp
+from profiler.capture import (
+    CapturedCommand,
+    OutputCapture,
+    compile_throughput,
+    parse_throughput,
+)
+from profiler.cli.main import main
+from profiler.errors import LockprofError
+from profiler.hist import slot_of
+from profiler.recording import Recording
+from profiler.runset import Run, RunSet
+
+from .helpers import EMPTY_CALLERS, interval_row
+
+SRC_MMAP = schema.const("LP_SRC_MMAP_LOCK")
+SRC_CONT = schema.const("LP_SRC_CONTENTION")
+WRITE = schema.const("LP_LCB_WRITE")
+READ = schema.const("LP_LCB_READ")
+SPIN = schema.const("LP_LCB_SPIN")
+NSLOTS = schema.const("LP_HIST_SLOTS")
+MECHANISMS = [
+    {"probe": "mmap_lock.start", "mechanism": "raw_tracepoint", "target": "x"},
+    {"probe": "contention.begin", "mechanism": "raw_tracepoint", "target": "y"},
+]
+
+
+def _hist(prefix: str, count: int, each_ns: int) -> dict:
+    slots = [0] * NSLOTS
+    slots[slot_of(each_ns, NSLOTS)] = count
+    return {
+        f"{prefix}_count": count,
+        f"{prefix}_total_ns": count * each_ns,
+        f"{prefix}_max_ns": each_ns if count else 0,
+        f"{prefix}_running_max_ns": each_ns if count else 0,
+        f"{prefix}_slots": slots,
+    }
+
+
+def make_recording(
+    writes: int,
+    sys_s: float = 1.0,
+    *,
+    reads: int = 100,
+    wait_ns: int = 200,
+    hold_ns: int = 2000,
+    spin_waits: int = 0,
+    pid: int = 4242,
+    mm: int = 0xFFFF888000100000,
+    spin: int = 0xFFFF888000200040,
+    kernel: str = "6.18.44",
+    cpus: int = 2,
+    command: tuple[str, ...] = ("/bin/work", "-n", "10"),
+    comm: str = "work",
+    mechanisms: list | None = None,
+    exit_status: int = 0,
+) -> Recording:
+    """One run: the target's mmap_lock taken `writes` times for write (half of
+    them downgraded, as munmap does), `reads` times for read, and optionally a
+    contended spinlock. Addresses and pid vary per call, as in real runs."""
+    rows = []
+    if writes:
+        rows.append(
+            interval_row(
+                mm,
+                WRITE,
+                SRC_MMAP,
+                cpu=0,
+                acquisitions=writes,
+                releases=writes - writes // 2,
+                downgrades=writes // 2,
+                **_hist("wait", writes, wait_ns),
+                **_hist("hold", writes, hold_ns),
+            )
+        )
+    if reads:
+        rows.append(
+            interval_row(
+                mm,
+                READ,
+                SRC_MMAP,
+                cpu=1,
+                acquisitions=reads,
+                releases=reads + writes // 2,
+                **_hist("wait", reads, wait_ns),
+                **_hist("hold", reads + writes // 2, hold_ns),
+            )
+        )
+    if spin_waits:
+        rows.append(
+            interval_row(
+                spin, SPIN, SRC_CONT, cpu=1, contended=spin_waits, **_hist("wait", spin_waits, 5000)
+            )
+        )
+    intervals = aggregate.intervals_frame(rows)
+    callers = pd.DataFrame(
+        [
+            {
+                "lock": spin,
+                "stack_id": 7,
+                "flags": SPIN,
+                "count": spin_waits,
+                "total_ns": 1,
+                "max_ns": 1,
+            }
+        ]
+        if spin_waits
+        else [],
+        columns=EMPTY_CALLERS.columns,
+    )
+    stacks = {7: ["_raw_spin_lock+0x10", "zap_pte_range+0x99"]}
+    locks = aggregate.name_locks(intervals, {mm: (pid, comm)}, callers, stacks)
+    meta = {
+        "kernel": kernel,
+        "cpus": cpus,
+        "mode": "run",
+        "target_pid": pid,
+        "target": f"pid {pid} ({' '.join(command)})",
+        "command": list(command),
+        "exit_status": exit_status,
+        "families": ["mmap_lock", "contention"],
+        "mechanisms": MECHANISMS if mechanisms is None else mechanisms,
+        "threshold_ns": 100_000,
+        "duration_s": 3.0,
+        "stop_reason": "command exited with status 0",
+        "lost_events": 0,
+        "errors": {},
+        "rusage": {"user_s": 0.5, "sys_s": sys_s, "elapsed_s": 3.0, "minor_faults": writes * 3},
+    }
+    return Recording(meta=meta, intervals=intervals, locks=locks)
+
+
+def make_set(label: str, specs: list[dict], throughputs=None, **common) -> RunSet:
+    runs = []
+    for i, spec in enumerate(specs):
+        rec = make_recording(
+            pid=1000 + 17 * i + (0 if label == "before" else 500),
+            mm=0xFFFF888000100000 + 0x1000 * i + (0 if label == "before" else 0x80000),
+            **{**common, **spec},
+        )
+        tp = throughputs[i] if throughputs else None
+        runs.append(Run(recording=rec, throughput=tp, stdout=f"{tp} records/s\n".encode()))
+    return RunSet(label=label, runs=runs, command=list(runs[0].recording.meta["command"]))
+
+
+def verdict(document: dict, metric: str, mode: str = "write", lock: str | None = None) -> dict:
+    lock = lock or "mmap_lock (target work)"
+    (entry,) = [
+        v
+        for v in document["verdicts"]
+        if v["lock"] == lock and v["mode"] == mode and v["metric"] == metric
+    ]
+    return entry
+
+
+def rusage_entry(document: dict, metric: str) -> dict:
+    (entry,) = [e for e in document["rusage"] if e["metric"] == metric]
+    return entry
+
+
+BEFORE = [
+    {"writes": 10_000, "sys_s": 1.20},
+    {"writes": 10_100, "sys_s": 1.25},
+    {"writes": 9_900, "sys_s": 1.24},
+]
+AFTER = [
+    {"writes": 5_000, "sys_s": 1.10},
+    {"writes": 5_050, "sys_s": 1.09},
+    {"writes": 4_950, "sys_s": 1.11},
+]
+
+
+# -- the statistics -----------------------------------------------------------------
+
+
+def test_known_difference_gives_the_expected_delta_and_significance():
+    before = make_set("before", BEFORE, throughputs=[100.0, 102.0, 98.0])
+    after = make_set("after", AFTER, throughputs=[190.0, 200.0, 210.0])
+    doc = cmp.compare(before, after).document
+    acq = verdict(doc, "acquisitions")
+    assert acq["before"] == pytest.approx(10_000)
+    assert acq["after"] == pytest.approx(5_000)
+    assert acq["delta"] == pytest.approx(-5_000)
+    assert acq["delta_pct"] == pytest.approx(-50.0)
+    assert acq["significant"] is True
+    assert acq["verdict"] == "significant decrease"
+    assert acq["ci_low_pct"] < -50 < acq["ci_high_pct"] < 0
+    assert acq["runs_before"] == acq["runs_after"] == 3
+    assert sorted(acq["before_values"]) == [9_900, 10_000, 10_100]
+    # Downgrades follow writes; hold time per acquisition did not change.
+    assert verdict(doc, "downgrades")["delta_pct"] == pytest.approx(-50.0)
+    assert verdict(doc, "hold_p99_ns")["delta_pct"] == pytest.approx(0.0)
+    assert verdict(doc, "hold_p99_ns")["significant"] is False
+    assert verdict(doc, "wait_total_ns")["delta_pct"] == pytest.approx(-50.0)
+    # Reads did not change: no significant change on the read row.
+    reads = verdict(doc, "acquisitions", mode="read")
+    assert reads["delta_pct"] == pytest.approx(0.0)
+    assert reads["significant"] is False
+    assert reads["verdict"] == "no significant change"
+    # The reader:writer ratio doubles.
+    assert verdict(doc, "reader_writer_ratio")["delta_pct"] == pytest.approx(100.0, rel=0.02)
+    # Per-CPU totals: writes were all on CPU 0.
+    assert verdict(doc, "cpu0.acquisitions")["delta_pct"] == pytest.approx(-50.0)
+    assert verdict(doc, "cpu1.acquisitions", mode="read")["delta_pct"] == pytest.approx(0.0)
+
+    sys_time = rusage_entry(doc, "sys_s")
+    assert sys_time["before"] == pytest.approx(1.23)
+    assert sys_time["after"] == pytest.approx(1.10)
+    assert sys_time["delta_pct"] == pytest.approx(-10.57, abs=0.01)
+    assert sys_time["significant"] is True
+    assert sys_time["process"] == "work"
+    throughput = rusage_entry(doc, "throughput")
+    assert throughput["delta_pct"] == pytest.approx(100.0)
+    assert throughput["verdict"] == "significant increase"
+    # The seed's headline is a line the tool prints.
+    (line,) = [h for h in doc["headline"] if h.startswith("sys time:")]
+    assert line.startswith("sys time: 1.23 s -> 1.1 s (-10.6%, 95% CI -")
+    assert line.endswith("): significant decrease")
+
+
+def test_a_difference_within_the_noise_is_not_significant():
+    before = make_set("before", [{"writes": w} for w in (1000, 1400, 800, 1200)])
+    after = make_set("after", [{"writes": w} for w in (1100, 900, 1300, 1050)])
+    acq = verdict(cmp.compare(before, after).document, "acquisitions")
+    assert acq["delta_pct"] == pytest.approx(-1.136, abs=0.01)  # 1100 -> 1087.5
+    assert acq["ci_low_pct"] < 0 < acq["ci_high_pct"]
+    assert acq["significant"] is False
+    assert acq["verdict"] == "no significant change"
+
+
+def test_identical_sets_give_no_significant_change_everywhere():
+    specs = [
+        {"writes": 1000, "sys_s": 1.0, "spin_waits": 5},
+        {"writes": 1200, "sys_s": 1.3, "spin_waits": 9},
+    ]
+    doc = cmp.compare(make_set("before", specs), make_set("after", specs)).document
+    entries = doc["verdicts"] + doc["rusage"]
+    assert len(doc["verdicts"]) > 20
+    for entry in entries:
+        assert entry["significant"] is False, entry
+        assert entry["verdict"] == "no significant change", entry
+        assert entry["delta_pct"] == pytest.approx(0.0)
+    assert doc["warnings"] == []
+    # Different addresses and pids in every run, yet one identity per lock and mode.
+    assert {(v["lock"], v["mode"]) for v in doc["verdicts"]} == {
+        ("mmap_lock (target work)", "write"),
+        ("mmap_lock (target work)", "read"),
+        ("zap_pte_range+0x99", "exclusive"),
+    }
+
+
+def test_a_lock_missing_from_some_runs_counts_zero_there():
+    before = make_set("before", [{"writes": 10, "spin_waits": 6}, {"writes": 10, "spin_waits": 0}])
+    after = make_set("after", [{"writes": 10}, {"writes": 10}])
+    spin = verdict(
+        cmp.compare(before, after).document, "contended", "exclusive", "zap_pte_range+0x99"
+    )
+    assert spin["before_values"] == [6.0, 0.0]
+    assert spin["after_values"] == [0.0, 0.0]
+    assert spin["delta_pct"] == pytest.approx(-100.0)
+    # Percentiles of a lock a run never saw are unknown there, not 0.
+    wait = verdict(
+        cmp.compare(before, after).document, "wait_p99_ns", "exclusive", "zap_pte_range+0x99"
+    )
+    assert wait["runs_before"] == 1 and wait["runs_after"] == 0
+    assert wait["verdict"] == "not measured on both sides"
+
+
+def test_single_run_per_side_gives_no_confidence():
+    before = make_set("before", [{"writes": 10_000, "sys_s": 1.23}])
+    after = make_set("after", [{"writes": 5_000, "sys_s": 1.10}])
+    doc = cmp.compare(before, after).document
+    acq = verdict(doc, "acquisitions")
+    assert acq["delta_pct"] == pytest.approx(-50.0)
+    assert acq["significant"] is None
+    assert acq["ci_low_pct"] is None and acq["ci_high_pct"] is None
+    assert "no confidence" in acq["verdict"]
+    assert doc["confidence"].startswith("none: no confidence can be given")
+    (line,) = [h for h in doc["headline"] if h.startswith("sys time")]
+    assert line == (
+        "sys time: 1.23 s -> 1.1 s (-10.6%; fewer than 2 runs per side: no confidence can be given)"
+    )
+    # Two runs against one: still no interval.
+    two = make_set("before", [{"writes": 10_000}, {"writes": 10_000}])
+    assert verdict(cmp.compare(two, after).document, "acquisitions")["significant"] is None
+
+
+def test_the_bootstrap_is_deterministic_and_states_its_seed():
+    before = make_set("before", [{"writes": w} for w in (1000, 1300, 900, 1111, 1234, 987)])
+    after = make_set("after", [{"writes": w} for w in (800, 1250, 700, 1001, 1100, 950)])
+    first = cmp.compare(before, after).document
+    again = cmp.compare(before, after).document
+    assert json.dumps(first["verdicts"]) == json.dumps(again["verdicts"])
+    assert first["method"]["seed"] == cmp.SEED
+    assert first["method"]["name"] == "percentile bootstrap"
+    other = cmp.compare(before, after, seed=cmp.SEED + 1).document
+    assert other["method"]["seed"] == cmp.SEED + 1
+    assert (
+        verdict(other, "acquisitions")["ci_low_pct"] != verdict(first, "acquisitions")["ci_low_pct"]
+    )
+
+
+def test_bootstrap_interval_covers_the_spread():
+    low, high, low_pct, high_pct = cmp.bootstrap_ci([10, 12, 14], [20, 22, 24])
+    # Resampled means range over [10, 14] and [20, 24]: the difference over [6, 14].
+    assert 6 <= low < 10 < high <= 14
+    assert low_pct is not None and high_pct is not None
+    assert 6 / 14 * 100 <= low_pct < 10 / 12 * 100 < high_pct <= 14 / 10 * 100
+    # Zero before: an absolute interval, no percent.
+    low, high, low_pct, high_pct = cmp.bootstrap_ci([0, 0, 1], [5, 6, 7])
+    assert low > 0 and low_pct is None and high_pct is None
+
+
+def test_percent_edge_cases():
+    assert cmp.percent(0, 0) == 0.0
+    assert cmp.percent(0, 5) is None
+    assert cmp.percent(None, 5) is None
+    assert cmp.percent(200, 150) == pytest.approx(-25.0)
+
+
+def test_headline_formats():
+    entry = {
+        "name": "sys time",
+        "metric": "sys_s",
+        "unit": "s",
+        "before": 1.23,
+        "after": 1.10,
+        "delta": -0.13,
+        "delta_pct": -10.569,
+        "ci_low_pct": -14.2,
+        "ci_high_pct": -7.0,
+        "ci_low": -0.17,
+        "ci_high": -0.09,
+        "significant": True,
+        "verdict": "significant decrease",
+    }
+    assert cmp.headline(entry) == (
+        "sys time: 1.23 s -> 1.1 s (-10.6%, 95% CI -14.2% to -7.0%): significant decrease"
+    )
+
+
+# -- lock identity -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "row,target,expected",
+    [
+        (
+            {"lock_class": "mmap_lock", "owner_pid": 7, "owner_comm": "ebizzy"},
+            7,
+            "mmap_lock (target ebizzy)",
+        ),
+        ({"lock_class": "mmap_lock", "owner_pid": 8, "owner_comm": "cat"}, 7, "mmap_lock (cat)"),
+        (
+            {"lock_class": "mmap_lock", "owner_pid": None, "owner_comm": None},
+            7,
+            "mmap_lock (owner unknown)",
+        ),
+        ({"lock_class": "rwsem", "lock": "do_mmap+0x1a (0xffff888001234000)"}, 7, "do_mmap+0x1a"),
+        ({"lock_class": "mutex", "lock": "mutex 0xffff888001234000"}, 7, "mutex (unnamed)"),
+        ({"lock_class": "spinlock", "lock": "tasklist_lock"}, 7, "tasklist_lock"),
+    ],
+)
+def test_lock_identity_leaves_out_addresses_and_pids(row, target, expected):
+    assert cmp.lock_identity(row, target)[0] == expected
+
+
+def test_the_pre_exec_mm_of_run_is_kept_apart_from_the_command(rec):
+    """Under `run`, the target pid owned lockprof's pre-exec mm for a moment:
+    the command's mmap_lock is matched only with the command's."""
+    figures = cmp.run_figures(rec)
+    labels = {key[0] for key in figures.locks}
+    assert "mmap_lock (target mmapcount)" in labels
+    assert "mmap_lock (target lockprof)" in labels
+    command = figures.locks[("mmap_lock (target mmapcount)", "mmap_lock", "write")]
+    assert command["acquisitions"] == 2030
+
+
+# -- mismatch guard -----------------------------------------------------------------
+
+
+def test_mismatches_are_warned_about():
+    before = make_set("before", [{"writes": 10}, {"writes": 10}])
+    after = make_set(
+        "after",
+        [{"writes": 10}, {"writes": 10}],
+        kernel="6.18.45-rw_mutex",
+        cpus=4,
+        command=("/bin/work", "-n", "10", "-R"),
+        mechanisms=[{"probe": "mmap_lock.start", "mechanism": "tracepoint", "target": "x"}],
+    )
+    warnings = cmp.compare(before, after).document["warnings"]
+    text = "\n".join(warnings)
+    assert "kernel release differs: before 6.18.44, after 6.18.45-rw_mutex" in text
+    assert "expected when comparing a kernel patch" in text
+    assert "CPU count differs: before 2, after 4" in text
+    assert "command line differs: before /bin/work -n 10, after /bin/work -n 10 -R" in text
+    assert "mechanisms differs" in text
+    assert len(warnings) == 4
+
+
+def test_differences_within_a_side_and_failed_runs_are_warned_about():
+    before = make_set(
+        "before", [{"writes": 10}, {"writes": 10, "kernel": "6.19.0", "exit_status": 1}]
+    )
+    after = make_set("after", [{"writes": 10}, {"writes": 10}])
+    warnings = cmp.compare(before, after).document["warnings"]
+    assert "kernel release differs between the before runs: 6.18.44; 6.19.0" in warnings
+    assert "before: run 2 exited 1" in warnings
+
+
+def test_cli_prints_warnings_on_stderr_and_in_json(tmp_path, capsys):
+    before = make_set("before", [{"writes": 10}])
+    after = make_set("after", [{"writes": 10}], kernel="6.19.0")
+    runset.save(before, tmp_path / "b.lpset")
+    runset.save(after, tmp_path / "a.lpset")
+    code = main(["compare", str(tmp_path / "b.lpset"), str(tmp_path / "a.lpset"), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    document = json.loads(out)
+    assert any("kernel release differs" in w for w in document["warnings"])
+    assert "lockprof: warning: kernel release differs" in err
+
+
+# -- the JSON document and the terminal ---------------------------------------------
+
+
+def test_json_document_shape(tmp_path, capsys):
+    before = make_set("before", BEFORE, throughputs=[100.0, 102.0, 98.0])
+    after = make_set("after", AFTER, throughputs=[190.0, 200.0, 210.0])
+    runset.save(before, tmp_path / "before.lpset")
+    runset.save(after, tmp_path / "after.lpset")
+    code = main(
+        ["compare", str(tmp_path / "before.lpset"), str(tmp_path / "after.lpset"), "--json"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["compare_version"] == 1
+    assert document["before"]["runs"] == 3 and document["before"]["label"] == "before"
+    required = {
+        "lock",
+        "mode",
+        "metric",
+        "before",
+        "after",
+        "delta_pct",
+        "ci_low_pct",
+        "ci_high_pct",
+        "significant",
+    }
+    for entry in document["verdicts"]:
+        assert required <= set(entry)
+    for entry in document["rusage"]:
+        assert required - {"lock", "mode"} <= set(entry)
+    assert {e["metric"] for e in document["rusage"]} == {
+        "user_s",
+        "sys_s",
+        "elapsed_s",
+        "minor_faults",
+        "throughput",
+    }
+    assert document["method"]["seed"] == cmp.SEED
+
+
+def test_terminal_output_shows_headline_and_verdicts(tmp_path, capsys):
+    before = make_set("before", BEFORE)
+    after = make_set("after", AFTER)
+    runset.save(before, tmp_path / "before.lpset")
+    runset.save(after, tmp_path / "after.lpset")
+    code = main(["compare", str(tmp_path / "before.lpset"), str(tmp_path / "after.lpset")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "sys time: 1.23 s -> 1.1 s (-10.6%, 95% CI" in out
+    assert "mmap_lock (target work)" in out
+    assert "significant decrease" in out
+    assert "seed 20070517" in out
+
+
+def test_compare_writes_an_html_page(tmp_path, capsys):
+    hostile = "<img src=x onerror=alert(1)>"
+    before = make_set("before", BEFORE, comm=hostile)
+    after = make_set("after", AFTER, comm=hostile)
+    runset.save(before, tmp_path / "before.lpset")
+    runset.save(after, tmp_path / "after.lpset")
+    page = tmp_path / "compare.html"
+    code = main(
+        ["compare", str(tmp_path / "before.lpset"), str(tmp_path / "after.lpset"), "-o", str(page)]
+    )
+    _out, err = capsys.readouterr()
+    assert code == 0, err
+    html = page.read_text()
+    assert stat.S_IMODE(page.stat().st_mode) == 0o600
+    assert hostile not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "sys time: 1.23 s -&gt; 1.1 s (-10.6%, 95% CI" in html
+    assert 'id="verdict-table"' in html
+    assert "http://" not in html.split("<script", 1)[0]  # the head loads nothing
+
+
+# -- run sets ---------------------------------------------------------------------
+
+
+def test_lpset_round_trip(tmp_path):
+    original = make_set("before", BEFORE, throughputs=[100.5, 101.0, 99.5])
+    original.throughput_regex = r"(\d+) records/s"
+    path = runset.save(original, tmp_path / "x.lpset")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    loaded = runset.load(path)
+    assert loaded.label == "before"
+    assert loaded.command == ["/bin/work", "-n", "10"]
+    assert loaded.throughput_regex == r"(\d+) records/s"
+    assert [r.throughput for r in loaded.runs] == [100.5, 101.0, 99.5]
+    assert [r.stdout for r in loaded.runs] == [r.stdout for r in original.runs]
+    for a, b in zip(original.runs, loaded.runs, strict=True):
+        assert a.rusage == b.rusage
+        assert a.exit_status == b.exit_status == 0
+        pd.testing.assert_frame_equal(
+            a.recording.intervals.reset_index(drop=True),
+            b.recording.intervals,
+            check_dtype=False,
+        )
+    with zipfile.ZipFile(path) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        assert manifest["format"] == "lockprof-runset"
+        assert manifest["schema_version"] == 1
+        assert [r["throughput"] for r in manifest["runs"]] == [100.5, 101.0, 99.5]
+        assert manifest["runs"][0]["rusage"]["sys_s"] == 1.20
+        # Each run's recording is a plain .lpr that `lockprof show` reads.
+        (tmp_path / "one.lpr").write_bytes(archive.read(manifest["runs"][0]["recording"]))
+    assert recording.load(tmp_path / "one.lpr").meta["rusage"]["sys_s"] == 1.20
+    # The same comparison from the file as from memory.
+    after = make_set("after", AFTER)
+    assert (
+        cmp.compare(loaded, after).document["verdicts"]
+        == cmp.compare(original, after).document["verdicts"]
+    )
+
+
+def test_a_single_recording_is_a_side_of_one_run(recording_path):
+    side = runset.load_side(recording_path)
+    assert len(side.runs) == 1
+    assert side.label == "mmapcount-1000"
+    assert side.runs[0].throughput is None
+    doc = cmp.compare(side, side).document
+    assert doc["confidence"].startswith("none")
+    assert verdict(doc, "acquisitions", lock="mmap_lock (target mmapcount)")["before"] == 2030
+
+
+def _zip(path: Path, members: dict[str, bytes | str]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _good_manifest(**changes) -> str:
+    manifest = runset.manifest(make_set("x", [{"writes": 1}]))
+    manifest.update(changes)
+    return json.dumps(manifest)
+
+
+@pytest.fixture
+def good_lpr_bytes() -> bytes:
+    return recording.dumps(make_recording(10))
+
+
+@pytest.mark.parametrize(
+    "members,message",
+    [
+        (None, "not a lockprof run set or recording"),
+        ({"other.txt": "x"}, "not a lockprof run set or recording"),
+        ({"manifest.json": "{not json"}, "manifest.json is not JSON"),
+        ({"manifest.json": json.dumps({"format": "something"})}, "not a lockprof run set"),
+        ({"manifest.json": _good_manifest(schema_version=99)}, "newer than this lockprof reads"),
+        ({"manifest.json": _good_manifest(schema_version="1")}, "no valid schema version"),
+        ({"manifest.json": _good_manifest(runs=[])}, "lists no runs"),
+        ({"manifest.json": _good_manifest(runs=["x"])}, "runs are not objects"),
+        ({"manifest.json": _good_manifest(label=None)}, "has no label"),
+        ({"manifest.json": _good_manifest()}, "runs/001.lpr is missing"),
+        (
+            {"manifest.json": _good_manifest(), "runs/001.lpr": b"garbage"},
+            "runs/001.lpr: not a lockprof recording",
+        ),
+    ],
+)
+def test_corrupt_lpset_is_one_line_error(tmp_path, members, message):
+    path = tmp_path / "bad.lpset"
+    if members is None:
+        path.write_bytes(b"this is not a zip file at all")
+    else:
+        _zip(path, members)
+    with pytest.raises(LockprofError) as info:
+        runset.load_side(path)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith(str(path))
+
+
+def test_bad_throughput_in_manifest_is_one_line_error(tmp_path, good_lpr_bytes):
+    manifest = json.loads(_good_manifest())
+    manifest["runs"][0]["throughput"] = "fast"
+    path = _zip(
+        tmp_path / "bad.lpset",
+        {"manifest.json": json.dumps(manifest), "runs/001.lpr": good_lpr_bytes},
+    )
+    with pytest.raises(LockprofError, match="run 1 throughput is not a number"):
+        runset.load(path)
+
+
+def test_truncated_lpset_is_one_line_error(tmp_path):
+    good = runset.save(make_set("before", BEFORE), tmp_path / "good.lpset").read_bytes()
+    for cut in (len(good) // 3, len(good) - 30):
+        path = tmp_path / f"cut{cut}.lpset"
+        path.write_bytes(good[:cut])
+        with pytest.raises(LockprofError) as info:
+            runset.load_side(path)
+        assert "\n" not in str(info.value)
+        assert str(info.value).startswith(f"{path}: ")
+    # Cut inside the set's own directory, zipfile would find the last run's
+    # (a stored zip) and read a single recording: the set is refused instead.
+    path = tmp_path / "cut.lpset"
+    path.write_bytes(good[:-30])
+    with pytest.raises(LockprofError, match="corrupt run set: truncated or damaged"):
+        runset.load_side(path)
+    with pytest.raises(LockprofError, match="corrupt run set: truncated or damaged"):
+        runset.load(path)
+
+
+def test_empty_set_is_refused(tmp_path):
+    with pytest.raises(LockprofError, match="at least one run"):
+        runset.save(RunSet(label="x"), tmp_path / "x.lpset")
+
+
+def test_save_failure_keeps_the_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(LockprofError, match="data kept in"):
+        runset.save(make_set("x", [{"writes": 1}]), tmp_path / "missing-dir" / "x.lpset")
+
+
+# -- command lines ------------------------------------------------------------------
+
+
+def _one_line(code: int, err: str) -> str:
+    assert code != 0
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lockprof: ")
+    return lines[0]
+
+
+def test_compare_missing_file_is_one_line(tmp_path, capsys, recording_path):
+    code = main(["compare", str(tmp_path / "nope.lpset"), str(recording_path)])
+    assert "no such file" in _one_line(code, capsys.readouterr().err)
+
+
+def test_compare_corrupt_set_is_one_line(tmp_path, capsys, recording_path):
+    bad = tmp_path / "bad.lpset"
+    bad.write_bytes(b"PK\x03\x04 but not really")
+    code = main(["compare", str(recording_path), str(bad)])
+    assert "bad.lpset" in _one_line(code, capsys.readouterr().err)
+
+
+def test_compare_unwritable_html_is_one_line(tmp_path, capsys, recording_path):
+    code = main(
+        ["compare", str(recording_path), str(recording_path), "-o", str(tmp_path / "no" / "c.html")]
+    )
+    assert "does not exist" in _one_line(code, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("runs", ["0", "-2"])
+def test_bench_zero_runs_is_one_line(tmp_path, capsys, runs):
+    code = main(["bench", "--runs", runs, "-o", str(tmp_path / "x.lpset"), "--", "true"])
+    line = _one_line(code, capsys.readouterr().err)
+    assert "--runs must be between 1 and" in line
+    assert not (tmp_path / "x.lpset").exists()
+
+
+def test_bench_command_not_found_is_one_line(tmp_path, capsys):
+    code = main(["bench", "-o", str(tmp_path / "x.lpset"), "--", "no-such-command-lockprof"])
+    assert _one_line(code, capsys.readouterr().err) == (
+        "lockprof: command not found: no-such-command-lockprof"
+    )
+    code = main(["bench", "-o", str(tmp_path / "x.lpset"), "--", str(tmp_path / "missing")])
+    assert "command not found" in _one_line(code, capsys.readouterr().err)
+    code = main(["bench", "-o", str(tmp_path / "x.lpset"), "--", str(tmp_path)])
+    assert "not executable" in _one_line(code, capsys.readouterr().err)
+
+
+def test_bench_bad_regex_and_output_are_one_line(tmp_path, capsys):
+    code = main(["bench", "--throughput-regex", "(", "-o", str(tmp_path / "x.lpset"), "--", "true"])
+    assert "--throughput-regex" in _one_line(code, capsys.readouterr().err)
+    code = main(["bench", "-o", str(tmp_path / "no" / "x.lpset"), "--", "true"])
+    assert "does not exist" in _one_line(code, capsys.readouterr().err)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="checks the privilege error of a normal user")
+def test_bench_without_privileges_is_one_line(tmp_path, capsys):
+    code = main(["bench", "-o", str(tmp_path / "x.lpset"), "--", "true"])
+    assert "needs root" in _one_line(code, capsys.readouterr().err)
+
+
+# -- capturing stdout and throughput -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pattern,text,expected",
+    [
+        (r"(\d+) records/s", "1 records in 3 s\n12345 records/s\n", 12345.0),
+        (r"(\d+) records/s", "5 records/s\n7 records/s\n", 7.0),  # the last match
+        (r"records/s", "1,234.5 records/s\n", None),  # no number inside the match
+        (r"[\d,.]+ records/s", "1,234.5 records/s\n", 1234.5),
+        (r"rate=(\S+)", "rate=fast", None),
+        (r"(\d+) ops", "nothing here", None),
+    ],
+)
+def test_parse_throughput(pattern, text, expected):
+    assert parse_throughput(compile_throughput(pattern), text) == expected
+
+
+def test_captured_command_keeps_and_echoes_stdout():
+    """The command's stdout goes to the capture (and the echo), not to ours."""
+    echo = io.BytesIO()
+    capture = OutputCapture(echo, cap=1 << 20)
+    target = CapturedCommand(
+        [sys.executable, "-c", "import sys; print('42 records/s'); print('x' * 100000)"],
+        capture.write_fd,
+    )
+    capture.start()
+    target.begin()
+    while target.poll() is None:
+        pass
+    output = capture.finish()
+    assert target.exit_status == 0
+    assert output.startswith(b"42 records/s\n")
+    assert len(output) == len("42 records/s\n") + 100001
+    assert echo.getvalue() == output
+    assert not capture.truncated
+    assert parse_throughput(compile_throughput(r"(\d+) records/s"), output.decode()) == 42.0
+
+
+def test_capture_is_capped():
+    capture = OutputCapture(None, cap=1000)
+    target = CapturedCommand([sys.executable, "-c", "print('y' * 5000)"], capture.write_fd)
+    capture.start()
+    target.begin()
+    while target.poll() is None:
+        pass
+    output = capture.finish()
+    assert output == b"y" * 1000
+    assert capture.truncated
+
+
+def test_histograms_are_kept_for_the_page():
+    before = make_set("before", BEFORE)
+    after = make_set("after", AFTER)
+    result = cmp.compare(before, after)
+    sides = result.hists[("mmap_lock (target work)", "mmap_lock", "write")]
+    assert np.sum(sides["before"]["wait"]) == pytest.approx(10_000)
+    assert np.sum(sides["after"]["wait"]) == pytest.approx(5_000)
+
+
+def test_a_target_mmap_lock_filed_under_another_owner_is_warned_about():
+    """The owner of an mm address can change when the command's mm is freed
+    and reused by a new process before collection ends."""
+    before = make_set("before", [{"writes": 10}, {"writes": 10}])
+    after = make_set("after", [{"writes": 10}, {"writes": 10}])
+    moved = after.runs[1].recording
+    moved.locks["owner_pid"] = moved.locks["owner_pid"].where(moved.locks["owner_pid"].isna(), 9999)
+    moved.locks["owner_comm"] = moved.locks["owner_comm"].where(
+        moved.locks["owner_comm"].isna(), "python"
+    )
+    warnings = cmp.compare(before, after).document["warnings"]
+    (warning,) = warnings
+    assert warning.startswith("after run 2: no mmap_lock is owned by the target pid")
+    assert "mmap_lock (python)" in warning
+    assert cmp.compare(before, before).document["warnings"] == []
