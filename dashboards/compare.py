@@ -144,8 +144,9 @@ def locks_figure(document: dict, limit: int = TOP_LOCKS) -> go.Figure:
     fig = make_subplots(
         rows=len(metrics),
         cols=1,
+        shared_xaxes=True,  # lock names once, under the last row
         subplot_titles=[text(m) for m in metrics],
-        vertical_spacing=0.28 / max(len(metrics), 1),
+        vertical_spacing=0.2 / max(len(metrics), 1),
     )
     for row, metric in enumerate(metrics, start=1):
         entries, labels = [], []
@@ -157,10 +158,15 @@ def locks_figure(document: dict, limit: int = TOP_LOCKS) -> go.Figure:
         _side_bars(fig, entries, labels, row, 1)
         unit = entries[0]["unit"] if entries else "count"
         fig.update_yaxes(title_text=_axis_title(unit), row=row, col=1)
+    fig.update_xaxes(
+        type="category",
+        categoryorder="array",
+        categoryarray=[text(f"{lock} {mode}") for lock, mode in chosen],
+    )
     fig.update_layout(
         barmode="group",
         scattermode="group",
-        height=260 * len(metrics) + 80,
+        height=220 * len(metrics) + 160,
         margin={"l": 60, "r": 20, "t": 40, "b": 40},
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"},
     )
