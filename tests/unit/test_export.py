@@ -250,3 +250,18 @@ def test_html_path_is_checked_before_collecting(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "collect", must_not_run)
     with pytest.raises(profiler.recording.LockprofError, match="does not exist"):
         collect(tmp_path, tmp_path / "missing" / "r.html")
+
+
+def test_report_of_a_recording_with_a_broken_table(capsys, tmp_path):
+    rec = profiler.load(HOSTILE)
+    rec.events = rec.events.drop(columns=["comm"])
+    broken = recording.save(rec, tmp_path / "broken.lpr")
+    code, _out, err = run_main(capsys, "report", broken, "-o", tmp_path / "r.html")
+    line = one_error_line(code, err)
+    assert line == f"lockprof: {broken}: corrupt recording: table events lacks column comm"
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_folded_to_a_directory(capsys, tmp_path):
+    code, _out, err = run_main(capsys, "export", HOSTILE, "--folded", tmp_path)
+    assert "is a directory" in one_error_line(code, err)
