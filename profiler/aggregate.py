@@ -283,35 +283,60 @@ def _top_callers(callers: pd.DataFrame, stacks: dict[int, list[str]]) -> dict[in
 # -- summary --------------------------------------------------------------------
 
 
-def _hist_of(group: pd.DataFrame, prefix: str) -> dict | None:
-    if group.empty:
-        return None
-    slots = np.sum(np.array(group[f"{prefix}_slots"].tolist(), dtype=np.uint64), axis=0)
+_SUMMED = [*COUNTER_COLUMNS, "wait_count", "wait_total_ns", "hold_count", "hold_total_ns"]
+_MAXED = ["wait_running_max_ns", "hold_running_max_ns"]
+
+
+def _reduce(codes: np.ndarray, n: int, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Sum (maximum for running maxima) each column's values over the rows
+    sharing a code; 2-D columns (histogram slots) are summed row-wise."""
+    out = {}
+    for name, values in columns.items():
+        acc = np.zeros((n, *values.shape[1:]), dtype=np.uint64)
+        if name in _MAXED:
+            np.maximum.at(acc, codes, values)
+        else:
+            np.add.at(acc, codes, values)
+        out[name] = acc
+    return out
+
+
+def _slots_matrix(column: pd.Series) -> np.ndarray:
+    if column.empty:
+        return np.zeros((0, schema.const("LP_HIST_SLOTS")), dtype=np.uint64)
+    return np.stack([np.asarray(v, dtype=np.uint64) for v in column.to_numpy()])
+
+
+def _columns_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    columns = {name: frame[name].to_numpy(dtype=np.uint64) for name in _SUMMED + _MAXED}
+    for h in ("wait", "hold"):
+        columns[f"{h}_slots"] = _slots_matrix(frame[f"{h}_slots"])
+    return columns
+
+
+def _hist_at(totals: dict[str, np.ndarray], i: int, prefix: str) -> dict:
     return hist.summarize(
-        int(group[f"{prefix}_count"].sum()),
-        int(group[f"{prefix}_total_ns"].sum()),
+        int(totals[f"{prefix}_count"][i]),
+        int(totals[f"{prefix}_total_ns"][i]),
         # The largest running maximum is the largest sample of the whole
         # collection (summaries cover whole recordings).
-        int(group[f"{prefix}_running_max_ns"].max()),
-        slots,
+        int(totals[f"{prefix}_running_max_ns"][i]),
+        totals[f"{prefix}_slots"][i],
     )
 
 
-def _per_cpu(mmap_rows: pd.DataFrame, contention_rows: pd.DataFrame) -> list[dict]:
-    rows = mmap_rows if not mmap_rows.empty else contention_rows
-    out = []
-    for cpu, group in rows.groupby("cpu"):
-        assert isinstance(cpu, int | np.integer)
-        out.append(
-            {
-                "cpu": int(cpu),
-                "acquisitions": int(group["acquisitions"].sum()) if not mmap_rows.empty else None,
-                "contended": int(group["contended"].sum()),
-                "wait_total_ns": int(group["wait_total_ns"].sum()),
-                "hold_total_ns": int(group["hold_total_ns"].sum()) if not mmap_rows.empty else None,
-            }
-        )
-    return out
+def _per_cpu_rows(cpus: list[tuple[int, int]], totals: dict[str, np.ndarray], mmap: bool):
+    """cpus: (cpu, row index in totals), sorted by cpu."""
+    return [
+        {
+            "cpu": cpu,
+            "acquisitions": int(totals["acquisitions"][i]) if mmap else None,
+            "contended": int(totals["contended"][i]),
+            "wait_total_ns": int(totals["wait_total_ns"][i]),
+            "hold_total_ns": int(totals["hold_total_ns"][i]) if mmap else None,
+        }
+        for cpu, i in cpus
+    ]
 
 
 def summary_rows(intervals: pd.DataFrame, locks: pd.DataFrame, families: list[str]) -> list[dict]:
@@ -322,52 +347,94 @@ def summary_rows(intervals: pd.DataFrame, locks: pd.DataFrame, families: list[st
     merged: acquisitions, wait and hold come from the former, the contended
     wait distribution from the latter. Figures the attached probes cannot know
     are None.
+
+    Vectorised: one pass sums every (lock, mode, family, cpu) group, a
+    second sums those over CPUs (the live view calls this every interval).
     """
     if intervals.empty:
         return []
     merged = intervals.merge(locks, on=KEY_COLUMNS, how="left")
-    src_mmap = schema.const("LP_SRC_MMAP_LOCK")
+    merged = merged[merged["mode"].notna()]
+    if merged.empty:
+        return []
     identities = _lock_identities(merged)
-    result = []
-    for (lock, mode), group in merged.groupby(["lock", "mode"], sort=False):
-        mmap_rows = group[group["source"] == src_mmap]
-        cont_rows = group[group["source"] != src_mmap]
-        ident = identities[int(lock)]  # type: ignore[call-overload]
-        has_mmap = not mmap_rows.empty or (
-            ident["lock_class"] == "mmap_lock" and "mmap_lock" in families
-        )
-        row = {
-            "lock": ident["name"],
-            "lock_class": ident["lock_class"],
-            "mode": mode,
-            "lock_addr": f"{int(lock):#x}",  # type: ignore[call-overload]
-            "owner_pid": ident["owner_pid"],
-            "owner_comm": ident["owner_comm"],
+    src_mmap = schema.const("LP_SRC_MMAP_LOCK")
+    keys = pd.DataFrame(
+        {
+            "lock": merged["lock"].to_numpy(dtype=np.uint64),
+            "mode": merged["mode"].to_numpy(),
+            "mmap": (merged["source"] == src_mmap).to_numpy(),
+            "cpu": merged["cpu"].to_numpy(dtype=np.int64),
         }
-        if has_mmap:
-            row["acquisitions"] = int(mmap_rows["acquisitions"].sum())
-            row["contended"] = (
-                int(mmap_rows["contended"].sum()) if "contention" in families else None
+    )
+    codes, cpu_keys = pd.MultiIndex.from_frame(keys).factorize()
+    per_cpu = _reduce(codes, len(cpu_keys), _columns_of(merged))
+    family_keys = [(lock, mode, mmap) for lock, mode, mmap, _cpu in cpu_keys]
+    family_codes, families_seen = pd.factorize(pd.Series(family_keys, dtype=object))
+    totals = _reduce(family_codes, len(families_seen), per_cpu)
+    family_index = {key: i for i, key in enumerate(families_seen)}
+    cpus_of: dict[tuple, list[tuple[int, int]]] = {}
+    for i, (lock, mode, mmap, cpu) in enumerate(cpu_keys):
+        cpus_of.setdefault((lock, mode, mmap), []).append((int(cpu), i))
+    result = []
+    for lock, mode in dict.fromkeys((lock, mode) for lock, mode, _m in families_seen):
+        result.append(
+            _summary_row(
+                int(lock),
+                mode,
+                identities[int(lock)],
+                families,
+                family_index,
+                totals,
+                cpus_of,
+                per_cpu,
             )
-            row["releases"] = int(mmap_rows["releases"].sum())
-            row["downgrades"] = int(mmap_rows["downgrades"].sum())
-            row["trylock_failures"] = int(mmap_rows["failures"].sum())
-            row["wait_ns"] = _hist_of(mmap_rows, "wait")
-            row["hold_ns"] = _hist_of(mmap_rows, "hold")
-        else:
-            row["acquisitions"] = None
-            row["contended"] = int(cont_rows["contended"].sum())
-            row["releases"] = None
-            row["downgrades"] = None
-            row["trylock_failures"] = None
-            row["wait_ns"] = _hist_of(cont_rows, "wait")
-            row["hold_ns"] = None
-        row["contended_wait_ns"] = _hist_of(cont_rows, "wait") if not cont_rows.empty else None
-        row["per_cpu"] = _per_cpu(mmap_rows, cont_rows)
-        result.append(row)
+        )
     _add_reconciliation(result)
     result.sort(key=lambda r: (r["wait_ns"] or {}).get("total") or 0, reverse=True)
     return result
+
+
+def _summary_row(lock, mode, ident, families, family_index, totals, cpus_of, per_cpu) -> dict:
+    m = family_index.get((lock, mode, True))
+    c = family_index.get((lock, mode, False))
+    has_mmap = m is not None or (ident["lock_class"] == "mmap_lock" and "mmap_lock" in families)
+    row = {
+        "lock": ident["name"],
+        "lock_class": ident["lock_class"],
+        "mode": mode,
+        "lock_addr": f"{lock:#x}",
+        "owner_pid": ident["owner_pid"],
+        "owner_comm": ident["owner_comm"],
+    }
+    if has_mmap:
+
+        def count(name: str) -> int:
+            return int(totals[name][m]) if m is not None else 0
+
+        row["acquisitions"] = count("acquisitions")
+        row["contended"] = count("contended") if "contention" in families else None
+        row["releases"] = count("releases")
+        row["downgrades"] = count("downgrades")
+        row["trylock_failures"] = count("failures")
+        row["wait_ns"] = _hist_at(totals, m, "wait") if m is not None else None
+        row["hold_ns"] = _hist_at(totals, m, "hold") if m is not None else None
+    else:
+        row["acquisitions"] = None
+        row["contended"] = int(totals["contended"][c]) if c is not None else 0
+        row["releases"] = None
+        row["downgrades"] = None
+        row["trylock_failures"] = None
+        row["wait_ns"] = _hist_at(totals, c, "wait") if c is not None else None
+        row["hold_ns"] = None
+    row["contended_wait_ns"] = _hist_at(totals, c, "wait") if c is not None else None
+    if m is not None:
+        row["per_cpu"] = _per_cpu_rows(sorted(cpus_of[(lock, mode, True)]), per_cpu, True)
+    elif c is not None:
+        row["per_cpu"] = _per_cpu_rows(sorted(cpus_of[(lock, mode, False)]), per_cpu, False)
+    else:
+        row["per_cpu"] = []
+    return row
 
 
 def _lock_identities(merged: pd.DataFrame) -> dict[int, dict]:
