@@ -1,0 +1,123 @@
+"""lockprof bench and compare on real eBPF.
+
+mmapcount -n N does exactly N mmap+munmap pairs, i.e. 2N write acquisitions
+of its mmap_lock (plus a constant few from exec, the dynamic loader and the
+warm-up pair). Three runs of N and three of N/2 must compare to about -50%
+write acquisitions on the command's own mmap_lock, marked significant.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import zipfile
+
+import pytest
+from conftest import BIN, LOCKPROF
+
+PAIRS = 20_000
+
+
+def bench(tmp_path, label: str, pairs: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            *LOCKPROF,
+            "bench",
+            "--runs",
+            "3",
+            "--label",
+            label,
+            "-o",
+            f"{label}.lpset",
+            "--throughput-regex",
+            r"(\d+) pairs",  # mmapcount prints nothing: no throughput
+            "--",
+            str(BIN / "mmapcount"),
+            "-n",
+            str(pairs),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("compare")
+    results = {
+        "before": bench(tmp_path, "before", PAIRS),
+        "after": bench(tmp_path, "after", PAIRS // 2),
+    }
+    return tmp_path, results
+
+
+def test_bench_writes_a_set_of_three_runs(sets):
+    tmp_path, results = sets
+    for label, proc in results.items():
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert f"run set '{label}' with 3 runs written to {label}.lpset" in proc.stderr
+        assert "matched no number in the command's stdout" in proc.stderr
+        path = tmp_path / f"{label}.lpset"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        with zipfile.ZipFile(path) as archive:
+            manifest = json.loads(archive.read("manifest.json"))
+        assert manifest["label"] == label
+        assert [r["exit_status"] for r in manifest["runs"]] == [0, 0, 0]
+        assert all(r["rusage"]["sys_s"] is not None for r in manifest["runs"])
+        assert all(r["throughput"] is None for r in manifest["runs"])
+        assert manifest["command"][-1] == str(PAIRS if label == "before" else PAIRS // 2)
+
+
+def test_half_the_pairs_is_minus_fifty_percent_write_acquisitions(sets):
+    tmp_path, _results = sets
+    proc = subprocess.run(
+        [*LOCKPROF, "compare", "before.lpset", "after.lpset", "--json", "-o", "compare.html"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    assert document["before"]["runs"] == document["after"]["runs"] == 3
+    moved = [w for w in document["warnings"] if "no mmap_lock is owned by the target pid" in w]
+    if moved:
+        # Known core bug (probes/lockprof.bpf.c, lp_learn_owner/lp_wanted): once
+        # the command has exited, a new process whose mm gets the freed mm's
+        # address (chromium, python... on a busy machine) is taken for the
+        # target and overwrites the owner, so the command's row is filed under
+        # that process. compare warns about it; the figures cannot be trusted.
+        pytest.xfail(f"mm address reused after the command exited: {moved}")
+    (writes,) = [
+        v
+        for v in document["verdicts"]
+        if v["lock"] == "mmap_lock (target mmapcount)"
+        and v["mode"] == "write"
+        and v["metric"] == "acquisitions"
+    ]
+    # Exactly 2N per run plus the same few extra from exec and startup.
+    extra = writes["before"] - 2 * PAIRS
+    assert 0 <= extra < 200, writes
+    assert writes["after"] == pytest.approx(PAIRS + extra, abs=5)
+    assert writes["delta_pct"] == pytest.approx(-50.0, abs=0.5)
+    assert writes["significant"] is True
+    assert writes["verdict"] == "significant decrease"
+    assert writes["ci_low_pct"] <= writes["delta_pct"] <= writes["ci_high_pct"] < 0
+    (downgrades,) = [
+        v
+        for v in document["verdicts"]
+        if v["lock"] == "mmap_lock (target mmapcount)"
+        and v["mode"] == "write"
+        and v["metric"] == "downgrades"
+    ]
+    assert downgrades["delta_pct"] == pytest.approx(-50.0, abs=0.5)
+    # Only the command line differs (N vs N/2); same kernel, CPUs, mechanisms.
+    mismatches = [w for w in document["warnings"] if " differs" in w]
+    assert len(mismatches) == 1 and mismatches[0].startswith("command line differs"), mismatches
+    assert "lockprof: warning: command line differs" in proc.stderr
+    assert any(line.startswith("sys time: ") for line in document["headline"])
+    assert (tmp_path / "compare.html").stat().st_size > 1_000_000  # plotly.js inline
