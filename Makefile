@@ -6,8 +6,12 @@ LOCKPROF := $(VENV)/bin/lockprof
 DEMO_SECONDS ?= 10
 DEMO_OUT ?= demo.lpr
 DEMO_HTML ?= demo.html
+COMPARE_RUNS ?= 3
+COMPARE_SECONDS ?= 3
+COMPARE_THREADS ?= 4
+COMPARE_HTML ?= compare.html
 
-.PHONY: setup demo test test-unit test-integration lint bench workloads clean
+.PHONY: setup demo demo-compare test test-unit test-integration lint bench workloads clean
 
 setup:
 	@scripts/setup.sh
@@ -21,6 +25,18 @@ demo: setup
 	$(LOCKPROF) run -i 1 -o $(DEMO_OUT) --html $(DEMO_HTML) -- workloads/bin/lpbizzy -t 4 -S $(DEMO_SECONDS)
 	@echo "recording: $(DEMO_OUT)  (summarise again with: $(LOCKPROF) show $(DEMO_OUT) [--json])"
 	@echo "report: $(abspath $(DEMO_HTML))  (rebuild with: $(LOCKPROF) report $(DEMO_OUT) -o $(DEMO_HTML))"
+
+# Before/after: lpbizzy with one mmap+munmap per operation (as ebizzy -m) vs
+# reused buffers (-R), COMPARE_RUNS runs each; verdicts and compare.html.
+demo-compare: setup
+	$(LOCKPROF) bench --runs $(COMPARE_RUNS) --label before -o before.lpset \
+		--throughput-regex '([0-9]+) records/s' -- \
+		workloads/bin/lpbizzy -t $(COMPARE_THREADS) -S $(COMPARE_SECONDS)
+	$(LOCKPROF) bench --runs $(COMPARE_RUNS) --label after -o after.lpset \
+		--throughput-regex '([0-9]+) records/s' -- \
+		workloads/bin/lpbizzy -t $(COMPARE_THREADS) -S $(COMPARE_SECONDS) -R
+	$(LOCKPROF) compare before.lpset after.lpset -o $(COMPARE_HTML)
+	@echo "comparison page: $(abspath $(COMPARE_HTML))  (JSON: $(LOCKPROF) compare before.lpset after.lpset --json)"
 
 test: setup
 	$(PY) -m pytest -ra tests

@@ -258,13 +258,15 @@ def command(
     )
     err = render.console(stderr=True)
     try:
-        _run_all(result, runs, options, cheap_mechanisms(), regex, quiet, err)
+        interrupted = _run_all(result, runs, options, cheap_mechanisms(), regex, quiet, err)
     except KeyboardInterrupt:
-        _save_partial(result, output)
-        raise LockprofError("interrupted", exit_code=130) from None
+        interrupted = "interrupted"
     except LockprofError as exc:
         kept = _save_partial(result, output)
         raise LockprofError(f"{exc}{kept}", exit_code=exc.exit_code) from None
+    if interrupted:
+        kept = _save_partial(result, output) or "; no run completed, nothing written"
+        raise LockprofError(f"{interrupted}: the interrupted run is not kept{kept}", exit_code=130)
     runset.save(result, output)
     if as_json:
         json.dump(runset.manifest(result), sys.stdout, indent=2, default=str)
@@ -291,22 +293,22 @@ def command(
     )
 
 
-def _run_all(result: RunSet, runs: int, options, working, regex, quiet: bool, err) -> None:
+def _run_all(result: RunSet, runs: int, options, working, regex, quiet: bool, err) -> str | None:
+    """Run and keep every run; the stop reason if a signal cut a run short
+    (that run is incomplete and not kept, and no further run starts)."""
     for i in range(1, runs + 1):
-        err.print(
-            Text(render.safe_text(f"lockprof bench: run {i}/{runs}: {shlex.join(result.command)}"))
-        )
+        started = f"lockprof bench: run {i}/{runs}: {shlex.join(result.command)}"
+        err.print(Text(render.safe_text(started)))
         run = one_run(result.command, options, working, regex, echo=not quiet)
+        reason = str(run.recording.meta.get("stop_reason") or "")
+        if "received" in reason:  # Ctrl-C, SIGTERM, SIGHUP during the run
+            return reason
         result.runs.append(run)
         err.print(Text(render.safe_text(run_line(i, runs, run))))
         if run.exit_status not in (0, None):
-            err.print(
-                Text(f"lockprof: run {i} exited with status {run.exit_status}", style="yellow")
-            )
-        reason = str(run.recording.meta.get("stop_reason") or "")
-        if "received" in reason and i < runs:  # Ctrl-C, SIGTERM, SIGHUP: stop here
-            err.print(Text(f"lockprof: {reason}; stopping after {i} of {runs} runs"))
-            break
+            failed = f"lockprof: run {i} exited with status {run.exit_status}"
+            err.print(Text(failed, style="yellow"))
+    return None
 
 
 def _save_partial(result: RunSet, output: Path) -> str:
