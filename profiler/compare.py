@@ -275,8 +275,8 @@ def compare_values(
 ) -> dict:
     """Before, after (means over runs), delta, percent, interval and verdict
     of one metric from its per-run values (None: not known in that run)."""
-    b = [float(v) for v in before if v is not None]
-    a = [float(v) for v in after if v is not None]
+    b = [float(v) for v in before if v is not None and math.isfinite(v)]
+    a = [float(v) for v in after if v is not None and math.isfinite(v)]
     mean_b, mean_a = _mean(b), _mean(a)
     delta = None if mean_b is None or mean_a is None else mean_a - mean_b
     result: dict = {

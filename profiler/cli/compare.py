@@ -13,7 +13,6 @@ from rich.text import Text
 
 from profiler import compare as cmp
 from profiler import render, runset
-from profiler.errors import LockprofError
 
 VERDICT_STYLE = {
     "significant increase": "bold",
@@ -161,13 +160,10 @@ def command(before, after, output, as_json, top, everything, seed) -> None:
     for warning in document["warnings"]:
         click.echo(f"lockprof: warning: {render.safe_text(warning)}", err=True)
     if as_json:
-        json.dump(document, sys.stdout, indent=2)
+        json.dump(document, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
         render.console().print(terminal_view(document, None if everything else top, everything))
     if output is not None:
         page.write(result, output)
         click.echo(f"lockprof: comparison page written to {output}", err=True)
-
-
-__all__ = ["LockprofError", "command"]
