@@ -220,6 +220,7 @@ def name_locks(
     callers: pd.DataFrame,
     stacks: dict[int, list[str]],
     data_symbols: dict[int, str] | None = None,
+    spec_class: str = "lockspec",
 ) -> pd.DataFrame:
     """One row per (lock, flags, source): class, mode and a human name.
 
@@ -244,8 +245,13 @@ def name_locks(
         owner_pid, owner_comm = owners.get(int(lock), (None, None))
         if lock_class == "rwsem" and (owner_pid is not None or int(lock) in seen_as_mmap):
             lock_class = "mmap_lock"
+        if lock_class == "lockspec":
+            lock_class = spec_class  # a lock spec's functions: the spec names the class
         if lock_class == "mmap_lock":
             name = "mmap_lock"
+        elif int(source) == schema.const("LP_SRC_SPEC"):
+            symbol = data_symbols.get(int(lock))
+            name = symbol or f"{lock_class} {int(lock):#x}"
         elif int(lock) in data_symbols:
             name = data_symbols[int(lock)]
         else:
@@ -358,12 +364,14 @@ def summary_rows(intervals: pd.DataFrame, locks: pd.DataFrame, families: list[st
     if merged.empty:
         return []
     identities = _lock_identities(merged)
-    src_mmap = schema.const("LP_SRC_MMAP_LOCK")
+    # Families that see every acquisition (the mmap_lock tracepoints and lock
+    # specs' functions), as opposed to contended waits only.
+    every_acquisition = [schema.const("LP_SRC_MMAP_LOCK"), schema.const("LP_SRC_SPEC")]
     keys = pd.DataFrame(
         {
             "lock": merged["lock"].to_numpy(dtype=np.uint64),
             "mode": merged["mode"].to_numpy(),
-            "mmap": (merged["source"] == src_mmap).to_numpy(),
+            "mmap": merged["source"].isin(every_acquisition).to_numpy(),
             "cpu": merged["cpu"].to_numpy(dtype=np.int64),
         }
     )
@@ -413,7 +421,12 @@ def _summary_row(lock, mode, ident, families, family_index, totals, cpus_of, per
             return int(totals[name][m]) if m is not None else 0
 
         row["acquisitions"] = count("acquisitions")
-        row["contended"] = count("contended") if "contention" in families else None
+        if ident["lock_class"] == "mmap_lock":
+            row["contended"] = count("contended") if "contention" in families else None
+        else:
+            # A lock spec's functions cannot tell a contended acquisition;
+            # lock:contention_* can, for a kernel lock.
+            row["contended"] = int(totals["contended"][c]) if c is not None else None
         row["releases"] = count("releases")
         row["downgrades"] = count("downgrades")
         row["trylock_failures"] = count("failures")
@@ -428,6 +441,9 @@ def _summary_row(lock, mode, ident, families, family_index, totals, cpus_of, per
         row["wait_ns"] = _hist_at(totals, c, "wait") if c is not None else None
         row["hold_ns"] = None
     row["contended_wait_ns"] = _hist_at(totals, c, "wait") if c is not None else None
+    if mode == "sum":
+        # A lock spec's sum function: acquisitions are calls, wait is latency.
+        row.update(releases=None, downgrades=None, trylock_failures=None, hold_ns=None)
     if m is not None:
         row["per_cpu"] = _per_cpu_rows(sorted(cpus_of[(lock, mode, True)]), per_cpu, True)
     elif c is not None:

@@ -1,6 +1,6 @@
 """The recording file: what a collection leaves behind, and all reports read.
 
-Format (schema version 1): a ZIP archive (extension .lpr) holding
+Format (schema version 2): a ZIP archive (extension .lpr) holding
 
   meta.json          format, schema_version, kernel, cpus, mechanisms, command,
                      rusage, start/end times, threshold, lost events, errors
@@ -12,6 +12,10 @@ Format (schema version 1): a ZIP archive (extension .lpr) holding
   tasks.parquet      per-task split: lock, tid, tgid, comm, waits, wait_ns, holds, hold_ns
   callers.parquet    contended waits by kernel stack: lock, stack_id, flags, count, total_ns
   stacks.parquet     stack_id -> frames (innermost first)
+  offcpu.parquet     off-CPU time by kernel stack (--offcpu): tgid, comm, stack_id,
+                     count, total_ns, max_ns (optional: absent means empty)
+  samples.parquet    CPU samples by kernel stack (--sample): stack_id, cpu, count
+                     (optional: absent means empty)
 
 TABLE_COLUMNS lists each table's columns and what kind of values they hold;
 load() refuses a recording whose tables do not match it.
@@ -47,7 +51,9 @@ from profiler.errors import LockprofError
 
 FORMAT = "lockprof-recording"
 SCHEMA_VERSION = 2
-TABLES = ("intervals", "locks", "events", "tasks", "callers", "stacks")
+TABLES = ("intervals", "locks", "events", "tasks", "callers", "stacks", "offcpu", "samples")
+# Tables added after schema 2 was first written: absent means empty.
+OPTIONAL_TABLES = ("offcpu", "samples")
 
 EVENT_COLUMNS = [
     "t_s",
@@ -76,6 +82,10 @@ TASK_COLUMNS = [
 ]
 CALLER_COLUMNS = ["lock", "stack_id", "flags", "count", "total_ns", "max_ns"]
 STACK_COLUMNS = ["stack_id", "frames"]
+# Off-CPU time by kernel stack (--offcpu): where tasks blocked, for how long.
+OFFCPU_COLUMNS = ["tgid", "comm", "stack_id", "count", "total_ns", "max_ns"]
+# CPU samples by kernel stack and CPU (--sample): on-CPU kernel time.
+SAMPLE_COLUMNS = ["stack_id", "cpu", "count"]
 
 # What each column of each table holds: int, float (int or float), str, list
 # (of numbers or, for frames, of str); a trailing ? allows nulls.
@@ -106,6 +116,8 @@ TABLE_COLUMNS: dict[str, dict[str, str]] = {
     "tasks": _kinds(TASK_COLUMNS),
     "callers": _kinds(CALLER_COLUMNS),
     "stacks": _kinds(STACK_COLUMNS),
+    "offcpu": _kinds(OFFCPU_COLUMNS),
+    "samples": _kinds(SAMPLE_COLUMNS),
 }
 
 
@@ -128,6 +140,8 @@ class Recording:
     tasks: pd.DataFrame = field(default_factory=lambda: empty_table("tasks"))
     callers: pd.DataFrame = field(default_factory=lambda: empty_table("callers"))
     stacks: pd.DataFrame = field(default_factory=lambda: empty_table("stacks"))
+    offcpu: pd.DataFrame = field(default_factory=lambda: empty_table("offcpu"))
+    samples: pd.DataFrame = field(default_factory=lambda: empty_table("samples"))
 
     def table(self, name: str) -> pd.DataFrame:
         return getattr(self, name)
@@ -337,6 +351,8 @@ def _read_table(archive: zipfile.ZipFile, name: str, path: Path) -> pd.DataFrame
     try:
         return pd.read_parquet(io.BytesIO(archive.read(f"{name}.parquet")))
     except KeyError:
+        if name in OPTIONAL_TABLES:
+            return empty_table(name)
         raise LockprofError(f"{path}: corrupt recording (table {name} missing)") from None
     except Exception as exc:  # zlib, pyarrow and zipfile each raise their own
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

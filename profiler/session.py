@@ -22,7 +22,14 @@ import pandas as pd
 
 from profiler import aggregate, ksyms, schema
 from profiler.errors import LockprofError
-from profiler.recording import CALLER_COLUMNS, EVENT_COLUMNS, TASK_COLUMNS, Recording
+from profiler.recording import (
+    CALLER_COLUMNS,
+    EVENT_COLUMNS,
+    OFFCPU_COLUMNS,
+    SAMPLE_COLUMNS,
+    TASK_COLUMNS,
+    Recording,
+)
 from profiler.targets import PRE_EXEC_COMM, CommandTarget, Target, pre_exec_locks
 
 POLL_MS = 100
@@ -36,6 +43,9 @@ class CollectOptions:
     threshold_ns: int = 100_000
     stack_threshold_ns: int = 10_000
     max_events: int = 1_000_000
+    locks: tuple = ()  # profiler.lockspec.LockSpec: user lock functions to probe
+    sample_hz: int = 99  # cpu-clock sampling frequency, with the "sample" family
+    what_if_cpus: int | None = None  # --cpus: scale the writer's sum to N CPUs
 
 
 @dataclass
@@ -99,13 +109,16 @@ def collect(
 ) -> Recording:
     """Run one collection and return its recording (not yet saved)."""
     from profiler import bpf as bpf_mod  # bcc is imported only when collecting
-    from profiler.probes import plan
 
-    plans = plan(options.families, working_mechanisms)
+    plans = _plans(options, working_mechanisms)
     session = None
     try:
         session = bpf_mod.BpfSession(
-            plans, target.tgid, options.threshold_ns, options.stack_threshold_ns
+            plans,
+            target.tgid,
+            options.threshold_ns,
+            options.stack_threshold_ns,
+            sample_hz=options.sample_hz,
         )
         session.max_events = options.max_events
         attached = session.attach()
@@ -122,7 +135,7 @@ def collect(
         wall_start = dt.datetime.now(dt.UTC)
         target.begin()
         state = _Collected()
-        namer = _LockNamer(session)
+        namer = _LockNamer(session, spec_class(options.locks))
         _collect_loop(options, target, session, stop, state, namer, start_ns, on_interval)
         stop.draining = True
         session.drain_events()
@@ -143,6 +156,26 @@ def collect(
             end_ns,
             wall_start,
         )
+
+
+def _plans(options: CollectOptions, working: set[str]) -> list:
+    """Probe plans for the families and lock specs. Mechanisms beyond
+    tracepoints (uprobe, kprobe, perf_event) are checked only when asked for."""
+    from profiler import doctor, probes
+
+    needed = {"kprobe" if spec.in_kernel else "uprobe" for spec in options.locks}
+    if "sample" in options.families:
+        needed.add("perf_event")
+    working = set(working) | {m for m in needed - set(working) if doctor.mechanism_works(m)}
+    if "sample" in options.families and "perf_event" not in working:
+        raise LockprofError(
+            "--sample needs perf_event cpu-clock sampling, which does not work here "
+            "(see `lockprof doctor`)"
+        )
+    plans = probes.plan(options.families, working)
+    for spec in options.locks:
+        plans += probes.spec_plan(spec, working)
+    return plans
 
 
 def _collect_loop(options, target, session, stop, state, namer, start_ns, on_interval) -> None:
@@ -268,8 +301,9 @@ class _LockNamer:
     """Names locks from the owner map, contention stacks and data symbols,
     caching stack symbolization across intervals."""
 
-    def __init__(self, session) -> None:
+    def __init__(self, session, spec_class: str = "lockspec") -> None:
         self._session = session
+        self._spec_class = spec_class
         self._frames: dict[int, list[str]] = {}
         self._data_symbols: dict[int, str] | None = None
 
@@ -289,7 +323,12 @@ class _LockNamer:
         callers = self.callers() if callers is None else callers
         stacks = self.frames(callers["stack_id"].unique()) if not callers.empty else {}
         return aggregate.name_locks(
-            frame, self._session.read_owners(), callers, stacks, self._data_symbols
+            frame,
+            self._session.read_owners(),
+            callers,
+            stacks,
+            self._data_symbols,
+            spec_class=self._spec_class,
         )
 
 
@@ -392,7 +431,14 @@ def _build_recording(
     )
     if isinstance(target, CommandTarget):
         tasks = relabel_pre_exec_tasks(tasks, target.tgid, _command_comm(target, session))
+    offcpu = pd.DataFrame(
+        session.read_offcpu() if "offcpu" in options.families else [], columns=OFFCPU_COLUMNS
+    )
+    samples = pd.DataFrame(
+        session.read_samples() if "sample" in options.families else [], columns=SAMPLE_COLUMNS
+    )
     stack_ids = set(callers["stack_id"].tolist()) | set(events["stack_id"].tolist())
+    stack_ids |= set(offcpu["stack_id"].tolist()) | set(samples["stack_id"].tolist())
     frames = namer.frames(sorted(s for s in stack_ids if s >= 0))
     locks = namer.name(intervals, callers)
     stacks = pd.DataFrame({"stack_id": list(frames), "frames": list(frames.values())})
@@ -409,6 +455,9 @@ def _build_recording(
         "command": target.command(),
         "exit_status": target.exit_status,
         "families": list(options.families),
+        "lock_specs": [_spec_meta(spec) for spec in options.locks],
+        "sample_hz": options.sample_hz if "sample" in options.families else None,
+        "what_if_cpus": options.what_if_cpus,
         "mechanisms": [a.__dict__ for a in attached],
         "interval_s": options.interval_s,
         "threshold_ns": options.threshold_ns,
@@ -434,7 +483,23 @@ def _build_recording(
         tasks=tasks,
         callers=callers,
         stacks=stacks,
+        offcpu=offcpu,
+        samples=samples,
     )
+
+
+def spec_class(specs) -> str:
+    """The lock class of lock spec rows: the spec's name (one spec per run)."""
+    return specs[0].name if len(specs) == 1 else "lockspec"
+
+
+def _spec_meta(spec) -> dict:
+    return {
+        "name": spec.name,
+        "target": spec.target,
+        "functions": {role: list(fns) for role, fns in spec.functions.items()},
+        "status": sorted(spec.status),
+    }
 
 
 def _version() -> str:

@@ -90,6 +90,41 @@ def collection_options(func):
             "--no-contention", is_flag=True, help="Leave out lock:contention_* (mmap_lock only)."
         ),
         click.option(
+            "--locks",
+            "lock_spec",
+            metavar="SPEC",
+            help="Also probe a lock's own functions: a built-in spec (rw_mutex, rwsem, "
+            "pthread_rwlock), NAME@BINARY to point it at a binary or library, or a "
+            "TOML spec file (see README). Uses uprobes, or kprobes for the kernel.",
+        ),
+        click.option(
+            "--offcpu",
+            is_flag=True,
+            help="Also record off-CPU time by kernel stack (sched_switch): the "
+            "writer's price of percpu rw-semaphores (grace period, reader drain). "
+            "Takes a stack per block of every traced task.",
+        ),
+        click.option(
+            "--sample",
+            is_flag=True,
+            help="Also sample kernel stacks on every CPU (perf cpu-clock): the CPU "
+            "time of __percpu_counter_sum where no kprobe can time it.",
+        ),
+        click.option(
+            "--sample-hz",
+            type=click.IntRange(min=1, max=10_000),
+            default=99,
+            show_default=True,
+            help="Sampling frequency per CPU for --sample.",
+        ),
+        click.option(
+            "--cpus",
+            "what_if_cpus",
+            type=click.IntRange(min=1, max=65_536),
+            help="What-if: scale the measured per-CPU cost of the writer's sum "
+            "to N CPUs (a linear model, labelled as such).",
+        ),
+        click.option(
             "--top",
             type=click.IntRange(min=1),
             default=15,
@@ -127,6 +162,15 @@ def build_options(duration, interval, threshold, no_mmap_lock, no_contention) ->
     return CollectOptions(
         families=families, interval_s=interval, duration_s=duration, threshold_ns=threshold
     )
+
+
+def checked_spec(argument: str):
+    """Resolve --locks and check its binary and functions before attaching."""
+    from profiler import bpf, lockspec
+
+    spec = lockspec.resolve(argument)
+    lockspec.check_target(spec, bpf.user_symbols, lockspec.kernel_symbols)
+    return spec
 
 
 def default_output(mode: str, tgid: int) -> Path:
@@ -301,10 +345,20 @@ def collect_command(
     quiet,
     as_json,
     html=None,
+    lock_spec=None,
+    offcpu=False,
+    sample=False,
+    sample_hz=99,
+    what_if_cpus=None,
 ) -> None:
     options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
     options.stack_threshold_ns = stack_threshold
+    options.families += tuple(f for f, on in (("offcpu", offcpu), ("sample", sample)) if on)
+    options.sample_hz = sample_hz
+    options.what_if_cpus = what_if_cpus
     require_privileges()
+    if lock_spec:
+        options.locks = (checked_spec(lock_spec),)
     from profiler.doctor import cheap_mechanisms
 
     target = target_factory()

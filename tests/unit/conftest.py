@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.configuration import set_hypothesis_home_dir
@@ -63,8 +64,24 @@ def recording_bytes(recording_path) -> bytes:
 
 @pytest.fixture
 def rec(recording_path) -> profiler.Recording:
-    """A fresh Recording per test (tests may modify it)."""
-    return profiler.load(recording_path)
+    """A fresh Recording per test (tests may modify it). The committed
+    recording predates the optional off-CPU and sample tables: they get a
+    few synthetic rows, so that every table has values to check."""
+    loaded = profiler.load(recording_path)
+    if loaded.offcpu.empty:
+        loaded.offcpu = pd.DataFrame(
+            {
+                "tgid": [42, 42],
+                "comm": ["cgmove", "cgmove"],
+                "stack_id": [-1, -14],
+                "count": [3, 1],
+                "total_ns": [3_000_000, 5_000],
+                "max_ns": [2_000_000, 5_000],
+            }
+        )
+    if loaded.samples.empty:
+        loaded.samples = pd.DataFrame({"stack_id": [-1], "cpu": [0], "count": [7]})
+    return loaded
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,116 @@
+"""Issue 5 on real eBPF: lock specs through uprobes with exact counts, the
+clear refusal of kernel specs where kprobes do not work, off-CPU time of a
+percpu rw-semaphore writer, and CPU sampling.
+
+rwbench -t T -n N -w W does exactly T*floor(N/W) writes and T*(N-floor(N/W))
+reads (workloads/rwbench.c), each a lock+unlock of one lock.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import BIN, LOCKPROF, show_json
+
+from profiler import doctor
+
+THREADS, OPS, WRITE_EVERY = 4, 1000, 10
+WRITES = THREADS * (OPS // WRITE_EVERY)
+READS = THREADS * OPS - WRITES
+
+
+def _run(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*LOCKPROF, "run", "-q", "-o", str(tmp_path / "rec.lpr"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+    )
+
+
+def _spec_rows(summary: dict, lock_class: str) -> dict[str, dict]:
+    rows = [r for r in summary["locks"] if r["lock_class"] == lock_class]
+    assert len({r["lock_addr"] for r in rows}) == 1, rows  # the workload's one lock
+    return {r["mode"]: r for r in rows}
+
+
+needs_uprobes = pytest.mark.skipif(
+    not doctor.mechanism_works("uprobe"), reason="doctor: uprobe does not work here"
+)
+
+
+@needs_uprobes
+@pytest.mark.parametrize(
+    "spec, lock, lock_class",
+    [
+        (f"rw_mutex@{BIN / 'librw_mutex.so'}", "rw_mutex", "rw_mutex"),
+        ("pthread_rwlock", "pthread", "pthread_rwlock"),
+    ],
+)
+def test_uprobe_spec_counts_are_exact(tmp_path, spec, lock, lock_class):
+    argv = [str(BIN / "rwbench"), "-l", lock, "-t", str(THREADS), "-n", str(OPS)]
+    done = _run(tmp_path, "--locks", spec, "--", *argv, "-w", str(WRITE_EVERY))
+    assert done.returncode == 0, done.stderr
+    assert f"reads {READS} writes {WRITES}" in done.stdout
+    rows = _spec_rows(show_json(tmp_path / "rec.lpr"), lock_class)
+    read, write = rows["read"], rows["write"]
+    assert (read["acquisitions"], write["acquisitions"]) == (READS, WRITES)
+    assert (read["releases"], write["releases"]) == (READS, WRITES)
+    assert read["still_held"] == write["still_held"] == 0
+    assert read["trylock_failures"] == write["trylock_failures"] == 0
+    assert read["reader_writer_ratio"] == pytest.approx(READS / WRITES)
+    for row in (read, write):
+        # Plausible: every wait and hold took some time, none took seconds.
+        assert row["wait_ns"]["count"] == row["acquisitions"]
+        assert 0 < row["wait_ns"]["p50"] < 1e9 and 0 < row["hold_ns"]["p50"] < 1e9
+        assert row["hold_ns"]["count"] == row["releases"]
+    if lock_class == "rw_mutex":
+        # The writer's sum over reader slots: at least one call per write.
+        total = rows["sum"]
+        assert total["acquisitions"] >= WRITES
+        assert total["wait_ns"]["count"] == total["acquisitions"]
+        assert total["wait_ns"]["total"] > 0
+
+
+@needs_uprobes
+def test_uprobe_spec_leaves_out_other_processes(tmp_path):
+    """pthread_rwlock lives in libc, which every process maps: only the
+    target's calls may count."""
+    noise = subprocess.Popen(
+        [str(BIN / "rwbench"), "-l", "pthread", "-t", "1", "-S", "3"], stdout=subprocess.DEVNULL
+    )
+    try:
+        argv = [str(BIN / "rwbench"), "-l", "pthread", "-t", "2", "-n", "500", "-w", "5"]
+        done = _run(tmp_path, "--locks", "pthread_rwlock", "--", *argv)
+    finally:
+        noise.kill()
+        noise.wait()
+    assert done.returncode == 0, done.stderr
+    rows = _spec_rows(show_json(tmp_path / "rec.lpr"), "pthread_rwlock")
+    assert (rows["read"]["acquisitions"], rows["write"]["acquisitions"]) == (800, 200)
+
+
+def test_kernel_spec_without_kprobes_is_refused_in_one_line(tmp_path):
+    if doctor.mechanism_works("kprobe"):
+        pytest.skip("kprobes work here; the refusal is for kernels without them")
+    done = _run(tmp_path, "--locks", "rwsem", "--", "true", timeout=60)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "lock spec rwsem" in lines[0] and "kprobe" in lines[0]
+    assert not (tmp_path / "rec.lpr").exists()
+
+
+def test_spec_naming_missing_functions_is_refused_before_attaching(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(
+        f'name = "bad"\ntarget = "{BIN / "librw_mutex.so"}"\n'
+        '[functions]\nread_lock = ["no_such_function"]\nunlock = ["rw_mutex_read_unlock"]\n'
+    )
+    done = _run(tmp_path, "--locks", str(spec), "--", "true", timeout=60)
+    assert done.returncode != 0
+    assert "has no function no_such_function" in done.stderr
+    assert "attached" not in done.stderr
