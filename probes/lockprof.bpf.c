@@ -275,19 +275,26 @@ static __always_inline void lp_emit(struct lp_config *cfg, u64 now, u64 duration
  * mm: the lock then gets a name (mmap_lock of pid N), and a --pid target's
  * mmap_lock address becomes known so that other tasks taking it are counted.
  */
-static __always_inline void lp_learn_owner(struct lp_config *cfg, struct lp_task *ts, u64 mm,
-					   u64 pid_tgid)
+static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task *ts, u64 mm,
+					  u64 pid_tgid)
 {
 	u64 task = bpf_get_current_task();
 	u64 current_mm = 0;
 	u32 tgid = pid_tgid >> 32;
 
 	if (ts->own_mm == mm)
-		return;
+		return 0;
 	bpf_probe_read_kernel(&current_mm, sizeof(current_mm), (void *)(task + LP_TASK_MM_OFFSET));
 	if (current_mm != mm)
-		return; /* a foreign mm: khugepaged, /proc/N/maps readers, ptrace */
+		return 0; /* a foreign mm: khugepaged, /proc/N/maps readers, ptrace */
 	ts->own_mm = mm;
+	if (cfg->target_tgid && cfg->target_tgid != tgid && cfg->target_lock == mm + LP_MMAP_LOCK_OFFSET) {
+		/* Another process owns the target's mm address: the target's mm
+		 * was freed (it exited or exec'd) and the address reused. Stop
+		 * following the address, and leave this process's event out. */
+		cfg->target_lock = 0;
+		return 1;
+	}
 
 	struct lp_owner owner = { .tgid = tgid };
 	u64 lock = mm + LP_MMAP_LOCK_OFFSET;
@@ -297,6 +304,7 @@ static __always_inline void lp_learn_owner(struct lp_config *cfg, struct lp_task
 		lp_error(LP_ERR_OWNER_MAP_FULL);
 	if (cfg->target_tgid == tgid)
 		cfg->target_lock = lock; /* one aligned 8-byte store */
+	return 0;
 }
 
 /* ---- mmap_lock: TP_PROTO(struct mm_struct *mm, bool write[, bool success]) ---- */
@@ -314,7 +322,8 @@ int lp_mmap_start(struct bpf_raw_tracepoint_args *ctx)
 	ts = lp_task_get(1);
 	if (!ts)
 		return 0;
-	lp_learn_owner(cfg, ts, mm, pid_tgid);
+	if (lp_learn_owner(cfg, ts, mm, pid_tgid))
+		return 0;
 	ts->wait_lock = lock;
 	ts->wait_flags = (u8)ctx->args[1] ? LP_LCB_WRITE : LP_LCB_READ;
 	ts->wait_contended = 0;
