@@ -91,6 +91,67 @@ def summary_table(rows: list[dict], top: int | None = None, title: str | None = 
     return table
 
 
+def offcpu_table(rows: list[dict], top: int | None = None) -> Table:
+    """Blocked time in lock functions (--offcpu), split by what was waited for."""
+    table = Table(
+        title="blocked in lock functions (off-CPU, sched_switch)",
+        title_justify="left",
+        header_style="bold",
+        pad_edge=False,
+    )
+    for header in ("lock <- caller", "mode", "blocked", "total", "max"):
+        table.add_column(header, justify="left" if header.startswith("lock") else "right")
+    for header in ("grace period", "reader drain", "writer wait", "tasks"):
+        table.add_column(header, justify="right" if header != "tasks" else "left")
+    for row in rows[:top] if top else rows:
+        wait = row["wait_ns"]
+        parts = row.get("offcpu_components_ns") or {}
+        table.add_row(
+            Text(safe_text(row["lock"])),
+            row["mode"],
+            f"{wait['count']:,}",
+            fmt_ns(wait["total"]),
+            fmt_ns(wait["max"]),
+            fmt_ns(parts.get("grace_period")),
+            fmt_ns(parts.get("reader_drain")),
+            fmt_ns(parts.get("writer_wait") or parts.get("blocked_by_writer")),
+            Text(safe_text(", ".join(row.get("tasks") or [])[:40])),
+        )
+    return table
+
+
+def writer_cost_lines(cost: dict) -> list[Text]:
+    """The writer's sum over CPUs, estimated from samples, and the what-if."""
+    share = cost.get("share_of_cpu")
+    lines = [
+        Text(
+            f"{cost['function']}: {cost['samples']:,} samples, about "
+            f"{cost['estimated_cpu_s'] * 1000:.1f} ms of CPU"
+            + (f" ({share * 100:.3f}% of all CPU time)" if share is not None else "")
+            + f" on {cost.get('online_cpus')} online CPUs [{cost['method']}]"
+        )
+    ]
+    for caller in cost.get("top_callers", [])[:3]:
+        lines.append(
+            Text(
+                safe_text(
+                    f"  from {caller['caller']}: {caller['samples']:,} samples, "
+                    f"~{caller['estimated_cpu_s'] * 1000:.1f} ms"
+                )
+            )
+        )
+    what_if = cost.get("what_if")
+    if what_if:
+        lines.append(
+            Text(
+                f"what-if {what_if['cpus']} CPUs: ~{what_if['estimated_cpu_s'] * 1000:.1f} ms "
+                f"of CPU (MODEL, not a measurement: {what_if['model']})",
+                style="italic",
+            )
+        )
+    return lines
+
+
 def per_cpu_line(rows: list[dict], cpu_totals: dict[int, tuple[int, int]] | None = None) -> Text:
     """Acquisitions (else contended waits) and wait time per CPU: from
     cpu_totals when given (the live view's, over every lock), else summed

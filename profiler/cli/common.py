@@ -298,8 +298,10 @@ def run_collection(
     return 0
 
 
-def print_summary(rec: recording.Recording, as_json: bool, top: int | None) -> None:
-    document = summary.summary_json(rec)
+def print_summary(
+    rec: recording.Recording, as_json: bool, top: int | None, what_if_cpus: int | None = None
+) -> None:
+    document = summary.summary_json(rec, what_if_cpus)
     if as_json:
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -312,11 +314,16 @@ def print_summary(rec: recording.Recording, as_json: bool, top: int | None) -> N
         f"{render.fmt_ns(meta.get('threshold_ns'))}"
     )
     out = render.console()
+    lock_rows = [r for r in document["locks"] if r.get("source") != "offcpu"]
+    offcpu_rows = [r for r in document["locks"] if r.get("source") == "offcpu"]
     out.print(
-        render.view(
-            document["locks"], header, meta.get("errors", {}), meta.get("lost_events", 0), top
-        )
+        render.view(lock_rows, header, meta.get("errors", {}), meta.get("lost_events", 0), top)
     )
+    if offcpu_rows:
+        out.print(render.offcpu_table(offcpu_rows, top))
+    if document.get("writer_cost"):
+        for line in render.writer_cost_lines(document["writer_cost"]):
+            out.print(line)
     if rusage.get("user_s") is not None:
         out.print(
             f"rusage  user {rusage['user_s']:.2f}s  sys {rusage['sys_s']:.2f}s  "

@@ -14,7 +14,13 @@ from profiler.cli.common import print_summary
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary (stable).")
 @click.option("--top", type=click.IntRange(min=1), default=None, help="Only the first N rows.")
-def command(path, as_json, top) -> None:
+@click.option(
+    "--cpus",
+    "what_if_cpus",
+    type=click.IntRange(min=1, max=65_536),
+    help="What-if: scale the sampled cost of the writer's sum to N CPUs (a linear model).",
+)
+def command(path, as_json, top, what_if_cpus) -> None:
     """Print the summary of a recording: one row per lock and mode.
 
     \b
@@ -22,4 +28,4 @@ def command(path, as_json, top) -> None:
       lockprof show demo.lpr
       lockprof show demo.lpr --json | jq '.locks[] | select(.lock == "mmap_lock")'
     """
-    print_summary(recording.load(path), as_json, top)
+    print_summary(recording.load(path), as_json, top, what_if_cpus)

@@ -114,3 +114,54 @@ def test_spec_naming_missing_functions_is_refused_before_attaching(tmp_path):
     assert done.returncode != 0
     assert "has no function no_such_function" in done.stderr
     assert "attached" not in done.stderr
+
+
+def test_offcpu_reports_the_percpu_rwsem_writers_blocked_time(tmp_path):
+    """cgmove writes cgroup.procs: each move takes cgroup_threadgroup_rwsem
+    for write against forking readers."""
+    done = _run(tmp_path, "--offcpu", "--", str(BIN / "cgmove"), "-S", "2", "-f", "2")
+    if done.returncode != 0 and "cgroup" in done.stdout + done.stderr:
+        pytest.skip(f"cgmove cannot run here: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0, done.stderr
+    summary = show_json(tmp_path / "rec.lpr")
+    writers = [
+        r
+        for r in summary["locks"]
+        if r.get("source") == "offcpu"
+        and r["lock"].startswith("percpu_down_write")
+        and r["mode"] == "write"
+    ]
+    assert writers, [r["lock"] for r in summary["locks"] if r.get("source") == "offcpu"]
+    writer = max(writers, key=lambda r: r["wait_ns"]["total"])
+    assert writer["lock_class"] == "percpu-rwsem"
+    assert writer["caller"] == "cgroup_procs_write_start"
+    assert writer["wait_ns"]["count"] > 0 and writer["wait_ns"]["total"] > 0
+    parts = writer["offcpu_components_ns"]
+    assert sum(parts.values()) == writer["wait_ns"]["total"]
+    assert set(parts) <= {"grace_period", "reader_drain", "writer_wait"}
+    assert "cgmove" in writer["tasks"]
+
+
+def test_sampling_finds_percpu_counter_sum_or_says_why(tmp_path):
+    if not doctor.mechanism_works("perf_event"):
+        pytest.skip("doctor: perf_event sampling does not work here")
+    # Exiting processes free their mm: __mmdrop sums the rss percpu counters.
+    forks = ["sh", "-c", "i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done"]
+    done = _run(tmp_path, "--sample", "--sample-hz", "9999", "--cpus", "64", "--", *forks)
+    assert done.returncode == 0, done.stderr
+    summary = show_json(tmp_path / "rec.lpr")
+    cost = summary["writer_cost"]
+    assert cost is not None and cost["online_cpus"] == summary["cpus"]
+    assert cost["kernel_samples"] > 0
+    assert "sampling" in cost["method"]
+    if cost["samples"] == 0:
+        pytest.skip(
+            f"__percpu_counter_sum took none of {cost['kernel_samples']} kernel samples "
+            "at 9999 Hz: too short on this kernel to be sampled in this run"
+        )
+    assert cost["estimated_cpu_s"] > 0 and cost["top_callers"]
+    # --cpus given at collection is kept in the recording's meta.
+    assert cost["what_if"]["cpus"] == 64
+    assert cost["what_if"]["estimated_cpu_s"] == pytest.approx(
+        cost["estimated_cpu_s"] * 64 / cost["online_cpus"]
+    )
