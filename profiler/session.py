@@ -271,6 +271,8 @@ def _live_state(snapshot, session, namer, target, options, elapsed_ns) -> LiveSt
     frame = without_locks(frame, hidden_locks(target, session))
     locks = namer.name(frame)
     rows = aggregate.summary_rows(frame, locks, list(options.families))
+    if "offcpu" in options.families:
+        rows += _live_offcpu_rows(session, namer)
     return LiveState(
         elapsed_s=elapsed_ns / 1e9,
         target=target.describe(),
@@ -281,6 +283,18 @@ def _live_state(snapshot, session, namer, target, options, elapsed_ns) -> LiveSt
         more_rows=more,
         cpu_totals=cpu_totals(snapshot.rows, snapshot.columns),
     )
+
+
+def _live_offcpu_rows(session, namer) -> list[dict]:
+    """Blocked time in lock functions so far (--offcpu), for the live view."""
+    from profiler import writer_cost
+
+    offcpu = pd.DataFrame(session.read_offcpu(), columns=OFFCPU_COLUMNS)
+    if offcpu.empty:
+        return []
+    frames = namer.frames(sorted(s for s in offcpu["stack_id"].unique() if s >= 0))
+    stacks = pd.DataFrame({"stack_id": list(frames), "frames": list(frames.values())})
+    return writer_cost.offcpu_rows(offcpu, stacks)
 
 
 @dataclass
