@@ -226,11 +226,13 @@ class LiveView:
                 refresh=True,
             )
             return
-        acquisitions = sum(r.get("acquisitions") or 0 for r in state.rows)
-        contended = sum(r.get("contended") or 0 for r in state.rows)
-        wait = sum((r.get("wait_ns") or {}).get("total") or 0 for r in state.rows)
+        # Off-CPU rows (--offcpu) measure blocked time, not lock waits.
+        rows = [r for r in state.rows if r.get("source") != "offcpu"]
+        acquisitions = sum(r.get("acquisitions") or 0 for r in rows)
+        contended = sum(r.get("contended") or 0 for r in rows)
+        wait = sum((r.get("wait_ns") or {}).get("total") or 0 for r in rows)
         self.err.print(
-            f"[{state.elapsed_s:7.1f}s] {len(state.rows)} lock rows, "
+            f"[{state.elapsed_s:7.1f}s] {len(rows)} lock rows, "
             f"{acquisitions:,} acquisitions, {contended:,} contended, "
             f"wait {render.fmt_ns(wait)}, lost {lost:,}"
         )
