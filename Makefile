@@ -10,8 +10,12 @@ COMPARE_RUNS ?= 3
 COMPARE_SECONDS ?= 3
 COMPARE_THREADS ?= 4
 COMPARE_HTML ?= compare.html
+PATCH_RUNS ?= 3
+PATCH_SECONDS ?= 3
+PATCH_THREADS ?= 4
+PATCH_HTML ?= compare-patch.html
 
-.PHONY: setup demo demo-compare test test-unit test-integration lint bench workloads clean
+.PHONY: setup demo demo-compare demo-patch test test-unit test-integration lint bench workloads clean
 
 setup:
 	@scripts/setup.sh
@@ -37,6 +41,22 @@ demo-compare: setup
 		workloads/bin/lpbizzy -t $(COMPARE_THREADS) -S $(COMPARE_SECONDS) -R
 	$(LOCKPROF) compare before.lpset after.lpset -o $(COMPARE_HTML)
 	@echo "comparison page: $(abspath $(COMPARE_HTML))  (JSON: $(LOCKPROF) compare before.lpset after.lpset --json)"
+
+# The 2007 scalable rw_mutex as a user-space "patch": rwbench on glibc's
+# pthread_rwlock (before) vs workloads/bin/librw_mutex.so (after), each under
+# its lock spec (uprobes), PATCH_RUNS runs each; the two spec classes are
+# paired so that read, write and the writer's sum compare mode by mode.
+demo-patch: setup
+	$(LOCKPROF) bench --runs $(PATCH_RUNS) --label pthread_rwlock -o patch-before.lpset \
+		--no-contention --locks pthread_rwlock --throughput-regex '([0-9]+) ops/s' -- \
+		workloads/bin/rwbench -l pthread -t $(PATCH_THREADS) -S $(PATCH_SECONDS)
+	$(LOCKPROF) bench --runs $(PATCH_RUNS) --label rw_mutex -o patch-after.lpset \
+		--no-contention --locks rw_mutex@workloads/bin/librw_mutex.so \
+		--throughput-regex '([0-9]+) ops/s' -- \
+		workloads/bin/rwbench -l rw_mutex -t $(PATCH_THREADS) -S $(PATCH_SECONDS)
+	$(LOCKPROF) compare --pair-class pthread_rwlock=rw_mutex --top 3 \
+		patch-before.lpset patch-after.lpset -o $(PATCH_HTML)
+	@echo "comparison page: $(abspath $(PATCH_HTML))  (JSON: $(LOCKPROF) compare --pair-class pthread_rwlock=rw_mutex patch-before.lpset patch-after.lpset --json)"
 
 test: setup
 	$(PY) -m pytest -ra tests

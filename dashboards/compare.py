@@ -297,6 +297,13 @@ def header_html(document: dict) -> str:
             if warnings
             else ""
         )
+        + "".join(
+            f"<p>Paired lock classes: the before side's <code>{html_text(p['before'])}</code> "
+            f"locks and the after side's <code>{html_text(p['after'])}</code> locks are "
+            f"compared as <code>{html_text(p['as'])}</code>, mode by mode (a spec's "
+            "<code>sum</code> mode: calls of its sum function and the time in them).</p>"
+            for p in document.get("paired_classes") or []
+        )
         + f"<p>Noise: {html_text(document['confidence'])}. Method: "
         f"{html_text(method['name'])} ({html_text(method['resampling'])}; "
         f"{int(method['resamples']):,} resamples; seed {int(method['seed'])}); a change is "

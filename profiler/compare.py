@@ -12,6 +12,15 @@ addresses and pids differ from run to run):
   Unnamed locks of one class, and locks with the same top caller, are added
   up under one identity.
 
+Lock spec classes can be paired (`--pair-class BEFORE=AFTER`): a patch that
+replaces one lock implementation by another (pthread_rwlock by rw_mutex) has
+a different lock class on each side, so no lock would match. Paired, the
+before side's BEFORE locks and the after side's AFTER locks are both
+relabelled "BEFORE -> AFTER" and compared mode by mode (read with read,
+write with write, the spec's "sum" function with sum). A mode that only one
+side has (the sum of rw_mutex, which pthread_rwlock lacks) counts 0 calls on
+the other side.
+
 All rows of one identity and mode in a run are merged (counts and totals
 added, log2 histograms added, maxima taken) by relabelling the run's locks
 and reusing aggregate.summary_rows. Each metric's side value is the mean over
@@ -38,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from profiler import aggregate
+from profiler.errors import LockprofError
 from profiler.recording import Recording
 from profiler.runset import RunSet
 
@@ -216,6 +226,101 @@ def _mmap_source() -> int:
     return schema.const("LP_SRC_MMAP_LOCK")
 
 
+# -- paired lock classes ------------------------------------------------------------
+
+
+def paired_class(before_class: str, after_class: str) -> str:
+    return f"{before_class} -> {after_class}"
+
+
+def _paired_key(key: LockKey, old_class: str, new_class: str) -> LockKey:
+    label, lock_class, mode = key
+    if lock_class != old_class:
+        return key
+    if label.startswith(old_class):
+        label = new_class + label[len(old_class) :]
+    else:
+        label = f"{new_class}: {label}"
+    return (label, new_class, mode)
+
+
+def _relabel_classes(runs: list[RunFigures], old_class: str, new_class: str) -> None:
+    for run in runs:
+        run.locks = {_paired_key(k, old_class, new_class): v for k, v in run.locks.items()}
+        run.hists = {_paired_key(k, old_class, new_class): v for k, v in run.hists.items()}
+
+
+def _classes(runs: list[RunFigures]) -> set[str]:
+    return {key[1] for run in runs for key in run.locks}
+
+
+def pair_classes(
+    before: list[RunFigures], after: list[RunFigures], pairs: dict[str, str]
+) -> list[dict]:
+    """Relabel the before side's class B and the after side's class A of
+    each pair {B: A} to "B -> A", so that their locks match. Refuses a class
+    that its side does not have (a typo would otherwise compare nothing)."""
+    done = []
+    for old_before, old_after in pairs.items():
+        for side, runs, name in (("before", before, old_before), ("after", after, old_after)):
+            if name not in _classes(runs):
+                known = ", ".join(sorted(_classes(runs))) or "none"
+                raise LockprofError(
+                    f"--pair-class {old_before}={old_after}: the {side} side has no "
+                    f"{name} locks (its lock classes: {known})",
+                    exit_code=2,
+                )
+        new_class = paired_class(old_before, old_after)
+        _relabel_classes(before, old_before, new_class)
+        _relabel_classes(after, old_after, new_class)
+        done.append({"before": old_before, "after": old_after, "as": new_class})
+    return done
+
+
+def _spec_classes(runset: RunSet) -> set[str]:
+    names = set()
+    for run in runset.runs:
+        for spec in run.recording.meta.get("lock_specs") or []:
+            if isinstance(spec, dict) and spec.get("name"):
+                names.add(str(spec["name"]))
+    return names
+
+
+def spec_warnings(before: RunSet, after: RunSet, pairs: dict[str, str]) -> list[str]:
+    """A hint when the sides probed different lock specs and were not paired."""
+    b = _spec_classes(before) - set(pairs)
+    a = _spec_classes(after) - set(pairs.values())
+    only_b, only_a = sorted(b - a), sorted(a - b)
+    if not only_b or not only_a:
+        return []
+    return [
+        f"lock spec classes differ: before {', '.join(only_b)}, after {', '.join(only_a)}; "
+        "their locks are compared as different locks, each absent on the other side "
+        f"(--pair-class {only_b[0]}={only_a[0]} compares them as one lock, mode by mode)"
+    ]
+
+
+# A lock spec's "sum" rows: calls of its sum function and their latency.
+SUM_METRIC_NAMES = {
+    "acquisitions": "sum calls",
+    "wait_total_ns": "time in sum",
+    "wait_p50_ns": "sum p50",
+    "wait_p99_ns": "sum p99",
+    "wait_max_ns": "sum max",
+}
+
+
+def metric_name(mode: str, metric: str) -> str:
+    """How a lock metric is shown: a spec's sum rows count calls, not
+    acquisitions, and time inside the sum, not waits."""
+    if mode != "sum":
+        return metric
+    cpu, dot, rest = metric.partition(".")
+    if dot:
+        return f"{cpu}.{SUM_METRIC_NAMES.get(rest, rest)}"
+    return SUM_METRIC_NAMES.get(metric, metric)
+
+
 # -- statistics -------------------------------------------------------------------
 
 
@@ -358,14 +463,14 @@ def _lock_order(
         wait, acq = score(key, "wait_total_ns"), score(key, "acquisitions")
         old = per_lock.get(lock, (0.0, 0.0))
         per_lock[lock] = (max(old[0], wait), max(old[1], acq))
-    mode_rank = {"write": 0, "read": 1, "exclusive": 2}
+    mode_rank = {"write": 0, "read": 1, "sum": 2, "exclusive": 3}
     return sorted(
         keys,
         key=lambda k: (
             -per_lock[k[:2]][0],
             -per_lock[k[:2]][1],
             k[0],
-            mode_rank.get(k[2], 3),
+            mode_rank.get(k[2], 4),
         ),
     )
 
@@ -406,6 +511,7 @@ def lock_verdicts(
             b = _lock_values(before, key, metric, summable, seen)
             a = _lock_values(after, key, metric, summable, seen)
             entry = {"lock": label, "lock_class": lock_class, "mode": mode, "metric": metric}
+            entry["name"] = metric_name(mode, metric)
             entry["unit"] = unit
             entry.update(compare_values(b, a, seed, resamples))
             verdicts.append(entry)
@@ -587,10 +693,18 @@ def _mean_hists(runs: list[RunFigures]) -> dict[LockKey, dict[str, np.ndarray]]:
 
 
 def compare(
-    before: RunSet, after: RunSet, seed: int = SEED, resamples: int = RESAMPLES
+    before: RunSet,
+    after: RunSet,
+    seed: int = SEED,
+    resamples: int = RESAMPLES,
+    pairs: dict[str, str] | None = None,
 ) -> Comparison:
-    """Compare two run sets: verdicts per lock and mode, per process, warnings."""
+    """Compare two run sets: verdicts per lock and mode, per process, warnings.
+    pairs {before class: after class} matches the locks of two lock classes
+    (see pair_classes)."""
+    pairs = pairs or {}
     fig_b, fig_a = side_figures(before), side_figures(after)
+    paired = pair_classes(fig_b, fig_a, pairs)
     process = process_name(before)
     rusage = rusage_verdicts(fig_b, fig_a, process, seed, resamples)
     confident = len(before.runs) >= 2 and len(after.runs) >= 2
@@ -605,7 +719,9 @@ def compare(
             if confident
             else "none: no confidence can be given with fewer than 2 runs per side"
         ),
+        "paired_classes": paired,
         "warnings": mismatch_warnings(before, after)
+        + spec_warnings(before, after, pairs)
         + target_warnings(before, fig_b, "before")
         + target_warnings(after, fig_a, "after"),
         "headline": [headline(entry) for entry in rusage],

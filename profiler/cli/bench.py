@@ -16,7 +16,7 @@ from rich.text import Text
 
 from profiler import recording, render, runset, summary
 from profiler.capture import CapturedCommand, OutputCapture, compile_throughput, parse_throughput
-from profiler.cli.common import TimeParam, build_options
+from profiler.cli.common import TimeParam, build_options, checked_spec
 from profiler.errors import LockprofError
 from profiler.runset import Run, RunSet
 from profiler.session import CollectOptions, collect, require_privileges
@@ -65,7 +65,9 @@ def one_run(
 
 
 def _totals(rec: recording.Recording) -> tuple[int, int]:
-    rows = summary.lock_rows(rec)
+    """Acquisitions and contended acquisitions over every lock and mode (a
+    lock spec's "sum" rows count calls of its sum function: left out)."""
+    rows = [r for r in summary.lock_rows(rec) if r.get("mode") != "sum"]
     return (
         sum(r.get("acquisitions") or 0 for r in rows),
         sum(r.get("contended") or 0 for r in rows),
@@ -195,6 +197,13 @@ def summary_table(result: RunSet) -> Table:
 @click.option("--no-mmap-lock", is_flag=True, help="Leave out the mmap_lock tracepoints.")
 @click.option("--no-contention", is_flag=True, help="Leave out lock:contention_*.")
 @click.option(
+    "--locks",
+    "lock_spec",
+    metavar="SPEC",
+    help="Also probe a lock's own functions in every run, as `lockprof run --locks`: "
+    "a built-in spec (rw_mutex, rwsem, pthread_rwlock), NAME@BINARY, or a TOML file.",
+)
+@click.option(
     "-q",
     "--quiet",
     is_flag=True,
@@ -216,6 +225,7 @@ def command(
     stack_threshold,
     no_mmap_lock,
     no_contention,
+    lock_spec,
     quiet,
     as_json,
 ) -> None:
@@ -249,6 +259,8 @@ def command(
     options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
     options.stack_threshold_ns = stack_threshold
     require_privileges()
+    if lock_spec:
+        options.locks = (checked_spec(lock_spec),)
     from profiler.doctor import cheap_mechanisms
 
     result = RunSet(

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from profiler import compare as cmp
 from profiler import render, runset
+from profiler.errors import LockprofError
 
 VERDICT_STYLE = {
     "significant increase": "bold",
@@ -52,7 +53,7 @@ def verdict_table(verdicts: list[dict], top: int | None, everything: bool) -> Ta
         table.add_row(
             Text(_lock_title(entry)) if ident != previous else Text(""),
             entry["mode"] if ident != previous else "",
-            entry["metric"],
+            entry.get("name") or entry["metric"],
             cmp.fmt_value(entry["before"], entry["unit"]),
             cmp.fmt_value(entry["after"], entry["unit"]),
             cmp.fmt_pct(entry["delta_pct"]),
@@ -79,6 +80,15 @@ def terminal_view(document: dict, top: int | None, everything: bool) -> Group:
     ]
     for warning in document["warnings"]:
         parts.append(Text("! " + render.safe_text(warning), style="yellow"))
+    for pair in document.get("paired_classes") or []:
+        parts.append(
+            Text(
+                render.safe_text(
+                    f"paired: the before side's {pair['before']} locks and the after side's "
+                    f"{pair['after']} locks are compared as {pair['as']}, mode by mode"
+                )
+            )
+        )
     parts.append(
         Text(
             f"noise: {document['confidence']} ({method['name']}, {method['resamples']:,} "
@@ -108,6 +118,24 @@ def terminal_view(document: dict, top: int | None, everything: bool) -> Group:
     return Group(*parts)
 
 
+def parse_pairs(values: tuple[str, ...]) -> dict[str, str]:
+    """--pair-class BEFORE=AFTER values -> {BEFORE: AFTER}."""
+    pairs: dict[str, str] = {}
+    for value in values:
+        before, sep, after = value.partition("=")
+        before, after = before.strip(), after.strip()
+        if not sep or not before or not after:
+            raise LockprofError(
+                f"--pair-class {value!r}: expected BEFORE=AFTER, two lock classes "
+                "(e.g. pthread_rwlock=rw_mutex)",
+                exit_code=2,
+            )
+        if before in pairs:
+            raise LockprofError(f"--pair-class names {before!r} twice", exit_code=2)
+        pairs[before] = after
+    return pairs
+
+
 @click.command("compare")
 @click.argument("before", type=click.Path(path_type=Path))
 @click.argument("after", type=click.Path(path_type=Path))
@@ -133,7 +161,16 @@ def terminal_view(document: dict, top: int | None, everything: bool) -> Group:
     show_default=True,
     help="Seed of the bootstrap (results are reproducible for a given seed).",
 )
-def command(before, after, output, as_json, top, everything, seed) -> None:
+@click.option(
+    "--pair-class",
+    "pair_class",
+    metavar="BEFORE=AFTER",
+    multiple=True,
+    help="Compare the before side's BEFORE-class locks with the after side's AFTER-class "
+    "locks as one lock, mode by mode (a patch that swaps lock implementations, e.g. "
+    "pthread_rwlock=rw_mutex). Repeatable.",
+)
+def command(before, after, output, as_json, top, everything, seed, pair_class) -> None:
     """Compare BEFORE and AFTER: each a run set from `lockprof bench` (.lpset)
     or a single recording (.lpr).
 
@@ -149,13 +186,15 @@ def command(before, after, output, as_json, top, everything, seed) -> None:
       lockprof compare before.lpset after.lpset
       lockprof compare before.lpset after.lpset -o compare.html
       lockprof compare before.lpset after.lpset --json | jq '.verdicts[] | select(.significant)'
+      lockprof compare --pair-class pthread_rwlock=rw_mutex pthread.lpset rw_mutex.lpset
     """
+    pairs = parse_pairs(pair_class)
     if output is not None:
         from dashboards import compare as page
 
         page.check_writable(output)
     sides = [runset.load_side(before), runset.load_side(after)]
-    result = cmp.compare(sides[0], sides[1], seed=seed)
+    result = cmp.compare(sides[0], sides[1], seed=seed, pairs=pairs)
     document = result.document
     for warning in document["warnings"]:
         click.echo(f"lockprof: warning: {render.safe_text(warning)}", err=True)

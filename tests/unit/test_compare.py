@@ -799,3 +799,142 @@ def test_a_target_mmap_lock_filed_under_another_owner_is_warned_about():
     assert warning.startswith("after run 2: no mmap_lock is owned by the target pid")
     assert "mmap_lock (python)" in warning
     assert cmp.compare(before, before).document["warnings"] == []
+
+
+# -- lock spec classes paired across the sides ---------------------------------------------
+
+SRC_SPEC = schema.const("LP_SRC_SPEC")
+F_SUM = schema.const("LP_F_SUM")
+
+
+def spec_recording(
+    spec: str, address: int, reads: int, writes: int, sums: int = 0, wait_ns: int = 1000
+) -> Recording:
+    """One run of rwbench under --locks SPEC: the spec lock's read and write
+    acquisitions (with waits and holds) and, for rw_mutex, its sum calls."""
+    rows = [
+        interval_row(
+            address,
+            flags,
+            SRC_SPEC,
+            acquisitions=count,
+            releases=count,
+            **_hist("wait", count, wait_ns),
+            **_hist("hold", count, 2000),
+        )
+        for flags, count in ((READ, reads), (WRITE, writes))
+    ]
+    if sums:
+        rows.append(
+            interval_row(address, F_SUM, SRC_SPEC, acquisitions=sums, **_hist("wait", sums, 12_000))
+        )
+    intervals = aggregate.intervals_frame(rows)
+    locks = aggregate.name_locks(intervals, {}, EMPTY_CALLERS, {}, spec_class=spec)
+    rec = make_recording(0, reads=0, command=("/bin/rwbench", "-l", spec))
+    rec.intervals, rec.locks = intervals, locks
+    rec.meta["lock_specs"] = [{"name": spec, "target": "/lib/x.so", "functions": {}}]
+    return rec
+
+
+def spec_set(label: str, spec: str, runs: list[tuple[int, int, int]]) -> RunSet:
+    recs = [
+        spec_recording(spec, 0x5500_0000_1000 + 0x100 * i, reads, writes, sums)
+        for i, (reads, writes, sums) in enumerate(runs)
+    ]
+    return RunSet(
+        label=label, runs=[Run(recording=r) for r in recs], command=recs[0].meta["command"]
+    )
+
+
+PTHREAD = [(9000, 1000, 0), (9100, 1010, 0), (8900, 990, 0)]
+RW_MUTEX = [(4500, 500, 4000), (4550, 505, 4100), (4450, 495, 3900)]
+
+
+def test_different_spec_classes_are_not_matched_and_the_warning_says_how_to_pair():
+    doc = cmp.compare(
+        spec_set("b", "pthread_rwlock", PTHREAD), spec_set("a", "rw_mutex", RW_MUTEX)
+    ).document
+    locks = {(v["lock"], v["mode"]) for v in doc["verdicts"]}
+    assert ("pthread_rwlock (unnamed)", "read") in locks and ("rw_mutex (unnamed)", "read") in locks
+    read = verdict(doc, "acquisitions", "read", "rw_mutex (unnamed)")
+    assert read["before"] == 0 and read["after"] == pytest.approx(4500)
+    assert doc["paired_classes"] == []
+    (hint,) = [w for w in doc["warnings"] if w.startswith("lock spec classes differ")]
+    assert "before pthread_rwlock, after rw_mutex" in hint
+    assert "--pair-class pthread_rwlock=rw_mutex" in hint
+
+
+def test_paired_spec_classes_compare_mode_by_mode_with_the_writers_sum():
+    doc = cmp.compare(
+        spec_set("b", "pthread_rwlock", PTHREAD),
+        spec_set("a", "rw_mutex", RW_MUTEX),
+        pairs={"pthread_rwlock": "rw_mutex"},
+    ).document
+    label = "pthread_rwlock -> rw_mutex (unnamed)"
+    assert {v["lock"] for v in doc["verdicts"]} == {label}
+    assert doc["paired_classes"] == [
+        {"before": "pthread_rwlock", "after": "rw_mutex", "as": "pthread_rwlock -> rw_mutex"}
+    ]
+    assert not [w for w in doc["warnings"] if w.startswith("lock spec classes differ")]
+    reads = verdict(doc, "acquisitions", "read", label)
+    assert (reads["before"], reads["after"]) == (pytest.approx(9000), pytest.approx(4500))
+    assert reads["delta_pct"] == pytest.approx(-50.0) and reads["significant"] is True
+    writes = verdict(doc, "wait_total_ns", "write", label)
+    assert writes["before"] == pytest.approx(1_000_000)
+    assert writes["after"] == pytest.approx(500_000)
+    assert verdict(doc, "hold_p99_ns", "write", label)["verdict"] == "no significant change"
+    # The writer's sum: pthread_rwlock has none, so 0 calls before.
+    calls = verdict(doc, "acquisitions", "sum", label)
+    assert calls["name"] == "sum calls"
+    assert (calls["before"], calls["after"]) == (0, pytest.approx(4000))
+    time_in_sum = verdict(doc, "wait_total_ns", "sum", label)
+    assert time_in_sum["name"] == "time in sum"
+    assert time_in_sum["after"] == pytest.approx(4000 * 12_000)
+    assert verdict(doc, "wait_p99_ns", "sum", label)["verdict"] == cmp.NOT_MEASURED
+    assert verdict(doc, "acquisitions", "read", label)["name"] == "acquisitions"
+    modes = [v["mode"] for v in doc["verdicts"] if v["metric"] == "acquisitions"]
+    assert modes == ["write", "read", "sum"]
+
+
+def test_paired_histograms_match_too():
+    result = cmp.compare(
+        spec_set("b", "pthread_rwlock", PTHREAD),
+        spec_set("a", "rw_mutex", RW_MUTEX),
+        pairs={"pthread_rwlock": "rw_mutex"},
+    )
+    key = ("pthread_rwlock -> rw_mutex (unnamed)", "pthread_rwlock -> rw_mutex", "read")
+    assert np.sum(result.hists[key]["before"]["wait"]) == pytest.approx(9000)
+    assert np.sum(result.hists[key]["after"]["wait"]) == pytest.approx(4500)
+
+
+def test_pairing_a_class_a_side_lacks_is_refused():
+    with pytest.raises(LockprofError) as error:
+        cmp.compare(
+            spec_set("b", "pthread_rwlock", PTHREAD),
+            spec_set("a", "rw_mutex", RW_MUTEX),
+            pairs={"pthread_rwlok": "rw_mutex"},
+        )
+    assert "before side has no pthread_rwlok locks" in str(error.value)
+    assert "pthread_rwlock" in str(error.value)
+
+
+def test_pair_class_on_the_command_line(tmp_path, capsys):
+    before, after = tmp_path / "b.lpset", tmp_path / "a.lpset"
+    runset.save(spec_set("pthread_rwlock", "pthread_rwlock", PTHREAD), before)
+    runset.save(spec_set("rw_mutex", "rw_mutex", RW_MUTEX), after)
+    code = main(["compare", "--pair-class", "pthread_rwlock=rw_mutex", str(before), str(after)])
+    out = capsys.readouterr().out
+    assert code in (0, None)
+    assert "paired: the before side's pthread_rwlock locks" in out
+    assert "pthread_rwlock -> rw_mutex (unnamed)" in out
+    assert "sum calls" in out and "time in sum" in out
+    page = tmp_path / "c.html"
+    pair = ["--pair-class", "pthread_rwlock=rw_mutex"]
+    code = main(["compare", *pair, str(before), str(after), "-o", str(page)])
+    text = page.read_text()
+    assert "Paired lock classes" in text and "<td>sum calls</td>" in text
+    capsys.readouterr()
+    for bad in ("pthread_rwlock", "=rw_mutex", "a=b"):
+        code = main(["compare", "--pair-class", bad, str(before), str(after)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, (bad, err)
