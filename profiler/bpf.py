@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import os
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +22,8 @@ import numpy as np
 from profiler import btf, schema
 from profiler.errors import LockprofError, MechanismUnavailable
 from profiler.probes import Plan
+
+_RING_CHECK_S = 0.010
 
 # Cap the per-CPU aggregate map's memory: entries x value size x CPUs.
 _STATS_MAP_BUDGET_BYTES = 64 << 20
@@ -122,7 +126,9 @@ class BpfSession:
         self.plans = plans
         self.attached: list[Attached] = []
         self._bcc = import_bcc()
-        self._events_raw: list[bytes] = []
+        self._events: list[np.ndarray] = []
+        self._events_held = 0
+        self._ring: RingReader | None = None
         self.events_dropped_userspace = 0
         self.max_events = 1_000_000
         self.sample_hz = sample_hz
@@ -166,7 +172,11 @@ class BpfSession:
     def attach(self) -> list[Attached]:
         for chosen in self.plans:
             self._attach_one(chosen)
-        self._bpf["lp_events"].open_ring_buffer(self._on_event)
+        self._ring = RingReader(
+            self._bpf["lp_events"].map_fd,
+            schema.const("LP_RINGBUF_PAGES") * mmap.PAGESIZE,
+            self._event_dtype,
+        )
         return self.attached
 
     def _attach_one(self, chosen: Plan) -> None:
@@ -204,6 +214,9 @@ class BpfSession:
 
     def close(self) -> None:
         """Detach everything and release the maps. Safe to call twice."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -314,33 +327,117 @@ class BpfSession:
 
     # -- event stream -----------------------------------------------------------
 
-    def _on_event(self, _ctx, data, size) -> None:
-        # Keep the callback minimal: copy the bytes, decode in bulk later.
-        if len(self._events_raw) >= self.max_events:
-            self.events_dropped_userspace += 1
-            return
-        self._events_raw.append(ctypes.string_at(data, size))
-
     def events_pending(self) -> int:
         """Events received and not yet taken."""
-        return len(self._events_raw)
+        return self._events_held
 
     def poll_events(self, timeout_ms: int) -> None:
         """Wait timeout_ms, then drain the ring. The BPF side submits without
         waking us (one wakeup per event cost a context switch per event), so
         this sleeps rather than blocking in epoll."""
-        if timeout_ms > 0:
-            time.sleep(timeout_ms / 1000)
-        self._bpf.ring_buffer_consume()
+        deadline = time.monotonic() + timeout_ms / 1000
+        while self._ring is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            # Glance at the fill level every 10 ms (two loads from the
+            # mapping): a burst is drained before the ring overflows.
+            time.sleep(min(left, _RING_CHECK_S))
+            if self._ring.fill() > self._ring.size // 4:
+                self.drain_events()
+        self.drain_events()
 
     def drain_events(self) -> None:
-        self._bpf.ring_buffer_consume()
+        if self._ring is None:
+            return
+        batch = self._ring.read()
+        room = self.max_events - self._events_held
+        if len(batch) > room:
+            self.events_dropped_userspace += len(batch) - max(room, 0)
+            batch = batch[: max(room, 0)]
+        if len(batch):
+            self._events.append(batch)
+            self._events_held += len(batch)
 
     def take_events(self) -> np.ndarray:
         """Structured array (fields of struct lp_event) of events so far."""
-        blob = b"".join(self._events_raw)
-        self._events_raw.clear()
-        return np.frombuffer(blob, dtype=self._event_dtype).copy()
+        if not self._events:
+            return np.zeros(0, dtype=self._event_dtype)
+        events = np.concatenate(self._events)
+        self._events.clear()
+        self._events_held = 0
+        return events
+
+
+class RingReader:
+    """Bulk consumer of a BPF ring buffer of fixed-size records, by mmap.
+
+    BCC's consumer calls a Python function per record (microseconds each);
+    this reads every record between the consumer and producer positions as
+    one numpy array. Layout (kernel/bpf/ringbuf.c): page 0 holds the
+    consumer position (ours to write), page 1 the producer position, then
+    the data pages, mapped twice in a row so that a record that wraps is
+    contiguous. Each record is an 8-byte header (length with BUSY and
+    DISCARD bits, page offset) and the data, rounded up to 8 bytes.
+
+    Memory ordering: x86 keeps loads in order and stores in order, which is
+    what the acquire/release pairs of libbpf's consumer need; Python issues
+    no barriers, so other architectures would need them.
+    """
+
+    BUSY = 1 << 31
+    DISCARD = 1 << 30
+
+    def __init__(self, map_fd: int, size: int, event_dtype: np.dtype):
+        page = mmap.PAGESIZE
+        self._mask = size - 1
+        self.size = size
+        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._data = mmap.mmap(
+            map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
+        )
+        self._page = page
+        record = 8 + event_dtype.itemsize
+        self._record_size = (record + 7) & ~7
+        self._dtype = np.dtype(
+            {
+                "names": ["len", "pg_off", "event"],
+                "formats": ["<u4", "<u4", event_dtype],
+                "offsets": [0, 4, 8],
+                "itemsize": self._record_size,
+            }
+        )
+        self._event_len = event_dtype.itemsize
+
+    def fill(self) -> int:
+        """Bytes written by the kernel and not yet consumed."""
+        consumer = struct.unpack_from("<Q", self._consumer, 0)[0]
+        producer = struct.unpack_from("<Q", self._data, 0)[0]
+        return producer - consumer
+
+    def read(self) -> np.ndarray:
+        consumer = struct.unpack_from("<Q", self._consumer, 0)[0]
+        producer = struct.unpack_from("<Q", self._data, 0)[0]
+        if producer <= consumer:
+            return np.zeros(0, dtype=self._dtype["event"])
+        count = (producer - consumer) // self._record_size
+        offset = self._page + (consumer & self._mask)
+        records = np.frombuffer(self._data, dtype=self._dtype, count=count, offset=offset)
+        lengths = records["len"]
+        # Stop at the first record still being written (or of another size:
+        # lockprof never discards, and all its records are one struct).
+        size_bits = lengths & np.uint32(~self.DISCARD & 0xFFFFFFFF)
+        bad = np.flatnonzero(size_bits != self._event_len)  # BUSY is a size bit here
+        if bad.size:
+            records = records[: bad[0]]
+        events = records["event"][(records["len"] & self.DISCARD) == 0].copy()
+        consumed = consumer + len(records) * self._record_size
+        struct.pack_into("<Q", self._consumer, 0, consumed)
+        return events
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._data.close()
 
 
 # Frames of the tracing machinery itself, above the code that hit the tracepoint.

@@ -173,24 +173,35 @@ def _ppid(pid: int) -> int:
 
 
 def _ours(pid: int) -> bool:
-    """Is pid in this test run's process tree, or an orphan (a leaked child
-    of ours is reparented to init)? Other people's lockprof runs on this
-    shared machine are neither."""
+    """Is pid in this test run's process tree? Other people's lockprof runs
+    on this shared machine are not. (A child that inherited lockprof's BPF
+    fds and outlived it would be reparented away from us: the tests' commands
+    end before lockprof does, so none can hold them afterwards.)"""
     me = os.getpid()
     seen = 0
     while pid > 1 and seen < 64:
         if pid == me:
             return True
-        parent = _ppid(pid)
-        if parent <= 1:
-            return True  # orphaned
-        pid, seen = parent, seen + 1
+        pid, seen = _ppid(pid), seen + 1
     return False
 
 
-def lockprof_programs() -> list[str]:
+def lockprof_programs(settle_s: float = 3.0) -> list[str]:
     """Names of lockprof's BPF programs still loaded by this test run: ones
-    nobody holds an fd to (pinned or leaked) or held by our process tree."""
+    nobody holds an fd to (pinned or leaked) or held by our process tree.
+
+    The kernel frees a detached program after an RCU grace period, a moment
+    after its last fd is closed: a nonempty answer is asked again until
+    settle_s has passed."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        names = _lockprof_programs_now()
+        if not names or time.monotonic() >= deadline:
+            return names
+        time.sleep(0.1)
+
+
+def _lockprof_programs_now() -> list[str]:
     out = subprocess.run(
         ["bpftool", "prog", "list", "-j"], capture_output=True, text=True, check=True
     )
