@@ -309,6 +309,10 @@ class BpfSession:
             for k, v in self._bpf["lp_owners"].items()
         }
 
+    def run_stats(self) -> dict[str, tuple[int, int]]:
+        """BPF function -> (runs, run time ns), while run_stats_enabled()."""
+        return program_run_stats(self._bpf)
+
     def target_lock(self) -> int:
         return int(self._bpf["lp_config"][ctypes.c_int(0)].target_lock)
 
@@ -451,6 +455,67 @@ _TRACING_FRAMES = (
     "perf_trace_",
     "__trace_",
 )
+
+
+@contextlib.contextmanager
+def run_stats_enabled() -> Iterator[None]:
+    """Have the kernel count run time and runs of every BPF program while
+    inside (BPF_ENABLE_STATS: ended by closing its fd, so a crash cannot
+    leave it on, unlike the kernel.bpf_stats_enabled sysctl)."""
+    import ctypes.util
+
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    try:
+        libbpf = ctypes.CDLL(name, use_errno=True)
+        fd = libbpf.bpf_enable_stats(0)  # BPF_STATS_RUN_TIME
+    except (OSError, AttributeError) as exc:
+        raise LockprofError(f"cannot enable BPF run-time stats ({name}: {exc})") from None
+    if fd < 0:
+        raise LockprofError(f"cannot enable BPF run-time stats: {os.strerror(-fd)}")
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def program_run_stats(bpf_object) -> dict[str, tuple[int, int]]:
+    """BPF function name -> (runs, run time ns) of a loaded BCC object's
+    programs, from /proc/self/fdinfo (kept only while stats are enabled)."""
+    stats = {}
+    for name, fn in bpf_object.funcs.items():
+        fields = {}
+        try:
+            with open(f"/proc/self/fdinfo/{fn.fd}") as info:
+                for line in info:
+                    key, _, value = line.partition(":")
+                    fields[key.strip()] = value.strip()
+        except OSError:
+            continue
+        label = name.decode() if isinstance(name, bytes) else str(name)
+        stats[label] = (int(fields.get("run_cnt", 0)), int(fields.get("run_time_ns", 0)))
+    return stats
+
+
+def empty_programs(events: list[str]):
+    """Empty raw-tracepoint programs on events ("category:event"): the
+    floor any tracing of those events costs. Returns the BCC object; call
+    .cleanup() when done."""
+    bcc = import_bcc()
+    text = "\n".join(
+        f"int floor_{i}(struct bpf_raw_tracepoint_args *ctx) {{ return 0; }}"
+        for i in range(len(events))
+    )
+    with _captured_stderr():
+        prog = bcc.BPF(text=text.encode(), cflags=["-w"])
+    try:
+        for i, event in enumerate(events):
+            prog.attach_raw_tracepoint(
+                tp=event.split(":", 1)[1].encode(), fn_name=f"floor_{i}".encode()
+            )
+    except Exception as exc:
+        prog.cleanup()
+        raise LockprofError(f"cannot attach to {event}: {exc}") from None
+    return prog
 
 
 def user_symbols(path: str) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from rich.table import Table
 from rich.text import Text
 
 from profiler import doctor, render
@@ -12,7 +13,20 @@ from profiler import doctor, render
 
 @click.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
-def command(as_json) -> None:
+@click.option(
+    "--overhead",
+    is_flag=True,
+    help="Also measure, in about 10 s, what each probe lockprof would attach costs "
+    "per event here (kernel run-time stats), and what it adds to an mmap+munmap pair.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.5, max=60),
+    default=3.0,
+    show_default=True,
+    help="Length of each --overhead phase (bare, empty programs, lockprof).",
+)
+def command(as_json, overhead, seconds) -> None:
     """Load and attach a tiny program per mechanism and report what works:
     tracepoints (raw and classic), kprobes, fentry, uprobes, perf sampling,
     BTF, and which kernel headers BCC uses. Exits 1 when the minimum
@@ -22,9 +36,11 @@ def command(as_json) -> None:
     Examples:
       lockprof doctor
       lockprof doctor --json | jq '.checks[] | select(.ok | not)'
+      lockprof doctor --overhead        per-event cost of each probe, ~10 s
     """
     checks = doctor.run_checks()
     usable = all(c.ok for c in checks if c.required)
+    cost = _measure_overhead(seconds) if overhead and usable else None
     if as_json:
         click.echo(
             json.dumps(
@@ -32,6 +48,7 @@ def command(as_json) -> None:
                     "usable": usable,
                     "mechanisms": sorted(doctor.working_mechanisms(checks)),
                     "checks": doctor.as_dicts(checks),
+                    "overhead": cost.as_dict() if cost else None,
                 },
                 indent=2,
             )
@@ -51,5 +68,44 @@ def command(as_json) -> None:
             f"usable: {'yes' if usable else 'no'}; working mechanisms: "
             f"{', '.join(sorted(doctor.working_mechanisms(checks))) or 'none'}"
         )
+        if cost:
+            _print_overhead(out, cost)
     if not usable:
         raise SystemExit(1)
+
+
+def _measure_overhead(seconds: float):
+    from profiler import overhead
+
+    click.echo(f"measuring overhead: 3 phases of {seconds:g} s ...", err=True)
+    return overhead.measure(seconds)
+
+
+def _print_overhead(out, cost) -> None:
+    table = Table(
+        title="probe cost per event (kernel run-time stats; both columns include the "
+        "stats' own clock reads)",
+        title_justify="left",
+        header_style="bold",
+    )
+    for header in ("probe", "event", "events/s", "lockprof ns", "empty program ns", "added ns"):
+        table.add_column(header, justify="left" if header in ("probe", "event") else "right")
+    for probe in cost.probes:
+        rate = probe.runs / cost.seconds_per_phase
+        ns = probe.ns_per_run
+        floor = probe.floor_ns_per_run
+        table.add_row(
+            probe.probe,
+            probe.event,
+            f"{rate:,.0f}",
+            f"{ns:,.0f}" if ns is not None else "no events",
+            f"{floor:,.0f}" if floor is not None else "-",
+            f"{ns - floor:,.0f}" if ns is not None and floor is not None else "-",
+        )
+    out.print(table)
+    us = cost.us_per_pair
+    out.print(
+        f"mmap+munmap pair, 2 contending threads: bare {us['bare']:.2f} us, "
+        f"empty programs {us['floor']:.2f} us (x{us['floor'] / us['bare']:.2f}), "
+        f"lockprof {us['lockprof']:.2f} us (x{us['lockprof'] / us['bare']:.2f})"
+    )

@@ -1,0 +1,116 @@
+"""`lockprof doctor --overhead`: what lockprof's probes cost on this machine.
+
+In about 10 s, before attaching in production, a user learns:
+  - per probe, the kernel's own count of runs and run time (BPF_ENABLE_STATS)
+    for lockprof's programs and for empty programs on the same events (the
+    price of the mechanism itself);
+  - what that adds to an mmap+munmap pair, timed bare, under the empty
+    programs and under lockprof, with a generated load of two threads.
+
+The load is a Python child mapping and unmapping one page in a loop (CPython
+drops the GIL around mmap and munmap, so two threads really contend on their
+mmap_lock). Its absolute speed is Python's; the added time per pair is the
+probes'.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+
+from profiler import probes
+
+_LOAD = """
+import mmap, sys, threading, time
+seconds = float(sys.argv[1])
+counts = [0, 0]
+def work(slot):
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        for _ in range(200):
+            mmap.mmap(-1, 4096).close()
+        n += 200
+    counts[slot] = n
+threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+start = time.monotonic()
+for t in threads: t.start()
+for t in threads: t.join()
+print(sum(counts), time.monotonic() - start)
+"""
+
+
+@dataclass
+class ProbeCost:
+    probe: str
+    event: str
+    mechanism: str
+    runs: int
+    ns_per_run: float | None  # lockprof's program
+    floor_ns_per_run: float | None  # an empty program on the same event
+
+
+@dataclass
+class OverheadResult:
+    seconds_per_phase: float
+    probes: list[ProbeCost]
+    pairs_per_s: dict[str, float]  # bare, floor, lockprof
+    us_per_pair: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _load(seconds: float) -> float:
+    """Run the load; mmap+munmap pairs per second."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds * 10 + 30,
+    )
+    pairs, elapsed = done.stdout.split()
+    return int(pairs) / float(elapsed)
+
+
+def _per_run(stats: dict[str, tuple[int, int]], fn: str) -> tuple[int, float | None]:
+    runs, ns = stats.get(fn, (0, 0))
+    return runs, (ns / runs if runs else None)
+
+
+def measure(seconds: float = 3.0, families: tuple[str, ...] = probes.DEFAULT_FAMILIES):
+    """Bare, floor and lockprof phases of `seconds` each (needs root)."""
+    from profiler import bpf
+
+    plans = probes.plan(families, {"raw_tracepoint"})
+    events = [p.point.target for p in plans]
+    rates = {"bare": _load(seconds)}
+    with bpf.run_stats_enabled():
+        floor = bpf.empty_programs(events)
+        try:
+            rates["floor"] = _load(seconds)
+            floor_stats = bpf.program_run_stats(floor)
+        finally:
+            floor.cleanup()
+        with bpf.BpfSession(plans) as session:
+            session.attach()
+            rates["lockprof"] = _load(seconds)
+            session.drain_events()
+            lp_stats = session.run_stats()
+    costs = []
+    for i, chosen in enumerate(plans):
+        runs, ns = _per_run(lp_stats, chosen.probe.fn)
+        _floor_runs, floor_ns = _per_run(floor_stats, f"floor_{i}")
+        costs.append(
+            ProbeCost(
+                chosen.probe.name, chosen.point.target, chosen.point.mechanism, runs, ns, floor_ns
+            )
+        )
+    return OverheadResult(
+        seconds_per_phase=seconds,
+        probes=costs,
+        pairs_per_s={k: round(v, 1) for k, v in rates.items()},
+        us_per_pair={k: round(1e6 / v, 3) for k, v in rates.items()},
+    )
