@@ -163,10 +163,12 @@ def build_reader_writer(summary: pd.DataFrame, top: int = 15) -> go.Figure:
     reader:writer ratio (acquisitions where every acquisition is seen,
     contended waits otherwise)."""
     title = "Readers and writers"
-    rw = summary[summary["lock_class"].isin(RW_CLASSES) & summary["mode"].isin(["read", "write"])]
+    # Every lock with a read or write mode: the kernel's reader/writer
+    # classes (RW_CLASSES) and any lock spec's class (--locks).
+    rw = summary[summary["mode"].isin(["read", "write"])]
     if rw.empty:
         return empty_figure(
-            title, "No reader/writer locks (rwsem, mmap_lock, rwlock) in this recording"
+            title, "No reader/writer locks (rwsem, mmap_lock, rwlock, lock specs) in this recording"
         )
     sums = rw.groupby(["label", "mode"])[["acquisitions", "contended"]].sum(min_count=1)
     per_lock = rw.groupby("label")[["acquisitions", "contended"]].sum()
@@ -539,7 +541,8 @@ def build_timeline(
 def build_top_locks(summary: pd.DataFrame, top: int = 15) -> go.Figure:
     """The locks with the most wait time, stacked by mode, by identity."""
     title = "Most contended locks (total wait time)"
-    waited = summary[summary["wait_total"].fillna(0) > 0]
+    # A lock spec's sum rows time calls inside the write wait: not waits.
+    waited = summary[(summary["wait_total"].fillna(0) > 0) & summary["mode"].isin(MODES)]
     if waited.empty:
         return empty_figure(title, "No lock waits in this recording")
     totals = waited.groupby("label")["wait_total"].sum().sort_values(ascending=False)
@@ -776,4 +779,185 @@ def build_tasks(
     fig.update_xaxes(type="log", title_text="total wait (log)", **TIME_AXIS)
     _layout(fig, title, max(300, 110 + 26 * len(per)), barmode="overlay")
     fig.update_layout(margin={"l": 240})
+    return fig
+
+
+# -- 10. the writer's price ---------------------------------------------------------------
+
+# What a blocked stack waited for (profiler.writer_cost.classify_stack), in
+# stacking order: (component, legend name, colour).
+OFFCPU_COMPONENTS = [
+    ("grace_period", "RCU grace period (rcu_sync_enter)", "#9467bd"),
+    ("reader_drain", "readers draining", "#d62728"),
+    ("writer_wait", "behind another writer", "#ff7f0e"),
+    ("blocked_by_writer", "reader blocked by a writer", "#1f77b4"),
+    ("wait", "rwsem slow path", "#7f7f7f"),
+]
+MAX_TASKS_SHOWN = 8
+
+
+def _task_list(tasks: list[str]) -> str:
+    """Escaped comms for a hover, at most MAX_TASKS_SHOWN of them."""
+    shown = ", ".join(text(t) for t in tasks[:MAX_TASKS_SHOWN])
+    more = len(tasks) - MAX_TASKS_SHOWN
+    return shown + (f" and {more:,} more" if more > 0 else "") if tasks else "-"
+
+
+def build_offcpu(offcpu: pd.DataFrame, recorded: bool = True, top: int = 15) -> go.Figure:
+    """Off-CPU time in lock functions per lock function <- caller and mode,
+    stacked by what the stack waited for (frames.offcpu_frame), with the
+    tasks that blocked there on hover."""
+    title = "Blocked in lock functions (off-CPU time by caller)"
+    if offcpu.empty:
+        if not recorded:
+            return empty_figure(title, "No off-CPU data: record with --offcpu")
+        return empty_figure(
+            title,
+            "No off-CPU time in percpu_down_write, __percpu_down_read or the rwsem slow paths",
+        )
+    keys = offcpu.drop_duplicates(["label", "mode"]).sort_values("total_ns", ascending=False)
+    keys = keys.head(top)
+    names = [f"{text(label)} ({mode})" for label, mode in keys[["label", "mode"]].values]
+    index = {(label, mode): i for i, (label, mode) in enumerate(keys[["label", "mode"]].values)}
+    fig = go.Figure()
+    for component, legend, color in OFFCPU_COMPONENTS:
+        part = offcpu[offcpu["component"] == component]
+        if part.empty:
+            continue
+        x: list[float | None] = [None] * len(names)
+        custom = [["", "", "", "", "", ""] for _ in names]
+        for row in part.to_dict("records"):
+            at = index.get((row["label"], row["mode"]))
+            if at is None:
+                continue
+            x[at] = row["component_ns"] / 1e9
+            custom[at] = [
+                fmt_ns(row["component_ns"]),
+                f"{row['component_ns'] / row['total_ns']:.1%}" if row["total_ns"] else "-",
+                f"{row['blocked']:,}",
+                fmt_ns(row["total_ns"]),
+                fmt_ns(row["max_ns"]),
+                _task_list(row["tasks"]),
+            ]
+        if all(v is None for v in x):
+            continue
+        fig.add_trace(
+            go.Bar(
+                name=legend,
+                y=names,
+                x=x,
+                orientation="h",
+                customdata=custom,
+                marker={"color": color},
+                hovertemplate=(
+                    f"%{{y}}<br>{legend}: %{{customdata[0]}} (%{{customdata[1]}})"
+                    "<br>%{customdata[2]} blocks, %{customdata[3]} off CPU in all, "
+                    "longest %{customdata[4]}<br>tasks: %{customdata[5]}<extra></extra>"
+                ),
+            )
+        )
+    fig.update_yaxes(autorange="reversed", categoryorder="array", categoryarray=names)
+    fig.update_xaxes(title_text="off-CPU time (includes time runnable before running)", **TIME_AXIS)
+    _layout(
+        fig,
+        title,
+        max(300, 150 + 34 * len(names)),
+        barmode="stack",
+        legend={"orientation": "h", "y": -0.25, "traceorder": "normal"},
+    )
+    fig.update_layout(margin={"l": 380})
+    return fig
+
+
+def build_sum_cost(cost: dict | None) -> go.Figure:
+    """The CPU time of __percpu_counter_sum estimated from CPU samples
+    (frames.sum_cost): its top callers and, beside the estimate, the --cpus
+    what-if, drawn hatched and named a model."""
+    title = "The writer's sum over CPUs: __percpu_counter_sum"
+    if not cost:
+        return empty_figure(title, "No CPU samples: record with --sample")
+    cpus = cost.get("online_cpus")
+    kernel_samples = int(cost.get("kernel_samples") or 0)
+    method = f"method: {text(cost.get('method'))}; {text(cpus)} online CPUs"
+    if not cost.get("samples"):
+        fig = empty_figure(
+            f"{title}<br><sup>{method}</sup>",
+            f"0 of {kernel_samples:,} kernel samples were in "
+            f"{text(cost.get('function'))}: too little CPU time to be sampled",
+        )
+        fig.update_layout(margin={"t": 80})
+        return fig
+    share = cost.get("share_of_cpu")
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.55, 0.45],
+        horizontal_spacing=0.12,
+        subplot_titles=["top callers (estimated CPU time)", "estimate vs what-if"],
+    )
+    callers = cost.get("top_callers") or []
+    names = [text(c["caller"]) for c in callers]
+    fig.add_trace(
+        go.Bar(
+            name="callers",
+            y=names,
+            x=[c["estimated_cpu_s"] for c in callers],
+            orientation="h",
+            customdata=[[f"{c['samples']:,}", fmt_ns(c["estimated_cpu_s"] * 1e9)] for c in callers],
+            marker={"color": "#8c564b"},
+            showlegend=False,
+            hovertemplate="from %{y}<br>%{customdata[0]} samples, about %{customdata[1]} of CPU"
+            "<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    measured = f"sampled: {cpus} CPUs (estimate)"
+    fig.add_trace(
+        go.Bar(
+            name="estimated from samples",
+            x=[measured],
+            y=[cost["estimated_cpu_s"]],
+            marker={"color": "#8c564b"},
+            customdata=[[f"{cost['samples']:,}", fmt_ns(cost["estimated_cpu_s"] * 1e9)]],
+            hovertemplate="%{x}<br>%{customdata[0]} samples: about %{customdata[1]} of CPU"
+            "<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
+    what_if = cost.get("what_if")
+    if what_if:
+        label = f"MODEL: {what_if['cpus']} CPUs (what-if)"
+        fig.add_trace(
+            go.Bar(
+                name=f"what-if {what_if['cpus']} CPUs: a linear model, not a measurement",
+                x=[label],
+                y=[what_if["estimated_cpu_s"]],
+                marker={
+                    "color": "rgba(0,0,0,0)",
+                    "line": {"color": "#555", "width": 2},
+                    "pattern": {"shape": "/", "fgcolor": "#999"},
+                },
+                customdata=[[fmt_ns(what_if["estimated_cpu_s"] * 1e9), text(what_if["model"])]],
+                hovertemplate="%{x}<br>about %{customdata[0]} of CPU<br>%{customdata[1]}"
+                "<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
+    fig.update_yaxes(autorange="reversed", row=1, col=1)
+    fig.update_xaxes(title_text="CPU time", row=1, col=1, **TIME_AXIS)
+    fig.update_yaxes(title_text="CPU time", row=1, col=2, **TIME_AXIS)
+    summary = f"about {fmt_ns(cost['estimated_cpu_s'] * 1e9)} of CPU"
+    if share is not None:
+        summary += f" ({share:.3%} of all CPU time)"
+    summary += f" from {int(cost['samples']):,} of {kernel_samples:,} kernel samples"
+    _layout(
+        fig,
+        f"{title}<br><sup>{summary}; {method}</sup>",
+        max(360, 170 + 30 * len(names)),
+        legend={"orientation": "h", "y": -0.3, "traceorder": "normal"},
+    )
+    fig.update_layout(margin={"l": 220, "t": 90})
     return fig

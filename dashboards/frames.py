@@ -11,7 +11,11 @@ Two rules shared by every panel:
 * **No double counting.** A contended mmap_lock wait is seen twice: by the
   mmap_lock tracepoints (every acquisition) and by lock:contention_* (as an
   rwsem). As in the summary, where a lock and mode has mmap_lock-tracepoint
-  rows, its contention rows are left out of totals.
+  rows, its contention rows are left out of totals. A lock spec's "sum"
+  rows (calls of its sum function, timed from entry to return) are left out
+  of the interval, event and task frames too: the writer calls the sum
+  while it waits for the lock, so that time is already in the write wait.
+  The summary keeps them, and the writer's price panel shows them.
 
 Labels here are plain (unescaped) text; the builders escape them.
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from profiler import aggregate, schema
+from profiler import aggregate, schema, summary, writer_cost
 from profiler.recording import Recording
 
 KEY = ["lock", "flags", "source"]
@@ -151,6 +155,18 @@ def _drop_double_counted(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return frame.loc[keep.to_numpy()].reset_index(drop=True)
 
 
+SUM_MODE = "sum"
+
+
+def _without_sum(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a lock spec's sum function left out (their time lies inside
+    the write wait; see the module docstring)."""
+    if frame.empty or "mode" not in frame.columns:
+        return frame
+    keep = (frame["mode"] != SUM_MODE).to_numpy()
+    return frame if keep.all() else frame.loc[keep].reset_index(drop=True)
+
+
 def label_map(locks: pd.DataFrame) -> dict[int, str]:
     """lock address -> label."""
     return {
@@ -161,7 +177,7 @@ def label_map(locks: pd.DataFrame) -> dict[int, str]:
 def lock_intervals(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:
     """The intervals table with lock_class, mode and label, double counting removed."""
     locks = lock_table(rec) if locks is None else locks
-    return _drop_double_counted(_with_locks(rec.intervals, locks), [])
+    return _without_sum(_drop_double_counted(_with_locks(rec.intervals, locks), []))
 
 
 def lock_events(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -169,13 +185,13 @@ def lock_events(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFra
     A contended mmap_lock wait is streamed by both families; the mmap_lock
     tracepoints' event (which spans the whole wait) is kept."""
     locks = lock_table(rec) if locks is None else locks
-    return _drop_double_counted(_with_locks(rec.events, locks), [])
+    return _without_sum(_drop_double_counted(_with_locks(rec.events, locks), []))
 
 
 def lock_tasks(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:
     """The per-task table with lock labels, double counting removed."""
     locks = lock_table(rec) if locks is None else locks
-    return _drop_double_counted(_with_locks(rec.tasks, locks), ["tid"])
+    return _without_sum(_drop_double_counted(_with_locks(rec.tasks, locks), ["tid"]))
 
 
 def stack_frames(rec: Recording) -> dict[int, list[str]]:
@@ -322,3 +338,63 @@ def slot_sums(frame: pd.DataFrame, column: str) -> np.ndarray | None:
     if frame.empty:
         return None
     return np.sum(np.array(frame[column].tolist(), dtype=np.uint64), axis=0)
+
+
+# -- the writer's price (--offcpu, --sample) ------------------------------------------
+
+OFFCPU_COLUMNS = [
+    "label",
+    "lock_class",
+    "mode",
+    "caller",
+    "component",
+    "component_ns",
+    "blocked",
+    "total_ns",
+    "max_ns",
+    "tasks",
+]
+
+
+def offcpu_frame(rec: Recording) -> pd.DataFrame:
+    """Off-CPU time in lock functions (the `show --json` rows with source
+    "offcpu"), one row per lock row and component (grace_period,
+    reader_drain, writer_wait, blocked_by_writer, wait). label is
+    "function <- caller"; tasks is the list of comms that blocked there.
+    Rows come in the summary's order (most blocked time first)."""
+    records = []
+    for row in writer_cost.offcpu_rows(rec.offcpu, rec.stacks):
+        wait = row["wait_ns"]
+        for component, ns in (row.get("offcpu_components_ns") or {}).items():
+            records.append(
+                {
+                    "label": row["lock"],
+                    "lock_class": row["lock_class"],
+                    "mode": row["mode"],
+                    "caller": row["caller"],
+                    "component": component,
+                    "component_ns": int(ns),
+                    "blocked": int(wait["count"]),
+                    "total_ns": int(wait["total"]),
+                    "max_ns": int(wait["max"]),
+                    "tasks": list(row.get("tasks") or []),
+                }
+            )
+    return pd.DataFrame(records, columns=OFFCPU_COLUMNS)
+
+
+def sum_cost(rec: Recording) -> dict | None:
+    """The __percpu_counter_sum estimate from CPU samples (`show --json`'s
+    writer_cost), or None when the recording has no samples."""
+    return summary.writer_cost_json(rec)
+
+
+def spec_sum_frame(summary_rows: pd.DataFrame) -> pd.DataFrame:
+    """A lock spec's sum rows of the summary frame, with the lock's write
+    wait beside them (the writer sums while it waits for the lock)."""
+    sums = summary_rows[summary_rows["mode"] == SUM_MODE]
+    writes = summary_rows[summary_rows["mode"] == "write"].set_index("lock_addr")["wait_total"]
+    columns = ["label", "lock_class", "lock_addr", "acquisitions", "wait_total", "wait_avg"]
+    out = sums[[*columns, "wait_p99", "wait_max"]].copy()
+    out["write_wait_total"] = [writes.get(a, np.nan) for a in out["lock_addr"]]
+    return out.reset_index(drop=True)

@@ -76,7 +76,11 @@ def panels(
             "Summary",
             "One row per lock and mode. Click a column header to sort. "
             "'-' means the attached probes cannot know the figure (locks seen "
-            "only through lock:contention_* have no acquisition or hold counts).",
+            "only through lock:contention_* have no acquisition or hold counts). "
+            "A lock spec's (--locks) class is the spec's name; its mode 'sum' row "
+            "counts calls of the spec's sum function (acq) and their duration "
+            "(wait columns), which the writer spends inside its write wait, so "
+            "the other panels leave it out.",
             html=summary_table(summary, max_table_rows),
         ),
         Panel(
@@ -137,6 +141,29 @@ def panels(
             "that took the target's locks.",
             [("tasks", figures.build_tasks(tasks, events, meta.get("target_pid"), top + 5))],
         ),
+        Panel(
+            "writer-cost",
+            "Writer's price",
+            "What a writer pays that lock:contention_* does not show. Off-CPU "
+            "time (--offcpu, from sched_switch with kernel stacks) in the percpu "
+            "rw-semaphore and rwsem lock functions, per lock function and the "
+            "caller that took the lock, split by what the stack waited for: an "
+            "RCU grace period, readers draining, another writer. It is time off "
+            "CPU, so it includes time spent runnable before running again. And "
+            "the CPU time of __percpu_counter_sum (--sample), estimated from CPU "
+            "samples; the --cpus what-if scales it linearly: a model, not a "
+            "measurement.",
+            [
+                (
+                    "offcpu",
+                    figures.build_offcpu(
+                        frames.offcpu_frame(rec), "offcpu" in (meta.get("families") or [])
+                    ),
+                ),
+                ("sum-cost", figures.build_sum_cost(frames.sum_cost(rec))),
+            ],
+            html=spec_sum_table(frames.spec_sum_frame(summary)),
+        ),
     ]
 
 
@@ -148,6 +175,49 @@ def lost_banner(meta: dict) -> str:
         f'<p class="lost" role="alert"><b>{lost:,} events were lost</b> (the ring buffer '
         "was full): the timeline and the event counts miss them. The aggregates "
         "(summary, distributions, per CPU) are exact.</p>"
+    )
+
+
+SPEC_SUM_HEADERS = [
+    "lock",
+    "spec",
+    "sum calls",
+    "time in sum",
+    "avg",
+    "p99",
+    "max",
+    "share of write wait",
+]
+
+
+def spec_sum_table(sums: pd.DataFrame) -> str:
+    """A lock spec's sum function (measured by its uprobe or kprobe): calls,
+    time in it and its share of the lock's write wait. Empty markup when no
+    spec has a sum function."""
+    if sums.empty:
+        return ""
+    rows = []
+    for row in sums.to_dict("records"):
+        share = "-"
+        if row["write_wait_total"] and not math.isnan(row["write_wait_total"]):
+            share = f"{row['wait_total'] / row['write_wait_total']:.1%}"
+        cells = [
+            _cell(row["label"], "text"),
+            _cell(row["lock_class"], "text"),
+            _cell(row["acquisitions"], "count"),
+            _cell(row["wait_total"], "ns"),
+            _cell(row["wait_avg"], "ns"),
+            _cell(row["wait_p99"], "ns"),
+            _cell(row["wait_max"], "ns"),
+            f'<td class="num">{html_text(share)}</td>',
+        ]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(f'<th scope="col">{html_text(h)}</th>' for h in SPEC_SUM_HEADERS)
+    return (
+        '<p class="note">The lock spec\'s sum function (the writer summing the '
+        "readers' counters until they drain), measured on every call:</p>"
+        f'<div class="table-wrap"><table id="spec-sum-table" class="sortable plain">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
@@ -249,6 +319,7 @@ table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable td{padding:3px 8px;border-bottom:1px solid #eee}
 table.sortable td.num{text-align:right;font-variant-numeric:tabular-nums}
 table.sortable tbody tr:hover{background:#f5f5f5}
+table.plain th{cursor:default}
 footer{color:#777;font-size:12px;padding:0 24px 24px}
 """
 

@@ -2,7 +2,9 @@
 
 Loads a report built from tests/data/hostile-comm.lpr (threads named
 `</script><b>x`), with more hostile names and a hostile kernel symbol mixed
-in, and checks that every panel's plot rendered, that there were no
+in, and off-CPU time and CPU samples added (a hostile-named writer blocked
+in percpu_down_write, __percpu_counter_sum samples) so that the writer's
+price panel has something to draw, and checks that every panel's plot rendered, that there were no
 JavaScript errors, that the page asked for nothing but itself, that hostile
 names appear only as text, and that the summary table sorts. Screenshots
 are kept under artifacts/browser/ (gitignored; LOCKPROF_ARTIFACTS overrides).
@@ -17,6 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import profiler
@@ -42,12 +45,46 @@ def artifacts() -> Path:
     return directory
 
 
+def add_writer_cost(rec: profiler.Recording) -> None:
+    """Off-CPU time of a writer named COMM in percpu_down_write (grace period
+    and reader drain), and CPU samples in __percpu_counter_sum, one of them
+    called from a hostile symbol; --cpus 64."""
+    cgroup = ["cgroup_procs_write_start+0x1f8", "__cgroup_procs_write+0x57"]
+    stacks = [
+        ["__schedule+0x618", "schedule+0x23", "percpu_down_write+0xde", *cgroup],
+        ["__schedule+0x618", "rcu_sync_enter+0x52", "percpu_down_write+0x1b", *cgroup],
+        ["__percpu_counter_sum+0x3f", "__mmdrop+0xb4"],
+        ["__percpu_counter_sum+0x3f", f"{SYMBOL}+0x10"],
+    ]
+    first = int(rec.stacks["stack_id"].max()) + 1
+    ids = list(range(first, first + len(stacks)))
+    added = pd.DataFrame({"stack_id": ids, "frames": stacks})
+    rec.stacks = pd.concat([rec.stacks, added], ignore_index=True)
+    rec.offcpu = pd.DataFrame(
+        {
+            "tgid": [10, 10],
+            "comm": [COMM, COMM],
+            "stack_id": ids[:2],
+            "count": [40, 5],
+            "total_ns": [300_000_000, 100_000_000],
+            "max_ns": [9_000_000, 30_000_000],
+        }
+    )
+    rec.samples = pd.DataFrame({"stack_id": ids[2:], "cpu": [0, 1], "count": [30, 10]})
+    rec.meta.update(
+        families=[*rec.meta.get("families", []), "offcpu", "sample"],
+        sample_hz=100,
+        what_if_cpus=64,
+    )
+
+
 @pytest.fixture(scope="module")
 def report_page(tmp_path_factory) -> tuple[Path, list[str]]:
     rec = profiler.load(RECORDING)
     spin = rec.locks.index[rec.locks["lock_class"] == "spinlock"][0]
     rec.locks.loc[spin, "name"] = SYMBOL
     rec.meta["target"] = TARGET
+    add_writer_cost(rec)
     path = tmp_path_factory.mktemp("report") / "report.html"
     html.write_report(rec, path, source="hostile-comm.lpr")
     plots = [f"plot-{name}" for panel in html.panels(rec) for name, _ in panel.figures]
@@ -154,6 +191,34 @@ def test_hover_shows_hostile_names_as_text(browser):
     assert hover["bold"] == 0
 
 
+def test_writer_cost_hover_shows_hostile_tasks_and_symbols_as_text(browser):
+    hover = browser.evaluate(
+        """(() => {
+        const out = {};
+        for (const [id, curve] of [['plot-offcpu', 1], ['plot-sum-cost', 0]]) {
+          const div = document.getElementById(id);
+          Plotly.Fx.hover(div, [{curveNumber: curve, pointNumber: id === 'plot-offcpu' ? 0 : 1}]);
+          const layer = div.querySelector('.hoverlayer');
+          out[id] = {text: layer.textContent,
+                     bold: Array.from(layer.querySelectorAll('tspan')).filter(
+                       t => t.textContent === 'x' && /bold/.test(t.getAttribute('style') || '')
+                     ).length};
+        }
+        out.model = Array.from(document.querySelectorAll('#plot-sum-cost .x2tick text'))
+          .map(t => t.textContent);
+        out.imgs = document.querySelectorAll('img').length;
+        return out;
+        })()"""
+    )
+    offcpu = hover["plot-offcpu"]
+    assert "percpu_down_write <- cgroup_procs_write_start" in offcpu["text"]
+    assert "readers draining" in offcpu["text"] and f"tasks: {COMM}" in offcpu["text"]
+    assert offcpu["bold"] == 0
+    assert f"from {SYMBOL}+0x10" in hover["plot-sum-cost"]["text"]
+    assert "MODEL: 64 CPUs (what-if)" in hover["model"]
+    assert hover["imgs"] == 0
+
+
 def test_summary_table_sorts(browser):
     def column(index: int) -> list[float]:
         return browser.evaluate(
@@ -181,7 +246,7 @@ def test_summary_table_sorts(browser):
 
 
 def test_panel_screenshots(browser):
-    for section in ("summary", "distributions", "timeline", "tasks"):
+    for section in ("summary", "distributions", "timeline", "tasks", "writer-cost"):
         path = artifacts() / f"{section}.png"
         element_screenshot(browser, f"#{section}", path)
         assert path.stat().st_size > 5000

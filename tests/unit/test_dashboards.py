@@ -558,6 +558,7 @@ def test_a_recording_with_only_contention_has_every_panel(hostile):
         "top",
         "stacks",
         "tasks",
+        "writer-cost",
     ]
     dist = dict(built[3].figures)["distributions"]
     assert not [t for t in dist.data if t.name.startswith("hold")]
