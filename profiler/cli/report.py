@@ -68,13 +68,20 @@ def write_html(
     show_default=True,
     help="Locks and callers in the top-N charts.",
 )
-def command(path, output, max_events, top) -> None:
+@click.option(
+    "--cpus",
+    "what_if_cpus",
+    type=click.IntRange(min=1, max=65_536),
+    help="What-if: scale the sampled cost of the writer's sum to N CPUs (a linear model; "
+    "default: the --cpus given when recording).",
+)
+def command(path, output, max_events, top, what_if_cpus) -> None:
     """Write a self-contained HTML report of a recording.
 
     The page works offline (plotly.js is embedded): a sortable summary,
     readers vs writers, wait and hold distributions, per-CPU heatmap,
-    timeline of long waits, top locks and callers, kernel stacks, and the
-    tasks that waited.
+    timeline of long waits, top locks and callers, kernel stacks, the
+    tasks that waited, and the writer's price (--offcpu, --sample).
 
     \b
     Examples:
@@ -84,5 +91,7 @@ def command(path, output, max_events, top) -> None:
     output = output or default_output(path)
     check_output(output)
     rec = recording.load(path)
+    if what_if_cpus:
+        rec.meta["what_if_cpus"] = what_if_cpus
     write_html(rec, output, source=str(path), max_events=max_events, top=top)
     click.echo(f"lockprof: report written to {output}", err=True)

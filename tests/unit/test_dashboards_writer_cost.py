@@ -336,3 +336,16 @@ def test_spec_sum_table_escapes_names():
     summary["label"] = COMM
     table = html.spec_sum_table(frames.spec_sum_frame(summary))
     assert COMM not in table and escape.html_text(COMM) in table
+
+
+def test_report_cpus_overrides_the_recorded_what_if(cg, tmp_path, capsys):
+    from profiler.cli.main import main
+
+    path = tmp_path / "cg.lpr"
+    recording.save(cg, path)
+    assert main(["report", str(path), "-o", str(tmp_path / "a.html")]) in (0, None)
+    assert main(["report", str(path), "--cpus", "256", "-o", str(tmp_path / "b.html")]) in (0, None)
+    recorded, asked = (tmp_path / "a.html").read_text(), (tmp_path / "b.html").read_text()
+    assert "MODEL: 64 CPUs (what-if)" in recorded and "MODEL: 256" not in recorded
+    assert "MODEL: 256 CPUs (what-if)" in asked and "MODEL: 64 CPUs" not in asked
+    assert "report written to" in capsys.readouterr().err
