@@ -1,32 +1,40 @@
 #!/usr/bin/env python3
-"""Overhead of lockprof against the bare workload, in one run (root).
+"""Overhead of lockprof and its peers against the bare workload, in one run (root).
 
 Configurations, alternated within each repetition so drift hits all alike:
-  bare          the workload alone
-  floor-tp      three empty BPF programs on the mmap_lock classic tracepoints
-                (the floor ../shared/kernel-notes.md measured)
-  floor-raw     the same three empty programs as raw tracepoints
-  lockprof      `lockprof attach -p PID` with mmap_lock wait/hold and contention
+  bare            the workload alone
+  floor-tp        three empty BPF programs on the mmap_lock classic tracepoints
+                  (the floor ../shared/kernel-notes.md measured)
+  floor-raw       the same three empty programs as raw tracepoints
+  lp-contention   `lockprof record -a --no-mmap-lock`
+  lp-full         `lockprof record -a` (mmap_lock wait and hold, contention)
+  lp-full-html    the same with --html (the report is built after collection)
+  perf-lock       `perf lock record -a` (then `perf lock contention`, untimed)
+  bpftrace        a bpftrace script with the same wait and hold histograms
 
 Workloads:
-  storm         mmapcount -n N: N one-page mmap+munmap pairs (about 5
-                tracepoint hits per pair), timed from its go byte to "done"
-  ebizzy        lpbizzy -t 2: records/s (mmap, copy, search, munmap)
+  storm     mmapcount -n N: N one-page mmap+munmap pairs (about 5 tracepoint
+            hits per pair), timed from its go byte to "done"
+  ebizzy    lpbizzy -t 2: records/s (mmap, copy, search, munmap)
+  stress    stress-ng --mmap 2 --mmap-bytes 1M: bogo ops/s (1 MiB maps: finer
+            than the default 256 MiB, so 3 s give hundreds of operations)
+  cgroup    cgmove -f 2: cgroup.procs moves/s against forking readers
+            (percpu rw-semaphore writers)
 
-Figures are medians over the repetitions, as ratios to bare from the same
-run: an absolute time alone means nothing on a shared machine.
+Every tracer runs system-wide, started before the workload and stopped with
+SIGINT after it. Figures are medians over the repetitions, as ratios to bare
+from the same run: an absolute time alone means nothing on a shared machine.
 
-    sudo .venv/bin/python bench/overhead.py [--reps 5] [--pairs 300000] \
-        [--write docs/performance.md]
+    sudo .venv/bin/python bench/overhead.py [--reps 5] [--workloads storm,ebizzy]
+        [--configs bare,lp-full] [--write FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -39,6 +47,99 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / "workloads" / "bin"
 LOCKPROF = [sys.executable, "-m", "profiler.cli.main"]
 EVENTS = ("mmap_lock_start_locking", "mmap_lock_acquire_returned", "mmap_lock_released")
+CONFIGS = (
+    "bare",
+    "floor-tp",
+    "floor-raw",
+    "lp-contention",
+    "lp-full",
+    "lp-full-html",
+    "perf-lock",
+    "bpftrace",
+)
+WORKLOADS = ("storm", "ebizzy", "stress", "cgroup")
+# Which direction is better, per workload: storm is a time, the rest rates.
+HIGHER_IS_BETTER = {"storm": False, "ebizzy": True, "stress": True, "cgroup": True}
+UNITS = {"storm": "s", "ebizzy": "records/s", "stress": "bogo ops/s", "cgroup": "moves/s"}
+
+BPFTRACE_SCRIPT = r"""
+tracepoint:mmap_lock:mmap_lock_start_locking { @start[tid] = nsecs; }
+tracepoint:mmap_lock:mmap_lock_acquire_returned /@start[tid]/ {
+    @wait[args->write] = hist(nsecs - @start[tid]); delete(@start[tid]);
+    @since[tid, args->mm, args->write] = nsecs;
+}
+tracepoint:mmap_lock:mmap_lock_released /@since[tid, args->mm, args->write]/ {
+    @hold[args->write] = hist(nsecs - @since[tid, args->mm, args->write]);
+    delete(@since[tid, args->mm, args->write]);
+}
+tracepoint:lock:contention_begin { @cstart[tid] = nsecs; @cflags[tid] = args->flags; }
+tracepoint:lock:contention_end /@cstart[tid]/ {
+    @contended[@cflags[tid]] = hist(nsecs - @cstart[tid]);
+    delete(@cstart[tid]); delete(@cflags[tid]);
+}
+"""
+
+
+# -- tracers ---------------------------------------------------------------------
+
+
+class Tracer:
+    """A system-wide tracer running in the background for one measurement."""
+
+    def __init__(self, config: str, workdir: Path):
+        self.config = config
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.progs = None
+
+    def __enter__(self) -> Tracer:
+        if self.config.startswith("floor"):
+            self.progs = empty_programs(raw=self.config == "floor-raw")
+        elif self.config.startswith("lp-"):
+            args = ["record", "-a", "-q", "-o", str(self.workdir / "lp.lpr")]
+            if self.config == "lp-contention":
+                args.append("--no-mmap-lock")
+            if self.config == "lp-full-html":
+                args += ["--html", str(self.workdir / "lp.html")]
+            self._start([*LOCKPROF, *args], "attached", stream="stderr")
+        elif self.config == "perf-lock":
+            # perf prints nothing when ready: give it a moment after exec.
+            argv = ["perf", "lock", "record", "-a", "-o", str(self.workdir / "perf.data")]
+            self.proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir
+            )
+            time.sleep(1.5)
+        elif self.config == "bpftrace":
+            self._start(["bpftrace", "-e", BPFTRACE_SCRIPT], "Attaching", stream="stdout")
+        return self
+
+    def _start(self, argv: list[str], ready: str, stream: str) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE if stream == "stdout" else subprocess.DEVNULL,
+            stderr=subprocess.PIPE if stream == "stderr" else subprocess.DEVNULL,
+            text=True,
+            cwd=REPO,
+        )
+        pipe = self.proc.stdout if stream == "stdout" else self.proc.stderr
+        assert pipe is not None
+        for line in pipe:
+            if ready in line:
+                return
+        raise SystemExit(f"{self.config} did not start (exit {self.proc.wait()})")
+
+    def __exit__(self, *_exc) -> None:
+        if self.progs is not None:
+            self.progs.cleanup()
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.communicate(timeout=300)
+        if self.config == "perf-lock":
+            subprocess.run(
+                ["perf", "lock", "contention", "-i", str(self.workdir / "perf.data")],
+                capture_output=True,
+                timeout=300,
+            )
 
 
 def empty_programs(raw: bool):
@@ -51,8 +152,11 @@ def empty_programs(raw: bool):
     return BPF(text=text.encode(), cflags=["-w"])
 
 
+# -- workloads -------------------------------------------------------------------
+
+
 class HeldWorkload:
-    """A workload that starts on a byte from us: the probes attach first."""
+    """A workload that starts on a byte from us: the tracer attaches first."""
 
     def __init__(self, argv: list[str]):
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -71,83 +175,83 @@ class HeldWorkload:
         return elapsed
 
 
-def _temp_recording() -> str:
-    fd, path = tempfile.mkstemp(suffix=".lpr")
-    os.close(fd)
-    return path
+def _rate(argv: list[str], pattern: str, per_seconds: float | None = None) -> float:
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=600)
+    match = re.search(pattern, done.stdout + done.stderr)
+    assert match, done.stdout + done.stderr
+    value = float(match.group(1))
+    return value / per_seconds if per_seconds else value
 
 
-def with_lockprof(target_args: list[str], action):
-    """Run action() while lockprof collects with target_args (e.g. ["attach",
-    "-p", PID] or ["record", "-a"]); stop it with Ctrl-C afterwards."""
-    out = _temp_recording()
-    lp = subprocess.Popen(
-        [*LOCKPROF, *target_args, "-q", "-o", out],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert lp.stderr is not None
-    for line in lp.stderr:
-        if "attached" in line:
-            break
-    else:
-        raise SystemExit(f"lockprof failed to attach: {lp.wait()}")
-    try:
-        return action()
-    finally:
-        lp.send_signal(signal.SIGINT)
-        lp.communicate(timeout=120)
-        os.unlink(out)
+def run_workload(name: str, args: argparse.Namespace):
+    """A callable measuring the workload once (started inside the tracer)."""
+    if name == "storm":
+        held = HeldWorkload([str(BIN / "mmapcount"), "-w", "-n", str(args.pairs)])
+        return held.run
+    seconds = str(args.seconds)
+    if name == "ebizzy":
+        return lambda: _rate(
+            [str(BIN / "lpbizzy"), "-t", "2", "-S", seconds, "-q"], r"(\d+) records/s"
+        )
+    if name == "stress":
+        return lambda: _rate(
+            ["stress-ng", "--mmap", "2", "--mmap-bytes", "1M", "-t", seconds, "--metrics-brief"],
+            r"mmap\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+([\d.]+)",
+        )
+    if name == "cgroup":
+        return lambda: _rate(
+            [str(BIN / "cgmove"), "-S", seconds, "-f", "2"], r"moves (\d+)", args.seconds
+        )
+    raise ValueError(name)
 
 
-def storm_once(config: str, pairs: int) -> float:
-    workload = HeldWorkload([str(BIN / "mmapcount"), "-w", "-n", str(pairs)])
-    if config == "bare":
-        return workload.run()
-    if config == "lockprof":
-        return with_lockprof(["attach", "-p", str(workload.proc.pid)], workload.run)
-    progs = empty_programs(raw=config == "floor-raw")
-    try:
-        return workload.run()
-    finally:
-        progs.cleanup()
+def measure(config: str, workload: str, args: argparse.Namespace) -> float:
+    with tempfile.TemporaryDirectory(prefix="lpbench-") as tmp:
+        action = run_workload(workload, args)  # started (held) before the tracer
+        with Tracer(config, Path(tmp)):
+            return action()
 
 
-def ebizzy_once(config: str, seconds: float) -> float:
-    """Records per second of lpbizzy under a configuration."""
-    argv = [str(BIN / "lpbizzy"), "-t", "2", "-S", str(seconds), "-q"]
-
-    def run() -> float:
-        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-        match = re.search(r"(\d+) records/s", out)
-        assert match, out
-        return float(match.group(1))
-
-    if config == "bare":
-        return run()
-    if config == "lockprof":
-        # Whole-system attach is the fair equivalent here: lpbizzy is started
-        # after the probes, as a fresh pid we cannot name in advance.
-        return with_lockprof(["record", "-a"], run)
-    progs = empty_programs(raw=config == "floor-raw")
-    try:
-        return run()
-    finally:
-        progs.cleanup()
+# -- report ----------------------------------------------------------------------
 
 
-def ratios(samples: dict[str, list[float]], higher_is_better: bool) -> dict[str, float]:
+def ratio(samples: dict[str, list[float]], config: str, higher_is_better: bool) -> float:
     bare = statistics.median(samples["bare"])
-    out = {}
-    for config, values in samples.items():
-        med = statistics.median(values)
-        out[config] = (bare / med) if higher_is_better else (med / bare)
-    return out
+    med = statistics.median(samples[config])
+    return bare / med if higher_is_better else med / bare
 
 
-def spread(values: list[float]) -> str:
-    return f"{min(values):.3f}-{max(values):.3f}"
+def render(args, results: dict[str, dict[str, list[float]]]) -> str:
+    lines = [
+        f"Command: `sudo .venv/bin/python bench/overhead.py --reps {args.reps} "
+        f"--pairs {args.pairs} --seconds {args.seconds}` (part of `make bench`). "
+        f"{args.reps} repetitions, configurations alternated within each; medians, "
+        "the spread is min-max; ratios to bare from this run (x bare: time ratio, "
+        "or for rates bare/config, so higher is always worse).",
+        "",
+    ]
+    for workload, samples in results.items():
+        better = HIGHER_IS_BETTER[workload]
+        floor = ratio(samples, "floor-raw", better) if "floor-raw" in samples else None
+        lines += [
+            f"### {workload} ({UNITS[workload]}; {'higher' if better else 'lower'} is better)",
+            "",
+            "| config | median | min-max | x bare | overhead / raw floor's |",
+            "|---|---|---|---|---|",
+        ]
+        for config, values in samples.items():
+            x = ratio(samples, config, better)
+            vs_floor = (
+                f"{(x - 1) / (floor - 1):.2f}"
+                if floor is not None and floor > 1.0005 and config != "bare"
+                else "-"
+            )
+            lines.append(
+                f"| {config} | {statistics.median(values):.4g} | "
+                f"{min(values):.4g}-{max(values):.4g} | {x:.3f} | {vs_floor} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -155,79 +259,36 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--pairs", type=int, default=300_000)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--write", type=Path, help="write the markdown report here")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--write", type=Path, help="also write the markdown here")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (BPF)", file=sys.stderr)
         return 1
+    configs = [c for c in args.configs.split(",") if c]
+    if "bare" not in configs:
+        configs.insert(0, "bare")
+    if "perf-lock" in configs and not shutil.which("perf"):
+        print("bench: perf not installed (apt install linux-perf): skipping perf-lock")
+        configs.remove("perf-lock")
+    if "bpftrace" in configs and not shutil.which("bpftrace"):
+        print("bench: bpftrace not installed: skipping it")
+        configs.remove("bpftrace")
     subprocess.run(["make", "-s", "-C", str(REPO / "workloads")], check=True)
-    configs = ["bare", "floor-tp", "floor-raw", "lockprof"]
-    storm: dict[str, list[float]] = {c: [] for c in configs}
-    ebizzy: dict[str, list[float]] = {c: [] for c in configs}
+    workloads = [w for w in args.workloads.split(",") if w]
+    results = {w: {c: [] for c in configs} for w in workloads}
     for rep in range(args.reps):
-        for config in configs:
-            storm[config].append(storm_once(config, args.pairs))
-            ebizzy[config].append(ebizzy_once(config, args.seconds))
-        print(
-            f"rep {rep + 1}/{args.reps}: storm "
-            + ", ".join(f"{c} {storm[c][-1]:.3f}s" for c in configs)
-            + " | ebizzy "
-            + ", ".join(f"{c} {ebizzy[c][-1]:.0f}/s" for c in configs),
-            file=sys.stderr,
-        )
-    report = render(args, configs, storm, ebizzy)
+        for workload in workloads:
+            for config in configs:
+                value = measure(config, workload, args)
+                results[workload][config].append(value)
+                print(f"rep {rep + 1} {workload:7} {config:14} {value:.4g}", file=sys.stderr)
+    report = render(args, results)
     print(report)
     if args.write:
         args.write.write_text(report)
     return 0
-
-
-def render(args, configs, storm, ebizzy) -> str:
-    storm_ratio = ratios(storm, higher_is_better=False)
-    ebizzy_ratio = ratios(ebizzy, higher_is_better=True)
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "?",
-    )
-    lines = [
-        "# lockprof overhead",
-        "",
-        f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {os.cpu_count()} CPUs, {cpu}; kernel {platform.release()}",
-        f"- command: `sudo .venv/bin/python bench/overhead.py --reps {args.reps} "
-        f"--pairs {args.pairs} --seconds {args.seconds}` (or `make bench`)",
-        f"- {args.reps} repetitions, configurations alternated within each; medians, "
-        "ratios to bare from this run",
-        "",
-        f"## mmap/munmap storm ({args.pairs:,} pairs; lower is better)",
-        "",
-        "| config | median s | min-max s | x bare |",
-        "|---|---|---|---|",
-    ]
-    for c in configs:
-        lines.append(
-            f"| {c} | {statistics.median(storm[c]):.3f} | {spread(storm[c])} | "
-            f"{storm_ratio[c]:.3f} |"
-        )
-    lines += [
-        "",
-        "## ebizzy-like lpbizzy -t 2 (records/s; higher is better)",
-        "",
-        "| config | median records/s | min-max | throughput loss |",
-        "|---|---|---|---|",
-    ]
-    for c in configs:
-        loss = (1 - 1 / ebizzy_ratio[c]) * 100
-        lines.append(
-            f"| {c} | {statistics.median(ebizzy[c]):.0f} | "
-            f"{min(ebizzy[c]):.0f}-{max(ebizzy[c]):.0f} | {loss:.1f}% |"
-        )
-    lines.append("")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,14 @@ def collection_options(func):
             "to N CPUs (a linear model, labelled as such).",
         ),
         click.option(
+            "--max-events",
+            type=click.IntRange(min=0, max=100_000_000),
+            default=1_000_000,
+            show_default=True,
+            help="Keep at most this many streamed events (64 bytes each in memory); "
+            "beyond it they are counted as dropped. Aggregates are exact regardless.",
+        ),
+        click.option(
             "--top",
             type=click.IntRange(min=1),
             default=15,
@@ -359,8 +367,10 @@ def collect_command(
     sample=False,
     sample_hz=99,
     what_if_cpus=None,
+    max_events=1_000_000,
 ) -> None:
     options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
+    options.max_events = max_events
     options.stack_threshold_ns = stack_threshold
     options.families += tuple(f for f, on in (("offcpu", offcpu), ("sample", sample)) if on)
     options.sample_hz = sample_hz
