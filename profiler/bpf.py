@@ -27,6 +27,8 @@ _RING_CHECK_S = 0.010
 
 # Cap the per-CPU aggregate map's memory: entries x value size x CPUs.
 _STATS_MAP_BUDGET_BYTES = 64 << 20
+# Test hook: cap every map's entries (see _cflags).
+MAX_ENTRIES_ENV = "LOCKPROF_TEST_MAX_ENTRIES"
 
 
 def import_bcc():  # -> module bcc
@@ -65,6 +67,13 @@ def _first_error(compiler_output: str) -> str:
             return line.strip()
     lines = [line for line in compiler_output.splitlines() if line.strip()]
     return lines[-1].strip() if lines else "no compiler output"
+
+
+def _release_compiler_heap() -> None:
+    """Give back the heap clang/LLVM used to compile (about 50 MB here):
+    lockprof then runs for hours with what it needs."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: it stays
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def possible_cpus() -> int:
@@ -144,6 +153,13 @@ class BpfSession:
         value_bytes = 8 * (5 + 2 * (3 + schema.const("LP_HIST_SLOTS")))
         max_locks = max(256, min(4096, _STATS_MAP_BUDGET_BYTES // (value_bytes * possible_cpus())))
         flags = [f"-D{name}={value}" for name, value in offsets.items()]
+        # Test hook (tests/integration/test_reliability.py): every map (locks,
+        # tasks, callers, stacks, owners) holds at most N entries, so that a
+        # test can fill them and check that overflows are counted.
+        cap = os.environ.get(MAX_ENTRIES_ENV)
+        if cap:
+            max_locks = int(cap)
+            flags += [f"-DLP_MAX_{m}={max_locks}" for m in ("TASKS", "CALLERS", "STACKS", "OWNERS")]
         flags += [f"-DLP_MAX_LOCKS={max_locks}", f"-I{schema.probes_dir()}", "-w"]
         return flags
 
@@ -158,6 +174,7 @@ class BpfSession:
         if failure is not None:
             detail = _first_error(output[0]) if output else str(failure)
             raise LockprofError(f"BPF compile/load failed: {detail}")
+        _release_compiler_heap()
         return bpf
 
     def _configure(self, target_tgid: int, threshold_ns: int, stack_threshold_ns: int) -> None:
