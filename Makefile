@@ -76,8 +76,10 @@ lint: setup
 	$(VENV)/bin/ruff format --check profiler dashboards tests bench
 	$(VENV)/bin/mypy profiler
 
+# Every benchmark (about 25 minutes; BENCH_ARGS=--quick for about 6), written
+# to docs/performance.md with the date and machine.
 bench: setup
-	$(PY) bench/overhead.py
+	$(PY) bench/all.py $(BENCH_ARGS)
 
 clean:
 	$(MAKE) -C workloads clean
