@@ -79,6 +79,8 @@ lint: setup
 # Every benchmark (about 25 minutes; BENCH_ARGS=--quick for about 6), written
 # to docs/performance.md with the date and machine.
 bench: setup
+	@command -v perf >/dev/null && command -v bpftrace >/dev/null || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-perf bpftrace >/dev/null
 	$(PY) bench/all.py $(BENCH_ARGS)
 
 clean:
