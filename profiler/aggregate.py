@@ -498,6 +498,7 @@ def _add_reconciliation(rows: list[dict]) -> None:
             reads = (read or {}).get("contended")
             writes = (write or {}).get("contended")
         ratio = (reads / writes) if reads is not None and writes else None
-        for row in modes.values():
+        for mode, row in modes.items():
             row.setdefault("still_held", None)
-            row["reader_writer_ratio"] = ratio
+            # A lock spec's sum function has no readers or writers of its own.
+            row["reader_writer_ratio"] = ratio if mode != "sum" else None
