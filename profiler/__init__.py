@@ -9,7 +9,22 @@ Load a recording into pandas with one call::
     rec.meta        # kernel, cpus, command, rusage, lost events...
 """
 
-from profiler.recording import Recording, load
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from profiler.recording import Recording, load
 
 __all__ = ["Recording", "load"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Imported on first use: pandas takes 0.3 s to import, and the lockprof
+    # program installs its signal handlers (profiler.signals) before that.
+    if name in __all__:
+        from profiler import recording
+
+        return getattr(recording, name)
+    raise AttributeError(f"module 'profiler' has no attribute {name!r}")

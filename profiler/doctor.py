@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -253,3 +254,59 @@ def cheap_mechanisms() -> set[str]:
 
 def as_dicts(checks) -> list[dict]:
     return [asdict(c) for c in checks]
+
+
+# -- stale probe events (lockprof doctor --cleanup, and every collection start) --
+
+TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+# BCC names the tracefs events it creates "<group>/<name>_bcc_<pid>" (libbcc:
+# "%c:%ss/%s %s" with the alias "%s_bcc_%d"), group uprobes or kprobes. It
+# creates them only where perf_event_open cannot make the probe itself (before
+# 4.17, or without the kprobe/uprobe PMU), and removes them when it detaches:
+# a BCC process killed with SIGKILL leaves them behind.
+_BCC_EVENT = re.compile(r"^[pr]\d*:(?P<group>[^/\s]+)/(?P<event>\S*_bcc_(?P<pid>\d+))(\s|$)")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_probe_events(tracefs_dirs=TRACEFS_DIRS) -> list[tuple[Path, str]]:
+    """(events file, "group/event") of BCC-named kprobe/uprobe events whose
+    creating process is gone."""
+    stale = []
+    for tracefs in tracefs_dirs:
+        for kind in ("uprobe_events", "kprobe_events"):
+            events = tracefs / kind
+            try:
+                text = events.read_text()
+            except OSError:  # absent (no CONFIG_KPROBES), not mounted, not root
+                continue
+            for line in text.splitlines():
+                match = _BCC_EVENT.match(line)
+                if match and not _pid_alive(int(match["pid"])):
+                    stale.append((events, f"{match['group']}/{match['event']}"))
+        if stale:
+            break  # one tracefs mount is enough: the other is the same instance
+    return stale
+
+
+def cleanup_stale_probes(tracefs_dirs=TRACEFS_DIRS) -> list[str]:
+    """Remove stale BCC probe events (see stale_probe_events); the names
+    removed. An event still in use (EBUSY: a process in another pid
+    namespace may hold it) or one this process may not remove is left."""
+    removed = []
+    for events, name in stale_probe_events(tracefs_dirs):
+        try:
+            with open(events, "a") as out:
+                out.write(f"-:{name}\n")
+        except OSError:
+            continue
+        removed.append(name)
+    return removed

@@ -22,6 +22,7 @@ attached. Nothing here imports bcc: symbol lookups are passed in.
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -182,6 +183,8 @@ def check_shape(spec: LockSpec, origin: str) -> None:
 
 def resolve(argument: str) -> LockSpec:
     """`--locks` value -> LockSpec: NAME, NAME@TARGET, or a TOML file path."""
+    if not argument or "\0" in argument:
+        raise LockprofError(f"invalid lock spec {argument!r}")
     name, _, target = argument.partition("@")
     if name in BUILTIN:
         spec = BUILTIN[name]()
@@ -190,10 +193,7 @@ def resolve(argument: str) -> LockSpec:
         return spec
     path = Path(argument)
     if argument.endswith(".toml") or path.exists():
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LockprofError(f"cannot read lock spec {argument}: {exc}") from None
+        text = _read_spec_file(path, argument)
         spec = parse_toml(text, argument)
         if not spec.in_kernel:
             base = path.resolve().parent
@@ -204,6 +204,30 @@ def resolve(argument: str) -> LockSpec:
         return spec
     known = ", ".join(sorted(BUILTIN))
     raise LockprofError(f"unknown lock spec {argument!r} (built-in: {known}; or a .toml file)")
+
+
+MAX_SPEC_BYTES = 1 << 20
+
+
+def _read_spec_file(path: Path, argument: str) -> str:
+    """The text of a spec file: a regular file of at most MAX_SPEC_BYTES
+    (never a FIFO or device, which would block or never end)."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as spec_file:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise LockprofError(f"lock spec {argument} is not a regular file")
+            if info.st_size > MAX_SPEC_BYTES:
+                raise LockprofError(
+                    f"lock spec {argument} is {info.st_size:,} bytes; "
+                    f"at most {MAX_SPEC_BYTES:,} are read"
+                )
+            return spec_file.read(MAX_SPEC_BYTES).decode()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise LockprofError(f"cannot read lock spec {argument}: {reason}") from None
 
 
 def _abs_target(target: str) -> str:

@@ -36,7 +36,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
+import sys
 import tempfile
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -164,20 +167,64 @@ def dumps(rec: Recording) -> bytes:
 
 
 def save(rec: Recording, path: str | Path) -> Path:
-    """Write atomically (temp file + rename), mode 0600. On failure, keep the
-    data in a temporary file and raise an error that names it."""
+    """Write atomically (temp file + rename), mode 0600. On failure (a full
+    disk, a directory removed or made read-only meanwhile), keep the data in
+    a temporary file and raise an error that names it."""
     path = Path(path)
     payload = dumps(rec)
     try:
         _write_atomically(payload, path)
     except OSError as exc:
-        fd, rescue = tempfile.mkstemp(prefix="lockprof-", suffix=".lpr")
-        with os.fdopen(fd, "wb") as out:
-            out.write(payload)
+        reason = exc.strerror or type(exc).__name__
+        rescue, failures = _rescue(payload)
+        if rescue is None:
+            raise LockprofError(
+                f"cannot write recording to {path} ({reason}), nor a temporary copy "
+                f"({'; '.join(failures)}): the recording is lost"
+            ) from None
         raise LockprofError(
-            f"cannot write recording to {path} ({exc.strerror}); data kept in {rescue}"
+            f"cannot write recording to {path} ({reason}); data kept in {rescue}"
         ) from None
     return path
+
+
+def _rescue(payload: bytes) -> tuple[str | None, list[str]]:
+    """Write payload to a new 0600 file in the temporary directory, else in
+    the home directory: (its path, None) or (None, why each failed)."""
+    failures = []
+    for directory in (tempfile.gettempdir(), os.path.expanduser("~")):
+        try:
+            fd, rescue = tempfile.mkstemp(prefix="lockprof-", suffix=".lpr", dir=directory)
+        except OSError as exc:
+            failures.append(f"{directory}: {exc.strerror}")
+            continue
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(payload)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            failures.append(f"{directory}: {exc.strerror}")
+            with _suppress_oserror():
+                os.unlink(rescue)
+            continue
+        return rescue, failures
+    return None, failures
+
+
+# Test hook (tests/integration/test_lifecycle.py): seconds to pause after the
+# recording's bytes are written and before the rename, announced on stderr,
+# so that a test can send signals while the recording is being written.
+WRITE_DELAY_ENV = "LOCKPROF_TEST_WRITE_DELAY_S"
+
+
+def _test_write_delay() -> None:
+    delay = os.environ.get(WRITE_DELAY_ENV)
+    if not delay:
+        return
+    sys.stderr.write(f"lockprof: {WRITE_DELAY_ENV}: pausing {float(delay):g} s before the rename\n")
+    sys.stderr.flush()
+    time.sleep(float(delay))
 
 
 def _write_atomically(payload: bytes, path: Path) -> None:
@@ -189,6 +236,7 @@ def _write_atomically(payload: bytes, path: Path) -> None:
             out.write(payload)
             out.flush()
             os.fsync(out.fileno())
+        _test_write_delay()
         os.replace(tmp, path)
     except BaseException:
         with _suppress_oserror():
@@ -204,8 +252,16 @@ class _suppress_oserror:
         return exc_type is not None and issubclass(exc_type, OSError)
 
 
+# A recording with empty tables takes about 40 KiB: refuse to start with
+# less free space than this where the recording goes.
+MIN_FREE_BYTES = 1 << 20
+
+
 def check_writable(path: str | Path) -> None:
-    """Fail before collection if the recording could not be written."""
+    """Fail before collection if the recording could not be written: no
+    such directory, not writable (permissions, a read-only mount), or a
+    file system with less than MIN_FREE_BYTES free. (It can still fill up
+    during collection: save() then keeps a temporary copy.)"""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
@@ -214,11 +270,26 @@ def check_writable(path: str | Path) -> None:
         raise LockprofError(f"output directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
         raise LockprofError(f"output directory {directory} is not writable")
+    try:  # what access() cannot see: ACLs, root on NFS, a full inode table
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", dir=directory):
+            pass
+        fs = os.statvfs(directory)
+    except OSError as exc:
+        raise LockprofError(
+            f"output directory {directory} is not writable ({exc.strerror})"
+        ) from None
+    free = fs.f_bavail * fs.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise LockprofError(
+            f"output directory {directory} has {free // 1024} KiB free; a recording "
+            f"needs at least {MIN_FREE_BYTES // 1024} KiB"
+        )
 
 
 def load(path: str | Path) -> Recording:
     """Read a recording. Any defect raises LockprofError with one clear line."""
     path = Path(path)
+    _check_regular_file(path)
     try:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
@@ -226,6 +297,7 @@ def load(path: str | Path) -> Recording:
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
         raise LockprofError(f"{path}: not a lockprof recording ({exc})") from None
     with archive:
+        _check_expansion(archive, path)
         meta = _read_meta(archive, path)
         tables = {name: _read_table(archive, name, path) for name in TABLES}
     if meta["schema_version"] == 1:
@@ -235,6 +307,34 @@ def load(path: str | Path) -> Recording:
     for name, frame in tables.items():
         check_table(frame, name, path)
     return Recording(meta=meta, **tables)
+
+
+def _check_regular_file(path: Path) -> None:
+    """A FIFO would block and a device never end: refuse anything but a
+    file (a directory is refused by zipfile, as not a recording)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise LockprofError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise LockprofError(f"{path}: cannot read ({exc.strerror})") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise LockprofError(f"{path}: not a lockprof recording (not a regular file)")
+
+
+# lockprof stores members uncompressed; a compressed copy is read too, but
+# not one whose members claim to expand beyond this (a zip bomb).
+MAX_EXPANSION = 100
+MAX_EXPANSION_SLACK = 64 << 20
+
+
+def _check_expansion(archive: zipfile.ZipFile, path: Path) -> None:
+    claimed = sum(info.file_size for info in archive.infolist())
+    size = path.stat().st_size
+    if claimed > MAX_EXPANSION * size + MAX_EXPANSION_SLACK:
+        raise _corrupt(
+            path, f"its members claim {claimed:,} bytes uncompressed from a {size:,}-byte file"
+        )
 
 
 def _corrupt(path: Path, reason: str) -> LockprofError:

@@ -7,10 +7,10 @@ second signal while draining is ignored with a message.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +30,7 @@ from profiler.recording import (
     TASK_COLUMNS,
     Recording,
 )
+from profiler.signals import StopFlag
 from profiler.targets import PRE_EXEC_COMM, CommandTarget, Target, pre_exec_locks
 
 POLL_MS = 100
@@ -64,36 +65,6 @@ class LiveState:
     cpu_totals: dict[int, tuple[int, int]] | None = None
 
 
-class StopFlag:
-    """Turns the first SIGINT/SIGTERM/SIGHUP into a request to stop."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self.draining = False
-        self._saved: dict[int, object] = {}
-
-    def __enter__(self) -> StopFlag:
-        for signum in self.SIGNALS:
-            self._saved[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        for signum, handler in self._saved.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
-
-    def _handle(self, signum: int, _frame) -> None:
-        if self.reason is None and not self.draining:
-            self.reason = f"{signal.Signals(signum).name} received"
-        else:
-            sys.stderr.write("lockprof: already stopping; writing the recording, please wait\n")
-
-    def request(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-
-
 @dataclass
 class _Collected:
     rows: list[dict] = field(default_factory=list)
@@ -107,13 +78,24 @@ def collect(
     working_mechanisms: set[str],
     on_interval: Callable[[LiveState], None] | None = None,
     on_attached: Callable[[list], None] | None = None,
+    stop: StopFlag | None = None,
 ) -> Recording:
-    """Run one collection and return its recording (not yet saved)."""
+    """Run one collection and return its recording (not yet saved).
+
+    stop: the caller's installed StopFlag (it then stays installed after
+    return, so that the recording is written under it). A signal before the
+    target is released (compile, attach) undoes everything and raises
+    signals.Interrupted; after that it ends collection."""
     from profiler import bpf as bpf_mod  # bcc is imported only when collecting
 
-    plans = _plans(options, working_mechanisms)
     session = None
+    own_flag = stop is None
+    flag = stop if stop is not None else StopFlag()
     try:
+        if own_flag:
+            flag.install()
+        plans = _plans(options, working_mechanisms)
+        flag.check_before_start()
         session = bpf_mod.BpfSession(
             plans,
             target.tgid,
@@ -122,14 +104,22 @@ def collect(
             sample_hz=options.sample_hz,
         )
         session.max_events = options.max_events
+        flag.check_before_start()
         attached = session.attach()
+        flag.check_before_start()
     except BaseException:
+        if own_flag:
+            flag.uninstall()
         if session is not None:
             session.close()
         if isinstance(target, CommandTarget):
             target.abandon()
         raise
-    with session, StopFlag() as stop:
+    flag.phase = "collecting"
+    with session, contextlib.ExitStack() as restore:
+        if own_flag:
+            restore.callback(flag.uninstall)
+        stop = flag
         if on_attached:
             on_attached(attached)
         start_ns = time.monotonic_ns()
@@ -474,6 +464,8 @@ def _build_recording(
         "target": target.describe(),
         "command": target.command(),
         "exit_status": target.exit_status,
+        # Forks are not followed, execs keep the pid (profiled): what was seen.
+        "lineage": target.lineage.meta() if target.lineage is not None else None,
         "families": list(options.families),
         "lock_specs": [_spec_meta(spec) for spec in options.locks],
         "sample_hz": options.sample_hz if "sample" in options.families else None,
@@ -544,25 +536,12 @@ def headers_in_use() -> dict:
     return {"kind": kind, "path": str(resolved), "version": version}
 
 
-def require_privileges() -> None:
-    """Refuse to collect without the capabilities BPF tracing needs."""
-    if os.geteuid() == 0:
-        return
-    caps = 0
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                caps = int(line.split()[1], 16)
-    except OSError:
-        pass
-    cap_sys_admin, cap_perfmon, cap_bpf = 21, 38, 39
-    if caps & (1 << cap_sys_admin) or (caps & (1 << cap_bpf) and caps & (1 << cap_perfmon)):
-        return
-    raise LockprofError(
-        "lockprof needs root (or CAP_BPF plus CAP_PERFMON) to load BPF programs; "
-        "try: sudo lockprof ...",
-        exit_code=1,
-    )
+def require_privileges(uprobes: bool = False) -> None:
+    """Refuse to collect without the capabilities BPF tracing needs, naming
+    the missing ones (profiler.privileges)."""
+    from profiler import privileges
+
+    privileges.require(uprobes)
 
 
 __all__ = ["CollectOptions", "LiveState", "LockprofError", "collect", "require_privileges"]

@@ -30,6 +30,47 @@ def writer_cost_json(rec: Recording, what_if_cpus: int | None = None) -> dict | 
     )
 
 
+# Kernel-side map-full counters, and what the user loses when they are nonzero.
+MAP_FULL = {
+    "stats_map_full": "distinct locks beyond the aggregate map (LP_MAX_LOCKS) were not counted",
+    "task_map_full": "per-task rows beyond the task map (LP_MAX_TASKS) were not kept",
+    "caller_map_full": "contention callers beyond the caller map (LP_MAX_CALLERS) were not kept",
+    "owner_map_full": "mm owners beyond the owner map (LP_MAX_OWNERS) were not learned: "
+    "their mmap_locks are unnamed",
+    "stack": "kernel stacks not captured (stack map full at LP_MAX_STACKS, or no unwind) "
+    "are missing",
+    "offcpu_map_full": "off-CPU stacks beyond the off-CPU map were not kept",
+    "sample_map_full": "CPU samples beyond the sample map were not kept",
+}
+
+
+def notes(meta: dict) -> list[str]:
+    """What the figures leave out: full kernel maps, processes the target
+    forked (not followed), programs it exec'd (followed: same pid)."""
+    out = []
+    errors = meta.get("errors") or {}
+    for name, consequence in MAP_FULL.items():
+        if errors.get(name):
+            out.append(
+                f"{name.replace('_', ' ')} {errors[name]:,} times: {consequence}; "
+                "collection went on"
+            )
+    lineage = meta.get("lineage") or {}
+    pid = meta.get("target_pid")
+    if pid and lineage.get("children_seen"):
+        out.append(
+            f"pid {pid} forked processes (at least {lineage['children_seen']:,} seen): they "
+            f"are not followed; only pid {pid} and tasks taking its mmap_lock are profiled"
+        )
+    for change in lineage.get("execs") or []:
+        out.append(
+            f"pid {pid} exec'd {change.get('comm')} ({change.get('exe') or 'exe unknown'}) "
+            f"at {change.get('t_s', 0):g} s: still profiled (same pid), its new mm's "
+            "mmap_lock is a separate row"
+        )
+    return out
+
+
 def summary_json(rec: Recording, what_if_cpus: int | None = None) -> dict:
     meta = rec.meta
     rusage = meta.get("rusage") or {}
@@ -46,6 +87,7 @@ def summary_json(rec: Recording, what_if_cpus: int | None = None) -> dict:
         "threshold_ns": meta.get("threshold_ns"),
         "lost_events": meta.get("lost_events", 0),
         "errors": meta.get("errors", {}),
+        "notes": notes(meta),
         "rusage": {k: rusage.get(k) for k in ("user_s", "sys_s", "elapsed_s", "minor_faults")},
         "events": len(rec.events),
         "locks": lock_rows(rec),

@@ -7,6 +7,7 @@ figures /usr/bin/time gave in the seed thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -21,6 +22,8 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # copy of lockprof's own address space; this name tells that mm (and its
 # mmap_lock) apart from the command's own in the BPF owner map.
 PRE_EXEC_COMM = "lockprof-exec"
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def check_pid(pid: int) -> int:
@@ -81,6 +84,90 @@ def cmdline_of(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def printable_arg(arg: str) -> str:
+    """An argv string as valid text: bytes that are not UTF-8 (which Python
+    keeps as lone surrogates) become U+FFFD, so that JSON, Parquet, CSV and
+    HTML can always encode it."""
+    return os.fsencode(arg).decode("utf-8", errors="replace")
+
+
+def _stat_comm(pid: int) -> str | None:
+    """The comm of a process, from /proc/PID/stat (None if gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return stat[stat.find(b"(") + 1 : stat.rfind(b")")].decode(errors="replace")
+
+
+def _exe_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:  # gone, a zombie, or not ours to look at (no privilege)
+        return None
+
+
+class Lineage:
+    """What collection does not follow, seen by polling /proc: processes the
+    target forks (children are other processes: not profiled) and programs
+    it execs (the pid stays, so the new program is still profiled, on a new
+    mm and mmap_lock).
+
+    Children are read from /proc/PID/task/TID/children about once a second,
+    so one that lives shorter than that may be missed: the count is a lower
+    bound. An exec is a change of /proc/PID/exe (of the comm where exe cannot
+    be read)."""
+
+    CHILD_POLLS = 10  # read children every 10th poll (about 1 s)
+    MAX_THREADS = 256  # threads whose children are read
+
+    def __init__(self, pid: int, skip_comm: str | None = None):
+        self.pid = pid
+        self.skip_comm = skip_comm  # `run`: the pre-exec child is not the program
+        self.children: set[int] = set()
+        self.execs: list[dict] = []
+        self._program: tuple[str, str | None] | None = None
+        self._polls = 0
+
+    def observe(self, t_s: float) -> None:
+        comm = _stat_comm(self.pid)
+        if comm is None or comm == self.skip_comm:
+            return
+        program = (comm, _exe_of(self.pid))
+        if self._program is None:
+            self._program = program
+        elif self._execed(self._program, program):
+            self.execs.append({"t_s": round(t_s, 3), "comm": comm, "exe": program[1]})
+            self._program = program
+        if self._polls % self.CHILD_POLLS == 0:
+            self.children |= _children_of(self.pid, self.MAX_THREADS)
+        self._polls += 1
+
+    @staticmethod
+    def _execed(before: tuple[str, str | None], after: tuple[str, str | None]) -> bool:
+        if before[1] is not None and after[1] is not None:
+            return before[1] != after[1]
+        return before[0] != after[0]
+
+    def meta(self) -> dict:
+        return {"children_seen": len(self.children), "execs": self.execs}
+
+
+def _children_of(pid: int, max_threads: int) -> set[int]:
+    found: set[int] = set()
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")[:max_threads]
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+        except OSError:
+            continue
+        found.update(int(child) for child in text.split())
+    return found
+
+
 class Target:
     """Base: the whole system."""
 
@@ -93,6 +180,7 @@ class Target:
         self._first: tuple[float, float, int] | None = None
         self._last: tuple[float, float, int] | None = None
         self.exit_status: int | None = None
+        self.lineage: Lineage | None = None  # processes: forks and execs seen
 
     def describe(self) -> str:
         return "the whole system"
@@ -146,6 +234,7 @@ class PidTarget(Target):
         self.tgid = check_pid(pid)
         self._comm = comm_of(self.tgid)
         self._cmdline = cmdline_of(self.tgid)
+        self.lineage = Lineage(self.tgid)
 
     def describe(self) -> str:
         return f"pid {self.tgid} ({self._comm})"
@@ -161,6 +250,8 @@ class PidTarget(Target):
         if sample is None or _is_zombie(self.tgid):
             return f"pid {self.tgid} exited"
         self._last = sample
+        if self.lineage is not None:
+            self.lineage.observe(time.monotonic() - self._start_wall)
         return None
 
 
@@ -216,6 +307,7 @@ class CommandTarget(Target):
         self.argv = argv
         self._rusage: dict | None = None
         self.tgid = self._spawn_held()
+        self.lineage = Lineage(self.tgid, skip_comm=PRE_EXEC_COMM)
 
     def _spawn_held(self) -> int:
         gate_r, gate_w = os.pipe()
@@ -224,13 +316,22 @@ class CommandTarget(Target):
         os.set_inheritable(err_w, False)
         pid = os.fork()
         if pid == 0:  # child: rename itself, say so, wait for the gate, then exec
+            # lockprof's handlers are not the command's: default dispositions
+            # (a Ctrl-C before the exec ends the held child), and SIGPIPE and
+            # SIGXFSZ, which Python ignores, not ignored by the command.
+            for signum in (*_STOP_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(signum, signal.SIG_DFL)
             os.close(gate_w)
             os.close(err_r)
             os.close(ready_r)
             _set_own_comm(PRE_EXEC_COMM)
             os.close(ready_w)
             try:
-                os.read(gate_r, 1)
+                # End of file instead of the go byte: lockprof stopped (or
+                # died) before collection started. Never run the command
+                # unprofiled.
+                if os.read(gate_r, 1) != b"x":
+                    os._exit(125)
                 os.close(gate_r)
                 os.set_blocking(err_w, True)
                 os.execvp(self.argv[0], self.argv)
@@ -248,14 +349,16 @@ class CommandTarget(Target):
         return pid
 
     def describe(self) -> str:
-        return f"pid {self.tgid} ({' '.join(self.argv)})"
+        return f"pid {self.tgid} ({' '.join(self.command())})"
 
     def command(self) -> list[str]:
-        return self.argv
+        return [printable_arg(arg) for arg in self.argv]
 
     def begin(self) -> None:
         super().begin()
-        os.write(self._gate_w, b"x")
+        # BrokenPipeError: the held child died (a signal) before the exec.
+        with contextlib.suppress(BrokenPipeError):
+            os.write(self._gate_w, b"x")
         os.close(self._gate_w)
         # An exec failure writes its reason; a successful exec closes the pipe.
         reason = os.read(self._err_r, 512).decode(errors="replace")
@@ -277,6 +380,8 @@ class CommandTarget(Target):
             return f"command exited with status {self.exit_status}"
         pid, status, usage = os.wait4(self.tgid, os.WNOHANG)
         if pid == 0:
+            if self.lineage is not None and self._start_wall:
+                self.lineage.observe(time.monotonic() - self._start_wall)
             return None
         self._finish(status, usage)
         return f"command exited with status {self.exit_status}"

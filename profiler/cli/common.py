@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 import sys
@@ -13,32 +14,50 @@ import click
 from rich.live import Live
 from rich.text import Text
 
-from profiler import recording, render, summary
+from profiler import privileges, recording, render, signals, summary
 from profiler.cli import report
 from profiler.errors import LockprofError
 from profiler.session import CollectOptions, LiveState, collect, require_privileges
-from profiler.targets import Target
+from profiler.signals import StopFlag
+from profiler.targets import CommandTarget, Target
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s)?\s*$")
 _NS_PER = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 
 
 class TimeParam(click.ParamType):
-    """A duration like 100us, 2ms, 1.5s or a bare number in the given unit."""
+    """A duration like 100us, 2ms, 1.5s or a bare number in the given unit,
+    at most max_s seconds (default one hour: the histograms' last bucket
+    starts at 2^38 ns, about 4.6 minutes)."""
 
     name = "time"
 
-    def __init__(self, default_unit: str):
+    def __init__(self, default_unit: str, max_s: float = 3600):
         self.default_unit = default_unit
+        self.max_ns = int(max_s * 1e9)
 
     def convert(self, value, param, ctx):
         if isinstance(value, int | float):
-            return int(value * _NS_PER[self.default_unit])
-        match = _DURATION.match(str(value))
-        if not match:
-            self.fail(f"{value!r} is not a duration (examples: 500us, 2ms, 1s)", param, ctx)
-        number, unit = float(match.group(1)), match.group(2) or self.default_unit
-        return int(number * _NS_PER[unit])
+            ns = value * _NS_PER[self.default_unit]
+        else:
+            match = _DURATION.match(str(value))
+            if not match:
+                self.fail(f"{value!r} is not a duration (examples: 500us, 2ms, 1s)", param, ctx)
+            number, unit = float(match.group(1)), match.group(2) or self.default_unit
+            ns = number * _NS_PER[unit]
+        if not math.isfinite(ns) or ns > self.max_ns:
+            self.fail(f"{value!r} is longer than {self.max_ns // 1_000_000_000} s", param, ctx)
+        return int(ns)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange without nan (which passes every range check)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def collection_options(func):
@@ -47,13 +66,13 @@ def collection_options(func):
         click.option(
             "-d",
             "--duration",
-            type=click.FloatRange(min=0.1, max=7 * 86400),
+            type=FiniteFloatRange(min=0.1, max=7 * 86400),
             help="Stop after SECONDS (default: Ctrl-C, or the target's exit).",
         ),
         click.option(
             "-i",
             "--interval",
-            type=click.FloatRange(min=0.1, max=3600),
+            type=FiniteFloatRange(min=0.1, max=3600),
             default=1.0,
             show_default=True,
             help="Seconds between live-view refreshes and aggregate snapshots.",
@@ -260,10 +279,12 @@ def run_collection(
     as_json: bool,
     working: set[str],
     html: Path | None = None,
+    stop: StopFlag | None = None,
 ) -> int:
     """Collect, save the recording, print the summary, write the HTML report
     if asked. Returns the exit code: 1 when the report could not be written
-    (the recording is kept either way)."""
+    (the recording is kept either way). stop: the installed signal flag
+    (profiler.signals), which covers writing too."""
     output = output or default_output(target.mode, target.tgid)
     recording.check_writable(output)
     if html is not None:
@@ -277,6 +298,7 @@ def run_collection(
             # Quiet: no live state is built at all (it costs CPU every interval).
             on_interval=None if quiet or as_json else view.update,
             on_attached=lambda probes: view.attached(target, probes),
+            stop=stop,
         )
     finally:
         view.stop()
@@ -339,6 +361,8 @@ def print_summary(
             f"rusage  user {rusage['user_s']:.2f}s  sys {rusage['sys_s']:.2f}s  "
             f"elapsed {rusage['elapsed_s']:.2f}s  minor faults {rusage['minor_faults']:,}"
         )
+    for note in document.get("notes") or []:
+        out.print(Text(render.safe_text(f"note: {note}")))
     held = [r for r in document["locks"] if r.get("still_held")]
     for row in held:
         out.print(
@@ -375,14 +399,58 @@ def collect_command(
     options.families += tuple(f for f, on in (("offcpu", offcpu), ("sample", sample)) if on)
     options.sample_hz = sample_hz
     options.what_if_cpus = what_if_cpus
-    require_privileges()
-    if lock_spec:
-        options.locks = (checked_spec(lock_spec),)
-    from profiler.doctor import cheap_mechanisms
-
-    target = target_factory()
-    code = run_collection(
-        target, options, output, top, quiet, as_json, cheap_mechanisms(), html=html
-    )
+    # Signals from here (or from start-up, see profiler.signals) to the end.
+    stop = signals.adopt()
+    try:
+        code = _start_and_collect(
+            stop, target_factory, options, lock_spec, output, top, quiet, as_json, html
+        )
+    finally:
+        stop.uninstall()
     if code:
         raise SystemExit(code)
+
+
+def _start_and_collect(
+    stop: StopFlag, target_factory, options, lock_spec, output, top, quiet, as_json, html
+) -> int:
+    require_privileges()
+    if lock_spec:
+        spec = checked_spec(lock_spec)
+        require_privileges(uprobes=not spec.in_kernel)
+        options.locks = (spec,)
+    from profiler import doctor
+
+    warning = privileges.symbols_warning()
+    if warning:
+        click.echo(warning, err=True)
+    # Named tracefs probes that a killed BCC process left behind (none when
+    # the kernel creates probes through perf_event_open, as here).
+    removed = doctor.cleanup_stale_probes()
+    if removed:
+        click.echo(
+            render.safe_text(
+                f"lockprof: removed {len(removed)} stale probe events left by killed "
+                f"BCC processes ({', '.join(removed[:3])}{', ...' if len(removed) > 3 else ''})"
+            ),
+            err=True,
+        )
+    stop.check_before_start()
+    target = target_factory()
+    try:
+        stop.check_before_start()
+    except signals.Interrupted:
+        if isinstance(target, CommandTarget):
+            target.abandon()
+        raise
+    return run_collection(
+        target,
+        options,
+        output,
+        top,
+        quiet,
+        as_json,
+        doctor.cheap_mechanisms(),
+        html=html,
+        stop=stop,
+    )

@@ -26,7 +26,13 @@ from profiler import doctor, render
     show_default=True,
     help="Length of each --overhead phase (bare, empty programs, lockprof).",
 )
-def command(as_json, overhead, seconds) -> None:
+@click.option(
+    "--cleanup",
+    is_flag=True,
+    help="First remove kprobe/uprobe events that killed BCC processes (lockprof "
+    "included) left in tracefs; every collection does this too.",
+)
+def command(as_json, overhead, seconds, cleanup) -> None:
     """Load and attach a tiny program per mechanism and report what works:
     tracepoints (raw and classic), kprobes, fentry, uprobes, perf sampling,
     BTF, and which kernel headers BCC uses. Exits 1 when the minimum
@@ -37,7 +43,9 @@ def command(as_json, overhead, seconds) -> None:
       lockprof doctor
       lockprof doctor --json | jq '.checks[] | select(.ok | not)'
       lockprof doctor --overhead        per-event cost of each probe, ~10 s
+      lockprof doctor --cleanup         remove probe events of killed BCC tools
     """
+    removed = _cleanup(as_json) if cleanup else None
     checks = doctor.run_checks()
     usable = all(c.ok for c in checks if c.required)
     cost = _measure_overhead(seconds) if overhead and usable else None
@@ -49,6 +57,7 @@ def command(as_json, overhead, seconds) -> None:
                     "mechanisms": sorted(doctor.working_mechanisms(checks)),
                     "checks": doctor.as_dicts(checks),
                     "overhead": cost.as_dict() if cost else None,
+                    "removed_probe_events": removed,
                 },
                 indent=2,
             )
@@ -72,6 +81,14 @@ def command(as_json, overhead, seconds) -> None:
             _print_overhead(out, cost)
     if not usable:
         raise SystemExit(1)
+
+
+def _cleanup(as_json: bool) -> list[str]:
+    removed = doctor.cleanup_stale_probes()
+    if not as_json:
+        what = ", ".join(removed) if removed else "none found"
+        click.echo(render.safe_text(f"stale probe events removed: {what}"), err=True)
+    return removed
 
 
 def _measure_overhead(seconds: float):

@@ -33,13 +33,30 @@ def _csv_value(value):
     return value
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula
+# (CSV injection): comm names come from untrusted processes.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formula(value):
+    """Text that a spreadsheet would run as a formula, prefixed with ' (the
+    spreadsheet convention for "this is text"); anything else unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """A table made CSV-friendly: list cells joined with ';'."""
+    """A table made CSV-friendly: list cells joined with ';', text cells
+    that would start a spreadsheet formula neutralised."""
     out = frame.copy()
     for column in out.columns:
         values = out[column]
         if values.dtype == object and values.map(_is_list).any():
-            out[column] = values.map(_csv_value)
+            values = values.map(_csv_value)
+        if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
+            values = values.map(neutralise_formula)
+        out[column] = values
     return out
 
 
