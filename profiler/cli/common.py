@@ -113,6 +113,7 @@ def collection_options(func):
             "lock_spec",
             metavar="SPEC",
             help="Also probe a lock's own functions: a built-in spec (rw_mutex, rwsem, "
+            "percpu_counter_sum, "
             "pthread_rwlock), NAME@BINARY to point it at a binary or library, or a "
             "TOML spec file (see README). Uses uprobes, or kprobes for the kernel.",
         ),

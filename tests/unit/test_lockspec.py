@@ -85,7 +85,9 @@ def test_toml_target_is_relative_to_the_spec_file(tmp_path):
 
 
 def test_unknown_spec_names_the_builtins():
-    with pytest.raises(LockprofError, match="built-in: pthread_rwlock, rw_mutex, rwsem"):
+    with pytest.raises(
+        LockprofError, match="built-in: percpu_counter_sum, pthread_rwlock, rw_mutex, rwsem"
+    ):
         lockspec.resolve("nope")
 
 
@@ -140,3 +142,19 @@ def test_every_spec_function_exists_in_the_bpf_source():
     fns |= {p.probe.fn for p in probes.spec_plan(lockspec.resolve("pthread_rwlock"), {"uprobe"})}
     for fn in fns:
         assert f"int {fn}(struct pt_regs *ctx)" in source, fn
+
+
+def test_a_sum_only_spec_times_the_sum_function():
+    spec = lockspec.resolve("percpu_counter_sum")
+    assert spec.in_kernel and spec.role("sum") == ("__percpu_counter_sum",)
+    plans = probes.spec_plan(spec, {"kprobe"})
+    assert {(p.point.target, p.point.ret, p.probe.fn) for p in plans} == {
+        ("__percpu_counter_sum", False, "lp_spec_sum"),
+        ("__percpu_counter_sum", True, "lp_spec_sum_ret"),
+    }
+    # This machine: no kprobes, so a clear refusal naming the spec.
+    with pytest.raises(MechanismUnavailable, match="lock spec percpu_counter_sum"):
+        probes.spec_plan(spec, {"uprobe", "raw_tracepoint"})
+    # A sum function next to only half a lock is still refused.
+    with pytest.raises(LockprofError, match="or only a sum function"):
+        lockspec.parse_toml('name = "x"\n[functions]\nread_lock=["a"]\nsum=["s"]', "t")
