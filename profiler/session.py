@@ -172,8 +172,8 @@ def _plans(options: CollectOptions, working: set[str]) -> list:
 def _collect_loop(options, target, session, stop, state, namer, start_ns, on_interval) -> None:
     # The first snapshot comes early, so the live view shows rows within a
     # moment of attaching; later ones every interval from the start.
-    first_tick = start_ns + int(min(options.interval_s, FIRST_TICK_S) * 1e9)
-    next_tick = first_tick
+    next_tick = start_ns + int(min(options.interval_s, FIRST_TICK_S) * 1e9)
+    first = True
     deadline = start_ns + int(options.duration_s * 1e9) if options.duration_s else None
     while stop.reason is None:
         now = time.monotonic_ns()
@@ -186,9 +186,12 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
         if deadline is not None and now >= deadline:
             stop.request(f"duration {options.duration_s:g}s reached")
         if now >= next_tick and stop.reason is None:
-            if next_tick == first_tick:
-                next_tick = start_ns
-            next_tick += int(options.interval_s * 1e9)
+            interval_ns = int(options.interval_s * 1e9)
+            if first:  # then on the interval grid from the start, past now
+                first = False
+                next_tick = start_ns + interval_ns * ((now - start_ns) // interval_ns + 1)
+            else:
+                next_tick += interval_ns
             snapshot = _take_interval(session, state, (now - start_ns) / 1e9)
             if on_interval:
                 on_interval(_live_state(snapshot, session, namer, target, options, now - start_ns))
