@@ -304,9 +304,18 @@ def cleanup_stale_probes(tracefs_dirs=TRACEFS_DIRS) -> list[str]:
     removed = []
     for events, name in stale_probe_events(tracefs_dirs):
         try:
-            with open(events, "a") as out:
-                out.write(f"-:{name}\n")
+            write_probe_event(events, f"-:{name}")
         except OSError:
             continue
         removed.append(name)
     return removed
+
+
+def write_probe_event(events: Path, command: str) -> None:
+    """One command to a tracefs *_events file (os.write: Python's append
+    mode seeks to the end, which tracefs refuses with EINVAL)."""
+    fd = os.open(events, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, f"{command}\n".encode())
+    finally:
+        os.close(fd)

@@ -48,10 +48,11 @@ def workloads_built():
 class Lockprof:
     """A lockprof process started in the background, ready once attached."""
 
-    def __init__(self, args: list[str], cwd: Path):
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None):
         self.proc = subprocess.Popen(
             [*LOCKPROF, *args],
             cwd=cwd,
+            env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -112,8 +113,8 @@ class Held:
 def lockprof_factory(tmp_path):
     started: list[Lockprof] = []
 
-    def start(*args: str) -> Lockprof:
-        lp = Lockprof(list(args), tmp_path)
+    def start(*args: str, env: dict[str, str] | None = None) -> Lockprof:
+        lp = Lockprof(list(args), tmp_path, env)
         started.append(lp)
         return lp
 

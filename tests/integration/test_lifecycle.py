@@ -1,18 +1,24 @@
-"""Target exits, bad input and signals, as root with real probes."""
+"""Target exits, forks and execs, bad input, signals at every phase and
+SIGKILL, as root with real probes."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 import pytest
-from conftest import LOCKPROF, REPO, Held, lockprof_programs
+from conftest import BIN, LOCKPROF, REPO, Held, lockprof_programs, rows_for, show_json
 
 import profiler
+from profiler import doctor
 
 
 def _one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -102,23 +108,317 @@ def test_not_root_is_one_line():
     assert "needs root" in _one_line_error(result)
 
 
-def test_sigterm_and_duration_end_collection_cleanly(lockprof_factory, tmp_path):
+def test_sigterm_sighup_and_duration_end_collection_cleanly(lockprof_factory, tmp_path):
+    """SIGINT is what the exact-count tests stop with (test_counts.py)."""
     target = Held(100)
     try:
-        lp = lockprof_factory("attach", "-p", str(target.pid), "-o", "t.lpr", "-q")
-        lp.wait_attached()
-        target.go_and_wait_done()
-        code, _out, err = lp.stop(signal.SIGTERM)
-        assert code == 0, err
-        assert "SIGTERM received" in err
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            name = signal.Signals(sig).name
+            lp = lockprof_factory("attach", "-p", str(target.pid), "-o", f"{name}.lpr", "-q")
+            lp.wait_attached()
+            if sig == signal.SIGTERM:
+                target.go_and_wait_done()
+            code, _out, err = lp.stop(sig)
+            assert code == 0, err
+            assert f"{name} received" in err
+            rec = profiler.load(tmp_path / f"{name}.lpr")
+            assert rec.meta["stop_reason"] == f"{name} received"
         lp = lockprof_factory("record", "-a", "-d", "1", "-i", "0.5", "-o", "d.lpr", "-q")
         code, _out, err = lp.wait(timeout=60)
         assert code == 0, err
     finally:
         target.finish()
-    assert profiler.load(tmp_path / "t.lpr").meta["stop_reason"] == "SIGTERM received"
+    rows = rows_for(show_json(tmp_path / "SIGTERM.lpr"), target.pid)
+    assert rows["write"]["acquisitions"] == 200  # what was collected is all there
     system = profiler.load(tmp_path / "d.lpr")
     assert system.meta["target_pid"] is None
     assert system.meta["stop_reason"] == "duration 1s reached"
     assert system.intervals["interval"].max() >= 2
     assert lockprof_programs() == []
+
+
+# -- signals at every phase -------------------------------------------------------------------
+
+
+def _catches_signals(pid: int) -> bool:
+    """Has the process installed its handlers for SIGINT, SIGTERM, SIGHUP?"""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(x for x in status.splitlines() if x.startswith("SigCgt:")).split()[1], 16)
+    return all(caught & (1 << (sig - 1)) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+
+
+def _maps_bcc(pid: int) -> bool:
+    """Has the process loaded libbcc (the probes are about to be compiled)?"""
+    try:
+        return "libbcc" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def _wait_for(condition, pid: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition(pid):
+        assert time.monotonic() < deadline, f"{condition.__name__} never true"
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize(
+    "phase, sig",
+    [
+        ("start-up", signal.SIGTERM),
+        ("start-up", signal.SIGHUP),
+        ("compile", signal.SIGINT),
+        ("compile", signal.SIGTERM),
+    ],
+)
+def test_signal_before_collection_starts_exits_in_one_line(tmp_path, phase, sig):
+    """A signal during start-up (imports: the handlers are installed first)
+    or while the probes compile: the command is never started, nothing is
+    attached or recorded, one line, status 128 + N."""
+    marker = tmp_path / "command-ran"
+    proc = subprocess.Popen(
+        [*LOCKPROF, "run", "-o", str(tmp_path / "x.lpr"), "--", "touch", str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        _wait_for(_catches_signals if phase == "start-up" else _maps_bcc, proc.pid)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    name = signal.Signals(sig).name
+    assert proc.returncode == 128 + sig, err
+    assert err == f"lockprof: {name} received before collection started; nothing was recorded\n"
+    assert out == ""
+    assert not (tmp_path / "x.lpr").exists()
+    assert not marker.exists()  # the held command never ran unprofiled
+    assert list(tmp_path.iterdir()) == []  # no temporary file either
+    assert lockprof_programs() == []
+
+
+def test_signals_while_writing_are_ignored_with_a_message(lockprof_factory, tmp_path):
+    """A large recording (every wait and hold of 20,000 mmap+munmap pairs
+    streamed) is written while SIGINT, SIGTERM and SIGHUP arrive: each is
+    ignored with a message, and the recording is whole. The test hook
+    LOCKPROF_TEST_WRITE_DELAY_S holds the write open (profiler.recording)."""
+    pairs = 20_000
+    target = Held(pairs)
+    try:
+        lp = lockprof_factory(
+            "attach",
+            "-p",
+            str(target.pid),
+            "-t",
+            "1ns",
+            "-o",
+            "w.lpr",
+            "-q",
+            env={"LOCKPROF_TEST_WRITE_DELAY_S": "2"},
+        )
+        lp.wait_attached()
+        time.sleep(0.3)
+        target.go_and_wait_done()
+        lp.proc.send_signal(signal.SIGINT)
+        assert lp.proc.stderr is not None
+        while "pausing" not in (line := lp.proc.stderr.readline()):
+            assert line, "lockprof ended without writing"
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            lp.proc.send_signal(sig)
+            time.sleep(0.1)
+        code, _out, err = lp.wait(timeout=60)
+    finally:
+        target.finish()
+    assert code == 0, err
+    assert err.count("already stopping; writing the recording, please wait") == 3
+    assert "SIGINT received; recording written to w.lpr" in err
+    rec = profiler.load(tmp_path / "w.lpr")
+    assert rec.meta["stop_reason"] == "SIGINT received"
+    assert len(rec.events) + rec.meta["lost_events"] >= 5 * pairs
+    assert rows_for(show_json(tmp_path / "w.lpr"), target.pid)["write"]["acquisitions"] == 2 * pairs
+    assert [p.name for p in tmp_path.iterdir()] == ["w.lpr"]  # no temporary file left
+    assert lockprof_programs() == []
+
+
+# -- SIGKILL: nothing stays attached ----------------------------------------------------------
+
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+def _probe_events() -> set[str]:
+    """Every kprobe/uprobe event defined in tracefs, and the event
+    directories of the probe groups."""
+    found = set()
+    for kind in ("uprobe_events", "kprobe_events"):
+        with contextlib.suppress(OSError):  # no kprobe_events without CONFIG_KPROBES
+            found |= set((TRACEFS / kind).read_text().splitlines())
+    for group in ("uprobes", "kprobes"):
+        directory = TRACEFS / "events" / group
+        if directory.is_dir():
+            found |= {f"events/{group}/{e.name}" for e in directory.iterdir()}
+    return found
+
+
+@pytest.mark.skipif(
+    not doctor.mechanism_works("uprobe"), reason="doctor: uprobe does not work here"
+)
+def test_sigkill_leaves_no_probe_attached(lockprof_factory, tmp_path):
+    """Raw tracepoints and the pthread_rwlock uprobes: every one of them is
+    an fd of the lockprof process (BPF links, perf events), so the kernel
+    detaches them all when SIGKILL ends it; BCC creates no named tracefs
+    event where perf_event_open makes the probe (checked here)."""
+    before = _probe_events()
+    lp = lockprof_factory("record", "-a", "--locks", "pthread_rwlock", "-o", "k.lpr", "-q")
+    lp.wait_attached()
+    assert lockprof_programs() != []
+    during = _probe_events()
+    mine = {e for e in during - before if f"_bcc_{lp.proc.pid}" in e}
+    lp.proc.kill()
+    lp.proc.wait()
+    assert lockprof_programs() == []
+    after = _probe_events()
+    assert not {e for e in after if f"_bcc_{lp.proc.pid}" in e}, after - before
+    assert after - before <= during - before - mine  # nothing new of ours stays
+    assert not (tmp_path / "k.lpr").exists()
+    assert not list(tmp_path.glob(".k.lpr.*"))
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.fixture
+def stale_uprobe_event():
+    """A uprobe event named as BCC names them, of a process that is gone,
+    as a BCC tool killed by SIGKILL leaves one on kernels where BCC has to
+    create probes through tracefs."""
+    name = f"uprobes/p_lockprof_test_0x1000_bcc_{_dead_pid()}"
+    events = TRACEFS / "uprobe_events"
+    doctor.write_probe_event(events, f"p:{name} /usr/bin/true:0x1000")
+    yield name
+    if name in events.read_text():
+        doctor.write_probe_event(events, f"-:{name}")
+
+
+def test_doctor_cleanup_removes_stale_probe_events(stale_uprobe_event):
+    live = f"uprobes/p_lockprof_test_0x2000_bcc_{os.getpid()}"  # ours: alive, kept
+    events = TRACEFS / "uprobe_events"
+    doctor.write_probe_event(events, f"p:{live} /usr/bin/true:0x2000")
+    try:
+        assert (TRACEFS / "events" / stale_uprobe_event).is_dir()
+        done = subprocess.run(
+            [*LOCKPROF, "doctor", "--cleanup", "--json"], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["removed_probe_events"] == [stale_uprobe_event]
+        assert stale_uprobe_event not in events.read_text()
+        assert not (TRACEFS / "events" / stale_uprobe_event).exists()
+        assert live in events.read_text()
+    finally:
+        doctor.write_probe_event(events, f"-:{live}")
+
+
+def test_collection_start_removes_stale_probe_events(stale_uprobe_event, tmp_path):
+    done = subprocess.run(
+        [*LOCKPROF, "record", "-a", "-d", "0.5", "-q", "-o", str(tmp_path / "r.lpr")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"removed 1 stale probe events left by killed BCC processes ({stale_uprobe_event})" in (
+        done.stderr
+    )
+    assert stale_uprobe_event not in (TRACEFS / "uprobe_events").read_text()
+
+
+# -- the target forks and execs ------------------------------------------------------------------
+
+EXEC_AFTER_GO = """
+import os, sys
+print("ready", flush=True)
+sys.stdin.read(1)
+os.execv(sys.argv[1], [sys.argv[1], "-w", "-n", sys.argv[2]])
+"""
+
+
+def test_attach_follows_an_exec_of_the_target(lockprof_factory, tmp_path):
+    """attach -p on a python process that execs mmapcount: the pid stays, so
+    the new program is profiled (its new mm's mmap_lock, learned under the
+    new comm, belongs to the pid), and the exec is stated."""
+    pairs = 3000
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EXEC_AFTER_GO, str(BIN / "mmapcount"), str(pairs)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        lp = lockprof_factory("attach", "-p", str(proc.pid), "-o", "x.lpr", "-q")
+        lp.wait_attached()
+        time.sleep(0.3)
+        proc.stdin.write(b"g")  # exec
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith(b"ready ")
+        time.sleep(0.3)  # a poll of /proc sees the new program
+        proc.stdin.write(b"g")  # mmapcount's pairs
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"done\n"
+        proc.stdin.close()  # mmapcount exits: collection ends
+        code, out, err = lp.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert code == 0, err
+    assert f"pid {proc.pid} exited" in err
+    summary = show_json(tmp_path / "x.lpr")
+    after = rows_for(summary, proc.pid, comm="mmapcount")
+    # 2 per pair, plus what exec, ld.so and exit take on the new mm.
+    assert 2 * pairs <= after["write"]["acquisitions"] <= 2 * pairs + 100, after["write"]
+    assert after["write"]["downgrades"] >= pairs
+    assert rows_for(summary, proc.pid, comm="python3") or rows_for(summary, proc.pid, comm="python")
+    rec = profiler.load(tmp_path / "x.lpr")
+    execs = rec.meta["lineage"]["execs"]
+    assert [e["comm"] for e in execs] == ["mmapcount"]
+    assert execs[0]["exe"] == str(BIN / "mmapcount")
+    assert any("exec'd mmapcount" in note for note in summary["notes"])
+    assert f"note: pid {proc.pid} exec'd mmapcount" in out
+
+
+def test_run_states_that_forked_children_are_not_followed(tmp_path):
+    done = subprocess.run(
+        [
+            *LOCKPROF,
+            "run",
+            "-o",
+            str(tmp_path / "f.lpr"),
+            "-q",
+            "--",
+            "sh",
+            "-c",
+            "sleep 1.5 & sleep 1.5 & wait",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    rec = profiler.load(tmp_path / "f.lpr")
+    pid = rec.meta["target_pid"]
+    assert rec.meta["lineage"] == {"children_seen": 2, "execs": []}
+    assert (
+        f"note: pid {pid} forked processes (at least 2 seen): they are not followed; "
+        f"only pid {pid} and tasks taking its mmap_lock are profiled"
+    ) in done.stdout
+    owners = set(rec.locks["owner_pid"].dropna().astype(int))
+    assert owners <= {pid}  # the children's own mms are not in the recording
