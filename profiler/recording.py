@@ -264,9 +264,13 @@ def check_writable(path: str | Path) -> None:
     during collection: save() then keeps a temporary copy.)"""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
+    try:
+        is_dir, directory_exists = path.is_dir(), directory.is_dir()
+    except OSError as exc:  # a parent directory this user may not enter
+        raise LockprofError(f"cannot use output path {path} ({exc.strerror})") from None
+    if is_dir:
         raise LockprofError(f"output path {path} is a directory")
-    if not directory.is_dir():
+    if not directory_exists:
         raise LockprofError(f"output directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
         raise LockprofError(f"output directory {directory} is not writable")

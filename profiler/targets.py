@@ -32,7 +32,7 @@ def check_pid(pid: int) -> int:
         raise LockprofError(f"invalid pid {pid}: must be a positive integer", exit_code=2)
     status = Path(f"/proc/{pid}/status")
     try:
-        text = status.read_text()
+        text = status.read_bytes().decode(errors="replace")  # Name: is the raw comm
     except FileNotFoundError:
         raise LockprofError(f"no such process: {pid}", exit_code=2) from None
     except OSError as exc:
@@ -46,10 +46,10 @@ def check_pid(pid: int) -> int:
 def _proc_times(pid: int) -> tuple[float, float, int] | None:
     """(user s, sys s, minor faults) of a live process, or None if gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_bytes()  # the comm may not be UTF-8
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
+    fields = stat.rsplit(b")", 1)[1].split()
     # After "pid (comm)": state=0, minflt=7, utime=11, stime=12 (proc(5) minus 3).
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS, int(fields[7])
 
@@ -71,7 +71,7 @@ def _system_times() -> tuple[float, float, int]:
 
 def comm_of(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/comm").read_text().rstrip("\n")
+        return Path(f"/proc/{pid}/comm").read_bytes().decode(errors="replace").rstrip("\n")
     except OSError:
         return "?"
 
@@ -257,10 +257,10 @@ class PidTarget(Target):
 
 def _is_zombie(pid: int) -> bool:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    return stat.rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
 
 
 def _set_own_comm(name: str) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -216,3 +218,54 @@ def _lockprof_programs_now() -> list[str]:
         if not pids or any(_ours(pid) for pid in pids):
             names.append(name)
     return names
+
+
+NOBODY = 65534
+
+
+@pytest.fixture(scope="module")
+def as_nobody():
+    """run(args, caps=..., cwd=...): lockprof as uid 65534 holding exactly the
+    capabilities caps (setpriv names: "bpf,perfmon"), from a world-readable
+    copy of the package (the checkout may be private: mktemp -d is 0700)."""
+    public = Path(tempfile.mkdtemp(prefix="lockprof-nonroot-"))
+    os.chmod(public, 0o755)
+    for package in ("profiler", "probes", "dashboards"):
+        shutil.copytree(REPO / package, public / package)
+    user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    probe = subprocess.run(
+        [*user, sys.executable, "-c", "import pandas, click, rich"], capture_output=True, cwd="/"
+    )
+    if probe.returncode != 0:
+        shutil.rmtree(public)
+        pytest.skip("the venv is not readable by uid 65534 (private checkout)")
+
+    def run(args: list[str], caps: str = "", cwd: Path | None = None, timeout: float = 120):
+        wanted = ",".join(f"+{c}" for c in caps.split(",") if c)
+        setcaps = [f"--inh-caps=-all{',' + wanted if wanted else ''}"]
+        setcaps += [f"--ambient-caps=-all{',' + wanted if wanted else ''}"]
+        env = {**os.environ, "PYTHONPATH": str(public), "PYTHONDONTWRITEBYTECODE": "1"}
+        return subprocess.run(
+            [*user, *setcaps, sys.executable, "-m", "profiler.cli.main", *args],
+            capture_output=True,
+            text=True,
+            cwd=cwd or "/",
+            env=env,
+            timeout=timeout,
+        )
+
+    yield run
+    shutil.rmtree(public)
+
+
+@pytest.fixture
+def nobody_dir():
+    """A directory uid 65534 may reach and write its files into (pytest's
+    tmp_path is inside a 0700 directory)."""
+    top = Path(tempfile.mkdtemp(prefix="lockprof-nobody-"))
+    os.chmod(top, 0o755)
+    directory = top / "out"
+    directory.mkdir()
+    os.chown(directory, NOBODY, NOBODY)
+    yield directory
+    shutil.rmtree(top)

@@ -6,16 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, LOCKPROF, REPO, Held, lockprof_programs, rows_for, show_json
+from conftest import BIN, LOCKPROF, Held, lockprof_programs, rows_for, show_json
 
 import profiler
 from profiler import doctor
@@ -80,32 +78,15 @@ def test_unwritable_output_is_refused_before_attaching():
     assert "does not exist" in _one_line_error(result)
 
 
-def test_not_root_is_one_line():
-    # The checkout may be private (mktemp -d is 0700): give the unprivileged
-    # user a world-readable copy of the package to import.
-    public = tempfile.mkdtemp(prefix="lockprof-nonroot-")
-    try:
-        os.chmod(public, 0o777)
-        for package in ("profiler", "probes"):
-            shutil.copytree(REPO / package, f"{public}/{package}")
-        code = (
-            "import sys; sys.path.insert(0, sys.argv[1]); from profiler.cli.main import main;"
-            " sys.exit(main(['record', '-a', '-d', '1', '-o', sys.argv[1] + '/x.lpr']))"
-        )
-        setpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        probe = subprocess.run(
-            [*setpriv, sys.executable, "-c", "import pandas, click, rich"],
-            capture_output=True,
-            cwd="/",
-        )
-        if probe.returncode != 0:
-            pytest.skip("the venv is not readable by uid 65534 (private checkout)")
-        result = subprocess.run(
-            [*setpriv, sys.executable, "-c", code, public], capture_output=True, text=True, cwd="/"
-        )
-    finally:
-        shutil.rmtree(public)
-    assert "needs root" in _one_line_error(result)
+@pytest.mark.parametrize(
+    "caps, missing",
+    [("", "CAP_BPF and CAP_PERFMON are missing"), ("bpf", "CAP_PERFMON is missing")],
+)
+def test_not_root_is_one_line_naming_the_missing_capabilities(as_nobody, caps, missing):
+    result = as_nobody(["record", "-a", "-d", "1", "-o", "/tmp/never-written.lpr"], caps=caps)
+    line = _one_line_error(result)
+    assert "needs root, or the capabilities CAP_BPF and CAP_PERFMON" in line
+    assert missing in line
 
 
 def test_sigterm_sighup_and_duration_end_collection_cleanly(lockprof_factory, tmp_path):
