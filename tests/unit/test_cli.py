@@ -339,3 +339,63 @@ def test_time_param(text, unit, ns):
 def test_time_param_rejects(text):
     with pytest.raises(click.BadParameter, match="is not a duration"):
         TimeParam("us").convert(text, None, None)
+
+
+# -- absurd values ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("-d", "nan", "'nan' is not a finite number"),
+        ("-d", "inf", "inf is not in the range"),
+        ("-d", "0", "0.0 is not in the range"),
+        ("-d", "-5", "-5.0 is not in the range"),
+        ("-d", "1e12", "is not in the range"),
+        ("-i", "NaN", "'NaN' is not a finite number"),
+        ("-i", "0.01", "is not in the range"),
+        ("-i", "86400", "is not in the range"),
+        ("-t", "99999999999999999999s", "is longer than 3600 s"),
+        ("-t", "-1us", "is not a duration"),
+        ("--stack-threshold", "2h", "is not a duration"),
+        ("--stack-threshold", "3601s", "is longer than 3600 s"),
+        ("--sample-hz", "0", "is not in the range"),
+        ("--sample-hz", "1000000", "is not in the range"),
+        ("--max-events", "-1", "is not in the range"),
+        ("--top", "0", "is not in the range"),
+        ("--cpus", "0", "is not in the range"),
+    ],
+)
+def test_absurd_collection_values_are_usage_errors(capsys, option, value, message):
+    """Refused by the option parser: before privileges, pids or BPF."""
+    for command in (["attach", "-p", str(free_pid())], ["record", "-a"]):
+        code, out, err = run_main(capsys, *command, option, value)
+        assert code == 2 and out == ""
+        assert "Traceback" not in err and message in err, err
+
+
+@pytest.mark.parametrize("pid", ["99999999999999999999", str(2**32 + 1)])
+def test_attach_pid_beyond_any_pid(capsys, pid):
+    code, out, err = run_main(capsys, "attach", "-p", pid)
+    line = assert_one_error_line(code, err)
+    assert out == ""
+    if os.geteuid() == 0:
+        assert line == f"lockprof: no such process: {pid}" and code == 2
+    else:
+        assert "needs root" in line
+
+
+@pytest.mark.parametrize("pid", ["0x10", "1.5", "", "12abc"])
+def test_attach_pid_that_is_not_a_number(capsys, pid):
+    code, out, err = run_main(capsys, "attach", "-p", pid)
+    assert code == 2 and out == ""
+    assert "Traceback" not in err and "is not a valid integer" in err
+
+
+def test_error_lines_never_carry_raw_escapes(capsys, tmp_path):
+    """Errors quote paths and names the user or a traced process chose."""
+    path = tmp_path / "\x1b]2;PWN\x07\x1b[31m.lpr"
+    code, _out, err = run_main(capsys, "show", str(path))
+    line = assert_one_error_line(code, err)
+    assert "\x1b" not in err and "\x07" not in err
+    assert line.endswith("\\x1b]2;PWN\\x07\\x1b[31m.lpr: no such file")

@@ -147,6 +147,38 @@ def test_csv_frame_joins_lists():
     assert csv_frame(frame)["n"].tolist() == [1, 2]
 
 
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_csv_frame_neutralises_formulas(start):
+    """Text a spreadsheet would run as a formula (CSV injection) is made text
+    with a leading ' ; numbers, lists and other text are left alone."""
+    text = f'{start}HYPERLINK("http://x")'
+    frame = pd.DataFrame(
+        {
+            "comm": [text, "plain", None],
+            "frames": [[text, "b+0x2"], ["a"], []],
+            "n": [-1, 2, 3],
+            "ratio": [-0.5, 1.0, float("nan")],
+        }
+    )
+    out = csv_frame(frame)
+    assert out["comm"].tolist()[:2] == ["'" + text, "plain"] and pd.isna(out["comm"][2])
+    assert out["frames"].tolist() == ["'" + text + ";b+0x2", "a", ""]
+    assert out["n"].tolist() == [-1, 2, 3] and out["n"].dtype == frame["n"].dtype
+    assert out["ratio"].tolist()[:2] == [-0.5, 1.0]
+
+
+def test_csv_export_of_a_formula_comm(capsys, tmp_path):
+    rec = profiler.load(HOSTILE)
+    rec.tasks.loc[:, "comm"] = "=1+2"
+    rec.locks.loc[:, "owner_comm"] = "@SUM(A1)"
+    path = recording.save(rec, tmp_path / "f.lpr")
+    code, _out, _err = run_main(capsys, "export", path, "--csv", tmp_path / "csv")
+    assert code == 0
+    text = "".join(p.read_text() for p in (tmp_path / "csv").glob("*.csv"))
+    assert "'=1+2" in text and "'@SUM(A1)" in text
+    assert not re.search(r"(^|,)[=@]", text, re.M)
+
+
 def test_export_needs_something_to_do(capsys):
     code, _out, err = run_main(capsys, "export", HOSTILE)
     assert code == 2 and "nothing to export" in one_error_line(code, err)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from profiler import lockspec, probes
 from profiler.errors import LockprofError, MechanismUnavailable
@@ -158,3 +163,136 @@ def test_a_sum_only_spec_times_the_sum_function():
     # A sum function next to only half a lock is still refused.
     with pytest.raises(LockprofError, match="or only a sum function"):
         lockspec.parse_toml('name = "x"\n[functions]\nread_lock=["a"]\nsum=["s"]', "t")
+
+
+# -- fuzzing: any text, any TOML document, any --locks argument ------------------------------
+
+_NAME = st.text(min_size=0, max_size=12)
+_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_NAME, inner, max_size=4),
+    max_leaves=12,
+)
+_ROLE_VALUE = st.one_of(st.lists(st.text(max_size=10), max_size=3), st.text(max_size=10), _VALUE)
+_DOCS = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.one_of(st.text(max_size=70), _VALUE),
+        "target": st.one_of(st.sampled_from(["kernel", "/bin/true", "", "rel/lib.so"]), _VALUE),
+        "functions": st.one_of(
+            st.dictionaries(
+                st.sampled_from([*lockspec.ROLES, "status", "bogus"]), _ROLE_VALUE, max_size=7
+            ),
+            _VALUE,
+        ),
+        "extra": _VALUE,
+    },
+)
+
+
+def _toml_value(value) -> str:
+    """A TOML rendering of what hypothesis drew (tables inline)."""
+    if value is None:
+        return '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value) if isinstance(value, int) or value == value else "0"
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string is a JSON string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+
+
+def _accept_or_refuse(call):
+    """A parse either gives a checked LockSpec or one clear LockprofError line."""
+    try:
+        spec = call()
+    except LockprofError as exc:
+        message = str(exc)
+        assert message and "\n" not in message
+        return None
+    assert isinstance(spec, lockspec.LockSpec)
+    assert spec.symbols(), spec
+    lockspec.check_shape(spec, "again")  # what parse returned is well formed
+    return spec
+
+
+@given(st.text(max_size=400))
+def test_fuzz_parse_toml_any_text(text):
+    _accept_or_refuse(lambda: lockspec.parse_toml(text, "fuzz.toml"))
+
+
+@given(_DOCS)
+def test_fuzz_parse_toml_documents(doc):
+    lines = [f"{k} = {_toml_value(v)}" for k, v in doc.items()]
+    text = "\n".join(lines)
+    spec = _accept_or_refuse(lambda: lockspec.parse_toml(text, "fuzz.toml"))
+    if spec is not None:
+        assert spec.name == doc["name"].strip() and spec.name.isprintable()
+        for fn in spec.symbols():
+            assert fn.strip() and fn.isprintable() and " " not in fn
+
+
+@given(st.text(max_size=60))
+def test_fuzz_resolve_any_argument(argument):
+    """Built-in names, NAME@TARGET, paths that exist or not, NUL bytes:
+    a LockSpec or one line, never another exception."""
+    _accept_or_refuse(lambda: lockspec.resolve(argument))
+
+
+@given(st.binary(max_size=300))
+def test_fuzz_resolve_a_spec_file_of_any_bytes(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("spec") / "fuzz.toml"
+    path.write_bytes(data)
+    _accept_or_refuse(lambda: lockspec.resolve(str(path)))
+
+
+def test_resolve_refuses_special_files_without_blocking(tmp_path):
+    fifo = tmp_path / "spec.toml"
+    os.mkfifo(fifo)
+    for argument, message in (
+        (str(fifo), "is not a regular file"),  # opening it to read would wait for a writer
+        ("/dev/zero", "is not a regular file"),  # would never end
+        ("a\0b", "invalid lock spec"),
+        ("", "invalid lock spec"),
+    ):
+        with pytest.raises(LockprofError, match=message):
+            lockspec.resolve(argument)
+
+
+def test_resolve_refuses_a_huge_spec_file(tmp_path):
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (lockspec.MAX_SPEC_BYTES + 1))
+    with pytest.raises(LockprofError, match="at most 1,048,576 are read"):
+        lockspec.resolve(str(big))
+
+
+_FN = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.]{0,10}", fullmatch=True)
+
+
+@given(
+    st.dictionaries(st.sampled_from(lockspec.ROLES), st.lists(_FN, max_size=3), max_size=6),
+    st.lists(_FN, max_size=2),
+)
+def test_fuzz_well_formed_specs_keep_every_function(roles, status):
+    """Specs built from valid names: accepted exactly when they have a lock
+    and an unlock (or only a sum function), no function in two roles and
+    status naming lock functions; then every function is kept in its role."""
+    doc = {"name": "fuzz", "target": "kernel", "functions": {**roles, "status": status}}
+    text = "\n".join(f"{k} = {_toml_value(v)}" for k, v in doc.items())
+    locks = [f for r in ("read_lock", "write_lock") for f in roles.get(r, [])]
+    unlocks = [f for r in ("read_unlock", "write_unlock", "unlock") for f in roles.get(r, [])]
+    every = [f for fns in roles.values() for f in fns]
+    sum_only = bool(roles.get("sum")) and not locks and not unlocks
+    valid = (
+        ((bool(locks) and bool(unlocks)) or sum_only)
+        and len(every) == len(set(every))
+        and set(status) <= set(locks)
+    )
+    spec = _accept_or_refuse(lambda: lockspec.parse_toml(text, "fuzz.toml"))
+    assert (spec is not None) == valid
+    if spec is not None:
+        assert {r: list(spec.role(r)) for r in roles} == roles
+        assert spec.status == set(status)

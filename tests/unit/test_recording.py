@@ -11,6 +11,7 @@ import stat
 import struct
 import tempfile
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -593,3 +594,84 @@ def test_check_writable(tmp_path):
         recording.check_writable(tmp_path / "missing" / "x.lpr")
     with pytest.raises(LockprofError, match="is a directory"):
         recording.check_writable(tmp_path)
+
+
+def test_rescue_falls_back_to_the_home_directory(rec, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(LockprofError) as excinfo:
+        recording.save(rec, tmp_path / "missing" / "r.lpr")
+    rescue = re.search(r"data kept in (\S+)$", str(excinfo.value)).group(1)
+    assert os.path.dirname(rescue) == str(home)
+    assert_same_recording(rec, recording.load(rescue))
+
+
+def test_save_with_nowhere_to_keep_the_data_says_it_is_lost(rec, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    monkeypatch.setenv("HOME", str(tmp_path / "no-such-home"))
+    with pytest.raises(LockprofError) as excinfo:
+        recording.save(rec, tmp_path / "missing" / "r.lpr")
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot write recording to {tmp_path / 'missing' / 'r.lpr'} (")
+    assert message.endswith("): the recording is lost")
+    assert "no-such-tmp: No such file or directory" in message
+
+
+def test_write_delay_test_hook(rec, tmp_path, monkeypatch, capsys):
+    slept = []
+    monkeypatch.setattr(recording.time, "sleep", slept.append)
+    monkeypatch.setenv(recording.WRITE_DELAY_ENV, "1.5")
+    recording.save(rec, tmp_path / "r.lpr")
+    assert slept == [1.5]
+    assert "pausing 1.5 s before the rename" in capsys.readouterr().err
+    monkeypatch.delenv(recording.WRITE_DELAY_ENV)
+    recording.save(rec, tmp_path / "r.lpr")
+    assert slept == [1.5]
+
+
+def test_check_writable_refuses_a_nearly_full_file_system(tmp_path, monkeypatch):
+    real = os.statvfs(tmp_path)
+
+    class Full:
+        f_frsize = real.f_frsize
+        f_bavail = (recording.MIN_FREE_BYTES - 1) // real.f_frsize
+
+    monkeypatch.setattr(recording.os, "statvfs", lambda _path: Full)
+    with pytest.raises(LockprofError, match=r"KiB free; a recording needs at least 1024 KiB"):
+        recording.check_writable(tmp_path / "r.lpr")
+
+
+def test_check_writable_tries_a_file_where_access_cannot_tell(tmp_path, monkeypatch):
+    def read_only(*_args, **_kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(recording.tempfile, "NamedTemporaryFile", read_only)
+    with pytest.raises(LockprofError, match=r"is not writable \(Read-only file system\)"):
+        recording.check_writable(tmp_path / "r.lpr")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_special_files_are_refused_without_reading(tmp_path, kind):
+    if kind == "fifo":
+        path = tmp_path / "r.lpr"
+        os.mkfifo(path)  # opening it would wait for a writer
+    else:
+        path = Path("/dev/zero")  # reading it would never end
+    with pytest.raises(LockprofError) as excinfo:
+        recording.load(path)
+    assert_one_line_error(excinfo, path, "not a lockprof recording (not a regular file)")
+
+
+def test_members_that_claim_to_expand_enormously_are_refused(recording_bytes, tmp_path):
+    data = bytearray(recording_bytes)
+    at = central_directory_entry(recording_bytes, b"meta.json")
+    struct.pack_into("<I", data, at + 24, 0xFFFFFFF0)  # uncompressed size: 4 GiB
+    path = tmp_path / "bomb.lpr"
+    path.write_bytes(bytes(data))
+    with pytest.raises(LockprofError) as excinfo:
+        recording.load(path)
+    assert_one_line_error(excinfo, path, "corrupt recording: its members claim", "bytes")

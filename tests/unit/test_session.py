@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -313,3 +316,135 @@ def test_cpu_totals_cover_every_lock(stats_columns):
     assert session.cpu_totals(rows, stats_columns) == {0: (0, 105), 1: (7, 0)}
     contention_only = {k: v for k, v in rows.items() if k[2] == 1}
     assert session.cpu_totals(contention_only, stats_columns) == {0: (1, 1), 1: (1, 1)}
+
+
+# -- the held child, signals, and what the target does meanwhile ------------------------------
+
+
+def test_held_child_never_runs_the_command_if_lockprof_goes_away(tmp_path):
+    """The gate closes without the go byte (lockprof stopped or was killed
+    before collection started): the child exits 125, the command never ran."""
+    marker = tmp_path / "ran"
+    target = CommandTarget(["touch", str(marker)])
+    os.close(target._gate_w)
+    _pid, status = os.waitpid(target.tgid, 0)
+    assert os.waitstatus_to_exitcode(status) == 125
+    assert not marker.exists()
+
+
+def test_the_command_gets_default_signal_dispositions(tmp_path):
+    """lockprof's handlers and Python's ignored SIGPIPE are not inherited."""
+    out = tmp_path / "sig"
+    target = CommandTarget(["sh", "-c", f"grep -E '^Sig(Ign|Cgt)' /proc/$$/status > {out}"])
+    target.begin()
+    wait_for_exit(target)
+    masks = dict(line.split(":\t") for line in out.read_text().splitlines())
+    ignored = int(masks["SigIgn"], 16)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        assert not ignored & (1 << (sig - 1)), sig
+
+
+def test_a_ctrl_c_to_the_held_child_before_exec_is_not_an_error(tmp_path):
+    """SIGINT from the terminal reaches the held child too: it dies, and
+    begin() neither raises nor hangs."""
+    target = CommandTarget(["true"])
+    os.kill(target.tgid, signal.SIGINT)
+    time.sleep(0.2)
+    target.begin()
+    wait_for_exit(target)
+    assert target.exit_status == -signal.SIGINT
+
+
+def test_printable_arg():
+    from profiler.targets import printable_arg
+
+    assert printable_arg("plain \x1b[31m") == "plain \x1b[31m"
+    assert printable_arg("x\udcffy") == "x\ufffdy"  # a byte that was not UTF-8
+    target = CommandTarget(["true", "x\udcffy"])
+    try:
+        assert target.command() == ["true", "x\ufffdy"]
+        assert target.describe().endswith("(true x\ufffdy)")
+    finally:
+        target.abandon()
+
+
+def test_lineage_sees_children_and_execs_of_a_process(tmp_path):
+    from profiler.targets import Lineage
+
+    proc = subprocess.Popen(
+        ["sh", "-c", "sleep 5 & sleep 5 & read x; exec sleep 5"], stdin=subprocess.PIPE
+    )
+    try:
+        time.sleep(0.3)
+        lineage = Lineage(proc.pid)
+        lineage.observe(0.0)
+        assert lineage.meta() == {"children_seen": 2, "execs": []}
+        assert proc.stdin is not None
+        proc.stdin.write(b"\n")
+        proc.stdin.flush()
+        time.sleep(0.3)
+        lineage.observe(1.5)
+        assert lineage.meta()["execs"] == [{"t_s": 1.5, "comm": "sleep", "exe": "/usr/bin/sleep"}]
+        lineage.observe(2.0)  # the same program: no new exec
+        assert len(lineage.meta()["execs"]) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_lineage_of_a_run_ignores_the_pre_exec_child():
+    from profiler.targets import Lineage
+
+    target = CommandTarget(["sleep", "5"])
+    try:
+        assert isinstance(target.lineage, Lineage)
+        target.lineage.observe(0.0)  # still lockprof-exec: not a program yet
+        target.begin()
+        time.sleep(0.2)
+        assert target.poll() is None
+        assert target.lineage.meta() == {"children_seen": 0, "execs": []}
+    finally:
+        os.kill(target.tgid, signal.SIGKILL)
+        target.wait()
+
+
+@pytest.mark.parametrize("when", ["compile", "attach"])
+def test_a_signal_before_collection_starts_undoes_everything(monkeypatch, tmp_path, when):
+    """A signal while the probes compile (or attach): the session is
+    closed, the held command is killed and never runs, Interrupted (one
+    line, 128 + N) is raised, and the caller's flag stays installed."""
+    from profiler import signals
+
+    events = []
+    stop = signals.StopFlag(phase=signals.STARTING).install()
+
+    class FakeBpfSession:
+        def __init__(self, *_args, **_kwargs):
+            events.append("compiled")
+            if when == "compile":
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def attach(self):
+            events.append("attached")
+            if when == "attach":
+                os.kill(os.getpid(), signal.SIGTERM)
+            return []
+
+        def close(self):
+            events.append("closed")
+
+    monkeypatch.setitem(sys.modules, "profiler.bpf", SimpleNamespace(BpfSession=FakeBpfSession))
+    marker = tmp_path / "ran"
+    target = CommandTarget(["touch", str(marker)])
+    try:
+        with pytest.raises(signals.Interrupted) as excinfo:
+            session.collect(session.CollectOptions(), target, {"raw_tracepoint"}, stop=stop)
+        assert excinfo.value.exit_code == 128 + signal.SIGTERM
+        assert events == (["compiled", "closed"] if when == "compile" else
+                          ["compiled", "attached", "closed"])  # fmt: skip
+        assert stop.installed
+    finally:
+        stop.uninstall()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(target.tgid, 0)  # killed and reaped by abandon()
+    assert not marker.exists()

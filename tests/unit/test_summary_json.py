@@ -178,3 +178,38 @@ def test_contention_only_rows_in_the_recording(doc):
         assert row["mode"] == "exclusive"
         assert row["acquisitions"] is None and row["hold_ns"] is None
         assert row["contended"] == 1 == row["wait_ns"]["count"]
+
+
+# -- notes: what the figures leave out ------------------------------------------------------
+
+
+def test_no_notes_for_a_clean_run(doc):
+    assert doc["notes"] == []
+
+
+def test_notes_for_full_maps_forks_and_execs(rec):
+    rec.meta["errors"] = dict(rec.meta["errors"], stats_map_full=12, owner_map_full=3)
+    pid = rec.meta["target_pid"]
+    rec.meta["lineage"] = {
+        "children_seen": 4,
+        "execs": [{"t_s": 1.25, "comm": "mmapcount", "exe": "/bin/mmapcount"}],
+    }
+    notes = summary.summary_json(rec)["notes"]
+    assert notes == [
+        "stats map full 12 times: distinct locks beyond the aggregate map (LP_MAX_LOCKS) "
+        "were not counted; collection went on",
+        "owner map full 3 times: mm owners beyond the owner map (LP_MAX_OWNERS) were not "
+        "learned: their mmap_locks are unnamed; collection went on",
+        f"pid {pid} forked processes (at least 4 seen): they are not followed; only pid "
+        f"{pid} and tasks taking its mmap_lock are profiled",
+        f"pid {pid} exec'd mmapcount (/bin/mmapcount) at 1.25 s: still profiled (same "
+        "pid), its new mm's mmap_lock is a separate row",
+    ]
+
+
+def test_every_map_full_counter_has_a_note():
+    from profiler import schema
+
+    names = set(schema.error_names().values())
+    assert set(summary.MAP_FULL) <= names
+    assert {n for n in names if n.endswith("_map_full")} <= set(summary.MAP_FULL)
