@@ -73,7 +73,7 @@ def summary_table(rows: list[dict], top: int | None = None, title: str | None = 
         ratio = row.get("reader_writer_ratio")
         table.add_row(
             Text(lock_label(row)),
-            row["mode"],
+            Text(safe_text(row["mode"])),  # a recording's text: never markup
             fmt_count(row.get("acquisitions")),
             fmt_count(row.get("contended")),
             fmt_ns(wait.get("total")),
@@ -125,7 +125,7 @@ def writer_cost_lines(cost: dict) -> list[Text]:
     share = cost.get("share_of_cpu")
     lines = [
         Text(
-            f"{cost['function']}: {cost['samples']:,} samples, about "
+            f"{safe_text(cost['function'])}: {cost['samples']:,} samples, about "
             f"{cost['estimated_cpu_s'] * 1000:.1f} ms of CPU"
             + (f" ({share * 100:.3f}% of all CPU time)" if share is not None else "")
             + f" on {cost.get('online_cpus')} online CPUs [{cost['method']}]"

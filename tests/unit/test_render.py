@@ -121,6 +121,18 @@ def test_escape_sequence_from_a_comm_is_not_emitted():
     assert "\\x1b[31mevil" in SGR.sub("", raw)
 
 
+def test_text_from_a_recording_file_is_never_markup():
+    """A crafted recording (not only a traced process) must not reach the
+    terminal as rich markup: a [link=...] would emit an OSC 8 sequence."""
+    row = dict(lock_row("x"), mode="[link=https://evil.example]read[/link]")
+    raw, plain = rendered(render.summary_table([row]))
+    assert "\x1b]8" not in raw and "[link=https://evil.example]read[/link]" in plain
+    cost = {"function": "[link=https://evil.example]f[/link]", "samples": 1,
+            "estimated_cpu_s": 0.001, "online_cpus": 2, "method": "m"}  # fmt: skip
+    raw, plain = rendered(render.writer_cost_lines(cost)[0])
+    assert "\x1b]8" not in raw and plain.startswith("[link=https://evil.example]f[/link]:")
+
+
 def test_summary_table_figures():
     _raw, plain = rendered(render.summary_table([lock_row("mmapcount")]))
     line = next(x for x in plain.splitlines() if "mmap_lock pid 4242" in x)
