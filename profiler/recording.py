@@ -308,6 +308,7 @@ def load(path: str | Path) -> Recording:
         tables["intervals"] = _upgrade_intervals_v1(tables["intervals"], path)
         # The tables are schema 2 now: say so, and where they came from.
         meta.update(schema_version=SCHEMA_VERSION, upgraded_from_schema=1)
+    check_meta(meta, path)
     for name, frame in tables.items():
         check_table(frame, name, path)
     return Recording(meta=meta, **tables)
@@ -449,6 +450,72 @@ def _read_meta(archive: zipfile.ZipFile, path: Path) -> dict:
             f"reads ({SCHEMA_VERSION}); upgrade lockprof"
         )
     return meta
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return _int(value) or isinstance(value, float)
+
+
+def _text_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _number_dict(value) -> bool:
+    return isinstance(value, dict) and all(v is None or _number(v) for v in value.values())
+
+
+def _lineage(value) -> bool:
+    return (
+        isinstance(value, dict)
+        and _int(value.get("children_seen", 0))
+        and isinstance(value.get("execs", []), list)
+        and all(
+            isinstance(e, dict)
+            and _number(e.get("t_s", 0))
+            and isinstance(e.get("comm", ""), str)
+            and isinstance(e.get("exe"), str | None)
+            for e in value.get("execs", [])
+        )
+    )
+
+
+# What the summary, show and the reports read from meta, and what each must
+# hold where present (None is allowed where the value may be unknown).
+META_KINDS = {
+    "kernel": ("text", lambda v: isinstance(v, str)),
+    "target": ("text", lambda v: v is None or isinstance(v, str)),
+    "stop_reason": ("text", lambda v: v is None or isinstance(v, str)),
+    "cpus": ("an integer", lambda v: v is None or _int(v)),
+    "target_pid": ("an integer", lambda v: v is None or _int(v)),
+    "exit_status": ("an integer", lambda v: v is None or _int(v)),
+    "threshold_ns": ("an integer", lambda v: v is None or _int(v)),
+    "lost_events": ("an integer", _int),
+    "sample_hz": ("an integer", lambda v: v is None or _int(v)),
+    "what_if_cpus": ("an integer", lambda v: v is None or _int(v)),
+    "duration_s": ("a number", _number),
+    "interval_s": ("a number", _number),
+    "command": ("a list of text", _text_list),
+    "families": ("a list of text", _text_list),
+    "errors": ("counts by name", lambda v: isinstance(v, dict) and all(map(_int, v.values()))),
+    "rusage": ("figures by name", lambda v: v is None or _number_dict(v)),
+    "mechanisms": (
+        "a list of objects",
+        lambda v: isinstance(v, list) and all(isinstance(m, dict) for m in v),
+    ),
+    "lineage": ("children and execs", lambda v: v is None or _lineage(v)),
+}
+
+
+def check_meta(meta: dict, path: str | Path) -> None:
+    """Raise a one-line LockprofError if a meta field lockprof reads holds
+    the wrong kind of value."""
+    for name, (kind, ok) in META_KINDS.items():
+        if name in meta and not ok(meta[name]):
+            raise _corrupt(Path(path), f"meta field {name} is not {kind}")
 
 
 def _read_table(archive: zipfile.ZipFile, name: str, path: Path) -> pd.DataFrame:

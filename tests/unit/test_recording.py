@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -675,3 +676,61 @@ def test_members_that_claim_to_expand_enormously_are_refused(recording_bytes, tm
     with pytest.raises(LockprofError) as excinfo:
         recording.load(path)
     assert_one_line_error(excinfo, path, "corrupt recording: its members claim", "bytes")
+
+
+# -- meta: what show and the reports read ----------------------------------------------------
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(st.sampled_from([*recording.META_KINDS, "lock_specs", "pre_exec_mmap_lock"]), _JSON)
+def test_fuzz_meta_values_load_and_show_or_refuse(recording_bytes, key, value):
+    """Any JSON value in a meta field: load refuses it in one line, or show,
+    show --json and the CSV summary handle it."""
+    from profiler import summary
+    from profiler.cli.common import print_summary
+    from profiler.cli.export import summary_table
+
+    data = with_meta(recording_bytes, **{key: value})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.lpr"
+        path.write_bytes(data)
+        try:
+            rec = recording.load(path)
+        except LockprofError as exc:
+            assert "\n" not in str(exc) and f"meta field {key}" in str(exc)
+            return
+    json.dumps(summary.summary_json(rec), default=str)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        print_summary(rec, as_json=False, top=None)
+        print_summary(rec, as_json=True, top=None)
+    summary_table(rec)
+
+
+@pytest.mark.parametrize(
+    "key, value, kind",
+    [
+        ("duration_s", "10", "a number"),
+        ("cpus", True, "an integer"),
+        ("errors", {"ringbuf_full": "1"}, "counts by name"),
+        ("rusage", {"user_s": [1]}, "figures by name"),
+        ("command", "rm -rf /", "a list of text"),
+        ("lineage", {"execs": [{"t_s": "soon"}]}, "children and execs"),
+    ],
+)
+def test_meta_of_the_wrong_kind_is_one_line(recording_bytes, tmp_path, key, value, kind):
+    path = tmp_path / "m.lpr"
+    path.write_bytes(with_meta(recording_bytes, **{key: value}))
+    with pytest.raises(LockprofError) as excinfo:
+        recording.load(path)
+    assert_one_line_error(excinfo, path, f"corrupt recording: meta field {key} is not {kind}")
