@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import os
 import platform
 import sys
@@ -29,6 +30,7 @@ from profiler.recording import (
     SAMPLE_COLUMNS,
     TASK_COLUMNS,
     Recording,
+    _to_parquet_bytes,
 )
 from profiler.signals import StopFlag
 from profiler.targets import PRE_EXEC_COMM, CommandTarget, Target, pre_exec_locks
@@ -70,6 +72,30 @@ class _Collected:
     rows: list[dict] = field(default_factory=list)
     previous: dict = field(default_factory=dict)
     interval: int = 0
+    # Interval rows, ROWS_PER_CHUNK at a time, as Parquet: a row as a dict
+    # takes about 2 KB (two lists of 40 Python ints), as Parquet about 100
+    # bytes. A system-wide run under process churn makes ~45 rows a second,
+    # which as dicts grew lockprof by ~350 MB an hour (docs/reliability.md).
+    chunks: list[bytes] = field(default_factory=list)
+
+    def keep(self, rows: list[dict]) -> None:
+        self.rows += rows
+        if len(self.rows) >= ROWS_PER_CHUNK:
+            self.chunks.append(_to_parquet_bytes(aggregate.intervals_frame(self.rows)))
+            self.rows = []
+
+    def intervals(self) -> pd.DataFrame:
+        """Every interval row as one frame, as load() would read it back."""
+        if not self.chunks:
+            return aggregate.intervals_frame(self.rows)
+        if self.rows:  # the rest goes through Parquet too: one representation
+            self.chunks.append(_to_parquet_bytes(aggregate.intervals_frame(self.rows)))
+            self.rows = []
+        frames = [pd.read_parquet(io.BytesIO(chunk)) for chunk in self.chunks]
+        return pd.concat(frames, ignore_index=True)
+
+
+ROWS_PER_CHUNK = 4096
 
 
 def collect(
@@ -200,8 +226,10 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
 def _take_interval(session, state: _Collected, t_s: float):
     snapshot = session.read_stats(time.monotonic_ns())
     state.interval += 1
-    state.rows += aggregate.interval_rows(
-        state.previous, snapshot.rows, snapshot.columns, state.interval, round(t_s, 6)
+    state.keep(
+        aggregate.interval_rows(
+            state.previous, snapshot.rows, snapshot.columns, state.interval, round(t_s, 6)
+        )
     )
     state.previous = snapshot.rows
     return snapshot
@@ -433,7 +461,7 @@ def _events_frame(events: np.ndarray, start_ns: int) -> pd.DataFrame:
 def _build_recording(
     options, target, session, state, namer, attached, stop_reason, start_ns, end_ns, wall_start
 ) -> Recording:
-    intervals = aggregate.intervals_frame(state.rows)
+    intervals = state.intervals()
     callers = namer.callers()
     events = _events_frame(session.take_events(), start_ns)
     tasks = pd.DataFrame(session.read_tasks(), columns=TASK_COLUMNS)

@@ -448,3 +448,28 @@ def test_a_signal_before_collection_starts_undoes_everything(monkeypatch, tmp_pa
     with pytest.raises(ChildProcessError):
         os.waitpid(target.tgid, 0)  # killed and reaped by abandon()
     assert not marker.exists()
+
+
+def test_interval_rows_kept_as_parquet_chunks_read_back_the_same(make_row, monkeypatch, tmp_path):
+    """Collection keeps interval rows as Parquet chunks (memory); the frame
+    they give is the one a saved and reloaded recording has."""
+    rows = [
+        [make_row(0xFFFF888100000100 + lock, WRITE, SRC_MMAP, cpu=cpu, acquisitions=i + 1)
+         for lock in range(3) for cpu in range(2)]
+        for i in range(5)
+    ]  # fmt: skip
+    for row_list, interval in zip(rows, range(1, 6), strict=True):
+        for row in row_list:
+            row["interval"] = interval
+    monkeypatch.setattr(session, "ROWS_PER_CHUNK", 4)
+    chunked = session._Collected()
+    for row_list in rows:
+        chunked.keep(row_list)
+    assert len(chunked.chunks) == 5 and chunked.rows == []  # 6 rows each: every keep spills
+    whole = aggregate.intervals_frame([row for row_list in rows for row in row_list])
+    rec = recording.Recording(meta={}, intervals=whole, locks=recording.empty_table("locks"))
+    reloaded = recording.load(recording.save(rec, tmp_path / "r.lpr")).intervals
+    pd.testing.assert_frame_equal(chunked.intervals(), reloaded)
+    small = session._Collected()
+    small.keep(rows[0][:2])  # under a chunk: plain rows, no Parquet
+    assert small.chunks == [] and len(small.intervals()) == 2
