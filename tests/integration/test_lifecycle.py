@@ -105,6 +105,9 @@ def test_sigterm_sighup_and_duration_end_collection_cleanly(lockprof_factory, tm
             rec = profiler.load(tmp_path / f"{name}.lpr")
             assert rec.meta["stop_reason"] == f"{name} received"
         lp = lockprof_factory("record", "-a", "-d", "1", "-i", "0.5", "-o", "d.lpr", "-q")
+        lp.wait_attached()
+        # Activity in both halves of the second, however quiet the machine is.
+        subprocess.run(["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.1; done"])
         code, _out, err = lp.wait(timeout=60)
         assert code == 0, err
     finally:

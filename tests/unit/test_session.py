@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import profiler
 from profiler import aggregate, ksyms, recording, session, summary
 from profiler.targets import PRE_EXEC_COMM, CommandTarget, PidTarget, pre_exec_locks
 
@@ -433,7 +434,9 @@ def test_a_signal_before_collection_starts_undoes_everything(monkeypatch, tmp_pa
         def close(self):
             events.append("closed")
 
-    monkeypatch.setitem(sys.modules, "profiler.bpf", SimpleNamespace(BpfSession=FakeBpfSession))
+    fake = SimpleNamespace(BpfSession=FakeBpfSession)
+    monkeypatch.setitem(sys.modules, "profiler.bpf", fake)
+    monkeypatch.setattr(profiler, "bpf", fake, raising=False)  # if imported already
     marker = tmp_path / "ran"
     target = CommandTarget(["touch", str(marker)])
     try:
