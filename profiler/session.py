@@ -73,9 +73,9 @@ class _Collected:
     previous: dict = field(default_factory=dict)
     interval: int = 0
     # Interval rows, ROWS_PER_CHUNK at a time, as Parquet: a row as a dict
-    # takes about 2 KB (two lists of 40 Python ints), as Parquet about 100
-    # bytes. A system-wide run under process churn makes ~45 rows a second,
-    # which as dicts grew lockprof by ~350 MB an hour (docs/reliability.md).
+    # takes about 1.2 KB (two lists of 40 Python ints), as Parquet about 50
+    # bytes. A system-wide run under process churn makes ~45 rows a second:
+    # about 200 MB an hour as dicts, 8 MB as Parquet (docs/reliability.md).
     chunks: list[bytes] = field(default_factory=list)
 
     def keep(self, rows: list[dict]) -> None:
