@@ -136,6 +136,7 @@ class BpfSession:
         self.attached: list[Attached] = []
         self._bcc = import_bcc()
         self._events: list[np.ndarray] = []
+        self._retired_tasks: list[dict] = []
         self._events_held = 0
         self._ring: RingReader | None = None
         self.events_dropped_userspace = 0
@@ -269,24 +270,38 @@ class BpfSession:
             totals[name] = int(sum(table.getvalue(ctypes.c_int(index))))
         return totals
 
+    @staticmethod
+    def _task_row(key, value) -> dict:
+        return {
+            "lock": int(key.lock),
+            "tid": int(key.tid),
+            "tgid": int(key.tgid),
+            "flags": int(key.flags),
+            "source": int(key.source),
+            "comm": bytes(value.comm).rstrip(b"\0").decode(errors="replace"),
+            "waits": int(value.waits),
+            "wait_ns": int(value.wait_ns),
+            "holds": int(value.holds),
+            "hold_ns": int(value.hold_ns),
+        }
+
     def read_tasks(self) -> list[dict]:
-        rows = []
-        for key, value in self._bpf["lp_tasks"].items():
-            rows.append(
-                {
-                    "lock": int(key.lock),
-                    "tid": int(key.tid),
-                    "tgid": int(key.tgid),
-                    "flags": int(key.flags),
-                    "source": int(key.source),
-                    "comm": bytes(value.comm).rstrip(b"\0").decode(errors="replace"),
-                    "waits": int(value.waits),
-                    "wait_ns": int(value.wait_ns),
-                    "holds": int(value.holds),
-                    "hold_ns": int(value.hold_ns),
-                }
-            )
-        return rows
+        """Per-task rows: those retired from the map, then the live ones."""
+        live = [self._task_row(k, v) for k, v in self._bpf["lp_tasks"].items()]
+        return self._retired_tasks + live
+
+    def retire_dead_tasks(self, alive) -> int:
+        """Move the rows of tasks that have exited (alive(tgid, tid) is
+        False) out of the kernel's task map, so that process churn does not
+        fill it (a new task's row would be lost as task_map_full). Their
+        figures are final: a dead task takes no more locks."""
+        table = self._bpf["lp_tasks"]
+        dead = [(k, v) for k, v in table.items() if not alive(int(k.tgid), int(k.tid))]
+        for key, value in dead:
+            self._retired_tasks.append(self._task_row(key, value))
+            with contextlib.suppress(KeyError):
+                del table[key]
+        return len(dead)
 
     def read_callers(self) -> list[dict]:
         return [

@@ -37,6 +37,8 @@ from profiler.targets import PRE_EXEC_COMM, CommandTarget, Target, pre_exec_lock
 
 POLL_MS = 100
 FIRST_TICK_S = 0.5
+# How often rows of exited tasks move out of the kernel's task map.
+TASK_RETIRE_NS = 10_000_000_000
 
 
 @dataclass
@@ -77,6 +79,7 @@ class _Collected:
     # bytes. A system-wide run under process churn makes ~45 rows a second:
     # about 200 MB an hour as dicts, 8 MB as Parquet (docs/reliability.md).
     chunks: list[bytes] = field(default_factory=list)
+    tasks_retired_ns: int = 0  # monotonic time dead tasks were last retired
 
     def keep(self, rows: list[dict]) -> None:
         self.rows += rows
@@ -219,8 +222,15 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
             else:
                 next_tick += interval_ns
             snapshot = _take_interval(session, state, (now - start_ns) / 1e9)
+            if now - state.tasks_retired_ns >= TASK_RETIRE_NS:
+                state.tasks_retired_ns = now
+                session.retire_dead_tasks(_task_alive)
             if on_interval:
                 on_interval(_live_state(snapshot, session, namer, target, options, now - start_ns))
+
+
+def _task_alive(tgid: int, tid: int) -> bool:
+    return os.path.exists(f"/proc/{tgid}/task/{tid}")
 
 
 def _take_interval(session, state: _Collected, t_s: float):
