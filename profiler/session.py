@@ -154,7 +154,7 @@ def collect(
         start_ns = time.monotonic_ns()
         wall_start = dt.datetime.now(dt.UTC)
         target.begin()
-        state = _Collected()
+        state = _Collected(tasks_retired_ns=start_ns)
         namer = _LockNamer(session, spec_class(options.locks))
         _collect_loop(options, target, session, stop, state, namer, start_ns, on_interval)
         stop.draining = True
