@@ -69,9 +69,10 @@ def _first_error(compiler_output: str) -> str:
     return lines[-1].strip() if lines else "no compiler output"
 
 
-def _release_compiler_heap() -> None:
-    """Give back the heap clang/LLVM used to compile (about 50 MB here):
-    lockprof then runs for hours with what it needs."""
+def release_free_heap() -> None:
+    """Give free heap back to the system (malloc_trim): after clang/LLVM
+    compiled the probes (about 50 MB here), and after each batch of interval
+    rows is packed, so a long run keeps only what it needs."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: it stays
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -175,7 +176,7 @@ class BpfSession:
         if failure is not None:
             detail = _first_error(output[0]) if output else str(failure)
             raise LockprofError(f"BPF compile/load failed: {detail}")
-        _release_compiler_heap()
+        release_free_heap()
         return bpf
 
     def _configure(self, target_tgid: int, threshold_ns: int, stack_threshold_ns: int) -> None:

@@ -69,6 +69,24 @@ class LiveState:
     cpu_totals: dict[int, tuple[int, int]] | None = None
 
 
+def _use_system_allocator_for_arrow() -> None:
+    """Arrow's default pool (mimalloc) keeps what it once allocated: the
+    first Parquet chunk of a long run cost ~30 MB for good. The system pool
+    gives it back to malloc, which _return_free_memory() trims."""
+    import pyarrow
+
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+
+
+def _return_free_memory() -> None:
+    # Collection has imported profiler.bpf (the only ctypes module); code
+    # that only packs rows (unit tests, reports) has nothing to return.
+    bpf_mod = sys.modules.get("profiler.bpf")
+    release = getattr(bpf_mod, "release_free_heap", None)
+    if release is not None:
+        release()
+
+
 @dataclass
 class _Collected:
     rows: list[dict] = field(default_factory=list)
@@ -86,6 +104,7 @@ class _Collected:
         if len(self.rows) >= ROWS_PER_CHUNK:
             self.chunks.append(_to_parquet_bytes(aggregate.intervals_frame(self.rows)))
             self.rows = []
+            _return_free_memory()
 
     def intervals(self) -> pd.DataFrame:
         """Every interval row as one frame, as load() would read it back."""
@@ -154,6 +173,7 @@ def collect(
         start_ns = time.monotonic_ns()
         wall_start = dt.datetime.now(dt.UTC)
         target.begin()
+        _use_system_allocator_for_arrow()
         state = _Collected(tasks_retired_ns=start_ns)
         namer = _LockNamer(session, spec_class(options.locks))
         _collect_loop(options, target, session, stop, state, namer, start_ns, on_interval)
