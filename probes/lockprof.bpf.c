@@ -56,7 +56,10 @@ BPF_HASH(lp_slots, struct lp_key, u32, LP_MAX_LOCKS);      /* key -> index */
 BPF_HASH(lp_slot_keys, u32, struct lp_key, LP_MAX_LOCKS);  /* index -> key */
 BPF_PERCPU_ARRAY(lp_stats, struct lp_stats, LP_MAX_LOCKS);
 BPF_HASH(lp_tasks, struct lp_task_key, struct lp_task_stats, LP_MAX_TASKS);
-BPF_HASH(lp_callers, struct lp_caller_key, struct lp_caller_stats, LP_MAX_CALLERS);
+/* Per-CPU: two threads contending on one lock from one call site would
+ * otherwise bounce the entry's cache line on every wait. */
+BPF_F_TABLE("percpu_hash", struct lp_caller_key, struct lp_caller_stats, lp_callers,
+	    LP_MAX_CALLERS, 0);
 BPF_HASH(lp_owners, u64, struct lp_owner, LP_MAX_OWNERS);
 BPF_STACK_TRACE(lp_stacks, LP_MAX_STACKS);
 BPF_TASK_STORAGE(lp_task_store, struct lp_task);
@@ -512,6 +515,18 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+/* The index of a contention row, cached per task like lp_mmap_slot(): a
+ * task mostly waits on the same lock in the same way. */
+static __always_inline u32 lp_contention_slot(struct lp_task *ts, u64 lock, u32 flags)
+{
+	if (ts->cslot_lock != lock || ts->cslot_flags != flags || !ts->cslot_plus1) {
+		ts->cslot_lock = lock;
+		ts->cslot_flags = flags;
+		ts->cslot_plus1 = lp_slot_of(lock, flags, LP_SRC_CONTENTION);
+	}
+	return ts->cslot_plus1;
+}
+
 static __always_inline void lp_caller_account(u64 lock, s32 stack_id, u32 flags, u64 wait_ns)
 {
 	struct lp_caller_key key = { .lock = lock, .stack_id = stack_id, .flags = flags };
@@ -527,10 +542,9 @@ static __always_inline void lp_caller_account(u64 lock, s32 stack_id, u32 flags,
 			return;
 		}
 	}
-	/* Shared across CPUs: atomic adds. The max is racy (a concurrent larger
-	 * value can be overwritten by a smaller one); exact maxima are in lp_stats. */
-	__sync_fetch_and_add(&cs->count, 1);
-	__sync_fetch_and_add(&cs->total_ns, wait_ns);
+	/* Per-CPU value: plain adds, as for lp_stats. */
+	cs->count++;
+	cs->total_ns += wait_ns;
 	if (wait_ns > cs->max_ns)
 		cs->max_ns = wait_ns;
 }
@@ -573,7 +587,7 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 		if (found.stack_id < 0)
 			lp_error(LP_ERR_STACK);
 	}
-	stats = lp_stats_get(lock, found.flags, LP_SRC_CONTENTION);
+	stats = lp_stats_at(lp_contention_slot(ts, lock, found.flags));
 	if (stats) {
 		stats->contended++;
 		if (ret)

@@ -250,6 +250,9 @@ struct lp_task {
 	u32 pad;
 	u64 slot_lock;     /* the mmap_lock whose lp_stats indexes are cached */
 	u32 slot_plus1[2]; /* its read [0] and write [1] index + 1; 0: not cached */
+	u64 cslot_lock;    /* the last contended lock, flags and index + 1 */
+	u32 cslot_flags;
+	u32 cslot_plus1;
 	struct lp_held held[LP_MAX_HELD];
 	struct lp_nest nest[LP_MAX_NEST];
 	struct lp_spec_wait spec_wait;      /* lock spec: in a lock function */

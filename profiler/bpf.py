@@ -305,17 +305,26 @@ class BpfSession:
         return len(dead)
 
     def read_callers(self) -> list[dict]:
-        return [
-            {
-                "lock": int(k.lock),
-                "stack_id": int(k.stack_id),
-                "flags": int(k.flags),
-                "count": int(v.count),
-                "total_ns": int(v.total_ns),
-                "max_ns": int(v.max_ns),
-            }
-            for k, v in self._bpf["lp_callers"].items()
-        ]
+        """Contended waits by lock and kernel stack, summed over CPUs (the
+        map is per-CPU)."""
+        table = self._bpf["lp_callers"]
+        rows = []
+        for key in table:
+            try:
+                per_cpu = table.getvalue(key)
+            except KeyError:
+                continue
+            rows.append(
+                {
+                    "lock": int(key.lock),
+                    "stack_id": int(key.stack_id),
+                    "flags": int(key.flags),
+                    "count": sum(int(v.count) for v in per_cpu),
+                    "total_ns": sum(int(v.total_ns) for v in per_cpu),
+                    "max_ns": max(int(v.max_ns) for v in per_cpu),
+                }
+            )
+        return rows
 
     def read_offcpu(self) -> list[dict]:
         return [

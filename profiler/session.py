@@ -533,6 +533,7 @@ def _build_recording(
         "what_if_cpus": options.what_if_cpus,
         "mechanisms": [a.__dict__ for a in attached],
         "interval_s": options.interval_s,
+        "snapshots": state.interval,  # aggregate snapshots taken (rows only where active)
         "threshold_ns": options.threshold_ns,
         "stack_threshold_ns": options.stack_threshold_ns,
         "start_time": wall_start.isoformat(),

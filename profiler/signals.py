@@ -72,6 +72,8 @@ class StopFlag:
     def install(self) -> StopFlag:
         if not self._saved:
             for signum in SIGNALS:
+                if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                    continue  # nohup: a hangup must not stop us; keep it ignored
                 self._saved[signum] = signal.signal(signum, self._handle)
         return self
 

@@ -102,7 +102,9 @@ def test_full_maps_are_counted_reported_and_collection_goes_on(lockprof_factory,
     for counter in ("stats_map_full", "task_map_full", "owner_map_full"):
         assert errors[counter] > 0, errors
     assert rec.meta["stop_reason"] == "duration 3s reached"
-    assert rec.intervals["interval"].nunique() >= 3  # snapshots kept coming
+    # Snapshots kept coming (rows exist only for intervals with activity on
+    # the 16 locks that got a row, so count the snapshots themselves).
+    assert rec.meta["snapshots"] >= 5
     assert 0 < len(rec.locks) <= 16
     # Task rows: at most 16 live in the map at once; rows of exited tasks
     # move out every 10 s (profiler/session.py), beyond this 3 s run.

@@ -23,6 +23,22 @@ def flag():
     stop.uninstall()
 
 
+@pytest.fixture(autouse=True)
+def catchable_signals():
+    """Each test starts with the three signals at their defaults, whatever
+    the runner inherited (nohup ignores SIGHUP, and lockprof then leaves it
+    ignored)."""
+    defaults = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGTERM: signal.SIG_DFL,
+        signal.SIGHUP: signal.SIG_DFL,
+    }
+    inherited = {signum: signal.signal(signum, handler) for signum, handler in defaults.items()}
+    yield
+    for signum, handler in inherited.items():
+        signal.signal(signum, handler)
+
+
 def send(sig: int) -> None:
     os.kill(os.getpid(), sig)  # the handler runs before kill() returns to Python code
 
@@ -122,12 +138,18 @@ def test_other_commands_get_default_handling_back_and_act_on_a_pending_signal():
 
 
 def test_main_releases_the_early_flag_for_show(capsys, tmp_path):
-    signals.install_early()
-    send(signal.SIGHUP)
-    code = main(["show", str(tmp_path / "x.lpr")])
-    assert code == 128 + signal.SIGHUP
-    assert capsys.readouterr().err == "lockprof: SIGHUP received; stopped\n"
-    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    # Default handling to start from, whatever the test runner inherited
+    # (under nohup SIGHUP is ignored, and lockprof then leaves it ignored).
+    inherited = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        signals.install_early()
+        send(signal.SIGHUP)
+        code = main(["show", str(tmp_path / "x.lpr")])
+        assert code == 128 + signal.SIGHUP
+        assert capsys.readouterr().err == "lockprof: SIGHUP received; stopped\n"
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, inherited)
 
 
 def test_the_program_installs_its_handlers_before_the_heavy_imports():
@@ -150,3 +172,20 @@ def test_the_program_installs_its_handlers_before_the_heavy_imports():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60
     )
     assert done.stdout.splitlines()[0] == "True", done.stderr
+
+
+def test_a_hangup_ignored_by_the_parent_stays_ignored():
+    """nohup lockprof ...: SIGHUP is ignored on entry and must stay so; the
+    stop signals SIGINT and SIGTERM are caught even if ignored on entry (a
+    background job of a non-interactive shell ignores SIGINT)."""
+    saved = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        flag = signals.StopFlag(phase=signals.STARTING).install()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == flag._handle
+        assert signal.getsignal(signal.SIGTERM) == flag._handle
+        flag.uninstall()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, saved)
