@@ -24,6 +24,9 @@ from profiler.errors import LockprofError, MechanismUnavailable
 from profiler.probes import Plan
 
 _RING_CHECK_S = 0.010
+# A retired per-task row: lock, tid, tgid, flags, source, waits, wait_ns,
+# holds, hold_ns, comm (struct lp_task_key and lp_task_stats, packed).
+_RETIRED_ROW = struct.Struct("<QIIII4Q16s")
 
 # Cap the per-CPU aggregate map's memory: entries x value size x CPUs.
 _STATS_MAP_BUDGET_BYTES = 64 << 20
@@ -137,7 +140,7 @@ class BpfSession:
         self.attached: list[Attached] = []
         self._bcc = import_bcc()
         self._events: list[np.ndarray] = []
-        self._retired_tasks: list[dict] = []
+        self._retired_tasks = bytearray()
         self._events_held = 0
         self._ring: RingReader | None = None
         self.events_dropped_userspace = 0
@@ -288,8 +291,25 @@ class BpfSession:
 
     def read_tasks(self) -> list[dict]:
         """Per-task rows: those retired from the map, then the live ones."""
+        retired = [
+            {
+                "lock": lock,
+                "tid": tid,
+                "tgid": tgid,
+                "flags": flags,
+                "source": source,
+                "comm": comm.rstrip(b"\0").decode(errors="replace"),
+                "waits": waits,
+                "wait_ns": wait_ns,
+                "holds": holds,
+                "hold_ns": hold_ns,
+            }
+            for lock, tid, tgid, flags, source, waits, wait_ns, holds, hold_ns, comm in (
+                _RETIRED_ROW.iter_unpack(self._retired_tasks)
+            )
+        ]
         live = [self._task_row(k, v) for k, v in self._bpf["lp_tasks"].items()]
-        return self._retired_tasks + live
+        return retired + live
 
     def retire_dead_tasks(self, alive) -> int:
         """Move the rows of tasks that have exited (alive(tgid, tid) is
@@ -299,7 +319,12 @@ class BpfSession:
         table = self._bpf["lp_tasks"]
         dead = [(k, v) for k, v in table.items() if not alive(int(k.tgid), int(k.tid))]
         for key, value in dead:
-            self._retired_tasks.append(self._task_row(key, value))
+            # Packed, 72 bytes a row: under process churn thousands of tasks
+            # retire an hour, and a dict per row grew ~60 MB an hour.
+            self._retired_tasks += _RETIRED_ROW.pack(
+                key.lock, key.tid, key.tgid, key.flags, key.source,
+                value.waits, value.wait_ns, value.holds, value.hold_ns, bytes(value.comm),
+            )  # fmt: skip
             with contextlib.suppress(KeyError):
                 del table[key]
         return len(dead)
