@@ -334,16 +334,18 @@ int lp_mmap_start(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-static __always_inline int lp_held_push(struct lp_task *ts, u64 lock, u32 flags, u32 slot,
+/* Record a hold in the first free entry of held[LP_MAX_HELD] (the task's
+ * mmap_lock holds, or its lock spec holds). */
+static __always_inline int lp_held_push(struct lp_held *held, u64 lock, u32 flags, u32 slot,
 					u64 now)
 {
 #pragma unroll
 	for (int i = 0; i < LP_MAX_HELD; i++) {
-		if (ts->held[i].lock == 0) {
-			ts->held[i].lock = lock;
-			ts->held[i].flags = flags;
-			ts->held[i].slot = slot;
-			ts->held[i].since_ns = now;
+		if (held[i].lock == 0) {
+			held[i].lock = lock;
+			held[i].flags = flags;
+			held[i].slot = slot;
+			held[i].since_ns = now;
 			return 0;
 		}
 	}
@@ -436,7 +438,7 @@ int lp_mmap_acquired(struct bpf_raw_tracepoint_args *ctx)
 	if (ts->wait_contended)
 		stats->contended++;
 	lp_hist_add(&stats->wait, wait_ns);
-	lp_held_push(ts, lock, flags, slot, now);
+	lp_held_push(ts->held, lock, flags, slot, now);
 	lp_mmap_task_account(ts, lock, flags, pid_tgid, wait_ns, 0, 0);
 	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_MMAP_LOCK, LP_KIND_WAIT, -1, pid_tgid);
 	return 0;
@@ -644,21 +646,6 @@ int lp_spec_write_lock(struct pt_regs *ctx)
 	return lp_spec_enter(ctx, LP_LCB_WRITE);
 }
 
-static __always_inline int lp_spec_held_push(struct lp_task *ts, u64 lock, u32 flags, u64 now)
-{
-#pragma unroll
-	for (int i = 0; i < LP_MAX_HELD; i++) {
-		if (ts->spec_held[i].lock == 0) {
-			ts->spec_held[i].lock = lock;
-			ts->spec_held[i].flags = flags;
-			ts->spec_held[i].since_ns = now;
-			return 0;
-		}
-	}
-	lp_error(LP_ERR_HELD_OVERFLOW);
-	return -1;
-}
-
 static __always_inline int lp_spec_returned(struct pt_regs *ctx, int acquired)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -689,7 +676,7 @@ static __always_inline int lp_spec_returned(struct pt_regs *ctx, int acquired)
 	}
 	stats->acquisitions++;
 	lp_hist_add(&stats->wait, wait_ns);
-	lp_spec_held_push(ts, lock, flags, now);
+	lp_held_push(ts->spec_held, lock, flags, 0, now); /* spec rows: no cached index */
 	lp_task_account(lock, flags, LP_SRC_SPEC, pid_tgid, wait_ns, 0, 0);
 	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_SPEC, LP_KIND_WAIT, -1, pid_tgid);
 	return 0;
