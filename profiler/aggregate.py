@@ -141,6 +141,56 @@ def intervals_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
+# -- interval rows as fixed-size records (spilled during collection) ---------
+
+# Where an interval's maximum is unknown (null in the frame).
+_UNKNOWN_MAX = -1
+
+
+def interval_record_dtype() -> np.dtype:
+    """One interval row as a fixed-size record: about 730 bytes, against
+    ~1.2 KB as a dict, and it can be spilled to disk (profiler/spool.py)."""
+    slots = schema.const("LP_HIST_SLOTS")
+    fields: list[tuple] = []
+    for column in INTERVAL_COLUMNS:
+        if column.endswith("_slots"):
+            fields.append((column, np.int64, (slots,)))
+        else:
+            fields.append((column, {"t_s": np.float64, "lock": np.uint64}.get(column, np.int64)))
+    return np.dtype(fields)
+
+
+def interval_records(rows: list[dict]) -> np.ndarray:
+    """Interval rows (dicts from interval_rows) as records; a null maximum
+    becomes _UNKNOWN_MAX."""
+    records = np.zeros(len(rows), dtype=interval_record_dtype())
+    for column in INTERVAL_COLUMNS:
+        values = [row[column] for row in rows]
+        if column in INTERVAL_MAX_COLUMNS:
+            values = [_UNKNOWN_MAX if v is None else v for v in values]
+        if values:
+            records[column] = values
+    return records
+
+
+def records_frame(records: np.ndarray) -> pd.DataFrame:
+    """The interval frame of records, as intervals_frame() gives of the rows."""
+    if len(records) == 0:
+        return empty_intervals()
+    columns = {}
+    for column in INTERVAL_COLUMNS:
+        values = records[column]
+        if column.endswith("_slots"):
+            columns[column] = values.tolist()
+        elif column in INTERVAL_MAX_COLUMNS:
+            known = pd.array(values, dtype="Int64")
+            known[values == _UNKNOWN_MAX] = pd.NA
+            columns[column] = known
+        else:
+            columns[column] = values.astype(_interval_dtype(column), copy=False)
+    return pd.DataFrame(columns, columns=INTERVAL_COLUMNS)
+
+
 def interval_maxima_from_running(intervals: pd.DataFrame) -> pd.DataFrame:
     """*_max_ns (per-interval, where known) from *_running_max_ns, for interval
     tables that only have the running maxima (schema 1 recordings). A key and

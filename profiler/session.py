@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import os
 import platform
 import sys
@@ -30,9 +29,9 @@ from profiler.recording import (
     SAMPLE_COLUMNS,
     TASK_COLUMNS,
     Recording,
-    _to_parquet_bytes,
 )
 from profiler.signals import StopFlag
+from profiler.spool import RecordSpool
 from profiler.targets import PRE_EXEC_COMM, CommandTarget, Target, pre_exec_locks
 
 POLL_MS = 100
@@ -72,15 +71,16 @@ class LiveState:
 def _use_system_allocator_for_arrow() -> None:
     """Arrow's default pool (mimalloc) keeps what it once allocated: the
     first Parquet chunk of a long run cost ~30 MB for good. The system pool
-    gives it back to malloc, which _return_free_memory() trims."""
+    gives it back to malloc."""
     import pyarrow
 
     pyarrow.set_memory_pool(pyarrow.system_memory_pool())
 
 
 def _return_free_memory() -> None:
-    # Collection has imported profiler.bpf (the only ctypes module); code
-    # that only packs rows (unit tests, reports) has nothing to return.
+    """Every interval builds and drops numpy and pandas temporaries; glibc
+    keeps the freed pages unless asked (malloc_trim), and a long run's RSS
+    crept up by them."""
     bpf_mod = sys.modules.get("profiler.bpf")
     release = getattr(bpf_mod, "release_free_heap", None)
     if release is not None:
@@ -89,35 +89,24 @@ def _return_free_memory() -> None:
 
 @dataclass
 class _Collected:
-    rows: list[dict] = field(default_factory=list)
     previous: dict = field(default_factory=dict)
     interval: int = 0
-    # Interval rows, ROWS_PER_CHUNK at a time, as Parquet: a row as a dict
-    # takes about 1.2 KB (two lists of 40 Python ints), as Parquet about 50
-    # bytes. A system-wide run under process churn makes ~45 rows a second:
-    # about 200 MB an hour as dicts, 8 MB as Parquet (docs/reliability.md).
-    chunks: list[bytes] = field(default_factory=list)
+    # Interval rows as fixed-size records, spilled to an unlinked temporary
+    # file as each interval is taken. As dicts they took ~1.2 KB each and a
+    # system-wide run under process churn makes ~45 a second: ~200 MB an
+    # hour (docs/reliability.md). Packing them into Parquet chunks in memory
+    # still grew, and the first chunk cost ~30 MB of Parquet machinery.
+    spool: RecordSpool = field(
+        default_factory=lambda: RecordSpool(aggregate.interval_record_dtype(), "interval rows")
+    )
     tasks_retired_ns: int = 0  # monotonic time dead tasks were last retired
 
     def keep(self, rows: list[dict]) -> None:
-        self.rows += rows
-        if len(self.rows) >= ROWS_PER_CHUNK:
-            self.chunks.append(_to_parquet_bytes(aggregate.intervals_frame(self.rows)))
-            self.rows = []
-            _return_free_memory()
+        self.spool.append(aggregate.interval_records(rows))
 
     def intervals(self) -> pd.DataFrame:
         """Every interval row as one frame, as load() would read it back."""
-        if not self.chunks:
-            return aggregate.intervals_frame(self.rows)
-        if self.rows:  # the rest goes through Parquet too: one representation
-            self.chunks.append(_to_parquet_bytes(aggregate.intervals_frame(self.rows)))
-            self.rows = []
-        frames = [pd.read_parquet(io.BytesIO(chunk)) for chunk in self.chunks]
-        return pd.concat(frames, ignore_index=True)
-
-
-ROWS_PER_CHUNK = 4096
+        return aggregate.records_frame(self.spool.read())
 
 
 def collect(
@@ -245,6 +234,7 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
             if now - state.tasks_retired_ns >= TASK_RETIRE_NS:
                 state.tasks_retired_ns = now
                 session.retire_dead_tasks(_task_alive)
+                _return_free_memory()
             if on_interval:
                 on_interval(_live_state(snapshot, session, namer, target, options, now - start_ns))
 

@@ -171,7 +171,7 @@ def run_snapshot(snap, pid_lock_pairs=True):
 
 def build(target, fake, snap, stats_columns):
     state = session._Collected()
-    state.rows = aggregate.interval_rows({}, run_snapshot(snap).copy(), stats_columns, 1, 0.1)
+    state.keep(aggregate.interval_rows({}, run_snapshot(snap).copy(), stats_columns, 1, 0.1))
     options = session.CollectOptions()
     now = time.monotonic_ns()
     return session._build_recording(
@@ -453,9 +453,10 @@ def test_a_signal_before_collection_starts_undoes_everything(monkeypatch, tmp_pa
     assert not marker.exists()
 
 
-def test_interval_rows_kept_as_parquet_chunks_read_back_the_same(make_row, monkeypatch, tmp_path):
-    """Collection keeps interval rows as Parquet chunks (memory); the frame
-    they give is the one a saved and reloaded recording has."""
+def test_interval_rows_spilled_as_records_read_back_the_same(make_row, tmp_path):
+    """Collection spills each interval's rows to disk as fixed-size records;
+    the frame they give is the one a saved and reloaded recording has, with
+    unknown interval maxima still null."""
     rows = [
         [make_row(0xFFFF888100000100 + lock, WRITE, SRC_MMAP, cpu=cpu, acquisitions=i + 1)
          for lock in range(3) for cpu in range(2)]
@@ -464,15 +465,21 @@ def test_interval_rows_kept_as_parquet_chunks_read_back_the_same(make_row, monke
     for row_list, interval in zip(rows, range(1, 6), strict=True):
         for row in row_list:
             row["interval"] = interval
-    monkeypatch.setattr(session, "ROWS_PER_CHUNK", 4)
-    chunked = session._Collected()
+    rows[2][0]["wait_max_ns"] = None
+    rows[3][1]["hold_max_ns"] = 12345
+    spilled = session._Collected()
     for row_list in rows:
-        chunked.keep(row_list)
-    assert len(chunked.chunks) == 5 and chunked.rows == []  # 6 rows each: every keep spills
+        spilled.keep(row_list)
+    assert spilled.spool.records == 30 and spilled.spool._file is not None  # on disk
     whole = aggregate.intervals_frame([row for row_list in rows for row in row_list])
     rec = recording.Recording(meta={}, intervals=whole, locks=recording.empty_table("locks"))
     reloaded = recording.load(recording.save(rec, tmp_path / "r.lpr")).intervals
-    pd.testing.assert_frame_equal(chunked.intervals(), reloaded)
-    small = session._Collected()
-    small.keep(rows[0][:2])  # under a chunk: plain rows, no Parquet
-    assert small.chunks == [] and len(small.intervals()) == 2
+    got = spilled.intervals()
+    pd.testing.assert_frame_equal(
+        got.drop(columns=["wait_slots", "hold_slots"]),
+        reloaded.drop(columns=["wait_slots", "hold_slots"]),
+    )
+    for column in ("wait_slots", "hold_slots"):
+        assert [list(v) for v in got[column]] == [list(v) for v in reloaded[column]]
+    assert got["wait_max_ns"].isna().sum() == 1 and 12345 in got["hold_max_ns"].tolist()
+    assert len(session._Collected().intervals()) == 0

@@ -1,0 +1,106 @@
+"""Append-only spill of fixed-size records to an unlinked temporary file.
+
+A long collection produces data whose size grows with time: the event stream
+(up to --max-events records) and the per-interval rows. Kept in Python they
+made lockprof's memory grow for the whole run (docs/reliability.md); spilled
+here they cost page cache, which the kernel can reclaim, and lockprof's own
+memory stays flat. Everything is read back once, when the recording is built.
+
+If the disk cannot take a write (full, or the temporary directory is not
+writable), the spool keeps that and later records in memory instead, with one
+warning: data is never dropped for lack of disk.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import tempfile
+
+import numpy as np
+
+
+class RecordSpool:
+    """Records of one numpy dtype, appended in batches, read back as one array."""
+
+    def __init__(self, dtype: np.dtype, what: str, directory: str | None = None) -> None:
+        self.dtype = np.dtype(dtype)
+        self.what = what  # named in the warning when the disk fails
+        self._directory = directory
+        self._file: io.FileIO | None = None
+        self._bytes_on_disk = 0  # of whole batches: a failed write's part is ignored
+        self._in_memory: list[np.ndarray] = []
+        self._disk_failed = False
+        self.records = 0
+
+    def append(self, batch: np.ndarray) -> None:
+        if len(batch) == 0:
+            return
+        batch = np.ascontiguousarray(batch, dtype=self.dtype)
+        if not self._disk_failed:
+            try:
+                self._spill(batch)
+            except OSError as exc:
+                self._fall_back_to_memory(exc)
+        if self._disk_failed:
+            self._in_memory.append(batch.copy())
+        self.records += len(batch)
+
+    def _spill(self, batch: np.ndarray) -> None:
+        if self._file is None:
+            # Unlinked at once: nothing is left behind whatever ends lockprof.
+            # Unbuffered, so that a write error belongs to this batch.
+            self._file = tempfile.TemporaryFile(  # noqa: SIM115
+                prefix="lockprof-", dir=self._directory, buffering=0
+            )  # kept for the run, closed by close()
+        data = memoryview(batch.tobytes())
+        while data:
+            written = self._file.write(data) or 0
+            data = data[written:]
+        self._bytes_on_disk += batch.nbytes
+
+    def _fall_back_to_memory(self, exc: OSError) -> None:
+        self._disk_failed = True
+        sys.stderr.write(
+            f"lockprof: cannot spill {self.what} to a temporary file ({exc.strerror or exc}); "
+            "keeping them in memory\n"
+        )
+        # What the file already holds stays there and is read back with the rest.
+
+    def read(self) -> np.ndarray:
+        """Every record appended so far, in order."""
+        parts = []
+        if self._file is not None and self._bytes_on_disk:
+            parts.append(np.frombuffer(self._read_disk(), dtype=self.dtype))
+        parts += self._in_memory
+        if not parts:
+            return np.zeros(0, dtype=self.dtype)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+
+    def _read_disk(self) -> bytearray:
+        assert self._file is not None
+        data = bytearray(self._bytes_on_disk)
+        view, done = memoryview(data), 0
+        self._file.seek(0)
+        while done < len(data):
+            got = self._file.readinto(view[done:])
+            if not got:
+                raise OSError(f"lockprof: the {self.what} spill file is shorter than written")
+            done += got
+        self._file.seek(0, 2)
+        return data
+
+    def clear(self) -> None:
+        self.close()
+        self._in_memory = []
+        self._bytes_on_disk = 0
+        self._disk_failed = False
+        self.records = 0
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __len__(self) -> int:
+        return self.records
