@@ -13,38 +13,20 @@ the file atomically.
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import json
 import math
-import os
-import secrets
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import plotly
-import plotly.graph_objects as go
-import plotly.io as pio
-from plotly.offline import get_plotlyjs
 
-from dashboards import figures, frames
-from dashboards.escape import html_text, script_json
-from profiler.errors import LockprofError
+from dashboards import figures, frames, page
+from dashboards.escape import html_text
 from profiler.recording import Recording
 from profiler.render import fmt_ns
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True, "scrollZoom": False}
 
 
-@dataclass
-class Panel:
-    anchor: str
-    title: str
-    description: str
-    figures: list[tuple[str, go.Figure]] = field(default_factory=list)  # (name, figure)
-    html: str = ""  # extra markup (already escaped), before the figures
+Panel = page.Section  # one panel of the report
 
 
 def panels(
@@ -294,22 +276,9 @@ def summary_table(summary: pd.DataFrame, limit: int = 500) -> str:
 # -- the page ----------------------------------------------------------------------------
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;
-background:#fafafa}
-header.top{background:#263238;color:#fff;padding:14px 24px}
-header.top h1{margin:0;font-size:20px}
 header.top p{margin:4px 0 0;color:#cfd8dc;font-size:13px;word-break:break-all}
-nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:6px 24px;
-z-index:10;font-size:13px}
-nav a{margin-right:14px;color:#1565c0;text-decoration:none}
-main{padding:8px 24px 40px}
-section{background:#fff;border:1px solid #e0e0e0;border-radius:6px;margin:16px 0;
-padding:10px 16px}
-section h2{font-size:17px;margin:6px 0}
-section p.desc{color:#555;font-size:13px;margin:2px 0 8px}
 .lost{background:#fde0dd;color:#900;border:1px solid #f5a3a3;padding:8px 12px;
 border-radius:4px;font-size:15px}
-.note{color:#555;font-size:13px}
 .table-wrap{max-height:620px;overflow:auto}
 table.sortable{border-collapse:collapse;font-size:12px;white-space:nowrap}
 table.sortable th{position:sticky;top:0;background:#eceff1;cursor:pointer;padding:4px 8px;
@@ -320,7 +289,6 @@ table.sortable td{padding:3px 8px;border-bottom:1px solid #eee}
 table.sortable td.num{text-align:right;font-variant-numeric:tabular-nums}
 table.sortable tbody tr:hover{background:#f5f5f5}
 table.plain th{cursor:default}
-footer{color:#777;font-size:12px;padding:0 24px 24px}
 """
 
 _SORTER = """
@@ -361,25 +329,6 @@ _SORTER = """
 })();
 """
 
-_DRAW = """
-(function () {
-  var specs = JSON.parse(document.getElementById("lockprof-figures").textContent);
-  var config = specs.config;
-  specs.figures.forEach(function (spec) {
-    try {
-      Plotly.newPlot(spec.div, spec.figure.data, spec.figure.layout, config);
-    } catch (err) {
-      console.error("lockprof: figure " + spec.div + " failed: " + err);
-      document.getElementById(spec.div).textContent = "This figure could not be drawn: " + err;
-    }
-  });
-})();
-"""
-
-
-def _figure_json(fig: go.Figure) -> dict:
-    return json.loads(pio.to_json(fig, validate=False))
-
 
 def render(
     rec: Recording,
@@ -390,94 +339,32 @@ def render(
 ) -> str:
     """The whole report page as one string."""
     built = panels(rec, max_events=max_events, top=top, max_table_rows=max_table_rows)
-    nonce = secrets.token_urlsafe(18)
     meta = rec.meta
-    specs = []
-    sections = []
-    for panel in built:
-        divs = []
-        for name, fig in panel.figures:
-            div = f"plot-{name}"
-            specs.append({"div": div, "figure": _figure_json(fig)})
-            divs.append(
-                f'<div class="plot" id="{div}" data-panel="{html_text(panel.anchor)}"></div>'
-            )
-        sections.append(
-            f'<section id="{panel.anchor}"><h2>{html_text(panel.title)}</h2>'
-            f'<p class="desc">{html_text(panel.description)}</p>'
-            f"{panel.html}{''.join(divs)}</section>"
-        )
-    nav = "".join(f'<a href="#{p.anchor}">{html_text(p.title)}</a>' for p in built)
-    document = json.dumps({"config": PLOT_CONFIG, "figures": specs}, separators=(",", ":"))
     target = meta.get("target") or "recording"
     subtitle = (
         f"{meta.get('kernel', '?')}, {meta.get('cpus', '?')} CPUs, "
         f"{float(meta.get('duration_s') or 0):.1f} s, started {meta.get('start_time', '?')}"
     )
-    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    csp = (
-        "default-src 'none'; "
-        f"script-src 'nonce-{nonce}'; "
-        "style-src 'unsafe-inline'; "
-        "img-src data: blob:; font-src data:; "
-        "base-uri 'none'; form-action 'none'"
-    )
-    return "".join(
-        [
-            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
-            f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>lockprof: {html_text(target)}</title>",
-            f"<style>{_STYLE}</style>",
-            f'<script nonce="{nonce}">{get_plotlyjs()}</script>',
-            "</head><body>",
-            f'<header class="top"><h1>lockprof report: {html_text(target)}</h1>',
-            f"<p>{html_text(subtitle)}</p></header>",
-            f"<nav>{nav}</nav><main>",
-            "".join(sections),
-            "</main>",
-            f"<footer>Generated by lockprof {html_text(meta.get('lockprof_version', ''))} "
-            f"from {html_text(source or 'a recording')} at {generated}. Self-contained: "
-            f"plotly.js {html_text(plotly.__version__)} (python) is embedded; the page "
-            "loads nothing from the network.</footer>",
-            '<script type="application/json" id="lockprof-figures">',
-            script_json(document),
-            "</script>",
-            f'<script nonce="{nonce}">{_SORTER}{_DRAW}</script>',
-            "</body></html>\n",
-        ]
+    return page.render(
+        title=f"lockprof: {target}",
+        header_html=f"<h1>lockprof report: {html_text(target)}</h1><p>{html_text(subtitle)}</p>",
+        sections=built,
+        footer_text=(
+            f"Generated by lockprof {meta.get('lockprof_version', '')} "
+            f"from {source or 'a recording'}"
+        ),
+        style=_STYLE,
+        script=_SORTER,
     )
 
 
 def write_report(rec: Recording, path: str | Path, source: str | None = None, **options) -> Path:
     """Build the report and write it atomically (mode 0600, like recordings:
     it holds command lines). Errors are LockprofError with one line."""
-    path = Path(path)
     check_writable(path)
-    page = render(rec, source=source, **options)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise LockprofError(f"cannot write report to {path} ({exc.strerror})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(page)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise LockprofError(f"cannot write report to {path} ({exc.strerror})") from None
-    return path
+    return page.write_atomic(render(rec, source=source, **options), path, "report")
 
 
 def check_writable(path: str | Path) -> None:
     """Fail early (before a collection) if the report could not be written."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise LockprofError(f"report path {path} is a directory")
-    if not directory.is_dir():
-        raise LockprofError(f"report directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise LockprofError(f"report directory {directory} is not writable")
+    page.check_writable(path, "report")

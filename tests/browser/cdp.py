@@ -17,7 +17,10 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 
 class CDPError(RuntimeError):
@@ -276,3 +279,42 @@ def element_screenshot(browser: Browser, selector: str, path: Path) -> None:
         timeout=60,
     )
     path.write_bytes(base64.b64decode(shot["data"]))
+
+
+# -- what both page tests share -------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = find_chromium()
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)"
+)
+
+
+def artifacts() -> Path:
+    """Where screenshots are kept (LOCKPROF_ARTIFACTS, else artifacts/)."""
+    directory = Path(os.environ.get("LOCKPROF_ARTIFACTS", REPO / "artifacts")) / "browser"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@contextlib.contextmanager
+def rendered(page: Path, profile: Path, screenshot: str) -> Iterator[Browser]:
+    """Chromium (offline) with the page open and every plot drawn; a
+    screenshot of the whole page is kept as artifacts()/screenshot."""
+    assert CHROMIUM is not None
+    chromium = Browser(CHROMIUM, profile)
+    try:
+        chromium.open_page()
+        chromium.navigate(page.as_uri())
+        chromium.wait_for(
+            lambda: chromium.evaluate(
+                "Array.from(document.querySelectorAll('div.plot')).every("
+                "d => d.classList.contains('js-plotly-plot') && d.querySelector('svg.main-svg'))"
+            ),
+            60,
+            "every plot to render",
+        )
+        chromium.screenshot(artifacts() / screenshot)
+        yield chromium
+    finally:
+        chromium.close()

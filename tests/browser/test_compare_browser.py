@@ -10,7 +10,6 @@ A screenshot is kept under artifacts/browser/compare.png.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -23,9 +22,8 @@ from profiler import compare as cmp
 from profiler import schema
 from profiler.runset import Run, RunSet
 
-from .cdp import Browser, find_chromium
+from .cdp import REPO, artifacts, needs_chromium, rendered
 
-REPO = Path(__file__).resolve().parents[2]
 RECORDING = REPO / "tests" / "data" / "mmapcount-1000.lpr"
 COMM = "</script><b>x"
 COMMAND = ["/bin/<img src=x onerror=console.error('xss-cmd')>", "-n", "1000"]
@@ -39,16 +37,7 @@ SCALED = [
     "hold_total_ns",
 ]
 
-CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)"
-)
-
-
-def artifacts() -> Path:
-    directory = Path(os.environ.get("LOCKPROF_ARTIFACTS", REPO / "artifacts")) / "browser"
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
+pytestmark = needs_chromium
 
 
 def scaled_run(factor: float, sys_s: float, throughput: float) -> Run:
@@ -95,24 +84,9 @@ def compare_page(tmp_path_factory) -> tuple[Path, cmp.Comparison]:
 
 @pytest.fixture(scope="module")
 def browser(compare_page, tmp_path_factory):
-    path, _result = compare_page
-    assert CHROMIUM is not None
-    chromium = Browser(CHROMIUM, tmp_path_factory.mktemp("profile"))
-    try:
-        chromium.open_page()
-        chromium.navigate(path.as_uri())
-        chromium.wait_for(
-            lambda: chromium.evaluate(
-                "Array.from(document.querySelectorAll('div.plot')).every("
-                "d => d.classList.contains('js-plotly-plot') && d.querySelector('svg.main-svg'))"
-            ),
-            60,
-            "every plot to render",
-        )
-        chromium.screenshot(artifacts() / "compare.png")
+    path, _ = compare_page
+    with rendered(path, tmp_path_factory.mktemp("profile"), "compare.png") as chromium:
         yield chromium
-    finally:
-        chromium.close()
 
 
 def test_every_plot_rendered(browser, compare_page):

@@ -15,7 +15,6 @@ network emulation offline and an unresolvable proxy in any case.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -25,24 +24,14 @@ import pytest
 import profiler
 from dashboards import html
 
-from .cdp import Browser, element_screenshot, find_chromium
+from .cdp import REPO, artifacts, element_screenshot, needs_chromium, rendered
 
-REPO = Path(__file__).resolve().parents[2]
 RECORDING = REPO / "tests" / "data" / "hostile-comm.lpr"
 COMM = "</script><b>x"
 SYMBOL = "<img src=x onerror=console.error('xss-symbol')>"
 TARGET = "pid 1 (<script>console.error('xss-target')</script>)"
 
-CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)"
-)
-
-
-def artifacts() -> Path:
-    directory = Path(os.environ.get("LOCKPROF_ARTIFACTS", REPO / "artifacts")) / "browser"
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
+pytestmark = needs_chromium
 
 
 def add_writer_cost(rec: profiler.Recording) -> None:
@@ -94,24 +83,9 @@ def report_page(tmp_path_factory) -> tuple[Path, list[str]]:
 
 @pytest.fixture(scope="module")
 def browser(report_page, tmp_path_factory):
-    path, _plots = report_page
-    assert CHROMIUM is not None
-    chromium = Browser(CHROMIUM, tmp_path_factory.mktemp("profile"))
-    try:
-        chromium.open_page()
-        chromium.navigate(path.as_uri())
-        chromium.wait_for(
-            lambda: chromium.evaluate(
-                "Array.from(document.querySelectorAll('div.plot')).every("
-                "d => d.classList.contains('js-plotly-plot') && d.querySelector('svg.main-svg'))"
-            ),
-            60,
-            "every plot to render",
-        )
-        chromium.screenshot(artifacts() / "report.png")
+    path, _ = report_page
+    with rendered(path, tmp_path_factory.mktemp("profile"), "report.png") as chromium:
         yield chromium
-    finally:
-        chromium.close()
 
 
 def test_every_panel_rendered(browser, report_page):
