@@ -86,6 +86,16 @@ static __always_inline int lp_wanted(struct lp_config *cfg, u32 tgid, u64 lock)
 	return cfg->target_tgid == 0 || cfg->target_tgid == tgid || cfg->target_lock == lock;
 }
 
+/* The same, asking for the current task's tgid only when a target is set:
+ * system-wide, the hot paths that need no pid skip the helper call. */
+static __always_inline int lp_wanted_now(struct lp_config *cfg, u64 lock)
+{
+	u32 target = cfg->target_tgid;
+
+	return target == 0 || target == bpf_get_current_pid_tgid() >> 32 ||
+	       cfg->target_lock == lock;
+}
+
 static __always_inline struct lp_task *lp_task_get(int create)
 {
 	struct lp_task *ts;
@@ -245,12 +255,14 @@ static __always_inline void lp_task_account(u64 lock, u32 flags, u32 source, u64
 }
 
 static __always_inline void lp_emit(struct lp_config *cfg, u64 now, u64 duration, u64 lock,
-				    u32 flags, u32 source, u32 kind, s32 stack_id, u64 pid_tgid)
+				    u32 flags, u32 source, u32 kind, s32 stack_id)
 {
 	struct lp_event *ev;
+	u64 pid_tgid;
 
 	if (duration < cfg->threshold_ns)
 		return;
+	pid_tgid = bpf_get_current_pid_tgid();
 	ev = lp_events.ringbuf_reserve(sizeof(struct lp_event));
 	if (!ev) {
 		lp_error(LP_ERR_RINGBUF_FULL);
@@ -278,15 +290,15 @@ static __always_inline void lp_emit(struct lp_config *cfg, u64 now, u64 duration
  * mm: the lock then gets a name (mmap_lock of pid N), and a --pid target's
  * mmap_lock address becomes known so that other tasks taking it are counted.
  */
-static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task *ts, u64 mm,
-					  u64 pid_tgid)
+static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task *ts, u64 mm)
 {
-	u64 task = bpf_get_current_task();
-	u64 current_mm = 0;
-	u32 tgid = pid_tgid >> 32;
+	u64 task, current_mm = 0;
+	u32 tgid;
 
 	if (ts->own_mm == mm)
 		return 0;
+	task = bpf_get_current_task();
+	tgid = bpf_get_current_pid_tgid() >> 32;
 	bpf_probe_read_kernel(&current_mm, sizeof(current_mm), (void *)(task + LP_TASK_MM_OFFSET));
 	if (current_mm != mm)
 		return 0; /* a foreign mm: khugepaged, /proc/N/maps readers, ptrace */
@@ -316,16 +328,15 @@ int lp_mmap_start(struct bpf_raw_tracepoint_args *ctx)
 {
 	u64 mm = ctx->args[0];
 	u64 lock = mm + LP_MMAP_LOCK_OFFSET;
-	u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct lp_config *cfg = lp_cfg();
 	struct lp_task *ts;
 
-	if (!cfg || !lp_wanted(cfg, pid_tgid >> 32, lock))
+	if (!cfg || !lp_wanted_now(cfg, lock))
 		return 0;
 	ts = lp_task_get(1);
 	if (!ts)
 		return 0;
-	if (lp_learn_owner(cfg, ts, mm, pid_tgid))
+	if (lp_learn_owner(cfg, ts, mm))
 		return 0;
 	ts->wait_lock = lock;
 	ts->wait_flags = (u8)ctx->args[1] ? LP_LCB_WRITE : LP_LCB_READ;
@@ -366,16 +377,17 @@ static __always_inline int lp_held_find(struct lp_task *ts, u64 lock, u32 flags)
 
 /* Per-task row for an mmap_lock event, if this task is foreign to the mm. */
 static __always_inline void lp_mmap_task_account(struct lp_task *ts, u64 lock, u32 flags,
-						 u64 pid_tgid, u64 wait_ns, u64 hold_ns, int is_hold)
+						 u64 wait_ns, u64 hold_ns, int is_hold)
 {
 	if (!LP_TASK_SPLIT_OWN && ts->own_mm + LP_MMAP_LOCK_OFFSET == lock)
 		return;
-	lp_task_account(lock, flags, LP_SRC_MMAP_LOCK, pid_tgid, wait_ns, hold_ns, is_hold);
+	lp_task_account(lock, flags, LP_SRC_MMAP_LOCK, bpf_get_current_pid_tgid(), wait_ns,
+			hold_ns, is_hold);
 }
 
 /* A read acquisition with no start_locking: mmap_write_downgrade(). */
 static __always_inline void lp_mmap_downgrade(struct lp_config *cfg, struct lp_task *ts, u64 lock,
-					      u64 now, u64 pid_tgid)
+					      u64 now)
 {
 	int i = lp_held_find(ts, lock, LP_LCB_WRITE);
 	struct lp_stats *stats;
@@ -394,8 +406,8 @@ static __always_inline void lp_mmap_downgrade(struct lp_config *cfg, struct lp_t
 		stats->downgrades++;
 		lp_hist_add(&stats->hold, held_ns);
 	}
-	lp_mmap_task_account(ts, lock, LP_LCB_WRITE, pid_tgid, 0, held_ns, 1);
-	lp_emit(cfg, now, held_ns, lock, LP_LCB_WRITE, LP_SRC_MMAP_LOCK, LP_KIND_HOLD, -1, pid_tgid);
+	lp_mmap_task_account(ts, lock, LP_LCB_WRITE, 0, held_ns, 1);
+	lp_emit(cfg, now, held_ns, lock, LP_LCB_WRITE, LP_SRC_MMAP_LOCK, LP_KIND_HOLD, -1);
 }
 
 int lp_mmap_acquired(struct bpf_raw_tracepoint_args *ctx)
@@ -404,14 +416,13 @@ int lp_mmap_acquired(struct bpf_raw_tracepoint_args *ctx)
 	u64 lock = mm + LP_MMAP_LOCK_OFFSET;
 	u32 flags = (u8)ctx->args[1] ? LP_LCB_WRITE : LP_LCB_READ;
 	u32 success = (u8)ctx->args[2];
-	u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct lp_config *cfg = lp_cfg();
 	struct lp_stats *stats;
 	struct lp_task *ts;
 	u64 now, wait_ns;
 	u32 slot;
 
-	if (!cfg || !lp_wanted(cfg, pid_tgid >> 32, lock))
+	if (!cfg || !lp_wanted_now(cfg, lock))
 		return 0;
 	ts = lp_task_get(1);
 	if (!ts)
@@ -419,7 +430,7 @@ int lp_mmap_acquired(struct bpf_raw_tracepoint_args *ctx)
 	now = bpf_ktime_get_ns();
 	if (ts->wait_lock != lock) {
 		if (flags == LP_LCB_READ && success)
-			lp_mmap_downgrade(cfg, ts, lock, now, pid_tgid);
+			lp_mmap_downgrade(cfg, ts, lock, now);
 		else
 			lp_error(LP_ERR_ACQUIRE_WITHOUT_START);
 		return 0;
@@ -439,8 +450,8 @@ int lp_mmap_acquired(struct bpf_raw_tracepoint_args *ctx)
 		stats->contended++;
 	lp_hist_add(&stats->wait, wait_ns);
 	lp_held_push(ts->held, lock, flags, slot, now);
-	lp_mmap_task_account(ts, lock, flags, pid_tgid, wait_ns, 0, 0);
-	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_MMAP_LOCK, LP_KIND_WAIT, -1, pid_tgid);
+	lp_mmap_task_account(ts, lock, flags, wait_ns, 0, 0);
+	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_MMAP_LOCK, LP_KIND_WAIT, -1);
 	return 0;
 }
 
@@ -448,14 +459,13 @@ int lp_mmap_released(struct bpf_raw_tracepoint_args *ctx)
 {
 	u64 lock = ctx->args[0] + LP_MMAP_LOCK_OFFSET;
 	u32 flags = (u8)ctx->args[1] ? LP_LCB_WRITE : LP_LCB_READ;
-	u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct lp_config *cfg = lp_cfg();
 	struct lp_stats *stats;
 	struct lp_task *ts;
 	u64 now, held_ns;
 	int i;
 
-	if (!cfg || !lp_wanted(cfg, pid_tgid >> 32, lock))
+	if (!cfg || !lp_wanted_now(cfg, lock))
 		return 0;
 	ts = lp_task_get(0);
 	i = ts ? lp_held_find(ts, lock, flags) : -1;
@@ -471,8 +481,8 @@ int lp_mmap_released(struct bpf_raw_tracepoint_args *ctx)
 		stats->releases++;
 		lp_hist_add(&stats->hold, held_ns);
 	}
-	lp_mmap_task_account(ts, lock, flags, pid_tgid, 0, held_ns, 1);
-	lp_emit(cfg, now, held_ns, lock, flags, LP_SRC_MMAP_LOCK, LP_KIND_HOLD, -1, pid_tgid);
+	lp_mmap_task_account(ts, lock, flags, 0, held_ns, 1);
+	lp_emit(cfg, now, held_ns, lock, flags, LP_SRC_MMAP_LOCK, LP_KIND_HOLD, -1);
 	return 0;
 }
 
@@ -482,12 +492,11 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 {
 	u64 lock = ctx->args[0];
 	u32 flags = (u32)ctx->args[1];
-	u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct lp_config *cfg = lp_cfg();
 	struct lp_task *ts;
 	u32 depth;
 
-	if (!cfg || !lp_wanted(cfg, pid_tgid >> 32, lock))
+	if (!cfg || !lp_wanted_now(cfg, lock))
 		return 0;
 	ts = lp_task_get(1);
 	if (!ts)
@@ -555,51 +564,57 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 {
 	u64 lock = ctx->args[0];
 	s32 ret = (s32)ctx->args[1];
-	u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct lp_config *cfg = lp_cfg();
-	struct lp_nest found = {};
 	struct lp_stats *stats;
+	struct lp_nest *found;
 	struct lp_task *ts;
 	u64 now, wait_ns;
-	u32 depth;
+	s32 stack_id = -1;
+	u32 depth, flags;
 	int at = -1;
 
-	if (!cfg || !lp_wanted(cfg, pid_tgid >> 32, lock))
+	if (!cfg || !lp_wanted_now(cfg, lock))
 		return 0;
 	ts = lp_task_get(0);
 	if (!ts)
 		return 0;
 	depth = ts->depth;
-	/* Innermost match first; anything nested above it lost its end. */
+	/* Innermost match first; anything nested above it lost its end. The
+	 * innermost entry nearly always matches: try it alone first. */
+	if (depth > 0 && depth <= LP_MAX_NEST &&
+	    ts->nest[(depth - 1) & (LP_MAX_NEST - 1)].lock == lock) {
+		at = depth - 1;
+	} else {
 #pragma unroll
-	for (int i = LP_MAX_NEST - 1; i >= 0; i--) {
-		if (at < 0 && (u32)i < depth && ts->nest[i].lock == lock)
-			at = i;
+		for (int i = LP_MAX_NEST - 2; i >= 0; i--) {
+			if (at < 0 && (u32)i + 1 < depth && ts->nest[i].lock == lock)
+				at = i;
+		}
 	}
 	if (at < 0 || at >= LP_MAX_NEST) {
 		lp_error(LP_ERR_END_WITHOUT_BEGIN);
 		return 0;
 	}
-	found = ts->nest[at];
+	found = &ts->nest[at & (LP_MAX_NEST - 1)];
 	ts->depth = at;
+	flags = found->flags;
 	now = bpf_ktime_get_ns();
-	wait_ns = now - found.start_ns;
+	wait_ns = now - found->start_ns;
 	if (wait_ns >= cfg->stack_threshold_ns) {
-		found.stack_id = lp_stacks.get_stackid(ctx, 0);
-		if (found.stack_id < 0)
+		stack_id = lp_stacks.get_stackid(ctx, 0);
+		if (stack_id < 0)
 			lp_error(LP_ERR_STACK);
 	}
-	stats = lp_stats_at(lp_contention_slot(ts, lock, found.flags));
+	stats = lp_stats_at(lp_contention_slot(ts, lock, flags));
 	if (stats) {
 		stats->contended++;
 		if (ret)
 			stats->failures++; /* interrupted or killed while waiting */
 		lp_hist_add(&stats->wait, wait_ns);
 	}
-	lp_caller_account(lock, found.stack_id, found.flags, wait_ns);
-	lp_task_account(lock, found.flags, LP_SRC_CONTENTION, pid_tgid, wait_ns, 0, 0);
-	lp_emit(cfg, now, wait_ns, lock, found.flags, LP_SRC_CONTENTION, LP_KIND_WAIT,
-		found.stack_id, pid_tgid);
+	lp_caller_account(lock, stack_id, flags, wait_ns);
+	lp_task_account(lock, flags, LP_SRC_CONTENTION, bpf_get_current_pid_tgid(), wait_ns, 0, 0);
+	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_CONTENTION, LP_KIND_WAIT, stack_id);
 	return 0;
 }
 
@@ -678,7 +693,7 @@ static __always_inline int lp_spec_returned(struct pt_regs *ctx, int acquired)
 	lp_hist_add(&stats->wait, wait_ns);
 	lp_held_push(ts->spec_held, lock, flags, 0, now); /* spec rows: no cached index */
 	lp_task_account(lock, flags, LP_SRC_SPEC, pid_tgid, wait_ns, 0, 0);
-	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_SPEC, LP_KIND_WAIT, -1, pid_tgid);
+	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_SPEC, LP_KIND_WAIT, -1);
 	return 0;
 }
 
@@ -732,7 +747,7 @@ static __always_inline int lp_spec_release(struct pt_regs *ctx, u32 flags)
 		lp_hist_add(&stats->hold, held_ns);
 	}
 	lp_task_account(lock, flags, LP_SRC_SPEC, pid_tgid, 0, held_ns, 1);
-	lp_emit(cfg, now, held_ns, lock, flags, LP_SRC_SPEC, LP_KIND_HOLD, -1, pid_tgid);
+	lp_emit(cfg, now, held_ns, lock, flags, LP_SRC_SPEC, LP_KIND_HOLD, -1);
 	return 0;
 }
 

@@ -240,21 +240,25 @@ struct lp_spec_wait {
 	u32 pad;
 };
 
+/* Fields in the order the hot paths use them: what lock:contention_begin/end
+ * touch comes first (the innermost wait is nearly always nest[0]), then
+ * what the mmap_lock events touch, so that each event reads as few cache
+ * lines of the task's storage as possible. */
 struct lp_task {
 	u64 wait_lock;     /* mmap_lock after start_locking, 0 when none */
-	u64 wait_start_ns;
-	u32 wait_flags;
-	u32 wait_contended;
-	u64 own_mm;        /* current->mm last recorded in the owner map */
 	u32 depth;         /* used entries of nest[] */
-	u32 pad;
-	u64 slot_lock;     /* the mmap_lock whose lp_stats indexes are cached */
-	u32 slot_plus1[2]; /* its read [0] and write [1] index + 1; 0: not cached */
+	u32 wait_contended;
 	u64 cslot_lock;    /* the last contended lock, flags and index + 1 */
 	u32 cslot_flags;
 	u32 cslot_plus1;
-	struct lp_held held[LP_MAX_HELD];
 	struct lp_nest nest[LP_MAX_NEST];
+	u64 wait_start_ns;
+	u32 wait_flags;
+	u32 pad;
+	u64 own_mm;        /* current->mm last recorded in the owner map */
+	u64 slot_lock;     /* the mmap_lock whose lp_stats indexes are cached */
+	u32 slot_plus1[2]; /* its read [0] and write [1] index + 1; 0: not cached */
+	struct lp_held held[LP_MAX_HELD];
 	struct lp_spec_wait spec_wait;      /* lock spec: in a lock function */
 	struct lp_spec_wait spec_sum;       /* lock spec: in the sum function */
 	struct lp_held spec_held[LP_MAX_HELD];
