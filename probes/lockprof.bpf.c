@@ -60,6 +60,11 @@ BPF_HASH(lp_tasks, struct lp_task_key, struct lp_task_stats, LP_MAX_TASKS);
  * otherwise bounce the entry's cache line on every wait. */
 BPF_F_TABLE("percpu_hash", struct lp_caller_key, struct lp_caller_stats, lp_callers,
 	    LP_MAX_CALLERS, 0);
+/* Callers of waits too short for a stack (stack_id -1, nearly all of them):
+ * one row per contention lp_stats row, at the same index, so that the common
+ * case is an array slot rather than a hash lookup. Python merges them into
+ * the callers as (lock, -1, flags). */
+BPF_PERCPU_ARRAY(lp_short_callers, struct lp_caller_stats, LP_MAX_LOCKS);
 BPF_HASH(lp_owners, u64, struct lp_owner, LP_MAX_OWNERS);
 BPF_STACK_TRACE(lp_stacks, LP_MAX_STACKS);
 BPF_TASK_STORAGE(lp_task_store, struct lp_task);
@@ -538,11 +543,32 @@ static __always_inline u32 lp_contention_slot(struct lp_task *ts, u64 lock, u32 
 	return ts->cslot_plus1;
 }
 
-static __always_inline void lp_caller_account(u64 lock, s32 stack_id, u32 flags, u64 wait_ns)
+static __always_inline void lp_caller_add(struct lp_caller_stats *cs, u64 wait_ns)
+{
+	/* Per-CPU value: plain adds, as for lp_stats. */
+	cs->count++;
+	cs->total_ns += wait_ns;
+	if (wait_ns > cs->max_ns)
+		cs->max_ns = wait_ns;
+}
+
+/* slot_plus1: the wait's contention lp_stats index + 1 (0: none). */
+static __always_inline void lp_caller_account(u64 lock, s32 stack_id, u32 flags, u64 wait_ns,
+					      u32 slot_plus1)
 {
 	struct lp_caller_key key = { .lock = lock, .stack_id = stack_id, .flags = flags };
-	struct lp_caller_stats *cs = lp_callers.lookup(&key);
+	struct lp_caller_stats *cs;
 
+	if (stack_id == -1 && slot_plus1) {
+		u32 slot = slot_plus1 - 1;
+
+		cs = lp_short_callers.lookup(&slot);
+		if (cs) {
+			lp_caller_add(cs, wait_ns);
+			return;
+		}
+	}
+	cs = lp_callers.lookup(&key);
 	if (!cs) {
 		struct lp_caller_stats blank = {};
 
@@ -553,11 +579,7 @@ static __always_inline void lp_caller_account(u64 lock, s32 stack_id, u32 flags,
 			return;
 		}
 	}
-	/* Per-CPU value: plain adds, as for lp_stats. */
-	cs->count++;
-	cs->total_ns += wait_ns;
-	if (wait_ns > cs->max_ns)
-		cs->max_ns = wait_ns;
+	lp_caller_add(cs, wait_ns);
 }
 
 int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
@@ -570,7 +592,7 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 	struct lp_task *ts;
 	u64 now, wait_ns;
 	s32 stack_id = -1;
-	u32 depth, flags;
+	u32 depth, flags, slot;
 	int at = -1;
 
 	if (!cfg || !lp_wanted_now(cfg, lock))
@@ -605,14 +627,15 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 		if (stack_id < 0)
 			lp_error(LP_ERR_STACK);
 	}
-	stats = lp_stats_at(lp_contention_slot(ts, lock, flags));
+	slot = lp_contention_slot(ts, lock, flags);
+	stats = lp_stats_at(slot);
 	if (stats) {
 		stats->contended++;
 		if (ret)
 			stats->failures++; /* interrupted or killed while waiting */
 		lp_hist_add(&stats->wait, wait_ns);
 	}
-	lp_caller_account(lock, stack_id, flags, wait_ns);
+	lp_caller_account(lock, stack_id, flags, wait_ns, slot);
 	lp_task_account(lock, flags, LP_SRC_CONTENTION, bpf_get_current_pid_tgid(), wait_ns, 0, 0);
 	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_CONTENTION, LP_KIND_WAIT, stack_id);
 	return 0;

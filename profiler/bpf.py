@@ -364,25 +364,43 @@ class BpfSession:
 
     def read_callers(self) -> list[dict]:
         """Contended waits by lock and kernel stack, summed over CPUs (the
-        map is per-CPU)."""
+        maps are per-CPU). Waits too short for a stack (stack_id -1) are
+        counted in lp_short_callers, at their contention lp_stats index;
+        they rejoin the other rows here as (lock, -1, flags)."""
+        merged: dict[tuple[int, int, int], list[int]] = {}
+
+        def add(lock: int, stack_id: int, flags: int, per_cpu) -> None:
+            count = sum(int(v.count) for v in per_cpu)
+            if not count:
+                return
+            row = merged.setdefault((lock, stack_id, flags), [0, 0, 0])
+            row[0] += count
+            row[1] += sum(int(v.total_ns) for v in per_cpu)
+            row[2] = max(row[2], max(int(v.max_ns) for v in per_cpu))
+
         table = self._bpf["lp_callers"]
-        rows = []
         for key in table:
             try:
                 per_cpu = table.getvalue(key)
             except KeyError:
                 continue
-            rows.append(
-                {
-                    "lock": int(key.lock),
-                    "stack_id": int(key.stack_id),
-                    "flags": int(key.flags),
-                    "count": sum(int(v.count) for v in per_cpu),
-                    "total_ns": sum(int(v.total_ns) for v in per_cpu),
-                    "max_ns": max(int(v.max_ns) for v in per_cpu),
-                }
-            )
-        return rows
+            add(int(key.lock), int(key.stack_id), int(key.flags), per_cpu)
+        short = self._bpf["lp_short_callers"]
+        contention = schema.const("LP_SRC_CONTENTION")
+        for key, slot in self._bpf["lp_slots"].items():
+            if int(key.source) == contention:
+                add(int(key.lock), -1, int(key.flags), short.getvalue(ctypes.c_int(slot.value)))
+        return [
+            {
+                "lock": lock,
+                "stack_id": stack_id,
+                "flags": flags,
+                "count": count,
+                "total_ns": total_ns,
+                "max_ns": max_ns,
+            }
+            for (lock, stack_id, flags), (count, total_ns, max_ns) in merged.items()
+        ]
 
     def read_offcpu(self) -> list[dict]:
         return [
