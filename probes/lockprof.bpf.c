@@ -55,7 +55,17 @@ BPF_PERCPU_ARRAY(lp_errors, u64, LP_NR_ERRORS);
 BPF_HASH(lp_slots, struct lp_key, u32, LP_MAX_LOCKS);      /* key -> index */
 BPF_HASH(lp_slot_keys, u32, struct lp_key, LP_MAX_LOCKS);  /* index -> key */
 BPF_PERCPU_ARRAY(lp_stats, struct lp_stats, LP_MAX_LOCKS);
-BPF_HASH(lp_tasks, struct lp_task_key, struct lp_task_stats, LP_MAX_TASKS);
+/* Per-task rows: a key -> index hash holding at most LP_MAX_TASKS keys (its
+ * insert failing is task_map_full, as for a hash of rows), over twice as many
+ * indexes, so that probing for a free one nearly never fails before that.
+ * Python frees the rows of exited tasks (profiler/bpf.py retire_dead_tasks):
+ * it unpublishes the key, zeroes the row, then frees the index. */
+#ifndef LP_TASK_ROWS
+#define LP_TASK_ROWS (2 * LP_MAX_TASKS)
+#endif
+BPF_HASH(lp_task_slots, struct lp_task_key, u32, LP_MAX_TASKS);       /* key -> index */
+BPF_HASH(lp_task_slot_keys, u32, struct lp_task_key, LP_TASK_ROWS);   /* index -> key */
+BPF_ARRAY(lp_task_rows, struct lp_task_row, LP_TASK_ROWS);
 /* Per-CPU: two threads contending on one lock from one call site would
  * otherwise bounce the entry's cache line on every wait. */
 BPF_F_TABLE("percpu_hash", struct lp_caller_key, struct lp_caller_stats, lp_callers,
@@ -229,7 +239,92 @@ static __always_inline u32 lp_mmap_slot(struct lp_task *ts, u64 lock, u32 flags)
 	return ts->slot_plus1[write];
 }
 
-/* Per-task split. Only the current task writes its own key, so plain adds. */
+static __always_inline int lp_task_key_is(struct lp_task_key *a, struct lp_task_key *b)
+{
+	return a->lock == b->lock && a->tid == b->tid && a->tgid == b->tgid &&
+	       a->flags == b->flags && a->source == b->source;
+}
+
+/*
+ * The lp_task_rows index of a key, plus one (0: the task map is full). A new
+ * key claims a free index (an atomic NOEXIST insert into lp_task_slot_keys,
+ * probing as lp_slot_of() does), fills the row, then publishes key -> index.
+ * Only the current task creates its own keys, so two claims of one key do
+ * not meet; should they, the one whose publish fails frees its index.
+ */
+static __always_inline u32 lp_task_row_of(struct lp_task_key *key)
+{
+	u32 *found = lp_task_slots.lookup(key);
+	u64 hash = ((key->lock >> 3) ^ ((u64)key->tid << 24) ^ ((u64)key->flags << 48) ^
+		    ((u64)key->source << 60)) * 0x9E3779B97F4A7C15ULL;
+	u32 start = (u32)(hash >> 32) % LP_TASK_ROWS;
+	u32 step = ((u32)hash % LP_TASK_ROWS) | 1;
+	u32 slot = LP_TASK_ROWS;
+	struct lp_task_row *row;
+
+	if (found)
+		return *found + 1;
+#pragma unroll
+	for (int i = 0; i < LP_SLOT_PROBES; i++) {
+		u32 candidate = (start + i * step) % LP_TASK_ROWS;
+
+		if (lp_task_slot_keys.insert(&candidate, key) == 0) {
+			slot = candidate;
+			break;
+		}
+	}
+	if (slot >= LP_TASK_ROWS) {
+		lp_error(LP_ERR_TASK_MAP_FULL);
+		return 0;
+	}
+	row = lp_task_rows.lookup(&slot);
+	if (!row) {
+		lp_task_slot_keys.delete(&slot);
+		lp_error(LP_ERR_TASK_MAP_FULL);
+		return 0;
+	}
+	row->key = *key;
+	row->stats.waits = 0;
+	row->stats.wait_ns = 0;
+	row->stats.holds = 0;
+	row->stats.hold_ns = 0;
+	bpf_get_current_comm(&row->stats.comm, sizeof(row->stats.comm));
+	if (lp_task_slots.insert(key, &slot)) {
+		row->key.lock = 0;
+		row->key.tid = 0;
+		row->key.tgid = 0;
+		lp_task_slot_keys.delete(&slot);
+		found = lp_task_slots.lookup(key);
+		if (found)
+			return *found + 1;
+		lp_error(LP_ERR_TASK_MAP_FULL);
+		return 0;
+	}
+	return slot + 1;
+}
+
+static __always_inline struct lp_task_row *lp_task_row_at(u32 slot_plus1)
+{
+	u32 slot = slot_plus1 - 1;
+
+	if (!slot_plus1)
+		return 0;
+	return lp_task_rows.lookup(&slot);
+}
+
+/* Per-task split. Only the current task writes its own row, so plain adds. */
+static __always_inline void lp_task_add(struct lp_task_row *row, u64 wait_ns, u64 hold_ns,
+					int is_hold)
+{
+	if (is_hold) {
+		row->stats.holds++;
+		row->stats.hold_ns += hold_ns;
+	} else {
+		row->stats.waits++;
+		row->stats.wait_ns += wait_ns;
+	}
+}
+
 static __always_inline void lp_task_account(u64 lock, u32 flags, u32 source, u64 pid_tgid,
 					    u64 wait_ns, u64 hold_ns, int is_hold)
 {
@@ -237,26 +332,32 @@ static __always_inline void lp_task_account(u64 lock, u32 flags, u32 source, u64
 		.lock = lock, .tid = (u32)pid_tgid, .tgid = pid_tgid >> 32,
 		.flags = flags, .source = source,
 	};
-	struct lp_task_stats *ts = lp_tasks.lookup(&key);
+	struct lp_task_row *row = lp_task_row_at(lp_task_row_of(&key));
 
-	if (!ts) {
-		struct lp_task_stats blank = {};
+	if (row)
+		lp_task_add(row, wait_ns, hold_ns, is_hold);
+}
 
-		bpf_get_current_comm(&blank.comm, sizeof(blank.comm));
-		lp_tasks.insert(&key, &blank);
-		ts = lp_tasks.lookup(&key);
-		if (!ts) {
-			lp_error(LP_ERR_TASK_MAP_FULL);
+/* A per-task row through an index cached in the task's storage (*hint), used
+ * once the row's key is checked to be this event's: a task mostly takes one
+ * lock in one way, and a freed or reused row fails the check. */
+static __always_inline void lp_task_account_hint(u32 *hint, u64 lock, u32 flags, u32 source,
+						 u64 wait_ns, u64 hold_ns, int is_hold)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lp_task_key key = {
+		.lock = lock, .tid = (u32)pid_tgid, .tgid = pid_tgid >> 32,
+		.flags = flags, .source = source,
+	};
+	struct lp_task_row *row = lp_task_row_at(*hint);
+
+	if (!row || !lp_task_key_is(&row->key, &key)) {
+		*hint = lp_task_row_of(&key);
+		row = lp_task_row_at(*hint);
+		if (!row)
 			return;
-		}
 	}
-	if (is_hold) {
-		ts->holds++;
-		ts->hold_ns += hold_ns;
-	} else {
-		ts->waits++;
-		ts->wait_ns += wait_ns;
-	}
+	lp_task_add(row, wait_ns, hold_ns, is_hold);
 }
 
 static __always_inline void lp_emit(struct lp_config *cfg, u64 now, u64 duration, u64 lock,
@@ -386,8 +487,8 @@ static __always_inline void lp_mmap_task_account(struct lp_task *ts, u64 lock, u
 {
 	if (!LP_TASK_SPLIT_OWN && ts->own_mm + LP_MMAP_LOCK_OFFSET == lock)
 		return;
-	lp_task_account(lock, flags, LP_SRC_MMAP_LOCK, bpf_get_current_pid_tgid(), wait_ns,
-			hold_ns, is_hold);
+	lp_task_account_hint(&ts->mtask_plus1[flags == LP_LCB_WRITE ? 1 : 0], lock, flags,
+			     LP_SRC_MMAP_LOCK, wait_ns, hold_ns, is_hold);
 }
 
 /* A read acquisition with no start_locking: mmap_write_downgrade(). */
@@ -636,7 +737,7 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 		lp_hist_add(&stats->wait, wait_ns);
 	}
 	lp_caller_account(lock, stack_id, flags, wait_ns, slot);
-	lp_task_account(lock, flags, LP_SRC_CONTENTION, bpf_get_current_pid_tgid(), wait_ns, 0, 0);
+	lp_task_account_hint(&ts->ctask_plus1, lock, flags, LP_SRC_CONTENTION, wait_ns, 0, 0);
 	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_CONTENTION, LP_KIND_WAIT, stack_id);
 	return 0;
 }

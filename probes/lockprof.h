@@ -127,7 +127,9 @@ struct lp_stats {
 	struct lp_hist hold;
 };
 
-/* Per-task split, keyed by lock and task. */
+/* Per-task split, keyed by lock and task. lp_task_slots gives each key an
+ * index of the array lp_task_rows, whose row repeats the key (a task caches
+ * the index of its contention row and checks the key before using it). */
 struct lp_task_key {
 	u64 lock;
 	u32 tid;
@@ -142,6 +144,11 @@ struct lp_task_stats {
 	u64 holds;
 	u64 hold_ns;
 	char comm[16];
+};
+
+struct lp_task_row {
+	struct lp_task_key key;   /* all zero while the row is free */
+	struct lp_task_stats stats;
 };
 
 /* Contention by kernel stack: who waited on which lock from where. */
@@ -251,6 +258,8 @@ struct lp_task {
 	u64 cslot_lock;    /* the last contended lock, flags and index + 1 */
 	u32 cslot_flags;
 	u32 cslot_plus1;
+	u32 ctask_plus1;   /* lp_task_rows index + 1 of the last contention row */
+	u32 pad0;
 	struct lp_nest nest[LP_MAX_NEST];
 	u64 wait_start_ns;
 	u32 wait_flags;
@@ -258,6 +267,7 @@ struct lp_task {
 	u64 own_mm;        /* current->mm last recorded in the owner map */
 	u64 slot_lock;     /* the mmap_lock whose lp_stats indexes are cached */
 	u32 slot_plus1[2]; /* its read [0] and write [1] index + 1; 0: not cached */
+	u32 mtask_plus1[2]; /* lp_task_rows index + 1 of the last read/write mmap_lock row */
 	struct lp_held held[LP_MAX_HELD];
 	struct lp_spec_wait spec_wait;      /* lock spec: in a lock function */
 	struct lp_spec_wait spec_sum;       /* lock spec: in the sum function */

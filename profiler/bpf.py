@@ -341,25 +341,48 @@ class BpfSession:
                 _RETIRED_ROW.iter_unpack(self._retired_tasks)
             )
         ]
-        live = [self._task_row(k, v) for k, v in self._bpf["lp_tasks"].items()]
+        live = [self._task_row(key, row.stats) for key, _index, row in self._live_task_rows()]
         return retired + live
+
+    def _live_task_rows(self) -> list:
+        """(key, index, row) of each published per-task row: lp_task_slots
+        maps a key to its lp_task_rows index (probes/lockprof.bpf.c)."""
+        rows = self._bpf["lp_task_rows"]
+        found = []
+        for key, index in self._bpf["lp_task_slots"].items():
+            row = rows[ctypes.c_int(index.value)]
+            found.append((key, index.value, row))
+        return found
 
     def retire_dead_tasks(self, alive) -> int:
         """Move the rows of tasks that have exited (alive(tgid, tid) is
         False) out of the kernel's task map, so that process churn does not
         fill it (a new task's row would be lost as task_map_full). Their
-        figures are final: a dead task takes no more locks."""
-        table = self._bpf["lp_tasks"]
-        dead = [(k, v) for k, v in table.items() if not alive(int(k.tgid), int(k.tid))]
-        for key, value in dead:
+        figures are final: a dead task takes no more locks. The order keeps
+        the BPF side consistent: the key is unpublished, the row read, then
+        zeroed (a stale cached index no longer matches it), and only then is
+        its index freed for another key."""
+        slots = self._bpf["lp_task_slots"]
+        rows = self._bpf["lp_task_rows"]
+        claims = self._bpf["lp_task_slot_keys"]
+        dead = [
+            (key, index.value)
+            for key, index in slots.items()
+            if not alive(int(key.tgid), int(key.tid))
+        ]
+        for key, index in dead:
+            with contextlib.suppress(KeyError):
+                del slots[key]
+            value = rows[ctypes.c_int(index)].stats
             # Packed, 72 bytes a row: under process churn thousands of tasks
             # retire an hour, and a dict per row grew ~60 MB an hour.
             self._retired_tasks += _RETIRED_ROW.pack(
                 key.lock, key.tid, key.tgid, key.flags, key.source,
                 value.waits, value.wait_ns, value.holds, value.hold_ns, bytes(value.comm),
             )  # fmt: skip
+            rows[ctypes.c_int(index)] = rows.Leaf()
             with contextlib.suppress(KeyError):
-                del table[key]
+                del claims[ctypes.c_uint(index)]
         return len(dead)
 
     def read_callers(self) -> list[dict]:
