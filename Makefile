@@ -18,7 +18,7 @@ PATCH_HTML ?= compare-patch.html
 .PHONY: setup demo demo-compare demo-patch test test-unit test-integration lint bench workloads clean
 
 setup:
-	@scripts/setup.sh
+	@scripts/setup.sh $(SETUP_ARGS)
 
 workloads:
 	@$(MAKE) -s -C workloads
@@ -62,6 +62,8 @@ demo-patch: setup
 	@workloads/bin/rwbench -l pthread -t $(PATCH_THREADS) -S $(PATCH_SECONDS) | sed -n 's/^\([0-9]* ops\/s\)$$/  pthread_rwlock: \1/p'
 	@workloads/bin/rwbench -l rw_mutex -t $(PATCH_THREADS) -S $(PATCH_SECONDS) | sed -n 's/^\([0-9]* ops\/s\)$$/  rw_mutex:       \1/p'
 
+# The whole suite, browser tests included: setup also installs chromium.
+test: SETUP_ARGS = --browser
 test: setup
 	$(PY) -m pytest -ra tests
 

@@ -4,6 +4,16 @@
 # Every step checks before it acts, so a second run is fast and changes nothing.
 set -euo pipefail
 
+# --browser: also Debian's chromium, which the report's browser tests drive
+# (`make test` passes it; without chromium those tests skip, saying so).
+browser=0
+for arg in "$@"; do
+    case $arg in
+        --browser) browser=1 ;;
+        *) echo "usage: $0 [--browser]" >&2; exit 2 ;;
+    esac
+done
+
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv="$repo/.venv"
 say() { printf 'setup: %s\n' "$*"; }
@@ -27,11 +37,16 @@ apt_install() {
         apt_updated=1
     fi
     say "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # python3-bpfcc is BCC's Python binding. PyPI's "bcc" is an unrelated project.
-apt_install python3-bpfcc libbpfcc bpftool stress-ng python3-venv gcc make libc6-dev
+# ca-certificates: Debian's pip in the venv verifies PyPI against the system
+# store (/etc/ssl/certs), which a minimal install does not have.
+apt_install python3-bpfcc libbpfcc bpftool stress-ng python3-venv gcc make libc6-dev ca-certificates
+if [ $browser -eq 1 ] && ! command -v chromium >/dev/null 2>&1; then
+    apt_install chromium
+fi
 
 # Kernel headers: BCC compiles against /lib/modules/$(uname -r)/build.
 # Prefer the exact package; else wire the distro's generic headers. Struct
