@@ -22,8 +22,9 @@ may be gone.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
-import sys
 
 from profiler.errors import LockprofError
 
@@ -93,11 +94,11 @@ class StopFlag:
             self.reason = f"{signal.Signals(signum).name} received"
             self.signum = signum
             return
-        try:
-            sys.stderr.write(_AGAIN.get(self.phase, _AGAIN[WRITING]))
-            sys.stderr.flush()
-        except (OSError, ValueError):  # terminal gone (SIGHUP), stderr closed
-            pass
+        # os.write, not sys.stderr: the handler runs between two bytecodes of
+        # the main thread, which may be inside sys.stderr.write itself, and a
+        # buffered writer entered again raises RuntimeError (reentrant call).
+        with contextlib.suppress(OSError):  # terminal gone (SIGHUP), stderr closed
+            os.write(2, _AGAIN.get(self.phase, _AGAIN[WRITING]).encode())
 
     def request(self, reason: str) -> None:
         """Stop for another reason (duration reached, target exited)."""

@@ -90,7 +90,12 @@ def rendered(renderable) -> tuple[str, str]:
     """(raw terminal output with styling, plain text) of a renderable."""
     out = io.StringIO()
     console = Console(
-        file=out, record=True, force_terminal=True, color_system="truecolor", width=300
+        file=out,
+        record=True,
+        force_terminal=True,
+        color_system="truecolor",
+        width=300,
+        height=100,  # with TERM=dumb and no height, rich falls back to 80x25
     )
     console.print(renderable)
     return out.getvalue(), console.export_text(styles=False)

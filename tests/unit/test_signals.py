@@ -57,22 +57,22 @@ def test_first_signal_is_a_request_to_stop(flag):
         (signals.COLLECTING, "lockprof: already stopping; writing the recording, please wait"),
     ],
 )
-def test_further_signals_are_ignored_with_a_message(flag, capsys, phase, message):
+def test_further_signals_are_ignored_with_a_message(flag, capfd, phase, message):
     flag.phase = phase
     send(signal.SIGINT)
     send(signal.SIGTERM)
     send(signal.SIGINT)
     assert flag.reason == "SIGINT received" and flag.signum == signal.SIGINT
-    lines = capsys.readouterr().err.splitlines()
+    lines = capfd.readouterr().err.splitlines()
     assert len(lines) == 2 and all(line.startswith(message) for line in lines)
 
 
-def test_while_draining_even_the_first_signal_only_prints(flag, capsys):
+def test_while_draining_even_the_first_signal_only_prints(flag, capfd):
     flag.request("command exited with status 0")
     flag.draining = True
     send(signal.SIGTERM)
     assert flag.reason == "command exited with status 0" and flag.signum is None
-    assert "already stopping" in capsys.readouterr().err
+    assert "already stopping" in capfd.readouterr().err
 
 
 def test_a_gone_terminal_does_not_break_the_handler(flag, monkeypatch):
