@@ -24,17 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / "workloads" / "bin"
 LOCKPROF = [sys.executable, "-m", "profiler.cli.main"]
 
-
-def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
-    """VmRSS (all resident pages) or RssAnon (private memory, without the
-    shared, file-backed pages of libraries and the ring buffer mapping)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from soak import proc_status  # noqa: E402  (bench/ scripts run as files)
 
 
 def main() -> int:
@@ -69,13 +60,15 @@ def main() -> int:
         )
         samples: list[tuple[float, float]] = []
         private: list[float] = []
+        proportional: list[float] = []
         start = time.monotonic()
         end = start + args.minutes * 60
         while time.monotonic() < end:
-            value, anon = rss_mb(lp.pid), rss_mb(lp.pid, "RssAnon")
-            if value is not None and anon is not None:
-                samples.append((time.monotonic() - start, value))
-                private.append(anon)
+            memory = proc_status(lp.pid)
+            if {"VmRSS", "RssAnon", "Pss"} <= memory.keys():
+                samples.append((time.monotonic() - start, memory["VmRSS"]))
+                private.append(memory["RssAnon"])
+                proportional.append(memory["Pss"])
             time.sleep(10)
         os.killpg(load.pid, signal.SIGKILL)
         load.wait()
@@ -104,6 +97,9 @@ def main() -> int:
                 f"| lockprof RSS in the last minute (MB, max) | {max(last_minute):.0f} |",
                 f"| lockprof RSS peak over {args.minutes:g} min (MB) | "
                 f"{max(v for _t, v in samples):.0f} |",
+                f"| lockprof Pss (shared pages divided among their users) first / last / peak "
+                f"(MB) | {proportional[0]:.0f} / {proportional[-1]:.0f} / "
+                f"{max(proportional):.0f} |",
                 f"| lockprof private memory (RssAnon) first / last / peak (MB) | "
                 f"{private[0]:.0f} / {private[-1]:.0f} / {max(private):.0f} |",
                 f"| recording size (MB) | {rec_mb:.1f} |",

@@ -13,7 +13,7 @@ What runs:
   live view (rich) really draws; its output is read as it comes.
 
 What is measured, and printed as a markdown summary:
-- lockprof's memory: VmRSS and RssAnon every --sample seconds; the growth
+- lockprof's memory: VmRSS, RssAnon and Pss every --sample seconds; the growth
   after a warm-up, as MB per hour from a least-squares line;
 - lockprof's CPU: utime + stime over the soak;
 - the live view's refreshes: every redraw of the header's elapsed time is
@@ -56,16 +56,22 @@ HEADER = re.compile(rb"lockprof  the whole system\s+(\d+\.\d)s  events ([\d,]+)"
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def proc_status(pid: int, fields: tuple[str, ...] = ("VmRSS", "RssAnon")) -> dict[str, float]:
-    """Fields of /proc/PID/status in MB."""
+def proc_status(
+    pid: int, fields: tuple[str, ...] = ("VmRSS", "RssAnon", "Pss")
+) -> dict[str, float]:
+    """Fields of /proc/PID/status and smaps_rollup in MB. Pss shares each
+    shared page among the processes mapping it: another process using
+    libLLVM (bpftrace, a second BCC tool) keeps its pages in lockprof's
+    VmRSS, since a page mapped twice cannot be paged out of one of them."""
     out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            name = line.split(":", 1)[0]
-            if name in fields:
-                out[name] = int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    for source in ("status", "smaps_rollup"):
+        try:
+            for line in Path(f"/proc/{pid}/{source}").read_text().splitlines():
+                name = line.split(":", 1)[0]
+                if name in fields and name not in out:
+                    out[name] = int(line.split()[1]) / 1024
+        except (OSError, ValueError, IndexError):
+            pass
     return out
 
 
@@ -227,12 +233,18 @@ def report(args, seconds, code, screen, samples, cpu_s, stop_s, rec, attached) -
     anon = [(t, s["RssAnon"]) for t, s in samples if "RssAnon" in s]
     late = [(t, v) for t, v in rss if t >= args.warmup]
     late_anon = [(t, v) for t, v in anon if t >= args.warmup]
+    pss = [(t, s["Pss"]) for t, s in samples if "Pss" in s]
+    late_pss = [(t, v) for t, v in pss if t >= args.warmup]
     if rss:
         lines += [
             "| memory | first | after warm-up | last | max | growth after warm-up |",
             "|---|---|---|---|---|---|",
         ]
-        for name, points, after in (("VmRSS", rss, late), ("RssAnon", anon, late_anon)):
+        for name, points, after in (
+            ("VmRSS", rss, late),
+            ("RssAnon", anon, late_anon),
+            ("Pss", pss, late_pss),
+        ):
             if not points:
                 continue
             slope = slope_per_hour(after)
