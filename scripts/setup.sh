@@ -91,7 +91,16 @@ stamp="$venv/.lockprof-installed"
 want=$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x "$venv/bin/lockprof" ]; then
     "$venv/bin/pip" install -q --upgrade pip >/dev/null
-    "$venv/bin/pip" install -q -e "$repo[dev]"
+    # The build backend's notes (editable-install warnings) go to a log,
+    # shown only if the install fails.
+    pip_log=$(mktemp)
+    if ! "$venv/bin/pip" install -q -e "$repo[dev]" >"$pip_log" 2>&1; then
+        cat "$pip_log" >&2
+        rm -f "$pip_log"
+        echo "setup: installing lockprof into $venv failed (pip output above)" >&2
+        exit 1
+    fi
+    rm -f "$pip_log"
     echo "$want" > "$stamp"
     say "installed lockprof into $venv"
 fi
