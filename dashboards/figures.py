@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 
 from dashboards import frames
 from dashboards.escape import text
-from profiler import hist
+from profiler import hist, schema
 from profiler.render import fmt_ns
 
 MODE_COLORS = {"read": "#1f77b4", "write": "#d62728", "exclusive": "#7f7f7f"}
@@ -114,9 +114,12 @@ def header_rows(meta: dict, events: int) -> list[tuple[str, str]]:
         ),
         ("lost events", f"{int(meta.get('lost_events') or 0):,}"),
     ]
-    errors = {k: v for k, v in (meta.get("errors") or {}).items() if v and k != "ringbuf_full"}
+    errors = schema.failures(meta.get("errors") or {})
     if errors:
         rows.append(("kernel-side errors", ", ".join(f"{k}: {v:,}" for k, v in errors.items())))
+    stack_note = schema.stack_rate_note(meta)
+    if stack_note:
+        rows.append(("stacks", stack_note))
     if rusage.get("user_s") is not None:
         rows.append(
             (

@@ -46,6 +46,8 @@
 
 BPF_ARRAY(lp_config, struct lp_config, 1);
 BPF_PERCPU_ARRAY(lp_errors, u64, LP_NR_ERRORS);
+/* When this CPU last took a contention stack (the --stack-rate limit). */
+BPF_PERCPU_ARRAY(lp_stack_last, u64, 1);
 
 /* Probes for a free lp_stats index before a new key counts as map full. */
 #ifndef LP_SLOT_PROBES
@@ -683,6 +685,30 @@ static __always_inline void lp_caller_account(u64 lock, s32 stack_id, u32 flags,
 	lp_caller_add(cs, wait_ns);
 }
 
+/*
+ * May this CPU take a contention stack now? get_stackid costs ~2.7 us, and it
+ * runs in contention_end, where the waiter already holds the lock: on an
+ * ebizzy-like load ~11k waits a second passed --stack-threshold, and their
+ * stacks lengthened every hold the other threads then waited out. One stack
+ * per CPU per stack_gap_ns still names each busy caller; the waits left
+ * without one are counted (LP_ERR_STACK_RATE) and keep stack_id -1.
+ */
+static __always_inline int lp_stack_allowed(struct lp_config *cfg, u64 now)
+{
+	int zero = 0;
+	u64 *last;
+
+	if (!cfg->stack_gap_ns)
+		return 1;
+	last = lp_stack_last.lookup(&zero);
+	if (!last)
+		return 1;
+	if (*last && now - *last < cfg->stack_gap_ns)
+		return 0;
+	*last = now; /* per-CPU slot: only this CPU writes it */
+	return 1;
+}
+
 int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 {
 	u64 lock = ctx->args[0];
@@ -724,9 +750,13 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 	now = bpf_ktime_get_ns();
 	wait_ns = now - found->start_ns;
 	if (wait_ns >= cfg->stack_threshold_ns) {
-		stack_id = lp_stacks.get_stackid(ctx, 0);
-		if (stack_id < 0)
-			lp_error(LP_ERR_STACK);
+		if (lp_stack_allowed(cfg, now)) {
+			stack_id = lp_stacks.get_stackid(ctx, 0);
+			if (stack_id < 0)
+				lp_error(LP_ERR_STACK);
+		} else {
+			lp_error(LP_ERR_STACK_RATE);
+		}
 	}
 	slot = lp_contention_slot(ts, lock, flags);
 	stats = lp_stats_at(slot);

@@ -96,7 +96,9 @@ enum lp_error {
 	LP_ERR_SPEC_UNLOCK_WITHOUT_LOCK = 14,  /* lock spec: unlock of a lock not seen taken */
 	LP_ERR_OFFCPU_MAP_FULL = 15,         /* off-CPU start or stack map full */
 	LP_ERR_SAMPLE_MAP_FULL = 16,         /* CPU sample map full */
-	LP_NR_ERRORS = 17,
+	LP_ERR_STACK_RATE = 17,              /* not a failure: long wait left without a
+					      * stack by the per-CPU stack rate limit */
+	LP_NR_ERRORS = 18,
 };
 
 /* Aggregate key: one row per lock, acquisition flags and probe family. */
@@ -207,6 +209,7 @@ struct lp_config {
 	u64 threshold_ns;    /* stream waits/holds at least this long */
 	u64 target_lock;     /* learned in BPF: the target's mmap_lock address */
 	u64 stack_threshold_ns; /* kernel stack only for contended waits this long */
+	u64 stack_gap_ns;    /* at most one such stack per CPU per gap; 0: every one */
 };
 
 /* One record of the per-event stream (waits and holds over the threshold). */

@@ -167,6 +167,7 @@ class BpfSession:
         threshold_ns: int = 0,
         stack_threshold_ns: int = 10_000,
         sample_hz: int = 99,
+        stack_rate: int = 0,
     ):
         self.plans = plans
         self.attached: list[Attached] = []
@@ -177,7 +178,7 @@ class BpfSession:
         self.max_events = 1_000_000
         self.sample_hz = sample_hz
         self._bpf = self._compile()
-        self._configure(target_tgid, threshold_ns, stack_threshold_ns)
+        self._configure(target_tgid, threshold_ns, stack_threshold_ns, stack_rate)
         self._stats_columns = _flat_fields(self._bpf["lp_stats"].sLeaf)
         self._event_dtype = np.dtype(self._bpf["lp_event_layout"].Leaf)
         # Events wait on disk, not in memory, until the recording is built.
@@ -215,13 +216,17 @@ class BpfSession:
         release_compiler_pages()
         return bpf
 
-    def _configure(self, target_tgid: int, threshold_ns: int, stack_threshold_ns: int) -> None:
+    def _configure(
+        self, target_tgid: int, threshold_ns: int, stack_threshold_ns: int, stack_rate: int
+    ) -> None:
         config = self._bpf["lp_config"]
         value = config.Leaf()
         value.target_tgid = target_tgid
         value.threshold_ns = threshold_ns
         value.target_lock = 0
         value.stack_threshold_ns = stack_threshold_ns
+        # stack_rate stacks per CPU per second at most (0: no limit)
+        value.stack_gap_ns = 1_000_000_000 // stack_rate if stack_rate > 0 else 0
         config[ctypes.c_int(0)] = value
 
     def attach(self) -> list[Attached]:

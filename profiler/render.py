@@ -11,6 +11,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from profiler import schema
+
 
 def safe_text(value: object) -> str:
     """Printable form of untrusted text: control chars as \\xNN escapes."""
@@ -168,7 +170,7 @@ def per_cpu_line(rows: list[dict], cpu_totals: dict[int, tuple[int, int]] | None
 
 def problems_line(errors: dict[str, int], lost_events: int) -> Text | None:
     """Lost events and kernel-side failures, or None when there were none."""
-    shown = {k: v for k, v in errors.items() if v and k != "ringbuf_full"}
+    shown = schema.failures(errors)
     if not lost_events and not shown:
         return None
     parts = [f"lost events: {lost_events:,}"] if lost_events else []

@@ -41,6 +41,29 @@ def error_names() -> dict[int, str]:
     }
 
 
+def failures(errors: dict[str, int]) -> dict[str, int]:
+    """The nonzero kernel-side failure counters, without ringbuf_full (shown
+    as lost events) and stack_rate (a limit working as asked, not a failure)."""
+    return {
+        name: count
+        for name, count in errors.items()
+        if count and name not in ("ringbuf_full", "stack_rate")
+    }
+
+
+def stack_rate_note(meta: dict) -> str | None:
+    """How many long contended waits the --stack-rate limit left without a
+    kernel stack, or None."""
+    skipped = int((meta.get("errors") or {}).get("stack_rate") or 0)
+    if not skipped:
+        return None
+    return (
+        f"{skipped:,} contended waits over --stack-threshold got no kernel stack "
+        f"(--stack-rate {meta.get('stack_rate')} per CPU per second): their callers "
+        "count as (no stack); --stack-rate 0 takes every one"
+    )
+
+
 SOURCE_NAMES = {0: "mmap_lock", 1: "contention", 2: "lockspec"}
 
 

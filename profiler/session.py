@@ -47,6 +47,9 @@ class CollectOptions:
     duration_s: float | None = None
     threshold_ns: int = 100_000
     stack_threshold_ns: int = 10_000
+    # At most this many contention stacks per CPU per second (0: no limit);
+    # see lp_stack_allowed in probes/lockprof.bpf.c.
+    stack_rate: int = 200
     max_events: int = 1_000_000
     locks: tuple = ()  # profiler.lockspec.LockSpec: user lock functions to probe
     sample_hz: int = 99  # cpu-clock sampling frequency, with the "sample" family
@@ -139,6 +142,7 @@ def collect(
             options.threshold_ns,
             options.stack_threshold_ns,
             sample_hz=options.sample_hz,
+            stack_rate=options.stack_rate,
         )
         session.max_events = options.max_events
         flag.check_before_start()
@@ -526,6 +530,7 @@ def _build_recording(
         "snapshots": state.interval,  # aggregate snapshots taken (rows only where active)
         "threshold_ns": options.threshold_ns,
         "stack_threshold_ns": options.stack_threshold_ns,
+        "stack_rate": options.stack_rate,
         "start_time": wall_start.isoformat(),
         "start_ns": start_ns,
         "end_ns": end_ns,

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from profiler import aggregate, writer_cost
+from profiler import aggregate, schema, writer_cost
 from profiler.recording import Recording
 
 JSON_VERSION = 1
@@ -55,6 +55,9 @@ def notes(meta: dict) -> list[str]:
                 f"{name.replace('_', ' ')} {errors[name]:,} times: {consequence}; "
                 "collection went on"
             )
+    stack_note = schema.stack_rate_note(meta)
+    if stack_note:
+        out.append(stack_note)
     lineage = meta.get("lineage") or {}
     pid = meta.get("target_pid")
     if pid and lineage.get("children_seen"):

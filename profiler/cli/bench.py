@@ -194,6 +194,13 @@ def summary_table(result: RunSet) -> Table:
     show_default=True,
     help="Take the kernel stack of contended waits at least this long.",
 )
+@click.option(
+    "--stack-rate",
+    type=click.IntRange(min=0, max=1_000_000),
+    default=200,
+    show_default=True,
+    help="At most N such stacks per CPU per second (0: every one).",
+)
 @click.option("--no-mmap-lock", is_flag=True, help="Leave out the mmap_lock tracepoints.")
 @click.option("--no-contention", is_flag=True, help="Leave out lock:contention_*.")
 @click.option(
@@ -223,6 +230,7 @@ def command(
     interval,
     threshold,
     stack_threshold,
+    stack_rate,
     no_mmap_lock,
     no_contention,
     lock_spec,
@@ -258,6 +266,7 @@ def command(
     recording.check_writable(output)
     options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
     options.stack_threshold_ns = stack_threshold
+    options.stack_rate = stack_rate
     require_privileges()
     if lock_spec:
         options.locks = (checked_spec(lock_spec),)

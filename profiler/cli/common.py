@@ -101,6 +101,14 @@ def collection_options(func):
             "(stacks cost microseconds each; shorter waits are counted without one).",
         ),
         click.option(
+            "--stack-rate",
+            type=click.IntRange(min=0, max=1_000_000),
+            default=200,
+            show_default=True,
+            help="At most N such stacks per CPU per second; the other long waits are "
+            "counted without one. 0: a stack for every wait over --stack-threshold.",
+        ),
+        click.option(
             "--no-mmap-lock",
             is_flag=True,
             help="Leave out the mmap_lock tracepoints (contention only).",
@@ -381,6 +389,7 @@ def collect_command(
     output,
     threshold,
     stack_threshold,
+    stack_rate,
     no_mmap_lock,
     no_contention,
     top,
@@ -397,6 +406,7 @@ def collect_command(
     options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
     options.max_events = max_events
     options.stack_threshold_ns = stack_threshold
+    options.stack_rate = stack_rate
     options.families += tuple(f for f, on in (("offcpu", offcpu), ("sample", sample)) if on)
     options.sample_hz = sample_hz
     options.what_if_cpus = what_if_cpus

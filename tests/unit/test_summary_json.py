@@ -213,3 +213,19 @@ def test_every_map_full_counter_has_a_note():
     names = set(schema.error_names().values())
     assert set(summary.MAP_FULL) <= names
     assert {n for n in names if n.endswith("_map_full")} <= set(summary.MAP_FULL)
+
+
+def test_stack_rate_is_a_note_not_a_failure():
+    """Waits the --stack-rate limit left without a stack are reported as a
+    note with the limit, never among kernel-side failures."""
+    from profiler import schema, summary
+
+    errors = {"ringbuf_full": 3, "stack_rate": 1234, "stack": 0, "held_overflow": 2}
+    assert schema.failures(errors) == {"held_overflow": 2}
+    meta = {"errors": errors, "stack_rate": 200}
+    note = schema.stack_rate_note(meta)
+    assert note is not None and note.startswith("1,234 contended waits over --stack-threshold")
+    assert "--stack-rate 200 per CPU per second" in note
+    assert note in summary.notes(meta)
+    assert schema.stack_rate_note({"errors": {"stack_rate": 0}}) is None
+    assert schema.stack_rate_note({}) is None

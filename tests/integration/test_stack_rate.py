@@ -1,0 +1,49 @@
+"""--stack-rate: at most N kernel stacks of long contended waits per CPU per
+second. The waits left without one are counted (stack_rate), keep stack -1
+among the callers, and every wait is still counted once in the aggregates."""
+
+from __future__ import annotations
+
+from conftest import BIN
+
+import profiler
+from profiler import summary
+
+RWCONTEND = [str(BIN / "rwcontend"), "-w", "2", "-r", "2", "-S", "2", "-m", "16"]
+
+
+def contended(lockprof_factory, tmp_path, name: str, *flags: str) -> profiler.Recording:
+    # A 1 ns stack threshold: every contended wait asks for a stack.
+    lp = lockprof_factory(
+        "run", "-q", "-o", name, "--stack-threshold", "1ns", *flags, "--", *RWCONTEND
+    )
+    code, _out, err = lp.wait(timeout=120)
+    assert code == 0, err
+    return profiler.load(tmp_path / name)
+
+
+def test_stack_rate_limits_stacks_and_counts_the_rest(lockprof_factory, tmp_path):
+    rec = contended(lockprof_factory, tmp_path, "limited.lpr", "--stack-rate", "5")
+    waits = int(rec.intervals.loc[rec.intervals["source"] == 1, "contended"].sum())
+    skipped = rec.meta["errors"]["stack_rate"]
+    stacked = int(rec.callers.loc[rec.callers["stack_id"] >= 0, "count"].sum())
+    failed = rec.meta["errors"]["stack"]
+    assert rec.meta["stack_rate"] == 5
+    # 5 a second per CPU over the run (one more per CPU: the first is free).
+    cpus, seconds = rec.meta["cpus"], rec.meta["duration_s"]
+    assert 0 < stacked + failed <= cpus * (5 * seconds + 1), (stacked, failed, seconds)
+    assert waits > 100 and skipped > 0
+    # Every wait counted once among the callers: stacked, failed or skipped.
+    assert int(rec.callers["count"].sum()) == waits
+    assert stacked + skipped + failed == waits  # every wait asked for one (1 ns)
+    notes = summary.notes(rec.meta)
+    assert any(f"{skipped:,} contended waits over --stack-threshold got no" in n for n in notes)
+
+
+def test_stack_rate_zero_takes_every_stack(lockprof_factory, tmp_path):
+    rec = contended(lockprof_factory, tmp_path, "every.lpr", "--stack-rate", "0")
+    waits = int(rec.intervals.loc[rec.intervals["source"] == 1, "contended"].sum())
+    stacked = int(rec.callers.loc[rec.callers["stack_id"] >= 0, "count"].sum())
+    assert rec.meta["errors"]["stack_rate"] == 0
+    assert stacked + rec.meta["errors"]["stack"] == waits > 100
+    assert not any("--stack-rate" in n for n in summary.notes(rec.meta))
