@@ -9,6 +9,8 @@ Configurations, alternated within each repetition so drift hits all alike:
   lp-contention   `lockprof record -a --no-mmap-lock`
   lp-full         `lockprof record -a` (mmap_lock wait and hold, contention)
   lp-full-html    the same with --html (the report is built after collection)
+  lp-all-stacks   lp-full with --stack-rate 0 (a kernel stack for every
+                  contended wait over --stack-threshold; not in the default set)
   perf-lock       `perf lock record -a` (then `perf lock contention`, untimed)
   bpftrace        a bpftrace script with the same wait and hold histograms
 
@@ -101,6 +103,8 @@ class Tracer:
                 args.append("--no-mmap-lock")
             if self.config == "lp-full-html":
                 args += ["--html", str(self.workdir / "lp.html")]
+            if self.config == "lp-all-stacks":
+                args += ["--stack-rate", "0"]
             self._start([*LOCKPROF, *args], "attached", stream="stderr")
         elif self.config == "perf-lock":
             # perf prints nothing when ready: give it a moment after exec.
@@ -267,6 +271,10 @@ def main() -> int:
         print("bench: needs root (BPF)", file=sys.stderr)
         return 1
     configs = [c for c in args.configs.split(",") if c]
+    unknown = set(configs) - set(CONFIGS) - {"lp-all-stacks"}
+    if unknown:
+        print(f"bench: unknown configs {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     if "bare" not in configs:
         configs.insert(0, "bare")
     if "perf-lock" in configs and not shutil.which("perf"):

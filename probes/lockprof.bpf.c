@@ -90,11 +90,27 @@ static __always_inline void lp_error(u32 which)
 		(*count)++; /* per-CPU slot: no other CPU writes it */
 }
 
+/*
+ * The configuration, or NULL while the probes are not armed: every program
+ * then does nothing. Python attaches the programs one at a time (each is
+ * verified when attached, milliseconds apart), then arms them all at once.
+ * Without the gate, a task taking mmap_lock between the attach of
+ * lp_mmap_acquired and that of lp_mmap_released (~10 ms: the latter's
+ * verification) pushed holds whose releases were never seen: held[] filled
+ * with stale entries, its later acquisitions counted held_overflow, its
+ * munmap downgrades downgrade_without_write, and later releases popped the
+ * stale entries with wrong hold times. What remains after arming is inherent:
+ * a hold or wait in progress at the arming instant shows once as
+ * release_without_acquire, downgrade_without_write or acquire_without_start.
+ */
 static __always_inline struct lp_config *lp_cfg(void)
 {
 	int zero = 0;
+	struct lp_config *cfg = lp_config.lookup(&zero);
 
-	return lp_config.lookup(&zero);
+	if (!cfg || !cfg->armed)
+		return 0;
+	return cfg;
 }
 
 /* Is this event ours? The target's own tasks, or anyone on its mmap_lock. */

@@ -205,7 +205,7 @@ struct lp_sample_key {
 /* Runtime switches, written by Python into a one-entry array. */
 struct lp_config {
 	u32 target_tgid;     /* 0: whole system */
-	u32 pad;
+	u32 armed;           /* 0 until Python has attached every program */
 	u64 threshold_ns;    /* stream waits/holds at least this long */
 	u64 target_lock;     /* learned in BPF: the target's mmap_lock address */
 	u64 stack_threshold_ns; /* kernel stack only for contended waits this long */

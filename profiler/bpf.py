@@ -227,11 +227,27 @@ class BpfSession:
         value.stack_threshold_ns = stack_threshold_ns
         # stack_rate stacks per CPU per second at most (0: no limit)
         value.stack_gap_ns = 1_000_000_000 // stack_rate if stack_rate > 0 else 0
+        value.armed = 0  # the programs do nothing until attach() arms them
+        config[ctypes.c_int(0)] = value
+
+    def _arm(self) -> None:
+        """Let the programs count. Programs are attached one at a time, each
+        verified as it is attached (tens of ms for the big ones), so until the
+        last is in, an acquisition may be seen without its release: a stale
+        held[] entry (held_overflow, downgrade_without_write, wrong hold
+        times until later releases pop it). Arming after the last attach
+        makes every program start at the same instant. The programs
+        write nothing in lp_config before it is armed, so rewriting the value
+        loses nothing."""
+        config = self._bpf["lp_config"]
+        value = config[ctypes.c_int(0)]
+        value.armed = 1
         config[ctypes.c_int(0)] = value
 
     def attach(self) -> list[Attached]:
         for chosen in self.plans:
             self._attach_one(chosen)
+        self._arm()
         self._ring = RingReader(
             self._bpf["lp_events"].map_fd,
             schema.const("LP_RINGBUF_PAGES") * mmap.PAGESIZE,

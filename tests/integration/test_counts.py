@@ -150,3 +150,27 @@ def test_event_stream_carries_every_event_in_bulk(lockprof_factory, tmp_path):
     assert len(mine) + lost >= 5 * pairs
     assert (mine["kind"] == "wait").sum() + lost >= 2 * pairs
     assert (mine["duration_ns"] > 0).all()
+
+
+def test_busy_tasks_at_attach_leave_no_stale_holds(lockprof_factory, tmp_path):
+    """Programs are attached one at a time; a task taking mmap_lock while the
+    acquire program was in and the release program not yet used to keep stale
+    held[] entries: held_overflow and downgrade_without_write by the thousand.
+    The probes count only once all are attached (armed): what is left is a
+    hold in progress at that instant, at most one per thread."""
+    threads = 2
+    busy = subprocess.Popen([str(BIN / "mmapcount"), "-n", "100000000", "-t", str(threads)])
+    try:
+        time.sleep(0.2)  # both threads in their mmap/munmap loop
+        lp = lockprof_factory("attach", "-p", str(busy.pid), "-o", "rec.lpr", "-q")
+        lp.wait_attached()
+        time.sleep(1.0)
+        code, _out, err = lp.stop()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert code == 0, err
+    errors = show_json(tmp_path / "rec.lpr")["errors"]
+    assert errors["held_overflow"] == 0
+    assert errors["downgrade_without_write"] <= threads
+    assert errors["acquire_without_start"] <= threads
