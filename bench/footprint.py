@@ -73,7 +73,11 @@ def main() -> int:
         os.killpg(load.pid, signal.SIGKILL)
         load.wait()
         lp.send_signal(signal.SIGINT)
-        lp.communicate(timeout=600)
+        _out, lp_err = lp.communicate(timeout=600)
+        if lp.returncode != 0 or not rec.exists():
+            raise SystemExit(
+                f"lockprof record exited {lp.returncode} without a recording: {lp_err.strip()}"
+            )
         began = time.monotonic()
         done = subprocess.run(
             [*LOCKPROF, "report", str(rec), "-o", str(html)], capture_output=True, text=True

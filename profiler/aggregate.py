@@ -168,7 +168,15 @@ def interval_records(rows: list[dict]) -> np.ndarray:
         values = [row[column] for row in rows]
         if column in INTERVAL_MAX_COLUMNS:
             values = [_UNKNOWN_MAX if v is None else v for v in values]
-        if values:
+        if not values:
+            continue
+        if records.dtype[column].base == np.int64:
+            # Deltas come from uint64 counters: one that went backwards would
+            # be >= 2**63 here and fail the int64 field (OverflowError, and
+            # the whole recording with it). Kept as the negative number it is.
+            wrapped = np.asarray(values, dtype=object) & 0xFFFF_FFFF_FFFF_FFFF
+            records[column] = wrapped.astype(np.uint64).view(np.int64)
+        else:
             records[column] = values
     return records
 

@@ -483,3 +483,15 @@ def test_interval_rows_spilled_as_records_read_back_the_same(make_row, tmp_path)
         assert [list(v) for v in got[column]] == [list(v) for v in reloaded[column]]
     assert got["wait_max_ns"].isna().sum() == 1 and 12345 in got["hold_max_ns"].tolist()
     assert len(session._Collected().intervals()) == 0
+
+
+def test_a_counter_that_went_backwards_does_not_lose_the_recording(make_row):
+    """A delta of a uint64 counter that decreased is >= 2**63: it is kept (as
+    the negative number it is) instead of failing the int64 record."""
+    row = make_row(0xFFFF888100000100, WRITE, SRC_MMAP, acquisitions=2**64 - 3)
+    row["wait_slots"] = [2**64 - 1] + [0] * (len(row["wait_slots"]) - 1)
+    kept = session._Collected()
+    kept.keep([row])
+    frame = kept.intervals()
+    assert frame["acquisitions"].tolist() == [-3]
+    assert frame["wait_slots"][0][0] == -1
