@@ -95,7 +95,9 @@ def interval_rows(
         before = previous.get(key)
         if before is None:
             before = np.zeros_like(now)
-        delta = now - before
+        # Signed: a uint64 counter that went backwards gives a negative
+        # delta here, not one >= 2**63 that no int64 column can hold.
+        delta = now.astype(np.int64) - before.astype(np.int64)
         for _name, max_col, _count_col in maxima:
             delta[:, max_col] = now[:, max_col]  # running, not differenced
         activity = delta[:, active_cols]
@@ -168,15 +170,7 @@ def interval_records(rows: list[dict]) -> np.ndarray:
         values = [row[column] for row in rows]
         if column in INTERVAL_MAX_COLUMNS:
             values = [_UNKNOWN_MAX if v is None else v for v in values]
-        if not values:
-            continue
-        if records.dtype[column].base == np.int64:
-            # Deltas come from uint64 counters: one that went backwards would
-            # be >= 2**63 here and fail the int64 field (OverflowError, and
-            # the whole recording with it). Kept as the negative number it is.
-            wrapped = np.asarray(values, dtype=object) & 0xFFFF_FFFF_FFFF_FFFF
-            records[column] = wrapped.astype(np.uint64).view(np.int64)
-        else:
+        if values:
             records[column] = values
     return records
 

@@ -71,15 +71,6 @@ class LiveState:
     cpu_totals: dict[int, tuple[int, int]] | None = None
 
 
-def _use_system_allocator_for_arrow() -> None:
-    """Arrow's default pool (mimalloc) keeps what it once allocated: the
-    first Parquet chunk of a long run cost ~30 MB for good. The system pool
-    gives it back to malloc."""
-    import pyarrow
-
-    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
-
-
 def _return_free_memory() -> None:
     """Every interval builds and drops numpy and pandas temporaries; glibc
     keeps the freed pages unless asked (malloc_trim), and a long run's RSS
@@ -166,7 +157,6 @@ def collect(
         start_ns = time.monotonic_ns()
         wall_start = dt.datetime.now(dt.UTC)
         target.begin()
-        _use_system_allocator_for_arrow()
         state = _Collected(tasks_retired_ns=start_ns)
         namer = _LockNamer(session, spec_class(options.locks))
         _collect_loop(options, target, session, stop, state, namer, start_ns, on_interval)

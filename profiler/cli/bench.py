@@ -16,7 +16,7 @@ from rich.text import Text
 
 from profiler import recording, render, runset, summary
 from profiler.capture import CapturedCommand, OutputCapture, compile_throughput, parse_throughput
-from profiler.cli.common import TimeParam, build_options, checked_spec
+from profiler.cli.common import TimeParam, build_options, checked_spec, stack_options
 from profiler.errors import LockprofError
 from profiler.runset import Run, RunSet
 from profiler.session import CollectOptions, collect, require_privileges
@@ -187,20 +187,7 @@ def summary_table(result: RunSet) -> Table:
     show_default=True,
     help="Stream every wait or hold at least this long.",
 )
-@click.option(
-    "--stack-threshold",
-    type=TimeParam("us"),
-    default="10us",
-    show_default=True,
-    help="Take the kernel stack of contended waits at least this long.",
-)
-@click.option(
-    "--stack-rate",
-    type=click.IntRange(min=0, max=1_000_000),
-    default=200,
-    show_default=True,
-    help="At most N such stacks per CPU per second (0: every one).",
-)
+@stack_options
 @click.option("--no-mmap-lock", is_flag=True, help="Leave out the mmap_lock tracepoints.")
 @click.option("--no-contention", is_flag=True, help="Leave out lock:contention_*.")
 @click.option(

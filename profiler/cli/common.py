@@ -60,6 +60,33 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+# Kernel stacks of contended waits: every collecting command and `bench`.
+STACK_OPTIONS = [
+    click.option(
+        "--stack-threshold",
+        type=TimeParam("us"),
+        default="10us",
+        show_default=True,
+        help="Take the kernel stack of contended waits at least this long "
+        "(stacks cost microseconds each; shorter waits are counted without one).",
+    ),
+    click.option(
+        "--stack-rate",
+        type=click.IntRange(min=0, max=1_000_000),
+        default=200,
+        show_default=True,
+        help="At most N such stacks per CPU per second; the other long waits are "
+        "counted without one. 0: a stack for every wait over --stack-threshold.",
+    ),
+]
+
+
+def stack_options(func):
+    for option in reversed(STACK_OPTIONS):
+        func = option(func)
+    return func
+
+
 def collection_options(func):
     """The bcc-style flags every collecting subcommand takes."""
     options = [
@@ -92,22 +119,7 @@ def collection_options(func):
             help="Stream every wait or hold at least this long "
             "(for timelines); aggregates count everything.",
         ),
-        click.option(
-            "--stack-threshold",
-            type=TimeParam("us"),
-            default="10us",
-            show_default=True,
-            help="Take the kernel stack of contended waits at least this long "
-            "(stacks cost microseconds each; shorter waits are counted without one).",
-        ),
-        click.option(
-            "--stack-rate",
-            type=click.IntRange(min=0, max=1_000_000),
-            default=200,
-            show_default=True,
-            help="At most N such stacks per CPU per second; the other long waits are "
-            "counted without one. 0: a stack for every wait over --stack-threshold.",
-        ),
+        *STACK_OPTIONS,
         click.option(
             "--no-mmap-lock",
             is_flag=True,
@@ -157,7 +169,8 @@ def collection_options(func):
             type=click.IntRange(min=0, max=100_000_000),
             default=1_000_000,
             show_default=True,
-            help="Keep at most this many streamed events (64 bytes each in memory); "
+            help="Keep at most this many streamed events (64 bytes each, in a "
+            "temporary file until the recording is written); "
             "beyond it they are counted as dropped. Aggregates are exact regardless.",
         ),
         click.option(

@@ -485,13 +485,17 @@ def test_interval_rows_spilled_as_records_read_back_the_same(make_row, tmp_path)
     assert len(session._Collected().intervals()) == 0
 
 
-def test_a_counter_that_went_backwards_does_not_lose_the_recording(make_row):
-    """A delta of a uint64 counter that decreased is >= 2**63: it is kept (as
-    the negative number it is) instead of failing the int64 record."""
-    row = make_row(0xFFFF888100000100, WRITE, SRC_MMAP, acquisitions=2**64 - 3)
-    row["wait_slots"] = [2**64 - 1] + [0] * (len(row["wait_slots"]) - 1)
+def test_a_counter_that_went_backwards_does_not_lose_the_recording(snap, stats_columns):
+    """A uint64 counter that decreased between two snapshots gives a
+    negative delta (not one >= 2**63, which no int64 field holds): it is kept
+    as the negative number it is instead of failing the recording."""
+    key = (0xFFFF888100000100, WRITE, SRC_MMAP)
+    s = snap()
+    s.set(key, 0, {"acquisitions": 5, "wait.count": 1, "wait.slots[0]": 1})
+    before = s.copy()
+    s.set(key, 0, {"acquisitions": 2, "wait.count": 2, "wait.slots[0]": 0, "wait.slots[3]": 2})
     kept = session._Collected()
-    kept.keep([row])
+    kept.keep(aggregate.interval_rows(before, s.copy(), stats_columns, 2, 2.0))
     frame = kept.intervals()
     assert frame["acquisitions"].tolist() == [-3]
     assert frame["wait_slots"][0][0] == -1
