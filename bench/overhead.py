@@ -6,6 +6,10 @@ Configurations, alternated within each repetition so drift hits all alike:
   floor-tp        three empty BPF programs on the mmap_lock classic tracepoints
                   (the floor ../shared/kernel-notes.md measured)
   floor-raw       the same three empty programs as raw tracepoints
+  floor-contention  two empty raw-tracepoint programs on lock:contention_begin
+                  and lock:contention_end (the floor of the contention family)
+  floor-all       empty raw-tracepoint programs on all five (the three above
+                  and the two contention ones; not in the default set)
   lp-contention   `lockprof record -a --no-mmap-lock`
   lp-full         `lockprof record -a` (mmap_lock wait and hold, contention)
   lp-full-html    the same with --html (the report is built after collection)
@@ -49,10 +53,20 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / "workloads" / "bin"
 LOCKPROF = [sys.executable, "-m", "profiler.cli.main"]
 EVENTS = ("mmap_lock_start_locking", "mmap_lock_acquire_returned", "mmap_lock_released")
+CONTENTION_EVENTS = ("contention_begin", "contention_end")
+# The floor configurations: (raw tracepoints?, events). Classic tracepoints
+# only for mmap_lock (floor-tp); the rest are raw.
+FLOORS = {
+    "floor-tp": (False, EVENTS),
+    "floor-raw": (True, EVENTS),
+    "floor-contention": (True, CONTENTION_EVENTS),
+    "floor-all": (True, EVENTS + CONTENTION_EVENTS),
+}
 CONFIGS = (
     "bare",
     "floor-tp",
     "floor-raw",
+    "floor-contention",
     "lp-contention",
     "lp-full",
     "lp-full-html",
@@ -95,8 +109,8 @@ class Tracer:
         self.progs = None
 
     def __enter__(self) -> Tracer:
-        if self.config.startswith("floor"):
-            self.progs = empty_programs(raw=self.config == "floor-raw")
+        if self.config in FLOORS:
+            self.progs = empty_programs(*FLOORS[self.config])
         elif self.config.startswith("lp-"):
             args = ["record", "-a", "-q", "-o", str(self.workdir / "lp.lpr")]
             if self.config == "lp-contention":
@@ -146,13 +160,15 @@ class Tracer:
             )
 
 
-def empty_programs(raw: bool):
+def empty_programs(raw: bool, events: tuple[str, ...]):
+    """Empty programs on events, auto-attached by BCC (classic tracepoints are
+    mmap_lock ones). Returns the BPF object; .cleanup() detaches them."""
     from bcc import BPF
 
     if raw:
-        text = "\n".join(f"RAW_TRACEPOINT_PROBE({e}) {{ return 0; }}" for e in EVENTS)
+        text = "\n".join(f"RAW_TRACEPOINT_PROBE({e}) {{ return 0; }}" for e in events)
     else:
-        text = "\n".join(f"TRACEPOINT_PROBE(mmap_lock, {e}) {{ return 0; }}" for e in EVENTS)
+        text = "\n".join(f"TRACEPOINT_PROBE(mmap_lock, {e}) {{ return 0; }}" for e in events)
     return BPF(text=text.encode(), cflags=["-w"])
 
 
@@ -271,7 +287,7 @@ def main() -> int:
         print("bench: needs root (BPF)", file=sys.stderr)
         return 1
     configs = [c for c in args.configs.split(",") if c]
-    unknown = set(configs) - set(CONFIGS) - {"lp-all-stacks"}
+    unknown = set(configs) - set(CONFIGS) - {"lp-all-stacks", "floor-all"}
     if unknown:
         print(f"bench: unknown configs {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
