@@ -57,6 +57,18 @@ BPF_PERCPU_ARRAY(lp_stack_last, u64, 1);
 BPF_HASH(lp_slots, struct lp_key, u32, LP_MAX_LOCKS);      /* key -> index */
 BPF_HASH(lp_slot_keys, u32, struct lp_key, LP_MAX_LOCKS);  /* index -> key */
 BPF_PERCPU_ARRAY(lp_stats, struct lp_stats, LP_MAX_LOCKS);
+/*
+ * Rows of locks that are gone (their process exited) or idle while the map
+ * fills are retired by Python (profiler/bpf.py retire_locks), so that a long
+ * run under process churn does not fill lp_stats. Retiring key K at index I:
+ * lp_slot_keys[I] becomes a tombstone (source LP_SRC_RETIRED: K's probing no
+ * longer meets I), lp_slots[K] is deleted, then lp_epoch is bumped. Tasks
+ * cache indexes with the epoch they saw (lp_slot_cache()), so a cached I is
+ * dropped at the task's next event; K, if used again, gets a new index.
+ * Python reads I's last figures, zeroes it and frees the tombstone one round
+ * (seconds) later, long after any program that could still hold I returned.
+ */
+BPF_ARRAY(lp_epoch, u32, 1);
 /* Per-task rows: a key -> index hash holding at most LP_MAX_TASKS keys (its
  * insert failing is task_map_full, as for a hash of rows), over twice as many
  * indexes, so that probing for a free one nearly never fails before that.
@@ -240,13 +252,30 @@ static __always_inline struct lp_stats *lp_stats_get(u64 lock, u32 flags, u32 so
 	return lp_stats_at(lp_slot_of(lock, flags, source));
 }
 
+/* Drop the task's cached lp_stats indexes if Python retired rows since they
+ * were cached: a retired index is freed, then given to another key. An array
+ * lookup with a constant key: the verifier inlines it. */
+static __always_inline void lp_slot_cache(struct lp_task *ts)
+{
+	int zero = 0;
+	u32 *epoch = lp_epoch.lookup(&zero);
+
+	if (!epoch || ts->slot_epoch == *epoch)
+		return;
+	ts->slot_epoch = *epoch;
+	ts->slot_lock = 0;
+	ts->slot_plus1[0] = 0;
+	ts->slot_plus1[1] = 0;
+	ts->cslot_plus1 = 0;
+}
+
 /* The index of this task's mmap_lock row, cached: the same task nearly
- * always takes the same mmap_lock. Indexes are never freed, so a cached one
- * stays valid. */
+ * always takes the same mmap_lock. */
 static __always_inline u32 lp_mmap_slot(struct lp_task *ts, u64 lock, u32 flags)
 {
 	u32 write = flags == LP_LCB_WRITE ? 1 : 0;
 
+	lp_slot_cache(ts);
 	if (ts->slot_lock != lock) {
 		ts->slot_lock = lock;
 		ts->slot_plus1[0] = 0;
@@ -471,15 +500,13 @@ int lp_mmap_start(struct bpf_raw_tracepoint_args *ctx)
 
 /* Record a hold in the first free entry of held[LP_MAX_HELD] (the task's
  * mmap_lock holds, or its lock spec holds). */
-static __always_inline int lp_held_push(struct lp_held *held, u64 lock, u32 flags, u32 slot,
-					u64 now)
+static __always_inline int lp_held_push(struct lp_held *held, u64 lock, u32 flags, u64 now)
 {
 #pragma unroll
 	for (int i = 0; i < LP_MAX_HELD; i++) {
 		if (held[i].lock == 0) {
 			held[i].lock = lock;
 			held[i].flags = flags;
-			held[i].slot = slot;
 			held[i].since_ns = now;
 			return 0;
 		}
@@ -522,9 +549,10 @@ static __always_inline void lp_mmap_downgrade(struct lp_config *cfg, struct lp_t
 		return;
 	}
 	held_ns = now - ts->held[i].since_ns;
-	stats = lp_stats_at(ts->held[i].slot);
+	/* The row through the task's cache (not an index kept in held[]: a
+	 * hold may outlast its row's retirement, the cache is checked). */
+	stats = lp_stats_at(lp_mmap_slot(ts, lock, LP_LCB_WRITE));
 	ts->held[i].flags = LP_LCB_READ;
-	ts->held[i].slot = lp_mmap_slot(ts, lock, LP_LCB_READ);
 	ts->held[i].since_ns = now;
 	if (stats) {
 		stats->downgrades++;
@@ -573,7 +601,7 @@ int lp_mmap_acquired(struct bpf_raw_tracepoint_args *ctx)
 	if (ts->wait_contended)
 		stats->contended++;
 	lp_hist_add(&stats->wait, wait_ns);
-	lp_held_push(ts->held, lock, flags, slot, now);
+	lp_held_push(ts->held, lock, flags, now);
 	lp_mmap_task_account(ts, lock, flags, wait_ns, 0, 0);
 	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_MMAP_LOCK, LP_KIND_WAIT, -1);
 	return 0;
@@ -600,7 +628,7 @@ int lp_mmap_released(struct bpf_raw_tracepoint_args *ctx)
 	now = bpf_ktime_get_ns();
 	held_ns = now - ts->held[i].since_ns;
 	ts->held[i].lock = 0;
-	stats = lp_stats_at(ts->held[i].slot);
+	stats = lp_stats_at(lp_mmap_slot(ts, lock, flags));
 	if (stats) {
 		stats->releases++;
 		lp_hist_add(&stats->hold, held_ns);
@@ -654,6 +682,7 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
  * task mostly waits on the same lock in the same way. */
 static __always_inline u32 lp_contention_slot(struct lp_task *ts, u64 lock, u32 flags)
 {
+	lp_slot_cache(ts);
 	if (ts->cslot_lock != lock || ts->cslot_flags != flags || !ts->cslot_plus1) {
 		ts->cslot_lock = lock;
 		ts->cslot_flags = flags;
@@ -733,7 +762,7 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 	struct lp_stats *stats;
 	struct lp_nest *found;
 	struct lp_task *ts;
-	u64 now, wait_ns;
+	u64 now, start_ns, wait_ns;
 	s32 stack_id = -1;
 	u32 depth, flags, slot;
 	int at = -1;
@@ -760,11 +789,24 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 		lp_error(LP_ERR_END_WITHOUT_BEGIN);
 		return 0;
 	}
+	/*
+	 * Copy the entry before popping it. Contention in an interrupt handler
+	 * (a spinlock's) runs these programs on the interrupted task's storage:
+	 * an interrupt's contention_begin after the pop reuses this entry. Read
+	 * after the pop, its start could be later than now: a "negative" wait,
+	 * ~2^64 ns, that wrapped wait.total_ns backwards and overflowed the
+	 * interval maximum (docs/reliability.md).
+	 */
 	found = &ts->nest[at & (LP_MAX_NEST - 1)];
-	ts->depth = at;
 	flags = found->flags;
+	start_ns = found->start_ns;
+	ts->depth = at;
 	now = bpf_ktime_get_ns();
-	wait_ns = now - found->start_ns;
+	if (now < start_ns) {
+		lp_error(LP_ERR_END_WITHOUT_BEGIN); /* cannot happen: the copy is taken first */
+		return 0;
+	}
+	wait_ns = now - start_ns;
 	if (wait_ns >= cfg->stack_threshold_ns) {
 		if (lp_stack_allowed(cfg, now)) {
 			stack_id = lp_stacks.get_stackid(ctx, 0);
@@ -861,7 +903,7 @@ static __always_inline int lp_spec_returned(struct pt_regs *ctx, int acquired)
 	}
 	stats->acquisitions++;
 	lp_hist_add(&stats->wait, wait_ns);
-	lp_held_push(ts->spec_held, lock, flags, 0, now); /* spec rows: no cached index */
+	lp_held_push(ts->spec_held, lock, flags, now);
 	lp_task_account(lock, flags, LP_SRC_SPEC, pid_tgid, wait_ns, 0, 0);
 	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_SPEC, LP_KIND_WAIT, -1);
 	return 0;

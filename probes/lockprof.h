@@ -65,6 +65,10 @@ enum lp_source {
 	LP_SRC_MMAP_LOCK = 0,  /* mmap_lock:* tracepoints: every acquisition */
 	LP_SRC_CONTENTION = 1, /* lock:contention_*: contended waits only */
 	LP_SRC_SPEC = 2,       /* a lock spec's functions (uprobe/kprobe): every acquisition */
+	/* Never a row's source: lp_slot_keys holds it at an index whose key
+	 * Python retired (profiler/bpf.py retire_locks), until the index is
+	 * freed, so that the retired key cannot find its old index again. */
+	LP_SRC_RETIRED = 255,
 };
 
 /* Flag of a lock spec row measuring its "sum" function: the row's wait
@@ -232,7 +236,7 @@ struct lp_held {
 	u64 lock;
 	u64 since_ns;
 	u32 flags;
-	u32 slot;          /* lp_stats index of (lock, flags, MMAP_LOCK) */
+	u32 pad;
 };
 
 struct lp_nest {
@@ -262,7 +266,7 @@ struct lp_task {
 	u32 cslot_flags;
 	u32 cslot_plus1;
 	u32 ctask_plus1;   /* lp_task_rows index + 1 of the last contention row */
-	u32 pad0;
+	u32 slot_epoch;    /* lp_epoch when slot_plus1 and cslot_plus1 were cached */
 	struct lp_nest nest[LP_MAX_NEST];
 	u64 wait_start_ns;
 	u32 wait_flags;

@@ -63,9 +63,14 @@ def _column_index(columns: list[str]) -> dict[str, int | list[int]]:
     return where
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def interval_max(running_before: int, running_now: int, samples: int) -> int | None:
     """The maximum of one interval's samples, from the running maximum at its
     start and end and the number of samples in it; None when unknowable."""
+    if running_now > _INT64_MAX:
+        return None  # a corrupt sample (see lp_contention_end): not a figure
     if running_now > running_before:
         return running_now  # the sample that raised it is the interval's largest
     if running_now == 0 and samples > 0:
@@ -74,16 +79,18 @@ def interval_max(running_before: int, running_now: int, samples: int) -> int | N
 
 
 def interval_rows(
-    previous: dict[tuple[int, int, int], np.ndarray],
-    current: dict[tuple[int, int, int], np.ndarray],
+    previous: dict[tuple[int, int, int, int], np.ndarray],
+    current: dict[tuple[int, int, int, int], np.ndarray],
     columns: list[str],
     interval: int,
     t_s: float,
 ) -> list[dict]:
-    """Per-CPU deltas between two cumulative snapshots, one dict per nonzero
-    (lock, flags, source, cpu). Counters, sums and histogram slots are exact
-    deltas; *_running_max_ns is the maximum since the start and *_max_ns the
-    interval's own maximum where known, else None (see INTERVAL_MAX_COLUMNS)."""
+    """Per-CPU deltas between two cumulative snapshots keyed by (lock, flags,
+    source, index), one dict per nonzero (lock, flags, source, cpu): a key
+    held at two indexes (a retired row and its successor) gives one row.
+    Counters, sums and histogram slots are exact deltas; *_running_max_ns is
+    the maximum since the start and *_max_ns the interval's own maximum where
+    known, else None (see INTERVAL_MAX_COLUMNS)."""
     where = _column_index(columns)
     maxima = [
         (f"{h}_max_ns", columns.index(f"{h}.max_ns"), columns.index(f"{h}.count"))
@@ -99,7 +106,9 @@ def interval_rows(
         # delta here, not one >= 2**63 that no int64 column can hold.
         delta = now.astype(np.int64) - before.astype(np.int64)
         for _name, max_col, _count_col in maxima:
-            delta[:, max_col] = now[:, max_col]  # running, not differenced
+            # running, not differenced; capped: a corrupt ~2**64 sample
+            # must not fail the recording
+            delta[:, max_col] = np.minimum(now[:, max_col], _INT64_MAX)
         activity = delta[:, active_cols]
         for cpu in np.nonzero(activity.sum(axis=1))[0]:
             d = delta[cpu]
@@ -118,7 +127,47 @@ def interval_rows(
                     int(before[cpu, max_col]), int(now[cpu, max_col]), int(d[count_col])
                 )
             rows.append(row)
+    if len({key[:3] for key in current}) < len(current):
+        rows = _merged_rows(rows)
     return rows
+
+
+def _merged_rows(rows: list[dict]) -> list[dict]:
+    """One row per (lock, flags, source, cpu): counts, sums and slots added,
+    running maxima the larger, interval maxima the larger of those with
+    samples (unknown if either of those is unknown)."""
+    merged: dict[tuple, dict] = {}
+    for row in rows:
+        ident = (row["lock"], row["flags"], row["source"], row["cpu"])
+        into = merged.get(ident)
+        if into is None:
+            merged[ident] = row
+            continue
+        for h in ("wait", "hold"):
+            into[f"{h}_max_ns"] = _interval_max_of_both(into, row, h)
+            running = f"{h}_running_max_ns"
+            into[running] = max(into[running], row[running])
+        for name, value in row.items():
+            if name in _MERGE_KEPT or name.endswith("max_ns"):
+                continue
+            if name.endswith("_slots"):
+                into[name] = [a + b for a, b in zip(into[name], value, strict=True)]
+            else:
+                into[name] += value
+    return list(merged.values())
+
+
+_MERGE_KEPT = ("interval", "t_s", "lock", "flags", "source", "cpu")
+
+
+def _interval_max_of_both(a: dict, b: dict, h: str) -> int | None:
+    if not b[f"{h}_count"]:
+        return a[f"{h}_max_ns"]
+    if not a[f"{h}_count"]:
+        return b[f"{h}_max_ns"]
+    if a[f"{h}_max_ns"] is None or b[f"{h}_max_ns"] is None:
+        return None
+    return max(a[f"{h}_max_ns"], b[f"{h}_max_ns"])
 
 
 def _interval_dtype(column: str) -> str:

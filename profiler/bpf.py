@@ -29,6 +29,8 @@ _RING_CHECK_S = 0.010
 # A retired per-task row: lock, tid, tgid, flags, source, waits, wait_ns,
 # holds, hold_ns, comm (struct lp_task_key and lp_task_stats, packed).
 _RETIRED_ROW = struct.Struct("<QIIII4Q16s")
+# A retired caller row: lock, stack_id, flags, count, total_ns, max_ns.
+_RETIRED_CALLER = struct.Struct("<QiI3Q")
 
 # Cap the per-CPU aggregate map's memory: entries x value size x CPUs.
 _STATS_MAP_BUDGET_BYTES = 64 << 20
@@ -133,13 +135,16 @@ class Attached:
 class StatsSnapshot:
     """Cumulative per-CPU aggregates at one instant.
 
-    rows maps (lock, flags, source) to an array of shape (cpus, len(columns))
-    whose columns are the flattened fields of struct lp_stats.
+    rows maps (lock, flags, source, index) to an array of shape
+    (cpus, len(columns)) whose columns are the flattened fields of struct
+    lp_stats. index is the row's place in the kernel's map: one key has two
+    for a moment when its row was retired and the key came back
+    (BpfSession.retire_locks); aggregate.interval_rows sums them.
     """
 
     ts_ns: int
     columns: list[str]
-    rows: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
+    rows: dict[tuple[int, int, int, int], np.ndarray] = field(default_factory=dict)
 
 
 def _flat_fields(ctype: type, prefix: str = "") -> list[str]:
@@ -173,6 +178,12 @@ class BpfSession:
         self.attached: list[Attached] = []
         self._bcc = import_bcc()
         self._retired_tasks = bytearray()
+        self._retired_callers = bytearray()
+        # Lock rows retired from the kernel's maps but not yet freed:
+        # index -> (lock, flags, source). See retire_locks().
+        self._retiring: dict[int, tuple[int, int, int]] = {}
+        self.locks_retired = 0
+        self.max_locks = 0
         self._ring: RingReader | None = None
         self.events_dropped_userspace = 0
         self.max_events = 1_000_000
@@ -198,6 +209,7 @@ class BpfSession:
         if cap:
             max_locks = int(cap)
             flags += [f"-DLP_MAX_{m}={max_locks}" for m in ("TASKS", "CALLERS", "STACKS", "OWNERS")]
+        self.max_locks = max_locks
         flags += [f"-DLP_MAX_LOCKS={max_locks}", f"-I{schema.probes_dir()}", "-w"]
         return flags
 
@@ -239,9 +251,19 @@ class BpfSession:
         makes every program start at the same instant. The programs
         write nothing in lp_config before it is armed, so rewriting the value
         loses nothing."""
+        self._set_armed(1)
+
+    def disarm(self) -> None:
+        """Stop every program counting, at one instant, before the last
+        drain and read: the event stream and the aggregates then end
+        together (lockprof's own lock use while it reads would otherwise
+        count in one and not the other)."""
+        self._set_armed(0)
+
+    def _set_armed(self, armed: int) -> None:
         config = self._bpf["lp_config"]
         value = config[ctypes.c_int(0)]
-        value.armed = 1
+        value.armed = armed
         config[ctypes.c_int(0)] = value
 
     def attach(self) -> list[Attached]:
@@ -307,16 +329,24 @@ class BpfSession:
 
     def read_stats(self, ts_ns: int) -> StatsSnapshot:
         # lp_slots names the rows; lp_stats (a per-CPU array) holds them.
+        # Retired rows are read until they are freed: their last figures.
         table = self._bpf["lp_stats"]
         snapshot = StatsSnapshot(ts_ns, self._stats_columns)
         width = len(self._stats_columns)
-        for key, slot in self._bpf["lp_slots"].items():
-            raw = table.getvalue(ctypes.c_int(slot.value))
+        for (lock, flags, source), index in self._lock_rows():
+            raw = table.getvalue(ctypes.c_int(index))
             values = np.frombuffer(bytes(raw), dtype=np.uint64)
-            snapshot.rows[(int(key.lock), int(key.flags), int(key.source))] = values.reshape(
-                -1, width
-            ).copy()
+            snapshot.rows[(lock, flags, source, index)] = values.reshape(-1, width).copy()
         return snapshot
+
+    def _lock_rows(self) -> list[tuple[tuple[int, int, int], int]]:
+        """((lock, flags, source), lp_stats index) of every row: those
+        lp_slots publishes, and the retired ones not yet freed."""
+        named = [
+            ((int(key.lock), int(key.flags), int(key.source)), slot.value)
+            for key, slot in self._bpf["lp_slots"].items()
+        ]
+        return named + [(key, index) for index, key in self._retiring.items()]
 
     def read_errors(self) -> dict[str, int]:
         table = self._bpf["lp_errors"]
@@ -406,22 +436,111 @@ class BpfSession:
                 del claims[ctypes.c_uint(index)]
         return len(dead)
 
+    # -- retiring lock rows -------------------------------------------------------
+
+    def retire_locks(self, victims: list[tuple[tuple[int, int, int], int]]) -> int:
+        """Take rows, given as ((lock, flags, source), index), out of the
+        kernel's lock map, so that a long run under process churn does not
+        fill it (new locks would be lost as stats_map_full). The protocol is
+        in probes/lockprof.bpf.c at lp_epoch: each index is tombstoned and its
+        key unpublished, then the epoch bumped so that tasks drop the indexes
+        they cached. The rows stay in read_stats() until
+        free_retired_locks(), at least one round later. Returns how many."""
+        fresh = [(key, index) for key, index in victims if index not in self._retiring]
+        if not fresh:
+            return 0
+        slots = self._bpf["lp_slots"]
+        claims = self._bpf["lp_slot_keys"]
+        tombstone = schema.const("LP_SRC_RETIRED")
+        for (lock, flags, source), index in fresh:
+            claims[ctypes.c_uint(index)] = claims.Leaf(lock, flags, tombstone)
+            with contextlib.suppress(KeyError):
+                del slots[slots.Key(lock, flags, source)]
+            self._retiring[index] = (lock, flags, source)
+        epoch = self._bpf["lp_epoch"]
+        zero = ctypes.c_int(0)
+        epoch[zero] = ctypes.c_uint(epoch[zero].value + 1)
+        self.locks_retired += len(fresh)
+        return len(fresh)
+
+    def free_retired_locks(self) -> dict[int, tuple[int, int, int]]:
+        """Free the rows retire_locks() took out in an earlier round: call it
+        right after a read_stats(), which then held their last figures (no
+        program has written them since the epoch bump, a round ago). Their
+        callers move to lockprof's memory first (read_callers() keeps
+        returning them); the rows are zeroed and their indexes freed for new
+        keys. Returns the freed index -> key."""
+        freed = dict(self._retiring)
+        if not freed:
+            return freed
+        self._keep_retired_callers(freed)
+        stats = self._bpf["lp_stats"]
+        short = self._bpf["lp_short_callers"]
+        claims = self._bpf["lp_slot_keys"]
+        for index in freed:
+            del stats[ctypes.c_int(index)]  # a per-CPU array: zeroes every CPU's copy
+            del short[ctypes.c_int(index)]
+            with contextlib.suppress(KeyError):
+                del claims[ctypes.c_uint(index)]
+        self._retiring.clear()
+        return freed
+
+    def _keep_retired_callers(self, freed: dict[int, tuple[int, int, int]]) -> None:
+        """Move the caller rows of freed contention rows out of the kernel:
+        the short-wait row at each index, and the stack rows of the same
+        (lock, flags). A stack row's lock may be in use again under a new
+        index: a wait it counts between the read and the delete below is
+        lost from the callers only (the aggregates are exact)."""
+        contention = schema.const("LP_SRC_CONTENTION")
+        gone = {(lock, flags): index for index, (lock, flags, source) in freed.items()
+                if source == contention}  # fmt: skip
+        if not gone:
+            return
+        short = self._bpf["lp_short_callers"]
+        for (lock, flags), index in gone.items():
+            self._keep_caller(lock, -1, flags, short.getvalue(ctypes.c_int(index)))
+        table = self._bpf["lp_callers"]
+        for key in list(table.keys()):
+            if (int(key.lock), int(key.flags)) not in gone:
+                continue
+            with contextlib.suppress(KeyError):
+                self._keep_caller(int(key.lock), int(key.stack_id), int(key.flags),
+                                  table.getvalue(key))  # fmt: skip
+                del table[key]
+
+    def _keep_caller(self, lock: int, stack_id: int, flags: int, per_cpu) -> None:
+        count = sum(int(v.count) for v in per_cpu)
+        if count:
+            total = sum(int(v.total_ns) for v in per_cpu)
+            longest = max(int(v.max_ns) for v in per_cpu)
+            self._retired_callers += _RETIRED_CALLER.pack(
+                lock, stack_id, flags, count, total, longest
+            )
+
     def read_callers(self) -> list[dict]:
         """Contended waits by lock and kernel stack, summed over CPUs (the
         maps are per-CPU). Waits too short for a stack (stack_id -1) are
         counted in lp_short_callers, at their contention lp_stats index;
-        they rejoin the other rows here as (lock, -1, flags)."""
+        they rejoin the other rows here as (lock, -1, flags), as do the
+        callers of retired rows (free_retired_locks)."""
         merged: dict[tuple[int, int, int], list[int]] = {}
+
+        def merge(key: tuple[int, int, int], count: int, total: int, longest: int) -> None:
+            row = merged.setdefault(key, [0, 0, 0])
+            row[0] += count
+            row[1] += total
+            row[2] = max(row[2], longest)
 
         def add(lock: int, stack_id: int, flags: int, per_cpu) -> None:
             count = sum(int(v.count) for v in per_cpu)
-            if not count:
-                return
-            row = merged.setdefault((lock, stack_id, flags), [0, 0, 0])
-            row[0] += count
-            row[1] += sum(int(v.total_ns) for v in per_cpu)
-            row[2] = max(row[2], max(int(v.max_ns) for v in per_cpu))
+            if count:
+                total = sum(int(v.total_ns) for v in per_cpu)
+                merge((lock, stack_id, flags), count, total, max(int(v.max_ns) for v in per_cpu))
 
+        for lock, stack_id, flags, count, total, longest in _RETIRED_CALLER.iter_unpack(
+            self._retired_callers
+        ):
+            merge((lock, stack_id, flags), count, total, longest)
         table = self._bpf["lp_callers"]
         for key in table:
             try:
@@ -431,9 +550,9 @@ class BpfSession:
             add(int(key.lock), int(key.stack_id), int(key.flags), per_cpu)
         short = self._bpf["lp_short_callers"]
         contention = schema.const("LP_SRC_CONTENTION")
-        for key, slot in self._bpf["lp_slots"].items():
-            if int(key.source) == contention:
-                add(int(key.lock), -1, int(key.flags), short.getvalue(ctypes.c_int(slot.value)))
+        for (lock, flags, source), index in self._lock_rows():
+            if source == contention:
+                add(lock, -1, flags, short.getvalue(ctypes.c_int(index)))
         return [
             {
                 "lock": lock,

@@ -36,8 +36,14 @@ from profiler.targets import PRE_EXEC_COMM, CommandTarget, Target, pre_exec_lock
 
 POLL_MS = 100
 FIRST_TICK_S = 0.5
-# How often rows of exited tasks move out of the kernel's task map.
-TASK_RETIRE_NS = 10_000_000_000
+# How often rows of exited tasks and of gone or idle locks move out of the
+# kernel's maps (a retired lock row is freed one such round later).
+RETIRE_NS = 10_000_000_000
+# Test hook: another period, in seconds (tests/integration/test_retire.py).
+RETIRE_ENV = "LOCKPROF_TEST_RETIRE_S"
+# Once the lock map is half full, rows idle for this many rounds (60 s) are
+# retired too.
+IDLE_ROUNDS = 6
 
 
 @dataclass
@@ -93,7 +99,11 @@ class _Collected:
     spool: RecordSpool = field(
         default_factory=lambda: RecordSpool(aggregate.interval_record_dtype(), "interval rows")
     )
-    tasks_retired_ns: int = 0  # monotonic time dead tasks were last retired
+    retired_ns: int = 0  # monotonic time rows were last retired
+    # (lock, flags, source) -> t_s of its last interval row: idle rows retire
+    last_active: dict = field(default_factory=dict)
+    # source -> per-CPU sums of freed lock rows, for the live view's totals
+    retired_totals: dict = field(default_factory=dict)
 
     def keep(self, rows: list[dict]) -> None:
         self.spool.append(aggregate.interval_records(rows))
@@ -157,10 +167,11 @@ def collect(
         start_ns = time.monotonic_ns()
         wall_start = dt.datetime.now(dt.UTC)
         target.begin()
-        state = _Collected(tasks_retired_ns=start_ns)
+        state = _Collected(retired_ns=start_ns)
         namer = _LockNamer(session, spec_class(options.locks))
         _collect_loop(options, target, session, stop, state, namer, start_ns, on_interval)
         stop.draining = True
+        session.disarm()
         session.drain_events()
         end_ns = time.monotonic_ns()
         _take_interval(session, state, (end_ns - start_ns) / 1e9)
@@ -207,6 +218,7 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
     next_tick = start_ns + int(min(options.interval_s, FIRST_TICK_S) * 1e9)
     first = True
     deadline = start_ns + int(options.duration_s * 1e9) if options.duration_s else None
+    retire_ns = _retire_period_ns()
     while stop.reason is None:
         now = time.monotonic_ns()
         wait_ms = max(0, min(POLL_MS, (next_tick - now) // 1_000_000))
@@ -225,26 +237,103 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
             else:
                 next_tick += interval_ns
             snapshot = _take_interval(session, state, (now - start_ns) / 1e9)
-            if now - state.tasks_retired_ns >= TASK_RETIRE_NS:
-                state.tasks_retired_ns = now
+            if now - state.retired_ns >= retire_ns:
+                state.retired_ns = now
                 session.retire_dead_tasks(_task_alive)
+                _retire_locks(session, state, snapshot, (now - start_ns) / 1e9, retire_ns)
                 _return_free_memory()
             if on_interval:
-                on_interval(_live_state(snapshot, session, namer, target, options, now - start_ns))
+                on_interval(
+                    _live_state(snapshot, session, namer, target, options, now - start_ns, state)
+                )
+
+
+def _retire_period_ns() -> int:
+    override = os.environ.get(RETIRE_ENV)
+    return int(float(override) * 1e9) if override else RETIRE_NS
 
 
 def _task_alive(tgid: int, tid: int) -> bool:
     return os.path.exists(f"/proc/{tgid}/task/{tid}")
 
 
+def _process_alive(tgid: int) -> bool:
+    return os.path.exists(f"/proc/{tgid}")
+
+
+def _retire_locks(session, state: _Collected, snapshot, t_s: float, period_ns: int) -> None:
+    """Free the lock rows retired a round ago (snapshot, just read, holds
+    their last figures), then retire the rows of exited processes' locks and,
+    if the map is filling, idle rows. A long system-wide run under process
+    churn otherwise fills the kernel's lock map (new locks then lost as
+    stats_map_full) and grows lockprof's memory with it."""
+    freed = session.free_retired_locks()
+    _forget_freed(state, freed)
+    live = {key[:3]: key[3] for key in snapshot.rows if key[3] not in freed}
+    for key in live:
+        state.last_active.setdefault(key, t_s)
+    victims = locks_to_retire(
+        live,
+        session.read_owners(),
+        _process_alive,
+        state.last_active,
+        t_s,
+        session.max_locks,
+        idle_s=IDLE_ROUNDS * period_ns / 1e9,
+    )
+    session.retire_locks(victims)
+
+
+def _forget_freed(state: _Collected, freed: dict[int, tuple[int, int, int]]) -> None:
+    """Drop freed rows from the previous snapshot (the next interval's
+    deltas start from nothing at their index), keeping their figures in the
+    live view's per-CPU totals."""
+    gone = [key for key in state.previous if freed.get(key[3]) == key[:3]]
+    for key in gone:
+        values = state.previous.pop(key)
+        into = state.retired_totals.get(key[2])
+        state.retired_totals[key[2]] = values.copy() if into is None else into + values
+    still_used = {key[:3] for key in state.previous}
+    for key in set(freed.values()) - still_used:
+        state.last_active.pop(key, None)
+
+
+def locks_to_retire(
+    live: dict[tuple[int, int, int], int],
+    owners: dict[int, tuple[int, str]],
+    process_alive: Callable[[int], bool],
+    last_active: dict[tuple[int, int, int], float],
+    now_s: float,
+    capacity: int,
+    idle_s: float,
+) -> list[tuple[tuple[int, int, int], int]]:
+    """Which of the kernel's lock rows (live: (lock, flags, source) -> index)
+    to retire: every row of an mmap_lock whose owner process has exited (its
+    mm is gone; the address, if reused, is another process's lock), and,
+    while more than half of the map's capacity would stay in use, every row
+    idle for idle_s (transient locks: page-table spinlocks come and go by
+    the thousand under process churn). A retired key used again gets a new
+    row; the recording's interval rows are deltas, so nothing is lost."""
+    dead = {lock for lock, (tgid, _comm) in owners.items() if not process_alive(tgid)}
+    victims = [(key, index) for key, index in live.items() if key[0] in dead]
+    if len(live) - len(victims) > capacity // 2:
+        victims += [
+            (key, index)
+            for key, index in live.items()
+            if key[0] not in dead and now_s - last_active.get(key, now_s) >= idle_s
+        ]
+    return victims
+
+
 def _take_interval(session, state: _Collected, t_s: float):
     snapshot = session.read_stats(time.monotonic_ns())
     state.interval += 1
-    state.keep(
-        aggregate.interval_rows(
-            state.previous, snapshot.rows, snapshot.columns, state.interval, round(t_s, 6)
-        )
+    rows = aggregate.interval_rows(
+        state.previous, snapshot.rows, snapshot.columns, state.interval, round(t_s, 6)
     )
+    state.keep(rows)
+    for row in rows:
+        state.last_active[(row["lock"], row["flags"], row["source"])] = t_s
     state.previous = snapshot.rows
     return snapshot
 
@@ -278,7 +367,8 @@ def busiest_rows(rows: dict, columns: list[str], limit: int) -> tuple[dict, int]
     and how many locks were left out."""
     wait, hold = columns.index("wait.total_ns"), columns.index("hold.total_ns")
     score: dict[int, int] = {}
-    for (lock, _flags, _source), values in rows.items():
+    for key, values in rows.items():
+        lock = key[0]
         score[lock] = score.get(lock, 0) + int(values[:, wait].sum()) + int(values[:, hold].sum())
     if len(score) <= limit:
         return rows, 0
@@ -286,16 +376,21 @@ def busiest_rows(rows: dict, columns: list[str], limit: int) -> tuple[dict, int]
     return {key: v for key, v in rows.items() if key[0] in keep}, len(score) - limit
 
 
-def cpu_totals(rows: dict, columns: list[str]) -> dict[int, tuple[int, int]]:
+def cpu_totals(
+    rows: dict, columns: list[str], retired: dict[int, np.ndarray] | None = None
+) -> dict[int, tuple[int, int]]:
     """Per CPU, over every lock: acquisitions (contended waits where no
-    mmap_lock row exists) and wait time, as the live view's per-CPU line."""
+    mmap_lock row exists) and wait time, as the live view's per-CPU line.
+    retired: source -> per-CPU sums of the rows freed from the kernel map."""
     acq, cont = columns.index("acquisitions"), columns.index("contended")
     wait = columns.index("wait.total_ns")
     mmap_src = schema.const("LP_SRC_MMAP_LOCK")
-    has_mmap = any(key[2] == mmap_src for key in rows)
+    sourced = [(key[2], values) for key, values in rows.items()]
+    sourced += list((retired or {}).items())
+    has_mmap = any(source == mmap_src for source, _values in sourced)
     count = np.zeros(0, dtype=np.uint64)
     waited = np.zeros(0, dtype=np.uint64)
-    for (_lock, _flags, source), values in rows.items():
+    for source, values in sourced:
         if has_mmap and source != mmap_src:
             continue
         n = values[:, acq] if has_mmap else values[:, cont]
@@ -306,7 +401,7 @@ def cpu_totals(rows: dict, columns: list[str]) -> dict[int, tuple[int, int]]:
     return {cpu: (int(count[cpu]), int(waited[cpu])) for cpu in range(count.size)}
 
 
-def _live_state(snapshot, session, namer, target, options, elapsed_ns) -> LiveState:
+def _live_state(snapshot, session, namer, target, options, elapsed_ns, state) -> LiveState:
     shown, more = busiest_rows(snapshot.rows, snapshot.columns, LIVE_LOCKS)
     frame = _cumulative_frame(StatsView(shown, snapshot.columns))
     frame = without_locks(frame, hidden_locks(target, session))
@@ -322,7 +417,7 @@ def _live_state(snapshot, session, namer, target, options, elapsed_ns) -> LiveSt
         events=session.events_pending(),
         cpus=len(session_cpus()),
         more_rows=more,
-        cpu_totals=cpu_totals(snapshot.rows, snapshot.columns),
+        cpu_totals=cpu_totals(snapshot.rows, snapshot.columns, state.retired_totals),
     )
 
 
@@ -369,13 +464,18 @@ class _LockNamer:
         for stack_id in stack_ids:
             stack_id = int(stack_id)
             if stack_id not in self._frames:
-                self._frames[stack_id] = self._session.stack_frames(stack_id)
+                # Stacks share most frames: one string per frame, not per
+                # stack (thousands of stacks are kept in a long run).
+                frames = self._session.stack_frames(stack_id)
+                self._frames[stack_id] = [sys.intern(f) for f in frames]
         return self._frames
 
     def name(self, frame: pd.DataFrame, callers: pd.DataFrame | None = None) -> pd.DataFrame:
         if self._data_symbols is None:
             self._data_symbols = ksyms.data_symbols()
-        callers = self.callers() if callers is None else callers
+        if callers is None:  # the live view: only the callers of the rows shown
+            callers = self.callers()
+            callers = callers[_on_locks(callers, set(frame["lock"].tolist()))]
         stacks = self.frames(callers["stack_id"].unique()) if not callers.empty else {}
         return aggregate.name_locks(
             frame,
@@ -529,6 +629,9 @@ def _build_recording(
         "lost_events": lost,
         "pre_exec_mmap_lock": pre_exec,
         "events_dropped_userspace": session.events_dropped_userspace,
+        # Lock rows moved out of the kernel's map (exited processes' locks,
+        # idle locks once the map is half full): their figures are all here.
+        "locks_retired": session.locks_retired,
         "errors": errors,
         "rusage": target.rusage(),
         "lockprof_pid": os.getpid(),

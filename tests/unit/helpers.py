@@ -48,7 +48,8 @@ def flat_fields(structs, name: str, prefix: str = "") -> list[str]:
 
 class Snap:
     """Builds the cumulative per-CPU arrays BpfSession.read_stats() returns:
-    {(lock, flags, source): uint64 array of shape (cpus, len(columns))}."""
+    {(lock, flags, source, index): uint64 array of shape (cpus, len(columns))},
+    index being the row's place in the kernel map (here: order of creation)."""
 
     def __init__(self, columns: list[str], cpus: int = 2):
         self.columns = columns
@@ -81,8 +82,8 @@ class Snap:
     def bump(self, key, cpu: int, counter: str, n: int = 1) -> None:
         self.row(key)[cpu, self.index[counter]] += n
 
-    def copy(self) -> dict[tuple[int, int, int], np.ndarray]:
-        return {k: v.copy() for k, v in self.rows.items()}
+    def copy(self) -> dict[tuple[int, int, int, int], np.ndarray]:
+        return {(*k, index): v.copy() for index, (k, v) in enumerate(self.rows.items())}
 
 
 EMPTY_CALLERS = pd.DataFrame(columns=["lock", "stack_id", "flags", "count", "total_ns", "max_ns"])

@@ -87,6 +87,7 @@ class FakeSession:
         self.callers = list(callers)
         self.stacks = stacks or {}
         self.events_dropped_userspace = 0
+        self.locks_retired = 0
         self._events_raw: list[bytes] = []
 
     def events_pending(self):
@@ -276,6 +277,7 @@ def test_live_view_leaves_out_the_pre_exec_mm(no_bpf, finished_run, snap, stats_
         finished_run,
         session.CollectOptions(),
         1_000_000_000,
+        session._Collected(),
     )
     assert {r["lock_addr"] for r in state.rows} == {f"{COMMAND_LOCK:#x}", f"{SPINLOCK:#x}"}
     assert {r["owner_comm"] for r in state.rows if r["lock_class"] == "mmap_lock"} == {"mmapcount"}
@@ -499,3 +501,18 @@ def test_a_counter_that_went_backwards_does_not_lose_the_recording(snap, stats_c
     frame = kept.intervals()
     assert frame["acquisitions"].tolist() == [-3]
     assert frame["wait_slots"][0][0] == -1
+
+
+def test_a_wait_of_about_2_to_the_64_ns_does_not_lose_the_recording(snap, stats_columns):
+    """The corrupt sample a negative duration once made (lp_contention_end
+    read a start later than its end): the interval maximum is unknown, the
+    running maximum capped, and the interval is kept."""
+    key = (0xFFFF888100000100, 1, SRC_CONT)
+    s = snap()
+    s.set(key, 1, {"contended": 1, "wait.count": 1, "wait.max_ns": 2**64 - 40})
+    kept = session._Collected()
+    kept.keep(aggregate.interval_rows({}, s.copy(), stats_columns, 1, 1.0))
+    frame = kept.intervals()
+    assert frame["contended"].tolist() == [1]
+    assert frame["wait_max_ns"].isna().all()
+    assert frame["wait_running_max_ns"].tolist() == [2**63 - 1]

@@ -1,0 +1,66 @@
+"""Lock rows of exited processes leave the kernel's lock map during the run
+(profiler/bpf.py retire_locks, free_retired_locks) and every figure is still
+counted exactly once: system-wide, with every wait and hold also streamed
+(threshold 1 ns), the aggregates match the event stream key by key, and the
+callers match the aggregates, across retirements, frees and mm addresses
+that later processes reuse (a retired key coming back at a new index)."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import Held
+
+import profiler
+from profiler.session import RETIRE_ENV
+
+
+def _exited_batches(batches: int, size: int) -> None:
+    """batches x size processes, each doing its mmap/munmap pairs on two
+    threads, then exiting; a batch's processes are alive together. Batches
+    are a few retirement rounds apart."""
+    for _ in range(batches):
+        time.sleep(0.5)
+        held = [Held(300, threads=2) for _ in range(size)]
+        for process in held:
+            process.go_and_wait_done()
+        for process in held:
+            process.finish()
+
+
+def test_exited_processes_lock_rows_retire_and_every_figure_stays(lockprof_factory, tmp_path):
+    lp = lockprof_factory(
+        "record", "-a", "-q", "-i", "0.2", "-t", "1ns", "-o", "r.lpr", "--stack-threshold", "20us",
+        env={RETIRE_ENV: "0.2"},
+    )  # fmt: skip
+    lp.wait_attached()
+    _exited_batches(batches=8, size=3)
+    time.sleep(1.0)  # the last batch's rows retired and freed too
+    code, _out, err = lp.stop()
+    assert code == 0, err
+    rec = profiler.load(tmp_path / "r.lpr")
+    errors = rec.meta["errors"]
+    assert rec.meta["locks_retired"] > 0
+    assert errors["stats_map_full"] == 0 and errors["ringbuf_full"] == 0, errors
+    assert rec.meta["events_dropped_userspace"] == 0
+
+    keys = ["lock", "flags", "source"]
+    sums = rec.intervals.groupby(keys)[
+        ["acquisitions", "contended", "releases", "downgrades", "wait_count", "wait_total_ns"]
+    ].sum()
+    events = rec.events
+    waits = events[events["kind"] == "wait"].groupby(keys)["duration_ns"].agg(["count", "sum"])
+    holds = events[events["kind"] == "hold"].groupby(keys).size()
+    assert len(sums) > 20  # many processes' locks were seen
+    for key, row in sums.iterrows():
+        counted = row["acquisitions"] if key[2] == 0 else row["contended"]
+        assert waits.loc[key, "count"] == counted == row["wait_count"], key
+        assert waits.loc[key, "sum"] == row["wait_total_ns"], key
+        if key[2] == 0:
+            assert holds.get(key, 0) == row["releases"] + row["downgrades"], key
+
+    contention = sums.xs(1, level="source")
+    callers = rec.callers.groupby(["lock", "flags"])[["count", "total_ns"]].sum()
+    for key, row in contention.iterrows():
+        assert callers.loc[key, "count"] == row["contended"], key
+        assert callers.loc[key, "total_ns"] == row["wait_total_ns"], key

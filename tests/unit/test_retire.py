@@ -1,0 +1,109 @@
+"""Retiring lock rows from the kernel's map (session.locks_to_retire, the
+previous-snapshot bookkeeping and interval_rows over a key at two indexes).
+The kernel side is tested for real in tests/integration/test_retire.py."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from profiler import aggregate, session
+
+from .helpers import Snap
+
+READ, WRITE = 2, 4
+SRC_MMAP, SRC_CONT = 0, 1
+DEAD_PID, LIVE_PID = 1_000_001, 1_000_002
+DEAD_LOCK, LIVE_LOCK, SPIN_LOCK = 0x1000, 0x2000, 0x3000
+
+
+def alive(tgid: int) -> bool:
+    return tgid == LIVE_PID
+
+
+OWNERS = {DEAD_LOCK: (DEAD_PID, "gone"), LIVE_LOCK: (LIVE_PID, "here")}
+LIVE = {
+    (DEAD_LOCK, WRITE, SRC_MMAP): 1,
+    (DEAD_LOCK, WRITE, SRC_CONT): 2,
+    (LIVE_LOCK, READ, SRC_MMAP): 3,
+    (SPIN_LOCK, 1, SRC_CONT): 4,
+}
+
+
+def test_every_row_of_an_exited_owners_lock_retires_and_nothing_else_without_pressure():
+    last_active = {key: 0.0 for key in LIVE}  # all idle for 100 s
+    victims = session.locks_to_retire(LIVE, OWNERS, alive, last_active, 100.0, 4096, idle_s=60)
+    assert sorted(victims) == [((DEAD_LOCK, WRITE, SRC_MMAP), 1), ((DEAD_LOCK, WRITE, SRC_CONT), 2)]
+
+
+def test_idle_rows_retire_once_the_map_is_half_full():
+    last_active = {key: 95.0 for key in LIVE}
+    last_active[(SPIN_LOCK, 1, SRC_CONT)] = 10.0  # idle 90 s
+    # 2 rows stay after the dead owner's: over half of a 2-row map
+    victims = session.locks_to_retire(LIVE, OWNERS, alive, last_active, 100.0, 2, idle_s=60)
+    assert ((SPIN_LOCK, 1, SRC_CONT), 4) in victims
+    assert ((LIVE_LOCK, READ, SRC_MMAP), 3) not in victims  # active 5 s ago
+    # the same with room in the map: the idle spinlock stays
+    roomy = session.locks_to_retire(LIVE, OWNERS, alive, last_active, 100.0, 8, idle_s=60)
+    assert ((SPIN_LOCK, 1, SRC_CONT), 4) not in roomy
+
+
+def test_a_row_never_seen_active_is_not_idle():
+    victims = session.locks_to_retire(
+        {(SPIN_LOCK, 1, SRC_CONT): 4}, {}, alive, {}, 1000.0, 0, idle_s=60
+    )
+    assert victims == []
+
+
+def _only_row(rows, key):
+    found = [r for r in rows if (r["lock"], r["flags"], r["source"]) == key]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_a_key_back_at_a_new_index_while_the_old_one_retires_gives_exact_deltas(stats_columns):
+    """Interval 1: K at index 0. K is retired; before index 0 is freed, K
+    comes back at index 7. Interval 2 holds both; interval 3 follows the
+    free. Every interval's delta is what happened in it."""
+    key = (LIVE_LOCK, WRITE, SRC_MMAP)
+    snap = Snap(stats_columns, cpus=2)
+    for ns in (100, 200):
+        snap.hist_add(key, 0, "wait", ns)
+        snap.bump(key, 0, "acquisitions")
+    first = snap.copy()  # {(K, 0): ...}
+    state = session._Collected()
+    rows = aggregate.interval_rows(state.previous, first, stats_columns, 1, 1.0)
+    assert _only_row(rows, key)["acquisitions"] == 2
+    state.previous = first
+
+    snap.hist_add(key, 0, "wait", 300)  # a last one at the old index
+    snap.bump(key, 0, "acquisitions")
+    old = snap.copy()[(*key, 0)]
+    again = Snap(stats_columns, cpus=2)
+    again.hist_add(key, 0, "wait", 5000)
+    again.bump(key, 0, "acquisitions")
+    second = {(*key, 0): old, (*key, 7): again.copy()[(*key, 0)]}
+    rows = aggregate.interval_rows(state.previous, second, stats_columns, 2, 2.0)
+    merged = _only_row(rows, key)
+    assert merged["acquisitions"] == 2  # one at each index
+    assert merged["wait_count"] == 2 and merged["wait_max_ns"] == 5000
+    assert merged["wait_running_max_ns"] == 5000
+    state.previous = second
+
+    session._forget_freed(state, {0: key})
+    assert list(state.previous) == [(*key, 7)]
+    assert state.retired_totals[SRC_MMAP][0, stats_columns.index("acquisitions")] == 3
+    third = {(*key, 7): second[(*key, 7)].copy()}
+    third[(*key, 7)][1, stats_columns.index("acquisitions")] += 4
+    third[(*key, 7)][1, stats_columns.index("wait.count")] += 4
+    rows = aggregate.interval_rows(state.previous, third, stats_columns, 3, 3.0)
+    assert _only_row(rows, key)["acquisitions"] == 4 and _only_row(rows, key)["cpu"] == 1
+
+
+def test_the_live_views_per_cpu_totals_keep_freed_rows(stats_columns):
+    rows = {(LIVE_LOCK, WRITE, SRC_MMAP, 3): np.zeros((2, len(stats_columns)), dtype=np.uint64)}
+    rows[(LIVE_LOCK, WRITE, SRC_MMAP, 3)][0, stats_columns.index("acquisitions")] = 5
+    freed = np.zeros((2, len(stats_columns)), dtype=np.uint64)
+    freed[1, stats_columns.index("acquisitions")] = 7
+    freed[1, stats_columns.index("wait.total_ns")] = 70
+    totals = session.cpu_totals(rows, stats_columns, {SRC_MMAP: freed})
+    assert totals == {0: (5, 0), 1: (7, 70)}
