@@ -26,9 +26,14 @@ from profiler.probes import Plan
 from profiler.spool import RecordSpool
 
 _RING_CHECK_S = 0.010
-# A retired per-task row: lock, tid, tgid, flags, source, waits, wait_ns,
-# holds, hold_ns, comm (struct lp_task_key and lp_task_stats, packed).
-_RETIRED_ROW = struct.Struct("<QIIII4Q16s")
+# A retired per-task row (struct lp_task_key and lp_task_stats, packed).
+_RETIRED_TASK = np.dtype(
+    [
+        ("lock", "<u8"), ("tid", "<u4"), ("tgid", "<u4"), ("flags", "<u4"), ("source", "<u4"),
+        ("waits", "<u8"), ("wait_ns", "<u8"), ("holds", "<u8"), ("hold_ns", "<u8"),
+        ("comm", "S16"),
+    ]
+)  # fmt: skip
 # A retired caller row: lock, stack_id, flags, count, total_ns, max_ns.
 _RETIRED_CALLER = struct.Struct("<QiI3Q")
 
@@ -177,7 +182,9 @@ class BpfSession:
         self.plans = plans
         self.attached: list[Attached] = []
         self._bcc = import_bcc()
-        self._retired_tasks = bytearray()
+        # Under process churn tens of task rows retire a second: on disk,
+        # as the events (72 bytes a row in memory still grew ~14 MB an hour).
+        self._retired_tasks = RecordSpool(_RETIRED_TASK, "per-task rows")
         self._retired_callers = bytearray()
         # Lock rows retired from the kernel's maps but not yet freed:
         # index -> (lock, flags, source). See retire_locks().
@@ -389,7 +396,7 @@ class BpfSession:
                 "hold_ns": hold_ns,
             }
             for lock, tid, tgid, flags, source, waits, wait_ns, holds, hold_ns, comm in (
-                _RETIRED_ROW.iter_unpack(self._retired_tasks)
+                self._retired_tasks.read().tolist()
             )
         ]
         live = [self._task_row(key, row.stats) for key, _index, row in self._live_task_rows()]
@@ -421,19 +428,19 @@ class BpfSession:
             for key, index in slots.items()
             if not alive(int(key.tgid), int(key.tid))
         ]
+        final = []
         for key, index in dead:
             with contextlib.suppress(KeyError):
                 del slots[key]
             value = rows[ctypes.c_int(index)].stats
-            # Packed, 72 bytes a row: under process churn thousands of tasks
-            # retire an hour, and a dict per row grew ~60 MB an hour.
-            self._retired_tasks += _RETIRED_ROW.pack(
+            final.append((
                 key.lock, key.tid, key.tgid, key.flags, key.source,
                 value.waits, value.wait_ns, value.holds, value.hold_ns, bytes(value.comm),
-            )  # fmt: skip
+            ))  # fmt: skip
             rows[ctypes.c_int(index)] = rows.Leaf()
             with contextlib.suppress(KeyError):
                 del claims[ctypes.c_uint(index)]
+        self._retired_tasks.append(np.array(final, dtype=_RETIRED_TASK))
         return len(dead)
 
     # -- retiring lock rows -------------------------------------------------------

@@ -15,10 +15,11 @@ import profiler
 from profiler.session import RETIRE_ENV
 
 
-def _exited_batches(batches: int, size: int) -> None:
+def _exited_batches(batches: int, size: int) -> list[int]:
     """batches x size processes, each doing its mmap/munmap pairs on two
     threads, then exiting; a batch's processes are alive together. Batches
     are a few retirement rounds apart."""
+    pids = []
     for _ in range(batches):
         time.sleep(0.5)
         held = [Held(300, threads=2) for _ in range(size)]
@@ -26,6 +27,8 @@ def _exited_batches(batches: int, size: int) -> None:
             process.go_and_wait_done()
         for process in held:
             process.finish()
+        pids += [process.pid for process in held]
+    return pids
 
 
 def test_exited_processes_lock_rows_retire_and_every_figure_stays(lockprof_factory, tmp_path):
@@ -34,7 +37,7 @@ def test_exited_processes_lock_rows_retire_and_every_figure_stays(lockprof_facto
         env={RETIRE_ENV: "0.2"},
     )  # fmt: skip
     lp.wait_attached()
-    _exited_batches(batches=8, size=3)
+    held_pids = _exited_batches(batches=8, size=3)
     time.sleep(1.0)  # the last batch's rows retired and freed too
     code, _out, err = lp.stop()
     assert code == 0, err
@@ -59,8 +62,15 @@ def test_exited_processes_lock_rows_retire_and_every_figure_stays(lockprof_facto
         if key[2] == 0:
             assert holds.get(key, 0) == row["releases"] + row["downgrades"], key
 
+    # Callers and per-task rows (those of exited tasks retired to lockprof's
+    # temporary file during the run) add up to the aggregates.
     contention = sums.xs(1, level="source")
     callers = rec.callers.groupby(["lock", "flags"])[["count", "total_ns"]].sum()
+    tasks = rec.tasks[rec.tasks["source"] == 1].groupby(["lock", "flags"])[["waits", "wait_ns"]]
+    tasks = tasks.sum()
     for key, row in contention.iterrows():
         assert callers.loc[key, "count"] == row["contended"], key
         assert callers.loc[key, "total_ns"] == row["wait_total_ns"], key
+        assert tasks.loc[key, "waits"] == row["contended"], key
+        assert tasks.loc[key, "wait_ns"] == row["wait_total_ns"], key
+    assert set(held_pids) & set(rec.tasks["tgid"]), "no exited process's task rows"
