@@ -31,6 +31,9 @@
 #ifndef LP_MMAP_LOCK_OFFSET
 #error "LP_MMAP_LOCK_OFFSET (offsetof(struct mm_struct, mmap_lock)) must come from BTF"
 #endif
+#ifndef LP_TASK_TGID_OFFSET
+#error "LP_TASK_TGID_OFFSET (offsetof(struct task_struct, tgid)) must come from BTF"
+#endif
 
 /* Per-task rows for a process's own tasks on its own mmap_lock cost a hash
  * update per acquisition and release (docs/performance.md). By default only
@@ -90,6 +93,10 @@ BPF_F_TABLE("percpu_hash", struct lp_caller_key, struct lp_caller_stats, lp_call
  * the callers as (lock, -1, flags). */
 BPF_PERCPU_ARRAY(lp_short_callers, struct lp_caller_stats, LP_MAX_LOCKS);
 BPF_HASH(lp_owners, u64, struct lp_owner, LP_MAX_OWNERS);
+/* --follow: the target's descendants (added at fork, lp_follow_fork) and the
+ * mmap_locks of their own mms (learned as the target's is, lp_learn_owner). */
+BPF_HASH(lp_followed, u32, u32, LP_MAX_OWNERS);
+BPF_HASH(lp_followed_locks, u64, u32, LP_MAX_OWNERS);
 BPF_STACK_TRACE(lp_stacks, LP_MAX_STACKS);
 BPF_TASK_STORAGE(lp_task_store, struct lp_task);
 BPF_RINGBUF_OUTPUT(lp_events, LP_RINGBUF_PAGES);
@@ -125,10 +132,26 @@ static __always_inline struct lp_config *lp_cfg(void)
 	return cfg;
 }
 
-/* Is this event ours? The target's own tasks, or anyone on its mmap_lock. */
+/* --follow: a descendant of the target, or a task on a descendant's
+ * mmap_lock. Two hash lookups, only for events the target test rejected. */
+static __always_inline int lp_followed_event(struct lp_config *cfg, u32 tgid, u64 lock)
+{
+	return cfg->follow && (lp_followed.lookup(&tgid) || lp_followed_locks.lookup(&lock));
+}
+
+/* Is this process ours (events with no lock: off-CPU, samples)? */
+static __always_inline int lp_wanted_process(struct lp_config *cfg, u32 tgid)
+{
+	return cfg->target_tgid == 0 || cfg->target_tgid == tgid ||
+	       (cfg->follow && lp_followed.lookup(&tgid));
+}
+
+/* Is this event ours? The target's own tasks, or anyone on its mmap_lock
+ * (and with --follow, the same for its descendants). */
 static __always_inline int lp_wanted(struct lp_config *cfg, u32 tgid, u64 lock)
 {
-	return cfg->target_tgid == 0 || cfg->target_tgid == tgid || cfg->target_lock == lock;
+	return cfg->target_tgid == 0 || cfg->target_tgid == tgid || cfg->target_lock == lock ||
+	       lp_followed_event(cfg, tgid, lock);
 }
 
 /* The same, asking for the current task's tgid only when a target is set:
@@ -137,8 +160,9 @@ static __always_inline int lp_wanted_now(struct lp_config *cfg, u64 lock)
 {
 	u32 target = cfg->target_tgid;
 
-	return target == 0 || target == bpf_get_current_pid_tgid() >> 32 ||
-	       cfg->target_lock == lock;
+	if (target == 0)
+		return 1;
+	return lp_wanted(cfg, bpf_get_current_pid_tgid() >> 32, lock);
 }
 
 static __always_inline struct lp_task *lp_task_get(int create)
@@ -467,11 +491,48 @@ static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task 
 	struct lp_owner owner = { .tgid = tgid };
 	u64 lock = mm + LP_MMAP_LOCK_OFFSET;
 
+	if (cfg->follow && cfg->target_tgid != tgid) {
+		u32 one = 1;
+
+		if (!lp_followed.lookup(&tgid)) {
+			/* Not a descendant: the address was a descendant's mm,
+			 * freed and reused, as above for the target's. */
+			if (lp_followed_locks.lookup(&lock)) {
+				lp_followed_locks.delete(&lock);
+				return 1;
+			}
+		} else if (lp_followed_locks.update(&lock, &one)) {
+			lp_error(LP_ERR_FOLLOW_MAP_FULL);
+		}
+	}
+
 	bpf_get_current_comm(&owner.comm, sizeof(owner.comm));
 	if (lp_owners.update(&lock, &owner))
 		lp_error(LP_ERR_OWNER_MAP_FULL);
 	if (cfg->target_tgid == tgid)
 		cfg->target_lock = lock; /* one aligned 8-byte store */
+	return 0;
+}
+
+/* ---- --follow: sched_process_fork(struct task_struct *parent, *child) ----
+ * Runs in the parent, before the child first runs: a process the target or a
+ * followed process forks is followed from its first instruction. A new
+ * thread (same tgid) needs nothing. */
+
+int lp_follow_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct lp_config *cfg = lp_cfg();
+	u32 parent = bpf_get_current_pid_tgid() >> 32, child = 0, one = 1;
+
+	if (!cfg || !cfg->follow)
+		return 0;
+	if (parent != cfg->target_tgid && !lp_followed.lookup(&parent))
+		return 0;
+	bpf_probe_read_kernel(&child, sizeof(child), (void *)(ctx->args[1] + LP_TASK_TGID_OFFSET));
+	if (child == parent || child == 0)
+		return 0;
+	if (lp_followed.update(&child, &one))
+		lp_error(LP_ERR_FOLLOW_MAP_FULL);
 	return 0;
 }
 
@@ -885,7 +946,7 @@ static __always_inline int lp_spec_returned(struct pt_regs *ctx, int acquired)
 	ts = lp_task_get(0);
 	if (!cfg || !ts || !ts->spec_wait.lock) {
 		/* Not ours (filtered at entry), or the entry came before attach. */
-		if (cfg && (cfg->target_tgid == 0 || cfg->target_tgid == pid_tgid >> 32))
+		if (cfg && lp_wanted_process(cfg, pid_tgid >> 32))
 			lp_error(LP_ERR_SPEC_RETURN_WITHOUT_ENTRY);
 		return 0;
 	}
@@ -1044,8 +1105,7 @@ int lp_offcpu_switch(struct bpf_raw_tracepoint_args *ctx)
 	if (!cfg)
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (!preempt && prev_state != 0 && tid != 0 &&
-	    (cfg->target_tgid == 0 || cfg->target_tgid == pid_tgid >> 32)) {
+	if (!preempt && prev_state != 0 && tid != 0 && lp_wanted_process(cfg, pid_tgid >> 32)) {
 		struct lp_offcpu_start blocked = { .ts_ns = now, .tgid = pid_tgid >> 32 };
 
 		blocked.stack_id = lp_stacks.get_stackid(ctx, 0);
@@ -1091,7 +1151,7 @@ int lp_sample(struct bpf_perf_event_data *ctx)
 	struct lp_config *cfg = lp_cfg();
 	u64 one = 1, *count;
 
-	if (!cfg || (cfg->target_tgid && cfg->target_tgid != pid_tgid >> 32))
+	if (!cfg || !lp_wanted_process(cfg, pid_tgid >> 32))
 		return 0;
 	key.stack_id = lp_stacks.get_stackid(ctx, 0);
 	if (key.stack_id < 0)

@@ -102,7 +102,9 @@ enum lp_error {
 	LP_ERR_SAMPLE_MAP_FULL = 16,         /* CPU sample map full */
 	LP_ERR_STACK_RATE = 17,              /* not a failure: long wait left without a
 					      * stack by the per-CPU stack rate limit */
-	LP_NR_ERRORS = 18,
+	LP_ERR_FOLLOW_MAP_FULL = 18,         /* --follow: a descendant or its mmap_lock
+					      * not followed (LP_MAX_OWNERS) */
+	LP_NR_ERRORS = 19,
 };
 
 /* Aggregate key: one row per lock, acquisition flags and probe family. */
@@ -214,6 +216,8 @@ struct lp_config {
 	u64 target_lock;     /* learned in BPF: the target's mmap_lock address */
 	u64 stack_threshold_ns; /* kernel stack only for contended waits this long */
 	u64 stack_gap_ns;    /* at most one such stack per CPU per gap; 0: every one */
+	u32 follow;          /* --follow: also the target's descendants (lp_followed) */
+	u32 pad;
 };
 
 /* One record of the per-event stream (waits and holds over the threshold). */

@@ -178,6 +178,7 @@ class BpfSession:
         stack_threshold_ns: int = 10_000,
         sample_hz: int = 99,
         stack_rate: int = 0,
+        follow: bool = False,
     ):
         self.plans = plans
         self.attached: list[Attached] = []
@@ -197,6 +198,9 @@ class BpfSession:
         self.sample_hz = sample_hz
         self._bpf = self._compile()
         self._configure(target_tgid, threshold_ns, stack_threshold_ns, stack_rate)
+        self.followed_gone = 0  # followed processes that exited (forget_dead_followed)
+        if follow:
+            self._follow(target_tgid)
         self._stats_columns = _flat_fields(self._bpf["lp_stats"].sLeaf)
         self._event_dtype = np.dtype(self._bpf["lp_event_layout"].Leaf)
         # Events wait on disk, not in memory, until the recording is built.
@@ -248,6 +252,34 @@ class BpfSession:
         value.stack_gap_ns = 1_000_000_000 // stack_rate if stack_rate > 0 else 0
         value.armed = 0  # the programs do nothing until attach() arms them
         config[ctypes.c_int(0)] = value
+
+    def _follow(self, target_tgid: int) -> None:
+        """--follow: set the switch, and follow the target's descendants
+        that already exist (attach); later ones are added at fork in BPF."""
+        from profiler.targets import descendants_of
+
+        config = self._bpf["lp_config"]
+        value = config[ctypes.c_int(0)]
+        value.follow = 1
+        config[ctypes.c_int(0)] = value
+        followed = self._bpf["lp_followed"]
+        for tgid in descendants_of(target_tgid):
+            followed[ctypes.c_uint(tgid)] = ctypes.c_uint(1)
+
+    def forget_dead_followed(self, alive) -> None:
+        """Drop followed processes that have exited (alive(tgid) is False),
+        so that a reused pid is not followed. Their mmap_lock entries go when
+        the address is reused (lp_learn_owner)."""
+        followed = self._bpf["lp_followed"]
+        for key in list(followed.keys()):
+            if not alive(int(key.value)):
+                with contextlib.suppress(KeyError):
+                    del followed[key]
+                self.followed_gone += 1
+
+    def followed_count(self) -> int:
+        """Descendants followed so far: those alive and those gone."""
+        return self.followed_gone + len(self._bpf["lp_followed"])
 
     def _arm(self) -> None:
         """Let the programs count. Programs are attached one at a time, each

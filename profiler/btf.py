@@ -198,6 +198,7 @@ PROBE_OFFSETS = {
     "LP_TASK_MM_OFFSET": ("task_struct", "mm"),
     "LP_MMAP_LOCK_OFFSET": ("mm_struct", "mmap_lock"),
     "LP_TASK_PID_OFFSET": ("task_struct", "pid"),  # off-CPU: the task switched in
+    "LP_TASK_TGID_OFFSET": ("task_struct", "tgid"),  # --follow: a forked child's process
 }
 
 

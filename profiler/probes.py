@@ -70,9 +70,11 @@ PROBES: tuple[Probe, ...] = (
     Probe("offcpu.switch", "offcpu", "lp_offcpu_switch", (_raw_tp("sched:sched_switch"),)),
     # Opt-in: cpu-clock sampling on every CPU (target: the sampling frequency).
     Probe("sample.cpu", "sample", "lp_sample", (AttachPoint("perf_event", "cpu-clock"),)),
+    # Opt-in (--follow): the target's descendants, from fork on.
+    Probe("follow.fork", "follow", "lp_follow_fork", (_raw_tp("sched:sched_process_fork"),)),
 )
 
-FAMILIES = ("mmap_lock", "contention", "offcpu", "sample")
+FAMILIES = ("mmap_lock", "contention", "offcpu", "sample", "follow")
 DEFAULT_FAMILIES = ("mmap_lock", "contention")
 
 # Lock spec probes share one BPF family taking pt_regs, which kprobes and

@@ -496,6 +496,8 @@ META_KINDS = {
     "lost_events": ("an integer", _int),
     "sample_hz": ("an integer", lambda v: v is None or _int(v)),
     "what_if_cpus": ("an integer", lambda v: v is None or _int(v)),
+    "followed": ("an integer", lambda v: v is None or _int(v)),
+    "locks_retired": ("an integer", lambda v: v is None or _int(v)),
     "duration_s": ("a number", _number),
     "interval_s": ("a number", _number),
     "command": ("a list of text", _text_list),

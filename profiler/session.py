@@ -144,6 +144,7 @@ def collect(
             options.stack_threshold_ns,
             sample_hz=options.sample_hz,
             stack_rate=options.stack_rate,
+            follow="follow" in options.families,
         )
         session.max_events = options.max_events
         flag.check_before_start()
@@ -240,6 +241,8 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
             if now - state.retired_ns >= retire_ns:
                 state.retired_ns = now
                 session.retire_dead_tasks(_task_alive)
+                if "follow" in options.families:
+                    session.forget_dead_followed(_process_alive)
                 _retire_locks(session, state, snapshot, (now - start_ns) / 1e9, retire_ns)
                 _return_free_memory()
             if on_interval:
@@ -632,6 +635,8 @@ def _build_recording(
         # Lock rows moved out of the kernel's map (exited processes' locks,
         # idle locks once the map is half full): their figures are all here.
         "locks_retired": session.locks_retired,
+        # --follow: the target's descendants profiled (None: not asked)
+        "followed": session.followed_count() if "follow" in options.families else None,
         "errors": errors,
         "rusage": target.rusage(),
         "lockprof_pid": os.getpid(),

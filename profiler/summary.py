@@ -60,10 +60,16 @@ def notes(meta: dict) -> list[str]:
         out.append(stack_note)
     lineage = meta.get("lineage") or {}
     pid = meta.get("target_pid")
-    if pid and lineage.get("children_seen"):
+    if pid and meta.get("followed") is not None:
+        out.append(
+            f"--follow: pid {pid} and its descendants ({meta['followed']:,} processes) "
+            "were profiled"
+        )
+    elif pid and lineage.get("children_seen"):
         out.append(
             f"pid {pid} forked processes (at least {lineage['children_seen']:,} seen): they "
-            f"are not followed; only pid {pid} and tasks taking its mmap_lock are profiled"
+            f"are not followed (--follow profiles them); only pid {pid} and tasks taking "
+            "its mmap_lock are profiled"
         )
     for change in lineage.get("execs") or []:
         out.append(

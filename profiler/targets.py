@@ -168,6 +168,18 @@ def _children_of(pid: int, max_threads: int) -> set[int]:
     return found
 
 
+def descendants_of(pid: int, limit: int = 4096) -> set[int]:
+    """Every process below pid in the process tree, as /proc shows it now
+    (at most limit of them)."""
+    found: set[int] = set()
+    frontier = [pid] if pid > 0 else []
+    while frontier and len(found) < limit:
+        children = _children_of(frontier.pop(), Lineage.MAX_THREADS) - found
+        found |= children
+        frontier += sorted(children)
+    return found
+
+
 class Target:
     """Base: the whole system."""
 

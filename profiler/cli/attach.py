@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
-from profiler.cli.common import collect_command, collection_options
+from profiler.cli.common import collect_command, collection_options, follow_option
 from profiler.targets import PidTarget
 
 
 @click.command("attach")
 @click.option("-p", "--pid", type=int, required=True, help="Process to profile.")
 @collection_options
+@follow_option
 def command(pid, **options) -> None:
     """Profile a running process until Ctrl-C, -d SECONDS or its exit.
 
@@ -22,5 +23,6 @@ def command(pid, **options) -> None:
       lockprof attach -p 1234                 live view until Ctrl-C
       lockprof attach -p 1234 -d 30 -o a.lpr  30 seconds into a.lpr
       lockprof attach -p 1234 -t 1ms --json   stream waits >= 1 ms, JSON summary
+      lockprof attach -p 1234 -f              also its children, now and later
     """
     collect_command(lambda: PidTarget(pid), **options)

@@ -198,6 +198,15 @@ def collection_options(func):
     return func
 
 
+follow_option = click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Also profile the processes the target forks, and theirs, from their first "
+    "instruction (attach: and those already running).",
+)
+
+
 def build_options(duration, interval, threshold, no_mmap_lock, no_contention) -> CollectOptions:
     families = tuple(
         f for f, off in (("mmap_lock", no_mmap_lock), ("contention", no_contention)) if not off
@@ -415,12 +424,15 @@ def collect_command(
     sample_hz=99,
     what_if_cpus=None,
     max_events=1_000_000,
+    follow=False,
 ) -> None:
     options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
     options.max_events = max_events
     options.stack_threshold_ns = stack_threshold
     options.stack_rate = stack_rate
-    options.families += tuple(f for f, on in (("offcpu", offcpu), ("sample", sample)) if on)
+    options.families += tuple(
+        f for f, on in (("offcpu", offcpu), ("sample", sample), ("follow", follow)) if on
+    )
     options.sample_hz = sample_hz
     options.what_if_cpus = what_if_cpus
     # Signals from here (or from start-up, see profiler.signals) to the end.

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import click
 
-from profiler.cli.common import collect_command, collection_options
+from profiler.cli.common import collect_command, collection_options, follow_option
 from profiler.targets import CommandTarget
 
 
 @click.command("run", context_settings={"ignore_unknown_options": True})
 @collection_options
+@follow_option
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED, required=True)
 def command(argv, **options) -> None:
     """Start CMD, profile it until it exits, and record its exit status and
     rusage (user, sys, elapsed, minor faults) as /usr/bin/time would.
 
     The command is held before exec until the probes are attached. Only its
-    own process is profiled, not the children it forks.
+    own process is profiled, unless -f/--follow: then every process it forks
+    too (a build, a shell script), each mmap_lock a row of its own.
 
     \b
     Examples:
       lockprof run -- ./ebizzy -m -P
+      lockprof run -f -- make -j8
       lockprof run -o before.lpr -- workloads/bin/lpbizzy -t 4 -S 10
     """
     collect_command(lambda: CommandTarget(list(argv)), **options)

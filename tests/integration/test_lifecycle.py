@@ -379,6 +379,39 @@ def test_attach_follows_an_exec_of_the_target(lockprof_factory, tmp_path):
     assert f"note: pid {proc.pid} exec'd mmapcount" in out
 
 
+def test_run_follow_profiles_the_commands_descendants(tmp_path):
+    """--follow: a shell's two children, and a grandchild, each counted on
+    its own mmap_lock: 2 write acquisitions per mmap+munmap pair, plus what
+    exec, ld.so and exit take."""
+    script = (
+        f"{BIN / 'mmapcount'} -n 1000 & {BIN / 'mmapcount'} -n 2000 & "
+        f"sh -c '{BIN / 'mmapcount'} -n 3000'; wait"
+    )
+    done = subprocess.run(
+        [*LOCKPROF, "run", "-f", "-o", str(tmp_path / "f.lpr"), "-q", "--", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = show_json(tmp_path / "f.lpr")
+    writes = sorted(
+        r["acquisitions"]
+        for r in summary["locks"]
+        if r["owner_comm"] == "mmapcount" and r["mode"] == "write"
+    )
+    assert len(writes) == 3, summary["locks"]
+    for pairs, seen in zip((1000, 2000, 3000), writes, strict=True):
+        assert 2 * pairs <= seen <= 2 * pairs + 100, writes
+    rec = profiler.load(tmp_path / "f.lpr")
+    pid = rec.meta["target_pid"]
+    assert rec.meta["followed"] >= 3  # the three mmapcounts (and sh, unless it execs)
+    assert (
+        f"note: --follow: pid {pid} and its descendants ({rec.meta['followed']} processes) "
+        "were profiled"
+    ) in done.stdout
+
+
 def test_run_states_that_forked_children_are_not_followed(tmp_path):
     done = subprocess.run(
         [
@@ -401,8 +434,8 @@ def test_run_states_that_forked_children_are_not_followed(tmp_path):
     pid = rec.meta["target_pid"]
     assert rec.meta["lineage"] == {"children_seen": 2, "execs": []}
     assert (
-        f"note: pid {pid} forked processes (at least 2 seen): they are not followed; "
-        f"only pid {pid} and tasks taking its mmap_lock are profiled"
+        f"note: pid {pid} forked processes (at least 2 seen): they are not followed "
+        f"(--follow profiles them); only pid {pid} and tasks taking its mmap_lock are profiled"
     ) in done.stdout
     owners = set(rec.locks["owner_pid"].dropna().astype(int))
     assert owners <= {pid}  # the children's own mms are not in the recording

@@ -516,3 +516,28 @@ def test_a_wait_of_about_2_to_the_64_ns_does_not_lose_the_recording(snap, stats_
     assert frame["contended"].tolist() == [1]
     assert frame["wait_max_ns"].isna().all()
     assert frame["wait_running_max_ns"].tolist() == [2**63 - 1]
+
+
+def test_descendants_are_every_process_below_in_the_tree():
+    """attach --follow starts from the target's descendants as /proc shows
+    them: children and grandchildren, not the target itself."""
+    from profiler.targets import descendants_of
+
+    tree = subprocess.Popen(
+        ["sh", "-c", "sleep 30 & sh -c 'sleep 30 & wait' & wait"], stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 5
+        found: set[int] = set()
+        while time.monotonic() < deadline and len(found) < 3:
+            time.sleep(0.05)
+            found = descendants_of(tree.pid)
+        comms = sorted(Path(f"/proc/{pid}/comm").read_text().strip() for pid in found)
+        assert comms == ["sh", "sleep", "sleep"], comms
+        assert tree.pid not in found
+        assert descendants_of(0) == set()
+    finally:
+        for pid in descendants_of(tree.pid):
+            os.kill(pid, signal.SIGKILL)
+        tree.kill()
+        tree.wait()

@@ -200,8 +200,8 @@ def test_notes_for_full_maps_forks_and_execs(rec):
         "were not counted; collection went on",
         "owner map full 3 times: mm owners beyond the owner map (LP_MAX_OWNERS) were not "
         "learned: their mmap_locks are unnamed; collection went on",
-        f"pid {pid} forked processes (at least 4 seen): they are not followed; only pid "
-        f"{pid} and tasks taking its mmap_lock are profiled",
+        f"pid {pid} forked processes (at least 4 seen): they are not followed (--follow "
+        f"profiles them); only pid {pid} and tasks taking its mmap_lock are profiled",
         f"pid {pid} exec'd mmapcount (/bin/mmapcount) at 1.25 s: still profiled (same "
         "pid), its new mm's mmap_lock is a separate row",
     ]
