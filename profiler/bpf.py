@@ -527,9 +527,12 @@ class BpfSession:
     def _keep_retired_callers(self, freed: dict[int, tuple[int, int, int]]) -> None:
         """Move the caller rows of freed contention rows out of the kernel:
         the short-wait row at each index, and the stack rows of the same
-        (lock, flags). A stack row's lock may be in use again under a new
-        index: a wait it counts between the read and the delete below is
-        lost from the callers only (the aggregates are exact)."""
+        (lock, flags). Stack rows are keyed by lock, not by index: when the
+        key is in use again under a new index (an mm address reused by a new
+        process), they stay, counting on for it (deleting them would lose
+        the waits counted between the read and the delete). Should the key
+        come back between the check and the delete, those few waits are lost
+        from the callers only (the aggregates are exact)."""
         contention = schema.const("LP_SRC_CONTENTION")
         gone = {(lock, flags): index for index, (lock, flags, source) in freed.items()
                 if source == contention}  # fmt: skip
@@ -538,9 +541,12 @@ class BpfSession:
         short = self._bpf["lp_short_callers"]
         for (lock, flags), index in gone.items():
             self._keep_caller(lock, -1, flags, short.getvalue(ctypes.c_int(index)))
+        in_use = {(int(key.lock), int(key.flags)) for key in self._bpf["lp_slots"]
+                  if int(key.source) == contention}  # fmt: skip
         table = self._bpf["lp_callers"]
         for key in list(table.keys()):
-            if (int(key.lock), int(key.flags)) not in gone:
+            ident = (int(key.lock), int(key.flags))
+            if ident not in gone or ident in in_use:
                 continue
             with contextlib.suppress(KeyError):
                 self._keep_caller(int(key.lock), int(key.stack_id), int(key.flags),

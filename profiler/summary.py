@@ -41,6 +41,8 @@ MAP_FULL = {
     "are missing",
     "offcpu_map_full": "off-CPU stacks beyond the off-CPU map were not kept",
     "sample_map_full": "CPU samples beyond the sample map were not kept",
+    "follow_map_full": "--follow: descendants beyond the follow map (LP_MAX_OWNERS) were not "
+    "profiled",
 }
 
 

@@ -21,7 +21,7 @@ def _exited_batches(batches: int, size: int) -> list[int]:
     are a few retirement rounds apart."""
     pids = []
     for _ in range(batches):
-        time.sleep(0.5)
+        time.sleep(0.3)
         held = [Held(300, threads=2) for _ in range(size)]
         for process in held:
             process.go_and_wait_done()
@@ -57,6 +57,7 @@ def test_exited_processes_lock_rows_retire_and_every_figure_stays(lockprof_facto
     assert len(sums) > 20  # many processes' locks were seen
     for key, row in sums.iterrows():
         counted = row["acquisitions"] if key[2] == 0 else row["contended"]
+        assert key in waits.index, ("no wait events", key, row.to_dict())
         assert waits.loc[key, "count"] == counted == row["wait_count"], key
         assert waits.loc[key, "sum"] == row["wait_total_ns"], key
         if key[2] == 0:
@@ -69,6 +70,7 @@ def test_exited_processes_lock_rows_retire_and_every_figure_stays(lockprof_facto
     tasks = rec.tasks[rec.tasks["source"] == 1].groupby(["lock", "flags"])[["waits", "wait_ns"]]
     tasks = tasks.sum()
     for key, row in contention.iterrows():
+        assert key in callers.index and key in tasks.index, ("no callers/tasks", key, row.to_dict())
         assert callers.loc[key, "count"] == row["contended"], key
         assert callers.loc[key, "total_ns"] == row["wait_total_ns"], key
         assert tasks.loc[key, "waits"] == row["contended"], key

@@ -475,11 +475,17 @@ def test_probe_offsets_are_cached_per_blob(vmlinux, tmp_path, monkeypatch):
         "LP_TASK_MM_OFFSET": vmlinux.member_offset("task_struct", "mm"),
         "LP_MMAP_LOCK_OFFSET": vmlinux.member_offset("mm_struct", "mmap_lock"),
         "LP_TASK_PID_OFFSET": vmlinux.member_offset("task_struct", "pid"),
+        "LP_TASK_TGID_OFFSET": vmlinux.member_offset("task_struct", "tgid"),
     }
     (cache,) = (tmp_path / "lockprof").glob("offsets-*.json")
     assert json.loads(cache.read_text()) == offsets
     # The cache is what is read next time (keyed by the blob's hash) ...
-    fake = {"LP_TASK_MM_OFFSET": 1, "LP_MMAP_LOCK_OFFSET": 2, "LP_TASK_PID_OFFSET": 3}
+    fake = {
+        "LP_TASK_MM_OFFSET": 1,
+        "LP_MMAP_LOCK_OFFSET": 2,
+        "LP_TASK_PID_OFFSET": 3,
+        "LP_TASK_TGID_OFFSET": 4,
+    }
     cache.write_text(json.dumps(fake))
     assert btf.probe_offsets() == fake
     # ... unless it is unreadable or has other keys.
@@ -495,13 +501,18 @@ def test_probe_offsets_from_a_synthetic_blob(tmp_path, monkeypatch):
     anon = w.struct("", 16, [("x", long_t, 0), ("mmap_lock", rwsem, 64)])
     mm = w.struct("mm_struct", 32, [("a", long_t, 0), ("", anon, 128)])
     int_t = w.int_("int", 4)
-    w.struct("task_struct", 48, [("state", long_t, 0), ("mm", w.ptr(mm), 256), ("pid", int_t, 320)])
+    w.struct(
+        "task_struct",
+        48,
+        [("state", long_t, 0), ("mm", w.ptr(mm), 256), ("pid", int_t, 320), ("tgid", int_t, 352)],
+    )
     path = tmp_path / "vmlinux"
     path.write_bytes(w.blob())
     assert btf.probe_offsets(path) == {
         "LP_TASK_MM_OFFSET": 32,
         "LP_MMAP_LOCK_OFFSET": 24,
         "LP_TASK_PID_OFFSET": 40,
+        "LP_TASK_TGID_OFFSET": 44,
     }
 
 
