@@ -280,8 +280,10 @@ def report(args, seconds, code, screen, samples, cpu_s, stop_s, rec, attached) -
         lines += [
             f"- recording: {size / 1e6:.1f} MB, {meta['duration_s']:.0f} s, "
             f"{meta['intervals']} intervals, {meta['events']:,} events over {args.threshold}",
-            f"- lost events (ring buffer full): {meta.get('lost_events', 0):,}; dropped in "
-            f"user space (--max-events): {meta.get('events_dropped_userspace', 0):,}",
+            f"- events not in the recording: {meta.get('lost_events', 0):,} (the summary's "
+            f"lost events: {(meta.get('errors') or {}).get('ringbuf_full', 0):,} lost in the "
+            f"kernel, ring buffer full, and {meta.get('events_dropped_userspace', 0):,} "
+            "dropped in user space at --max-events)",
             "- kernel-side counters: "
             + (", ".join(f"{k} {v:,}" for k, v in sorted(errors.items())) or "all zero"),
         ]

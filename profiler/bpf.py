@@ -268,14 +268,22 @@ class BpfSession:
 
     def forget_dead_followed(self, alive) -> None:
         """Drop followed processes that have exited (alive(tgid) is False),
-        so that a reused pid is not followed. Their mmap_lock entries go when
-        the address is reused (lp_learn_owner)."""
+        so that a reused pid is not followed, and the mmap_locks whose owner
+        has exited (a reused address is also caught in lp_learn_owner), so
+        that a long build does not fill the follow maps."""
         followed = self._bpf["lp_followed"]
         for key in list(followed.keys()):
             if not alive(int(key.value)):
                 with contextlib.suppress(KeyError):
                     del followed[key]
                 self.followed_gone += 1
+        owners = self.read_owners()
+        locks = self._bpf["lp_followed_locks"]
+        for key in list(locks.keys()):
+            owner = owners.get(int(key.value))
+            if owner is not None and not alive(owner[0]):
+                with contextlib.suppress(KeyError):
+                    del locks[key]
 
     def followed_count(self) -> int:
         """Descendants followed so far: those alive and those gone."""
