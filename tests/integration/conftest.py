@@ -19,6 +19,13 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / "workloads" / "bin"
 LOCKPROF = [sys.executable, "-m", "profiler.cli.main"]
 
+# lockprof keeps SIGHUP ignored when it starts ignored (under nohup: by
+# design, see profiler/signals.py), and an ignored signal stays ignored in
+# every child. The tests send SIGHUP to lockprof and expect it to end the
+# collection, so the suite gives its children the default disposition even
+# when it was itself started under nohup.
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
 
 def _doctor_skip_reason() -> str | None:
     if os.geteuid() != 0:
