@@ -166,6 +166,13 @@ def _flat_fields(ctype: type, prefix: str = "") -> list[str]:
     return names
 
 
+def _caller_totals(per_cpu) -> tuple[int, int, int]:
+    """A per-CPU struct lp_caller_stats summed over CPUs: count, total, max."""
+    count = sum(int(v.count) for v in per_cpu)
+    total = sum(int(v.total_ns) for v in per_cpu)
+    return count, total, max((int(v.max_ns) for v in per_cpu), default=0)
+
+
 class BpfSession:
     """Compiled and attached lockprof probes. Use as a context manager: leaving
     it detaches every probe, whatever happened inside."""
@@ -197,10 +204,10 @@ class BpfSession:
         self.max_events = 1_000_000
         self.sample_hz = sample_hz
         self._bpf = self._compile()
-        self._configure(target_tgid, threshold_ns, stack_threshold_ns, stack_rate)
+        self._configure(target_tgid, threshold_ns, stack_threshold_ns, stack_rate, follow)
         self.followed_gone = 0  # followed processes that exited (forget_dead_followed)
         if follow:
-            self._follow(target_tgid)
+            self._follow_descendants(target_tgid)
         self._stats_columns = _flat_fields(self._bpf["lp_stats"].sLeaf)
         self._event_dtype = np.dtype(self._bpf["lp_event_layout"].Leaf)
         # Events wait on disk, not in memory, until the recording is built.
@@ -240,7 +247,12 @@ class BpfSession:
         return bpf
 
     def _configure(
-        self, target_tgid: int, threshold_ns: int, stack_threshold_ns: int, stack_rate: int
+        self,
+        target_tgid: int,
+        threshold_ns: int,
+        stack_threshold_ns: int,
+        stack_rate: int,
+        follow: bool,
     ) -> None:
         config = self._bpf["lp_config"]
         value = config.Leaf()
@@ -250,18 +262,15 @@ class BpfSession:
         value.stack_threshold_ns = stack_threshold_ns
         # stack_rate stacks per CPU per second at most (0: no limit)
         value.stack_gap_ns = 1_000_000_000 // stack_rate if stack_rate > 0 else 0
+        value.follow = 1 if follow else 0  # --follow: also the target's descendants
         value.armed = 0  # the programs do nothing until attach() arms them
         config[ctypes.c_int(0)] = value
 
-    def _follow(self, target_tgid: int) -> None:
-        """--follow: set the switch, and follow the target's descendants
-        that already exist (attach); later ones are added at fork in BPF."""
+    def _follow_descendants(self, target_tgid: int) -> None:
+        """--follow: follow the target's descendants that already exist
+        (attach); later ones are added at fork in BPF."""
         from profiler.targets import descendants_of
 
-        config = self._bpf["lp_config"]
-        value = config[ctypes.c_int(0)]
-        value.follow = 1
-        config[ctypes.c_int(0)] = value
         followed = self._bpf["lp_followed"]
         for tgid in descendants_of(target_tgid):
             followed[ctypes.c_uint(tgid)] = ctypes.c_uint(1)
@@ -562,10 +571,8 @@ class BpfSession:
                 del table[key]
 
     def _keep_caller(self, lock: int, stack_id: int, flags: int, per_cpu) -> None:
-        count = sum(int(v.count) for v in per_cpu)
+        count, total, longest = _caller_totals(per_cpu)
         if count:
-            total = sum(int(v.total_ns) for v in per_cpu)
-            longest = max(int(v.max_ns) for v in per_cpu)
             self._retired_callers += _RETIRED_CALLER.pack(
                 lock, stack_id, flags, count, total, longest
             )
@@ -585,10 +592,9 @@ class BpfSession:
             row[2] = max(row[2], longest)
 
         def add(lock: int, stack_id: int, flags: int, per_cpu) -> None:
-            count = sum(int(v.count) for v in per_cpu)
+            count, total, longest = _caller_totals(per_cpu)
             if count:
-                total = sum(int(v.total_ns) for v in per_cpu)
-                merge((lock, stack_id, flags), count, total, max(int(v.max_ns) for v in per_cpu))
+                merge((lock, stack_id, flags), count, total, longest)
 
         for lock, stack_id, flags, count, total, longest in _RETIRED_CALLER.iter_unpack(
             self._retired_callers
