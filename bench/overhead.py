@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Overhead of lockprof and its peers against the bare workload, in one run (root).
 
-Configurations, alternated within each repetition so drift hits all alike:
+Configurations, in alternating order (forward, then reversed) so drift hits
+all alike; each also compared with the bare run of its own repetition:
   bare            the workload alone
   floor-tp        three empty BPF programs on the mmap_lock classic tracepoints
                   (the floor ../shared/kernel-notes.md measured)
@@ -9,7 +10,7 @@ Configurations, alternated within each repetition so drift hits all alike:
   floor-contention  two empty raw-tracepoint programs on lock:contention_begin
                   and lock:contention_end (the floor of the contention family)
   floor-all       empty raw-tracepoint programs on all five (the three above
-                  and the two contention ones; not in the default set)
+                  and the two contention ones): what lockprof full attaches
   lp-contention   `lockprof record -a --no-mmap-lock`
   lp-full         `lockprof record -a` (mmap_lock wait and hold, contention)
   lp-full-html    the same with --html (the report is built after collection)
@@ -67,6 +68,7 @@ CONFIGS = (
     "floor-tp",
     "floor-raw",
     "floor-contention",
+    "floor-all",
     "lp-contention",
     "lp-full",
     "lp-full-html",
@@ -241,34 +243,67 @@ def ratio(samples: dict[str, list[float]], config: str, higher_is_better: bool) 
     return bare / med if higher_is_better else med / bare
 
 
+def paired_ratio(samples: dict[str, list[float]], config: str, higher_is_better: bool) -> float:
+    """Median over repetitions of config against the bare run of the same
+    repetition. This shared machine's speed drifts by 10-20% over minutes;
+    the runs of one repetition are adjacent in time, so a drift that moves
+    both cancels here, where it does not in the ratio of medians."""
+    pairs = zip(samples["bare"], samples[config], strict=True)
+    return statistics.median(b / c if higher_is_better else c / b for b, c in pairs)
+
+
+def _overhead_ratio(paired: float, floor: float | None, config: str) -> str:
+    """config's overhead over the floor's ("-" where it means nothing)."""
+    if floor is None or floor <= 1.0005 or config == "bare" or config.startswith("floor"):
+        return "-"
+    return f"{(paired - 1) / (floor - 1):.2f}"
+
+
+def rep_order(configs: list[str], rep: int) -> list[str]:
+    """Configurations in alternating order (ABC, CBA, ...): a drift within a
+    repetition does not always favour the same configurations."""
+    return configs if rep % 2 == 0 else configs[::-1]
+
+
 def render(args, results: dict[str, dict[str, list[float]]]) -> str:
     lines = [
         f"Command: `sudo .venv/bin/python bench/overhead.py --reps {args.reps} "
         f"--pairs {args.pairs} --seconds {args.seconds}` (part of `make bench`). "
-        f"{args.reps} repetitions, configurations alternated within each; medians, "
-        "the spread is min-max; ratios to bare from this run (x bare: time ratio, "
-        "or for rates bare/config, so higher is always worse).",
+        f"{args.reps} repetitions, configurations in alternating order (forward, "
+        "then reversed); medians, the spread is min-max; ratios to bare from this "
+        "run (x bare: time ratio, or for rates bare/config, so higher is always "
+        "worse). *paired*: the median of each repetition's ratio to its own bare "
+        "run, robust to the machine's drift; the floor columns use it. Two floors: "
+        "*raw*, empty programs on the mmap_lock raw tracepoints lockprof uses; *tp*, "
+        "on the classic tracepoints (the floor of ../shared/kernel-notes.md and of "
+        "issue 2's target).",
         "",
     ]
     for workload, samples in results.items():
         better = HIGHER_IS_BETTER[workload]
-        floor = ratio(samples, "floor-raw", better) if "floor-raw" in samples else None
+        floors = {
+            name: paired_ratio(samples, name, better)
+            for name in ("floor-raw", "floor-tp")
+            if name in samples
+        }
         lines += [
             f"### {workload} ({UNITS[workload]}; {'higher' if better else 'lower'} is better)",
             "",
-            "| config | median | min-max | x bare | overhead / raw floor's |",
-            "|---|---|---|---|---|",
+            "| config | median | min-max | x bare | paired | overhead / raw floor's "
+            "| overhead / tp floor's |",
+            "|---|---|---|---|---|---|---|",
         ]
         for config, values in samples.items():
             x = ratio(samples, config, better)
-            vs_floor = (
-                f"{(x - 1) / (floor - 1):.2f}"
-                if floor is not None and floor > 1.0005 and config != "bare"
-                else "-"
-            )
+            paired = paired_ratio(samples, config, better)
+            vs_floor = [
+                _overhead_ratio(paired, floors.get(name), config)
+                for name in ("floor-raw", "floor-tp")
+            ]
             lines.append(
                 f"| {config} | {statistics.median(values):.4g} | "
-                f"{min(values):.4g}-{max(values):.4g} | {x:.3f} | {vs_floor} |"
+                f"{min(values):.4g}-{max(values):.4g} | {x:.3f} | {paired:.3f} | "
+                f"{vs_floor[0]} | {vs_floor[1]} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -287,7 +322,7 @@ def main() -> int:
         print("bench: needs root (BPF)", file=sys.stderr)
         return 1
     configs = [c for c in args.configs.split(",") if c]
-    unknown = set(configs) - set(CONFIGS) - {"lp-all-stacks", "floor-all"}
+    unknown = set(configs) - set(CONFIGS) - {"lp-all-stacks"}
     if unknown:
         print(f"bench: unknown configs {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -304,7 +339,7 @@ def main() -> int:
     results = {w: {c: [] for c in configs} for w in workloads}
     for rep in range(args.reps):
         for workload in workloads:
-            for config in configs:
+            for config in rep_order(configs, rep):
                 value = measure(config, workload, args)
                 results[workload][config].append(value)
                 print(f"rep {rep + 1} {workload:7} {config:14} {value:.4g}", file=sys.stderr)

@@ -161,6 +161,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the slope")
     parser.add_argument("--max-gap", type=float, default=5.0, help="worst refresh gap allowed")
     parser.add_argument("--keep", type=Path, help="keep the recording here")
+    parser.add_argument(
+        "--memtrace",
+        type=Path,
+        help="run lockprof under bench/memtrace.py, its memory breakdown to this file",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("soak: needs root (BPF)", file=sys.stderr)
@@ -172,9 +177,13 @@ def main() -> int:
     workers = storm(args.workers, args.pairs)
     master, slave = pty.openpty()
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "200", "LINES": "60"}
+    lockprof = LOCKPROF
+    if args.memtrace:
+        lockprof = [sys.executable, str(REPO / "bench" / "memtrace.py")]
+        env |= {"MEMTRACE_OUT": str(args.memtrace), "MEMTRACE_S": str(args.sample * 6)}
     started = time.monotonic()
     lp = subprocess.Popen(
-        [*LOCKPROF, "record", "-a", "-i", str(args.interval), "-t", args.threshold,
+        [*lockprof, "record", "-a", "-i", str(args.interval), "-t", args.threshold,
          "-o", str(rec)],
         stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env,
     )  # fmt: skip

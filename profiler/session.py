@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,6 +275,10 @@ def _retire_locks(session, state: _Collected, snapshot, t_s: float, period_ns: i
     live = {key[:3]: key[3] for key in snapshot.rows if key[3] not in freed}
     for key in live:
         state.last_active.setdefault(key, t_s)
+    # The locks the live view shows stay (their cumulative rows would
+    # otherwise restart from zero on screen); so, below half the map, do the
+    # rest of a small run's locks.
+    shown, _more = busiest_rows(snapshot.rows, snapshot.columns, LIVE_LOCKS)
     victims = locks_to_retire(
         live,
         session.read_owners(),
@@ -283,6 +287,7 @@ def _retire_locks(session, state: _Collected, snapshot, t_s: float, period_ns: i
         t_s,
         session.max_locks,
         idle_s=IDLE_ROUNDS * period_ns / 1e9,
+        keep={key[0] for key in shown},
     )
     session.retire_locks(victims)
 
@@ -309,22 +314,30 @@ def locks_to_retire(
     now_s: float,
     capacity: int,
     idle_s: float,
+    keep: Collection[int] = (),
 ) -> list[tuple[tuple[int, int, int], int]]:
     """Which of the kernel's lock rows (live: (lock, flags, source) -> index)
-    to retire: every row of an mmap_lock whose owner process has exited (its
-    mm is gone; the address, if reused, is another process's lock), and,
-    while more than half of the map's capacity would stay in use, every row
-    idle for idle_s (transient locks: page-table spinlocks come and go by
-    the thousand under process churn). A retired key used again gets a new
-    row; the recording's interval rows are deltas, so nothing is lost."""
+    to retire:
+    - every row of an mmap_lock whose owner process has exited (its mm is
+      gone; the address, if reused, is another process's lock);
+    - every row idle for idle_s, unless its lock is in keep (the locks the
+      live view shows) and the map is at most half full. Transient locks
+      (page-table spinlocks come and go by the thousand under process churn)
+      would otherwise stay until the map is half full, and lockprof's copy
+      of every row (two snapshots: rows x CPUs x 728 bytes) with them: ~12 MB
+      an hour on 2 CPUs under the soak's churn, 32 times that on 64.
+    A retired key used again gets a new row; the recording's interval rows
+    are deltas, so nothing is lost."""
     dead = {lock for lock, (tgid, _comm) in owners.items() if not process_alive(tgid)}
     victims = [(key, index) for key, index in live.items() if key[0] in dead]
-    if len(live) - len(victims) > capacity // 2:
-        victims += [
-            (key, index)
-            for key, index in live.items()
-            if key[0] not in dead and now_s - last_active.get(key, now_s) >= idle_s
-        ]
+    crowded = len(live) - len(victims) > capacity // 2
+    victims += [
+        (key, index)
+        for key, index in live.items()
+        if key[0] not in dead
+        and (crowded or key[0] not in keep)
+        and now_s - last_active.get(key, now_s) >= idle_s
+    ]
     return victims
 
 

@@ -29,21 +29,40 @@ LIVE = {
 }
 
 
-def test_every_row_of_an_exited_owners_lock_retires_and_nothing_else_without_pressure():
-    last_active = {key: 0.0 for key in LIVE}  # all idle for 100 s
-    victims = session.locks_to_retire(LIVE, OWNERS, alive, last_active, 100.0, 4096, idle_s=60)
+def test_every_row_of_an_exited_owners_lock_retires_even_when_shown():
+    last_active = {key: 99.0 for key in LIVE}  # all active a second ago
+    shown = {DEAD_LOCK, LIVE_LOCK, SPIN_LOCK}
+    victims = session.locks_to_retire(
+        LIVE, OWNERS, alive, last_active, 100.0, 4096, idle_s=60, keep=shown
+    )
     assert sorted(victims) == [((DEAD_LOCK, WRITE, SRC_MMAP), 1), ((DEAD_LOCK, WRITE, SRC_CONT), 2)]
 
 
-def test_idle_rows_retire_once_the_map_is_half_full():
+def test_idle_rows_retire_unless_the_live_view_shows_their_lock():
     last_active = {key: 95.0 for key in LIVE}
     last_active[(SPIN_LOCK, 1, SRC_CONT)] = 10.0  # idle 90 s
+    last_active[(LIVE_LOCK, READ, SRC_MMAP)] = 30.0  # idle 70 s, but shown
+    victims = session.locks_to_retire(
+        LIVE, OWNERS, alive, last_active, 100.0, 4096, idle_s=60, keep={LIVE_LOCK}
+    )
+    assert ((SPIN_LOCK, 1, SRC_CONT), 4) in victims
+    assert ((LIVE_LOCK, READ, SRC_MMAP), 3) not in victims
+    # shown too: the idle spinlock stays while the map has room
+    kept = session.locks_to_retire(
+        LIVE, OWNERS, alive, last_active, 100.0, 4096, idle_s=60, keep={LIVE_LOCK, SPIN_LOCK}
+    )
+    assert ((SPIN_LOCK, 1, SRC_CONT), 4) not in kept
+
+
+def test_shown_idle_rows_retire_too_once_the_map_is_half_full():
+    last_active = {key: 95.0 for key in LIVE}
+    last_active[(SPIN_LOCK, 1, SRC_CONT)] = 10.0  # idle 90 s
+    shown = {LIVE_LOCK, SPIN_LOCK}
     # 2 rows stay after the dead owner's: over half of a 2-row map
-    victims = session.locks_to_retire(LIVE, OWNERS, alive, last_active, 100.0, 2, idle_s=60)
+    victims = session.locks_to_retire(LIVE, OWNERS, alive, last_active, 100.0, 2, 60, shown)
     assert ((SPIN_LOCK, 1, SRC_CONT), 4) in victims
     assert ((LIVE_LOCK, READ, SRC_MMAP), 3) not in victims  # active 5 s ago
-    # the same with room in the map: the idle spinlock stays
-    roomy = session.locks_to_retire(LIVE, OWNERS, alive, last_active, 100.0, 8, idle_s=60)
+    roomy = session.locks_to_retire(LIVE, OWNERS, alive, last_active, 100.0, 8, 60, shown)
     assert ((SPIN_LOCK, 1, SRC_CONT), 4) not in roomy
 
 
