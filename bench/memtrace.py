@@ -14,9 +14,12 @@ MEMTRACE_OUT:
 - VmRSS, RssAnon, RssFile: the kernel's view;
 - anon_*_mb: anonymous memory by the kind of mapping holding it (smaps).
 With MEMTRACE_TOP=N, each line also lists the N source lines whose Python
-allocations grew most since the first sample (tracemalloc, 8 frames deep).
-tracemalloc slows Python down: use this to find what grows, not to measure
-lockprof's footprint (bench/footprint.py and bench/soak.py do that).
+allocations grew most since the first sample at or after MEMTRACE_BASE_S
+seconds (0: the first; tracemalloc, 8 frames deep).
+tracemalloc slows Python down, and MEMTRACE_TOP's snapshots (millions of
+objects each) fragment Python's heap: RSS grew ~900 MB an hour with it, ~15
+without. Use this to find what grows, not to measure lockprof's footprint
+(bench/footprint.py and bench/soak.py without --memtrace do that).
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ def _sample(libc, started: float, first, top: int) -> dict:
     }
 
 
-def _sampler(out_path: str, period_s: float, top: int) -> None:
+def _sampler(out_path: str, period_s: float, top: int, base_s: float) -> None:
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = MallInfo2
     started = time.monotonic()
@@ -119,7 +122,7 @@ def _sampler(out_path: str, period_s: float, top: int) -> None:
     with open(out_path, "a") as out:
         while True:
             time.sleep(period_s)
-            if top and first is None:
+            if top and first is None and time.monotonic() - started >= base_s:
                 first = tracemalloc.take_snapshot()
             out.write(json.dumps(_sample(libc, started, first, top)) + "\n")
             out.flush()
@@ -133,7 +136,8 @@ def main() -> int:
     top = int(os.environ.get("MEMTRACE_TOP", "0"))
     tracemalloc.start(8 if top else 1)
     period_s = float(os.environ.get("MEMTRACE_S", "15"))
-    threading.Thread(target=_sampler, args=(out_path, period_s, top), daemon=True).start()
+    base_s = float(os.environ.get("MEMTRACE_BASE_S", "0"))
+    threading.Thread(target=_sampler, args=(out_path, period_s, top, base_s), daemon=True).start()
     from profiler.cli.main import main as lockprof_main
 
     return lockprof_main(sys.argv[1:])
