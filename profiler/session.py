@@ -41,8 +41,8 @@ FIRST_TICK_S = 0.5
 RETIRE_NS = 10_000_000_000
 # Test hook: another period, in seconds (tests/integration/test_retire.py).
 RETIRE_ENV = "LOCKPROF_TEST_RETIRE_S"
-# Once the lock map is half full, rows idle for this many rounds (60 s) are
-# retired too.
+# Rows idle for this many rounds (60 s) are retired too (those of the locks
+# the live view shows only once the map is half full).
 IDLE_ROUNDS = 6
 
 
@@ -646,7 +646,7 @@ def _build_recording(
         "pre_exec_mmap_lock": pre_exec,
         "events_dropped_userspace": session.events_dropped_userspace,
         # Lock rows moved out of the kernel's map (exited processes' locks,
-        # idle locks once the map is half full): their figures are all here.
+        # idle locks): their figures are all here.
         "locks_retired": session.locks_retired,
         # --follow: the target's descendants profiled (None: not asked)
         "followed": session.followed_count() if "follow" in options.families else None,
