@@ -263,6 +263,7 @@ def report(args, seconds, code, screen, samples, cpu_s, stop_s, rec, attached) -
                 + (f"{slope:+.1f} MB/hour |" if slope is not None else "- |")
             )
         lines.append("")
+        lines.append(f"- VmRSS by {_CURVE_STEP_S // 60} minutes (max in each): " + _curve(rss))
     lines.append(
         f"- lockprof CPU: {cpu_s:.1f} s over {seconds:.0f} s "
         f"({100 * cpu_s / max(seconds, 1):.1f}% of one CPU)"
@@ -297,6 +298,22 @@ def report(args, seconds, code, screen, samples, cpu_s, stop_s, rec, attached) -
             + (", ".join(f"{k} {v:,}" for k, v in sorted(errors.items())) or "all zero"),
         ]
     return "\n".join(lines)
+
+
+_CURVE_STEP_S = 300
+
+
+def _curve(points: list[tuple[float, float]]) -> str:
+    """The maximum of each 5-minute window, so a slope from an early rise
+    that then levels off shows as such."""
+    windows: dict[int, float] = {}
+    for t, mb in points:
+        window = int(t // _CURVE_STEP_S)
+        windows[window] = max(windows.get(window, 0.0), mb)
+    return ", ".join(
+        f"{w * _CURVE_STEP_S // 60}-{(w + 1) * _CURVE_STEP_S // 60} min: {mb:.1f}"
+        for w, mb in sorted(windows.items())
+    )
 
 
 def recording_summary(path: Path) -> tuple[dict, int] | None:
