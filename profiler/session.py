@@ -275,9 +275,9 @@ def _retire_locks(session, state: _Collected, snapshot, t_s: float, period_ns: i
     live = {key[:3]: key[3] for key in snapshot.rows if key[3] not in freed}
     for key in live:
         state.last_active.setdefault(key, t_s)
-    # The locks the live view shows stay (their cumulative rows would
-    # otherwise restart from zero on screen); so, below half the map, do the
-    # rest of a small run's locks.
+    # While the map has room, the rows of the locks the live view shows stay
+    # however idle (their cumulative figures would restart from zero on
+    # screen). In a run with at most LIVE_LOCKS locks, that is all of them.
     shown, _more = busiest_rows(snapshot.rows, snapshot.columns, LIVE_LOCKS)
     victims = locks_to_retire(
         live,
