@@ -275,18 +275,18 @@ class BpfSession:
         for tgid in descendants_of(target_tgid):
             followed[ctypes.c_uint(tgid)] = ctypes.c_uint(1)
 
-    def forget_dead_followed(self, alive) -> None:
+    def forget_dead_followed(self, alive, owners: dict[int, tuple[int, str]]) -> None:
         """Drop followed processes that have exited (alive(tgid) is False),
         so that a reused pid is not followed, and the mmap_locks whose owner
-        has exited (a reused address is also caught in lp_learn_owner), so
-        that a long build does not fill the follow maps."""
+        (owners: read_owners() of this round) has exited (a reused address is
+        also caught in lp_learn_owner), so that a long build does not fill
+        the follow maps."""
         followed = self._bpf["lp_followed"]
         for key in list(followed.keys()):
             if not alive(int(key.value)):
                 with contextlib.suppress(KeyError):
                     del followed[key]
                 self.followed_gone += 1
-        owners = self.read_owners()
         locks = self._bpf["lp_followed_locks"]
         for key in list(locks.keys()):
             owner = owners.get(int(key.value))

@@ -241,9 +241,10 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
             if now - state.retired_ns >= retire_ns:
                 state.retired_ns = now
                 session.retire_dead_tasks(_task_alive)
+                owners = session.read_owners()  # one read for both
                 if "follow" in options.families:
-                    session.forget_dead_followed(_process_alive)
-                _retire_locks(session, state, snapshot, (now - start_ns) / 1e9, retire_ns)
+                    session.forget_dead_followed(_process_alive, owners)
+                _retire_locks(session, state, snapshot, owners, (now - start_ns) / 1e9, retire_ns)
                 _return_free_memory()
             if on_interval:
                 on_interval(
@@ -264,12 +265,13 @@ def _process_alive(tgid: int) -> bool:
     return os.path.exists(f"/proc/{tgid}")
 
 
-def _retire_locks(session, state: _Collected, snapshot, t_s: float, period_ns: int) -> None:
+def _retire_locks(session, state: _Collected, snapshot, owners, t_s: float, period_ns: int) -> None:
     """Free the lock rows retired a round ago (snapshot, just read, holds
-    their last figures), then retire the rows of exited processes' locks and,
-    if the map is filling, idle rows. A long system-wide run under process
-    churn otherwise fills the kernel's lock map (new locks then lost as
-    stats_map_full) and grows lockprof's memory with it."""
+    their last figures), then retire the rows of exited processes' locks
+    (owners: session.read_owners()) and idle rows (locks_to_retire). A
+    long system-wide run under process churn otherwise fills the kernel's
+    lock map (new locks then lost as stats_map_full) and grows lockprof's
+    memory with it."""
     freed = session.free_retired_locks()
     _forget_freed(state, freed)
     live = {key[:3]: key[3] for key in snapshot.rows if key[3] not in freed}
@@ -281,7 +283,7 @@ def _retire_locks(session, state: _Collected, snapshot, t_s: float, period_ns: i
     shown, _more = busiest_rows(snapshot.rows, snapshot.columns, LIVE_LOCKS)
     victims = locks_to_retire(
         live,
-        session.read_owners(),
+        owners,
         _process_alive,
         state.last_active,
         t_s,
