@@ -279,10 +279,9 @@ def summary_frame(
     for row in rows:
         wait = row.get("wait_ns") or {}
         hold = row.get("hold_ns") or {}
-        address = int(row["lock_addr"], 16)
         records.append(
             {
-                "label": labels.get(address, row["lock"]),
+                "label": labels.get(int(row["lock_id"], 16), row["lock"]),
                 "lock_class": row["lock_class"],
                 "mode": row["mode"],
                 "lock_addr": row["lock_addr"],

@@ -34,6 +34,11 @@
 #ifndef LP_TASK_TGID_OFFSET
 #error "LP_TASK_TGID_OFFSET (offsetof(struct task_struct, tgid)) must come from BTF"
 #endif
+/* offsetof(struct mm_struct, context.ctx_id): x86's id of each mm, never
+ * reused (profiler/btf.py); -1 where the kernel has none. */
+#ifndef LP_MM_ID_OFFSET
+#define LP_MM_ID_OFFSET -1
+#endif
 
 /* Per-task rows for a process's own tasks on its own mmap_lock cost a hash
  * update per acquisition and release (docs/performance.md). By default only
@@ -92,7 +97,12 @@ BPF_F_TABLE("percpu_hash", struct lp_caller_key, struct lp_caller_stats, lp_call
  * case is an array slot rather than a hash lookup. Python merges them into
  * the callers as (lock, -1, flags). */
 BPF_PERCPU_ARRAY(lp_short_callers, struct lp_caller_stats, LP_MAX_LOCKS);
-BPF_HASH(lp_owners, u64, struct lp_owner, LP_MAX_OWNERS);
+/* (mmap_lock, mm generation) -> the process seen on that mm as its own, and
+ * mmap_lock -> its latest generation (for contended rwsems: is this one an
+ * mmap_lock, and whose?). Python deletes the entries of exited processes
+ * (profiler/bpf.py forget_owners). */
+BPF_HASH(lp_owners, struct lp_owner_key, struct lp_owner, LP_MAX_OWNERS);
+BPF_HASH(lp_mm_gens, u64, u32, LP_MAX_OWNERS);
 /* --follow: the target's descendants (added at fork, lp_follow_fork) and the
  * mmap_locks of their own mms (learned as the target's is, lp_learn_owner). */
 BPF_HASH(lp_followed, u32, u32, LP_MAX_OWNERS);
@@ -223,10 +233,11 @@ static __always_inline void lp_hist_add(struct lp_hist *h, u64 ns)
  * other index holds nothing and is never read) or meet on the same one.
  * Only a key's first sighting comes here: tasks cache their index.
  */
-static __always_inline u32 lp_slot_of(u64 lock, u32 flags, u32 source)
+static __always_inline u32 lp_slot_of(u64 lock, u32 flags, u32 source, u32 gen)
 {
-	struct lp_key key = { .lock = lock, .flags = flags, .source = source };
-	u64 hash = ((lock >> 3) ^ ((u64)flags << 40) ^ ((u64)source << 56)) * 0x9E3779B97F4A7C15ULL;
+	struct lp_key key = { .lock = lock, .flags = flags, .source = source, .mm_gen = gen };
+	u64 hash = ((lock >> 3) ^ ((u64)flags << 40) ^ ((u64)source << 56) ^ ((u64)gen << 20)) *
+		   0x9E3779B97F4A7C15ULL;
 	u32 start = (u32)(hash >> 32) % LP_MAX_LOCKS;
 	u32 step = ((u32)hash % LP_MAX_LOCKS) | 1;
 	u32 *found = lp_slots.lookup(&key);
@@ -237,14 +248,15 @@ static __always_inline u32 lp_slot_of(u64 lock, u32 flags, u32 source)
 #pragma unroll
 	for (int i = 0; i < LP_SLOT_PROBES; i++) {
 		u32 candidate = (start + i * step) % LP_MAX_LOCKS;
-		struct lp_key *owner;
+		struct lp_key *claim;
 
 		if (lp_slot_keys.insert(&candidate, &key) == 0) {
 			slot = candidate;
 			break;
 		}
-		owner = lp_slot_keys.lookup(&candidate);
-		if (owner && owner->lock == lock && owner->flags == flags && owner->source == source) {
+		claim = lp_slot_keys.lookup(&candidate);
+		if (claim && claim->lock == lock && claim->flags == flags && claim->source == source &&
+		    claim->mm_gen == gen) {
 			slot = candidate;
 			break;
 		}
@@ -273,7 +285,7 @@ static __always_inline struct lp_stats *lp_stats_at(u32 slot_plus1)
 
 static __always_inline struct lp_stats *lp_stats_get(u64 lock, u32 flags, u32 source)
 {
-	return lp_stats_at(lp_slot_of(lock, flags, source));
+	return lp_stats_at(lp_slot_of(lock, flags, source, 0));
 }
 
 /* Drop the task's cached lp_stats indexes if Python retired rows since they
@@ -293,27 +305,73 @@ static __always_inline void lp_slot_cache(struct lp_task *ts)
 	ts->cslot_plus1 = 0;
 }
 
+/*
+ * An mm's generation: the low 32 bits of its x86 context id, which the
+ * kernel hands out once per mm, when it creates it (for a forked child, or
+ * an exec). An mm address serves process after process; the generation
+ * tells them apart, from the fork or exec that builds the mm on (four
+ * billion mms later, two could share an address and a generation). 0 where
+ * the kernel has no such id: then every process on an address shares rows.
+ */
+static __always_inline u32 lp_mm_gen(u64 mm)
+{
+#if LP_MM_ID_OFFSET >= 0
+	u64 id = 0;
+
+	bpf_probe_read_kernel(&id, sizeof(id), (void *)(mm + LP_MM_ID_OFFSET));
+	return (u32)id ? (u32)id : 1;
+#else
+	return 0;
+#endif
+}
+
+/* The generation of an mmap_lock's mm: cached for the task's own mm; read
+ * for another's (khugepaged, /proc/N/maps readers, a fork or exec building
+ * a new mm). */
+static __always_inline u32 lp_mmap_gen(struct lp_task *ts, u64 lock)
+{
+	if (ts->own_mm && ts->own_mm + LP_MMAP_LOCK_OFFSET == lock)
+		return ts->own_gen;
+	return lp_mm_gen(lock - LP_MMAP_LOCK_OFFSET);
+}
+
+/* The mm generation of a contended lock, if it is an mmap_lock: an rwsem
+ * some task was seen taking as its own mm's. Not read from the lock's
+ * surroundings: an rwsem that is not an mmap_lock has no mm around it. */
+static __always_inline u32 lp_contention_gen(struct lp_task *ts, u64 lock, u32 flags)
+{
+	u32 *gen;
+
+	if (flags != LP_LCB_READ && flags != LP_LCB_WRITE)
+		return 0; /* not a plain rwsem: never an mmap_lock */
+	if (ts->own_mm && ts->own_mm + LP_MMAP_LOCK_OFFSET == lock)
+		return ts->own_gen;
+	gen = lp_mm_gens.lookup(&lock);
+	return gen ? *gen : 0;
+}
+
 /* The index of this task's mmap_lock row, cached: the same task nearly
- * always takes the same mmap_lock. */
-static __always_inline u32 lp_mmap_slot(struct lp_task *ts, u64 lock, u32 flags)
+ * always takes the same mmap_lock, of the same mm. */
+static __always_inline u32 lp_mmap_slot(struct lp_task *ts, u64 lock, u32 flags, u32 gen)
 {
 	u32 write = flags == LP_LCB_WRITE ? 1 : 0;
 
 	lp_slot_cache(ts);
-	if (ts->slot_lock != lock) {
+	if (ts->slot_lock != lock || ts->slot_gen != gen) {
 		ts->slot_lock = lock;
+		ts->slot_gen = gen;
 		ts->slot_plus1[0] = 0;
 		ts->slot_plus1[1] = 0;
 	}
 	if (!ts->slot_plus1[write])
-		ts->slot_plus1[write] = lp_slot_of(lock, flags, LP_SRC_MMAP_LOCK);
+		ts->slot_plus1[write] = lp_slot_of(lock, flags, LP_SRC_MMAP_LOCK, gen);
 	return ts->slot_plus1[write];
 }
 
 static __always_inline int lp_task_key_is(struct lp_task_key *a, struct lp_task_key *b)
 {
 	return a->lock == b->lock && a->tid == b->tid && a->tgid == b->tgid &&
-	       a->flags == b->flags && a->source == b->source;
+	       a->flags == b->flags && a->source == b->source && a->mm_gen == b->mm_gen;
 }
 
 /*
@@ -327,7 +385,7 @@ static __always_inline u32 lp_task_row_of(struct lp_task_key *key)
 {
 	u32 *found = lp_task_slots.lookup(key);
 	u64 hash = ((key->lock >> 3) ^ ((u64)key->tid << 24) ^ ((u64)key->flags << 48) ^
-		    ((u64)key->source << 60)) * 0x9E3779B97F4A7C15ULL;
+		    ((u64)key->source << 60) ^ ((u64)key->mm_gen << 8)) * 0x9E3779B97F4A7C15ULL;
 	u32 start = (u32)(hash >> 32) % LP_TASK_ROWS;
 	u32 step = ((u32)hash % LP_TASK_ROWS) | 1;
 	u32 slot = LP_TASK_ROWS;
@@ -364,6 +422,7 @@ static __always_inline u32 lp_task_row_of(struct lp_task_key *key)
 		row->key.lock = 0;
 		row->key.tid = 0;
 		row->key.tgid = 0;
+		row->key.mm_gen = 0;
 		lp_task_slot_keys.delete(&slot);
 		found = lp_task_slots.lookup(key);
 		if (found)
@@ -413,12 +472,12 @@ static __always_inline void lp_task_account(u64 lock, u32 flags, u32 source, u64
  * once the row's key is checked to be this event's: a task mostly takes one
  * lock in one way, and a freed or reused row fails the check. */
 static __always_inline void lp_task_account_hint(u32 *hint, u64 lock, u32 flags, u32 source,
-						 u64 wait_ns, u64 hold_ns, int is_hold)
+						 u32 gen, u64 wait_ns, u64 hold_ns, int is_hold)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct lp_task_key key = {
 		.lock = lock, .tid = (u32)pid_tgid, .tgid = pid_tgid >> 32,
-		.flags = flags, .source = source,
+		.flags = flags, .source = source, .mm_gen = gen,
 	};
 	struct lp_task_row *row = lp_task_row_at(*hint);
 
@@ -432,7 +491,7 @@ static __always_inline void lp_task_account_hint(u32 *hint, u64 lock, u32 flags,
 }
 
 static __always_inline void lp_emit(struct lp_config *cfg, u64 now, u64 duration, u64 lock,
-				    u32 flags, u32 source, u32 kind, s32 stack_id)
+				    u32 gen, u32 flags, u32 source, u32 kind, s32 stack_id)
 {
 	struct lp_event *ev;
 	u64 pid_tgid;
@@ -450,6 +509,7 @@ static __always_inline void lp_emit(struct lp_config *cfg, u64 now, u64 duration
 	ev->lock = lock;
 	ev->tgid = pid_tgid >> 32;
 	ev->tid = (u32)pid_tgid;
+	ev->mm_gen = gen;
 	ev->cpu = bpf_get_smp_processor_id();
 	ev->stack_id = stack_id;
 	ev->flags = flags;
@@ -480,10 +540,13 @@ static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task 
 	if (current_mm != mm)
 		return 0; /* a foreign mm: khugepaged, /proc/N/maps readers, ptrace */
 	ts->own_mm = mm;
-	if (cfg->target_tgid && cfg->target_tgid != tgid && cfg->target_lock == mm + LP_MMAP_LOCK_OFFSET) {
+	ts->own_gen = lp_mm_gen(mm);
+	if (cfg->target_tgid && cfg->target_tgid != tgid && cfg->target_lock == mm + LP_MMAP_LOCK_OFFSET &&
+	    (!ts->own_gen || ts->own_gen != cfg->target_gen)) {
 		/* Another process owns the target's mm address: the target's mm
 		 * was freed (it exited or exec'd) and the address reused. Stop
-		 * following the address, and leave this process's event out. */
+		 * following the address, and leave this process's event out.
+		 * (The same generation: a vfork child of the target, on its mm.) */
 		cfg->target_lock = 0;
 		return 1;
 	}
@@ -506,11 +569,20 @@ static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task 
 		}
 	}
 
+	struct lp_owner_key seen = { .lock = lock, .mm_gen = ts->own_gen };
+	struct lp_owner *known = lp_owners.lookup(&seen);
+
+	/* A vfork child runs on its parent's mm until it execs: the mm keeps
+	 * its process's name (with no generations, the newest process wins). */
+	if (known && known->tgid != tgid && ts->own_gen)
+		return 0;
 	bpf_get_current_comm(&owner.comm, sizeof(owner.comm));
-	if (lp_owners.update(&lock, &owner))
+	if (lp_owners.update(&seen, &owner) || lp_mm_gens.update(&lock, &ts->own_gen))
 		lp_error(LP_ERR_OWNER_MAP_FULL);
-	if (cfg->target_tgid == tgid)
+	if (cfg->target_tgid == tgid) {
+		cfg->target_gen = ts->own_gen;
 		cfg->target_lock = lock; /* one aligned 8-byte store */
+	}
 	return 0;
 }
 
@@ -589,12 +661,12 @@ static __always_inline int lp_held_find(struct lp_task *ts, u64 lock, u32 flags)
 
 /* Per-task row for an mmap_lock event, if this task is foreign to the mm. */
 static __always_inline void lp_mmap_task_account(struct lp_task *ts, u64 lock, u32 flags,
-						 u64 wait_ns, u64 hold_ns, int is_hold)
+						 u32 gen, u64 wait_ns, u64 hold_ns, int is_hold)
 {
 	if (!LP_TASK_SPLIT_OWN && ts->own_mm + LP_MMAP_LOCK_OFFSET == lock)
 		return;
 	lp_task_account_hint(&ts->mtask_plus1[flags == LP_LCB_WRITE ? 1 : 0], lock, flags,
-			     LP_SRC_MMAP_LOCK, wait_ns, hold_ns, is_hold);
+			     LP_SRC_MMAP_LOCK, gen, wait_ns, hold_ns, is_hold);
 }
 
 /* A read acquisition with no start_locking: mmap_write_downgrade(). */
@@ -602,6 +674,7 @@ static __always_inline void lp_mmap_downgrade(struct lp_config *cfg, struct lp_t
 					      u64 now)
 {
 	int i = lp_held_find(ts, lock, LP_LCB_WRITE);
+	u32 gen = lp_mmap_gen(ts, lock);
 	struct lp_stats *stats;
 	u64 held_ns;
 
@@ -612,15 +685,15 @@ static __always_inline void lp_mmap_downgrade(struct lp_config *cfg, struct lp_t
 	held_ns = now - ts->held[i].since_ns;
 	/* The row through the task's cache (not an index kept in held[]: a
 	 * hold may outlast its row's retirement, the cache is checked). */
-	stats = lp_stats_at(lp_mmap_slot(ts, lock, LP_LCB_WRITE));
+	stats = lp_stats_at(lp_mmap_slot(ts, lock, LP_LCB_WRITE, gen));
 	ts->held[i].flags = LP_LCB_READ;
 	ts->held[i].since_ns = now;
 	if (stats) {
 		stats->downgrades++;
 		lp_hist_add(&stats->hold, held_ns);
 	}
-	lp_mmap_task_account(ts, lock, LP_LCB_WRITE, 0, held_ns, 1);
-	lp_emit(cfg, now, held_ns, lock, LP_LCB_WRITE, LP_SRC_MMAP_LOCK, LP_KIND_HOLD, -1);
+	lp_mmap_task_account(ts, lock, LP_LCB_WRITE, gen, 0, held_ns, 1);
+	lp_emit(cfg, now, held_ns, lock, gen, LP_LCB_WRITE, LP_SRC_MMAP_LOCK, LP_KIND_HOLD, -1);
 }
 
 int lp_mmap_acquired(struct bpf_raw_tracepoint_args *ctx)
@@ -633,7 +706,7 @@ int lp_mmap_acquired(struct bpf_raw_tracepoint_args *ctx)
 	struct lp_stats *stats;
 	struct lp_task *ts;
 	u64 now, wait_ns;
-	u32 slot;
+	u32 slot, gen;
 
 	if (!cfg || !lp_wanted_now(cfg, lock))
 		return 0;
@@ -650,7 +723,8 @@ int lp_mmap_acquired(struct bpf_raw_tracepoint_args *ctx)
 	}
 	wait_ns = now - ts->wait_start_ns;
 	ts->wait_lock = 0;
-	slot = lp_mmap_slot(ts, lock, flags);
+	gen = lp_mmap_gen(ts, lock);
+	slot = lp_mmap_slot(ts, lock, flags, gen);
 	stats = lp_stats_at(slot);
 	if (!stats)
 		return 0;
@@ -663,8 +737,8 @@ int lp_mmap_acquired(struct bpf_raw_tracepoint_args *ctx)
 		stats->contended++;
 	lp_hist_add(&stats->wait, wait_ns);
 	lp_held_push(ts->held, lock, flags, now);
-	lp_mmap_task_account(ts, lock, flags, wait_ns, 0, 0);
-	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_MMAP_LOCK, LP_KIND_WAIT, -1);
+	lp_mmap_task_account(ts, lock, flags, gen, wait_ns, 0, 0);
+	lp_emit(cfg, now, wait_ns, lock, gen, flags, LP_SRC_MMAP_LOCK, LP_KIND_WAIT, -1);
 	return 0;
 }
 
@@ -676,6 +750,7 @@ int lp_mmap_released(struct bpf_raw_tracepoint_args *ctx)
 	struct lp_stats *stats;
 	struct lp_task *ts;
 	u64 now, held_ns;
+	u32 gen;
 	int i;
 
 	if (!cfg || !lp_wanted_now(cfg, lock))
@@ -689,13 +764,14 @@ int lp_mmap_released(struct bpf_raw_tracepoint_args *ctx)
 	now = bpf_ktime_get_ns();
 	held_ns = now - ts->held[i].since_ns;
 	ts->held[i].lock = 0;
-	stats = lp_stats_at(lp_mmap_slot(ts, lock, flags));
+	gen = lp_mmap_gen(ts, lock);
+	stats = lp_stats_at(lp_mmap_slot(ts, lock, flags, gen));
 	if (stats) {
 		stats->releases++;
 		lp_hist_add(&stats->hold, held_ns);
 	}
-	lp_mmap_task_account(ts, lock, flags, 0, held_ns, 1);
-	lp_emit(cfg, now, held_ns, lock, flags, LP_SRC_MMAP_LOCK, LP_KIND_HOLD, -1);
+	lp_mmap_task_account(ts, lock, flags, gen, 0, held_ns, 1);
+	lp_emit(cfg, now, held_ns, lock, gen, flags, LP_SRC_MMAP_LOCK, LP_KIND_HOLD, -1);
 	return 0;
 }
 
@@ -740,14 +816,18 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 }
 
 /* The index of a contention row, cached per task like lp_mmap_slot(): a
- * task mostly waits on the same lock in the same way. */
+ * task mostly waits on the same lock in the same way. The owner (of an
+ * mmap_lock) is cached with it: ts->cslot_gen. */
 static __always_inline u32 lp_contention_slot(struct lp_task *ts, u64 lock, u32 flags)
 {
 	lp_slot_cache(ts);
 	if (ts->cslot_lock != lock || ts->cslot_flags != flags || !ts->cslot_plus1) {
+		u32 gen = lp_contention_gen(ts, lock, flags);
+
 		ts->cslot_lock = lock;
 		ts->cslot_flags = flags;
-		ts->cslot_plus1 = lp_slot_of(lock, flags, LP_SRC_CONTENTION);
+		ts->cslot_gen = gen;
+		ts->cslot_plus1 = lp_slot_of(lock, flags, LP_SRC_CONTENTION, gen);
 	}
 	return ts->cslot_plus1;
 }
@@ -762,10 +842,12 @@ static __always_inline void lp_caller_add(struct lp_caller_stats *cs, u64 wait_n
 }
 
 /* slot_plus1: the wait's contention lp_stats index + 1 (0: none). */
-static __always_inline void lp_caller_account(u64 lock, s32 stack_id, u32 flags, u64 wait_ns,
-					      u32 slot_plus1)
+static __always_inline void lp_caller_account(u64 lock, s32 stack_id, u32 flags, u32 gen,
+					      u64 wait_ns, u32 slot_plus1)
 {
-	struct lp_caller_key key = { .lock = lock, .stack_id = stack_id, .flags = flags };
+	struct lp_caller_key key = {
+		.lock = lock, .stack_id = stack_id, .flags = flags, .mm_gen = gen,
+	};
 	struct lp_caller_stats *cs;
 
 	if (stack_id == -1 && slot_plus1) {
@@ -825,7 +907,7 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 	struct lp_task *ts;
 	u64 now, start_ns, wait_ns;
 	s32 stack_id = -1;
-	u32 depth, flags, slot;
+	u32 depth, flags, slot, gen;
 	int at = -1;
 
 	if (!cfg || !lp_wanted_now(cfg, lock))
@@ -885,9 +967,11 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 			stats->failures++; /* interrupted or killed while waiting */
 		lp_hist_add(&stats->wait, wait_ns);
 	}
-	lp_caller_account(lock, stack_id, flags, wait_ns, slot);
-	lp_task_account_hint(&ts->ctask_plus1, lock, flags, LP_SRC_CONTENTION, wait_ns, 0, 0);
-	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_CONTENTION, LP_KIND_WAIT, stack_id);
+	gen = ts->cslot_gen; /* as cached by lp_contention_slot() */
+	lp_caller_account(lock, stack_id, flags, gen, wait_ns, slot);
+	lp_task_account_hint(&ts->ctask_plus1, lock, flags, LP_SRC_CONTENTION, gen, wait_ns, 0,
+			     0);
+	lp_emit(cfg, now, wait_ns, lock, gen, flags, LP_SRC_CONTENTION, LP_KIND_WAIT, stack_id);
 	return 0;
 }
 
@@ -966,7 +1050,7 @@ static __always_inline int lp_spec_returned(struct pt_regs *ctx, int acquired)
 	lp_hist_add(&stats->wait, wait_ns);
 	lp_held_push(ts->spec_held, lock, flags, now);
 	lp_task_account(lock, flags, LP_SRC_SPEC, pid_tgid, wait_ns, 0, 0);
-	lp_emit(cfg, now, wait_ns, lock, flags, LP_SRC_SPEC, LP_KIND_WAIT, -1);
+	lp_emit(cfg, now, wait_ns, lock, 0, flags, LP_SRC_SPEC, LP_KIND_WAIT, -1);
 	return 0;
 }
 
@@ -1020,7 +1104,7 @@ static __always_inline int lp_spec_release(struct pt_regs *ctx, u32 flags)
 		lp_hist_add(&stats->hold, held_ns);
 	}
 	lp_task_account(lock, flags, LP_SRC_SPEC, pid_tgid, 0, held_ns, 1);
-	lp_emit(cfg, now, held_ns, lock, flags, LP_SRC_SPEC, LP_KIND_HOLD, -1);
+	lp_emit(cfg, now, held_ns, lock, 0, flags, LP_SRC_SPEC, LP_KIND_HOLD, -1);
 	return 0;
 }
 

@@ -107,11 +107,19 @@ enum lp_error {
 	LP_NR_ERRORS = 19,
 };
 
-/* Aggregate key: one row per lock, acquisition flags and probe family. */
+/*
+ * Aggregate key: one row per lock, acquisition flags, probe family and, for
+ * an mmap_lock, mm generation. A freed mm's address goes to the next process
+ * at once (a shell's children often all get the same one): the generation
+ * keeps one process's mmap_lock figures from merging into the next's. Python
+ * maps each (lock, mm_gen) to a lock id (profiler/lockids.py).
+ */
 struct lp_key {
 	u64 lock;   /* lock address; for mmap_lock: mm_struct + offset of mmap_lock */
 	u32 flags;  /* LP_LCB_* (mmap_lock source uses READ or WRITE only) */
 	u32 source; /* enum lp_source */
+	u32 mm_gen; /* an mmap_lock's mm generation (lp_mm_gen); 0: none, or not an mmap_lock */
+	u32 pad;
 };
 
 /* Log2 histogram of nanoseconds with exact count, sum and max. */
@@ -144,6 +152,8 @@ struct lp_task_key {
 	u32 tgid;
 	u32 flags;
 	u32 source;
+	u32 mm_gen; /* as in lp_key */
+	u32 pad;
 };
 
 struct lp_task_stats {
@@ -164,12 +174,22 @@ struct lp_caller_key {
 	u64 lock;
 	s32 stack_id;
 	u32 flags;
+	u32 mm_gen; /* as in lp_key */
+	u32 pad;
 };
 
 struct lp_caller_stats {
 	u64 count;
 	u64 total_ns;
 	u64 max_ns;
+};
+
+/* An mm, for the owner map: its mmap_lock address and generation (an
+ * address reused by the next process keeps the previous one's name). */
+struct lp_owner_key {
+	u64 lock;
+	u32 mm_gen;
+	u32 pad;
 };
 
 /* Which process an mm (its mmap_lock address) belongs to. */
@@ -217,7 +237,7 @@ struct lp_config {
 	u64 stack_threshold_ns; /* kernel stack only for contended waits this long */
 	u64 stack_gap_ns;    /* at most one such stack per CPU per gap; 0: every one */
 	u32 follow;          /* --follow: also the target's descendants (lp_followed) */
-	u32 pad;
+	u32 target_gen;      /* learned in BPF: target_lock's mm generation */
 };
 
 /* One record of the per-event stream (waits and holds over the threshold). */
@@ -227,12 +247,13 @@ struct lp_event {
 	u64 lock;
 	u32 tgid;
 	u32 tid;
-	u32 cpu;
+	u32 mm_gen;      /* as in lp_key */
 	s32 stack_id;    /* kernel stack of a contended wait, else -1 */
-	u32 flags;
+	u16 cpu;
+	u16 flags;       /* LP_LCB_* and LP_F_SUM: below 2^16 */
 	u16 source;
 	u16 kind;        /* enum lp_kind */
-	char comm[16];
+	char comm[16];   /* 64 bytes in all, as LP_RINGBUF_PAGES assumes */
 };
 
 /* Per-task state in task-local storage (no tid-keyed hash on the hot path). */
@@ -274,11 +295,13 @@ struct lp_task {
 	struct lp_nest nest[LP_MAX_NEST];
 	u64 wait_start_ns;
 	u32 wait_flags;
-	u32 pad;
+	u32 own_gen;       /* own_mm's generation */
 	u64 own_mm;        /* current->mm last recorded in the owner map */
 	u64 slot_lock;     /* the mmap_lock whose lp_stats indexes are cached */
 	u32 slot_plus1[2]; /* its read [0] and write [1] index + 1; 0: not cached */
 	u32 mtask_plus1[2]; /* lp_task_rows index + 1 of the last read/write mmap_lock row */
+	u32 slot_gen;      /* slot_lock's mm generation when its indexes were cached */
+	u32 cslot_gen;     /* cslot_lock's mm generation (an mmap_lock's), as cached */
 	struct lp_held held[LP_MAX_HELD];
 	struct lp_spec_wait spec_wait;      /* lock spec: in a lock function */
 	struct lp_spec_wait spec_sum;       /* lock spec: in the sum function */

@@ -264,9 +264,12 @@ def interval_maxima_from_running(intervals: pd.DataFrame) -> pd.DataFrame:
 
 # -- naming locks -------------------------------------------------------------
 
-# The locks table: one row per (lock, flags, source).
+# The locks table: one row per (lock, flags, source). `lock` is a lock id
+# (profiler/lockids.py): the address, except for the second and later
+# processes on one mm address, whose address is in `address`.
 LOCK_COLUMNS = [
     *KEY_COLUMNS,
+    "address",
     "lock_class",
     "mode",
     "name",
@@ -322,14 +325,18 @@ def name_locks(
     stacks: dict[int, list[str]],
     data_symbols: dict[int, str] | None = None,
     spec_class: str = "lockspec",
+    addresses: dict[int, int] | None = None,
 ) -> pd.DataFrame:
     """One row per (lock, flags, source): class, mode and a human name.
 
-    An rwsem whose address is some mm's mmap_lock is named mmap_lock (with the
-    owning pid). Others: a kallsyms data symbol if one starts at the address,
-    else the top contending caller (function+offset) and the address.
+    owners maps a lock id to its owning (pid, comm). An rwsem that is some
+    mm's mmap_lock is named mmap_lock (with the owning pid). Others: a
+    kallsyms data symbol if one starts at the address, else the top
+    contending caller (function+offset) and the address. addresses maps the
+    lock ids that are not their own address (lockids.py) to it.
     """
     data_symbols = data_symbols or {}
+    addresses = addresses or {}
     top_caller = _top_callers(callers, stacks)
     unique_keys = keys[KEY_COLUMNS].drop_duplicates()
     # A lock the mmap_lock tracepoints fired on is an mmap_lock even when its
@@ -363,6 +370,7 @@ def name_locks(
                 "lock": int(lock),
                 "flags": int(flags),
                 "source": int(source),
+                "address": addresses.get(int(lock), int(lock)),
                 "lock_class": lock_class,
                 "mode": mode,
                 "name": name,
@@ -372,6 +380,7 @@ def name_locks(
         )
     frame = pd.DataFrame(rows, columns=LOCK_COLUMNS)
     frame["lock"] = frame["lock"].astype("uint64")
+    frame["address"] = frame["address"].astype("uint64")
     return frame
 
 
@@ -486,7 +495,9 @@ def summary_rows(intervals: pd.DataFrame, locks: pd.DataFrame, families: list[st
     for i, (lock, mode, mmap, cpu) in enumerate(cpu_keys):
         cpus_of.setdefault((lock, mode, mmap), []).append((int(cpu), i))
     result = []
+    lock_ids = []
     for lock, mode in dict.fromkeys((lock, mode) for lock, mode, _m in families_seen):
+        lock_ids.append(int(lock))
         result.append(
             _summary_row(
                 int(lock),
@@ -499,7 +510,7 @@ def summary_rows(intervals: pd.DataFrame, locks: pd.DataFrame, families: list[st
                 per_cpu,
             )
         )
-    _add_reconciliation(result)
+    _add_reconciliation(result, lock_ids)
     result.sort(key=lambda r: (r["wait_ns"] or {}).get("total") or 0, reverse=True)
     return result
 
@@ -512,7 +523,10 @@ def _summary_row(lock, mode, ident, families, family_index, totals, cpus_of, per
         "lock": ident["name"],
         "lock_class": ident["lock_class"],
         "mode": mode,
-        "lock_addr": f"{lock:#x}",
+        "lock_addr": f"{ident['address']:#x}",
+        # Two processes' mmap_locks can share an address (one after the
+        # other): the id tells them apart (profiler/lockids.py).
+        "lock_id": f"{lock:#x}",
         "owner_pid": ident["owner_pid"],
         "owner_comm": ident["owner_comm"],
     }
@@ -571,7 +585,9 @@ def _lock_identities(merged: pd.DataFrame) -> dict[int, dict]:
     identities = {}
     for row in ranked.drop_duplicates("lock").to_dict("records"):
         owner_pid, owner_comm = row["owner_pid"], row["owner_comm"]
+        address = row.get("address")
         identities[int(row["lock"])] = {
+            "address": int(row["lock"]) if address is None or pd.isna(address) else int(address),
             "lock_class": row["lock_class"],
             "name": row["name"],
             "owner_pid": None if pd.isna(owner_pid) else int(owner_pid),
@@ -580,12 +596,13 @@ def _lock_identities(merged: pd.DataFrame) -> dict[int, dict]:
     return identities
 
 
-def _add_reconciliation(rows: list[dict]) -> None:
+def _add_reconciliation(rows: list[dict], lock_ids: list[int]) -> None:
     """still_held (acquired, neither released nor downgraded by the end) and
-    the reader:writer ratio, per lock."""
-    by_lock: dict[str, dict[str, dict]] = {}
-    for row in rows:
-        by_lock.setdefault(row["lock_addr"], {})[row["mode"]] = row
+    the reader:writer ratio, per lock (lock_ids: each row's lock id; two
+    processes' mmap_locks can share an address)."""
+    by_lock: dict[int, dict[str, dict]] = {}
+    for lock_id, row in zip(lock_ids, rows, strict=True):
+        by_lock.setdefault(lock_id, {})[row["mode"]] = row
     for modes in by_lock.values():
         read, write = modes.get("read"), modes.get("write")
         downgrades = (write or {}).get("downgrades") or 0

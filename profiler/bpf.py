@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from profiler import btf, schema
 from profiler.errors import LockprofError, MechanismUnavailable
+from profiler.lockids import LockIds
 from profiler.probes import Plan
 from profiler.spool import RecordSpool
 
@@ -36,6 +38,8 @@ _RETIRED_TASK = np.dtype(
 )  # fmt: skip
 # A retired caller row: lock, stack_id, flags, count, total_ns, max_ns.
 _RETIRED_CALLER = struct.Struct("<QiI3Q")
+# A forgotten lock id (profiler/lockids.py): its exited owner's name.
+_FORGOTTEN_OWNER = np.dtype([("lock", "<u8"), ("address", "<u8"), ("tgid", "<u4"), ("comm", "S16")])
 
 # Cap the per-CPU aggregate map's memory: entries x value size x CPUs.
 _STATS_MAP_BUDGET_BYTES = 64 << 20
@@ -197,6 +201,13 @@ class BpfSession:
         # Lock rows retired from the kernel's maps but not yet freed:
         # index -> (lock, flags, source). See retire_locks().
         self._retiring: dict[int, tuple[int, int, int]] = {}
+        # Rows are (lock id, flags, source) to the rest of lockprof; the
+        # kernel's keys are (address, flags, source, mm_gen). lock_ids turns
+        # one into the other (an mm address serves process after process).
+        self.lock_ids = LockIds()
+        self._row_ids: dict[tuple[tuple[int, int, int, int], int], int] = {}
+        self._kernel_keys: dict[int, tuple[int, int, int, int]] = {}  # index -> key
+        self._forgotten = RecordSpool(_FORGOTTEN_OWNER, "lock owners")
         self.locks_retired = 0
         self.max_locks = 0
         self._ring: RingReader | None = None
@@ -396,13 +407,23 @@ class BpfSession:
         return snapshot
 
     def _lock_rows(self) -> list[tuple[tuple[int, int, int], int]]:
-        """((lock, flags, source), lp_stats index) of every row: those
+        """((lock id, flags, source), lp_stats index) of every row: those
         lp_slots publishes, and the retired ones not yet freed."""
-        named = [
-            ((int(key.lock), int(key.flags), int(key.source)), slot.value)
-            for key, slot in self._bpf["lp_slots"].items()
-        ]
+        named = []
+        for key, slot in self._bpf["lp_slots"].items():
+            kernel_key = (int(key.lock), int(key.flags), int(key.source), int(key.mm_gen))
+            self._kernel_keys[slot.value] = kernel_key
+            named.append(((self._row_id(kernel_key, slot.value), *kernel_key[1:3]), slot.value))
         return named + [(key, index) for index, key in self._retiring.items()]
+
+    def _row_id(self, kernel_key: tuple[int, int, int, int], index: int) -> int:
+        """The lock id of a kernel row (remembered while the row lives: the
+        ids of live rows are the ones forget_owners() keeps)."""
+        cached = self._row_ids.get((kernel_key, index))
+        if cached is None:
+            cached = self.lock_ids.id_of(kernel_key[0], kernel_key[3])
+            self._row_ids[(kernel_key, index)] = cached
+        return cached
 
     def read_errors(self) -> dict[str, int]:
         table = self._bpf["lp_errors"]
@@ -414,10 +435,9 @@ class BpfSession:
             totals[name] = int(sum(table.getvalue(ctypes.c_int(index))))
         return totals
 
-    @staticmethod
-    def _task_row(key, value) -> dict:
+    def _task_row(self, key, value) -> dict:
         return {
-            "lock": int(key.lock),
+            "lock": self.lock_ids.id_of(int(key.lock), int(key.mm_gen)),
             "tid": int(key.tid),
             "tgid": int(key.tgid),
             "flags": int(key.flags),
@@ -483,7 +503,8 @@ class BpfSession:
                 del slots[key]
             value = rows[ctypes.c_int(index)].stats
             final.append((
-                key.lock, key.tid, key.tgid, key.flags, key.source,
+                self.lock_ids.id_of(int(key.lock), int(key.mm_gen)),
+                key.tid, key.tgid, key.flags, key.source,
                 value.waits, value.wait_ns, value.holds, value.hold_ns, bytes(value.comm),
             ))  # fmt: skip
             rows[ctypes.c_int(index)] = rows.Leaf()
@@ -508,11 +529,12 @@ class BpfSession:
         slots = self._bpf["lp_slots"]
         claims = self._bpf["lp_slot_keys"]
         tombstone = schema.const("LP_SRC_RETIRED")
-        for (lock, flags, source), index in fresh:
-            claims[ctypes.c_uint(index)] = claims.Leaf(lock, flags, tombstone)
+        for key, index in fresh:
+            address, flags, source, gen = self._kernel_keys[index]
+            claims[ctypes.c_uint(index)] = claims.Leaf(address, flags, tombstone, gen)
             with contextlib.suppress(KeyError):
-                del slots[slots.Key(lock, flags, source)]
-            self._retiring[index] = (lock, flags, source)
+                del slots[slots.Key(address, flags, source, gen)]
+            self._retiring[index] = key
         epoch = self._bpf["lp_epoch"]
         zero = ctypes.c_int(0)
         epoch[zero] = ctypes.c_uint(epoch[zero].value + 1)
@@ -538,6 +560,9 @@ class BpfSession:
             del short[ctypes.c_int(index)]
             with contextlib.suppress(KeyError):
                 del claims[ctypes.c_uint(index)]
+            kernel_key = self._kernel_keys.pop(index, None)
+            if kernel_key is not None:
+                self._row_ids.pop((kernel_key, index), None)
         self._retiring.clear()
         return freed
 
@@ -551,22 +576,27 @@ class BpfSession:
         come back between the check and the delete, those few waits are lost
         from the callers only (the aggregates are exact)."""
         contention = schema.const("LP_SRC_CONTENTION")
-        gone = {(lock, flags): index for index, (lock, flags, source) in freed.items()
-                if source == contention}  # fmt: skip
+        # (address, flags, mm_gen) of each freed contention row -> its lock id
+        gone = {}
+        for index, (lock_id, flags, source) in freed.items():
+            kernel_key = self._kernel_keys.get(index)
+            if source == contention and kernel_key is not None:
+                gone[(kernel_key[0], flags, kernel_key[3])] = lock_id
         if not gone:
             return
         short = self._bpf["lp_short_callers"]
-        for (lock, flags), index in gone.items():
-            self._keep_caller(lock, -1, flags, short.getvalue(ctypes.c_int(index)))
-        in_use = {(int(key.lock), int(key.flags)) for key in self._bpf["lp_slots"]
+        for index, (lock_id, flags, source) in freed.items():
+            if source == contention:
+                self._keep_caller(lock_id, -1, flags, short.getvalue(ctypes.c_int(index)))
+        in_use = {(int(key.lock), int(key.flags), int(key.mm_gen)) for key in self._bpf["lp_slots"]
                   if int(key.source) == contention}  # fmt: skip
         table = self._bpf["lp_callers"]
         for key in list(table.keys()):
-            ident = (int(key.lock), int(key.flags))
+            ident = (int(key.lock), int(key.flags), int(key.mm_gen))
             if ident not in gone or ident in in_use:
                 continue
             with contextlib.suppress(KeyError):
-                self._keep_caller(int(key.lock), int(key.stack_id), int(key.flags),
+                self._keep_caller(gone[ident], int(key.stack_id), int(key.flags),
                                   table.getvalue(key))  # fmt: skip
                 del table[key]
 
@@ -606,7 +636,8 @@ class BpfSession:
                 per_cpu = table.getvalue(key)
             except KeyError:
                 continue
-            add(int(key.lock), int(key.stack_id), int(key.flags), per_cpu)
+            lock_id = self.lock_ids.id_of(int(key.lock), int(key.mm_gen))
+            add(lock_id, int(key.stack_id), int(key.flags), per_cpu)
         short = self._bpf["lp_short_callers"]
         contention = schema.const("LP_SRC_CONTENTION")
         for (lock, flags, source), index in self._lock_rows():
@@ -643,11 +674,103 @@ class BpfSession:
             for k, v in self._bpf["lp_samples"].items()
         ]
 
-    def read_owners(self) -> dict[int, tuple[int, str]]:
+    def _owner_entries(self) -> dict[tuple[int, int], tuple[int, str]]:
+        """(mmap_lock address, mm generation) -> (tgid, comm) of the process
+        seen on that mm as its own."""
         return {
-            int(k.value): (int(v.tgid), bytes(v.comm).rstrip(b"\0").decode(errors="replace"))
+            (int(k.lock), int(k.mm_gen)): (
+                int(v.tgid),
+                bytes(v.comm).rstrip(b"\0").decode(errors="replace"),
+            )
             for k, v in self._bpf["lp_owners"].items()
         }
+
+    def read_owners(self) -> dict[int, tuple[int, str]]:
+        """mmap_lock address -> (tgid, comm) of its latest mm's process."""
+        latest = {int(k.value): int(v.value) for k, v in self._bpf["lp_mm_gens"].items()}
+        found: dict[int, tuple[int, tuple[int, str]]] = {}
+        for (address, gen), owner in self._owner_entries().items():
+            rank = 1 << 32 if latest.get(address) == gen else gen
+            if address not in found or rank > found[address][0]:
+                found[address] = (rank, owner)
+        return {address: owner for address, (_rank, owner) in found.items()}
+
+    def lock_owners(self, forgotten: bool = False) -> dict[int, tuple[int, str | None]]:
+        """Lock id -> (owner tgid, comm) of every mmap_lock id whose process
+        is known; with forgotten, also those of exited processes that
+        forget_owners() took out (the recording names their rows)."""
+        for (address, gen), (tgid, comm) in self._owner_entries().items():
+            lock_id = self.lock_ids.find(address, gen)
+            if lock_id is not None:
+                self.lock_ids.set_owner(lock_id, tgid, comm)
+        owners: dict[int, tuple[int, str | None]] = {}
+        if forgotten:
+            for lock_id, _address, tgid, comm in self._forgotten.read().tolist():
+                owners[lock_id] = (tgid, comm.rstrip(b"\0").decode(errors="replace") or None)
+        owners.update(self.lock_ids.owned())  # an address without generations: the latest
+        return owners
+
+    def lock_addresses(self, forgotten: bool = False) -> dict[int, int]:
+        """Lock id -> address, for the ids that are not their own address
+        (with forgotten, also those of exited processes)."""
+        found = self.lock_ids.addresses()
+        if forgotten:
+            for lock_id, address, _tgid, _comm in self._forgotten.read().tolist():
+                if lock_id != address:
+                    found[lock_id] = address
+        return found
+
+    def target_lock_id(self) -> int:
+        """The lock id of the target's mmap_lock (its address while no row
+        of it has been seen)."""
+        config = self._bpf["lp_config"][ctypes.c_int(0)]
+        address, gen = int(config.target_lock), int(config.target_gen)
+        found = self.lock_ids.find(address, gen)
+        return address if found is None else found
+
+    def forget_owners(self, alive) -> int:
+        """Forget the processes that have exited (alive(tgid) is False):
+        their entries in the kernel's owner maps (which would otherwise
+        fill under process churn), and their lock ids once no kernel row
+        uses them (kept on disk for the recording). Call it after the lock
+        rows of exited owners were retired and freed. Returns how many ids
+        were forgotten."""
+        owners = self._bpf["lp_owners"]
+        gens = self._bpf["lp_mm_gens"]
+        for key, value in list(owners.items()):
+            address, gen, tgid = int(key.lock), int(key.mm_gen), int(value.tgid)
+            if gen == 0 or alive(tgid):
+                continue  # without generations the entry is the address's, for its next process
+            lock_id = self.lock_ids.find(address, gen)
+            if lock_id is not None:
+                comm = bytes(value.comm).rstrip(b"\0").decode(errors="replace")
+                self.lock_ids.set_owner(lock_id, tgid, comm)
+            with contextlib.suppress(KeyError):
+                del owners[key]
+            with contextlib.suppress(KeyError):
+                # The address's latest mm, unless a new one just took it (a
+                # contended wait there by another process's task then counts
+                # for the address's first mm: rare, and only until its own
+                # tasks are seen).
+                if int(gens[gens.Key(address)].value) == gen:
+                    del gens[gens.Key(address)]
+        in_use = set(self._row_ids.values())
+        gone = [
+            lock_id
+            for lock_id, (tgid, _comm) in self.lock_ids.owned().items()
+            if lock_id not in in_use and not alive(tgid)
+        ]
+        rows = [self.lock_ids.forget(lock_id) for lock_id in gone]
+        self._forgotten.append(
+            np.array(
+                [
+                    (lock_id, address, tgid or 0, (comm or "").encode()[:16])
+                    for lock_id, (address, tgid, comm) in zip(gone, rows, strict=True)
+                ],
+                dtype=_FORGOTTEN_OWNER,
+            )
+        )
+        return len(gone)
 
     def run_stats(self) -> dict[str, tuple[int, int]]:
         """BPF function -> (runs, run time ns), while run_stats_enabled()."""
@@ -699,7 +822,32 @@ class BpfSession:
         if len(batch) > room:
             self.events_dropped_userspace += len(batch) - room
             batch = batch[:room]
-        self._events.append(batch)
+        self._events.append(self._with_lock_ids(batch))
+
+    def _with_lock_ids(self, events: np.ndarray) -> np.ndarray:
+        """Events with their lock turned into its lock id, as they arrive:
+        the ids of exited processes are forgotten later (see lockids.py).
+        Hash-based factorizing keeps this to a few ms per 100k events."""
+        if len(events) == 0 or not events["mm_gen"].any():
+            return events
+        lock_codes, locks = pd.factorize(events["lock"])
+        gen_codes, gens = pd.factorize(events["mm_gen"])
+        width = len(gens)
+        pair_codes, pairs = pd.factorize(lock_codes.astype(np.int64) * width + gen_codes)
+        pair_locks = np.asarray(locks, dtype=np.uint64)[pairs // width]
+        pair_gens = np.asarray(gens, dtype=np.uint64)[pairs % width]
+        ids = np.array(
+            [
+                self.lock_ids.id_of(int(a), int(o))
+                for a, o in zip(pair_locks, pair_gens, strict=True)
+            ],
+            dtype=np.uint64,
+        )
+        if (ids == pair_locks).all():
+            return events
+        events = events.copy()
+        events["lock"] = ids[pair_codes]
+        return events
 
     def take_events(self) -> np.ndarray:
         """Structured array (fields of struct lp_event) of events so far."""

@@ -152,29 +152,38 @@ class Btf:
 
     def member_offset(self, struct_name: str, member: str) -> int:
         """Byte offset of member in struct_name, looking inside anonymous
-        structs and unions (mm_struct.mmap_lock sits in one)."""
-        found = self._search(self.find_struct(struct_name), member, set())
-        if found is None:
-            raise LockprofError(f"struct {struct_name} has no member {member} in kernel BTF")
-        if found % 8:
+        structs and unions (mm_struct.mmap_lock sits in one). member may be
+        a dotted path through named members (context.ctx_id)."""
+        type_id, bits = self.find_struct(struct_name), 0
+        for part in member.split("."):
+            inner = self._type(type_id)
+            found = None
+            if inner is not None and inner.kind in (KIND_STRUCT, KIND_UNION):
+                found = self._search(type_id, part, set())
+            if found is None:
+                raise LockprofError(f"struct {struct_name} has no member {member} in kernel BTF")
+            bits += found[0]
+            type_id = self._resolve(found[1])
+        if bits % 8:
             raise LockprofError(f"{struct_name}.{member} is a bitfield")
-        return found // 8
+        return bits // 8
 
-    def _search(self, type_id: int, member: str, inside: set[int]) -> int | None:
-        """Bit offset of member in type_id or its anonymous members. inside
-        holds the anonymous types being searched: a struct cannot contain
-        itself, so meeting one again means the blob is corrupt."""
+    def _search(self, type_id: int, member: str, inside: set[int]) -> tuple[int, int] | None:
+        """(bit offset, type id) of member in type_id or its anonymous
+        members. inside holds the anonymous types being searched: a struct
+        cannot contain itself, so meeting one again means the blob is
+        corrupt."""
         if type_id in inside:
             raise _malformed(f"type {type_id} contains itself")
         for name, mtype, bit_offset in self._members(type_id):
             if name == member:
-                return bit_offset
+                return bit_offset, mtype
             resolved = self._resolve(mtype)
             inner = self._type(resolved)
             if not name and inner is not None and inner.kind in (KIND_STRUCT, KIND_UNION):
                 nested = self._search(resolved, member, inside | {type_id})
                 if nested is not None:
-                    return bit_offset + nested
+                    return bit_offset + nested[0], nested[1]
         return None
 
 
@@ -200,6 +209,12 @@ PROBE_OFFSETS = {
     "LP_TASK_PID_OFFSET": ("task_struct", "pid"),  # off-CPU: the task switched in
     "LP_TASK_TGID_OFFSET": ("task_struct", "tgid"),  # --follow: a forked child's process
 }
+# Offsets the probes can do without: -1 when the member is absent.
+OPTIONAL_PROBE_OFFSETS = {
+    # x86: an id per mm, never reused, which tells apart the processes an
+    # mm address serves one after another (probes/lockprof.bpf.c lp_mm_gen).
+    "LP_MM_ID_OFFSET": ("mm_struct", "context.ctx_id"),
+}
 
 
 def _cache_dir() -> Path:
@@ -220,7 +235,7 @@ def probe_offsets(btf_path: Path = VMLINUX_BTF) -> dict[str, int]:
     cache = _cache_dir() / f"offsets-{digest}.json"
     try:
         cached = json.loads(cache.read_text())
-        if set(cached) == set(PROBE_OFFSETS):
+        if set(cached) == set(PROBE_OFFSETS) | set(OPTIONAL_PROBE_OFFSETS):
             return {k: int(v) for k, v in cached.items()}
     except (OSError, ValueError):
         pass
@@ -229,6 +244,11 @@ def probe_offsets(btf_path: Path = VMLINUX_BTF) -> dict[str, int]:
     except LockprofError as exc:
         raise LockprofError(f"{btf_path}: {exc}") from None
     offsets = {d: btf.member_offset(s, m) for d, (s, m) in PROBE_OFFSETS.items()}
+    for define, (struct_name, member) in OPTIONAL_PROBE_OFFSETS.items():
+        try:
+            offsets[define] = btf.member_offset(struct_name, member)
+        except LockprofError:
+            offsets[define] = -1
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(offsets))

@@ -134,7 +134,7 @@ def _relabel(rec: Recording) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tupl
     target_pid = rec.meta.get("target_pid")
     identity_of: dict[int, tuple[str, str]] = {}
     for row in aggregate.summary_rows(rec.intervals, rec.locks, families):
-        identity_of[int(row["lock_addr"], 16)] = lock_identity(row, target_pid)
+        identity_of[int(row["lock_id"], 16)] = lock_identity(row, target_pid)
     ids: dict[tuple[str, str], int] = {}
     address_to_id: dict[int, int] = {}
     for address in sorted({int(a) for a in rec.intervals["lock"].unique()}):
@@ -149,6 +149,7 @@ def _relabel(rec: Recording) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tupl
     intervals["lock"] = mapped(intervals["lock"])
     locks = rec.locks[rec.locks["lock"].isin(list(address_to_id))].copy()
     locks["lock"] = mapped(locks["lock"])
+    locks["address"] = locks["lock"]
     locks["name"] = [labels[int(i)][0] for i in locks["lock"]]
     locks["lock_class"] = [labels[int(i)][1] for i in locks["lock"]]
     locks["owner_pid"] = np.nan
@@ -176,7 +177,7 @@ def run_figures(rec: Recording, throughput: float | None = None) -> RunFigures:
     intervals, locks, labels = _relabel(rec)
     families = rec.meta.get("families") or []
     for row in aggregate.summary_rows(intervals, locks, families):
-        label, lock_class = labels[int(row["lock_addr"], 16)]
+        label, lock_class = labels[int(row["lock_id"], 16)]
         key = (label, lock_class, row["mode"])
         wait, hold = row.get("wait_ns"), row.get("hold_ns")
         values: dict[str, float | None] = {

@@ -1,13 +1,17 @@
 """The recording file: what a collection leaves behind, and all reports read.
 
-Format (schema version 2): a ZIP archive (extension .lpr) holding
+Format (schema version 3): a ZIP archive (extension .lpr) holding
 
   meta.json          format, schema_version, kernel, cpus, mechanisms, command,
                      rusage, start/end times, threshold, lost events, errors
   intervals.parquet  per-interval, per-CPU aggregate deltas (aggregate.INTERVAL_COLUMNS;
                      *_running_max_ns is the maximum since the start, *_max_ns the
                      interval's own maximum where known, else null)
-  locks.parquet      lock identity: lock, flags, source -> lock_class, mode, name, owner
+  locks.parquet      lock identity: lock, flags, source -> address, lock_class, mode,
+                     name, owner. `lock`, in every table, is a lock id: the lock's
+                     address, except when an mm address served more than one
+                     process in the run (profiler/lockids.py); `address` is the
+                     address
   events.parquet     the per-event stream (waits/holds over the threshold)
   tasks.parquet      per-task split: lock, tid, tgid, comm, waits, wait_ns, holds, hold_ns
   callers.parquet    contended waits by kernel stack: lock, stack_id, flags, count, total_ns
@@ -22,7 +26,9 @@ load() refuses a recording whose tables do not match it.
 
 Schema versions: 1 had a single *_max_ns per interval row, the running
 maximum since the start. 2 renamed it *_running_max_ns and added *_max_ns,
-the interval's own maximum where known. load() reads both and upgrades 1.
+the interval's own maximum where known. 3 added the locks table's address
+(before, a lock was its address, and the mmap_locks of processes that used
+one mm address one after the other were one lock). load() reads all three.
 
 Load it with one call: ``profiler.load(path)`` returns a Recording whose
 attributes are those DataFrames plus ``meta``.
@@ -53,7 +59,7 @@ from profiler import aggregate
 from profiler.errors import LockprofError
 
 FORMAT = "lockprof-recording"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TABLES = ("intervals", "locks", "events", "tasks", "callers", "stacks", "offcpu", "samples")
 # Tables added after schema 2 was first written: absent means empty.
 OPTIONAL_TABLES = ("offcpu", "samples")
@@ -304,10 +310,14 @@ def load(path: str | Path) -> Recording:
         _check_expansion(archive, path)
         meta = _read_meta(archive, path)
         tables = {name: _read_table(archive, name, path) for name in TABLES}
-    if meta["schema_version"] == 1:
+    version = meta["schema_version"]
+    if version == 1:
         tables["intervals"] = _upgrade_intervals_v1(tables["intervals"], path)
-        # The tables are schema 2 now: say so, and where they came from.
-        meta.update(schema_version=SCHEMA_VERSION, upgraded_from_schema=1)
+    if version in (1, 2):
+        tables["locks"] = _upgrade_locks_v2(tables["locks"])
+    if version in (1, 2):
+        # The tables are the current schema's now: say so, and where they came from.
+        meta.update(schema_version=SCHEMA_VERSION, upgraded_from_schema=version)
     check_meta(meta, path)
     for name, frame in tables.items():
         check_table(frame, name, path)
@@ -357,6 +367,16 @@ def _upgrade_intervals_v1(intervals: pd.DataFrame, path: Path) -> pd.DataFrame:
     }
     _check_columns(intervals, "intervals", v1_kinds, path)
     return aggregate.interval_maxima_from_running(intervals.rename(columns=running))
+
+
+def _upgrade_locks_v2(locks: pd.DataFrame) -> pd.DataFrame:
+    """Schema 2 -> 3: a lock was its address (3 has lock ids, lockids.py)."""
+    if "address" in locks.columns or "lock" not in locks.columns:
+        return locks  # check_table() says what is wrong, if anything
+    locks = locks.copy()
+    at = aggregate.LOCK_COLUMNS.index("address")
+    locks.insert(min(at, len(locks.columns)), "address", locks["lock"])
+    return locks
 
 
 def check_table(frame: pd.DataFrame, name: str, path: str | Path) -> None:

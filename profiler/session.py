@@ -241,10 +241,11 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
             if now - state.retired_ns >= retire_ns:
                 state.retired_ns = now
                 session.retire_dead_tasks(_task_alive)
-                owners = session.read_owners()  # one read for both
                 if "follow" in options.families:
-                    session.forget_dead_followed(_process_alive, owners)
+                    session.forget_dead_followed(_process_alive, session.read_owners())
+                owners = session.lock_owners()
                 _retire_locks(session, state, snapshot, owners, (now - start_ns) / 1e9, retire_ns)
+                session.forget_owners(_process_alive)
                 _return_free_memory()
             if on_interval:
                 on_interval(
@@ -268,7 +269,7 @@ def _process_alive(tgid: int) -> bool:
 def _retire_locks(session, state: _Collected, snapshot, owners, t_s: float, period_ns: int) -> None:
     """Free the lock rows retired a round ago (snapshot, just read, holds
     their last figures), then retire the rows of exited processes' locks
-    (owners: session.read_owners()) and idle rows (locks_to_retire). A
+    (owners: session.lock_owners()) and idle rows (locks_to_retire). A
     long system-wide run under process churn otherwise fills the kernel's
     lock map (new locks then lost as stats_map_full) and grows lockprof's
     memory with it."""
@@ -489,19 +490,24 @@ class _LockNamer:
         return self._frames
 
     def name(self, frame: pd.DataFrame, callers: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The locks table of frame's rows. The live view passes no callers
+        (only those of the rows shown are read); the recording passes them,
+        and gets the exited processes' mmap_locks named too."""
         if self._data_symbols is None:
             self._data_symbols = ksyms.data_symbols()
-        if callers is None:  # the live view: only the callers of the rows shown
+        final = callers is not None
+        if callers is None:
             callers = self.callers()
             callers = callers[_on_locks(callers, set(frame["lock"].tolist()))]
         stacks = self.frames(callers["stack_id"].unique()) if not callers.empty else {}
         return aggregate.name_locks(
             frame,
-            self._session.read_owners(),
+            self._session.lock_owners(forgotten=final),
             callers,
             stacks,
             self._data_symbols,
             spec_class=self._spec_class,
+            addresses=self._session.lock_addresses(forgotten=final),
         )
 
 
@@ -509,11 +515,12 @@ class _LockNamer:
 
 
 def hidden_locks(target: Target, session) -> set[int]:
-    """Locks left out of the live view and the recording: the mmap_lock of a
-    `run` child's pre-exec mm (a copy of lockprof's own, not the command's)."""
+    """Locks (lock ids) left out of the live view and the recording: the
+    mmap_lock of a `run` child's pre-exec mm (a copy of lockprof's own, not
+    the command's)."""
     if not isinstance(target, CommandTarget):
         return set()
-    return pre_exec_locks(session.read_owners(), target.tgid, session.target_lock())
+    return pre_exec_locks(session.lock_owners(), target.tgid, session.target_lock_id())
 
 
 def _on_locks(frame: pd.DataFrame, locks: set[int]) -> pd.Series:

@@ -109,6 +109,7 @@ def _offcpu_row(key: tuple, group: dict) -> dict:
         "mode": mode,
         "source": "offcpu",
         "lock_addr": None,
+        "lock_id": None,
         "owner_pid": None,
         "owner_comm": None,
         "caller": caller,

@@ -503,9 +503,19 @@ def test_summary_identity_ignores_locks_table_order(make_row, order):
     )
     locks = pd.DataFrame(
         [
-            (MM_LOCK, WRITE, SRC_CONT, "rwsem", "write", f"rwsem {MM_LOCK:#x}", None, None),
-            (MM_LOCK, WRITE, SRC_MMAP, "mmap_lock", "write", "mmap_lock", None, None),
-            (MM_LOCK, READ, SRC_MMAP, "mmap_lock", "read", "mmap_lock", 77.0, "app"),
+            (
+                MM_LOCK,
+                WRITE,
+                SRC_CONT,
+                MM_LOCK,
+                "rwsem",
+                "write",
+                f"rwsem {MM_LOCK:#x}",
+                None,
+                None,
+            ),
+            (MM_LOCK, WRITE, SRC_MMAP, MM_LOCK, "mmap_lock", "write", "mmap_lock", None, None),
+            (MM_LOCK, READ, SRC_MMAP, MM_LOCK, "mmap_lock", "read", "mmap_lock", 77.0, "app"),
         ][::order],
         columns=aggregate.LOCK_COLUMNS,
     ).astype({"lock": "uint64"})

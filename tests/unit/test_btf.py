@@ -476,7 +476,9 @@ def test_probe_offsets_are_cached_per_blob(vmlinux, tmp_path, monkeypatch):
         "LP_MMAP_LOCK_OFFSET": vmlinux.member_offset("mm_struct", "mmap_lock"),
         "LP_TASK_PID_OFFSET": vmlinux.member_offset("task_struct", "pid"),
         "LP_TASK_TGID_OFFSET": vmlinux.member_offset("task_struct", "tgid"),
+        "LP_MM_ID_OFFSET": vmlinux.member_offset("mm_struct", "context.ctx_id"),
     }
+    assert offsets["LP_MM_ID_OFFSET"] > 0  # x86's per-mm context id: this machine has one
     (cache,) = (tmp_path / "lockprof").glob("offsets-*.json")
     assert json.loads(cache.read_text()) == offsets
     # The cache is what is read next time (keyed by the blob's hash) ...
@@ -485,6 +487,7 @@ def test_probe_offsets_are_cached_per_blob(vmlinux, tmp_path, monkeypatch):
         "LP_MMAP_LOCK_OFFSET": 2,
         "LP_TASK_PID_OFFSET": 3,
         "LP_TASK_TGID_OFFSET": 4,
+        "LP_MM_ID_OFFSET": 5,
     }
     cache.write_text(json.dumps(fake))
     assert btf.probe_offsets() == fake
@@ -513,7 +516,25 @@ def test_probe_offsets_from_a_synthetic_blob(tmp_path, monkeypatch):
         "LP_MMAP_LOCK_OFFSET": 24,
         "LP_TASK_PID_OFFSET": 40,
         "LP_TASK_TGID_OFFSET": 44,
+        "LP_MM_ID_OFFSET": -1,  # optional: this mm_struct has no context.ctx_id
     }
+
+
+def test_a_dotted_member_path_goes_through_typedefs():
+    """mm_struct.context is an mm_context_t: a typedef of an anonymous
+    struct, whose ctx_id x86 keeps per mm."""
+    w = BtfWriter()
+    u64 = w.int_("u64", 8)
+    context = w.struct("", 16, [("lock", u64, 0), ("ctx_id", u64, 64)])
+    context_t = w.qualifier(btf.KIND_TYPEDEF, context, "mm_context_t")
+    w.struct("mm_struct", 40, [("a", u64, 0), ("context", context_t, 128)])
+    parsed = btf.Btf(w.blob())
+    assert parsed.member_offset("mm_struct", "context.ctx_id") == 24
+    assert parsed.member_offset("mm_struct", "context") == 16
+    with pytest.raises(LockprofError, match=r"no member context\.nope"):
+        parsed.member_offset("mm_struct", "context.nope")
+    with pytest.raises(LockprofError, match=r"no member a\.b"):
+        parsed.member_offset("mm_struct", "a.b")  # a is no struct
 
 
 def test_probe_offsets_without_btf(tmp_path):

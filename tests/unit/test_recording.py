@@ -69,7 +69,7 @@ def test_round_trip_of_a_real_recording(rec, tmp_path):
     assert_same_recording(rec, again)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # holds command lines
     assert again.meta["format"] == "lockprof-recording"
-    assert again.meta["schema_version"] == recording.SCHEMA_VERSION == 2
+    assert again.meta["schema_version"] == recording.SCHEMA_VERSION == 3
     assert [p.name for p in tmp_path.iterdir()] == ["copy.lpr"]  # no temp file left
 
 
@@ -84,6 +84,7 @@ def test_round_trip_of_a_synthetic_recording(tmp_path, make_row):
             "lock": pd.Series([0xFFFF888100000100], dtype="uint64"),
             "flags": [4],
             "source": [0],
+            "address": pd.Series([0xFFFF888100000100], dtype="uint64"),
             "lock_class": ["mmap_lock"],
             "mode": ["write"],
             "name": ["mmap_lock"],
@@ -100,7 +101,7 @@ def test_round_trip_of_a_synthetic_recording(tmp_path, make_row):
     )
     saved = recording.save(original, tmp_path / "s.lpr")
     loaded = profiler.load(saved)
-    assert loaded.meta == {**original.meta, "format": "lockprof-recording", "schema_version": 2}
+    assert loaded.meta == {**original.meta, "format": "lockprof-recording", "schema_version": 3}
     assert original.meta.get("format") is None  # save does not modify its argument
     pd.testing.assert_frame_equal(loaded.intervals, intervals)
     assert int(loaded.intervals["lock"].iloc[0]) == 0xFFFF888100000100
@@ -349,16 +350,19 @@ def test_empty_tables_load(rec, tmp_path):
 
 def test_schema_1_recording_is_upgraded(recording_bytes, rec):
     """tests/data holds a schema 1 recording: *_max_ns was the running
-    maximum. It loads as schema 2 with the running maxima kept and the
-    interval maxima derived from them."""
+    maximum. It loads as the current schema with the running maxima kept
+    and the interval maxima derived from them, and each lock's address is
+    its id (before schema 3 a lock was its address)."""
     with zipfile.ZipFile(io.BytesIO(recording_bytes)) as archive:
         assert json.loads(archive.read("meta.json"))["schema_version"] == 1
         raw = pd.read_parquet(io.BytesIO(archive.read("intervals.parquet")))
     assert "wait_running_max_ns" not in raw
-    assert rec.meta["schema_version"] == 2 and rec.meta["upgraded_from_schema"] == 1
+    assert rec.meta["schema_version"] == 3 and rec.meta["upgraded_from_schema"] == 1
     from profiler import aggregate
 
     assert list(rec.intervals.columns) == aggregate.INTERVAL_COLUMNS
+    assert list(rec.locks.columns) == aggregate.LOCK_COLUMNS
+    assert not rec.locks.empty and (rec.locks["address"] == rec.locks["lock"]).all()
     for h in ("wait", "hold"):
         assert rec.intervals[f"{h}_running_max_ns"].tolist() == raw[f"{h}_max_ns"].tolist()
     # One interval (a 0.1 s run): every maximum rose from 0, so the interval

@@ -96,6 +96,16 @@ class FakeSession:
     def read_owners(self):
         return dict(self.owners)
 
+    # No mm address serves two processes here: every lock id is its address.
+    def lock_owners(self, forgotten=False):
+        return dict(self.owners)
+
+    def lock_addresses(self, forgotten=False):
+        return {}
+
+    def target_lock_id(self):
+        return self._target_lock
+
     def target_lock(self):
         return self._target_lock
 

@@ -40,6 +40,7 @@ LOCK_KEYS = {
     "lock_class",
     "mode",
     "lock_addr",
+    "lock_id",
     "owner_pid",
     "owner_comm",
     "acquisitions",

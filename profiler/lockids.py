@@ -1,0 +1,99 @@
+"""Lock ids: one per lock, where an mm's address can belong to many processes.
+
+The kernel reuses a freed mm_struct at once: a shell's children, run one
+after another, often all get the same mm address, and so the same mmap_lock
+address. The BPF side keys every mmap_lock row by (address, mm generation)
+(probes/lockprof.h, struct lp_key; the generation comes from x86's per-mm
+context id, which no two mms share), and this registry turns each pair into
+the `lock` every table of a recording carries:
+
+- the first mm seen at an address keeps the address itself as its id, so
+  that a run without reuse (and every lock that is not an mmap_lock) reads
+  exactly as before;
+- each later mm at that address gets a synthetic id from a range no kernel
+  or user address can take. The locks table's `address` column holds the
+  real address.
+
+Generation 0 means none: not an mmap_lock, or a kernel without mm context
+ids (every process on an address then shares its rows, as before). Its id is
+the address. Which process an mm belongs to (pid, comm) is learned apart,
+from the owner map, and recorded per id with set_owner().
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# A top byte of 0x01..0x7e: no canonical x86-64 address (4- or 5-level paging)
+# has one, nor an arm64 kernel address.
+SYNTHETIC_BASE = 0x0100_0000_0000_0000
+SYNTHETIC_END = 0x7F00_0000_0000_0000
+
+
+def is_synthetic(lock_id: int) -> bool:
+    return SYNTHETIC_BASE <= lock_id < SYNTHETIC_END
+
+
+@dataclass
+class LockIds:
+    """(address, mm generation) -> lock id, stable for the whole run.
+
+    An id whose process has exited and whose rows are gone is
+    forget()-ten, so that memory does not grow with every process a long
+    run sees; the caller keeps what forget() returns for the recording."""
+
+    _ids: dict[tuple[int, int], int] = field(default_factory=dict)
+    _key: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> (address, gen)
+    _seen: set[int] = field(default_factory=set)  # addresses that have an id
+    _owner: dict[int, tuple[int, str | None]] = field(default_factory=dict)  # id -> (tgid, comm)
+    _next: int = SYNTHETIC_BASE
+
+    def id_of(self, address: int, gen: int) -> int:
+        """The id of the mmap_lock at address of the mm of generation gen
+        (gen 0: the address itself)."""
+        if gen == 0:
+            return address
+        known = self._ids.get((address, gen))
+        if known is not None:
+            return known
+        if address in self._seen:
+            lock_id = self._next
+            self._next += 1
+        else:
+            lock_id = address
+            self._seen.add(address)
+        self._ids[(address, gen)] = lock_id
+        self._key[lock_id] = (address, gen)
+        return lock_id
+
+    def find(self, address: int, gen: int) -> int | None:
+        """The id of (address, gen) if one was handed out (gen 0: the
+        address), else None."""
+        return address if gen == 0 else self._ids.get((address, gen))
+
+    def address_of(self, lock_id: int) -> int:
+        return self._key.get(lock_id, (lock_id, 0))[0]
+
+    def set_owner(self, lock_id: int, tgid: int, comm: str | None) -> None:
+        """The process the id's mm belongs to (from the owner map)."""
+        self._owner[lock_id] = (tgid, comm)
+
+    def owner_of(self, lock_id: int) -> tuple[int, str | None] | None:
+        return self._owner.get(lock_id)
+
+    def owned(self) -> dict[int, tuple[int, str | None]]:
+        """id -> (tgid, comm) of every id whose process is known."""
+        return dict(self._owner)
+
+    def addresses(self) -> dict[int, int]:
+        """Synthetic id -> address (other ids are their own address)."""
+        return {lock_id: key[0] for lock_id, key in self._key.items() if lock_id != key[0]}
+
+    def forget(self, lock_id: int) -> tuple[int, int | None, str | None]:
+        """Drop an id (its process exited, its rows are gone): returns its
+        (address, owner tgid, comm). Its mm never comes back; later mms at
+        the address still get new ids, never this one."""
+        address, gen = self._key.pop(lock_id, (lock_id, 0))
+        self._ids.pop((address, gen), None)
+        tgid, comm = self._owner.pop(lock_id, (None, None))
+        return address, tgid, comm

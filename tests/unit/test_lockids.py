@@ -1,0 +1,111 @@
+"""Lock ids (profiler/lockids.py): one per mm at an address, and the summary
+keeps two processes' mmap_locks at one address apart."""
+
+from __future__ import annotations
+
+from profiler import aggregate, lockids
+from profiler.lockids import LockIds
+
+A = 0xFFFF8881D649B8F8
+B = 0xFFFF8881A7B3AC78
+
+
+def test_the_first_mm_at_an_address_keeps_the_address():
+    ids = LockIds()
+    assert ids.id_of(A, 100) == A
+    assert ids.id_of(A, 100) == A  # stable
+    assert ids.id_of(B, 101) == B  # one process, two mms (an exec): two locks
+    assert ids.address_of(A) == A and ids.find(A, 100) == A
+
+
+def test_later_mms_at_an_address_get_synthetic_ids():
+    ids = LockIds()
+    first, second, third = ids.id_of(A, 100), ids.id_of(A, 200), ids.id_of(A, 300)
+    assert first == A
+    assert len({first, second, third}) == 3
+    for lock_id in (second, third):
+        assert lockids.is_synthetic(lock_id) and not lockids.is_synthetic(A)
+        assert ids.address_of(lock_id) == A
+    assert ids.id_of(A, 200) == second  # asked again, later: the same id
+    assert ids.addresses() == {second: A, third: A}
+
+
+def test_synthetic_ids_are_no_address():
+    # x86-64 kernel and user addresses (4- and 5-level paging), arm64 kernel.
+    for address in (0xFFFF888100000000, 0xFF11000000000000, 0x00007FFFFFFFF000, 0x00FF000000000000):
+        assert not lockids.is_synthetic(address)
+    ids = LockIds()
+    ids.id_of(A, 1)
+    assert all(lockids.is_synthetic(ids.id_of(A, gen)) for gen in range(2, 1000))
+
+
+def test_generation_0_is_the_address_whenever_asked():
+    """Not an mmap_lock, or a kernel without mm ids: the address, and
+    nothing is handed out (a spinlock does not make a later mm synthetic)."""
+    ids = LockIds()
+    assert ids.id_of(0xFFFFEA0000001234, 0) == 0xFFFFEA0000001234
+    assert ids.id_of(A, 0) == A and ids.find(A, 0) == A
+    assert ids.id_of(A, 7) == A  # the first mm with a generation still gets the address
+    assert ids.id_of(A, 0) == A and ids.addresses() == {}
+
+
+def test_owners_are_kept_per_id():
+    ids = LockIds()
+    first, second = ids.id_of(A, 100), ids.id_of(A, 200)
+    ids.set_owner(first, 4242, "sh")
+    assert ids.owned() == {first: (4242, "sh")}
+    ids.set_owner(second, 4243, None)  # comm not seen
+    assert ids.owner_of(second) == (4243, None)
+    assert ids.owned() == {first: (4242, "sh"), second: (4243, None)}
+
+
+def test_forgetting_returns_the_name_and_never_reissues_the_id():
+    ids = LockIds()
+    first = ids.id_of(A, 100)
+    second = ids.id_of(A, 200)
+    ids.set_owner(second, 4243, "mmapcount")
+    assert ids.forget(second) == (A, 4243, "mmapcount")
+    assert ids.find(A, 200) is None and second not in ids.owned()
+    assert ids.forget(first) == (A, None, None)  # its process was never seen
+    third = ids.id_of(A, 300)
+    assert third not in (first, second) and ids.address_of(third) == A
+    assert ids.addresses() == {third: A}
+
+
+def test_summary_keeps_two_processes_on_one_address_apart(make_row):
+    ids = LockIds()
+    first, second = ids.id_of(A, 100), ids.id_of(A, 200)
+    read, write, mmap = 2, 4, 0
+    frame = aggregate.intervals_frame(
+        [
+            make_row(first, write, mmap, acquisitions=3, releases=2, downgrades=1),
+            make_row(first, read, mmap, releases=1),  # the downgraded hold's release
+            make_row(second, write, mmap, acquisitions=5, releases=5),
+        ]
+    )
+    keys = frame[aggregate.KEY_COLUMNS].drop_duplicates()
+    locks = aggregate.name_locks(
+        keys, {first: (100, "sh"), second: (200, "mmapcount")}, _no_callers(), {},
+        addresses=ids.addresses(),
+    )  # fmt: skip
+    assert locks.set_index("lock")["address"].to_dict() == {first: A, second: A}
+    summary = aggregate.summary_rows(frame, locks, ["mmap_lock"])
+    rows = {r["owner_pid"]: r for r in summary if r["mode"] == "write"}
+    assert set(rows) == {100, 200} and len(summary) == 3
+    assert rows[100]["owner_comm"] == "sh" and rows[200]["owner_comm"] == "mmapcount"
+    assert rows[100]["lock_addr"] == rows[200]["lock_addr"] == f"{A:#x}"
+    assert rows[100]["lock_id"] == f"{first:#x}" and rows[200]["lock_id"] == f"{second:#x}"
+    assert (rows[100]["acquisitions"], rows[200]["acquisitions"]) == (3, 5)
+    # Reconciled per process, not per address: the first process's downgrade
+    # pairs with its own read release (with the second's write it would not).
+    (first_read,) = [r for r in summary if r["mode"] == "read"]
+    assert first_read["still_held"] == 0
+    assert rows[100]["still_held"] == 0 and rows[200]["still_held"] == 0
+
+
+def _no_callers():
+    import pandas as pd
+
+    from profiler.recording import CALLER_COLUMNS
+
+    return pd.DataFrame(columns=CALLER_COLUMNS)
