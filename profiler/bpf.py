@@ -36,8 +36,14 @@ _RETIRED_TASK = np.dtype(
         ("comm", "S16"),
     ]
 )  # fmt: skip
-# A retired caller row: lock, stack_id, flags, count, total_ns, max_ns.
-_RETIRED_CALLER = struct.Struct("<QiI3Q")
+# A retired caller row (struct lp_caller_key's lock as a lock id, and
+# lp_caller_stats summed over CPUs).
+_RETIRED_CALLER = np.dtype(
+    [
+        ("lock", "<u8"), ("stack_id", "<i4"), ("flags", "<u4"),
+        ("count", "<u8"), ("total_ns", "<u8"), ("max_ns", "<u8"),
+    ]
+)  # fmt: skip
 # A forgotten lock id (profiler/lockids.py): its exited owner's name.
 _FORGOTTEN_OWNER = np.dtype([("lock", "<u8"), ("address", "<u8"), ("tgid", "<u4"), ("comm", "S16")])
 
@@ -170,6 +176,12 @@ def _flat_fields(ctype: type, prefix: str = "") -> list[str]:
     return names
 
 
+def _kept_caller(lock: int, stack_id: int, flags: int, per_cpu) -> list[tuple]:
+    """A retired caller record, if its row counted anything."""
+    count, total, longest = _caller_totals(per_cpu)
+    return [(lock, stack_id, flags, count, total, longest)] if count else []
+
+
 def _caller_totals(per_cpu) -> tuple[int, int, int]:
     """A per-CPU struct lp_caller_stats summed over CPUs: count, total, max."""
     count = sum(int(v.count) for v in per_cpu)
@@ -197,7 +209,9 @@ class BpfSession:
         # Under process churn tens of task rows retire a second: on disk,
         # as the events (72 bytes a row in memory still grew ~14 MB an hour).
         self._retired_tasks = RecordSpool(_RETIRED_TASK, "per-task rows")
-        self._retired_callers = bytearray()
+        # Per process under churn (each mm's mmap_lock is its own lock):
+        # ~1 MB an hour in the soak, so on disk as well.
+        self._retired_callers = RecordSpool(_RETIRED_CALLER, "callers of retired locks")
         # Lock rows retired from the kernel's maps but not yet freed:
         # index -> (lock, flags, source). See retire_locks().
         self._retiring: dict[int, tuple[int, int, int]] = {}
@@ -545,7 +559,7 @@ class BpfSession:
         """Free the rows retire_locks() took out in an earlier round: call it
         right after a read_stats(), which then held their last figures (no
         program has written them since the epoch bump, a round ago). Their
-        callers move to lockprof's memory first (read_callers() keeps
+        callers move to lockprof's temporary file first (read_callers() keeps
         returning them); the rows are zeroed and their indexes freed for new
         keys. Returns the freed index -> key."""
         freed = dict(self._retiring)
@@ -569,9 +583,9 @@ class BpfSession:
     def _keep_retired_callers(self, freed: dict[int, tuple[int, int, int]]) -> None:
         """Move the caller rows of freed contention rows out of the kernel:
         the short-wait row at each index, and the stack rows of the same
-        (lock, flags). Stack rows are keyed by lock, not by index: when the
-        key is in use again under a new index (an mm address reused by a new
-        process), they stay, counting on for it (deleting them would lose
+        (lock, flags, mm generation). Stack rows are keyed by lock, not by
+        index: when the key is in use again under a new index (an idle lock
+        busy again), they stay, counting on for it (deleting them would lose
         the waits counted between the read and the delete). Should the key
         come back between the check and the delete, those few waits are lost
         from the callers only (the aggregates are exact)."""
@@ -584,10 +598,11 @@ class BpfSession:
                 gone[(kernel_key[0], flags, kernel_key[3])] = lock_id
         if not gone:
             return
+        kept: list[tuple] = []
         short = self._bpf["lp_short_callers"]
         for index, (lock_id, flags, source) in freed.items():
             if source == contention:
-                self._keep_caller(lock_id, -1, flags, short.getvalue(ctypes.c_int(index)))
+                kept += _kept_caller(lock_id, -1, flags, short.getvalue(ctypes.c_int(index)))
         in_use = {(int(key.lock), int(key.flags), int(key.mm_gen)) for key in self._bpf["lp_slots"]
                   if int(key.source) == contention}  # fmt: skip
         table = self._bpf["lp_callers"]
@@ -596,23 +611,18 @@ class BpfSession:
             if ident not in gone or ident in in_use:
                 continue
             with contextlib.suppress(KeyError):
-                self._keep_caller(gone[ident], int(key.stack_id), int(key.flags),
-                                  table.getvalue(key))  # fmt: skip
+                kept += _kept_caller(gone[ident], int(key.stack_id), int(key.flags),
+                                     table.getvalue(key))  # fmt: skip
                 del table[key]
+        self._retired_callers.append(np.array(kept, dtype=_RETIRED_CALLER))
 
-    def _keep_caller(self, lock: int, stack_id: int, flags: int, per_cpu) -> None:
-        count, total, longest = _caller_totals(per_cpu)
-        if count:
-            self._retired_callers += _RETIRED_CALLER.pack(
-                lock, stack_id, flags, count, total, longest
-            )
-
-    def read_callers(self) -> list[dict]:
+    def read_callers(self, retired: bool = True) -> list[dict]:
         """Contended waits by lock and kernel stack, summed over CPUs (the
         maps are per-CPU). Waits too short for a stack (stack_id -1) are
         counted in lp_short_callers, at their contention lp_stats index;
-        they rejoin the other rows here as (lock, -1, flags), as do the
-        callers of retired rows (free_retired_locks)."""
+        they rejoin the other rows here as (lock, -1, flags), as do, with
+        retired, the callers of retired rows (free_retired_locks: the live
+        view, which shows no retired row, leaves them on disk)."""
         merged: dict[tuple[int, int, int], list[int]] = {}
 
         def merge(key: tuple[int, int, int], count: int, total: int, longest: int) -> None:
@@ -626,10 +636,16 @@ class BpfSession:
             if count:
                 merge((lock, stack_id, flags), count, total, longest)
 
-        for lock, stack_id, flags, count, total, longest in _RETIRED_CALLER.iter_unpack(
-            self._retired_callers
-        ):
-            merge((lock, stack_id, flags), count, total, longest)
+        if retired:
+            for (
+                lock,
+                stack_id,
+                flags,
+                count,
+                total,
+                longest,
+            ) in self._retired_callers.read().tolist():
+                merge((lock, stack_id, flags), count, total, longest)
         table = self._bpf["lp_callers"]
         for key in table:
             try:

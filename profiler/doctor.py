@@ -157,6 +157,21 @@ def _btf() -> str:
     return "offsets " + ", ".join(f"{k}={v}" for k, v in offsets.items())
 
 
+def mm_ids_known() -> bool:
+    """Can the probes tell apart the mms one address serves in turn?"""
+    return btf.probe_offsets()["LP_MM_ID_OFFSET"] >= 0
+
+
+def _mm_ids() -> str:
+    offset = btf.probe_offsets()["LP_MM_ID_OFFSET"]
+    if not mm_ids_known():
+        raise LockprofError(
+            "no per-mm id in BTF (mm_struct.context.ctx_id, x86): processes that "
+            "reuse an mm address share its mmap_lock rows"
+        )
+    return f"mm_struct.context.ctx_id at {offset}: each mm's mmap_lock has its own rows"
+
+
 def _headers() -> Check:
     from profiler.session import headers_in_use
 
@@ -187,6 +202,7 @@ def run_checks() -> list[Check]:
         return checks
     checks.append(_try("bcc", True, lambda: "python3-bpfcc " + _bcc_version()))
     checks.append(_try("BTF", True, _btf))
+    checks.append(_try("mm ids", False, _mm_ids))
     checks.append(_headers())
     checks.append(
         Check(

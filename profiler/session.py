@@ -476,8 +476,8 @@ class _LockNamer:
         self._frames: dict[int, list[str]] = {}
         self._data_symbols: dict[int, str] | None = None
 
-    def callers(self) -> pd.DataFrame:
-        return pd.DataFrame(self._session.read_callers(), columns=CALLER_COLUMNS)
+    def callers(self, retired: bool = True) -> pd.DataFrame:
+        return pd.DataFrame(self._session.read_callers(retired), columns=CALLER_COLUMNS)
 
     def frames(self, stack_ids) -> dict[int, list[str]]:
         for stack_id in stack_ids:
@@ -497,7 +497,7 @@ class _LockNamer:
             self._data_symbols = ksyms.data_symbols()
         final = callers is not None
         if callers is None:
-            callers = self.callers()
+            callers = self.callers(retired=False)
             callers = callers[_on_locks(callers, set(frame["lock"].tolist()))]
         stacks = self.frames(callers["stack_id"].unique()) if not callers.empty else {}
         return aggregate.name_locks(

@@ -112,7 +112,7 @@ class FakeSession:
     def read_tasks(self):
         return self.tasks
 
-    def read_callers(self):
+    def read_callers(self, retired=True):
         return self.callers
 
     def stack_frames(self, stack_id):
