@@ -89,13 +89,19 @@ def _labels(table: pd.DataFrame, rec: Recording) -> dict[int, str]:
     firsts = table.drop_duplicates("lock")[["lock", "lock_class", "name"]]
     callers: dict[int, str] | None = None
     labels: dict[int, str] = {}
+    # Lock ids that are not their own address (lockids.py): shown by address.
+    address = {}
+    if "address" in rec.locks.columns:
+        address = {
+            int(i): int(a) for i, a in zip(rec.locks["lock"], rec.locks["address"], strict=True)
+        }
     for lock, lock_class, name in firsts.itertuples(index=False):
         lock = int(lock)
         if lock in owners:
             pid, comm = owners[lock]
             label = f"mmap_lock pid {pid} ({comm})"
         elif lock_class == "mmap_lock":
-            label = f"mmap_lock {lock:#x}"
+            label = f"mmap_lock {address.get(lock, lock):#x}"
         elif isinstance(name, str) and name and not name.startswith(_PROBE_FRAMES):
             label = name
         else:
@@ -109,8 +115,10 @@ def _labels(table: pd.DataFrame, rec: Recording) -> dict[int, str]:
     for label in labels.values():
         counts[label] = counts.get(label, 0) + 1
     for lock, label in labels.items():
-        if counts[label] > 1 and f"{lock:#x}" not in label:
-            labels[lock] = f"{label} {lock:#x}"
+        where = f"{address.get(lock, lock):#x}"
+        if counts[label] > 1:
+            # Two mms at one address, neither owner known: the ids differ.
+            labels[lock] = f"{label} {where}" if where not in label else f"{label} (id {lock:#x})"
     return labels
 
 

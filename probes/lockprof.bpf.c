@@ -816,8 +816,8 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 }
 
 /* The index of a contention row, cached per task like lp_mmap_slot(): a
- * task mostly waits on the same lock in the same way. The owner (of an
- * mmap_lock) is cached with it: ts->cslot_gen. */
+ * task mostly waits on the same lock in the same way. The mm generation
+ * (of an mmap_lock) is cached with it: ts->cslot_gen. */
 static __always_inline u32 lp_contention_slot(struct lp_task *ts, u64 lock, u32 flags)
 {
 	lp_slot_cache(ts);

@@ -535,13 +535,20 @@ def without_locks(frame: pd.DataFrame, locks: set[int]) -> pd.DataFrame:
     return frame[~_on_locks(frame, locks)].reset_index(drop=True)
 
 
-def pre_exec_note(intervals: pd.DataFrame, events: pd.DataFrame, locks: set[int]) -> dict | None:
-    """What leaving out the pre-exec mmap_lock removed, for meta."""
+def pre_exec_note(
+    intervals: pd.DataFrame,
+    events: pd.DataFrame,
+    locks: set[int],
+    addresses: dict[int, int] | None = None,
+) -> dict | None:
+    """What leaving out the pre-exec mmap_lock removed, for meta (addresses:
+    the lock ids that are not their own address, lockids.py)."""
     if not locks:
         return None
+    addresses = addresses or {}
     mine = intervals[_on_locks(intervals, locks)] if not intervals.empty else intervals
     return {
-        "locks": [f"{lock:#x}" for lock in sorted(locks)],
+        "locks": [f"{addresses.get(lock, lock):#x}" for lock in sorted(locks)],
         "comm": PRE_EXEC_COMM,
         "acquisitions": int(mine["acquisitions"].sum()),
         "wait_total_ns": int(mine["wait_total_ns"].sum()),
@@ -590,11 +597,34 @@ def _events_frame(events: np.ndarray, start_ns: int) -> pd.DataFrame:
             "stack_id": events["stack_id"].astype(np.int64),
             "flags": events["flags"].astype(np.int64),
             "source": events["source"].astype(np.int64),
-            "kind": np.where(events["kind"] == schema.const("LP_KIND_HOLD"), "hold", "wait"),
-            "comm": [bytes(c).split(b"\0", 1)[0].decode(errors="replace") for c in events["comm"]],
+            "kind": _shared_strings(
+                np.array(["wait", "hold"]), events["kind"] == schema.const("LP_KIND_HOLD")
+            ),
+            "comm": _comms(events["comm"]),
         }
     )
     return frame
+
+
+def _comms(raw: np.ndarray) -> pd.Series:
+    """The events' comms, decoded once per distinct comm: a million events
+    hold a few dozen, and one string each cost ~160 MB at the end of a
+    system-wide run (docs/reliability.md)."""
+    raw = np.ascontiguousarray(raw)
+    if raw.ndim == 2:  # char[16] as BCC's ctypes give it: 16 one-byte strings a row
+        raw = raw.view(np.dtype((np.bytes_, raw.shape[1] * raw.dtype.itemsize))).reshape(-1)
+    distinct, codes = np.unique(raw, return_inverse=True)
+    decoded = [bytes(c).split(b"\0", 1)[0].decode(errors="replace") for c in distinct]
+    # Distinct bytes can decode alike (invalid UTF-8 becomes U+FFFD).
+    names, alike = np.unique(np.array(decoded, dtype=object), return_inverse=True)
+    return _shared_strings(names, alike[codes])
+
+
+def _shared_strings(names: np.ndarray, codes: np.ndarray) -> pd.Series:
+    """A string column from per-row codes into names, without a Python
+    string per row."""
+    categories = pd.Index(names.tolist(), dtype="str")
+    return pd.Series(pd.Categorical.from_codes(codes.astype(np.int64), categories)).astype("str")
 
 
 def _build_recording(
@@ -605,7 +635,7 @@ def _build_recording(
     events = _events_frame(session.take_events(), start_ns)
     tasks = pd.DataFrame(session.read_tasks(), columns=TASK_COLUMNS)
     hidden = hidden_locks(target, session)
-    pre_exec = pre_exec_note(intervals, events, hidden)
+    pre_exec = pre_exec_note(intervals, events, hidden, session.lock_addresses(forgotten=True))
     intervals, callers, events, tasks = (
         without_locks(frame, hidden) for frame in (intervals, callers, events, tasks)
     )

@@ -75,7 +75,11 @@ class RecordSpool:
         parts += self._in_memory
         if not parts:
             return np.zeros(0, dtype=self.dtype)
-        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+        if len(parts) > 1:
+            return np.concatenate(parts)
+        if not self._in_memory:
+            return parts[0]  # a fresh buffer read from disk, writable and ours: no copy
+        return parts[0].copy()
 
     def _read_disk(self) -> bytearray:
         assert self._file is not None

@@ -5,17 +5,28 @@ keep its own mmap_lock rows, under its own pid, with its own exact counts
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import Held, rows_for, show_json
 
+import profiler
 from profiler import doctor
+from profiler.session import RETIRE_ENV
 
 
 @pytest.mark.skipif(
     not doctor.mm_ids_known(), reason="doctor: no per-mm id in BTF (mm ids), rows are per address"
 )
-def test_processes_on_a_reused_mm_address_keep_their_own_exact_counts(lockprof_factory, tmp_path):
-    lp = lockprof_factory("record", "-a", "-q", "-o", "r.lpr")
+@pytest.mark.parametrize("retire_s", [None, "0.2"], ids=["end", "retired-during-run"])
+def test_processes_on_a_reused_mm_address_keep_their_own_exact_counts(
+    lockprof_factory, tmp_path, retire_s
+):
+    """With retire_s, the exited processes' rows retire every 0.2 s and their
+    lock ids and names are forgotten during the run (bpf.py forget_owners):
+    the recording still names each from what was kept on disk."""
+    env = {RETIRE_ENV: retire_s} if retire_s else None
+    lp = lockprof_factory("record", "-a", "-q", "-o", "r.lpr", env=env)
     lp.wait_attached()
     pairs = [200 + 100 * i for i in range(10)]
     pids = []
@@ -24,9 +35,13 @@ def test_processes_on_a_reused_mm_address_keep_their_own_exact_counts(lockprof_f
         process.go_and_wait_done()
         process.finish()
         pids.append(process.pid)
+    if retire_s:
+        time.sleep(1.0)  # the last process's rows retired and its id forgotten too
     code, _out, err = lp.stop()
     assert code == 0, err
     summary = show_json(tmp_path / "r.lpr")
+    if retire_s:
+        assert profiler.load(tmp_path / "r.lpr").meta["locks_retired"] > 0
     rows = {pid: rows_for(summary, pid, "mmapcount") for pid in pids}
     assert all(set(r) == {"read", "write"} for r in rows.values()), rows
 

@@ -136,6 +136,42 @@ def test_labels_name_locks_by_identity(parts, hostile):
     assert f"mmap_lock pid {hostile.meta['target_pid']} ({COMM})" in set(locks["label"])
 
 
+def test_two_mms_at_one_address_get_their_own_labels_and_summary_rows():
+    """Lock ids (profiler/lockids.py): a later mm at an address has a
+    synthetic id; the report shows the address, and keeps the locks apart
+    even when neither owner is known."""
+    from profiler.lockids import LockIds
+
+    ids = LockIds()
+    mm = 0xFFFF888100000000
+    first, second, third = ids.id_of(mm, 10), ids.id_of(mm, 11), ids.id_of(mm, 12)
+    rows = [
+        wait_row(lock, WRITE, SRC_MMAP, waits=[n], holds=[n], acquisitions=1)
+        for lock, n in ((first, 100), (second, 200), (third, 300))
+    ]
+    intervals = aggregate.intervals_frame(rows)
+    owners = {first: (42, "sh")}  # the second and third never named
+    locks = aggregate.name_locks(intervals, owners, recording.empty_table("callers"), {},
+                                 addresses=ids.addresses())  # fmt: skip
+    rec = profiler.Recording(
+        meta={"families": ["mmap_lock"], "cpus": 2},
+        intervals=intervals,
+        locks=locks,
+        events=recording.empty_table("events"),
+        tasks=recording.empty_table("tasks"),
+        callers=recording.empty_table("callers"),
+        stacks=recording.empty_table("stacks"),
+    )
+    labels = frames.lock_table(rec).set_index("lock")["label"]
+    assert labels[first] == "mmap_lock pid 42 (sh)"
+    assert labels[second] != labels[third]
+    for lock_id in (second, third):
+        assert labels[lock_id].startswith(f"mmap_lock {mm:#x}")  # the address, not the id
+    summary = frames.summary_frame(rec)
+    assert sorted(summary["wait_total"]) == [100, 200, 300]
+    assert set(summary["lock_addr"]) == {f"{mm:#x}"}
+
+
 def test_labels_skip_the_probes_own_frames(rec):
     """mmapcount-1000.lpr was recorded when spinlocks were named after the
     BPF program's frame; the report names them after the real caller."""

@@ -551,3 +551,31 @@ def test_descendants_are_every_process_below_in_the_tree():
             os.kill(pid, signal.SIGKILL)
         tree.kill()
         tree.wait()
+
+
+# -- the event stream as the recording holds it --------------------------------------
+
+
+@pytest.mark.parametrize("comm_dtype", [("S1", (16,)), "S16"], ids=["bcc-char-array", "bytes"])
+def test_events_frame_decodes_comms_once_each(comm_dtype):
+    """BCC hands struct lp_event's char comm[16] over as 16 one-byte strings a
+    row; the frame must hold whole, decoded comms (hostile bytes replaced),
+    and kinds, whatever the layout."""
+    dtype = np.dtype(
+        [("ts_ns", "<u8"), ("duration_ns", "<u8"), ("lock", "<u8"), ("tgid", "<u4"),
+         ("tid", "<u4"), ("mm_gen", "<u4"), ("stack_id", "<i4"), ("cpu", "<u2"),
+         ("flags", "<u2"), ("source", "<u2"), ("kind", "<u2"), ("comm", comm_dtype)]
+    )  # fmt: skip
+    comms = [b"mmapcount", b"sh", b"bad\xfe\x1b[31m", b"bad\xff\x1b[31m", b"fifteen-bytes!!"]
+    events = np.zeros(len(comms), dtype=dtype)
+    for i, comm in enumerate(comms):
+        events[i]["comm"] = (
+            np.frombuffer(comm.ljust(16, b"\0"), dtype="S1") if comm_dtype != "S16" else comm
+        )
+    events["kind"] = [0, 1, 1, 0, 0]
+    events["ts_ns"] = [1_000_000_000 + i for i in range(len(comms))]
+    frame = session._events_frame(events, 1_000_000_000)
+    bad = "bad\ufffd\x1b[31m"  # two comms whose invalid bytes differ decode alike
+    assert frame["comm"].tolist() == ["mmapcount", "sh", bad, bad, "fifteen-bytes!!"]
+    assert frame["kind"].tolist() == ["wait", "hold", "hold", "wait", "wait"]
+    assert frame["t_s"].tolist() == pytest.approx([0, 1e-9, 2e-9, 3e-9, 4e-9])
