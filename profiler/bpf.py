@@ -637,15 +637,8 @@ class BpfSession:
                 merge((lock, stack_id, flags), count, total, longest)
 
         if retired:
-            for (
-                lock,
-                stack_id,
-                flags,
-                count,
-                total,
-                longest,
-            ) in self._retired_callers.read().tolist():
-                merge((lock, stack_id, flags), count, total, longest)
+            for lock, stack_id, flags, *figures in self._retired_callers.read().tolist():
+                merge((lock, stack_id, flags), *figures)
         table = self._bpf["lp_callers"]
         for key in table:
             try:
@@ -722,7 +715,8 @@ class BpfSession:
         owners: dict[int, tuple[int, str | None]] = {}
         if forgotten:
             for lock_id, _address, tgid, comm in self._forgotten.read().tolist():
-                owners[lock_id] = (tgid, comm.rstrip(b"\0").decode(errors="replace") or None)
+                if tgid:  # 0: its process was never seen
+                    owners[lock_id] = (tgid, comm.rstrip(b"\0").decode(errors="replace") or None)
         owners.update(self.lock_ids.owned())  # an address without generations: the latest
         return owners
 
@@ -770,12 +764,7 @@ class BpfSession:
                 # tasks are seen).
                 if int(gens[gens.Key(address)].value) == gen:
                     del gens[gens.Key(address)]
-        in_use = set(self._row_ids.values())
-        gone = [
-            lock_id
-            for lock_id, (tgid, _comm) in self.lock_ids.owned().items()
-            if lock_id not in in_use and not alive(tgid)
-        ]
+        gone = self.lock_ids.to_forget(set(self._row_ids.values()), alive)
         rows = [self.lock_ids.forget(lock_id) for lock_id in gone]
         self._forgotten.append(
             np.array(

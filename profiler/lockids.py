@@ -22,6 +22,7 @@ from the owner map, and recorded per id with set_owner().
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # A top byte of 0x01..0x7e: no canonical x86-64 address (4- or 5-level paging)
@@ -80,6 +81,18 @@ class LockIds:
 
     def owner_of(self, lock_id: int) -> tuple[int, str | None] | None:
         return self._owner.get(lock_id)
+
+    def to_forget(self, in_use: set[int], alive: Callable[[int], bool]) -> list[int]:
+        """The ids no kernel row uses (in_use: those some row does) whose
+        process has exited, or was never seen: an mm only other tasks took
+        (a fork's child that exec'd before taking its copy's lock itself)
+        would otherwise stay for the whole run."""
+        return [
+            lock_id
+            for lock_id in self._key
+            if lock_id not in in_use
+            and (lock_id not in self._owner or not alive(self._owner[lock_id][0]))
+        ]
 
     def owned(self) -> dict[int, tuple[int, str | None]]:
         """id -> (tgid, comm) of every id whose process is known."""

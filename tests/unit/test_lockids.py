@@ -72,6 +72,19 @@ def test_forgetting_returns_the_name_and_never_reissues_the_id():
     assert ids.addresses() == {third: A}
 
 
+def test_ids_are_forgotten_once_unused_and_their_process_gone_or_never_seen():
+    ids = LockIds()
+    live, dead, unseen, busy_dead = (ids.id_of(A + i * 0x1000, 10 + i) for i in range(4))
+    ids.set_owner(live, 100, "up")
+    ids.set_owner(dead, 200, "gone")
+    ids.set_owner(busy_dead, 300, "gone too")
+    alive = {100}.__contains__
+    # busy_dead's rows are still in the kernel's map (retired, not yet freed)
+    assert sorted(ids.to_forget({busy_dead}, alive)) == sorted([dead, unseen])
+    assert sorted(ids.to_forget(set(), alive)) == sorted([dead, unseen, busy_dead])
+    assert ids.to_forget({live, dead, unseen, busy_dead}, lambda tgid: False) == []
+
+
 def test_summary_keeps_two_processes_on_one_address_apart(make_row):
     ids = LockIds()
     first, second = ids.id_of(A, 100), ids.id_of(A, 200)
