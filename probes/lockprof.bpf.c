@@ -325,12 +325,18 @@ static __always_inline u32 lp_mm_gen(u64 mm)
 #endif
 }
 
+/* Is lock the mmap_lock of the task's own mm (as lp_learn_owner saw it)? */
+static __always_inline int lp_own_lock(struct lp_task *ts, u64 lock)
+{
+	return ts->own_mm && ts->own_mm + LP_MMAP_LOCK_OFFSET == lock;
+}
+
 /* The generation of an mmap_lock's mm: cached for the task's own mm; read
  * for another's (khugepaged, /proc/N/maps readers, a fork or exec building
  * a new mm). */
 static __always_inline u32 lp_mmap_gen(struct lp_task *ts, u64 lock)
 {
-	if (ts->own_mm && ts->own_mm + LP_MMAP_LOCK_OFFSET == lock)
+	if (lp_own_lock(ts, lock))
 		return ts->own_gen;
 	return lp_mm_gen(lock - LP_MMAP_LOCK_OFFSET);
 }
@@ -344,7 +350,7 @@ static __always_inline u32 lp_contention_gen(struct lp_task *ts, u64 lock, u32 f
 
 	if (flags != LP_LCB_READ && flags != LP_LCB_WRITE)
 		return 0; /* not a plain rwsem: never an mmap_lock */
-	if (ts->own_mm && ts->own_mm + LP_MMAP_LOCK_OFFSET == lock)
+	if (lp_own_lock(ts, lock))
 		return ts->own_gen;
 	gen = lp_mm_gens.lookup(&lock);
 	return gen ? *gen : 0;
@@ -663,7 +669,7 @@ static __always_inline int lp_held_find(struct lp_task *ts, u64 lock, u32 flags)
 static __always_inline void lp_mmap_task_account(struct lp_task *ts, u64 lock, u32 flags,
 						 u32 gen, u64 wait_ns, u64 hold_ns, int is_hold)
 {
-	if (!LP_TASK_SPLIT_OWN && ts->own_mm + LP_MMAP_LOCK_OFFSET == lock)
+	if (!LP_TASK_SPLIT_OWN && lp_own_lock(ts, lock))
 		return;
 	lp_task_account_hint(&ts->mtask_plus1[flags == LP_LCB_WRITE ? 1 : 0], lock, flags,
 			     LP_SRC_MMAP_LOCK, gen, wait_ns, hold_ns, is_hold);

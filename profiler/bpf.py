@@ -219,8 +219,8 @@ class BpfSession:
         # kernel's keys are (address, flags, source, mm_gen). lock_ids turns
         # one into the other (an mm address serves process after process).
         self.lock_ids = LockIds()
-        self._row_ids: dict[tuple[tuple[int, int, int, int], int], int] = {}
-        self._kernel_keys: dict[int, tuple[int, int, int, int]] = {}  # index -> key
+        # index -> kernel key of every row read and not yet freed
+        self._kernel_keys: dict[int, tuple[int, int, int, int]] = {}
         self._forgotten = RecordSpool(_FORGOTTEN_OWNER, "lock owners")
         self.locks_retired = 0
         self.max_locks = 0
@@ -427,17 +427,9 @@ class BpfSession:
         for key, slot in self._bpf["lp_slots"].items():
             kernel_key = (int(key.lock), int(key.flags), int(key.source), int(key.mm_gen))
             self._kernel_keys[slot.value] = kernel_key
-            named.append(((self._row_id(kernel_key, slot.value), *kernel_key[1:3]), slot.value))
+            lock_id = self.lock_ids.id_of(kernel_key[0], kernel_key[3])
+            named.append(((lock_id, *kernel_key[1:3]), slot.value))
         return named + [(key, index) for index, key in self._retiring.items()]
-
-    def _row_id(self, kernel_key: tuple[int, int, int, int], index: int) -> int:
-        """The lock id of a kernel row (remembered while the row lives: the
-        ids of live rows are the ones forget_owners() keeps)."""
-        cached = self._row_ids.get((kernel_key, index))
-        if cached is None:
-            cached = self.lock_ids.id_of(kernel_key[0], kernel_key[3])
-            self._row_ids[(kernel_key, index)] = cached
-        return cached
 
     def read_errors(self) -> dict[str, int]:
         table = self._bpf["lp_errors"]
@@ -574,9 +566,7 @@ class BpfSession:
             del short[ctypes.c_int(index)]
             with contextlib.suppress(KeyError):
                 del claims[ctypes.c_uint(index)]
-            kernel_key = self._kernel_keys.pop(index, None)
-            if kernel_key is not None:
-                self._row_ids.pop((kernel_key, index), None)
+            self._kernel_keys.pop(index, None)
         self._retiring.clear()
         return freed
 
@@ -592,17 +582,15 @@ class BpfSession:
         contention = schema.const("LP_SRC_CONTENTION")
         # (address, flags, mm_gen) of each freed contention row -> its lock id
         gone = {}
+        kept: list[tuple] = []
+        short = self._bpf["lp_short_callers"]
         for index, (lock_id, flags, source) in freed.items():
             kernel_key = self._kernel_keys.get(index)
             if source == contention and kernel_key is not None:
                 gone[(kernel_key[0], flags, kernel_key[3])] = lock_id
+                kept += _kept_caller(lock_id, -1, flags, short.getvalue(ctypes.c_int(index)))
         if not gone:
             return
-        kept: list[tuple] = []
-        short = self._bpf["lp_short_callers"]
-        for index, (lock_id, flags, source) in freed.items():
-            if source == contention:
-                kept += _kept_caller(lock_id, -1, flags, short.getvalue(ctypes.c_int(index)))
         in_use = {(int(key.lock), int(key.flags), int(key.mm_gen)) for key in self._bpf["lp_slots"]
                   if int(key.source) == contention}  # fmt: skip
         table = self._bpf["lp_callers"]
@@ -683,9 +671,10 @@ class BpfSession:
             for k, v in self._bpf["lp_samples"].items()
         ]
 
-    def _owner_entries(self) -> dict[tuple[int, int], tuple[int, str]]:
+    def owner_entries(self) -> dict[tuple[int, int], tuple[int, str]]:
         """(mmap_lock address, mm generation) -> (tgid, comm) of the process
-        seen on that mm as its own."""
+        seen on that mm as its own: the owner map, read once per round and
+        handed to read_owners(), lock_owners() and forget_owners()."""
         return {
             (int(k.lock), int(k.mm_gen)): (
                 int(v.tgid),
@@ -694,21 +683,27 @@ class BpfSession:
             for k, v in self._bpf["lp_owners"].items()
         }
 
-    def read_owners(self) -> dict[int, tuple[int, str]]:
-        """mmap_lock address -> (tgid, comm) of its latest mm's process."""
+    def read_owners(self, entries: dict | None = None) -> dict[int, tuple[int, str]]:
+        """mmap_lock address -> (tgid, comm) of its latest mm's process
+        (entries: owner_entries(), if already read)."""
         latest = {int(k.value): int(v.value) for k, v in self._bpf["lp_mm_gens"].items()}
         found: dict[int, tuple[int, tuple[int, str]]] = {}
-        for (address, gen), owner in self._owner_entries().items():
+        for (address, gen), owner in (self.owner_entries() if entries is None else entries).items():
             rank = 1 << 32 if latest.get(address) == gen else gen
             if address not in found or rank > found[address][0]:
                 found[address] = (rank, owner)
         return {address: owner for address, (_rank, owner) in found.items()}
 
-    def lock_owners(self, forgotten: bool = False) -> dict[int, tuple[int, str | None]]:
+    def lock_owners(
+        self, forgotten: bool = False, entries: dict | None = None
+    ) -> dict[int, tuple[int, str | None]]:
         """Lock id -> (owner tgid, comm) of every mmap_lock id whose process
         is known; with forgotten, also those of exited processes that
-        forget_owners() took out (the recording names their rows)."""
-        for (address, gen), (tgid, comm) in self._owner_entries().items():
+        forget_owners() took out (the recording names their rows).
+        entries: owner_entries(), if already read."""
+        for (address, gen), (tgid, comm) in (
+            self.owner_entries() if entries is None else entries
+        ).items():
             lock_id = self.lock_ids.find(address, gen)
             if lock_id is not None:
                 self.lock_ids.set_owner(lock_id, tgid, comm)
@@ -738,25 +733,26 @@ class BpfSession:
         found = self.lock_ids.find(address, gen)
         return address if found is None else found
 
-    def forget_owners(self, alive) -> int:
+    def forget_owners(self, alive, entries: dict | None = None) -> int:
         """Forget the processes that have exited (alive(tgid) is False):
         their entries in the kernel's owner maps (which would otherwise
         fill under process churn), and their lock ids once no kernel row
         uses them (kept on disk for the recording). Call it after the lock
-        rows of exited owners were retired and freed. Returns how many ids
-        were forgotten."""
+        rows of exited owners were retired and freed (entries:
+        owner_entries(), if already read). Returns how many ids were
+        forgotten."""
         owners = self._bpf["lp_owners"]
         gens = self._bpf["lp_mm_gens"]
-        for key, value in list(owners.items()):
-            address, gen, tgid = int(key.lock), int(key.mm_gen), int(value.tgid)
+        for (address, gen), (tgid, comm) in (
+            self.owner_entries() if entries is None else entries
+        ).items():
             if gen == 0 or alive(tgid):
                 continue  # without generations the entry is the address's, for its next process
             lock_id = self.lock_ids.find(address, gen)
             if lock_id is not None:
-                comm = bytes(value.comm).rstrip(b"\0").decode(errors="replace")
                 self.lock_ids.set_owner(lock_id, tgid, comm)
             with contextlib.suppress(KeyError):
-                del owners[key]
+                del owners[owners.Key(address, gen)]
             with contextlib.suppress(KeyError):
                 # The address's latest mm, unless a new one just took it (a
                 # contended wait there by another process's task then counts
@@ -764,7 +760,9 @@ class BpfSession:
                 # tasks are seen).
                 if int(gens[gens.Key(address)].value) == gen:
                     del gens[gens.Key(address)]
-        gone = self.lock_ids.to_forget(set(self._row_ids.values()), alive)
+        # Ids of the rows read and not yet freed (each was handed out when read).
+        in_use = {self.lock_ids.id_of(key[0], key[3]) for key in self._kernel_keys.values()}
+        gone = self.lock_ids.to_forget(in_use, alive)
         rows = [self.lock_ids.forget(lock_id) for lock_id in gone]
         self._forgotten.append(
             np.array(

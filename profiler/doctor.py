@@ -163,8 +163,8 @@ def mm_ids_known() -> bool:
 
 
 def _mm_ids() -> str:
-    offset = btf.probe_offsets()["LP_MM_ID_OFFSET"]
-    if not mm_ids_known():
+    offset = btf.probe_offsets()["LP_MM_ID_OFFSET"]  # hashes the BTF blob: once
+    if offset < 0:
         raise LockprofError(
             "no per-mm id in BTF (mm_struct.context.ctx_id, x86): processes that "
             "reuse an mm address share its mmap_lock rows"

@@ -315,7 +315,6 @@ def load(path: str | Path) -> Recording:
         tables["intervals"] = _upgrade_intervals_v1(tables["intervals"], path)
     if version in (1, 2):
         tables["locks"] = _upgrade_locks_v2(tables["locks"])
-    if version in (1, 2):
         # The tables are the current schema's now: say so, and where they came from.
         meta.update(schema_version=SCHEMA_VERSION, upgraded_from_schema=version)
     check_meta(meta, path)

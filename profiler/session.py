@@ -241,11 +241,12 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
             if now - state.retired_ns >= retire_ns:
                 state.retired_ns = now
                 session.retire_dead_tasks(_task_alive)
+                entries = session.owner_entries()  # the owner map, read once a round
                 if "follow" in options.families:
-                    session.forget_dead_followed(_process_alive, session.read_owners())
-                owners = session.lock_owners()
+                    session.forget_dead_followed(_process_alive, session.read_owners(entries))
+                owners = session.lock_owners(entries=entries)
                 _retire_locks(session, state, snapshot, owners, (now - start_ns) / 1e9, retire_ns)
-                session.forget_owners(_process_alive)
+                session.forget_owners(_process_alive, entries)
                 _return_free_memory()
             if on_interval:
                 on_interval(
