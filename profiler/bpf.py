@@ -852,11 +852,11 @@ class BpfSession:
         events["lock"] = ids[pair_codes]
         return events
 
-    def take_events(self) -> np.ndarray:
-        """Structured array (fields of struct lp_event) of events so far."""
-        events = self._events.read()
+    def take_events(self, chunk_rows: int) -> Iterator[np.ndarray]:
+        """The events so far, as structured arrays (fields of struct
+        lp_event) of at most chunk_rows each; the spool is emptied after."""
+        yield from self._events.chunks(chunk_rows)
         self._events.clear()
-        return events
 
 
 class RingReader:

@@ -42,17 +42,21 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import stat
 import sys
 import tempfile
 import time
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, BinaryIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pandas.api import types as ptypes
 
 from profiler import aggregate
@@ -140,17 +144,103 @@ def empty_table(name: str) -> pd.DataFrame:
     )
 
 
-@dataclass
+class SpilledTable:
+    """A table written as Parquet, chunk by chunk, to an unlinked temporary
+    file rather than held in memory: the event stream of a long run (up to
+    --max-events rows, ~100 MB as a DataFrame) goes from the spool into the
+    recording this way, a row group at a time (docs/reliability.md)."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        # Unlinked at once: nothing is left behind whatever ends lockprof.
+        self._file = tempfile.TemporaryFile(prefix="lockprof-", dir=directory)  # noqa: SIM115
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self.rows = 0
+
+    def append(self, frame: pd.DataFrame) -> None:
+        """Write frame as one row group; every frame has the first's dtypes."""
+        table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
+        if self._writer is None:
+            self._schema = table.schema
+            self._writer = pq.ParquetWriter(self._file, table.schema)
+        self._writer.write_table(table)
+        self.rows += len(frame)
+
+    def finish(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._file.flush()
+
+    def copy_to(self, out: IO[bytes]) -> None:
+        self.finish()
+        self._file.seek(0)
+        shutil.copyfileobj(self._file, out, _COPY_CHUNK_BYTES)
+
+    def load(self) -> pd.DataFrame:
+        self.finish()
+        self._file.seek(0)
+        return pd.read_parquet(self._file)
+
+    def close(self) -> None:
+        self._writer = None
+        self._file.close()
+
+
+_COPY_CHUNK_BYTES = 1 << 20
+
+
 class Recording:
-    meta: dict
-    intervals: pd.DataFrame
-    locks: pd.DataFrame
-    events: pd.DataFrame = field(default_factory=lambda: empty_table("events"))
-    tasks: pd.DataFrame = field(default_factory=lambda: empty_table("tasks"))
-    callers: pd.DataFrame = field(default_factory=lambda: empty_table("callers"))
-    stacks: pd.DataFrame = field(default_factory=lambda: empty_table("stacks"))
-    offcpu: pd.DataFrame = field(default_factory=lambda: empty_table("offcpu"))
-    samples: pd.DataFrame = field(default_factory=lambda: empty_table("samples"))
+    """A recording's tables (DataFrames) and meta. The events may wait in a
+    SpilledTable (events_file): they are read into memory only when
+    .events is used, and written to the archive straight from that file."""
+
+    def __init__(
+        self,
+        meta: dict,
+        intervals: pd.DataFrame,
+        locks: pd.DataFrame,
+        events: pd.DataFrame | None = None,
+        tasks: pd.DataFrame | None = None,
+        callers: pd.DataFrame | None = None,
+        stacks: pd.DataFrame | None = None,
+        offcpu: pd.DataFrame | None = None,
+        samples: pd.DataFrame | None = None,
+        *,
+        events_file: SpilledTable | None = None,
+    ) -> None:
+        def table(frame: pd.DataFrame | None, name: str) -> pd.DataFrame:
+            return empty_table(name) if frame is None else frame
+
+        self.meta = meta
+        self.intervals = intervals
+        self.locks = locks
+        self.tasks = table(tasks, "tasks")
+        self.callers = table(callers, "callers")
+        self.stacks = table(stacks, "stacks")
+        self.offcpu = table(offcpu, "offcpu")
+        self.samples = table(samples, "samples")
+        self._events = events if events is not None or events_file else empty_table("events")
+        self.events_file = events_file
+
+    @property
+    def events(self) -> pd.DataFrame:
+        if self._events is None:
+            assert self.events_file is not None
+            self._events = self.events_file.load()
+        return self._events
+
+    @events.setter
+    def events(self, frame: pd.DataFrame) -> None:
+        self._events = frame
+        self.events_file = None
+
+    @property
+    def event_count(self) -> int:
+        """Rows of the events table, without reading a spilled one."""
+        if self._events is None and self.events_file is not None:
+            return self.events_file.rows
+        return len(self.events)
 
     def table(self, name: str) -> pd.DataFrame:
         return getattr(self, name)
@@ -162,13 +252,22 @@ def _to_parquet_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def dumps(rec: Recording) -> bytes:
+def write_archive(rec: Recording, out: BinaryIO) -> None:
+    """The recording as a ZIP archive into out (a seekable binary file)."""
     meta = dict(rec.meta, format=FORMAT, schema_version=SCHEMA_VERSION)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr("meta.json", json.dumps(meta, indent=2, default=str))
         for name in TABLES:
+            if name == "events" and rec._events is None and rec.events_file is not None:
+                with archive.open("events.parquet", "w", force_zip64=True) as member:
+                    rec.events_file.copy_to(member)
+                continue
             archive.writestr(f"{name}.parquet", _to_parquet_bytes(rec.table(name)))
+
+
+def dumps(rec: Recording) -> bytes:
+    buffer = io.BytesIO()
+    write_archive(rec, buffer)
     return buffer.getvalue()
 
 
@@ -177,12 +276,15 @@ def save(rec: Recording, path: str | Path) -> Path:
     disk, a directory removed or made read-only meanwhile), keep the data in
     a temporary file and raise an error that names it."""
     path = Path(path)
-    payload = dumps(rec)
+
+    def write(out: BinaryIO) -> None:
+        write_archive(rec, out)
+
     try:
-        _write_atomically(payload, path)
+        _write_atomically(write, path)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        rescue, failures = _rescue(payload)
+        rescue, failures = _rescue(write)
         if rescue is None:
             raise LockprofError(
                 f"cannot write recording to {path} ({reason}), nor a temporary copy "
@@ -194,8 +296,8 @@ def save(rec: Recording, path: str | Path) -> Path:
     return path
 
 
-def _rescue(payload: bytes) -> tuple[str | None, list[str]]:
-    """Write payload to a new 0600 file in the temporary directory, else in
+def _rescue(write: Callable[[BinaryIO], None]) -> tuple[str | None, list[str]]:
+    """Write the recording (write) to a new 0600 file in the temporary directory, else in
     the home directory: (its path, None) or (None, why each failed)."""
     failures = []
     for directory in (tempfile.gettempdir(), os.path.expanduser("~")):
@@ -206,7 +308,7 @@ def _rescue(payload: bytes) -> tuple[str | None, list[str]]:
             continue
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(payload)
+                write(out)
                 out.flush()
                 os.fsync(out.fileno())
         except OSError as exc:
@@ -233,13 +335,13 @@ def _test_write_delay() -> None:
     time.sleep(float(delay))
 
 
-def _write_atomically(payload: bytes, path: Path) -> None:
+def _write_atomically(write: Callable[[BinaryIO], None], path: Path) -> None:
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as out:
-            out.write(payload)
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         _test_write_delay()
@@ -320,7 +422,10 @@ def load(path: str | Path) -> Recording:
     check_meta(meta, path)
     for name, frame in tables.items():
         check_table(frame, name, path)
-    return Recording(meta=meta, **tables)
+    rec = Recording(meta=meta, intervals=tables.pop("intervals"), locks=tables.pop("locks"))
+    for name, frame in tables.items():
+        setattr(rec, name, frame)
+    return rec
 
 
 def _check_regular_file(path: Path) -> None:

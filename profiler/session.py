@@ -22,9 +22,9 @@ import pandas as pd
 
 from profiler import aggregate, ksyms, schema
 from profiler.errors import LockprofError
+from profiler.events import CHUNK_ROWS, build_events, on_locks, without_locks
 from profiler.recording import (
     CALLER_COLUMNS,
-    EVENT_COLUMNS,
     OFFCPU_COLUMNS,
     SAMPLE_COLUMNS,
     TASK_COLUMNS,
@@ -499,7 +499,7 @@ class _LockNamer:
         final = callers is not None
         if callers is None:
             callers = self.callers(retired=False)
-            callers = callers[_on_locks(callers, set(frame["lock"].tolist()))]
+            callers = callers[on_locks(callers, set(frame["lock"].tolist()))]
         stacks = self.frames(callers["stack_id"].unique()) if not callers.empty else {}
         return aggregate.name_locks(
             frame,
@@ -524,21 +524,9 @@ def hidden_locks(target: Target, session) -> set[int]:
     return pre_exec_locks(session.lock_owners(), target.tgid, session.target_lock_id())
 
 
-def _on_locks(frame: pd.DataFrame, locks: set[int]) -> pd.Series:
-    """Which rows of frame are about one of locks (kernel addresses are
-    above 2**63: compared as uint64)."""
-    return frame["lock"].astype("uint64").isin(np.array(sorted(locks), dtype=np.uint64))
-
-
-def without_locks(frame: pd.DataFrame, locks: set[int]) -> pd.DataFrame:
-    if not locks or frame.empty:
-        return frame
-    return frame[~_on_locks(frame, locks)].reset_index(drop=True)
-
-
 def pre_exec_note(
     intervals: pd.DataFrame,
-    events: pd.DataFrame,
+    hidden_events: int,
     locks: set[int],
     addresses: dict[int, int] | None = None,
 ) -> dict | None:
@@ -547,14 +535,14 @@ def pre_exec_note(
     if not locks:
         return None
     addresses = addresses or {}
-    mine = intervals[_on_locks(intervals, locks)] if not intervals.empty else intervals
+    mine = intervals[on_locks(intervals, locks)] if not intervals.empty else intervals
     return {
         "locks": [f"{addresses.get(lock, lock):#x}" for lock in sorted(locks)],
         "comm": PRE_EXEC_COMM,
         "acquisitions": int(mine["acquisitions"].sum()),
         "wait_total_ns": int(mine["wait_total_ns"].sum()),
         "hold_total_ns": int(mine["hold_total_ns"].sum()),
-        "events": int(_on_locks(events, locks).sum()) if not events.empty else 0,
+        "events": hidden_events,
     }
 
 
@@ -576,69 +564,19 @@ def _command_comm(target: Target, session) -> str | None:
     return comm if pid == target.tgid else None
 
 
-def _events_frame(events: np.ndarray, start_ns: int) -> pd.DataFrame:
-    columns = EVENT_COLUMNS
-    if len(events) == 0:
-        return pd.DataFrame(
-            {
-                c: pd.Series(
-                    dtype={"comm": "object", "kind": "object", "t_s": "float64"}.get(c, "int64")
-                )
-                for c in columns
-            }
-        )
-    frame = pd.DataFrame(
-        {
-            "t_s": (events["ts_ns"].astype(np.int64) - start_ns) / 1e9,
-            "duration_ns": events["duration_ns"].astype(np.int64),
-            "lock": events["lock"].astype(np.uint64),
-            "tgid": events["tgid"].astype(np.int64),
-            "tid": events["tid"].astype(np.int64),
-            "cpu": events["cpu"].astype(np.int64),
-            "stack_id": events["stack_id"].astype(np.int64),
-            "flags": events["flags"].astype(np.int64),
-            "source": events["source"].astype(np.int64),
-            "kind": _shared_strings(
-                np.array(["wait", "hold"]), events["kind"] == schema.const("LP_KIND_HOLD")
-            ),
-            "comm": _comms(events["comm"]),
-        }
-    )
-    return frame
-
-
-def _comms(raw: np.ndarray) -> pd.Series:
-    """The events' comms, decoded once per distinct comm: a million events
-    hold a few dozen, and one string each cost ~160 MB at the end of a
-    system-wide run (docs/reliability.md)."""
-    raw = np.ascontiguousarray(raw)
-    if raw.ndim == 2:  # char[16] as BCC's ctypes give it: 16 one-byte strings a row
-        raw = raw.view(np.dtype((np.bytes_, raw.shape[1] * raw.dtype.itemsize))).reshape(-1)
-    distinct, codes = np.unique(raw, return_inverse=True)
-    decoded = [bytes(c).split(b"\0", 1)[0].decode(errors="replace") for c in distinct]
-    # Distinct bytes can decode alike (invalid UTF-8 becomes U+FFFD).
-    names, alike = np.unique(np.array(decoded, dtype=object), return_inverse=True)
-    return _shared_strings(names, alike[codes])
-
-
-def _shared_strings(names: np.ndarray, codes: np.ndarray) -> pd.Series:
-    """A string column from per-row codes into names, without a Python
-    string per row."""
-    categories = pd.Index(names.tolist(), dtype="str")
-    return pd.Series(pd.Categorical.from_codes(codes.astype(np.int64), categories)).astype("str")
-
-
 def _build_recording(
     options, target, session, state, namer, attached, stop_reason, start_ns, end_ns, wall_start
 ) -> Recording:
     intervals = state.intervals()
     callers = namer.callers()
-    events = _events_frame(session.take_events(), start_ns)
     tasks = pd.DataFrame(session.read_tasks(), columns=TASK_COLUMNS)
     hidden = hidden_locks(target, session)
-    pre_exec = pre_exec_note(intervals, events, hidden, session.lock_addresses(forgotten=True))
-    intervals, callers, events, tasks = (
-        without_locks(frame, hidden) for frame in (intervals, callers, events, tasks)
+    events = build_events(lambda: session.take_events(CHUNK_ROWS), start_ns, hidden)
+    pre_exec = pre_exec_note(
+        intervals, events.hidden, hidden, session.lock_addresses(forgotten=True)
+    )
+    intervals, callers, tasks = (
+        without_locks(frame, hidden) for frame in (intervals, callers, tasks)
     )
     if isinstance(target, CommandTarget):
         tasks = relabel_pre_exec_tasks(tasks, target.tgid, _command_comm(target, session))
@@ -648,7 +586,7 @@ def _build_recording(
     samples = pd.DataFrame(
         session.read_samples() if "sample" in options.families else [], columns=SAMPLE_COLUMNS
     )
-    stack_ids = set(callers["stack_id"].tolist()) | set(events["stack_id"].tolist())
+    stack_ids = set(callers["stack_id"].tolist()) | events.stack_ids
     stack_ids |= set(offcpu["stack_id"].tolist()) | set(samples["stack_id"].tolist())
     frames = namer.frames(sorted(s for s in stack_ids if s >= 0))
     locks = namer.name(intervals, callers)
@@ -699,7 +637,8 @@ def _build_recording(
         meta=meta,
         intervals=intervals,
         locks=locks,
-        events=events,
+        events=events.frame,
+        events_file=events.spilled,
         tasks=tasks,
         callers=callers,
         stacks=stacks,

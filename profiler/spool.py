@@ -4,7 +4,8 @@ A long collection produces data whose size grows with time: the event stream
 (up to --max-events records) and the per-interval rows. Kept in Python they
 made lockprof's memory grow for the whole run (docs/reliability.md); spilled
 here they cost page cache, which the kernel can reclaim, and lockprof's own
-memory stays flat. Everything is read back once, when the recording is built.
+memory stays flat. Everything is read back once, when the recording is built
+(the events a chunk at a time, see chunks()).
 
 If the disk cannot take a write (full, or the temporary directory is not
 writable), the spool keeps that and later records in memory instead, with one
@@ -16,6 +17,7 @@ from __future__ import annotations
 import io
 import sys
 import tempfile
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -81,11 +83,23 @@ class RecordSpool:
             return parts[0]  # a fresh buffer read from disk, writable and ours: no copy
         return parts[0].copy()
 
-    def _read_disk(self) -> bytearray:
+    def chunks(self, rows: int) -> Iterator[np.ndarray]:
+        """Every record appended so far, in order, at most rows at a time:
+        a fresh array each, so that memory holds one chunk, not the spool."""
+        if self._file is not None and self._bytes_on_disk:
+            chunk_bytes = rows * self.dtype.itemsize
+            for start in range(0, self._bytes_on_disk, chunk_bytes):
+                size = min(chunk_bytes, self._bytes_on_disk - start)
+                yield np.frombuffer(self._read_disk(start, size), dtype=self.dtype)
+        for part in self._in_memory:
+            for start in range(0, len(part), rows):
+                yield part[start : start + rows].copy()
+
+    def _read_disk(self, start: int = 0, size: int | None = None) -> bytearray:
         assert self._file is not None
-        data = bytearray(self._bytes_on_disk)
+        data = bytearray(self._bytes_on_disk - start if size is None else size)
         view, done = memoryview(data), 0
-        self._file.seek(0)
+        self._file.seek(start)
         while done < len(data):
             got = self._file.readinto(view[done:])
             if not got:

@@ -100,7 +100,7 @@ def summary_json(rec: Recording, what_if_cpus: int | None = None) -> dict:
         "errors": meta.get("errors", {}),
         "notes": notes(meta),
         "rusage": {k: rusage.get(k) for k in ("user_s", "sys_s", "elapsed_s", "minor_faults")},
-        "events": len(rec.events),
+        "events": rec.event_count,
         "locks": lock_rows(rec),
         "writer_cost": writer_cost_json(rec, what_if_cpus),
     }

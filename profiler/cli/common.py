@@ -373,7 +373,7 @@ def print_summary(
     rusage = meta.get("rusage") or {}
     header = (
         f"{meta.get('target')}: {meta.get('duration_s', 0):.2f}s on {meta.get('kernel')}, "
-        f"{meta.get('cpus')} CPUs, {len(rec.events):,} events over "
+        f"{meta.get('cpus')} CPUs, {rec.event_count:,} events over "
         f"{render.fmt_ns(meta.get('threshold_ns'))}"
     )
     out = render.console()

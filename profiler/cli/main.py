@@ -10,13 +10,16 @@ import os
 import sys
 from pathlib import Path
 
-from profiler import signals
+from profiler import allocator, signals
 
 # Run as the lockprof program (not imported by tests): catch SIGINT, SIGTERM
 # and SIGHUP before the 0.4 s of imports below, so that a signal at any
-# moment of start-up ends lockprof with one line (profiler.signals).
+# moment of start-up ends lockprof with one line (profiler.signals); and
+# have pyarrow allocate with malloc, before pandas loads it (allocator.py).
 if __name__ == "__main__" or Path(sys.argv[0]).name == "lockprof":
     signals.install_early()
+    allocator.arrow_allocates_with_malloc()
+
 
 import click
 

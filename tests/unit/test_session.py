@@ -23,6 +23,7 @@ import pytest
 
 import profiler
 from profiler import aggregate, ksyms, recording, session, summary
+from profiler.events import events_frame
 from profiler.targets import PRE_EXEC_COMM, CommandTarget, PidTarget, pre_exec_locks
 
 READ, WRITE, SPIN = 2, 4, 1
@@ -118,8 +119,8 @@ class FakeSession:
     def stack_frames(self, stack_id):
         return self.stacks.get(stack_id, [])
 
-    def take_events(self):
-        return np.array([])
+    def take_events(self, chunk_rows):
+        return iter(())
 
     def read_errors(self):
         return {"ringbuf_full": 0}
@@ -574,7 +575,7 @@ def test_events_frame_decodes_comms_once_each(comm_dtype):
         )
     events["kind"] = [0, 1, 1, 0, 0]
     events["ts_ns"] = [1_000_000_000 + i for i in range(len(comms))]
-    frame = session._events_frame(events, 1_000_000_000)
+    frame = events_frame(events, 1_000_000_000)
     bad = "bad\ufffd\x1b[31m"  # two comms whose invalid bytes differ decode alike
     assert frame["comm"].tolist() == ["mmapcount", "sh", bad, bad, "fifteen-bytes!!"]
     assert frame["kind"].tolist() == ["wait", "hold", "hold", "wait", "wait"]

@@ -90,3 +90,26 @@ def test_records_survive_the_round_trip_bit_for_bit(n):
     original = batch(7, n)
     spool.append(original)
     assert spool.read().tobytes() == original.tobytes()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7, 16, 1000])
+def test_chunks_give_every_record_in_order_at_most_rows_at_a_time(rows):
+    """From disk and, after a disk failure, from memory: the same records as
+    read(), each chunk a separate array (the events are built a chunk at a
+    time so that memory never holds them all)."""
+    spool = RecordSpool(DTYPE, "events")
+    spool._file = FailingFile(room=DTYPE.itemsize * 7 + 3)
+    for start in (0, 5, 10):
+        spool.append(batch(start, 5))
+    spool.append(batch(15, 4))
+    chunks = list(spool.chunks(rows))
+    assert all(0 < len(c) <= rows for c in chunks)
+    assert np.concatenate(chunks).tobytes() == spool.read().tobytes()
+    assert [r for c in chunks for r in c["ts_ns"].tolist()] == list(range(19))
+    chunks[0]["ts_ns"] = 99  # a chunk is a copy: the spool is untouched
+    assert spool.read()["ts_ns"][0] == 0
+    assert len(spool) == 19  # chunks() does not empty the spool
+
+
+def test_chunks_of_an_empty_spool():
+    assert list(RecordSpool(DTYPE, "events").chunks(10)) == []

@@ -1,0 +1,149 @@
+"""The event stream as the recording holds it: a DataFrame (EVENT_COLUMNS)
+built from the kernel's struct lp_event records.
+
+A system-wide run keeps up to --max-events (1,000,000) events. As one
+DataFrame they are ~100 MB, and building it at once took lockprof from
+~180 MB to ~480 MB at the end of the run. build_events() turns the spooled
+records into frames a chunk at a time and writes each to a SpilledTable
+(Parquet on an unlinked temporary file), which the recording copies into its
+archive: memory holds one chunk, not the stream (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from profiler import schema
+from profiler.recording import EVENT_COLUMNS, SpilledTable
+
+# Records per chunk: 128k events are ~8 MB raw and ~13 MB as a frame.
+CHUNK_ROWS = 32_768
+
+
+def on_locks(frame: pd.DataFrame, locks: set[int]) -> pd.Series:
+    """Which rows of frame are about one of locks (kernel addresses are
+    above 2**63: compared as uint64)."""
+    return frame["lock"].astype("uint64").isin(np.array(sorted(locks), dtype=np.uint64))
+
+
+def without_locks(frame: pd.DataFrame, locks: set[int]) -> pd.DataFrame:
+    if not locks or frame.empty:
+        return frame
+    return frame[~on_locks(frame, locks)].reset_index(drop=True)
+
+
+def events_frame(events: np.ndarray, start_ns: int) -> pd.DataFrame:
+    """The frame of a structured array of struct lp_event records."""
+    if len(events) == 0:
+        return pd.DataFrame(
+            {
+                c: pd.Series(
+                    dtype={"comm": "object", "kind": "object", "t_s": "float64"}.get(c, "int64")
+                )
+                for c in EVENT_COLUMNS
+            }
+        )
+    return pd.DataFrame(
+        {
+            "t_s": (events["ts_ns"].astype(np.int64) - start_ns) / 1e9,
+            "duration_ns": events["duration_ns"].astype(np.int64),
+            "lock": events["lock"].astype(np.uint64),
+            "tgid": events["tgid"].astype(np.int64),
+            "tid": events["tid"].astype(np.int64),
+            "cpu": events["cpu"].astype(np.int64),
+            "stack_id": events["stack_id"].astype(np.int64),
+            "flags": events["flags"].astype(np.int64),
+            "source": events["source"].astype(np.int64),
+            "kind": _shared_strings(
+                np.array(["wait", "hold"]), events["kind"] == schema.const("LP_KIND_HOLD")
+            ),
+            "comm": _comms(events["comm"]),
+        }
+    )
+
+
+def _comms(raw: np.ndarray) -> pd.Series:
+    """The events' comms, decoded once per distinct comm: a million events
+    hold a few dozen, and one string each cost ~160 MB at the end of a
+    system-wide run (docs/reliability.md)."""
+    raw = np.ascontiguousarray(raw)
+    if raw.ndim == 2:  # char[16] as BCC's ctypes give it: 16 one-byte strings a row
+        raw = raw.view(np.dtype((np.bytes_, raw.shape[1] * raw.dtype.itemsize))).reshape(-1)
+    distinct, codes = np.unique(raw, return_inverse=True)
+    decoded = [bytes(c).split(b"\0", 1)[0].decode(errors="replace") for c in distinct]
+    # Distinct bytes can decode alike (invalid UTF-8 becomes U+FFFD).
+    names, alike = np.unique(np.array(decoded, dtype=object), return_inverse=True)
+    return _shared_strings(names, alike[codes])
+
+
+def _shared_strings(names: np.ndarray, codes: np.ndarray) -> pd.Series:
+    """A string column from per-row codes into names, without a Python
+    string per row."""
+    categories = pd.Index(names.tolist(), dtype="str")
+    return pd.Series(pd.Categorical.from_codes(codes.astype(np.int64), categories)).astype("str")
+
+
+@dataclass
+class BuiltEvents:
+    """The events table, in memory (frame) or spilled to Parquet (spilled),
+    plus what the recording needs to know of the events left out."""
+
+    frame: pd.DataFrame | None = None
+    spilled: SpilledTable | None = None
+    stack_ids: set[int] = field(default_factory=set)
+    hidden: int = 0  # events on the hidden locks, left out
+
+
+def build_events(
+    chunks: Callable[[], Iterable[np.ndarray]], start_ns: int, hidden: set[int]
+) -> BuiltEvents:
+    """The events of chunks() (a fresh iteration over the spooled records at
+    each call) without those on the hidden locks. One chunk stays in memory;
+    more are spilled. If the temporary file cannot be written, they are
+    built in memory instead, with a warning: data is never dropped for lack
+    of disk."""
+    try:
+        return _build(chunks(), start_ns, hidden, spill=True)
+    except OSError as exc:
+        sys.stderr.write(
+            f"lockprof: cannot write the events to a temporary file ({exc.strerror or exc}); "
+            "building them in memory\n"
+        )
+        return _build(chunks(), start_ns, hidden, spill=False)
+
+
+def _build(
+    chunks: Iterable[np.ndarray], start_ns: int, hidden: set[int], spill: bool
+) -> BuiltEvents:
+    built = BuiltEvents()
+    frames: list[pd.DataFrame] = []
+    try:
+        for raw in chunks:
+            frame = events_frame(raw, start_ns)
+            if hidden:
+                built.hidden += int(on_locks(frame, hidden).sum())
+                frame = without_locks(frame, hidden)
+            built.stack_ids.update(np.unique(frame["stack_id"].to_numpy()).tolist())
+            frames.append(frame)
+            if spill and len(frames) > 1:
+                if built.spilled is None:
+                    built.spilled = SpilledTable()
+                for kept in frames:
+                    built.spilled.append(kept)
+                frames = []
+    except BaseException:
+        if built.spilled is not None:
+            built.spilled.close()
+        raise
+    if built.spilled is not None:
+        for kept in frames:
+            built.spilled.append(kept)
+        built.spilled.finish()
+    elif frames:
+        built.frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return built
