@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from profiler import btf, schema
 from profiler.errors import LockprofError, MechanismUnavailable
@@ -49,7 +48,7 @@ _FORGOTTEN_OWNER = np.dtype([("lock", "<u8"), ("address", "<u8"), ("tgid", "<u4"
 
 # Cap the per-CPU aggregate map's memory: entries x value size x CPUs.
 _STATS_MAP_BUDGET_BYTES = 64 << 20
-# Test hook: cap every map's entries (see _cflags).
+# Test hook: cap every map's entries (see probe_cflags).
 MAX_ENTRIES_ENV = "LOCKPROF_TEST_MAX_ENTRIES"
 
 
@@ -137,6 +136,78 @@ def possible_cpus() -> int:
 def online_cpus() -> list[int]:
     bcc = import_bcc()
     return list(bcc.utils.get_online_cpus())
+
+
+def probe_cflags() -> tuple[list[str], int]:
+    """The compiler flags of the probes, and the size of the lock map."""
+    offsets = btf.probe_offsets()
+    value_bytes = 8 * (5 + 2 * (3 + schema.const("LP_HIST_SLOTS")))
+    max_locks = max(256, min(4096, _STATS_MAP_BUDGET_BYTES // (value_bytes * possible_cpus())))
+    flags = [f"-D{name}={value}" for name, value in offsets.items()]
+    # Test hook (tests/integration/test_reliability.py): every map (locks,
+    # tasks, callers, stacks, owners) holds at most N entries, so that a
+    # test can fill them and check that overflows are counted.
+    cap = os.environ.get(MAX_ENTRIES_ENV)
+    if cap:
+        max_locks = int(cap)
+        flags += [f"-DLP_MAX_{m}={max_locks}" for m in ("TASKS", "CALLERS", "STACKS", "OWNERS")]
+    flags += [f"-DLP_MAX_LOCKS={max_locks}", f"-I{schema.probes_dir()}", "-w"]
+    return flags, max_locks
+
+
+def compile_probes(flags: list[str]):  # -> bcc.BPF
+    """Compile and load probes/lockprof.bpf.c (maps created, no program
+    attached), then give the compiler's memory back."""
+    bcc = import_bcc()
+    source = schema.probes_dir() / "lockprof.bpf.c"
+    failure: Exception | None = None
+    with _captured_stderr() as output:
+        try:
+            bpf = bcc.BPF(src_file=str(source).encode(), cflags=flags)
+        except Exception as exc:  # bcc raises plain Exception on compile errors
+            failure = exc
+    if failure is not None:
+        detail = _first_error(output[0]) if output else str(failure)
+        raise LockprofError(f"BPF compile/load failed: {detail}")
+    release_free_heap()
+    release_compiler_pages()
+    return bpf
+
+
+# compile_early()'s result: (flags, the BPF object or None, its error or None).
+_early_compile: tuple[list[str], object, LockprofError | None] | None = None
+
+
+def compile_early() -> None:
+    """Compile the probes at once, before pandas and pyarrow are imported:
+    the lockprof program calls this first when it is about to collect.
+
+    Compiling needs ~100 MB of clang/LLVM heap and library pages, given back
+    when it ends. After pandas and pyarrow (~90 MB) the two added up: RSS
+    peaked at ~270 MB at start-up. Before them it peaks at ~180 MB, and
+    pandas then reuses the freed heap. The object waits for the session
+    (take_early_compile); a compile error waits too, so that the usual
+    checks (privileges, pid, options) still speak first."""
+    global _early_compile
+    try:
+        flags, _max_locks = probe_cflags()
+    except LockprofError:
+        return  # the session will say why
+    try:
+        _early_compile = (flags, compile_probes(flags), None)
+    except LockprofError as exc:
+        _early_compile = (flags, None, exc)
+
+
+def take_early_compile(flags: list[str]):  # -> bcc.BPF | None
+    """The early compile's object, if it was made with these flags (once)."""
+    global _early_compile
+    early, _early_compile = _early_compile, None
+    if early is None or early[0] != flags:
+        return None
+    if early[2] is not None:
+        raise early[2]
+    return early[1]
 
 
 @dataclass
@@ -240,36 +311,11 @@ class BpfSession:
 
     # -- set-up -----------------------------------------------------------------
 
-    def _cflags(self) -> list[str]:
-        offsets = btf.probe_offsets()
-        value_bytes = 8 * (5 + 2 * (3 + schema.const("LP_HIST_SLOTS")))
-        max_locks = max(256, min(4096, _STATS_MAP_BUDGET_BYTES // (value_bytes * possible_cpus())))
-        flags = [f"-D{name}={value}" for name, value in offsets.items()]
-        # Test hook (tests/integration/test_reliability.py): every map (locks,
-        # tasks, callers, stacks, owners) holds at most N entries, so that a
-        # test can fill them and check that overflows are counted.
-        cap = os.environ.get(MAX_ENTRIES_ENV)
-        if cap:
-            max_locks = int(cap)
-            flags += [f"-DLP_MAX_{m}={max_locks}" for m in ("TASKS", "CALLERS", "STACKS", "OWNERS")]
-        self.max_locks = max_locks
-        flags += [f"-DLP_MAX_LOCKS={max_locks}", f"-I{schema.probes_dir()}", "-w"]
-        return flags
-
     def _compile(self):
-        source = schema.probes_dir() / "lockprof.bpf.c"
-        failure: Exception | None = None
-        with _captured_stderr() as output:
-            try:
-                bpf = self._bcc.BPF(src_file=str(source).encode(), cflags=self._cflags())
-            except Exception as exc:  # bcc raises plain Exception on compile errors
-                failure = exc
-        if failure is not None:
-            detail = _first_error(output[0]) if output else str(failure)
-            raise LockprofError(f"BPF compile/load failed: {detail}")
-        release_free_heap()
-        release_compiler_pages()
-        return bpf
+        flags, self.max_locks = probe_cflags()
+        early = take_early_compile(flags)
+        # Not `or`: a BPF object is a mapping of its tables, falsy until one is read.
+        return early if early is not None else compile_probes(flags)
 
     def _configure(
         self,
@@ -833,6 +879,8 @@ class BpfSession:
         Hash-based factorizing keeps this to a few ms per 100k events."""
         if len(events) == 0 or not events["mm_gen"].any():
             return events
+        import pandas as pd  # loaded by now; not at start-up (compile_early)
+
         lock_codes, locks = pd.factorize(events["lock"])
         gen_codes, gens = pd.factorize(events["mm_gen"])
         width = len(gens)

@@ -10,15 +10,16 @@ import os
 import sys
 from pathlib import Path
 
-from profiler import allocator, signals
+from profiler import signals
+from profiler.cli import startup
 
 # Run as the lockprof program (not imported by tests): catch SIGINT, SIGTERM
 # and SIGHUP before the 0.4 s of imports below, so that a signal at any
-# moment of start-up ends lockprof with one line (profiler.signals); and
-# have pyarrow allocate with malloc, before pandas loads it (allocator.py).
+# moment of start-up ends lockprof with one line (profiler.signals); then
+# what must come before pandas and pyarrow load (startup.py).
 if __name__ == "__main__" or Path(sys.argv[0]).name == "lockprof":
     signals.install_early()
-    allocator.arrow_allocates_with_malloc()
+    startup.prepare_program()
 
 
 import click
@@ -27,11 +28,8 @@ from profiler import __version__, render
 from profiler.cli import attach, doctor, export, record, report, run, show
 from profiler.cli import bench as bench_cmd
 from profiler.cli import compare as compare_cmd
+from profiler.cli.startup import COLLECTING, subcommand
 from profiler.errors import LockprofError
-
-# Subcommands that handle the three signals themselves until their recording
-# is written; the others get Python's default handling back at once.
-COLLECTING = ("attach", "run", "record")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,14 +66,9 @@ cli.add_command(bench_cmd.command)
 cli.add_command(compare_cmd.command)
 
 
-def _subcommand(argv: list[str] | None) -> str | None:
-    args = sys.argv[1:] if argv is None else argv
-    return next((a for a in args if not a.startswith("-")), None)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
-        if _subcommand(argv) not in COLLECTING:
+        if subcommand(argv) not in COLLECTING:
             signals.release_early()
         cli.main(args=argv, prog_name="lockprof", standalone_mode=False)
     except LockprofError as exc:

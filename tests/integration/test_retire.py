@@ -44,8 +44,13 @@ def test_exited_processes_lock_rows_retire_and_every_figure_stays(lockprof_facto
     rec = profiler.load(tmp_path / "r.lpr")
     errors = rec.meta["errors"]
     assert rec.meta["locks_retired"] > 0
-    assert errors["stats_map_full"] == 0 and errors["ringbuf_full"] == 0, errors
-    assert rec.meta["events_dropped_userspace"] == 0
+    assert errors["stats_map_full"] == 0, errors
+    # System-wide at 1 ns, another busy workload on the machine can overflow
+    # the ring or pass --max-events: then each key's events fall short of its
+    # aggregates by no more than the events lost, in all. Otherwise (a quiet
+    # machine, as in CI) they are equal.
+    lost = errors["ringbuf_full"] + rec.meta["events_dropped_userspace"]
+    assert lost == rec.meta["lost_events"]
 
     keys = ["lock", "flags", "source"]
     sums = rec.intervals.groupby(keys)[
@@ -55,13 +60,20 @@ def test_exited_processes_lock_rows_retire_and_every_figure_stays(lockprof_facto
     waits = events[events["kind"] == "wait"].groupby(keys)["duration_ns"].agg(["count", "sum"])
     holds = events[events["kind"] == "hold"].groupby(keys).size()
     assert len(sums) > 20  # many processes' locks were seen
+    missing = 0
     for key, row in sums.iterrows():
         counted = row["acquisitions"] if key[2] == 0 else row["contended"]
-        assert key in waits.index, ("no wait events", key, row.to_dict())
-        assert waits.loc[key, "count"] == counted == row["wait_count"], key
-        assert waits.loc[key, "sum"] == row["wait_total_ns"], key
+        assert counted == row["wait_count"], key
+        streamed = waits.loc[key] if key in waits.index else {"count": 0, "sum": 0}
+        missing += counted - streamed["count"]
+        assert 0 <= counted - streamed["count"] <= lost, key
+        assert streamed["sum"] <= row["wait_total_ns"], key
+        assert lost or streamed["sum"] == row["wait_total_ns"], key
         if key[2] == 0:
-            assert holds.get(key, 0) == row["releases"] + row["downgrades"], key
+            ended = row["releases"] + row["downgrades"]
+            missing += ended - holds.get(key, 0)
+            assert 0 <= ended - holds.get(key, 0) <= lost, key
+    assert missing <= lost, (missing, lost)
 
     # Callers and per-task rows (those of exited tasks retired to lockprof's
     # temporary file during the run) add up to the aggregates.
