@@ -22,6 +22,13 @@ def privileged(monkeypatch):
         (["record", "-a", "-d", "5"], True),
         (["-q", "attach", "-p", "1"], True),  # an option before the subcommand
         (["attach", "-p", "1"], True),
+        (["attach", "--pid=1", "-d", "5"], True),
+        (["attach", "-p1"], True),
+        # A pid that does not exist: the usual check answers without the compile.
+        (["attach", "-p", "999999999"], False),
+        (["attach", "--pid", "999999999"], False),
+        (["attach", "--pid=0x1"], False),
+        (["attach", "-p"], False),
         (["run", "--", "python3", "--help"], True),  # the command's own --help
         (["run", "--help"], False),
         (["record", "-h"], False),
