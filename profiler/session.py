@@ -23,6 +23,7 @@ import pandas as pd
 from profiler import aggregate, ksyms, schema
 from profiler.errors import LockprofError
 from profiler.events import CHUNK_ROWS, build_events, on_locks, without_locks
+from profiler.options import CollectOptions, LiveState
 from profiler.recording import (
     CALLER_COLUMNS,
     OFFCPU_COLUMNS,
@@ -44,37 +45,6 @@ RETIRE_ENV = "LOCKPROF_TEST_RETIRE_S"
 # Rows idle for this many rounds (60 s) are retired too (those of the locks
 # the live view shows only once the map is half full).
 IDLE_ROUNDS = 6
-
-
-@dataclass
-class CollectOptions:
-    families: tuple[str, ...] = ("mmap_lock", "contention")
-    interval_s: float = 1.0
-    duration_s: float | None = None
-    threshold_ns: int = 100_000
-    stack_threshold_ns: int = 10_000
-    # At most this many contention stacks per CPU per second (0: no limit);
-    # see lp_stack_allowed in probes/lockprof.bpf.c.
-    stack_rate: int = 200
-    max_events: int = 1_000_000
-    locks: tuple = ()  # profiler.lockspec.LockSpec: user lock functions to probe
-    sample_hz: int = 99  # cpu-clock sampling frequency, with the "sample" family
-    what_if_cpus: int | None = None  # --cpus: scale the writer's sum to N CPUs
-
-
-@dataclass
-class LiveState:
-    """What a live view gets every interval."""
-
-    elapsed_s: float
-    target: str
-    rows: list[dict]
-    errors: dict[str, int]
-    events: int
-    cpus: int
-    more_rows: int = 0  # lock rows left out of `rows` (not the busiest)
-    # cpu -> (acquisitions or contended waits, wait ns), over every lock
-    cpu_totals: dict[int, tuple[int, int]] | None = None
 
 
 def _return_free_memory() -> None:

@@ -14,7 +14,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from profiler import recording, render, runset, summary
+from profiler import outputs, recording, render, runset, summary
 from profiler.capture import CapturedCommand, OutputCapture, compile_throughput, parse_throughput
 from profiler.cli.common import TimeParam, build_options, checked_spec, stack_options
 from profiler.errors import LockprofError
@@ -250,7 +250,7 @@ def command(
     check_command(argv[0])
     if output.is_dir():
         raise LockprofError(f"output path {output} is a directory", exit_code=2)
-    recording.check_writable(output)
+    outputs.check_writable(output)
     options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
     options.stack_threshold_ns = stack_threshold
     options.stack_rate = stack_rate

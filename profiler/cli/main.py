@@ -22,17 +22,33 @@ if __name__ == "__main__" or Path(sys.argv[0]).name == "lockprof":
     startup.prepare_program()
 
 
+import importlib
+
 import click
 
 from profiler import __version__, render
-from profiler.cli import attach, doctor, export, record, report, run, show
-from profiler.cli import bench as bench_cmd
-from profiler.cli import compare as compare_cmd
 from profiler.cli.startup import COLLECTING, subcommand
 from profiler.errors import LockprofError
 
+# Subcommands (modules profiler.cli.NAME), in the order `--help` lists them.
+# A module is imported when its subcommand runs: `attach`, `run` and
+# `record` must not load pandas before their probes are compiled.
+SUBCOMMANDS = ("attach", "run", "record", "show", "report", "export", "doctor", "bench", "compare")
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported when used (or listed)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in SUBCOMMANDS:
+            return None
+        return importlib.import_module(f"profiler.cli.{cmd_name}").command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lockprof")
 def cli() -> None:
     """Live lock contention profiler for Linux (eBPF).
@@ -53,17 +69,6 @@ def cli() -> None:
       lockprof bench --runs 3 -o before.lpset -- CMD   repeated runs for a comparison
       lockprof compare before.lpset after.lpset -o c.html   did the patch help?
     """
-
-
-cli.add_command(attach.command)
-cli.add_command(run.command)
-cli.add_command(record.command)
-cli.add_command(show.command)
-cli.add_command(report.command)
-cli.add_command(export.command)
-cli.add_command(doctor.command)
-cli.add_command(bench_cmd.command)
-cli.add_command(compare_cmd.command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 import profiler
 from dashboards import frames
-from profiler import recording
+from profiler import recording, session
 from profiler.cli import common, report
 from profiler.cli.export import csv_frame, folded_lines
 from profiler.cli.main import main
@@ -233,7 +233,7 @@ class FakeTarget:
 def fake_collect(monkeypatch):
     rec = profiler.load(HOSTILE)
     rec.meta["stop_reason"] = "command exited with status 0"
-    monkeypatch.setattr(common, "collect", lambda *args, **kwargs: rec)
+    monkeypatch.setattr(session, "collect", lambda *args, **kwargs: rec)
     return rec
 
 
@@ -279,7 +279,7 @@ def test_html_path_is_checked_before_collecting(tmp_path, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("collected although the report could not be written")
 
-    monkeypatch.setattr(common, "collect", must_not_run)
+    monkeypatch.setattr(session, "collect", must_not_run)
     with pytest.raises(profiler.recording.LockprofError, match="does not exist"):
         collect(tmp_path, tmp_path / "missing" / "r.html")
 

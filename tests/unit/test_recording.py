@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import profiler
-from profiler import recording
+from profiler import outputs, recording
 from profiler.errors import LockprofError
 
 
@@ -594,11 +594,11 @@ def test_save_failure_keeps_the_data_in_a_named_rescue_file(rec, tmp_path, rescu
 
 
 def test_check_writable(tmp_path):
-    recording.check_writable(tmp_path / "fine.lpr")
+    outputs.check_writable(tmp_path / "fine.lpr")
     with pytest.raises(LockprofError, match="does not exist"):
-        recording.check_writable(tmp_path / "missing" / "x.lpr")
+        outputs.check_writable(tmp_path / "missing" / "x.lpr")
     with pytest.raises(LockprofError, match="is a directory"):
-        recording.check_writable(tmp_path)
+        outputs.check_writable(tmp_path)
 
 
 def test_rescue_falls_back_to_the_home_directory(rec, tmp_path, monkeypatch):
@@ -642,20 +642,20 @@ def test_check_writable_refuses_a_nearly_full_file_system(tmp_path, monkeypatch)
 
     class Full:
         f_frsize = real.f_frsize
-        f_bavail = (recording.MIN_FREE_BYTES - 1) // real.f_frsize
+        f_bavail = (outputs.MIN_FREE_BYTES - 1) // real.f_frsize
 
-    monkeypatch.setattr(recording.os, "statvfs", lambda _path: Full)
+    monkeypatch.setattr(outputs.os, "statvfs", lambda _path: Full)
     with pytest.raises(LockprofError, match=r"KiB free; a recording needs at least 1024 KiB"):
-        recording.check_writable(tmp_path / "r.lpr")
+        outputs.check_writable(tmp_path / "r.lpr")
 
 
 def test_check_writable_tries_a_file_where_access_cannot_tell(tmp_path, monkeypatch):
     def read_only(*_args, **_kwargs):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(recording.tempfile, "NamedTemporaryFile", read_only)
+    monkeypatch.setattr(outputs.tempfile, "NamedTemporaryFile", read_only)
     with pytest.raises(LockprofError, match=r"is not writable \(Read-only file system\)"):
-        recording.check_writable(tmp_path / "r.lpr")
+        outputs.check_writable(tmp_path / "r.lpr")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,0 +1,38 @@
+"""What a collection is asked to do (CollectOptions) and what its live view
+gets (LiveState): plain dataclasses, importable without pandas, so that the
+command line can build them before the probes are compiled (cli/common.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class CollectOptions:
+    families: tuple[str, ...] = ("mmap_lock", "contention")
+    interval_s: float = 1.0
+    duration_s: float | None = None
+    threshold_ns: int = 100_000
+    stack_threshold_ns: int = 10_000
+    # At most this many contention stacks per CPU per second (0: no limit);
+    # see lp_stack_allowed in probes/lockprof.bpf.c.
+    stack_rate: int = 200
+    max_events: int = 1_000_000
+    locks: tuple = ()  # profiler.lockspec.LockSpec: user lock functions to probe
+    sample_hz: int = 99  # cpu-clock sampling frequency, with the "sample" family
+    what_if_cpus: int | None = None  # --cpus: scale the writer's sum to N CPUs
+
+
+@dataclass
+class LiveState:
+    """What a live view gets every interval."""
+
+    elapsed_s: float
+    target: str
+    rows: list[dict]
+    errors: dict[str, int]
+    events: int
+    cpus: int
+    more_rows: int = 0  # lock rows left out of `rows` (not the busiest)
+    # cpu -> (acquisitions or contended waits, wait ns), over every lock
+    cpu_totals: dict[int, tuple[int, int]] | None = None
