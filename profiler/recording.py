@@ -220,7 +220,9 @@ class Recording:
         self.stacks = table(stacks, "stacks")
         self.offcpu = table(offcpu, "offcpu")
         self.samples = table(samples, "samples")
-        self._events = events if events is not None or events_file else empty_table("events")
+        if events is None and events_file is None:
+            events = empty_table("events")
+        self._events = events  # None: not read from events_file yet
         self.events_file = events_file
 
     @property
@@ -236,11 +238,15 @@ class Recording:
         self.events_file = None
 
     @property
+    def unread_events_file(self) -> SpilledTable | None:
+        """The spilled events, if they were never read into memory."""
+        return self.events_file if self._events is None else None
+
+    @property
     def event_count(self) -> int:
         """Rows of the events table, without reading a spilled one."""
-        if self._events is None and self.events_file is not None:
-            return self.events_file.rows
-        return len(self.events)
+        spilled = self.unread_events_file
+        return spilled.rows if spilled is not None else len(self.events)
 
     def table(self, name: str) -> pd.DataFrame:
         return getattr(self, name)
@@ -258,9 +264,10 @@ def write_archive(rec: Recording, out: BinaryIO) -> None:
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr("meta.json", json.dumps(meta, indent=2, default=str))
         for name in TABLES:
-            if name == "events" and rec._events is None and rec.events_file is not None:
+            spilled = rec.unread_events_file if name == "events" else None
+            if spilled is not None:
                 with archive.open("events.parquet", "w", force_zip64=True) as member:
-                    rec.events_file.copy_to(member)
+                    spilled.copy_to(member)
                 continue
             archive.writestr(f"{name}.parquet", _to_parquet_bytes(rec.table(name)))
 
