@@ -179,15 +179,15 @@ _early_compile: tuple[list[str], object, LockprofError | None] | None = None
 
 
 def compile_early() -> None:
-    """Compile the probes at once, before pandas and pyarrow are imported:
-    the lockprof program calls this first when it is about to collect.
+    """Compile the probes now, before pandas and pyarrow are imported: a
+    collection calls this once its command line is checked (cli/common.py).
 
     Compiling needs ~100 MB of clang/LLVM heap and library pages, given back
     when it ends. After pandas and pyarrow (~90 MB) the two added up: RSS
     peaked at ~270 MB at start-up. Before them it peaks at ~180 MB, and
     pandas then reuses the freed heap. The object waits for the session
-    (take_early_compile); a compile error waits too, so that the usual
-    checks (privileges, pid, options) still speak first."""
+    (take_early_compile); so does a compile error, raised where the
+    session would have raised it (after the target is set up)."""
     global _early_compile
     try:
         flags, _max_locks = probe_cflags()
