@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 # probes first (see _start_and_collect), and the modules that need them
 # (recording, summary, report, session) are imported after.
 
+# Rows of the summary printed when a collection ends (--json: all of them).
+# A system-wide run of two hours had 99,464 lock rows: printing every one
+# took 50 s and ~550 MB more than printing 40 (docs/reliability.md);
+# `lockprof show FILE` lists all.
+FINAL_SUMMARY_TOP = 50
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s)?\s*$")
 _NS_PER = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 
@@ -358,7 +364,7 @@ def run_collection(
     finally:
         view.stop()
     recording.save(rec, output)
-    print_summary(rec, as_json, top=None)
+    print_summary(rec, as_json, top=FINAL_SUMMARY_TOP)
     err = render.console(stderr=True)
     err.print(
         Text(

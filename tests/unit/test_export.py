@@ -11,7 +11,7 @@ import pytest
 
 import profiler
 from dashboards import frames
-from profiler import recording, session
+from profiler import recording, session, summary
 from profiler.cli import common, report
 from profiler.cli.export import csv_frame, folded_lines
 from profiler.cli.main import main
@@ -297,3 +297,27 @@ def test_report_of_a_recording_with_a_broken_table(capsys, tmp_path):
 def test_folded_to_a_directory(capsys, tmp_path):
     code, _out, err = run_main(capsys, "export", HOSTILE, "--folded", tmp_path)
     assert "is a directory" in one_error_line(code, err)
+
+
+def test_the_summary_after_a_collection_prints_the_busiest_rows(
+    capsys, tmp_path, fake_collect, monkeypatch
+):
+    """A long system-wide run has lock rows by the hundred thousand: the
+    summary printed at the end shows FINAL_SUMMARY_TOP of them and says how
+    many more there are; the recording and `show` have them all."""
+    monkeypatch.setattr(common, "FINAL_SUMMARY_TOP", 3)
+    code = common.run_collection(
+        FakeTarget(),  # type: ignore[arg-type]
+        CollectOptions(families=("mmap_lock", "contention")),
+        tmp_path / "rec.lpr",
+        top=5,
+        quiet=True,
+        as_json=False,
+        working=set(),
+    )
+    out = capsys.readouterr().out
+    rows = len(summary.summary_json(fake_collect)["locks"])
+    assert code == 0 and rows > 3
+    assert f"({rows - 3} more rows; `lockprof show FILE` lists all)" in out
+    code = main(["show", str(tmp_path / "rec.lpr")])
+    assert code == 0 and "more rows" not in capsys.readouterr().out
