@@ -25,6 +25,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from dashboards.escape import html_text, script_json
+from profiler import outputs
 from profiler.errors import LockprofError
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True, "scrollZoom": False}
@@ -142,14 +143,7 @@ def render(
 def check_writable(path: str | Path, what: str = "output") -> None:
     """Fail before any work (a collection, a comparison) if the page could
     not be written."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise LockprofError(f"{what} path {path} is a directory")
-    if not directory.is_dir():
-        raise LockprofError(f"{what} directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise LockprofError(f"{what} directory {directory} is not writable")
+    outputs.check_directory(path, what)
 
 
 def write_atomic(page: str, path: str | Path, what: str = "output") -> Path:

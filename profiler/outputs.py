@@ -14,23 +14,33 @@ from profiler.errors import LockprofError
 MIN_FREE_BYTES = 1 << 20
 
 
+def check_directory(path: str | Path, what: str = "output") -> Path:
+    """Fail if a file could not be created at path: it is a directory, or
+    its directory is missing or not writable (what: named in the error).
+    Returns the directory. The report and comparison pages check this much;
+    check_writable() adds a trial file and the free space."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        is_dir, directory_exists = path.is_dir(), directory.is_dir()
+    except OSError as exc:  # a parent directory this user may not enter
+        raise LockprofError(f"cannot use {what} path {path} ({exc.strerror})") from None
+    if is_dir:
+        raise LockprofError(f"{what} path {path} is a directory")
+    if not directory_exists:
+        raise LockprofError(f"{what} directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise LockprofError(f"{what} directory {directory} is not writable")
+    return directory
+
+
 def check_writable(path: str | Path) -> None:
     """Fail before collection if the recording could not be written: no
     such directory, not writable (permissions, a read-only mount), or a
     file system with less than MIN_FREE_BYTES free. (It can still fill up
     during collection: save() then keeps a temporary copy.)"""
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        is_dir, directory_exists = path.is_dir(), directory.is_dir()
-    except OSError as exc:  # a parent directory this user may not enter
-        raise LockprofError(f"cannot use output path {path} ({exc.strerror})") from None
-    if is_dir:
-        raise LockprofError(f"output path {path} is a directory")
-    if not directory_exists:
-        raise LockprofError(f"output directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise LockprofError(f"output directory {directory} is not writable")
+    directory = check_directory(path)
     try:  # what access() cannot see: ACLs, root on NFS, a full inode table
         with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", dir=directory):
             pass

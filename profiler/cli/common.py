@@ -506,7 +506,12 @@ def _start_and_collect(
     stop.check_before_start()
     target = target_factory()
     try:
-        outputs.check_writable(output or default_output(target.mode, target.tgid))
+        # The outputs as run_collection checks them again (report.check_output
+        # comes to check_directory), here before the compile: said at once.
+        output = output or default_output(target.mode, target.tgid)
+        outputs.check_writable(output)
+        if html is not None:
+            outputs.check_directory(html, "report")
         _compile_before_pandas()
         stop.check_before_start()
     except (signals.Interrupted, LockprofError):

@@ -237,14 +237,14 @@ def fake_collect(monkeypatch):
     return rec
 
 
-def collect(tmp_path, html: Path | None) -> int:
+def collect(tmp_path, html: Path | None, as_json: bool = True) -> int:
     return common.run_collection(
         FakeTarget(),  # type: ignore[arg-type]
         CollectOptions(families=("mmap_lock", "contention")),
         tmp_path / "rec.lpr",
         top=5,
         quiet=True,
-        as_json=True,
+        as_json=as_json,
         working=set(),
         html=html,
     )
@@ -306,15 +306,7 @@ def test_the_summary_after_a_collection_prints_the_busiest_rows(
     summary printed at the end shows FINAL_SUMMARY_TOP of them and says how
     many more there are; the recording and `show` have them all."""
     monkeypatch.setattr(common, "FINAL_SUMMARY_TOP", 3)
-    code = common.run_collection(
-        FakeTarget(),  # type: ignore[arg-type]
-        CollectOptions(families=("mmap_lock", "contention")),
-        tmp_path / "rec.lpr",
-        top=5,
-        quiet=True,
-        as_json=False,
-        working=set(),
-    )
+    code = collect(tmp_path, None, as_json=False)
     out = capsys.readouterr().out
     rows = len(summary.summary_json(fake_collect)["locks"])
     assert code == 0 and rows > 3

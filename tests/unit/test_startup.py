@@ -111,6 +111,7 @@ def compile_calls(monkeypatch):
         (["attach", "-p", "999999999", "-d", "1"], "no such process: 999999999"),
         (["record", "-a", "-o", "/nonexistent/dir/r.lpr"], "does not exist"),
         (["run", "-o", "/nonexistent/dir/r.lpr", "--", "true"], "does not exist"),
+        (["record", "-a", "--html", "/nonexistent/dir/r.html"], "report directory"),
     ],
 )
 def test_a_bad_command_line_is_answered_without_compiling(compile_calls, capsys, argv, error):
