@@ -228,11 +228,14 @@ def records_frame(records: np.ndarray) -> pd.DataFrame:
     """The interval frame of records, as intervals_frame() gives of the rows."""
     if len(records) == 0:
         return empty_intervals()
-    columns = {}
+    columns: dict[str, object] = {}
     for column in INTERVAL_COLUMNS:
         values = records[column]
         if column.endswith("_slots"):
-            columns[column] = values.tolist()
+            # Row views of one (rows, slots) array, not lists: as lists, a
+            # 2-hour run's 334k rows held 27M Python ints, and ending it
+            # took 1.7 GB (docs/reliability.md).
+            columns[column] = slot_views(values)
         elif column in INTERVAL_MAX_COLUMNS:
             known = pd.array(values, dtype="Int64")
             known[values == _UNKNOWN_MAX] = pd.NA
@@ -240,6 +243,115 @@ def records_frame(records: np.ndarray) -> pd.DataFrame:
         else:
             columns[column] = values.astype(_interval_dtype(column), copy=False)
     return pd.DataFrame(columns, columns=INTERVAL_COLUMNS)
+
+
+def slot_views(matrix: np.ndarray) -> pd.Series:
+    """A *_slots column from a (rows, slots) array: one row view each."""
+    column = np.empty(len(matrix), dtype=object)
+    column[:] = list(matrix)
+    return pd.Series(column, dtype=object)
+
+
+# collapse_intervals(): the key of a collapsed row, and the columns kept as
+# their largest value (the rest are added).
+_COLLAPSE_KEY = [*KEY_COLUMNS, "cpu"]
+_COLLAPSE_LARGEST = (*RUNNING_MAX_COLUMNS, "interval", "t_s")
+
+
+def collapse_intervals(intervals: pd.DataFrame) -> pd.DataFrame:
+    """One row per (lock, flags, source, cpu) for the whole of intervals:
+    counts, sums and slots added, running maxima the largest, `interval` and
+    t_s the last. The summary (summary_rows) of the result is that of
+    intervals; the interval maxima are left unknown (null)."""
+    if intervals.empty:
+        return empty_intervals()
+    return _arrays_frame(_collapse_arrays(_interval_arrays(intervals)))
+
+
+def _interval_arrays(intervals: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The columns collapse_intervals() keeps, as arrays ((rows, slots) for
+    the histograms)."""
+    return {
+        name: _slots_matrix(intervals[name])
+        if name.endswith("_slots")
+        else intervals[name].to_numpy()
+        for name in INTERVAL_COLUMNS
+        if name not in INTERVAL_MAX_COLUMNS
+    }
+
+
+def _collapse_arrays(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Reduce the rows of each key. Consumes columns: each column is
+    dropped once reduced, so that the input and output are not held whole
+    at once (a 2-hour recording's totals are ~130k rows of 80 slots)."""
+    keys = pd.MultiIndex.from_arrays([columns[name] for name in _COLLAPSE_KEY])
+    codes, _uniques = keys.factorize()
+    # Rows sorted by key, then each run of one key reduced in one call.
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    del keys, sorted_codes
+    out = {}
+    for name in list(columns):
+        values = columns.pop(name)
+        if name in _COLLAPSE_KEY:
+            out[name] = values[order[starts]]
+        elif name in _COLLAPSE_LARGEST:
+            out[name] = np.maximum.reduceat(values[order], starts)
+        else:
+            out[name] = np.add.reduceat(values[order], starts, axis=0)
+    return out
+
+
+def _arrays_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    rows = len(columns["lock"])
+    frame = pd.DataFrame(
+        {
+            name: slot_views(columns[name])
+            if name.endswith("_slots")
+            else pd.array([pd.NA] * rows, dtype="Int64")
+            if name in INTERVAL_MAX_COLUMNS
+            else columns[name]
+            for name in INTERVAL_COLUMNS
+        },
+        columns=INTERVAL_COLUMNS,
+    )
+    return frame.astype({name: _interval_dtype(name) for name in INTERVAL_COLUMNS})
+
+
+class IntervalTotals:
+    """collapse_intervals() of a table given a part at a time. What is kept
+    is collapsed again whenever it has grown past its last collapse, so
+    memory follows the distinct locks and CPUs, not the rows."""
+
+    def __init__(self) -> None:
+        self._parts: list[dict[str, np.ndarray]] = []
+        self._collapsed_rows = 0  # rows of _parts[0] at the last collapse
+
+    def add(self, intervals: pd.DataFrame) -> None:
+        if intervals.empty:
+            return
+        self._parts.append(_collapse_arrays(_interval_arrays(intervals)))
+        kept = sum(len(part["lock"]) for part in self._parts)
+        if kept - self._collapsed_rows > max(
+            4 * len(self._parts[-1]["lock"]), self._collapsed_rows
+        ):
+            self._collapse()
+
+    def _collapse(self) -> None:
+        if len(self._parts) > 1:
+            # Column by column, each part's column dropped once joined.
+            joined = {
+                name: np.concatenate([part.pop(name) for part in self._parts])
+                for name in list(self._parts[0])
+            }
+            self._parts = []
+            self._parts = [_collapse_arrays(joined)]
+        self._collapsed_rows = len(self._parts[0]["lock"]) if self._parts else 0
+
+    def result(self) -> pd.DataFrame:
+        self._collapse()
+        return _arrays_frame(self._parts[0]) if self._parts else empty_intervals()
 
 
 def interval_maxima_from_running(intervals: pd.DataFrame) -> pd.DataFrame:
@@ -418,9 +530,17 @@ def _reduce(codes: np.ndarray, n: int, columns: dict[str, np.ndarray]) -> dict[s
 
 
 def _slots_matrix(column: pd.Series) -> np.ndarray:
+    """A *_slots column as one (rows, slots) uint64 array."""
     if column.empty:
         return np.zeros((0, schema.const("LP_HIST_SLOTS")), dtype=np.uint64)
-    return np.stack([np.asarray(v, dtype=np.uint64) for v in column.to_numpy()])
+    rows = column.to_numpy().tolist()
+    width = len(rows[0])
+    # One concatenation of the rows (a C loop; np.stack reshaped each row
+    # first, half of a 2-hour recording's summary time), shaped once.
+    flat = np.concatenate(rows).astype(np.uint64, copy=False)
+    if flat.size != width * len(rows):
+        raise ValueError("histograms of different lengths")
+    return flat.reshape(len(rows), width)
 
 
 def _columns_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -430,14 +550,25 @@ def _columns_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return columns
 
 
+def _with_percentiles(totals: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """totals plus each row's wait and hold p50 and p99, computed at once."""
+    for prefix in ("wait", "hold"):
+        # The largest running maximum is the largest sample of the whole
+        # collection (summaries cover whole recordings).
+        largest = totals[f"{prefix}_running_max_ns"]
+        for name, q in (("p50", 0.50), ("p99", 0.99)):
+            totals[f"{prefix}_{name}"] = hist.percentiles(totals[f"{prefix}_slots"], q, largest)
+    return totals
+
+
 def _hist_at(totals: dict[str, np.ndarray], i: int, prefix: str) -> dict:
     return hist.summarize(
         int(totals[f"{prefix}_count"][i]),
         int(totals[f"{prefix}_total_ns"][i]),
-        # The largest running maximum is the largest sample of the whole
-        # collection (summaries cover whole recordings).
         int(totals[f"{prefix}_running_max_ns"][i]),
         totals[f"{prefix}_slots"][i],
+        p50=float(totals[f"{prefix}_p50"][i]),
+        p99=float(totals[f"{prefix}_p99"][i]),
     )
 
 
@@ -489,7 +620,7 @@ def summary_rows(intervals: pd.DataFrame, locks: pd.DataFrame, families: list[st
     per_cpu = _reduce(codes, len(cpu_keys), _columns_of(merged))
     family_keys = [(lock, mode, mmap) for lock, mode, mmap, _cpu in cpu_keys]
     family_codes, families_seen = pd.factorize(pd.Series(family_keys, dtype=object))
-    totals = _reduce(family_codes, len(families_seen), per_cpu)
+    totals = _with_percentiles(_reduce(family_codes, len(families_seen), per_cpu))
     family_index = {key: i for i, key in enumerate(families_seen)}
     cpus_of: dict[tuple, list[tuple[int, int]]] = {}
     for i, (lock, mode, mmap, cpu) in enumerate(cpu_keys):

@@ -11,15 +11,14 @@ archive: memory holds one chunk, not the stream (docs/reliability.md).
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from profiler import schema
-from profiler.recording import EVENT_COLUMNS, SpilledTable
+from profiler.recording import EVENT_COLUMNS, SpilledTable, gather_frames, spill_or_in_memory
 
 # Records per chunk: 32k events are 2 MB raw and ~3.5 MB as a frame. Smaller
 # chunks leave less behind in the allocators (docs/reliability.md).
@@ -105,46 +104,23 @@ def build_events(
 ) -> BuiltEvents:
     """The events of chunks() (a fresh iteration over the spooled records at
     each call) without those on the hidden locks. One chunk stays in memory;
-    more are spilled. If the temporary file cannot be written, they are
-    built in memory instead, with a warning: data is never dropped for lack
-    of disk."""
-    try:
-        return _build(chunks(), start_ns, hidden, spill=True)
-    except OSError as exc:
-        sys.stderr.write(
-            f"lockprof: cannot write the events to a temporary file ({exc.strerror or exc}); "
-            "building them in memory\n"
-        )
-        return _build(chunks(), start_ns, hidden, spill=False)
+    more are spilled (recording.spill_or_in_memory)."""
+    return spill_or_in_memory(lambda spill: _build(chunks(), start_ns, hidden, spill), "events")
 
 
 def _build(
     chunks: Iterable[np.ndarray], start_ns: int, hidden: set[int], spill: bool
 ) -> BuiltEvents:
     built = BuiltEvents()
-    frames: list[pd.DataFrame] = []
-    try:
+
+    def frames() -> Iterator[pd.DataFrame]:
         for raw in chunks:
             frame = events_frame(raw, start_ns)
             if hidden:
                 built.hidden += int(on_locks(frame, hidden).sum())
                 frame = without_locks(frame, hidden)
             built.stack_ids.update(np.unique(frame["stack_id"].to_numpy()).tolist())
-            frames.append(frame)
-            if spill and len(frames) > 1:
-                if built.spilled is None:
-                    built.spilled = SpilledTable()
-                for kept in frames:
-                    built.spilled.append(kept)
-                frames = []
-    except BaseException:
-        if built.spilled is not None:
-            built.spilled.close()
-        raise
-    if built.spilled is not None:
-        for kept in frames:
-            built.spilled.append(kept)
-        built.spilled.finish()
-    elif frames:
-        built.frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+            yield frame
+
+    built.frame, built.spilled = gather_frames(frames(), spill)
     return built

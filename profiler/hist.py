@@ -47,15 +47,50 @@ def percentile(
     return value
 
 
-def summarize(count: int, total_ns: int, max_ns: int, slots: Sequence[int] | np.ndarray) -> dict:
-    """{count, total, avg, p50, p99, max} in ns; figures are None when count is 0."""
+def percentiles(slots: np.ndarray, q: float, max_ns: np.ndarray) -> np.ndarray:
+    """percentile() of each row of a (rows, slots) array at once, with each
+    row's maximum; NaN for an empty histogram. The same arithmetic, so the
+    same figures: a summary of 78k lock rows took 3 s one row at a time."""
+    counts = np.asarray(slots, dtype=np.float64)
+    rows, nslots = counts.shape
+    cumulative = np.cumsum(counts, axis=1)
+    total = cumulative[:, -1] if nslots else np.zeros(rows)
+    rank = q * total
+    slot = np.minimum((cumulative < rank[:, None]).sum(axis=1), nslots - 1)
+    at = np.arange(rows)
+    below = np.where(slot > 0, cumulative[at, np.maximum(slot - 1, 0)], 0.0)
+    low = np.where(slot == 0, 0.0, np.exp2(slot - 1.0))
+    high = np.where(slot == 0, 1.0, np.exp2(slot.astype(np.float64)))
+    largest = np.asarray(max_ns, dtype=np.float64)
+    high = np.where(slot == nslots - 1, np.maximum(largest, low), high)
+    in_slot = counts[at, slot]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = np.where(in_slot != 0, (rank - below) / in_slot, 1.0)
+    value = np.minimum(low + (high - low) * fraction, largest)
+    return np.where(total > 0, value, np.nan)
+
+
+def summarize(
+    count: int,
+    total_ns: int,
+    max_ns: int,
+    slots: Sequence[int] | np.ndarray,
+    p50: float | None = None,
+    p99: float | None = None,
+) -> dict:
+    """{count, total, avg, p50, p99, max} in ns; figures are None when count
+    is 0. p50 and p99 may come precomputed (percentiles(); NaN: none)."""
     if count == 0:
         return {"count": 0, "total": 0, "avg": None, "p50": None, "p99": None, "max": None}
     return {
         "count": int(count),
         "total": int(total_ns),
         "avg": total_ns / count,
-        "p50": percentile(slots, 0.50, max_ns),
-        "p99": percentile(slots, 0.99, max_ns),
+        "p50": percentile(slots, 0.50, max_ns) if p50 is None else _known(p50),
+        "p99": percentile(slots, 0.99, max_ns) if p99 is None else _known(p99),
         "max": int(max_ns),
     }
+
+
+def _known(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)

@@ -49,9 +49,9 @@ import tempfile
 import time
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -61,6 +61,8 @@ from pandas.api import types as ptypes
 
 from profiler import aggregate
 from profiler.errors import LockprofError
+
+T = TypeVar("T")
 
 FORMAT = "lockprof-recording"
 SCHEMA_VERSION = 3
@@ -190,15 +192,61 @@ class SpilledTable:
 _COPY_CHUNK_BYTES = 1 << 20
 
 
+def spill_or_in_memory(build: Callable[[bool], T], what: str) -> T:
+    """build(spill=True); if the temporary file cannot be written, build in
+    memory instead, with a warning: data is never dropped for lack of disk."""
+    try:
+        return build(True)
+    except OSError as exc:
+        sys.stderr.write(
+            f"lockprof: cannot write the {what} to a temporary file ({exc.strerror or exc}); "
+            "building them in memory\n"
+        )
+        return build(False)
+
+
+def gather_frames(
+    frames: Iterable[pd.DataFrame], spill: bool
+) -> tuple[pd.DataFrame | None, SpilledTable | None]:
+    """One table from frames: in memory (the first of the pair) while there
+    is one frame; from a second on, every frame goes to a SpilledTable (when
+    spill), so memory holds one frame at a time."""
+    kept: list[pd.DataFrame] = []
+    spilled: SpilledTable | None = None
+    try:
+        for frame in frames:
+            kept.append(frame)
+            if spill and len(kept) > 1:
+                if spilled is None:
+                    spilled = SpilledTable()
+                for frame_kept in kept:
+                    spilled.append(frame_kept)
+                kept = []
+        if spilled is not None:
+            for frame_kept in kept:
+                spilled.append(frame_kept)
+            spilled.finish()
+    except BaseException:
+        if spilled is not None:
+            spilled.close()
+        raise
+    if spilled is not None or not kept:
+        return None, spilled
+    return (pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]), None
+
+
 class Recording:
-    """A recording's tables (DataFrames) and meta. The events may wait in a
-    SpilledTable (events_file): they are read into memory only when
-    .events is used, and written to the archive straight from that file."""
+    """A recording's tables (DataFrames) and meta. The intervals and events
+    may wait in a file (intervals_file, events_file: a SpilledTable at the
+    end of a collection, an ArchivedTable from load(summary_only=True)):
+    they are read into memory only when used, and written to an archive
+    straight from that file. interval_totals, the intervals collapsed to one
+    row per lock, flags, source and CPU, is all a summary needs."""
 
     def __init__(
         self,
         meta: dict,
-        intervals: pd.DataFrame,
+        intervals: pd.DataFrame | None,
         locks: pd.DataFrame,
         events: pd.DataFrame | None = None,
         tasks: pd.DataFrame | None = None,
@@ -207,40 +255,78 @@ class Recording:
         offcpu: pd.DataFrame | None = None,
         samples: pd.DataFrame | None = None,
         *,
-        events_file: SpilledTable | None = None,
+        events_file: SpilledTable | ArchivedTable | None = None,
+        intervals_file: SpilledTable | ArchivedTable | None = None,
+        interval_totals: pd.DataFrame | None = None,
     ) -> None:
         def table(frame: pd.DataFrame | None, name: str) -> pd.DataFrame:
             return empty_table(name) if frame is None else frame
 
         self.meta = meta
-        self.intervals = intervals
         self.locks = locks
         self.tasks = table(tasks, "tasks")
         self.callers = table(callers, "callers")
         self.stacks = table(stacks, "stacks")
         self.offcpu = table(offcpu, "offcpu")
         self.samples = table(samples, "samples")
-        if events is None and events_file is None:
-            events = empty_table("events")
-        self._events = events  # None: not read from events_file yet
-        self.events_file = events_file
+        # name -> its frame, or None while it waits unread in its file
+        self._lazy: dict[str, pd.DataFrame | None] = {}
+        self._files: dict[str, SpilledTable | ArchivedTable | None] = {}
+        for name, frame, file in (
+            ("intervals", intervals, intervals_file),
+            ("events", events, events_file),
+        ):
+            self._lazy[name] = empty_table(name) if frame is None and file is None else frame
+            self._files[name] = file
+        self._interval_totals = interval_totals
+
+    def _read(self, name: str) -> pd.DataFrame:
+        frame = self._lazy[name]
+        if frame is None:
+            file = self._files[name]
+            assert file is not None
+            frame = self._lazy[name] = file.load()
+        return frame
+
+    def _set(self, name: str, frame: pd.DataFrame) -> None:
+        self._lazy[name] = frame
+        self._files[name] = None
+
+    def unread_file(self, name: str) -> SpilledTable | ArchivedTable | None:
+        """The file a table waits in, if it was never read into memory."""
+        return self._files.get(name) if self._lazy.get(name) is None else None
+
+    @property
+    def intervals(self) -> pd.DataFrame:
+        return self._read("intervals")
+
+    @intervals.setter
+    def intervals(self, frame: pd.DataFrame) -> None:
+        self._set("intervals", frame)
+        self._interval_totals = None
+
+    @property
+    def interval_totals(self) -> pd.DataFrame:
+        if self._interval_totals is None:
+            self._interval_totals = aggregate.collapse_intervals(self.intervals)
+        return self._interval_totals
 
     @property
     def events(self) -> pd.DataFrame:
-        if self._events is None:
-            assert self.events_file is not None
-            self._events = self.events_file.load()
-        return self._events
+        return self._read("events")
 
     @events.setter
     def events(self, frame: pd.DataFrame) -> None:
-        self._events = frame
-        self.events_file = None
+        self._set("events", frame)
 
     @property
-    def unread_events_file(self) -> SpilledTable | None:
+    def events_file(self) -> SpilledTable | ArchivedTable | None:
+        return self._files["events"]
+
+    @property
+    def unread_events_file(self) -> SpilledTable | ArchivedTable | None:
         """The spilled events, if they were never read into memory."""
-        return self.events_file if self._events is None else None
+        return self.unread_file("events")
 
     @property
     def event_count(self) -> int:
@@ -252,9 +338,15 @@ class Recording:
         return getattr(self, name)
 
 
+# Rows per Parquet row group: a reader holds one row group's columns at a
+# time (load(summary_only=True) reads a batch at a time), and pyarrow's
+# default of a million rows held a 2-hour run's intervals whole.
+ROW_GROUP_ROWS = 32_768
+
+
 def _to_parquet_bytes(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
-    frame.reset_index(drop=True).to_parquet(buffer, index=False)
+    frame.reset_index(drop=True).to_parquet(buffer, index=False, row_group_size=ROW_GROUP_ROWS)
     return buffer.getvalue()
 
 
@@ -264,9 +356,9 @@ def write_archive(rec: Recording, out: BinaryIO) -> None:
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr("meta.json", json.dumps(meta, indent=2, default=str))
         for name in TABLES:
-            spilled = rec.unread_events_file if name == "events" else None
+            spilled = rec.unread_file(name)
             if spilled is not None:
-                with archive.open("events.parquet", "w", force_zip64=True) as member:
+                with archive.open(f"{name}.parquet", "w", force_zip64=True) as member:
                     spilled.copy_to(member)
                 continue
             archive.writestr(f"{name}.parquet", _to_parquet_bytes(rec.table(name)))
@@ -367,8 +459,14 @@ class _suppress_oserror:
         return exc_type is not None and issubclass(exc_type, OSError)
 
 
-def load(path: str | Path) -> Recording:
-    """Read a recording. Any defect raises LockprofError with one clear line."""
+def load(path: str | Path, *, summary_only: bool = False) -> Recording:
+    """Read a recording. Any defect raises LockprofError with one clear line.
+
+    summary_only: what a summary needs, in memory bounded by the locks rather
+    than the length of the run: the intervals table collapsed to one row per
+    lock, flags, source and CPU (aggregate.collapse_intervals), read a batch
+    at a time, and the events left in the file until .events is used. A
+    2-hour recording's `show` took 1.3 GB reading them whole."""
     path = Path(path)
     _check_regular_file(path)
     try:
@@ -380,7 +478,15 @@ def load(path: str | Path) -> Recording:
     with archive:
         _check_expansion(archive, path)
         meta = _read_meta(archive, path)
-        tables = {name: _read_table(archive, name, path) for name in TABLES}
+        # Schema 1 intervals are upgraded in the order of the whole table.
+        collapse = summary_only and meta["schema_version"] >= 2
+        left = ("intervals", "events") if collapse else ()
+        tables = {name: _read_table(archive, name, path) for name in TABLES if name not in left}
+        if collapse:
+            totals = _interval_totals(archive, path)
+            files = {
+                name: ArchivedTable(path, name, _table_rows(archive, name, path)) for name in left
+            }
     version = meta["schema_version"]
     if version == 1:
         tables["intervals"] = _upgrade_intervals_v1(tables["intervals"], path)
@@ -391,10 +497,75 @@ def load(path: str | Path) -> Recording:
     check_meta(meta, path)
     for name, frame in tables.items():
         check_table(frame, name, path)
-    rec = Recording(meta=meta, intervals=tables.pop("intervals"), locks=tables.pop("locks"))
+    if collapse:
+        rec = Recording(
+            meta=meta,
+            intervals=None,
+            locks=tables.pop("locks"),
+            intervals_file=files["intervals"],
+            events_file=files["events"],
+            interval_totals=totals,
+        )
+    else:
+        rec = Recording(meta=meta, intervals=tables.pop("intervals"), locks=tables.pop("locks"))
     for name, frame in tables.items():
         setattr(rec, name, frame)
     return rec
+
+
+# Rows read at a time by load(summary_only=True).
+SUMMARY_BATCH_ROWS = ROW_GROUP_ROWS
+
+
+def _interval_totals(archive: zipfile.ZipFile, path: Path) -> pd.DataFrame:
+    """The intervals table collapsed (Recording.interval_totals), read a
+    batch at a time, each batch checked as load() checks the whole table."""
+    totals = aggregate.IntervalTotals()
+    try:
+        with archive.open("intervals.parquet") as member:
+            for batch in pq.ParquetFile(member).iter_batches(batch_size=SUMMARY_BATCH_ROWS):
+                frame = batch.to_pandas()
+                check_table(frame, "intervals", path)
+                totals.add(frame)
+    except KeyError:
+        raise LockprofError(f"{path}: corrupt recording (table intervals missing)") from None
+    except LockprofError:
+        raise
+    except Exception as exc:  # zlib, pyarrow and zipfile each raise their own
+        raise _table_error(path, "intervals", exc) from None
+    return totals.result()
+
+
+def _table_rows(archive: zipfile.ZipFile, name: str, path: Path) -> int:
+    """Rows of a table, from its Parquet footer alone."""
+    try:
+        with archive.open(f"{name}.parquet") as member:
+            return pq.ParquetFile(member).metadata.num_rows
+    except KeyError:
+        raise LockprofError(f"{path}: corrupt recording (table {name} missing)") from None
+    except Exception as exc:  # zlib, pyarrow and zipfile each raise their own
+        raise _table_error(path, name, exc) from None
+
+
+class ArchivedTable:
+    """A table left in its recording until used (load(summary_only=True)):
+    what a SpilledTable offers, read from the archive."""
+
+    def __init__(self, path: Path, name: str, rows: int) -> None:
+        self.path, self.name, self.rows = path, name, rows
+
+    def load(self) -> pd.DataFrame:
+        with zipfile.ZipFile(self.path) as archive:
+            frame = _read_table(archive, self.name, self.path)
+        check_table(frame, self.name, self.path)
+        return frame
+
+    def copy_to(self, out: IO[bytes]) -> None:
+        with zipfile.ZipFile(self.path) as archive, archive.open(f"{self.name}.parquet") as member:
+            shutil.copyfileobj(member, out, _COPY_CHUNK_BYTES)
+
+    def close(self) -> None:
+        pass
 
 
 def _check_regular_file(path: Path) -> None:
@@ -621,5 +792,9 @@ def _read_table(archive: zipfile.ZipFile, name: str, path: Path) -> pd.DataFrame
             return empty_table(name)
         raise LockprofError(f"{path}: corrupt recording (table {name} missing)") from None
     except Exception as exc:  # zlib, pyarrow and zipfile each raise their own
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise LockprofError(f"{path}: corrupt recording (table {name}: {reason})") from None
+        raise _table_error(path, name, exc) from None
+
+
+def _table_error(path: Path, name: str, exc: Exception) -> LockprofError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return LockprofError(f"{path}: corrupt recording (table {name}: {reason})")

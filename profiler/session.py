@@ -23,6 +23,7 @@ import pandas as pd
 from profiler import aggregate, ksyms, schema
 from profiler.errors import LockprofError
 from profiler.events import CHUNK_ROWS, build_events, on_locks, without_locks
+from profiler.intervals import build_intervals
 from profiler.options import CollectOptions, LiveState
 from profiler.recording import (
     CALLER_COLUMNS,
@@ -537,17 +538,15 @@ def _command_comm(target: Target, session) -> str | None:
 def _build_recording(
     options, target, session, state, namer, attached, stop_reason, start_ns, end_ns, wall_start
 ) -> Recording:
-    intervals = state.intervals()
     callers = namer.callers()
     tasks = pd.DataFrame(session.read_tasks(), columns=TASK_COLUMNS)
     hidden = hidden_locks(target, session)
+    intervals = build_intervals(lambda: state.spool.chunks(CHUNK_ROWS), hidden)
     events = build_events(lambda: session.take_events(CHUNK_ROWS), start_ns, hidden)
     pre_exec = pre_exec_note(
-        intervals, events.hidden, hidden, session.lock_addresses(forgotten=True)
+        intervals.hidden_totals, events.hidden, hidden, session.lock_addresses(forgotten=True)
     )
-    intervals, callers, tasks = (
-        without_locks(frame, hidden) for frame in (intervals, callers, tasks)
-    )
+    callers, tasks = (without_locks(frame, hidden) for frame in (callers, tasks))
     if isinstance(target, CommandTarget):
         tasks = relabel_pre_exec_tasks(tasks, target.tgid, _command_comm(target, session))
     offcpu = pd.DataFrame(
@@ -559,7 +558,7 @@ def _build_recording(
     stack_ids = set(callers["stack_id"].tolist()) | events.stack_ids
     stack_ids |= set(offcpu["stack_id"].tolist()) | set(samples["stack_id"].tolist())
     frames = namer.frames(sorted(s for s in stack_ids if s >= 0))
-    locks = namer.name(intervals, callers)
+    locks = namer.name(intervals.totals, callers)
     stacks = pd.DataFrame({"stack_id": list(frames), "frames": list(frames.values())})
     errors = session.read_errors()
     lost = errors.get("ringbuf_full", 0) + session.events_dropped_userspace
@@ -605,7 +604,9 @@ def _build_recording(
     }
     return Recording(
         meta=meta,
-        intervals=intervals,
+        intervals=intervals.frame,
+        intervals_file=intervals.spilled,
+        interval_totals=intervals.totals,
         locks=locks,
         events=events.frame,
         events_file=events.spilled,

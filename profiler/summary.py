@@ -13,7 +13,7 @@ JSON_VERSION = 1
 
 def lock_rows(rec: Recording) -> list[dict]:
     """Lock rows from the aggregates, then the off-CPU rows (--offcpu)."""
-    rows = aggregate.summary_rows(rec.intervals, rec.locks, rec.meta.get("families", []))
+    rows = aggregate.summary_rows(rec.interval_totals, rec.locks, rec.meta.get("families", []))
     return rows + writer_cost.offcpu_rows(rec.offcpu, rec.stacks)
 
 
