@@ -101,6 +101,12 @@ def test_full_maps_are_counted_reported_and_collection_goes_on(lockprof_factory,
     errors = rec.meta["errors"]
     for counter in ("stats_map_full", "task_map_full", "owner_map_full"):
         assert errors[counter] > 0, errors
+    # A full map drops a figure; it must not cascade into other failures:
+    # an acquisition with no row is still held, so its release or downgrade
+    # pairs with it (it was counted again as one of a lock held before
+    # attach, as often as the map was full). A few such are real.
+    unpaired = errors["release_without_acquire"] + errors["downgrade_without_write"]
+    assert unpaired * 100 < errors["stats_map_full"], errors
     assert rec.meta["stop_reason"] == "duration 3s reached"
     # Snapshots kept coming (rows exist only for intervals with activity on
     # the 16 locks that got a row, so count the snapshots themselves).
