@@ -232,9 +232,8 @@ def records_frame(records: np.ndarray) -> pd.DataFrame:
     for column in INTERVAL_COLUMNS:
         values = records[column]
         if column.endswith("_slots"):
-            # Row views of one (rows, slots) array, not lists: as lists, a
-            # 2-hour run's 334k rows held 27M Python ints, and ending it
-            # took 1.7 GB (docs/reliability.md).
+            # Row views of the records' (rows, slots) array, not lists of
+            # Python ints (27M of them for a 2-hour run's 334k rows).
             columns[column] = slot_views(values)
         elif column in INTERVAL_MAX_COLUMNS:
             known = pd.array(values, dtype="Int64")
@@ -345,7 +344,6 @@ class IntervalTotals:
                 name: np.concatenate([part.pop(name) for part in self._parts])
                 for name in list(self._parts[0])
             }
-            self._parts = []
             self._parts = [_collapse_arrays(joined)]
         self._collapsed_rows = len(self._parts[0]["lock"]) if self._parts else 0
 
@@ -535,11 +533,11 @@ def _slots_matrix(column: pd.Series) -> np.ndarray:
         return np.zeros((0, schema.const("LP_HIST_SLOTS")), dtype=np.uint64)
     rows = column.to_numpy().tolist()
     width = len(rows[0])
+    if not (np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)) == width).all():
+        raise ValueError("histograms of different lengths")
     # One concatenation of the rows (a C loop; np.stack reshaped each row
     # first, half of a 2-hour recording's summary time), shaped once.
     flat = np.concatenate(rows).astype(np.uint64, copy=False)
-    if flat.size != width * len(rows):
-        raise ValueError("histograms of different lengths")
     return flat.reshape(len(rows), width)
 
 
