@@ -190,3 +190,17 @@ def test_json_lines_hold_the_same_document_a_lock_per_line():
     lines = text.splitlines()
     assert '    {"lock": "mmap_lock", "per_cpu": [{"cpu": 0}]},' in lines
     assert "\x1b" not in text  # escaped, as json.dumps does
+
+
+def test_show_summarises_every_schema_as_a_full_load_does(recording_path, tmp_path):
+    """The committed recording is schema 1 (read whole, then upgraded); saved
+    again it is schema 3 (read a batch at a time)."""
+    from profiler import summary
+
+    for path in (
+        recording_path,
+        recording.save(recording.load(recording_path), tmp_path / "3.lpr"),
+    ):
+        full = summary.summary_json(recording.load(path))
+        light = summary.summary_json(recording.load(path, summary_only=True))
+        assert light == full and full["locks"], path
