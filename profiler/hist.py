@@ -54,7 +54,7 @@ def percentiles(slots: np.ndarray, q: float, max_ns: np.ndarray) -> np.ndarray:
     counts = np.asarray(slots, dtype=np.float64)
     rows, nslots = counts.shape
     cumulative = np.cumsum(counts, axis=1)
-    total = cumulative[:, -1] if nslots else np.zeros(rows)
+    total = cumulative[:, -1]
     rank = q * total
     slot = np.minimum((cumulative < rank[:, None]).sum(axis=1), nslots - 1)
     at = np.arange(rows)

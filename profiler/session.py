@@ -79,10 +79,6 @@ class _Collected:
     def keep(self, rows: list[dict]) -> None:
         self.spool.append(aggregate.interval_records(rows))
 
-    def intervals(self) -> pd.DataFrame:
-        """Every interval row as one frame, as load() would read it back."""
-        return aggregate.records_frame(self.spool.read())
-
 
 def collect(
     options: CollectOptions,
