@@ -255,6 +255,8 @@ def slot_views(matrix: np.ndarray) -> pd.Series:
 # their largest value (the rest are added).
 _COLLAPSE_KEY = [*KEY_COLUMNS, "cpu"]
 _COLLAPSE_LARGEST = (*RUNNING_MAX_COLUMNS, "interval", "t_s")
+# The columns collapsed (an interval's own maxima are not).
+_COLLAPSED_COLUMNS = [c for c in INTERVAL_COLUMNS if c not in INTERVAL_MAX_COLUMNS]
 
 
 def collapse_intervals(intervals: pd.DataFrame) -> pd.DataFrame:
@@ -274,8 +276,7 @@ def _interval_arrays(intervals: pd.DataFrame) -> dict[str, np.ndarray]:
         name: _slots_matrix(intervals[name])
         if name.endswith("_slots")
         else intervals[name].to_numpy()
-        for name in INTERVAL_COLUMNS
-        if name not in INTERVAL_MAX_COLUMNS
+        for name in _COLLAPSED_COLUMNS
     }
 
 
@@ -328,9 +329,17 @@ class IntervalTotals:
         self._collapsed_rows = 0  # rows of _parts[0] at the last collapse
 
     def add(self, intervals: pd.DataFrame) -> None:
-        if intervals.empty:
-            return
-        self._parts.append(_collapse_arrays(_interval_arrays(intervals)))
+        if not intervals.empty:
+            self._add(_interval_arrays(intervals))
+
+    def add_records(self, records: np.ndarray) -> None:
+        """add() of spooled interval records (interval_record_dtype()), from
+        their arrays as they are."""
+        if len(records):
+            self._add({name: records[name] for name in _COLLAPSED_COLUMNS})
+
+    def _add(self, columns: dict[str, np.ndarray]) -> None:
+        self._parts.append(_collapse_arrays(columns))
         kept = sum(len(part["lock"]) for part in self._parts)
         if kept - self._collapsed_rows > max(
             4 * len(self._parts[-1]["lock"]), self._collapsed_rows

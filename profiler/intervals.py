@@ -48,9 +48,8 @@ def _build(chunks: Iterable[np.ndarray], hidden: set[int], spill: bool) -> Built
 
     def frames() -> Iterator[pd.DataFrame]:
         for raw in chunks:
-            frame = aggregate.records_frame(raw)
-            totals.add(frame)
-            yield without_locks(frame, hidden)
+            totals.add_records(raw)
+            yield without_locks(aggregate.records_frame(raw), hidden)
 
     frame, spilled = gather_frames(frames(), spill)
     every = totals.result()
