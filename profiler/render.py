@@ -7,6 +7,8 @@ process cannot send escape sequences to the user's terminal.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -49,48 +51,84 @@ def lock_label(row: dict) -> str:
     return safe_text(label)
 
 
+# The summary table's columns: (header, justify).
+SUMMARY_COLUMNS = (
+    ("lock", "left"),
+    ("mode", "left"),
+    ("acq", "right"),
+    ("contended", "right"),
+    ("wait total", "right"),
+    ("avg", "right"),
+    ("p50", "right"),
+    ("p99", "right"),
+    ("max", "right"),
+    ("hold avg", "right"),
+    ("p99", "right"),
+    ("max", "right"),
+    ("r:w", "right"),
+    ("downgr", "right"),
+    ("fail", "right"),
+)
+
+# Above this many rows the summary is printed as plain aligned text: rich
+# measures every cell (~50 us each), and `show` of a 2-hour system-wide
+# recording (78k rows) took 56 s and 1.4 GB as a rich table.
+PLAIN_TABLE_ROWS = 2_000
+
+
+def summary_cells(row: dict) -> list[str]:
+    """One summary row's cells, as both tables print them (terminal-safe)."""
+    wait = row.get("wait_ns") or {}
+    hold = row.get("hold_ns") or {}
+    ratio = row.get("reader_writer_ratio")
+    return [
+        lock_label(row),
+        safe_text(row["mode"]),  # a recording's text
+        fmt_count(row.get("acquisitions")),
+        fmt_count(row.get("contended")),
+        fmt_ns(wait.get("total")),
+        fmt_ns(wait.get("avg")),
+        fmt_ns(wait.get("p50")),
+        fmt_ns(wait.get("p99")),
+        fmt_ns(wait.get("max")),
+        fmt_ns(hold.get("avg")),
+        fmt_ns(hold.get("p99")),
+        fmt_ns(hold.get("max")),
+        "-" if ratio is None else f"{ratio:.3g}",
+        fmt_count(row.get("downgrades")),
+        fmt_count(row.get("trylock_failures")),
+    ]
+
+
 def summary_table(rows: list[dict], top: int | None = None, title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left", header_style="bold", pad_edge=False)
-    for header, justify in (
-        ("lock", "left"),
-        ("mode", "left"),
-        ("acq", "right"),
-        ("contended", "right"),
-        ("wait total", "right"),
-        ("avg", "right"),
-        ("p50", "right"),
-        ("p99", "right"),
-        ("max", "right"),
-        ("hold avg", "right"),
-        ("p99", "right"),
-        ("max", "right"),
-        ("r:w", "right"),
-        ("downgr", "right"),
-        ("fail", "right"),
-    ):
+    for header, justify in SUMMARY_COLUMNS:
         table.add_column(header, justify=justify, no_wrap=header != "lock")  # type: ignore[arg-type]
     for row in rows[:top] if top else rows:
-        wait = row.get("wait_ns") or {}
-        hold = row.get("hold_ns") or {}
-        ratio = row.get("reader_writer_ratio")
-        table.add_row(
-            Text(lock_label(row)),
-            Text(safe_text(row["mode"])),  # a recording's text: never markup
-            fmt_count(row.get("acquisitions")),
-            fmt_count(row.get("contended")),
-            fmt_ns(wait.get("total")),
-            fmt_ns(wait.get("avg")),
-            fmt_ns(wait.get("p50")),
-            fmt_ns(wait.get("p99")),
-            fmt_ns(wait.get("max")),
-            fmt_ns(hold.get("avg")),
-            fmt_ns(hold.get("p99")),
-            fmt_ns(hold.get("max")),
-            "-" if ratio is None else f"{ratio:.3g}",
-            fmt_count(row.get("downgrades")),
-            fmt_count(row.get("trylock_failures")),
-        )
+        lock, *rest = summary_cells(row)
+        # Text, never a str: rich would parse a recording's text as markup.
+        table.add_row(Text(lock), Text(rest[0]), *rest[1:])
     return table
+
+
+def plain_summary_lines(rows: list[dict]) -> Iterator[str]:
+    """The summary table as aligned plain-text lines (header first), for
+    tables too long for rich: the same cells, two spaces between columns."""
+    cells = [summary_cells(row) for row in rows]
+    headers = [header for header, _justify in SUMMARY_COLUMNS]
+    widths = [len(h) for h in headers]
+    for line in cells:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, line, strict=True)]
+
+    def aligned(line: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if justify == "left" else cell.rjust(width)
+            for cell, width, (_h, justify) in zip(line, widths, SUMMARY_COLUMNS, strict=True)
+        ).rstrip()
+
+    yield aligned(headers)
+    for line in cells:
+        yield aligned(line)
 
 
 def offcpu_table(rows: list[dict], top: int | None = None) -> Table:
@@ -193,11 +231,24 @@ def view(
     more_locks: int = 0,
     cpu_totals: dict[int, tuple[int, int]] | None = None,
 ) -> Group:
-    parts: list = [
+    return Group(
         Text(safe_text(header), style="bold"),
         summary_table(rows, top),
-        per_cpu_line(rows, cpu_totals),
-    ]
+        *view_footer(rows, errors, lost, top, more_locks, cpu_totals),
+    )
+
+
+def view_footer(
+    rows: list[dict],
+    errors: dict[str, int],
+    lost: int,
+    top: int | None = 15,
+    more_locks: int = 0,
+    cpu_totals: dict[int, tuple[int, int]] | None = None,
+) -> list:
+    """What the view prints under its table: the per-CPU line, the problems
+    and how many rows were left out."""
+    parts: list = [per_cpu_line(rows, cpu_totals)]
     problems = problems_line(errors, lost)
     if problems is not None:
         parts.append(problems)
@@ -207,7 +258,7 @@ def view(
         if more_locks:
             what += f"{', and ' if what else ''}{more_locks} quieter locks"
         parts.append(Text(f"({what}; `lockprof show FILE` lists all)"))
-    return Group(*parts)
+    return parts
 
 
 def console(stderr: bool = False) -> Console:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import click
+from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
@@ -429,9 +430,14 @@ def print_summary(
     out = render.console()
     lock_rows = [r for r in document["locks"] if r.get("source") != "offcpu"]
     offcpu_rows = [r for r in document["locks"] if r.get("source") == "offcpu"]
-    out.print(
-        render.view(lock_rows, header, meta.get("errors", {}), meta.get("lost_events", 0), top)
-    )
+    errors, lost = meta.get("errors", {}), meta.get("lost_events", 0)
+    shown = lock_rows[:top] if top else lock_rows
+    if len(shown) > render.PLAIN_TABLE_ROWS:
+        out.print(Text(render.safe_text(header), style="bold"))
+        out.file.writelines(f"{line}\n" for line in render.plain_summary_lines(shown))
+        out.print(Group(*render.view_footer(lock_rows, errors, lost, top)))
+    else:
+        out.print(render.view(lock_rows, header, errors, lost, top))
     if offcpu_rows:
         out.print(render.offcpu_table(offcpu_rows, top))
     if document.get("writer_cost"):

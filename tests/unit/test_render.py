@@ -160,6 +160,32 @@ def test_summary_table_top_limits_rows():
     assert "(c0)" in plain and "(c1)" in plain and "(c2)" not in plain
 
 
+def test_plain_summary_lines_have_the_rich_tables_cells_aligned():
+    rows = [lock_row("mmapcount"), dict(lock_row("x"), acquisitions=1234567, mode="read")]
+    lines = list(render.plain_summary_lines(rows))
+    _raw, plain = rendered(render.summary_table(rows))
+    rich_cells = [
+        [c.strip() for c in line.strip().strip("│").split("│")]
+        for line in plain.splitlines()
+        if "mmap_lock pid" in line
+    ]
+    assert len(lines) == 3 and lines[0].split()[:4] == ["lock", "mode", "acq", "contended"]
+    for line, cells in zip(lines[1:], rich_cells, strict=True):
+        assert line.startswith(cells[0]) and line.endswith(cells[-1])
+        assert re.split(r"\s{2,}", line) == cells
+    # right-justified numbers end in the same column, under their header
+    acq_end = lines[0].index("acq") + len("acq")
+    assert lines[1][:acq_end].endswith(" 10") and lines[2][:acq_end].endswith("1,234,567")
+
+
+@pytest.mark.parametrize("comm", HOSTILE_COMMS)
+def test_plain_summary_lines_escape_hostile_text(comm):
+    row = dict(lock_row(comm), mode="[link=https://evil.example]read[/link]")
+    lines = list(render.plain_summary_lines([row]))
+    assert all(line.isprintable() for line in lines)
+    assert f"mmap_lock pid 4242 ({render.safe_text(comm)})" in lines[1]
+
+
 def test_view_mentions_hidden_rows_and_problems():
     rows = [lock_row(f"c{i}") for i in range(4)]
     _raw, plain = rendered(render.view(rows, "hdr", {"stack": 2, "ringbuf_full": 9}, 9, top=3))
