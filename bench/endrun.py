@@ -73,7 +73,11 @@ def recording_records(path: Path) -> np.ndarray:
 
 
 def end_of_run(records_path: Path, out: Path) -> dict:
-    """In this process: spool the records, then end the run as lockprof does."""
+    """In this process: spool the records, then end the run as lockprof does
+    (pyarrow on glibc's malloc, as the CLI loads it)."""
+    from profiler import allocator
+
+    allocator.arrow_allocates_with_malloc()
     from profiler import summary
     from profiler.events import CHUNK_ROWS
     from profiler.intervals import build_intervals

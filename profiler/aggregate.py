@@ -195,7 +195,7 @@ def intervals_frame(rows: list[dict]) -> pd.DataFrame:
 # -- interval rows as fixed-size records (spilled during collection) ---------
 
 # Where an interval's maximum is unknown (null in the frame).
-_UNKNOWN_MAX = -1
+UNKNOWN_MAX = -1
 
 
 def interval_record_dtype() -> np.dtype:
@@ -213,12 +213,12 @@ def interval_record_dtype() -> np.dtype:
 
 def interval_records(rows: list[dict]) -> np.ndarray:
     """Interval rows (dicts from interval_rows) as records; a null maximum
-    becomes _UNKNOWN_MAX."""
+    becomes UNKNOWN_MAX."""
     records = np.zeros(len(rows), dtype=interval_record_dtype())
     for column in INTERVAL_COLUMNS:
         values = [row[column] for row in rows]
         if column in INTERVAL_MAX_COLUMNS:
-            values = [_UNKNOWN_MAX if v is None else v for v in values]
+            values = [UNKNOWN_MAX if v is None else v for v in values]
         if values:
             records[column] = values
     return records
@@ -237,7 +237,7 @@ def records_frame(records: np.ndarray) -> pd.DataFrame:
             columns[column] = slot_views(values)
         elif column in INTERVAL_MAX_COLUMNS:
             known = pd.array(values, dtype="Int64")
-            known[values == _UNKNOWN_MAX] = pd.NA
+            known[values == UNKNOWN_MAX] = pd.NA
             columns[column] = known
         else:
             columns[column] = values.astype(_interval_dtype(column), copy=False)

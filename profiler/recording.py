@@ -161,12 +161,15 @@ class SpilledTable:
 
     def append(self, frame: pd.DataFrame) -> None:
         """Write frame as one row group; every frame has the first's dtypes."""
-        table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
+        self.append_table(pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False))
+
+    def append_table(self, table: pa.Table) -> None:
+        """Write an Arrow table as one row group (the first's schema)."""
         if self._writer is None:
             self._schema = table.schema
             self._writer = pq.ParquetWriter(self._file, table.schema)
         self._writer.write_table(table)
-        self.rows += len(frame)
+        self.rows += table.num_rows
 
     def finish(self) -> None:
         if self._writer is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from profiler import aggregate, hist, intervals, recording, schema
+from profiler import aggregate, events, hist, intervals, recording, schema
 from profiler.cli.common import write_json_lines
 from profiler.errors import LockprofError
 from profiler.recording import Recording, empty_table
@@ -120,12 +120,19 @@ def test_spilled_chunks_make_the_table_and_totals_of_one_frame(tmp_path, hidden)
     spilled = intervals.build_intervals(chunked(raw, 64), hidden)
     assert at_once.spilled is None and at_once.frame is not None  # one chunk: in memory
     assert spilled.frame is None and spilled.spilled is not None
-    kept = intervals.without_locks(whole, hidden)
+    kept = events.without_locks(whole, hidden)
     assert spilled.spilled.rows == len(kept) and len(at_once.frame) == len(kept)
+    # The chunks' Arrow tables (intervals.records_table) read back as the
+    # in-memory frame: values, nulls and dtypes.
+    pd.testing.assert_frame_equal(spilled.spilled.load(), at_once.frame)
+    assert (
+        at_once.frame["wait_max_ns"].isna().any()
+        and str(at_once.frame["wait_max_ns"].dtype) == "Int64"
+    )
     locks = locks_of(whole)
     for built in (at_once, spilled):
         assert summary_of(built.totals, locks) == summary_of(kept, locks)
-        hidden_rows = whole[intervals.on_locks(whole, hidden)] if hidden else whole.iloc[:0]
+        hidden_rows = whole[events.on_locks(whole, hidden)] if hidden else whole.iloc[:0]
         assert int(built.hidden_totals["acquisitions"].sum()) == int(
             hidden_rows["acquisitions"].sum()
         )
