@@ -167,6 +167,11 @@ def main() -> int:
         help="run lockprof under bench/memtrace.py, its memory breakdown to this file",
     )
     args = parser.parse_args()
+    # SIGINT or SIGTERM ends the soak early, lockprof and its recording
+    # included (a background job starts with SIGINT ignored; SIGTERM would
+    # leave lockprof running without its pty).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     if os.geteuid() != 0:
         print("soak: needs root (BPF)", file=sys.stderr)
         return 1
@@ -202,9 +207,12 @@ def main() -> int:
             time.sleep(0.1)
         attached = time.monotonic()
         cpu_start = cpu_seconds(lp.pid) or 0.0
-        while time.monotonic() - attached < seconds and lp.poll() is None:
-            samples.append((time.monotonic() - attached, proc_status(lp.pid)))
-            time.sleep(args.sample)
+        try:
+            while time.monotonic() - attached < seconds and lp.poll() is None:
+                samples.append((time.monotonic() - attached, proc_status(lp.pid)))
+                time.sleep(args.sample)
+        except KeyboardInterrupt:  # cut short: end as at the planned end, with a report
+            print("soak: interrupted; ending lockprof with SIGINT", file=sys.stderr)
         cpu_end = cpu_seconds(lp.pid) or 0.0
         samples.append((time.monotonic() - attached, proc_status(lp.pid)))
         stopping = time.monotonic()
@@ -264,9 +272,10 @@ def report(args, seconds, code, screen, samples, cpu_s, stop_s, rec, attached) -
             )
         lines.append("")
         lines.append(f"- VmRSS by {_CURVE_STEP_S // 60} minutes (max in each): " + _curve(rss))
+    ran_s = samples[-1][0] if samples else seconds  # less than planned if cut short
     lines.append(
-        f"- lockprof CPU: {cpu_s:.1f} s over {seconds:.0f} s "
-        f"({100 * cpu_s / max(seconds, 1):.1f}% of one CPU)"
+        f"- lockprof CPU: {cpu_s:.1f} s over {ran_s:.0f} s "
+        f"({100 * cpu_s / max(ran_s, 1):.1f}% of one CPU)"
     )
     refreshes = screen.refreshes
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(refreshes)]

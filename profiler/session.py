@@ -215,10 +215,26 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
                 _retire_locks(session, state, snapshot, owners, (now - start_ns) / 1e9, retire_ns)
                 session.forget_owners(_process_alive, entries)
                 _return_free_memory()
-            if on_interval:
-                on_interval(
-                    _live_state(snapshot, session, namer, target, options, now - start_ns, state)
-                )
+            if on_interval and not _shown(
+                on_interval,
+                _live_state(snapshot, session, namer, target, options, now - start_ns, state),
+            ):
+                on_interval = None
+
+
+def _shown(on_interval: Callable[[LiveState], None], live: LiveState) -> bool:
+    """Give the live view its state. A view that fails is dropped with one
+    line on stderr, and collection goes on: the recording is what counts."""
+    try:
+        on_interval(live)
+    except Exception as exc:
+        from profiler.render import safe_text
+
+        reason = safe_text(f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(OSError):
+            sys.stderr.write(f"lockprof: live view stopped ({reason}); collection goes on\n")
+        return False
+    return True
 
 
 def _retire_period_ns() -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -264,7 +266,12 @@ def default_output(mode: str, tgid: int) -> Path:
 
 
 class LiveView:
-    """Refreshing table on a terminal; one progress line per interval otherwise."""
+    """Refreshing table on a terminal; one progress line per interval otherwise.
+
+    The terminal can go away while collecting (a closed pty gives EIO, a
+    closed pipe EPIPE): the view then turns itself off and collection goes
+    on. An OSError from the view ended the collection and lost its data
+    (bench/soak.py killed with its pty, 2026-11-27)."""
 
     def __init__(self, top: int, quiet: bool):
         self.top = top
@@ -272,8 +279,22 @@ class LiveView:
         self.console = render.console(stderr=False)
         self.err = render.console(stderr=True)
         self._live: Live | None = None
+        self.gone: OSError | None = None  # why the view turned itself off
+
+    def _guarded(self, write: Callable[[], None]) -> None:
+        if self.gone is not None:
+            return
+        try:
+            write()
+        except OSError as exc:
+            self.gone = exc
+            self.quiet = True
+            self.stop()
 
     def attached(self, target: Target, probes: list) -> None:
+        self._guarded(lambda: self._attached(target, probes))
+
+    def _attached(self, target: Target, probes: list) -> None:
         mechanisms = sorted({p.mechanism for p in probes})
         self.err.print(
             Text(
@@ -293,8 +314,10 @@ class LiveView:
             self._live.start()
 
     def update(self, state: LiveState) -> None:
-        if self.quiet:
-            return
+        if not self.quiet:
+            self._guarded(lambda: self._update(state))
+
+    def _update(self, state: LiveState) -> None:
         lost = state.errors.get("ringbuf_full", 0)
         if self._live is not None:
             header = f"lockprof  {state.target}  {state.elapsed_s:6.1f}s  events {state.events:,}"
@@ -323,9 +346,12 @@ class LiveView:
         )
 
     def stop(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
+        live, self._live = self._live, None
+        if live is not None:
+            # Live.stop() puts sys.stdout and sys.stderr back (in a finally)
+            # before its last writes, which fail if the terminal is gone.
+            with contextlib.suppress(OSError):
+                live.stop()
 
 
 def run_collection(
@@ -365,13 +391,16 @@ def run_collection(
     finally:
         view.stop()
     recording.save(rec, output)
-    print_summary(rec, as_json, top=FINAL_SUMMARY_TOP)
-    err = render.console(stderr=True)
-    err.print(
-        Text(
-            render.safe_text(f"lockprof: {rec.meta['stop_reason']}; recording written to {output}")
-        )
-    )
+    written = f"lockprof: {rec.meta['stop_reason']}; recording written to {output}"
+    try:
+        print_summary(rec, as_json, top=FINAL_SUMMARY_TOP)
+        render.console(stderr=True).print(Text(render.safe_text(written)))
+    except BrokenPipeError:
+        raise  # a reader that stopped reading (`| head`): main's exit 141
+    except OSError as exc:  # the terminal is gone; the recording is not
+        with contextlib.suppress(OSError):
+            click.echo(render.safe_text(f"{written} (summary not printed: {exc})"), err=True)
+        return 1
     if html is None:
         return 0
     try:

@@ -388,6 +388,55 @@ def test_hostile_comm_in_the_live_view_on_a_terminal(hostile, tmp_path):
     assert b"\x1b[" in screen  # it was a live view: rich drew with escape codes
 
 
+def test_the_terminal_going_away_mid_run_loses_no_data(tmp_path):
+    """The live view's pty closes while collecting (its master end closed,
+    no SIGHUP: not a controlling terminal) and every write to it fails with
+    EIO: the view turns itself off, collection goes on, and SIGINT still
+    writes the recording. That error ended the collection and lost its data."""
+    target = Held(500)
+    master, slave = pty.openpty()
+    with open(tmp_path / "stderr", "w") as err:
+        proc = subprocess.Popen(
+            [*LOCKPROF, "attach", "-p", str(target.pid), "-i", "0.3", "-o", "gone.lpr"],
+            stdin=slave,
+            stdout=slave,
+            stderr=err,
+            cwd=tmp_path,
+            env={**os.environ, "TERM": "xterm", "COLUMNS": "200", "LINES": "50"},
+        )
+    os.close(slave)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"\x1b[" not in screen and time.monotonic() < deadline:  # the view drew
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                screen += os.read(master, 65536)
+            assert proc.poll() is None, (tmp_path / "stderr").read_text()
+        os.close(master)
+        closed = time.monotonic()
+        time.sleep(2)  # several refreshes into the closed terminal
+        assert proc.poll() is None, (tmp_path / "stderr").read_text()
+        target.go_and_wait_done()  # its exact work, after the terminal went
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        after_close_s = time.monotonic() - closed
+    finally:
+        target.finish()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = (tmp_path / "stderr").read_text()
+    assert proc.returncode == 1, stderr
+    assert "recording written to gone.lpr (summary not printed:" in stderr
+    assert "Traceback" not in stderr and "internal error" not in stderr
+    rec = profiler.load(tmp_path / "gone.lpr")
+    assert rec.meta["duration_s"] >= after_close_s - 1.0
+    rows = rows_for(show_json(tmp_path / "gone.lpr"), target.pid)
+    assert rows["write"]["acquisitions"] == 2 * 500
+    assert lockprof_programs() == []
+
+
 def test_hostile_and_invalid_utf8_command_line(tmp_path):
     """run with arguments holding an escape sequence and a byte that is not
     UTF-8: the attached line shows them escaped, the recording keeps valid

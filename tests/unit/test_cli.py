@@ -420,3 +420,43 @@ def test_error_lines_never_carry_raw_escapes(capsys, tmp_path):
     line = assert_one_error_line(code, err)
     assert "\x1b" not in err and "\x07" not in err
     assert line.endswith("\\x1b]2;PWN\\x07\\x1b[31m.lpr: no such file")
+
+
+# -- the live view when the terminal goes away ------------------------------------------
+
+
+class _GoneTerminal(io.StringIO):
+    """A terminal whose other end closed: every write fails with EIO."""
+
+    def write(self, text: str) -> int:
+        raise OSError(5, "Input/output error")
+
+
+def test_live_view_turns_itself_off_when_its_terminal_is_gone():
+    from rich.console import Console
+
+    from profiler.cli.common import LiveView
+    from profiler.options import LiveState
+
+    view = LiveView(top=5, quiet=False)
+    view.err = Console(file=_GoneTerminal())
+    state = LiveState(elapsed_s=1.0, target="pid 1", rows=[], errors={}, events=0, cpus=2)
+    view.update(state)  # the progress line: EIO, swallowed
+    assert isinstance(view.gone, OSError) and view.quiet
+    view.update(state)  # and nothing is tried again
+    view.stop()
+
+
+def test_a_failing_live_view_is_dropped_and_collection_goes_on(capsys):
+    from profiler import session
+    from profiler.options import LiveState
+
+    def broken_view(_state):
+        raise KeyError("\x1b[31mcomm")
+
+    state = LiveState(elapsed_s=1.0, target="pid 1", rows=[], errors={}, events=0, cpus=2)
+    assert session._shown(broken_view, state) is False
+    assert session._shown(lambda _state: None, state) is True
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err
+    assert err.startswith("lockprof: live view stopped (KeyError: ") and "collection goes on" in err
