@@ -18,7 +18,9 @@ against its RSS before the end began. Then `lockprof show` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -78,7 +80,7 @@ def end_of_run(records_path: Path, out: Path) -> dict:
     from profiler import allocator
 
     allocator.arrow_allocates_with_malloc()
-    from profiler import summary
+    from profiler.cli.common import FINAL_SUMMARY_TOP, print_summary
     from profiler.events import CHUNK_ROWS
     from profiler.intervals import build_intervals
     from profiler.spool import RecordSpool
@@ -98,13 +100,15 @@ def end_of_run(records_path: Path, out: Path) -> dict:
         locks=locks,
     )
     recording.save(rec, out)
-    rows = len(summary.summary_json(rec)["locks"])
+    # The final summary as the CLI prints it (its 50 busiest rows).
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        print_summary(rec, False, top=FINAL_SUMMARY_TOP)
     return {
         "seconds": round(time.monotonic() - started, 2),
         "rss_before_mb": round(before_kb / 1024, 1),
         # VmHWM, not ru_maxrss: that keeps the forking parent's peak
         "peak_mb": round(_status_kb("VmHWM") / 1024, 1),
-        "summary_rows": rows,
+        "lock_cpu_totals": len(built.totals),
     }
 
 

@@ -9,6 +9,9 @@ Units: every *_ns column is nanoseconds; *_slots columns are log2 histograms
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -272,11 +275,16 @@ def collapse_intervals(intervals: pd.DataFrame) -> pd.DataFrame:
 def _interval_arrays(intervals: pd.DataFrame) -> dict[str, np.ndarray]:
     """The columns collapse_intervals() keeps, as arrays ((rows, slots) for
     the histograms)."""
+    slots = {name: _slots_matrix(intervals[name]) for name in ("wait_slots", "hold_slots")}
+    return {**scalar_arrays(intervals), **slots}
+
+
+def scalar_arrays(intervals: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The columns collapse_intervals() keeps but the histograms, as arrays."""
     return {
-        name: _slots_matrix(intervals[name])
-        if name.endswith("_slots")
-        else intervals[name].to_numpy()
+        name: intervals[name].to_numpy()
         for name in _COLLAPSED_COLUMNS
+        if not name.endswith("_slots")
     }
 
 
@@ -331,6 +339,12 @@ class IntervalTotals:
     def add(self, intervals: pd.DataFrame) -> None:
         if not intervals.empty:
             self._add(_interval_arrays(intervals))
+
+    def add_arrays(self, columns: dict[str, np.ndarray]) -> None:
+        """add() of a table given as its collapsed columns' arrays (the
+        histograms as (rows, slots) uint64 arrays)."""
+        if len(columns["lock"]):
+            self._add({name: columns[name] for name in _COLLAPSED_COLUMNS})
 
     def add_records(self, records: np.ndarray) -> None:
         """add() of spooled interval records (interval_record_dtype()), from
@@ -525,6 +539,10 @@ _MAXED = ["wait_running_max_ns", "hold_running_max_ns"]
 def _reduce(codes: np.ndarray, n: int, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Sum (maximum for running maxima) each column's values over the rows
     sharing a code; 2-D columns (histogram slots) are summed row-wise."""
+    if n == len(codes) and (codes == np.arange(n)).all():
+        # One row per code, in order (a recording's collapsed totals, nearly
+        # always): the sums are the rows themselves, not a copy of them.
+        return {name: values.astype(np.uint64, copy=False) for name, values in columns.items()}
     out = {}
     for name, values in columns.items():
         acc = np.zeros((n, *values.shape[1:]), dtype=np.uint64)
@@ -558,13 +576,16 @@ def _columns_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def _with_percentiles(totals: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """totals plus each row's wait and hold p50 and p99, computed at once."""
+    """totals with each row's wait and hold p50 and p99, computed at once, in
+    place of the histograms: the rows need nothing else of them (a 2-hour
+    run's 101k lock-mode rows hold 65 MB of histograms)."""
     for prefix in ("wait", "hold"):
         # The largest running maximum is the largest sample of the whole
         # collection (summaries cover whole recordings).
         largest = totals[f"{prefix}_running_max_ns"]
+        slots = totals.pop(f"{prefix}_slots")
         for name, q in (("p50", 0.50), ("p99", 0.99)):
-            totals[f"{prefix}_{name}"] = hist.percentiles(totals[f"{prefix}_slots"], q, largest)
+            totals[f"{prefix}_{name}"] = hist.percentiles(slots, q, largest)
     return totals
 
 
@@ -573,7 +594,7 @@ def _hist_at(totals: dict[str, np.ndarray], i: int, prefix: str) -> dict:
         int(totals[f"{prefix}_count"][i]),
         int(totals[f"{prefix}_total_ns"][i]),
         int(totals[f"{prefix}_running_max_ns"][i]),
-        totals[f"{prefix}_slots"][i],
+        (),  # the percentiles are given
         p50=float(totals[f"{prefix}_p50"][i]),
         p99=float(totals[f"{prefix}_p99"][i]),
     )
@@ -594,7 +615,14 @@ def _per_cpu_rows(cpus: list[tuple[int, int]], totals: dict[str, np.ndarray], mm
 
 
 def summary_rows(intervals: pd.DataFrame, locks: pd.DataFrame, families: list[str]) -> list[dict]:
-    """One summary dict per lock and mode (the `show --json` `locks` entries).
+    """One summary dict per lock and mode (the `show --json` `locks` entries),
+    busiest (by total wait) first: SummaryRows(...) built whole."""
+    return list(SummaryRows(intervals, locks, families))
+
+
+class SummaryRows:
+    """The summary rows of intervals, built one at a time in their final
+    order (iterate; len() is their number).
 
     Rows from the mmap_lock tracepoints (every acquisition) and from
     lock:contention_* (contended waits only) on the same lock and mode are
@@ -603,54 +631,147 @@ def summary_rows(intervals: pd.DataFrame, locks: pd.DataFrame, families: list[st
     are None.
 
     Vectorised: one pass sums every (lock, mode, family, cpu) group, a
-    second sums those over CPUs (the live view calls this every interval).
+    second sums those over CPUs (the live view does this every interval).
+    The order and the reconciliation (still_held, the reader:writer ratio)
+    come from those sums, so that no row need be built before it is used: a
+    2-hour system-wide run has 78k rows (~175 MB as dicts), and the summary
+    printed at its end shows 50, `show --json` writes one at a time.
     """
-    if intervals.empty:
-        return []
-    merged = intervals.merge(locks, on=KEY_COLUMNS, how="left")
-    merged = merged[merged["mode"].notna()]
-    if merged.empty:
-        return []
-    identities = _lock_identities(merged)
-    # Families that see every acquisition (the mmap_lock tracepoints and lock
-    # specs' functions), as opposed to contended waits only.
-    every_acquisition = [schema.const("LP_SRC_MMAP_LOCK"), schema.const("LP_SRC_SPEC")]
-    keys = pd.DataFrame(
-        {
-            "lock": merged["lock"].to_numpy(dtype=np.uint64),
-            "mode": merged["mode"].to_numpy(),
-            "mmap": merged["source"].isin(every_acquisition).to_numpy(),
-            "cpu": merged["cpu"].to_numpy(dtype=np.int64),
-        }
-    )
-    codes, cpu_keys = pd.MultiIndex.from_frame(keys).factorize()
-    per_cpu = _reduce(codes, len(cpu_keys), _columns_of(merged))
-    family_keys = [(lock, mode, mmap) for lock, mode, mmap, _cpu in cpu_keys]
-    family_codes, families_seen = pd.factorize(pd.Series(family_keys, dtype=object))
-    totals = _with_percentiles(_reduce(family_codes, len(families_seen), per_cpu))
-    family_index = {key: i for i, key in enumerate(families_seen)}
-    cpus_of: dict[tuple, list[tuple[int, int]]] = {}
-    for i, (lock, mode, mmap, cpu) in enumerate(cpu_keys):
-        cpus_of.setdefault((lock, mode, mmap), []).append((int(cpu), i))
-    result = []
-    lock_ids = []
-    for lock, mode in dict.fromkeys((lock, mode) for lock, mode, _m in families_seen):
-        lock_ids.append(int(lock))
-        result.append(
-            _summary_row(
-                int(lock),
-                mode,
-                identities[int(lock)],
-                families,
-                family_index,
-                totals,
-                cpus_of,
-                per_cpu,
-            )
+
+    def __init__(self, intervals: pd.DataFrame, locks: pd.DataFrame, families: list[str]):
+        self._families = families
+        self._order: list[tuple[int, str]] = []  # (lock, mode), busiest first
+        if intervals.empty:
+            return
+        merged = intervals.merge(locks, on=KEY_COLUMNS, how="left")
+        merged = merged[merged["mode"].notna()]
+        if merged.empty:
+            return
+        self._identities = _lock_identities(merged)
+        # Families that see every acquisition (the mmap_lock tracepoints and lock
+        # specs' functions), as opposed to contended waits only.
+        every_acquisition = [schema.const("LP_SRC_MMAP_LOCK"), schema.const("LP_SRC_SPEC")]
+        keys = pd.DataFrame(
+            {
+                "lock": merged["lock"].to_numpy(dtype=np.uint64),
+                "mode": merged["mode"].to_numpy(),
+                "mmap": merged["source"].isin(every_acquisition).to_numpy(),
+                "cpu": merged["cpu"].to_numpy(dtype=np.int64),
+            }
         )
-    _add_reconciliation(result, lock_ids)
-    result.sort(key=lambda r: (r["wait_ns"] or {}).get("total") or 0, reverse=True)
-    return result
+        codes, cpu_keys = pd.MultiIndex.from_frame(keys).factorize()
+        self._per_cpu = _reduce(codes, len(cpu_keys), _columns_of(merged))
+        del merged, keys, codes
+        family_keys = [(lock, mode, mmap) for lock, mode, mmap, _cpu in cpu_keys]
+        family_codes, families_seen = pd.factorize(pd.Series(family_keys, dtype=object))
+        self._totals = _with_percentiles(_reduce(family_codes, len(families_seen), self._per_cpu))
+        # The per-CPU rows need counts and sums only (_per_cpu_rows), not
+        # the histograms: ~95 MB for a 2-hour run's 148k lock-CPU rows.
+        for name in ("wait_slots", "hold_slots"):
+            del self._per_cpu[name]
+        self._family_index = {key: i for i, key in enumerate(families_seen)}
+        self._cpus_of: dict[tuple, list[tuple[int, int]]] = {}
+        for i, (lock, mode, mmap, cpu) in enumerate(cpu_keys):
+            self._cpus_of.setdefault((lock, mode, mmap), []).append((int(cpu), i))
+        pairs = [
+            (int(lock), mode)
+            for lock, mode in dict.fromkeys((lock, mode) for lock, mode, _m in families_seen)
+        ]
+        figures = [self._figures(lock, mode) for lock, mode in pairs]
+        self._reconciled = _reconciliation(pairs, figures)
+        # Busiest first; ties keep the order above (a stable sort).
+        by_wait = sorted(range(len(pairs)), key=lambda i: figures[i].wait_total, reverse=True)
+        self._order = [pairs[i] for i in by_wait]
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __iter__(self) -> Iterator[dict]:
+        for lock, mode in self._order:
+            row = _summary_row(
+                lock,
+                mode,
+                self._identities[lock],
+                self._families,
+                self._family_index,
+                self._totals,
+                self._cpus_of,
+                self._per_cpu,
+            )
+            still_held, ratio = self._reconciled[(lock, mode)]
+            row["still_held"] = still_held
+            row["reader_writer_ratio"] = ratio
+            yield row
+
+    def _figures(self, lock: int, mode: str) -> _RowFigures:
+        """The figures of (lock, mode)'s row that order and reconcile the
+        rows, as _summary_row() sets them."""
+        m = self._family_index.get((lock, mode, True))
+        c = self._family_index.get((lock, mode, False))
+        totals = self._totals
+
+        def at(name: str, i: int | None) -> int:
+            return int(totals[name][i]) if i is not None else 0
+
+        contended = at("contended", c) if c is not None else None
+        if self._has_mmap(lock, m):
+            if self._identities[lock]["lock_class"] == "mmap_lock":
+                contended = at("contended", m) if "contention" in self._families else None
+            wait = m
+            acquisitions: int | None = at("acquisitions", m)
+            releases: int | None = at("releases", m) if mode != "sum" else None
+            downgrades: int | None = at("downgrades", m) if mode != "sum" else None
+        else:
+            wait = c
+            acquisitions = releases = downgrades = None
+            contended = contended if contended is not None else 0
+        wait_total = at("wait_total_ns", wait) if wait is not None and at("wait_count", wait) else 0
+        return _RowFigures(acquisitions, releases, downgrades, contended, wait_total)
+
+    def _has_mmap(self, lock: int, m: int | None) -> bool:
+        ident = self._identities[lock]
+        return m is not None or (
+            ident["lock_class"] == "mmap_lock" and "mmap_lock" in self._families
+        )
+
+
+@dataclass(frozen=True)
+class _RowFigures:
+    acquisitions: int | None
+    releases: int | None
+    downgrades: int | None
+    contended: int | None
+    wait_total: int
+
+
+def _reconciliation(
+    pairs: list[tuple[int, str]], figures: list[_RowFigures]
+) -> dict[tuple[int, str], tuple[int | None, float | None]]:
+    """(lock, mode) -> (still_held, reader:writer ratio). still_held: acquired,
+    neither released nor downgraded by the end; the ratio is per lock (two
+    processes' mmap_locks can share an address: the lock is their id)."""
+    by_lock: dict[int, dict[str, _RowFigures]] = {}
+    for (lock, mode), figure in zip(pairs, figures, strict=True):
+        by_lock.setdefault(lock, {})[mode] = figure
+    out = {}
+    for lock, modes in by_lock.items():
+        read, write = modes.get("read"), modes.get("write")
+        downgrades = (write.downgrades if write else None) or 0
+        held: dict[str, int | None] = {}
+        if write and write.acquisitions is not None:
+            held["write"] = write.acquisitions - (write.releases or 0) - downgrades
+        if read and read.acquisitions is not None:
+            held["read"] = read.acquisitions + downgrades - (read.releases or 0)
+        reads = read.acquisitions if read else None
+        writes = write.acquisitions if write else None
+        if reads is None or writes is None:
+            reads = read.contended if read else None
+            writes = write.contended if write else None
+        ratio = (reads / writes) if reads is not None and writes else None
+        for mode in modes:
+            # A lock spec's sum function has no readers or writers of its own.
+            out[(lock, mode)] = (held.get(mode), ratio if mode != "sum" else None)
+    return out
 
 
 def _summary_row(lock, mode, ident, families, family_index, totals, cpus_of, per_cpu) -> dict:
@@ -732,29 +853,3 @@ def _lock_identities(merged: pd.DataFrame) -> dict[int, dict]:
             "owner_comm": None if pd.isna(owner_comm) else owner_comm,
         }
     return identities
-
-
-def _add_reconciliation(rows: list[dict], lock_ids: list[int]) -> None:
-    """still_held (acquired, neither released nor downgraded by the end) and
-    the reader:writer ratio, per lock (lock_ids: each row's lock id; two
-    processes' mmap_locks can share an address)."""
-    by_lock: dict[int, dict[str, dict]] = {}
-    for lock_id, row in zip(lock_ids, rows, strict=True):
-        by_lock.setdefault(lock_id, {})[row["mode"]] = row
-    for modes in by_lock.values():
-        read, write = modes.get("read"), modes.get("write")
-        downgrades = (write or {}).get("downgrades") or 0
-        if write and write["acquisitions"] is not None:
-            write["still_held"] = write["acquisitions"] - write["releases"] - downgrades
-        if read and read["acquisitions"] is not None:
-            read["still_held"] = read["acquisitions"] + downgrades - read["releases"]
-        reads = (read or {}).get("acquisitions")
-        writes = (write or {}).get("acquisitions")
-        if reads is None or writes is None:
-            reads = (read or {}).get("contended")
-            writes = (write or {}).get("contended")
-        ratio = (reads / writes) if reads is not None and writes else None
-        for mode, row in modes.items():
-            row.setdefault("still_held", None)
-            # A lock spec's sum function has no readers or writers of its own.
-            row["reader_writer_ratio"] = ratio if mode != "sum" else None

@@ -196,14 +196,21 @@ def per_cpu_line(rows: list[dict], cpu_totals: dict[int, tuple[int, int]] | None
     """Acquisitions (else contended waits) and wait time per CPU: from
     cpu_totals when given (the live view's, over every lock), else summed
     over rows."""
-    totals: dict[int, list[int]] = {c: list(v) for c, v in (cpu_totals or {}).items()}
-    for row in rows if cpu_totals is None else []:
-        for cpu in row.get("per_cpu") or []:
-            entry = totals.setdefault(cpu["cpu"], [0, 0])
-            entry[0] += cpu.get("acquisitions") or cpu.get("contended") or 0
-            entry[1] += cpu.get("wait_total_ns") or 0
-    parts = [f"cpu{cpu}: {n:,} acq, wait {fmt_ns(w)}" for cpu, (n, w) in sorted(totals.items())]
+    if cpu_totals is None:
+        cpu_totals = {}
+        for row in rows:
+            add_cpu_totals(cpu_totals, row)
+    parts = [f"cpu{cpu}: {n:,} acq, wait {fmt_ns(w)}" for cpu, (n, w) in sorted(cpu_totals.items())]
     return Text("per CPU  " + ("  |  ".join(parts) if parts else "no activity"))
+
+
+def add_cpu_totals(totals: dict[int, tuple[int, int]], row: dict) -> None:
+    """Add a summary row's per-CPU acquisitions (else contended waits) and
+    wait time into totals (cpu -> (count, wait ns)), as per_cpu_line sums."""
+    for cpu in row.get("per_cpu") or []:
+        count, wait = totals.get(cpu["cpu"], (0, 0))
+        count += cpu.get("acquisitions") or cpu.get("contended") or 0
+        totals[cpu["cpu"]] = (count, wait + (cpu.get("wait_total_ns") or 0))
 
 
 def problems_line(errors: dict[str, int], lost_events: int) -> Text | None:
@@ -230,11 +237,12 @@ def view(
     top: int | None = 15,
     more_locks: int = 0,
     cpu_totals: dict[int, tuple[int, int]] | None = None,
+    row_count: int | None = None,
 ) -> Group:
     return Group(
         Text(safe_text(header), style="bold"),
         summary_table(rows, top),
-        *view_footer(rows, errors, lost, top, more_locks, cpu_totals),
+        *view_footer(rows, errors, lost, top, more_locks, cpu_totals, row_count),
     )
 
 
@@ -245,14 +253,16 @@ def view_footer(
     top: int | None = 15,
     more_locks: int = 0,
     cpu_totals: dict[int, tuple[int, int]] | None = None,
+    row_count: int | None = None,
 ) -> list:
     """What the view prints under its table: the per-CPU line, the problems
-    and how many rows were left out."""
+    and how many rows were left out (row_count: how many there are, when
+    rows holds only the first)."""
     parts: list = [per_cpu_line(rows, cpu_totals)]
     problems = problems_line(errors, lost)
     if problems is not None:
         parts.append(problems)
-    hidden = max(0, len(rows) - top) if top else 0
+    hidden = max(0, (len(rows) if row_count is None else row_count) - top) if top else 0
     if hidden or more_locks:
         what = f"{hidden} more rows" if hidden else ""
         if more_locks:

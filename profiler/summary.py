@@ -5,16 +5,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from profiler import aggregate, schema, writer_cost
 from profiler.recording import Recording
 
 JSON_VERSION = 1
 
 
+class LockRows:
+    """A recording's summary rows, built one at a time as they are iterated:
+    the aggregates' (lock and mode) rows, busiest first, then the off-CPU
+    rows (--offcpu). len() is their number."""
+
+    def __init__(self, rec: Recording):
+        families = rec.meta.get("families", [])
+        self.locks = aggregate.SummaryRows(rec.interval_totals, rec.locks, families)
+        self.offcpu = writer_cost.offcpu_rows(rec.offcpu, rec.stacks)
+
+    def __len__(self) -> int:
+        return len(self.locks) + len(self.offcpu)
+
+    def __iter__(self) -> Iterator[dict]:
+        yield from self.locks
+        yield from self.offcpu
+
+
 def lock_rows(rec: Recording) -> list[dict]:
     """Lock rows from the aggregates, then the off-CPU rows (--offcpu)."""
-    rows = aggregate.summary_rows(rec.interval_totals, rec.locks, rec.meta.get("families", []))
-    return rows + writer_cost.offcpu_rows(rec.offcpu, rec.stacks)
+    return list(LockRows(rec))
 
 
 def writer_cost_json(rec: Recording, what_if_cpus: int | None = None) -> dict | None:
@@ -83,6 +102,14 @@ def notes(meta: dict) -> list[str]:
 
 
 def summary_json(rec: Recording, what_if_cpus: int | None = None) -> dict:
+    """The `show --json` document."""
+    document = summary_document(rec, what_if_cpus)
+    document["locks"] = list(document["locks"])
+    return document
+
+
+def summary_document(rec: Recording, what_if_cpus: int | None = None) -> dict:
+    """summary_json() with its `locks` as LockRows, built as they are read."""
     meta = rec.meta
     rusage = meta.get("rusage") or {}
     return {
@@ -101,6 +128,6 @@ def summary_json(rec: Recording, what_if_cpus: int | None = None) -> dict:
         "notes": notes(meta),
         "rusage": {k: rusage.get(k) for k in ("user_s", "sys_s", "elapsed_s", "minor_faults")},
         "events": rec.event_count,
-        "locks": lock_rows(rec),
+        "locks": LockRows(rec),
         "writer_cost": writer_cost_json(rec, what_if_cpus),
     }

@@ -9,7 +9,8 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -423,29 +424,57 @@ def run_collection(
 
 def write_json_lines(document: dict, out: TextIO) -> None:
     """document as JSON, each top-level field and each entry of a top-level
-    list on its own line. json.dump with indent=2 runs in Python, a call per
-    token: 78k lock rows took ~10 s; one compact (C) dump per line does not."""
+    list (or summary.LockRows, built as written) on its own line. json.dump
+    with indent=2 runs in Python, a call per token: 78k lock rows took ~10 s;
+    one compact (C) dump per line does not."""
+    from profiler.summary import LockRows
+
     out.write("{")
     for n, (key, value) in enumerate(document.items()):
         out.write(",\n  " if n else "\n  ")
         out.write(json.dumps(key) + ": ")
-        if isinstance(value, list) and value:
+        if isinstance(value, list | LockRows) and len(value):
             out.write("[")
             for i, entry in enumerate(value):
                 out.write(",\n    " if i else "\n    ")
                 out.write(json.dumps(entry))
             out.write("\n  ]")
         else:
-            out.write(json.dumps(value))
+            out.write(json.dumps(list(value) if isinstance(value, LockRows) else value))
     out.write("\n}\n")
+
+
+@dataclass
+class _ShownRows:
+    """What the summary table needs of every lock row, read once: the first
+    `top` rows, how many there are, per-CPU totals and the still-held rows."""
+
+    first: list[dict] = field(default_factory=list)
+    count: int = 0
+    cpu_totals: dict[int, tuple[int, int]] = field(default_factory=dict)
+    held: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, rows: Iterable[dict], top: int | None) -> _ShownRows:
+        shown = cls()
+        for row in rows:
+            shown.count += 1
+            if top is None or len(shown.first) < top:
+                shown.first.append(row)
+            if row.get("still_held"):
+                shown.held.append(row)
+            render.add_cpu_totals(shown.cpu_totals, row)
+        return shown
 
 
 def print_summary(
     rec: Recording, as_json: bool, top: int | None, what_if_cpus: int | None = None
 ) -> None:
+    """The summary, a table (its first `top` rows) or JSON. Rows are built
+    as they are used: only the table's are kept."""
     from profiler import summary
 
-    document = summary.summary_json(rec, what_if_cpus)
+    document = summary.summary_document(rec, what_if_cpus)
     if as_json:
         write_json_lines(document, sys.stdout)
         return
@@ -457,16 +486,17 @@ def print_summary(
         f"{render.fmt_ns(meta.get('threshold_ns'))}"
     )
     out = render.console()
-    lock_rows = [r for r in document["locks"] if r.get("source") != "offcpu"]
-    offcpu_rows = [r for r in document["locks"] if r.get("source") == "offcpu"]
+    rows = document["locks"]
+    shown = _ShownRows.of(rows.locks, top)
+    offcpu_rows = rows.offcpu
     errors, lost = meta.get("errors", {}), meta.get("lost_events", 0)
-    shown = lock_rows[:top] if top else lock_rows
-    if len(shown) > render.PLAIN_TABLE_ROWS:
+    footer = (errors, lost, top, 0, shown.cpu_totals, shown.count)
+    if len(shown.first) > render.PLAIN_TABLE_ROWS:
         out.print(Text(render.safe_text(header), style="bold"))
-        out.file.writelines(f"{line}\n" for line in render.plain_summary_lines(shown))
-        out.print(Group(*render.view_footer(lock_rows, errors, lost, top)))
+        out.file.writelines(f"{line}\n" for line in render.plain_summary_lines(shown.first))
+        out.print(Group(*render.view_footer(shown.first, *footer)))
     else:
-        out.print(render.view(lock_rows, header, errors, lost, top))
+        out.print(render.view(shown.first, header, *footer))
     if offcpu_rows:
         out.print(render.offcpu_table(offcpu_rows, top))
     if document.get("writer_cost"):
@@ -479,8 +509,7 @@ def print_summary(
         )
     for note in document.get("notes") or []:
         out.print(Text(render.safe_text(f"note: {note}")))
-    held = [r for r in document["locks"] if r.get("still_held")]
-    for row in held:
+    for row in shown.held + [r for r in offcpu_rows if r.get("still_held")]:
         out.print(
             Text(
                 f"still held at the end: {render.lock_label(row)} {row['mode']} "

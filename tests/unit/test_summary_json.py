@@ -230,3 +230,42 @@ def test_stack_rate_is_a_note_not_a_failure():
     assert note in summary.notes(meta)
     assert schema.stack_rate_note({"errors": {"stack_rate": 0}}) is None
     assert schema.stack_rate_note({}) is None
+
+
+# -- rows built as they are used ------------------------------------------------------------
+
+
+def test_lock_rows_built_one_at_a_time_are_the_documents_rows(rec, doc):
+    rows = summary.LockRows(rec)
+    assert len(rows) == len(doc["locks"]) > 2
+    assert list(rows) == doc["locks"] == list(rows)  # and again: a fresh pass each time
+
+
+def test_the_shown_rows_summarise_every_row_not_only_the_first(rec):
+    """The table prints `top` rows; its per-CPU line, the still-held lines
+    and the count of rows left out still cover every row."""
+    from profiler import render
+    from profiler.cli.common import _ShownRows
+
+    rows = list(summary.LockRows(rec).locks)
+    rows[-1] = dict(rows[-1], still_held=3)  # the quietest row: beyond any top
+    shown = _ShownRows.of(iter(rows), top=1)
+    assert shown.first == rows[:1] and shown.count == len(rows)
+    assert shown.held == [r for r in rows if r.get("still_held")] and rows[-1] in shown.held
+    every_cpu = render.per_cpu_line(rows).plain
+    assert render.per_cpu_line(shown.first, shown.cpu_totals).plain == every_cpu
+    assert render.per_cpu_line(shown.first).plain != every_cpu  # not vacuous
+    assert _ShownRows.of(iter(rows), top=None).first == rows
+
+
+def test_print_summary_with_top_keeps_the_footer_of_all_rows(rec, capsys):
+    from profiler.cli.common import print_summary
+
+    print_summary(rec, as_json=False, top=None)
+    everything = capsys.readouterr().out.splitlines()
+    print_summary(rec, as_json=False, top=1)
+    first = capsys.readouterr().out.splitlines()
+    per_cpu = [line for line in everything if line.startswith("per CPU")]
+    assert per_cpu and per_cpu == [line for line in first if line.startswith("per CPU")]
+    more = len(summary.LockRows(rec)) - 1
+    assert f"({more} more rows; `lockprof show FILE` lists all)" in first
