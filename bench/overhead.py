@@ -14,6 +14,8 @@ all alike; each also compared with the bare run of its own repetition:
   lp-contention   `lockprof record -a --no-mmap-lock`
   lp-full         `lockprof record -a` (mmap_lock wait and hold, contention)
   lp-full-html    the same with --html (the report is built after collection)
+  lp-full-i10     lp-full reading its maps every 10 s, not every second
+                  (on demand: user space's share of the overhead)
   lp-all-stacks   lp-full with --stack-rate 0 (a kernel stack for every
                   contended wait over --stack-threshold; not in the default set)
   perf-lock       `perf lock record -a` (then `perf lock contention`, untimed)
@@ -121,6 +123,8 @@ class Tracer:
                 args += ["--html", str(self.workdir / "lp.html")]
             if self.config == "lp-all-stacks":
                 args += ["--stack-rate", "0"]
+            if self.config == "lp-full-i10":
+                args += ["-i", "10"]
             self._start([*LOCKPROF, *args], "attached", stream="stderr")
         elif self.config == "perf-lock":
             # perf prints nothing when ready: give it a moment after exec.
@@ -322,7 +326,7 @@ def main() -> int:
         print("bench: needs root (BPF)", file=sys.stderr)
         return 1
     configs = [c for c in args.configs.split(",") if c]
-    unknown = set(configs) - set(CONFIGS) - {"lp-all-stacks"}
+    unknown = set(configs) - set(CONFIGS) - {"lp-all-stacks", "lp-full-i10"}
     if unknown:
         print(f"bench: unknown configs {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2

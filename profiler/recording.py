@@ -528,13 +528,15 @@ def _interval_totals(archive: zipfile.ZipFile, path: Path) -> pd.DataFrame:
         with archive.open("intervals.parquet") as member:
             for batch in pq.ParquetFile(member).iter_batches(batch_size=SUMMARY_BATCH_ROWS):
                 _add_batch(totals, batch, path)
+        # Inside: batches each well formed may still not add up (histograms
+        # of one length in one batch, another in the next).
+        return totals.result()
     except KeyError:
         raise LockprofError(f"{path}: corrupt recording (table intervals missing)") from None
     except LockprofError:
         raise
     except Exception as exc:  # zlib, pyarrow and zipfile each raise their own
         raise _table_error(path, "intervals", exc) from None
-    return totals.result()
 
 
 _SLOT_COLUMNS = ("wait_slots", "hold_slots")

@@ -7,8 +7,11 @@ process cannot send escape sequences to the user's terminal.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterator
 
+from rich.cells import cell_len
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -116,15 +119,17 @@ def plain_summary_lines(rows: list[dict]) -> Iterator[str]:
     tables too long for rich: the same cells, two spaces between columns."""
     cells = [summary_cells(row) for row in rows]
     headers = [header for header, _justify in SUMMARY_COLUMNS]
-    widths = [len(h) for h in headers]
+    # Terminal columns, not characters: a comm may hold wide (CJK) ones.
+    widths = [cell_len(h) for h in headers]
     for line in cells:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, line, strict=True)]
+        widths = [max(w, cell_len(cell)) for w, cell in zip(widths, line, strict=True)]
 
     def aligned(line: list[str]) -> str:
-        return "  ".join(
-            cell.ljust(width) if justify == "left" else cell.rjust(width)
-            for cell, width, (_h, justify) in zip(line, widths, SUMMARY_COLUMNS, strict=True)
-        ).rstrip()
+        padded = []
+        for cell, width, (_h, justify) in zip(line, widths, SUMMARY_COLUMNS, strict=True):
+            pad = " " * (width - cell_len(cell))
+            padded.append(cell + pad if justify == "left" else pad + cell)
+        return "  ".join(padded).rstrip()
 
     yield aligned(headers)
     for line in cells:
@@ -271,9 +276,19 @@ def view_footer(
     return parts
 
 
+class _Console(Console):
+    """rich's Console, but a closed pipe raises BrokenPipeError for the
+    caller to handle. rich's own handling points stdout at /dev/null and
+    raises SystemExit(1): from a live view's progress line on a closed
+    stderr pipe, that ended the collection before its recording was written."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 def console(stderr: bool = False) -> Console:
     """A console that never wraps tables into unreadable columns: when output
     is not a terminal (pipes, CI logs), lines may be as wide as they need."""
     probe = Console(stderr=stderr)
     width = None if probe.is_terminal else 240
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
+    return _Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import os
 import platform
 import sys
@@ -84,7 +85,7 @@ def collect(
     options: CollectOptions,
     target: Target,
     working_mechanisms: set[str],
-    on_interval: Callable[[LiveState], None] | None = None,
+    on_interval: Callable[[LiveState], bool | None] | None = None,
     on_attached: Callable[[list], None] | None = None,
     stop: StopFlag | None = None,
 ) -> Recording:
@@ -217,16 +218,20 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
                 _return_free_memory()
             if on_interval and not _shown(
                 on_interval,
-                _live_state(snapshot, session, namer, target, options, now - start_ns, state),
+                functools.partial(
+                    _live_state, snapshot, session, namer, target, options, now - start_ns, state
+                ),
             ):
-                on_interval = None
+                on_interval = None  # and no live state is built from now on
 
 
-def _shown(on_interval: Callable[[LiveState], None], live: LiveState) -> bool:
-    """Give the live view its state. A view that fails is dropped with one
-    line on stderr, and collection goes on: the recording is what counts."""
+def _shown(on_interval: Callable[[LiveState], bool | None], live: Callable[[], LiveState]) -> bool:
+    """Give the live view its state (built here: live()). False when the
+    view is to be called no more: it said so (its terminal is gone), or it
+    failed, which is said in one line on stderr. Collection goes on either
+    way: the recording is what counts."""
     try:
-        on_interval(live)
+        return on_interval(live()) is not False
     except Exception as exc:
         from profiler.render import safe_text
 
@@ -234,7 +239,6 @@ def _shown(on_interval: Callable[[LiveState], None], live: LiveState) -> bool:
         with contextlib.suppress(OSError):
             sys.stderr.write(f"lockprof: live view stopped ({reason}); collection goes on\n")
         return False
-    return True
 
 
 def _retire_period_ns() -> int:

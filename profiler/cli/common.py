@@ -270,9 +270,10 @@ class LiveView:
     """Refreshing table on a terminal; one progress line per interval otherwise.
 
     The terminal can go away while collecting (a closed pty gives EIO, a
-    closed pipe EPIPE): the view then turns itself off and collection goes
-    on. An OSError from the view ended the collection and lost its data
-    (bench/soak.py killed with its pty, 2026-11-27)."""
+    closed pipe EPIPE, raised by render.console()'s consoles): the view then
+    turns itself off and collection goes on. An OSError from the view ended
+    the collection and lost its data (bench/soak.py killed with its pty,
+    2026-11-27)."""
 
     def __init__(self, top: int, quiet: bool):
         self.top = top
@@ -314,9 +315,12 @@ class LiveView:
             )
             self._live.start()
 
-    def update(self, state: LiveState) -> None:
+    def update(self, state: LiveState) -> bool:
+        """Show state; False once the view is off for good (the terminal is
+        gone): the collection then stops building live states."""
         if not self.quiet:
             self._guarded(lambda: self._update(state))
+        return self.gone is None
 
     def _update(self, state: LiveState) -> None:
         lost = state.errors.get("ringbuf_full", 0)
@@ -395,15 +399,16 @@ def run_collection(
     written = f"lockprof: {rec.meta['stop_reason']}; recording written to {output}"
     try:
         print_summary(rec, as_json, top=FINAL_SUMMARY_TOP)
-        render.console(stderr=True).print(Text(render.safe_text(written)))
-    except BrokenPipeError:
-        raise  # a reader that stopped reading (`| head`): main's exit 141
-    except OSError as exc:  # the terminal is gone; the recording is not
-        with contextlib.suppress(OSError):
-            click.echo(render.safe_text(f"{written} (summary not printed: {exc})"), err=True)
-        return 1
+        code = 0
+    except OSError as exc:  # stdout is gone (a closed pipe or terminal); the recording is not
+        code = 141 if isinstance(exc, BrokenPipeError) else 1
+        if code == 141:
+            silence_stdout()  # a reader that stopped reading (`| head`)
+        else:
+            written += f" (summary not printed: {exc.strerror or exc})"
+    say(written)
     if html is None:
-        return 0
+        return code
     try:
         report.write_html(rec, html, source=str(output))
     except Exception as exc:  # the recording is safe on disk: say why in one line
@@ -411,15 +416,26 @@ def run_collection(
             raise
         reason = str(exc) if isinstance(exc, LockprofError) else f"{type(exc).__name__}: {exc}"
         reason = " ".join(reason.split())
-        click.echo(
-            render.safe_text(
-                f"lockprof: report not written ({reason}); recording kept in {output}"
-            ),
-            err=True,
-        )
-        return 1
-    click.echo(render.safe_text(f"lockprof: report written to {html}"), err=True)
-    return 0
+        say(f"lockprof: report not written ({reason}); recording kept in {output}")
+        return code or 1
+    say(f"lockprof: report written to {html}")
+    return code
+
+
+def say(line: str) -> None:
+    """One line on stderr, if stderr is still there (after collection: the
+    recording is written whatever becomes of the terminal)."""
+    with contextlib.suppress(OSError):
+        click.echo(render.safe_text(line), err=True)
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader is gone, so that Python's
+    flush at exit does not report the broken pipe."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def write_json_lines(document: dict, out: TextIO) -> None:

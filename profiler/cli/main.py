@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader of stdout stopped reading (`| head`)
+        from profiler.cli.common import silence_stdout
+
+        silence_stdout()
         return 141
     except Exception as exc:
         if os.environ.get("LOCKPROF_DEBUG"):

@@ -278,6 +278,8 @@ def _public_venv(public: Path) -> str | None:
     """This venv hard linked into public (symlinks kept: its python is
     Debian's, for bcc), or None where links cannot be made (another file
     system)."""
+    if sys.prefix == sys.base_prefix:
+        return None  # not a venv: nothing of ours to link (and never all of /usr)
     venv = public / "venv"
     try:
         shutil.copytree(sys.prefix, venv, symlinks=True, copy_function=os.link)

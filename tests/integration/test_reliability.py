@@ -437,6 +437,60 @@ def test_the_terminal_going_away_mid_run_loses_no_data(tmp_path):
     assert lockprof_programs() == []
 
 
+def test_pipes_that_close_mid_run_lose_no_data(tmp_path):
+    """stdout and stderr are pipes whose reader goes away while collecting
+    (a non-tty ssh session dying): the progress lines fail with EPIPE, the
+    view turns itself off, and SIGINT still writes the recording. rich's own
+    answer to EPIPE (SystemExit) ended the collection unsaved. The summary
+    cannot be printed either: exit 141, as for any closed pipe."""
+    target = Held(500)
+    proc = subprocess.Popen(
+        [*LOCKPROF, "attach", "-p", str(target.pid), "-i", "0.3", "-o", "piped.lpr"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        assert "attached" in proc.stderr.readline().decode()
+        proc.stderr.readline()  # a progress line: the view is running
+        proc.stderr.close()
+        proc.stdout.close()
+        time.sleep(1.5)  # progress lines into the closed pipe
+        assert proc.poll() is None
+        target.go_and_wait_done()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 141
+    finally:
+        target.finish()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rows_for(show_json(tmp_path / "piped.lpr"), target.pid)["write"]["acquisitions"] == 1000
+    assert lockprof_programs() == []
+
+
+def test_a_reader_that_stops_reading_the_summary_gets_exit_141_quietly(tmp_path):
+    """`lockprof record ... | head -1` where head is gone before the summary:
+    the recording is written and said so on stderr; no traceback, no report
+    of a failed flush at exit."""
+    proc = subprocess.Popen(
+        [*LOCKPROF, "record", "-a", "-d", "1", "-o", "head.lpr"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the summary comes (a summary smaller
+    # than the pipe's buffer, read in part, would be written whole: exit 0)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141, err
+    assert "recording written to head.lpr" in err
+    assert "Traceback" not in err and "Exception ignored" not in err and "Error" not in err
+    assert profiler.load(tmp_path / "head.lpr").meta["duration_s"] > 0
+
+
 def test_hostile_and_invalid_utf8_command_line(tmp_path):
     """run with arguments holding an escape sequence and a byte that is not
     UTF-8: the attached line shows them escaped, the recording keeps valid

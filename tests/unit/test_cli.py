@@ -8,6 +8,7 @@ checking cannot make a test attach to a real process as root.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -428,35 +429,69 @@ def test_error_lines_never_carry_raw_escapes(capsys, tmp_path):
 class _GoneTerminal(io.StringIO):
     """A terminal whose other end closed: every write fails with EIO."""
 
+    writes = 0
+
     def write(self, text: str) -> int:
+        self.writes += 1
         raise OSError(5, "Input/output error")
+
+
+def _live_state():
+    from profiler.options import LiveState
+
+    return LiveState(elapsed_s=1.0, target="pid 1", rows=[], errors={}, events=0, cpus=2)
 
 
 def test_live_view_turns_itself_off_when_its_terminal_is_gone():
     from rich.console import Console
 
     from profiler.cli.common import LiveView
-    from profiler.options import LiveState
 
     view = LiveView(top=5, quiet=False)
-    view.err = Console(file=_GoneTerminal())
-    state = LiveState(elapsed_s=1.0, target="pid 1", rows=[], errors={}, events=0, cpus=2)
-    view.update(state)  # the progress line: EIO, swallowed
-    assert isinstance(view.gone, OSError) and view.quiet
-    view.update(state)  # and nothing is tried again
+    terminal = _GoneTerminal()
+    view.err = Console(file=terminal)
+    assert view.update(_live_state()) is False  # the progress line: EIO, swallowed
+    assert isinstance(view.gone, OSError) and view.quiet and terminal.writes == 1
+    assert view.update(_live_state()) is False and terminal.writes == 1  # not tried again
     view.stop()
+
+
+def test_live_view_on_a_closed_pipe_turns_itself_off_and_leaves_stdout_alone():
+    """rich's own answer to a closed pipe (stdout pointed at /dev/null, then
+    SystemExit(1)) escaped every guard and ended the collection unsaved."""
+    from profiler import render
+    from profiler.cli.common import LiveView
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stdout_before = os.readlink("/proc/self/fd/1")
+    view = LiveView(top=5, quiet=False)
+    pipe = open(write_end, "w")  # noqa: SIM115
+    try:
+        view.err = render.console(stderr=True)
+        view.err.file = pipe
+        assert view.update(_live_state()) is False
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            pipe.close()  # its buffer still holds the line
+    assert isinstance(view.gone, BrokenPipeError)
+    assert os.readlink("/proc/self/fd/1") == stdout_before
 
 
 def test_a_failing_live_view_is_dropped_and_collection_goes_on(capsys):
     from profiler import session
-    from profiler.options import LiveState
 
     def broken_view(_state):
         raise KeyError("\x1b[31mcomm")
 
-    state = LiveState(elapsed_s=1.0, target="pid 1", rows=[], errors={}, events=0, cpus=2)
-    assert session._shown(broken_view, state) is False
-    assert session._shown(lambda _state: None, state) is True
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "\x1b" not in err
-    assert err.startswith("lockprof: live view stopped (KeyError: ") and "collection goes on" in err
+    def broken_state():
+        raise ValueError("no rows")
+
+    assert session._shown(broken_view, _live_state) is False
+    assert session._shown(lambda _state: None, broken_state) is False  # building it, too
+    assert session._shown(lambda _state: None, _live_state) is True
+    assert session._shown(lambda _state: False, _live_state) is False  # the view is done
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "\x1b" not in "".join(err)
+    assert err[0].startswith("lockprof: live view stopped (KeyError: ")
+    assert err[1] == "lockprof: live view stopped (ValueError: no rows); collection goes on"

@@ -183,6 +183,56 @@ def test_show_refuses_a_corrupt_intervals_batch_in_one_line(tmp_path, monkeypatc
         recording.load(path, summary_only=True)
 
 
+def _bad_slots(kind: str):
+    """A wait_slots column (300 rows) that is not what lockprof writes."""
+    rows = [list(map(int, v)) for v in aggregate.records_frame(raw_intervals(300))["wait_slots"]]
+    if kind == "null-slot":
+        rows[120][3] = None
+    elif kind == "null-list":
+        rows[120] = None
+    elif kind == "ragged":
+        rows[120] = rows[120][:-1]
+    elif kind == "empty-lists":
+        rows = [[] for _ in rows]
+    elif kind == "floats":  # integral: the checked path takes them
+        rows = [[float(x) for x in row] for row in rows]
+    elif kind == "width-per-batch":  # each batch well formed, not the whole
+        rows = [row if i < 100 else row[:20] for i, row in enumerate(rows)]
+    return rows
+
+
+@pytest.mark.parametrize(
+    "kind", ["null-slot", "null-list", "ragged", "empty-lists", "floats", "width-per-batch"]
+)
+def test_show_takes_unusual_histograms_as_a_full_load_does(tmp_path, monkeypatch, kind):
+    """Histograms the Arrow fast path (recording._slot_matrix) does not take
+    go the checked way: show then accepts or refuses them, in one line, as
+    a full load does."""
+    from profiler import summary
+
+    monkeypatch.setattr(recording, "SUMMARY_BATCH_ROWS", 100)
+    monkeypatch.setattr(recording, "ROW_GROUP_ROWS", 100)
+    whole = aggregate.records_frame(raw_intervals(300))
+    whole["wait_slots"] = _bad_slots(kind)
+    path = recording.save(
+        Recording(meta={}, intervals=whole, locks=locks_of(whole)), tmp_path / "r.lpr"
+    )
+    outcomes = []
+    for summary_only in (False, True):
+        try:
+            rec = recording.load(path, summary_only=summary_only)
+            outcomes.append(summary.summary_json(rec)["locks"])
+        except LockprofError as exc:
+            assert "\n" not in str(exc)
+            outcomes.append(f"refused: {str(exc).split(': ', 1)[1]}")
+    if kind == "floats":
+        assert isinstance(outcomes[1], list) and outcomes[1] == outcomes[0]
+    else:
+        assert str(outcomes[1]).startswith("refused"), outcomes[1]
+        if kind != "width-per-batch":  # a full load reads one table, not batches
+            assert outcomes[1] == outcomes[0]
+
+
 def test_json_lines_hold_the_same_document_a_lock_per_line():
     document = {
         "kernel": "6.18",
