@@ -247,13 +247,20 @@ def ratio(samples: dict[str, list[float]], config: str, higher_is_better: bool) 
     return bare / med if higher_is_better else med / bare
 
 
+def paired_ratios(
+    samples: dict[str, list[float]], config: str, higher_is_better: bool
+) -> list[float]:
+    """Each repetition's config against the bare run of the same repetition."""
+    pairs = zip(samples["bare"], samples[config], strict=True)
+    return [b / c if higher_is_better else c / b for b, c in pairs]
+
+
 def paired_ratio(samples: dict[str, list[float]], config: str, higher_is_better: bool) -> float:
     """Median over repetitions of config against the bare run of the same
     repetition. This shared machine's speed drifts by 10-20% over minutes;
     the runs of one repetition are adjacent in time, so a drift that moves
     both cancels here, where it does not in the ratio of medians."""
-    pairs = zip(samples["bare"], samples[config], strict=True)
-    return statistics.median(b / c if higher_is_better else c / b for b, c in pairs)
+    return statistics.median(paired_ratios(samples, config, higher_is_better))
 
 
 def _overhead_ratio(paired: float, floor: float | None, config: str) -> str:
@@ -277,7 +284,9 @@ def render(args, results: dict[str, dict[str, list[float]]]) -> str:
         "then reversed); medians, the spread is min-max; ratios to bare from this "
         "run (x bare: time ratio, or for rates bare/config, so higher is always "
         "worse). *paired*: the median of each repetition's ratio to its own bare "
-        "run, robust to the machine's drift; the floor columns use it. Two floors: "
+        "run, robust to the machine's drift (*paired min-max*: the spread of those "
+        "ratios; a target closer to 1 than it cannot be told from noise); the "
+        "floor columns use it. Two floors: "
         "*raw*, empty programs on the mmap_lock raw tracepoints lockprof uses; *tp*, "
         "on the classic tracepoints (the floor of ../shared/kernel-notes.md and of "
         "issue 2's target).",
@@ -293,13 +302,14 @@ def render(args, results: dict[str, dict[str, list[float]]]) -> str:
         lines += [
             f"### {workload} ({UNITS[workload]}; {'higher' if better else 'lower'} is better)",
             "",
-            "| config | median | min-max | x bare | paired | overhead / raw floor's "
-            "| overhead / tp floor's |",
-            "|---|---|---|---|---|---|---|",
+            "| config | median | min-max | x bare | paired | paired min-max "
+            "| overhead / raw floor's | overhead / tp floor's |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for config, values in samples.items():
             x = ratio(samples, config, better)
             paired = paired_ratio(samples, config, better)
+            each = paired_ratios(samples, config, better)
             vs_floor = [
                 _overhead_ratio(paired, floors.get(name), config)
                 for name in ("floor-raw", "floor-tp")
@@ -307,7 +317,7 @@ def render(args, results: dict[str, dict[str, list[float]]]) -> str:
             lines.append(
                 f"| {config} | {statistics.median(values):.4g} | "
                 f"{min(values):.4g}-{max(values):.4g} | {x:.3f} | {paired:.3f} | "
-                f"{vs_floor[0]} | {vs_floor[1]} |"
+                f"{min(each):.3f}-{max(each):.3f} | {vs_floor[0]} | {vs_floor[1]} |"
             )
         lines.append("")
     return "\n".join(lines)
