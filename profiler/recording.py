@@ -486,9 +486,10 @@ def load(path: str | Path, *, summary_only: bool = False) -> Recording:
         left = ("intervals", "events") if collapse else ()
         tables = {name: _read_table(archive, name, path) for name in TABLES if name not in left}
         if collapse:
-            totals = _interval_totals(archive, path)
+            totals, interval_rows = _interval_totals(archive, path)
             files = {
-                name: ArchivedTable(path, name, _table_rows(archive, name, path)) for name in left
+                "intervals": ArchivedTable(path, "intervals", interval_rows),
+                "events": ArchivedTable(path, "events", _table_rows(archive, "events", path)),
             }
     version = meta["schema_version"]
     if version == 1:
@@ -520,17 +521,20 @@ def load(path: str | Path, *, summary_only: bool = False) -> Recording:
 SUMMARY_BATCH_ROWS = ROW_GROUP_ROWS
 
 
-def _interval_totals(archive: zipfile.ZipFile, path: Path) -> pd.DataFrame:
+def _interval_totals(archive: zipfile.ZipFile, path: Path) -> tuple[pd.DataFrame, int]:
     """The intervals table collapsed (Recording.interval_totals), read a
-    batch at a time, each batch checked as load() checks the whole table."""
+    batch at a time, each batch checked as load() checks the whole table;
+    and its number of rows."""
     totals = aggregate.IntervalTotals()
+    rows = 0
     try:
         with archive.open("intervals.parquet") as member:
             for batch in pq.ParquetFile(member).iter_batches(batch_size=SUMMARY_BATCH_ROWS):
                 _add_batch(totals, batch, path)
+                rows += batch.num_rows
         # Inside: batches each well formed may still not add up (histograms
         # of one length in one batch, another in the next).
-        return totals.result()
+        return totals.result(), rows
     except KeyError:
         raise LockprofError(f"{path}: corrupt recording (table intervals missing)") from None
     except LockprofError:

@@ -163,6 +163,7 @@ def test_show_reads_the_intervals_a_batch_at_a_time(tmp_path, monkeypatch):
     full = recording.load(path)
     light = recording.load(path, summary_only=True)
     assert light.unread_file("intervals") is not None and light.unread_events_file is not None
+    assert light.unread_file("intervals").rows == len(full.intervals) == 1000  # counted as read
     assert summary_of(light.interval_totals, light.locks) == summary_of(full.intervals, full.locks)
     assert light.event_count == 0 and light.unread_file("intervals") is not None
     copy = recording.load(recording.save(light, tmp_path / "copy.lpr"))
