@@ -397,7 +397,18 @@ def test_the_terminal_going_away_mid_run_loses_no_data(tmp_path):
     master, slave = pty.openpty()
     with open(tmp_path / "stderr", "w") as err:
         proc = subprocess.Popen(
-            [*LOCKPROF, "attach", "-p", str(target.pid), "-i", "0.3", "-o", "gone.lpr"],
+            [
+                *LOCKPROF,
+                "attach",
+                "-p",
+                str(target.pid),
+                "-i",
+                "0.3",
+                "-o",
+                "gone.lpr",
+                "--html",
+                "gone.html",
+            ],
             stdin=slave,
             stdout=slave,
             stderr=err,
@@ -430,6 +441,8 @@ def test_the_terminal_going_away_mid_run_loses_no_data(tmp_path):
     assert proc.returncode == 1, stderr
     assert "recording written to gone.lpr (summary not printed:" in stderr
     assert "Traceback" not in stderr and "internal error" not in stderr
+    assert "lockprof: report written to gone.html" in stderr  # the report needs no terminal
+    assert (tmp_path / "gone.html").stat().st_size > 0
     rec = profiler.load(tmp_path / "gone.lpr")
     assert rec.meta["duration_s"] >= after_close_s - 1.0
     rows = rows_for(show_json(tmp_path / "gone.lpr"), target.pid)
