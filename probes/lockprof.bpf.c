@@ -35,9 +35,17 @@
 #error "LP_TASK_TGID_OFFSET (offsetof(struct task_struct, tgid)) must come from BTF"
 #endif
 /* offsetof(struct mm_struct, context.ctx_id): x86's id of each mm, never
- * reused (profiler/btf.py); -1 where the kernel has none. */
+ * reused (profiler/btf.py); -1 where the kernel has none: generations are
+ * then handed out here, as each mm's owner is learned (lp_learn_gen). */
 #ifndef LP_MM_ID_OFFSET
 #define LP_MM_ID_OFFSET -1
+#endif
+#ifndef LP_TASK_REAL_PARENT_OFFSET
+#error "LP_TASK_REAL_PARENT_OFFSET (offsetof(struct task_struct, real_parent)) must come from BTF"
+#endif
+/* offsetof(struct mm_struct, mm_users), for lp_foreign_gen(); -1: unknown. */
+#ifndef LP_MM_USERS_OFFSET
+#define LP_MM_USERS_OFFSET -1
 #endif
 
 /* Per-task rows for a process's own tasks on its own mmap_lock cost a hash
@@ -103,6 +111,17 @@ BPF_PERCPU_ARRAY(lp_short_callers, struct lp_caller_stats, LP_MAX_LOCKS);
  * (profiler/bpf.py forget_owners). */
 BPF_HASH(lp_owners, struct lp_owner_key, struct lp_owner, LP_MAX_OWNERS);
 BPF_HASH(lp_mm_gens, u64, u32, LP_MAX_OWNERS);
+/* Without x86's mm ids: the generations this CPU has handed out, and which
+ * new generation the threads of a process seen on a new mm at once agree on
+ * (lp_learn_gen; only the moment of the race needs it: least recently used
+ * claims go first). */
+BPF_PERCPU_ARRAY(lp_gen_next, u32, 1);
+struct lp_gen_claim {
+	u64 lock;
+	u32 old_gen;
+	u32 tgid;
+};
+BPF_TABLE("lru_hash", struct lp_gen_claim, u32, lp_gen_claims, LP_MAX_OWNERS);
 /* --follow: the target's descendants (added at fork, lp_follow_fork) and the
  * mmap_locks of their own mms (learned as the target's is, lp_learn_owner). */
 BPF_HASH(lp_followed, u32, u32, LP_MAX_OWNERS);
@@ -310,8 +329,12 @@ static __always_inline void lp_slot_cache(struct lp_task *ts)
  * kernel hands out once per mm, when it creates it (for a forked child, or
  * an exec). An mm address serves process after process; the generation
  * tells them apart, from the fork or exec that builds the mm on (four
- * billion mms later, two could share an address and a generation). 0 where
- * the kernel has no such id: then every process on an address shares rows.
+ * billion mms later, two could share an address and a generation).
+ *
+ * Where the kernel has no such id (arm64, and the rest), generations are
+ * handed out here (lp_new_gen): when a task foreign to an mm takes its lock
+ * while the mm is being built (lp_foreign_gen), and when a process is first
+ * seen on its own mm (lp_learn_gen).
  */
 static __always_inline u32 lp_mm_gen(u64 mm)
 {
@@ -321,7 +344,125 @@ static __always_inline u32 lp_mm_gen(u64 mm)
 	bpf_probe_read_kernel(&id, sizeof(id), (void *)(mm + LP_MM_ID_OFFSET));
 	return (u32)id ? (u32)id : 1;
 #else
-	return 0;
+	u64 lock = mm + LP_MMAP_LOCK_OFFSET;
+	u32 *gen = lp_mm_gens.lookup(&lock);
+
+	return gen ? *gen : 0;
+#endif
+}
+
+#if LP_MM_ID_OFFSET < 0
+/* Does the current task run on its parent's mm (a vfork child before its
+ * exec, or another CLONE_VM child)? */
+static __always_inline int lp_on_parent_mm(u64 mm)
+{
+	u64 parent = 0, parent_mm = 0;
+
+	bpf_probe_read_kernel(&parent, sizeof(parent),
+			      (void *)(bpf_get_current_task() + LP_TASK_REAL_PARENT_OFFSET));
+	if (!parent)
+		return 0;
+	bpf_probe_read_kernel(&parent_mm, sizeof(parent_mm), (void *)(parent + LP_TASK_MM_OFFSET));
+	return parent_mm == mm;
+}
+
+/* A generation no other mm has, without a shared counter: this CPU's next,
+ * and the CPU. */
+static __always_inline u32 lp_new_gen(void)
+{
+	int zero = 0;
+	u32 *next = lp_gen_next.lookup(&zero);
+	u32 gen;
+
+	if (!next)
+		return 0;
+	*next += 1; /* per-CPU slot: only this CPU writes it */
+	gen = (*next << 12) | (bpf_get_smp_processor_id() & 0xfff);
+	return gen ? gen : 1;
+}
+
+/* The latest generation of lock, and whether a process has claimed it
+ * (lp_owners holds its owner). */
+static __always_inline u32 lp_latest_gen(u64 lock, struct lp_owner **owner)
+{
+	u32 *latest = lp_mm_gens.lookup(&lock);
+	struct lp_owner_key seen = { .lock = lock };
+
+	*owner = 0;
+	if (!latest)
+		return 0;
+	seen.mm_gen = *latest;
+	*owner = lp_owners.lookup(&seen);
+	return *latest;
+}
+#endif
+
+/*
+ * The generation of an mm a task foreign to it takes the lock of. With x86's
+ * ids, the mm's own. Without, the mm's latest generation; but an mm with one
+ * user (mm_users) taken by a user task is being built, by the parent that
+ * forks (dup_mmap) or the task that execs (the new mm is not yet its own): it
+ * is a new mm, and the latest generation of its address, if a process
+ * claimed it, was that of an mm that is gone. Such an mm gets a new
+ * generation, unclaimed until its process is first seen on it
+ * (lp_learn_gen). A user task on a live process's mm (a /proc reader,
+ * ptrace, process_vm_readv) holds a user of its own (mmget); a kernel
+ * thread (khugepaged, the OOM reaper) may not, and has no mm itself.
+ * Limits: a fork's copy made by a kernel thread (kernel_clone of the first
+ * user process) counts for the address's previous mm, and an mm built and
+ * freed unclaimed (a failed exec) leaves its generation to the next mm
+ * built at its address.
+ */
+static __always_inline u32 lp_foreign_gen(u64 mm)
+{
+#if LP_MM_ID_OFFSET >= 0 || LP_MM_USERS_OFFSET < 0
+	return lp_mm_gen(mm);
+#else
+	u64 lock = mm + LP_MMAP_LOCK_OFFSET, current_mm = 0;
+	struct lp_owner *owner;
+	u32 gen = lp_latest_gen(lock, &owner), users = 0;
+
+	bpf_probe_read_kernel(&users, sizeof(users), (void *)(mm + LP_MM_USERS_OFFSET));
+	if (users != 1 || (gen && !owner))
+		return gen;
+	bpf_probe_read_kernel(&current_mm, sizeof(current_mm),
+			      (void *)(bpf_get_current_task() + LP_TASK_MM_OFFSET));
+	if (!current_mm)
+		return gen; /* a kernel thread: not building this mm */
+	gen = lp_new_gen();
+	if (gen && lp_mm_gens.update(&lock, &gen))
+		lp_error(LP_ERR_OWNER_MAP_FULL);
+	return gen;
+#endif
+}
+
+/*
+ * The generation of the mm a task of process tgid has just been seen on as
+ * its own (lp_learn_owner). With x86's ids, the mm's own. Without, the mm's
+ * latest generation if no process has claimed it yet (the mm was built under
+ * it, lp_foreign_gen), if this process has (another thread learned it), or if
+ * the task runs on its parent's mm (a vfork child); else the latest is that
+ * of an mm that is gone, and this one gets a new generation.
+ */
+static __always_inline u32 lp_learn_gen(u64 mm, u32 tgid)
+{
+#if LP_MM_ID_OFFSET >= 0
+	return lp_mm_gen(mm);
+#else
+	struct lp_owner *owner;
+	u64 lock = mm + LP_MMAP_LOCK_OFFSET;
+	u32 gen = lp_latest_gen(lock, &owner), fresh, *won;
+
+	if (gen && (!owner || owner->tgid == tgid || lp_on_parent_mm(mm)))
+		return gen;
+	/* A new mm (or its first sighting). Its threads may all get here
+	 * before any has recorded a generation: the first claim wins. */
+	struct lp_gen_claim claim = { .lock = lock, .old_gen = gen, .tgid = tgid };
+
+	fresh = lp_new_gen();
+	lp_gen_claims.insert(&claim, &fresh);
+	won = lp_gen_claims.lookup(&claim);
+	return won ? *won : fresh;
 #endif
 }
 
@@ -338,7 +479,7 @@ static __always_inline u32 lp_mmap_gen(struct lp_task *ts, u64 lock)
 {
 	if (lp_own_lock(ts, lock))
 		return ts->own_gen;
-	return lp_mm_gen(lock - LP_MMAP_LOCK_OFFSET);
+	return lp_foreign_gen(lock - LP_MMAP_LOCK_OFFSET);
 }
 
 /* The mm generation of a contended lock, if it is an mmap_lock: an rwsem
@@ -546,7 +687,7 @@ static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task 
 	if (current_mm != mm)
 		return 0; /* a foreign mm: khugepaged, /proc/N/maps readers, ptrace */
 	ts->own_mm = mm;
-	ts->own_gen = lp_mm_gen(mm);
+	ts->own_gen = lp_learn_gen(mm, tgid);
 	if (cfg->target_tgid && cfg->target_tgid != tgid && cfg->target_lock == mm + LP_MMAP_LOCK_OFFSET &&
 	    (!ts->own_gen || ts->own_gen != cfg->target_gen)) {
 		/* Another process owns the target's mm address: the target's mm

@@ -50,6 +50,8 @@ _FORGOTTEN_OWNER = np.dtype([("lock", "<u8"), ("address", "<u8"), ("tgid", "<u4"
 _STATS_MAP_BUDGET_BYTES = 64 << 20
 # Test hook: cap every map's entries (see probe_cflags).
 MAX_ENTRIES_ENV = "LOCKPROF_TEST_MAX_ENTRIES"
+# Test hook: compile as on a kernel without x86's mm ids (see mm_id_offset).
+NO_MM_ID_ENV = "LOCKPROF_TEST_NO_MM_ID"
 
 
 def import_bcc():  # -> module bcc
@@ -140,7 +142,7 @@ def online_cpus() -> list[int]:
 
 def probe_cflags() -> tuple[list[str], int]:
     """The compiler flags of the probes, and the size of the lock map."""
-    offsets = btf.probe_offsets()
+    offsets = dict(btf.probe_offsets(), LP_MM_ID_OFFSET=mm_id_offset())
     value_bytes = 8 * (5 + 2 * (3 + schema.const("LP_HIST_SLOTS")))
     max_locks = max(256, min(4096, _STATS_MAP_BUDGET_BYTES // (value_bytes * possible_cpus())))
     flags = [f"-D{name}={value}" for name, value in offsets.items()]
@@ -153,6 +155,16 @@ def probe_cflags() -> tuple[list[str], int]:
         flags += [f"-DLP_MAX_{m}={max_locks}" for m in ("TASKS", "CALLERS", "STACKS", "OWNERS")]
     flags += [f"-DLP_MAX_LOCKS={max_locks}", f"-I{schema.probes_dir()}", "-w"]
     return flags, max_locks
+
+
+def mm_id_offset() -> int:
+    """Where x86 keeps each mm's id (mm_struct.context.ctx_id), or -1: the
+    probes then number mms themselves (lockprof.bpf.c lp_learn_gen). The
+    test hook NO_MM_ID_ENV takes the second way on x86 too, so that it is
+    tested here."""
+    if os.environ.get(NO_MM_ID_ENV):
+        return -1
+    return btf.probe_offsets()["LP_MM_ID_OFFSET"]
 
 
 def compile_probes(flags: list[str]):  # -> bcc.BPF

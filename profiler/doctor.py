@@ -157,17 +157,15 @@ def _btf() -> str:
     return "offsets " + ", ".join(f"{k}={v}" for k, v in offsets.items())
 
 
-def mm_ids_known() -> bool:
-    """Can the probes tell apart the mms one address serves in turn?"""
-    return btf.probe_offsets()["LP_MM_ID_OFFSET"] >= 0
-
-
 def _mm_ids() -> str:
-    offset = btf.probe_offsets()["LP_MM_ID_OFFSET"]  # hashes the BTF blob: once
+    """How the processes one mm address serves in turn are told apart."""
+    from profiler.bpf import mm_id_offset
+
+    offset = mm_id_offset()  # hashes the BTF blob: once
     if offset < 0:
-        raise LockprofError(
-            "no per-mm id in BTF (mm_struct.context.ctx_id, x86): processes that "
-            "reuse an mm address share its mmap_lock rows"
+        return (
+            "no per-mm id in BTF (x86's mm_struct.context.ctx_id): lockprof numbers each "
+            "mm as its process is first seen on it, so each keeps its own mmap_lock rows"
         )
     return f"mm_struct.context.ctx_id at {offset}: each mm's mmap_lock has its own rows"
 

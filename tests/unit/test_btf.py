@@ -476,7 +476,9 @@ def test_probe_offsets_are_cached_per_blob(vmlinux, tmp_path, monkeypatch):
         "LP_MMAP_LOCK_OFFSET": vmlinux.member_offset("mm_struct", "mmap_lock"),
         "LP_TASK_PID_OFFSET": vmlinux.member_offset("task_struct", "pid"),
         "LP_TASK_TGID_OFFSET": vmlinux.member_offset("task_struct", "tgid"),
+        "LP_TASK_REAL_PARENT_OFFSET": vmlinux.member_offset("task_struct", "real_parent"),
         "LP_MM_ID_OFFSET": vmlinux.member_offset("mm_struct", "context.ctx_id"),
+        "LP_MM_USERS_OFFSET": vmlinux.member_offset("mm_struct", "mm_users"),
     }
     assert offsets["LP_MM_ID_OFFSET"] > 0  # x86's per-mm context id: this machine has one
     (cache,) = (tmp_path / "lockprof").glob("offsets-*.json")
@@ -487,7 +489,9 @@ def test_probe_offsets_are_cached_per_blob(vmlinux, tmp_path, monkeypatch):
         "LP_MMAP_LOCK_OFFSET": 2,
         "LP_TASK_PID_OFFSET": 3,
         "LP_TASK_TGID_OFFSET": 4,
+        "LP_TASK_REAL_PARENT_OFFSET": 6,
         "LP_MM_ID_OFFSET": 5,
+        "LP_MM_USERS_OFFSET": 7,
     }
     cache.write_text(json.dumps(fake))
     assert btf.probe_offsets() == fake
@@ -506,8 +510,14 @@ def test_probe_offsets_from_a_synthetic_blob(tmp_path, monkeypatch):
     int_t = w.int_("int", 4)
     w.struct(
         "task_struct",
-        48,
-        [("state", long_t, 0), ("mm", w.ptr(mm), 256), ("pid", int_t, 320), ("tgid", int_t, 352)],
+        56,
+        [
+            ("state", long_t, 0),
+            ("mm", w.ptr(mm), 256),
+            ("pid", int_t, 320),
+            ("tgid", int_t, 352),
+            ("real_parent", long_t, 384),
+        ],
     )
     path = tmp_path / "vmlinux"
     path.write_bytes(w.blob())
@@ -516,7 +526,9 @@ def test_probe_offsets_from_a_synthetic_blob(tmp_path, monkeypatch):
         "LP_MMAP_LOCK_OFFSET": 24,
         "LP_TASK_PID_OFFSET": 40,
         "LP_TASK_TGID_OFFSET": 44,
+        "LP_TASK_REAL_PARENT_OFFSET": 48,
         "LP_MM_ID_OFFSET": -1,  # optional: this mm_struct has no context.ctx_id
+        "LP_MM_USERS_OFFSET": -1,  # nor mm_users
     }
 
 
