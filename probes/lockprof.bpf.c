@@ -115,6 +115,7 @@ BPF_HASH(lp_mm_gens, u64, u32, LP_MAX_OWNERS);
  * new generation the threads of a process seen on a new mm at once agree on
  * (lp_learn_gen; only the moment of the race needs it: least recently used
  * claims go first). */
+#if LP_MM_ID_OFFSET < 0
 BPF_PERCPU_ARRAY(lp_gen_next, u32, 1);
 struct lp_gen_claim {
 	u64 lock;
@@ -122,6 +123,7 @@ struct lp_gen_claim {
 	u32 tgid;
 };
 BPF_TABLE("lru_hash", struct lp_gen_claim, u32, lp_gen_claims, LP_MAX_OWNERS);
+#endif
 /* --follow: the target's descendants (added at fork, lp_follow_fork) and the
  * mmap_locks of their own mms (learned as the target's is, lp_learn_owner). */
 BPF_HASH(lp_followed, u32, u32, LP_MAX_OWNERS);
