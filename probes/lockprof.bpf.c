@@ -43,9 +43,20 @@
 #ifndef LP_TASK_REAL_PARENT_OFFSET
 #error "LP_TASK_REAL_PARENT_OFFSET (offsetof(struct task_struct, real_parent)) must come from BTF"
 #endif
-/* offsetof(struct mm_struct, mm_users), for lp_foreign_gen(); -1: unknown. */
-#ifndef LP_MM_USERS_OFFSET
-#define LP_MM_USERS_OFFSET -1
+#ifndef LP_TASK_FLAGS_OFFSET
+#error "LP_TASK_FLAGS_OFFSET (offsetof(struct task_struct, flags)) must come from BTF"
+#endif
+#ifndef LP_TASK_COMM_OFFSET
+#error "LP_TASK_COMM_OFFSET (offsetof(struct task_struct, comm)) must come from BTF"
+#endif
+#define LP_PF_KTHREAD 0x00200000 /* include/linux/sched.h, stable since 2.6 */
+/* offsetof(struct mm_struct, map_count), for lp_foreign_gen(); -1: unknown. */
+#ifndef LP_MM_MAP_COUNT_OFFSET
+#define LP_MM_MAP_COUNT_OFFSET -1
+#endif
+/* Bits of a numbered generation that hold the CPU that handed it out. */
+#ifndef LP_GEN_CPU_BITS
+#define LP_GEN_CPU_BITS 12
 #endif
 
 /* Per-task rows for a process's own tasks on its own mmap_lock cost a hash
@@ -353,10 +364,9 @@ static __always_inline u32 lp_mm_gen(u64 mm)
 #endif
 }
 
-#if LP_MM_ID_OFFSET < 0
-/* Does the current task run on its parent's mm (a vfork child before its
- * exec, or another CLONE_VM child)? */
-static __always_inline int lp_on_parent_mm(u64 mm)
+/* The current task's parent if the task runs on the parent's mm (a vfork
+ * child before its exec, or another CLONE_VM child), else 0. */
+static __always_inline u64 lp_parent_on_mm(u64 mm)
 {
 	u64 parent = 0, parent_mm = 0;
 
@@ -365,9 +375,20 @@ static __always_inline int lp_on_parent_mm(u64 mm)
 	if (!parent)
 		return 0;
 	bpf_probe_read_kernel(&parent_mm, sizeof(parent_mm), (void *)(parent + LP_TASK_MM_OFFSET));
-	return parent_mm == mm;
+	return parent_mm == mm ? parent : 0;
 }
 
+/* A kernel thread, even one on a borrowed mm (kthread_use_mm: vhost, ...)? */
+static __always_inline int lp_kthread(void)
+{
+	u32 flags = 0;
+
+	bpf_probe_read_kernel(&flags, sizeof(flags),
+			      (void *)(bpf_get_current_task() + LP_TASK_FLAGS_OFFSET));
+	return flags & LP_PF_KTHREAD;
+}
+
+#if LP_MM_ID_OFFSET < 0
 /* A generation no other mm has, without a shared counter: this CPU's next,
  * and the CPU. */
 static __always_inline u32 lp_new_gen(void)
@@ -379,7 +400,10 @@ static __always_inline u32 lp_new_gen(void)
 	if (!next)
 		return 0;
 	*next += 1; /* per-CPU slot: only this CPU writes it */
-	gen = (*next << 12) | (bpf_get_smp_processor_id() & 0xfff);
+	/* Python sizes LP_GEN_CPU_BITS to the CPUs: 2^(32 - bits) numbers per
+	 * CPU before they come round again (a million with 12 bits). */
+	gen = (*next << LP_GEN_CPU_BITS) |
+	      (bpf_get_smp_processor_id() & ((1U << LP_GEN_CPU_BITS) - 1));
 	return gen ? gen : 1;
 }
 
@@ -401,36 +425,31 @@ static __always_inline u32 lp_latest_gen(u64 lock, struct lp_owner **owner)
 
 /*
  * The generation of an mm a task foreign to it takes the lock of. With x86's
- * ids, the mm's own. Without, the mm's latest generation; but an mm with one
- * user (mm_users) taken by a user task is being built, by the parent that
- * forks (dup_mmap) or the task that execs (the new mm is not yet its own): it
- * is a new mm, and the latest generation of its address, if a process
- * claimed it, was that of an mm that is gone. Such an mm gets a new
- * generation, unclaimed until its process is first seen on it
- * (lp_learn_gen). A user task on a live process's mm (a /proc reader,
- * ptrace, process_vm_readv) holds a user of its own (mmget); a kernel
- * thread (khugepaged, the OOM reaper) may not, and has no mm itself.
- * Limits: a fork's copy made by a kernel thread (kernel_clone of the first
- * user process) counts for the address's previous mm, and an mm built and
- * freed unclaimed (a failed exec) leaves its generation to the next mm
- * built at its address.
+ * ids, the mm's own. Without, the mm's latest generation; but an mm with no
+ * mapping yet (map_count 0) is being built, by the parent that forks
+ * (dup_mmap) or the task that execs (the new mm is not yet its own; a
+ * kernel thread starting the first user process too): a live mm always has
+ * mappings, a dying one keeps its count. Such an mm is a new one: the latest
+ * generation of its address, if a process claimed it, was that of an mm that
+ * is gone. It gets a new generation, unclaimed until its process is first
+ * seen on it (lp_learn_gen). Limit: an mm built and freed unclaimed (a
+ * failed exec) leaves its generation to the next mm built at its address.
  */
 static __always_inline u32 lp_foreign_gen(u64 mm)
 {
-#if LP_MM_ID_OFFSET >= 0 || LP_MM_USERS_OFFSET < 0
+#if LP_MM_ID_OFFSET >= 0 || LP_MM_MAP_COUNT_OFFSET < 0
 	return lp_mm_gen(mm);
 #else
-	u64 lock = mm + LP_MMAP_LOCK_OFFSET, current_mm = 0;
+	u64 lock = mm + LP_MMAP_LOCK_OFFSET;
 	struct lp_owner *owner;
-	u32 gen = lp_latest_gen(lock, &owner), users = 0;
+	u32 gen = lp_latest_gen(lock, &owner);
+	int mappings = -1;
 
-	bpf_probe_read_kernel(&users, sizeof(users), (void *)(mm + LP_MM_USERS_OFFSET));
-	if (users != 1 || (gen && !owner))
+	if (gen && !owner)
+		return gen; /* being built already, under this generation */
+	bpf_probe_read_kernel(&mappings, sizeof(mappings), (void *)(mm + LP_MM_MAP_COUNT_OFFSET));
+	if (mappings != 0)
 		return gen;
-	bpf_probe_read_kernel(&current_mm, sizeof(current_mm),
-			      (void *)(bpf_get_current_task() + LP_TASK_MM_OFFSET));
-	if (!current_mm)
-		return gen; /* a kernel thread: not building this mm */
 	gen = lp_new_gen();
 	if (gen && lp_mm_gens.update(&lock, &gen))
 		lp_error(LP_ERR_OWNER_MAP_FULL);
@@ -439,12 +458,12 @@ static __always_inline u32 lp_foreign_gen(u64 mm)
 }
 
 /*
- * The generation of the mm a task of process tgid has just been seen on as
- * its own (lp_learn_owner). With x86's ids, the mm's own. Without, the mm's
- * latest generation if no process has claimed it yet (the mm was built under
- * it, lp_foreign_gen), if this process has (another thread learned it), or if
- * the task runs on its parent's mm (a vfork child); else the latest is that
- * of an mm that is gone, and this one gets a new generation.
+ * The generation of the mm process tgid has just been seen on as its own
+ * (lp_learn_owner; a vfork child's task is learned as its parent's). With
+ * x86's ids, the mm's own. Without, the mm's latest generation if no process
+ * has claimed it yet (the mm was built under it, lp_foreign_gen) or this one
+ * has (another thread learned it); else the latest is that of an mm that is
+ * gone, and this one gets a new generation.
  */
 static __always_inline u32 lp_learn_gen(u64 mm, u32 tgid)
 {
@@ -455,10 +474,12 @@ static __always_inline u32 lp_learn_gen(u64 mm, u32 tgid)
 	u64 lock = mm + LP_MMAP_LOCK_OFFSET;
 	u32 gen = lp_latest_gen(lock, &owner), fresh, *won;
 
-	if (gen && (!owner || owner->tgid == tgid || lp_on_parent_mm(mm)))
+	if (gen && (!owner || owner->tgid == tgid))
 		return gen;
 	/* A new mm (or its first sighting). Its threads may all get here
-	 * before any has recorded a generation: the first claim wins. */
+	 * before any has recorded a generation: the first claim wins. (A
+	 * claim found again after its pid came round needs 4,096 newer
+	 * claims not to have pushed it out of the LRU map first.) */
 	struct lp_gen_claim claim = { .lock = lock, .old_gen = gen, .tgid = tgid };
 
 	fresh = lp_new_gen();
@@ -688,6 +709,23 @@ static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task 
 	bpf_probe_read_kernel(&current_mm, sizeof(current_mm), (void *)(task + LP_TASK_MM_OFFSET));
 	if (current_mm != mm)
 		return 0; /* a foreign mm: khugepaged, /proc/N/maps readers, ptrace */
+	if (lp_kthread())
+		return 0; /* on a borrowed mm (kthread_use_mm): foreign too */
+	struct lp_owner owner = {};
+	u64 parent = lp_parent_on_mm(mm);
+
+	if (parent) {
+		/* A vfork child, on its parent's mm until it execs: learned as
+		 * the parent, whose mm it is, even when the child is seen on it
+		 * first (else the mm was named after the child, and without
+		 * x86's ids numbered twice). */
+		bpf_probe_read_kernel(&tgid, sizeof(tgid), (void *)(parent + LP_TASK_TGID_OFFSET));
+		bpf_probe_read_kernel(&owner.comm, sizeof(owner.comm),
+				      (void *)(parent + LP_TASK_COMM_OFFSET));
+	} else {
+		bpf_get_current_comm(&owner.comm, sizeof(owner.comm));
+	}
+	owner.tgid = tgid;
 	ts->own_mm = mm;
 	ts->own_gen = lp_learn_gen(mm, tgid);
 	if (cfg->target_tgid && cfg->target_tgid != tgid && cfg->target_lock == mm + LP_MMAP_LOCK_OFFSET &&
@@ -700,7 +738,6 @@ static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task 
 		return 1;
 	}
 
-	struct lp_owner owner = { .tgid = tgid };
 	u64 lock = mm + LP_MMAP_LOCK_OFFSET;
 
 	if (cfg->follow && cfg->target_tgid != tgid) {
@@ -721,11 +758,11 @@ static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task 
 	struct lp_owner_key seen = { .lock = lock, .mm_gen = ts->own_gen };
 	struct lp_owner *known = lp_owners.lookup(&seen);
 
-	/* A vfork child runs on its parent's mm until it execs: the mm keeps
-	 * its process's name (with no generations, the newest process wins). */
+	/* Another CLONE_VM process on the mm (not its parent's: a vfork
+	 * child is learned as its parent): the mm keeps its process's name
+	 * (with no generations, the newest process wins). */
 	if (known && known->tgid != tgid && ts->own_gen)
 		return 0;
-	bpf_get_current_comm(&owner.comm, sizeof(owner.comm));
 	if (lp_owners.update(&seen, &owner) || lp_mm_gens.update(&lock, &ts->own_gen))
 		lp_error(LP_ERR_OWNER_MAP_FULL);
 	if (cfg->target_tgid == tgid) {
@@ -782,7 +819,8 @@ int lp_mmap_start(struct bpf_raw_tracepoint_args *ctx)
 
 /* Record a hold in the first free entry of held[LP_MAX_HELD] (the task's
  * mmap_lock holds, or its lock spec holds). */
-static __always_inline int lp_held_push(struct lp_held *held, u64 lock, u32 flags, u64 now)
+static __always_inline int lp_held_push(struct lp_held *held, u64 lock, u32 flags, u64 now,
+					u32 gen)
 {
 #pragma unroll
 	for (int i = 0; i < LP_MAX_HELD; i++) {
@@ -790,6 +828,7 @@ static __always_inline int lp_held_push(struct lp_held *held, u64 lock, u32 flag
 			held[i].lock = lock;
 			held[i].flags = flags;
 			held[i].since_ns = now;
+			held[i].mm_gen = gen;
 			return 0;
 		}
 	}
@@ -823,14 +862,17 @@ static __always_inline void lp_mmap_downgrade(struct lp_config *cfg, struct lp_t
 					      u64 now)
 {
 	int i = lp_held_find(ts, lock, LP_LCB_WRITE);
-	u32 gen = lp_mmap_gen(ts, lock);
 	struct lp_stats *stats;
 	u64 held_ns;
+	u32 gen;
 
 	if (i < 0 || i >= LP_MAX_HELD) {
 		lp_error(LP_ERR_DOWNGRADE_WITHOUT_WRITE);
 		return;
 	}
+	/* The generation the write lock was taken under: the mm's may have
+	 * been renumbered since (lp_foreign_gen, a race with forget_owners). */
+	gen = ts->held[i].mm_gen;
 	held_ns = now - ts->held[i].since_ns;
 	/* The row through the task's cache (not an index kept in held[]: a
 	 * hold may outlast its row's retirement, the cache is checked). */
@@ -890,7 +932,7 @@ int lp_mmap_acquired(struct bpf_raw_tracepoint_args *ctx)
 	 * it (and is counted as a dropped figure, stats_map_full), where it
 	 * was counted again as a release or downgrade of a lock taken before
 	 * attach (release_without_acquire: 12.4M of them in a 2-hour soak). */
-	lp_held_push(ts->held, lock, flags, now);
+	lp_held_push(ts->held, lock, flags, now, gen);
 	lp_mmap_task_account(ts, lock, flags, gen, wait_ns, 0, 0);
 	lp_emit(cfg, now, wait_ns, lock, gen, flags, LP_SRC_MMAP_LOCK, LP_KIND_WAIT, -1);
 	return 0;
@@ -918,7 +960,7 @@ int lp_mmap_released(struct bpf_raw_tracepoint_args *ctx)
 	now = bpf_ktime_get_ns();
 	held_ns = now - ts->held[i].since_ns;
 	ts->held[i].lock = 0;
-	gen = lp_mmap_gen(ts, lock);
+	gen = ts->held[i].mm_gen; /* as acquired, as for a downgrade */
 	stats = lp_stats_at(lp_mmap_slot(ts, lock, flags, gen));
 	if (stats) {
 		stats->releases++;
@@ -1204,7 +1246,7 @@ static __always_inline int lp_spec_returned(struct pt_regs *ctx, int acquired)
 		lp_hist_add(&stats->wait, wait_ns);
 	}
 	/* Held even without a row, as in lp_mmap_acquired(). */
-	lp_held_push(ts->spec_held, lock, flags, now);
+	lp_held_push(ts->spec_held, lock, flags, now, 0);
 	lp_task_account(lock, flags, LP_SRC_SPEC, pid_tgid, wait_ns, 0, 0);
 	lp_emit(cfg, now, wait_ns, lock, 0, flags, LP_SRC_SPEC, LP_KIND_WAIT, -1);
 	return 0;

@@ -261,7 +261,7 @@ struct lp_held {
 	u64 lock;
 	u64 since_ns;
 	u32 flags;
-	u32 pad;
+	u32 mm_gen;  /* an mmap_lock's generation when acquired (0: none) */
 };
 
 struct lp_nest {

@@ -146,6 +146,8 @@ def probe_cflags() -> tuple[list[str], int]:
     value_bytes = 8 * (5 + 2 * (3 + schema.const("LP_HIST_SLOTS")))
     max_locks = max(256, min(4096, _STATS_MAP_BUDGET_BYTES // (value_bytes * possible_cpus())))
     flags = [f"-D{name}={value}" for name, value in offsets.items()]
+    # Numbered mm generations (no x86 ids): the low bits hold the CPU.
+    flags.append(f"-DLP_GEN_CPU_BITS={max(1, (possible_cpus() - 1).bit_length())}")
     # Test hook (tests/integration/test_reliability.py): every map (locks,
     # tasks, callers, stacks, owners) holds at most N entries, so that a
     # test can fill them and check that overflows are counted.
@@ -810,14 +812,16 @@ class BpfSession:
             if lock_id is not None:
                 self.lock_ids.set_owner(lock_id, tgid, comm)
             with contextlib.suppress(KeyError):
-                del owners[owners.Key(address, gen)]
-            with contextlib.suppress(KeyError):
                 # The address's latest mm, unless a new one just took it (a
                 # contended wait there by another process's task then counts
                 # for the address's first mm: rare, and only until its own
-                # tasks are seen).
+                # tasks are seen). Before the owner: without x86's ids, a
+                # latest generation with no owner is one being built, which
+                # a new mm at the address would take (lp_learn_gen).
                 if int(gens[gens.Key(address)].value) == gen:
                     del gens[gens.Key(address)]
+            with contextlib.suppress(KeyError):
+                del owners[owners.Key(address, gen)]
         # Ids of the rows read and not yet freed (each was handed out when read).
         in_use = {self.lock_ids.id_of(key[0], key[3]) for key in self._kernel_keys.values()}
         gone = self.lock_ids.to_forget(in_use, alive)

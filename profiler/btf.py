@@ -208,16 +208,19 @@ PROBE_OFFSETS = {
     "LP_MMAP_LOCK_OFFSET": ("mm_struct", "mmap_lock"),
     "LP_TASK_PID_OFFSET": ("task_struct", "pid"),  # off-CPU: the task switched in
     "LP_TASK_TGID_OFFSET": ("task_struct", "tgid"),  # --follow: a forked child's process
-    # Without mm ids: is a task on its parent's mm (vfork)? lp_learn_gen
+    # A vfork child is learned as its parent (lp_learn_owner), a kernel
+    # thread on a borrowed mm not at all (PF_KTHREAD in flags).
     "LP_TASK_REAL_PARENT_OFFSET": ("task_struct", "real_parent"),
+    "LP_TASK_COMM_OFFSET": ("task_struct", "comm"),
+    "LP_TASK_FLAGS_OFFSET": ("task_struct", "flags"),
 }
 # Offsets the probes can do without: -1 when the member is absent.
 OPTIONAL_PROBE_OFFSETS = {
     # x86: an id per mm, never reused, which tells apart the processes an
     # mm address serves one after another (probes/lockprof.bpf.c lp_mm_gen).
     "LP_MM_ID_OFFSET": ("mm_struct", "context.ctx_id"),
-    # Without them: is an mm being built (one user)? lp_foreign_gen
-    "LP_MM_USERS_OFFSET": ("mm_struct", "mm_users"),
+    # Without them: is an mm being built (no mapping yet)? lp_foreign_gen
+    "LP_MM_MAP_COUNT_OFFSET": ("mm_struct", "map_count"),
 }
 
 

@@ -161,7 +161,7 @@ def _mm_ids() -> str:
     """How the processes one mm address serves in turn are told apart."""
     from profiler.bpf import mm_id_offset
 
-    offset = mm_id_offset()  # hashes the BTF blob: once
+    offset = mm_id_offset()  # reads the BTF blob (offsets cached per blob)
     if offset < 0:
         return (
             "no per-mm id in BTF (x86's mm_struct.context.ctx_id): lockprof numbers each "

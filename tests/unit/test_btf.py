@@ -477,8 +477,10 @@ def test_probe_offsets_are_cached_per_blob(vmlinux, tmp_path, monkeypatch):
         "LP_TASK_PID_OFFSET": vmlinux.member_offset("task_struct", "pid"),
         "LP_TASK_TGID_OFFSET": vmlinux.member_offset("task_struct", "tgid"),
         "LP_TASK_REAL_PARENT_OFFSET": vmlinux.member_offset("task_struct", "real_parent"),
+        "LP_TASK_COMM_OFFSET": vmlinux.member_offset("task_struct", "comm"),
+        "LP_TASK_FLAGS_OFFSET": vmlinux.member_offset("task_struct", "flags"),
         "LP_MM_ID_OFFSET": vmlinux.member_offset("mm_struct", "context.ctx_id"),
-        "LP_MM_USERS_OFFSET": vmlinux.member_offset("mm_struct", "mm_users"),
+        "LP_MM_MAP_COUNT_OFFSET": vmlinux.member_offset("mm_struct", "map_count"),
     }
     assert offsets["LP_MM_ID_OFFSET"] > 0  # x86's per-mm context id: this machine has one
     (cache,) = (tmp_path / "lockprof").glob("offsets-*.json")
@@ -490,8 +492,10 @@ def test_probe_offsets_are_cached_per_blob(vmlinux, tmp_path, monkeypatch):
         "LP_TASK_PID_OFFSET": 3,
         "LP_TASK_TGID_OFFSET": 4,
         "LP_TASK_REAL_PARENT_OFFSET": 6,
+        "LP_TASK_COMM_OFFSET": 8,
+        "LP_TASK_FLAGS_OFFSET": 9,
         "LP_MM_ID_OFFSET": 5,
-        "LP_MM_USERS_OFFSET": 7,
+        "LP_MM_MAP_COUNT_OFFSET": 7,
     }
     cache.write_text(json.dumps(fake))
     assert btf.probe_offsets() == fake
@@ -510,13 +514,15 @@ def test_probe_offsets_from_a_synthetic_blob(tmp_path, monkeypatch):
     int_t = w.int_("int", 4)
     w.struct(
         "task_struct",
-        56,
+        72,
         [
             ("state", long_t, 0),
+            ("flags", int_t, 64),
             ("mm", w.ptr(mm), 256),
             ("pid", int_t, 320),
             ("tgid", int_t, 352),
             ("real_parent", long_t, 384),
+            ("comm", long_t, 448),
         ],
     )
     path = tmp_path / "vmlinux"
@@ -527,8 +533,10 @@ def test_probe_offsets_from_a_synthetic_blob(tmp_path, monkeypatch):
         "LP_TASK_PID_OFFSET": 40,
         "LP_TASK_TGID_OFFSET": 44,
         "LP_TASK_REAL_PARENT_OFFSET": 48,
+        "LP_TASK_COMM_OFFSET": 56,
+        "LP_TASK_FLAGS_OFFSET": 8,
         "LP_MM_ID_OFFSET": -1,  # optional: this mm_struct has no context.ctx_id
-        "LP_MM_USERS_OFFSET": -1,  # nor mm_users
+        "LP_MM_MAP_COUNT_OFFSET": -1,  # nor map_count
     }
 
 
