@@ -49,6 +49,8 @@ INTERVAL_COLUMNS = [
 #       in [0, running max] and is left null rather than guessed; samples over
 #       --threshold are in the events table with their exact durations.
 INTERVAL_MAX_COLUMNS = ["wait_max_ns", "hold_max_ns"]
+# The histogram columns: (rows, slots) arrays in records, lists in frames.
+SLOT_COLUMNS = ("wait_slots", "hold_slots")
 RUNNING_MAX_COLUMNS = ["wait_running_max_ns", "hold_running_max_ns"]
 
 
@@ -275,16 +277,14 @@ def collapse_intervals(intervals: pd.DataFrame) -> pd.DataFrame:
 def _interval_arrays(intervals: pd.DataFrame) -> dict[str, np.ndarray]:
     """The columns collapse_intervals() keeps, as arrays ((rows, slots) for
     the histograms)."""
-    slots = {name: _slots_matrix(intervals[name]) for name in ("wait_slots", "hold_slots")}
+    slots = {name: _slots_matrix(intervals[name]) for name in SLOT_COLUMNS}
     return {**scalar_arrays(intervals), **slots}
 
 
 def scalar_arrays(intervals: pd.DataFrame) -> dict[str, np.ndarray]:
     """The columns collapse_intervals() keeps but the histograms, as arrays."""
     return {
-        name: intervals[name].to_numpy()
-        for name in _COLLAPSED_COLUMNS
-        if not name.endswith("_slots")
+        name: intervals[name].to_numpy() for name in _COLLAPSED_COLUMNS if name not in SLOT_COLUMNS
     }
 
 
@@ -667,7 +667,7 @@ class SummaryRows:
         self._totals = _with_percentiles(_reduce(family_codes, len(families_seen), self._per_cpu))
         # The per-CPU rows need counts and sums only (_per_cpu_rows), not
         # the histograms: ~95 MB for a 2-hour run's 148k lock-CPU rows.
-        for name in ("wait_slots", "hold_slots"):
+        for name in SLOT_COLUMNS:
             del self._per_cpu[name]
         self._family_index = {key: i for i, key in enumerate(families_seen)}
         self._cpus_of: dict[tuple, list[tuple[int, int]]] = {}
@@ -678,6 +678,7 @@ class SummaryRows:
             for lock, mode in dict.fromkeys((lock, mode) for lock, mode, _m in families_seen)
         ]
         figures = [self._figures(lock, mode) for lock, mode in pairs]
+        self._figures_of = dict(zip(pairs, figures, strict=True))
         self._reconciled = _reconciliation(pairs, figures)
         # Busiest first; ties keep the order above (a stable sort).
         by_wait = sorted(range(len(pairs)), key=lambda i: figures[i].wait_total, reverse=True)
@@ -688,24 +689,57 @@ class SummaryRows:
 
     def __iter__(self) -> Iterator[dict]:
         for lock, mode in self._order:
-            row = _summary_row(
-                lock,
-                mode,
-                self._identities[lock],
-                self._families,
-                self._family_index,
-                self._totals,
-                self._cpus_of,
-                self._per_cpu,
-            )
+            row = self._row(lock, mode, self._figures_of[(lock, mode)])
             still_held, ratio = self._reconciled[(lock, mode)]
             row["still_held"] = still_held
             row["reader_writer_ratio"] = ratio
             yield row
 
+    def _row(self, lock: int, mode: str, figures: _RowFigures) -> dict:
+        """(lock, mode)'s summary dict, its counts from figures."""
+        m = self._family_index.get((lock, mode, True))
+        c = self._family_index.get((lock, mode, False))
+        ident, totals = self._identities[lock], self._totals
+        has_mmap = figures.acquisitions is not None  # as _figures() decided
+        counted = has_mmap and mode != "sum"  # a sum function's "acquisitions" are calls
+        row = {
+            "lock": ident["name"],
+            "lock_class": ident["lock_class"],
+            "mode": mode,
+            "lock_addr": f"{ident['address']:#x}",
+            # Two processes' mmap_locks can share an address (one after the
+            # other): the id tells them apart (profiler/lockids.py).
+            "lock_id": f"{lock:#x}",
+            "owner_pid": ident["owner_pid"],
+            "owner_comm": ident["owner_comm"],
+            "acquisitions": figures.acquisitions,
+            "contended": figures.contended,
+            "releases": figures.releases,
+            "downgrades": figures.downgrades,
+            "trylock_failures": (int(totals["failures"][m]) if m is not None else 0)
+            if counted
+            else None,
+        }
+        if has_mmap:
+            row["wait_ns"] = _hist_at(totals, m, "wait") if m is not None else None
+            row["hold_ns"] = _hist_at(totals, m, "hold") if m is not None and counted else None
+        else:
+            row["wait_ns"] = _hist_at(totals, c, "wait") if c is not None else None
+            row["hold_ns"] = None
+        row["contended_wait_ns"] = _hist_at(totals, c, "wait") if c is not None else None
+        if m is not None:
+            cpus = sorted(self._cpus_of[(lock, mode, True)])
+            row["per_cpu"] = _per_cpu_rows(cpus, self._per_cpu, True)
+        elif c is not None:
+            cpus = sorted(self._cpus_of[(lock, mode, False)])
+            row["per_cpu"] = _per_cpu_rows(cpus, self._per_cpu, False)
+        else:
+            row["per_cpu"] = []
+        return row
+
     def _figures(self, lock: int, mode: str) -> _RowFigures:
-        """The figures of (lock, mode)'s row that order and reconcile the
-        rows, as _summary_row() sets them."""
+        """The counts of (lock, mode)'s row, which also order and reconcile
+        the rows. Figures the probes cannot know are None."""
         m = self._family_index.get((lock, mode, True))
         c = self._family_index.get((lock, mode, False))
         totals = self._totals
@@ -772,59 +806,6 @@ def _reconciliation(
             # A lock spec's sum function has no readers or writers of its own.
             out[(lock, mode)] = (held.get(mode), ratio if mode != "sum" else None)
     return out
-
-
-def _summary_row(lock, mode, ident, families, family_index, totals, cpus_of, per_cpu) -> dict:
-    m = family_index.get((lock, mode, True))
-    c = family_index.get((lock, mode, False))
-    has_mmap = m is not None or (ident["lock_class"] == "mmap_lock" and "mmap_lock" in families)
-    row = {
-        "lock": ident["name"],
-        "lock_class": ident["lock_class"],
-        "mode": mode,
-        "lock_addr": f"{ident['address']:#x}",
-        # Two processes' mmap_locks can share an address (one after the
-        # other): the id tells them apart (profiler/lockids.py).
-        "lock_id": f"{lock:#x}",
-        "owner_pid": ident["owner_pid"],
-        "owner_comm": ident["owner_comm"],
-    }
-    if has_mmap:
-
-        def count(name: str) -> int:
-            return int(totals[name][m]) if m is not None else 0
-
-        row["acquisitions"] = count("acquisitions")
-        if ident["lock_class"] == "mmap_lock":
-            row["contended"] = count("contended") if "contention" in families else None
-        else:
-            # A lock spec's functions cannot tell a contended acquisition;
-            # lock:contention_* can, for a kernel lock.
-            row["contended"] = int(totals["contended"][c]) if c is not None else None
-        row["releases"] = count("releases")
-        row["downgrades"] = count("downgrades")
-        row["trylock_failures"] = count("failures")
-        row["wait_ns"] = _hist_at(totals, m, "wait") if m is not None else None
-        row["hold_ns"] = _hist_at(totals, m, "hold") if m is not None else None
-    else:
-        row["acquisitions"] = None
-        row["contended"] = int(totals["contended"][c]) if c is not None else 0
-        row["releases"] = None
-        row["downgrades"] = None
-        row["trylock_failures"] = None
-        row["wait_ns"] = _hist_at(totals, c, "wait") if c is not None else None
-        row["hold_ns"] = None
-    row["contended_wait_ns"] = _hist_at(totals, c, "wait") if c is not None else None
-    if mode == "sum":
-        # A lock spec's sum function: acquisitions are calls, wait is latency.
-        row.update(releases=None, downgrades=None, trylock_failures=None, hold_ns=None)
-    if m is not None:
-        row["per_cpu"] = _per_cpu_rows(sorted(cpus_of[(lock, mode, True)]), per_cpu, True)
-    elif c is not None:
-        row["per_cpu"] = _per_cpu_rows(sorted(cpus_of[(lock, mode, False)]), per_cpu, False)
-    else:
-        row["per_cpu"] = []
-    return row
 
 
 def _lock_identities(merged: pd.DataFrame) -> dict[int, dict]:

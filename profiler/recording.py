@@ -543,9 +543,6 @@ def _interval_totals(archive: zipfile.ZipFile, path: Path) -> tuple[pd.DataFrame
         raise _table_error(path, "intervals", exc) from None
 
 
-_SLOT_COLUMNS = ("wait_slots", "hold_slots")
-
-
 def _add_batch(totals: aggregate.IntervalTotals, batch: pa.RecordBatch, path: Path) -> None:
     """Check a batch of interval rows as load() checks a whole table, and add
     it to totals. Histograms that are what lockprof writes (lists of
@@ -553,15 +550,15 @@ def _add_batch(totals: aggregate.IntervalTotals, batch: pa.RecordBatch, path: Pa
     (rows, slots) array each: as a frame, each cell became a numpy array,
     and the 2-hour soak's recording took show to 669 MB for this alone.
     Anything else takes the frame's way, which names what is wrong."""
-    matrices = {name: _slot_matrix(batch, name) for name in _SLOT_COLUMNS}
+    matrices = {name: _slot_matrix(batch, name) for name in aggregate.SLOT_COLUMNS}
     slots = {name: matrix for name, matrix in matrices.items() if matrix is not None}
-    if len(slots) < len(_SLOT_COLUMNS):
+    if len(slots) < len(aggregate.SLOT_COLUMNS):
         frame = batch.to_pandas()
         check_table(frame, "intervals", path)
         totals.add(frame)
         return
-    frame = batch.drop_columns(list(_SLOT_COLUMNS)).to_pandas()
-    kinds = {c: k for c, k in TABLE_COLUMNS["intervals"].items() if c not in _SLOT_COLUMNS}
+    frame = batch.drop_columns(list(aggregate.SLOT_COLUMNS)).to_pandas()
+    kinds = {c: k for c, k in TABLE_COLUMNS["intervals"].items() if c not in aggregate.SLOT_COLUMNS}
     _check_columns(frame, "intervals", kinds, path)
     if len(frame):
         totals.add_arrays({**aggregate.scalar_arrays(frame), **slots})
@@ -731,7 +728,7 @@ def _list_problem(series: pd.Series) -> str | None:
         if not isinstance(value, list | tuple | np.ndarray):
             return "holds values that are not lists"
         lengths.add(len(value))
-    if series.name in ("wait_slots", "hold_slots"):
+    if series.name in aggregate.SLOT_COLUMNS:
         if len(lengths) != 1 or 0 in lengths:
             return "holds histograms of different or zero lengths"
         try:
