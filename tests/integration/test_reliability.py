@@ -349,19 +349,28 @@ def test_hostile_comm_reaches_no_output_raw(hostile, tmp_path):
     assert "\ufffd&lt;" in page
 
 
-def test_hostile_comm_in_the_live_view_on_a_terminal(hostile, tmp_path):
-    """The live view (rich, on a pseudo-terminal) shows the name escaped:
-    the escape sequence the name carries never reaches the terminal."""
+def on_pty(args: list[str], cwd: Path, stderr=None) -> tuple[subprocess.Popen, int]:
+    """lockprof ARGS with a pseudo-terminal as stdin and stdout (and stderr,
+    unless given): the process and the terminal's master end."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [*LOCKPROF, "attach", "-p", str(hostile.pid), "-d", "2", "-i", "0.5", "-o", "v.lpr"],
+        [*LOCKPROF, *args],
         stdin=slave,
         stdout=slave,
-        stderr=slave,
-        cwd=tmp_path,
+        stderr=slave if stderr is None else stderr,
+        cwd=cwd,
         env={**os.environ, "TERM": "xterm", "COLUMNS": "200", "LINES": "50"},
     )
     os.close(slave)
+    return proc, master
+
+
+def test_hostile_comm_in_the_live_view_on_a_terminal(hostile, tmp_path):
+    """The live view (rich, on a pseudo-terminal) shows the name escaped:
+    the escape sequence the name carries never reaches the terminal."""
+    proc, master = on_pty(
+        ["attach", "-p", str(hostile.pid), "-d", "2", "-i", "0.5", "-o", "v.lpr"], tmp_path
+    )
     screen = b""
     try:
         deadline = time.monotonic() + 60
@@ -394,28 +403,9 @@ def test_the_terminal_going_away_mid_run_loses_no_data(tmp_path):
     EIO: the view turns itself off, collection goes on, and SIGINT still
     writes the recording. That error ended the collection and lost its data."""
     target = Held(500)
-    master, slave = pty.openpty()
     with open(tmp_path / "stderr", "w") as err:
-        proc = subprocess.Popen(
-            [
-                *LOCKPROF,
-                "attach",
-                "-p",
-                str(target.pid),
-                "-i",
-                "0.3",
-                "-o",
-                "gone.lpr",
-                "--html",
-                "gone.html",
-            ],
-            stdin=slave,
-            stdout=slave,
-            stderr=err,
-            cwd=tmp_path,
-            env={**os.environ, "TERM": "xterm", "COLUMNS": "200", "LINES": "50"},
-        )
-    os.close(slave)
+        args = ["attach", "-p", str(target.pid), "-i", "0.3", "-o", "gone.lpr"]
+        proc, master = on_pty([*args, "--html", "gone.html"], tmp_path, stderr=err)
     screen = b""
     try:
         deadline = time.monotonic() + 60
