@@ -142,7 +142,8 @@ def online_cpus() -> list[int]:
 
 def probe_cflags() -> tuple[list[str], int]:
     """The compiler flags of the probes, and the size of the lock map."""
-    offsets = dict(btf.probe_offsets(), LP_MM_ID_OFFSET=mm_id_offset())
+    offsets = btf.probe_offsets()
+    offsets["LP_MM_ID_OFFSET"] = mm_id_offset(offsets)
     value_bytes = 8 * (5 + 2 * (3 + schema.const("LP_HIST_SLOTS")))
     max_locks = max(256, min(4096, _STATS_MAP_BUDGET_BYTES // (value_bytes * possible_cpus())))
     flags = [f"-D{name}={value}" for name, value in offsets.items()]
@@ -159,14 +160,15 @@ def probe_cflags() -> tuple[list[str], int]:
     return flags, max_locks
 
 
-def mm_id_offset() -> int:
+def mm_id_offset(offsets: dict[str, int] | None = None) -> int:
     """Where x86 keeps each mm's id (mm_struct.context.ctx_id), or -1: the
     probes then number mms themselves (lockprof.bpf.c lp_learn_gen). The
     test hook NO_MM_ID_ENV takes the second way on x86 too, so that it is
-    tested here."""
+    tested here. offsets: btf.probe_offsets(), if already read (it hashes
+    the BTF blob: ~6 ms here)."""
     if os.environ.get(NO_MM_ID_ENV):
         return -1
-    return btf.probe_offsets()["LP_MM_ID_OFFSET"]
+    return (offsets if offsets is not None else btf.probe_offsets())["LP_MM_ID_OFFSET"]
 
 
 def compile_probes(flags: list[str]):  # -> bcc.BPF
