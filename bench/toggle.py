@@ -1,0 +1,353 @@
+#!/usr/bin/env python3
+"""Overhead on a running workload, with the probes switched on and off (root).
+
+bench/overhead.py starts a tracer per run, and on this shared machine the
+ebizzy-like workload's bare rate moves 10-20% from one run to the next: six
+repetitions cannot tell 1% from 4%. Here one workload runs throughout, and
+one process holds both program sets, compiled once, attaching and detaching
+them between short windows:
+
+  bare    nothing attached
+  floor   empty raw-tracepoint programs on the five events lockprof full
+          attaches (mmap_lock x3, lock:contention_begin/end)
+  lp      lockprof's own programs on them, compiled and configured as
+          `lockprof record -a` does (system-wide, default thresholds)
+  lp-mmap, lp-contention   only lockprof's mmap_lock, or only its
+          contention programs (on demand: where the cost is)
+  base    with --baseline REV: lockprof's programs as of git revision REV
+          (probes/ only; the same flags), or from a directory holding
+          lockprof.bpf.c and lockprof.h, to tell whether a change to the
+          probes made them cheaper
+
+Each cycle visits the states in turn (forward, then reversed); a window
+is the workload's own count of operations between two of its clock reads
+(lpbizzy -P), after a settling pause following the switch. A state's
+figure is the mean over cycles of its rate against the bare window of the
+same cycle, with a 95% confidence interval (t distribution): drift slower
+than a cycle cancels.
+
+Not measured here: lockprof's user space (reading the maps every second;
+bench/lpcpu.sh gives its CPU time), the compile and attach at start. The
+programs are switched without lockprof's arming, so a hold that spans a
+switch leaves a stale entry that the next release of that lock clears;
+the aggregates are not used.
+
+    sudo .venv/bin/python bench/toggle.py [--cycles 30] [--window 1.0]
+        [--states bare,floor,lp] [--threads 2] [--baseline REV]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from profiler import bpf as bpf_mod  # noqa: E402
+from profiler import probes, schema  # noqa: E402
+from profiler.options import CollectOptions  # noqa: E402
+
+LPBIZZY = REPO / "workloads" / "bin" / "lpbizzy"
+STATES = ("bare", "floor", "lp", "lp-mmap", "lp-contention", "base")
+# Two-sided 95% t quantiles by degrees of freedom (beyond 30: 2.0).
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
+def t95(dof: int) -> float:
+    if dof in T95:
+        return T95[dof]
+    return 2.23 if dof < 15 else 2.09 if dof < 25 else 2.04 if dof < 40 else 2.0
+
+
+class Workload:
+    """lpbizzy -P: answers each line on stdin with (operations, ns)."""
+
+    def __init__(self, threads: int):
+        self.proc = subprocess.Popen(
+            [str(LPBIZZY), "-t", str(threads), "-P", "-q"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def progress(self) -> tuple[int, int]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        ops, ns = self.proc.stdout.readline().split()
+        return int(ops), int(ns)
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+class Switch:
+    """Attach and detach a program set's raw tracepoints (BCC keeps the
+    loaded programs, so re-attaching does not verify them again)."""
+
+    def __init__(self, bcc_object, programs: dict[str, str]):
+        self.bcc_object = bcc_object
+        self.programs = programs  # event -> function name
+        self.on = False
+
+    def set(self, on: bool) -> None:
+        if on == self.on:
+            return
+        for event, fn in self.programs.items():
+            if on:
+                self.bcc_object.attach_raw_tracepoint(tp=event.encode(), fn_name=fn.encode())
+            else:
+                self.bcc_object.detach_raw_tracepoint(tp=event.encode())
+        self.on = on
+
+
+def floor_switch() -> Switch:
+    events = [p.point.target for p in lockprof_plans()]
+    prog = bpf_mod.empty_programs(events)  # attached: switched off below
+    switch = Switch(prog, {e.split(":", 1)[1]: f"floor_{i}" for i, e in enumerate(events)})
+    switch.on = True
+    switch.set(False)
+    return switch
+
+
+def lockprof_plans() -> list:
+    return probes.plan(probes.DEFAULT_FAMILIES, {"raw_tracepoint", "tracepoint"})
+
+
+def lockprof_switches() -> tuple[bpf_mod.BpfSession, dict[str, Switch]]:
+    """lockprof's programs as `lockprof record -a` compiles and configures
+    them, armed, then detached: one switch per state that uses them."""
+    options = CollectOptions()
+    plans = lockprof_plans()
+    session = bpf_mod.BpfSession(
+        plans,
+        0,
+        options.threshold_ns,
+        options.stack_threshold_ns,
+        stack_rate=options.stack_rate,
+    )
+    session.attach()
+    bcc_object = session._bpf  # the bench switches what the session attached
+    by_family: dict[str, dict[str, str]] = {}
+    for chosen in plans:
+        event = chosen.point.target.split(":", 1)[1]
+        by_family.setdefault(chosen.probe.family, {})[event] = chosen.probe.fn
+    everything = {e: fn for fns in by_family.values() for e, fn in fns.items()}
+    switches = {
+        "lp": Switch(bcc_object, everything),
+        "lp-mmap": Switch(bcc_object, by_family.get("mmap_lock", {})),
+        "lp-contention": Switch(bcc_object, by_family.get("contention", {})),
+    }
+    switches["lp"].on = True
+    switches["lp"].set(False)
+    return session, switches
+
+
+@contextlib.contextmanager
+def probes_of(revision: str):
+    """probes/ as of a git revision (or a directory holding lockprof.bpf.c and
+    lockprof.h: an experiment), in place of the working tree's."""
+    with tempfile.TemporaryDirectory(prefix="lp-probes-") as tmp:
+        for name in ("lockprof.bpf.c", "lockprof.h"):
+            if Path(revision).is_dir():
+                text = (Path(revision) / name).read_text()
+            else:
+                text = subprocess.run(
+                    ["git", "-C", str(REPO), "show", f"{revision}:probes/{name}"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            (Path(tmp) / name).write_text(text)
+        with mock.patch.object(schema, "probes_dir", lambda: Path(tmp)):
+            yield
+
+
+def measure(workload: Workload, settle: float, window: float, wait) -> tuple[int, float]:
+    """Operations and seconds over one window, after settling."""
+    time.sleep(settle)
+    ops0, ns0 = workload.progress()
+    wait(window)
+    ops1, ns1 = workload.progress()
+    return ops1 - ops0, (ns1 - ns0) / 1e9
+
+
+class Results:
+    """Per state: the rate of each window; with --run-stats, each BPF
+    program's runs and run time over all its windows, and the operations."""
+
+    def __init__(self, states: list[str]):
+        self.rates: dict[str, list[float]] = {s: [] for s in states}
+        self.ops: dict[str, int] = dict.fromkeys(states, 0)
+        self.seconds: dict[str, float] = dict.fromkeys(states, 0.0)
+        self.runs: dict[str, dict[str, list[int]]] = {s: {} for s in states}
+
+    def add(self, state: str, ops: int, seconds: float, before: dict, after: dict) -> None:
+        self.rates[state].append(ops / seconds)
+        self.ops[state] += ops
+        self.seconds[state] += seconds
+        for fn, (runs, ns) in after.items():
+            total = self.runs[state].setdefault(fn, [0, 0])
+            total[0] += runs - before.get(fn, (0, 0))[0]
+            total[1] += ns - before.get(fn, (0, 0))[1]
+
+
+def load(states: list[str], args: argparse.Namespace):
+    """Switches by state, lockprof sessions, and the BCC object whose run
+    stats each state reads."""
+    switches: dict[str, Switch] = {}
+    sessions: list[bpf_mod.BpfSession] = []
+    objects: dict[str, object] = {}
+    if "floor" in states:
+        switches["floor"] = floor_switch()
+        objects["floor"] = switches["floor"].bcc_object
+    if any(s.startswith("lp") for s in states):
+        session, lp_switches = lockprof_switches()
+        sessions.append(session)
+        switches.update(lp_switches)
+        objects.update(dict.fromkeys(lp_switches, session._bpf))
+    if "base" in states:
+        with probes_of(args.baseline):
+            base_session, base_switches = lockprof_switches()
+        sessions.append(base_session)
+        switches["base"] = base_switches["lp"]
+        objects["base"] = base_session._bpf
+    return switches, sessions, objects
+
+
+def run(args: argparse.Namespace) -> Results:
+    states = args.states.split(",")
+    switches, sessions, objects = load(states, args)
+    # With lockprof's programs loaded, wait as lockprof does: draining the
+    # event ring every 10 ms (in every state alike).
+    wait = (lambda s: sessions[0].poll_events(int(s * 1000))) if sessions else time.sleep
+    results = Results(states)
+    workload = Workload(args.threads)
+    stats = bpf_mod.run_stats_enabled() if args.run_stats else contextlib.nullcontext()
+
+    def run_stats(state: str) -> dict:
+        if not args.run_stats or state not in objects:
+            return {}
+        return bpf_mod.program_run_stats(objects[state])
+
+    try:
+        with stats:
+            time.sleep(args.settle)
+            for cycle in range(args.cycles):
+                for state in states if cycle % 2 == 0 else states[::-1]:
+                    for name, switch in switches.items():
+                        switch.set(name == state)
+                    before = run_stats(state)
+                    ops, seconds = measure(workload, args.settle, args.window, wait)
+                    results.add(state, ops, seconds, before, run_stats(state))
+                print(
+                    f"cycle {cycle + 1}/{args.cycles}: "
+                    + ", ".join(f"{s} {results.rates[s][-1]:.0f}" for s in states),
+                    file=sys.stderr,
+                )
+    finally:
+        for switch in switches.values():
+            switch.set(False)
+        workload.stop()
+        for each in sessions:
+            each.close()
+        if "floor" in switches:
+            switches["floor"].bcc_object.cleanup()
+    return results
+
+
+def summarise(results: Results, args: argparse.Namespace) -> str:
+    rates = results.rates
+    bare = rates["bare"]
+    lines = [
+        f"{args.cycles} cycles of {args.window:g} s windows (settle {args.settle:g} s), "
+        f"lpbizzy -t {args.threads}; loss = 1 - rate / the same cycle's bare rate",
+        "",
+        "| state | median ops/s | loss, mean | 95% CI | loss, median |",
+        "|---|---|---|---|---|",
+    ]
+    for state, values in rates.items():
+        median = statistics.median(values)
+        lines.append(f"| {state} | {median:,.0f} | {_loss_cells(values, bare)} |")
+    if "base" in rates:
+        for state in [s for s in rates if s.startswith("lp")]:
+            lines.append(f"| {state} against base | | {_loss_cells(rates[state], rates['base'])} |")
+    if args.run_stats:
+        lines += ["", *_run_stats_table(results)]
+    return "\n".join(lines)
+
+
+def _run_stats_table(results: Results) -> list[str]:
+    """Each program's runs per operation and ns per run, by state (kernel
+    run-time stats: they add their own clock reads to every run)."""
+    lines = [
+        "BPF run-time stats while each state was on (runs per workload operation; "
+        "ns per run, which includes the stats' own two clock reads):",
+        "",
+        "| state | program | runs/op | ns/run | ms per s of window |",
+        "|---|---|---|---|---|",
+    ]
+    for state, programs in results.runs.items():
+        seconds = max(results.seconds[state], 1e-9)
+        for fn, (runs, ns) in sorted(programs.items()):
+            if runs:
+                lines.append(
+                    f"| {state} | {fn} | {runs / max(results.ops[state], 1):.2f} | "
+                    f"{ns / runs:.0f} | {ns / 1e6 / seconds:.2f} |"
+                )
+    return lines
+
+
+def _loss_cells(values: list[float], against: list[float]) -> str:
+    """Mean loss, its 95% interval and median loss, as table cells."""
+    losses = [1 - v / b for v, b in zip(values, against, strict=True)]
+    mean = statistics.fmean(losses)
+    half = (
+        t95(len(losses) - 1) * statistics.stdev(losses) / math.sqrt(len(losses))
+        if len(losses) > 1
+        else float("nan")
+    )
+    return (
+        f"{mean:+.2%} | {mean - half:+.2%} to {mean + half:+.2%} | {statistics.median(losses):+.2%}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cycles", type=int, default=30)
+    parser.add_argument("--window", type=float, default=1.0, help="seconds measured per state")
+    parser.add_argument("--settle", type=float, default=0.2, help="seconds after a switch")
+    parser.add_argument("--states", default="bare,floor,lp")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--baseline", help="git revision of probes/ for the state 'base'")
+    parser.add_argument(
+        "--run-stats",
+        action="store_true",
+        help="also the kernel's run-time stats of each program (costs two clock reads a run)",
+    )
+    args = parser.parse_args()
+    states = args.states.split(",")
+    if args.baseline and "base" not in states:
+        states.append("base")
+        args.states = ",".join(states)
+    if set(states) - set(STATES) or "bare" not in states:
+        parser.error(f"--states: bare and some of {', '.join(STATES)}")
+    if "base" in states and not args.baseline:
+        parser.error("the state 'base' needs --baseline REV")
+    print(summarise(run(args), args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
