@@ -334,7 +334,9 @@ static __always_inline void lp_slot_cache(struct lp_task *ts)
 	ts->slot_lock = 0;
 	ts->slot_plus1[0] = 0;
 	ts->slot_plus1[1] = 0;
-	ts->cslot_plus1 = 0;
+#pragma unroll
+	for (int i = 0; i < LP_CONTENDED; i++)
+		ts->contended[i].slot_plus1 = 0;
 }
 
 /*
@@ -1011,21 +1013,41 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-/* The index of a contention row, cached per task like lp_mmap_slot(): a
- * task mostly waits on the same lock in the same way. The mm generation
- * (of an mmap_lock) is cached with it: ts->cslot_gen. */
-static __always_inline u32 lp_contention_slot(struct lp_task *ts, u64 lock, u32 flags)
+/*
+ * The task's cache entry for a contended lock, filled on a miss. A task in an
+ * mmap-heavy load waits on its mmap_lock and on page-table, zone and LRU
+ * spinlocks in turn: one entry missed on most waits, and a miss costs two
+ * hash lookups (the lp_stats index, the per-task row) inside the critical
+ * section the waiter has just entered. Entries are replaced in turn. The mm
+ * generation of a foreign mmap_lock is checked on every hit: that mm may
+ * have been replaced by another at the same address.
+ */
+static __always_inline struct lp_contended *lp_contended_entry(struct lp_task *ts, u64 lock,
+							       u32 flags)
 {
-	lp_slot_cache(ts);
-	if (ts->cslot_lock != lock || ts->cslot_flags != flags || !ts->cslot_plus1) {
-		u32 gen = lp_contention_gen(ts, lock, flags);
+	struct lp_contended *entry;
+	u32 gen;
 
-		ts->cslot_lock = lock;
-		ts->cslot_flags = flags;
-		ts->cslot_gen = gen;
-		ts->cslot_plus1 = lp_slot_of(lock, flags, LP_SRC_CONTENTION, gen);
+	lp_slot_cache(ts);
+#pragma unroll
+	for (int i = 0; i < LP_CONTENDED; i++) {
+		entry = &ts->contended[i];
+		if (entry->lock != lock || entry->flags != flags || !entry->slot_plus1)
+			continue;
+		if (!entry->mm_gen || lp_own_lock(ts, lock) ||
+		    entry->mm_gen == lp_contention_gen(ts, lock, flags))
+			return entry;
+		break; /* a new mm on that address: refill this entry */
 	}
-	return ts->cslot_plus1;
+	gen = lp_contention_gen(ts, lock, flags);
+	entry = &ts->contended[ts->contended_next & (LP_CONTENDED - 1)];
+	ts->contended_next++;
+	entry->lock = lock;
+	entry->flags = flags;
+	entry->mm_gen = gen;
+	entry->task_plus1 = 0;
+	entry->slot_plus1 = lp_slot_of(lock, flags, LP_SRC_CONTENTION, gen);
+	return entry;
 }
 
 static __always_inline void lp_caller_add(struct lp_caller_stats *cs, u64 wait_ns)
@@ -1098,12 +1120,13 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 	u64 lock = ctx->args[0];
 	s32 ret = (s32)ctx->args[1];
 	struct lp_config *cfg = lp_cfg();
+	struct lp_contended *row;
 	struct lp_stats *stats;
 	struct lp_nest *found;
 	struct lp_task *ts;
 	u64 now, start_ns, wait_ns;
 	s32 stack_id = -1;
-	u32 depth, flags, slot, gen;
+	u32 depth, flags, gen;
 	int at = -1;
 
 	if (!cfg || !lp_wanted_now(cfg, lock))
@@ -1155,18 +1178,17 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 			lp_error(LP_ERR_STACK_RATE);
 		}
 	}
-	slot = lp_contention_slot(ts, lock, flags);
-	stats = lp_stats_at(slot);
+	row = lp_contended_entry(ts, lock, flags);
+	stats = lp_stats_at(row->slot_plus1);
 	if (stats) {
 		stats->contended++;
 		if (ret)
 			stats->failures++; /* interrupted or killed while waiting */
 		lp_hist_add(&stats->wait, wait_ns);
 	}
-	gen = ts->cslot_gen; /* as cached by lp_contention_slot() */
-	lp_caller_account(lock, stack_id, flags, gen, wait_ns, slot);
-	lp_task_account_hint(&ts->ctask_plus1, lock, flags, LP_SRC_CONTENTION, gen, wait_ns, 0,
-			     0);
+	gen = row->mm_gen;
+	lp_caller_account(lock, stack_id, flags, gen, wait_ns, row->slot_plus1);
+	lp_task_account_hint(&row->task_plus1, lock, flags, LP_SRC_CONTENTION, gen, wait_ns, 0, 0);
 	lp_emit(cfg, now, wait_ns, lock, gen, flags, LP_SRC_CONTENTION, LP_KIND_WAIT, stack_id);
 	return 0;
 }

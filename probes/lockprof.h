@@ -30,6 +30,11 @@
 #define LP_MAX_NEST 4
 #endif
 
+/* Locks each task remembers its contention rows for (a power of two). */
+#ifndef LP_CONTENDED
+#define LP_CONTENDED 4
+#endif
+
 /* Map sizes. Entries beyond these are counted as LP_ERR_*_MAP_FULL. */
 #ifndef LP_MAX_LOCKS
 #define LP_MAX_LOCKS 4096
@@ -283,16 +288,23 @@ struct lp_spec_wait {
  * touch comes first (the innermost wait is nearly always nest[0]), then
  * what the mmap_lock events touch, so that each event reads as few cache
  * lines of the task's storage as possible. */
+/* A lock the task waited on lately, with what its contention_end needs. */
+struct lp_contended {
+	u64 lock;
+	u32 flags;
+	u32 slot_plus1;    /* lp_stats index + 1; 0: not cached */
+	u32 task_plus1;    /* lp_task_rows index + 1 (a hint, checked when used) */
+	u32 mm_gen;        /* an mmap_lock's generation, as cached (0: none) */
+};
+
 struct lp_task {
 	u64 wait_lock;     /* mmap_lock after start_locking, 0 when none */
 	u32 depth;         /* used entries of nest[] */
 	u32 wait_contended;
-	u64 cslot_lock;    /* the last contended lock, flags and index + 1 */
-	u32 cslot_flags;
-	u32 cslot_plus1;
-	u32 ctask_plus1;   /* lp_task_rows index + 1 of the last contention row */
-	u32 slot_epoch;    /* lp_epoch when slot_plus1 and cslot_plus1 were cached */
+	u32 slot_epoch;    /* lp_epoch when slot_plus1 and contended[] were cached */
+	u32 contended_next; /* the contended[] entry to replace next */
 	struct lp_nest nest[LP_MAX_NEST];
+	struct lp_contended contended[LP_CONTENDED];
 	u64 wait_start_ns;
 	u32 wait_flags;
 	u32 own_gen;       /* own_mm's generation */
@@ -301,7 +313,7 @@ struct lp_task {
 	u32 slot_plus1[2]; /* its read [0] and write [1] index + 1; 0: not cached */
 	u32 mtask_plus1[2]; /* lp_task_rows index + 1 of the last read/write mmap_lock row */
 	u32 slot_gen;      /* slot_lock's mm generation when its indexes were cached */
-	u32 cslot_gen;     /* cslot_lock's mm generation (an mmap_lock's), as cached */
+	u32 pad;
 	struct lp_held held[LP_MAX_HELD];
 	struct lp_spec_wait spec_wait;      /* lock spec: in a lock function */
 	struct lp_spec_wait spec_sum;       /* lock spec: in the sum function */
