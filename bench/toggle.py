@@ -246,8 +246,12 @@ def run(args: argparse.Namespace) -> Results:
             time.sleep(args.settle)
             for cycle in range(args.cycles):
                 for state in states if cycle % 2 == 0 else states[::-1]:
+                    # All off first: lp, lp-mmap and lp-contention share programs.
                     for name, switch in switches.items():
-                        switch.set(name == state)
+                        if name != state:
+                            switch.set(False)
+                    if state in switches:
+                        switches[state].set(True)
                     before = run_stats(state)
                     ops, seconds = measure(workload, args.settle, args.window, wait)
                     results.add(state, ops, seconds, before, run_stats(state))
@@ -270,9 +274,16 @@ def run(args: argparse.Namespace) -> Results:
 def summarise(results: Results, args: argparse.Namespace) -> str:
     rates = results.rates
     bare = rates["bare"]
+    command = " ".join(["bench/toggle.py", *sys.argv[1:]])
     lines = [
-        f"{args.cycles} cycles of {args.window:g} s windows (settle {args.settle:g} s), "
-        f"lpbizzy -t {args.threads}; loss = 1 - rate / the same cycle's bare rate",
+        f"Command: `sudo .venv/bin/python {command}`. {args.cycles} cycles of "
+        f"{args.window:g} s windows (settle {args.settle:g} s after each switch) under "
+        f"one running `lpbizzy -t {args.threads}`, states in alternating order; "
+        "loss = 1 - the window's rate / the bare window's rate of the same cycle: "
+        "mean, its 95% interval, median. Empty programs (*floor*) and lockprof's "
+        "(*lp*: mmap_lock and contention families; *lp-mmap*, *lp-contention*: "
+        "one family) are attached and detached between windows; lockprof's user "
+        "space and start-up are not in these figures.",
         "",
         "| state | median ops/s | loss, mean | 95% CI | loss, median |",
         "|---|---|---|---|---|",
