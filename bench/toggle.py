@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import statistics
 import subprocess
@@ -174,13 +175,15 @@ def probes_of(revision: str):
             yield
 
 
-def measure(workload: Workload, settle: float, window: float, wait) -> tuple[int, float]:
-    """Operations and seconds over one window, after settling."""
+def measure(workload: Workload, settle: float, window: float, wait, run_stats):
+    """Operations, seconds and the programs' run stats (run_stats() before,
+    after) over one window, after settling."""
     time.sleep(settle)
+    before = run_stats()
     ops0, ns0 = workload.progress()
     wait(window)
     ops1, ns1 = workload.progress()
-    return ops1 - ops0, (ns1 - ns0) / 1e9
+    return ops1 - ops0, (ns1 - ns0) / 1e9, before, run_stats()
 
 
 class Results:
@@ -252,9 +255,14 @@ def run(args: argparse.Namespace) -> Results:
                             switch.set(False)
                     if state in switches:
                         switches[state].set(True)
-                    before = run_stats(state)
-                    ops, seconds = measure(workload, args.settle, args.window, wait)
-                    results.add(state, ops, seconds, before, run_stats(state))
+                    window = measure(
+                        workload,
+                        args.settle,
+                        args.window,
+                        wait,
+                        functools.partial(run_stats, state),
+                    )
+                    results.add(state, *window)
                 print(
                     f"cycle {cycle + 1}/{args.cycles}: "
                     + ", ".join(f"{s} {results.rates[s][-1]:.0f}" for s in states),
