@@ -139,7 +139,7 @@ BPF_TABLE("lru_hash", struct lp_gen_claim, u32, lp_gen_claims, LP_MAX_OWNERS);
  * mmap_locks of their own mms (learned as the target's is, lp_learn_owner). */
 BPF_HASH(lp_followed, u32, u32, LP_MAX_OWNERS);
 BPF_HASH(lp_followed_locks, u64, u32, LP_MAX_OWNERS);
-BPF_STACK_TRACE(lp_stacks, LP_MAX_STACKS);
+BPF_TABLE("stacktrace", int, struct lp_stack, lp_stacks, LP_MAX_STACKS);
 BPF_TASK_STORAGE(lp_task_store, struct lp_task);
 BPF_RINGBUF_OUTPUT(lp_events, LP_RINGBUF_PAGES);
 

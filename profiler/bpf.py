@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import mmap
 import os
 import struct
@@ -52,6 +53,9 @@ _STATS_MAP_BUDGET_BYTES = 64 << 20
 MAX_ENTRIES_ENV = "LOCKPROF_TEST_MAX_ENTRIES"
 # Test hook: compile as on a kernel without x86's mm ids (see mm_id_offset).
 NO_MM_ID_ENV = "LOCKPROF_TEST_NO_MM_ID"
+# Test hook: keep N frames per kernel stack (LP_STACK_DEPTH), so that a test
+# sees stacks that fill their bucket.
+STACK_DEPTH_ENV = "LOCKPROF_TEST_STACK_DEPTH"
 
 
 def import_bcc():  # -> module bcc
@@ -156,6 +160,9 @@ def probe_cflags() -> tuple[list[str], int]:
     if cap:
         max_locks = int(cap)
         flags += [f"-DLP_MAX_{m}={max_locks}" for m in ("TASKS", "CALLERS", "STACKS", "OWNERS")]
+    depth = os.environ.get(STACK_DEPTH_ENV)
+    if depth:
+        flags.append(f"-DLP_STACK_DEPTH={int(depth)}")
     flags += [f"-DLP_MAX_LOCKS={max_locks}", f"-I{schema.probes_dir()}", "-w"]
     return flags, max_locks
 
@@ -850,8 +857,11 @@ class BpfSession:
         """Kernel frames of a stack, innermost first, as function+0xoffset."""
         if stack_id < 0:
             return []
+        stacks = self._bpf["lp_stacks"]
         try:
-            addresses = list(self._bpf["lp_stacks"].walk(stack_id))
+            # Not StackTrace.walk(): it reads up to 127 frames, these hold
+            # LP_STACK_DEPTH (a full one would raise IndexError there).
+            addresses = list(itertools.takewhile(bool, stacks[stacks.Key(stack_id)].ip))
         except KeyError:
             return []
         frames = [

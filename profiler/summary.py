@@ -56,8 +56,8 @@ MAP_FULL = {
     "caller_map_full": "contention callers beyond the caller map (LP_MAX_CALLERS) were not kept",
     "owner_map_full": "mm owners beyond the owner map (LP_MAX_OWNERS) were not learned: "
     "their mmap_locks are unnamed",
-    "stack": "kernel stacks not captured (stack map full at LP_MAX_STACKS, or no unwind) "
-    "are missing",
+    "stack": "kernel stacks not captured (their stack-map bucket held another stack, "
+    "the map was full at LP_MAX_STACKS, or no unwind) are missing",
     "offcpu_map_full": "off-CPU stacks beyond the off-CPU map were not kept",
     "sample_map_full": "CPU samples beyond the sample map were not kept",
     "follow_map_full": "--follow: descendants beyond the follow map (LP_MAX_OWNERS) were not "

@@ -8,14 +8,17 @@ from conftest import BIN
 
 import profiler
 from profiler import summary
+from profiler.bpf import STACK_DEPTH_ENV
 
 RWCONTEND = [str(BIN / "rwcontend"), "-w", "2", "-r", "2", "-S", "2", "-m", "16"]
 
 
-def contended(lockprof_factory, tmp_path, name: str, *flags: str) -> profiler.Recording:
+def contended(
+    lockprof_factory, tmp_path, name: str, *flags: str, env: dict[str, str] | None = None
+) -> profiler.Recording:
     # A 1 ns stack threshold: every contended wait asks for a stack.
     lp = lockprof_factory(
-        "run", "-q", "-o", name, "--stack-threshold", "1ns", *flags, "--", *RWCONTEND
+        "run", "-q", "-o", name, "--stack-threshold", "1ns", *flags, "--", *RWCONTEND, env=env
     )
     code, _out, err = lp.wait(timeout=120)
     assert code == 0, err
@@ -47,3 +50,21 @@ def test_stack_rate_zero_takes_every_stack(lockprof_factory, tmp_path):
     assert rec.meta["errors"]["stack_rate"] == 0
     assert stacked + rec.meta["errors"]["stack"] == waits > 100
     assert not any("--stack-rate" in n for n in summary.notes(rec.meta))
+
+
+def test_stacks_deeper_than_their_bucket_keep_their_innermost_frames(lockprof_factory, tmp_path):
+    """A stack bucket holds LP_STACK_DEPTH frames. With the test hook at 8,
+    every stack fills its bucket (the tracing frames alone take ~3): each
+    is read back whole, as the innermost frames of the same wait's full
+    stack, and nothing fails."""
+    full = contended(lockprof_factory, tmp_path, "full.lpr", "--stack-rate", "0")
+    cut = contended(
+        lockprof_factory, tmp_path, "cut.lpr", "--stack-rate", "0", env={STACK_DEPTH_ENV: "8"}
+    )
+    full_stacks = [tuple(f) for f in full.stacks["frames"] if len(f) > 8]
+    cut_stacks = [tuple(f) for f in cut.stacks["frames"] if len(f)]
+    assert full_stacks, "no stack deeper than 8 frames to cut"
+    assert cut_stacks and max(len(f) for f in cut_stacks) < 8
+    # The innermost frames: each cut stack begins some full stack.
+    assert any(f[: len(c)] == c for c in cut_stacks for f in full_stacks)
+    assert cut.meta["errors"]["stack"] == 0
