@@ -59,14 +59,18 @@ from profiler.options import CollectOptions  # noqa: E402
 
 LPBIZZY = REPO / "workloads" / "bin" / "lpbizzy"
 STATES = ("bare", "floor", "lp", "lp-mmap", "lp-contention", "base")
-# Two-sided 95% t quantiles by degrees of freedom (beyond 30: 2.0).
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+# Two-sided 95% t quantiles by degrees of freedom (1-30; then 40, 60, 120).
+T95 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
 
 
 def t95(dof: int) -> float:
-    if dof in T95:
-        return T95[dof]
-    return 2.23 if dof < 15 else 2.09 if dof < 25 else 2.04 if dof < 40 else 2.0
+    if dof <= len(T95):
+        return T95[dof - 1]
+    return 2.021 if dof <= 40 else 2.000 if dof <= 60 else 1.980 if dof <= 120 else 1.960
 
 
 class Workload:
@@ -171,8 +175,13 @@ def probes_of(revision: str):
                     check=True,
                 ).stdout
             (Path(tmp) / name).write_text(text)
-        with mock.patch.object(schema, "probes_dir", lambda: Path(tmp)):
-            yield
+        # The header's constants are cached: read the baseline's, then ours again.
+        schema.constants.cache_clear()
+        try:
+            with mock.patch.object(schema, "probes_dir", lambda: Path(tmp)):
+                yield
+        finally:
+            schema.constants.cache_clear()
 
 
 def measure(workload: Workload, settle: float, window: float, wait, run_stats):
@@ -195,6 +204,7 @@ class Results:
         self.ops: dict[str, int] = dict.fromkeys(states, 0)
         self.seconds: dict[str, float] = dict.fromkeys(states, 0.0)
         self.runs: dict[str, dict[str, list[int]]] = {s: {} for s in states}
+        self.errors: dict[str, dict[str, int]] = {}  # lockprof session -> lp_errors
 
     def add(self, state: str, ops: int, seconds: float, before: dict, after: dict) -> None:
         self.rates[state].append(ops / seconds)
@@ -206,24 +216,27 @@ class Results:
             total[1] += ns - before.get(fn, (0, 0))[1]
 
 
-def load(states: list[str], args: argparse.Namespace):
-    """Switches by state, lockprof sessions, and the BCC object whose run
-    stats each state reads."""
+def load(states: list[str], args: argparse.Namespace, cleanup: contextlib.ExitStack):
+    """Switches by state, lockprof sessions by name ("lp", "base"), and the
+    BCC object whose run stats each state reads; released by cleanup."""
     switches: dict[str, Switch] = {}
-    sessions: list[bpf_mod.BpfSession] = []
+    sessions: dict[str, bpf_mod.BpfSession] = {}
     objects: dict[str, object] = {}
     if "floor" in states:
         switches["floor"] = floor_switch()
+        cleanup.callback(switches["floor"].bcc_object.cleanup)
         objects["floor"] = switches["floor"].bcc_object
     if any(s.startswith("lp") for s in states):
         session, lp_switches = lockprof_switches()
-        sessions.append(session)
+        cleanup.callback(session.close)
+        sessions["lp"] = session
         switches.update(lp_switches)
         objects.update(dict.fromkeys(lp_switches, session._bpf))
     if "base" in states:
         with probes_of(args.baseline):
             base_session, base_switches = lockprof_switches()
-        sessions.append(base_session)
+        cleanup.callback(base_session.close)
+        sessions["base"] = base_session
         switches["base"] = base_switches["lp"]
         objects["base"] = base_session._bpf
     return switches, sessions, objects
@@ -231,51 +244,45 @@ def load(states: list[str], args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> Results:
     states = args.states.split(",")
-    switches, sessions, objects = load(states, args)
-    # With lockprof's programs loaded, wait as lockprof does: draining the
-    # event ring every 10 ms (in every state alike).
-    wait = (lambda s: sessions[0].poll_events(int(s * 1000))) if sessions else time.sleep
     results = Results(states)
-    workload = Workload(args.threads)
-    stats = bpf_mod.run_stats_enabled() if args.run_stats else contextlib.nullcontext()
+    with contextlib.ExitStack() as cleanup:
+        switches, sessions, objects = load(states, args, cleanup)
+        # With lockprof's programs loaded, wait as lockprof does: draining the
+        # event ring every 10 ms (in every state alike).
+        first = next(iter(sessions.values()), None)
+        wait = (lambda s: first.poll_events(int(s * 1000))) if first else time.sleep
+        workload = Workload(args.threads)
+        cleanup.callback(workload.stop)
+        # Detached before the workload stops and the sessions close.
+        cleanup.callback(lambda: [switch.set(False) for switch in switches.values()])
+        if args.run_stats:
+            cleanup.enter_context(bpf_mod.run_stats_enabled())
 
-    def run_stats(state: str) -> dict:
-        if not args.run_stats or state not in objects:
-            return {}
-        return bpf_mod.program_run_stats(objects[state])
+        def run_stats(state: str) -> dict:
+            if not args.run_stats or state not in objects:
+                return {}
+            return bpf_mod.program_run_stats(objects[state])
 
-    try:
-        with stats:
-            time.sleep(args.settle)
-            for cycle in range(args.cycles):
-                for state in states if cycle % 2 == 0 else states[::-1]:
-                    # All off first: lp, lp-mmap and lp-contention share programs.
-                    for name, switch in switches.items():
-                        if name != state:
-                            switch.set(False)
-                    if state in switches:
-                        switches[state].set(True)
-                    window = measure(
-                        workload,
-                        args.settle,
-                        args.window,
-                        wait,
-                        functools.partial(run_stats, state),
-                    )
-                    results.add(state, *window)
-                print(
-                    f"cycle {cycle + 1}/{args.cycles}: "
-                    + ", ".join(f"{s} {results.rates[s][-1]:.0f}" for s in states),
-                    file=sys.stderr,
+        time.sleep(args.settle)
+        for cycle in range(args.cycles):
+            for state in states if cycle % 2 == 0 else states[::-1]:
+                # All off first: lp, lp-mmap and lp-contention share programs.
+                for name, switch in switches.items():
+                    if name != state:
+                        switch.set(False)
+                if state in switches:
+                    switches[state].set(True)
+                window = measure(
+                    workload, args.settle, args.window, wait, functools.partial(run_stats, state)
                 )
-    finally:
-        for switch in switches.values():
-            switch.set(False)
-        workload.stop()
-        for each in sessions:
-            each.close()
-        if "floor" in switches:
-            switches["floor"].bcc_object.cleanup()
+                results.add(state, *window)
+            print(
+                f"cycle {cycle + 1}/{args.cycles}: "
+                + ", ".join(f"{s} {results.rates[s][-1]:.0f}" for s in states),
+                file=sys.stderr,
+            )
+        for name, session in sessions.items():
+            results.errors[name] = session.read_errors()
     return results
 
 
@@ -299,9 +306,13 @@ def summarise(results: Results, args: argparse.Namespace) -> str:
     for state, values in rates.items():
         median = statistics.median(values)
         lines.append(f"| {state} | {median:,.0f} | {_loss_cells(values, bare)} |")
-    if "base" in rates:
-        for state in [s for s in rates if s.startswith("lp")]:
-            lines.append(f"| {state} against base | | {_loss_cells(rates[state], rates['base'])} |")
+    if "base" in rates and "lp" in rates:
+        lines.append(f"| lp against base | | {_loss_cells(rates['lp'], rates['base'])} |")
+    for name, errors in results.errors.items():
+        # A full map or lost pairing makes the programs return early: the
+        # state would then time a cheaper path than lockprof's.
+        counted = ", ".join(f"{k} {v:,}" for k, v in errors.items() if v) or "none"
+        lines.append(f"\nKernel-side counters of {name}'s programs: {counted}.")
     if args.run_stats:
         lines += ["", *_run_stats_table(results)]
     return "\n".join(lines)

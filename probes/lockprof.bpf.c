@@ -70,6 +70,9 @@
 #if (LP_MAX_NEST & (LP_MAX_NEST - 1)) != 0
 #error "LP_MAX_NEST must be a power of two"
 #endif
+#if (LP_CONTENDED & (LP_CONTENDED - 1)) != 0
+#error "LP_CONTENDED must be a power of two"
+#endif
 
 BPF_ARRAY(lp_config, struct lp_config, 1);
 BPF_PERCPU_ARRAY(lp_errors, u64, LP_NR_ERRORS);
@@ -1018,15 +1021,18 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
  * mmap-heavy load waits on its mmap_lock and on page-table, zone and LRU
  * spinlocks in turn: one entry missed on most waits, and a miss costs two
  * hash lookups (the lp_stats index, the per-task row) inside the critical
- * section the waiter has just entered. Entries are replaced in turn. The mm
- * generation of a foreign mmap_lock is checked on every hit: that mm may
- * have been replaced by another at the same address.
+ * section the waiter has just entered. Entries are replaced in turn. An
+ * entry's mm generation is checked on every hit where the lock is, or is
+ * now, an mmap_lock (the task's own: against own_gen, no lookup; another
+ * mm's: lp_mm_gens): an exec, or a new mm at a dead one's address, changes
+ * it. A plain rwsem not yet known as an mmap_lock keeps generation 0 until
+ * its entry is replaced, as with the single entry before.
  */
 static __always_inline struct lp_contended *lp_contended_entry(struct lp_task *ts, u64 lock,
 							       u32 flags)
 {
 	struct lp_contended *entry;
-	u32 gen;
+	u32 victim = LP_CONTENDED, gen;
 
 	lp_slot_cache(ts);
 #pragma unroll
@@ -1034,14 +1040,16 @@ static __always_inline struct lp_contended *lp_contended_entry(struct lp_task *t
 		entry = &ts->contended[i];
 		if (entry->lock != lock || entry->flags != flags || !entry->slot_plus1)
 			continue;
-		if (!entry->mm_gen || lp_own_lock(ts, lock) ||
+		if ((!entry->mm_gen && !lp_own_lock(ts, lock)) ||
 		    entry->mm_gen == lp_contention_gen(ts, lock, flags))
 			return entry;
-		break; /* a new mm on that address: refill this entry */
+		victim = i; /* the generation changed: refill this entry */
+		break;
 	}
+	if (victim == LP_CONTENDED)
+		victim = ts->contended_next++; /* a new lock: replace the next in turn */
 	gen = lp_contention_gen(ts, lock, flags);
-	entry = &ts->contended[ts->contended_next & (LP_CONTENDED - 1)];
-	ts->contended_next++;
+	entry = &ts->contended[victim & (LP_CONTENDED - 1)];
 	entry->lock = lock;
 	entry->flags = flags;
 	entry->mm_gen = gen;

@@ -49,8 +49,9 @@
  * hashing to a taken bucket is not stored (counted as LP_ERR_STACK): with
  * 4,096 buckets of 127 frames, a 2-hour soak kept 2,995 stacks and failed
  * to store 3,502. Buckets are many and small instead: the innermost LP_STACK_DEPTH
- * frames (contention stacks here are at most ~38 deep, tracing frames
- * included; deeper ones lose their outermost frames): 6.7 MB of kernel
+ * frames (contention stacks here are at most ~36 deep, tracing frames
+ * included; deeper ones, off-CPU and sampled stacks among them, lose their
+ * outermost frames): 6.7 MB of kernel
  * memory, against 4.3 MB (docs/reliability.md). */
 #ifndef LP_STACK_DEPTH
 #define LP_STACK_DEPTH 48
@@ -298,10 +299,6 @@ struct lp_spec_wait {
 	u32 pad;
 };
 
-/* Fields in the order the hot paths use them: what lock:contention_begin/end
- * touch comes first (the innermost wait is nearly always nest[0]), then
- * what the mmap_lock events touch, so that each event reads as few cache
- * lines of the task's storage as possible. */
 /* A lock the task waited on lately, with what its contention_end needs. */
 struct lp_contended {
 	u64 lock;
@@ -311,6 +308,10 @@ struct lp_contended {
 	u32 mm_gen;        /* an mmap_lock's generation, as cached (0: none) */
 };
 
+/* Fields in the order the hot paths use them: what lock:contention_begin/end
+ * touch comes first (the innermost wait is nearly always nest[0]), then
+ * what the mmap_lock events touch, so that each event reads as few cache
+ * lines of the task's storage as possible. */
 struct lp_task {
 	u64 wait_lock;     /* mmap_lock after start_locking, 0 when none */
 	u32 depth;         /* used entries of nest[] */
