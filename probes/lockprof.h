@@ -48,11 +48,11 @@
 /* Kernel stacks. A stack's id is its hash's bucket, and a second stack
  * hashing to a taken bucket is not stored (counted as LP_ERR_STACK): with
  * 4,096 buckets of 127 frames, a 2-hour soak kept 2,995 stacks and failed
- * to store 3,502. Buckets are many and small instead: the innermost LP_STACK_DEPTH
- * frames (contention stacks here are at most ~36 deep, tracing frames
- * included; deeper ones, off-CPU and sampled stacks among them, lose their
- * outermost frames): 6.7 MB of kernel
- * memory, against 4.3 MB (docs/reliability.md). */
+ * to store 3,502. Buckets are many and small instead: the innermost
+ * LP_STACK_DEPTH frames (contention stacks here are at most ~36 deep,
+ * tracing frames included; deeper ones, off-CPU and sampled stacks among
+ * them, lose their outermost frames), in 6.7 MB of kernel memory against
+ * 4.3 MB (docs/reliability.md). */
 #ifndef LP_STACK_DEPTH
 #define LP_STACK_DEPTH 48
 #endif
