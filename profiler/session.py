@@ -463,6 +463,7 @@ class _LockNamer:
         self._spec_class = spec_class
         self._frames: dict[int, list[str]] = {}
         self._data_symbols: dict[int, str] | None = None
+        self.unreadable_stacks = 0  # stacks whose frames could not be read
 
     def callers(self, retired: bool = True) -> pd.DataFrame:
         return pd.DataFrame(self._session.read_callers(retired), columns=CALLER_COLUMNS)
@@ -473,9 +474,21 @@ class _LockNamer:
             if stack_id not in self._frames:
                 # Stacks share most frames: one string per frame, not per
                 # stack (thousands of stacks are kept in a long run).
-                frames = self._session.stack_frames(stack_id)
+                frames = self._stack_frames(stack_id)
                 self._frames[stack_id] = [sys.intern(f) for f in frames]
         return self._frames
+
+    def _stack_frames(self, stack_id: int) -> list[str]:
+        """A stack's frames, or none: frames only name callers, and a stack
+        that cannot be read must not cost the run its recording (BCC's
+        StackTrace.walk raised IndexError on a full stack bucket, and the
+        run ended with exit 70 and nothing written). Counted with the
+        stacks the kernel could not capture."""
+        try:
+            return self._session.stack_frames(stack_id)
+        except Exception:
+            self.unreadable_stacks += 1
+            return []
 
     def name(self, frame: pd.DataFrame, callers: pd.DataFrame | None = None) -> pd.DataFrame:
         """The locks table of frame's rows. The live view passes no callers
@@ -583,6 +596,9 @@ def _build_recording(
     locks = namer.name(intervals.totals, callers)
     stacks = pd.DataFrame({"stack_id": list(frames), "frames": list(frames.values())})
     errors = session.read_errors()
+    # Stacks lockprof could not read are as missing as those the kernel did
+    # not capture (the "stack" note says so).
+    errors["stack"] = errors.get("stack", 0) + namer.unreadable_stacks
     lost = errors.get("ringbuf_full", 0) + session.events_dropped_userspace
     meta = {
         "lockprof_version": _version(),

@@ -118,7 +118,10 @@ class FakeSession:
         return self.callers
 
     def stack_frames(self, stack_id):
-        return self.stacks.get(stack_id, [])
+        frames = self.stacks.get(stack_id, [])
+        if isinstance(frames, Exception):
+            raise frames
+        return frames
 
     def take_events(self, chunk_rows):
         return iter(())
@@ -249,6 +252,31 @@ def test_run_recording_leaves_out_the_pre_exec_mm(
     assert [r["lock"] for r in rows if r["lock_class"] == "spinlock"] == [
         f"rcu_core+0xac ({SPINLOCK:#x})"
     ]
+
+
+def test_a_stack_that_cannot_be_read_leaves_the_recording_whole_and_is_counted(
+    no_bpf, finished_run, snap, stats_columns, tmp_path
+):
+    pid = finished_run.tgid
+    fake = FakeSession(
+        owners={COMMAND_LOCK: (pid, "mmapcount")},
+        target_lock=COMMAND_LOCK,
+        callers=[
+            {"lock": SPINLOCK, "stack_id": 3, "flags": SPIN, "count": 1, "total_ns": 691},
+            {"lock": SPINLOCK, "stack_id": 4, "flags": SPIN, "count": 2, "total_ns": 900},
+        ],
+        stacks={3: IndexError("invalid index"), 4: ["_raw_spin_lock+0x1", "rcu_core+0xac"]},
+    )
+    for caller in fake.callers:
+        caller["max_ns"] = caller["total_ns"]
+    rec = recording.load(
+        recording.save(build(finished_run, fake, snap, stats_columns), tmp_path / "r.lpr")
+    )
+    frames = dict(zip(rec.stacks["stack_id"], rec.stacks["frames"], strict=True))
+    assert list(frames[3]) == [] and list(frames[4]) == ["_raw_spin_lock+0x1", "rcu_core+0xac"]
+    assert rec.meta["errors"]["stack"] == 1
+    assert any("kernel stacks not captured" in n for n in summary.notes(rec.meta))
+    assert int(rec.callers["count"].sum()) == 3  # the waits themselves are all there
 
 
 def test_run_keeps_the_pre_exec_mm_while_it_is_the_commands_only_mm(
