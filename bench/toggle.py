@@ -247,10 +247,19 @@ def run(args: argparse.Namespace) -> Results:
     results = Results(states)
     with contextlib.ExitStack() as cleanup:
         switches, sessions, objects = load(states, args, cleanup)
+
         # With lockprof's programs loaded, wait as lockprof does: draining the
-        # event ring every 10 ms (in every state alike).
-        first = next(iter(sessions.values()), None)
-        wait = (lambda s: first.poll_events(int(s * 1000))) if first else time.sleep
+        # event ring every 10 ms (in every state alike); the baseline's ring
+        # too, or a full ring would spare its programs the writes.
+        def wait(seconds: float) -> None:
+            if not sessions:
+                time.sleep(seconds)
+                return
+            first, *others = sessions.values()
+            first.poll_events(int(seconds * 1000))
+            for other in others:
+                other.drain_events()
+
         workload = Workload(args.threads)
         cleanup.callback(workload.stop)
         # Detached before the workload stops and the sessions close.
