@@ -14,6 +14,8 @@ them between short windows:
           `lockprof record -a` does (system-wide, default thresholds)
   lp-mmap, lp-contention   only lockprof's mmap_lock, or only its
           contention programs (on demand: where the cost is)
+  (--lock-types TYPES: the lp states as `lockprof record -a --lock-types
+  TYPES`, for what leaving out a lock type saves)
   base    with --baseline REV: lockprof's programs as of git revision REV
           (probes/ only; the same flags), or from a directory holding
           lockprof.bpf.c and lockprof.h, to tell whether a change to the
@@ -130,9 +132,12 @@ def lockprof_plans() -> list:
     return probes.plan(probes.DEFAULT_FAMILIES, {"raw_tracepoint", "tracepoint"})
 
 
-def lockprof_switches() -> tuple[bpf_mod.BpfSession, dict[str, Switch]]:
-    """lockprof's programs as `lockprof record -a` compiles and configures
-    them, armed, then detached: one switch per state that uses them."""
+def lockprof_switches(
+    lock_types: tuple[str, ...] | None = None,
+) -> tuple[bpf_mod.BpfSession, dict[str, Switch]]:
+    """lockprof's programs as `lockprof record -a [--lock-types ...]`
+    compiles and configures them, armed, then detached: one switch per state
+    that uses them."""
     options = CollectOptions()
     plans = lockprof_plans()
     session = bpf_mod.BpfSession(
@@ -141,6 +146,7 @@ def lockprof_switches() -> tuple[bpf_mod.BpfSession, dict[str, Switch]]:
         options.threshold_ns,
         options.stack_threshold_ns,
         stack_rate=options.stack_rate,
+        lock_types=lock_types,
     )
     session.attach()
     bcc_object = session._bpf  # the bench switches what the session attached
@@ -227,7 +233,7 @@ def load(states: list[str], args: argparse.Namespace, cleanup: contextlib.ExitSt
         cleanup.callback(switches["floor"].bcc_object.cleanup)
         objects["floor"] = switches["floor"].bcc_object
     if any(s.startswith("lp") for s in states):
-        session, lp_switches = lockprof_switches()
+        session, lp_switches = lockprof_switches(args.lock_types)
         cleanup.callback(session.close)
         sessions["lp"] = session
         switches.update(lp_switches)
@@ -370,6 +376,12 @@ def main() -> int:
     parser.add_argument("--states", default="bare,floor,lp")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--baseline", help="git revision of probes/ for the state 'base'")
+    parser.add_argument(
+        "--lock-types",
+        type=lambda text: tuple(text.split(",")),
+        help="the lp states trace contention of these lock types only (as lockprof's "
+        "--lock-types); base, if any, traces every type",
+    )
     parser.add_argument(
         "--run-stats",
         action="store_true",

@@ -75,6 +75,9 @@
 #endif
 
 BPF_ARRAY(lp_config, struct lp_config, 1);
+/* --lock-types: 1 for the LP_LCB_* flag combinations whose contention is
+ * left out (all 0, every type kept, unless Python fills it). */
+BPF_ARRAY(lp_type_drop, u32, LP_TYPE_SLOTS);
 BPF_PERCPU_ARRAY(lp_errors, u64, LP_NR_ERRORS);
 /* When this CPU last took a contention stack (the --stack-rate limit). */
 BPF_PERCPU_ARRAY(lp_stack_last, u64, 1);
@@ -978,6 +981,18 @@ int lp_mmap_released(struct bpf_raw_tracepoint_args *ctx)
 
 /* ---- lock:contention_begin(void *lock, unsigned int flags) / _end(lock, int ret) ---- */
 
+/* Is contention with these flags left out (--lock-types)? An array lookup
+ * with a checked key: the verifier inlines it. */
+static __always_inline int lp_type_dropped(u32 flags)
+{
+	u32 *drop;
+
+	if (flags >= LP_TYPE_SLOTS)
+		return 0;
+	drop = lp_type_drop.lookup(&flags);
+	return drop && *drop;
+}
+
 int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 {
 	u64 lock = ctx->args[0];
@@ -993,6 +1008,11 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	if (ts->wait_lock == lock)
 		ts->wait_contended = 1; /* this mmap_lock acquisition had to wait */
+	/* A left-out type still takes a nest entry, so that its end pairs with
+	 * it (nested waits stay paired, nothing counts end_without_begin), but
+	 * no clock is read and its end returns at once. */
+	if (lp_type_dropped(flags))
+		flags |= LP_NEST_DROPPED;
 	depth = ts->depth;
 	if (depth > 0 && depth <= LP_MAX_NEST && ts->nest[(depth - 1) & (LP_MAX_NEST - 1)].lock == lock) {
 		/* A mutex that stopped spinning and now sleeps begins again
@@ -1011,7 +1031,7 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 	 * for long waits: get_stackid costs microseconds per call (measured
 	 * 2.4 us per contention_begin), most waits last a few hundred ns. */
 	slot->stack_id = -1;
-	slot->start_ns = bpf_ktime_get_ns();
+	slot->start_ns = flags & LP_NEST_DROPPED ? 0 : bpf_ktime_get_ns();
 	ts->depth = depth + 1;
 	return 0;
 }
@@ -1171,6 +1191,8 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 	flags = found->flags;
 	start_ns = found->start_ns;
 	ts->depth = at;
+	if (flags & LP_NEST_DROPPED)
+		return 0; /* a type --lock-types leaves out */
 	now = bpf_ktime_get_ns();
 	if (now < start_ns) {
 		lp_error(LP_ERR_END_WITHOUT_BEGIN); /* cannot happen: the copy is taken first */

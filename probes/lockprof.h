@@ -75,6 +75,11 @@
 #define LP_LCB_RT 8
 #define LP_LCB_PERCPU 16
 #define LP_LCB_MUTEX 32
+/* lp_type_drop is indexed by a contention's LP_LCB_* flags below this. */
+#define LP_TYPE_SLOTS 64
+/* In a nest[] entry's flags: a wait of a lock type --lock-types leaves out
+ * (kept for pairing with its end, not timed or counted). */
+#define LP_NEST_DROPPED 0x80000000
 
 /* Which probe family produced an aggregate row. */
 enum lp_source {

@@ -296,6 +296,7 @@ class BpfSession:
         sample_hz: int = 99,
         stack_rate: int = 0,
         follow: bool = False,
+        lock_types: tuple[str, ...] | None = None,
     ):
         self.plans = plans
         self.attached: list[Attached] = []
@@ -324,6 +325,8 @@ class BpfSession:
         self.sample_hz = sample_hz
         self._bpf = self._compile()
         self._configure(target_tgid, threshold_ns, stack_threshold_ns, stack_rate, follow)
+        if lock_types is not None:
+            self._drop_lock_types(lock_types)
         self.followed_gone = 0  # followed processes that exited (forget_dead_followed)
         if follow:
             self._follow_descendants(target_tgid)
@@ -359,6 +362,12 @@ class BpfSession:
         value.follow = 1 if follow else 0  # --follow: also the target's descendants
         value.armed = 0  # the programs do nothing until attach() arms them
         config[ctypes.c_int(0)] = value
+
+    def _drop_lock_types(self, lock_types: tuple[str, ...]) -> None:
+        """--lock-types: the probes leave out contention of every other type."""
+        drop = self._bpf["lp_type_drop"]
+        for flags in schema.dropped_type_flags(lock_types):
+            drop[ctypes.c_int(flags)] = ctypes.c_uint(1)
 
     def _follow_descendants(self, target_tgid: int) -> None:
         """--follow: follow the target's descendants that already exist

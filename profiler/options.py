@@ -21,6 +21,8 @@ class CollectOptions:
     locks: tuple = ()  # profiler.lockspec.LockSpec: user lock functions to probe
     sample_hz: int = 99  # cpu-clock sampling frequency, with the "sample" family
     what_if_cpus: int | None = None  # --cpus: scale the writer's sum to N CPUs
+    # --lock-types: contention of these types only (None: every type)
+    lock_types: tuple[str, ...] | None = None
 
 
 @dataclass

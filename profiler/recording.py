@@ -817,6 +817,7 @@ META_KINDS = {
     "interval_s": ("a number", _number),
     "command": ("a list of text", _text_list),
     "families": ("a list of text", _text_list),
+    "lock_types": ("a list of text", lambda v: v is None or _text_list(v)),
     "errors": ("counts by name", lambda v: isinstance(v, dict) and all(map(_int, v.values()))),
     "rusage": ("figures by name", lambda v: v is None or _number_dict(v)),
     "mechanisms": (

@@ -92,3 +92,28 @@ def classify(source: int, flags: int) -> tuple[str, str]:
     if read or write:
         return "rwsem", rw_mode
     return "semaphore", "exclusive"
+
+
+# The lock types contention rows can have (classify() of the contention
+# source): what --lock-types chooses from.
+LOCK_TYPES = (
+    "spinlock",
+    "rwlock",
+    "rwsem",
+    "percpu-rwsem",
+    "mutex",
+    "rt-mutex",
+    "rwlock-rt",
+    "semaphore",
+)
+
+
+def dropped_type_flags(lock_types: tuple[str, ...]) -> list[int]:
+    """The LP_LCB_* flag combinations (below LP_TYPE_SLOTS) whose contention
+    --lock-types leaves out: those of every other type."""
+    source = constants()["LP_SRC_CONTENTION"]
+    return [
+        flags
+        for flags in range(const("LP_TYPE_SLOTS"))
+        if classify(source, flags)[0] not in lock_types
+    ]

@@ -113,6 +113,7 @@ def collect(
             sample_hz=options.sample_hz,
             stack_rate=options.stack_rate,
             follow="follow" in options.families,
+            lock_types=options.lock_types,
         )
         session.max_events = options.max_events
         flag.check_before_start()
@@ -613,6 +614,8 @@ def _build_recording(
         # Forks are not followed, execs keep the pid (profiled): what was seen.
         "lineage": target.lineage.meta() if target.lineage is not None else None,
         "families": list(options.families),
+        # --lock-types: contention of these types only (None: every type)
+        "lock_types": list(options.lock_types) if options.lock_types is not None else None,
         "lock_specs": [_spec_meta(spec) for spec in options.locks],
         "sample_hz": options.sample_hz if "sample" in options.families else None,
         "what_if_cpus": options.what_if_cpus,

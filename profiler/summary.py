@@ -79,6 +79,11 @@ def notes(meta: dict) -> list[str]:
     stack_note = schema.stack_rate_note(meta)
     if stack_note:
         out.append(stack_note)
+    if meta.get("lock_types") is not None and "contention" in (meta.get("families") or []):
+        out.append(
+            f"--lock-types: contention of {', '.join(meta['lock_types'])} only; "
+            "other lock types were not traced"
+        )
     lineage = meta.get("lineage") or {}
     pid = meta.get("target_pid")
     if pid and meta.get("followed") is not None:

@@ -19,7 +19,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from profiler import allocator, outputs, privileges, render, signals
+from profiler import allocator, outputs, privileges, render, schema, signals
 from profiler.errors import LockprofError
 from profiler.options import CollectOptions, LiveState
 from profiler.signals import StopFlag
@@ -146,6 +146,13 @@ def collection_options(func):
             "--no-contention", is_flag=True, help="Leave out lock:contention_* (mmap_lock only)."
         ),
         click.option(
+            "--lock-types",
+            metavar="TYPES",
+            help="Contention of these lock types only, comma-separated (as perf lock "
+            f"contention -Y): {', '.join(schema.LOCK_TYPES)}. The others' waits are "
+            "not timed (cheaper where they are frequent). Default: every type.",
+        ),
+        click.option(
             "--locks",
             "lock_spec",
             metavar="SPEC",
@@ -222,6 +229,26 @@ follow_option = click.option(
     help="Also profile the processes the target forks, and theirs, from their first "
     "instruction (attach: and those already running).",
 )
+
+
+def parse_lock_types(text: str | None, no_contention: bool) -> tuple[str, ...] | None:
+    """--lock-types TYPES: the lock types whose contention is traced."""
+    if text is None:
+        return None
+    if no_contention:
+        raise LockprofError(
+            "--lock-types chooses among lock:contention_* waits, which --no-contention leaves out",
+            exit_code=2,
+        )
+    types = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    unknown = [t for t in types if t not in schema.LOCK_TYPES]
+    if unknown or not types:
+        what = f"unknown lock type {unknown[0]!r}" if unknown else "no lock type given"
+        raise LockprofError(
+            f"--lock-types: {what} (one or more of: {', '.join(schema.LOCK_TYPES)})",
+            exit_code=2,
+        )
+    return types
 
 
 def build_options(duration, interval, threshold, no_mmap_lock, no_contention) -> CollectOptions:
@@ -555,8 +582,10 @@ def collect_command(
     what_if_cpus=None,
     max_events=1_000_000,
     follow=False,
+    lock_types=None,
 ) -> None:
     options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
+    options.lock_types = parse_lock_types(lock_types, no_contention)
     options.max_events = max_events
     options.stack_threshold_ns = stack_threshold
     options.stack_rate = stack_rate

@@ -495,3 +495,27 @@ def test_a_failing_live_view_is_dropped_and_collection_goes_on(capsys):
     assert len(err) == 2 and "\x1b" not in "".join(err)
     assert err[0].startswith("lockprof: live view stopped (KeyError: ")
     assert err[1] == "lockprof: live view stopped (ValueError: no rows); collection goes on"
+
+
+# -- --lock-types ------------------------------------------------------------------------
+
+
+def test_lock_types_are_checked_and_kept_once_each_in_order():
+    from profiler.cli.common import parse_lock_types
+
+    assert parse_lock_types(None, False) is None
+    assert parse_lock_types("rwsem, spinlock,rwsem", False) == ("rwsem", "spinlock")
+    for text, message in (
+        ("spinlok", "unknown lock type 'spinlok'"),
+        (" , ", "no lock type given"),
+        ("rwsem", "which --no-contention leaves out"),
+    ):
+        with pytest.raises(LockprofError, match=message) as excinfo:
+            parse_lock_types(text, text == "rwsem")
+        assert excinfo.value.exit_code == 2
+
+
+def test_an_unknown_lock_type_is_one_line_and_exit_2():
+    result = lockprof("record", "-a", "-d", "1", "--lock-types", "futex")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "unknown lock type 'futex'" in result.stderr

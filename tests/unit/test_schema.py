@@ -201,3 +201,17 @@ def test_classify_every_flag_combination(flags):
             assert mode == "exclusive" or lock_class == "percpu-rwsem"
     # the mmap_lock family ignores every bit but READ
     assert schema.classify(SRC_MMAP, flags) == ("mmap_lock", "read" if flags & READ else "write")
+
+
+def test_lock_types_drop_every_flag_combination_of_the_other_types():
+    source = schema.const("LP_SRC_CONTENTION")
+    spin, read, mutex = (schema.const(f"LP_LCB_{n}") for n in ("SPIN", "READ", "MUTEX"))
+    assert schema.dropped_type_flags(schema.LOCK_TYPES) == []
+    dropped = set(schema.dropped_type_flags(("spinlock",)))
+    assert spin not in dropped
+    # rwsem read, rwlock read, a spinning mutex, a semaphore: other types.
+    assert {read, spin | read, spin | mutex, 0} <= dropped
+    assert len(dropped) == schema.const("LP_TYPE_SLOTS") - 1
+    # Every type any flags make is one --lock-types can name.
+    kinds = {schema.classify(source, f)[0] for f in range(schema.const("LP_TYPE_SLOTS"))}
+    assert kinds == set(schema.LOCK_TYPES)
