@@ -57,6 +57,7 @@ sys.path.insert(0, str(REPO))
 
 from profiler import bpf as bpf_mod  # noqa: E402
 from profiler import probes, schema  # noqa: E402
+from profiler.cli.common import parse_lock_types  # noqa: E402
 from profiler.options import CollectOptions  # noqa: E402
 
 LPBIZZY = REPO / "workloads" / "bin" / "lpbizzy"
@@ -378,7 +379,7 @@ def main() -> int:
     parser.add_argument("--baseline", help="git revision of probes/ for the state 'base'")
     parser.add_argument(
         "--lock-types",
-        type=lambda text: tuple(text.split(",")),
+        type=lambda text: parse_lock_types(text, False),
         help="the lp states trace contention of these lock types only (as lockprof's "
         "--lock-types); base, if any, traces every type",
     )

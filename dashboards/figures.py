@@ -120,6 +120,8 @@ def header_rows(meta: dict, events: int) -> list[tuple[str, str]]:
     stack_note = schema.stack_rate_note(meta)
     if stack_note:
         rows.append(("stacks", stack_note))
+    if meta.get("lock_types") is not None:
+        rows.append(("lock types", "contention of " + ", ".join(meta["lock_types"]) + " only"))
     if rusage.get("user_s") is not None:
         rows.append(
             (

@@ -1014,11 +1014,19 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 	if (lp_type_dropped(flags))
 		flags |= LP_NEST_DROPPED;
 	depth = ts->depth;
-	if (depth > 0 && depth <= LP_MAX_NEST && ts->nest[(depth - 1) & (LP_MAX_NEST - 1)].lock == lock) {
+	if (depth > 0 && depth <= LP_MAX_NEST) {
+		struct lp_nest *top = &ts->nest[(depth - 1) & (LP_MAX_NEST - 1)];
+
 		/* A mutex that stopped spinning and now sleeps begins again
-		 * without an end: one wait, keep its start, take the new flags. */
-		ts->nest[(depth - 1) & (LP_MAX_NEST - 1)].flags = flags;
-		return 0;
+		 * without an end: one wait, keep its start, take the new flags
+		 * (both mutex: the same --lock-types decision). Only a mutex: a
+		 * semaphore's and an rt_mutex's own spinlock share their address
+		 * (their first field), and contention on it inside their wait is
+		 * a nested wait of another type, with its own end. */
+		if (top->lock == lock && (top->flags & LP_LCB_MUTEX) && (flags & LP_LCB_MUTEX)) {
+			top->flags = flags;
+			return 0;
+		}
 	}
 	if (depth >= LP_MAX_NEST) {
 		lp_error(LP_ERR_NEST_OVERFLOW);

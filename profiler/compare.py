@@ -575,6 +575,8 @@ def _side_values(runset: RunSet, what: str) -> list:
         return _distinct([_mechanisms(run.recording) for run in runset.runs])
     if what == "command":
         return _distinct([list(run.recording.meta.get("command") or []) for run in runset.runs])
+    if what == "lock_types":
+        return _distinct([",".join(v) if v else "every type" for v in runset.meta(what)])
     return _distinct(runset.meta(what))
 
 
@@ -583,6 +585,7 @@ MISMATCH_FIELDS = [
     ("cpus", "CPU count", ""),
     ("command", "command line", ""),
     ("mechanisms", "mechanisms", " (the sides did not measure the same events)"),
+    ("lock_types", "--lock-types", " (the sides did not trace the same lock types' contention)"),
 ]
 
 

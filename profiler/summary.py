@@ -128,6 +128,7 @@ def summary_document(rec: Recording, what_if_cpus: int | None = None) -> dict:
         "exit_status": meta.get("exit_status"),
         "mechanisms": meta.get("mechanisms"),
         "threshold_ns": meta.get("threshold_ns"),
+        "lock_types": meta.get("lock_types"),
         "lost_events": meta.get("lost_events", 0),
         "errors": meta.get("errors", {}),
         "notes": notes(meta),

@@ -4,7 +4,7 @@ neither timed nor counted anywhere."""
 
 from __future__ import annotations
 
-from conftest import BIN
+from conftest import BIN, show_json
 
 import profiler
 from profiler import schema, summary
@@ -44,6 +44,8 @@ def test_lock_types_keep_only_the_chosen_types_contention(lockprof_factory, tmp_
     spin_tasks = spin.tasks[spin.tasks["source"] == schema.const("LP_SRC_CONTENTION")]
     assert set(spin_tasks["flags"]) <= {schema.const("LP_LCB_SPIN")}
     assert any("--lock-types: contention of spinlock only" in n for n in summary.notes(spin.meta))
+    assert show_json(tmp_path / "spin.lpr")["lock_types"] == ["spinlock"]
+    assert show_json(tmp_path / "every.lpr")["lock_types"] is None
 
     rwsem = profiled(lockprof_factory, tmp_path, "rwsem.lpr", "--lock-types", "rwsem")
     assert set(contention_types(rwsem)) == {"rwsem"}

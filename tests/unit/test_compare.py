@@ -74,6 +74,7 @@ def make_recording(
     comm: str = "work",
     mechanisms: list | None = None,
     exit_status: int = 0,
+    lock_types: list[str] | None = None,
 ) -> Recording:
     """One run: the target's mmap_lock taken `writes` times for write (half of
     them downgraded, as munmap does), `reads` times for read, and optionally a
@@ -139,6 +140,7 @@ def make_recording(
         "command": list(command),
         "exit_status": exit_status,
         "families": ["mmap_lock", "contention"],
+        "lock_types": lock_types,
         "mechanisms": MECHANISMS if mechanisms is None else mechanisms,
         "threshold_ns": 100_000,
         "duration_s": 3.0,
@@ -417,6 +419,16 @@ def test_mismatches_are_warned_about():
     assert "command line differs: before /bin/work -n 10, after /bin/work -n 10 -R" in text
     assert "mechanisms differs" in text
     assert len(warnings) == 4
+
+
+def test_different_lock_types_are_warned_about():
+    before = make_set("before", [{"writes": 10}])
+    after = make_set("after", [{"writes": 10}], lock_types=["rwsem", "mutex"])
+    warnings = cmp.compare(before, after).document["warnings"]
+    assert warnings == [
+        "--lock-types differs: before every type, after rwsem,mutex (the sides did not "
+        "trace the same lock types' contention)"
+    ]
 
 
 def test_differences_within_a_side_and_failed_runs_are_warned_about():

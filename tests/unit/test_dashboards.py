@@ -305,6 +305,16 @@ def test_header_shows_the_recording(hostile):
     assert "events lost" not in fig.layout.title.text
 
 
+def test_header_names_the_lock_types_traced(hostile):
+    def shown(meta):
+        fields, values = figures.build_header(meta, 0).data[0].cells.values
+        return dict(zip(fields, values, strict=True))
+
+    assert "lock types" not in shown(hostile.meta)
+    meta = {**hostile.meta, "lock_types": ["rwsem", "mutex"]}
+    assert shown(meta)["lock types"] == "contention of rwsem, mutex only"
+
+
 def test_header_makes_lost_events_prominent(hostile):
     hostile.meta["lost_events"] = 1234
     fig = figures.build_header(hostile.meta, len(hostile.events))
