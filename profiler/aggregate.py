@@ -727,12 +727,11 @@ class SummaryRows:
             row["wait_ns"] = _hist_at(totals, c, "wait") if c is not None else None
             row["hold_ns"] = None
         row["contended_wait_ns"] = _hist_at(totals, c, "wait") if c is not None else None
-        if m is not None:
-            cpus = sorted(self._cpus_of[(lock, mode, True)])
-            row["per_cpu"] = _per_cpu_rows(cpus, self._per_cpu, True)
-        elif c is not None:
-            cpus = sorted(self._cpus_of[(lock, mode, False)])
-            row["per_cpu"] = _per_cpu_rows(cpus, self._per_cpu, False)
+        # Per CPU from the mmap_lock family's rows if it has any, else contention's.
+        family = m is not None
+        if m is not None or c is not None:
+            cpus = sorted(self._cpus_of[(lock, mode, family)])
+            row["per_cpu"] = _per_cpu_rows(cpus, self._per_cpu, family)
         else:
             row["per_cpu"] = []
         return row

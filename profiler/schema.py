@@ -111,7 +111,7 @@ LOCK_TYPES = (
 def dropped_type_flags(lock_types: tuple[str, ...]) -> list[int]:
     """The LP_LCB_* flag combinations (below LP_TYPE_SLOTS) whose contention
     --lock-types leaves out: those of every other type."""
-    source = constants()["LP_SRC_CONTENTION"]
+    source = const("LP_SRC_CONTENTION")
     return [
         flags
         for flags in range(const("LP_TYPE_SLOTS"))
