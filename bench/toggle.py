@@ -112,7 +112,15 @@ class Switch:
     def set(self, on: bool) -> None:
         if on == self.on:
             return
-        for event, fn in self.programs.items():
+        # Programs are listed beginning first (start_locking before
+        # acquire_returned before released, contention_begin before _end).
+        # Ends are attached before their beginnings and detached after them:
+        # a beginning seen without its end (in the gap between two attaches,
+        # ~10k contended waits a second) leaves a stale entry in the task's
+        # nest of waits, which fills after four and turns every later wait
+        # of that task into a cheap nest_overflow.
+        events = list(self.programs.items())
+        for event, fn in reversed(events) if on else events:
             if on:
                 self.bcc_object.attach_raw_tracepoint(tp=event.encode(), fn_name=fn.encode())
             else:

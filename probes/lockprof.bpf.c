@@ -1029,8 +1029,23 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 		}
 	}
 	if (depth >= LP_MAX_NEST) {
+		/*
+		 * The nest is full: its oldest entry gives way. Either that
+		 * wait's end was never seen (the kernel skips a program that
+		 * would re-enter itself on a CPU: an interrupt's contention_end
+		 * while lp_contention_end runs; bpftool shows recursion_misses,
+		 * a few in 10 s under lpbizzy), or the task's waits really nest
+		 * deeper than LP_MAX_NEST (the outermost one's end then counts
+		 * end_without_begin). Dropping the new wait instead kept stale
+		 * entries for good: once a long-lived task had four, every
+		 * later wait of it went untimed (nest_overflow, then
+		 * end_without_begin), for the rest of the run.
+		 */
 		lp_error(LP_ERR_NEST_OVERFLOW);
-		return 0;
+#pragma unroll
+		for (int i = 0; i < LP_MAX_NEST - 1; i++)
+			ts->nest[i] = ts->nest[i + 1];
+		depth = LP_MAX_NEST - 1;
 	}
 	struct lp_nest *slot = &ts->nest[depth & (LP_MAX_NEST - 1)];
 	slot->lock = lock;

@@ -110,7 +110,7 @@ enum lp_error {
 	LP_ERR_CALLER_MAP_FULL = 3,          /* per-caller map full */
 	LP_ERR_OWNER_MAP_FULL = 4,           /* mm owner map full: lock left unnamed */
 	LP_ERR_TASK_STORAGE = 5,             /* task storage unavailable (nested) */
-	LP_ERR_NEST_OVERFLOW = 6,            /* contention nested deeper than LP_MAX_NEST */
+	LP_ERR_NEST_OVERFLOW = 6,            /* a full nest: its oldest wait gave way */
 	LP_ERR_END_WITHOUT_BEGIN = 7,        /* contention_end, begin before attach */
 	LP_ERR_ACQUIRE_WITHOUT_START = 8,    /* acquire_returned(write), start missed */
 	LP_ERR_RELEASE_WITHOUT_ACQUIRE = 9,  /* released, acquired before attach */

@@ -1,0 +1,82 @@
+"""The per-task nest of contended waits heals when an end is never seen.
+
+The kernel skips a BPF program that would re-enter itself on a CPU (an
+interrupt's contention_end while lp_contention_end runs: bpftool's
+recursion_misses), so now and then a wait's beginning is recorded and its end
+is not. Such an entry stays in the task's nest. A full nest used to drop
+every new wait, so a long-lived task with four stale entries went untimed for
+the rest of the run; now the oldest entry gives way.
+
+Here the stale entries are made on purpose, on real eBPF: lp_contention_end
+is detached for half a second while a contended workload runs (every wait of
+its threads begins and never ends), then attached again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import numpy as np
+from conftest import BIN
+
+from profiler import bpf as bpf_mod
+from profiler import probes, schema
+
+STALE_PHASE_S = 0.5
+WINDOW_S = 1.0
+
+
+def contention_figures(session: bpf_mod.BpfSession) -> tuple[int, int]:
+    """(contended waits, longest wait in ns) over every contention row."""
+    snapshot = session.read_stats(time.monotonic_ns())
+    contended = snapshot.columns.index("contended")
+    longest = snapshot.columns.index("wait.max_ns")
+    waits, max_ns = 0, 0
+    for (_lock, _flags, source, _index), per_cpu in snapshot.rows.items():
+        if source != schema.const("LP_SRC_CONTENTION"):
+            continue
+        waits += int(per_cpu[:, contended].sum())
+        max_ns = max(max_ns, int(np.max(per_cpu[:, longest])))
+    return waits, max_ns
+
+
+def test_a_task_whose_waits_lost_their_ends_is_timed_again(tmp_path):
+    workload = subprocess.Popen(
+        [str(BIN / "lpbizzy"), "-t", "2", "-S", "30", "-q"], stdout=subprocess.DEVNULL
+    )
+    try:
+        plans = probes.plan(("contention",), {"raw_tracepoint"})
+        with bpf_mod.BpfSession(plans, workload.pid) as session:
+            session.attach()
+            time.sleep(0.5)
+            session._bpf.detach_raw_tracepoint(tp=b"contention_end")
+            time.sleep(STALE_PHASE_S)  # every begin of the two threads stays in their nests
+            full = session.read_errors()["nest_overflow"]
+            assert full > 8, "the workload's nests did not fill: the test proves nothing"
+            session._bpf.attach_raw_tracepoint(tp=b"contention_end", fn_name=b"lp_contention_end")
+            errors_before = session.read_errors()
+            waits_before, _ = contention_figures(session)
+            time.sleep(WINDOW_S)
+            errors_after = session.read_errors()
+            waits_after, longest_ns = contention_figures(session)
+    finally:
+        workload.kill()
+        workload.wait()
+
+    timed = waits_after - waits_before
+    overflow = errors_after["nest_overflow"] - errors_before["nest_overflow"]
+    unpaired = errors_after["end_without_begin"] - errors_before["end_without_begin"]
+    figures = (
+        f"timed {timed}, nest_overflow {overflow}, end_without_begin {unpaired}, "
+        f"longest {longest_ns} ns"
+    )
+    assert timed > 1000, figures
+    # Each thread's stale entries give way once each (4 per thread at most),
+    # plus a few waits whose end the kernel skipped meanwhile (recursion).
+    # Before the fix, the threads' waits stayed untimed: hundreds of each.
+    assert overflow <= 2 * schema.const("LP_MAX_NEST") + 8, figures
+    assert unpaired <= 2 * schema.const("LP_MAX_NEST") + 8, figures
+    # No wait was paired with an entry from before the window: none lasted
+    # as long as the phase without ends.
+    assert longest_ns < STALE_PHASE_S * 1e9, figures
