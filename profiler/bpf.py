@@ -56,6 +56,8 @@ NO_MM_ID_ENV = "LOCKPROF_TEST_NO_MM_ID"
 # Test hook: keep N frames per kernel stack (LP_STACK_DEPTH), so that a test
 # sees stacks that fill their bucket.
 STACK_DEPTH_ENV = "LOCKPROF_TEST_STACK_DEPTH"
+# read_errors() key: probe runs the kernel skipped (not an lp_errors counter).
+RECURSION_MISSES = "recursion_misses"
 
 
 def import_bcc():  # -> module bcc
@@ -517,6 +519,7 @@ class BpfSession:
             if name == "nr_errors":
                 continue
             totals[name] = int(sum(table.getvalue(ctypes.c_int(index))))
+        totals[RECURSION_MISSES] = program_recursion_misses(self._bpf)
         return totals
 
     def _task_row(self, key, value) -> dict:
@@ -1049,10 +1052,10 @@ def run_stats_enabled() -> Iterator[None]:
         os.close(fd)
 
 
-def program_run_stats(bpf_object) -> dict[str, tuple[int, int]]:
-    """BPF function name -> (runs, run time ns) of a loaded BCC object's
-    programs, from /proc/self/fdinfo (kept only while stats are enabled)."""
-    stats = {}
+def _program_fdinfo(bpf_object) -> dict[str, dict[str, str]]:
+    """BPF function name -> the fields of its program's /proc/self/fdinfo,
+    for every program a BCC object has loaded."""
+    infos = {}
     for name, fn in bpf_object.funcs.items():
         fields = {}
         try:
@@ -1062,9 +1065,27 @@ def program_run_stats(bpf_object) -> dict[str, tuple[int, int]]:
                     fields[key.strip()] = value.strip()
         except OSError:
             continue
-        label = name.decode() if isinstance(name, bytes) else str(name)
-        stats[label] = (int(fields.get("run_cnt", 0)), int(fields.get("run_time_ns", 0)))
-    return stats
+        infos[name.decode() if isinstance(name, bytes) else str(name)] = fields
+    return infos
+
+
+def program_run_stats(bpf_object) -> dict[str, tuple[int, int]]:
+    """BPF function name -> (runs, run time ns) of a loaded BCC object's
+    programs, from /proc/self/fdinfo (kept only while stats are enabled)."""
+    return {
+        label: (int(fields.get("run_cnt", 0)), int(fields.get("run_time_ns", 0)))
+        for label, fields in _program_fdinfo(bpf_object).items()
+    }
+
+
+def program_recursion_misses(bpf_object) -> int:
+    """Runs of a BCC object's programs that the kernel skipped: a program
+    does not re-enter itself on a CPU, so an event that fires while it runs
+    there (an interrupt's contended spinlock during lp_contention_end) is not
+    seen. Counted by the kernel since 5.12; 0 where fdinfo does not say."""
+    return sum(
+        int(fields.get("recursion_misses", 0)) for fields in _program_fdinfo(bpf_object).values()
+    )
 
 
 def empty_programs(events: list[str]):

@@ -65,12 +65,21 @@ MAP_FULL = {
 }
 
 
+# Events the kernel did not hand to lockprof's programs (read from the
+# programs' fdinfo, not from lp_errors), and what that leaves out.
+KERNEL_SKIPPED = {
+    "recursion_misses": "probe runs the kernel skipped (a lockprof program was already running "
+    "on that CPU, as when an interrupt contends during one): those events were not counted, and "
+    "a wait among them counts as end without begin or nest overflow",
+}
+
+
 def notes(meta: dict) -> list[str]:
     """What the figures leave out: full kernel maps, processes the target
     forked (not followed), programs it exec'd (followed: same pid)."""
     out = []
     errors = meta.get("errors") or {}
-    for name, consequence in MAP_FULL.items():
+    for name, consequence in {**MAP_FULL, **KERNEL_SKIPPED}.items():
         if errors.get(name):
             out.append(
                 f"{name.replace('_', ' ')} {errors[name]:,} times: {consequence}; "

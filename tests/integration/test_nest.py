@@ -14,6 +14,8 @@ its threads begins and never ends), then attached again.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import time
 
@@ -80,3 +82,44 @@ def test_a_task_whose_waits_lost_their_ends_is_timed_again(tmp_path):
     # No wait was paired with an entry from before the window: none lasted
     # as long as the phase without ends.
     assert longest_ns < STALE_PHASE_S * 1e9, figures
+
+
+def _bpftool_recursion_misses(prog_ids: set[int]) -> int:
+    shown = json.loads(
+        subprocess.run(
+            ["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    return sum(int(p.get("recursion_misses", 0)) for p in shown if p["id"] in prog_ids)
+
+
+def test_probe_runs_the_kernel_skipped_are_read_as_the_kernel_counts_them():
+    """A program that re-enters itself on every run: it calls
+    bpf_trace_printk, whose own tracepoint it is also attached to, so each
+    syscall's run is followed by one the kernel skips. lockprof's reading of
+    recursion_misses must match bpftool's."""
+    bcc = bpf_mod.import_bcc()
+    text = """
+    int reenter_test(struct bpf_raw_tracepoint_args *ctx)
+    {
+        u32 tgid = bpf_get_current_pid_tgid() >> 32;
+        if (tgid == TARGET)
+            bpf_trace_printk("lockprof test\\n");
+        return 0;
+    }
+    """
+    program = bcc.BPF(text=text, cflags=[f"-DTARGET={os.getpid()}"])
+    try:
+        fn = b"reenter_test"
+        program.attach_raw_tracepoint(tp=b"bpf_trace_printk", fn_name=fn)
+        program.attach_raw_tracepoint(tp=b"sys_enter", fn_name=fn)
+        for _ in range(50):
+            os.getppid()
+        prog_ids = {int(fields["prog_id"]) for fields in bpf_mod._program_fdinfo(program).values()}
+        ours_before = bpf_mod.program_recursion_misses(program)
+        theirs = _bpftool_recursion_misses(prog_ids)
+        ours_after = bpf_mod.program_recursion_misses(program)
+    finally:
+        program.cleanup()
+    assert ours_before >= 50, ours_before
+    assert ours_before <= theirs <= ours_after, (ours_before, theirs, ours_after)

@@ -232,6 +232,22 @@ def test_stack_rate_is_a_note_not_a_failure():
     assert schema.stack_rate_note({}) is None
 
 
+def test_probe_runs_the_kernel_skipped_are_a_failure_with_a_note():
+    """recursion_misses (read from the programs' fdinfo, not lp_errors) is
+    shown with the other kernel-side failures, and explained once."""
+    from profiler import schema, summary
+
+    errors = {"recursion_misses": 7, "end_without_begin": 3, "ringbuf_full": 0}
+    assert schema.failures(errors) == {"recursion_misses": 7, "end_without_begin": 3}
+    explained = [n for n in summary.notes({"errors": errors}) if n.startswith("recursion misses")]
+    assert explained == [
+        "recursion misses 7 times: "
+        + summary.KERNEL_SKIPPED["recursion_misses"]
+        + "; collection went on"
+    ]
+    assert not any("recursion" in n for n in summary.notes({"errors": {"recursion_misses": 0}}))
+
+
 # -- rows built as they are used ------------------------------------------------------------
 
 
