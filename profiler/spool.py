@@ -55,7 +55,7 @@ class RecordSpool:
             self._file = tempfile.TemporaryFile(  # noqa: SIM115
                 prefix="lockprof-", dir=self._directory, buffering=0
             )  # kept for the run, closed by close()
-        data = memoryview(batch.tobytes())
+        data = memoryview(batch.view(np.uint8).data)  # the batch's bytes, not a copy
         while data:
             written = self._file.write(data) or 0
             data = data[written:]
