@@ -69,8 +69,8 @@ MAP_FULL = {
 # programs' fdinfo, not from lp_errors), and what that leaves out.
 KERNEL_SKIPPED = {
     "recursion_misses": "probe runs the kernel skipped (a lockprof program was already running "
-    "on that CPU, as when an interrupt contends during one): those events were not counted, and "
-    "a wait among them counts as end without begin or nest overflow",
+    "on that CPU, as when an interrupt contends during one): those of them lockprof follows were "
+    "not counted, and a wait among them counts as end without begin or nest overflow",
 }
 
 
