@@ -1211,8 +1211,15 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 	 * interval maximum (docs/reliability.md).
 	 */
 	found = &ts->nest[at & (LP_MAX_NEST - 1)];
-	flags = found->flags;
-	start_ns = found->start_ns;
+	/* Volatile reads, in this order: an interrupt's contention_begin on
+	 * this task's storage may shift a full nest between the search above
+	 * and these reads (lp_contention_begin); the lock read last tells. */
+	flags = *(volatile u32 *)&found->flags;
+	start_ns = *(volatile u64 *)&found->start_ns;
+	if (*(volatile u64 *)&found->lock != lock) {
+		lp_error(LP_ERR_END_WITHOUT_BEGIN);
+		return 0;
+	}
 	ts->depth = at;
 	if (flags & LP_NEST_DROPPED)
 		return 0; /* a type --lock-types leaves out */

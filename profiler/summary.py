@@ -68,9 +68,9 @@ MAP_FULL = {
 # Events the kernel did not hand to lockprof's programs (read from the
 # programs' fdinfo, not from lp_errors), and what that leaves out.
 KERNEL_SKIPPED = {
-    "recursion_misses": "probe runs the kernel skipped (a lockprof program was already running "
-    "on that CPU, as when an interrupt contends during one): those of them lockprof follows were "
-    "not counted, and a wait among them counts as end without begin or nest overflow",
+    "recursion_misses": "probe runs the kernel skipped (the same lockprof program was already "
+    "running on that CPU, as when an interrupt contends during it): those of them lockprof follows "
+    "were not counted, and a wait among them counts as end without begin or nest overflow",
 }
 
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 
 import numpy as np
+import pytest
 from conftest import BIN
 
 from profiler import bpf as bpf_mod
@@ -79,8 +81,10 @@ def test_a_task_whose_waits_lost_their_ends_is_timed_again(tmp_path):
     # Before the fix, the threads' waits stayed untimed: hundreds of each.
     assert overflow <= 2 * schema.const("LP_MAX_NEST") + 8, figures
     assert unpaired <= 2 * schema.const("LP_MAX_NEST") + 8, figures
-    # No wait was paired with an entry from before the window: none lasted
-    # as long as the phase without ends.
+    # No wait lasted as long as the phase without ends: a wait paired with an
+    # entry left from its start would (before the fix, the nests kept the
+    # first four begins of that phase). An entry left from its very end is
+    # not caught here.
     assert longest_ns < STALE_PHASE_S * 1e9, figures
 
 
@@ -93,6 +97,16 @@ def _bpftool_recursion_misses(prog_ids: set[int]) -> int:
     return sum(int(p.get("recursion_misses", 0)) for p in shown if p["id"] in prog_ids)
 
 
+def _kernel_at_least(major: int, minor: int) -> bool:
+    release = os.uname().release.split("-")[0].split(".")
+    return (int(release[0]), int(release[1])) >= (major, minor)
+
+
+# Before raw tracepoint programs were kept from re-entering themselves, this
+# program would nest inside bpf_trace_printk's own lock: a deadlock. 6.18 is
+# where it was seen skipped and counted; older kernels are not risked.
+@pytest.mark.skipif(not _kernel_at_least(6, 18), reason="needs raw tracepoint recursion checks")
+@pytest.mark.skipif(shutil.which("bpftool") is None, reason="bpftool is not installed")
 def test_probe_runs_the_kernel_skipped_are_read_as_the_kernel_counts_them():
     """A program that re-enters itself on every run: it calls
     bpf_trace_printk, whose own tracepoint it is also attached to, so each
