@@ -26,13 +26,17 @@ def ring():
     raw = mmap.mmap(fd, 2 * mmap.PAGESIZE + 2 * SIZE)
     reader = RingReader(fd, SIZE, EVENT)
 
-    def write(records: list[tuple[int, int, int]]) -> None:
-        """records: (header bits, ts_ns, lock), from data offset 0."""
-        offset = 2 * mmap.PAGESIZE
+    def write(records: list[tuple[int, int, int]], start: int = 0) -> None:
+        """records: (header bits, ts_ns, lock) from ring position start (the
+        consumer's, set here too). The kernel maps the data pages twice in a
+        row, so a record past the end continues in the second mapping: here
+        the file's bytes after the first copy stand in for it."""
+        struct.pack_into("<Q", raw, 0, start)
+        offset = 2 * mmap.PAGESIZE + (start % SIZE)
         for bits, ts, lock in records:
             struct.pack_into("<IIQQ", raw, offset, EVENT.itemsize | bits, 0, ts, lock)
             offset += RECORD
-        struct.pack_into("<Q", raw, mmap.PAGESIZE, len(records) * RECORD)
+        struct.pack_into("<Q", raw, mmap.PAGESIZE, start + len(records) * RECORD)
 
     yield reader, write
     reader.close()
@@ -66,3 +70,15 @@ def test_reading_stops_at_a_record_still_being_written(ring):
     write([(0, 10, 1), (RingReader.BUSY, 20, 2), (0, 30, 3)])
     assert reader.read()["ts_ns"].tolist() == [10]
     assert reader.fill() == 2 * RECORD  # the busy record and what follows wait
+
+
+def test_a_record_that_wraps_past_the_end_is_read_whole(ring):
+    """Positions only grow; the reader masks them into the ring. The second
+    record here starts 8 bytes before the end and wraps."""
+    reader, write = ring
+    start = 3 * SIZE - RECORD - 8  # two laps and a bit: masks to SIZE - 32
+    write([(0, 10, 1), (0, 20, 2), (0, 30, 3)], start=start)
+    events = reader.read()
+    assert events["ts_ns"].tolist() == [10, 20, 30]
+    assert events["lock"].tolist() == [1, 2, 3]
+    assert reader.fill() == 0
