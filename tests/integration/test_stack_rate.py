@@ -67,4 +67,7 @@ def test_stacks_deeper_than_their_bucket_keep_their_innermost_frames(lockprof_fa
     assert cut_stacks and max(len(f) for f in cut_stacks) < 8
     # The innermost frames: each cut stack begins some full stack.
     assert any(f[: len(c)] == c for c in cut_stacks for f in full_stacks)
-    assert cut.meta["errors"]["stack"] == 0
+    # Every full bucket was read back (an unreadable stack is kept with no
+    # frames, and counted in errors["stack"] with the captures the kernel
+    # failed: those vary from run to run, 0 to 213 here, so are not checked).
+    assert all(len(f) for f in cut.stacks["frames"]), "a stack read back without frames"
