@@ -122,14 +122,14 @@ def test_no_lockprof_program_stays_loaded(lockprof_factory, tmp_path):
     assert (tmp_path / "b.lpr").exists()
 
 
-def test_event_stream_carries_every_event_in_bulk(lockprof_factory, tmp_path):
-    """With -t 1ns every wait and hold is streamed: mmapcount's N pairs give
-    2N write waits, N write holds ended by downgrade, N write and N read
-    holds ended by release (5N), all read in bulk from the ring, none lost."""
-    pairs = 50_000
+def streamed_pairs(lockprof_factory, tmp_path, pairs: int, name: str, *flags: str):
+    """A held mmapcount's pairs under `attach -p PID -t 1ns` (every wait and
+    hold streamed): (the target, show --json of the recording)."""
     target = Held(pairs)
     try:
-        lp = lockprof_factory("attach", "-p", str(target.pid), "-t", "1ns", "-o", "e.lpr", "-q")
+        lp = lockprof_factory(
+            "attach", "-p", str(target.pid), "-t", "1ns", *flags, "-o", name, "-q"
+        )
         lp.wait_attached()
         time.sleep(0.3)
         target.go_and_wait_done()
@@ -137,7 +137,15 @@ def test_event_stream_carries_every_event_in_bulk(lockprof_factory, tmp_path):
     finally:
         target.finish()
     assert code == 0, err
-    summary = show_json(tmp_path / "e.lpr")
+    return target, show_json(tmp_path / name)
+
+
+def test_event_stream_carries_every_event_in_bulk(lockprof_factory, tmp_path):
+    """With -t 1ns every wait and hold is streamed: mmapcount's N pairs give
+    2N write waits, N write holds ended by downgrade, N write and N read
+    holds ended by release (5N), all read in bulk from the ring, none lost."""
+    pairs = 50_000
+    target, summary = streamed_pairs(lockprof_factory, tmp_path, pairs, "e.lpr")
     # Loss is possible only if lockprof is kept off the CPU for ~0.2 s on this
     # shared 2-CPU machine; it must then be counted, and stay small.
     lost = summary["lost_events"]
@@ -182,28 +190,9 @@ def test_a_sustained_storm_streams_without_loss_with_a_cpu_to_spare(lockprof_fac
     once written a byte at a time (struct.pack_into), and the kernel, reading
     it half-written, saw a full ring: ~100 events lost in this very run."""
     pairs = 1_000_000
-    target = Held(pairs)
-    try:
-        lp = lockprof_factory(
-            "attach",
-            "-p",
-            str(target.pid),
-            "-t",
-            "1ns",
-            "--max-events",
-            "6000000",
-            "-o",
-            "s.lpr",
-            "-q",
-        )
-        lp.wait_attached()
-        time.sleep(0.3)
-        target.go_and_wait_done()
-        code, _out, err = lp.stop()
-    finally:
-        target.finish()
-    assert code == 0, err
-    summary = show_json(tmp_path / "s.lpr")
+    _target, summary = streamed_pairs(
+        lockprof_factory, tmp_path, pairs, "s.lpr", "--max-events", "6000000"
+    )
     assert summary["events"] >= 5 * pairs
     # A few could still be lost if lockprof is kept off its CPU for 40 ms.
     assert summary["lost_events"] <= 5, summary["lost_events"]
