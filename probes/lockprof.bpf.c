@@ -993,19 +993,28 @@ static __always_inline int lp_type_dropped(u32 flags)
 	return drop && *drop;
 }
 
-int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
+/*
+ * Mark a contention program as running on this task, or no longer. An
+ * interrupt on this CPU runs its waits' programs on the interrupted task's
+ * storage, and the kernel skips whichever of them is already running here
+ * (recursion_misses): an interrupt's begin inside lp_contention_end has its
+ * end skipped, an interrupt's end inside lp_contention_begin had its begin
+ * skipped. Each half seeing the other's mark leaves the wait untimed
+ * (LP_ERR_IRQ_WAIT_SKIPPED) instead of a stale nest entry that a later end
+ * of the same lock would pair with. Volatile, between compiler barriers: the
+ * mark must really be stored, before and after the nest's updates.
+ */
+static __always_inline void lp_mark_running(u16 *mark, u16 on)
 {
-	u64 lock = ctx->args[0];
-	u32 flags = (u32)ctx->args[1];
-	struct lp_config *cfg = lp_cfg();
-	struct lp_task *ts;
+	asm volatile("" ::: "memory");
+	*(volatile u16 *)mark = on;
+	asm volatile("" ::: "memory");
+}
+
+static __always_inline void lp_nest_push(struct lp_task *ts, u64 lock, u32 flags)
+{
 	u32 depth;
 
-	if (!cfg || !lp_wanted_now(cfg, lock))
-		return 0;
-	ts = lp_task_get(1);
-	if (!ts)
-		return 0;
 	if (ts->wait_lock == lock)
 		ts->wait_contended = 1; /* this mmap_lock acquisition had to wait */
 	/* A left-out type still takes a nest entry, so that its end pairs with
@@ -1025,7 +1034,7 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 		 * a nested wait of another type, with its own end. */
 		if (top->lock == lock && (top->flags & LP_LCB_MUTEX) && (flags & LP_LCB_MUTEX)) {
 			top->flags = flags;
-			return 0;
+			return;
 		}
 	}
 	if (depth >= LP_MAX_NEST) {
@@ -1033,8 +1042,10 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 		 * The nest is full: its oldest entry gives way. Either that
 		 * wait's end was never seen (the kernel skips a program that
 		 * would re-enter itself on a CPU: an interrupt's contention_end
-		 * while lp_contention_end runs; bpftool shows recursion_misses,
-		 * a few in 10 s under lpbizzy), or the task's waits really nest
+		 * while lp_contention_end runs, bpftool's recursion_misses;
+		 * lp_mark_running() leaves such a wait out, but not when the
+		 * interrupt comes just before the mark or after it is cleared),
+		 * or the task's waits really nest
 		 * deeper than LP_MAX_NEST (the outermost one's end then counts
 		 * end_without_begin). Dropping the new wait instead kept stale
 		 * entries for good: once a long-lived task had four, every
@@ -1056,6 +1067,27 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 	slot->stack_id = -1;
 	slot->start_ns = flags & LP_NEST_DROPPED ? 0 : bpf_ktime_get_ns();
 	ts->depth = depth + 1;
+}
+
+int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
+{
+	u64 lock = ctx->args[0];
+	u32 flags = (u32)ctx->args[1];
+	struct lp_config *cfg = lp_cfg();
+	struct lp_task *ts;
+
+	if (!cfg || !lp_wanted_now(cfg, lock))
+		return 0;
+	ts = lp_task_get(1);
+	if (!ts)
+		return 0;
+	if (*(volatile u16 *)&ts->in_end) {
+		lp_error(LP_ERR_IRQ_WAIT_SKIPPED); /* its end will be skipped */
+		return 0;
+	}
+	lp_mark_running(&ts->in_begin, 1);
+	lp_nest_push(ts, lock, flags);
+	lp_mark_running(&ts->in_begin, 0);
 	return 0;
 }
 
@@ -1166,25 +1198,18 @@ static __always_inline int lp_stack_allowed(struct lp_config *cfg, u64 now)
 	return 1;
 }
 
-int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline void lp_nest_pop(struct bpf_raw_tracepoint_args *ctx,
+					struct lp_config *cfg, struct lp_task *ts, u64 lock,
+					s32 ret)
 {
-	u64 lock = ctx->args[0];
-	s32 ret = (s32)ctx->args[1];
-	struct lp_config *cfg = lp_cfg();
 	struct lp_contended *row;
 	struct lp_stats *stats;
 	struct lp_nest *found;
-	struct lp_task *ts;
 	u64 now, start_ns, wait_ns;
 	s32 stack_id = -1;
 	u32 depth, flags, gen;
 	int at = -1;
 
-	if (!cfg || !lp_wanted_now(cfg, lock))
-		return 0;
-	ts = lp_task_get(0);
-	if (!ts)
-		return 0;
 	depth = ts->depth;
 	/* Innermost match first; anything nested above it lost its end. The
 	 * innermost entry nearly always matches: try it alone first. */
@@ -1200,33 +1225,35 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 	}
 	if (at < 0 || at >= LP_MAX_NEST) {
 		lp_error(LP_ERR_END_WITHOUT_BEGIN);
-		return 0;
+		return;
 	}
 	/*
 	 * Copy the entry before popping it. Contention in an interrupt handler
 	 * (a spinlock's) runs these programs on the interrupted task's storage:
-	 * an interrupt's contention_begin after the pop reuses this entry. Read
-	 * after the pop, its start could be later than now: a "negative" wait,
-	 * ~2^64 ns, that wrapped wait.total_ns backwards and overflowed the
-	 * interval maximum (docs/reliability.md).
+	 * an interrupt's contention_begin after the pop would reuse this entry.
+	 * Read after the pop, its start could be later than now: a "negative"
+	 * wait, ~2^64 ns, that wrapped wait.total_ns backwards and overflowed
+	 * the interval maximum (docs/reliability.md). lp_mark_running() now
+	 * keeps such a begin out of the nest while this runs; the copy and the
+	 * volatile reads below stay as a second guard.
 	 */
 	found = &ts->nest[at & (LP_MAX_NEST - 1)];
 	/* Volatile reads, in this order: an interrupt's contention_begin on
-	 * this task's storage may shift a full nest between the search above
-	 * and these reads (lp_contention_begin); the lock read last tells. */
+	 * this task's storage could shift a full nest between the search above
+	 * and these reads (lp_nest_push); the lock read last tells. */
 	flags = *(volatile u32 *)&found->flags;
 	start_ns = *(volatile u64 *)&found->start_ns;
 	if (*(volatile u64 *)&found->lock != lock) {
 		lp_error(LP_ERR_END_WITHOUT_BEGIN);
-		return 0;
+		return;
 	}
 	ts->depth = at;
 	if (flags & LP_NEST_DROPPED)
-		return 0; /* a type --lock-types leaves out */
+		return; /* a type --lock-types leaves out */
 	now = bpf_ktime_get_ns();
 	if (now < start_ns) {
 		lp_error(LP_ERR_END_WITHOUT_BEGIN); /* cannot happen: the copy is taken first */
-		return 0;
+		return;
 	}
 	wait_ns = now - start_ns;
 	if (wait_ns >= cfg->stack_threshold_ns) {
@@ -1250,6 +1277,27 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 	lp_caller_account(lock, stack_id, flags, gen, wait_ns, row->slot_plus1);
 	lp_task_account_hint(&row->task_plus1, lock, flags, LP_SRC_CONTENTION, gen, wait_ns, 0, 0);
 	lp_emit(cfg, now, wait_ns, lock, gen, flags, LP_SRC_CONTENTION, LP_KIND_WAIT, stack_id);
+}
+
+int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
+{
+	u64 lock = ctx->args[0];
+	s32 ret = (s32)ctx->args[1];
+	struct lp_config *cfg = lp_cfg();
+	struct lp_task *ts;
+
+	if (!cfg || !lp_wanted_now(cfg, lock))
+		return 0;
+	ts = lp_task_get(0);
+	if (!ts)
+		return 0;
+	if (*(volatile u16 *)&ts->in_begin) {
+		lp_error(LP_ERR_IRQ_WAIT_SKIPPED); /* its begin was skipped */
+		return 0;
+	}
+	lp_mark_running(&ts->in_end, 1);
+	lp_nest_pop(ctx, cfg, ts, lock, ret);
+	lp_mark_running(&ts->in_end, 0);
 	return 0;
 }
 

@@ -125,7 +125,10 @@ enum lp_error {
 					      * stack by the per-CPU stack rate limit */
 	LP_ERR_FOLLOW_MAP_FULL = 18,         /* --follow: a descendant or its mmap_lock
 					      * not followed (LP_MAX_OWNERS) */
-	LP_NR_ERRORS = 19,
+	LP_ERR_IRQ_WAIT_SKIPPED = 19,        /* a wait in an interrupt while a contention
+					      * program ran on its task: the kernel
+					      * skipped half of it, not timed */
+	LP_NR_ERRORS = 20,
 };
 
 /*
@@ -333,7 +336,8 @@ struct lp_task {
 	u32 slot_plus1[2]; /* its read [0] and write [1] index + 1; 0: not cached */
 	u32 mtask_plus1[2]; /* lp_task_rows index + 1 of the last read/write mmap_lock row */
 	u32 slot_gen;      /* slot_lock's mm generation when its indexes were cached */
-	u32 pad;
+	u16 in_begin;      /* lp_contention_begin is running on this task */
+	u16 in_end;        /* lp_contention_end is running on this task */
 	struct lp_held held[LP_MAX_HELD];
 	struct lp_spec_wait spec_wait;      /* lock spec: in a lock function */
 	struct lp_spec_wait spec_sum;       /* lock spec: in the sum function */

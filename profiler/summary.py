@@ -65,12 +65,15 @@ MAP_FULL = {
 }
 
 
-# Events the kernel did not hand to lockprof's programs (read from the
-# programs' fdinfo, not from lp_errors), and what that leaves out.
+# Events the kernel did not hand to lockprof's programs (recursion_misses is
+# read from the programs' fdinfo, not from lp_errors), and what that leaves out.
 KERNEL_SKIPPED = {
     "recursion_misses": "probe runs the kernel skipped (the same lockprof program was already "
     "running on that CPU, as when an interrupt contends during it): those of them lockprof follows "
-    "were not counted, and a wait among them counts as end without begin or nest overflow",
+    "were not counted; a wait among them is left out (irq wait skipped), or counts as end "
+    "without begin or nest overflow",
+    "irq_wait_skipped": "contended waits in an interrupt, while a lockprof contention program "
+    "ran on that CPU, were left out: the kernel skipped their begin or their end",
 }
 
 

@@ -285,3 +285,19 @@ def test_print_summary_with_top_keeps_the_footer_of_all_rows(rec, capsys):
     assert per_cpu and per_cpu == [line for line in first if line.startswith("per CPU")]
     more = len(summary.LockRows(rec)) - 1
     assert f"({more} more rows; `lockprof show FILE` lists all)" in first
+
+
+def test_interrupt_waits_left_out_are_a_failure_with_a_note():
+    """irq_wait_skipped (lp_errors: a wait whose other half the kernel
+    skipped) is shown as a failure and named in a note, with its count."""
+    from profiler import schema, summary
+
+    errors = {"irq_wait_skipped": 5, "recursion_misses": 8}
+    assert schema.failures(errors) == errors
+    notes = summary.notes({"errors": errors})
+    assert any(
+        n.startswith("irq wait skipped 5 times: contended waits in an interrupt") for n in notes
+    )
+    assert not any(
+        n.startswith("irq wait") for n in summary.notes({"errors": {"irq_wait_skipped": 0}})
+    )
