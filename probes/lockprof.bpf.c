@@ -1011,6 +1011,29 @@ static __always_inline void lp_mark_running(u16 *mark, u16 on)
 	asm volatile("" ::: "memory");
 }
 
+/*
+ * The task a contention program works on, or NULL: not wanted, no storage, or
+ * an interrupt's wait inside the other contention program (counted). A begin
+ * that finds in_end set will have its end skipped; an end that finds in_begin
+ * set had its begin skipped.
+ */
+static __always_inline struct lp_task *lp_contention_task(struct lp_config *cfg, u64 lock,
+							  int begin)
+{
+	struct lp_task *ts;
+
+	if (!cfg || !lp_wanted_now(cfg, lock))
+		return NULL;
+	ts = lp_task_get(begin); /* a begin creates the task's storage */
+	if (!ts)
+		return NULL;
+	if (*(volatile u16 *)(begin ? &ts->in_end : &ts->in_begin)) {
+		lp_error(LP_ERR_IRQ_WAIT_SKIPPED);
+		return NULL;
+	}
+	return ts;
+}
+
 static __always_inline void lp_nest_push(struct lp_task *ts, u64 lock, u32 flags)
 {
 	u32 depth;
@@ -1076,15 +1099,9 @@ int lp_contention_begin(struct bpf_raw_tracepoint_args *ctx)
 	struct lp_config *cfg = lp_cfg();
 	struct lp_task *ts;
 
-	if (!cfg || !lp_wanted_now(cfg, lock))
-		return 0;
-	ts = lp_task_get(1);
+	ts = lp_contention_task(cfg, lock, 1);
 	if (!ts)
 		return 0;
-	if (*(volatile u16 *)&ts->in_end) {
-		lp_error(LP_ERR_IRQ_WAIT_SKIPPED); /* its end will be skipped */
-		return 0;
-	}
 	lp_mark_running(&ts->in_begin, 1);
 	lp_nest_push(ts, lock, flags);
 	lp_mark_running(&ts->in_begin, 0);
@@ -1286,15 +1303,9 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 	struct lp_config *cfg = lp_cfg();
 	struct lp_task *ts;
 
-	if (!cfg || !lp_wanted_now(cfg, lock))
-		return 0;
-	ts = lp_task_get(0);
+	ts = lp_contention_task(cfg, lock, 0);
 	if (!ts)
 		return 0;
-	if (*(volatile u16 *)&ts->in_begin) {
-		lp_error(LP_ERR_IRQ_WAIT_SKIPPED); /* its begin was skipped */
-		return 0;
-	}
 	lp_mark_running(&ts->in_end, 1);
 	lp_nest_pop(ctx, cfg, ts, lock, ret);
 	lp_mark_running(&ts->in_end, 0);
