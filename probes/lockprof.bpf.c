@@ -19,9 +19,28 @@
  *     (a per-CPU hash lookup measured ~40 ns, an array lookup a few).
  */
 #include <uapi/linux/ptrace.h>
-#include <uapi/linux/bpf_perf_event.h>
-#include <linux/sched.h>
 #include "lockprof.h"
+
+/* Only as a pointer type: its fields are read at their BTF offsets (below).
+ * <linux/sched.h> would cost every compile ~0.1-0.5 s of header parsing. */
+struct task_struct;
+
+/*
+ * The opt-in program families are compiled only for a run that uses them
+ * (profiler/bpf.py probe_cflags): lock specs (--locks), off-CPU (--offcpu)
+ * and CPU samples (--sample, with its header). Compiling was most of the
+ * time to the first live row: 1.7-1.9 s with everything, 0.65 s without
+ * them. Default: everything, so that the file stands alone.
+ */
+#ifndef LP_WITH_LOCK_SPECS
+#define LP_WITH_LOCK_SPECS 1
+#endif
+#ifndef LP_WITH_OFFCPU
+#define LP_WITH_OFFCPU 1
+#endif
+#ifndef LP_WITH_SAMPLE
+#define LP_WITH_SAMPLE 1
+#endif
 
 /* Struct offsets come from BTF at run time (profiler/btf.py): the kernel
  * headers BCC compiles against may be a fallback with wrong layouts. */
@@ -1312,6 +1331,7 @@ int lp_contention_end(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+#if LP_WITH_LOCK_SPECS
 /* ---- lock specs: a user's own lock functions, via uprobes or kprobes ----
  *
  * One program family for user and kernel functions: both give pt_regs.
@@ -1497,6 +1517,9 @@ int lp_spec_sum_ret(struct pt_regs *ctx)
 	return 0;
 }
 
+#endif /* LP_WITH_LOCK_SPECS */
+
+#if LP_WITH_OFFCPU
 /* ---- off-CPU: sched_switch(bool preempt, prev, next, unsigned int prev_state) ---- */
 
 #ifndef LP_TASK_PID_OFFSET
@@ -1563,7 +1586,12 @@ int lp_offcpu_switch(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+#endif /* LP_WITH_OFFCPU */
+
+#if LP_WITH_SAMPLE
 /* ---- CPU sampling (perf cpu-clock): kernel stacks of on-CPU samples ---- */
+
+#include <uapi/linux/bpf_perf_event.h>
 
 BPF_HASH(lp_samples, struct lp_sample_key, u64, LP_MAX_CALLERS);
 
@@ -1593,6 +1621,7 @@ int lp_sample(struct bpf_perf_event_data *ctx)
 		lp_error(LP_ERR_SAMPLE_MAP_FULL);
 	return 0;
 }
+#endif /* LP_WITH_SAMPLE */
 
 /* Never used by a program: gives Python the ctypes layout of struct lp_event. */
 BPF_ARRAY(lp_event_layout, struct lp_event, 1);

@@ -14,7 +14,7 @@ import mmap
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +58,13 @@ NO_MM_ID_ENV = "LOCKPROF_TEST_NO_MM_ID"
 STACK_DEPTH_ENV = "LOCKPROF_TEST_STACK_DEPTH"
 # read_errors() key: probe runs the kernel skipped (not an lp_errors counter).
 RECURSION_MISSES = "recursion_misses"
+# Opt-in probe families and the define that compiles each into the probes:
+# a run compiles only those it uses (compiling is most of its start-up).
+OPTIONAL_FAMILIES = {
+    "locks": "LP_WITH_LOCK_SPECS",
+    "offcpu": "LP_WITH_OFFCPU",
+    "sample": "LP_WITH_SAMPLE",
+}
 
 
 def import_bcc():  # -> module bcc
@@ -146,8 +153,10 @@ def online_cpus() -> list[int]:
     return list(bcc.utils.get_online_cpus())
 
 
-def probe_cflags() -> tuple[list[str], int]:
-    """The compiler flags of the probes, and the size of the lock map."""
+def probe_cflags(families: Iterable[str] = ()) -> tuple[list[str], int]:
+    """The compiler flags of the probes for a run of these probe families
+    (the opt-in ones are compiled only if named), and the size of the lock
+    map."""
     offsets = btf.probe_offsets()
     offsets["LP_MM_ID_OFFSET"] = mm_id_offset(offsets)
     value_bytes = 8 * (5 + 2 * (3 + schema.const("LP_HIST_SLOTS")))
@@ -165,6 +174,8 @@ def probe_cflags() -> tuple[list[str], int]:
     depth = os.environ.get(STACK_DEPTH_ENV)
     if depth:
         flags.append(f"-DLP_STACK_DEPTH={int(depth)}")
+    wanted = set(families)
+    flags += [f"-D{define}={int(f in wanted)}" for f, define in OPTIONAL_FAMILIES.items()]
     flags += [f"-DLP_MAX_LOCKS={max_locks}", f"-I{schema.probes_dir()}", "-w"]
     return flags, max_locks
 
@@ -203,7 +214,7 @@ def compile_probes(flags: list[str]):  # -> bcc.BPF
 _early_compile: tuple[list[str], object, LockprofError | None] | None = None
 
 
-def compile_early() -> None:
+def compile_early(families: Iterable[str]) -> None:
     """Compile the probes now, before pandas and pyarrow are imported: a
     collection calls this once its command line is checked (cli/common.py).
 
@@ -215,7 +226,7 @@ def compile_early() -> None:
     session would have raised it (after the target is set up)."""
     global _early_compile
     try:
-        flags, _max_locks = probe_cflags()
+        flags, _max_locks = probe_cflags(families)
     except LockprofError:
         return  # the session will say why
     try:
@@ -325,7 +336,8 @@ class BpfSession:
         self.events_dropped_userspace = 0
         self.max_events = 1_000_000
         self.sample_hz = sample_hz
-        self._bpf = self._compile()
+        self.families = frozenset(chosen.probe.family for chosen in plans)
+        self._bpf = self._compile(self.families)
         self._configure(target_tgid, threshold_ns, stack_threshold_ns, stack_rate, follow)
         if lock_types is not None:
             self._drop_lock_types(lock_types)
@@ -339,8 +351,8 @@ class BpfSession:
 
     # -- set-up -----------------------------------------------------------------
 
-    def _compile(self):
-        flags, self.max_locks = probe_cflags()
+    def _compile(self, families: Iterable[str]):
+        flags, self.max_locks = probe_cflags(families)
         early = take_early_compile(flags)
         # Not `or`: a BPF object is a mapping of its tables, falsy until one is read.
         return early if early is not None else compile_probes(flags)
@@ -734,6 +746,8 @@ class BpfSession:
         ]
 
     def read_offcpu(self) -> list[dict]:
+        if "offcpu" not in self.families:
+            return []  # not compiled in
         return [
             {
                 "tgid": int(k.tgid),
@@ -747,6 +761,8 @@ class BpfSession:
         ]
 
     def read_samples(self) -> list[dict]:
+        if "sample" not in self.families:
+            return []  # not compiled in
         return [
             {"stack_id": int(k.stack_id), "cpu": int(k.cpu), "count": int(v.value)}
             for k, v in self._bpf["lp_samples"].items()

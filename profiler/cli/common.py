@@ -266,7 +266,7 @@ def build_options(duration, interval, threshold, no_mmap_lock, no_contention) ->
     )
 
 
-def _compile_before_pandas() -> None:
+def _compile_before_pandas(options) -> None:
     """Compile the probes now, the command line checked, before pandas and
     pyarrow load: clang/LLVM's memory (~100 MB, given back once the probes
     load) then does not add to theirs, and the start-up peak is ~200 MB, not
@@ -275,8 +275,15 @@ def _compile_before_pandas() -> None:
     it may be, and nothing is lost but the saving."""
     from profiler import bpf
 
-    bpf.compile_early()
+    bpf.compile_early(run_families(options))
     allocator.arrow_allocates_with_malloc()
+
+
+def run_families(options) -> tuple[str, ...]:
+    """The probe families a collection's plans will hold (session._plans):
+    its families, and "locks" with a lock spec. The early compile must
+    compile the same ones as the session, or the session compiles again."""
+    return (*options.families, *(("locks",) if options.locks else ()))
 
 
 def checked_spec(argument: str):
@@ -639,7 +646,7 @@ def _start_and_collect(
         outputs.check_writable(output)
         if html is not None:
             outputs.check_directory(html, "report")
-        _compile_before_pandas()
+        _compile_before_pandas(options)
         stop.check_before_start()
     except (signals.Interrupted, LockprofError):
         if isinstance(target, CommandTarget):

@@ -162,7 +162,7 @@ def test_the_program_installs_its_handlers_before_the_heavy_imports(tmp_path):
         "from profiler import bpf, doctor, privileges\n"
         "privileges.require = lambda uprobes=False: None\n"
         "doctor.cleanup_stale_probes = lambda: []\n"
-        "bpf.compile_early = lambda: None\n"
+        "bpf.compile_early = lambda families: None\n"
         "import builtins; real = builtins.__import__\n"
         "def spy(name, *a, **k):\n"
         "    if name == 'pandas':\n"

@@ -24,20 +24,23 @@ def compiles(monkeypatch):
         made.append(list(given))
         return FalsyBpf()
 
-    monkeypatch.setattr(bpf, "probe_cflags", lambda: (list(flags[0]), 256))
+    monkeypatch.setattr(bpf, "probe_cflags", lambda families=(): (list(flags[0]), 256))
     monkeypatch.setattr(bpf, "compile_probes", compile_probes)
     monkeypatch.setattr(bpf, "_early_compile", None)
     return made, flags
 
 
+FAMILIES = ("mmap_lock", "contention")
+
+
 def session_compile():
     session = bpf.BpfSession.__new__(bpf.BpfSession)
-    return session._compile()
+    return session._compile(FAMILIES)
 
 
 def test_the_session_uses_the_early_object_once(compiles):
     made, _flags = compiles
-    bpf.compile_early()
+    bpf.compile_early(FAMILIES)
     early = bpf._early_compile[1]
     assert session_compile() is early  # even though it is falsy
     assert len(made) == 1
@@ -47,7 +50,7 @@ def test_the_session_uses_the_early_object_once(compiles):
 
 def test_other_flags_compile_again(compiles):
     made, flags = compiles
-    bpf.compile_early()
+    bpf.compile_early(FAMILIES)
     flags[0] = ["-DLP_MAX_LOCKS=16", "-DLP_MAX_TASKS=16"]  # e.g. the test hook set since
     session_compile()
     assert made == [["-DLP_MAX_LOCKS=256"], ["-DLP_MAX_LOCKS=16", "-DLP_MAX_TASKS=16"]]
@@ -58,7 +61,7 @@ def test_an_early_compile_error_is_the_sessions_error(compiles, monkeypatch):
         raise LockprofError("BPF compile/load failed: error: no such header")
 
     monkeypatch.setattr(bpf, "compile_probes", broken)
-    bpf.compile_early()  # says nothing: the usual checks speak first
+    bpf.compile_early(FAMILIES)  # says nothing: the usual checks speak first
     with pytest.raises(LockprofError, match="no such header"):
         session_compile()
 
@@ -70,7 +73,7 @@ from profiler import bpf, doctor, privileges
 from profiler.errors import LockprofError
 privileges.require = lambda uprobes=False: None
 doctor.cleanup_stale_probes = lambda: []
-def compile_early():
+def compile_early(families):
     loaded = sorted(m for m in ("pandas", "pyarrow", "plotly") if m in sys.modules)
     print(json.dumps(loaded), flush=True)
     raise LockprofError("stopped before compiling")
@@ -101,7 +104,7 @@ def compile_calls(monkeypatch):
     calls = []
     monkeypatch.setattr(privileges, "require", lambda uprobes=False: None)
     monkeypatch.setattr(doctor, "cleanup_stale_probes", lambda: [])
-    monkeypatch.setattr(bpf, "compile_early", lambda: calls.append(1))
+    monkeypatch.setattr(bpf, "compile_early", lambda families: calls.append(1))
     return calls
 
 
