@@ -22,15 +22,17 @@
 #include "lockprof.h"
 
 /* Only as a pointer type: its fields are read at their BTF offsets (below).
- * <linux/sched.h> would cost every compile ~0.1-0.5 s of header parsing. */
+ * With <linux/sched.h> (and the sample section's header) every compile took
+ * ~0.65 s longer (docs/performance.md, twelfth session). */
 struct task_struct;
 
 /*
  * The opt-in program families are compiled only for a run that uses them
  * (profiler/bpf.py probe_cflags): lock specs (--locks), off-CPU (--offcpu)
  * and CPU samples (--sample, with its header). Compiling was most of the
- * time to the first live row: 1.7-1.9 s with everything, 0.65 s without
- * them. Default: everything, so that the file stands alone.
+ * time to the first live row: 1.7-1.9 s with everything, 1.3-1.4 s without
+ * these programs, 0.65 s without their headers too. Default: everything, so
+ * that the file stands alone.
  */
 #ifndef LP_WITH_LOCK_SPECS
 #define LP_WITH_LOCK_SPECS 1
@@ -1012,6 +1014,10 @@ static __always_inline int lp_type_dropped(u32 flags)
 	return drop && *drop;
 }
 
+#ifndef LP_TEST_KEEP_MARKS
+#define LP_TEST_KEEP_MARKS 0 /* test hook: marks are set and never cleared */
+#endif
+
 /*
  * Mark a contention program as running on this task, or no longer. An
  * interrupt on this CPU runs its waits' programs on the interrupted task's
@@ -1025,6 +1031,8 @@ static __always_inline int lp_type_dropped(u32 flags)
  */
 static __always_inline void lp_mark_running(u16 *mark, u16 on)
 {
+	if (LP_TEST_KEEP_MARKS && !on)
+		return;
 	asm volatile("" ::: "memory");
 	*(volatile u16 *)mark = on;
 	asm volatile("" ::: "memory");
@@ -1032,9 +1040,14 @@ static __always_inline void lp_mark_running(u16 *mark, u16 on)
 
 /*
  * The task a contention program works on, or NULL: not wanted, no storage, or
- * an interrupt's wait inside the other contention program (counted). A begin
- * that finds in_end set will have its end skipped; an end that finds in_begin
- * set had its begin skipped.
+ * an interrupt's wait inside a contention program on this task. A begin that
+ * finds in_end set will have its end skipped; an end that finds in_begin set
+ * had its begin skipped: either counts the wait as left out. A run that
+ * finds its own program's mark set can only be nested in it: older kernels,
+ * without the recursion check around raw tracepoint programs, ran one nested
+ * in itself instead of skipping it.
+ * Such a run leaves quietly (the other half counts the wait) and, above
+ * all, leaves the outer run's mark alone.
  */
 static __always_inline struct lp_task *lp_contention_task(struct lp_config *cfg, u64 lock,
 							  int begin)
@@ -1046,8 +1059,9 @@ static __always_inline struct lp_task *lp_contention_task(struct lp_config *cfg,
 	ts = lp_task_get(begin); /* a begin creates the task's storage */
 	if (!ts)
 		return NULL;
-	if (*(volatile u16 *)(begin ? &ts->in_end : &ts->in_begin)) {
-		lp_error(LP_ERR_IRQ_WAIT_SKIPPED);
+	if (*(volatile u16 *)&ts->in_begin | *(volatile u16 *)&ts->in_end) {
+		if (*(volatile u16 *)(begin ? &ts->in_end : &ts->in_begin))
+			lp_error(LP_ERR_IRQ_WAIT_SKIPPED);
 		return NULL;
 	}
 	return ts;

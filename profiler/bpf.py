@@ -56,6 +56,9 @@ NO_MM_ID_ENV = "LOCKPROF_TEST_NO_MM_ID"
 # Test hook: keep N frames per kernel stack (LP_STACK_DEPTH), so that a test
 # sees stacks that fill their bucket.
 STACK_DEPTH_ENV = "LOCKPROF_TEST_STACK_DEPTH"
+# Test hook: the contention programs' running marks are set and never
+# cleared, so that a test can see that they are set (LP_TEST_KEEP_MARKS).
+KEEP_MARKS_ENV = "LOCKPROF_TEST_KEEP_MARKS"
 # read_errors() key: probe runs the kernel skipped (not an lp_errors counter).
 RECURSION_MISSES = "recursion_misses"
 # Opt-in probe families and the define that compiles each into the probes:
@@ -153,7 +156,7 @@ def online_cpus() -> list[int]:
     return list(bcc.utils.get_online_cpus())
 
 
-def probe_cflags(families: Iterable[str] = ()) -> tuple[list[str], int]:
+def probe_cflags(families: Iterable[str]) -> tuple[list[str], int]:
     """The compiler flags of the probes for a run of these probe families
     (the opt-in ones are compiled only if named), and the size of the lock
     map."""
@@ -174,6 +177,8 @@ def probe_cflags(families: Iterable[str] = ()) -> tuple[list[str], int]:
     depth = os.environ.get(STACK_DEPTH_ENV)
     if depth:
         flags.append(f"-DLP_STACK_DEPTH={int(depth)}")
+    if os.environ.get(KEEP_MARKS_ENV):
+        flags.append("-DLP_TEST_KEEP_MARKS=1")
     wanted = set(families)
     flags += [f"-D{define}={int(f in wanted)}" for f, define in OPTIONAL_FAMILIES.items()]
     flags += [f"-DLP_MAX_LOCKS={max_locks}", f"-I{schema.probes_dir()}", "-w"]
@@ -220,8 +225,9 @@ def compile_early(families: Iterable[str]) -> None:
 
     Compiling needs ~100 MB of clang/LLVM heap and library pages, given back
     when it ends. After pandas and pyarrow (~90 MB) the two added up: RSS
-    peaked at ~270 MB at start-up. Before them it peaks at ~180 MB, and
-    pandas then reuses the freed heap. The object waits for the session
+    peaked at ~270 MB at start-up. Before them it peaks at ~180 MB (~164
+    with only the run's families compiled), and pandas then reuses the
+    freed heap. The object waits for the session
     (take_early_compile); so does a compile error, raised where the
     session would have raised it (after the target is set up)."""
     global _early_compile
@@ -310,7 +316,10 @@ class BpfSession:
         stack_rate: int = 0,
         follow: bool = False,
         lock_types: tuple[str, ...] | None = None,
+        extra_families: tuple[str, ...] = (),
     ):
+        """extra_families: opt-in families to compile in without plans for
+        them (doctor's compile check)."""
         self.plans = plans
         self.attached: list[Attached] = []
         self._bcc = import_bcc()
@@ -336,7 +345,7 @@ class BpfSession:
         self.events_dropped_userspace = 0
         self.max_events = 1_000_000
         self.sample_hz = sample_hz
-        self.families = frozenset(chosen.probe.family for chosen in plans)
+        self.families = frozenset(chosen.probe.family for chosen in plans) | set(extra_families)
         self._bpf = self._compile(self.families)
         self._configure(target_tgid, threshold_ns, stack_threshold_ns, stack_rate, follow)
         if lock_types is not None:

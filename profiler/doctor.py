@@ -146,7 +146,10 @@ def _probes_compile() -> str:
     from profiler import bpf
     from profiler.probes import plan
 
-    with bpf.BpfSession(plan(("mmap_lock", "contention"), {"raw_tracepoint"})) as session:
+    # Every opt-in family compiled in too, so that this check covers their
+    # code and headers, not only the default families'.
+    plans = plan(("mmap_lock", "contention"), {"raw_tracepoint"})
+    with bpf.BpfSession(plans, extra_families=tuple(bpf.OPTIONAL_FAMILIES)) as session:
         session.attach()
         names = ", ".join(sorted({a.mechanism for a in session.attached}))
     return f"lockprof's probes compile, load and attach ({names}; task storage, ring buffer)"

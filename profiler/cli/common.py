@@ -269,8 +269,9 @@ def build_options(duration, interval, threshold, no_mmap_lock, no_contention) ->
 def _compile_before_pandas(options) -> None:
     """Compile the probes now, the command line checked, before pandas and
     pyarrow load: clang/LLVM's memory (~100 MB, given back once the probes
-    load) then does not add to theirs, and the start-up peak is ~200 MB, not
-    ~280 (bpf.compile_early). Then pyarrow loads, with malloc (allocator.py).
+    load) then does not add to theirs, and the start-up peak is ~165 MB, not
+    ~280 (bpf.compile_early; ~200 MB before only the run's families were
+    compiled). Then pyarrow loads, with malloc (allocator.py).
     Run by `lockprof` itself, pandas is not loaded yet; imported (tests),
     it may be, and nothing is lost but the saving."""
     from profiler import bpf

@@ -149,6 +149,18 @@ def harness():
         os.close(h.pidfd)
 
 
+@pytest.fixture
+def harness_keeping_marks(monkeypatch):
+    """The programs compiled with the test hook that never clears a mark."""
+    monkeypatch.setenv(bpf_mod.KEEP_MARKS_ENV, "1")
+    plans = probes.plan(("contention",), {"raw_tracepoint"})
+    with bpf_mod.BpfSession(plans) as session:
+        session._arm()
+        h = Harness(session)
+        yield h
+        os.close(h.pidfd)
+
+
 def test_the_programs_pair_a_wait_run_by_hand(harness):
     """The harness itself: a begin and an end run by hand make one wait."""
     assert harness.task().depth == 1
@@ -185,3 +197,35 @@ def test_the_programs_clear_their_own_marks(harness):
     task = harness.task()
     assert (task.in_begin, task.in_end) == (0, 0)
     assert harness.skipped() == 0
+
+
+def test_each_program_marks_itself_running(harness_keeping_marks):
+    h = harness_keeping_marks
+    h.run("lp_contention_begin", LOCK_A, SPIN)
+    task = h.task()
+    assert (task.in_begin, task.in_end) == (1, 0), "lp_contention_begin did not mark itself"
+    h.set_marks(in_begin=0, in_end=0)
+    h.run("lp_contention_end", LOCK_A, 0)
+    task = h.task()
+    assert (task.in_begin, task.in_end) == (0, 1), "lp_contention_end did not mark itself"
+    assert task.depth == 0 and h.contended() == 1
+
+
+@pytest.mark.parametrize(
+    "program, marks",
+    [("lp_contention_end", {"in_begin": 0, "in_end": 1}),
+     ("lp_contention_begin", {"in_begin": 1, "in_end": 0})],
+)  # fmt: skip
+def test_a_run_nested_in_its_own_program_leaves_the_outer_mark(harness, program, marks):
+    """Kernels without the recursion check run a program nested in itself:
+    the nested run must neither time anything nor clear the outer run's mark
+    (the other half of its wait counts it, once)."""
+    harness.set_marks(**marks)
+    if program.endswith("begin"):
+        harness.run(program, LOCK_B, SPIN)
+    else:
+        harness.run(program, LOCK_A, 0)
+    task = harness.task()
+    assert (task.in_begin, task.in_end) == (marks["in_begin"], marks["in_end"])
+    assert task.depth == 1 and task.nest[0].lock == LOCK_A
+    assert harness.skipped() == 0 and harness.contended() == 0

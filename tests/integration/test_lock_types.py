@@ -26,10 +26,12 @@ def contention_types(rec: profiler.Recording) -> dict[str, int]:
 
 def unpaired_ends(rec: profiler.Recording) -> int:
     """Ends without their begin, less those the kernel explains: a begin it
-    skipped (recursion_misses) or a full nest's entry that gave way
+    skipped (recursion_misses, less the waits the probes caught and left out
+    whole: irq_wait_skipped) or a full nest's entry that gave way
     (nest_overflow). What is left: waits in progress at arming."""
     errors = rec.meta["errors"]
-    explained = errors.get("recursion_misses", 0) + errors["nest_overflow"]
+    skipped = errors.get("recursion_misses", 0) - errors.get("irq_wait_skipped", 0)
+    explained = max(skipped, 0) + errors["nest_overflow"]
     return max(errors["end_without_begin"] - explained, 0)
 
 
