@@ -51,7 +51,7 @@ class MapElemAttr(ctypes.Structure):
     ]
 
 
-class TestRunAttr(ctypes.Structure):
+class ProgRunAttr(ctypes.Structure):
     _fields_ = [
         ("prog_fd", ctypes.c_uint32),
         ("retval", ctypes.c_uint32),
@@ -96,7 +96,7 @@ class Harness:
 
     def run(self, program: str, lock: int, arg: int) -> None:
         args = (ctypes.c_uint64 * 2)(lock, arg)
-        attr = TestRunAttr(
+        attr = ProgRunAttr(
             prog_fd=self.progs[program],
             ctx_in=ctypes.addressof(args),
             ctx_size_in=ctypes.sizeof(args),
