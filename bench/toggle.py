@@ -220,6 +220,9 @@ class Results:
         self.seconds: dict[str, float] = dict.fromkeys(states, 0.0)
         self.runs: dict[str, dict[str, list[int]]] = {s: {} for s in states}
         self.errors: dict[str, dict[str, int]] = {}  # lockprof session -> lp_errors
+        # lockprof session -> contended waits on each lock, over every
+        # window its contention programs were attached in
+        self.waits_by_lock: dict[str, list[int]] = {}
 
     def add(self, state: str, ops: int, seconds: float, before: dict, after: dict) -> None:
         self.rates[state].append(ops / seconds)
@@ -307,7 +310,38 @@ def run(args: argparse.Namespace) -> Results:
             )
         for name, session in sessions.items():
             results.errors[name] = session.read_errors()
+            results.waits_by_lock[name] = contended_by_lock(session)
     return results
+
+
+def contended_by_lock(session: bpf_mod.BpfSession) -> list[int]:
+    """Contended waits per lock (all flags), most first."""
+    snapshot = session.read_stats(time.monotonic_ns())
+    column = snapshot.columns.index("contended")
+    by_lock: dict[int, int] = {}
+    contention = schema.const("LP_SRC_CONTENTION")
+    for (lock, _flags, source, _index), per_cpu in snapshot.rows.items():
+        if source == contention:
+            by_lock[lock] = by_lock.get(lock, 0) + int(per_cpu[:, column].sum())
+    return sorted((n for n in by_lock.values() if n), reverse=True)
+
+
+def workload_mode(results: Results, name: str) -> str | None:
+    """How lpbizzy's contended waits fell, in the windows where lockprof's
+    contention programs ran: on one hot lock (both threads' chunks under one
+    page-table page, one page-table spinlock taken by every fault), or
+    spread over many. The probes' cost differs between these modes
+    (docs/performance.md, twelfth session)."""
+    waits = results.waits_by_lock.get(name) or []
+    states = ("lp", "lp-contention") if name == "lp" else (name,)
+    ops = sum(results.ops.get(s, 0) for s in states)
+    if not waits or not ops:
+        return None
+    return (
+        f"Workload mode ({name}'s contention windows): {sum(waits) / ops:.1f} contended "
+        f"waits per operation over {len(waits):,} locks, {waits[0] / sum(waits):.0%} "
+        f"of them on the busiest lock ({waits[0] / ops:.1f} per operation)."
+    )
 
 
 def summarise(results: Results, args: argparse.Namespace) -> str:
@@ -337,6 +371,9 @@ def summarise(results: Results, args: argparse.Namespace) -> str:
         # state would then time a cheaper path than lockprof's.
         counted = ", ".join(f"{k} {v:,}" for k, v in errors.items() if v) or "none"
         lines.append(f"\nKernel-side counters of {name}'s programs: {counted}.")
+        mode = workload_mode(results, name)
+        if mode:
+            lines.append(f"\n{mode}")
     if args.run_stats:
         lines += ["", *_run_stats_table(results)]
     return "\n".join(lines)
