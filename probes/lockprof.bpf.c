@@ -1053,14 +1053,17 @@ static __always_inline struct lp_task *lp_contention_task(struct lp_config *cfg,
 							  int begin)
 {
 	struct lp_task *ts;
+	u16 in_begin, in_end;
 
 	if (!cfg || !lp_wanted_now(cfg, lock))
 		return NULL;
 	ts = lp_task_get(begin); /* a begin creates the task's storage */
 	if (!ts)
 		return NULL;
-	if (*(volatile u16 *)&ts->in_begin | *(volatile u16 *)&ts->in_end) {
-		if (*(volatile u16 *)(begin ? &ts->in_end : &ts->in_begin))
+	in_begin = *(volatile u16 *)&ts->in_begin;
+	in_end = *(volatile u16 *)&ts->in_end;
+	if (in_begin | in_end) {
+		if (begin ? in_end : in_begin)
 			lp_error(LP_ERR_IRQ_WAIT_SKIPPED);
 		return NULL;
 	}
