@@ -585,12 +585,9 @@ def _build_recording(
     callers, tasks = (without_locks(frame, hidden) for frame in (callers, tasks))
     if isinstance(target, CommandTarget):
         tasks = relabel_pre_exec_tasks(tasks, target.tgid, _command_comm(target, session))
-    offcpu = pd.DataFrame(
-        session.read_offcpu() if "offcpu" in options.families else [], columns=OFFCPU_COLUMNS
-    )
-    samples = pd.DataFrame(
-        session.read_samples() if "sample" in options.families else [], columns=SAMPLE_COLUMNS
-    )
+    # Empty for a family the run did not compile in (the session knows which).
+    offcpu = pd.DataFrame(session.read_offcpu(), columns=OFFCPU_COLUMNS)
+    samples = pd.DataFrame(session.read_samples(), columns=SAMPLE_COLUMNS)
     stack_ids = set(callers["stack_id"].tolist()) | events.stack_ids
     stack_ids |= set(offcpu["stack_id"].tolist()) | set(samples["stack_id"].tolist())
     frames = namer.frames(sorted(s for s in stack_ids if s >= 0))

@@ -92,6 +92,12 @@ class FakeSession:
         self.locks_retired = 0
         self._events_raw: list[bytes] = []
 
+    def read_offcpu(self):
+        return []  # --offcpu not compiled in, as the real session answers
+
+    def read_samples(self):
+        return []  # --sample not compiled in
+
     def events_pending(self):
         return len(self._events_raw)
 
