@@ -28,6 +28,12 @@ figure is the mean over cycles of its rate against the bare window of the
 same cycle, with a 95% confidence interval (t distribution): drift slower
 than a cycle cancels.
 
+The workload's sensitivity to the probes stays put for a whole process
+and differs between processes (docs/performance.md, thirteenth session):
+--processes N runs the cycles in N blocks, each under a fresh lpbizzy,
+and adds each process's figures and an interval over the processes'
+means, which is the one to judge a target by.
+
 Not measured here: lockprof's user space (reading the maps every second;
 bench/lpcpu.sh gives its CPU time), the compile and attach at start. The
 programs are switched without lockprof's arming, so a hold that spans a
@@ -35,7 +41,7 @@ switch leaves a stale entry that the next release of that lock clears;
 the aggregates are not used.
 
     sudo .venv/bin/python bench/toggle.py [--cycles 30] [--window 1.0]
-        [--states bare,floor,lp] [--threads 2] [--baseline REV]
+        [--states bare,floor,lp] [--threads 2] [--baseline REV] [--processes 1]
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import math
 import statistics
 import subprocess
@@ -216,16 +223,20 @@ class Results:
 
     def __init__(self, states: list[str]):
         self.rates: dict[str, list[float]] = {s: [] for s in states}
+        self.window_ops: dict[str, list[int]] = {s: [] for s in states}
+        # the workload process (0, 1, ...) of each cycle
+        self.process_of_cycle: list[int] = []
         self.ops: dict[str, int] = dict.fromkeys(states, 0)
         self.seconds: dict[str, float] = dict.fromkeys(states, 0.0)
         self.runs: dict[str, dict[str, list[int]]] = {s: {} for s in states}
         self.errors: dict[str, dict[str, int]] = {}  # lockprof session -> lp_errors
-        # lockprof session -> contended waits on each lock, over every
-        # window its contention programs were attached in
-        self.waits_by_lock: dict[str, list[int]] = {}
+        # lockprof session -> per workload process: contended waits on each
+        # lock, over every window its contention programs were attached in
+        self.waits_by_lock: dict[str, list[dict[int, int]]] = {}
 
     def add(self, state: str, ops: int, seconds: float, before: dict, after: dict) -> None:
         self.rates[state].append(ops / seconds)
+        self.window_ops[state].append(ops)
         self.ops[state] += ops
         self.seconds[state] += seconds
         for fn, (runs, ns) in after.items():
@@ -278,8 +289,6 @@ def run(args: argparse.Namespace) -> Results:
             for other in others:
                 other.drain_events()
 
-        workload = Workload(args.threads)
-        cleanup.callback(workload.stop)
         # Detached before the workload stops and the sessions close.
         cleanup.callback(lambda: [switch.set(False) for switch in switches.values()])
         if args.run_stats:
@@ -290,32 +299,57 @@ def run(args: argparse.Namespace) -> Results:
                 return {}
             return bpf_mod.program_run_stats(objects[state])
 
-        time.sleep(args.settle)
-        for cycle in range(args.cycles):
-            for state in states if cycle % 2 == 0 else states[::-1]:
-                # All off first: lp, lp-mmap and lp-contention share programs.
-                for name, switch in switches.items():
-                    if name != state:
-                        switch.set(False)
-                if state in switches:
-                    switches[state].set(True)
-                window = measure(
-                    workload, args.settle, args.window, wait, functools.partial(run_stats, state)
+        waits_before = {name: contended_by_lock(session) for name, session in sessions.items()}
+        for process, cycles in enumerate(process_blocks(args.cycles, args.processes)):
+            workload = Workload(args.threads)
+            try:
+                time.sleep(args.settle)
+                for _ in range(cycles):
+                    run_cycle(results, states, switches, workload, args, wait, run_stats)
+                    results.process_of_cycle.append(process)
+            finally:
+                for switch in switches.values():
+                    switch.set(False)
+                workload.stop()
+            for name, session in sessions.items():
+                waits_now = contended_by_lock(session)
+                results.waits_by_lock.setdefault(name, []).append(
+                    {lock: n - waits_before[name].get(lock, 0) for lock, n in waits_now.items()}
                 )
-                results.add(state, *window)
-            print(
-                f"cycle {cycle + 1}/{args.cycles}: "
-                + ", ".join(f"{s} {results.rates[s][-1]:.0f}" for s in states),
-                file=sys.stderr,
-            )
+                waits_before[name] = waits_now
         for name, session in sessions.items():
             results.errors[name] = session.read_errors()
-            results.waits_by_lock[name] = contended_by_lock(session)
     return results
 
 
-def contended_by_lock(session: bpf_mod.BpfSession) -> list[int]:
-    """Contended waits per lock (all flags), most first."""
+def process_blocks(cycles: int, processes: int) -> list[int]:
+    """How many cycles each workload process runs: as even as can be."""
+    return [cycles // processes + (i < cycles % processes) for i in range(processes)]
+
+
+def run_cycle(results, states, switches, workload, args, wait, run_stats) -> None:
+    """One window per state, forward on even cycles, reversed on odd ones."""
+    cycle = len(results.process_of_cycle)
+    for state in states if cycle % 2 == 0 else states[::-1]:
+        # All off first: lp, lp-mmap and lp-contention share programs.
+        for name, switch in switches.items():
+            if name != state:
+                switch.set(False)
+        if state in switches:
+            switches[state].set(True)
+        window = measure(
+            workload, args.settle, args.window, wait, functools.partial(run_stats, state)
+        )
+        results.add(state, *window)
+    print(
+        f"cycle {cycle + 1}/{args.cycles}: "
+        + ", ".join(f"{s} {results.rates[s][-1]:.0f}" for s in states),
+        file=sys.stderr,
+    )
+
+
+def contended_by_lock(session: bpf_mod.BpfSession) -> dict[int, int]:
+    """Contended waits so far per lock (all flags)."""
     snapshot = session.read_stats(time.monotonic_ns())
     column = snapshot.columns.index("contended")
     by_lock: dict[int, int] = {}
@@ -323,7 +357,35 @@ def contended_by_lock(session: bpf_mod.BpfSession) -> list[int]:
     for (lock, _flags, source, _index), per_cpu in snapshot.rows.items():
         if source == contention:
             by_lock[lock] = by_lock.get(lock, 0) + int(per_cpu[:, column].sum())
-    return sorted((n for n in by_lock.values() if n), reverse=True)
+    return by_lock
+
+
+def process_ops(results: Results, states: tuple[str, ...], process: int) -> int:
+    """The workload's operations in those states' windows of one process."""
+    return sum(
+        ops
+        for state in states
+        for ops, owner in zip(
+            results.window_ops.get(state, []), results.process_of_cycle, strict=False
+        )
+        if owner == process
+    )
+
+
+def mode_figures(results: Results, name: str, processes: list[int]) -> tuple | None:
+    """Contended waits per operation, locks seen, the busiest lock's share of
+    the waits and its waits per operation, over those processes' windows
+    where session `name`'s contention programs ran (each process's busiest
+    lock is its own: its page-table pages are not another's)."""
+    states = ("lp", "lp-contention") if name == "lp" else (name,)
+    per_process = results.waits_by_lock.get(name) or []
+    waits = [sorted((n for n in per_process[p].values() if n), reverse=True) for p in processes]
+    ops = sum(process_ops(results, states, p) for p in processes)
+    total = sum(sum(w) for w in waits)
+    if not total or not ops:
+        return None
+    busiest = sum(w[0] for w in waits if w)
+    return total / ops, sum(len(w) for w in waits), busiest / total, busiest / ops
 
 
 def workload_mode(results: Results, name: str) -> str | None:
@@ -332,16 +394,66 @@ def workload_mode(results: Results, name: str) -> str | None:
     page-table page, one page-table spinlock taken by every fault), or
     spread over many. The probes' cost differs between these modes
     (docs/performance.md, twelfth session)."""
-    waits = results.waits_by_lock.get(name) or []
-    states = ("lp", "lp-contention") if name == "lp" else (name,)
-    ops = sum(results.ops.get(s, 0) for s in states)
-    if not waits or not ops:
+    figures = mode_figures(results, name, sorted(set(results.process_of_cycle)))
+    if figures is None:
         return None
+    per_op, locks, share, busiest_per_op = figures
     return (
-        f"Workload mode ({name}'s contention windows): {sum(waits) / ops:.1f} contended "
-        f"waits per operation over {len(waits):,} locks, {waits[0] / sum(waits):.0%} "
-        f"of them on the busiest lock ({waits[0] / ops:.1f} per operation)."
+        f"Workload mode ({name}'s contention windows): {per_op:.1f} contended "
+        f"waits per operation over {locks:,} locks, {share:.0%} "
+        f"of them on the busiest lock ({busiest_per_op:.1f} per operation)."
     )
+
+
+def per_process_table(results: Results) -> list[str]:
+    """Each workload process's figures, then each state's mean over the
+    processes' means with a 95% interval over processes: windows of one
+    process are not independent of each other, processes are."""
+    states = [s for s in results.rates if s != "bare"]
+    processes = sorted(set(results.process_of_cycle))
+    lines = [
+        "Per workload process (a fresh `lpbizzy` each; loss means over its cycles; mode: "
+        "contended waits per operation, the busiest lock's share):",
+        "",
+        "| process | cycles | bare median ops/s | "
+        + " | ".join(f"{s} loss" for s in states)
+        + " | mode |",
+        "|---|---|---|" + "---|" * len(states) + "---|",
+    ]
+    means: dict[str, list[float]] = {s: [] for s in states}
+    for process in processes:
+        cycles = [i for i, p in enumerate(results.process_of_cycle) if p == process]
+        bare = [results.rates["bare"][i] for i in cycles]
+        cells = []
+        for state in states:
+            losses = [1 - results.rates[state][i] / results.rates["bare"][i] for i in cycles]
+            means[state].append(statistics.fmean(losses))
+            cells.append(f"{means[state][-1]:+.2%}")
+        figures = mode_figures(results, "lp", [process]) if "lp" in results.rates else None
+        mode = f"{figures[0]:.1f}/op, {figures[2]:.0%}" if figures else "-"
+        lines.append(
+            f"| {process + 1} | {len(cycles)} | {statistics.median(bare):,.0f} | "
+            + " | ".join(cells)
+            + f" | {mode} |"
+        )
+    lines += [
+        "",
+        "| state | mean of the processes' means | 95% CI over processes |",
+        "|---|---|---|",
+    ]
+    for state in states:
+        mean, low, high = mean_interval(means[state])
+        lines.append(f"| {state} | {mean:+.2%} | {low:+.2%} to {high:+.2%} |")
+    return lines
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """The mean and its two-sided 95% t interval (nan with one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
 
 
 def summarise(results: Results, args: argparse.Namespace) -> str:
@@ -351,7 +463,12 @@ def summarise(results: Results, args: argparse.Namespace) -> str:
     lines = [
         f"Command: `sudo .venv/bin/python {command}`. {args.cycles} cycles of "
         f"{args.window:g} s windows (settle {args.settle:g} s after each switch) under "
-        f"one running `lpbizzy -t {args.threads}`, states in alternating order; "
+        + (
+            f"one running `lpbizzy -t {args.threads}`"
+            if args.processes == 1
+            else f"{args.processes} `lpbizzy -t {args.threads}` processes in turn"
+        )
+        + ", states in alternating order; "
         "loss = 1 - the window's rate / the bare window's rate of the same cycle: "
         "mean, its 95% interval, median. Empty programs (*floor*) and lockprof's "
         "(*lp*: mmap_lock and contention families; *lp-mmap*, *lp-contention*: "
@@ -374,6 +491,8 @@ def summarise(results: Results, args: argparse.Namespace) -> str:
         mode = workload_mode(results, name)
         if mode:
             lines.append(f"\n{mode}")
+    if args.processes > 1:
+        lines += ["", *per_process_table(results)]
     if args.run_stats:
         lines += ["", *_run_stats_table(results)]
     return "\n".join(lines)
@@ -403,15 +522,8 @@ def _run_stats_table(results: Results) -> list[str]:
 def _loss_cells(values: list[float], against: list[float]) -> str:
     """Mean loss, its 95% interval and median loss, as table cells."""
     losses = [1 - v / b for v, b in zip(values, against, strict=True)]
-    mean = statistics.fmean(losses)
-    half = (
-        t95(len(losses) - 1) * statistics.stdev(losses) / math.sqrt(len(losses))
-        if len(losses) > 1
-        else float("nan")
-    )
-    return (
-        f"{mean:+.2%} | {mean - half:+.2%} to {mean + half:+.2%} | {statistics.median(losses):+.2%}"
-    )
+    mean, low, high = mean_interval(losses)
+    return f"{mean:+.2%} | {low:+.2%} to {high:+.2%} | {statistics.median(losses):+.2%}"
 
 
 def main() -> int:
@@ -421,12 +533,22 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=0.2, help="seconds after a switch")
     parser.add_argument("--states", default="bare,floor,lp")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="run the cycles under this many workload processes in turn (a fresh "
+        "lpbizzy each) and add an interval over the processes' means",
+    )
     parser.add_argument("--baseline", help="git revision of probes/ for the state 'base'")
     parser.add_argument(
         "--lock-types",
         type=lambda text: parse_lock_types(text, False),
         help="the lp states trace contention of these lock types only (as lockprof's "
         "--lock-types); base, if any, traces every type",
+    )
+    parser.add_argument(
+        "--raw", type=Path, help="also write each window's rate and process here (JSON)"
     )
     parser.add_argument(
         "--run-stats",
@@ -440,9 +562,16 @@ def main() -> int:
         args.states = ",".join(states)
     if set(states) - set(STATES) or "bare" not in states:
         parser.error(f"--states: bare and some of {', '.join(STATES)}")
+    if not 1 <= args.processes <= args.cycles:
+        parser.error("--processes: from 1 to --cycles")
     if "base" in states and not args.baseline:
         parser.error("the state 'base' needs --baseline REV")
-    print(summarise(run(args), args))
+    results = run(args)
+    if args.raw:
+        args.raw.write_text(
+            json.dumps({"rates": results.rates, "process_of_cycle": results.process_of_cycle})
+        )
+    print(summarise(results, args))
     return 0
 
 
