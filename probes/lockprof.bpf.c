@@ -71,6 +71,11 @@ struct task_struct;
 #error "LP_TASK_COMM_OFFSET (offsetof(struct task_struct, comm)) must come from BTF"
 #endif
 #define LP_PF_KTHREAD 0x00200000 /* include/linux/sched.h, stable since 2.6 */
+/* offsetof(struct mm_struct, owner) (CONFIG_MEMCG), for lp_learn_idle_target();
+ * -1: the kernel has none. */
+#ifndef LP_MM_OWNER_OFFSET
+#define LP_MM_OWNER_OFFSET -1
+#endif
 /* offsetof(struct mm_struct, map_count), for lp_foreign_gen(); -1: unknown. */
 #ifndef LP_MM_MAP_COUNT_OFFSET
 #define LP_MM_MAP_COUNT_OFFSET -1
@@ -219,7 +224,11 @@ static __always_inline int lp_wanted_process(struct lp_config *cfg, u32 tgid)
  * (and with --follow, the same for its descendants). */
 static __always_inline int lp_wanted(struct lp_config *cfg, u32 tgid, u64 lock)
 {
-	return cfg->target_tgid == 0 || cfg->target_tgid == tgid || cfg->target_lock == lock ||
+	if (cfg->target_tgid == 0)
+		return 1;
+	if (tgid == cfg->self_tgid)
+		return 0; /* lockprof looking at the target (lp_learn_idle_target) */
+	return cfg->target_tgid == tgid || cfg->target_lock == lock ||
 	       lp_followed_event(cfg, tgid, lock);
 }
 
@@ -801,6 +810,47 @@ static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task 
 	return 0;
 }
 
+/*
+ * --pid: learn the target's mmap_lock from lockprof's own look at it.
+ * lp_learn_owner() learns it when one of the target's tasks takes its own
+ * mm's lock; a target that sleeps never does, and the tasks that took its
+ * lock meanwhile (readers of /proc/N/cmdline, khugepaged) went uncounted.
+ * Once the programs are armed, Python reads /proc/N/cmdline, which takes the
+ * target's mmap_lock for read from lockprof's own task (whose events a
+ * targeted run leaves out, lp_wanted): that mm is the target's if its owner
+ * (CONFIG_MEMCG's mm->owner, a task of the process that owns it) is in the
+ * target process. Only lockprof's own events, and only until the lock is
+ * known, pay for the two reads.
+ */
+static __always_inline void lp_learn_idle_target(struct lp_config *cfg, u64 mm)
+{
+#if LP_MM_OWNER_OFFSET >= 0
+	struct lp_owner owner = {};
+	struct lp_owner_key seen = {};
+	u64 task = 0, lock = mm + LP_MMAP_LOCK_OFFSET;
+	u32 gen;
+
+	if (cfg->target_lock || !cfg->self_tgid ||
+	    (u32)(bpf_get_current_pid_tgid() >> 32) != cfg->self_tgid)
+		return;
+	bpf_probe_read_kernel(&task, sizeof(task), (void *)(mm + LP_MM_OWNER_OFFSET));
+	if (!task)
+		return;
+	bpf_probe_read_kernel(&owner.tgid, sizeof(owner.tgid), (void *)(task + LP_TASK_TGID_OFFSET));
+	if (owner.tgid != cfg->target_tgid)
+		return;
+	bpf_probe_read_kernel(&owner.comm, sizeof(owner.comm), (void *)(task + LP_TASK_COMM_OFFSET));
+	gen = lp_learn_gen(mm, owner.tgid);
+	seen.lock = lock;
+	seen.mm_gen = gen;
+	/* As lp_learn_owner() would when the target first takes its lock. */
+	if (lp_owners.update(&seen, &owner) || lp_mm_gens.update(&lock, &gen))
+		lp_error(LP_ERR_OWNER_MAP_FULL);
+	cfg->target_gen = gen;
+	cfg->target_lock = lock; /* one aligned 8-byte store */
+#endif
+}
+
 /* ---- --follow: sched_process_fork(struct task_struct *parent, *child) ----
  * Runs in the parent, before the child first runs: a process the target or a
  * followed process forks is followed from its first instruction. A new
@@ -832,8 +882,12 @@ int lp_mmap_start(struct bpf_raw_tracepoint_args *ctx)
 	struct lp_config *cfg = lp_cfg();
 	struct lp_task *ts;
 
-	if (!cfg || !lp_wanted_now(cfg, lock))
+	if (!cfg)
 		return 0;
+	if (!lp_wanted_now(cfg, lock)) {
+		lp_learn_idle_target(cfg, mm);
+		return 0;
+	}
 	ts = lp_task_get(1);
 	if (!ts)
 		return 0;

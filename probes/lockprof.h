@@ -262,6 +262,8 @@ struct lp_config {
 	u64 stack_gap_ns;    /* at most one such stack per CPU per gap; 0: every one */
 	u32 follow;          /* --follow: also the target's descendants (lp_followed) */
 	u32 target_gen;      /* learned in BPF: target_lock's mm generation */
+	u32 self_tgid;       /* with a target: lockprof's own process, left out */
+	u32 pad;
 };
 
 /* One record of the per-event stream (waits and holds over the threshold). */

@@ -383,6 +383,9 @@ class BpfSession:
         # stack_rate stacks per CPU per second at most (0: no limit)
         value.stack_gap_ns = 1_000_000_000 // stack_rate if stack_rate > 0 else 0
         value.follow = 1 if follow else 0  # --follow: also the target's descendants
+        # A targeted run leaves lockprof's own tasks out: its look at the
+        # target (learn_target_lock) is not the target's lock use.
+        value.self_tgid = os.getpid() if target_tgid else 0
         value.armed = 0  # the programs do nothing until attach() arms them
         config[ctypes.c_int(0)] = value
 
@@ -889,6 +892,18 @@ class BpfSession:
 
     def target_lock(self) -> int:
         return int(self._bpf["lp_config"][ctypes.c_int(0)].target_lock)
+
+    def learn_target_lock(self, tgid: int) -> bool:
+        """Make a running target's mmap_lock known now, not when the target
+        next takes it: a target asleep for the whole run never does, and
+        the other tasks taking its lock (/proc/N readers, khugepaged) would
+        go uncounted. Reading /proc/N/cmdline takes the target's mmap_lock
+        from lockprof's own task, where the armed probes recognise the mm
+        by its owner (probes/lockprof.bpf.c lp_learn_idle_target; kernels
+        with CONFIG_MEMCG). False if it is still unknown."""
+        with contextlib.suppress(OSError), open(f"/proc/{tgid}/cmdline", "rb") as cmdline:
+            cmdline.read(1)  # one page's copy takes the lock once
+        return self.target_lock() != 0
 
     def stack_frames(self, stack_id: int) -> list[str]:
         """Kernel frames of a stack, innermost first, as function+0xoffset."""

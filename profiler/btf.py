@@ -221,6 +221,8 @@ OPTIONAL_PROBE_OFFSETS = {
     "LP_MM_ID_OFFSET": ("mm_struct", "context.ctx_id"),
     # Without them: is an mm being built (no mapping yet)? lp_foreign_gen
     "LP_MM_MAP_COUNT_OFFSET": ("mm_struct", "map_count"),
+    # CONFIG_MEMCG: whose mm is it (--pid on an idle target, lp_learn_idle_target)
+    "LP_MM_OWNER_OFFSET": ("mm_struct", "owner"),
 }
 
 

@@ -118,6 +118,9 @@ def collect(
         session.max_events = options.max_events
         flag.check_before_start()
         attached = session.attach()
+        if target.mode == "attach":
+            # Its lock is otherwise learned only when the target takes it.
+            session.learn_target_lock(target.tgid)
         flag.check_before_start()
     except BaseException:
         if own_flag:

@@ -87,6 +87,35 @@ def test_foreign_readers_of_the_target_mm_are_counted_with_their_comm(lockprof_f
     assert (rec.locks[rec.locks["lock"] == mm_lock]["owner_pid"] == target.pid).all()
 
 
+def test_an_idle_targets_lock_is_known_from_the_start(lockprof_factory, tmp_path):
+    """A target that never takes its own mmap_lock while lockprof runs: the
+    lock is learned at attach (lp_learn_idle_target), so its foreign readers
+    are counted; lockprof's own look at the target is left out."""
+    import profiler
+    from profiler import btf
+
+    if btf.probe_offsets()["LP_MM_OWNER_OFFSET"] < 0:
+        pytest.skip("no mm_struct.owner (CONFIG_MEMCG): learned when the target takes its lock")
+    target = Held(10)  # took its lock before the attach, and waits
+    try:
+        lp = lockprof_factory("attach", "-p", str(target.pid), "-o", "rec.lpr", "-q")
+        lp.wait_attached()
+        for _ in range(5):
+            subprocess.run(["cat", f"/proc/{target.pid}/cmdline"], capture_output=True, check=True)
+        code, _out, err = lp.stop()
+    finally:
+        target.finish()
+    assert code == 0, err
+    rec = profiler.load(tmp_path / "rec.lpr")
+    cats = rec.tasks[(rec.tasks["comm"] == "cat") & (rec.tasks["tgid"] != target.pid)]
+    assert cats["waits"].sum() >= 5, rec.tasks
+    assert lp.proc.pid not in set(rec.tasks["tgid"])
+    (mm_lock,) = set(cats["lock"])
+    assert (rec.locks[rec.locks["lock"] == mm_lock]["owner_pid"] == target.pid).all()
+    read = rows_for(show_json(tmp_path / "rec.lpr"), target.pid)["read"]
+    assert read["acquisitions"] >= 5
+
+
 def test_contended_workload_reports_rwsem_contention(lockprof_factory, tmp_path):
     lp = lockprof_factory("run", "-o", "rec.lpr", "-q", "--", str(BIN / "rwcontend"), "-S", "2")
     code, _out, err = lp.wait()

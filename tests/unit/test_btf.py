@@ -481,6 +481,7 @@ def test_probe_offsets_are_cached_per_blob(vmlinux, tmp_path, monkeypatch):
         "LP_TASK_FLAGS_OFFSET": vmlinux.member_offset("task_struct", "flags"),
         "LP_MM_ID_OFFSET": vmlinux.member_offset("mm_struct", "context.ctx_id"),
         "LP_MM_MAP_COUNT_OFFSET": vmlinux.member_offset("mm_struct", "map_count"),
+        "LP_MM_OWNER_OFFSET": vmlinux.member_offset("mm_struct", "owner"),
     }
     assert offsets["LP_MM_ID_OFFSET"] > 0  # x86's per-mm context id: this machine has one
     (cache,) = (tmp_path / "lockprof").glob("offsets-*.json")
@@ -496,6 +497,7 @@ def test_probe_offsets_are_cached_per_blob(vmlinux, tmp_path, monkeypatch):
         "LP_TASK_FLAGS_OFFSET": 9,
         "LP_MM_ID_OFFSET": 5,
         "LP_MM_MAP_COUNT_OFFSET": 7,
+        "LP_MM_OWNER_OFFSET": 10,
     }
     cache.write_text(json.dumps(fake))
     assert btf.probe_offsets() == fake
@@ -537,6 +539,7 @@ def test_probe_offsets_from_a_synthetic_blob(tmp_path, monkeypatch):
         "LP_TASK_FLAGS_OFFSET": 8,
         "LP_MM_ID_OFFSET": -1,  # optional: this mm_struct has no context.ctx_id
         "LP_MM_MAP_COUNT_OFFSET": -1,  # nor map_count
+        "LP_MM_OWNER_OFFSET": -1,  # nor owner
     }
 
 
