@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 
 from profiler import aggregate, schema, writer_cost
 from profiler.recording import Recording
@@ -16,19 +17,29 @@ JSON_VERSION = 1
 class LockRows:
     """A recording's summary rows, built one at a time as they are iterated:
     the aggregates' (lock and mode) rows, busiest first, then the off-CPU
-    rows (--offcpu). len() is their number."""
+    rows (--offcpu); with top, only the first top of each, as `show --top`
+    prints them in its two tables. len() is the number iterated, total the
+    number without top. `locks` and `offcpu` hold every row (the table's
+    footer sums them all)."""
 
-    def __init__(self, rec: Recording):
+    def __init__(self, rec: Recording, top: int | None = None):
         families = rec.meta.get("families", [])
         self.locks = aggregate.SummaryRows(rec.interval_totals, rec.locks, families)
         self.offcpu = writer_cost.offcpu_rows(rec.offcpu, rec.stacks)
+        self.top = top
 
-    def __len__(self) -> int:
+    @property
+    def total(self) -> int:
         return len(self.locks) + len(self.offcpu)
 
+    def __len__(self) -> int:
+        if self.top is None:
+            return self.total
+        return min(len(self.locks), self.top) + min(len(self.offcpu), self.top)
+
     def __iter__(self) -> Iterator[dict]:
-        yield from self.locks
-        yield from self.offcpu
+        yield from islice(self.locks, self.top)
+        yield from self.offcpu[: self.top]
 
 
 def lock_rows(rec: Recording) -> list[dict]:
@@ -169,17 +180,20 @@ def notes(meta: dict) -> list[str]:
     return out
 
 
-def summary_json(rec: Recording, what_if_cpus: int | None = None) -> dict:
-    """The `show --json` document."""
-    document = summary_document(rec, what_if_cpus)
+def summary_json(rec: Recording, what_if_cpus: int | None = None, top: int | None = None) -> dict:
+    """The `show --json` document (`--top N`: its first N rows)."""
+    document = summary_document(rec, what_if_cpus, top)
     document["locks"] = list(document["locks"])
     return document
 
 
-def summary_document(rec: Recording, what_if_cpus: int | None = None) -> dict:
+def summary_document(
+    rec: Recording, what_if_cpus: int | None = None, top: int | None = None
+) -> dict:
     """summary_json() with its `locks` as LockRows, built as they are read."""
     meta = rec.meta
     rusage = meta.get("rusage") or {}
+    rows = LockRows(rec, top)
     return {
         "json_version": JSON_VERSION,
         "kernel": meta.get("kernel"),
@@ -197,6 +211,7 @@ def summary_document(rec: Recording, what_if_cpus: int | None = None) -> dict:
         "notes": notes(meta),
         "rusage": {k: rusage.get(k) for k in ("user_s", "sys_s", "elapsed_s", "minor_faults")},
         "events": rec.event_count,
-        "locks": LockRows(rec),
+        "locks_total": rows.total,
+        "locks": rows,
         "writer_cost": writer_cost_json(rec, what_if_cpus),
     }

@@ -33,6 +33,7 @@ TOP_LEVEL_KEYS = {
     "errors",
     "rusage",
     "events",
+    "locks_total",
     "locks",
 }
 LOCK_KEYS = {
