@@ -124,17 +124,8 @@ def _labels(table: pd.DataFrame, rec: Recording) -> dict[int, str]:
 
 def _top_callers(rec: Recording) -> dict[int, str]:
     """lock address -> its top contending caller, from the cleaned stacks."""
-    if rec.callers.empty:
-        return {}
-    stacks = stack_frames(rec)
-    best = rec.callers.sort_values("total_ns", ascending=False).drop_duplicates("lock")
-    out = {}
-    for lock, stack_id in best[["lock", "stack_id"]].itertuples(index=False):
-        frames = clean_frames(stacks.get(int(stack_id), []))
-        caller = aggregate.caller_of(frames) if frames else None
-        if caller:
-            out[int(lock)] = caller
-    return out
+    stacks = {stack_id: clean_frames(frames) for stack_id, frames in stack_frames(rec).items()}
+    return aggregate.top_callers(rec.callers, stacks)
 
 
 def _with_locks(frame: pd.DataFrame, locks: pd.DataFrame) -> pd.DataFrame:

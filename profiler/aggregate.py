@@ -465,12 +465,13 @@ def name_locks(
     owners maps a lock id to its owning (pid, comm). An rwsem that is some
     mm's mmap_lock is named mmap_lock (with the owning pid). Others: a
     kallsyms data symbol if one starts at the address, else the top
-    contending caller (function+offset) and the address. addresses maps the
+    contending caller (function+offset, top_callers) and the address, else
+    the class and the address. addresses maps the
     lock ids that are not their own address (lockids.py) to it.
     """
     data_symbols = data_symbols or {}
     addresses = addresses or {}
-    top_caller = _top_callers(callers, stacks)
+    top_caller = top_callers(callers, stacks)
     unique_keys = keys[KEY_COLUMNS].drop_duplicates()
     # A lock the mmap_lock tracepoints fired on is an mmap_lock even when its
     # owner was never learned (owner map full, or only foreign tasks took it).
@@ -517,16 +518,27 @@ def name_locks(
     return frame
 
 
-def _top_callers(callers: pd.DataFrame, stacks: dict[int, list[str]]) -> dict[int, str]:
+def top_callers(callers: pd.DataFrame, stacks: dict[int, list[str]]) -> dict[int, str]:
+    """lock -> its caller (caller_of its stack) with the most contended wait
+    time, summed over the stacks that share it. Only waits with a kernel
+    stack can name a lock; the others (shorter than --stack-threshold, over
+    --stack-rate, or not captured: stack_id < 0) are left out. They are not
+    a rival caller: on a busy lock they hold most of the wait time, and
+    picking the top row among them named no lock at all."""
     if callers.empty:
         return {}
-    best = callers.sort_values("total_ns", ascending=False).drop_duplicates("lock")
-    named = {}
-    for lock, stack_id in best[["lock", "stack_id"]].itertuples(index=False):
-        caller = caller_of(stacks.get(int(stack_id), []))
-        if caller:
-            named[int(lock)] = caller
-    return named
+    caller_of_stack = {
+        int(stack_id): caller_of(stacks.get(int(stack_id), []))
+        for stack_id in callers["stack_id"].unique()
+    }
+    named = callers.assign(caller=callers["stack_id"].map(caller_of_stack))
+    named = named[named["caller"].notna()]
+    if named.empty:
+        return {}
+    per_caller = named.groupby(["lock", "caller"], sort=False)["total_ns"].sum().reset_index()
+    best = per_caller.sort_values("total_ns", ascending=False, kind="stable")
+    best = best.drop_duplicates("lock")
+    return {int(lock): str(name) for lock, name in zip(best["lock"], best["caller"], strict=True)}
 
 
 # -- summary --------------------------------------------------------------------

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 
 from profiler import aggregate, schema, writer_cost
 from profiler.recording import Recording
@@ -16,19 +17,29 @@ JSON_VERSION = 1
 class LockRows:
     """A recording's summary rows, built one at a time as they are iterated:
     the aggregates' (lock and mode) rows, busiest first, then the off-CPU
-    rows (--offcpu). len() is their number."""
+    rows (--offcpu); with top, only the first top of each, as `show --top`
+    prints them in its two tables. len() is the number iterated, total the
+    number without top. `locks` and `offcpu` hold every row (the table's
+    footer sums them all)."""
 
-    def __init__(self, rec: Recording):
+    def __init__(self, rec: Recording, top: int | None = None):
         families = rec.meta.get("families", [])
         self.locks = aggregate.SummaryRows(rec.interval_totals, rec.locks, families)
         self.offcpu = writer_cost.offcpu_rows(rec.offcpu, rec.stacks)
+        self.top = top
 
-    def __len__(self) -> int:
+    @property
+    def total(self) -> int:
         return len(self.locks) + len(self.offcpu)
 
+    def __len__(self) -> int:
+        if self.top is None:
+            return self.total
+        return min(len(self.locks), self.top) + min(len(self.offcpu), self.top)
+
     def __iter__(self) -> Iterator[dict]:
-        yield from self.locks
-        yield from self.offcpu
+        yield from islice(self.locks, self.top)
+        yield from self.offcpu[: self.top]
 
 
 def lock_rows(rec: Recording) -> list[dict]:
@@ -76,13 +87,64 @@ KERNEL_SKIPPED = {
     "ran on that CPU, were left out: the kernel skipped their begin or their end",
 }
 
+# Ends of waits and holds whose beginning the probes did not see. Mostly the
+# waits and holds already under way when the probes were armed: every run
+# starts in the middle of some (more system-wide, where every process's
+# count), so a few are expected; they never pair later.
+UNPAIRED = {
+    "end_without_begin": "contended waits ended whose begin was not seen: waits under way "
+    "when collection started (inherent: a few per run), or whose begin the kernel skipped "
+    "(recursion misses) or gave way in a full nest (nest overflow); those waits are not in "
+    "the figures",
+    "acquire_without_start": "mmap_lock write acquisitions, or failed acquisitions, whose wait "
+    "began before collection started (inherent: a few per run): not counted as acquisitions "
+    "or waits, and their releases count as release without acquire",
+    "release_without_acquire": "mmap_lock releases of holds taken before collection started "
+    "(inherent: a few per run, more system-wide) or whose acquisition was not counted "
+    "(acquire without start, downgrade without write, held overflow): those holds are not in "
+    "the hold figures",
+    "downgrade_without_write": "mmap_lock read acquisitions with no wait seen and no write hold "
+    "to downgrade: the downgrade of a write lock taken before collection started, or a read "
+    "whose wait began before it (inherent: a few per run); not counted, and their releases "
+    "count as release without acquire",
+    "spec_return_without_entry": "--locks: lock function returns whose call was not seen "
+    "(calls under way when collection started: inherent, a few per run): those acquisitions "
+    "and waits are not counted",
+    "spec_unlock_without_lock": "--locks: unlocks of locks not seen taken (taken before "
+    "collection started: inherent, a few per run; or beyond held overflow): those holds are "
+    "not counted",
+}
+
+# Per-task state that ran out, and the event stream's buffer.
+OVERFLOWS = {
+    "task_storage": "the probes could not get a task's own state (the kernel's task storage "
+    "was busy, as when an interrupt's probe runs during another on the same task): the wait "
+    "or hold that event began or ended is not in the figures",
+    "nest_overflow": "a task had more than LP_MAX_NEST (4) contended waits open at once: the "
+    "oldest gave way, nearly always a wait whose end the kernel skipped (recursion misses); "
+    "that wait is not in the figures",
+    "held_overflow": "a task held more than LP_MAX_HELD (4) mmap_locks, or lock spec locks, "
+    "at once: the extra acquisitions are counted but their holds are not timed (their "
+    "releases count as release without acquire or spec unlock without lock)",
+    "ringbuf_full": "waits and holds over --threshold were dropped from the event stream (its "
+    "ring buffer was full): the events table and the timeline miss them; every aggregate "
+    "figure still counts them",
+}
+
+# A note for every lp_errors counter, and for recursion_misses, by name; the
+# unit tests check that LP_ERR_* in probes/lockprof.h has no counter without
+# one. stack_rate is not here: its note names the --stack-rate limit
+# (schema.stack_rate_note).
+COUNTER_NOTES = {**MAP_FULL, **OVERFLOWS, **UNPAIRED, **KERNEL_SKIPPED}
+
 
 def notes(meta: dict) -> list[str]:
-    """What the figures leave out: full kernel maps, processes the target
-    forked (not followed), programs it exec'd (followed: same pid)."""
+    """What the figures leave out: every nonzero kernel-side counter (full
+    maps, unpaired events, skipped probe runs), processes the target forked
+    (not followed), programs it exec'd (followed: same pid)."""
     out = []
     errors = meta.get("errors") or {}
-    for name, consequence in {**MAP_FULL, **KERNEL_SKIPPED}.items():
+    for name, consequence in COUNTER_NOTES.items():
         if errors.get(name):
             out.append(
                 f"{name.replace('_', ' ')} {errors[name]:,} times: {consequence}; "
@@ -118,17 +180,20 @@ def notes(meta: dict) -> list[str]:
     return out
 
 
-def summary_json(rec: Recording, what_if_cpus: int | None = None) -> dict:
-    """The `show --json` document."""
-    document = summary_document(rec, what_if_cpus)
+def summary_json(rec: Recording, what_if_cpus: int | None = None, top: int | None = None) -> dict:
+    """The `show --json` document (`--top N`: its first N rows)."""
+    document = summary_document(rec, what_if_cpus, top)
     document["locks"] = list(document["locks"])
     return document
 
 
-def summary_document(rec: Recording, what_if_cpus: int | None = None) -> dict:
+def summary_document(
+    rec: Recording, what_if_cpus: int | None = None, top: int | None = None
+) -> dict:
     """summary_json() with its `locks` as LockRows, built as they are read."""
     meta = rec.meta
     rusage = meta.get("rusage") or {}
+    rows = LockRows(rec, top)
     return {
         "json_version": JSON_VERSION,
         "kernel": meta.get("kernel"),
@@ -146,6 +211,7 @@ def summary_document(rec: Recording, what_if_cpus: int | None = None) -> dict:
         "notes": notes(meta),
         "rusage": {k: rusage.get(k) for k in ("user_s", "sys_s", "elapsed_s", "minor_faults")},
         "events": rec.event_count,
-        "locks": LockRows(rec),
+        "locks_total": rows.total,
+        "locks": rows,
         "writer_cost": writer_cost_json(rec, what_if_cpus),
     }

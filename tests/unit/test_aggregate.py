@@ -681,3 +681,34 @@ def test_caller_of_skips_paravirt_spinlock_slowpath(rec):
     assert stripped[173][0] == "__pv_queued_spin_lock_slowpath+0x10e"
     assert aggregate.caller_of(stripped[173]) == "rcu_core+0xac"
     assert aggregate.caller_of(stripped[310]) == "exit_to_user_mode_loop+0x51"
+
+
+def test_waits_without_a_stack_do_not_keep_a_lock_unnamed(make_row):
+    """A page-table spinlock: most of its waits are under --stack-threshold
+    and share the no-stack row (stack_id -1), which holds most of the wait
+    time; the few with a stack still name the lock after their caller."""
+    frame = aggregate.intervals_frame([make_row(OTHER_LOCK, SPIN, SRC_CONT, contended=94_079)])
+    pte = ["__pv_queued_spin_lock_slowpath+0x15b", "_raw_spin_lock+0x3b"]
+    rows = [
+        (-1, 94_077, 100_023_509),
+        (8952, 1, 30_000),  # two stacks, one caller: their times add up
+        (8953, 1, 20_000),
+        (8954, 1, 45_000),
+    ]
+    callers = pd.DataFrame(
+        [
+            {"lock": OTHER_LOCK, "stack_id": s, "flags": SPIN, "count": n, "total_ns": t}
+            | {"max_ns": t}
+            for s, n, t in rows
+        ]
+    )
+    stacks = {
+        8952: [*pte, "__pte_offset_map_lock+0x98", "do_anonymous_page+0x3e6"],
+        8953: [*pte, "__pte_offset_map_lock+0x98", "do_wp_page+0x1a"],
+        8954: [*pte, "zap_pte_range+0x99"],
+    }
+    (row,) = names(frame, callers=callers, stacks=stacks).values()
+    assert row.name == f"__pte_offset_map_lock+0x98 ({OTHER_LOCK:#x})"
+    # With no stack at all, the class and the address.
+    (row,) = names(frame, callers=callers[callers["stack_id"] < 0], stacks=stacks).values()
+    assert row.name == f"spinlock {OTHER_LOCK:#x}"

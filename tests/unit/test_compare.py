@@ -254,6 +254,7 @@ def test_identical_sets_give_no_significant_change_everywhere():
     specs = [
         {"writes": 1000, "sys_s": 1.0, "spin_waits": 5},
         {"writes": 1200, "sys_s": 1.3, "spin_waits": 9},
+        {"writes": 1100, "sys_s": 1.1, "spin_waits": 7},
     ]
     doc = cmp.compare(make_set("before", specs), make_set("after", specs)).document
     entries = doc["verdicts"] + doc["rusage"]
@@ -296,15 +297,50 @@ def test_single_run_per_side_gives_no_confidence():
     assert acq["delta_pct"] == pytest.approx(-50.0)
     assert acq["significant"] is None
     assert acq["ci_low_pct"] is None and acq["ci_high_pct"] is None
-    assert "no confidence" in acq["verdict"]
-    assert doc["confidence"].startswith("none: no confidence can be given")
+    assert acq["verdict"] == "too few runs to judge (1 per side; need at least 3)"
+    assert doc["confidence"] == "none: too few runs to judge (1 per side; need at least 3)"
     (line,) = [h for h in doc["headline"] if h.startswith("sys time")]
     assert line == (
-        "sys time: 1.23 s -> 1.1 s (-10.6%; fewer than 2 runs per side: no confidence can be given)"
+        "sys time: 1.23 s -> 1.1 s (-10.6%): too few runs to judge (1 per side; need at least 3)"
     )
-    # Two runs against one: still no interval.
-    two = make_set("before", [{"writes": 10_000}, {"writes": 10_000}])
-    assert verdict(cmp.compare(two, after).document, "acquisitions")["significant"] is None
+
+
+def test_two_runs_per_side_are_too_few_to_call_significant():
+    """Two runs a side that do not overlap: the bootstrap's "interval" would be
+    their whole range and exclude 0, a verdict that sides with no change at all
+    reach one time in three."""
+    before = make_set(
+        "before", [{"writes": 10_000, "sys_s": 1.20}, {"writes": 10_100, "sys_s": 1.25}]
+    )
+    after = make_set("after", [{"writes": 16_800, "sys_s": 2.0}, {"writes": 17_000, "sys_s": 2.1}])
+    doc = cmp.compare(before, after).document
+    acq = verdict(doc, "acquisitions")
+    assert acq["delta_pct"] == pytest.approx(68.16, abs=0.01)  # the difference is still given
+    assert acq["significant"] is None and acq["ci_low"] is None and acq["ci_high"] is None
+    assert acq["verdict"] == "too few runs to judge (2 per side; need at least 3)"
+    assert not any(v["significant"] for v in doc["verdicts"] + doc["rusage"])
+    assert doc["confidence"] == "none: too few runs to judge (2 per side; need at least 3)"
+    assert doc["method"]["min_runs"] == 3
+    (line,) = [h for h in doc["headline"] if h.startswith("sys time")]
+    assert line.endswith("(+67.3%): too few runs to judge (2 per side; need at least 3)")
+    # Uneven sides say which is short.
+    three = make_set("after", [{"writes": w} for w in (16_800, 17_000, 16_900)])
+    acq = verdict(cmp.compare(before, three).document, "acquisitions")
+    assert acq["verdict"] == "too few runs to judge (2 before, 3 after; need at least 3 per side)"
+    # Three runs a side are judged.
+    three_before = make_set("before", [{"writes": w} for w in (10_000, 10_100, 9_900)])
+    acq = verdict(cmp.compare(three_before, three).document, "acquisitions")
+    assert acq["significant"] is True and acq["verdict"] == "significant increase"
+
+
+def test_the_terminal_says_too_few_runs(tmp_path, capsys):
+    before = make_set("before", [{"writes": 10_000}, {"writes": 10_100}])
+    after = make_set("after", [{"writes": 16_800}, {"writes": 17_000}])
+    paths = [runset.save(s, tmp_path / f"{s.label}.lpset") for s in (before, after)]
+    assert main(["compare", str(paths[0]), str(paths[1])]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "noise: none: too few runs to judge (2 per side; need at least 3)" in out
+    assert "significant increase" not in out
 
 
 def test_the_bootstrap_is_deterministic_and_states_its_seed():

@@ -33,6 +33,7 @@ TOP_LEVEL_KEYS = {
     "errors",
     "rusage",
     "events",
+    "locks_total",
     "locks",
 }
 LOCK_KEYS = {
@@ -214,6 +215,38 @@ def test_every_map_full_counter_has_a_note():
     names = set(schema.error_names().values())
     assert set(summary.MAP_FULL) <= names
     assert {n for n in names if n.endswith("_map_full")} <= set(summary.MAP_FULL)
+
+
+def test_every_kernel_counter_has_a_note():
+    """Each LP_ERR_* counter of probes/lockprof.h, and recursion_misses, says
+    in a note what it means for the figures when it is nonzero, so that a new
+    counter cannot be added without one."""
+    from profiler import schema
+
+    names = [*schema.error_names().values(), "recursion_misses"]
+    assert len(names) == schema.const("LP_NR_ERRORS") + 1
+    for name in names:
+        notes = summary.notes({"errors": {name: 37}, "stack_rate": 200})
+        assert len(notes) == 1, name
+        assert "37" in notes[0], (name, notes[0])
+        assert summary.notes({"errors": {name: 0}, "stack_rate": 200}) == []
+
+
+def test_unpaired_mmap_lock_events_are_explained():
+    """The counters a system-wide run has nonzero from its first instant:
+    waits and holds under way when collection started."""
+    errors = {
+        "acquire_without_start": 2,
+        "release_without_acquire": 9,
+        "downgrade_without_write": 1,
+    }
+    notes = summary.notes({"errors": errors})
+    assert [n.split(" times:")[0] for n in notes] == [
+        "acquire without start 2",
+        "release without acquire 9",
+        "downgrade without write 1",
+    ]
+    assert all("before collection started" in n and "inherent" in n for n in notes)
 
 
 def test_stack_rate_is_a_note_not_a_failure():

@@ -166,3 +166,30 @@ def test_summary_json_carries_offcpu_rows_and_writer_cost(rec):
     assert document["writer_cost"]["what_if"]["cpus"] == 8
     # Lock rows from the aggregates are still all there, in the same shape.
     assert {k for r in document["locks"] for k in r} >= {"lock", "mode", "wait_ns", "per_cpu"}
+
+
+def test_top_keeps_the_busiest_rows_of_each_table_and_says_how_many_there_are(rec):
+    """`show --json --top N`: the first N lock rows and the first N off-CPU
+    rows, as `show --top N` prints its two tables; locks_total counts every
+    row."""
+    rec.stacks = _stacks(READER_DRAIN, FORK_READER)
+    rec.offcpu = pd.DataFrame(
+        {
+            "tgid": [1, 2],
+            "comm": ["cgmove", "forker"],
+            "stack_id": [1, 2],
+            "count": [2, 3],
+            "total_ns": [500, 900],
+            "max_ns": [400, 600],
+        }
+    )
+    every = summary.summary_json(rec)["locks"]
+    offcpu = [r for r in every if r.get("source") == "offcpu"]
+    aggregates = [r for r in every if r.get("source") != "offcpu"]
+    assert len(aggregates) > 1 and len(offcpu) == 2  # not vacuous
+    first = summary.summary_json(rec, top=1)
+    assert first["locks"] == [aggregates[0], offcpu[0]]
+    assert offcpu[0]["tasks"] == ["forker"]  # the busier of the two
+    assert first["locks_total"] == len(every) == summary.summary_json(rec)["locks_total"]
+    assert len(summary.LockRows(rec, top=1)) == 2
+    assert summary.summary_json(rec, top=len(every) + 5)["locks"] == every
