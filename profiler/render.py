@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from profiler import schema
+from profiler.options import CpuFigures
 
 
 def safe_text(value: object) -> str:
@@ -197,25 +198,50 @@ def writer_cost_lines(cost: dict) -> list[Text]:
     return lines
 
 
-def per_cpu_line(rows: list[dict], cpu_totals: dict[int, tuple[int, int]] | None = None) -> Text:
-    """Acquisitions (else contended waits) and wait time per CPU: from
-    cpu_totals when given (the live view's, over every lock), else summed
-    over rows."""
+def per_cpu_line(rows: list[dict], cpu_totals: dict[int, CpuFigures] | None = None) -> Text:
+    """Acquisitions, contended waits and wait time per CPU: from cpu_totals
+    when given (over every lock, where rows holds only the first), else
+    summed over rows."""
     if cpu_totals is None:
-        cpu_totals = {}
-        for row in rows:
-            add_cpu_totals(cpu_totals, row)
-    parts = [f"cpu{cpu}: {n:,} acq, wait {fmt_ns(w)}" for cpu, (n, w) in sorted(cpu_totals.items())]
+        cpu_totals = cpu_totals_of(rows)
+    parts = [f"cpu{cpu}: {activity(figures)}" for cpu, figures in sorted(cpu_totals.items())]
     return Text("per CPU  " + ("  |  ".join(parts) if parts else "no activity"))
 
 
-def add_cpu_totals(totals: dict[int, tuple[int, int]], row: dict) -> None:
-    """Add a summary row's per-CPU acquisitions (else contended waits) and
-    wait time into totals (cpu -> (count, wait ns)), as per_cpu_line sums."""
+def activity(figures: CpuFigures) -> str:
+    """What the per-CPU line and the live progress line say of some
+    CPUs' figures. Contended waits are not a part of `acq`: they include
+    the waits on locks traced only when contended (spinlocks, mutexes, ...),
+    whose acquisitions are never seen."""
+    waits = "contended wait" if figures.contended == 1 else "contended waits"
+    return (
+        f"{figures.acquisitions:,} acq, {figures.contended:,} {waits}, "
+        f"wait {fmt_ns(figures.wait_ns)}"
+    )
+
+
+def cpu_totals_of(rows: list[dict]) -> dict[int, CpuFigures]:
+    totals: dict[int, CpuFigures] = {}
+    for row in rows:
+        add_cpu_totals(totals, row)
+    return totals
+
+
+def add_cpu_totals(totals: dict[int, CpuFigures], row: dict) -> None:
+    """Add a summary row's per_cpu entries (those of `show --json`) into
+    totals: acquisitions where the row has them (null: a contention-only
+    lock), contended waits and wait time."""
     for cpu in row.get("per_cpu") or []:
-        count, wait = totals.get(cpu["cpu"], (0, 0))
-        count += cpu.get("acquisitions") or cpu.get("contended") or 0
-        totals[cpu["cpu"]] = (count, wait + (cpu.get("wait_total_ns") or 0))
+        before = totals.get(cpu["cpu"], CpuFigures())
+        totals[cpu["cpu"]] = CpuFigures(
+            before.acquisitions + (cpu.get("acquisitions") or 0),
+            before.contended + (cpu.get("contended") or 0),
+            before.wait_ns + (cpu.get("wait_total_ns") or 0),
+        )
+
+
+def all_cpus(totals: dict[int, CpuFigures]) -> CpuFigures:
+    return CpuFigures(*(sum(column) for column in zip(*totals.values(), strict=True)))
 
 
 def problems_line(errors: dict[str, int], lost_events: int) -> Text | None:
@@ -241,7 +267,7 @@ def view(
     lost: int,
     top: int | None = 15,
     more_locks: int = 0,
-    cpu_totals: dict[int, tuple[int, int]] | None = None,
+    cpu_totals: dict[int, CpuFigures] | None = None,
     row_count: int | None = None,
 ) -> Group:
     return Group(
@@ -257,7 +283,7 @@ def view_footer(
     lost: int,
     top: int | None = 15,
     more_locks: int = 0,
-    cpu_totals: dict[int, tuple[int, int]] | None = None,
+    cpu_totals: dict[int, CpuFigures] | None = None,
     row_count: int | None = None,
 ) -> list:
     """What the view prints under its table: the per-CPU line, the problems

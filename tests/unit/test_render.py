@@ -201,6 +201,52 @@ def test_problems_line():
     assert line.plain == "! held overflow: 1; task map full: 1,200"
 
 
+# -- a realistic summary -----------------------------------------------------------------
+
+SYMBOL_NAME = "irqentry_exit_to_user_mode+0x110 (0xffff888627d2ba80)"
+
+
+def contention_row(name: str, waits: tuple[int, int], wait_ns: int) -> dict:
+    """A lock seen through lock:contention_* only: no acquisitions, no holds."""
+    row = dict(lock_row("x"), lock=name, owner_pid=None, mode="exclusive")
+    row.update(acquisitions=None, releases=None, downgrades=None, trylock_failures=None)
+    row.update(hold_ns=None, still_held=None, contended=sum(waits))
+    row["wait_ns"] = dict(lock_row("x")["wait_ns"], count=sum(waits), total=wait_ns)
+    row["per_cpu"] = [
+        {"cpu": cpu, "acquisitions": None, "contended": n, "wait_total_ns": wait_ns // 2,
+         "hold_total_ns": None}
+        for cpu, n in enumerate(waits)
+    ]  # fmt: skip
+    return row
+
+
+def bizzy_rows() -> list[dict]:
+    """The busiest rows of `lockprof run -- lpbizzy -t 2 -S 3`: an
+    mmap_lock's two modes, spinlocks and a lock named by its caller."""
+    write = dict(lock_row("lpbizzy"), owner_pid=16525, acquisitions=35_336, contended=88)
+    write.update(downgrades=17_649, trylock_failures=0)
+    write["wait_ns"] = dict(write["wait_ns"], total=143_000_000, avg=4040.0, max=16_500_000)
+    write["per_cpu"] = [
+        {"cpu": 0, "acquisitions": 12_609, "contended": 44, "wait_total_ns": 63_557_611,
+         "hold_total_ns": 24_692_510},
+        {"cpu": 1, "acquisitions": 22_727, "contended": 44, "wait_total_ns": 79_035_206,
+         "hold_total_ns": 45_513_306},
+    ]  # fmt: skip
+    read = dict(write, mode="read", acquisitions=2_805, contended=59, downgrades=0)
+    read.update(trylock_failures=555, reader_writer_ratio=0.0794)
+    read["per_cpu"] = [
+        dict(cpu, acquisitions=n, contended=waits)
+        for cpu, n, waits in zip(write["per_cpu"], (1_103, 1_702), (28, 31), strict=True)
+    ]
+    return [
+        write,
+        read,
+        contention_row("spinlock 0xffff888627c2ba80", (230, 23), 5_450_000),
+        contention_row(SYMBOL_NAME, (6, 94), 2_680_000),
+        contention_row("spinlock 0xffffea0004e90168", (77, 76), 236_000),
+    ]
+
+
 def test_per_cpu_line():
     rows = [lock_row("a"), lock_row("b")]
     rows[1]["per_cpu"] = [
@@ -212,10 +258,37 @@ def test_per_cpu_line():
             "hold_total_ns": None,
         }
     ]
+    # cpu1's 3 contended waits are on a contention-only lock: no acquisitions
     assert render.per_cpu_line(rows).plain == (
-        "per CPU  cpu0: 10 acq, wait 5us  |  cpu1: 3 acq, wait 2ms"
+        "per CPU  cpu0: 10 acq, 1 contended wait, wait 5us  |  "
+        "cpu1: 0 acq, 3 contended waits, wait 2ms"
     )
     assert render.per_cpu_line([]).plain == "per CPU  no activity"
+
+
+PER_CPU = re.compile(r"cpu(\d+): ([\d,]+) acq, ([\d,]+) contended waits?, wait ")
+
+
+def per_cpu_figures(line: str) -> dict[int, tuple[int, int]]:
+    """cpu -> (acq, contended waits) as a per-CPU line says them."""
+    return {
+        int(cpu): (int(acq.replace(",", "")), int(waits.replace(",", "")))
+        for cpu, acq, waits in PER_CPU.findall(line)
+    }
+
+
+def test_the_per_cpu_acquisitions_add_up_to_the_tables():
+    """Contention-only locks' contended waits are not acquisitions: the
+    per-CPU line counted them as `acq` (195,923 for a table of 97,015)."""
+    rows = bizzy_rows()
+    figures = per_cpu_figures(render.per_cpu_line(rows).plain)
+    assert sorted(figures) == [0, 1]
+    assert sum(acq for acq, _waits in figures.values()) == sum(
+        row["acquisitions"] or 0 for row in rows
+    )
+    every_wait = sum(cpu["contended"] for row in rows for cpu in row["per_cpu"])
+    assert sum(waits for _acq, waits in figures.values()) == every_wait
+    assert any(row["acquisitions"] is None and row["contended"] for row in rows)  # not vacuous
 
 
 @pytest.mark.parametrize(
