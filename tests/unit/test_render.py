@@ -291,6 +291,106 @@ def test_the_per_cpu_acquisitions_add_up_to_the_tables():
     assert any(row["acquisitions"] is None and row["contended"] for row in rows)  # not vacuous
 
 
+# -- the summary table at a terminal's width ----------------------------------------------
+
+MM_NAME = "mmap_lock pid 16525 (lpbizzy)"
+
+
+def rendered_at(renderable, width: int) -> str:
+    out = io.StringIO()
+    console = Console(file=out, record=True, width=width, height=100)
+    console.print(renderable)
+    return console.export_text(styles=False)
+
+
+def boxed_cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip()[1:-1].split(line.strip()[0])]
+
+
+def table_of(plain: str) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows' cells) of the summary table in plain text: a header's
+    two lines joined, a lock name wrapped over lines joined with a space."""
+    lines = plain.splitlines()
+    top, bottom = (boxed_cells(line) for line in lines if line.startswith("┃"))
+    headers = [f"{a} {b}".strip() for a, b in zip(top, bottom, strict=True)]
+    rows: list[list[str]] = []
+    for line in lines:
+        if not line.startswith("│"):
+            continue
+        cells = boxed_cells(line)
+        if cells[1]:  # a row's first line (the mode is never empty)
+            rows.append(cells)
+        else:  # the lock name goes on
+            rows[-1][0] += " " + cells[0]
+    return headers, rows
+
+
+@pytest.mark.parametrize("width", [80, 100, 120, 160])
+def test_the_summary_fits_the_terminal_without_cutting_a_figure(width):
+    rows = bizzy_rows()
+    plain = rendered_at(render.view(rows, "hdr", {}, 0), width)
+    assert "…" not in plain
+    assert max(len(line) for line in plain.splitlines()) <= width
+    headers, cells = table_of(plain)
+    # The most important columns stay, in table order; the others are left
+    # out from the end of the priority list.
+    essential = ["lock", "mode", "acq", "contended", "wait total", "wait avg", "wait max"]
+    assert headers == [h for h in render.SUMMARY_HEADERS if h in headers]
+    assert set(essential) <= set(headers) and len(headers) > (7 if width >= 100 else 6)
+    assert len(headers) < len(render.SUMMARY_HEADERS) or width >= 160
+    kept = [h for h in render.COLUMN_PRIORITY if h in headers]
+    assert kept == list(render.COLUMN_PRIORITY[: len(kept)])
+    # Every shown cell in full; lock names whole (when wrapped, at a space or folded).
+    columns = [render.SUMMARY_HEADERS.index(h) for h in headers]
+    for shown, row in zip(cells, rows, strict=True):
+        full = render.summary_cells(row)
+        assert shown[1:] == [full[i] for i in columns[1:]]
+        assert shown[0].replace(" ", "") == full[0].replace(" ", "")
+    assert "35,336" in plain
+    left_out = [h for h in render.SUMMARY_HEADERS if h not in headers]
+    hint = " ".join(line for line in plain.splitlines() if line[:1] not in "┏┃┡│└")
+    if left_out:
+        assert f"columns left out to fit the terminal: {', '.join(left_out)};" in hint
+        assert "`lockprof show FILE | less -S`" in hint
+    else:
+        assert "left out" not in hint
+
+
+def test_the_lock_name_is_never_squeezed_out():
+    """rich squeezed the lock column to nothing at 120 columns. It keeps
+    at least a kernel address's width (18): a name wraps, whole."""
+    for width in (80, 100, 120):
+        plain = rendered_at(render.summary_table(bizzy_rows()), width)
+        headers, cells = table_of(plain)
+        assert headers[0] == "lock" and cells[0][0] == MM_NAME
+        top_rule = next(line for line in plain.splitlines() if line.startswith("┏"))
+        assert len(top_rule[1:].split("┳")[0]) >= 18
+        lock_column = [boxed_cells(line)[0] for line in plain.splitlines() if line[:1] == "│"]
+        assert any("0xffff888627c2ba80" in lock for lock in lock_column)  # unbroken
+    assert cells[0][0] in plain  # at 120 on one line
+
+
+def test_every_column_at_a_wide_terminal():
+    headers, _cells = table_of(rendered_at(render.view(bizzy_rows(), "hdr", {}, 0), 200))
+    assert headers == list(render.SUMMARY_HEADERS)
+
+
+def test_output_that_is_not_a_terminal_gets_every_column_in_full(capsys):
+    """A pipe or file gets the whole table (scripts, `less -S`), however
+    long its lock names: not a 240-column one cut to fit."""
+    long_name = "a_very_long_lock_function_name_from_a_lock_spec_" * 5 + "+0x10"
+    rows = [*bizzy_rows(), dict(contention_row(long_name, (1, 1), 2000))]
+    out = render.console()
+    assert not out.is_terminal
+    out.print(render.view(rows, "hdr", {}, 0))
+    plain = capsys.readouterr().out
+    assert "…" not in plain and long_name in plain
+    headers, cells = table_of(plain)
+    assert headers == list(render.SUMMARY_HEADERS)
+    assert [row[0] for row in cells] == [render.lock_label(row) for row in rows]
+    assert "left out" not in plain
+
+
 @pytest.mark.parametrize(
     ("ns", "text"),
     [
