@@ -5,6 +5,7 @@ command line can build them before the probes are compiled (cli/common.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass
@@ -25,6 +26,19 @@ class CollectOptions:
     lock_types: tuple[str, ...] | None = None
 
 
+class CpuFigures(NamedTuple):
+    """One CPU's line in the per-CPU totals, as `show --json`'s per_cpu
+    entries add up: the live view and the final summary print the same."""
+
+    # Acquisitions of the locks whose every acquisition is traced (mmap_lock,
+    # --locks): the table's `acq`. Contention-only locks have none.
+    acquisitions: int = 0
+    # Contended waits on every lock: contended acquisitions of the former,
+    # lock:contention_* waits of the rest (spinlocks, mutexes, ...).
+    contended: int = 0
+    wait_ns: int = 0
+
+
 @dataclass
 class LiveState:
     """What a live view gets every interval."""
@@ -36,5 +50,4 @@ class LiveState:
     events: int
     cpus: int
     more_rows: int = 0  # lock rows left out of `rows` (not the busiest)
-    # cpu -> (acquisitions or contended waits, wait ns), over every lock
-    cpu_totals: dict[int, tuple[int, int]] | None = None
+    cpu_totals: dict[int, CpuFigures] | None = None  # over every lock

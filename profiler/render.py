@@ -10,13 +10,15 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from rich.cells import cell_len
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
 from profiler import schema
+from profiler.options import CpuFigures
 
 
 def safe_text(value: object) -> str:
@@ -54,24 +56,57 @@ def lock_label(row: dict) -> str:
     return safe_text(label)
 
 
-# The summary table's columns: (header, justify).
+# The summary table's columns: (header, justify). The rich table stacks a
+# two-word header on two lines ("wait" over "p99"), so that a column is as
+# narrow as its figures and the wait and hold columns stay told apart.
 SUMMARY_COLUMNS = (
     ("lock", "left"),
     ("mode", "left"),
     ("acq", "right"),
     ("contended", "right"),
     ("wait total", "right"),
-    ("avg", "right"),
-    ("p50", "right"),
-    ("p99", "right"),
-    ("max", "right"),
+    ("wait avg", "right"),
+    ("wait p50", "right"),
+    ("wait p99", "right"),
+    ("wait max", "right"),
     ("hold avg", "right"),
-    ("p99", "right"),
-    ("max", "right"),
+    ("hold p99", "right"),
+    ("hold max", "right"),
     ("r:w", "right"),
     ("downgr", "right"),
     ("fail", "right"),
 )
+SUMMARY_HEADERS = tuple(header for header, _justify in SUMMARY_COLUMNS)
+
+# On a terminal too narrow for every column, columns get room in this order
+# and the last ones are left out (as top and perf do), never cut short with
+# an ellipsis: which lock, how often and how long it was waited for come
+# first; distributions, holds and the rarely nonzero counts after.
+COLUMN_PRIORITY = (
+    "lock",
+    "mode",
+    "acq",
+    "contended",
+    "wait total",
+    "wait avg",
+    "wait max",
+    "wait p99",
+    "hold avg",
+    "wait p50",
+    "hold p99",
+    "hold max",
+    "r:w",
+    "fail",
+    "downgr",
+)
+# The first ESSENTIAL_COLUMNS of COLUMN_PRIORITY may narrow the lock column
+# (its names then wrap) down to LOCK_MIN_WIDTH, a kernel address unbroken;
+# the others come in only while it keeps the width of 9 in 10 of its names,
+# at most LOCK_WRAP_WIDTH (`mmap_lock pid N (comm)` on one line): one long
+# name wraps rather than hide a column.
+ESSENTIAL_COLUMNS = 7
+LOCK_MIN_WIDTH = len("0xffff888100000100")
+LOCK_WRAP_WIDTH = 32
 
 # Above this many rows the summary is printed as plain aligned text: rich
 # measures every cell (~50 us each), and `show` of a 2-hour system-wide
@@ -103,22 +138,111 @@ def summary_cells(row: dict) -> list[str]:
     ]
 
 
-def summary_table(rows: list[dict], top: int | None = None, title: str | None = None) -> Table:
-    table = Table(title=title, title_justify="left", header_style="bold", pad_edge=False)
-    for header, justify in SUMMARY_COLUMNS:
-        table.add_column(header, justify=justify, no_wrap=header != "lock")  # type: ignore[arg-type]
-    for row in rows[:top] if top else rows:
-        lock, *rest = summary_cells(row)
-        # Text, never a str: rich would parse a recording's text as markup.
-        table.add_row(Text(lock), Text(rest[0]), *rest[1:])
-    return table
+def stacked_header(header: str) -> tuple[str, str]:
+    """A header's two lines in the rich table: "wait total" -> ("wait",
+    "total"); a one-word header goes on the second line, by the others'."""
+    first, _space, second = header.rpartition(" ")
+    return first, second
+
+
+def table_width(widths: list[int]) -> int:
+    """The width of a summary table whose columns hold `widths` columns of
+    text: a space each side of a cell but at the edges (pad_edge=False),
+    and a rule between columns and at either edge."""
+    return sum(widths) + 3 * len(widths) - 1
+
+
+@dataclass(frozen=True)
+class ColumnFit:
+    """Which summary columns a width has room for."""
+
+    shown: tuple[int, ...]  # indexes into SUMMARY_COLUMNS, in table order
+    lock_width: int  # the lock column's; longer names wrap
+    left_out: tuple[str, ...]  # headers, in table order
+
+
+def fit_columns(widths: list[int], max_width: int, lock_wrap: int) -> ColumnFit:
+    """The columns (SUMMARY_COLUMNS' natural widths: widths) to show in
+    max_width terminal columns, each at its natural width: COLUMN_PRIORITY's
+    longest prefix that fits, the lock column taking what is left.
+    lock_wrap: the lock column's width that non-essential columns leave."""
+    lock_natural = widths[0]
+    kept = [0]
+    for rank, header in enumerate(COLUMN_PRIORITY[1:], start=1):
+        column = SUMMARY_HEADERS.index(header)
+        lock_room = min(lock_natural, LOCK_MIN_WIDTH if rank < ESSENTIAL_COLUMNS else lock_wrap)
+        if table_width([lock_room] + [widths[i] for i in (*kept[1:], column)]) > max_width:
+            break
+        kept.append(column)
+    others = [widths[i] for i in kept[1:]]
+    lock_width = max(1, min(lock_natural, max_width - table_width([0, *others])))
+    shown = tuple(sorted(kept))
+    left_out = tuple(h for i, h in enumerate(SUMMARY_HEADERS) if i not in shown)
+    return ColumnFit(shown, lock_width, left_out)
+
+
+def left_out_hint(left_out: tuple[str, ...]) -> Text:
+    columns = "1 column" if len(left_out) == 1 else f"{len(left_out)} columns"
+    return Text(
+        f"({columns} left out to fit the terminal: {', '.join(left_out)}; "
+        "a wider terminal shows them, as does `lockprof show FILE | less -S`)",
+        style="dim",
+    )
+
+
+class SummaryTable:
+    """The summary table, laid out when printed, for the width it is printed
+    at (a live view's follows the terminal's): every column it shows at its
+    natural width, the least important left out (and said so) when they do
+    not all fit. rich would instead squeeze the lock column to nothing and
+    cut figures to "4.0…". Untrusted text goes in as Text, never as markup."""
+
+    def __init__(self, rows: list[dict], title: str | None = None):
+        self.title = title
+        self.cells = [summary_cells(row) for row in rows]
+        self.widths = [
+            max(
+                *(cell_len(line) for line in stacked_header(header)),
+                *(cell_len(cells[i]) for cells in self.cells),
+            )
+            for i, header in enumerate(SUMMARY_HEADERS)
+        ]
+        names = sorted(cell_len(cells[0]) for cells in self.cells) or [0]
+        self.lock_wrap = min(LOCK_WRAP_WIDTH, names[(len(names) - 1) * 9 // 10])
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        fit = fit_columns(self.widths, options.max_width, self.lock_wrap)
+        yield self.table(fit)
+        if fit.left_out:
+            yield left_out_hint(fit.left_out)
+
+    def table(self, fit: ColumnFit) -> Table:
+        table = Table(title=self.title, title_justify="left", header_style="bold", pad_edge=False)
+        for i in fit.shown:
+            header, justify = SUMMARY_COLUMNS[i]
+            table.add_column(
+                "\n".join(stacked_header(header)),
+                justify=justify,  # type: ignore[arg-type]
+                width=fit.lock_width if i == 0 else self.widths[i],
+                no_wrap=i != 0,
+                overflow="fold",  # a lock name with no space to wrap at
+            )
+        for cells in self.cells:
+            table.add_row(*(Text(cells[i]) for i in fit.shown))
+        return table
+
+
+def summary_table(
+    rows: list[dict], top: int | None = None, title: str | None = None
+) -> SummaryTable:
+    return SummaryTable(rows[:top] if top else rows, title)
 
 
 def plain_summary_lines(rows: list[dict]) -> Iterator[str]:
     """The summary table as aligned plain-text lines (header first), for
     tables too long for rich: the same cells, two spaces between columns."""
     cells = [summary_cells(row) for row in rows]
-    headers = [header for header, _justify in SUMMARY_COLUMNS]
+    headers = list(SUMMARY_HEADERS)
     # Terminal columns, not characters: a comm may hold wide (CJK) ones.
     widths = [cell_len(h) for h in headers]
     for line in cells:
@@ -197,25 +321,50 @@ def writer_cost_lines(cost: dict) -> list[Text]:
     return lines
 
 
-def per_cpu_line(rows: list[dict], cpu_totals: dict[int, tuple[int, int]] | None = None) -> Text:
-    """Acquisitions (else contended waits) and wait time per CPU: from
-    cpu_totals when given (the live view's, over every lock), else summed
-    over rows."""
+def per_cpu_line(rows: list[dict], cpu_totals: dict[int, CpuFigures] | None = None) -> Text:
+    """Acquisitions, contended waits and wait time per CPU: from cpu_totals
+    when given (over every lock, where rows holds only the first), else
+    summed over rows."""
     if cpu_totals is None:
-        cpu_totals = {}
-        for row in rows:
-            add_cpu_totals(cpu_totals, row)
-    parts = [f"cpu{cpu}: {n:,} acq, wait {fmt_ns(w)}" for cpu, (n, w) in sorted(cpu_totals.items())]
+        cpu_totals = cpu_totals_of(rows)
+    parts = [f"cpu{cpu}: {activity(figures)}" for cpu, figures in sorted(cpu_totals.items())]
     return Text("per CPU  " + ("  |  ".join(parts) if parts else "no activity"))
 
 
-def add_cpu_totals(totals: dict[int, tuple[int, int]], row: dict) -> None:
-    """Add a summary row's per-CPU acquisitions (else contended waits) and
-    wait time into totals (cpu -> (count, wait ns)), as per_cpu_line sums."""
+def activity(figures: CpuFigures) -> str:
+    """What the per-CPU line and the live progress line say of some
+    CPUs' figures. Contended waits are not a part of `acq`: they include
+    the waits on locks traced only when contended (spinlocks, mutexes, ...),
+    whose acquisitions are never seen."""
+    waits = "contended wait" if figures.contended == 1 else "contended waits"
+    return (
+        f"{figures.acquisitions:,} acq, {figures.contended:,} {waits}, "
+        f"wait {fmt_ns(figures.wait_ns)}"
+    )
+
+
+def cpu_totals_of(rows: list[dict]) -> dict[int, CpuFigures]:
+    totals: dict[int, CpuFigures] = {}
+    for row in rows:
+        add_cpu_totals(totals, row)
+    return totals
+
+
+def add_cpu_totals(totals: dict[int, CpuFigures], row: dict) -> None:
+    """Add a summary row's per_cpu entries (those of `show --json`) into
+    totals: acquisitions where the row has them (null: a contention-only
+    lock), contended waits and wait time."""
     for cpu in row.get("per_cpu") or []:
-        count, wait = totals.get(cpu["cpu"], (0, 0))
-        count += cpu.get("acquisitions") or cpu.get("contended") or 0
-        totals[cpu["cpu"]] = (count, wait + (cpu.get("wait_total_ns") or 0))
+        before = totals.get(cpu["cpu"], CpuFigures())
+        totals[cpu["cpu"]] = CpuFigures(
+            before.acquisitions + (cpu.get("acquisitions") or 0),
+            before.contended + (cpu.get("contended") or 0),
+            before.wait_ns + (cpu.get("wait_total_ns") or 0),
+        )
+
+
+def all_cpus(totals: dict[int, CpuFigures]) -> CpuFigures:
+    return CpuFigures(*(sum(column) for column in zip(*totals.values(), strict=True)))
 
 
 def problems_line(errors: dict[str, int], lost_events: int) -> Text | None:
@@ -241,7 +390,7 @@ def view(
     lost: int,
     top: int | None = 15,
     more_locks: int = 0,
-    cpu_totals: dict[int, tuple[int, int]] | None = None,
+    cpu_totals: dict[int, CpuFigures] | None = None,
     row_count: int | None = None,
 ) -> Group:
     return Group(
@@ -257,7 +406,7 @@ def view_footer(
     lost: int,
     top: int | None = 15,
     more_locks: int = 0,
-    cpu_totals: dict[int, tuple[int, int]] | None = None,
+    cpu_totals: dict[int, CpuFigures] | None = None,
     row_count: int | None = None,
 ) -> list:
     """What the view prints under its table: the per-CPU line, the problems
@@ -286,9 +435,15 @@ class _Console(Console):
         raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
 
+# The width of a console that is not a terminal: wider than any line, so
+# that a pipe or file gets every table column in full (scripts and
+# `less -S` expect them all), where a terminal's width leaves some out.
+UNBOUNDED_WIDTH = 100_000
+
+
 def console(stderr: bool = False) -> Console:
-    """A console that never wraps tables into unreadable columns: when output
-    is not a terminal (pipes, CI logs), lines may be as wide as they need."""
+    """A console at the terminal's width; when output is not a terminal
+    (pipes, files, CI logs), lines are as wide as they need."""
     probe = Console(stderr=stderr)
-    width = None if probe.is_terminal else 240
+    width = None if probe.is_terminal else UNBOUNDED_WIDTH
     return _Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)

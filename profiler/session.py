@@ -14,7 +14,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from profiler import aggregate, ksyms, schema
 from profiler.errors import LockprofError
 from profiler.events import CHUNK_ROWS, build_events, on_locks, without_locks
 from profiler.intervals import build_intervals
-from profiler.options import CollectOptions, LiveState
+from profiler.options import CollectOptions, CpuFigures, LiveState
 from profiler.recording import (
     CALLER_COLUMNS,
     OFFCPU_COLUMNS,
@@ -292,8 +292,11 @@ def _forget_freed(state: _Collected, freed: dict[int, tuple[int, int, int]]) -> 
     deltas start from nothing at their index), keeping their figures in the
     live view's per-CPU totals."""
     gone = [key for key in state.previous if freed.get(key[3]) == key[:3]]
+    counted = set(per_cpu_keys(state.previous))  # as cpu_totals counts the live rows
     for key in gone:
         values = state.previous.pop(key)
+        if key not in counted:
+            continue
         into = state.retired_totals.get(key[2])
         state.retired_totals[key[2]] = values.copy() if into is None else into + values
     still_used = {key[:3] for key in state.previous}
@@ -387,35 +390,61 @@ def busiest_rows(rows: dict, columns: list[str], limit: int) -> tuple[dict, int]
     return {key: v for key, v in rows.items() if key[0] in keep}, len(score) - limit
 
 
+def _sees_every_acquisition(source: int) -> bool:
+    """The mmap_lock tracepoints and lock specs' functions count every
+    acquisition; lock:contention_* sees contended waits only."""
+    return source in (schema.const("LP_SRC_MMAP_LOCK"), schema.const("LP_SRC_SPEC"))
+
+
+@functools.cache
+def _mode(source: int, flags: int) -> str:
+    return schema.classify(source, flags)[1]
+
+
+def per_cpu_keys(keys: Iterable[tuple]) -> list[tuple]:
+    """The snapshot keys (lock, flags, source, ...) whose figures the per-CPU
+    totals add up: those the summary's per_cpu entries come from
+    (aggregate.SummaryRows). Every row of a family that sees every
+    acquisition, and the contention rows of a lock and mode with no such
+    row: where there is one, its contended acquisitions are those waits."""
+    keys = list(keys)
+    seen_fully = {(k[0], _mode(k[2], k[1])) for k in keys if _sees_every_acquisition(k[2])}
+    return [
+        k
+        for k in keys
+        if _sees_every_acquisition(k[2]) or (k[0], _mode(k[2], k[1])) not in seen_fully
+    ]
+
+
 def cpu_totals(
-    rows: dict, columns: list[str], retired: dict[int, np.ndarray] | None = None
-) -> dict[int, tuple[int, int]]:
-    """Per CPU, over every lock: acquisitions (contended waits where no
-    mmap_lock row exists) and wait time, as the live view's per-CPU line.
-    retired: source -> per-CPU sums of the rows freed from the kernel map."""
+    rows: dict,
+    columns: list[str],
+    retired: dict[int, np.ndarray] | None = None,
+    hidden: Collection[int] = (),
+) -> dict[int, CpuFigures]:
+    """Per CPU, over every lock but the hidden ones: the figures the
+    summary's per_cpu entries add up to (render.add_cpu_totals), for the
+    live view's per-CPU line. retired: source -> per-CPU sums of the rows
+    freed from the kernel map (_forget_freed keeps those counted here)."""
     acq, cont = columns.index("acquisitions"), columns.index("contended")
     wait = columns.index("wait.total_ns")
-    mmap_src = schema.const("LP_SRC_MMAP_LOCK")
-    sourced = [(key[2], values) for key, values in rows.items()]
+    sourced = [(key[2], rows[key]) for key in per_cpu_keys(rows) if key[0] not in hidden]
     sourced += list((retired or {}).items())
-    has_mmap = any(source == mmap_src for source, _values in sourced)
-    count = np.zeros(0, dtype=np.uint64)
-    waited = np.zeros(0, dtype=np.uint64)
+    cpus = max((values.shape[0] for _source, values in sourced), default=0)
+    figures = np.zeros((cpus, 3), dtype=np.uint64)  # acquisitions, contended, wait ns
     for source, values in sourced:
-        if has_mmap and source != mmap_src:
-            continue
-        n = values[:, acq] if has_mmap else values[:, cont]
-        if count.size == 0:
-            count, waited = np.zeros_like(n), np.zeros_like(n)
-        count = count + n
-        waited = waited + values[:, wait]
-    return {cpu: (int(count[cpu]), int(waited[cpu])) for cpu in range(count.size)}
+        if _sees_every_acquisition(source):
+            figures[:, 0] += values[:, acq]
+        figures[:, 1] += values[:, cont]
+        figures[:, 2] += values[:, wait]
+    return {cpu: CpuFigures(*(int(n) for n in figures[cpu])) for cpu in range(cpus)}
 
 
 def _live_state(snapshot, session, namer, target, options, elapsed_ns, state) -> LiveState:
     shown, more = busiest_rows(snapshot.rows, snapshot.columns, LIVE_LOCKS)
     frame = _cumulative_frame(StatsView(shown, snapshot.columns))
-    frame = without_locks(frame, hidden_locks(target, session))
+    hidden = hidden_locks(target, session)
+    frame = without_locks(frame, hidden)
     locks = namer.name(frame)
     rows = aggregate.summary_rows(frame, locks, list(options.families))
     if "offcpu" in options.families:
@@ -428,7 +457,7 @@ def _live_state(snapshot, session, namer, target, options, elapsed_ns, state) ->
         events=session.events_pending(),
         cpus=len(session_cpus()),
         more_rows=more,
-        cpu_totals=cpu_totals(snapshot.rows, snapshot.columns, state.retired_totals),
+        cpu_totals=cpu_totals(snapshot.rows, snapshot.columns, state.retired_totals, hidden),
     )
 
 

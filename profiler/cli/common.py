@@ -21,7 +21,7 @@ from rich.text import Text
 
 from profiler import allocator, outputs, privileges, render, schema, signals
 from profiler.errors import LockprofError
-from profiler.options import CollectOptions, LiveState
+from profiler.options import CollectOptions, CpuFigures, LiveState
 from profiler.signals import StopFlag
 from profiler.targets import CommandTarget, Target
 
@@ -376,13 +376,11 @@ class LiveView:
             return
         # Off-CPU rows (--offcpu) measure blocked time, not lock waits.
         rows = [r for r in state.rows if r.get("source") != "offcpu"]
-        acquisitions = sum(r.get("acquisitions") or 0 for r in rows)
-        contended = sum(r.get("contended") or 0 for r in rows)
-        wait = sum((r.get("wait_ns") or {}).get("total") or 0 for r in rows)
+        # The figures of the per-CPU line, summed: what the summary's says.
+        totals = state.cpu_totals if state.cpu_totals is not None else render.cpu_totals_of(rows)
         self.err.print(
             f"[{state.elapsed_s:7.1f}s] {len(rows)} lock rows, "
-            f"{acquisitions:,} acquisitions, {contended:,} contended, "
-            f"wait {render.fmt_ns(wait)}, lost {lost:,}"
+            f"{render.activity(render.all_cpus(totals))}, lost {lost:,}"
         )
 
     def stop(self) -> None:
@@ -502,7 +500,7 @@ class _ShownRows:
 
     first: list[dict] = field(default_factory=list)
     count: int = 0
-    cpu_totals: dict[int, tuple[int, int]] = field(default_factory=dict)
+    cpu_totals: dict[int, CpuFigures] = field(default_factory=dict)
     held: list[dict] = field(default_factory=list)
 
     @classmethod

@@ -467,6 +467,37 @@ def test_live_view_turns_itself_off_when_its_terminal_is_gone():
     view.stop()
 
 
+def test_the_live_progress_line_says_what_the_per_cpu_line_counts():
+    """Off a terminal, the live view prints a line an interval. It said
+    "16,518 acquisitions, 23,656 contended": contended waits on
+    contention-only locks, which have no acquisitions, read as more
+    contended acquisitions than acquisitions."""
+    from rich.console import Console
+
+    from profiler.cli.common import LiveView
+    from profiler.options import CpuFigures
+
+    from .test_render import bizzy_rows
+
+    rows = bizzy_rows()
+    totals = render.cpu_totals_of(rows)
+    out = io.StringIO()
+    view = LiveView(top=5, quiet=False)
+    view.err = Console(file=out, width=200)
+    state = _live_state()
+    state.rows, state.cpu_totals = rows, totals
+    assert view.update(state) is True
+    # The table's acquisitions (35,336 + 2,805) and every contended wait.
+    assert out.getvalue() == (
+        "[    1.0s] 5 lock rows, 38,141 acq, 653 contended waits, wait 294ms, lost 0\n"
+    )
+    assert render.all_cpus(totals) == CpuFigures(38_141, 653, 293_551_634)
+    # Without the kernel's per-CPU totals (no live view state yet), the rows'.
+    state.cpu_totals = None
+    assert view.update(state) is True
+    assert out.getvalue().splitlines()[1] == out.getvalue().splitlines()[0]
+
+
 def test_live_view_on_a_closed_pipe_turns_itself_off_and_leaves_stdout_alone():
     """rich's own answer to a closed pipe (stdout pointed at /dev/null, then
     SystemExit(1)) escaped every guard and ended the collection unsaved."""

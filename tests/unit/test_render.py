@@ -201,6 +201,52 @@ def test_problems_line():
     assert line.plain == "! held overflow: 1; task map full: 1,200"
 
 
+# -- a realistic summary -----------------------------------------------------------------
+
+SYMBOL_NAME = "irqentry_exit_to_user_mode+0x110 (0xffff888627d2ba80)"
+
+
+def contention_row(name: str, waits: tuple[int, int], wait_ns: int) -> dict:
+    """A lock seen through lock:contention_* only: no acquisitions, no holds."""
+    row = dict(lock_row("x"), lock=name, owner_pid=None, mode="exclusive")
+    row.update(acquisitions=None, releases=None, downgrades=None, trylock_failures=None)
+    row.update(hold_ns=None, still_held=None, contended=sum(waits))
+    row["wait_ns"] = dict(lock_row("x")["wait_ns"], count=sum(waits), total=wait_ns)
+    row["per_cpu"] = [
+        {"cpu": cpu, "acquisitions": None, "contended": n, "wait_total_ns": wait_ns // 2,
+         "hold_total_ns": None}
+        for cpu, n in enumerate(waits)
+    ]  # fmt: skip
+    return row
+
+
+def bizzy_rows() -> list[dict]:
+    """The busiest rows of `lockprof run -- lpbizzy -t 2 -S 3`: an
+    mmap_lock's two modes, spinlocks and a lock named by its caller."""
+    write = dict(lock_row("lpbizzy"), owner_pid=16525, acquisitions=35_336, contended=88)
+    write.update(downgrades=17_649, trylock_failures=0)
+    write["wait_ns"] = dict(write["wait_ns"], total=143_000_000, avg=4040.0, max=16_500_000)
+    write["per_cpu"] = [
+        {"cpu": 0, "acquisitions": 12_609, "contended": 44, "wait_total_ns": 63_557_611,
+         "hold_total_ns": 24_692_510},
+        {"cpu": 1, "acquisitions": 22_727, "contended": 44, "wait_total_ns": 79_035_206,
+         "hold_total_ns": 45_513_306},
+    ]  # fmt: skip
+    read = dict(write, mode="read", acquisitions=2_805, contended=59, downgrades=0)
+    read.update(trylock_failures=555, reader_writer_ratio=0.0794)
+    read["per_cpu"] = [
+        dict(cpu, acquisitions=n, contended=waits)
+        for cpu, n, waits in zip(write["per_cpu"], (1_103, 1_702), (28, 31), strict=True)
+    ]
+    return [
+        write,
+        read,
+        contention_row("spinlock 0xffff888627c2ba80", (230, 23), 5_450_000),
+        contention_row(SYMBOL_NAME, (6, 94), 2_680_000),
+        contention_row("spinlock 0xffffea0004e90168", (77, 76), 236_000),
+    ]
+
+
 def test_per_cpu_line():
     rows = [lock_row("a"), lock_row("b")]
     rows[1]["per_cpu"] = [
@@ -212,10 +258,137 @@ def test_per_cpu_line():
             "hold_total_ns": None,
         }
     ]
+    # cpu1's 3 contended waits are on a contention-only lock: no acquisitions
     assert render.per_cpu_line(rows).plain == (
-        "per CPU  cpu0: 10 acq, wait 5us  |  cpu1: 3 acq, wait 2ms"
+        "per CPU  cpu0: 10 acq, 1 contended wait, wait 5us  |  "
+        "cpu1: 0 acq, 3 contended waits, wait 2ms"
     )
     assert render.per_cpu_line([]).plain == "per CPU  no activity"
+
+
+PER_CPU = re.compile(r"cpu(\d+): ([\d,]+) acq, ([\d,]+) contended waits?, wait ")
+
+
+def per_cpu_figures(line: str) -> dict[int, tuple[int, int]]:
+    """cpu -> (acq, contended waits) as a per-CPU line says them."""
+    return {
+        int(cpu): (int(acq.replace(",", "")), int(waits.replace(",", "")))
+        for cpu, acq, waits in PER_CPU.findall(line)
+    }
+
+
+def test_the_per_cpu_acquisitions_add_up_to_the_tables():
+    """Contention-only locks' contended waits are not acquisitions: the
+    per-CPU line counted them as `acq` (195,923 for a table of 97,015)."""
+    rows = bizzy_rows()
+    figures = per_cpu_figures(render.per_cpu_line(rows).plain)
+    assert sorted(figures) == [0, 1]
+    assert sum(acq for acq, _waits in figures.values()) == sum(
+        row["acquisitions"] or 0 for row in rows
+    )
+    every_wait = sum(cpu["contended"] for row in rows for cpu in row["per_cpu"])
+    assert sum(waits for _acq, waits in figures.values()) == every_wait
+    assert any(row["acquisitions"] is None and row["contended"] for row in rows)  # not vacuous
+
+
+# -- the summary table at a terminal's width ----------------------------------------------
+
+MM_NAME = "mmap_lock pid 16525 (lpbizzy)"
+
+
+def rendered_at(renderable, width: int) -> str:
+    out = io.StringIO()
+    console = Console(file=out, record=True, width=width, height=100)
+    console.print(renderable)
+    return console.export_text(styles=False)
+
+
+def boxed_cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip()[1:-1].split(line.strip()[0])]
+
+
+def table_of(plain: str) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows' cells) of the summary table in plain text: a header's
+    two lines joined, a lock name wrapped over lines joined with a space."""
+    lines = plain.splitlines()
+    top, bottom = (boxed_cells(line) for line in lines if line.startswith("┃"))
+    headers = [f"{a} {b}".strip() for a, b in zip(top, bottom, strict=True)]
+    rows: list[list[str]] = []
+    for line in lines:
+        if not line.startswith("│"):
+            continue
+        cells = boxed_cells(line)
+        if cells[1]:  # a row's first line (the mode is never empty)
+            rows.append(cells)
+        else:  # the lock name goes on
+            rows[-1][0] += " " + cells[0]
+    return headers, rows
+
+
+@pytest.mark.parametrize("width", [80, 100, 120, 160])
+def test_the_summary_fits_the_terminal_without_cutting_a_figure(width):
+    rows = bizzy_rows()
+    plain = rendered_at(render.view(rows, "hdr", {}, 0), width)
+    assert "…" not in plain
+    assert max(len(line) for line in plain.splitlines()) <= width
+    headers, cells = table_of(plain)
+    # The most important columns stay, in table order; the others are left
+    # out from the end of the priority list.
+    essential = ["lock", "mode", "acq", "contended", "wait total", "wait avg", "wait max"]
+    assert headers == [h for h in render.SUMMARY_HEADERS if h in headers]
+    assert set(essential) <= set(headers) and len(headers) > (7 if width >= 100 else 6)
+    assert len(headers) < len(render.SUMMARY_HEADERS) or width >= 160
+    kept = [h for h in render.COLUMN_PRIORITY if h in headers]
+    assert kept == list(render.COLUMN_PRIORITY[: len(kept)])
+    # Every shown cell in full; lock names whole (when wrapped, at a space or folded).
+    columns = [render.SUMMARY_HEADERS.index(h) for h in headers]
+    for shown, row in zip(cells, rows, strict=True):
+        full = render.summary_cells(row)
+        assert shown[1:] == [full[i] for i in columns[1:]]
+        assert shown[0].replace(" ", "") == full[0].replace(" ", "")
+    assert "35,336" in plain
+    left_out = [h for h in render.SUMMARY_HEADERS if h not in headers]
+    hint = " ".join(line for line in plain.splitlines() if line[:1] not in "┏┃┡│└")
+    if left_out:
+        assert f"columns left out to fit the terminal: {', '.join(left_out)};" in hint
+        assert "`lockprof show FILE | less -S`" in hint
+    else:
+        assert "left out" not in hint
+
+
+def test_the_lock_name_is_never_squeezed_out():
+    """rich squeezed the lock column to nothing at 120 columns. It keeps
+    at least a kernel address's width (18): a name wraps, whole."""
+    for width in (80, 100, 120):
+        plain = rendered_at(render.summary_table(bizzy_rows()), width)
+        headers, cells = table_of(plain)
+        assert headers[0] == "lock" and cells[0][0] == MM_NAME
+        top_rule = next(line for line in plain.splitlines() if line.startswith("┏"))
+        assert len(top_rule[1:].split("┳")[0]) >= 18
+        lock_column = [boxed_cells(line)[0] for line in plain.splitlines() if line[:1] == "│"]
+        assert any("0xffff888627c2ba80" in lock for lock in lock_column)  # unbroken
+    assert cells[0][0] in plain  # at 120 on one line
+
+
+def test_every_column_at_a_wide_terminal():
+    headers, _cells = table_of(rendered_at(render.view(bizzy_rows(), "hdr", {}, 0), 200))
+    assert headers == list(render.SUMMARY_HEADERS)
+
+
+def test_output_that_is_not_a_terminal_gets_every_column_in_full(capsys):
+    """A pipe or file gets the whole table (scripts, `less -S`), however
+    long its lock names: not a 240-column one cut to fit."""
+    long_name = "a_very_long_lock_function_name_from_a_lock_spec_" * 5 + "+0x10"
+    rows = [*bizzy_rows(), dict(contention_row(long_name, (1, 1), 2000))]
+    out = render.console()
+    assert not out.is_terminal
+    out.print(render.view(rows, "hdr", {}, 0))
+    plain = capsys.readouterr().out
+    assert "…" not in plain and long_name in plain
+    headers, cells = table_of(plain)
+    assert headers == list(render.SUMMARY_HEADERS)
+    assert [row[0] for row in cells] == [render.lock_label(row) for row in rows]
+    assert "left out" not in plain
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from profiler import aggregate, session
+from profiler.options import CpuFigures
 
 from .helpers import Snap
 
@@ -125,4 +126,23 @@ def test_the_live_views_per_cpu_totals_keep_freed_rows(stats_columns):
     freed[1, stats_columns.index("acquisitions")] = 7
     freed[1, stats_columns.index("wait.total_ns")] = 70
     totals = session.cpu_totals(rows, stats_columns, {SRC_MMAP: freed})
-    assert totals == {0: (5, 0), 1: (7, 70)}
+    assert totals == {0: CpuFigures(5, 0, 0), 1: CpuFigures(7, 0, 70)}
+
+
+def test_freed_rows_count_in_the_per_cpu_totals_as_live_ones_do(stats_columns):
+    """A freed lock:contention_* row of an mmap_lock's mode holds the
+    contended acquisitions its mmap_lock row counts: kept, they would count
+    twice (the summary's per_cpu takes the mmap_lock row's)."""
+    snap = Snap(stats_columns, cpus=2)
+    for key in (
+        (LIVE_LOCK, WRITE, SRC_MMAP),
+        (LIVE_LOCK, WRITE, SRC_CONT),
+        (SPIN_LOCK, 1, SRC_CONT),
+    ):
+        snap.bump(key, 0, "contended", 2)
+    state = session._Collected()
+    state.previous = snap.copy()  # at indexes 0, 1, 2
+    session._forget_freed(state, {i: key[:3] for i, key in enumerate(state.previous)})
+    assert state.previous == {} and sorted(state.retired_totals) == [SRC_MMAP, SRC_CONT]
+    totals = session.cpu_totals({}, stats_columns, state.retired_totals)
+    assert totals[0] == CpuFigures(acquisitions=0, contended=4, wait_ns=0)

@@ -22,10 +22,13 @@ import pandas as pd
 import pytest
 
 import profiler
-from profiler import aggregate, ksyms, recording, session, summary
+from profiler import aggregate, ksyms, recording, render, session, summary
 from profiler.events import CHUNK_ROWS, events_frame
 from profiler.intervals import build_intervals
+from profiler.options import CpuFigures
 from profiler.targets import PRE_EXEC_COMM, CommandTarget, PidTarget, pre_exec_locks
+
+from .helpers import EMPTY_CALLERS
 
 READ, WRITE, SPIN = 2, 4, 1
 SRC_MMAP, SRC_CONT = 0, 1
@@ -360,11 +363,49 @@ def test_live_view_summarises_the_busiest_locks_and_counts_the_rest(stats_column
 
 def test_cpu_totals_cover_every_lock(stats_columns):
     rows = _snapshot_rows(stats_columns, {(0x10, 0): (5, 5, 3), (0x20, 0): (100, 0, 4)})
-    rows[(0x30, 2, 1)] = np.ones((2, len(stats_columns)), dtype=np.uint64)  # contention row
-    # With mmap_lock rows, acquisitions and waits come from them only.
-    assert session.cpu_totals(rows, stats_columns) == {0: (0, 105), 1: (7, 0)}
-    contention_only = {k: v for k, v in rows.items() if k[2] == 1}
-    assert session.cpu_totals(contention_only, stats_columns) == {0: (1, 1), 1: (1, 1)}
+    # A contention-only lock: contended waits and their time, no acquisitions.
+    rows[(0x30, 2, SRC_CONT)] = np.ones((2, len(stats_columns)), dtype=np.uint64)
+    # lock:contention_* on an mmap_lock's mode: its contended acquisitions again.
+    rows[(0x10, READ, SRC_CONT)] = np.full((2, len(stats_columns)), 50, dtype=np.uint64)
+    assert session.cpu_totals(rows, stats_columns) == {
+        0: CpuFigures(acquisitions=0, contended=3, wait_ns=106),
+        1: CpuFigures(acquisitions=7, contended=1, wait_ns=1),
+    }
+    assert session.cpu_totals(rows, stats_columns, hidden={0x20}) == {
+        0: CpuFigures(acquisitions=0, contended=2, wait_ns=6),
+        1: CpuFigures(acquisitions=3, contended=1, wait_ns=1),
+    }
+
+
+def test_the_live_per_cpu_totals_are_the_final_summarys(snap, stats_columns):
+    """The live view's per-CPU line (from the kernel's rows) and the final
+    summary's (from the summary rows' per_cpu, as in `show --json`) count the
+    same: the live one counted acquisitions, the final one added
+    contention-only locks' waits into them."""
+    s = snap(cpus=2)
+    write, cont = (COMMAND_LOCK, WRITE, SRC_MMAP), (COMMAND_LOCK, WRITE, SRC_CONT)
+    spin = (SPINLOCK, SPIN, SRC_CONT)
+    for cpu, n in ((0, 3), (1, 5)):
+        s.bump(write, cpu, "acquisitions", n)
+        s.bump(write, cpu, "contended")
+        s.hist_add(write, cpu, "wait", 2000)
+        s.bump(cont, cpu, "contended")  # that contended acquisition, in lock:contention_*
+        s.hist_add(cont, cpu, "wait", 1500)
+        s.bump(spin, cpu, "contended", 4 * n)
+        s.hist_add(spin, cpu, "wait", 300)
+    snapshot = s.copy()
+    frame = aggregate.intervals_frame(aggregate.interval_rows({}, snapshot, stats_columns, 1, 1))
+    locks = aggregate.name_locks(frame, {COMMAND_LOCK: (4242, "x")}, EMPTY_CALLERS, {})
+    rows = aggregate.summary_rows(frame, locks, ["mmap_lock", "contention"])
+    live = session.cpu_totals(snapshot, stats_columns)
+    assert live == render.cpu_totals_of(rows)
+    assert live == {
+        0: CpuFigures(acquisitions=3, contended=13, wait_ns=2300),
+        1: CpuFigures(acquisitions=5, contended=21, wait_ns=2300),
+    }
+    assert sum(cpu.acquisitions for cpu in live.values()) == sum(
+        row["acquisitions"] or 0 for row in rows
+    )
 
 
 # -- the held child, signals, and what the target does meanwhile ------------------------------
