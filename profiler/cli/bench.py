@@ -16,7 +16,13 @@ from rich.text import Text
 
 from profiler import outputs, recording, render, runset, summary
 from profiler.capture import CapturedCommand, OutputCapture, compile_throughput, parse_throughput
-from profiler.cli.common import TimeParam, build_options, checked_spec, stack_options
+from profiler.cli.common import (
+    TimeParam,
+    build_options,
+    checked_spec,
+    spec_files,
+    stack_options,
+)
 from profiler.errors import LockprofError
 from profiler.runset import Run, RunSet
 from profiler.session import CollectOptions, collect, require_privileges
@@ -247,6 +253,9 @@ def command(
     if runs < 1 or runs > MAX_RUNS:
         raise LockprofError(f"--runs must be between 1 and {MAX_RUNS}, not {runs}", exit_code=2)
     regex = compile_throughput(throughput_regex)
+    outputs.refuse_clobbering(
+        output, spec_files(lock_spec), "-o", "a run set", kind=outputs.RUN_SET
+    )
     check_command(argv[0])
     if output.is_dir():
         raise LockprofError(f"output path {output} is a directory", exit_code=2)

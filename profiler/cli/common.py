@@ -296,6 +296,32 @@ def checked_spec(argument: str):
     return spec
 
 
+def spec_files(lock_spec: str | None) -> list[Path]:
+    """The files a --locks SPEC reads: a TOML spec, or NAME@BINARY's binary
+    (inputs an output must not overwrite)."""
+    if not lock_spec:
+        return []
+    named = (lock_spec, lock_spec.partition("@")[2])
+    return [Path(name) for name in named if name and Path(name).is_file()]
+
+
+def refuse_clobbering(output: Path | None, html: Path | None, lock_spec: str | None) -> None:
+    """-o and --html must not overwrite recorded data or an input (one line,
+    exit 2, before anything starts). A new recording may replace an older
+    one at an explicit -o (the default name is new each time)."""
+    inputs = spec_files(lock_spec)
+    if output is not None:
+        outputs.refuse_clobbering(output, inputs, "-o", "the recording", kind=outputs.RECORDING)
+    if html is None:
+        return
+    if output is not None and outputs.same_file(html, output):
+        raise LockprofError(
+            f"--html {html} is the recording's path (-o); the report would overwrite it",
+            exit_code=2,
+        )
+    outputs.refuse_clobbering(html, inputs, "--html", "the HTML report")
+
+
 def default_output(mode: str, tgid: int) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(f"lockprof-{mode}-{tgid or 'all'}-{stamp}.lpr")
@@ -602,6 +628,7 @@ def collect_command(
     )
     options.sample_hz = sample_hz
     options.what_if_cpus = what_if_cpus
+    refuse_clobbering(output, html, lock_spec)
     # Signals from here (or from start-up, see profiler.signals) to the end.
     stop = signals.adopt()
     try:

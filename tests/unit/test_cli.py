@@ -28,6 +28,7 @@ from profiler.cli.main import main
 from profiler.errors import LockprofError
 from profiler.targets import check_pid
 
+from .helpers import RECORDING as RECORDING_PATH
 from .helpers import REPO
 
 LOCKPROF = REPO / ".venv" / "bin" / "lockprof"
@@ -519,3 +520,130 @@ def test_an_unknown_lock_type_is_one_line_and_exit_2():
     result = lockprof("record", "-a", "-d", "1", "--lock-types", "futex")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "unknown lock type 'futex'" in result.stderr
+
+
+# -- outputs that would destroy recorded data -------------------------------------------
+
+
+@pytest.fixture
+def recordings(tmp_path, recording_bytes) -> tuple[Path, Path]:
+    """Two recordings, a.lpr and b.lpr, to read and (wrongly) write over."""
+    paths = (tmp_path / "a.lpr", tmp_path / "b.lpr")
+    for path in paths:
+        path.write_bytes(recording_bytes)
+    return paths
+
+
+@pytest.fixture
+def never_collect(monkeypatch):
+    """A collecting command that gets as far as its privilege check stops
+    there (as without root): a regression must fail the test, not start a
+    real collection as root."""
+    from profiler import privileges
+
+    def refuse(*_args, **_kwargs):
+        raise LockprofError("test: reached the privilege check")
+
+    monkeypatch.setattr(privileges, "require", refuse)
+
+
+def _refused(capsys, argv, kept: list[Path], expected: str) -> None:
+    before = {path: path.read_bytes() for path in kept}
+    code, out, err = run_main(capsys, *argv)
+    line = assert_one_error_line(code, err)
+    assert code == 2 and out == "", err
+    assert expected in line, line
+    for path, payload in before.items():
+        assert path.read_bytes() == payload  # recorded data is never lost
+        recording.load(path)
+
+
+def test_report_over_its_own_recording_is_refused(capsys, recordings):
+    a, _b = recordings
+    _refused(capsys, ["report", str(a), "-o", str(a)], [a], f"-o {a} is the input; writing")
+
+
+def test_report_over_a_hard_link_of_its_recording_is_refused(capsys, recordings, tmp_path):
+    a, _b = recordings
+    alias = tmp_path / "alias.html"
+    os.link(a, alias)
+    _refused(capsys, ["report", str(a), "-o", str(alias)], [a], f"is the input {a}")
+
+
+def test_report_over_another_recording_is_refused(capsys, recordings):
+    a, b = recordings
+    _refused(capsys, ["report", str(a), "-o", str(b)], [a, b], "is a lockprof recording")
+
+
+def test_report_whose_default_output_is_its_recording_is_refused(capsys, recordings, tmp_path):
+    named_html = tmp_path / "r.html"
+    recordings[0].rename(named_html)
+    _refused(capsys, ["report", str(named_html)], [named_html], "report path")
+
+
+def test_export_over_its_recording_is_refused(capsys, recordings):
+    a, b = recordings
+    _refused(capsys, ["export", str(a), "--folded", str(a)], [a], "--folded")
+    _refused(capsys, ["export", str(a), "--folded", str(b)], [a, b], "is a lockprof recording")
+    summary_csv = a.parent / "summary.csv"
+    os.link(a, summary_csv)
+    _refused(capsys, ["export", str(a), "--csv", str(a.parent)], [a], "--csv")
+
+
+def test_compare_over_a_side_is_refused(capsys, recordings):
+    a, b = recordings
+    _refused(capsys, ["compare", str(a), str(b), "-o", str(a)], [a, b], "-o")
+    _refused(capsys, ["compare", str(a), str(a), "-o", str(b)], [a, b], "is a lockprof recording")
+
+
+def test_bench_over_a_recording_is_refused_before_running(
+    capsys, recordings, tmp_path, never_collect
+):
+    a, _b = recordings
+    marker = tmp_path / "ran"
+    argv = ["bench", "--runs", "1", "-o", str(a), "--", "touch", str(marker)]
+    _refused(capsys, argv, [a], f"-o {a} is a lockprof recording; writing a run set there")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", [["run"], ["attach", "-p", "free"], ["record", "-a"]])
+def test_collection_outputs_over_recorded_data_are_refused_before_starting(
+    capsys, recordings, tmp_path, command, never_collect
+):
+    """Refused before privileges, pids or BPF (and so testable without root)."""
+    command = [str(free_pid()) if arg == "free" else arg for arg in command]
+    a, _b = recordings
+    tail = ["--", "true"] if command == ["run"] else []
+    spec = tmp_path / "spec.toml"
+    spec.write_text("not read: refused first")
+    fresh = tmp_path / "new.lpr"
+    for options, expected, kept in (
+        (["--html", str(a)], f"--html {a} is a lockprof recording", [a]),
+        (["-o", str(fresh), "--html", str(fresh)], "is the recording's path (-o)", []),
+        (["-o", str(spec), "--locks", str(spec)], "is the input", [a]),
+        (["--html", str(spec), "--locks", str(spec)], "is the input", [a]),
+    ):
+        _refused(capsys, [*command, *options, *tail], kept, expected)
+        assert spec.read_text() == "not read: refused first"
+    runset_bytes = _a_run_set(a)
+    lpset = tmp_path / "set.lpset"
+    lpset.write_bytes(runset_bytes)
+    code, _out, err = run_main(capsys, *command, "-o", str(lpset), *tail)
+    assert code == 2 and "is a lockprof run set; writing the recording there" in err
+    assert lpset.read_bytes() == runset_bytes
+
+
+def _a_run_set(rec_path: Path) -> bytes:
+    from profiler import runset
+
+    result = runset.from_recording(recording.load(rec_path), label="x", source=str(rec_path))
+    return runset.dumps(result)
+
+
+def test_a_recording_may_replace_a_recording():
+    """`lockprof run -o old.lpr` (make demo, again): same kind, allowed."""
+    from profiler import outputs
+
+    outputs.refuse_clobbering(RECORDING_PATH, [], "-o", "the recording", kind=outputs.RECORDING)
+    with pytest.raises(LockprofError, match="is a lockprof recording"):
+        outputs.refuse_clobbering(RECORDING_PATH, [], "-o", "a run set", kind=outputs.RUN_SET)
