@@ -807,6 +807,7 @@ META_KINDS = {
     "cpus": ("an integer", lambda v: v is None or _int(v)),
     "target_pid": ("an integer", lambda v: v is None or _int(v)),
     "exit_status": ("an integer", lambda v: v is None or _int(v)),
+    "exit_signal": ("text", lambda v: v is None or isinstance(v, str)),
     "threshold_ns": ("an integer", lambda v: v is None or _int(v)),
     "lost_events": ("an integer", _int),
     "sample_hz": ("an integer", lambda v: v is None or _int(v)),

@@ -607,7 +607,9 @@ def _build_recording(
         "target_pid": target.tgid or None,
         "target": target.describe(),
         "command": target.command(),
+        # As a shell's $? (128 + N for signal N), and the signal's name.
         "exit_status": target.exit_status,
+        "exit_signal": target.exit_signal,
         # Forks are not followed, execs keep the pid (profiled): what was seen.
         "lineage": target.lineage.meta() if target.lineage is not None else None,
         "families": list(options.families),

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from profiler import aggregate, schema, writer_cost
 from profiler.recording import Recording
+from profiler.targets import recorded_exit
 
 JSON_VERSION = 1
 
@@ -129,6 +130,7 @@ def summary_document(rec: Recording, what_if_cpus: int | None = None) -> dict:
     """summary_json() with its `locks` as LockRows, built as they are read."""
     meta = rec.meta
     rusage = meta.get("rusage") or {}
+    exit_status, exit_signal = recorded_exit(meta)
     return {
         "json_version": JSON_VERSION,
         "kernel": meta.get("kernel"),
@@ -137,7 +139,8 @@ def summary_document(rec: Recording, what_if_cpus: int | None = None) -> dict:
         "target": meta.get("target"),
         "target_pid": meta.get("target_pid"),
         "command": meta.get("command"),
-        "exit_status": meta.get("exit_status"),
+        "exit_status": exit_status,
+        "exit_signal": exit_signal,
         "mechanisms": meta.get("mechanisms"),
         "threshold_ns": meta.get("threshold_ns"),
         "lock_types": meta.get("lock_types"),

@@ -26,6 +26,37 @@ PRE_EXEC_COMM = "lockprof-exec"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal
+        return f"signal {signum}"
+
+
+def exit_status_of(waitstatus: int) -> tuple[int, str | None]:
+    """A wait status as a shell's $? (and time, perf stat, strace) gives it:
+    the exit code, or 128 + N when signal N killed the process; with the
+    signal's name (None for an exit)."""
+    if os.WIFSIGNALED(waitstatus):
+        signum = os.WTERMSIG(waitstatus)
+        return 128 + signum, signal_name(signum)
+    return os.waitstatus_to_exitcode(waitstatus), None
+
+
+def recorded_exit(meta: dict) -> tuple[int | None, str | None]:
+    """A recording's exit status and signal. Recordings made before
+    exit_signal existed stored -N for signal N: read the same way."""
+    status, signame = meta.get("exit_status"), meta.get("exit_signal")
+    if isinstance(status, int) and status < 0:
+        return 128 - status, signal_name(-status)
+    return status, signame
+
+
+def exit_text(status: int | None, signame: str | None) -> str:
+    """ "exited with status 3", "killed by SIGTERM"."""
+    return f"killed by {signame}" if signame else f"exited with status {status}"
+
+
 def check_pid(pid: int) -> int:
     """Validate a user-given pid and return its thread-group id."""
     if pid <= 0:
@@ -191,7 +222,8 @@ class Target:
         self._end_wall = 0.0
         self._first: tuple[float, float, int] | None = None
         self._last: tuple[float, float, int] | None = None
-        self.exit_status: int | None = None
+        self.exit_status: int | None = None  # as a shell's $?: 128 + N for signal N
+        self.exit_signal: str | None = None  # the signal that killed the command
         self.lineage: Lineage | None = None  # processes: forks and execs seen
 
     def describe(self) -> str:
@@ -388,15 +420,14 @@ class CommandTarget(Target):
             pass
 
     def poll(self) -> str | None:
-        if self._rusage is not None:
-            return f"command exited with status {self.exit_status}"
-        pid, status, usage = os.wait4(self.tgid, os.WNOHANG)
-        if pid == 0:
-            if self.lineage is not None and self._start_wall:
-                self.lineage.observe(time.monotonic() - self._start_wall)
-            return None
-        self._finish(status, usage)
-        return f"command exited with status {self.exit_status}"
+        if self._rusage is None:
+            pid, status, usage = os.wait4(self.tgid, os.WNOHANG)
+            if pid == 0:
+                if self.lineage is not None and self._start_wall:
+                    self.lineage.observe(time.monotonic() - self._start_wall)
+                return None
+            self._finish(status, usage)
+        return f"command {exit_text(self.exit_status, self.exit_signal)}"
 
     def wait(self) -> None:
         """Reap the command (after Ctrl-C it may still be running)."""
@@ -406,7 +437,7 @@ class CommandTarget(Target):
 
     def _finish(self, status: int, usage) -> None:
         self._end_wall = time.monotonic()
-        self.exit_status = os.waitstatus_to_exitcode(status)
+        self.exit_status, self.exit_signal = exit_status_of(status)
         self._rusage = {
             "user_s": round(usage.ru_utime, 6),
             "sys_s": round(usage.ru_stime, 6),

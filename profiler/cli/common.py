@@ -23,7 +23,7 @@ from profiler import allocator, outputs, privileges, render, schema, signals
 from profiler.errors import LockprofError
 from profiler.options import CollectOptions, LiveState
 from profiler.signals import StopFlag
-from profiler.targets import CommandTarget, Target
+from profiler.targets import CommandTarget, Target, exit_text, recorded_exit
 
 if TYPE_CHECKING:
     from profiler.recording import Recording
@@ -457,7 +457,7 @@ def run_collection(
     finally:
         view.stop()
     recording.save(rec, output)
-    written = f"lockprof: {rec.meta['stop_reason']}; recording written to {output}"
+    written = f"lockprof: {_ending(rec.meta)}; recording written to {output}"
     try:
         print_summary(rec, as_json, top=FINAL_SUMMARY_TOP)
         code = 0
@@ -469,7 +469,7 @@ def run_collection(
             written += f" (summary not printed: {exc.strerror or exc})"
     say(written)
     if html is None:
-        return code
+        return code or command_status(rec.meta)
     try:
         report.write_html(rec, html, source=str(output))
     except Exception as exc:  # the recording is safe on disk: say why in one line
@@ -480,7 +480,26 @@ def run_collection(
         say(f"lockprof: report not written ({reason}); recording kept in {output}")
         return code or 1
     say(f"lockprof: report written to {html}")
-    return code
+    return code or command_status(rec.meta)
+
+
+def command_status(meta: dict) -> int:
+    """`run` exits as its command did, as time, perf stat and strace do: its
+    status, 128 + N when signal N killed it. 0 where there is none (attach,
+    record, a command still running when collection stopped). lockprof's
+    own failures come first (the caller's code)."""
+    status, _signal = recorded_exit(meta)
+    return status if isinstance(status, int) and 0 < status < 256 else 0
+
+
+def _ending(meta: dict) -> str:
+    """Why collection stopped, and how the command ended when that was not
+    the reason ("SIGINT received; command killed by SIGINT")."""
+    reason = str(meta.get("stop_reason"))
+    status, signame = recorded_exit(meta)
+    if status is None or reason.startswith("command "):
+        return reason
+    return f"{reason}; command {exit_text(status, signame)}"
 
 
 def say(line: str) -> None:

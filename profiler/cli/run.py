@@ -14,7 +14,8 @@ from profiler.targets import CommandTarget
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED, required=True)
 def command(argv, **options) -> None:
     """Start CMD, profile it until it exits, and record its exit status and
-    rusage (user, sys, elapsed, minor faults) as /usr/bin/time would.
+    rusage (user, sys, elapsed, minor faults) as /usr/bin/time would. Exits
+    with CMD's status (128 + N when signal N killed it), as time does.
 
     The command is held before exec until the probes are attached. Only its
     own process is profiled, unless -f/--follow: then every process it forks

@@ -71,6 +71,32 @@ def test_command_not_found(tmp_path):
     assert lockprof_programs() == []
 
 
+@pytest.mark.parametrize(
+    ("script", "status", "line"),
+    [
+        ("exit 3", 3, "command exited with status 3"),
+        ("kill -TERM $$", 128 + signal.SIGTERM, "command killed by SIGTERM"),
+    ],
+)
+def test_run_exits_as_its_command_did(tmp_path, script, status, line):
+    """As time, perf stat and strace: the command's status, 128 + N for
+    signal N; the recording is written and says the same."""
+    result = subprocess.run(
+        [*LOCKPROF, "run", "-q", "-o", str(tmp_path / "r.lpr"), "--", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == status, result.stderr
+    assert f"lockprof: {line}; recording written to" in result.stderr
+    summary = show_json(tmp_path / "r.lpr")
+    assert (summary["exit_status"], summary["exit_signal"]) == (
+        status,
+        "SIGTERM" if status > 128 else None,
+    )
+    assert lockprof_programs() == []
+
+
 def test_unwritable_output_is_refused_before_attaching():
     result = subprocess.run(
         [*LOCKPROF, "record", "-a", "-d", "1", "-o", "/nonexistent-dir/x.lpr"],

@@ -37,11 +37,13 @@ SPINLOCK = 0xFFFFFFFF830F3100
 # -- the child's name before exec -----------------------------------------------------------
 
 
-def wait_for_exit(target: CommandTarget, timeout: float = 10.0) -> None:
+def wait_for_exit(target: CommandTarget, timeout: float = 10.0) -> str:
+    """Poll until the command has exited; its stop reason."""
     deadline = time.monotonic() + timeout
-    while target.poll() is None:
+    while (reason := target.poll()) is None:
         assert time.monotonic() < deadline, "command did not exit"
         time.sleep(0.01)
+    return reason
 
 
 def test_run_child_is_named_until_it_execs(tmp_path):
@@ -400,8 +402,34 @@ def test_a_ctrl_c_to_the_held_child_before_exec_is_not_an_error(tmp_path):
     os.kill(target.tgid, signal.SIGINT)
     time.sleep(0.2)
     target.begin()
-    wait_for_exit(target)
-    assert target.exit_status == -signal.SIGINT
+    assert wait_for_exit(target) == "command killed by SIGINT"
+    assert (target.exit_status, target.exit_signal) == (128 + signal.SIGINT, "SIGINT")
+
+
+@pytest.mark.parametrize(
+    ("script", "status", "signame", "reason"),
+    [
+        ("exit 3", 3, None, "command exited with status 3"),
+        ("kill -TERM $$", 128 + signal.SIGTERM, "SIGTERM", "command killed by SIGTERM"),
+        ("kill -KILL $$", 128 + signal.SIGKILL, "SIGKILL", "command killed by SIGKILL"),
+        ("exit 0", 0, None, "command exited with status 0"),
+    ],
+)
+def test_the_commands_status_is_kept_as_a_shell_gives_it(script, status, signame, reason):
+    """128 + N for signal N, as $? and time give it (was -N, and exit 0)."""
+    target = CommandTarget(["sh", "-c", script])
+    target.begin()
+    assert wait_for_exit(target) == reason
+    assert (target.exit_status, target.exit_signal) == (status, signame)
+
+
+def test_recordings_from_before_exit_signal_read_the_same():
+    from profiler.targets import recorded_exit
+
+    assert recorded_exit({"exit_status": -15}) == (143, "SIGTERM")
+    assert recorded_exit({"exit_status": 3}) == (3, None)
+    assert recorded_exit({"exit_status": 143, "exit_signal": "SIGTERM"}) == (143, "SIGTERM")
+    assert recorded_exit({}) == (None, None)
 
 
 def test_printable_arg():
