@@ -78,6 +78,14 @@ KERNEL_SKIPPED = {
 }
 
 
+def command_running_note(pid: int) -> str:
+    return (
+        f"the command (pid {pid}) was still running when collection stopped; lockprof "
+        "left it running: its exit status is unknown and its rusage covers the "
+        "collection window only"
+    )
+
+
 def notes(meta: dict) -> list[str]:
     """What the figures leave out: full kernel maps, processes the target
     forked (not followed), programs it exec'd (followed: same pid)."""
@@ -99,6 +107,8 @@ def notes(meta: dict) -> list[str]:
         )
     lineage = meta.get("lineage") or {}
     pid = meta.get("target_pid")
+    if meta.get("mode") == "run" and pid and meta.get("exit_status") is None:
+        out.append(command_running_note(pid))
     if pid and meta.get("followed") is not None:
         out.append(
             f"--follow: pid {pid} and its descendants ({meta['followed']:,} processes) "

@@ -447,9 +447,16 @@ class CommandTarget(Target):
             "max_rss_kb": int(usage.ru_maxrss),
         }
 
+    def _sample(self) -> tuple[float, float, int] | None:
+        return _proc_times(self.tgid)
+
     def end(self) -> None:
-        if self._rusage is None:
+        """Collection stopped. A command still running is left running (not
+        waited for): its rusage is then its own over the collection window,
+        from /proc as for `attach`, and its exit status unknown."""
+        if self.poll() is None:
             self._end_wall = time.monotonic()
+            self._last = self._sample() or self._last
 
     def rusage(self) -> dict:
         if self._rusage is not None:

@@ -111,7 +111,8 @@ def collection_options(func):
             "-d",
             "--duration",
             type=FiniteFloatRange(min=0.1, max=7 * 86400),
-            help="Stop after SECONDS (default: Ctrl-C, or the target's exit).",
+            help="Stop collecting after SECONDS (default: Ctrl-C, or the target's exit); "
+            "a target still running is left running.",
         ),
         click.option(
             "-i",
@@ -497,6 +498,8 @@ def _ending(meta: dict) -> str:
     the reason ("SIGINT received; command killed by SIGINT")."""
     reason = str(meta.get("stop_reason"))
     status, signame = recorded_exit(meta)
+    if status is None and meta.get("mode") == "run":
+        return f"{reason}; command still running as pid {meta.get('target_pid')}, not waited for"
     if status is None or reason.startswith("command "):
         return reason
     return f"{reason}; command {exit_text(status, signame)}"

@@ -21,6 +21,12 @@ def command(argv, **options) -> None:
     own process is profiled, unless -f/--follow: then every process it forks
     too (a build, a shell script), each mmap_lock a row of its own.
 
+    With -d SECONDS, collection stops after SECONDS whether or not CMD has
+    exited, and lockprof does not wait for it: a CMD still running is left
+    running (as attach leaves its target), its exit status is unknown
+    (null) and its rusage covers the collection window only, as the lock
+    figures do.
+
     \b
     Examples:
       lockprof run -- ./ebizzy -m -P

@@ -97,6 +97,34 @@ def test_run_exits_as_its_command_did(tmp_path, script, status, line):
     assert lockprof_programs() == []
 
 
+def test_run_duration_stops_collection_and_does_not_wait_for_the_command(
+    lockprof_factory, tmp_path
+):
+    """-d 1 on `sleep 40`: lockprof detached and ended about 1 s after
+    attaching (it waited 5 s more, probes loaded, Ctrl-C ignored), the
+    command left running; its rusage is the collection window's."""
+    lp = lockprof_factory("run", "-d", "1", "-q", "-o", "d.lpr", "--", "sleep", "40")
+    lp.wait_attached()
+    attached = time.monotonic()
+    lp.proc.wait(timeout=60)  # (its stderr stays open in the command, still running)
+    after_attach_s = time.monotonic() - attached
+    summary = show_json(tmp_path / "d.lpr")
+    pid = summary["target_pid"]
+    try:
+        assert lp.proc.returncode == 0
+        assert after_attach_s < 4  # 1 s, detaching, writing; not 1 + 5 s
+        assert lockprof_programs() == []
+        assert Path(f"/proc/{pid}").exists()  # left running, as attach leaves its target
+        assert summary["exit_status"] is None and summary["exit_signal"] is None
+        assert abs(summary["rusage"]["elapsed_s"] - summary["duration_s"]) < 0.2
+        assert any("rusage covers the collection window only" in n for n in summary["notes"])
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _code, _out, err = lp.wait(timeout=30)
+    assert f"duration 1s reached; command still running as pid {pid}, not waited for" in err
+
+
 def test_unwritable_output_is_refused_before_attaching():
     result = subprocess.run(
         [*LOCKPROF, "record", "-a", "-d", "1", "-o", "/nonexistent-dir/x.lpr"],

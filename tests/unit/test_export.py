@@ -306,7 +306,12 @@ def test_folded_to_a_directory(capsys, tmp_path):
         (143, "SIGTERM", "command killed by SIGTERM", "command killed by SIGTERM"),
         (130, "SIGINT", "SIGINT received", "SIGINT received; command killed by SIGINT"),
         (0, None, "command exited with status 0", "command exited with status 0"),
-        (None, None, "duration 1s reached", "duration 1s reached"),
+        (
+            None,
+            None,
+            "duration 1s reached",
+            "duration 1s reached; command still running as pid {pid}, not waited for",
+        ),
     ],
 )
 def test_run_exits_as_its_command_did(
@@ -318,6 +323,7 @@ def test_run_exits_as_its_command_did(
     code = collect(tmp_path, None)
     err = capsys.readouterr().err
     assert code == (status or 0)
+    line = line.format(pid=fake_collect.meta["target_pid"])
     assert err.splitlines()[-1] == f"lockprof: {line}; recording written to {tmp_path / 'rec.lpr'}"
     assert profiler.load(tmp_path / "rec.lpr").meta["exit_status"] == status
 

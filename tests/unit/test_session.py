@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -421,6 +422,87 @@ def test_the_commands_status_is_kept_as_a_shell_gives_it(script, status, signame
     target.begin()
     assert wait_for_exit(target) == reason
     assert (target.exit_status, target.exit_signal) == (status, signame)
+
+
+# -- run -d: collection stops, the command is not waited for ----------------------------------
+
+
+def test_a_command_still_running_at_the_end_has_its_own_rusage_over_the_window(monkeypatch):
+    """-d reached while the command runs: it is left running, its exit status
+    unknown, its rusage its own (from /proc) over the collection window; it
+    was the whole system's (CommandTarget sampled /proc/stat)."""
+    from profiler import targets
+
+    def system_wide():
+        raise AssertionError("a command's rusage from the whole system's figures")
+
+    monkeypatch.setattr(targets, "_system_times", system_wide)
+    target = CommandTarget(["sh", "-c", "while :; do :; done"])
+    try:
+        target.begin()
+        time.sleep(0.5)
+        target.end()
+        rusage = target.rusage()
+        assert target.exit_status is None and target.poll() is None  # still running
+        assert 0.45 <= rusage["elapsed_s"] < 1.5
+        assert 0 < rusage["user_s"] + rusage["sys_s"] <= rusage["elapsed_s"] + 0.05
+        assert rusage["minor_faults"] >= 0
+    finally:
+        os.kill(target.tgid, signal.SIGKILL)
+        target.wait()
+
+
+def test_lockprof_does_not_wait_for_a_command_still_running():
+    """-d reached (no signal): not a moment's wait. After a signal: at most
+    SIGNAL_GRACE_S, for a command the terminal's Ctrl-C is also ending, and
+    a further signal ends even that."""
+    from profiler.signals import StopFlag
+
+    target = CommandTarget(["sleep", "30"])
+    try:
+        target.begin()
+        stop = StopFlag()
+        stop.request("duration 1s reached")
+        started = time.monotonic()
+        session._let_the_command_die(target, stop)
+        assert time.monotonic() - started < 0.05
+        stop.signum = signal.SIGTERM
+        started = time.monotonic()
+        session._let_the_command_die(target, stop)
+        assert session.SIGNAL_GRACE_S <= time.monotonic() - started < session.SIGNAL_GRACE_S + 0.5
+        stop.install()
+        try:
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+            started = time.monotonic()
+            session._let_the_command_die(target, stop)  # no grace after SIGINT: honoured
+            assert time.monotonic() - started < session.SIGNAL_GRACE_S
+        finally:
+            stop.uninstall()
+        assert target.poll() is None
+    finally:
+        os.kill(target.tgid, signal.SIGKILL)
+        target.wait()
+
+
+def test_a_command_that_ends_with_the_signal_passes_its_status_on():
+    from profiler.signals import StopFlag
+
+    target = CommandTarget(["sleep", "30"])
+    target.begin()
+    stop = StopFlag()
+    stop.signum = signal.SIGINT
+    threading.Timer(0.05, os.kill, (target.tgid, signal.SIGINT)).start()
+    session._let_the_command_die(target, stop)
+    target.end()
+    assert (target.exit_status, target.exit_signal) == (130, "SIGINT")
+
+
+def test_a_command_left_running_is_noted():
+    note = summary.notes({"mode": "run", "target_pid": 42, "exit_status": None})
+    assert note == [summary.command_running_note(42)]
+    assert "rusage covers the collection window only" in note[0]
+    assert summary.notes({"mode": "run", "target_pid": 42, "exit_status": 0}) == []
+    assert summary.notes({"mode": "attach", "target_pid": 42, "exit_status": None}) == []
 
 
 def test_recordings_from_before_exit_signal_read_the_same():
