@@ -344,11 +344,14 @@ class CommandTarget(Target):
 
     mode = "run"
 
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], stdout_to_stderr: bool = False):
         super().__init__()
         if not argv:
             raise LockprofError("no command given: lockprof run -- CMD [ARGS...]", exit_code=2)
         self.argv = argv
+        # run --json: stdout holds the JSON alone, the command's output goes
+        # to stderr (as /usr/bin/time keeps its report apart from it).
+        self._stdout_to_stderr = stdout_to_stderr
         self._rusage: dict | None = None
         self.tgid = self._spawn_held()
         self.lineage = Lineage(self.tgid, skip_comm=PRE_EXEC_COMM)
@@ -368,6 +371,8 @@ class CommandTarget(Target):
             os.close(gate_w)
             os.close(err_r)
             os.close(ready_r)
+            if self._stdout_to_stderr:
+                os.dup2(2, 1)
             _set_own_comm(PRE_EXEC_COMM)
             os.close(ready_w)
             try:

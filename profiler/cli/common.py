@@ -215,7 +215,8 @@ def collection_options(func):
             "--json",
             "as_json",
             is_flag=True,
-            help="Print the final summary as JSON (as `show --json`).",
+            help="Print the final summary as JSON (as `show --json`), alone on stdout "
+            "(run: the command's stdout goes to stderr).",
         ),
     ]
     for option in reversed(options):

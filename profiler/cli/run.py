@@ -27,10 +27,15 @@ def command(argv, **options) -> None:
     (null) and its rusage covers the collection window only, as the lock
     figures do.
 
+    With --json, stdout holds the JSON summary alone: CMD's stdout goes to
+    lockprof's stderr (as /usr/bin/time keeps its report apart).
+
     \b
     Examples:
       lockprof run -- ./ebizzy -m -P
       lockprof run -f -- make -j8
       lockprof run -o before.lpr -- workloads/bin/lpbizzy -t 4 -S 10
     """
-    collect_command(lambda: CommandTarget(list(argv)), **options)
+    collect_command(
+        lambda: CommandTarget(list(argv), stdout_to_stderr=options["as_json"]), **options
+    )

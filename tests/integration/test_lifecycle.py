@@ -125,6 +125,28 @@ def test_run_duration_stops_collection_and_does_not_wait_for_the_command(
     assert f"duration 1s reached; command still running as pid {pid}, not waited for" in err
 
 
+@pytest.mark.parametrize("flags", [[], ["-d", "1"]])
+def test_run_json_is_alone_on_stdout(tmp_path, flags):
+    """`run -q --json -- lpbizzy ... | jq .` parses: lpbizzy's "N records in"
+    goes to stderr. With -d 1 on a 3 s command, the rusage covers the same
+    second as the lock figures (elapsed was 3.03 s)."""
+    seconds = "3" if flags else "1"
+    result = subprocess.run(
+        [*LOCKPROF, "run", "-q", "--json", *flags, "-o", str(tmp_path / "j.lpr"), "--",
+         str(BIN / "lpbizzy"), "-t", "1", "-S", seconds],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert "records in" in result.stderr
+    if flags:
+        assert summary["exit_status"] is None
+        assert abs(summary["rusage"]["elapsed_s"] - summary["duration_s"]) < 0.2
+    else:
+        assert summary["exit_status"] == 0
+    assert lockprof_programs() == []
+
+
 def test_unwritable_output_is_refused_before_attaching():
     result = subprocess.run(
         [*LOCKPROF, "record", "-a", "-d", "1", "-o", "/nonexistent-dir/x.lpr"],

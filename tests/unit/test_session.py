@@ -424,6 +424,20 @@ def test_the_commands_status_is_kept_as_a_shell_gives_it(script, status, signame
     assert (target.exit_status, target.exit_signal) == (status, signame)
 
 
+def test_run_json_sends_the_commands_stdout_to_stderr(capfd):
+    """run --json: lockprof's stdout holds the JSON alone (the command's
+    "40144 records in 3.000 s" came before the `{`)."""
+    target = CommandTarget(["sh", "-c", "echo to-stdout; echo to-stderr >&2"], True)
+    target.begin()
+    wait_for_exit(target)
+    out, err = capfd.readouterr()
+    assert out == "" and err == "to-stdout\nto-stderr\n"
+    target = CommandTarget(["sh", "-c", "echo to-stdout"])  # without --json: unchanged
+    target.begin()
+    wait_for_exit(target)
+    assert capfd.readouterr().out == "to-stdout\n"
+
+
 # -- run -d: collection stops, the command is not waited for ----------------------------------
 
 
