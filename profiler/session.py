@@ -119,6 +119,7 @@ def collect(
         flag.check_before_start()
         attached = session.attach()
         flag.check_before_start()
+        target.check_present()
     except BaseException:
         if own_flag:
             flag.uninstall()

@@ -235,6 +235,9 @@ class Target:
     def _sample(self) -> tuple[float, float, int] | None:
         return _system_times()
 
+    def check_present(self) -> None:
+        """The probes are attached: raise if the target is already gone."""
+
     def begin(self) -> None:
         """Collection has started: release the target / take baselines."""
         self._start_wall = time.monotonic()
@@ -288,6 +291,16 @@ class PidTarget(Target):
 
     def _sample(self) -> tuple[float, float, int] | None:
         return _proc_times(self.tgid)
+
+    def check_present(self) -> None:
+        """A process that exited while the probes compiled and attached gave
+        nothing to record: one line and a nonzero exit, not an empty
+        recording that looks like success. (One that exits from here on
+        ends a collection that has started: its recording is written.)"""
+        if _is_zombie(self.tgid):
+            raise LockprofError(
+                f"pid {self.tgid} exited before collection started; nothing was recorded"
+            )
 
     def poll(self) -> str | None:
         sample = self._sample()

@@ -31,15 +31,38 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
 
 
 def test_pid_that_exits_mid_run_still_saves_the_recording(lockprof_factory, tmp_path):
-    sleeper = subprocess.Popen(["sleep", "1.5"])
-    lp = lockprof_factory("attach", "-p", str(sleeper.pid), "-o", "rec.lpr", "-q")
-    lp.wait_attached()
+    """Told to exit once lockprof has attached (a `sleep 1.5` raced the
+    compile, which now refuses a process already gone: see below)."""
+    target = Held(10)
+    try:
+        lp = lockprof_factory("attach", "-p", str(target.pid), "-o", "rec.lpr", "-q")
+        lp.wait_attached()
+    finally:
+        target.finish()
     code, _out, err = lp.wait(timeout=30)
-    sleeper.wait()
     assert code == 0, err
-    assert f"pid {sleeper.pid} exited" in err
+    assert f"pid {target.pid} exited" in err
     rec = profiler.load(tmp_path / "rec.lpr")
-    assert rec.meta["stop_reason"] == f"pid {sleeper.pid} exited"
+    assert rec.meta["stop_reason"] == f"pid {target.pid} exited"
+    assert lockprof_programs() == []
+
+
+def test_pid_that_exits_before_collection_starts_is_an_error(tmp_path):
+    """`sleep 0.8 & lockprof attach -p $!`: the process is gone once the
+    probes are compiled: one line and status 1, no recording, no probes
+    (it said "attached", wrote an empty recording and exited 0)."""
+    sleeper = subprocess.Popen(["sleep", "0.3"])
+    result = subprocess.run(
+        [*LOCKPROF, "attach", "-p", str(sleeper.pid), "-o", str(tmp_path / "x.lpr")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    sleeper.wait()
+    line = _one_line_error(result)
+    assert result.returncode == 1
+    assert line == (
+        f"lockprof: pid {sleeper.pid} exited before collection started; nothing was recorded"
+    )
+    assert not (tmp_path / "x.lpr").exists()
     assert lockprof_programs() == []
 
 

@@ -24,6 +24,7 @@ import pytest
 
 import profiler
 from profiler import aggregate, ksyms, recording, session, summary
+from profiler.errors import LockprofError
 from profiler.events import CHUNK_ROWS, events_frame
 from profiler.intervals import build_intervals
 from profiler.targets import PRE_EXEC_COMM, CommandTarget, PidTarget, pre_exec_locks
@@ -623,6 +624,61 @@ def test_a_signal_before_collection_starts_undoes_everything(monkeypatch, tmp_pa
     with pytest.raises(ChildProcessError):
         os.waitpid(target.tgid, 0)  # killed and reaped by abandon()
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("reaped", [False, True])
+def test_attach_to_a_pid_that_exits_before_collection_starts_is_an_error(monkeypatch, reaped):
+    """`sleep 0.8 & lockprof attach -p $!`: the process exited while the
+    probes compiled. One line and a nonzero exit, the probes detached; not
+    "attached ..." and an empty recording with status 0."""
+    events = []
+
+    class FakeBpfSession:
+        def __init__(self, *_args, **_kwargs):
+            events.append("compiled")
+
+        def attach(self):
+            events.append("attached")
+            return []
+
+        def close(self):
+            events.append("closed")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_exc):
+            self.close()
+
+    def said_attached(_probes):
+        pytest.fail("said attached to a process that had exited")
+
+    fake = SimpleNamespace(BpfSession=FakeBpfSession)
+    monkeypatch.setitem(sys.modules, "profiler.bpf", fake)
+    monkeypatch.setattr(profiler, "bpf", fake, raising=False)
+    child = subprocess.Popen(["sleep", "30"])
+    target = PidTarget(child.pid)
+    child.kill()
+    if reaped:
+        child.wait()
+    else:  # a zombie: exited, not yet reaped by its parent
+        while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            time.sleep(0.01)
+    try:
+        with pytest.raises(LockprofError) as excinfo:
+            session.collect(
+                session.CollectOptions(),
+                target,
+                {"raw_tracepoint"},
+                on_attached=said_attached,
+            )
+    finally:
+        child.wait()
+    assert str(excinfo.value) == (
+        f"pid {child.pid} exited before collection started; nothing was recorded"
+    )
+    assert excinfo.value.exit_code != 0
+    assert events == ["compiled", "attached", "closed"]
 
 
 def test_interval_rows_spilled_as_records_read_back_the_same(make_row, tmp_path):
