@@ -20,6 +20,7 @@ from profiler.cli.common import (
     TimeParam,
     build_options,
     checked_spec,
+    refuse_unknown_option,
     spec_files,
     stack_options,
 )
@@ -250,6 +251,7 @@ def command(
         argv = argv[1:]
     if not argv:
         raise LockprofError("no command given: lockprof bench ... -- CMD [ARGS...]", exit_code=2)
+    refuse_unknown_option(argv)
     if runs < 1 or runs > MAX_RUNS:
         raise LockprofError(f"--runs must be between 1 and {MAX_RUNS}, not {runs}", exit_code=2)
     regex = compile_throughput(throughput_regex)

@@ -233,6 +233,14 @@ follow_option = click.option(
 )
 
 
+def refuse_unknown_option(argv) -> None:
+    """run and bench pass unknown options on to the command (`run ./ebizzy
+    -m` needs no --), so a mistyped option of theirs would be taken for the
+    command: `run --bogus -- true` ran "--bogus". No command starts with -."""
+    if argv and argv[0].startswith("-"):
+        raise click.NoSuchOption(argv[0], ctx=click.get_current_context(silent=True))
+
+
 def parse_lock_types(text: str | None, no_contention: bool) -> tuple[str, ...] | None:
     """--lock-types TYPES: the lock types whose contention is traced."""
     if text is None:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import click
 
-from profiler.cli.common import collect_command, collection_options, follow_option
+from profiler.cli.common import (
+    collect_command,
+    collection_options,
+    follow_option,
+    refuse_unknown_option,
+)
 from profiler.targets import CommandTarget
 
 
@@ -36,6 +41,7 @@ def command(argv, **options) -> None:
       lockprof run -f -- make -j8
       lockprof run -o before.lpr -- workloads/bin/lpbizzy -t 4 -S 10
     """
+    refuse_unknown_option(argv)
     collect_command(
         lambda: CommandTarget(list(argv), stdout_to_stderr=options["as_json"]), **options
     )
