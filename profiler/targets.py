@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -55,6 +56,19 @@ def recorded_exit(meta: dict) -> tuple[int | None, str | None]:
 def exit_text(status: int | None, signame: str | None) -> str:
     """ "exited with status 3", "killed by SIGTERM"."""
     return f"killed by {signame}" if signame else f"exited with status {status}"
+
+
+def check_command(argv0: str) -> None:
+    """Fail before anything is compiled or loaded if the command cannot be
+    started (as a shell says it: 127 not found, 126 not executable)."""
+    if "/" in argv0:
+        path = Path(argv0)
+        if not path.exists():
+            raise LockprofError(f"command not found: {argv0}", exit_code=127)
+        if path.is_dir() or not os.access(path, os.X_OK):
+            raise LockprofError(f"command is not executable: {argv0}", exit_code=126)
+    elif shutil.which(argv0) is None:
+        raise LockprofError(f"command not found: {argv0}", exit_code=127)
 
 
 def check_pid(pid: int) -> int:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -27,20 +25,9 @@ from profiler.cli.common import (
 from profiler.errors import LockprofError
 from profiler.runset import Run, RunSet
 from profiler.session import CollectOptions, collect, require_privileges
+from profiler.targets import check_command
 
 MAX_RUNS = 1000
-
-
-def check_command(argv0: str) -> None:
-    """Fail before loading any BPF if the command cannot be started."""
-    if "/" in argv0:
-        path = Path(argv0)
-        if not path.exists():
-            raise LockprofError(f"command not found: {argv0}", exit_code=127)
-        if path.is_dir() or not os.access(path, os.X_OK):
-            raise LockprofError(f"command is not executable: {argv0}", exit_code=126)
-    elif shutil.which(argv0) is None:
-        raise LockprofError(f"command not found: {argv0}", exit_code=127)
 
 
 def one_run(

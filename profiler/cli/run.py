@@ -10,7 +10,7 @@ from profiler.cli.common import (
     follow_option,
     refuse_unknown_option,
 )
-from profiler.targets import CommandTarget
+from profiler.targets import CommandTarget, check_command
 
 
 @click.command("run", context_settings={"ignore_unknown_options": True})
@@ -42,6 +42,7 @@ def command(argv, **options) -> None:
       lockprof run -o before.lpr -- workloads/bin/lpbizzy -t 4 -S 10
     """
     refuse_unknown_option(argv)
+    check_command(argv[0])  # before the probes are compiled and attached
     collect_command(
         lambda: CommandTarget(list(argv), stdout_to_stderr=options["as_json"]), **options
     )

@@ -82,15 +82,14 @@ def test_pid_zero_and_negative():
 
 
 def test_command_not_found(tmp_path):
+    """Checked before anything is compiled: one line, no "attached ... Ctrl-C"."""
     result = subprocess.run(
         [*LOCKPROF, "run", "-o", str(tmp_path / "x.lpr"), "--", "/nonexistent/cmd"],
         capture_output=True,
         text=True,
     )
-    lines = [line for line in result.stderr.splitlines() if line.startswith("lockprof:")]
+    assert _one_line_error(result) == "lockprof: command not found: /nonexistent/cmd"
     assert result.returncode == 127
-    assert any("cannot run /nonexistent/cmd" in line for line in lines)
-    assert "Traceback" not in result.stderr
     assert lockprof_programs() == []
 
 

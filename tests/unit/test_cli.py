@@ -435,6 +435,44 @@ def test_attach_pid_that_is_not_a_number(capsys, pid):
     assert "Traceback" not in err and "is not a valid integer" in err
 
 
+def test_show_a_directory(capsys, tmp_path):
+    code, out, err = run_main(capsys, "show", str(tmp_path))
+    line = assert_one_error_line(code, err)
+    assert line == f"lockprof: {tmp_path}: is a directory, not a recording"  # not [Errno 21]
+    assert code == 1 and out == ""
+
+
+@pytest.mark.parametrize(
+    ("command", "status", "line"),
+    [
+        ("/nonexistent/cmd", 127, "command not found: /nonexistent/cmd"),
+        ("no-such-command-anywhere", 127, "command not found: no-such-command-anywhere"),
+        ("{tmp}/not-executable", 126, "command is not executable: {tmp}/not-executable"),
+    ],
+)
+def test_run_checks_its_command_before_anything_else(
+    capsys, tmp_path, never_collect, command, status, line
+):
+    """As bench does: no probes compiled, no "attached ... Ctrl-C to stop"
+    before "cannot run"."""
+    (tmp_path / "not-executable").write_text("#!/bin/sh\n")
+    (tmp_path / "not-executable").chmod(0o644)
+    command, line = command.format(tmp=tmp_path), line.format(tmp=tmp_path)
+    code, out, err = run_main(capsys, "run", "--", command)
+    assert assert_one_error_line(code, err) == f"lockprof: {line}"
+    assert code == status and out == ""
+
+
+def test_the_root_refusal_says_lockprof_once(capsys, monkeypatch):
+    from profiler import privileges
+
+    monkeypatch.setattr(privileges, "effective_caps", lambda: 0)
+    monkeypatch.setattr(privileges.os, "geteuid", lambda: 1000)
+    code, _out, err = run_main(capsys, "record", "-a", "-d", "1")
+    line = assert_one_error_line(code, err)
+    assert line.startswith("lockprof: needs root, or the capabilities CAP_BPF and CAP_PERFMON")
+
+
 def test_error_lines_never_carry_raw_escapes(capsys, tmp_path):
     """Errors quote paths and names the user or a traced process chose."""
     path = tmp_path / "\x1b]2;PWN\x07\x1b[31m.lpr"
