@@ -23,6 +23,7 @@ from dashboards import frames
 from dashboards.escape import text
 from profiler import hist, schema
 from profiler.render import fmt_ns
+from profiler.targets import recorded_exit
 
 MODE_COLORS = {"read": "#1f77b4", "write": "#d62728", "exclusive": "#7f7f7f"}
 HOLD_COLORS = {"read": "#6baed6", "write": "#fc9272", "exclusive": "#bdbdbd"}
@@ -131,8 +132,9 @@ def header_rows(meta: dict, events: int) -> list[tuple[str, str]]:
                 f"minor faults {int(rusage.get('minor_faults') or 0):,}",
             )
         )
-    if meta.get("exit_status") is not None:
-        rows.append(("exit status", str(meta["exit_status"])))
+    status, signame = recorded_exit(meta)
+    if status is not None:
+        rows.append(("exit status", f"{status} (killed by {signame})" if signame else str(status)))
     return rows
 
 

@@ -126,13 +126,20 @@ BUILTIN: dict[str, Callable[[], LockSpec]] = {
 }
 
 
+class BadSpec(LockprofError):
+    """A --locks SPEC that cannot be used: a bad argument, as an unknown
+    --lock-types value is (exit 2)."""
+
+    exit_code = 2
+
+
 def _as_names(value: object, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(
         isinstance(v, str) and v.strip() and v.isprintable() and " " not in v for v in value
     ):
-        raise LockprofError(f"lock spec {where}: expected a list of function names")
+        raise BadSpec(f"lock spec {where}: expected a list of function names")
     return tuple(value)
 
 
@@ -141,22 +148,22 @@ def parse_toml(text: str, origin: str) -> LockSpec:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise LockprofError(f"lock spec {origin}: invalid TOML: {exc}") from None
+        raise BadSpec(f"lock spec {origin}: invalid TOML: {exc}") from None
     unknown = set(doc) - {"name", "target", "functions"}
     if unknown:
-        raise LockprofError(f"lock spec {origin}: unknown key {sorted(unknown)[0]!r}")
+        raise BadSpec(f"lock spec {origin}: unknown key {sorted(unknown)[0]!r}")
     name = doc.get("name")
     if not isinstance(name, str) or not name.strip() or not name.isprintable() or len(name) > 64:
-        raise LockprofError(f"lock spec {origin}: 'name' must be a short printable string")
+        raise BadSpec(f"lock spec {origin}: 'name' must be a short printable string")
     target = doc.get("target", KERNEL)
     if not isinstance(target, str) or not target:
-        raise LockprofError(f"lock spec {origin}: 'target' must be 'kernel' or a path")
+        raise BadSpec(f"lock spec {origin}: 'target' must be 'kernel' or a path")
     table = doc.get("functions")
     if not isinstance(table, dict):
-        raise LockprofError(f"lock spec {origin}: missing [functions] table")
+        raise BadSpec(f"lock spec {origin}: missing [functions] table")
     bad = set(table) - set(ROLES) - {"status"}
     if bad:
-        raise LockprofError(f"lock spec {origin}: unknown function role {sorted(bad)[0]!r}")
+        raise BadSpec(f"lock spec {origin}: unknown function role {sorted(bad)[0]!r}")
     functions = {
         role: _as_names(table[role], f"{origin} functions.{role}")
         for role in ROLES
@@ -174,27 +181,27 @@ def check_shape(spec: LockSpec, origin: str) -> None:
     # A spec times a lock (lock and unlock functions), or only a sum function
     # (the kernel's __percpu_counter_sum, per call, where kprobes work).
     if (not locks or not unlocks) and not (spec.role("sum") and not locks and not unlocks):
-        raise LockprofError(
+        raise BadSpec(
             f"lock spec {origin}: needs at least one lock and one unlock function, "
             "or only a sum function"
         )
     stray = spec.status - set(locks)
     if stray:
-        raise LockprofError(
+        raise BadSpec(
             f"lock spec {origin}: status names {sorted(stray)[0]!r}, which is not a lock function"
         )
     roles_of: dict[str, str] = {}
     for role in ROLES:
         for fn in spec.role(role):
             if fn in roles_of:
-                raise LockprofError(f"lock spec {origin}: {fn!r} is both {roles_of[fn]} and {role}")
+                raise BadSpec(f"lock spec {origin}: {fn!r} is both {roles_of[fn]} and {role}")
             roles_of[fn] = role
 
 
 def resolve(argument: str) -> LockSpec:
     """`--locks` value -> LockSpec: NAME, NAME@TARGET, or a TOML file path."""
     if not argument or "\0" in argument:
-        raise LockprofError(f"invalid lock spec {argument!r}")
+        raise BadSpec(f"invalid lock spec {argument!r}")
     name, _, target = argument.partition("@")
     if name in BUILTIN:
         spec = BUILTIN[name]()
@@ -213,7 +220,7 @@ def resolve(argument: str) -> LockSpec:
             )
         return spec
     known = ", ".join(sorted(BUILTIN))
-    raise LockprofError(f"unknown lock spec {argument!r} (built-in: {known}; or a .toml file)")
+    raise BadSpec(f"unknown lock spec {argument!r} (built-in: {known}; or a .toml file)")
 
 
 MAX_SPEC_BYTES = 1 << 20
@@ -228,16 +235,16 @@ def _read_spec_file(path: Path, argument: str) -> str:
         with os.fdopen(fd, "rb") as spec_file:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                raise LockprofError(f"lock spec {argument} is not a regular file")
+                raise BadSpec(f"lock spec {argument} is not a regular file")
             if info.st_size > MAX_SPEC_BYTES:
-                raise LockprofError(
+                raise BadSpec(
                     f"lock spec {argument} is {info.st_size:,} bytes; "
                     f"at most {MAX_SPEC_BYTES:,} are read"
                 )
             return spec_file.read(MAX_SPEC_BYTES).decode()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise LockprofError(f"cannot read lock spec {argument}: {reason}") from None
+        raise BadSpec(f"cannot read lock spec {argument}: {reason}") from None
 
 
 def _abs_target(target: str) -> str:
@@ -256,12 +263,12 @@ def check_target(
     else:
         path = Path(spec.target)
         if not path.is_file() or not os.access(path, os.R_OK):
-            raise LockprofError(f"lock spec {spec.name}: no readable binary {spec.target}")
+            raise BadSpec(f"lock spec {spec.name}: no readable binary {spec.target}")
         available = user_symbols(str(path))
         where = spec.target
     missing = [fn for fn in spec.symbols() if fn not in available]
     if missing:
-        raise LockprofError(
+        raise BadSpec(
             f"lock spec {spec.name}: {where} has no function {missing[0]}"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from profiler.errors import LockprofError
@@ -54,4 +56,63 @@ def check_writable(path: str | Path) -> None:
         raise LockprofError(
             f"output directory {directory} has {free // 1024} KiB free; a recording "
             f"needs at least {MIN_FREE_BYTES // 1024} KiB"
+        )
+
+
+# What a lockprof file holds, by the member only it has (runs/NNN.lpr inside
+# a run set are not top-level members, so a set is never taken for a recording).
+RECORDING, RUN_SET = "recording", "run set"
+_KIND_MEMBER = {"meta.json": RECORDING, "manifest.json": RUN_SET}
+
+
+def lockprof_kind(path: str | Path) -> str | None:
+    """RECORDING or RUN_SET when path is an existing lockprof file, else None
+    (zipfile only: this runs before the probes are compiled)."""
+    try:
+        if not Path(path).is_file():
+            return None
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, RuntimeError):
+        return None
+    return next((kind for member, kind in _KIND_MEMBER.items() if member in names), None)
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Do a and b name one file: the same inode (hard links, symlinks), or,
+    where one does not exist yet, the same resolved path?"""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_clobbering(
+    output: str | Path,
+    inputs: Iterable[str | Path],
+    flag: str,
+    writes: str,
+    kind: str | None = None,
+) -> None:
+    """Refuse, before any work, an output that would destroy recorded data:
+    one of the inputs (the same file, however named), or an existing
+    recording or run set that what is written (writes; of kind RECORDING,
+    RUN_SET or None) is not. A recording may replace a recording and a run
+    set a run set: an explicit -o asks for it. flag: how the user named the
+    output (-o, --html, ...). Exit 2: the command line is at fault."""
+    if str(output) == "-":
+        return
+    for source in inputs:
+        if Path(source).exists() and same_file(output, source):
+            what = "the input" if str(source) == str(output) else f"the input {source}"
+            raise LockprofError(
+                f"{flag} {output} is {what}; writing {writes} there would destroy it",
+                exit_code=2,
+            )
+    existing = lockprof_kind(output)
+    if existing is not None and existing != kind:
+        raise LockprofError(
+            f"{flag} {output} is a lockprof {existing}; writing {writes} there would "
+            "destroy it (choose another file)",
+            exit_code=2,
         )

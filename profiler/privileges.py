@@ -83,7 +83,7 @@ def require(uprobes: bool = False) -> None:
     )
     what = " and ".join(missing)
     raise LockprofError(
-        f"lockprof needs root, or the capabilities {needed}, to load BPF tracing programs: "
+        f"needs root, or the capabilities {needed}, to load BPF tracing programs: "
         f"{what} {'is' if len(missing) == 1 else 'are'} missing; try: sudo lockprof ...",
         exit_code=1,
     )

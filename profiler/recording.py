@@ -621,14 +621,16 @@ class ArchivedTable:
 
 def _check_regular_file(path: Path) -> None:
     """A FIFO would block and a device never end: refuse anything but a
-    file (a directory is refused by zipfile, as not a recording)."""
+    file."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
         raise LockprofError(f"{path}: no such file") from None
     except OSError as exc:
         raise LockprofError(f"{path}: cannot read ({exc.strerror})") from None
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    if stat.S_ISDIR(mode):
+        raise LockprofError(f"{path}: is a directory, not a recording")
+    if not stat.S_ISREG(mode):
         raise LockprofError(f"{path}: not a lockprof recording (not a regular file)")
 
 
@@ -807,6 +809,7 @@ META_KINDS = {
     "cpus": ("an integer", lambda v: v is None or _int(v)),
     "target_pid": ("an integer", lambda v: v is None or _int(v)),
     "exit_status": ("an integer", lambda v: v is None or _int(v)),
+    "exit_signal": ("text", lambda v: v is None or isinstance(v, str)),
     "threshold_ns": ("an integer", lambda v: v is None or _int(v)),
     "lost_events": ("an integer", _int),
     "sample_hz": ("an integer", lambda v: v is None or _int(v)),

@@ -39,6 +39,7 @@ from typing import NoReturn
 from profiler import recording
 from profiler.errors import LockprofError
 from profiler.recording import Recording
+from profiler.targets import recorded_exit
 
 FORMAT = "lockprof-runset"
 SCHEMA_VERSION = 1
@@ -56,7 +57,7 @@ class Run:
 
     @property
     def exit_status(self) -> int | None:
-        return self.recording.meta.get("exit_status")
+        return recorded_exit(self.recording.meta)[0]
 
     @property
     def rusage(self) -> dict:

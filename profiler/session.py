@@ -122,6 +122,7 @@ def collect(
             # Its lock is otherwise learned only when the target takes it.
             session.learn_target_lock(target.tgid)
         flag.check_before_start()
+        target.check_present()
     except BaseException:
         if own_flag:
             flag.uninstall()
@@ -148,9 +149,9 @@ def collect(
         session.drain_events()
         end_ns = time.monotonic_ns()
         _take_interval(session, state, (end_ns - start_ns) / 1e9)
-        target.end()
         if isinstance(target, CommandTarget):
-            _reap(target, stop)
+            _let_the_command_die(target, stop)
+        target.end()
         return _build_recording(
             options,
             target,
@@ -352,16 +353,24 @@ def _take_interval(session, state: _Collected, t_s: float):
     return snapshot
 
 
-def _reap(target: CommandTarget, stop: StopFlag) -> None:
-    """After the collection, collect the command's exit status and rusage."""
-    deadline = time.monotonic() + 5.0
-    while target.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if target.exit_status is None:
-        sys.stderr.write(
-            f"lockprof: command still running as pid {target.tgid}; "
-            "its rusage covers the collection window only\n"
-        )
+# After a signal ends a `run`, the command has this long to exit before it
+# counts as still running. A terminal's Ctrl-C reaches it too: its exit
+# status (130) is then passed on, as `time` does.
+SIGNAL_GRACE_S = 0.3
+
+
+def _let_the_command_die(target: CommandTarget, stop: StopFlag) -> None:
+    """lockprof does not wait for a command that is still running when
+    collection stops (-d, or a signal to lockprof alone): it is left
+    running, as `attach` leaves its target, with its rusage over the
+    collection window (CommandTarget.end). Only after a signal does it get
+    SIGNAL_GRACE_S to finish exiting; a further signal ends that at once."""
+    if stop.signum is None:
+        return
+    deadline = time.monotonic() + SIGNAL_GRACE_S
+    repeats = stop.repeats
+    while target.poll() is None and time.monotonic() < deadline and stop.repeats == repeats:
+        time.sleep(0.02)
 
 
 def _cumulative_frame(snapshot) -> pd.DataFrame:
@@ -639,7 +648,9 @@ def _build_recording(
         "target_pid": target.tgid or None,
         "target": target.describe(),
         "command": target.command(),
+        # As a shell's $? (128 + N for signal N), and the signal's name.
         "exit_status": target.exit_status,
+        "exit_signal": target.exit_signal,
         # Forks are not followed, execs keep the pid (profiled): what was seen.
         "lineage": target.lineage.meta() if target.lineage is not None else None,
         "families": list(options.families),

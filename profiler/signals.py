@@ -53,6 +53,7 @@ class StopFlag:
         self.reason: str | None = None
         self.signum: int | None = None
         self.phase = phase
+        self.repeats = 0  # signals after the first: "stop waiting"
         self._saved: dict[int, object] = {}
 
     # `draining` is the phase after collection (kept as an attribute for the
@@ -94,6 +95,7 @@ class StopFlag:
             self.reason = f"{signal.Signals(signum).name} received"
             self.signum = signum
             return
+        self.repeats += 1
         # os.write, not sys.stderr: the handler runs between two bytecodes of
         # the main thread, which may be inside sys.stderr.write itself, and a
         # buffered writer entered again raises RuntimeError (reentrant call).

@@ -10,6 +10,7 @@ from itertools import islice
 
 from profiler import aggregate, schema, writer_cost
 from profiler.recording import Recording
+from profiler.targets import recorded_exit
 
 JSON_VERSION = 1
 
@@ -138,6 +139,14 @@ OVERFLOWS = {
 COUNTER_NOTES = {**MAP_FULL, **OVERFLOWS, **UNPAIRED, **KERNEL_SKIPPED}
 
 
+def command_running_note(pid: int) -> str:
+    return (
+        f"the command (pid {pid}) was still running when collection stopped; lockprof "
+        "left it running: its exit status is unknown and its rusage covers the "
+        "collection window only"
+    )
+
+
 def notes(meta: dict) -> list[str]:
     """What the figures leave out: every nonzero kernel-side counter (full
     maps, unpaired events, skipped probe runs), processes the target forked
@@ -160,6 +169,8 @@ def notes(meta: dict) -> list[str]:
         )
     lineage = meta.get("lineage") or {}
     pid = meta.get("target_pid")
+    if meta.get("mode") == "run" and pid and meta.get("exit_status") is None:
+        out.append(command_running_note(pid))
     if pid and meta.get("followed") is not None:
         out.append(
             f"--follow: pid {pid} and its descendants ({meta['followed']:,} processes) "
@@ -194,6 +205,7 @@ def summary_document(
     meta = rec.meta
     rusage = meta.get("rusage") or {}
     rows = LockRows(rec, top)
+    exit_status, exit_signal = recorded_exit(meta)
     return {
         "json_version": JSON_VERSION,
         "kernel": meta.get("kernel"),
@@ -202,7 +214,8 @@ def summary_document(
         "target": meta.get("target"),
         "target_pid": meta.get("target_pid"),
         "command": meta.get("command"),
-        "exit_status": meta.get("exit_status"),
+        "exit_status": exit_status,
+        "exit_signal": exit_signal,
         "mechanisms": meta.get("mechanisms"),
         "threshold_ns": meta.get("threshold_ns"),
         "lock_types": meta.get("lock_types"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -24,6 +25,50 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PRE_EXEC_COMM = "lockprof-exec"
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal
+        return f"signal {signum}"
+
+
+def exit_status_of(waitstatus: int) -> tuple[int, str | None]:
+    """A wait status as a shell's $? (and time, perf stat, strace) gives it:
+    the exit code, or 128 + N when signal N killed the process; with the
+    signal's name (None for an exit)."""
+    if os.WIFSIGNALED(waitstatus):
+        signum = os.WTERMSIG(waitstatus)
+        return 128 + signum, signal_name(signum)
+    return os.waitstatus_to_exitcode(waitstatus), None
+
+
+def recorded_exit(meta: dict) -> tuple[int | None, str | None]:
+    """A recording's exit status and signal. Recordings made before
+    exit_signal existed stored -N for signal N: read the same way."""
+    status, signame = meta.get("exit_status"), meta.get("exit_signal")
+    if isinstance(status, int) and status < 0:
+        return 128 - status, signal_name(-status)
+    return status, signame
+
+
+def exit_text(status: int | None, signame: str | None) -> str:
+    """ "exited with status 3", "killed by SIGTERM"."""
+    return f"killed by {signame}" if signame else f"exited with status {status}"
+
+
+def check_command(argv0: str) -> None:
+    """Fail before anything is compiled or loaded if the command cannot be
+    started (as a shell says it: 127 not found, 126 not executable)."""
+    if "/" in argv0:
+        path = Path(argv0)
+        if not path.exists():
+            raise LockprofError(f"command not found: {argv0}", exit_code=127)
+        if path.is_dir() or not os.access(path, os.X_OK):
+            raise LockprofError(f"command is not executable: {argv0}", exit_code=126)
+    elif shutil.which(argv0) is None:
+        raise LockprofError(f"command not found: {argv0}", exit_code=127)
 
 
 def check_pid(pid: int) -> int:
@@ -191,7 +236,8 @@ class Target:
         self._end_wall = 0.0
         self._first: tuple[float, float, int] | None = None
         self._last: tuple[float, float, int] | None = None
-        self.exit_status: int | None = None
+        self.exit_status: int | None = None  # as a shell's $?: 128 + N for signal N
+        self.exit_signal: str | None = None  # the signal that killed the command
         self.lineage: Lineage | None = None  # processes: forks and execs seen
 
     def describe(self) -> str:
@@ -202,6 +248,9 @@ class Target:
 
     def _sample(self) -> tuple[float, float, int] | None:
         return _system_times()
+
+    def check_present(self) -> None:
+        """The probes are attached: raise if the target is already gone."""
 
     def begin(self) -> None:
         """Collection has started: release the target / take baselines."""
@@ -256,6 +305,16 @@ class PidTarget(Target):
 
     def _sample(self) -> tuple[float, float, int] | None:
         return _proc_times(self.tgid)
+
+    def check_present(self) -> None:
+        """A process that exited while the probes compiled and attached gave
+        nothing to record: one line and a nonzero exit, not an empty
+        recording that looks like success. (One that exits from here on
+        ends a collection that has started: its recording is written.)"""
+        if _is_zombie(self.tgid):
+            raise LockprofError(
+                f"pid {self.tgid} exited before collection started; nothing was recorded"
+            )
 
     def poll(self) -> str | None:
         sample = self._sample()
@@ -312,11 +371,14 @@ class CommandTarget(Target):
 
     mode = "run"
 
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], stdout_to_stderr: bool = False):
         super().__init__()
         if not argv:
             raise LockprofError("no command given: lockprof run -- CMD [ARGS...]", exit_code=2)
         self.argv = argv
+        # run --json: stdout holds the JSON alone, the command's output goes
+        # to stderr (as /usr/bin/time keeps its report apart from it).
+        self._stdout_to_stderr = stdout_to_stderr
         self._rusage: dict | None = None
         self.tgid = self._spawn_held()
         self.lineage = Lineage(self.tgid, skip_comm=PRE_EXEC_COMM)
@@ -336,6 +398,8 @@ class CommandTarget(Target):
             os.close(gate_w)
             os.close(err_r)
             os.close(ready_r)
+            if self._stdout_to_stderr:
+                os.dup2(2, 1)
             _set_own_comm(PRE_EXEC_COMM)
             os.close(ready_w)
             try:
@@ -388,15 +452,14 @@ class CommandTarget(Target):
             pass
 
     def poll(self) -> str | None:
-        if self._rusage is not None:
-            return f"command exited with status {self.exit_status}"
-        pid, status, usage = os.wait4(self.tgid, os.WNOHANG)
-        if pid == 0:
-            if self.lineage is not None and self._start_wall:
-                self.lineage.observe(time.monotonic() - self._start_wall)
-            return None
-        self._finish(status, usage)
-        return f"command exited with status {self.exit_status}"
+        if self._rusage is None:
+            pid, status, usage = os.wait4(self.tgid, os.WNOHANG)
+            if pid == 0:
+                if self.lineage is not None and self._start_wall:
+                    self.lineage.observe(time.monotonic() - self._start_wall)
+                return None
+            self._finish(status, usage)
+        return f"command {exit_text(self.exit_status, self.exit_signal)}"
 
     def wait(self) -> None:
         """Reap the command (after Ctrl-C it may still be running)."""
@@ -406,7 +469,7 @@ class CommandTarget(Target):
 
     def _finish(self, status: int, usage) -> None:
         self._end_wall = time.monotonic()
-        self.exit_status = os.waitstatus_to_exitcode(status)
+        self.exit_status, self.exit_signal = exit_status_of(status)
         self._rusage = {
             "user_s": round(usage.ru_utime, 6),
             "sys_s": round(usage.ru_stime, 6),
@@ -416,9 +479,16 @@ class CommandTarget(Target):
             "max_rss_kb": int(usage.ru_maxrss),
         }
 
+    def _sample(self) -> tuple[float, float, int] | None:
+        return _proc_times(self.tgid)
+
     def end(self) -> None:
-        if self._rusage is None:
+        """Collection stopped. A command still running is left running (not
+        waited for): its rusage is then its own over the collection window,
+        from /proc as for `attach`, and its exit status unknown."""
+        if self.poll() is None:
             self._end_wall = time.monotonic()
+            self._last = self._sample() or self._last
 
     def rusage(self) -> dict:
         if self._rusage is not None:

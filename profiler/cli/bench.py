@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -16,24 +14,20 @@ from rich.text import Text
 
 from profiler import outputs, recording, render, runset, summary
 from profiler.capture import CapturedCommand, OutputCapture, compile_throughput, parse_throughput
-from profiler.cli.common import TimeParam, build_options, checked_spec, stack_options
+from profiler.cli.common import (
+    TimeParam,
+    build_options,
+    checked_spec,
+    refuse_unknown_option,
+    spec_files,
+    stack_options,
+)
 from profiler.errors import LockprofError
 from profiler.runset import Run, RunSet
 from profiler.session import CollectOptions, collect, require_privileges
+from profiler.targets import check_command
 
 MAX_RUNS = 1000
-
-
-def check_command(argv0: str) -> None:
-    """Fail before loading any BPF if the command cannot be started."""
-    if "/" in argv0:
-        path = Path(argv0)
-        if not path.exists():
-            raise LockprofError(f"command not found: {argv0}", exit_code=127)
-        if path.is_dir() or not os.access(path, os.X_OK):
-            raise LockprofError(f"command is not executable: {argv0}", exit_code=126)
-    elif shutil.which(argv0) is None:
-        raise LockprofError(f"command not found: {argv0}", exit_code=127)
 
 
 def one_run(
@@ -244,9 +238,13 @@ def command(
         argv = argv[1:]
     if not argv:
         raise LockprofError("no command given: lockprof bench ... -- CMD [ARGS...]", exit_code=2)
+    refuse_unknown_option(argv)
     if runs < 1 or runs > MAX_RUNS:
         raise LockprofError(f"--runs must be between 1 and {MAX_RUNS}, not {runs}", exit_code=2)
     regex = compile_throughput(throughput_regex)
+    outputs.refuse_clobbering(
+        output, spec_files(lock_spec), "-o", "a run set", kind=outputs.RUN_SET
+    )
     check_command(argv[0])
     if output.is_dir():
         raise LockprofError(f"output path {output} is a directory", exit_code=2)

@@ -23,7 +23,7 @@ from profiler import allocator, outputs, privileges, render, schema, signals
 from profiler.errors import LockprofError
 from profiler.options import CollectOptions, CpuFigures, LiveState
 from profiler.signals import StopFlag
-from profiler.targets import CommandTarget, Target
+from profiler.targets import CommandTarget, Target, exit_text, recorded_exit
 
 if TYPE_CHECKING:
     from profiler.recording import Recording
@@ -111,7 +111,8 @@ def collection_options(func):
             "-d",
             "--duration",
             type=FiniteFloatRange(min=0.1, max=7 * 86400),
-            help="Stop after SECONDS (default: Ctrl-C, or the target's exit).",
+            help="Stop collecting after SECONDS (default: Ctrl-C, or the target's exit); "
+            "a target still running is left running.",
         ),
         click.option(
             "-i",
@@ -214,7 +215,8 @@ def collection_options(func):
             "--json",
             "as_json",
             is_flag=True,
-            help="Print the final summary as JSON (as `show --json`).",
+            help="Print the final summary as JSON (as `show --json`), alone on stdout "
+            "(run: the command's stdout goes to stderr).",
         ),
     ]
     for option in reversed(options):
@@ -229,6 +231,14 @@ follow_option = click.option(
     help="Also profile the processes the target forks, and theirs, from their first "
     "instruction (attach: and those already running).",
 )
+
+
+def refuse_unknown_option(argv) -> None:
+    """run and bench pass unknown options on to the command (`run ./ebizzy
+    -m` needs no --), so a mistyped option of theirs would be taken for the
+    command: `run --bogus -- true` ran "--bogus". No command starts with -."""
+    if argv and argv[0].startswith("-"):
+        raise click.NoSuchOption(argv[0], ctx=click.get_current_context(silent=True))
 
 
 def parse_lock_types(text: str | None, no_contention: bool) -> tuple[str, ...] | None:
@@ -294,6 +304,32 @@ def checked_spec(argument: str):
     spec = lockspec.resolve(argument)
     lockspec.check_target(spec, bpf.user_symbols, lockspec.kernel_symbols)
     return spec
+
+
+def spec_files(lock_spec: str | None) -> list[Path]:
+    """The files a --locks SPEC reads: a TOML spec, or NAME@BINARY's binary
+    (inputs an output must not overwrite)."""
+    if not lock_spec:
+        return []
+    named = (lock_spec, lock_spec.partition("@")[2])
+    return [Path(name) for name in named if name and Path(name).is_file()]
+
+
+def refuse_clobbering(output: Path | None, html: Path | None, lock_spec: str | None) -> None:
+    """-o and --html must not overwrite recorded data or an input (one line,
+    exit 2, before anything starts). A new recording may replace an older
+    one at an explicit -o (the default name is new each time)."""
+    inputs = spec_files(lock_spec)
+    if output is not None:
+        outputs.refuse_clobbering(output, inputs, "-o", "the recording", kind=outputs.RECORDING)
+    if html is None:
+        return
+    if output is not None and outputs.same_file(html, output):
+        raise LockprofError(
+            f"--html {html} is the recording's path (-o); the report would overwrite it",
+            exit_code=2,
+        )
+    outputs.refuse_clobbering(html, inputs, "--html", "the HTML report")
 
 
 def default_output(mode: str, tgid: int) -> Path:
@@ -429,7 +465,7 @@ def run_collection(
     finally:
         view.stop()
     recording.save(rec, output)
-    written = f"lockprof: {rec.meta['stop_reason']}; recording written to {output}"
+    written = f"lockprof: {_ending(rec.meta)}; recording written to {output}"
     try:
         print_summary(rec, as_json, top=FINAL_SUMMARY_TOP)
         code = 0
@@ -441,7 +477,7 @@ def run_collection(
             written += f" (summary not printed: {exc.strerror or exc})"
     say(written)
     if html is None:
-        return code
+        return code or command_status(rec.meta)
     try:
         report.write_html(rec, html, source=str(output))
     except Exception as exc:  # the recording is safe on disk: say why in one line
@@ -452,7 +488,28 @@ def run_collection(
         say(f"lockprof: report not written ({reason}); recording kept in {output}")
         return code or 1
     say(f"lockprof: report written to {html}")
-    return code
+    return code or command_status(rec.meta)
+
+
+def command_status(meta: dict) -> int:
+    """`run` exits as its command did, as time, perf stat and strace do: its
+    status, 128 + N when signal N killed it. 0 where there is none (attach,
+    record, a command still running when collection stopped). lockprof's
+    own failures come first (the caller's code)."""
+    status, _signal = recorded_exit(meta)
+    return status if isinstance(status, int) and 0 < status < 256 else 0
+
+
+def _ending(meta: dict) -> str:
+    """Why collection stopped, and how the command ended when that was not
+    the reason ("SIGINT received; command killed by SIGINT")."""
+    reason = str(meta.get("stop_reason"))
+    status, signame = recorded_exit(meta)
+    if status is None and meta.get("mode") == "run":
+        return f"{reason}; command still running as pid {meta.get('target_pid')}, not waited for"
+    if status is None or reason.startswith("command "):
+        return reason
+    return f"{reason}; command {exit_text(status, signame)}"
 
 
 def say(line: str) -> None:
@@ -600,6 +657,7 @@ def collect_command(
     )
     options.sample_hz = sample_hz
     options.what_if_cpus = what_if_cpus
+    refuse_clobbering(output, html, lock_spec)
     # Signals from here (or from start-up, see profiler.signals) to the end.
     stop = signals.adopt()
     try:

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from profiler import compare as cmp
-from profiler import render, runset
+from profiler import outputs, render, runset
 from profiler.errors import LockprofError
 
 VERDICT_STYLE = {
@@ -192,6 +192,7 @@ def command(before, after, output, as_json, top, everything, seed, pair_class) -
     if output is not None:
         from dashboards import compare as page
 
+        outputs.refuse_clobbering(output, [before, after], "-o", "the comparison page")
         page.check_writable(output)
     sides = [runset.load_side(before), runset.load_side(after)]
     result = cmp.compare(sides[0], sides[1], seed=seed, pairs=pairs)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from profiler import recording, summary
+from profiler import outputs, recording, summary
 from profiler.errors import LockprofError
 
 
@@ -88,6 +88,12 @@ def summary_table(rec: recording.Recording) -> pd.DataFrame:
     return frame
 
 
+def csv_files(directory: Path) -> list[Path]:
+    """The files --csv DIR writes."""
+    tables = [directory / f"{name}.csv" for name in (*recording.TABLES, "summary")]
+    return [*tables, directory / "meta.json"]
+
+
 def write_csv(rec: recording.Recording, directory: Path) -> list[Path]:
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -98,12 +104,11 @@ def write_csv(rec: recording.Recording, directory: Path) -> list[Path]:
     written = []
     tables = {name: rec.table(name) for name in recording.TABLES}
     tables["summary"] = summary_table(rec)
+    *table_files, meta = csv_files(directory)
     try:
-        for name, frame in tables.items():
-            path = directory / f"{name}.csv"
+        for (_name, frame), path in zip(tables.items(), table_files, strict=True):
             csv_frame(frame).to_csv(path, index=False)
             written.append(path)
-        meta = directory / "meta.json"
         meta.write_text(json.dumps(rec.meta, indent=2, default=str) + "\n")
         written.append(meta)
     except OSError as exc:
@@ -156,6 +161,10 @@ def command(path, folded, csv_dir) -> None:
     """
     if folded is None and csv_dir is None:
         raise LockprofError("nothing to export: give --folded FILE and/or --csv DIR", exit_code=2)
+    if folded is not None:
+        outputs.refuse_clobbering(folded, [path], "--folded", "folded stacks")
+    for csv_file in csv_files(csv_dir) if csv_dir is not None else []:
+        outputs.refuse_clobbering(csv_file, [path], "--csv", "a CSV table")
     rec = recording.load(path)
     if folded is not None:
         count = write_folded(rec, folded)

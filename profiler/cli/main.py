@@ -71,6 +71,26 @@ def cli() -> None:
     """
 
 
+def usage_line(exc: click.UsageError) -> str:
+    """A command-line error as one line, not click's four (Usage, Try,
+    blank, Error): `lockprof run: -d/--duration: 0.0 is not in the range
+    0.1<=x<=604800.0 (see lockprof run --help)`."""
+    command = exc.ctx.command_path if exc.ctx is not None else "lockprof"
+    message = exc.format_message()
+    # click's "Invalid value for '-d' / '--duration': ..." (a missing one
+    # keeps its own "Missing option '-a' / '--all-cpus'").
+    if isinstance(exc, click.BadParameter) and not isinstance(exc, click.MissingParameter):
+        message = f"{_param_name(exc.param)}: {exc.message}" if exc.param else message
+    return f"{command}: {message.rstrip('.')} (see {command} --help)"
+
+
+def _param_name(param: click.Parameter) -> str:
+    """-d/--duration for an option, PATH for an argument."""
+    if isinstance(param, click.Option):
+        return "/".join(param.opts)
+    return param.human_readable_name
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         if subcommand(argv) not in COLLECTING:
@@ -83,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("lockprof: aborted", err=True)
         return 130
+    except click.UsageError as exc:
+        click.echo(render.safe_text(usage_line(exc)), err=True)
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        click.echo(render.safe_text(f"lockprof: {exc.format_message()}"), err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from profiler import recording
+from profiler import outputs, recording
 from profiler.errors import LockprofError
 
 
@@ -88,7 +88,9 @@ def command(path, output, max_events, top, what_if_cpus) -> None:
       lockprof report demo.lpr                  writes demo.html
       lockprof report demo.lpr -o /tmp/r.html
     """
+    flag = "-o" if output is not None else "report path"
     output = output or default_output(path)
+    outputs.refuse_clobbering(output, [path], flag, "the HTML report")
     check_output(output)
     rec = recording.load(path)
     if what_if_cpus:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import click
 
-from profiler.cli.common import collect_command, collection_options, follow_option
-from profiler.targets import CommandTarget
+from profiler.cli.common import (
+    collect_command,
+    collection_options,
+    follow_option,
+    refuse_unknown_option,
+)
+from profiler.targets import CommandTarget, check_command
 
 
 @click.command("run", context_settings={"ignore_unknown_options": True})
@@ -14,11 +19,21 @@ from profiler.targets import CommandTarget
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED, required=True)
 def command(argv, **options) -> None:
     """Start CMD, profile it until it exits, and record its exit status and
-    rusage (user, sys, elapsed, minor faults) as /usr/bin/time would.
+    rusage (user, sys, elapsed, minor faults) as /usr/bin/time would. Exits
+    with CMD's status (128 + N when signal N killed it), as time does.
 
     The command is held before exec until the probes are attached. Only its
     own process is profiled, unless -f/--follow: then every process it forks
     too (a build, a shell script), each mmap_lock a row of its own.
+
+    With -d SECONDS, collection stops after SECONDS whether or not CMD has
+    exited, and lockprof does not wait for it: a CMD still running is left
+    running (as attach leaves its target), its exit status is unknown
+    (null) and its rusage covers the collection window only, as the lock
+    figures do.
+
+    With --json, stdout holds the JSON summary alone: CMD's stdout goes to
+    lockprof's stderr (as /usr/bin/time keeps its report apart).
 
     \b
     Examples:
@@ -26,4 +41,8 @@ def command(argv, **options) -> None:
       lockprof run -f -- make -j8
       lockprof run -o before.lpr -- workloads/bin/lpbizzy -t 4 -S 10
     """
-    collect_command(lambda: CommandTarget(list(argv)), **options)
+    refuse_unknown_option(argv)
+    check_command(argv[0])  # before the probes are compiled and attached
+    collect_command(
+        lambda: CommandTarget(list(argv), stdout_to_stderr=options["as_json"]), **options
+    )

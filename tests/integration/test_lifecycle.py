@@ -31,15 +31,38 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
 
 
 def test_pid_that_exits_mid_run_still_saves_the_recording(lockprof_factory, tmp_path):
-    sleeper = subprocess.Popen(["sleep", "1.5"])
-    lp = lockprof_factory("attach", "-p", str(sleeper.pid), "-o", "rec.lpr", "-q")
-    lp.wait_attached()
+    """Told to exit once lockprof has attached (a `sleep 1.5` raced the
+    compile, which now refuses a process already gone: see below)."""
+    target = Held(10)
+    try:
+        lp = lockprof_factory("attach", "-p", str(target.pid), "-o", "rec.lpr", "-q")
+        lp.wait_attached()
+    finally:
+        target.finish()
     code, _out, err = lp.wait(timeout=30)
-    sleeper.wait()
     assert code == 0, err
-    assert f"pid {sleeper.pid} exited" in err
+    assert f"pid {target.pid} exited" in err
     rec = profiler.load(tmp_path / "rec.lpr")
-    assert rec.meta["stop_reason"] == f"pid {sleeper.pid} exited"
+    assert rec.meta["stop_reason"] == f"pid {target.pid} exited"
+    assert lockprof_programs() == []
+
+
+def test_pid_that_exits_before_collection_starts_is_an_error(tmp_path):
+    """`sleep 0.8 & lockprof attach -p $!`: the process is gone once the
+    probes are compiled: one line and status 1, no recording, no probes
+    (it said "attached", wrote an empty recording and exited 0)."""
+    sleeper = subprocess.Popen(["sleep", "0.3"])
+    result = subprocess.run(
+        [*LOCKPROF, "attach", "-p", str(sleeper.pid), "-o", str(tmp_path / "x.lpr")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    sleeper.wait()
+    line = _one_line_error(result)
+    assert result.returncode == 1
+    assert line == (
+        f"lockprof: pid {sleeper.pid} exited before collection started; nothing was recorded"
+    )
+    assert not (tmp_path / "x.lpr").exists()
     assert lockprof_programs() == []
 
 
@@ -59,15 +82,90 @@ def test_pid_zero_and_negative():
 
 
 def test_command_not_found(tmp_path):
+    """Checked before anything is compiled: one line, no "attached ... Ctrl-C"."""
     result = subprocess.run(
         [*LOCKPROF, "run", "-o", str(tmp_path / "x.lpr"), "--", "/nonexistent/cmd"],
         capture_output=True,
         text=True,
     )
-    lines = [line for line in result.stderr.splitlines() if line.startswith("lockprof:")]
+    assert _one_line_error(result) == "lockprof: command not found: /nonexistent/cmd"
     assert result.returncode == 127
-    assert any("cannot run /nonexistent/cmd" in line for line in lines)
-    assert "Traceback" not in result.stderr
+    assert lockprof_programs() == []
+
+
+@pytest.mark.parametrize(
+    ("script", "status", "line"),
+    [
+        ("exit 3", 3, "command exited with status 3"),
+        ("kill -TERM $$", 128 + signal.SIGTERM, "command killed by SIGTERM"),
+    ],
+)
+def test_run_exits_as_its_command_did(tmp_path, script, status, line):
+    """As time, perf stat and strace: the command's status, 128 + N for
+    signal N; the recording is written and says the same."""
+    result = subprocess.run(
+        [*LOCKPROF, "run", "-q", "-o", str(tmp_path / "r.lpr"), "--", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == status, result.stderr
+    assert f"lockprof: {line}; recording written to" in result.stderr
+    summary = show_json(tmp_path / "r.lpr")
+    assert (summary["exit_status"], summary["exit_signal"]) == (
+        status,
+        "SIGTERM" if status > 128 else None,
+    )
+    assert lockprof_programs() == []
+
+
+def test_run_duration_stops_collection_and_does_not_wait_for_the_command(
+    lockprof_factory, tmp_path
+):
+    """-d 1 on `sleep 40`: lockprof detached and ended about 1 s after
+    attaching (it waited 5 s more, probes loaded, Ctrl-C ignored), the
+    command left running; its rusage is the collection window's."""
+    lp = lockprof_factory("run", "-d", "1", "-q", "-o", "d.lpr", "--", "sleep", "40")
+    lp.wait_attached()
+    attached = time.monotonic()
+    lp.proc.wait(timeout=60)  # (its stderr stays open in the command, still running)
+    after_attach_s = time.monotonic() - attached
+    summary = show_json(tmp_path / "d.lpr")
+    pid = summary["target_pid"]
+    try:
+        assert lp.proc.returncode == 0
+        assert after_attach_s < 4  # 1 s, detaching, writing; not 1 + 5 s
+        assert lockprof_programs() == []
+        assert Path(f"/proc/{pid}").exists()  # left running, as attach leaves its target
+        assert summary["exit_status"] is None and summary["exit_signal"] is None
+        assert abs(summary["rusage"]["elapsed_s"] - summary["duration_s"]) < 0.2
+        assert any("rusage covers the collection window only" in n for n in summary["notes"])
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _code, _out, err = lp.wait(timeout=30)
+    assert f"duration 1s reached; command still running as pid {pid}, not waited for" in err
+
+
+@pytest.mark.parametrize("flags", [[], ["-d", "1"]])
+def test_run_json_is_alone_on_stdout(tmp_path, flags):
+    """`run -q --json -- lpbizzy ... | jq .` parses: lpbizzy's "N records in"
+    goes to stderr. With -d 1 on a 3 s command, the rusage covers the same
+    second as the lock figures (elapsed was 3.03 s)."""
+    seconds = "3" if flags else "1"
+    result = subprocess.run(
+        [*LOCKPROF, "run", "-q", "--json", *flags, "-o", str(tmp_path / "j.lpr"), "--",
+         str(BIN / "lpbizzy"), "-t", "1", "-S", seconds],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert "records in" in result.stderr
+    if flags:
+        assert summary["exit_status"] is None
+        assert abs(summary["rusage"]["elapsed_s"] - summary["duration_s"]) < 0.2
+    else:
+        assert summary["exit_status"] == 0
     assert lockprof_programs() == []
 
 

@@ -299,6 +299,48 @@ def test_folded_to_a_directory(capsys, tmp_path):
     assert "is a directory" in one_error_line(code, err)
 
 
+@pytest.mark.parametrize(
+    ("status", "signame", "reason", "line"),
+    [
+        (3, None, "command exited with status 3", "command exited with status 3"),
+        (143, "SIGTERM", "command killed by SIGTERM", "command killed by SIGTERM"),
+        (130, "SIGINT", "SIGINT received", "SIGINT received; command killed by SIGINT"),
+        (0, None, "command exited with status 0", "command exited with status 0"),
+        (
+            None,
+            None,
+            "duration 1s reached",
+            "duration 1s reached; command still running as pid {pid}, not waited for",
+        ),
+    ],
+)
+def test_run_exits_as_its_command_did(
+    capsys, tmp_path, fake_collect, status, signame, reason, line
+):
+    """As time, perf stat and strace: the command's status, 128 + N for
+    signal N (none while it still runs); the recording is written either way."""
+    fake_collect.meta.update(exit_status=status, exit_signal=signame, stop_reason=reason)
+    code = collect(tmp_path, None)
+    err = capsys.readouterr().err
+    assert code == (status or 0)
+    line = line.format(pid=fake_collect.meta["target_pid"])
+    assert err.splitlines()[-1] == f"lockprof: {line}; recording written to {tmp_path / 'rec.lpr'}"
+    assert profiler.load(tmp_path / "rec.lpr").meta["exit_status"] == status
+
+
+def test_lockprofs_own_failure_comes_before_the_commands_status(
+    capsys, tmp_path, fake_collect, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no report")
+
+    fake_collect.meta.update(exit_status=3, exit_signal=None)
+    with monkeypatch.context() as patched:
+        patched.setattr(report, "write_html", broken)
+        assert collect(tmp_path, tmp_path / "rec.html") == 1
+    assert collect(tmp_path, tmp_path / "rec.html") == 3
+
+
 def test_the_summary_after_a_collection_prints_the_busiest_rows(
     capsys, tmp_path, fake_collect, monkeypatch
 ):

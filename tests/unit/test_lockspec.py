@@ -96,6 +96,22 @@ def test_unknown_spec_names_the_builtins():
         lockspec.resolve("nope")
 
 
+def test_a_bad_spec_is_a_bad_argument_exit_2(tmp_path):
+    """As an unknown --lock-types value is (it gave 1)."""
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("name = [")
+    for argument in ("nope", str(tmp_path / "absent.toml"), str(fifo), str(bad_toml)):
+        with pytest.raises(LockprofError) as excinfo:
+            lockspec.resolve(argument)
+        assert excinfo.value.exit_code == 2, argument
+    spec = lockspec.parse_toml(GOOD, "t.toml")
+    with pytest.raises(LockprofError) as excinfo:
+        lockspec.check_target(spec, lambda _p: set(), lambda: {"other"})
+    assert excinfo.value.exit_code == 2
+
+
 def test_check_target_names_the_first_missing_function(tmp_path):
     spec = lockspec.parse_toml(GOOD, "t.toml")
     with pytest.raises(LockprofError, match=r"has no function my_read_lock \(and 5 more\)"):

@@ -53,7 +53,7 @@ def test_refusal_names_what_is_missing(monkeypatch):
     with pytest.raises(LockprofError) as excinfo:
         privileges.require()
     assert str(excinfo.value) == (
-        "lockprof needs root, or the capabilities CAP_BPF and CAP_PERFMON, to load BPF "
+        "needs root, or the capabilities CAP_BPF and CAP_PERFMON, to load BPF "
         "tracing programs: CAP_PERFMON is missing; try: sudo lockprof ..."
     )
     monkeypatch.setattr(privileges, "effective_caps", lambda: mask("CAP_BPF", "CAP_PERFMON"))

@@ -149,7 +149,7 @@ def test_not_a_zip(tmp_path, content, why):
 def test_directory(tmp_path):
     with pytest.raises(LockprofError) as excinfo:
         recording.load(tmp_path)
-    assert_one_line_error(excinfo, tmp_path, "not a lockprof recording")
+    assert_one_line_error(excinfo, tmp_path, "is a directory, not a recording")
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.1, 0.33, 0.5, 0.75, 0.9, 0.99, 0.999])

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +24,7 @@ import pytest
 
 import profiler
 from profiler import aggregate, ksyms, recording, render, session, summary
+from profiler.errors import LockprofError
 from profiler.events import CHUNK_ROWS, events_frame
 from profiler.intervals import build_intervals
 from profiler.options import CpuFigures
@@ -40,11 +42,13 @@ SPINLOCK = 0xFFFFFFFF830F3100
 # -- the child's name before exec -----------------------------------------------------------
 
 
-def wait_for_exit(target: CommandTarget, timeout: float = 10.0) -> None:
+def wait_for_exit(target: CommandTarget, timeout: float = 10.0) -> str:
+    """Poll until the command has exited; its stop reason."""
     deadline = time.monotonic() + timeout
-    while target.poll() is None:
+    while (reason := target.poll()) is None:
         assert time.monotonic() < deadline, "command did not exit"
         time.sleep(0.01)
+    return reason
 
 
 def test_run_child_is_named_until_it_execs(tmp_path):
@@ -441,8 +445,129 @@ def test_a_ctrl_c_to_the_held_child_before_exec_is_not_an_error(tmp_path):
     os.kill(target.tgid, signal.SIGINT)
     time.sleep(0.2)
     target.begin()
+    assert wait_for_exit(target) == "command killed by SIGINT"
+    assert (target.exit_status, target.exit_signal) == (128 + signal.SIGINT, "SIGINT")
+
+
+@pytest.mark.parametrize(
+    ("script", "status", "signame", "reason"),
+    [
+        ("exit 3", 3, None, "command exited with status 3"),
+        ("kill -TERM $$", 128 + signal.SIGTERM, "SIGTERM", "command killed by SIGTERM"),
+        ("kill -KILL $$", 128 + signal.SIGKILL, "SIGKILL", "command killed by SIGKILL"),
+        ("exit 0", 0, None, "command exited with status 0"),
+    ],
+)
+def test_the_commands_status_is_kept_as_a_shell_gives_it(script, status, signame, reason):
+    """128 + N for signal N, as $? and time give it (was -N, and exit 0)."""
+    target = CommandTarget(["sh", "-c", script])
+    target.begin()
+    assert wait_for_exit(target) == reason
+    assert (target.exit_status, target.exit_signal) == (status, signame)
+
+
+def test_run_json_sends_the_commands_stdout_to_stderr(capfd):
+    """run --json: lockprof's stdout holds the JSON alone (the command's
+    "40144 records in 3.000 s" came before the `{`)."""
+    target = CommandTarget(["sh", "-c", "echo to-stdout; echo to-stderr >&2"], True)
+    target.begin()
     wait_for_exit(target)
-    assert target.exit_status == -signal.SIGINT
+    out, err = capfd.readouterr()
+    assert out == "" and err == "to-stdout\nto-stderr\n"
+    target = CommandTarget(["sh", "-c", "echo to-stdout"])  # without --json: unchanged
+    target.begin()
+    wait_for_exit(target)
+    assert capfd.readouterr().out == "to-stdout\n"
+
+
+# -- run -d: collection stops, the command is not waited for ----------------------------------
+
+
+def test_a_command_still_running_at_the_end_has_its_own_rusage_over_the_window(monkeypatch):
+    """-d reached while the command runs: it is left running, its exit status
+    unknown, its rusage its own (from /proc) over the collection window; it
+    was the whole system's (CommandTarget sampled /proc/stat)."""
+    from profiler import targets
+
+    def system_wide():
+        raise AssertionError("a command's rusage from the whole system's figures")
+
+    monkeypatch.setattr(targets, "_system_times", system_wide)
+    target = CommandTarget(["sh", "-c", "while :; do :; done"])
+    try:
+        target.begin()
+        time.sleep(0.5)
+        target.end()
+        rusage = target.rusage()
+        assert target.exit_status is None and target.poll() is None  # still running
+        assert 0.45 <= rusage["elapsed_s"] < 1.5
+        assert 0 < rusage["user_s"] + rusage["sys_s"] <= rusage["elapsed_s"] + 0.05
+        assert rusage["minor_faults"] >= 0
+    finally:
+        os.kill(target.tgid, signal.SIGKILL)
+        target.wait()
+
+
+def test_lockprof_does_not_wait_for_a_command_still_running():
+    """-d reached (no signal): not a moment's wait. After a signal: at most
+    SIGNAL_GRACE_S, for a command the terminal's Ctrl-C is also ending, and
+    a further signal ends even that."""
+    from profiler.signals import StopFlag
+
+    target = CommandTarget(["sleep", "30"])
+    try:
+        target.begin()
+        stop = StopFlag()
+        stop.request("duration 1s reached")
+        started = time.monotonic()
+        session._let_the_command_die(target, stop)
+        assert time.monotonic() - started < 0.05
+        stop.signum = signal.SIGTERM
+        started = time.monotonic()
+        session._let_the_command_die(target, stop)
+        assert session.SIGNAL_GRACE_S <= time.monotonic() - started < session.SIGNAL_GRACE_S + 0.5
+        stop.install()
+        try:
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+            started = time.monotonic()
+            session._let_the_command_die(target, stop)  # no grace after SIGINT: honoured
+            assert time.monotonic() - started < session.SIGNAL_GRACE_S
+        finally:
+            stop.uninstall()
+        assert target.poll() is None
+    finally:
+        os.kill(target.tgid, signal.SIGKILL)
+        target.wait()
+
+
+def test_a_command_that_ends_with_the_signal_passes_its_status_on():
+    from profiler.signals import StopFlag
+
+    target = CommandTarget(["sleep", "30"])
+    target.begin()
+    stop = StopFlag()
+    stop.signum = signal.SIGINT
+    threading.Timer(0.05, os.kill, (target.tgid, signal.SIGINT)).start()
+    session._let_the_command_die(target, stop)
+    target.end()
+    assert (target.exit_status, target.exit_signal) == (130, "SIGINT")
+
+
+def test_a_command_left_running_is_noted():
+    note = summary.notes({"mode": "run", "target_pid": 42, "exit_status": None})
+    assert note == [summary.command_running_note(42)]
+    assert "rusage covers the collection window only" in note[0]
+    assert summary.notes({"mode": "run", "target_pid": 42, "exit_status": 0}) == []
+    assert summary.notes({"mode": "attach", "target_pid": 42, "exit_status": None}) == []
+
+
+def test_recordings_from_before_exit_signal_read_the_same():
+    from profiler.targets import recorded_exit
+
+    assert recorded_exit({"exit_status": -15}) == (143, "SIGTERM")
+    assert recorded_exit({"exit_status": 3}) == (3, None)
+    assert recorded_exit({"exit_status": 143, "exit_signal": "SIGTERM"}) == (143, "SIGTERM")
+    assert recorded_exit({}) == (None, None)
 
 
 def test_printable_arg():
@@ -540,6 +665,61 @@ def test_a_signal_before_collection_starts_undoes_everything(monkeypatch, tmp_pa
     with pytest.raises(ChildProcessError):
         os.waitpid(target.tgid, 0)  # killed and reaped by abandon()
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("reaped", [False, True])
+def test_attach_to_a_pid_that_exits_before_collection_starts_is_an_error(monkeypatch, reaped):
+    """`sleep 0.8 & lockprof attach -p $!`: the process exited while the
+    probes compiled. One line and a nonzero exit, the probes detached; not
+    "attached ..." and an empty recording with status 0."""
+    events = []
+
+    class FakeBpfSession:
+        def __init__(self, *_args, **_kwargs):
+            events.append("compiled")
+
+        def attach(self):
+            events.append("attached")
+            return []
+
+        def close(self):
+            events.append("closed")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_exc):
+            self.close()
+
+    def said_attached(_probes):
+        pytest.fail("said attached to a process that had exited")
+
+    fake = SimpleNamespace(BpfSession=FakeBpfSession)
+    monkeypatch.setitem(sys.modules, "profiler.bpf", fake)
+    monkeypatch.setattr(profiler, "bpf", fake, raising=False)
+    child = subprocess.Popen(["sleep", "30"])
+    target = PidTarget(child.pid)
+    child.kill()
+    if reaped:
+        child.wait()
+    else:  # a zombie: exited, not yet reaped by its parent
+        while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            time.sleep(0.01)
+    try:
+        with pytest.raises(LockprofError) as excinfo:
+            session.collect(
+                session.CollectOptions(),
+                target,
+                {"raw_tracepoint"},
+                on_attached=said_attached,
+            )
+    finally:
+        child.wait()
+    assert str(excinfo.value) == (
+        f"pid {child.pid} exited before collection started; nothing was recorded"
+    )
+    assert excinfo.value.exit_code != 0
+    assert events == ["compiled", "attached", "closed"]
 
 
 def test_interval_rows_spilled_as_records_read_back_the_same(make_row, tmp_path):

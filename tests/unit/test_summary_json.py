@@ -27,6 +27,7 @@ TOP_LEVEL_KEYS = {
     "target_pid",
     "command",
     "exit_status",
+    "exit_signal",
     "mechanisms",
     "threshold_ns",
     "lost_events",
@@ -109,6 +110,16 @@ def test_document_is_plain_json(doc):
     # No numpy scalars or NaN: json.dumps in strict mode must take it as is.
     again = json.loads(json.dumps(doc, allow_nan=False))
     assert again == doc
+
+
+def test_exit_status_as_a_shell_gives_it(rec):
+    """128 + N and the signal's name when signal N killed the command; the
+    -N that recordings stored before read the same way."""
+    assert summary.summary_json(rec)["exit_signal"] is None
+    for status, signame in ((143, "SIGTERM"), (-15, None)):
+        rec.meta.update(exit_status=status, exit_signal=signame)
+        doc = summary.summary_json(rec)
+        assert (doc["exit_status"], doc["exit_signal"]) == (143, "SIGTERM")
 
 
 def test_facts_of_the_run(doc, rec):
