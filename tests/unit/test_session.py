@@ -682,6 +682,9 @@ def test_attach_to_a_pid_that_exits_before_collection_starts_is_an_error(monkeyp
             events.append("attached")
             return []
 
+        def learn_target_lock(self, _tgid):
+            return False  # the pid has gone: there is no lock to learn
+
         def close(self):
             events.append("closed")
 
