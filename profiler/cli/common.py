@@ -111,8 +111,8 @@ def collection_options(func):
             "-d",
             "--duration",
             type=FiniteFloatRange(min=0.1, max=7 * 86400),
-            help="Stop collecting after SECONDS (default: Ctrl-C, or the target's exit); "
-            "a target still running is left running.",
+            help="Stop collecting after SECONDS (default: Ctrl-C; with attach and run, also "
+            "the target's exit); a target still running is left running.",
         ),
         click.option(
             "-i",
@@ -580,7 +580,7 @@ def print_summary(
     as they are used: only the table's are kept."""
     from profiler import summary
 
-    document = summary.summary_document(rec, what_if_cpus)
+    document = summary.summary_document(rec, what_if_cpus, top)
     if as_json:
         write_json_lines(document, sys.stdout)
         return

@@ -176,8 +176,9 @@ def command(before, after, output, as_json, top, everything, seed, pair_class) -
 
     Per lock and mode (matched by class, name and owner, never by address),
     and for the profiled process (user, sys, elapsed, minor faults,
-    throughput): before, after, delta and percent. With at least 2 runs per
-    side each delta has a 95% bootstrap confidence interval; changes within
+    throughput): before, after, delta and percent. With at least 3 runs per
+    side each delta has a 95% bootstrap confidence interval (fewer: the
+    delta, and "too few runs to judge"); changes within
     the noise read "no significant change". Differences in kernel, CPU
     count, command line or probe mechanisms are warned about.
 

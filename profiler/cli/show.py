@@ -13,7 +13,12 @@ from profiler.cli.common import print_summary
 @click.command("show")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary (stable).")
-@click.option("--top", type=click.IntRange(min=1), default=None, help="Only the first N rows.")
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only the first N rows of each table (with --json, of locks).",
+)
 @click.option(
     "--cpus",
     "what_if_cpus",

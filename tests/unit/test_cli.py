@@ -131,10 +131,6 @@ def test_show_top(capsys, recording_path):
     assert "(5 more rows; `lockprof show FILE` lists all)" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs profiler/cli/common.py print_summary to pass top to summary.summary_document",
-)
 def test_show_json_top(capsys, recording_path):
     code, out, err = run_main(capsys, "show", "--json", "--top", "1", str(recording_path))
     assert (code, err) == (0, "")
