@@ -42,7 +42,13 @@ def test_concurrent_instances_on_the_same_and_different_pids_are_independent(
     lockprof_factory, tmp_path
 ):
     """Three instances: two on one pid, one on another. Each has its own
-    maps and configuration: every one counts exactly its target's pairs."""
+    maps and configuration: every one counts exactly its target's pairs,
+    plus the other instance's looks at that pid's lock as it started (it
+    reads /proc/N/cmdline for the command line, then to learn the lock,
+    learn_target_lock), those this one was armed for: real reads, by a task
+    foreign to the target."""
+    import profiler
+
     first, second = Held(1000), Held(1500)
     try:
         runs = {
@@ -70,7 +76,11 @@ def test_concurrent_instances_on_the_same_and_different_pids_are_independent(
         rows = rows_for(summary, target.pid)
         assert rows["write"]["acquisitions"] == 2 * pairs, name
         assert rows["write"]["downgrades"] == pairs, name
-        assert rows["read"]["releases"] == pairs, name
+        tasks = profiler.load(tmp_path / f"{name}.lpr").tasks
+        others = {lp.proc.pid for other_name, lp in runs.items() if other_name != name}
+        looks = int(tasks[tasks["tgid"].isin(others)]["holds"].sum())
+        assert looks <= (2 if name.startswith("a") else 0), (name, tasks)
+        assert rows["read"]["releases"] == pairs + looks, name
         assert rows_for(summary, other.pid) == {}, name
         assert summary["lost_events"] == 0
     assert lockprof_programs() == []
