@@ -822,7 +822,7 @@ static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task 
  * target process. Only lockprof's own events, and only until the lock is
  * known, pay for the two reads.
  */
-static __always_inline void lp_learn_idle_target(struct lp_config *cfg, u64 mm)
+static __always_inline void lp_learn_idle_target(struct lp_config *cfg, u64 mm, u32 tgid)
 {
 #if LP_MM_OWNER_OFFSET >= 0
 	struct lp_owner owner = {};
@@ -830,8 +830,7 @@ static __always_inline void lp_learn_idle_target(struct lp_config *cfg, u64 mm)
 	u64 task = 0, lock = mm + LP_MMAP_LOCK_OFFSET;
 	u32 gen;
 
-	if (cfg->target_lock || !cfg->self_tgid ||
-	    (u32)(bpf_get_current_pid_tgid() >> 32) != cfg->self_tgid)
+	if (cfg->target_lock || tgid != cfg->self_tgid)
 		return;
 	bpf_probe_read_kernel(&task, sizeof(task), (void *)(mm + LP_MM_OWNER_OFFSET));
 	if (!task)
@@ -884,9 +883,13 @@ int lp_mmap_start(struct bpf_raw_tracepoint_args *ctx)
 
 	if (!cfg)
 		return 0;
-	if (!lp_wanted_now(cfg, lock)) {
-		lp_learn_idle_target(cfg, mm);
-		return 0;
+	if (cfg->target_tgid) { /* lp_wanted_now(), keeping the tgid */
+		u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+		if (!lp_wanted(cfg, tgid, lock)) {
+			lp_learn_idle_target(cfg, mm, tgid);
+			return 0;
+		}
 	}
 	ts = lp_task_get(1);
 	if (!ts)

@@ -13,6 +13,7 @@ import itertools
 import mmap
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from profiler.spool import RecordSpool
 
 _RING_CHECK_S = 0.010
 _RING_BUSY_CHECK_S = 0.001
+# How long attach waits for its read of the target's /proc/N/cmdline (a
+# target's lock held for write longer than this only delays the learning).
+LEARN_READ_WAIT_S = 0.5
 # A retired per-task row (struct lp_task_key and lp_task_stats, packed).
 _RETIRED_TASK = np.dtype(
     [
@@ -900,9 +904,20 @@ class BpfSession:
         go uncounted. Reading /proc/N/cmdline takes the target's mmap_lock
         from lockprof's own task, where the armed probes recognise the mm
         by its owner (probes/lockprof.bpf.c lp_learn_idle_target; kernels
-        with CONFIG_MEMCG). False if it is still unknown."""
-        with contextlib.suppress(OSError), open(f"/proc/{tgid}/cmdline", "rb") as cmdline:
-            cmdline.read(1)  # one page's copy takes the lock once
+        with CONFIG_MEMCG). False if it is still unknown.
+
+        The read waits for the lock: a target holding it for write for
+        seconds (what the user may be here to see) would hold up the start,
+        with only SIGKILL to end it. The probes learn the lock as the read
+        starts waiting, so a daemon thread reads and the start goes on."""
+
+        def look() -> None:
+            with contextlib.suppress(OSError), open(f"/proc/{tgid}/cmdline", "rb") as cmdline:
+                cmdline.read(1)  # one page's copy takes the lock once
+
+        reader = threading.Thread(target=look, name="lockprof-learn", daemon=True)
+        reader.start()
+        reader.join(LEARN_READ_WAIT_S)
         return self.target_lock() != 0
 
     def stack_frames(self, stack_id: int) -> list[str]:

@@ -218,7 +218,10 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
                 if "follow" in options.families:
                     session.forget_dead_followed(_process_alive, session.read_owners(entries))
                 owners = session.lock_owners(entries=entries)
-                _retire_locks(session, state, snapshot, owners, (now - start_ns) / 1e9, retire_ns)
+                hidden = hidden_locks(target, session)
+                _retire_locks(
+                    session, state, snapshot, owners, (now - start_ns) / 1e9, retire_ns, hidden
+                )
                 session.forget_owners(_process_alive, entries)
                 _return_free_memory()
             if on_interval and not _shown(
@@ -259,15 +262,23 @@ def _process_alive(tgid: int) -> bool:
     return os.path.exists(f"/proc/{tgid}")
 
 
-def _retire_locks(session, state: _Collected, snapshot, owners, t_s: float, period_ns: int) -> None:
+def _retire_locks(
+    session,
+    state: _Collected,
+    snapshot,
+    owners,
+    t_s: float,
+    period_ns: int,
+    hidden: Collection[int] = (),
+) -> None:
     """Free the lock rows retired a round ago (snapshot, just read, holds
     their last figures), then retire the rows of exited processes' locks
     (owners: session.lock_owners()) and idle rows (locks_to_retire). A
     long system-wide run under process churn otherwise fills the kernel's
     lock map (new locks then lost as stats_map_full) and grows lockprof's
-    memory with it."""
+    memory with it. hidden: locks the live view leaves out (hidden_locks)."""
     freed = session.free_retired_locks()
-    _forget_freed(state, freed)
+    _forget_freed(state, freed, hidden)
     live = {key[:3]: key[3] for key in snapshot.rows if key[3] not in freed}
     for key in live:
         state.last_active.setdefault(key, t_s)
@@ -288,12 +299,15 @@ def _retire_locks(session, state: _Collected, snapshot, owners, t_s: float, peri
     session.retire_locks(victims)
 
 
-def _forget_freed(state: _Collected, freed: dict[int, tuple[int, int, int]]) -> None:
+def _forget_freed(
+    state: _Collected, freed: dict[int, tuple[int, int, int]], hidden: Collection[int] = ()
+) -> None:
     """Drop freed rows from the previous snapshot (the next interval's
     deltas start from nothing at their index), keeping their figures in the
-    live view's per-CPU totals."""
+    live view's per-CPU totals, as cpu_totals counts the live rows: not
+    those of hidden locks (a `run` child's pre-exec mm, freed at its exec)."""
     gone = [key for key in state.previous if freed.get(key[3]) == key[:3]]
-    counted = set(per_cpu_keys(state.previous))  # as cpu_totals counts the live rows
+    counted = {key for key in per_cpu_keys(state.previous) if key[0] not in hidden}
     for key in gone:
         values = state.previous.pop(key)
         if key not in counted:

@@ -293,6 +293,9 @@ class PidTarget(Target):
     def __init__(self, pid: int):
         super().__init__()
         self.tgid = check_pid(pid)
+        life = _life(self.tgid)
+        # Its start time tells it from a process given its pid later.
+        self._started = life[1] if life else None
         self._comm = comm_of(self.tgid)
         self._cmdline = cmdline_of(self.tgid)
         self.lineage = Lineage(self.tgid)
@@ -311,14 +314,14 @@ class PidTarget(Target):
         nothing to record: one line and a nonzero exit, not an empty
         recording that looks like success. (One that exits from here on
         ends a collection that has started: its recording is written.)"""
-        if _is_zombie(self.tgid):
+        if _gone(self.tgid, self._started):
             raise LockprofError(
                 f"pid {self.tgid} exited before collection started; nothing was recorded"
             )
 
     def poll(self) -> str | None:
         sample = self._sample()
-        if sample is None or _is_zombie(self.tgid):
+        if sample is None or _gone(self.tgid, self._started):
             return f"pid {self.tgid} exited"
         self._last = sample
         if self.lineage is not None:
@@ -326,12 +329,22 @@ class PidTarget(Target):
         return None
 
 
-def _is_zombie(pid: int) -> bool:
+def _life(pid: int) -> tuple[bytes, int] | None:
+    """(state, start time in clock ticks after boot) of a process, or None
+    if there is none. A pid taken by a new process has a later start time."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
-        return True
-    return stat.rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+        return None
+    fields = stat.rsplit(b")", 1)[1].split()
+    return fields[0], int(fields[19])  # proc(5) fields 3 and 22
+
+
+def _gone(pid: int, started: int | None) -> bool:
+    """Has the process that started at `started` exited (a zombie, reaped,
+    or its pid reused by another since)?"""
+    life = _life(pid)
+    return life is None or life[0] in (b"Z", b"X") or (started is not None and life[1] != started)
 
 
 def _set_own_comm(name: str) -> None:

@@ -146,3 +146,19 @@ def test_freed_rows_count_in_the_per_cpu_totals_as_live_ones_do(stats_columns):
     assert state.previous == {} and sorted(state.retired_totals) == [SRC_MMAP, SRC_CONT]
     totals = session.cpu_totals({}, stats_columns, state.retired_totals)
     assert totals[0] == CpuFigures(acquisitions=0, contended=4, wait_ns=0)
+
+
+def test_freed_rows_of_hidden_locks_stay_out_of_the_per_cpu_totals(stats_columns):
+    """A `run` child's pre-exec mm is freed at its exec: its rows, left out
+    of the live per-CPU line while live, stay out once freed."""
+    snap = Snap(stats_columns, cpus=2)
+    snap.bump((LIVE_LOCK, WRITE, SRC_MMAP), 0, "acquisitions", 3)
+    snap.bump((SPIN_LOCK, 1, SRC_CONT), 1, "contended", 2)
+    state = session._Collected()
+    state.previous = snap.copy()
+    session._forget_freed(
+        state, {i: key[:3] for i, key in enumerate(state.previous)}, hidden={LIVE_LOCK}
+    )
+    totals = session.cpu_totals({}, stats_columns, state.retired_totals)
+    assert totals[0] == CpuFigures(acquisitions=0, contended=0, wait_ns=0)
+    assert totals[1] == CpuFigures(acquisitions=0, contended=2, wait_ns=0)

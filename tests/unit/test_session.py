@@ -725,6 +725,25 @@ def test_attach_to_a_pid_that_exits_before_collection_starts_is_an_error(monkeyp
     assert events == ["compiled", "attached", "closed"]
 
 
+def test_a_pid_taken_by_another_process_is_not_the_target(monkeypatch):
+    """The target exited and a new process got its pid (while the probes
+    compiled, or during the run): its start time tells them apart."""
+    from profiler import targets
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        target = PidTarget(child.pid)
+        target.check_present()  # the same process: collection may start
+        real_life = targets._life
+        monkeypatch.setattr(targets, "_life", lambda pid: (b"S", real_life(pid)[1] + 1))
+        with pytest.raises(LockprofError, match="exited before collection started"):
+            target.check_present()
+        assert target.poll() == f"pid {child.pid} exited"
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_interval_rows_spilled_as_records_read_back_the_same(make_row, tmp_path):
     """Collection spills each interval's rows to disk as fixed-size records;
     the frame they give is the one a saved and reloaded recording has, with
