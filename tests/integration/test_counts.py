@@ -64,27 +64,40 @@ def test_pid_excludes_a_concurrent_process(lockprof_factory, tmp_path):
     assert other.pid not in owners
 
 
-def test_foreign_readers_of_the_target_mm_are_counted_with_their_comm(lockprof_factory, tmp_path):
-    """/proc/PID/cmdline readers take the target's mmap_lock for read."""
-    import profiler
-
+def attach_beside_cmdline_readers(lockprof_factory, target_goes_first: bool) -> tuple[int, int]:
+    """attach -p to a held mmapcount while five `cat /proc/PID/cmdline` take
+    its mmap_lock for read, the target's own work first or none at all:
+    (the target's pid, lockprof's pid); the recording is rec.lpr."""
     target = Held(10)
     try:
         lp = lockprof_factory("attach", "-p", str(target.pid), "-o", "rec.lpr", "-q")
         lp.wait_attached()
-        target.go_and_wait_done()  # the target learns its own mm first
+        if target_goes_first:
+            target.go_and_wait_done()
         for _ in range(5):
             subprocess.run(["cat", f"/proc/{target.pid}/cmdline"], capture_output=True, check=True)
         code, _out, err = lp.stop()
     finally:
         target.finish()
     assert code == 0, err
-    rec = profiler.load(tmp_path / "rec.lpr")
-    cats = rec.tasks[(rec.tasks["comm"] == "cat") & (rec.tasks["tgid"] != target.pid)]
-    assert len(cats) > 0, rec.tasks
-    assert cats["waits"].sum() >= 5
-    mm_lock = int(cats["lock"].iloc[0])
-    assert (rec.locks[rec.locks["lock"] == mm_lock]["owner_pid"] == target.pid).all()
+    return target.pid, lp.proc.pid
+
+
+def cat_readers_of(rec, target_pid: int):
+    """The per-task rows of the cat readers on the target's mmap_lock."""
+    cats = rec.tasks[(rec.tasks["comm"] == "cat") & (rec.tasks["tgid"] != target_pid)]
+    assert cats["waits"].sum() >= 5, rec.tasks
+    (mm_lock,) = set(cats["lock"])
+    assert (rec.locks[rec.locks["lock"] == mm_lock]["owner_pid"] == target_pid).all()
+    return cats
+
+
+def test_foreign_readers_of_the_target_mm_are_counted_with_their_comm(lockprof_factory, tmp_path):
+    """/proc/PID/cmdline readers take the target's mmap_lock for read."""
+    import profiler
+
+    target_pid, _lockprof_pid = attach_beside_cmdline_readers(lockprof_factory, True)
+    cat_readers_of(profiler.load(tmp_path / "rec.lpr"), target_pid)
 
 
 def test_an_idle_targets_lock_is_known_from_the_start(lockprof_factory, tmp_path):
@@ -96,23 +109,11 @@ def test_an_idle_targets_lock_is_known_from_the_start(lockprof_factory, tmp_path
 
     if btf.probe_offsets()["LP_MM_OWNER_OFFSET"] < 0:
         pytest.skip("no mm_struct.owner (CONFIG_MEMCG): learned when the target takes its lock")
-    target = Held(10)  # took its lock before the attach, and waits
-    try:
-        lp = lockprof_factory("attach", "-p", str(target.pid), "-o", "rec.lpr", "-q")
-        lp.wait_attached()
-        for _ in range(5):
-            subprocess.run(["cat", f"/proc/{target.pid}/cmdline"], capture_output=True, check=True)
-        code, _out, err = lp.stop()
-    finally:
-        target.finish()
-    assert code == 0, err
+    target_pid, lockprof_pid = attach_beside_cmdline_readers(lockprof_factory, False)
     rec = profiler.load(tmp_path / "rec.lpr")
-    cats = rec.tasks[(rec.tasks["comm"] == "cat") & (rec.tasks["tgid"] != target.pid)]
-    assert cats["waits"].sum() >= 5, rec.tasks
-    assert lp.proc.pid not in set(rec.tasks["tgid"])
-    (mm_lock,) = set(cats["lock"])
-    assert (rec.locks[rec.locks["lock"] == mm_lock]["owner_pid"] == target.pid).all()
-    read = rows_for(show_json(tmp_path / "rec.lpr"), target.pid)["read"]
+    cat_readers_of(rec, target_pid)
+    assert lockprof_pid not in set(rec.tasks["tgid"])
+    read = rows_for(show_json(tmp_path / "rec.lpr"), target_pid)["read"]
     assert read["acquisitions"] >= 5
 
 
