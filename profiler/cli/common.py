@@ -467,7 +467,8 @@ def run_collection(
     recording.save(rec, output)
     written = f"lockprof: {_ending(rec.meta)}; recording written to {output}"
     try:
-        print_summary(rec, as_json, top=FINAL_SUMMARY_TOP)
+        # --json: every row (README); the table: the busiest.
+        print_summary(rec, as_json, top=None if as_json else FINAL_SUMMARY_TOP)
         code = 0
     except OSError as exc:  # stdout is gone (a closed pipe or terminal); the recording is not
         code = 141 if isinstance(exc, BrokenPipeError) else 1

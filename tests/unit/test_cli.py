@@ -743,3 +743,80 @@ def test_a_recording_may_replace_a_recording():
     outputs.refuse_clobbering(RECORDING_PATH, [], "-o", "the recording", kind=outputs.RECORDING)
     with pytest.raises(LockprofError, match="is a lockprof recording"):
         outputs.refuse_clobbering(RECORDING_PATH, [], "-o", "a run set", kind=outputs.RUN_SET)
+
+
+# -- the final summary of a collection ------------------------------------------------------
+
+
+def _recording_with_many_locks(count: int) -> recording.Recording:
+    """A run's recording with `count` contended spinlocks (synthetic)."""
+    from profiler import aggregate, schema
+    from profiler.hist import slot_of
+
+    from .helpers import EMPTY_CALLERS, interval_row
+
+    nslots = schema.const("LP_HIST_SLOTS")
+    rows = []
+    for i in range(count):
+        wait_ns = 1000 * (i + 1)
+        slots = [0] * nslots
+        slots[slot_of(wait_ns, nslots)] = 1
+        rows.append(
+            interval_row(
+                0xFFFF888000200000 + 0x40 * i,
+                schema.const("LP_LCB_SPIN"),
+                schema.const("LP_SRC_CONTENTION"),
+                contended=1,
+                wait_count=1,
+                wait_total_ns=wait_ns,
+                wait_max_ns=wait_ns,
+                wait_running_max_ns=wait_ns,
+                wait_slots=slots,
+            )
+        )
+    intervals = aggregate.intervals_frame(rows)
+    locks = aggregate.name_locks(intervals, {}, EMPTY_CALLERS, {})
+    meta = {
+        "kernel": "6.18.44",
+        "cpus": 2,
+        "mode": "run",
+        "target_pid": 4242,
+        "target": "pid 4242 (work)",
+        "command": ["work"],
+        "exit_status": 0,
+        "families": ["mmap_lock", "contention"],
+        "threshold_ns": 100_000,
+        "duration_s": 1.0,
+        "stop_reason": "command exited with status 0",
+        "lost_events": 0,
+        "errors": {},
+        "rusage": {"user_s": 0.1, "sys_s": 0.1, "elapsed_s": 1.0, "minor_faults": 10},
+    }
+    return recording.Recording(meta=meta, intervals=intervals, locks=locks)
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_a_collections_json_summary_has_every_row(capsys, monkeypatch, tmp_path, as_json):
+    """run/attach/record --json print every row (README: "--json prints the
+    final summary as JSON, every row"); the table keeps the 50 busiest. It
+    printed FINAL_SUMMARY_TOP rows of JSON too."""
+    from types import SimpleNamespace
+
+    from profiler import session
+    from profiler.cli import common
+    from profiler.options import CollectOptions
+
+    count = common.FINAL_SUMMARY_TOP + 10
+    rec = _recording_with_many_locks(count)
+    monkeypatch.setattr(session, "collect", lambda *_args, **_kwargs: rec)
+    target = SimpleNamespace(mode="run", tgid=4242)
+    options = CollectOptions(families=("contention",), interval_s=1.0)
+    code = common.run_collection(target, options, tmp_path / "r.lpr", 15, True, as_json, set())
+    out, err = capsys.readouterr()
+    assert code == 0 and "recording written to" in err
+    if as_json:
+        doc = json.loads(out)
+        assert doc["locks_total"] == count
+        assert len(doc["locks"]) == count
+    else:
+        assert "(10 more rows; `lockprof show FILE` lists all)" in out
