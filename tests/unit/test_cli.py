@@ -820,3 +820,15 @@ def test_a_collections_json_summary_has_every_row(capsys, monkeypatch, tmp_path,
         assert len(doc["locks"]) == count
     else:
         assert "(10 more rows; `lockprof show FILE` lists all)" in out
+
+
+def test_bare_lockprof_shows_the_whole_help(capsys):
+    """`lockprof` alone: click's help for a group called without a command
+    (click >= 8.2: on stderr, status 2), line by line. The one-line usage
+    error path printed it as "lockprof: Usage: ...\\x0a\\x0a  Live lock ..."."""
+    code, out, err = run_main(capsys)
+    _code, help_text, _err = run_main(capsys, "--help")
+    assert code == 2 and out == ""
+    assert err == help_text
+    assert err.startswith("Usage: lockprof [OPTIONS] COMMAND [ARGS]...\n")
+    assert "\\x0a" not in err and "Examples:\n" in err
