@@ -520,17 +520,17 @@ def test_lockprof_does_not_wait_for_a_command_still_running():
         stop = StopFlag()
         stop.request("duration 1s reached")
         started = time.monotonic()
-        session._let_the_command_die(target, stop)
+        session._grace_for_command(target, stop)
         assert time.monotonic() - started < 0.05
         stop.signum = signal.SIGTERM
         started = time.monotonic()
-        session._let_the_command_die(target, stop)
+        session._grace_for_command(target, stop)
         assert session.SIGNAL_GRACE_S <= time.monotonic() - started < session.SIGNAL_GRACE_S + 0.5
         stop.install()
         try:
             threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
             started = time.monotonic()
-            session._let_the_command_die(target, stop)  # no grace after SIGINT: honoured
+            session._grace_for_command(target, stop)  # no grace after SIGINT: honoured
             assert time.monotonic() - started < session.SIGNAL_GRACE_S
         finally:
             stop.uninstall()
@@ -548,7 +548,7 @@ def test_a_command_that_ends_with_the_signal_passes_its_status_on():
     stop = StopFlag()
     stop.signum = signal.SIGINT
     threading.Timer(0.05, os.kill, (target.tgid, signal.SIGINT)).start()
-    session._let_the_command_die(target, stop)
+    session._grace_for_command(target, stop)
     target.end()
     assert (target.exit_status, target.exit_signal) == (130, "SIGINT")
 
@@ -559,6 +559,9 @@ def test_a_command_left_running_is_noted():
     assert "rusage covers the collection window only" in note[0]
     assert summary.notes({"mode": "run", "target_pid": 42, "exit_status": 0}) == []
     assert summary.notes({"mode": "attach", "target_pid": 42, "exit_status": None}) == []
+    stopped = {"mode": "run", "target_pid": 42, "exit_status": 143, "ended_by_lockprof": True}
+    assert summary.notes(stopped) == [summary.command_stopped_note(42)]
+    assert "lockprof stopped it (SIGTERM, then SIGKILL)" in summary.notes(stopped)[0]
 
 
 def test_recordings_from_before_exit_signal_read_the_same():
