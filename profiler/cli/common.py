@@ -478,7 +478,7 @@ def run_collection(
             written += f" (summary not printed: {exc.strerror or exc})"
     say(written)
     if html is None:
-        return code or command_status(rec.meta)
+        return code or command_status(rec.meta, stop)
     try:
         report.write_html(rec, html, source=str(output))
     except Exception as exc:  # the recording is safe on disk: say why in one line
@@ -489,15 +489,20 @@ def run_collection(
         say(f"lockprof: report not written ({reason}); recording kept in {output}")
         return code or 1
     say(f"lockprof: report written to {html}")
-    return code or command_status(rec.meta)
+    return code or command_status(rec.meta, stop)
 
 
-def command_status(meta: dict) -> int:
+def command_status(meta: dict, stop: StopFlag | None = None) -> int:
     """`run` exits as its command did, as time, perf stat and strace do: its
-    status, 128 + N when signal N killed it. 0 where there is none (attach,
-    record, a command still running when collection stopped). lockprof's
-    own failures come first (the caller's code)."""
+    status, 128 + N when signal N killed it. When signal N stopped lockprof
+    and the command was still running after its grace (its status unknown),
+    128 + N too, as a signal before collection gives: `lockprof run -- make
+    && deploy` must not deploy after a Ctrl-C. Otherwise 0 where there is
+    none (attach, record, a command still running at -d). lockprof's own
+    failures come first (the caller's code)."""
     status, _signal = recorded_exit(meta)
+    if status is None and meta.get("mode") == "run" and stop is not None and stop.signum:
+        return 128 + stop.signum
     return status if isinstance(status, int) and 0 < status < 256 else 0
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -832,3 +833,42 @@ def test_bare_lockprof_shows_the_whole_help(capsys):
     assert err == help_text
     assert err.startswith("Usage: lockprof [OPTIONS] COMMAND [ARGS]...\n")
     assert "\\x0a" not in err and "Examples:\n" in err
+
+
+@pytest.mark.parametrize(
+    ("mode", "signum", "code"),
+    [
+        ("run", signal.SIGINT, 130),  # the command outlived the grace: not a success
+        ("run", signal.SIGTERM, 143),
+        ("run", None, 0),  # -d reached, command left running: its status unknown
+        ("attach", signal.SIGINT, 0),  # Ctrl-C is how attach and record end
+        ("record", signal.SIGINT, 0),
+    ],
+)
+def test_a_run_stopped_by_a_signal_exits_128_plus_n_when_its_status_is_unknown(
+    capsys, monkeypatch, tmp_path, mode, signum, code
+):
+    """Ctrl-C on `lockprof run -- make && deploy` where make takes longer
+    than SIGNAL_GRACE_S to exit: lockprof exited 0, and deploy ran."""
+    from types import SimpleNamespace
+
+    from profiler import session
+    from profiler.cli import common
+    from profiler.options import CollectOptions
+    from profiler.signals import StopFlag
+
+    rec = _recording_with_many_locks(1)
+    reason = f"{signal.Signals(signum).name} received" if signum else "duration 1s reached"
+    rec.meta.update(mode=mode, exit_status=None, stop_reason=reason)
+    monkeypatch.setattr(session, "collect", lambda *_args, **_kwargs: rec)
+    stop = StopFlag()
+    stop.reason, stop.signum = reason, signum
+    target = SimpleNamespace(mode=mode, tgid=4242)
+    options = CollectOptions(families=("contention",), interval_s=1.0)
+    out_path = tmp_path / "r.lpr"
+    status = common.run_collection(target, options, out_path, 15, True, False, set(), stop=stop)
+    assert status == code
+    recording.load(out_path)  # written either way
+    err = capsys.readouterr().err
+    if mode == "run":
+        assert f"{reason}; command still running as pid 4242, not waited for" in err
