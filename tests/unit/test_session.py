@@ -508,6 +508,31 @@ def test_a_command_still_running_at_the_end_has_its_own_rusage_over_the_window(m
         target.wait()
 
 
+def test_the_rusage_of_a_command_still_running_counts_its_reaped_children(tmp_path):
+    """`run -d -- make`: the figures of a command still running are, as
+    wait4's for one that exited, its own and its reaped children's
+    (/proc/PID/stat cutime, cstime, cminflt); utime and stime alone gave a
+    make near 0 s whose compilers did the work."""
+    ready = tmp_path / "ready"
+    burn = "import time\nwhile time.process_time() < 0.3: pass"
+    script = f'"{sys.executable}" -c "{burn}"; echo > {ready}; sleep 30'
+    target = CommandTarget(["sh", "-c", script])
+    try:
+        target.begin()
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        target.end()
+        assert target.poll() is None  # still running
+        rusage = target.rusage()
+        assert rusage["user_s"] + rusage["sys_s"] >= 0.25
+        assert rusage["minor_faults"] > 100  # the child's faults (Python's start-up)
+    finally:
+        os.kill(target.tgid, signal.SIGKILL)
+        target.wait()
+
+
 def test_lockprof_does_not_wait_for_a_command_still_running():
     """-d reached (no signal): not a moment's wait. After a signal: at most
     SIGNAL_GRACE_S, for a command the terminal's Ctrl-C is also ending, and
