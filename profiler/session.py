@@ -33,7 +33,7 @@ from profiler.recording import (
     TASK_COLUMNS,
     Recording,
 )
-from profiler.signals import StopFlag
+from profiler.signals import GRACE, StopFlag
 from profiler.spool import RecordSpool
 from profiler.targets import PRE_EXEC_COMM, CommandTarget, Target, pre_exec_locks
 
@@ -369,9 +369,13 @@ def _grace_for_command(target: CommandTarget, stop: StopFlag) -> None:
     if stop.signum is None:
         return
     deadline = time.monotonic() + SIGNAL_GRACE_S
-    repeats = stop.repeats
-    while target.poll() is None and time.monotonic() < deadline and stop.repeats == repeats:
-        time.sleep(0.02)
+    repeats, phase = stop.repeats, stop.phase
+    stop.phase = GRACE  # what a further signal says it does
+    try:
+        while target.poll() is None and time.monotonic() < deadline and stop.repeats == repeats:
+            time.sleep(0.02)
+    finally:
+        stop.phase = phase
 
 
 def _cumulative_frame(snapshot) -> pd.DataFrame:

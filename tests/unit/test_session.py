@@ -565,6 +565,36 @@ def test_lockprof_does_not_wait_for_a_command_still_running():
         target.wait()
 
 
+def test_a_further_signal_during_the_grace_says_it_ends_the_wait(capfd):
+    """A second Ctrl-C while the command gets its moment to exit ends that
+    wait, and says so (it said "writing the recording, please wait")."""
+    from profiler.signals import WRITING, StopFlag
+
+    target = CommandTarget(["sleep", "30"])
+    try:
+        target.begin()
+        stop = StopFlag().install()
+        try:
+            stop.reason, stop.signum = "SIGINT received", signal.SIGINT
+            stop.draining = True  # as collect() sets it before the wait
+            capfd.readouterr()
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+            session._grace_for_command(target, stop)
+            assert stop.repeats == 1 and stop.phase == WRITING
+            err = capfd.readouterr().err
+            assert (
+                err == "lockprof: already stopping; no longer waiting for the command, "
+                "writing the recording\n"
+            )
+            os.kill(os.getpid(), signal.SIGINT)  # while writing: as before
+            assert capfd.readouterr().err.endswith("writing the recording, please wait\n")
+        finally:
+            stop.uninstall()
+    finally:
+        os.kill(target.tgid, signal.SIGKILL)
+        target.wait()
+
+
 def test_a_command_that_ends_with_the_signal_passes_its_status_on():
     from profiler.signals import StopFlag
 
