@@ -307,15 +307,22 @@ def checked_spec(argument: str):
 
 
 def spec_files(lock_spec: str | None) -> list[Path]:
-    """The files a --locks SPEC reads: a TOML spec, or NAME@BINARY's binary
-    (inputs an output must not overwrite)."""
+    """The files a --locks SPEC reads: a TOML spec and the binary its
+    `target` names, NAME@BINARY's binary, a built-in spec's library (inputs
+    an output must not overwrite)."""
     if not lock_spec:
         return []
-    named = (lock_spec, lock_spec.partition("@")[2])
-    return [Path(name) for name in named if name and Path(name).is_file()]
+    from profiler import lockspec
+
+    named = [lock_spec, lock_spec.partition("@")[2]]
+    with contextlib.suppress(LockprofError):  # a bad spec is refused later, in its own words
+        spec = lockspec.resolve(lock_spec)
+        if not spec.in_kernel:
+            named.append(spec.target)
+    return [Path(name) for name in dict.fromkeys(named) if name and Path(name).is_file()]
 
 
-def refuse_clobbering(output: Path | None, html: Path | None, lock_spec: str | None) -> None:
+def refuse_clobbered_outputs(output: Path | None, html: Path | None, lock_spec: str | None) -> None:
     """-o and --html must not overwrite recorded data or an input (one line,
     exit 2, before anything starts). A new recording may replace an older
     one at an explicit -o (the default name is new each time)."""
@@ -663,7 +670,7 @@ def collect_command(
     )
     options.sample_hz = sample_hz
     options.what_if_cpus = what_if_cpus
-    refuse_clobbering(output, html, lock_spec)
+    refuse_clobbered_outputs(output, html, lock_spec)
     # Signals from here (or from start-up, see profiler.signals) to the end.
     stop = signals.adopt()
     try:

@@ -730,6 +730,27 @@ def test_collection_outputs_over_recorded_data_are_refused_before_starting(
     assert lpset.read_bytes() == runset_bytes
 
 
+def test_the_binary_a_toml_spec_names_is_an_input_too(capsys, tmp_path, never_collect):
+    """-o, --html or bench -o over the binary a TOML spec's `target` names
+    (relative to the spec) would overwrite the program being profiled."""
+    binary = tmp_path / "libvictim.so"
+    binary.write_bytes(b"\x7fELF not really")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'name = "victim"\ntarget = "libvictim.so"\n'
+        '[functions]\nwrite_lock = ["v_lock"]\nunlock = ["v_unlock"]\n'
+    )
+    for argv in (
+        ["run", "-o", str(binary), "--locks", str(spec), "--", "true"],
+        ["run", "--html", str(binary), "--locks", str(spec), "--", "true"],
+        ["bench", "-o", str(binary), "--locks", str(spec), "--", "true"],
+    ):
+        code, out, err = run_main(capsys, *argv)
+        line = assert_one_error_line(code, err)
+        assert code == 2 and out == "" and f"{binary} is the input" in line, line
+        assert binary.read_bytes() == b"\x7fELF not really"
+
+
 def _a_run_set(rec_path: Path) -> bytes:
     from profiler import runset
 
