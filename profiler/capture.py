@@ -88,7 +88,9 @@ class OutputCapture:
 
 
 class CapturedCommand(CommandTarget):
-    """CommandTarget with the child's stdout on the given fd.
+    """CommandTarget with the child's stdout on the given fd, stopped when
+    collection stops (stop_at_end: a bench run's command must not run on
+    into the next run, nor hold the capture pipe open).
 
     CommandTarget forks the held child in its constructor; the child inherits
     fd 1 from the parent. For the moment of the fork, the parent's fd 1 is
@@ -97,7 +99,7 @@ class CapturedCommand(CommandTarget):
 
     def __init__(self, argv: list[str], stdout_fd: int):
         self._stdout_fd = stdout_fd
-        super().__init__(argv)
+        super().__init__(argv, stop_at_end=True)
 
     def _spawn_held(self) -> int:
         sys.stdout.flush()

@@ -60,6 +60,11 @@ class Run:
         return recorded_exit(self.recording.meta)[0]
 
     @property
+    def ended_by_lockprof(self) -> bool:
+        """bench -d: the command was still running, and lockprof stopped it."""
+        return self.recording.meta.get("ended_by_lockprof") is True
+
+    @property
     def rusage(self) -> dict:
         return self.recording.meta.get("rusage") or {}
 
@@ -99,6 +104,7 @@ def manifest(runset: RunSet) -> dict:
                 "stdout": _entry_name(i, "stdout"),
                 "stdout_truncated": run.stdout_truncated,
                 "exit_status": run.exit_status,
+                "ended_by_lockprof": run.ended_by_lockprof,
                 "rusage": run.rusage,
                 "throughput": run.throughput,
                 "duration_s": run.recording.meta.get("duration_s"),

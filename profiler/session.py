@@ -33,7 +33,7 @@ from profiler.recording import (
     TASK_COLUMNS,
     Recording,
 )
-from profiler.signals import StopFlag
+from profiler.signals import GRACE, StopFlag
 from profiler.spool import RecordSpool
 from profiler.targets import PRE_EXEC_COMM, CommandTarget, Target, pre_exec_locks
 
@@ -150,7 +150,7 @@ def collect(
         end_ns = time.monotonic_ns()
         _take_interval(session, state, (end_ns - start_ns) / 1e9)
         if isinstance(target, CommandTarget):
-            _let_the_command_die(target, stop)
+            _grace_for_command(target, stop)
         target.end()
         return _build_recording(
             options,
@@ -373,18 +373,23 @@ def _take_interval(session, state: _Collected, t_s: float):
 SIGNAL_GRACE_S = 0.3
 
 
-def _let_the_command_die(target: CommandTarget, stop: StopFlag) -> None:
-    """lockprof does not wait for a command that is still running when
-    collection stops (-d, or a signal to lockprof alone): it is left
-    running, as `attach` leaves its target, with its rusage over the
-    collection window (CommandTarget.end). Only after a signal does it get
-    SIGNAL_GRACE_S to finish exiting; a further signal ends that at once."""
+def _grace_for_command(target: CommandTarget, stop: StopFlag) -> None:
+    """Wait, after a signal only, up to SIGNAL_GRACE_S for the command to
+    finish exiting; a further signal ends the wait at once. Nothing else
+    waits for a command still running when collection stops (-d, or a
+    signal to lockprof alone): CommandTarget.end leaves it running, as
+    `attach` leaves its target, with its rusage over the collection window
+    (`bench` stops it there: stop_at_end)."""
     if stop.signum is None:
         return
     deadline = time.monotonic() + SIGNAL_GRACE_S
-    repeats = stop.repeats
-    while target.poll() is None and time.monotonic() < deadline and stop.repeats == repeats:
-        time.sleep(0.02)
+    repeats, phase = stop.repeats, stop.phase
+    stop.phase = GRACE  # what a further signal says it does
+    try:
+        while target.poll() is None and time.monotonic() < deadline and stop.repeats == repeats:
+            time.sleep(0.02)
+    finally:
+        stop.phase = phase
 
 
 def _cumulative_frame(snapshot) -> pd.DataFrame:
@@ -665,6 +670,10 @@ def _build_recording(
         # As a shell's $? (128 + N for signal N), and the signal's name.
         "exit_status": target.exit_status,
         "exit_signal": target.exit_signal,
+        # bench: lockprof stopped a command still running when collection did
+        "ended_by_lockprof": target.ended_by_lockprof
+        if isinstance(target, CommandTarget)
+        else None,
         # Forks are not followed, execs keep the pid (profiled): what was seen.
         "lineage": target.lineage.meta() if target.lineage is not None else None,
         "families": list(options.families),

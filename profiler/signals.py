@@ -9,7 +9,11 @@ before its heavy imports) until the recording is written:
   (check_before_start) undoes what was set up and exits with one line and
   status 128 + the signal number; nothing is recorded;
 - during collection: collection ends, the probes are detached and the
-  recording of what was collected is written (status 0);
+  recording of what was collected is written. attach and record then exit
+  0; run exits as its command did, after giving it a moment to finish
+  exiting (session.SIGNAL_GRACE_S), or 128 + the signal number when it is
+  still running (profiler.cli.common.command_status);
+- during that moment: a further signal ends it, with a message;
 - while draining and writing: a further signal is ignored with a message.
 
 Other subcommands get Python's default handling back (main() releases the
@@ -30,11 +34,14 @@ from profiler.errors import LockprofError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-# Phases, for the message a further signal prints.
-STARTING, COLLECTING, WRITING = "starting", "collecting", "writing"
+# Phases, for the message a further signal prints. GRACE: a `run` command
+# gets a moment to finish exiting after a signal (session._grace_for_command),
+# which a further signal ends.
+STARTING, COLLECTING, GRACE, WRITING = "starting", "collecting", "grace", "writing"
 _AGAIN = {
     STARTING: "lockprof: already stopping; nothing has been collected yet, please wait\n",
     COLLECTING: "lockprof: already stopping; writing the recording, please wait\n",
+    GRACE: "lockprof: already stopping; no longer waiting for the command, writing the recording\n",
     WRITING: "lockprof: already stopping; writing the recording, please wait\n",
 }
 
@@ -60,7 +67,7 @@ class StopFlag:
     # code that sets it).
     @property
     def draining(self) -> bool:
-        return self.phase == WRITING
+        return self.phase in (GRACE, WRITING)
 
     @draining.setter
     def draining(self, value: bool) -> None:

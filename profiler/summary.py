@@ -147,6 +147,13 @@ def command_running_note(pid: int) -> str:
     )
 
 
+def command_stopped_note(pid: int) -> str:
+    return (
+        f"the command (pid {pid}) was still running when collection stopped; lockprof "
+        "stopped it (SIGTERM, then SIGKILL), and its exit status is that ending's"
+    )
+
+
 def notes(meta: dict) -> list[str]:
     """What the figures leave out: every nonzero kernel-side counter (full
     maps, unpaired events, skipped probe runs), processes the target forked
@@ -171,6 +178,8 @@ def notes(meta: dict) -> list[str]:
     pid = meta.get("target_pid")
     if meta.get("mode") == "run" and pid and meta.get("exit_status") is None:
         out.append(command_running_note(pid))
+    elif meta.get("mode") == "run" and pid and meta.get("ended_by_lockprof") is True:
+        out.append(command_stopped_note(pid))
     if pid and meta.get("followed") is not None:
         out.append(
             f"--follow: pid {pid} and its descendants ({meta['followed']:,} processes) "

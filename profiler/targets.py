@@ -384,7 +384,10 @@ class CommandTarget(Target):
 
     mode = "run"
 
-    def __init__(self, argv: list[str], stdout_to_stderr: bool = False):
+    # stop_at_end: SIGTERM, then SIGKILL after this long (see stop()).
+    STOP_GRACE_S = 1.0
+
+    def __init__(self, argv: list[str], stdout_to_stderr: bool = False, stop_at_end: bool = False):
         super().__init__()
         if not argv:
             raise LockprofError("no command given: lockprof run -- CMD [ARGS...]", exit_code=2)
@@ -392,6 +395,10 @@ class CommandTarget(Target):
         # run --json: stdout holds the JSON alone, the command's output goes
         # to stderr (as /usr/bin/time keeps its report apart from it).
         self._stdout_to_stderr = stdout_to_stderr
+        # bench: a command still running when collection stops is stopped
+        # (run leaves it running, as attach leaves its target).
+        self.stop_at_end = stop_at_end
+        self.ended_by_lockprof = False  # stop() ended it
         self._rusage: dict | None = None
         self.tgid = self._spawn_held()
         self.lineage = Lineage(self.tgid, skip_comm=PRE_EXEC_COMM)
@@ -493,15 +500,79 @@ class CommandTarget(Target):
         }
 
     def _sample(self) -> tuple[float, float, int] | None:
-        return _proc_times(self.tgid)
+        """(user s, sys s, minor faults) of the command and of the children
+        it has reaped, as wait4 gives them once it exits (`run -f -- make`:
+        the compilers' time is make's children's): /proc/PID/stat's utime +
+        cutime, stime + cstime, minflt + cminflt. None once gone."""
+        try:
+            stat = Path(f"/proc/{self.tgid}/stat").read_bytes()
+        except OSError:
+            return None
+        # After "pid (comm)": minflt=7, cminflt=8, utime=11, stime=12,
+        # cutime=13, cstime=14 (proc(5)'s numbering minus 3).
+        f = [int(x) for x in stat.rsplit(b")", 1)[1].split()[7:15]]
+        return (f[4] + f[6]) / CLOCK_TICKS, (f[5] + f[7]) / CLOCK_TICKS, f[0] + f[1]
 
     def end(self) -> None:
         """Collection stopped. A command still running is left running (not
         waited for): its rusage is then its own over the collection window,
-        from /proc as for `attach`, and its exit status unknown."""
+        from /proc as for `attach`, and its exit status unknown. With
+        stop_at_end (bench) it is stopped instead (stop())."""
         if self.poll() is None:
+            if self.stop_at_end:
+                self.stop()
+                return
             self._end_wall = time.monotonic()
             self._last = self._sample() or self._last
+
+    def stop(self) -> None:
+        """End a command that is still running, and the processes below it
+        (so that no load is left behind, and none keeps a pipe of the
+        command's open): SIGTERM, STOP_GRACE_S for them to exit, SIGKILL
+        for those left; the command is then reaped. Its exit status is what
+        it is (143 when SIGTERM ended it), and ended_by_lockprof says that
+        lockprof ended it."""
+        if self.poll() is not None:
+            return
+        self.ended_by_lockprof = True
+        below = self._pidfds_below(self.tgid)
+        try:
+            for signum in (signal.SIGTERM, signal.SIGKILL):
+                if self._rusage is None:  # not reaped: the pid is still the command's
+                    os.kill(self.tgid, signum)
+                for fd in below:
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(fd, signum)
+                deadline = time.monotonic() + self.STOP_GRACE_S
+                while not self._all_gone(below) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                if self._all_gone(below):
+                    break
+            self.wait()
+        finally:
+            for fd in below:
+                os.close(fd)
+
+    def _all_gone(self, pidfds: list[int]) -> bool:
+        import select
+
+        # A pidfd becomes readable once its process has exited.
+        exited = select.select(pidfds, [], [], 0)[0]
+        return self.poll() is not None and len(exited) == len(pidfds)
+
+    @staticmethod
+    def _pidfds_below(pid: int) -> list[int]:
+        """pidfds of the processes below pid (descendants_of), so that no
+        signal reaches another process that got a pid: those seen below pid
+        both before and after their pidfd was opened."""
+        fds = {}
+        for child in descendants_of(pid):
+            with contextlib.suppress(OSError):  # gone already
+                fds[child] = os.pidfd_open(child)
+        still = descendants_of(pid)
+        for child in [c for c in fds if c not in still]:
+            os.close(fds.pop(child))
+        return list(fds.values())
 
     def rusage(self) -> dict:
         if self._rusage is not None:

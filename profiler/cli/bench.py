@@ -71,7 +71,7 @@ def _totals(rec: recording.Recording) -> tuple[int, int]:
 def run_line(index: int, total: int, run: Run) -> str:
     rusage = run.rusage
     acquisitions, contended = _totals(run.recording)
-    parts = [f"run {index}/{total}: exit {run.exit_status}"]
+    parts = [f"run {index}/{total}: exit {_exit_text(run)}"]
     for key, name in (("elapsed_s", "elapsed"), ("user_s", "user"), ("sys_s", "sys")):
         if rusage.get(key) is not None:
             parts.append(f"{name} {rusage[key]:.3f}s")
@@ -81,6 +81,11 @@ def run_line(index: int, total: int, run: Run) -> str:
     if run.throughput is not None:
         parts.append(f"throughput {run.throughput:,.6g}")
     return ", ".join(parts)
+
+
+def _exit_text(run: Run) -> str:
+    """143 (stopped): lockprof stopped the command when collection did (-d)."""
+    return f"{run.exit_status} (stopped)" if run.ended_by_lockprof else str(run.exit_status)
 
 
 _COLUMNS = [
@@ -130,7 +135,7 @@ def summary_table(result: RunSet) -> Table:
                 columns[name].append(float(value))
         table.add_row(
             str(i),
-            str(run.exit_status),
+            _exit_text(run),
             *("-" if values[h] is None else f.format(values[h]) for h, f in _COLUMNS),
         )
     table.add_row("mean ± sd", "", *(_stat(columns[h], f) for h, f in _COLUMNS), style="bold")
@@ -163,7 +168,8 @@ def summary_table(result: RunSet) -> Table:
     "-d",
     "--duration",
     type=click.FloatRange(min=0.1, max=7 * 86400),
-    help="Stop each run's collection after SECONDS (default: the command's exit).",
+    help="Stop each run's collection after SECONDS (default: the command's exit), "
+    "and the command if still running (SIGTERM, then SIGKILL after 1 s).",
 )
 @click.option(
     "-i",
@@ -311,7 +317,7 @@ def _run_all(result: RunSet, runs: int, options, working, regex, quiet: bool, er
             return reason
         result.runs.append(run)
         err.print(Text(render.safe_text(run_line(i, runs, run))))
-        if run.exit_status not in (0, None):
+        if run.exit_status not in (0, None) and not run.ended_by_lockprof:
             failed = f"lockprof: run {i} exited with status {run.exit_status}"
             err.print(Text(failed, style="yellow"))
     return None

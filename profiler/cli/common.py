@@ -307,15 +307,22 @@ def checked_spec(argument: str):
 
 
 def spec_files(lock_spec: str | None) -> list[Path]:
-    """The files a --locks SPEC reads: a TOML spec, or NAME@BINARY's binary
-    (inputs an output must not overwrite)."""
+    """The files a --locks SPEC reads: a TOML spec and the binary its
+    `target` names, NAME@BINARY's binary, a built-in spec's library (inputs
+    an output must not overwrite)."""
     if not lock_spec:
         return []
-    named = (lock_spec, lock_spec.partition("@")[2])
-    return [Path(name) for name in named if name and Path(name).is_file()]
+    from profiler import lockspec
+
+    named = [lock_spec, lock_spec.partition("@")[2]]
+    with contextlib.suppress(LockprofError):  # a bad spec is refused later, in its own words
+        spec = lockspec.resolve(lock_spec)
+        if not spec.in_kernel:
+            named.append(spec.target)
+    return [Path(name) for name in dict.fromkeys(named) if name and Path(name).is_file()]
 
 
-def refuse_clobbering(output: Path | None, html: Path | None, lock_spec: str | None) -> None:
+def refuse_clobbered_outputs(output: Path | None, html: Path | None, lock_spec: str | None) -> None:
     """-o and --html must not overwrite recorded data or an input (one line,
     exit 2, before anything starts). A new recording may replace an older
     one at an explicit -o (the default name is new each time)."""
@@ -467,7 +474,8 @@ def run_collection(
     recording.save(rec, output)
     written = f"lockprof: {_ending(rec.meta)}; recording written to {output}"
     try:
-        print_summary(rec, as_json, top=FINAL_SUMMARY_TOP)
+        # --json: every row (README); the table: the busiest.
+        print_summary(rec, as_json, top=None if as_json else FINAL_SUMMARY_TOP)
         code = 0
     except OSError as exc:  # stdout is gone (a closed pipe or terminal); the recording is not
         code = 141 if isinstance(exc, BrokenPipeError) else 1
@@ -477,7 +485,7 @@ def run_collection(
             written += f" (summary not printed: {exc.strerror or exc})"
     say(written)
     if html is None:
-        return code or command_status(rec.meta)
+        return code or command_status(rec.meta, stop)
     try:
         report.write_html(rec, html, source=str(output))
     except Exception as exc:  # the recording is safe on disk: say why in one line
@@ -488,15 +496,20 @@ def run_collection(
         say(f"lockprof: report not written ({reason}); recording kept in {output}")
         return code or 1
     say(f"lockprof: report written to {html}")
-    return code or command_status(rec.meta)
+    return code or command_status(rec.meta, stop)
 
 
-def command_status(meta: dict) -> int:
+def command_status(meta: dict, stop: StopFlag | None = None) -> int:
     """`run` exits as its command did, as time, perf stat and strace do: its
-    status, 128 + N when signal N killed it. 0 where there is none (attach,
-    record, a command still running when collection stopped). lockprof's
-    own failures come first (the caller's code)."""
+    status, 128 + N when signal N killed it. When signal N stopped lockprof
+    and the command was still running after its grace (its status unknown),
+    128 + N too, as a signal before collection gives: `lockprof run -- make
+    && deploy` must not deploy after a Ctrl-C. Otherwise 0 where there is
+    none (attach, record, a command still running at -d). lockprof's own
+    failures come first (the caller's code)."""
     status, _signal = recorded_exit(meta)
+    if status is None and meta.get("mode") == "run" and stop is not None and stop.signum:
+        return 128 + stop.signum
     return status if isinstance(status, int) and 0 < status < 256 else 0
 
 
@@ -657,7 +670,7 @@ def collect_command(
     )
     options.sample_hz = sample_hz
     options.what_if_cpus = what_if_cpus
-    refuse_clobbering(output, html, lock_spec)
+    refuse_clobbered_outputs(output, html, lock_spec)
     # Signals from here (or from start-up, see profiler.signals) to the end.
     stop = signals.adopt()
     try:

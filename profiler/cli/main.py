@@ -71,6 +71,12 @@ def cli() -> None:
     """
 
 
+# click >= 8.2 raises this UsageError for `lockprof` with no arguments: its
+# message is the whole help, shown as click shows it (click 8.1 printed the
+# help itself and exited 0).
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def usage_line(exc: click.UsageError) -> str:
     """A command-line error as one line, not click's four (Usage, Try,
     blank, Error): `lockprof run: -d/--duration: 0.0 is not in the range
@@ -103,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("lockprof: aborted", err=True)
         return 130
+    except _NO_ARGS_IS_HELP as exc:
+        exc.show()  # the help, line by line (on stderr, status 2)
+        return exc.exit_code
     except click.UsageError as exc:
         click.echo(render.safe_text(usage_line(exc)), err=True)
         return exc.exit_code

@@ -20,7 +20,8 @@ from profiler.targets import CommandTarget, check_command
 def command(argv, **options) -> None:
     """Start CMD, profile it until it exits, and record its exit status and
     rusage (user, sys, elapsed, minor faults) as /usr/bin/time would. Exits
-    with CMD's status (128 + N when signal N killed it), as time does.
+    with CMD's status (128 + N when signal N killed it), as time does; after
+    a signal N to lockprof that CMD outlived, 128 + N.
 
     The command is held before exec until the probes are attached. Only its
     own process is profiled, unless -f/--follow: then every process it forks

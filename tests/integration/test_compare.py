@@ -8,10 +8,14 @@ write acquisitions on the command's own mmap_lock, marked significant.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import stat
 import subprocess
 import zipfile
+from pathlib import Path
 
 import pytest
 from conftest import BIN, LOCKPROF
@@ -119,3 +123,39 @@ def test_half_the_pairs_is_minus_fifty_percent_write_acquisitions(sets):
     assert "lockprof: warning: command line differs" in proc.stderr
     assert any(line.startswith("sys time: ") for line in document["headline"])
     assert (tmp_path / "compare.html").stat().st_size > 1_000_000  # plotly.js inline
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in (b"Z", b"X")
+
+
+def test_bench_d_stops_each_runs_command(tmp_path):
+    """bench -d: each run's command, and what it forked, is stopped when the
+    run's collection stops (it was left running into the next run, and never
+    reaped), with the status that gave, marked as lockprof's doing."""
+    script = "sleep 60 & echo $!; sleep 60 & echo $!; wait"
+    proc = subprocess.run(
+        [*LOCKPROF, "bench", "--runs", "2", "-q", "-d", "1", "-o", "d.lpset", "--",
+         "sh", "-c", script],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    with zipfile.ZipFile(tmp_path / "d.lpset") as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        children = [int(pid) for name in archive.namelist() if name.endswith(".stdout")
+                     for pid in archive.read(name).split()]  # fmt: skip
+    try:
+        assert proc.returncode == 0, proc.stderr
+        runs = manifest["runs"]
+        assert [r["exit_status"] for r in runs] == [128 + signal.SIGTERM] * 2
+        assert all(r["ended_by_lockprof"] for r in runs)
+        assert "run 1/2: exit 143 (stopped)" in proc.stderr
+        assert "exited with status" not in proc.stderr  # no failure reported
+        assert len(children) == 4 and not any(map(_alive, children))
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

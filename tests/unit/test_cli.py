@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -729,6 +730,27 @@ def test_collection_outputs_over_recorded_data_are_refused_before_starting(
     assert lpset.read_bytes() == runset_bytes
 
 
+def test_the_binary_a_toml_spec_names_is_an_input_too(capsys, tmp_path, never_collect):
+    """-o, --html or bench -o over the binary a TOML spec's `target` names
+    (relative to the spec) would overwrite the program being profiled."""
+    binary = tmp_path / "libvictim.so"
+    binary.write_bytes(b"\x7fELF not really")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'name = "victim"\ntarget = "libvictim.so"\n'
+        '[functions]\nwrite_lock = ["v_lock"]\nunlock = ["v_unlock"]\n'
+    )
+    for argv in (
+        ["run", "-o", str(binary), "--locks", str(spec), "--", "true"],
+        ["run", "--html", str(binary), "--locks", str(spec), "--", "true"],
+        ["bench", "-o", str(binary), "--locks", str(spec), "--", "true"],
+    ):
+        code, out, err = run_main(capsys, *argv)
+        line = assert_one_error_line(code, err)
+        assert code == 2 and out == "" and f"{binary} is the input" in line, line
+        assert binary.read_bytes() == b"\x7fELF not really"
+
+
 def _a_run_set(rec_path: Path) -> bytes:
     from profiler import runset
 
@@ -743,3 +765,131 @@ def test_a_recording_may_replace_a_recording():
     outputs.refuse_clobbering(RECORDING_PATH, [], "-o", "the recording", kind=outputs.RECORDING)
     with pytest.raises(LockprofError, match="is a lockprof recording"):
         outputs.refuse_clobbering(RECORDING_PATH, [], "-o", "a run set", kind=outputs.RUN_SET)
+
+
+# -- the final summary of a collection ------------------------------------------------------
+
+
+def _recording_with_many_locks(count: int) -> recording.Recording:
+    """A run's recording with `count` contended spinlocks (synthetic)."""
+    from profiler import aggregate, schema
+    from profiler.hist import slot_of
+
+    from .helpers import EMPTY_CALLERS, interval_row
+
+    nslots = schema.const("LP_HIST_SLOTS")
+    rows = []
+    for i in range(count):
+        wait_ns = 1000 * (i + 1)
+        slots = [0] * nslots
+        slots[slot_of(wait_ns, nslots)] = 1
+        rows.append(
+            interval_row(
+                0xFFFF888000200000 + 0x40 * i,
+                schema.const("LP_LCB_SPIN"),
+                schema.const("LP_SRC_CONTENTION"),
+                contended=1,
+                wait_count=1,
+                wait_total_ns=wait_ns,
+                wait_max_ns=wait_ns,
+                wait_running_max_ns=wait_ns,
+                wait_slots=slots,
+            )
+        )
+    intervals = aggregate.intervals_frame(rows)
+    locks = aggregate.name_locks(intervals, {}, EMPTY_CALLERS, {})
+    meta = {
+        "kernel": "6.18.44",
+        "cpus": 2,
+        "mode": "run",
+        "target_pid": 4242,
+        "target": "pid 4242 (work)",
+        "command": ["work"],
+        "exit_status": 0,
+        "families": ["mmap_lock", "contention"],
+        "threshold_ns": 100_000,
+        "duration_s": 1.0,
+        "stop_reason": "command exited with status 0",
+        "lost_events": 0,
+        "errors": {},
+        "rusage": {"user_s": 0.1, "sys_s": 0.1, "elapsed_s": 1.0, "minor_faults": 10},
+    }
+    return recording.Recording(meta=meta, intervals=intervals, locks=locks)
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_a_collections_json_summary_has_every_row(capsys, monkeypatch, tmp_path, as_json):
+    """run/attach/record --json print every row (README: "--json prints the
+    final summary as JSON, every row"); the table keeps the 50 busiest. It
+    printed FINAL_SUMMARY_TOP rows of JSON too."""
+    from types import SimpleNamespace
+
+    from profiler import session
+    from profiler.cli import common
+    from profiler.options import CollectOptions
+
+    count = common.FINAL_SUMMARY_TOP + 10
+    rec = _recording_with_many_locks(count)
+    monkeypatch.setattr(session, "collect", lambda *_args, **_kwargs: rec)
+    target = SimpleNamespace(mode="run", tgid=4242)
+    options = CollectOptions(families=("contention",), interval_s=1.0)
+    code = common.run_collection(target, options, tmp_path / "r.lpr", 15, True, as_json, set())
+    out, err = capsys.readouterr()
+    assert code == 0 and "recording written to" in err
+    if as_json:
+        doc = json.loads(out)
+        assert doc["locks_total"] == count
+        assert len(doc["locks"]) == count
+    else:
+        assert "(10 more rows; `lockprof show FILE` lists all)" in out
+
+
+def test_bare_lockprof_shows_the_whole_help(capsys):
+    """`lockprof` alone: click's help for a group called without a command
+    (click >= 8.2: on stderr, status 2), line by line. The one-line usage
+    error path printed it as "lockprof: Usage: ...\\x0a\\x0a  Live lock ..."."""
+    code, out, err = run_main(capsys)
+    _code, help_text, _err = run_main(capsys, "--help")
+    assert code == 2 and out == ""
+    assert err == help_text
+    assert err.startswith("Usage: lockprof [OPTIONS] COMMAND [ARGS]...\n")
+    assert "\\x0a" not in err and "Examples:\n" in err
+
+
+@pytest.mark.parametrize(
+    ("mode", "signum", "code"),
+    [
+        ("run", signal.SIGINT, 130),  # the command outlived the grace: not a success
+        ("run", signal.SIGTERM, 143),
+        ("run", None, 0),  # -d reached, command left running: its status unknown
+        ("attach", signal.SIGINT, 0),  # Ctrl-C is how attach and record end
+        ("record", signal.SIGINT, 0),
+    ],
+)
+def test_a_run_stopped_by_a_signal_exits_128_plus_n_when_its_status_is_unknown(
+    capsys, monkeypatch, tmp_path, mode, signum, code
+):
+    """Ctrl-C on `lockprof run -- make && deploy` where make takes longer
+    than SIGNAL_GRACE_S to exit: lockprof exited 0, and deploy ran."""
+    from types import SimpleNamespace
+
+    from profiler import session
+    from profiler.cli import common
+    from profiler.options import CollectOptions
+    from profiler.signals import StopFlag
+
+    rec = _recording_with_many_locks(1)
+    reason = f"{signal.Signals(signum).name} received" if signum else "duration 1s reached"
+    rec.meta.update(mode=mode, exit_status=None, stop_reason=reason)
+    monkeypatch.setattr(session, "collect", lambda *_args, **_kwargs: rec)
+    stop = StopFlag()
+    stop.reason, stop.signum = reason, signum
+    target = SimpleNamespace(mode=mode, tgid=4242)
+    options = CollectOptions(families=("contention",), interval_s=1.0)
+    out_path = tmp_path / "r.lpr"
+    status = common.run_collection(target, options, out_path, 15, True, False, set(), stop=stop)
+    assert status == code
+    recording.load(out_path)  # written either way
+    err = capsys.readouterr().err
+    if mode == "run":
+        assert f"{reason}; command still running as pid 4242, not waited for" in err

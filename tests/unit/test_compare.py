@@ -5,11 +5,14 @@ one-line errors."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
 import stat
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -821,6 +824,98 @@ def test_capture_is_capped():
     output = capture.finish()
     assert output == b"y" * 1000
     assert capture.truncated
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+
+
+def _started(path: Path) -> str:
+    deadline = time.monotonic() + 10
+    while not path.exists() or not path.read_text().endswith("\n"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return path.read_text()
+
+
+def test_a_bench_runs_command_still_running_at_the_end_is_stopped_and_reaped(tmp_path):
+    """bench -d: the command (and what it forked, which holds the capture
+    pipe) is stopped when collection stops, SIGTERM first, and reaped; it
+    was left running into the next run, a zombie once it ended, and the
+    capture waited its 5 s timeout for the pipe to close."""
+    capture = OutputCapture(None, cap=1 << 20)
+    pidfile = tmp_path / "child"
+    script = f"sleep 60 & echo $!; echo $! > {pidfile}; sleep 60; wait"
+    target = CapturedCommand(["sh", "-c", script], capture.write_fd)
+    capture.start()
+    target.begin()
+    child = int(_started(pidfile))
+    try:
+        target.end()
+        started = time.monotonic()
+        output = capture.finish()
+        assert time.monotonic() - started < 1  # the pipe closed: no 5 s wait
+        assert int(output) == child and not _alive(child)
+        assert (target.exit_status, target.exit_signal) == (128 + signal.SIGTERM, "SIGTERM")
+        assert target.ended_by_lockprof
+        with pytest.raises(ChildProcessError):
+            os.waitpid(target.tgid, os.WNOHANG)  # reaped, no zombie left
+        assert target.rusage()["elapsed_s"] > 0
+    finally:
+        for pid in (child, target.tgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            target.wait()
+
+
+def test_a_command_that_ignores_sigterm_is_killed_after_the_grace(monkeypatch, tmp_path):
+    monkeypatch.setattr(CapturedCommand, "STOP_GRACE_S", 0.2)
+    capture = OutputCapture(None, cap=1 << 20)
+    ready = tmp_path / "ready"
+    script = f"trap '' TERM; echo > {ready}; while :; do sleep 0.05; done"
+    target = CapturedCommand(["sh", "-c", script], capture.write_fd)
+    capture.start()
+    target.begin()
+    _started(ready)
+    started = time.monotonic()
+    target.end()
+    assert 0.2 <= time.monotonic() - started < 1.5
+    assert (target.exit_status, target.exit_signal) == (128 + signal.SIGKILL, "SIGKILL")
+    assert target.ended_by_lockprof
+    capture.finish(timeout=2)
+
+
+def test_a_command_that_exits_by_itself_is_not_said_to_be_stopped():
+    capture = OutputCapture(None, cap=1 << 20)
+    target = CapturedCommand(["true"], capture.write_fd)
+    capture.start()
+    target.begin()
+    while target.poll() is None:
+        time.sleep(0.01)
+    target.end()
+    capture.finish()
+    assert (target.exit_status, target.ended_by_lockprof) == (0, False)
+
+
+def test_a_stopped_run_is_no_failure():
+    """bench's run line and table say "(stopped)" for a command lockprof
+    stopped at -d, and neither bench nor compare warns of its 143."""
+    from profiler.cli import bench
+
+    before = make_set("before", BEFORE)
+    after = make_set("after", AFTER)
+    for run in after.runs:
+        run.recording.meta.update(exit_status=143, exit_signal="SIGTERM", ended_by_lockprof=True)
+    assert bench.run_line(1, 3, after.runs[0]).startswith("run 1/3: exit 143 (stopped), ")
+    assert runset.manifest(after)["runs"][0]["ended_by_lockprof"] is True
+    assert not any("exited" in w for w in cmp.compare(before, after).document["warnings"])
+    after.runs[0].recording.meta["ended_by_lockprof"] = False
+    assert "after: run 1 exited 143" in cmp.compare(before, after).document["warnings"]
 
 
 def test_histograms_are_kept_for_the_page():

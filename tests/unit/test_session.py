@@ -508,6 +508,31 @@ def test_a_command_still_running_at_the_end_has_its_own_rusage_over_the_window(m
         target.wait()
 
 
+def test_the_rusage_of_a_command_still_running_counts_its_reaped_children(tmp_path):
+    """`run -d -- make`: the figures of a command still running are, as
+    wait4's for one that exited, its own and its reaped children's
+    (/proc/PID/stat cutime, cstime, cminflt); utime and stime alone gave a
+    make near 0 s whose compilers did the work."""
+    ready = tmp_path / "ready"
+    burn = "import time\nwhile time.process_time() < 0.3: pass"
+    script = f'"{sys.executable}" -c "{burn}"; echo > {ready}; sleep 30'
+    target = CommandTarget(["sh", "-c", script])
+    try:
+        target.begin()
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        target.end()
+        assert target.poll() is None  # still running
+        rusage = target.rusage()
+        assert rusage["user_s"] + rusage["sys_s"] >= 0.25
+        assert rusage["minor_faults"] > 100  # the child's faults (Python's start-up)
+    finally:
+        os.kill(target.tgid, signal.SIGKILL)
+        target.wait()
+
+
 def test_lockprof_does_not_wait_for_a_command_still_running():
     """-d reached (no signal): not a moment's wait. After a signal: at most
     SIGNAL_GRACE_S, for a command the terminal's Ctrl-C is also ending, and
@@ -520,21 +545,51 @@ def test_lockprof_does_not_wait_for_a_command_still_running():
         stop = StopFlag()
         stop.request("duration 1s reached")
         started = time.monotonic()
-        session._let_the_command_die(target, stop)
+        session._grace_for_command(target, stop)
         assert time.monotonic() - started < 0.05
         stop.signum = signal.SIGTERM
         started = time.monotonic()
-        session._let_the_command_die(target, stop)
+        session._grace_for_command(target, stop)
         assert session.SIGNAL_GRACE_S <= time.monotonic() - started < session.SIGNAL_GRACE_S + 0.5
         stop.install()
         try:
             threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
             started = time.monotonic()
-            session._let_the_command_die(target, stop)  # no grace after SIGINT: honoured
+            session._grace_for_command(target, stop)  # no grace after SIGINT: honoured
             assert time.monotonic() - started < session.SIGNAL_GRACE_S
         finally:
             stop.uninstall()
         assert target.poll() is None
+    finally:
+        os.kill(target.tgid, signal.SIGKILL)
+        target.wait()
+
+
+def test_a_further_signal_during_the_grace_says_it_ends_the_wait(capfd):
+    """A second Ctrl-C while the command gets its moment to exit ends that
+    wait, and says so (it said "writing the recording, please wait")."""
+    from profiler.signals import WRITING, StopFlag
+
+    target = CommandTarget(["sleep", "30"])
+    try:
+        target.begin()
+        stop = StopFlag().install()
+        try:
+            stop.reason, stop.signum = "SIGINT received", signal.SIGINT
+            stop.draining = True  # as collect() sets it before the wait
+            capfd.readouterr()
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+            session._grace_for_command(target, stop)
+            assert stop.repeats == 1 and stop.phase == WRITING
+            err = capfd.readouterr().err
+            assert (
+                err == "lockprof: already stopping; no longer waiting for the command, "
+                "writing the recording\n"
+            )
+            os.kill(os.getpid(), signal.SIGINT)  # while writing: as before
+            assert capfd.readouterr().err.endswith("writing the recording, please wait\n")
+        finally:
+            stop.uninstall()
     finally:
         os.kill(target.tgid, signal.SIGKILL)
         target.wait()
@@ -548,7 +603,7 @@ def test_a_command_that_ends_with_the_signal_passes_its_status_on():
     stop = StopFlag()
     stop.signum = signal.SIGINT
     threading.Timer(0.05, os.kill, (target.tgid, signal.SIGINT)).start()
-    session._let_the_command_die(target, stop)
+    session._grace_for_command(target, stop)
     target.end()
     assert (target.exit_status, target.exit_signal) == (130, "SIGINT")
 
@@ -559,6 +614,9 @@ def test_a_command_left_running_is_noted():
     assert "rusage covers the collection window only" in note[0]
     assert summary.notes({"mode": "run", "target_pid": 42, "exit_status": 0}) == []
     assert summary.notes({"mode": "attach", "target_pid": 42, "exit_status": None}) == []
+    stopped = {"mode": "run", "target_pid": 42, "exit_status": 143, "ended_by_lockprof": True}
+    assert summary.notes(stopped) == [summary.command_stopped_note(42)]
+    assert "lockprof stopped it (SIGTERM, then SIGKILL)" in summary.notes(stopped)[0]
 
 
 def test_recordings_from_before_exit_signal_read_the_same():
