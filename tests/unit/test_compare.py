@@ -842,17 +842,23 @@ def _started(path: Path) -> str:
     return path.read_text()
 
 
+def _captured(argv: list[str]) -> tuple[OutputCapture, CapturedCommand]:
+    """bench's target for argv, started, with its output captured."""
+    capture = OutputCapture(None, cap=1 << 20)
+    target = CapturedCommand(argv, capture.write_fd)
+    capture.start()
+    target.begin()
+    return capture, target
+
+
 def test_a_bench_runs_command_still_running_at_the_end_is_stopped_and_reaped(tmp_path):
     """bench -d: the command (and what it forked, which holds the capture
     pipe) is stopped when collection stops, SIGTERM first, and reaped; it
     was left running into the next run, a zombie once it ended, and the
     capture waited its 5 s timeout for the pipe to close."""
-    capture = OutputCapture(None, cap=1 << 20)
     pidfile = tmp_path / "child"
     script = f"sleep 60 & echo $!; echo $! > {pidfile}; sleep 60; wait"
-    target = CapturedCommand(["sh", "-c", script], capture.write_fd)
-    capture.start()
-    target.begin()
+    capture, target = _captured(["sh", "-c", script])
     child = int(_started(pidfile))
     try:
         target.end()
@@ -875,12 +881,9 @@ def test_a_bench_runs_command_still_running_at_the_end_is_stopped_and_reaped(tmp
 
 def test_a_command_that_ignores_sigterm_is_killed_after_the_grace(monkeypatch, tmp_path):
     monkeypatch.setattr(CapturedCommand, "STOP_GRACE_S", 0.2)
-    capture = OutputCapture(None, cap=1 << 20)
     ready = tmp_path / "ready"
     script = f"trap '' TERM; echo > {ready}; while :; do sleep 0.05; done"
-    target = CapturedCommand(["sh", "-c", script], capture.write_fd)
-    capture.start()
-    target.begin()
+    capture, target = _captured(["sh", "-c", script])
     _started(ready)
     started = time.monotonic()
     target.end()
@@ -891,10 +894,7 @@ def test_a_command_that_ignores_sigterm_is_killed_after_the_grace(monkeypatch, t
 
 
 def test_a_command_that_exits_by_itself_is_not_said_to_be_stopped():
-    capture = OutputCapture(None, cap=1 << 20)
-    target = CapturedCommand(["true"], capture.write_fd)
-    capture.start()
-    target.begin()
+    capture, target = _captured(["true"])
     while target.poll() is None:
         time.sleep(0.01)
     target.end()
