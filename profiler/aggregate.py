@@ -660,9 +660,7 @@ class SummaryRows:
         if merged.empty:
             return
         self._identities = _lock_identities(merged)
-        # Families that see every acquisition (the mmap_lock tracepoints and lock
-        # specs' functions), as opposed to contended waits only.
-        every_acquisition = [schema.const("LP_SRC_MMAP_LOCK"), schema.const("LP_SRC_SPEC")]
+        every_acquisition = list(schema.every_acquisition_sources())
         keys = pd.DataFrame(
             {
                 "lock": merged["lock"].to_numpy(dtype=np.uint64),

@@ -67,6 +67,13 @@ def stack_rate_note(meta: dict) -> str | None:
 SOURCE_NAMES = {0: "mmap_lock", 1: "contention", 2: "lockspec"}
 
 
+def every_acquisition_sources() -> tuple[int, int]:
+    """The probe families that count every acquisition (the mmap_lock
+    tracepoints, lock specs' functions); lock:contention_* sees contended
+    waits only."""
+    return const("LP_SRC_MMAP_LOCK"), const("LP_SRC_SPEC")
+
+
 def classify(source: int, flags: int) -> tuple[str, str]:
     """(lock class, mode) of an aggregate row, from its probe family and flags.
 

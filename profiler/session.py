@@ -419,9 +419,7 @@ def busiest_rows(rows: dict, columns: list[str], limit: int) -> tuple[dict, int]
 
 
 def _sees_every_acquisition(source: int) -> bool:
-    """The mmap_lock tracepoints and lock specs' functions count every
-    acquisition; lock:contention_* sees contended waits only."""
-    return source in (schema.const("LP_SRC_MMAP_LOCK"), schema.const("LP_SRC_SPEC"))
+    return source in schema.every_acquisition_sources()
 
 
 @functools.cache
