@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import time
@@ -88,15 +89,26 @@ def check_pid(pid: int) -> int:
     return pid
 
 
-def _proc_times(pid: int) -> tuple[float, float, int] | None:
-    """(user s, sys s, minor faults) of a live process, or None if gone."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after "pid (comm)", or None if there is
+    no such process. Field N of proc(5) is at index N - 3: state 0, minflt
+    7, cminflt 8, utime 11, stime 12, cutime 13, cstime 14, starttime 19."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()  # the comm may not be UTF-8
     except OSError:
         return None
-    fields = stat.rsplit(b")", 1)[1].split()
-    # After "pid (comm)": state=0, minflt=7, utime=11, stime=12 (proc(5) minus 3).
+    return stat.rsplit(b")", 1)[1].split()
+
+
+def _times(fields: list[bytes]) -> tuple[float, float, int]:
+    """(user s, sys s, minor faults) of a process, from its _stat_fields."""
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS, int(fields[7])
+
+
+def _proc_times(pid: int) -> tuple[float, float, int] | None:
+    """(user s, sys s, minor faults) of a live process, or None if gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else _times(fields)
 
 
 def _system_times() -> tuple[float, float, int]:
@@ -293,9 +305,9 @@ class PidTarget(Target):
     def __init__(self, pid: int):
         super().__init__()
         self.tgid = check_pid(pid)
-        life = _life(self.tgid)
+        fields = _stat_fields(self.tgid)
         # Its start time tells it from a process given its pid later.
-        self._started = life[1] if life else None
+        self._started = int(fields[19]) if fields else None
         self._comm = comm_of(self.tgid)
         self._cmdline = cmdline_of(self.tgid)
         self.lineage = Lineage(self.tgid)
@@ -314,37 +326,28 @@ class PidTarget(Target):
         nothing to record: one line and a nonzero exit, not an empty
         recording that looks like success. (One that exits from here on
         ends a collection that has started: its recording is written.)"""
-        if _gone(self.tgid, self._started):
+        if _ended(_stat_fields(self.tgid), self._started):
             raise LockprofError(
                 f"pid {self.tgid} exited before collection started; nothing was recorded"
             )
 
     def poll(self) -> str | None:
-        sample = self._sample()
-        if sample is None or _gone(self.tgid, self._started):
+        fields = _stat_fields(self.tgid)  # read once: whether it runs, and its times
+        if fields is None or _ended(fields, self._started):
             return f"pid {self.tgid} exited"
-        self._last = sample
+        self._last = _times(fields)
         if self.lineage is not None:
             self.lineage.observe(time.monotonic() - self._start_wall)
         return None
 
 
-def _life(pid: int) -> tuple[bytes, int] | None:
-    """(state, start time in clock ticks after boot) of a process, or None
-    if there is none. A pid taken by a new process has a later start time."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = stat.rsplit(b")", 1)[1].split()
-    return fields[0], int(fields[19])  # proc(5) fields 3 and 22
-
-
-def _gone(pid: int, started: int | None) -> bool:
-    """Has the process that started at `started` exited (a zombie, reaped,
-    or its pid reused by another since)?"""
-    life = _life(pid)
-    return life is None or life[0] in (b"Z", b"X") or (started is not None and life[1] != started)
+def _ended(fields: list[bytes] | None, started: int | None) -> bool:
+    """Has the process that started at `started` (clock ticks after boot)
+    exited: reaped (fields None), a zombie, or its pid taken by a process
+    that started later?"""
+    if fields is None or fields[0] in (b"Z", b"X"):
+        return True
+    return started is not None and int(fields[19]) != started
 
 
 def _set_own_comm(name: str) -> None:
@@ -504,13 +507,10 @@ class CommandTarget(Target):
         it has reaped, as wait4 gives them once it exits (`run -f -- make`:
         the compilers' time is make's children's): /proc/PID/stat's utime +
         cutime, stime + cstime, minflt + cminflt. None once gone."""
-        try:
-            stat = Path(f"/proc/{self.tgid}/stat").read_bytes()
-        except OSError:
+        fields = _stat_fields(self.tgid)
+        if fields is None:
             return None
-        # After "pid (comm)": minflt=7, cminflt=8, utime=11, stime=12,
-        # cutime=13, cstime=14 (proc(5)'s numbering minus 3).
-        f = [int(x) for x in stat.rsplit(b")", 1)[1].split()[7:15]]
+        f = [int(x) for x in fields[7:15]]  # minflt, cminflt, ..., utime 11 to cstime 14
         return (f[4] + f[6]) / CLOCK_TICKS, (f[5] + f[7]) / CLOCK_TICKS, f[0] + f[1]
 
     def end(self) -> None:
@@ -554,8 +554,6 @@ class CommandTarget(Target):
                 os.close(fd)
 
     def _all_gone(self, pidfds: list[int]) -> bool:
-        import select
-
         # A pidfd becomes readable once its process has exited.
         exited = select.select(pidfds, [], [], 0)[0]
         return self.poll() is not None and len(exited) == len(pidfds)

@@ -792,8 +792,13 @@ def test_a_pid_taken_by_another_process_is_not_the_target(monkeypatch):
     try:
         target = PidTarget(child.pid)
         target.check_present()  # the same process: collection may start
-        real_life = targets._life
-        monkeypatch.setattr(targets, "_life", lambda pid: (b"S", real_life(pid)[1] + 1))
+        real_fields = targets._stat_fields
+
+        def started_later(pid):  # a new process on the pid: a later start time
+            fields = real_fields(pid)
+            return [*fields[:19], str(int(fields[19]) + 1).encode(), *fields[20:]]
+
+        monkeypatch.setattr(targets, "_stat_fields", started_later)
         with pytest.raises(LockprofError, match="exited before collection started"):
             target.check_present()
         assert target.poll() == f"pid {child.pid} exited"
