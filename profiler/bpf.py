@@ -897,14 +897,15 @@ class BpfSession:
     def target_lock(self) -> int:
         return int(self._bpf["lp_config"][ctypes.c_int(0)].target_lock)
 
-    def learn_target_lock(self, tgid: int) -> bool:
+    def learn_target_lock(self, tgid: int) -> None:
         """Make a running target's mmap_lock known now, not when the target
         next takes it: a target asleep for the whole run never does, and
         the other tasks taking its lock (/proc/N readers, khugepaged) would
         go uncounted. Reading /proc/N/cmdline takes the target's mmap_lock
         from lockprof's own task, where the armed probes recognise the mm
         by its owner (probes/lockprof.bpf.c lp_learn_idle_target; kernels
-        with CONFIG_MEMCG). False if it is still unknown.
+        with CONFIG_MEMCG; elsewhere it stays unknown until the target
+        takes it).
 
         The read waits for the lock: a target holding it for write for
         seconds (what the user may be here to see) would hold up the start,
@@ -918,7 +919,6 @@ class BpfSession:
         reader = threading.Thread(target=look, name="lockprof-learn", daemon=True)
         reader.start()
         reader.join(LEARN_READ_WAIT_S)
-        return self.target_lock() != 0
 
     def stack_frames(self, stack_id: int) -> list[str]:
         """Kernel frames of a stack, innermost first, as function+0xoffset."""
