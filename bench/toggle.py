@@ -226,7 +226,6 @@ class Results:
         self.window_ops: dict[str, list[int]] = {s: [] for s in states}
         # the workload process (0, 1, ...) of each cycle
         self.process_of_cycle: list[int] = []
-        self.ops: dict[str, int] = dict.fromkeys(states, 0)
         self.seconds: dict[str, float] = dict.fromkeys(states, 0.0)
         self.runs: dict[str, dict[str, list[int]]] = {s: {} for s in states}
         self.errors: dict[str, dict[str, int]] = {}  # lockprof session -> lp_errors
@@ -237,7 +236,6 @@ class Results:
     def add(self, state: str, ops: int, seconds: float, before: dict, after: dict) -> None:
         self.rates[state].append(ops / seconds)
         self.window_ops[state].append(ops)
-        self.ops[state] += ops
         self.seconds[state] += seconds
         for fn, (runs, ns) in after.items():
             total = self.runs[state].setdefault(fn, [0, 0])
@@ -513,7 +511,7 @@ def _run_stats_table(results: Results) -> list[str]:
         for fn, (runs, ns) in sorted(programs.items()):
             if runs:
                 lines.append(
-                    f"| {state} | {fn} | {runs / max(results.ops[state], 1):.2f} | "
+                    f"| {state} | {fn} | {runs / max(sum(results.window_ops[state]), 1):.2f} | "
                     f"{ns / runs:.0f} | {ns / 1e6 / seconds:.2f} |"
                 )
     return lines
