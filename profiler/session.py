@@ -528,14 +528,17 @@ class _LockNamer:
         return pd.DataFrame(self._session.read_callers(retired), columns=CALLER_COLUMNS)
 
     def frames(self, stack_ids) -> dict[int, list[str]]:
-        for stack_id in stack_ids:
-            stack_id = int(stack_id)
+        """The frames of these stacks (each read once, then cached). Only
+        these: the cache also holds the ids name() looked up, a failed
+        capture's errno (-17) among them, which are no stacks to record."""
+        wanted = [int(stack_id) for stack_id in stack_ids]
+        for stack_id in wanted:
             if stack_id not in self._frames:
                 # Stacks share most frames: one string per frame, not per
                 # stack (thousands of stacks are kept in a long run).
                 frames = self._stack_frames(stack_id)
                 self._frames[stack_id] = [sys.intern(f) for f in frames]
-        return self._frames
+        return {stack_id: self._frames[stack_id] for stack_id in wanted}
 
     def _stack_frames(self, stack_id: int) -> list[str]:
         """A stack's frames, or none: frames only name callers, and a stack

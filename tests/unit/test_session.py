@@ -943,3 +943,13 @@ def test_events_frame_decodes_comms_once_each(comm_dtype):
     assert frame["comm"].tolist() == ["mmapcount", "sh", bad, bad, "fifteen-bytes!!"]
     assert frame["kind"].tolist() == ["wait", "hold", "hold", "wait", "wait"]
     assert frame["t_s"].tolist() == pytest.approx([0, 1e-9, 2e-9, 3e-9, 4e-9])
+
+
+def test_the_namer_gives_the_frames_of_the_stacks_asked_for_only():
+    """The recording's stacks table is namer.frames(the ids its tables hold,
+    >= 0); naming locks first looked up every caller's id, a failed
+    capture's -17 too, and the table got a stack -17 with no frames."""
+    fake = SimpleNamespace(stack_frames=lambda stack_id: [] if stack_id < 0 else [f"f{stack_id}"])
+    namer = session._LockNamer(fake)
+    assert namer.frames([3, -17, -1]) == {3: ["f3"], -17: [], -1: []}
+    assert namer.frames([3, 5]) == {3: ["f3"], 5: ["f5"]}
