@@ -1369,8 +1369,13 @@ static __always_inline void lp_nest_pop(struct bpf_raw_tracepoint_args *ctx,
 	if (wait_ns >= cfg->stack_threshold_ns) {
 		if (lp_stack_allowed(cfg, now)) {
 			stack_id = lp_stacks.get_stackid(ctx, 0);
-			if (stack_id < 0)
+			if (stack_id < 0) {
+				/* An errno (-EEXIST: the bucket holds another
+				 * stack): the wait joins the ones with no stack,
+				 * not a caller row of its own per errno. */
 				lp_error(LP_ERR_STACK);
+				stack_id = -1;
+			}
 		} else {
 			lp_error(LP_ERR_STACK_RATE);
 		}
@@ -1629,6 +1634,10 @@ int lp_offcpu_switch(struct bpf_raw_tracepoint_args *ctx)
 		struct lp_offcpu_start blocked = { .ts_ns = now, .tgid = pid_tgid >> 32 };
 
 		blocked.stack_id = lp_stacks.get_stackid(ctx, 0);
+		if (blocked.stack_id < 0) { /* an errno: one no-stack row, as for waits */
+			lp_error(LP_ERR_STACK);
+			blocked.stack_id = -1;
+		}
 		bpf_get_current_comm(&blocked.comm, sizeof(blocked.comm));
 		if (lp_offcpu_start.update(&tid, &blocked))
 			lp_error(LP_ERR_OFFCPU_MAP_FULL);

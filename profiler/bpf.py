@@ -60,6 +60,8 @@ NO_MM_ID_ENV = "LOCKPROF_TEST_NO_MM_ID"
 # Test hook: keep N frames per kernel stack (LP_STACK_DEPTH), so that a test
 # sees stacks that fill their bucket.
 STACK_DEPTH_ENV = "LOCKPROF_TEST_STACK_DEPTH"
+# Test hook: a stack map of N buckets, so that captures fail (-EEXIST).
+MAX_STACKS_ENV = "LOCKPROF_TEST_MAX_STACKS"
 # Test hook: the contention programs' running marks are set and never
 # cleared, so that a test can see that they are set (LP_TEST_KEEP_MARKS).
 KEEP_MARKS_ENV = "LOCKPROF_TEST_KEEP_MARKS"
@@ -178,6 +180,9 @@ def probe_cflags(families: Iterable[str]) -> tuple[list[str], int]:
     if cap:
         max_locks = int(cap)
         flags += [f"-DLP_MAX_{m}={max_locks}" for m in ("TASKS", "CALLERS", "STACKS", "OWNERS")]
+    stacks = os.environ.get(MAX_STACKS_ENV)
+    if stacks:
+        flags.append(f"-DLP_MAX_STACKS={int(stacks)}")
     depth = os.environ.get(STACK_DEPTH_ENV)
     if depth:
         flags.append(f"-DLP_STACK_DEPTH={int(depth)}")

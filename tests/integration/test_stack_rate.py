@@ -8,7 +8,7 @@ from conftest import BIN
 
 import profiler
 from profiler import summary
-from profiler.bpf import STACK_DEPTH_ENV
+from profiler.bpf import MAX_STACKS_ENV, STACK_DEPTH_ENV
 
 RWCONTEND = [str(BIN / "rwcontend"), "-w", "2", "-r", "2", "-S", "2", "-m", "16"]
 
@@ -71,3 +71,22 @@ def test_stacks_deeper_than_their_bucket_keep_their_innermost_frames(lockprof_fa
     # frames, and counted in errors["stack"] with the captures the kernel
     # failed: those vary from run to run, 0 to 213 here, so are not checked).
     assert all(len(f) for f in cut.stacks["frames"]), "a stack read back without frames"
+
+
+def test_a_failed_stack_capture_joins_the_waits_without_a_stack(lockprof_factory, tmp_path):
+    """A stack map of 2 buckets: most captures fail (-EEXIST, the bucket
+    holds another stack). Each such wait is counted in errors["stack"] and
+    kept under stack -1 with the waits that got no stack, not under its
+    errno as a caller of its own (with no frames)."""
+    rec = contended(
+        lockprof_factory, tmp_path, "few.lpr", "--stack-rate", "0", env={MAX_STACKS_ENV: "2"}
+    )
+    waits = int(rec.intervals.loc[rec.intervals["source"] == 1, "contended"].sum())
+    failed = rec.meta["errors"]["stack"]
+    callers = rec.callers
+    assert set(callers.loc[callers["stack_id"] < 0, "stack_id"]) == {-1}
+    assert (callers["stack_id"] < 2).all()  # 2 buckets: ids 0 and 1
+    stackless = int(callers.loc[callers["stack_id"] == -1, "count"].sum())
+    stacked = int(callers.loc[callers["stack_id"] >= 0, "count"].sum())
+    assert waits > 100 and failed > waits // 2, (waits, failed)
+    assert stackless == failed and stacked + stackless == waits
