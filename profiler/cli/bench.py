@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import statistics
@@ -47,6 +48,9 @@ def one_run(
     capture.start()
     try:
         rec = collect(options, target, working)
+    except BaseException:
+        _stop_after_failure(target)
+        raise
     finally:
         output = capture.finish()
     throughput = parse_throughput(regex, output.decode(errors="replace")) if regex else None
@@ -56,6 +60,14 @@ def one_run(
         stdout=output,
         stdout_truncated=capture.truncated,
     )
+
+
+def _stop_after_failure(target: CapturedCommand) -> None:
+    """Collection failed: a command it had released must not run on (into
+    the next run, or after lockprof exits); one it never released was
+    killed and reaped already (CommandTarget.abandon)."""
+    with contextlib.suppress(ChildProcessError, ProcessLookupError):
+        target.stop()
 
 
 def _totals(rec: recording.Recording) -> tuple[int, int]:
