@@ -819,8 +819,9 @@ static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task 
  * target's mmap_lock for read from lockprof's own task (whose events a
  * targeted run leaves out, lp_wanted): that mm is the target's if its owner
  * (CONFIG_MEMCG's mm->owner, a task of the process that owns it) is in the
- * target process. Only lockprof's own events, and only until the lock is
- * known, pay for the two reads.
+ * target process. With --follow, the same for each descendant alive at
+ * attach (Python reads their cmdline too). Only lockprof's own events pay
+ * for the reads, and without --follow only until the lock is known.
  */
 static __always_inline void lp_learn_idle_target(struct lp_config *cfg, u64 mm, u32 tgid)
 {
@@ -828,23 +829,33 @@ static __always_inline void lp_learn_idle_target(struct lp_config *cfg, u64 mm, 
 	struct lp_owner owner = {};
 	struct lp_owner_key seen = {};
 	u64 task = 0, lock = mm + LP_MMAP_LOCK_OFFSET;
-	u32 gen;
+	u32 gen, one = 1;
 
-	if (cfg->target_lock || tgid != cfg->self_tgid)
+	if (tgid != cfg->self_tgid || (cfg->target_lock && !cfg->follow))
 		return;
 	bpf_probe_read_kernel(&task, sizeof(task), (void *)(mm + LP_MM_OWNER_OFFSET));
 	if (!task)
 		return;
 	bpf_probe_read_kernel(&owner.tgid, sizeof(owner.tgid), (void *)(task + LP_TASK_TGID_OFFSET));
-	if (owner.tgid != cfg->target_tgid)
-		return;
+	if (owner.tgid == cfg->target_tgid) {
+		if (cfg->target_lock)
+			return;
+	} else if (!cfg->follow || !lp_followed.lookup(&owner.tgid) ||
+		   lp_followed_locks.lookup(&lock)) {
+		return; /* not a descendant's, or its lock is known */
+	}
 	bpf_probe_read_kernel(&owner.comm, sizeof(owner.comm), (void *)(task + LP_TASK_COMM_OFFSET));
 	gen = lp_learn_gen(mm, owner.tgid);
 	seen.lock = lock;
 	seen.mm_gen = gen;
-	/* As lp_learn_owner() would when the target first takes its lock. */
+	/* As lp_learn_owner() would when the process first takes its lock. */
 	if (lp_owners.update(&seen, &owner) || lp_mm_gens.update(&lock, &gen))
 		lp_error(LP_ERR_OWNER_MAP_FULL);
+	if (owner.tgid != cfg->target_tgid) {
+		if (lp_followed_locks.update(&lock, &one))
+			lp_error(LP_ERR_FOLLOW_MAP_FULL);
+		return;
+	}
 	cfg->target_gen = gen;
 	cfg->target_lock = lock; /* one aligned 8-byte store */
 #endif

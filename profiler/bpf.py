@@ -29,8 +29,9 @@ from profiler.spool import RecordSpool
 
 _RING_CHECK_S = 0.010
 _RING_BUSY_CHECK_S = 0.001
-# How long attach waits for its read of the target's /proc/N/cmdline (a
-# target's lock held for write longer than this only delays the learning).
+# How long attach waits for its reads of /proc/N/cmdline (the target's, and
+# with --follow its descendants': a lock held for write longer than this only
+# delays the learning).
 LEARN_READ_WAIT_S = 0.5
 # A retired per-task row (struct lp_task_key and lp_task_stats, packed).
 _RETIRED_TASK = np.dtype(
@@ -360,6 +361,8 @@ class BpfSession:
         if lock_types is not None:
             self._drop_lock_types(lock_types)
         self.followed_gone = 0  # followed processes that exited (forget_dead_followed)
+        # --follow: the descendants alive at attach (learn_target_lock looks at them too)
+        self._followed_at_start: list[int] = []
         if follow:
             self._follow_descendants(target_tgid)
         self._stats_columns = _flat_fields(self._bpf["lp_stats"].sLeaf)
@@ -410,7 +413,8 @@ class BpfSession:
         from profiler.targets import descendants_of
 
         followed = self._bpf["lp_followed"]
-        for tgid in descendants_of(target_tgid):
+        self._followed_at_start = list(descendants_of(target_tgid))
+        for tgid in self._followed_at_start:
             followed[ctypes.c_uint(tgid)] = ctypes.c_uint(1)
 
     def forget_dead_followed(self, alive, owners: dict[int, tuple[int, str]]) -> None:
@@ -910,16 +914,18 @@ class BpfSession:
         from lockprof's own task, where the armed probes recognise the mm
         by its owner (probes/lockprof.bpf.c lp_learn_idle_target; kernels
         with CONFIG_MEMCG; elsewhere it stays unknown until the target
-        takes it).
+        takes it). With --follow, the same for the descendants alive at
+        attach.
 
-        The read waits for the lock: a target holding it for write for
+        A read waits for the lock: a process holding it for write for
         seconds (what the user may be here to see) would hold up the start,
         with only SIGKILL to end it. The probes learn the lock as the read
         starts waiting, so a daemon thread reads and the start goes on."""
 
         def look() -> None:
-            with contextlib.suppress(OSError), open(f"/proc/{tgid}/cmdline", "rb") as cmdline:
-                cmdline.read(1)  # one page's copy takes the lock once
+            for pid in (tgid, *self._followed_at_start):
+                with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    cmdline.read(1)  # one page's copy takes the lock once
 
         reader = threading.Thread(target=look, name="lockprof-learn", daemon=True)
         reader.start()

@@ -539,6 +539,48 @@ def test_run_follow_profiles_the_commands_descendants(tmp_path):
     ) in done.stdout
 
 
+def _child_of(pid: int, timeout: float = 10.0) -> int:
+    """The one child of pid, once it has forked it."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = children.read_text().split()
+        if found:
+            return int(found[0])
+        time.sleep(0.02)
+    raise AssertionError(f"pid {pid} forked no child")
+
+
+def test_attach_follow_knows_an_idle_descendants_lock_from_the_start(lockprof_factory, tmp_path):
+    """attach -f to a shell waiting on a sleeping child: neither takes its
+    own mmap_lock during the run, yet readers of the child's
+    /proc/N/cmdline are counted on the child's lock, which lockprof learned
+    by looking at it (lp_learn_idle_target) as it did the target's."""
+    from profiler import btf
+
+    if btf.probe_offsets()["LP_MM_OWNER_OFFSET"] < 0:
+        pytest.skip("no mm_struct.owner (CONFIG_MEMCG): learned when the child takes its lock")
+    shell = subprocess.Popen(["sh", "-c", "sleep 60 & wait"])
+    try:
+        child = _child_of(shell.pid)
+        lp = lockprof_factory("attach", "-f", "-p", str(shell.pid), "-o", "f.lpr", "-q")
+        lp.wait_attached()
+        for _ in range(5):
+            subprocess.run(["cat", f"/proc/{child}/cmdline"], capture_output=True, check=True)
+        code, _out, err = lp.stop()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        shell.kill()
+        shell.wait()
+    assert code == 0, err
+    rec = profiler.load(tmp_path / "f.lpr")
+    child_locks = set(rec.locks.loc[rec.locks["owner_pid"] == child, "lock"])
+    assert len(child_locks) == 1, rec.locks
+    cats = rec.tasks[(rec.tasks["comm"] == "cat") & rec.tasks["lock"].isin(child_locks)]
+    assert cats["waits"].sum() >= 5, rec.tasks
+
+
 def test_run_states_that_forked_children_are_not_followed(tmp_path):
     done = subprocess.run(
         [
