@@ -13,6 +13,7 @@ against its RSS before the end began. Then `lockprof show` and
 `lockprof show --json` of the recording it wrote, with their peak RSS.
 
     .venv/bin/python bench/endrun.py [--rows 334000] [--keys 150000] [--from FILE]
+        [--keep FILE]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -154,6 +156,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=334_000)
     parser.add_argument("--keys", type=int, default=150_000)
     parser.add_argument("--from", dest="source", type=Path)
+    parser.add_argument("--keep", type=Path, help="copy the recording written to FILE")
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -180,6 +183,8 @@ def main() -> int:
         for extra in ([], ["--json"]):
             seconds, peak = timed([*lockprof, "show", *extra, str(out)])
             print(f"show {' '.join(extra)}: {seconds:.1f} s, peak {peak:.0f} MB")
+        if args.keep:
+            shutil.copyfile(out, args.keep)
     return 0
 
 
