@@ -1609,6 +1609,41 @@ int lp_spec_sum_ret(struct pt_regs *ctx)
 
 #endif /* LP_WITH_LOCK_SPECS */
 
+/* ---- runqueue locks: sched_update_nr_running_tp(struct rq *rq, int change) ----
+ * A bare tracepoint (no trace event: raw attach only), hit as a runqueue
+ * gains or loses a task. Attached from the start until every CPU's rq has
+ * been seen (profiler/bpf.py learn_rq_locks), so that contention on
+ * rq->__lock is named as the runqueue lock of its CPU (as perf lock
+ * contention's rq_lock), not after a scheduler function that took it. */
+#ifndef LP_RQ_LOCK_OFFSET
+#define LP_RQ_LOCK_OFFSET -1 /* offsetof(struct rq, __lock), from BTF */
+#endif
+#ifndef LP_RQ_CPU_OFFSET
+#define LP_RQ_CPU_OFFSET -1 /* offsetof(struct rq, cpu), from BTF */
+#endif
+#ifndef LP_MAX_RQ_CPUS
+#define LP_MAX_RQ_CPUS 1024
+#endif
+#if LP_RQ_LOCK_OFFSET >= 0 && LP_RQ_CPU_OFFSET >= 0
+BPF_ARRAY(lp_rq_locks, u64, LP_MAX_RQ_CPUS); /* CPU -> its rq->__lock */
+
+int lp_learn_rq(struct bpf_raw_tracepoint_args *ctx)
+{
+	u64 rq = ctx->args[0], *known;
+	int cpu = -1;
+
+	/* The rq's own CPU, not this one: a wakeup enqueues on another CPU's rq. */
+	bpf_probe_read_kernel(&cpu, sizeof(cpu), (void *)(rq + LP_RQ_CPU_OFFSET));
+	if (cpu < 0 || cpu >= LP_MAX_RQ_CPUS)
+		return 0;
+	u32 key = cpu;
+	known = lp_rq_locks.lookup(&key);
+	if (known && *known == 0)
+		*known = rq + LP_RQ_LOCK_OFFSET; /* one aligned 8-byte store */
+	return 0;
+}
+#endif
+
 #if LP_WITH_OFFCPU
 /* ---- off-CPU: sched_switch(bool preempt, prev, next, unsigned int prev_state) ---- */
 

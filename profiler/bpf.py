@@ -33,6 +33,10 @@ _RING_BUSY_CHECK_S = 0.001
 # with --follow its descendants': a lock held for write longer than this only
 # delays the learning).
 LEARN_READ_WAIT_S = 0.5
+# Each CPU's runqueue lock is learned from this bare tracepoint (lp_learn_rq),
+# for at most this long from the start.
+RQ_TRACEPOINT = b"sched_update_nr_running_tp"
+RQ_LEARN_S = 5.0
 # A retired per-task row (struct lp_task_key and lp_task_stats, packed).
 _RETIRED_TASK = np.dtype(
     [
@@ -174,6 +178,7 @@ def probe_cflags(families: Iterable[str]) -> tuple[list[str], int]:
     flags = [f"-D{name}={value}" for name, value in offsets.items()]
     # Numbered mm generations (no x86 ids): the low bits hold the CPU.
     flags.append(f"-DLP_GEN_CPU_BITS={max(1, (possible_cpus() - 1).bit_length())}")
+    flags.append(f"-DLP_MAX_RQ_CPUS={max(import_bcc().utils.get_possible_cpus()) + 1}")
     # Test hook (tests/integration/test_reliability.py): every map (locks,
     # tasks, callers, stacks, owners) holds at most N entries, so that a
     # test can fill them and check that overflows are counted.
@@ -361,6 +366,8 @@ class BpfSession:
         if lock_types is not None:
             self._drop_lock_types(lock_types)
         self.followed_gone = 0  # followed processes that exited (forget_dead_followed)
+        self._rq_names: dict[int, str] = {}  # rq_lock_names
+        self._rq_learning_until: float | None = None  # lp_learn_rq attached until then
         # --follow: the descendants alive at attach (learn_target_lock looks at them too)
         self._followed_at_start: list[int] = []
         if follow:
@@ -467,6 +474,7 @@ class BpfSession:
     def attach(self) -> list[Attached]:
         for chosen in self.plans:
             self._attach_one(chosen)
+        self._learn_rq_locks()
         self._arm()
         self._ring = RingReader(
             self._bpf["lp_events"].map_fd,
@@ -507,6 +515,37 @@ class BpfSession:
                 f"attaching {chosen.probe.name} to {point.mechanism} {point.target} failed: {exc}"
             ) from None
         self.attached.append(Attached(chosen.probe.name, point.mechanism, point.target))
+
+    def _learn_rq_locks(self) -> None:
+        """Contention runs: attach lp_learn_rq, which notes each CPU's
+        runqueue lock as the scheduler uses it (rq_lock_names). Without the
+        BTF offsets or the bare tracepoint (older kernels), those locks keep
+        their callers' names."""
+        if "contention" not in self.families:
+            return
+        try:
+            self._bpf["lp_rq_locks"]  # compiled only with the offsets
+            self._bpf.attach_raw_tracepoint(tp=RQ_TRACEPOINT, fn_name=b"lp_learn_rq")
+        except Exception:
+            return
+        self._rq_learning_until = time.monotonic() + RQ_LEARN_S
+
+    def rq_lock_names(self) -> dict[int, str]:
+        """Address -> name of the runqueue locks learned so far ("rq_lock
+        cpu3"). The program is detached once every online CPU's is known,
+        or after RQ_LEARN_S: it runs on every enqueue and dequeue."""
+        if self._rq_learning_until is not None:
+            table = self._bpf["lp_rq_locks"]
+            online = online_cpus()
+            for cpu in online:
+                address = int(table[ctypes.c_int(cpu)].value)
+                if address:
+                    self._rq_names[address] = f"rq_lock cpu{cpu}"
+            if len(self._rq_names) >= len(online) or time.monotonic() > self._rq_learning_until:
+                with contextlib.suppress(Exception):
+                    self._bpf.detach_raw_tracepoint(tp=RQ_TRACEPOINT)
+                self._rq_learning_until = None
+        return self._rq_names
 
     def close(self) -> None:
         """Detach everything and release the maps. Safe to call twice."""

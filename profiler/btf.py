@@ -223,6 +223,9 @@ OPTIONAL_PROBE_OFFSETS = {
     "LP_MM_MAP_COUNT_OFFSET": ("mm_struct", "map_count"),
     # CONFIG_MEMCG: whose mm is it (--pid on an idle target, lp_learn_idle_target)
     "LP_MM_OWNER_OFFSET": ("mm_struct", "owner"),
+    # CONFIG_SMP: each CPU's runqueue lock, named as such (lp_learn_rq)
+    "LP_RQ_LOCK_OFFSET": ("rq", "__lock"),
+    "LP_RQ_CPU_OFFSET": ("rq", "cpu"),
 }
 
 

@@ -211,6 +211,7 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
             else:
                 next_tick += interval_ns
             snapshot = _take_interval(session, state, (now - start_ns) / 1e9)
+            session.rq_lock_names()  # reads what lp_learn_rq found; detaches it when done
             if now - state.retired_ns >= retire_ns:
                 state.retired_ns = now
                 session.retire_dead_tasks(_task_alive)
@@ -558,6 +559,8 @@ class _LockNamer:
         and gets the exited processes' mmap_locks named too."""
         if self._data_symbols is None:
             self._data_symbols = ksyms.data_symbols()
+        # Objects the probes recognised (runqueue locks), then kallsyms.
+        symbols = {**self._data_symbols, **self._session.rq_lock_names()}
         final = callers is not None
         if callers is None:
             callers = self.callers(retired=False)
@@ -568,7 +571,7 @@ class _LockNamer:
             self._session.lock_owners(forgotten=final),
             callers,
             stacks,
-            self._data_symbols,
+            symbols,
             spec_class=self._spec_class,
             addresses=self._session.lock_addresses(forgotten=final),
         )

@@ -482,6 +482,8 @@ def test_probe_offsets_are_cached_per_blob(vmlinux, tmp_path, monkeypatch):
         "LP_MM_ID_OFFSET": vmlinux.member_offset("mm_struct", "context.ctx_id"),
         "LP_MM_MAP_COUNT_OFFSET": vmlinux.member_offset("mm_struct", "map_count"),
         "LP_MM_OWNER_OFFSET": vmlinux.member_offset("mm_struct", "owner"),
+        "LP_RQ_LOCK_OFFSET": vmlinux.member_offset("rq", "__lock"),
+        "LP_RQ_CPU_OFFSET": vmlinux.member_offset("rq", "cpu"),
     }
     assert offsets["LP_MM_ID_OFFSET"] > 0  # x86's per-mm context id: this machine has one
     (cache,) = (tmp_path / "lockprof").glob("offsets-*.json")
@@ -498,6 +500,8 @@ def test_probe_offsets_are_cached_per_blob(vmlinux, tmp_path, monkeypatch):
         "LP_MM_ID_OFFSET": 5,
         "LP_MM_MAP_COUNT_OFFSET": 7,
         "LP_MM_OWNER_OFFSET": 10,
+        "LP_RQ_LOCK_OFFSET": 11,
+        "LP_RQ_CPU_OFFSET": 12,
     }
     cache.write_text(json.dumps(fake))
     assert btf.probe_offsets() == fake
@@ -540,6 +544,8 @@ def test_probe_offsets_from_a_synthetic_blob(tmp_path, monkeypatch):
         "LP_MM_ID_OFFSET": -1,  # optional: this mm_struct has no context.ctx_id
         "LP_MM_MAP_COUNT_OFFSET": -1,  # nor map_count
         "LP_MM_OWNER_OFFSET": -1,  # nor owner
+        "LP_RQ_LOCK_OFFSET": -1,  # no struct rq: runqueue locks are named by their callers
+        "LP_RQ_CPU_OFFSET": -1,
     }
 
 

@@ -89,8 +89,9 @@ def test_pre_exec_locks():
 class FakeSession:
     """What _build_recording and _live_state read from a BpfSession."""
 
-    def __init__(self, owners, target_lock, tasks=(), callers=(), stacks=None):
+    def __init__(self, owners, target_lock, tasks=(), callers=(), stacks=None, rq_names=None):
         self.owners = owners
+        self.rq_names = rq_names or {}
         self._target_lock = target_lock
         self.tasks = list(tasks)
         self.callers = list(callers)
@@ -117,6 +118,9 @@ class FakeSession:
 
     def lock_addresses(self, forgotten=False):
         return {}
+
+    def rq_lock_names(self):
+        return dict(self.rq_names)
 
     def target_lock_id(self):
         return self._target_lock
@@ -290,6 +294,28 @@ def test_a_stack_that_cannot_be_read_leaves_the_recording_whole_and_is_counted(
     assert rec.meta["errors"]["stack"] == 1
     assert any("kernel stacks not captured" in n for n in summary.notes(rec.meta))
     assert int(rec.callers["count"].sum()) == 3  # the waits themselves are all there
+
+
+def test_a_runqueue_lock_is_named_after_its_cpu_not_its_caller(
+    no_bpf, finished_run, snap, stats_columns
+):
+    """The probes learned SPINLOCK as CPU 1's runqueue lock (lp_learn_rq):
+    that names it, before the caller that waited longest on it."""
+    caller = {"lock": SPINLOCK, "stack_id": 4, "flags": SPIN, "count": 1, "total_ns": 691}
+    caller["max_ns"] = 691
+    stacks = {4: ["_raw_spin_lock+0x3b", "sched_tick+0x43"]}
+    named = {}
+    for rq_names in ({}, {SPINLOCK: "rq_lock cpu1"}):
+        fake = FakeSession(
+            owners={COMMAND_LOCK: (finished_run.tgid, "mmapcount")},
+            target_lock=COMMAND_LOCK,
+            callers=[dict(caller)],
+            stacks=stacks,
+            rq_names=rq_names,
+        )
+        locks = build(finished_run, fake, snap, stats_columns).locks
+        (named[bool(rq_names)],) = locks.loc[locks["lock"] == SPINLOCK, "name"]
+    assert named == {False: f"sched_tick+0x43 ({SPINLOCK:#x})", True: "rq_lock cpu1"}
 
 
 def test_run_keeps_the_pre_exec_mm_while_it_is_the_commands_only_mm(
