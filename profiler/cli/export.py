@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from profiler import outputs, recording, summary
+from profiler import outputs, recording, summary, writer_cost
 from profiler.errors import LockprofError
 
 
@@ -60,23 +60,35 @@ def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+# The summary's distributions (count, total, avg, p50, p99, max): flattened
+# as wait_count, wait_total_ns, wait_p99_ns, ...
+_DISTRIBUTIONS = ("wait_ns", "hold_ns", "contended_wait_ns")
+
+
+def _flat_row(row: dict) -> dict:
+    """One `show --json` row as flat CSV columns."""
+    flat: dict = {}
+    for key, value in row.items():
+        if key == "per_cpu":
+            continue
+        if key in _DISTRIBUTIONS:
+            prefix = key.removesuffix("_ns")
+            for stat in ("count", "total", "avg", "p50", "p99", "max"):
+                name = f"{prefix}_count" if stat == "count" else f"{prefix}_{stat}_ns"
+                flat[name] = (value or {}).get(stat)
+        elif key == "offcpu_components_ns":
+            # Off-CPU time by what the writer waited for: not a distribution
+            # (read as one, its grace_period and reader_drain were lost).
+            for component in writer_cost.COMPONENTS:
+                flat[f"offcpu_{component}_ns"] = (value or {}).get(component)
+        else:
+            flat[key] = value
+    return flat
+
+
 def summary_table(rec: recording.Recording) -> pd.DataFrame:
     """The `show` rows, flattened: wait_ns.p99 becomes wait_p99_ns, and so on."""
-    rows = []
-    for row in summary.lock_rows(rec):
-        flat: dict = {}
-        for key, value in row.items():
-            if key == "per_cpu":
-                continue
-            if isinstance(value, dict) or (value is None and key.endswith("_ns")):
-                prefix = key.removesuffix("_ns")
-                for stat in ("count", "total", "avg", "p50", "p99", "max"):
-                    name = f"{prefix}_count" if stat == "count" else f"{prefix}_{stat}_ns"
-                    flat[name] = (value or {}).get(stat)
-            else:
-                flat[key] = value
-        rows.append(flat)
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame([_flat_row(row) for row in summary.lock_rows(rec)])
     # Counts stay integers where some rows have none (nullable Int64, not 1.0).
     for column in frame.columns:
         values = pd.to_numeric(frame[column], errors="coerce")
