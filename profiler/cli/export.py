@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -100,6 +101,15 @@ def summary_table(rec: recording.Recording) -> pd.DataFrame:
     return frame
 
 
+def _private(path: Path):
+    """path opened for writing text, mode 0600 as recordings and reports are:
+    the tables and meta.json hold command lines, comm names and kernel
+    addresses, which a umask of 022 would make readable by every user."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file that existed keeps its mode through O_CREAT
+    return os.fdopen(fd, "w", newline="")
+
+
 def csv_files(directory: Path) -> list[Path]:
     """The files --csv DIR writes."""
     tables = [directory / f"{name}.csv" for name in (*recording.TABLES, "summary")]
@@ -119,9 +129,11 @@ def write_csv(rec: recording.Recording, directory: Path) -> list[Path]:
     *table_files, meta = csv_files(directory)
     try:
         for (_name, frame), path in zip(tables.items(), table_files, strict=True):
-            csv_frame(frame).to_csv(path, index=False)
+            with _private(path) as out:
+                csv_frame(frame).to_csv(out, index=False)
             written.append(path)
-        meta.write_text(json.dumps(rec.meta, indent=2, default=str) + "\n")
+        with _private(meta) as out:
+            out.write(json.dumps(rec.meta, indent=2, default=str) + "\n")
         written.append(meta)
     except OSError as exc:
         raise LockprofError(f"cannot write {directory} ({exc.strerror})") from None
