@@ -249,7 +249,8 @@ def test_record_needs_all(capsys):
     [
         (["bogus"], "lockprof: No such command 'bogus'"),
         (["show"], "lockprof show: Missing argument 'PATH'"),
-        (["run"], "lockprof run: Missing argument 'ARGV...'"),
+        (["run"], "lockprof run: Missing argument 'CMD...'"),
+        (["bench", "-o", "x.lpset"], "lockprof bench: Missing argument 'CMD...'"),
         (["attach"], "lockprof attach: Missing option '-p' / '--pid'"),
         (["attach", "-p", "abc"], "lockprof attach: -p/--pid: 'abc' is not a valid integer"),
         (["show", "--top", "0", "x.lpr"], "lockprof show: --top: 0 is not in the range x>=1"),
@@ -274,7 +275,7 @@ def test_usage_errors_are_one_line(capsys, never_collect, argv, line):
 def test_help_is_still_clicks(capsys):
     code, out, err = run_main(capsys, "run", "--help")
     assert (code, err) == (0, "")
-    assert out.startswith("Usage: lockprof run [OPTIONS] ARGV...\n")
+    assert out.startswith("Usage: lockprof run [OPTIONS] CMD...\n")  # as its text calls it
 
 
 # -- help --------------------------------------------------------------------------------
