@@ -149,9 +149,7 @@ def collect(
         session.drain_events()
         end_ns = time.monotonic_ns()
         _take_interval(session, state, (end_ns - start_ns) / 1e9)
-        if isinstance(target, CommandTarget):
-            _grace_for_command(target, stop)
-        target.end()
+        _end_target(target, stop)
         return _build_recording(
             options,
             target,
@@ -372,6 +370,17 @@ def _take_interval(session, state: _Collected, t_s: float):
 # counts as still running. A terminal's Ctrl-C reaches it too: its exit
 # status (130) is then passed on, as `time` does.
 SIGNAL_GRACE_S = 0.3
+
+
+def _end_target(target: Target, stop: StopFlag) -> None:
+    """Collection has stopped: end the target's window. A `run` command's
+    window closes first, then it gets its moment to exit after a signal:
+    one that outlives it is measured, as the lock figures are, up to the
+    stop (its elapsed time was the window plus SIGNAL_GRACE_S)."""
+    if isinstance(target, CommandTarget):
+        target.close_window()
+        _grace_for_command(target, stop)
+    target.end()
 
 
 def _grace_for_command(target: CommandTarget, stop: StopFlag) -> None:

@@ -403,6 +403,7 @@ class CommandTarget(Target):
         self.stop_at_end = stop_at_end
         self.ended_by_lockprof = False  # stop() ended it
         self._rusage: dict | None = None
+        self._window_closed = False  # close_window() was called
         self.tgid = self._spawn_held()
         self.lineage = Lineage(self.tgid, skip_comm=PRE_EXEC_COMM)
 
@@ -522,6 +523,14 @@ class CommandTarget(Target):
             if self.stop_at_end:
                 self.stop()
                 return
+            self.close_window()
+
+    def close_window(self) -> None:
+        """The window over which a command still running is measured ends
+        now (once: a later call keeps the first end). One that exits
+        afterwards is reaped with its whole life's rusage (_finish)."""
+        if self._rusage is None and not self._window_closed:
+            self._window_closed = True
             self._end_wall = time.monotonic()
             self._last = self._sample() or self._last
 

@@ -31,6 +31,8 @@ BLOCKING_FUNCTIONS = {
 GRACE_PERIOD_FRAMES = ("rcu_sync_enter", "synchronize_rcu", "__wait_rcu_gp")
 WRITER_WAIT_FRAMES = ("percpu_rwsem_wait",)
 SUM_FUNCTIONS = ("__percpu_counter_sum", "percpu_counter_sum")
+# What classify_stack splits a row's off-CPU time into (offcpu_components_ns).
+COMPONENTS = ("grace_period", "reader_drain", "writer_wait", "blocked_by_writer", "wait")
 
 
 def _function(frame: str) -> str:

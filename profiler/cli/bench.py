@@ -207,7 +207,8 @@ def summary_table(result: RunSet) -> Table:
     "lock_spec",
     metavar="SPEC",
     help="Also probe a lock's own functions in every run, as `lockprof run --locks`: "
-    "a built-in spec (rw_mutex, rwsem, pthread_rwlock), NAME@BINARY, or a TOML file.",
+    "a built-in spec (rw_mutex, rwsem, percpu_counter_sum, pthread_rwlock), NAME@BINARY, "
+    "or a TOML file.",
 )
 @click.option(
     "-q",
@@ -218,7 +219,7 @@ def summary_table(result: RunSet) -> Table:
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the set's manifest (runs, rusage) as JSON."
 )
-@click.argument("argv", nargs=-1, type=click.UNPROCESSED, required=True)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED, required=True, metavar="CMD...")
 def command(
     argv,
     runs,

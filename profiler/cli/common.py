@@ -180,14 +180,14 @@ def collection_options(func):
             type=click.IntRange(min=1, max=10_000),
             default=99,
             show_default=True,
-            help="Sampling frequency per CPU for --sample.",
+            help="Sampling frequency per CPU for --sample (needs --sample).",
         ),
         click.option(
             "--cpus",
             "what_if_cpus",
             type=click.IntRange(min=1, max=65_536),
             help="What-if: scale the measured per-CPU cost of the writer's sum "
-            "to N CPUs (a linear model, labelled as such).",
+            "to N CPUs (a linear model, labelled as such; needs --sample).",
         ),
         click.option(
             "--max-events",
@@ -670,6 +670,7 @@ def collect_command(
     )
     options.sample_hz = sample_hz
     options.what_if_cpus = what_if_cpus
+    refuse_sampling_options_alone(sample, what_if_cpus)
     refuse_clobbered_outputs(output, html, lock_spec)
     # Signals from here (or from start-up, see profiler.signals) to the end.
     stop = signals.adopt()
@@ -681,6 +682,23 @@ def collect_command(
         stop.uninstall()
     if code:
         raise SystemExit(code)
+
+
+def refuse_sampling_options_alone(sample: bool, what_if_cpus: int | None) -> None:
+    """--cpus and --sample-hz only shape --sample's estimate of the writer's
+    sum: given without --sample they did nothing, and said nothing."""
+    if sample:
+        return
+    ctx = click.get_current_context(silent=True)
+    hz_given = ctx is not None and (
+        ctx.get_parameter_source("sample_hz") == click.core.ParameterSource.COMMANDLINE
+    )
+    given = [o for o, on in (("--cpus", what_if_cpus is not None), ("--sample-hz", hz_given)) if on]
+    if given:
+        raise LockprofError(
+            f"{given[0]} needs --sample (it scales or paces the sampled cost of the writer's sum)",
+            exit_code=2,
+        )
 
 
 def _start_and_collect(

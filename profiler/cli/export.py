@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 import pandas as pd
 
-from profiler import outputs, recording, summary
+from profiler import outputs, recording, summary, writer_cost
 from profiler.errors import LockprofError
 
 
@@ -60,23 +61,35 @@ def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+# The summary's distributions (count, total, avg, p50, p99, max): flattened
+# as wait_count, wait_total_ns, wait_p99_ns, ...
+_DISTRIBUTIONS = ("wait_ns", "hold_ns", "contended_wait_ns")
+
+
+def _flat_row(row: dict) -> dict:
+    """One `show --json` row as flat CSV columns."""
+    flat: dict = {}
+    for key, value in row.items():
+        if key == "per_cpu":
+            continue
+        if key in _DISTRIBUTIONS:
+            prefix = key.removesuffix("_ns")
+            for stat in ("count", "total", "avg", "p50", "p99", "max"):
+                name = f"{prefix}_count" if stat == "count" else f"{prefix}_{stat}_ns"
+                flat[name] = (value or {}).get(stat)
+        elif key == "offcpu_components_ns":
+            # Off-CPU time by what the writer waited for: not a distribution
+            # (read as one, its grace_period and reader_drain were lost).
+            for component in writer_cost.COMPONENTS:
+                flat[f"offcpu_{component}_ns"] = (value or {}).get(component)
+        else:
+            flat[key] = value
+    return flat
+
+
 def summary_table(rec: recording.Recording) -> pd.DataFrame:
     """The `show` rows, flattened: wait_ns.p99 becomes wait_p99_ns, and so on."""
-    rows = []
-    for row in summary.lock_rows(rec):
-        flat: dict = {}
-        for key, value in row.items():
-            if key == "per_cpu":
-                continue
-            if isinstance(value, dict) or (value is None and key.endswith("_ns")):
-                prefix = key.removesuffix("_ns")
-                for stat in ("count", "total", "avg", "p50", "p99", "max"):
-                    name = f"{prefix}_count" if stat == "count" else f"{prefix}_{stat}_ns"
-                    flat[name] = (value or {}).get(stat)
-            else:
-                flat[key] = value
-        rows.append(flat)
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame([_flat_row(row) for row in summary.lock_rows(rec)])
     # Counts stay integers where some rows have none (nullable Int64, not 1.0).
     for column in frame.columns:
         values = pd.to_numeric(frame[column], errors="coerce")
@@ -86,6 +99,15 @@ def summary_table(rec: recording.Recording) -> pd.DataFrame:
         if integral and not estimate and frame[column].notna().sum() == len(known):
             frame[column] = values.astype("Int64")
     return frame
+
+
+def _private(path: Path):
+    """path opened for writing text, mode 0600 as recordings and reports are:
+    the tables and meta.json hold command lines, comm names and kernel
+    addresses, which a umask of 022 would make readable by every user."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file that existed keeps its mode through O_CREAT
+    return os.fdopen(fd, "w", newline="")
 
 
 def csv_files(directory: Path) -> list[Path]:
@@ -107,9 +129,11 @@ def write_csv(rec: recording.Recording, directory: Path) -> list[Path]:
     *table_files, meta = csv_files(directory)
     try:
         for (_name, frame), path in zip(tables.items(), table_files, strict=True):
-            csv_frame(frame).to_csv(path, index=False)
+            with _private(path) as out:
+                csv_frame(frame).to_csv(out, index=False)
             written.append(path)
-        meta.write_text(json.dumps(rec.meta, indent=2, default=str) + "\n")
+        with _private(meta) as out:
+            out.write(json.dumps(rec.meta, indent=2, default=str) + "\n")
         written.append(meta)
     except OSError as exc:
         raise LockprofError(f"cannot write {directory} ({exc.strerror})") from None
@@ -150,7 +174,8 @@ def command(path, folded, csv_dir) -> None:
 
     Folded stacks have one line per kernel stack of contended waits, root
     first, offsets dropped so that call sites merge; waits taken without a
-    stack (shorter than --stack-threshold) are the single frame [no_stack].
+    stack (shorter than --stack-threshold, over the --stack-rate limit, or
+    whose capture failed) are the single frame [no_stack].
     CSV cells holding lists (histogram slots, stack frames) are joined by ';'.
 
     \b

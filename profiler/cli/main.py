@@ -62,7 +62,7 @@ def cli() -> None:
       lockprof attach -p 1234 -d 30         profile a running process for 30 s
       lockprof run -- ./ebizzy -m           start a command, profile until it exits
       lockprof record -a -d 10 --html r.html  the whole system for 10 s, and a report
-      lockprof show lockprof.lpr            summarise a recording (--json for scripts)
+      lockprof show rec.lpr                 summarise a recording (--json for scripts)
       lockprof report rec.lpr -o r.html     self-contained HTML dashboard (offline)
       lockprof export rec.lpr --folded f    folded stacks for FlameGraph (--csv DIR)
       lockprof doctor                       which kernel mechanisms work here

@@ -16,7 +16,7 @@ from profiler.targets import CommandTarget, check_command
 @click.command("run", context_settings={"ignore_unknown_options": True})
 @collection_options
 @follow_option
-@click.argument("argv", nargs=-1, type=click.UNPROCESSED, required=True)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED, required=True, metavar="CMD...")
 def command(argv, **options) -> None:
     """Start CMD, profile it until it exits, and record its exit status and
     rusage (user, sys, elapsed, minor faults) as /usr/bin/time would. Exits

@@ -249,7 +249,8 @@ def test_record_needs_all(capsys):
     [
         (["bogus"], "lockprof: No such command 'bogus'"),
         (["show"], "lockprof show: Missing argument 'PATH'"),
-        (["run"], "lockprof run: Missing argument 'ARGV...'"),
+        (["run"], "lockprof run: Missing argument 'CMD...'"),
+        (["bench", "-o", "x.lpset"], "lockprof bench: Missing argument 'CMD...'"),
         (["attach"], "lockprof attach: Missing option '-p' / '--pid'"),
         (["attach", "-p", "abc"], "lockprof attach: -p/--pid: 'abc' is not a valid integer"),
         (["show", "--top", "0", "x.lpr"], "lockprof show: --top: 0 is not in the range x>=1"),
@@ -274,7 +275,7 @@ def test_usage_errors_are_one_line(capsys, never_collect, argv, line):
 def test_help_is_still_clicks(capsys):
     code, out, err = run_main(capsys, "run", "--help")
     assert (code, err) == (0, "")
-    assert out.startswith("Usage: lockprof run [OPTIONS] ARGV...\n")
+    assert out.startswith("Usage: lockprof run [OPTIONS] CMD...\n")  # as its text calls it
 
 
 # -- help --------------------------------------------------------------------------------
@@ -893,3 +894,23 @@ def test_a_run_stopped_by_a_signal_exits_128_plus_n_when_its_status_is_unknown(
     err = capsys.readouterr().err
     if mode == "run":
         assert f"{reason}; command still running as pid 4242, not waited for" in err
+
+
+@pytest.mark.parametrize("option", [["--cpus", "64"], ["--sample-hz", "999"]])
+def test_sampling_options_without_sample_are_refused(capsys, never_collect, option):
+    """--cpus and --sample-hz shape --sample's estimate only: without it they
+    were accepted and did nothing (no what-if, no warning)."""
+    for argv in (["record", "-a", *option], ["run", *option, "--", "true"]):
+        code, out, err = run_main(capsys, *argv)
+        line = assert_one_error_line(code, err)
+        assert code == 2 and out == ""
+        assert line == (
+            f"lockprof: {option[0]} needs --sample "
+            "(it scales or paces the sampled cost of the writer's sum)"
+        )
+
+
+def test_sampling_options_with_sample_pass(capsys, never_collect):
+    argv = ["record", "-a", "--sample", "--cpus", "64", "--sample-hz", "9"]
+    code, _out, err = run_main(capsys, *argv)
+    assert "reached the privilege check" in err and code != 2

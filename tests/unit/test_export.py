@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -355,3 +356,21 @@ def test_the_summary_after_a_collection_prints_the_busiest_rows(
     assert f"({rows - 3} more rows; `lockprof show FILE` lists all)" in out
     code = main(["show", str(tmp_path / "rec.lpr")])
     assert code == 0 and "more rows" not in capsys.readouterr().out
+
+
+def test_csv_files_are_private_like_the_recording(capsys, tmp_path, monkeypatch):
+    """--csv DIR writes command lines (meta.json), comm names and kernel
+    addresses: mode 0600, as recordings and reports, whatever the umask (the
+    files were 0644 under a umask of 022). A file already there is made 0600 too."""
+    directory = tmp_path / "csv"
+    directory.mkdir()
+    (directory / "meta.json").write_text("{}")
+    (directory / "meta.json").chmod(0o644)
+    old = os.umask(0o022)
+    try:
+        code, _out, _err = run_main(capsys, "export", HOSTILE, "--csv", directory)
+    finally:
+        os.umask(old)
+    assert code == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
+    assert modes and set(modes.values()) == {0o600}, modes

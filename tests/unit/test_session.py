@@ -591,6 +591,27 @@ def test_lockprof_does_not_wait_for_a_command_still_running():
         target.wait()
 
 
+def test_a_command_outliving_the_grace_is_measured_up_to_the_stop():
+    """A signal to lockprof alone ends collection; the command gets
+    SIGNAL_GRACE_S to exit, outlives it and is left running. Its rusage
+    covers the collection window, as the note says and as the lock figures
+    do: its elapsed time was the window plus the grace (1.51 s for 1.20)."""
+    from profiler.signals import StopFlag
+
+    target = CommandTarget(["sleep", "30"])
+    try:
+        target.begin()
+        time.sleep(0.2)
+        stop = StopFlag()
+        stop.reason, stop.signum = "SIGTERM received", signal.SIGTERM
+        session._end_target(target, stop)
+        assert target.poll() is None  # still running: left running
+        assert 0.2 <= target.rusage()["elapsed_s"] < 0.2 + session.SIGNAL_GRACE_S / 2
+    finally:
+        os.kill(target.tgid, signal.SIGKILL)
+        target.wait()
+
+
 def test_a_further_signal_during_the_grace_says_it_ends_the_wait(capfd):
     """A second Ctrl-C while the command gets its moment to exit ends that
     wait, and says so (it said "writing the recording, please wait")."""

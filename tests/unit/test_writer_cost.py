@@ -193,3 +193,29 @@ def test_top_keeps_the_busiest_rows_of_each_table_and_says_how_many_there_are(re
     assert first["locks_total"] == len(every) == summary.summary_json(rec)["locks_total"]
     assert len(summary.LockRows(rec, top=1)) == 2
     assert summary.summary_json(rec, top=len(every) + 5)["locks"] == every
+
+
+def test_csv_summary_keeps_the_offcpu_components(rec):
+    """`export --csv`: an off-CPU row's time split (grace period, reader
+    drain) is in summary.csv. It was flattened as a distribution (count,
+    total, p99, ...), which it is not, and every one of its cells was empty."""
+    from profiler.cli.export import summary_table
+
+    rec.stacks = _stacks(READER_DRAIN, GRACE_PERIOD)
+    rec.offcpu = pd.DataFrame(
+        {
+            "tgid": [1, 1],
+            "comm": ["cgmove", "cgmove"],
+            "stack_id": [1, 2],
+            "count": [2, 1],
+            "total_ns": [500, 70],
+            "max_ns": [400, 70],
+        }
+    )
+    table = summary_table(rec)
+    offcpu = table[table["source"] == "offcpu"]
+    assert len(offcpu) == 1
+    assert offcpu["offcpu_reader_drain_ns"].tolist() == [500]
+    assert offcpu["offcpu_grace_period_ns"].tolist() == [70]
+    assert offcpu["offcpu_writer_wait_ns"].isna().all()
+    assert not any(c.startswith("offcpu_components") for c in table.columns)
