@@ -321,6 +321,45 @@ def writer_cost_lines(cost: dict) -> list[Text]:
     return lines
 
 
+# Tasks of other processes listed under the summary table (show --json has all).
+FOREIGN_TASK_LINES = 10
+
+
+def foreign_task_lines(rows: list[dict], limit: int = FOREIGN_TASK_LINES) -> list[Text]:
+    """Who else took a process's mmap_lock: one line per process, lock and
+    mode (profiler/foreign_tasks.py), the busiest first."""
+    if not rows:
+        return []
+    lines = [Text("tasks of other processes on mmap_locks (by wait + hold time):", style="bold")]
+    for row in rows[:limit]:
+        figures = [
+            f"{fmt_count(row['acquisitions'])} acq" if row["acquisitions"] is not None else None,
+            f"{fmt_count(row['contended'])} contended" if row["contended"] else None,
+            f"wait {fmt_ns(row['wait_ns']['total'])}",
+            f"hold {fmt_ns(row['hold_ns']['total'])}"
+            if row["hold_ns"]["total"] is not None
+            else None,
+        ]
+        lines.append(
+            Text(
+                safe_text(
+                    f"  {row['comm']} ({_pids_text(row['pids'])}) on mmap_lock pid {row['owner_pid']} "
+                    f"({row['owner_comm'] or '?'}) {row['mode']}: "
+                    + ", ".join(f for f in figures if f)
+                )
+            )
+        )
+    if len(rows) > limit:
+        lines.append(Text(f"  ({len(rows) - limit:,} more: `show --json` lists them)", style="dim"))
+    return lines
+
+
+def _pids_text(pids: list[int]) -> str:
+    if len(pids) == 1:
+        return f"pid {pids[0]}"
+    return f"{len(pids):,} processes"
+
+
 def per_cpu_line(rows: list[dict], cpu_totals: dict[int, CpuFigures] | None = None) -> Text:
     """Acquisitions, contended waits and wait time per CPU: from cpu_totals
     when given (over every lock, where rows holds only the first), else

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from itertools import islice
 
 from profiler import aggregate, schema, writer_cost
+from profiler.foreign_tasks import foreign_task_rows
 from profiler.recording import Recording
 from profiler.targets import recorded_exit
 
@@ -236,4 +237,6 @@ def summary_document(
         "locks_total": rows.total,
         "locks": rows,
         "writer_cost": writer_cost_json(rec, what_if_cpus),
+        # Tasks of other processes on an mmap_lock (khugepaged, /proc readers).
+        "foreign_tasks": foreign_task_rows(rec.tasks, rec.locks)[:top],
     }

@@ -621,6 +621,8 @@ def print_summary(
     if document.get("writer_cost"):
         for line in render.writer_cost_lines(document["writer_cost"]):
             out.print(line)
+    for line in render.foreign_task_lines(document["foreign_tasks"]):
+        out.print(line)
     if rusage.get("user_s") is not None:
         out.print(
             f"rusage  user {rusage['user_s']:.2f}s  sys {rusage['sys_s']:.2f}s  "

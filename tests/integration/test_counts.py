@@ -97,7 +97,12 @@ def test_foreign_readers_of_the_target_mm_are_counted_with_their_comm(lockprof_f
     import profiler
 
     target_pid, _lockprof_pid = attach_beside_cmdline_readers(lockprof_factory, True)
-    cat_readers_of(profiler.load(tmp_path / "rec.lpr"), target_pid)
+    cats = cat_readers_of(profiler.load(tmp_path / "rec.lpr"), target_pid)
+    # The summary lists them: one entry for the five cat processes.
+    (listed,) = show_json(tmp_path / "rec.lpr")["foreign_tasks"]
+    assert (listed["comm"], listed["owner_pid"], listed["mode"]) == ("cat", target_pid, "read")
+    assert len(listed["pids"]) == 5 and listed["pids"] == sorted(set(cats["tgid"]))
+    assert listed["acquisitions"] == int(cats["waits"].sum())
 
 
 def test_an_idle_targets_lock_is_known_from_the_start(lockprof_factory, tmp_path):
