@@ -326,32 +326,28 @@ FOREIGN_TASK_LINES = 10
 
 
 def foreign_task_lines(rows: list[dict], limit: int = FOREIGN_TASK_LINES) -> list[Text]:
-    """Who else took a process's mmap_lock: one line per process, lock and
+    """Who else took a process's mmap_lock: one line per comm, lock and
     mode (profiler/foreign_tasks.py), the busiest first."""
     if not rows:
         return []
     lines = [Text("tasks of other processes on mmap_locks (by wait + hold time):", style="bold")]
-    for row in rows[:limit]:
-        figures = [
-            f"{fmt_count(row['acquisitions'])} acq" if row["acquisitions"] is not None else None,
-            f"{fmt_count(row['contended'])} contended" if row["contended"] else None,
-            f"wait {fmt_ns(row['wait_ns']['total'])}",
-            f"hold {fmt_ns(row['hold_ns']['total'])}"
-            if row["hold_ns"]["total"] is not None
-            else None,
-        ]
-        lines.append(
-            Text(
-                safe_text(
-                    f"  {row['comm']} ({_pids_text(row['pids'])}) on mmap_lock pid {row['owner_pid']} "
-                    f"({row['owner_comm'] or '?'}) {row['mode']}: "
-                    + ", ".join(f for f in figures if f)
-                )
-            )
-        )
+    lines += [Text(safe_text(_foreign_task_line(row))) for row in rows[:limit]]
     if len(rows) > limit:
         lines.append(Text(f"  ({len(rows) - limit:,} more: `show --json` lists them)", style="dim"))
     return lines
+
+
+def _foreign_task_line(row: dict) -> str:
+    figures = [f"wait {fmt_ns(row['wait_ns']['total'])}"]
+    if row["contended"]:
+        figures.insert(0, f"{fmt_count(row['contended'])} contended")
+    if row["acquisitions"] is not None:
+        figures.insert(0, f"{fmt_count(row['acquisitions'])} acq")
+    if row["hold_ns"]["total"] is not None:
+        figures.append(f"hold {fmt_ns(row['hold_ns']['total'])}")
+    who = f"{row['comm']} ({_pids_text(row['pids'])})"
+    lock = f"mmap_lock pid {row['owner_pid']} ({row['owner_comm'] or '?'})"
+    return f"  {who} on {lock} {row['mode']}: " + ", ".join(figures)
 
 
 def _pids_text(pids: list[int]) -> str:
