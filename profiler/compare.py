@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from profiler import aggregate
+from profiler import aggregate, schema
 from profiler.errors import LockprofError
 from profiler.recording import Recording
 from profiler.runset import RunSet
@@ -131,12 +131,55 @@ def lock_identity(row: dict, target_pid: int | None) -> tuple[str, str]:
 
 
 @dataclass
+class Traced:
+    """What a run's probes could see: a lock it did not see counts 0 only if
+    it could have (a run without lock:contention_*, or with --lock-types
+    leaving a type out, or on fewer CPUs, knows nothing of those locks).
+    None: not recorded (older recordings), taken as everything."""
+
+    families: frozenset[str] | None = None
+    lock_types: frozenset[str] | None = None
+    has_specs: bool | None = None
+    cpus: int | None = None
+
+    @classmethod
+    def of(cls, meta: dict) -> Traced:
+        families, types, specs = (meta.get(k) for k in ("families", "lock_types", "lock_specs"))
+        cpus = meta.get("cpus")
+        return cls(
+            families=frozenset(families) if isinstance(families, list) else None,
+            lock_types=frozenset(types) if isinstance(types, list) else None,
+            has_specs=bool(specs) if isinstance(specs, list) else None,
+            cpus=cpus if isinstance(cpus, int) and cpus > 0 else None,
+        )
+
+    def _contention(self, lock_type: str) -> bool:
+        if self.families is not None and "contention" not in self.families:
+            return False
+        return self.lock_types is None or lock_type in self.lock_types
+
+    def could_see(self, lock_class: str, metric: str) -> bool:
+        """Whether this run would have counted (lock_class, metric) had it
+        happened, so that its absence means 0 rather than unknown."""
+        cpu, dot, _rest = metric.partition(".")
+        if dot and self.cpus is not None and int(cpu[3:]) >= self.cpus:
+            return False  # a CPU this machine does not have
+        if lock_class == "mmap_lock":  # an rwsem: lock:contention_* sees it too
+            mmap = self.families is None or "mmap_lock" in self.families
+            return mmap or self._contention("rwsem")
+        if lock_class in schema.LOCK_TYPES:
+            return self._contention(lock_class)
+        return self.has_specs is not False  # a lock spec's class (--locks)
+
+
+@dataclass
 class RunFigures:
     """One run's figures per lock identity and mode, and its histograms."""
 
     locks: dict[LockKey, dict[str, float | None]] = field(default_factory=dict)
     hists: dict[LockKey, dict[str, np.ndarray]] = field(default_factory=dict)
     rusage: dict[str, float | None] = field(default_factory=dict)
+    traced: Traced = field(default_factory=Traced)
 
 
 def _relabel(rec: Recording) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple[str, str]]]:
@@ -179,7 +222,7 @@ def _hist_figure(hist: dict | None, key: str) -> float | None:
 
 def run_figures(rec: Recording, throughput: float | None = None) -> RunFigures:
     """Every compared figure of one run."""
-    figures = RunFigures()
+    figures = RunFigures(traced=Traced.of(rec.meta))
     rusage = rec.meta.get("rusage") or {}
     for metric, _unit, _name in RUSAGE_METRICS:
         value = throughput if metric == "throughput" else rusage.get(metric)
@@ -234,8 +277,6 @@ def _histograms(
 
 
 def _mmap_source() -> int:
-    from profiler import schema
-
     return schema.const("LP_SRC_MMAP_LOCK")
 
 
@@ -462,11 +503,9 @@ def _lock_values(
     for a summable metric the probes measure (seen: known in some run)."""
     values = []
     for run in runs:
+        absent = 0.0 if summable and seen and run.traced.could_see(key[1], metric) else None
         figures = run.locks.get(key)
-        if figures is None:
-            values.append(0.0 if summable and seen else None)
-        else:
-            values.append(figures.get(metric, 0.0 if summable and seen else None))
+        values.append(absent if figures is None else figures.get(metric, absent))
     return values
 
 

@@ -470,6 +470,51 @@ def test_different_lock_types_are_warned_about():
     ]
 
 
+def test_a_lock_type_one_side_did_not_trace_is_not_measured_there():
+    """Before traced rwsem contention only (--lock-types rwsem): its runs
+    know nothing of spinlocks, so the after side's spinlock is no
+    "significant increase" from 0."""
+    spins = [{"writes": 10, "spin_waits": n} for n in (40, 50, 60)]
+    before = make_set("before", [{"writes": 10}] * 3, lock_types=["rwsem"])
+    after = make_set("after", spins)
+    doc = cmp.compare(before, after).document
+    spin = verdict(doc, "contended", "exclusive", "zap_pte_range+0x99")
+    assert spin["before_values"] == [] and spin["after_values"] == [40.0, 50.0, 60.0]
+    assert spin["verdict"] == cmp.NOT_MEASURED
+    # Without contention probes at all (--no-contention), likewise.
+    before = make_set("before", [{"writes": 10}] * 3)
+    for run in before.runs:
+        run.recording.meta["families"] = ["mmap_lock"]
+    spin = verdict(
+        cmp.compare(before, after).document, "wait_total_ns", "exclusive", "zap_pte_range+0x99"
+    )
+    assert spin["verdict"] == cmp.NOT_MEASURED
+    # A side that traced spinlocks and saw none still counts 0.
+    before = make_set("before", [{"writes": 10}] * 3, lock_types=["spinlock"])
+    spin = verdict(
+        cmp.compare(before, after).document, "contended", "exclusive", "zap_pte_range+0x99"
+    )
+    assert spin["before_values"] == [0.0, 0.0, 0.0]
+    assert spin["verdict"] == "significant increase"
+
+
+def test_a_cpu_a_side_does_not_have_is_not_measured_there():
+    """Before ran on 2 CPUs, after on 4: cpu3's figures are unknown before,
+    not 0 (a "significant increase" from a CPU that did not exist)."""
+    before = make_set("before", [{"writes": 10}] * 3)
+    after = make_set("after", [{"writes": 10}] * 3, cpus=4)
+    for run in after.runs:
+        intervals = run.recording.intervals
+        intervals.loc[intervals["cpu"] == 1, "cpu"] = 3
+    doc = cmp.compare(before, after).document
+    cpu3 = verdict(doc, "cpu3.acquisitions", "read")
+    assert cpu3["runs_before"] == 0 and cpu3["after_values"] == [100.0] * 3
+    assert cpu3["verdict"] == cmp.NOT_MEASURED
+    # cpu1 exists on both machines: after's idle cpu1 is a real 0.
+    cpu1 = verdict(doc, "cpu1.acquisitions", "read")
+    assert cpu1["after_values"] == [0.0] * 3 and cpu1["verdict"] == "significant decrease"
+
+
 def test_differences_within_a_side_and_failed_runs_are_warned_about():
     before = make_set(
         "before", [{"writes": 10}, {"writes": 10, "kernel": "6.19.0", "exit_status": 1}]
