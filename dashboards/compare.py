@@ -31,6 +31,7 @@ from plotly.subplots import make_subplots
 
 from dashboards import page
 from dashboards.escape import html_text, text
+from dashboards.figures import TIME_AXIS
 from profiler import compare as cmp
 from profiler.hist import slot_bounds
 from profiler.render import fmt_ns
@@ -52,14 +53,32 @@ def _sd(values: list[float]) -> float:
 
 
 def _axis_title(unit: str) -> str:
-    return {"ns": "ns", "s": "seconds", "count": "count", "ratio": "ratio"}.get(unit, unit)
+    return {"ns": "time", "s": "seconds", "count": "count", "ratio": "ratio"}.get(unit, unit)
+
+
+def _plotted(value: float | None, unit: str) -> float | None:
+    """Nanoseconds are plotted as seconds: on a raw ns axis plotly labels a
+    wait total of 1.5 s "1.5B" (billion), which reads as anything but time."""
+    if value is None or unit != "ns":
+        return value
+    return value / 1e9
+
+
+def _value_axis(unit: str) -> dict:
+    """Tick format of a value axis: times in SI seconds (10ms, 1.5s)."""
+    return dict(TIME_AXIS) if unit == "ns" else {}
+
+
+def _hover(unit: str) -> str:
+    return "%{y:.3s}s" if unit == "ns" else "%{y:,.4g}"
 
 
 def _side_bars(fig: go.Figure, entries: list[dict], labels: list[str], row: int, col: int):
     """Before and after bars (means, sd error bars) and each run as a dot."""
+    unit = entries[0].get("unit", "count") if entries else "count"
     for side in ("before", "after"):
-        means = [e[side] for e in entries]
-        runs = [e[f"{side}_values"] for e in entries]
+        means = [_plotted(e[side], unit) for e in entries]
+        runs = [[_plotted(v, unit) for v in e[f"{side}_values"]] for e in entries]
         fig.add_trace(
             go.Bar(
                 x=labels,
@@ -70,7 +89,7 @@ def _side_bars(fig: go.Figure, entries: list[dict], labels: list[str], row: int,
                 marker_color=COLORS[side],
                 offsetgroup=side,
                 error_y={"type": "data", "array": [_sd(r) for r in runs], "visible": True},
-                hovertemplate="%{x}<br>" + side + " mean %{y:,.4g}<extra></extra>",
+                hovertemplate="%{x}<br>" + side + f" mean {_hover(unit)}<extra></extra>",
             ),
             row=row,
             col=col,
@@ -89,7 +108,7 @@ def _side_bars(fig: go.Figure, entries: list[dict], labels: list[str], row: int,
                 showlegend=False,
                 offsetgroup=side,
                 marker={"color": "#263238", "size": 6, "symbol": "circle-open"},
-                hovertemplate="%{x}<br>" + side + " run %{y:,.4g}<extra></extra>",
+                hovertemplate="%{x}<br>" + side + f" run {_hover(unit)}<extra></extra>",
             ),
             row=row,
             col=col,
@@ -136,7 +155,7 @@ def locks_figure(document: dict, limit: int = TOP_LOCKS) -> go.Figure:
         rows=len(metrics),
         cols=1,
         shared_xaxes=True,  # lock names once, under the last row
-        subplot_titles=[text(m) for m in metrics],
+        subplot_titles=[text(m.removesuffix("_ns").replace("_", " ")) for m in metrics],
         vertical_spacing=0.2 / max(len(metrics), 1),
     )
     for row, metric in enumerate(metrics, start=1):
@@ -148,7 +167,7 @@ def locks_figure(document: dict, limit: int = TOP_LOCKS) -> go.Figure:
                 labels.append(text(f"{lock} {mode}"))
         _side_bars(fig, entries, labels, row, 1)
         unit = entries[0]["unit"] if entries else "count"
-        fig.update_yaxes(title_text=_axis_title(unit), row=row, col=1)
+        fig.update_yaxes(title_text=_axis_title(unit), row=row, col=1, **_value_axis(unit))
     fig.update_xaxes(
         type="category",
         categoryorder="array",

@@ -1126,3 +1126,23 @@ def test_pair_class_on_the_command_line(tmp_path, capsys):
         code = main(["compare", "--pair-class", bad, str(before), str(after)])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1, (bad, err)
+
+
+def test_the_page_plots_times_in_seconds_with_si_ticks():
+    """A wait total of 1.5 s was plotted as 1.5e9 on an axis titled "ns",
+    which plotly ticks "1.5B": times are plotted in seconds, ticked 1.5s."""
+    from dashboards import compare as page
+
+    before = make_set("before", [{"writes": 10_000, "wait_ns": 150_000}] * 3)
+    after = make_set("after", [{"writes": 10_000, "wait_ns": 100_000}] * 3)
+    fig = page.locks_figure(cmp.compare(before, after).document)
+    titles = [a.text for a in fig.layout.annotations]
+    row = titles.index("wait total") + 1
+    axis = fig.layout[f"yaxis{row if row > 1 else ''}"]
+    assert axis.ticksuffix == "s" and axis.exponentformat == "SI"
+    (bar,) = [
+        t for t in fig.data if t.type == "bar" and t.yaxis == f"y{row}" and t.name == "before"
+    ]
+    assert bar.y[0] == pytest.approx(1.5)  # 10,000 write waits of 150us, in seconds
+    assert "%{y:.3s}s" in bar.hovertemplate
+    assert titles[0] == "acquisitions" and fig.layout.yaxis.ticksuffix is None  # counts
