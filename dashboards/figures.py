@@ -357,15 +357,20 @@ def build_cpu_heatmap(
         z = np.add.reduceat(z, edges[:-1], axis=0)
         starts, ends = starts[edges[:-1]], ends[edges[1:] - 1]
         title += f" (binned: {len(times):,} intervals shown as {max_columns:,} columns)"
-    x = (starts + ends) / 2
+    # Cell edges, not centres: the intervals are not all as long (the first
+    # snapshot comes after FIRST_TICK_S, the last at the stop), and from
+    # centres plotly puts each edge halfway between them, off the intervals.
+    edges_s = np.concatenate([starts[:1], ends])
+    spans = [f"{a:.2f} to {b:.2f} s" for a, b in zip(starts, ends, strict=True)]
     fig = go.Figure(
         go.Heatmap(
-            x=x,
+            x=edges_s,
             y=[f"cpu {c}" for c in cpu_ids],
             z=(z.T / 1e6),
+            customdata=[spans] * len(cpu_ids),
             colorscale="YlOrRd",
             colorbar={"title": {"text": "wait ms"}},
-            hovertemplate="%{y}, around %{x:.2f} s<br>wait %{z:.3f} ms<extra></extra>",
+            hovertemplate="%{y}, %{customdata}<br>wait %{z:.3f} ms<extra></extra>",
         )
     )
     fig.update_xaxes(title_text="time (s)")

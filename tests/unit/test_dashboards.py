@@ -446,6 +446,26 @@ def test_cpu_heatmap_bins_long_recordings(parts):
     assert "shown as 2 columns" in fig.layout.title.text
 
 
+def test_cpu_heatmap_cells_span_their_intervals():
+    """Snapshots at 0.5 s (the early first one), 1 s and 2 s: the cells are
+    [0, 0.5], [0.5, 1], [1, 2]. Given their centres (0.25, 0.75, 1.5),
+    plotly drew [0, 0.5], [0.5, 1.125], [1.125, 2]."""
+    rows = [
+        interval_row(0x10, WRITE, SRC_MMAP, cpu=0, interval=i, wait_count=1, wait_total_ns=ns)
+        for i, ns in ((1, 1_000_000), (2, 2_000_000), (3, 4_000_000))
+    ]
+    rec = synthetic(rows)
+    rec.intervals["t_s"] = rec.intervals["interval"].map({1: 0.5, 2: 1.0, 3: 2.0})
+    fig = figures.build_cpu_heatmap(frames.lock_intervals(rec), 1)
+    (heat,) = fig.data
+    assert list(np.asarray(heat.x, dtype=float)) == [0.0, 0.5, 1.0, 2.0]
+    assert np.asarray(heat.z, dtype=float).tolist() == [[1.0, 2.0, 4.0]]
+    assert list(heat.customdata[0]) == ["0.00 to 0.50 s", "0.50 to 1.00 s", "1.00 to 2.00 s"]
+    # Binned, the cells still meet end to end and cover the recording.
+    fig = figures.build_cpu_heatmap(frames.lock_intervals(rec), 1, max_columns=2)
+    assert list(np.asarray(fig.data[0].x, dtype=float)) == [0.0, 0.5, 2.0]
+
+
 def test_cpu_totals(parts):
     intervals = parts["intervals"]
     fig = figures.build_cpu_totals(intervals, 2)
