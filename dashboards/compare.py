@@ -56,12 +56,10 @@ def _axis_title(unit: str) -> str:
     return {"ns": "time", "s": "seconds", "count": "count", "ratio": "ratio"}.get(unit, unit)
 
 
-def _plotted(value: float | None, unit: str) -> float | None:
+def _plotted(values: list[float], unit: str) -> list[float]:
     """Nanoseconds are plotted as seconds: on a raw ns axis plotly labels a
     wait total of 1.5 s "1.5B" (billion), which reads as anything but time."""
-    if value is None or unit != "ns":
-        return value
-    return value / 1e9
+    return [v / 1e9 for v in values] if unit == "ns" else values
 
 
 def _value_axis(unit: str) -> dict:
@@ -77,8 +75,8 @@ def _side_bars(fig: go.Figure, entries: list[dict], labels: list[str], row: int,
     """Before and after bars (means, sd error bars) and each run as a dot."""
     unit = entries[0].get("unit", "count") if entries else "count"
     for side in ("before", "after"):
-        means = [_plotted(e[side], unit) for e in entries]
-        runs = [[_plotted(v, unit) for v in e[f"{side}_values"]] for e in entries]
+        means = [None if e[side] is None else _plotted([e[side]], unit)[0] for e in entries]
+        runs = [_plotted(e[f"{side}_values"], unit) for e in entries]
         fig.add_trace(
             go.Bar(
                 x=labels,
@@ -256,8 +254,9 @@ def verdict_table(document: dict, limit: int = MAX_TABLE_ROWS) -> str:
     ] + document["verdicts"]
     for entry in entries[:limit]:
         ci = cmp.fmt_ci(entry).removeprefix("95% CI ") if entry["significant"] is not None else "-"
-        verdict = entry["verdict"]
+        verdict = cmp.shown_verdict(entry)
         cls = "sig" if entry["significant"] else ("none" if entry["significant"] is None else "")
+        cls += f" {entry['direction']}" if entry.get("direction") else ""
         rows.append(
             "<tr>"
             f"<td>{html_text(entry['lock'])}</td><td>{html_text(entry['mode'])}</td>"
@@ -335,6 +334,8 @@ th{position:sticky;top:0;background:#eceff1;padding:4px 8px;text-align:left}
 td{padding:3px 8px;border-bottom:1px solid #eee}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.sig{font-weight:bold}
+td.better{color:#2e7d32}
+td.worse{color:#c62828}
 td.none{color:#888}
 """
 

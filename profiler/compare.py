@@ -98,6 +98,21 @@ RUSAGE_METRICS: list[tuple[str, str, str]] = [
     ("minor_faults", "count", "minor faults"),
     ("throughput", "throughput", "throughput"),
 ]
+# Which way is better, where a change's sign says so whatever the workload:
+# less waiting and shorter holds, more throughput. Acquisitions, CPU and
+# elapsed times and faults go either way (a patch that lets a fixed-time
+# workload do more work raises them), so they get no direction.
+LOWER_IS_BETTER = {
+    "contended",
+    "wait_total_ns",
+    "wait_p50_ns",
+    "wait_p99_ns",
+    "wait_max_ns",
+    "hold_p50_ns",
+    "hold_p99_ns",
+    "hold_max_ns",
+}
+HIGHER_IS_BETTER = {"throughput"}
 # What the terminal shows per lock unless asked for everything.
 KEY_METRICS = ("acquisitions", "contended", "wait_total_ns", "wait_p99_ns", "hold_p99_ns")
 
@@ -489,6 +504,26 @@ def compare_values(
     return result
 
 
+def direction(metric: str, delta: float | None, significant: bool | None) -> str | None:
+    """ "better" or "worse" for a significant change of a metric with a
+    direction (LOWER_IS_BETTER, HIGHER_IS_BETTER), else None. A lock spec's
+    sum rows time the writer's sum: less is better there too."""
+    if not significant or delta is None or delta == 0:
+        return None
+    name = metric.partition(".")[2] if metric.startswith("cpu") else metric
+    if name in LOWER_IS_BETTER:
+        return "better" if delta < 0 else "worse"
+    if name in HIGHER_IS_BETTER:
+        return "better" if delta > 0 else "worse"
+    return None
+
+
+def shown_verdict(entry: dict) -> str:
+    """The verdict with its direction: 'significant decrease (better)'."""
+    way = entry.get("direction")
+    return f"{entry['verdict']} ({way})" if way else entry["verdict"]
+
+
 # -- the comparison ---------------------------------------------------------------
 
 
@@ -575,10 +610,12 @@ def lock_verdicts(
                 continue  # the probes cannot know it for this lock
             b = _lock_values(before, key, metric, summable, seen)
             a = _lock_values(after, key, metric, summable, seen)
-            entry = {"lock": label, "lock_class": lock_class, "mode": mode, "metric": metric}
+            entry: dict = {"lock": label, "lock_class": lock_class, "mode": mode}
+            entry["metric"] = metric
             entry["name"] = metric_name(mode, metric)
             entry["unit"] = unit
             entry.update(compare_values(b, a, seed, resamples))
+            entry["direction"] = direction(metric, entry["delta"], entry["significant"])
             verdicts.append(entry)
     return verdicts
 
@@ -603,8 +640,9 @@ def rusage_verdicts(
         a = [run.rusage.get(metric) for run in after]
         if all(v is None for v in b + a):
             continue
-        entry = {"process": process, "metric": metric, "name": name, "unit": unit}
+        entry: dict = {"process": process, "metric": metric, "name": name, "unit": unit}
         entry.update(compare_values(b, a, seed, resamples))
+        entry["direction"] = direction(metric, entry["delta"], entry["significant"])
         out.append(entry)
     return out
 
@@ -850,8 +888,9 @@ def headline(entry: dict) -> str:
     name = entry.get("name") or entry["metric"]
     before, after = fmt_value(entry["before"], unit), fmt_value(entry["after"], unit)
     pct = fmt_pct(entry.get("delta_pct"))
+    verdict = shown_verdict(entry)
     if entry.get("delta") is None:
-        return f"{name}: {before} -> {after}: {entry['verdict']}"
+        return f"{name}: {before} -> {after}: {verdict}"
     if entry.get("significant") is None:
-        return f"{name}: {before} -> {after} ({pct}): {entry['verdict']}"
-    return f"{name}: {before} -> {after} ({pct}, {fmt_ci(entry)}): {entry['verdict']}"
+        return f"{name}: {before} -> {after} ({pct}): {verdict}"
+    return f"{name}: {before} -> {after} ({pct}, {fmt_ci(entry)}): {verdict}"

@@ -58,7 +58,7 @@ def verdict_table(verdicts: list[dict], top: int | None, everything: bool) -> Ta
             cmp.fmt_value(entry["after"], entry["unit"]),
             cmp.fmt_pct(entry["delta_pct"]),
             ci,
-            Text(entry["verdict"], style=VERDICT_STYLE.get(entry["verdict"], "")),
+            Text(cmp.shown_verdict(entry), style=VERDICT_STYLE.get(entry["verdict"], "")),
         )
         previous = ident
     return table

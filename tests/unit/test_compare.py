@@ -1146,3 +1146,44 @@ def test_the_page_plots_times_in_seconds_with_si_ticks():
     assert bar.y[0] == pytest.approx(1.5)  # 10,000 write waits of 150us, in seconds
     assert "%{y:.3s}s" in bar.hovertemplate
     assert titles[0] == "acquisitions" and fig.layout.yaxis.ticksuffix is None  # counts
+
+
+def test_verdicts_say_whether_a_change_is_better_or_worse():
+    """A kernel developer reads "significant decrease" of wait time as good
+    news and of throughput as bad: the verdict says which, where the metric's
+    direction does not depend on the workload."""
+    before = make_set("before", BEFORE, throughputs=[100.0, 102.0, 98.0])
+    after = make_set(
+        "after",
+        [{**spec, "wait_ns": 400} for spec in AFTER],
+        throughputs=[60.0, 61.0, 59.0],
+    )
+    doc = cmp.compare(before, after).document
+    wait = verdict(doc, "wait_total_ns")  # 10,000 x 200ns -> 5,000 x 400ns
+    assert wait["significant"] is False and wait["direction"] is None
+    assert verdict(doc, "wait_p99_ns")["direction"] == "worse"
+    assert verdict(doc, "cpu0.wait_total_ns")["direction"] is None
+    acq = verdict(doc, "acquisitions")  # more or fewer: no better or worse
+    assert acq["verdict"] == "significant decrease" and acq["direction"] is None
+    throughput = rusage_entry(doc, "throughput")
+    assert throughput["direction"] == "worse"
+    assert doc["headline"][-1].endswith("significant decrease (worse)")
+    assert rusage_entry(doc, "sys_s")["direction"] is None
+    faster = make_set("after", AFTER, throughputs=[200.0, 201.0, 199.0])
+    doc = cmp.compare(before, faster).document
+    assert rusage_entry(doc, "throughput")["direction"] == "better"
+    assert verdict(doc, "hold_p99_ns")["direction"] is None  # unchanged
+    assert cmp.shown_verdict(verdict(doc, "acquisitions")) == "significant decrease"
+
+
+def test_the_page_and_terminal_show_the_direction(tmp_path, capsys):
+    before = make_set("before", BEFORE, throughputs=[100.0, 102.0, 98.0])
+    after = make_set("after", AFTER, throughputs=[200.0, 201.0, 199.0])
+    runset.save(before, tmp_path / "b.lpset")
+    runset.save(after, tmp_path / "a.lpset")
+    page = tmp_path / "c.html"
+    code = main(["compare", str(tmp_path / "b.lpset"), str(tmp_path / "a.lpset"), "-o", str(page)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "significant increase (better)" in out  # the throughput headline
+    assert '<td class="sig better">significant increase (better)</td>' in page.read_text()
