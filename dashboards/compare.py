@@ -263,7 +263,7 @@ def verdict_table(document: dict, limit: int = MAX_TABLE_ROWS) -> str:
             f"<td>{html_text(entry.get('name') or entry['metric'])}</td>"
             f'<td class="num">{html_text(_fmt(entry, "before"))}</td>'
             f'<td class="num">{html_text(_fmt(entry, "after"))}</td>'
-            f'<td class="num">{html_text(cmp.fmt_pct(entry["delta_pct"]))}</td>'
+            f'<td class="num">{html_text(cmp.fmt_delta(entry))}</td>'
             f'<td class="num">{html_text(ci)}</td>'
             f'<td class="{cls}">{html_text(verdict)}</td>'
             "</tr>"

@@ -871,6 +871,15 @@ def fmt_pct(value: float | None) -> str:
     return f"{value:+.1f}%"
 
 
+def fmt_delta(entry: dict) -> str:
+    """The change in percent, or in the metric's unit when there is no
+    percent (a lock absent before: 0 -> 6.4us is '+6.4us', not '-')."""
+    if entry.get("delta_pct") is not None or entry.get("delta") is None:
+        return fmt_pct(entry.get("delta_pct"))
+    delta = entry["delta"]
+    return ("+" if delta > 0 else "") + fmt_value(delta, entry.get("unit", "count"))
+
+
 def fmt_ci(entry: dict) -> str:
     """'95% CI -14.2% to -7.0%', or why there is none."""
     if entry.get("significant") is None:
@@ -887,7 +896,7 @@ def headline(entry: dict) -> str:
     unit = entry.get("unit", "count")
     name = entry.get("name") or entry["metric"]
     before, after = fmt_value(entry["before"], unit), fmt_value(entry["after"], unit)
-    pct = fmt_pct(entry.get("delta_pct"))
+    pct = fmt_delta(entry)
     verdict = shown_verdict(entry)
     if entry.get("delta") is None:
         return f"{name}: {before} -> {after}: {verdict}"

@@ -1187,3 +1187,22 @@ def test_the_page_and_terminal_show_the_direction(tmp_path, capsys):
     assert code == 0, err
     assert "significant increase (better)" in out  # the throughput headline
     assert '<td class="sig better">significant increase (better)</td>' in page.read_text()
+
+
+def test_a_change_from_zero_shows_its_delta_in_units():
+    """A lock only the after side saw: there is no percent, but the change is
+    known. The terminal and page showed '-' in the delta column."""
+    before = make_set("before", [{"writes": 10}] * 3)
+    after = make_set("after", [{"writes": 10, "spin_waits": 3}] * 3)
+    doc = cmp.compare(before, after).document
+    waits = verdict(doc, "wait_total_ns", "exclusive", "zap_pte_range+0x99")
+    assert waits["delta_pct"] is None and waits["delta"] == pytest.approx(15_000)
+    assert cmp.fmt_delta(waits) == "+15us"
+    contended = verdict(doc, "contended", "exclusive", "zap_pte_range+0x99")
+    assert cmp.fmt_delta(contended) == "+3"
+    assert cmp.fmt_delta(verdict(doc, "acquisitions")) == "+0.0%"
+    p99 = verdict(doc, "wait_p99_ns", "exclusive", "zap_pte_range+0x99")
+    assert p99["delta"] is None and cmp.fmt_delta(p99) == "-"  # not measured before
+    from dashboards import compare as page
+
+    assert '<td class="num">+15us</td>' in page.verdict_table(doc)
