@@ -705,6 +705,7 @@ def mismatch_warnings(before: RunSet, after: RunSet) -> list[str]:
                 f"{name} differs: before {' | '.join(_shown(v) for v in b)}, "
                 f"after {' | '.join(_shown(v) for v in a)}{note}"
             )
+    warnings += duration_warnings(before, after)
     for side, runset in (("before", before), ("after", after)):
         failed = [
             f"run {i} exited {run.exit_status}"
@@ -719,6 +720,40 @@ def mismatch_warnings(before: RunSet, after: RunSet) -> list[str]:
                 f"{side}: {lost:,} events lost (aggregates are exact; timelines miss them)"
             )
     return warnings
+
+
+# Sides whose mean collection times differ by more than this fraction are
+# warned about, when collection was time-bounded: counts and totals are per
+# run, not per second.
+DURATION_TOLERANCE = 0.1
+
+
+def _time_bounded(runset: RunSet) -> bool:
+    """Some run's collection was stopped by -d, not by its command's end. A
+    fixed amount of work taking less time is what a patch is for, and no
+    cause for a warning; a fixed time taking a different time is."""
+    return any(str(reason or "").startswith("duration ") for reason in runset.meta("stop_reason"))
+
+
+def _mean_duration(runset: RunSet) -> float | None:
+    durations = [d for d in runset.meta("duration_s") if isinstance(d, int | float) and d > 0]
+    return float(np.mean(durations)) if durations else None
+
+
+def duration_warnings(before: RunSet, after: RunSet) -> list[str]:
+    """The sides collected for different set times (-d): a 3 s run has half
+    again the acquisitions and wait total of a 2 s one, with no change to
+    the locks."""
+    if not (_time_bounded(before) or _time_bounded(after)):
+        return []
+    b, a = _mean_duration(before), _mean_duration(after)
+    if b is None or a is None or abs(a - b) <= DURATION_TOLERANCE * max(a, b):
+        return []
+    return [
+        f"collection time differs: before {b:.3g} s, after {a:.3g} s (mean per run); "
+        "counts and wait totals are per run, not per second, so they differ by that much "
+        "for this alone"
+    ]
 
 
 def target_warnings(runset: RunSet, figures: list[RunFigures], side: str) -> list[str]:

@@ -515,6 +515,27 @@ def test_a_cpu_a_side_does_not_have_is_not_measured_there():
     assert cpu1["after_values"] == [0.0] * 3 and cpu1["verdict"] == "significant decrease"
 
 
+def test_different_collection_times_are_warned_about():
+    """`run -d 3` against `run -d 5` of one command: every count and total
+    differs by two thirds with no change to the locks."""
+    before = make_set("before", [{"writes": 10}] * 3)
+    after = make_set("after", [{"writes": 10}] * 3)
+    for run in after.runs:
+        run.recording.meta["duration_s"] = 5.0
+    # Each command ran to its end: the same work in less time is no mismatch.
+    assert cmp.compare(before, after).document["warnings"] == []
+    for run in before.runs + after.runs:
+        run.recording.meta["stop_reason"] = "duration 3s reached"
+    warnings = cmp.compare(before, after).document["warnings"]
+    assert warnings == [
+        "collection time differs: before 3 s, after 5 s (mean per run); counts and wait "
+        "totals are per run, not per second, so they differ by that much for this alone"
+    ]
+    for run in after.runs:
+        run.recording.meta["duration_s"] = 3.2  # within 10%: the usual jitter
+    assert cmp.compare(before, after).document["warnings"] == []
+
+
 def test_differences_within_a_side_and_failed_runs_are_warned_about():
     before = make_set(
         "before", [{"writes": 10}, {"writes": 10, "kernel": "6.19.0", "exit_status": 1}]
