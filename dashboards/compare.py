@@ -71,6 +71,15 @@ def _hover(unit: str) -> str:
     return "%{y:.3s}s" if unit == "ns" else "%{y:,.4g}"
 
 
+def _error_bars(means: list[float | None], runs: list[list[float]]) -> dict:
+    """One standard deviation of the runs, the lower arm cut at 0: every
+    plotted figure is a count or a time, and an arm below 0 (a lock that 1 run
+    of 3 saw) drew count and time axes down to -1000 and -1s."""
+    sds = [_sd(r) for r in runs]
+    lower = [min(sd, max(mean or 0.0, 0.0)) for sd, mean in zip(sds, means, strict=True)]
+    return {"type": "data", "symmetric": False, "array": sds, "arrayminus": lower, "visible": True}
+
+
 def _side_bars(fig: go.Figure, entries: list[dict], labels: list[str], row: int, col: int):
     """Before and after bars (means, sd error bars) and each run as a dot."""
     unit = entries[0].get("unit", "count") if entries else "count"
@@ -86,7 +95,7 @@ def _side_bars(fig: go.Figure, entries: list[dict], labels: list[str], row: int,
                 showlegend=row == 1 and col == 1,
                 marker_color=COLORS[side],
                 offsetgroup=side,
-                error_y={"type": "data", "array": [_sd(r) for r in runs], "visible": True},
+                error_y=_error_bars(means, runs),
                 hovertemplate="%{x}<br>" + side + f" mean {_hover(unit)}<extra></extra>",
             ),
             row=row,

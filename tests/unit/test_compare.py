@@ -1227,3 +1227,21 @@ def test_a_change_from_zero_shows_its_delta_in_units():
     from dashboards import compare as page
 
     assert '<td class="num">+15us</td>' in page.verdict_table(doc)
+
+
+def test_error_bars_stop_at_zero():
+    """A spinlock 1 run of 3 saw (0, 0, 30 waits): mean 10, sd 17. The lower
+    arm stopped at -7, and the contended axis went below 0."""
+    from dashboards import compare as page
+
+    before = make_set("before", [{"writes": 10, "spin_waits": n} for n in (0, 0, 30)])
+    after = make_set("after", [{"writes": 10}] * 3)
+    fig = page.locks_figure(cmp.compare(before, after).document)
+    row = [a.text for a in fig.layout.annotations].index("contended") + 1
+    bars = [t for t in fig.data if t.type == "bar" and t.yaxis == f"y{row}" and t.name == "before"]
+    (bar,) = bars
+    spin = list(bar.x).index("zap_pte_range+0x99 exclusive")
+    assert bar.y[spin] == pytest.approx(10.0)
+    assert bar.error_y.array[spin] == pytest.approx(17.32, abs=0.01)
+    assert bar.error_y.arrayminus[spin] == pytest.approx(10.0)  # down to 0, not -7.3
+    assert not bar.error_y.symmetric
