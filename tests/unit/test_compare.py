@@ -1245,3 +1245,17 @@ def test_error_bars_stop_at_zero():
     assert bar.error_y.array[spin] == pytest.approx(17.32, abs=0.01)
     assert bar.error_y.arrayminus[spin] == pytest.approx(10.0)  # down to 0, not -7.3
     assert not bar.error_y.symmetric
+
+
+def test_distributions_use_a_log_count_axis():
+    """After has 1/1000 of before's waits: on a linear axis its bars were
+    flat at 0 under before's, its shape unseen."""
+    from dashboards import compare as page
+
+    result = cmp.compare(
+        make_set("before", [{"writes": 100_000}] * 3), make_set("after", [{"writes": 100}] * 3)
+    )
+    key = ("mmap_lock (target work)", "mmap_lock", "write")
+    fig = page.distribution_figure(key, result.hists[key])
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "log"
+    assert "log" in fig.layout.yaxis.title.text
