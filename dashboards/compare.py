@@ -31,6 +31,7 @@ from plotly.subplots import make_subplots
 
 from dashboards import page
 from dashboards.escape import html_text, text
+from dashboards.figures import TIME_AXIS
 from profiler import compare as cmp
 from profiler.hist import slot_bounds
 from profiler.render import fmt_ns
@@ -52,14 +53,39 @@ def _sd(values: list[float]) -> float:
 
 
 def _axis_title(unit: str) -> str:
-    return {"ns": "ns", "s": "seconds", "count": "count", "ratio": "ratio"}.get(unit, unit)
+    return {"ns": "time", "s": "seconds", "count": "count", "ratio": "ratio"}.get(unit, unit)
+
+
+def _plotted(values: list[float], unit: str) -> list[float]:
+    """Nanoseconds are plotted as seconds: on a raw ns axis plotly labels a
+    wait total of 1.5 s "1.5B" (billion), which reads as anything but time."""
+    return [v / 1e9 for v in values] if unit == "ns" else values
+
+
+def _value_axis(unit: str) -> dict:
+    """Tick format of a value axis: times in SI seconds (10ms, 1.5s)."""
+    return dict(TIME_AXIS) if unit == "ns" else {}
+
+
+def _hover(unit: str) -> str:
+    return "%{y:.3s}s" if unit == "ns" else "%{y:,.4g}"
+
+
+def _error_bars(means: list[float | None], runs: list[list[float]]) -> dict:
+    """One standard deviation of the runs, the lower arm cut at 0: every
+    plotted figure is a count or a time, and an arm below 0 (a lock that 1 run
+    of 3 saw) drew count and time axes down to -1000 and -1s."""
+    sds = [_sd(r) for r in runs]
+    lower = [min(sd, max(mean or 0.0, 0.0)) for sd, mean in zip(sds, means, strict=True)]
+    return {"type": "data", "symmetric": False, "array": sds, "arrayminus": lower, "visible": True}
 
 
 def _side_bars(fig: go.Figure, entries: list[dict], labels: list[str], row: int, col: int):
     """Before and after bars (means, sd error bars) and each run as a dot."""
+    unit = entries[0].get("unit", "count") if entries else "count"
     for side in ("before", "after"):
-        means = [e[side] for e in entries]
-        runs = [e[f"{side}_values"] for e in entries]
+        means = [None if e[side] is None else _plotted([e[side]], unit)[0] for e in entries]
+        runs = [_plotted(e[f"{side}_values"], unit) for e in entries]
         fig.add_trace(
             go.Bar(
                 x=labels,
@@ -69,8 +95,8 @@ def _side_bars(fig: go.Figure, entries: list[dict], labels: list[str], row: int,
                 showlegend=row == 1 and col == 1,
                 marker_color=COLORS[side],
                 offsetgroup=side,
-                error_y={"type": "data", "array": [_sd(r) for r in runs], "visible": True},
-                hovertemplate="%{x}<br>" + side + " mean %{y:,.4g}<extra></extra>",
+                error_y=_error_bars(means, runs),
+                hovertemplate="%{x}<br>" + side + f" mean {_hover(unit)}<extra></extra>",
             ),
             row=row,
             col=col,
@@ -89,7 +115,7 @@ def _side_bars(fig: go.Figure, entries: list[dict], labels: list[str], row: int,
                 showlegend=False,
                 offsetgroup=side,
                 marker={"color": "#263238", "size": 6, "symbol": "circle-open"},
-                hovertemplate="%{x}<br>" + side + " run %{y:,.4g}<extra></extra>",
+                hovertemplate="%{x}<br>" + side + f" run {_hover(unit)}<extra></extra>",
             ),
             row=row,
             col=col,
@@ -136,7 +162,7 @@ def locks_figure(document: dict, limit: int = TOP_LOCKS) -> go.Figure:
         rows=len(metrics),
         cols=1,
         shared_xaxes=True,  # lock names once, under the last row
-        subplot_titles=[text(m) for m in metrics],
+        subplot_titles=[text(m.removesuffix("_ns").replace("_", " ")) for m in metrics],
         vertical_spacing=0.2 / max(len(metrics), 1),
     )
     for row, metric in enumerate(metrics, start=1):
@@ -148,7 +174,7 @@ def locks_figure(document: dict, limit: int = TOP_LOCKS) -> go.Figure:
                 labels.append(text(f"{lock} {mode}"))
         _side_bars(fig, entries, labels, row, 1)
         unit = entries[0]["unit"] if entries else "count"
-        fig.update_yaxes(title_text=_axis_title(unit), row=row, col=1)
+        fig.update_yaxes(title_text=_axis_title(unit), row=row, col=1, **_value_axis(unit))
     fig.update_xaxes(
         type="category",
         categoryorder="array",
@@ -203,7 +229,9 @@ def distribution_figure(key: cmp.LockKey, sides: dict[str, dict[str, np.ndarray]
                 col=col,
             )
         fig.update_xaxes(title_text="bucket (log2 ns)", type="category", row=1, col=col)
-        fig.update_yaxes(title_text="count per run", row=1, col=col)
+        # Log: a patch that removes most of the contention leaves an after
+        # side 1000 times smaller, flat on a linear axis, its shape unseen.
+        fig.update_yaxes(title_text="count per run (log)", type="log", row=1, col=col)
     fig.update_layout(
         barmode="overlay",
         height=330,
@@ -237,15 +265,16 @@ def verdict_table(document: dict, limit: int = MAX_TABLE_ROWS) -> str:
     ] + document["verdicts"]
     for entry in entries[:limit]:
         ci = cmp.fmt_ci(entry).removeprefix("95% CI ") if entry["significant"] is not None else "-"
-        verdict = entry["verdict"]
+        verdict = cmp.shown_verdict(entry)
         cls = "sig" if entry["significant"] else ("none" if entry["significant"] is None else "")
+        cls += f" {entry['direction']}" if entry.get("direction") else ""
         rows.append(
             "<tr>"
             f"<td>{html_text(entry['lock'])}</td><td>{html_text(entry['mode'])}</td>"
             f"<td>{html_text(entry.get('name') or entry['metric'])}</td>"
             f'<td class="num">{html_text(_fmt(entry, "before"))}</td>'
             f'<td class="num">{html_text(_fmt(entry, "after"))}</td>'
-            f'<td class="num">{html_text(cmp.fmt_pct(entry["delta_pct"]))}</td>'
+            f'<td class="num">{html_text(cmp.fmt_delta(entry))}</td>'
             f'<td class="num">{html_text(ci)}</td>'
             f'<td class="{cls}">{html_text(verdict)}</td>'
             "</tr>"
@@ -316,6 +345,8 @@ th{position:sticky;top:0;background:#eceff1;padding:4px 8px;text-align:left}
 td{padding:3px 8px;border-bottom:1px solid #eee}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.sig{font-weight:bold}
+td.better{color:#2e7d32}
+td.worse{color:#c62828}
 td.none{color:#888}
 """
 
@@ -357,7 +388,8 @@ def sections(
             "distributions",
             "Distributions",
             "Before and after log2 histograms overlaid (mean count per run in each "
-            "bucket), from the exact in-kernel histograms.",
+            "bucket, on a log axis so that a much smaller side keeps its shape), from "
+            "the exact in-kernel histograms.",
             [
                 (f"dist-{i}", distribution_figure(k, result.hists[k]))
                 for i, k in enumerate(dist_keys)

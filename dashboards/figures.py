@@ -336,6 +336,19 @@ def _cpu_list(intervals: pd.DataFrame, cpus: int | None) -> list[int]:
     return sorted(seen | set(range(int(cpus or 0))))
 
 
+def _per_second(values, seconds):
+    """values / seconds, NaN where an interval has no length."""
+    seconds = np.asarray(seconds, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(seconds > 0, np.asarray(values, dtype=float) / seconds, np.nan)
+
+
+def _lengths(ends: pd.Series) -> pd.Series:
+    """Each interval's length in seconds, from the snapshot times (the first
+    from the start)."""
+    return ends.diff().fillna(ends)
+
+
 def build_cpu_heatmap(
     intervals: pd.DataFrame, cpus: int | None = None, max_columns: int = 400
 ) -> go.Figure:
@@ -357,15 +370,23 @@ def build_cpu_heatmap(
         z = np.add.reduceat(z, edges[:-1], axis=0)
         starts, ends = starts[edges[:-1]], ends[edges[1:] - 1]
         title += f" (binned: {len(times):,} intervals shown as {max_columns:,} columns)"
-    x = (starts + ends) / 2
+    # Cell edges, not centres: the intervals are not all as long (the first
+    # snapshot comes after FIRST_TICK_S, the last at the stop), and from
+    # centres plotly puts each edge halfway between them, off the intervals.
+    # For the same reason the colour is a rate (wait ms per second), or a
+    # half-length interval would look half as contended.
+    edges_s = np.concatenate([starts[:1], ends])
+    spans = [f"{a:.2f} to {b:.2f} s" for a, b in zip(starts, ends, strict=True)]
     fig = go.Figure(
         go.Heatmap(
-            x=x,
+            x=edges_s,
             y=[f"cpu {c}" for c in cpu_ids],
-            z=(z.T / 1e6),
+            z=_per_second(z.T / 1e6, ends - starts),
+            customdata=np.dstack([[spans] * len(cpu_ids), np.round(z.T / 1e6, 3)]),
             colorscale="YlOrRd",
-            colorbar={"title": {"text": "wait ms"}},
-            hovertemplate="%{y}, around %{x:.2f} s<br>wait %{z:.3f} ms<extra></extra>",
+            colorbar={"title": {"text": "wait ms/s"}},
+            hovertemplate="%{y}, %{customdata[0]}<br>wait %{customdata[1]} ms "
+            "(%{z:.3f} ms per s)<extra></extra>",
         )
     )
     fig.update_xaxes(title_text="time (s)")
@@ -441,48 +462,15 @@ def build_timeline(
         vertical_spacing=0.07,
         row_heights=[0.25, 0.25, 0.5],
         subplot_titles=[
-            "acquisitions and contended acquisitions per interval",
-            "wait time per interval",
+            "acquisitions and contended acquisitions per second",
+            "wait time per second (the average number of tasks waiting)",
             "individual waits and holds over the threshold",
         ],
     )
     if not intervals.empty:
-        per = intervals.groupby("interval").agg(
-            t_s=("t_s", "max"), acquisitions=("acquisitions", "sum"), contended=("contended", "sum")
-        )
-        for column, color in (("acquisitions", "#2ca02c"), ("contended", "#ff7f0e")):
-            values = per[column].astype(float).where(per[column] > 0)
-            fig.add_trace(
-                go.Scatter(
-                    name=column,
-                    x=per["t_s"],
-                    y=values,
-                    mode="lines+markers",
-                    line={"color": color},
-                    hovertemplate=f"%{{x:.2f}} s: %{{y:,}} {column}<extra></extra>",
-                ),
-                row=1,
-                col=1,
-            )
-        waits = intervals.groupby(["interval", "mode"])["wait_total_ns"].sum().unstack("mode")
-        times = per["t_s"]
-        for mode in MODES:
-            if mode not in waits.columns or not waits[mode].any():
-                continue
-            fig.add_trace(
-                go.Scatter(
-                    name=f"wait {mode}",
-                    x=times.reindex(waits.index),
-                    y=waits[mode].fillna(0) / 1e9,
-                    mode="lines",
-                    line={"color": MODE_COLORS[mode]},
-                    hovertemplate=f"%{{x:.2f}} s: {mode} wait %{{y:.3s}}s<extra></extra>",
-                ),
-                row=2,
-                col=1,
-            )
-    fig.update_yaxes(type="log", title_text="count", row=1, col=1)
-    fig.update_yaxes(title_text="wait", rangemode="tozero", row=2, col=1, **TIME_AXIS)
+        _add_interval_rates(fig, intervals)
+    fig.update_yaxes(type="log", title_text="per second", row=1, col=1)
+    fig.update_yaxes(title_text="tasks waiting", rangemode="tozero", row=2, col=1)
     fig.update_yaxes(type="log", title_text="duration", row=3, col=1, **TIME_AXIS)
     fig.update_xaxes(title_text="time since start (s)", row=3, col=1)
     total = len(events)
@@ -540,6 +528,53 @@ def build_timeline(
                 col=1,
             )
     return _layout(fig, title, 760, legend={"orientation": "h", "y": -0.08})
+
+
+def _add_interval_rates(fig: go.Figure, intervals: pd.DataFrame) -> None:
+    """Rows 1 and 2 of the timeline: counts and wait time per second of each
+    interval. Per second, not per interval: the intervals are not all as long
+    (the first two last FIRST_TICK_S, 0.5 s), and totals per interval drew a
+    ramp-up over the first second that never happened."""
+    per = intervals.groupby("interval").agg(
+        t_s=("t_s", "max"), acquisitions=("acquisitions", "sum"), contended=("contended", "sum")
+    )
+    seconds = _lengths(per["t_s"])
+    for column, color in (("acquisitions", "#2ca02c"), ("contended", "#ff7f0e")):
+        values = per[column].astype(float).where(per[column] > 0)
+        fig.add_trace(
+            go.Scatter(
+                name=column,
+                x=per["t_s"],
+                y=_per_second(values, seconds),
+                customdata=np.column_stack([per[column], seconds]),
+                mode="lines+markers",
+                line={"color": color},
+                hovertemplate=f"%{{x:.2f}} s: %{{y:,.0f}} {column} per s<br>"
+                f"%{{customdata[0]:,}} in the %{{customdata[1]:.2f}} s interval<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    waits = intervals.groupby(["interval", "mode"])["wait_total_ns"].sum().unstack("mode")
+    for mode in MODES:
+        if mode not in waits.columns or not waits[mode].any():
+            continue
+        total_s = waits[mode].fillna(0) / 1e9
+        fig.add_trace(
+            go.Scatter(
+                name=f"wait {mode}",
+                x=per["t_s"].reindex(waits.index),
+                y=_per_second(total_s, seconds.reindex(waits.index)),
+                customdata=np.column_stack([total_s, seconds.reindex(waits.index)]),
+                mode="lines",
+                line={"color": MODE_COLORS[mode]},
+                hovertemplate=f"%{{x:.2f}} s: {mode} wait %{{customdata[0]:.3s}}s in the "
+                "%{customdata[1]:.2f} s interval<br>%{y:.3g} tasks waiting on average"
+                "<extra></extra>",
+            ),
+            row=2,
+            col=1,
+        )
 
 
 # -- 7. top locks and callers -------------------------------------------------------

@@ -81,7 +81,8 @@ def panels(
         Panel(
             "cpus",
             "Per CPU",
-            "Where waiting happened: wait time per CPU and interval, and per CPU in total.",
+            "Where waiting happened: wait time per CPU over time (ms of waiting per "
+            "second of each interval), and per CPU in total.",
             [
                 ("cpu-heatmap", figures.build_cpu_heatmap(intervals, cpus)),
                 ("cpu-totals", figures.build_cpu_totals(intervals, cpus)),
@@ -90,7 +91,7 @@ def panels(
         Panel(
             "timeline",
             "Timeline",
-            "When: counts and wait time per interval, and each wait or hold over "
+            "When: counts and wait time per second of each interval, and each wait or hold over "
             "the threshold with its task and lock (hover a point).",
             [
                 (

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from profiler import aggregate
+from profiler import aggregate, schema
 from profiler.errors import LockprofError
 from profiler.recording import Recording
 from profiler.runset import RunSet
@@ -98,6 +98,21 @@ RUSAGE_METRICS: list[tuple[str, str, str]] = [
     ("minor_faults", "count", "minor faults"),
     ("throughput", "throughput", "throughput"),
 ]
+# Which way is better, where a change's sign says so whatever the workload:
+# less waiting and shorter holds, more throughput. Acquisitions, CPU and
+# elapsed times and faults go either way (a patch that lets a fixed-time
+# workload do more work raises them), so they get no direction.
+LOWER_IS_BETTER = {
+    "contended",
+    "wait_total_ns",
+    "wait_p50_ns",
+    "wait_p99_ns",
+    "wait_max_ns",
+    "hold_p50_ns",
+    "hold_p99_ns",
+    "hold_max_ns",
+}
+HIGHER_IS_BETTER = {"throughput"}
 # What the terminal shows per lock unless asked for everything.
 KEY_METRICS = ("acquisitions", "contended", "wait_total_ns", "wait_p99_ns", "hold_p99_ns")
 
@@ -131,12 +146,55 @@ def lock_identity(row: dict, target_pid: int | None) -> tuple[str, str]:
 
 
 @dataclass
+class Traced:
+    """What a run's probes could see: a lock it did not see counts 0 only if
+    it could have (a run without lock:contention_*, or with --lock-types
+    leaving a type out, or on fewer CPUs, knows nothing of those locks).
+    None: not recorded (older recordings), taken as everything."""
+
+    families: frozenset[str] | None = None
+    lock_types: frozenset[str] | None = None
+    has_specs: bool | None = None
+    cpus: int | None = None
+
+    @classmethod
+    def of(cls, meta: dict) -> Traced:
+        families, types, specs = (meta.get(k) for k in ("families", "lock_types", "lock_specs"))
+        cpus = meta.get("cpus")
+        return cls(
+            families=frozenset(families) if isinstance(families, list) else None,
+            lock_types=frozenset(types) if isinstance(types, list) else None,
+            has_specs=bool(specs) if isinstance(specs, list) else None,
+            cpus=cpus if isinstance(cpus, int) and cpus > 0 else None,
+        )
+
+    def _contention(self, lock_type: str) -> bool:
+        if self.families is not None and "contention" not in self.families:
+            return False
+        return self.lock_types is None or lock_type in self.lock_types
+
+    def could_see(self, lock_class: str, metric: str) -> bool:
+        """Whether this run would have counted (lock_class, metric) had it
+        happened, so that its absence means 0 rather than unknown."""
+        cpu, dot, _rest = metric.partition(".")
+        if dot and self.cpus is not None and int(cpu[3:]) >= self.cpus:
+            return False  # a CPU this machine does not have
+        if lock_class == "mmap_lock":  # an rwsem: lock:contention_* sees it too
+            mmap = self.families is None or "mmap_lock" in self.families
+            return mmap or self._contention("rwsem")
+        if lock_class in schema.LOCK_TYPES:
+            return self._contention(lock_class)
+        return self.has_specs is not False  # a lock spec's class (--locks)
+
+
+@dataclass
 class RunFigures:
     """One run's figures per lock identity and mode, and its histograms."""
 
     locks: dict[LockKey, dict[str, float | None]] = field(default_factory=dict)
     hists: dict[LockKey, dict[str, np.ndarray]] = field(default_factory=dict)
     rusage: dict[str, float | None] = field(default_factory=dict)
+    traced: Traced = field(default_factory=Traced)
 
 
 def _relabel(rec: Recording) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, tuple[str, str]]]:
@@ -179,7 +237,7 @@ def _hist_figure(hist: dict | None, key: str) -> float | None:
 
 def run_figures(rec: Recording, throughput: float | None = None) -> RunFigures:
     """Every compared figure of one run."""
-    figures = RunFigures()
+    figures = RunFigures(traced=Traced.of(rec.meta))
     rusage = rec.meta.get("rusage") or {}
     for metric, _unit, _name in RUSAGE_METRICS:
         value = throughput if metric == "throughput" else rusage.get(metric)
@@ -234,8 +292,6 @@ def _histograms(
 
 
 def _mmap_source() -> int:
-    from profiler import schema
-
     return schema.const("LP_SRC_MMAP_LOCK")
 
 
@@ -448,6 +504,26 @@ def compare_values(
     return result
 
 
+def direction(metric: str, delta: float | None, significant: bool | None) -> str | None:
+    """ "better" or "worse" for a significant change of a metric with a
+    direction (LOWER_IS_BETTER, HIGHER_IS_BETTER), else None. A lock spec's
+    sum rows time the writer's sum: less is better there too."""
+    if not significant or delta is None or delta == 0:
+        return None
+    name = metric.partition(".")[2] if metric.startswith("cpu") else metric
+    if name in LOWER_IS_BETTER:
+        return "better" if delta < 0 else "worse"
+    if name in HIGHER_IS_BETTER:
+        return "better" if delta > 0 else "worse"
+    return None
+
+
+def shown_verdict(entry: dict) -> str:
+    """The verdict with its direction: 'significant decrease (better)'."""
+    way = entry.get("direction")
+    return f"{entry['verdict']} ({way})" if way else entry["verdict"]
+
+
 # -- the comparison ---------------------------------------------------------------
 
 
@@ -462,11 +538,9 @@ def _lock_values(
     for a summable metric the probes measure (seen: known in some run)."""
     values = []
     for run in runs:
+        absent = 0.0 if summable and seen and run.traced.could_see(key[1], metric) else None
         figures = run.locks.get(key)
-        if figures is None:
-            values.append(0.0 if summable and seen else None)
-        else:
-            values.append(figures.get(metric, 0.0 if summable and seen else None))
+        values.append(absent if figures is None else figures.get(metric, absent))
     return values
 
 
@@ -536,10 +610,12 @@ def lock_verdicts(
                 continue  # the probes cannot know it for this lock
             b = _lock_values(before, key, metric, summable, seen)
             a = _lock_values(after, key, metric, summable, seen)
-            entry = {"lock": label, "lock_class": lock_class, "mode": mode, "metric": metric}
+            entry: dict = {"lock": label, "lock_class": lock_class, "mode": mode}
+            entry["metric"] = metric
             entry["name"] = metric_name(mode, metric)
             entry["unit"] = unit
             entry.update(compare_values(b, a, seed, resamples))
+            entry["direction"] = direction(metric, entry["delta"], entry["significant"])
             verdicts.append(entry)
     return verdicts
 
@@ -564,8 +640,9 @@ def rusage_verdicts(
         a = [run.rusage.get(metric) for run in after]
         if all(v is None for v in b + a):
             continue
-        entry = {"process": process, "metric": metric, "name": name, "unit": unit}
+        entry: dict = {"process": process, "metric": metric, "name": name, "unit": unit}
         entry.update(compare_values(b, a, seed, resamples))
+        entry["direction"] = direction(metric, entry["delta"], entry["significant"])
         out.append(entry)
     return out
 
@@ -628,6 +705,7 @@ def mismatch_warnings(before: RunSet, after: RunSet) -> list[str]:
                 f"{name} differs: before {' | '.join(_shown(v) for v in b)}, "
                 f"after {' | '.join(_shown(v) for v in a)}{note}"
             )
+    warnings += duration_warnings(before, after)
     for side, runset in (("before", before), ("after", after)):
         failed = [
             f"run {i} exited {run.exit_status}"
@@ -642,6 +720,40 @@ def mismatch_warnings(before: RunSet, after: RunSet) -> list[str]:
                 f"{side}: {lost:,} events lost (aggregates are exact; timelines miss them)"
             )
     return warnings
+
+
+# Sides whose mean collection times differ by more than this fraction are
+# warned about, when collection was time-bounded: counts and totals are per
+# run, not per second.
+DURATION_TOLERANCE = 0.1
+
+
+def _time_bounded(runset: RunSet) -> bool:
+    """Some run's collection was stopped by -d, not by its command's end. A
+    fixed amount of work taking less time is what a patch is for, and no
+    cause for a warning; a fixed time taking a different time is."""
+    return any(str(reason or "").startswith("duration ") for reason in runset.meta("stop_reason"))
+
+
+def _mean_duration(runset: RunSet) -> float | None:
+    durations = [d for d in runset.meta("duration_s") if isinstance(d, int | float) and d > 0]
+    return float(np.mean(durations)) if durations else None
+
+
+def duration_warnings(before: RunSet, after: RunSet) -> list[str]:
+    """The sides collected for different set times (-d): a 3 s run has half
+    again the acquisitions and wait total of a 2 s one, with no change to
+    the locks."""
+    if not (_time_bounded(before) or _time_bounded(after)):
+        return []
+    b, a = _mean_duration(before), _mean_duration(after)
+    if b is None or a is None or abs(a - b) <= DURATION_TOLERANCE * max(a, b):
+        return []
+    return [
+        f"collection time differs: before {b:.3g} s, after {a:.3g} s (mean per run); "
+        "counts and wait totals are per run, not per second, so they differ by that much "
+        "for this alone"
+    ]
 
 
 def target_warnings(runset: RunSet, figures: list[RunFigures], side: str) -> list[str]:
@@ -794,6 +906,15 @@ def fmt_pct(value: float | None) -> str:
     return f"{value:+.1f}%"
 
 
+def fmt_delta(entry: dict) -> str:
+    """The change in percent, or in the metric's unit when there is no
+    percent (a lock absent before: 0 -> 6.4us is '+6.4us', not '-')."""
+    if entry.get("delta_pct") is not None or entry.get("delta") is None:
+        return fmt_pct(entry.get("delta_pct"))
+    delta = entry["delta"]
+    return ("+" if delta > 0 else "") + fmt_value(delta, entry.get("unit", "count"))
+
+
 def fmt_ci(entry: dict) -> str:
     """'95% CI -14.2% to -7.0%', or why there is none."""
     if entry.get("significant") is None:
@@ -810,9 +931,10 @@ def headline(entry: dict) -> str:
     unit = entry.get("unit", "count")
     name = entry.get("name") or entry["metric"]
     before, after = fmt_value(entry["before"], unit), fmt_value(entry["after"], unit)
-    pct = fmt_pct(entry.get("delta_pct"))
+    pct = fmt_delta(entry)
+    verdict = shown_verdict(entry)
     if entry.get("delta") is None:
-        return f"{name}: {before} -> {after}: {entry['verdict']}"
+        return f"{name}: {before} -> {after}: {verdict}"
     if entry.get("significant") is None:
-        return f"{name}: {before} -> {after} ({pct}): {entry['verdict']}"
-    return f"{name}: {before} -> {after} ({pct}, {fmt_ci(entry)}): {entry['verdict']}"
+        return f"{name}: {before} -> {after} ({pct}): {verdict}"
+    return f"{name}: {before} -> {after} ({pct}, {fmt_ci(entry)}): {verdict}"

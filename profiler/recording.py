@@ -742,11 +742,22 @@ def _list_problem(series: pd.Series) -> str | None:
     return None
 
 
+def _not_a_recording(archive: zipfile.ZipFile) -> str:
+    """Why a zip without meta.json is refused; a run set (`lockprof bench -o`)
+    is the likely mistake, so it says what reads one instead."""
+    if "manifest.json" in archive.namelist():
+        return (
+            "a run set (lockprof bench), not a recording: lockprof compare reads it, "
+            "and its runs/NNN.lpr members are recordings"
+        )
+    return "not a lockprof recording (no meta.json)"
+
+
 def _read_meta(archive: zipfile.ZipFile, path: Path) -> dict:
     try:
         meta = json.loads(archive.read("meta.json"))
     except KeyError:
-        raise LockprofError(f"{path}: not a lockprof recording (no meta.json)") from None
+        raise LockprofError(f"{path}: {_not_a_recording(archive)}") from None
     except (
         zipfile.BadZipFile,
         ValueError,

@@ -56,9 +56,9 @@ def verdict_table(verdicts: list[dict], top: int | None, everything: bool) -> Ta
             entry.get("name") or entry["metric"],
             cmp.fmt_value(entry["before"], entry["unit"]),
             cmp.fmt_value(entry["after"], entry["unit"]),
-            cmp.fmt_pct(entry["delta_pct"]),
+            cmp.fmt_delta(entry),
             ci,
-            Text(entry["verdict"], style=VERDICT_STYLE.get(entry["verdict"], "")),
+            Text(cmp.shown_verdict(entry), style=VERDICT_STYLE.get(entry["verdict"], "")),
         )
         previous = ident
     return table

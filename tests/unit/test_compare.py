@@ -470,6 +470,72 @@ def test_different_lock_types_are_warned_about():
     ]
 
 
+def test_a_lock_type_one_side_did_not_trace_is_not_measured_there():
+    """Before traced rwsem contention only (--lock-types rwsem): its runs
+    know nothing of spinlocks, so the after side's spinlock is no
+    "significant increase" from 0."""
+    spins = [{"writes": 10, "spin_waits": n} for n in (40, 50, 60)]
+    before = make_set("before", [{"writes": 10}] * 3, lock_types=["rwsem"])
+    after = make_set("after", spins)
+    doc = cmp.compare(before, after).document
+    spin = verdict(doc, "contended", "exclusive", "zap_pte_range+0x99")
+    assert spin["before_values"] == [] and spin["after_values"] == [40.0, 50.0, 60.0]
+    assert spin["verdict"] == cmp.NOT_MEASURED
+    # Without contention probes at all (--no-contention), likewise.
+    before = make_set("before", [{"writes": 10}] * 3)
+    for run in before.runs:
+        run.recording.meta["families"] = ["mmap_lock"]
+    spin = verdict(
+        cmp.compare(before, after).document, "wait_total_ns", "exclusive", "zap_pte_range+0x99"
+    )
+    assert spin["verdict"] == cmp.NOT_MEASURED
+    # A side that traced spinlocks and saw none still counts 0.
+    before = make_set("before", [{"writes": 10}] * 3, lock_types=["spinlock"])
+    spin = verdict(
+        cmp.compare(before, after).document, "contended", "exclusive", "zap_pte_range+0x99"
+    )
+    assert spin["before_values"] == [0.0, 0.0, 0.0]
+    assert spin["verdict"] == "significant increase"
+
+
+def test_a_cpu_a_side_does_not_have_is_not_measured_there():
+    """Before ran on 2 CPUs, after on 4: cpu3's figures are unknown before,
+    not 0 (a "significant increase" from a CPU that did not exist)."""
+    before = make_set("before", [{"writes": 10}] * 3)
+    after = make_set("after", [{"writes": 10}] * 3, cpus=4)
+    for run in after.runs:
+        intervals = run.recording.intervals
+        intervals.loc[intervals["cpu"] == 1, "cpu"] = 3
+    doc = cmp.compare(before, after).document
+    cpu3 = verdict(doc, "cpu3.acquisitions", "read")
+    assert cpu3["runs_before"] == 0 and cpu3["after_values"] == [100.0] * 3
+    assert cpu3["verdict"] == cmp.NOT_MEASURED
+    # cpu1 exists on both machines: after's idle cpu1 is a real 0.
+    cpu1 = verdict(doc, "cpu1.acquisitions", "read")
+    assert cpu1["after_values"] == [0.0] * 3 and cpu1["verdict"] == "significant decrease"
+
+
+def test_different_collection_times_are_warned_about():
+    """`run -d 3` against `run -d 5` of one command: every count and total
+    differs by two thirds with no change to the locks."""
+    before = make_set("before", [{"writes": 10}] * 3)
+    after = make_set("after", [{"writes": 10}] * 3)
+    for run in after.runs:
+        run.recording.meta["duration_s"] = 5.0
+    # Each command ran to its end: the same work in less time is no mismatch.
+    assert cmp.compare(before, after).document["warnings"] == []
+    for run in before.runs + after.runs:
+        run.recording.meta["stop_reason"] = "duration 3s reached"
+    warnings = cmp.compare(before, after).document["warnings"]
+    assert warnings == [
+        "collection time differs: before 3 s, after 5 s (mean per run); counts and wait "
+        "totals are per run, not per second, so they differ by that much for this alone"
+    ]
+    for run in after.runs:
+        run.recording.meta["duration_s"] = 3.2  # within 10%: the usual jitter
+    assert cmp.compare(before, after).document["warnings"] == []
+
+
 def test_differences_within_a_side_and_failed_runs_are_warned_about():
     before = make_set(
         "before", [{"writes": 10}, {"writes": 10, "kernel": "6.19.0", "exit_status": 1}]
@@ -1081,3 +1147,115 @@ def test_pair_class_on_the_command_line(tmp_path, capsys):
         code = main(["compare", "--pair-class", bad, str(before), str(after)])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1, (bad, err)
+
+
+def test_the_page_plots_times_in_seconds_with_si_ticks():
+    """A wait total of 1.5 s was plotted as 1.5e9 on an axis titled "ns",
+    which plotly ticks "1.5B": times are plotted in seconds, ticked 1.5s."""
+    from dashboards import compare as page
+
+    before = make_set("before", [{"writes": 10_000, "wait_ns": 150_000}] * 3)
+    after = make_set("after", [{"writes": 10_000, "wait_ns": 100_000}] * 3)
+    fig = page.locks_figure(cmp.compare(before, after).document)
+    titles = [a.text for a in fig.layout.annotations]
+    row = titles.index("wait total") + 1
+    axis = fig.layout[f"yaxis{row if row > 1 else ''}"]
+    assert axis.ticksuffix == "s" and axis.exponentformat == "SI"
+    (bar,) = [
+        t for t in fig.data if t.type == "bar" and t.yaxis == f"y{row}" and t.name == "before"
+    ]
+    assert bar.y[0] == pytest.approx(1.5)  # 10,000 write waits of 150us, in seconds
+    assert "%{y:.3s}s" in bar.hovertemplate
+    assert titles[0] == "acquisitions" and fig.layout.yaxis.ticksuffix is None  # counts
+
+
+def test_verdicts_say_whether_a_change_is_better_or_worse():
+    """A kernel developer reads "significant decrease" of wait time as good
+    news and of throughput as bad: the verdict says which, where the metric's
+    direction does not depend on the workload."""
+    before = make_set("before", BEFORE, throughputs=[100.0, 102.0, 98.0])
+    after = make_set(
+        "after",
+        [{**spec, "wait_ns": 400} for spec in AFTER],
+        throughputs=[60.0, 61.0, 59.0],
+    )
+    doc = cmp.compare(before, after).document
+    wait = verdict(doc, "wait_total_ns")  # 10,000 x 200ns -> 5,000 x 400ns
+    assert wait["significant"] is False and wait["direction"] is None
+    assert verdict(doc, "wait_p99_ns")["direction"] == "worse"
+    assert verdict(doc, "cpu0.wait_total_ns")["direction"] is None
+    acq = verdict(doc, "acquisitions")  # more or fewer: no better or worse
+    assert acq["verdict"] == "significant decrease" and acq["direction"] is None
+    throughput = rusage_entry(doc, "throughput")
+    assert throughput["direction"] == "worse"
+    assert doc["headline"][-1].endswith("significant decrease (worse)")
+    assert rusage_entry(doc, "sys_s")["direction"] is None
+    faster = make_set("after", AFTER, throughputs=[200.0, 201.0, 199.0])
+    doc = cmp.compare(before, faster).document
+    assert rusage_entry(doc, "throughput")["direction"] == "better"
+    assert verdict(doc, "hold_p99_ns")["direction"] is None  # unchanged
+    assert cmp.shown_verdict(verdict(doc, "acquisitions")) == "significant decrease"
+
+
+def test_the_page_and_terminal_show_the_direction(tmp_path, capsys):
+    before = make_set("before", BEFORE, throughputs=[100.0, 102.0, 98.0])
+    after = make_set("after", AFTER, throughputs=[200.0, 201.0, 199.0])
+    runset.save(before, tmp_path / "b.lpset")
+    runset.save(after, tmp_path / "a.lpset")
+    page = tmp_path / "c.html"
+    code = main(["compare", str(tmp_path / "b.lpset"), str(tmp_path / "a.lpset"), "-o", str(page)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "significant increase (better)" in out  # the throughput headline
+    assert '<td class="sig better">significant increase (better)</td>' in page.read_text()
+
+
+def test_a_change_from_zero_shows_its_delta_in_units():
+    """A lock only the after side saw: there is no percent, but the change is
+    known. The terminal and page showed '-' in the delta column."""
+    before = make_set("before", [{"writes": 10}] * 3)
+    after = make_set("after", [{"writes": 10, "spin_waits": 3}] * 3)
+    doc = cmp.compare(before, after).document
+    waits = verdict(doc, "wait_total_ns", "exclusive", "zap_pte_range+0x99")
+    assert waits["delta_pct"] is None and waits["delta"] == pytest.approx(15_000)
+    assert cmp.fmt_delta(waits) == "+15us"
+    contended = verdict(doc, "contended", "exclusive", "zap_pte_range+0x99")
+    assert cmp.fmt_delta(contended) == "+3"
+    assert cmp.fmt_delta(verdict(doc, "acquisitions")) == "+0.0%"
+    p99 = verdict(doc, "wait_p99_ns", "exclusive", "zap_pte_range+0x99")
+    assert p99["delta"] is None and cmp.fmt_delta(p99) == "-"  # not measured before
+    from dashboards import compare as page
+
+    assert '<td class="num">+15us</td>' in page.verdict_table(doc)
+
+
+def test_error_bars_stop_at_zero():
+    """A spinlock 1 run of 3 saw (0, 0, 30 waits): mean 10, sd 17. The lower
+    arm stopped at -7, and the contended axis went below 0."""
+    from dashboards import compare as page
+
+    before = make_set("before", [{"writes": 10, "spin_waits": n} for n in (0, 0, 30)])
+    after = make_set("after", [{"writes": 10}] * 3)
+    fig = page.locks_figure(cmp.compare(before, after).document)
+    row = [a.text for a in fig.layout.annotations].index("contended") + 1
+    bars = [t for t in fig.data if t.type == "bar" and t.yaxis == f"y{row}" and t.name == "before"]
+    (bar,) = bars
+    spin = list(bar.x).index("zap_pte_range+0x99 exclusive")
+    assert bar.y[spin] == pytest.approx(10.0)
+    assert bar.error_y.array[spin] == pytest.approx(17.32, abs=0.01)
+    assert bar.error_y.arrayminus[spin] == pytest.approx(10.0)  # down to 0, not -7.3
+    assert not bar.error_y.symmetric
+
+
+def test_distributions_use_a_log_count_axis():
+    """After has 1/1000 of before's waits: on a linear axis its bars were
+    flat at 0 under before's, its shape unseen."""
+    from dashboards import compare as page
+
+    result = cmp.compare(
+        make_set("before", [{"writes": 100_000}] * 3), make_set("after", [{"writes": 100}] * 3)
+    )
+    key = ("mmap_lock (target work)", "mmap_lock", "write")
+    fig = page.distribution_figure(key, result.hists[key])
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "log"
+    assert "log" in fig.layout.yaxis.title.text

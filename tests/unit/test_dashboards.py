@@ -431,9 +431,11 @@ def test_cpu_heatmap(parts, hostile):
     assert list(heat.y) == ["cpu 0", "cpu 1"]
     z = np.asarray(heat.z, dtype=float)
     assert z.shape == (2, intervals["interval"].nunique())
-    assert z.sum() == pytest.approx(intervals["wait_total_ns"].sum() / 1e6)
+    seconds = np.diff(np.asarray(heat.x, dtype=float))  # z is wait ms per second
+    assert (z * seconds).sum() == pytest.approx(intervals["wait_total_ns"].sum() / 1e6)
     per_cpu = intervals.groupby("cpu")["wait_total_ns"].sum() / 1e6
-    assert z.sum(axis=1) == pytest.approx(per_cpu.reindex([0, 1], fill_value=0).to_numpy())
+    expected = per_cpu.reindex([0, 1], fill_value=0).to_numpy()
+    assert (z * seconds).sum(axis=1) == pytest.approx(expected)
     assert "binned" not in fig.layout.title.text
 
 
@@ -442,8 +444,32 @@ def test_cpu_heatmap_bins_long_recordings(parts):
     fig = figures.build_cpu_heatmap(intervals, 4, max_columns=2)
     z = np.asarray(fig.data[0].z, dtype=float)
     assert z.shape == (4, 2), "idle CPUs are rows too"
-    assert z.sum() == pytest.approx(intervals["wait_total_ns"].sum() / 1e6)
+    seconds = np.diff(np.asarray(fig.data[0].x, dtype=float))
+    assert (z * seconds).sum() == pytest.approx(intervals["wait_total_ns"].sum() / 1e6)
     assert "shown as 2 columns" in fig.layout.title.text
+
+
+def test_cpu_heatmap_cells_span_their_intervals():
+    """Snapshots at 0.5 s (the early first one), 1 s and 2 s: the cells are
+    [0, 0.5], [0.5, 1], [1, 2]. Given their centres (0.25, 0.75, 1.5),
+    plotly drew [0, 0.5], [0.5, 1.125], [1.125, 2]. And their colour is wait
+    per second: 1 ms in 0.5 s is as much waiting as 2 ms in 1 s."""
+    rows = [
+        interval_row(0x10, WRITE, SRC_MMAP, cpu=0, interval=i, wait_count=1, wait_total_ns=ns)
+        for i, ns in ((1, 1_000_000), (2, 2_000_000), (3, 4_000_000))
+    ]
+    rec = synthetic(rows)
+    rec.intervals["t_s"] = rec.intervals["interval"].map({1: 0.5, 2: 1.0, 3: 2.0})
+    fig = figures.build_cpu_heatmap(frames.lock_intervals(rec), 1)
+    (heat,) = fig.data
+    assert list(np.asarray(heat.x, dtype=float)) == [0.0, 0.5, 1.0, 2.0]
+    assert np.asarray(heat.z, dtype=float).tolist() == [[2.0, 4.0, 4.0]]  # ms per s
+    spans = [str(cell[0]) for cell in heat.customdata[0]]
+    assert spans == ["0.00 to 0.50 s", "0.50 to 1.00 s", "1.00 to 2.00 s"]
+    assert [float(cell[1]) for cell in heat.customdata[0]] == [1.0, 2.0, 4.0]  # ms
+    # Binned, the cells still meet end to end and cover the recording.
+    fig = figures.build_cpu_heatmap(frames.lock_intervals(rec), 1, max_columns=2)
+    assert list(np.asarray(fig.data[0].x, dtype=float)) == [0.0, 0.5, 2.0]
 
 
 def test_cpu_totals(parts):
@@ -477,6 +503,33 @@ def test_timeline(parts, hostile):
     comms = {c for t in event_traces for c in np.asarray(t.customdata)[:, 0]}
     assert ESCAPED in comms and COMM not in comms
     assert all("task %{customdata[0]}" in t.hovertemplate for t in event_traces)
+
+
+def test_timeline_rates_are_per_second_of_each_interval():
+    """The first two intervals last 0.5 s (the early first snapshot), the
+    next 1 s: the same steady contention is the same rate in each, where
+    totals per interval drew a ramp-up over the first second."""
+    rows = [
+        interval_row(
+            0x10,
+            WRITE,
+            SRC_MMAP,
+            interval=i,
+            acquisitions=n,
+            contended=n // 10,
+            wait_count=n,
+            wait_total_ns=n * 1000,
+        )
+        for i, n in ((1, 500), (2, 500), (3, 1000))
+    ]
+    rec = synthetic(rows)
+    rec.intervals["t_s"] = rec.intervals["interval"].map({1: 0.5, 2: 1.0, 3: 2.0})
+    fig = figures.build_timeline(frames.lock_intervals(rec), frames.lock_events(rec))
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name["acquisitions"].y) == [1000.0, 1000.0, 1000.0]
+    assert list(by_name["contended"].y) == [100.0, 100.0, 100.0]
+    assert list(by_name["wait write"].y) == pytest.approx([0.001] * 3)  # tasks waiting
+    assert "per second" in fig.layout.annotations[0].text
 
 
 def test_timeline_downsamples_and_says_so(parts):

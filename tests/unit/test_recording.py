@@ -171,6 +171,21 @@ def test_zip_without_meta(recording_bytes, tmp_path):
     assert_one_line_error(excinfo, path, "no meta.json")
 
 
+def test_a_run_set_is_named_as_such(tmp_path, capsys):
+    """`lockprof show before.lpset` said "not a lockprof recording (no
+    meta.json)": the file is fine, only the command is wrong."""
+    from profiler.cli.main import main
+
+    path = tmp_path / "before.lpset"
+    path.write_bytes(rezip({"manifest.json": b"{}", "runs/001.lpr": b""}))
+    with pytest.raises(LockprofError) as excinfo:
+        recording.load(path)
+    assert_one_line_error(excinfo, path, "a run set (lockprof bench)", "lockprof compare")
+    assert main(["show", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a run set" in err and "Traceback" not in err
+
+
 def test_other_zip_file(tmp_path):
     path = tmp_path / "other.zip"
     path.write_bytes(rezip({"hello.txt": b"hi"}))
