@@ -65,6 +65,7 @@ def _row(key: tuple, pids: list[int], every: pd.DataFrame, contended: pd.DataFra
     seen = every.loc[key] if key in every.index else None
     waited = contended.loc[key] if key in contended.index else None
     waits = seen if seen is not None else waited
+    assert waits is not None  # the key came from one of the two
     return {
         "comm": comm,
         "pids": pids,
