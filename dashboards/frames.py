@@ -26,9 +26,12 @@ import numpy as np
 import pandas as pd
 
 from profiler import aggregate, schema, summary, writer_cost
-from profiler.recording import Recording
+from profiler.recording import TABLE_COLUMNS, Recording
 
 KEY = ["lock", "flags", "source"]
+# The intervals table's columns but its histograms: what the per-interval
+# figures (heatmap, CPU totals, timeline) read.
+INTERVAL_SCALARS = [c for c in TABLE_COLUMNS["intervals"] if not c.endswith("_slots")]
 # Frames of the probe itself at the top of a stack (bpf program, trampolines).
 _PROBE_FRAMES = ("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "bpf_trampoline_")
 NO_STACK = "[no_stack]"
@@ -173,10 +176,22 @@ def label_map(locks: pd.DataFrame) -> dict[int, str]:
     }
 
 
-def lock_intervals(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The intervals table with lock_class, mode and label, double counting removed."""
+def lock_intervals(
+    rec: Recording, locks: pd.DataFrame | None = None, histograms: bool = True
+) -> pd.DataFrame:
+    """The intervals table with lock_class, mode and label, double counting
+    removed. histograms=False leaves the *_slots columns out (read alone:
+    most of a long recording's intervals table; lock_totals has them)."""
     locks = lock_table(rec) if locks is None else locks
-    return _without_sum(_drop_double_counted(_with_locks(rec.intervals, locks), []))
+    frame = rec.intervals if histograms else rec.interval_columns(INTERVAL_SCALARS)
+    return _without_sum(_drop_double_counted(_with_locks(frame, locks), []))
+
+
+def lock_totals(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """As lock_intervals, from the intervals summed over the run (one row per
+    lock, flags, source and CPU): the distributions' histograms."""
+    locks = lock_table(rec) if locks is None else locks
+    return _without_sum(_drop_double_counted(_with_locks(rec.interval_totals, locks), []))
 
 
 def lock_events(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -262,10 +277,10 @@ def summary_frame(
     system-wide recording can hold thousands of page-table locks);
     ``frame.attrs["total_rows"]`` is the number of rows there would be."""
     locks = lock_table(rec) if locks is None else locks
-    intervals, known = rec.intervals, rec.locks
+    intervals, known = rec.interval_totals, rec.locks  # what `show` sums
     total_rows = None
     if max_locks is not None and not intervals.empty:
-        ranked = lock_intervals(rec, locks)
+        ranked = lock_totals(rec, locks)
         waits = ranked.groupby("lock")["wait_total_ns"].sum()
         if len(waits) > max_locks:
             total_rows = len(ranked[["lock", "mode"]].drop_duplicates())

@@ -37,7 +37,7 @@ def panels(
 ) -> list[Panel]:
     """Every panel of the report, figures built."""
     locks = frames.lock_table(rec)
-    intervals = frames.lock_intervals(rec, locks)
+    intervals = frames.lock_intervals(rec, locks, histograms=False)
     events = frames.lock_events(rec, locks)
     tasks = frames.lock_tasks(rec, locks)
     callers = frames.lock_callers(rec, locks)
@@ -76,7 +76,7 @@ def panels(
             "Distributions",
             "From the exact in-kernel log2 histograms: every acquisition for "
             "mmap_lock, every contended wait for other locks.",
-            [("distributions", figures.build_distributions(intervals))],
+            [("distributions", figures.build_distributions(frames.lock_totals(rec, locks)))],
         ),
         Panel(
             "cpus",

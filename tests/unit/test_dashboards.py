@@ -832,3 +832,29 @@ def test_summary_of_the_top_locks_only(hostile, parts):
         assert merged[column].equals(merged[f"{column}_full"]), column
     table = html.summary_table(top)
     assert f"Showing the {len(top)} rows with the most wait time of {len(full)}" in table
+
+
+def test_a_report_read_batch_by_batch_is_the_report_read_whole(tmp_path):
+    """`lockprof report` loads summary_only: the histograms are summed as the
+    intervals are read, and the per-interval figures read the intervals
+    without them (interval_columns). Every figure is the same as from the
+    recording read whole."""
+    mm, spin = 0xFFFF888100000000, 0xFFFF0000
+    rows = [
+        wait_row(mm, READ, SRC_MMAP, cpu=c, interval=i, waits=[1500 * i, 3000], holds=[100 * c + 1],
+                 acquisitions=2)
+        for i in (1, 2, 3) for c in (0, 1)
+    ] + [wait_row(spin, SPIN, SRC_CONT, cpu=1, interval=2, waits=[7000, 9000])]  # fmt: skip
+    path = recording.save(synthetic(rows, owners={mm: (1, "a")}), tmp_path / "r.lpr")
+    whole, batched = profiler.load(path), profiler.load(path, summary_only=True)
+    scalars = batched.interval_columns(frames.INTERVAL_SCALARS)
+    assert batched.unread_file("intervals") is not None  # still only in the file
+    assert not any(c.endswith("_slots") for c in scalars.columns)
+    pd.testing.assert_frame_equal(scalars, whole.intervals[frames.INTERVAL_SCALARS])
+    panels = {p.anchor: p for p in html.panels(whole)}
+    for panel in html.panels(batched):
+        for (name, fig), (_name, expected) in zip(panel.figures, panels[panel.anchor].figures,
+                                                  strict=True):  # fmt: skip
+            assert fig.to_json() == expected.to_json(), name
+        assert panel.html == panels[panel.anchor].html
+    assert batched.unread_file("intervals") is not None  # never read whole

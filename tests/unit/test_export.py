@@ -93,7 +93,7 @@ def test_report_to_an_unusable_path(capsys, tmp_path, where, words):
 def test_report_of_a_recording_with_unexpected_content(capsys, tmp_path, monkeypatch):
     """Content that passes load() but that a builder cannot use: one line."""
     rec = profiler.load(HOSTILE)
-    monkeypatch.setattr(report.recording, "load", lambda path: rec)
+    monkeypatch.setattr(report.recording, "load", lambda path, **_options: rec)
     rec.callers = rec.callers.drop(columns=["total_ns"])
     code, _out, err = run_main(capsys, "report", HOSTILE, "-o", tmp_path / "r.html")
     line = one_error_line(code, err)
