@@ -27,7 +27,12 @@ def slot_of(ns: int, nslots: int) -> int:
 def percentile(
     slots: Sequence[int] | np.ndarray, q: float, max_ns: int | None = None
 ) -> float | None:
-    """Estimated q-quantile (0 < q <= 1) in ns, or None for an empty histogram."""
+    """Estimated q-quantile (0 < q <= 1) in ns, or None for an empty histogram.
+
+    Interpolated within the quantile's log2 bucket. With the exact maximum
+    known: the bucket holding it spans low..max (no sample lies above it),
+    and a quantile whose rank falls on the largest sample is the maximum
+    itself (one wait of 478 ns has p50 478 ns, not 384)."""
     counts = np.asarray(slots, dtype=np.float64)
     total = counts.sum()
     if total <= 0:
@@ -38,11 +43,13 @@ def percentile(
     slot = min(slot, len(counts) - 1)
     below = cumulative[slot - 1] if slot > 0 else 0.0
     low, high = slot_bounds(slot)
-    if slot == len(counts) - 1 and max_ns is not None:
+    if max_ns is not None and (float(max_ns) < high or slot == len(counts) - 1):
         high = max(float(max_ns), low)
     fraction = (rank - below) / counts[slot] if counts[slot] else 1.0
     value = low + (high - low) * fraction
     if max_ns is not None:
+        if rank > total - 1:
+            return float(max_ns)  # the largest sample's rank
         value = min(value, float(max_ns))
     return value
 
@@ -62,11 +69,12 @@ def percentiles(slots: np.ndarray, q: float, max_ns: np.ndarray) -> np.ndarray:
     low = np.where(slot == 0, 0.0, np.exp2(slot - 1.0))
     high = np.where(slot == 0, 1.0, np.exp2(slot.astype(np.float64)))
     largest = np.asarray(max_ns, dtype=np.float64)
-    high = np.where(slot == nslots - 1, np.maximum(largest, low), high)
+    high = np.where((largest < high) | (slot == nslots - 1), np.maximum(largest, low), high)
     in_slot = counts[at, slot]
     with np.errstate(divide="ignore", invalid="ignore"):
         fraction = np.where(in_slot != 0, (rank - below) / in_slot, 1.0)
     value = np.minimum(low + (high - low) * fraction, largest)
+    value = np.where(rank > total - 1, largest, value)  # the largest sample's rank
     return np.where(total > 0, value, np.nan)
 
 

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -156,10 +157,21 @@ def test_percentile_single_bucket_interpolates_inside_the_slot():
     assert hist.percentile(slots, 0.1) == pytest.approx(17.6)
 
 
-def test_percentile_is_clamped_to_the_exact_maximum():
+def test_percentile_within_the_bucket_of_the_exact_maximum():
+    """Ten samples in [16, 32), the largest 20: none lies above 20, so the
+    bucket is interpolated over 16..20 (the median was 20, clamped from 24)."""
     slots = slots_with(s5=10)
-    assert hist.percentile(slots, 0.5, max_ns=20) == pytest.approx(20.0)
-    assert hist.percentile(slots, 0.1, max_ns=20) == pytest.approx(17.6)
+    assert hist.percentile(slots, 0.5, max_ns=20) == pytest.approx(18.0)
+    assert hist.percentile(slots, 0.1, max_ns=20) == pytest.approx(16.4)
+    assert hist.percentile(slots, 0.95, max_ns=20) == pytest.approx(20.0)  # rank of the largest
+
+
+def test_one_sample_is_every_percentile():
+    slots = slots_with(s9=1)  # one wait of 478 ns, in [256, 512)
+    for q in (0.01, 0.5, 0.99):
+        assert hist.percentile(slots, q, max_ns=478) == 478.0
+    (p50,) = hist.percentiles(np.array([slots]), 0.5, np.array([478]))
+    assert p50 == 478.0
 
 
 def test_percentile_two_buckets():
@@ -247,7 +259,7 @@ def test_summarize_figures():
     assert summary["count"] == 10
     assert summary["total"] == 250
     assert summary["avg"] == pytest.approx(25.0)
-    assert summary["p50"] == pytest.approx(24.0)
-    assert summary["p99"] == pytest.approx(30.0)  # 31.84 clamped to the exact max
+    assert summary["p50"] == pytest.approx(23.0)  # 16..30: no sample above the max
+    assert summary["p99"] == pytest.approx(30.0)  # rank 9.9: the largest sample, the max
     assert summary["max"] == 30
     assert all(type(summary[k]) is int for k in ("count", "total", "max"))
