@@ -8,11 +8,16 @@ is both shown and saved. Throughput is then parsed from the captured text.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import re
 import select
+import signal
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import BinaryIO
 
 from profiler.errors import LockprofError
@@ -87,6 +92,55 @@ class OutputCapture:
         return b"".join(self._chunks)
 
 
+# prctl(2): orphaned descendants are reparented to this process, not init.
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans(on: bool = True) -> None:
+    """Become the reaper of the commands' orphans (bench): a background
+    child that a command leaves behind when it exits is then lockprof's, and
+    is stopped with its run (CapturedCommand.end), not left running into the
+    next run, holding the capture pipe open (finish() then waited 5 s)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def own_children() -> set[int]:
+    """This process's children (those of every thread)."""
+    found: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            found.update(int(pid) for pid in (task / "children").read_text().split())
+    return found
+
+
+def stop_processes(pids: set[int], grace_s: float) -> None:
+    """SIGTERM these children of ours, SIGKILL those left after grace_s,
+    and reap them all."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + grace_s
+        while pids and time.monotonic() < deadline:
+            pids = {pid for pid in pids if not _reaped(pid)}
+            time.sleep(0.01)
+        if not pids:
+            return
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == pid
+
+
 class CapturedCommand(CommandTarget):
     """CommandTarget with the child's stdout on the given fd, stopped when
     collection stops (stop_at_end: a bench run's command must not run on
@@ -99,7 +153,19 @@ class CapturedCommand(CommandTarget):
 
     def __init__(self, argv: list[str], stdout_fd: int):
         self._stdout_fd = stdout_fd
+        self._children_before = own_children()
+        self.orphans_stopped = 0  # its background processes stopped at its end
         super().__init__(argv, stop_at_end=True)
+
+    def end(self) -> None:
+        """Collection stopped: the command is stopped if still running
+        (stop_at_end), and so are the orphans it left (adopt_orphans): the
+        processes that became ours during the run."""
+        super().end()
+        orphans = own_children() - self._children_before - {self.tgid}
+        if orphans:
+            self.orphans_stopped = len(orphans)
+            stop_processes(orphans, self.STOP_GRACE_S)
 
     def _spawn_held(self) -> int:
         sys.stdout.flush()

@@ -839,6 +839,7 @@ META_KINDS = {
     "exit_status": ("an integer", lambda v: v is None or _int(v)),
     "exit_signal": ("text", lambda v: v is None or isinstance(v, str)),
     "ended_by_lockprof": ("true or false", lambda v: v is None or isinstance(v, bool)),
+    "orphans_stopped": ("an integer", lambda v: v is None or _int(v)),
     "threshold_ns": ("an integer", lambda v: v is None or _int(v)),
     "lost_events": ("an integer", _int),
     "sample_hz": ("an integer", lambda v: v is None or _int(v)),

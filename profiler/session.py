@@ -687,6 +687,8 @@ def _build_recording(
         "ended_by_lockprof": target.ended_by_lockprof
         if isinstance(target, CommandTarget)
         else None,
+        # bench: background processes the command left, stopped with its run
+        "orphans_stopped": getattr(target, "orphans_stopped", None),
         # Forks are not followed, execs keep the pid (profiled): what was seen.
         "lineage": target.lineage.meta() if target.lineage is not None else None,
         "families": list(options.families),

@@ -181,6 +181,14 @@ def notes(meta: dict) -> list[str]:
         out.append(command_running_note(pid))
     elif meta.get("mode") == "run" and pid and meta.get("ended_by_lockprof") is True:
         out.append(command_stopped_note(pid))
+    orphans = meta.get("orphans_stopped")
+    if orphans:
+        what = "1 background process" if orphans == 1 else f"{orphans:,} background processes"
+        out.append(
+            f"the command left {what} running when it ended; lockprof stopped "
+            f"{'it' if orphans == 1 else 'them'} (SIGTERM, then SIGKILL) so that nothing "
+            "runs into the next run"
+        )
     if pid and meta.get("followed") is not None:
         out.append(
             f"--follow: pid {pid} and its descendants ({meta['followed']:,} processes) "

@@ -14,7 +14,13 @@ from rich.table import Table
 from rich.text import Text
 
 from profiler import outputs, recording, render, runset, summary
-from profiler.capture import CapturedCommand, OutputCapture, compile_throughput, parse_throughput
+from profiler.capture import (
+    CapturedCommand,
+    OutputCapture,
+    adopt_orphans,
+    compile_throughput,
+    parse_throughput,
+)
 from profiler.cli.common import (
     TimeParam,
     build_options,
@@ -67,7 +73,7 @@ def _stop_after_failure(target: CapturedCommand) -> None:
     the next run, or after lockprof exits); one it never released was
     killed and reaped already (CommandTarget.abandon)."""
     with contextlib.suppress(ChildProcessError, ProcessLookupError):
-        target.stop()
+        target.end()  # stops it, and the orphans it left
 
 
 def _totals(rec: recording.Recording) -> tuple[int, int]:
@@ -272,6 +278,7 @@ def command(
     options.stack_threshold_ns = stack_threshold
     options.stack_rate = stack_rate
     require_privileges()
+    adopt_orphans()  # a command's background children are stopped with its run
     if lock_spec:
         options.locks = (checked_spec(lock_spec),)
     from profiler.doctor import cheap_mechanisms
