@@ -23,6 +23,7 @@ from dashboards import frames
 from dashboards.escape import text
 from profiler import hist, schema
 from profiler.render import fmt_ns
+from profiler.session import FIRST_TICK_S
 from profiler.targets import recorded_exit
 
 MODE_COLORS = {"read": "#1f77b4", "write": "#d62728", "exclusive": "#7f7f7f"}
@@ -343,23 +344,64 @@ def _per_second(values, seconds):
         return np.where(seconds > 0, np.asarray(values, dtype=float) / seconds, np.nan)
 
 
-def _lengths(ends: pd.Series) -> pd.Series:
+def _nominal_end(interval: int, interval_s: float) -> float:
+    """When snapshot `interval` is due (profiler/session.py _collect_loop):
+    the first after FIRST_TICK_S (or the interval, if shorter), the next ones
+    on the interval grid from the start."""
+    if interval <= 0:
+        return 0.0
+    first = min(interval_s, FIRST_TICK_S)
+    if interval == 1:
+        return first
+    return interval_s * (math.floor(first / interval_s + 1e-9) + interval - 1)
+
+
+def _complete_ends(ends: pd.Series, interval_s: float | None = None) -> pd.Series:
+    """The snapshot times of every interval from 1 to the last (ends: those
+    of the intervals with rows, indexed by interval number, ascending). The
+    intervals table has rows only where something happened, and an interval
+    after quiet ones started at its own previous snapshot, not at the last
+    one with rows: measured from there, a burst's rate was diluted over the
+    quiet seconds before it, and its heatmap cell drawn across them. A quiet
+    snapshot's time is not recorded: it is when it was due (interval_s: the
+    run's --interval), kept between its neighbours. Without interval_s,
+    ends as they are."""
+    if not interval_s or interval_s <= 0 or ends.empty:
+        return ends
+    numbers = range(1, int(ends.index.max()) + 1)
+    known = ends.reindex(numbers)
+    after = known.bfill().to_numpy(dtype=float)
+    times = known.to_numpy(dtype=float, copy=True)
+    last = 0.0
+    for i, number in enumerate(numbers):
+        if np.isnan(times[i]):
+            times[i] = min(max(_nominal_end(number, interval_s), last), after[i])
+        last = times[i]
+    return pd.Series(times, index=pd.Index(numbers, name=ends.index.name))
+
+
+def _lengths(ends: pd.Series, interval_s: float | None = None) -> pd.Series:
     """Each interval's length in seconds, from the snapshot times (the first
-    from the start)."""
-    return ends.diff().fillna(ends)
+    from the start; a quiet one's as _complete_ends puts it)."""
+    complete = _complete_ends(ends, interval_s)
+    return (complete - complete.shift(1).fillna(0.0)).reindex(ends.index)
 
 
 def build_cpu_heatmap(
-    intervals: pd.DataFrame, cpus: int | None = None, max_columns: int = 400
+    intervals: pd.DataFrame,
+    cpus: int | None = None,
+    max_columns: int = 400,
+    interval_s: float | None = None,
 ) -> go.Figure:
     """Wait time per CPU and interval (all locks). Long recordings are
-    binned into at most max_columns time columns (said in the title)."""
+    binned into at most max_columns time columns (said in the title).
+    interval_s: the run's --interval (where quiet intervals start)."""
     title = "Wait time per CPU over time"
     waits = intervals[intervals["wait_total_ns"] > 0] if not intervals.empty else intervals
     if waits.empty:
         return empty_figure(title, "No lock waits in this recording")
     cpu_ids = _cpu_list(intervals, cpus)
-    times = intervals.groupby("interval")["t_s"].max().sort_index()
+    times = _complete_ends(intervals.groupby("interval")["t_s"].max().sort_index(), interval_s)
     per = waits.groupby(["interval", "cpu"])["wait_total_ns"].sum().unstack("cpu")
     per = per.reindex(index=times.index, columns=cpu_ids).fillna(0.0)
     ends = times.to_numpy(dtype=float)
@@ -448,10 +490,12 @@ def build_timeline(
     events: pd.DataFrame,
     threshold_ns: int | None = None,
     max_events: int = 5000,
+    interval_s: float | None = None,
 ) -> go.Figure:
     """Acquisitions and contention per interval, wait time per interval by
     mode, and the individual long waits and holds from the event stream
-    (task and lock on hover), downsampled to max_events points."""
+    (task and lock on hover), downsampled to max_events points. interval_s:
+    the run's --interval (where quiet intervals start)."""
     title = "Timeline"
     if intervals.empty and events.empty:
         return empty_figure(title, "No lock activity in this recording")
@@ -468,7 +512,7 @@ def build_timeline(
         ],
     )
     if not intervals.empty:
-        _add_interval_rates(fig, intervals)
+        _add_interval_rates(fig, intervals, interval_s)
     fig.update_yaxes(type="log", title_text="per second", row=1, col=1)
     fig.update_yaxes(title_text="tasks waiting", rangemode="tozero", row=2, col=1)
     fig.update_yaxes(type="log", title_text="duration", row=3, col=1, **TIME_AXIS)
@@ -530,7 +574,9 @@ def build_timeline(
     return _layout(fig, title, 760, legend={"orientation": "h", "y": -0.08})
 
 
-def _add_interval_rates(fig: go.Figure, intervals: pd.DataFrame) -> None:
+def _add_interval_rates(
+    fig: go.Figure, intervals: pd.DataFrame, interval_s: float | None = None
+) -> None:
     """Rows 1 and 2 of the timeline: counts and wait time per second of each
     interval. Per second, not per interval: the intervals are not all as long
     (the first two last FIRST_TICK_S, 0.5 s), and totals per interval drew a
@@ -538,7 +584,7 @@ def _add_interval_rates(fig: go.Figure, intervals: pd.DataFrame) -> None:
     per = intervals.groupby("interval").agg(
         t_s=("t_s", "max"), acquisitions=("acquisitions", "sum"), contended=("contended", "sum")
     )
-    seconds = _lengths(per["t_s"])
+    seconds = _lengths(per["t_s"], interval_s)
     for column, color in (("acquisitions", "#2ca02c"), ("contended", "#ff7f0e")):
         values = per[column].astype(float).where(per[column] > 0)
         fig.add_trace(

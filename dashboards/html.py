@@ -84,7 +84,10 @@ def panels(
             "Where waiting happened: wait time per CPU over time (ms of waiting per "
             "second of each interval), and per CPU in total.",
             [
-                ("cpu-heatmap", figures.build_cpu_heatmap(intervals, cpus)),
+                (
+                    "cpu-heatmap",
+                    figures.build_cpu_heatmap(intervals, cpus, interval_s=meta.get("interval_s")),
+                ),
                 ("cpu-totals", figures.build_cpu_totals(intervals, cpus)),
             ],
         ),
@@ -96,7 +99,13 @@ def panels(
             [
                 (
                     "timeline",
-                    figures.build_timeline(intervals, events, meta.get("threshold_ns"), max_events),
+                    figures.build_timeline(
+                        intervals,
+                        events,
+                        meta.get("threshold_ns"),
+                        max_events,
+                        interval_s=meta.get("interval_s"),
+                    ),
                 )
             ],
         ),

@@ -530,6 +530,12 @@ class BpfSession:
             return
         self._rq_learning_until = time.monotonic() + RQ_LEARN_S
 
+    def rq_learning_overdue(self) -> bool:
+        """lp_learn_rq is still attached past RQ_LEARN_S: rq_lock_names()
+        detaches it now, not at the next interval (-i 60: a minute of a
+        program on every enqueue and dequeue)."""
+        return self._rq_learning_until is not None and time.monotonic() > self._rq_learning_until
+
     def rq_lock_names(self) -> dict[int, str]:
         """Address -> name of the runqueue locks learned so far ("rq_lock
         cpu3"). The program is detached once every online CPU's is known,

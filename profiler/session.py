@@ -198,6 +198,8 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
         ended = target.poll()
         if ended:
             stop.request(ended)
+        if session.rq_learning_overdue():
+            session.rq_lock_names()  # detaches lp_learn_rq on time, whatever the interval
         now = time.monotonic_ns()
         if deadline is not None and now >= deadline:
             stop.request(f"duration {options.duration_s:g}s reached")

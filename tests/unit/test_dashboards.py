@@ -472,6 +472,53 @@ def test_cpu_heatmap_cells_span_their_intervals():
     assert list(np.asarray(fig.data[0].x, dtype=float)) == [0.0, 0.5, 2.0]
 
 
+def test_cpu_heatmap_quiet_intervals_keep_their_place():
+    """The intervals table has rows only where something happened: a wait
+    in interval 4 (2 to 3 s) after two quiet ones is 4 ms in 1 s, not in the
+    2.5 s since interval 1's snapshot (a cell drawn over the quiet time)."""
+    rows = [
+        interval_row(0x10, WRITE, SRC_MMAP, cpu=0, interval=i, wait_count=1, wait_total_ns=ns)
+        for i, ns in ((1, 1_000_000), (4, 4_000_000))
+    ]
+    rec = synthetic(rows)
+    rec.intervals["t_s"] = rec.intervals["interval"].map({1: 0.5, 4: 3.0})
+    fig = figures.build_cpu_heatmap(frames.lock_intervals(rec), 1, interval_s=1.0)
+    (heat,) = fig.data
+    assert list(np.asarray(heat.x, dtype=float)) == [0.0, 0.5, 1.0, 2.0, 3.0]
+    assert np.asarray(heat.z, dtype=float).tolist() == [[2.0, 0.0, 0.0, 4.0]]  # ms per s
+
+
+def test_timeline_rate_after_quiet_intervals():
+    """A burst in interval 10 (8 to 9 s, --interval 1) after eight quiet
+    intervals: 1,000 acquisitions in 1 s, not in the 8.5 s since the last
+    snapshot with rows."""
+    rows = [
+        interval_row(0x10, WRITE, SRC_MMAP, interval=i, acquisitions=n, wait_count=n)
+        for i, n in ((1, 500), (10, 1000))
+    ]
+    rec = synthetic(rows)
+    rec.intervals["t_s"] = rec.intervals["interval"].map({1: 0.5, 10: 9.0})
+    fig = figures.build_timeline(
+        frames.lock_intervals(rec), frames.lock_events(rec), interval_s=1.0
+    )
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name["acquisitions"].y) == [1000.0, 1000.0]
+
+
+def test_report_passes_the_interval_to_the_rate_figures():
+    from dashboards import html
+
+    rows = [
+        interval_row(0x10, WRITE, SRC_MMAP, cpu=0, interval=i, wait_count=1, wait_total_ns=ns)
+        for i, ns in ((1, 1_000_000), (4, 4_000_000))
+    ]
+    rec = synthetic(rows)
+    rec.intervals["t_s"] = rec.intervals["interval"].map({1: 0.5, 4: 3.0})
+    rec.meta["interval_s"] = 1.0
+    built = {name: fig for panel in html.panels(rec) for name, fig in panel.figures}
+    assert list(np.asarray(built["cpu-heatmap"].data[0].x, dtype=float)) == [0, 0.5, 1, 2, 3]
+
+
 def test_cpu_totals(parts):
     intervals = parts["intervals"]
     fig = figures.build_cpu_totals(intervals, 2)

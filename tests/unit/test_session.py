@@ -1000,3 +1000,33 @@ def test_the_namer_gives_the_frames_of_the_stacks_asked_for_only():
     namer = session._LockNamer(fake)
     assert namer.frames([3, -17, -1]) == {3: ["f3"], -17: [], -1: []}
     assert namer.frames([3, 5]) == {3: ["f3"], 5: ["f5"]}
+
+
+def test_rq_learning_is_detached_on_time_whatever_the_interval():
+    """lp_learn_rq runs on every enqueue and dequeue: past RQ_LEARN_S the
+    loop detaches it between snapshots, not at the next one (-i 3600: an
+    hour later)."""
+    calls = []
+
+    class Session:
+        overdue = True
+
+        def poll_events(self, _ms):
+            time.sleep(0.01)
+
+        def rq_learning_overdue(self):
+            return self.overdue
+
+        def rq_lock_names(self):
+            calls.append("rq")
+            self.overdue = False  # detached
+            return {}
+
+    from profiler.signals import StopFlag
+
+    options = session.CollectOptions()
+    options.interval_s, options.duration_s = 3600.0, 0.2
+    target = SimpleNamespace(poll=lambda: None)
+    start = time.monotonic_ns()
+    session._collect_loop(options, target, Session(), StopFlag(), None, None, start, None)
+    assert calls == ["rq"]
