@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -433,6 +434,57 @@ def view(
         summary_table(rows, top),
         *view_footer(rows, errors, lost, top, more_locks, cpu_totals, row_count),
     )
+
+
+class LiveFrame:
+    """The live view's frame: view() with as many table rows as the
+    terminal's height has room for, the others counted in the footer's
+    "(N more rows ...)". rich's Live cut a frame taller than the terminal
+    at its bottom: on 24 lines the per-CPU line, the problems line (lost
+    events) and the more-rows line were never seen. A terminal too short for
+    even one row gets one, and the bottom is cut as before."""
+
+    def __init__(
+        self,
+        rows: list[dict],
+        header: str,
+        errors: dict[str, int],
+        lost: int,
+        top: int | None = 15,
+        more_locks: int = 0,
+        cpu_totals: dict[int, CpuFigures] | None = None,
+    ):
+        self.rows = rows
+        self.header = header
+        self.errors = errors
+        self.lost = lost
+        self.top = top
+        self.more_locks = more_locks
+        self.cpu_totals = cpu_totals
+
+    def frame(self, top: int | None) -> Group:
+        return view(
+            self.rows, self.header, self.errors, self.lost, top, self.more_locks, self.cpu_totals
+        )
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        height = options.height or options.size.height
+        most = min(self.top or len(self.rows), len(self.rows))
+        lines = console.render_lines(self.frame(self.top), options, pad=False)
+        if len(lines) > height and most > 1:
+            low, high = 1, most - 1  # the most rows that fit: at least one
+            best = console.render_lines(self.frame(low), options, pad=False)
+            while low < high:
+                middle = (low + high + 1) // 2
+                tried = console.render_lines(self.frame(middle), options, pad=False)
+                if len(tried) <= height:
+                    low, best = middle, tried
+                else:
+                    high = middle - 1
+            lines = best
+        for line in lines:
+            yield from line
+            yield Segment.line()
 
 
 def view_footer(

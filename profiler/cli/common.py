@@ -405,7 +405,7 @@ class LiveView:
         if self._live is not None:
             header = f"lockprof  {state.target}  {state.elapsed_s:6.1f}s  events {state.events:,}"
             self._live.update(
-                render.view(
+                render.LiveFrame(
                     state.rows,
                     header,
                     state.errors,

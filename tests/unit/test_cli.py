@@ -555,6 +555,38 @@ def test_the_live_progress_line_says_what_the_per_cpu_line_counts():
     assert out.getvalue().splitlines()[1] == out.getvalue().splitlines()[0]
 
 
+def test_the_live_view_on_a_short_terminal_keeps_its_footer():
+    """At 80x24 the table's 15 rows pushed the per-CPU and problems lines
+    below the terminal's bottom, where rich's Live cut them off."""
+    from rich.console import Console
+
+    from profiler.cli.common import LiveView
+
+    from .test_render import many_rows
+
+    view = LiveView(top=15, quiet=False)
+    view.console = Console(file=io.StringIO(), force_terminal=True, width=80, height=24)
+    view.err = Console(file=io.StringIO(), width=80)
+    view._attached(_FakeTarget(), [])
+    state = _live_state()
+    state.rows, state.errors = many_rows(20), {"ringbuf_full": 3}
+    try:
+        assert view.update(state) is True
+        live = view._live
+        assert live is not None
+        lines = view.console.render_lines(live.renderable, view.console.options, pad=False)
+    finally:
+        view.stop()
+    text = ["".join(segment.text for segment in line) for line in lines]
+    assert len(text) <= 24 and "! lost events: 3" in text
+    assert "more rows" in " ".join(text)
+
+
+class _FakeTarget:
+    def describe(self) -> str:
+        return "pid 1 (x)"
+
+
 def test_live_view_on_a_closed_pipe_turns_itself_off_and_leaves_stdout_alone():
     """rich's own answer to a closed pipe (stdout pointed at /dev/null, then
     SystemExit(1)) escaped every guard and ended the collection unsaved."""
