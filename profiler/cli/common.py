@@ -468,6 +468,7 @@ def run_collection(
             on_interval=None if quiet or as_json else view.update,
             on_attached=lambda probes: view.attached(target, probes),
             stop=stop,
+            on_stopped=view.stop,  # not a frozen frame while the recording is built
         )
     finally:
         view.stop()
