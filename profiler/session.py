@@ -514,6 +514,7 @@ def _live_state(snapshot, session, namer, target, options, elapsed_ns, state) ->
         cpus=len(session_cpus()),
         more_rows=more,
         cpu_totals=cpu_totals(snapshot.rows, snapshot.columns, state.retired_totals, hidden),
+        threshold_ns=options.threshold_ns,
     )
 
 

@@ -403,11 +403,10 @@ class LiveView:
     def _update(self, state: LiveState) -> None:
         lost = state.errors.get("ringbuf_full", 0)
         if self._live is not None:
-            header = f"lockprof  {state.target}  {state.elapsed_s:6.1f}s  events {state.events:,}"
             self._live.update(
                 render.LiveFrame(
                     state.rows,
-                    header,
+                    live_header(state),
                     state.errors,
                     lost,
                     self.top,
@@ -421,8 +420,10 @@ class LiveView:
         rows = [r for r in state.rows if r.get("source") != "offcpu"]
         # The figures of the per-CPU line, summed: what the summary's says.
         totals = state.cpu_totals if state.cpu_totals is not None else render.cpu_totals_of(rows)
+        # The rows are those of the busiest locks only (session.LIVE_LOCKS).
+        quieter = f" and {state.more_rows:,} quieter locks" if state.more_rows else ""
         self.err.print(
-            f"[{state.elapsed_s:7.1f}s] {len(rows)} lock rows, "
+            f"[{state.elapsed_s:7.1f}s] since start: {len(rows):,} lock rows{quieter}, "
             f"{render.activity(render.all_cpus(totals))}, lost {lost:,}"
         )
 
@@ -433,6 +434,18 @@ class LiveView:
             # before its last writes, which fail if the terminal is gone.
             with contextlib.suppress(OSError):
                 live.stop()
+
+
+def live_header(state: LiveState) -> str:
+    """The live view's first line: its figures are totals since the start,
+    as the final summary's are (not the last interval's); events are the
+    waits and holds kept one by one, those over the threshold, as the
+    summary's header counts them."""
+    over = f" over {render.fmt_ns(state.threshold_ns)}" if state.threshold_ns is not None else ""
+    return (
+        f"lockprof  {state.target}  totals since start, {state.elapsed_s:.1f}s  "
+        f"{state.events:,} events{over}"
+    )
 
 
 def run_collection(

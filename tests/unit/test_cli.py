@@ -546,7 +546,7 @@ def test_the_live_progress_line_says_what_the_per_cpu_line_counts():
     assert view.update(state) is True
     # The table's acquisitions (35,336 + 2,805) and every contended wait.
     assert out.getvalue() == (
-        "[    1.0s] 5 lock rows, 38,141 acq, 653 contended waits, wait 294ms, lost 0\n"
+        "[    1.0s] since start: 5 lock rows, 38,141 acq, 653 contended waits, wait 294ms, lost 0\n"
     )
     assert render.all_cpus(totals) == CpuFigures(38_141, 653, 293_551_634)
     # Without the kernel's per-CPU totals (no live view state yet), the rows'.
@@ -585,6 +585,40 @@ def test_the_live_view_on_a_short_terminal_keeps_its_footer():
 class _FakeTarget:
     def describe(self) -> str:
         return "pid 1 (x)"
+
+
+def test_the_live_progress_line_counts_the_quieter_locks():
+    """The live state holds the rows of the busiest locks only
+    (session.LIVE_LOCKS): `record -a` with 148 locks said "55 lock rows"."""
+    from rich.console import Console
+
+    from profiler.cli.common import LiveView
+
+    from .test_render import bizzy_rows
+
+    out = io.StringIO()
+    view = LiveView(top=5, quiet=False)
+    view.err = Console(file=out, width=200)
+    state = _live_state()
+    state.rows, state.more_rows = bizzy_rows(), 1_108
+    assert view.update(state) is True
+    assert out.getvalue().startswith(
+        "[    1.0s] since start: 5 lock rows and 1,108 quieter locks, 38,141 acq, "
+    )
+
+
+def test_the_live_header_says_its_figures_are_totals_and_what_events_are():
+    """It said "lockprof  pid 1 (x)     2.0s  events 196": per interval or
+    since the start? events of what? The final summary says "196 events
+    over 100us"."""
+    from profiler.cli.common import live_header
+
+    state = _live_state()
+    state.target, state.elapsed_s, state.events = "pid 1 (x)", 2.04, 1_196
+    state.threshold_ns = 100_000
+    assert live_header(state) == (
+        "lockprof  pid 1 (x)  totals since start, 2.0s  1,196 events over 100us"
+    )
 
 
 def test_live_view_on_a_closed_pipe_turns_itself_off_and_leaves_stdout_alone():
