@@ -453,7 +453,10 @@ class LiveFrame:
         top: int | None = 15,
         more_locks: int = 0,
         cpu_totals: dict[int, CpuFigures] | None = None,
+        guess: int | None = None,
     ):
+        self.guess = guess  # how many rows the last frame had room for
+        self.shown: int | None = None  # how many rows this one showed
         self.rows = rows
         self.header = header
         self.errors = errors
@@ -469,19 +472,32 @@ class LiveFrame:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         height = options.height or options.size.height
-        most = min(self.top or len(self.rows), len(self.rows))
-        lines = console.render_lines(self.frame(self.top), options, pad=False)
-        if len(lines) > height and most > 1:
-            low, high = 1, most - 1  # the most rows that fit: at least one
-            best = console.render_lines(self.frame(low), options, pad=False)
+        most = max(1, min(self.top or len(self.rows), len(self.rows)))
+
+        def lines_of(top: int) -> list:
+            return console.render_lines(self.frame(top), options, pad=False)
+
+        # From the last frame's row count (guess): a frame a refresh costs
+        # two renders, not a search's five or six (a few ms each).
+        shown = max(1, min(self.guess or most, most))
+        lines = lines_of(shown)
+        if len(lines) <= height:
+            while shown < most and len(more := lines_of(shown + 1)) <= height:
+                shown, lines = shown + 1, more
+        else:
+            low, high = 1, shown - 1  # the most rows that fit, at least one
+            lines = lines_of(low) if shown > 1 else lines
+            if len(lines) > height:
+                high = low  # not even one row: rich's Live cuts the bottom off
             while low < high:
                 middle = (low + high + 1) // 2
-                tried = console.render_lines(self.frame(middle), options, pad=False)
+                tried = lines_of(middle)
                 if len(tried) <= height:
-                    low, best = middle, tried
+                    low, lines = middle, tried
                 else:
                     high = middle - 1
-            lines = best
+            shown = low
+        self.shown = shown
         for line in lines:
             yield from line
             yield Segment.line()

@@ -359,6 +359,7 @@ class LiveView:
         self.console = render.console(stderr=False)
         self.err = render.console(stderr=True)
         self._live: Live | None = None
+        self._frame: render.LiveFrame | None = None  # the last one shown
         self.gone: OSError | None = None  # why the view turned itself off
 
     def _guarded(self, write: Callable[[], None]) -> None:
@@ -403,18 +404,18 @@ class LiveView:
     def _update(self, state: LiveState) -> None:
         lost = state.errors.get("ringbuf_full", 0)
         if self._live is not None:
-            self._live.update(
-                render.LiveFrame(
-                    state.rows,
-                    live_header(state),
-                    state.errors,
-                    lost,
-                    self.top,
-                    more_locks=state.more_rows,
-                    cpu_totals=state.cpu_totals,
-                ),
-                refresh=True,
+            last = self._frame.shown if self._frame is not None else None
+            self._frame = render.LiveFrame(
+                state.rows,
+                live_header(state),
+                state.errors,
+                lost,
+                self.top,
+                more_locks=state.more_rows,
+                cpu_totals=state.cpu_totals,
+                guess=last,
             )
+            self._live.update(self._frame, refresh=True)
             return
         # Off-CPU rows (--offcpu) measure blocked time, not lock waits.
         rows = [r for r in state.rows if r.get("source") != "offcpu"]

@@ -575,6 +575,9 @@ def test_the_live_view_on_a_short_terminal_keeps_its_footer():
         live = view._live
         assert live is not None
         lines = view.console.render_lines(live.renderable, view.console.options, pad=False)
+        shown = view._frame.shown if view._frame is not None else None
+        assert view.update(state) is True  # the next frame starts from this one's rows
+        assert view._frame is not None and view._frame.guess == shown is not None
     finally:
         view.stop()
     text = ["".join(segment.text for segment in line) for line in lines]

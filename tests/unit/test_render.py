@@ -483,3 +483,27 @@ def test_the_live_frame_is_the_view_when_it_fits():
     rows = bizzy_rows()
     frame = render.LiveFrame(rows, "hdr", {}, 0, top=15)
     assert rendered_at(frame, 120) == rendered_at(render.view(rows, "hdr", {}, 0, 15), 120)
+
+
+def test_the_live_frame_fits_from_the_last_frames_row_count(monkeypatch):
+    """Fitting searches once (five or six renders at 80x24); later frames
+    start from the last one's row count: two renders a refresh."""
+    rows = many_rows(60)
+    console = Console(file=io.StringIO(), width=80, height=24)
+    first = render.LiveFrame(rows, "hdr", {}, 0, top=15)
+    expected = console.render_lines(first, console.options, pad=False)
+    assert first.shown is not None and 1 < first.shown < 15
+    tops = []
+    frame = render.LiveFrame.frame
+    monkeypatch.setattr(
+        render.LiveFrame, "frame", lambda self, top: tops.append(top) or frame(self, top)
+    )
+    later = render.LiveFrame(rows, "hdr", {}, 0, top=15, guess=first.shown)
+    assert console.render_lines(later, console.options, pad=False) == expected
+    assert tops == [first.shown, first.shown + 1] and later.shown == first.shown
+    # A taller terminal: more rows; a shorter one: fewer.
+    for height, more in ((40, True), (16, False)):
+        console = Console(file=io.StringIO(), width=80, height=height)
+        again = render.LiveFrame(rows, "hdr", {}, 0, top=15, guess=first.shown)
+        assert len(console.render_lines(again, console.options, pad=False)) <= height
+        assert again.shown is not None and (again.shown > first.shown) == more
