@@ -454,7 +454,9 @@ class LiveFrame:
         more_locks: int = 0,
         cpu_totals: dict[int, CpuFigures] | None = None,
         guess: int | None = None,
+        offcpu_rows: list[dict] | None = None,
     ):
+        self.offcpu_rows = offcpu_rows or []  # --offcpu: a table of their own
         self.guess = guess  # how many rows the last frame had room for
         self.shown: int | None = None  # how many rows this one showed
         self.rows = rows
@@ -466,9 +468,13 @@ class LiveFrame:
         self.cpu_totals = cpu_totals
 
     def frame(self, top: int | None) -> Group:
-        return view(
+        shown = view(
             self.rows, self.header, self.errors, self.lost, top, self.more_locks, self.cpu_totals
         )
+        if not self.offcpu_rows:
+            return shown
+        # Blocked time is not a lock wait: under the footer, as the summary has it.
+        return Group(shown, offcpu_table(self.offcpu_rows, self.top))
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         height = options.height or options.size.height

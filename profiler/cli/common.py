@@ -403,10 +403,14 @@ class LiveView:
 
     def _update(self, state: LiveState) -> None:
         lost = state.errors.get("ringbuf_full", 0)
+        # Off-CPU rows (--offcpu) measure blocked time, not lock waits: on a
+        # terminal, a table of their own, as in the summary (they were lock
+        # rows, their blocked time under `wait total`).
+        rows = [r for r in state.rows if r.get("source") != "offcpu"]
         if self._live is not None:
             last = self._frame.shown if self._frame is not None else None
             self._frame = render.LiveFrame(
-                state.rows,
+                rows,
                 live_header(state),
                 state.errors,
                 lost,
@@ -414,11 +418,10 @@ class LiveView:
                 more_locks=state.more_rows,
                 cpu_totals=state.cpu_totals,
                 guess=last,
+                offcpu_rows=[r for r in state.rows if r.get("source") == "offcpu"],
             )
             self._live.update(self._frame, refresh=True)
             return
-        # Off-CPU rows (--offcpu) measure blocked time, not lock waits.
-        rows = [r for r in state.rows if r.get("source") != "offcpu"]
         # The figures of the per-CPU line, summed: what the summary's says.
         totals = state.cpu_totals if state.cpu_totals is not None else render.cpu_totals_of(rows)
         # The rows are those of the busiest locks only (session.LIVE_LOCKS).

@@ -585,6 +585,48 @@ def test_the_live_view_on_a_short_terminal_keeps_its_footer():
     assert "more rows" in " ".join(text)
 
 
+def test_the_live_view_shows_blocked_time_in_a_table_of_its_own():
+    """--offcpu: the live table listed `rwsem_down_read_slowpath <-
+    exc_page_fault` as a lock, its blocked time under `wait total`, its
+    blocked count nowhere; the summary has them in a table of their own."""
+    from rich.console import Console
+
+    from profiler.cli.common import LiveView
+
+    from .test_render import bizzy_rows
+
+    blocked = {
+        "lock": "rwsem_down_read_slowpath <- exc_page_fault",
+        "mode": "read",
+        "source": "offcpu",
+        "wait_ns": {"count": 66_715, "total": 1_450_000_000, "max": 2_790_000},
+        "offcpu_components_ns": {"writer_wait": 1_450_000_000},
+        "tasks": ["lpbizzy"],
+    }
+    view = LiveView(top=15, quiet=False)
+    view.console = Console(file=io.StringIO(), force_terminal=True, width=160, height=60)
+    view.err = Console(file=io.StringIO(), width=160)
+    view._attached(_FakeTarget(), [])
+    state = _live_state()
+    state.rows = [*bizzy_rows(), blocked]
+    try:
+        assert view.update(state) is True
+        live = view._live
+        assert live is not None
+        lines = view.console.render_lines(live.renderable, view.console.options, pad=False)
+    finally:
+        view.stop()
+    text = ["".join(segment.text for segment in line) for line in lines]
+    start = [line.strip() for line in text].index(
+        "blocked in lock functions (off-CPU, sched_switch)"
+    )
+    assert not any("rwsem_down_read_slowpath" in line for line in text[:start])
+    assert any(
+        "rwsem_down_read_slowpath <- exc_page_fault" in line and "66,715" in line
+        for line in text[start:]
+    )
+
+
 class _FakeTarget:
     def describe(self) -> str:
         return "pid 1 (x)"
