@@ -51,8 +51,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / "workloads" / "bin"
 LOCKPROF = [sys.executable, "-m", "profiler.cli.main"]
-# The live view's header: "lockprof  the whole system   123.4s  events 5,678".
-HEADER = re.compile(rb"lockprof  the whole system\s+(\d+\.\d)s  events ([\d,]+)")
+# The live view's header:
+# "lockprof  the whole system  totals since start, 123.4s  5,678 events over 100us".
+HEADER = re.compile(rb"lockprof  the whole system  totals since start, (\d+\.\d)s  ([\d,]+) events")
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
 

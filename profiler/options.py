@@ -49,5 +49,6 @@ class LiveState:
     errors: dict[str, int]
     events: int
     cpus: int
-    more_rows: int = 0  # lock rows left out of `rows` (not the busiest)
+    more_rows: int = 0  # locks left out of `rows` (not the busiest)
     cpu_totals: dict[int, CpuFigures] | None = None  # over every lock
+    threshold_ns: int | None = None  # events: waits and holds at least this long

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -433,6 +434,79 @@ def view(
         summary_table(rows, top),
         *view_footer(rows, errors, lost, top, more_locks, cpu_totals, row_count),
     )
+
+
+class LiveFrame:
+    """The live view's frame: view() with as many table rows as the
+    terminal's height has room for, the others counted in the footer's
+    "(N more rows ...)". rich's Live cut a frame taller than the terminal
+    at its bottom: on 24 lines the per-CPU line, the problems line (lost
+    events) and the more-rows line were never seen. A terminal too short for
+    even one row gets one, and the bottom is cut as before."""
+
+    def __init__(
+        self,
+        rows: list[dict],
+        header: str,
+        errors: dict[str, int],
+        lost: int,
+        top: int | None = 15,
+        more_locks: int = 0,
+        cpu_totals: dict[int, CpuFigures] | None = None,
+        guess: int | None = None,
+        offcpu_rows: list[dict] | None = None,
+    ):
+        self.offcpu_rows = offcpu_rows or []  # --offcpu: a table of their own
+        self.guess = guess  # how many rows the last frame had room for
+        self.shown: int | None = None  # how many rows this one showed
+        self.rows = rows
+        self.header = header
+        self.errors = errors
+        self.lost = lost
+        self.top = top
+        self.more_locks = more_locks
+        self.cpu_totals = cpu_totals
+
+    def frame(self, top: int | None) -> Group:
+        shown = view(
+            self.rows, self.header, self.errors, self.lost, top, self.more_locks, self.cpu_totals
+        )
+        if not self.offcpu_rows:
+            return shown
+        # Blocked time is not a lock wait: under the footer, as the summary has it.
+        return Group(shown, offcpu_table(self.offcpu_rows, self.top))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        height = options.height or options.size.height
+        most = max(1, min(self.top or len(self.rows), len(self.rows)))
+
+        def lines_of(top: int) -> list:
+            return console.render_lines(self.frame(top), options, pad=False)
+
+        # From the last frame's row count (guess): a frame a refresh costs
+        # two renders, not a search's five or six (a few ms each).
+        shown = max(1, min(self.guess or most, most))
+        lines = lines_of(shown)
+        if len(lines) <= height:
+            while shown < most and len(more := lines_of(shown + 1)) <= height:
+                shown, lines = shown + 1, more
+        else:
+            low, high = 1, shown - 1  # the most rows that fit, at least one
+            lines = lines_of(low) if shown > 1 else lines
+            if len(lines) > height:
+                high = low  # not even one row: rich's Live cuts the bottom off
+            while low < high:
+                middle = (low + high + 1) // 2
+                tried = lines_of(middle)
+                if len(tried) <= height:
+                    low, lines = middle, tried
+                else:
+                    high = middle - 1
+            shown = low
+        self.shown = shown
+        for line in lines:
+            yield from line
+            yield Segment.line()
 
 
 def view_footer(

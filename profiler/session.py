@@ -88,8 +88,14 @@ def collect(
     on_interval: Callable[[LiveState], bool | None] | None = None,
     on_attached: Callable[[list], None] | None = None,
     stop: StopFlag | None = None,
+    on_stopped: Callable[[], None] | None = None,
 ) -> Recording:
     """Run one collection and return its recording (not yet saved).
+
+    on_stopped: called once collection stops, before the probes are
+    detached and the recording is built (seconds, for a long one): the
+    live view goes then, not a frozen frame that a further Ctrl-C's
+    message would be written into.
 
     stop: the caller's installed StopFlag (it then stays installed after
     return, so that the recording is written under it). A signal before the
@@ -145,6 +151,8 @@ def collect(
         namer = _LockNamer(session, spec_class(options.locks))
         _collect_loop(options, target, session, stop, state, namer, start_ns, on_interval)
         stop.draining = True
+        if on_stopped is not None:
+            _stopped(on_stopped)
         session.disarm()
         session.drain_events()
         end_ns = time.monotonic_ns()
@@ -248,6 +256,18 @@ def _shown(on_interval: Callable[[LiveState], bool | None], live: Callable[[], L
         with contextlib.suppress(OSError):
             sys.stderr.write(f"lockprof: live view stopped ({reason}); collection goes on\n")
         return False
+
+
+def _stopped(on_stopped: Callable[[], None]) -> None:
+    """Tell the live view that collection stopped; whatever becomes of it,
+    the recording is written."""
+    try:
+        on_stopped()
+    except Exception as exc:
+        from profiler.render import safe_text
+
+        with contextlib.suppress(OSError):
+            sys.stderr.write(f"lockprof: live view: {safe_text(f'{type(exc).__name__}: {exc}')}\n")
 
 
 def _retire_period_ns() -> int:
@@ -496,6 +516,7 @@ def _live_state(snapshot, session, namer, target, options, elapsed_ns, state) ->
         cpus=len(session_cpus()),
         more_rows=more,
         cpu_totals=cpu_totals(snapshot.rows, snapshot.columns, state.retired_totals, hidden),
+        threshold_ns=options.threshold_ns,
     )
 
 

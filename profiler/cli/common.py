@@ -359,6 +359,7 @@ class LiveView:
         self.console = render.console(stderr=False)
         self.err = render.console(stderr=True)
         self._live: Live | None = None
+        self._frame: render.LiveFrame | None = None  # the last one shown
         self.gone: OSError | None = None  # why the view turned itself off
 
     def _guarded(self, write: Callable[[], None]) -> None:
@@ -402,27 +403,31 @@ class LiveView:
 
     def _update(self, state: LiveState) -> None:
         lost = state.errors.get("ringbuf_full", 0)
-        if self._live is not None:
-            header = f"lockprof  {state.target}  {state.elapsed_s:6.1f}s  events {state.events:,}"
-            self._live.update(
-                render.view(
-                    state.rows,
-                    header,
-                    state.errors,
-                    lost,
-                    self.top,
-                    more_locks=state.more_rows,
-                    cpu_totals=state.cpu_totals,
-                ),
-                refresh=True,
-            )
-            return
-        # Off-CPU rows (--offcpu) measure blocked time, not lock waits.
+        # Off-CPU rows (--offcpu) measure blocked time, not lock waits: on a
+        # terminal, a table of their own, as in the summary (they were lock
+        # rows, their blocked time under `wait total`).
         rows = [r for r in state.rows if r.get("source") != "offcpu"]
+        if self._live is not None:
+            last = self._frame.shown if self._frame is not None else None
+            self._frame = render.LiveFrame(
+                rows,
+                live_header(state),
+                state.errors,
+                lost,
+                self.top,
+                more_locks=state.more_rows,
+                cpu_totals=state.cpu_totals,
+                guess=last,
+                offcpu_rows=[r for r in state.rows if r.get("source") == "offcpu"],
+            )
+            self._live.update(self._frame, refresh=True)
+            return
         # The figures of the per-CPU line, summed: what the summary's says.
         totals = state.cpu_totals if state.cpu_totals is not None else render.cpu_totals_of(rows)
+        # The rows are those of the busiest locks only (session.LIVE_LOCKS).
+        quieter = f" and {state.more_rows:,} quieter locks" if state.more_rows else ""
         self.err.print(
-            f"[{state.elapsed_s:7.1f}s] {len(rows)} lock rows, "
+            f"[{state.elapsed_s:7.1f}s] since start: {len(rows):,} lock rows{quieter}, "
             f"{render.activity(render.all_cpus(totals))}, lost {lost:,}"
         )
 
@@ -433,6 +438,18 @@ class LiveView:
             # before its last writes, which fail if the terminal is gone.
             with contextlib.suppress(OSError):
                 live.stop()
+
+
+def live_header(state: LiveState) -> str:
+    """The live view's first line: its figures are totals since the start,
+    as the final summary's are (not the last interval's); events are the
+    waits and holds kept one by one, those over the threshold, as the
+    summary's header counts them."""
+    over = f" over {render.fmt_ns(state.threshold_ns)}" if state.threshold_ns is not None else ""
+    return (
+        f"lockprof  {state.target}  totals since start, {state.elapsed_s:.1f}s  "
+        f"{state.events:,} events{over}"
+    )
 
 
 def run_collection(
@@ -468,6 +485,7 @@ def run_collection(
             on_interval=None if quiet or as_json else view.update,
             on_attached=lambda probes: view.attached(target, probes),
             stop=stop,
+            on_stopped=view.stop,  # not a frozen frame while the recording is built
         )
     finally:
         view.stop()

@@ -332,7 +332,7 @@ def test_hostile_comm_reaches_no_output_raw(hostile, tmp_path):
     err, out = done.stderr.decode(), done.stdout.decode()
     assert f"to pid {hostile.pid} ({ESCAPED_COMM}); Ctrl-C to stop" in err
     assert f"pid {hostile.pid} ({ESCAPED_COMM})" in out  # target line and lock rows
-    assert re.search(r"\[\s*0\.\d+s\] \d+ lock rows", err)  # progress lines were printed
+    assert re.search(r"\[\s*0\.\d+s\] since start: \d+ lock rows", err)  # progress lines
 
     shown = subprocess.run(
         [*LOCKPROF, "show", "--json", "h.lpr"], capture_output=True, cwd=tmp_path, check=True

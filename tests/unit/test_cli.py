@@ -546,13 +546,124 @@ def test_the_live_progress_line_says_what_the_per_cpu_line_counts():
     assert view.update(state) is True
     # The table's acquisitions (35,336 + 2,805) and every contended wait.
     assert out.getvalue() == (
-        "[    1.0s] 5 lock rows, 38,141 acq, 653 contended waits, wait 294ms, lost 0\n"
+        "[    1.0s] since start: 5 lock rows, 38,141 acq, 653 contended waits, wait 294ms, lost 0\n"
     )
     assert render.all_cpus(totals) == CpuFigures(38_141, 653, 293_551_634)
     # Without the kernel's per-CPU totals (no live view state yet), the rows'.
     state.cpu_totals = None
     assert view.update(state) is True
     assert out.getvalue().splitlines()[1] == out.getvalue().splitlines()[0]
+
+
+def test_the_live_view_on_a_short_terminal_keeps_its_footer():
+    """At 80x24 the table's 15 rows pushed the per-CPU and problems lines
+    below the terminal's bottom, where rich's Live cut them off."""
+    from rich.console import Console
+
+    from profiler.cli.common import LiveView
+
+    from .test_render import many_rows
+
+    view = LiveView(top=15, quiet=False)
+    view.console = Console(file=io.StringIO(), force_terminal=True, width=80, height=24)
+    view.err = Console(file=io.StringIO(), width=80)
+    view._attached(_FakeTarget(), [])
+    state = _live_state()
+    state.rows, state.errors = many_rows(20), {"ringbuf_full": 3}
+    try:
+        assert view.update(state) is True
+        live = view._live
+        assert live is not None
+        lines = view.console.render_lines(live.renderable, view.console.options, pad=False)
+        shown = view._frame.shown if view._frame is not None else None
+        assert view.update(state) is True  # the next frame starts from this one's rows
+        assert view._frame is not None and view._frame.guess == shown is not None
+    finally:
+        view.stop()
+    text = ["".join(segment.text for segment in line) for line in lines]
+    assert len(text) <= 24 and "! lost events: 3" in text
+    assert "more rows" in " ".join(text)
+
+
+def test_the_live_view_shows_blocked_time_in_a_table_of_its_own():
+    """--offcpu: the live table listed `rwsem_down_read_slowpath <-
+    exc_page_fault` as a lock, its blocked time under `wait total`, its
+    blocked count nowhere; the summary has them in a table of their own."""
+    from rich.console import Console
+
+    from profiler.cli.common import LiveView
+
+    from .test_render import bizzy_rows
+
+    blocked = {
+        "lock": "rwsem_down_read_slowpath <- exc_page_fault",
+        "mode": "read",
+        "source": "offcpu",
+        "wait_ns": {"count": 66_715, "total": 1_450_000_000, "max": 2_790_000},
+        "offcpu_components_ns": {"writer_wait": 1_450_000_000},
+        "tasks": ["lpbizzy"],
+    }
+    view = LiveView(top=15, quiet=False)
+    view.console = Console(file=io.StringIO(), force_terminal=True, width=160, height=60)
+    view.err = Console(file=io.StringIO(), width=160)
+    view._attached(_FakeTarget(), [])
+    state = _live_state()
+    state.rows = [*bizzy_rows(), blocked]
+    try:
+        assert view.update(state) is True
+        live = view._live
+        assert live is not None
+        lines = view.console.render_lines(live.renderable, view.console.options, pad=False)
+    finally:
+        view.stop()
+    text = ["".join(segment.text for segment in line) for line in lines]
+    start = [line.strip() for line in text].index(
+        "blocked in lock functions (off-CPU, sched_switch)"
+    )
+    assert not any("rwsem_down_read_slowpath" in line for line in text[:start])
+    assert any(
+        "rwsem_down_read_slowpath <- exc_page_fault" in line and "66,715" in line
+        for line in text[start:]
+    )
+
+
+class _FakeTarget:
+    def describe(self) -> str:
+        return "pid 1 (x)"
+
+
+def test_the_live_progress_line_counts_the_quieter_locks():
+    """The live state holds the rows of the busiest locks only
+    (session.LIVE_LOCKS): `record -a` with 148 locks said "55 lock rows"."""
+    from rich.console import Console
+
+    from profiler.cli.common import LiveView
+
+    from .test_render import bizzy_rows
+
+    out = io.StringIO()
+    view = LiveView(top=5, quiet=False)
+    view.err = Console(file=out, width=200)
+    state = _live_state()
+    state.rows, state.more_rows = bizzy_rows(), 1_108
+    assert view.update(state) is True
+    assert out.getvalue().startswith(
+        "[    1.0s] since start: 5 lock rows and 1,108 quieter locks, 38,141 acq, "
+    )
+
+
+def test_the_live_header_says_its_figures_are_totals_and_what_events_are():
+    """It said "lockprof  pid 1 (x)     2.0s  events 196": per interval or
+    since the start? events of what? The final summary says "196 events
+    over 100us"."""
+    from profiler.cli.common import live_header
+
+    state = _live_state()
+    state.target, state.elapsed_s, state.events = "pid 1 (x)", 2.04, 1_196
+    state.threshold_ns = 100_000
+    assert live_header(state) == (
+        "lockprof  pid 1 (x)  totals since start, 2.0s  1,196 events over 100us"
+    )
 
 
 def test_live_view_on_a_closed_pipe_turns_itself_off_and_leaves_stdout_alone():

@@ -446,3 +446,64 @@ def test_view_of_the_real_recording(rec):
     assert "mmap_lock pid 4560 (mmapcount)" in plain
     assert "2,030" in plain and "1,002" in plain  # write acquisitions, downgrades
     assert "!" not in plain  # no lost events or errors in this run
+
+
+def many_rows(n: int) -> list[dict]:
+    """n rows of `record -a`: bizzy's, then spinlocks by address."""
+    rows = bizzy_rows()
+    for i in range(n - len(rows)):
+        rows.append(contention_row(f"spinlock 0xffff8881000{i:05x}0", (3, 4), 1_000 - i))
+    return rows[:n]
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (100, 24), (120, 20)])
+def test_the_live_frame_fits_the_terminals_height(width, height):
+    """rich's Live cut a frame taller than the terminal at its bottom: at
+    80x24, 15 rows left out the per-CPU line, the problems line (lost
+    events) and the more-rows line. The frame shows the rows that fit and
+    counts the others."""
+    rows = many_rows(30)
+    frame = render.LiveFrame(rows, "lockprof  hdr", {"ringbuf_full": 7}, 7, top=15, more_locks=5)
+    console = Console(file=io.StringIO(), width=width, height=height)
+    lines = [
+        "".join(s.text for s in line)
+        for line in console.render_lines(frame, console.options, pad=False)
+    ]
+    assert len(lines) <= height
+    assert lines[0] == "lockprof  hdr"
+    assert any(line.startswith("per CPU  cpu0: ") for line in lines)
+    assert "! lost events: 7" in lines
+    shown = sum(1 for line in lines if re.match(r"│.*│ (exclusive|read|write) ", line))
+    assert 1 <= shown < 15
+    more = f"({30 - shown} more rows, and 5 quieter locks; `lockprof show FILE` lists all)"
+    assert " ".join(lines).endswith(more)
+
+
+def test_the_live_frame_is_the_view_when_it_fits():
+    rows = bizzy_rows()
+    frame = render.LiveFrame(rows, "hdr", {}, 0, top=15)
+    assert rendered_at(frame, 120) == rendered_at(render.view(rows, "hdr", {}, 0, 15), 120)
+
+
+def test_the_live_frame_fits_from_the_last_frames_row_count(monkeypatch):
+    """Fitting searches once (five or six renders at 80x24); later frames
+    start from the last one's row count: two renders a refresh."""
+    rows = many_rows(60)
+    console = Console(file=io.StringIO(), width=80, height=24)
+    first = render.LiveFrame(rows, "hdr", {}, 0, top=15)
+    expected = console.render_lines(first, console.options, pad=False)
+    assert first.shown is not None and 1 < first.shown < 15
+    tops = []
+    frame = render.LiveFrame.frame
+    monkeypatch.setattr(
+        render.LiveFrame, "frame", lambda self, top: tops.append(top) or frame(self, top)
+    )
+    later = render.LiveFrame(rows, "hdr", {}, 0, top=15, guess=first.shown)
+    assert console.render_lines(later, console.options, pad=False) == expected
+    assert tops == [first.shown, first.shown + 1] and later.shown == first.shown
+    # A taller terminal: more rows; a shorter one: fewer.
+    for height, more in ((40, True), (16, False)):
+        console = Console(file=io.StringIO(), width=80, height=height)
+        again = render.LiveFrame(rows, "hdr", {}, 0, top=15, guess=first.shown)
+        assert len(console.render_lines(again, console.options, pad=False)) <= height
+        assert again.shown is not None and (again.shown > first.shown) == more

@@ -1030,3 +1030,55 @@ def test_rq_learning_is_detached_on_time_whatever_the_interval():
     start = time.monotonic_ns()
     session._collect_loop(options, target, Session(), StopFlag(), None, None, start, None)
     assert calls == ["rq"]
+
+
+def test_the_live_view_goes_as_soon_as_collection_stops(monkeypatch):
+    """The live frame stayed on screen, frozen, while the probes were
+    detached and the recording built (seconds, for a long one); a further
+    Ctrl-C's "already stopping" line was written into it, then erased with
+    it, and the frame's first lines were left above the summary."""
+    events = []
+
+    class Detaching(Exception):
+        pass
+
+    class FakeBpfSession:
+        def __init__(self, *_args, **_kwargs):
+            pass
+
+        def attach(self):
+            return []
+
+        def learn_target_lock(self, _tgid):
+            pass
+
+        def disarm(self):
+            events.append("disarm")
+            raise Detaching  # what follows needs a real session
+
+        def close(self):
+            events.append("close")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_exc):
+            self.close()
+
+    def loop(_options, _target, _session, stop, *_args):
+        events.append("loop")
+        stop.request("duration 1s reached")
+
+    fake = SimpleNamespace(BpfSession=FakeBpfSession)
+    monkeypatch.setitem(sys.modules, "profiler.bpf", fake)
+    monkeypatch.setattr(profiler, "bpf", fake, raising=False)
+    monkeypatch.setattr(session, "_collect_loop", loop)
+    monkeypatch.setattr(session, "_LockNamer", lambda *_args: None)
+    with pytest.raises(Detaching):
+        session.collect(
+            session.CollectOptions(),
+            PidTarget(os.getpid()),
+            {"raw_tracepoint"},
+            on_stopped=lambda: events.append("view stopped"),
+        )
+    assert events == ["loop", "view stopped", "disarm", "close"]
