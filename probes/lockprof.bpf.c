@@ -1734,8 +1734,13 @@ int lp_sample(struct bpf_perf_event_data *ctx)
 	if (!cfg || !lp_wanted_process(cfg, pid_tgid >> 32))
 		return 0;
 	key.stack_id = lp_stacks.get_stackid(ctx, 0);
-	if (key.stack_id < 0)
-		return 0; /* a user-mode sample has no kernel stack */
+	if (key.stack_id < 0) {
+		/* -EFAULT: a user-mode sample, with no kernel stack. -EEXIST:
+		 * its bucket held another stack; the sample is lost, counted. */
+		if (key.stack_id == -17)
+			lp_error(LP_ERR_STACK);
+		return 0;
+	}
 	count = lp_samples.lookup(&key);
 	if (count) {
 		__sync_fetch_and_add(count, 1);

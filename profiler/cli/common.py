@@ -639,7 +639,10 @@ def print_summary(
     if document.get("writer_cost"):
         for line in render.writer_cost_lines(document["writer_cost"]):
             out.print(line)
-    for line in render.foreign_task_lines(document["foreign_tasks"]):
+    from profiler.foreign_tasks import foreign_task_rows  # pandas: not before the compile
+
+    foreign = foreign_task_rows(rec.tasks, rec.locks)  # all: the hint counts the rest
+    for line in render.foreign_task_lines(foreign, top or render.FOREIGN_TASK_LINES):
         out.print(line)
     if rusage.get("user_s") is not None:
         out.print(

@@ -97,3 +97,23 @@ def test_foreign_task_lines():
         "  (1 more: `show --json` lists them)",
     ]
     assert render.foreign_task_lines([]) == []
+
+
+def test_show_top_n_lists_n_foreign_tasks_and_counts_the_rest(capsys):
+    """`show --top N` lists N of them under the table, as the README says
+    (the list was cut to N, then to 10, with no hint of the rest)."""
+    from profiler import recording
+    from profiler.cli.common import print_summary
+
+    rec = recording.Recording(
+        meta={"families": ["mmap_lock", "contention"], "cpus": 2, "target": "pid 4242"},
+        intervals=None,
+        locks=_locks(),
+        tasks=_tasks(),
+    )
+    print_summary(rec, False, top=2)
+    out = capsys.readouterr().out
+    assert "khugepaged (pid 60)" in out and "cat (2 processes)" in out
+    assert "gdb" not in out and "(1 more: `show --json` lists them)" in out
+    print_summary(rec, False, top=None)
+    assert "gdb (pid 77)" in capsys.readouterr().out
