@@ -3,8 +3,10 @@
 recording (root).
 
 `lockprof record -a` runs for --minutes while the ebizzy-like workload and an
-mmap/munmap storm run in turns; lockprof's RSS is sampled every 10 s. Then
-`lockprof report` is timed on the recording.
+mmap/munmap storm run in turns; lockprof's RSS is sampled every 10 s, and its
+peak (VmHWM) is followed to its exit, so that the end of the run (writing
+the recording, the final summary) counts too. Then `lockprof report` is
+timed on the recording.
 
     sudo .venv/bin/python bench/footprint.py [--minutes 10]
 """
@@ -17,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +29,31 @@ LOCKPROF = [sys.executable, "-m", "profiler.cli.main"]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from soak import proc_status  # noqa: E402  (bench/ scripts run as files)
+
+
+class EndPeak:
+    """lockprof's VmHWM (its peak RSS since it started), read every 20 ms
+    on a thread until it exits: the last reading is the peak of the whole
+    run, its end included (within 20 ms of the exit)."""
+
+    def __init__(self, pid: int) -> None:
+        self.mb = 0.0
+        self._pid = pid
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        while not self._done.is_set():
+            high = proc_status(self._pid, ("VmHWM",)).get("VmHWM")
+            if high is None:
+                return  # exited
+            self.mb = max(self.mb, high)
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def main() -> int:
@@ -72,8 +100,10 @@ def main() -> int:
             time.sleep(10)
         os.killpg(load.pid, signal.SIGKILL)
         load.wait()
+        peak = EndPeak(lp.pid)
         lp.send_signal(signal.SIGINT)
         _out, lp_err = lp.communicate(timeout=600)
+        peak.stop()
         if lp.returncode != 0 or not rec.exists():
             raise SystemExit(
                 f"lockprof record exited {lp.returncode} without a recording: {lp_err.strip()}"
@@ -101,6 +131,7 @@ def main() -> int:
                 f"| lockprof RSS in the last minute (MB, max) | {max(last_minute):.0f} |",
                 f"| lockprof RSS peak over {args.minutes:g} min (MB) | "
                 f"{max(v for _t, v in samples):.0f} |",
+                f"| lockprof peak RSS, the end of the run included (VmHWM, MB) | {peak.mb:.0f} |",
                 f"| lockprof Pss (shared pages divided among their users) first / last / peak "
                 f"(MB) | {proportional[0]:.0f} / {proportional[-1]:.0f} / "
                 f"{max(proportional):.0f} |",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from profiler import btf, schema
+from profiler import btf, ksyms, schema
 from profiler.errors import LockprofError, MechanismUnavailable
 from profiler.lockids import LockIds
 from profiler.probes import Plan
@@ -366,6 +366,7 @@ class BpfSession:
         if lock_types is not None:
             self._drop_lock_types(lock_types)
         self.followed_gone = 0  # followed processes that exited (forget_dead_followed)
+        self._text_symbols: ksyms.TextSymbols | None = None  # stack_frames, read once
         self._rq_names: dict[int, str] = {}  # rq_lock_names
         self._rq_learning_until: float | None = None  # lp_learn_rq attached until then
         # --follow: the descendants alive at attach (learn_target_lock looks at them too)
@@ -987,10 +988,18 @@ class BpfSession:
             addresses = list(itertools.takewhile(bool, stacks[stacks.Key(stack_id)].ip))
         except KeyError:
             return []
-        frames = [
-            self._bpf.ksym(addr, show_offset=True).decode(errors="replace") for addr in addresses
-        ]
-        return strip_tracing_frames(frames)
+        return strip_tracing_frames([self._frame_name(addr) for addr in addresses])
+
+    def _frame_name(self, address: int) -> str:
+        """function+0xoffset, from lockprof's own table of kallsyms (read
+        once, when the first stack is named: lockprof's programs are loaded
+        by then, and their frames are named too), or BCC's where kallsyms
+        hides addresses."""
+        if self._text_symbols is None:
+            self._text_symbols = ksyms.TextSymbols()
+        if len(self._text_symbols):
+            return self._text_symbols.frame(address)
+        return self._bpf.ksym(address, show_offset=True).decode(errors="replace")
 
     # -- event stream -----------------------------------------------------------
 
