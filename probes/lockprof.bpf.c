@@ -1612,7 +1612,7 @@ int lp_spec_sum_ret(struct pt_regs *ctx)
 /* ---- runqueue locks: sched_update_nr_running_tp(struct rq *rq, int change) ----
  * A bare tracepoint (no trace event: raw attach only), hit as a runqueue
  * gains or loses a task. Attached from the start until every CPU's rq has
- * been seen (profiler/bpf.py learn_rq_locks), so that contention on
+ * been seen (profiler/bpf.py _learn_rq_locks, rq_lock_names), so that contention on
  * rq->__lock is named as the runqueue lock of its CPU (as perf lock
  * contention's rq_lock), not after a scheduler function that took it. */
 #ifndef LP_RQ_LOCK_OFFSET
