@@ -359,10 +359,8 @@ class Recording:
 ROW_GROUP_ROWS = 32_768
 
 
-def _to_parquet_bytes(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.reset_index(drop=True).to_parquet(buffer, index=False, row_group_size=ROW_GROUP_ROWS)
-    return buffer.getvalue()
+def _write_parquet(frame: pd.DataFrame, out: IO[bytes]) -> None:
+    frame.reset_index(drop=True).to_parquet(out, index=False, row_group_size=ROW_GROUP_ROWS)
 
 
 def write_archive(rec: Recording, out: BinaryIO) -> None:
@@ -376,7 +374,10 @@ def write_archive(rec: Recording, out: BinaryIO) -> None:
                 with archive.open(f"{name}.parquet", "w", force_zip64=True) as member:
                     spilled.copy_to(member)
                 continue
-            archive.writestr(f"{name}.parquet", _to_parquet_bytes(rec.table(name)))
+            # Straight into the archive: a table's Parquet bytes are not
+            # also held whole in memory (twice: the buffer and its value).
+            with archive.open(f"{name}.parquet", "w", force_zip64=True) as member:
+                _write_parquet(rec.table(name), member)
 
 
 def dumps(rec: Recording) -> bytes:
