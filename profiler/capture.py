@@ -17,11 +17,10 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import BinaryIO
 
 from profiler.errors import LockprofError
-from profiler.targets import CommandTarget
+from profiler.targets import CommandTarget, Lineage, children_of
 
 _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
@@ -108,11 +107,7 @@ def adopt_orphans(on: bool = True) -> None:
 
 def own_children() -> set[int]:
     """This process's children (those of every thread)."""
-    found: set[int] = set()
-    for task in Path("/proc/self/task").iterdir():
-        with contextlib.suppress(OSError):
-            found.update(int(pid) for pid in (task / "children").read_text().split())
-    return found
+    return children_of(os.getpid(), Lineage.MAX_THREADS)
 
 
 def stop_processes(pids: set[int], grace_s: float) -> None:

@@ -197,7 +197,7 @@ class Lineage:
             self.execs.append({"t_s": round(t_s, 3), "comm": comm, "exe": program[1]})
             self._program = program
         if self._polls % self.CHILD_POLLS == 0:
-            self.children |= _children_of(self.pid, self.MAX_THREADS)
+            self.children |= children_of(self.pid, self.MAX_THREADS)
         self._polls += 1
 
     @staticmethod
@@ -210,7 +210,8 @@ class Lineage:
         return {"children_seen": len(self.children), "execs": self.execs}
 
 
-def _children_of(pid: int, max_threads: int) -> set[int]:
+def children_of(pid: int, max_threads: int) -> set[int]:
+    """The children of pid's threads (the first max_threads of them)."""
     found: set[int] = set()
     try:
         tids = os.listdir(f"/proc/{pid}/task")[:max_threads]
@@ -231,7 +232,7 @@ def descendants_of(pid: int, limit: int = 4096) -> set[int]:
     found: set[int] = set()
     frontier = [pid] if pid > 0 else []
     while frontier and len(found) < limit:
-        children = _children_of(frontier.pop(), Lineage.MAX_THREADS) - found
+        children = children_of(frontier.pop(), Lineage.MAX_THREADS) - found
         found |= children
         frontier += sorted(children)
     return found
