@@ -555,6 +555,8 @@ class _LockNamer:
         self._spec_class = spec_class
         self._frames: dict[int, list[str]] = {}
         self._data_symbols: dict[int, str] | None = None
+        self._merged: dict[int, str] | None = None  # _symbols()
+        self._merged_rq = 0  # runqueue locks in it
         self.unreadable_stacks = 0  # stacks whose frames could not be read
 
     def callers(self, retired: bool = True) -> pd.DataFrame:
@@ -585,14 +587,24 @@ class _LockNamer:
             self.unreadable_stacks += 1
             return []
 
+    def _symbols(self) -> dict[int, str]:
+        """kallsyms' data symbols with the runqueue locks the probes
+        recognised over them, merged again only when more runqueue locks
+        are known: with CONFIG_KALLSYMS_ALL there are 100k+ data symbols,
+        and the live view names its locks every interval."""
+        if self._data_symbols is None:
+            self._data_symbols = ksyms.data_symbols()
+        rq_names = self._session.rq_lock_names()
+        if self._merged is None or self._merged_rq != len(rq_names):
+            self._merged = {**self._data_symbols, **rq_names}
+            self._merged_rq = len(rq_names)  # learned locks only add up
+        return self._merged
+
     def name(self, frame: pd.DataFrame, callers: pd.DataFrame | None = None) -> pd.DataFrame:
         """The locks table of frame's rows. The live view passes no callers
         (only those of the rows shown are read); the recording passes them,
         and gets the exited processes' mmap_locks named too."""
-        if self._data_symbols is None:
-            self._data_symbols = ksyms.data_symbols()
-        # Objects the probes recognised (runqueue locks), then kallsyms.
-        symbols = {**self._data_symbols, **self._session.rq_lock_names()}
+        symbols = self._symbols()
         final = callers is not None
         if callers is None:
             callers = self.callers(retired=False)
