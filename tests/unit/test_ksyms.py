@@ -48,3 +48,26 @@ def test_hidden_addresses_leave_the_table_empty(tmp_path):
     hidden = "".join(f"0000000000000000 {kind} name{i}\n" for i, kind in enumerate("tTwW"))
     assert len(symbols(tmp_path, hidden)) == 0
     assert len(ksyms.TextSymbols(tmp_path / "missing")) == 0
+
+
+def test_lines_cut_by_the_read_blocks_are_read_whole(tmp_path, monkeypatch):
+    whole = symbols(tmp_path)
+    for block_bytes in (1, 7, 40, 64):
+        monkeypatch.setattr(ksyms, "_BLOCK_BYTES", block_bytes)
+        cut = symbols(tmp_path)
+        assert len(cut) == len(whole) == 6
+        for address in (0xFFFFFFFF81001000, 0xFFFFFFFF81004008, 0xFFFFFFFFC0002042):
+            assert cut.frame(address) == whole.frame(address)
+
+
+def test_a_last_line_without_its_newline_and_short_lines(tmp_path):
+    table = symbols(tmp_path, "ffffffff81000000 T first\nbroken line\n\nffffffff81000100 t last")
+    assert len(table) == 2
+    assert table.frame(0xFFFFFFFF81000104) == "last+0x4"
+    assert table.frame(0xFFFFFFFF81000004) == "first+0x4"
+
+
+def test_an_address_of_fewer_digits_is_read(tmp_path):
+    table = symbols(tmp_path, "c0100000 T low32\n1f t tiny\n")
+    assert table.frame(0xC0100010) == "low32+0x10"
+    assert table.frame(0x20) == "tiny+0x1"
