@@ -82,7 +82,6 @@ def end_of_run(records_path: Path, out: Path) -> dict:
     from profiler import allocator
 
     allocator.arrow_allocates_with_malloc()
-    from profiler import bpf, session  # noqa: F401 (bpf: release_free_heap, no BCC import)
     from profiler.cli.common import FINAL_SUMMARY_TOP, print_summary
     from profiler.events import CHUNK_ROWS
     from profiler.intervals import build_intervals
@@ -94,7 +93,7 @@ def end_of_run(records_path: Path, out: Path) -> dict:
     before_kb = _status_kb("VmRSS")
     started = time.monotonic()
     built = build_intervals(lambda: spool.chunks(CHUNK_ROWS), set())
-    session._return_free_memory()  # as the session does once the intervals are built
+    allocator.release_free_heap()  # as the session does once the intervals are built
     locks = aggregate.name_locks(built.totals, {}, recording.empty_table("callers"), {})
     rec = recording.Recording(
         meta={"families": ["mmap_lock"], "cpus": 2},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 
 ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
@@ -26,3 +28,13 @@ def arrow_allocates_with_malloc() -> None:
         import pyarrow  # noqa: F401
     finally:
         del os.environ[ARROW_POOL_ENV]
+
+
+def release_free_heap() -> None:
+    """Give free heap back to the system (malloc_trim). glibc keeps the
+    pages of freed blocks unless asked, so every temporary of a stage stays
+    resident into the next one: after clang/LLVM compiled the probes (about
+    50 MB here), after each batch of interval rows is packed, and between
+    the stages that end a run, whose sum would otherwise be its peak."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: it stays
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

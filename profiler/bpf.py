@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from profiler import btf, ksyms, schema
+from profiler.allocator import release_free_heap
 from profiler.errors import LockprofError, MechanismUnavailable
 from profiler.lockids import LockIds
 from profiler.probes import Plan
@@ -117,14 +118,6 @@ def _first_error(compiler_output: str) -> str:
             return line.strip()
     lines = [line for line in compiler_output.splitlines() if line.strip()]
     return lines[-1].strip() if lines else "no compiler output"
-
-
-def release_free_heap() -> None:
-    """Give free heap back to the system (malloc_trim): after clang/LLVM
-    compiled the probes (about 50 MB here), and after each batch of interval
-    rows is packed, so a long run keeps only what it needs."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: it stays
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 # The compiler's shared libraries (clang and LLVM, linked by libbcc): once the

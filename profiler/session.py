@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from profiler import aggregate, ksyms, schema
+from profiler.allocator import release_free_heap
 from profiler.errors import LockprofError
 from profiler.events import CHUNK_ROWS, build_events, on_locks, without_locks
 from profiler.intervals import build_intervals
@@ -47,16 +48,6 @@ RETIRE_ENV = "LOCKPROF_TEST_RETIRE_S"
 # Rows idle for this many rounds (60 s) are retired too (those of the locks
 # the live view shows only once the map is half full).
 IDLE_ROUNDS = 6
-
-
-def _return_free_memory() -> None:
-    """Every interval builds and drops numpy and pandas temporaries; glibc
-    keeps the freed pages unless asked (malloc_trim), and a long run's RSS
-    crept up by them."""
-    bpf_mod = sys.modules.get("profiler.bpf")
-    release = getattr(bpf_mod, "release_free_heap", None)
-    if release is not None:
-        release()
 
 
 @dataclass
@@ -232,7 +223,7 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
                     session, state, snapshot, owners, (now - start_ns) / 1e9, retire_ns, hidden
                 )
                 session.forget_owners(_process_alive, entries)
-                _return_free_memory()
+                release_free_heap()
             if on_interval and not _shown(
                 on_interval,
                 functools.partial(
@@ -684,9 +675,9 @@ def _build_recording(
     # 2-hour soak's rows left 130 MB there while the recording was written
     # and the summary (or --html's report) built: 405 -> 274 MB. (The peak,
     # building the summary, is not lower for it: bench/endrun.py.)
-    _return_free_memory()
+    release_free_heap()
     events = build_events(lambda: session.take_events(CHUNK_ROWS), start_ns, hidden)
-    _return_free_memory()
+    release_free_heap()
     pre_exec = pre_exec_note(
         intervals.hidden_totals, events.hidden, hidden, session.lock_addresses(forgotten=True)
     )
@@ -700,6 +691,7 @@ def _build_recording(
     stack_ids |= set(offcpu["stack_id"].tolist()) | set(samples["stack_id"].tolist())
     frames = namer.frames(sorted(s for s in stack_ids if s >= 0))
     locks = namer.name(intervals.totals, callers)
+    release_free_heap()  # the kallsyms table's temporaries (profiler/ksyms.py)
     stacks = pd.DataFrame({"stack_id": list(frames), "frames": list(frames.values())})
     errors = session.read_errors()
     # Stacks lockprof could not read are as missing as those the kernel did

@@ -490,6 +490,7 @@ def run_collection(
     finally:
         view.stop()
     recording.save(rec, output)
+    allocator.release_free_heap()  # Parquet's buffers, before the summary's own
     written = f"lockprof: {_ending(rec.meta)}; recording written to {output}"
     try:
         # --json: every row (README); the table: the busiest.
