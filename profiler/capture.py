@@ -13,14 +13,12 @@ import ctypes
 import os
 import re
 import select
-import signal
 import sys
 import threading
-import time
 from typing import BinaryIO
 
 from profiler.errors import LockprofError
-from profiler.targets import CommandTarget, Lineage, children_of
+from profiler.targets import CommandTarget, Lineage, children_of, term_then_kill
 
 _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
@@ -113,19 +111,21 @@ def own_children() -> set[int]:
 def stop_processes(pids: set[int], grace_s: float) -> None:
     """SIGTERM these children of ours, SIGKILL those left after grace_s,
     and reap them all."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
+    left = set(pids)  # not reaped yet: a reaped pid may be another process's by now
+
+    def signal_left(signum: int) -> None:
+        for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-        deadline = time.monotonic() + grace_s
-        while pids and time.monotonic() < deadline:
-            pids = {pid for pid in pids if not _reaped(pid)}
-            time.sleep(0.01)
-        if not pids:
-            return
-    for pid in pids:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+
+    def all_reaped() -> bool:
+        left.difference_update([pid for pid in left if _reaped(pid)])
+        return not left
+
+    if not term_then_kill(signal_left, all_reaped, grace_s):
+        for pid in left:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
 
 def _reaped(pid: int) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderResult
@@ -436,36 +436,27 @@ def view(
     )
 
 
+@dataclass(eq=False)  # a frame is compared (and hashed) by identity, not field by field
 class LiveFrame:
     """The live view's frame: view() with as many table rows as the
     terminal's height has room for, the others counted in the footer's
     "(N more rows ...)". rich's Live cut a frame taller than the terminal
     at its bottom: on 24 lines the per-CPU line, the problems line (lost
     events) and the more-rows line were never seen. A terminal too short for
-    even one row gets one, and the bottom is cut as before."""
+    even one row gets one, and the bottom is cut as before.
 
-    def __init__(
-        self,
-        rows: list[dict],
-        header: str,
-        errors: dict[str, int],
-        lost: int,
-        top: int | None = 15,
-        more_locks: int = 0,
-        cpu_totals: dict[int, CpuFigures] | None = None,
-        guess: int | None = None,
-        offcpu_rows: list[dict] | None = None,
-    ):
-        self.offcpu_rows = offcpu_rows or []  # --offcpu: a table of their own
-        self.guess = guess  # how many rows the last frame had room for
-        self.shown: int | None = None  # how many rows this one showed
-        self.rows = rows
-        self.header = header
-        self.errors = errors
-        self.lost = lost
-        self.top = top
-        self.more_locks = more_locks
-        self.cpu_totals = cpu_totals
+    The fields up to cpu_totals are view()'s arguments."""
+
+    rows: list[dict]
+    header: str
+    errors: dict[str, int]
+    lost: int
+    top: int | None = 15
+    more_locks: int = 0
+    cpu_totals: dict[int, CpuFigures] | None = None
+    guess: int | None = None  # how many rows the last frame had room for
+    offcpu_rows: list[dict] | None = None  # --offcpu: a table of their own
+    shown: int | None = field(default=None, init=False)  # how many rows this one showed
 
     def frame(self, top: int | None) -> Group:
         shown = view(

@@ -13,6 +13,7 @@ import select
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from profiler.errors import LockprofError
@@ -381,6 +382,30 @@ def pre_exec_locks(owners: dict[int, tuple[int, str]], tgid: int, command_lock: 
     }
 
 
+def term_then_kill(
+    signal_all: Callable[[int], None], gone: Callable[[], bool], grace_s: float
+) -> bool:
+    """Stop processes: SIGTERM through signal_all, grace_s for gone() to
+    hold; then SIGKILL and grace_s again. False: not all are gone. The
+    callers say what is signalled (pids, pidfds) and what gone means
+    (reaped, exited)."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        signal_all(signum)
+        if _holds_within(gone, grace_s):
+            return True
+    return False
+
+
+def _holds_within(condition: Callable[[], bool], seconds: float) -> bool:
+    """Whether condition() holds within seconds (polled every 10 ms)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 class CommandTarget(Target):
     """A command lockprof starts (`lockprof run -- CMD`). The child is forked
     and held before exec until the probes are attached, so nothing is missed.
@@ -547,21 +572,22 @@ class CommandTarget(Target):
         self.ended_by_lockprof = True
         below = self._pidfds_below(self.tgid)
         try:
-            for signum in (signal.SIGTERM, signal.SIGKILL):
-                if self._rusage is None:  # not reaped: the pid is still the command's
-                    os.kill(self.tgid, signum)
-                for fd in below:
-                    with contextlib.suppress(ProcessLookupError):
-                        signal.pidfd_send_signal(fd, signum)
-                deadline = time.monotonic() + self.STOP_GRACE_S
-                while not self._all_gone(below) and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                if self._all_gone(below):
-                    break
+            term_then_kill(
+                lambda signum: self._signal_all(below, signum),
+                lambda: self._all_gone(below),
+                self.STOP_GRACE_S,
+            )
             self.wait()
         finally:
             for fd in below:
                 os.close(fd)
+
+    def _signal_all(self, pidfds: list[int], signum: int) -> None:
+        if self._rusage is None:  # not reaped: the pid is still the command's
+            os.kill(self.tgid, signum)
+        for fd in pidfds:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signum)
 
     def _all_gone(self, pidfds: list[int]) -> bool:
         # A pidfd becomes readable once its process has exited.
