@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from profiler import aggregate, recording, schema  # noqa: E402
+from profiler import aggregate, allocator, recording, schema  # noqa: E402
 
 
 def synthetic_records(rows: int, keys: int, seed: int = 1) -> np.ndarray:
@@ -78,13 +78,10 @@ def recording_records(path: Path) -> np.ndarray:
 
 def end_of_run(records_path: Path, out: Path) -> dict:
     """In this process: spool the records, then end the run as lockprof does
-    (pyarrow on glibc's malloc, as the CLI loads it)."""
-    from profiler import allocator
-
-    allocator.arrow_allocates_with_malloc()
+    (pyarrow on glibc's malloc, as the CLI loads it: main() runs this
+    process with ARROW_DEFAULT_MEMORY_POOL set)."""
     from profiler.cli.common import FINAL_SUMMARY_TOP, print_summary
-    from profiler.events import CHUNK_ROWS
-    from profiler.intervals import build_intervals
+    from profiler.intervals import CHUNK_ROWS, build_intervals
     from profiler.spool import RecordSpool
 
     spool = RecordSpool(aggregate.interval_record_dtype(), "interval rows")
@@ -173,6 +170,9 @@ def main() -> int:
         del records
         child = subprocess.run(
             [sys.executable, __file__, "--child", str(records_path), str(out)],
+            # pyarrow on glibc's malloc, as the CLI loads it (allocator.py):
+            # this file's imports load pyarrow before end_of_run could ask.
+            env={**os.environ, allocator.ARROW_POOL_ENV: "system"},
             stdout=subprocess.PIPE,
             text=True,
             check=True,

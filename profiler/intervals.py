@@ -27,6 +27,12 @@ from profiler import aggregate
 from profiler.events import on_locks
 from profiler.recording import SpilledTable, spill_or_in_memory
 
+# Interval records per chunk. Each chunk is written as one Parquet row group,
+# and the writer's buffers follow the chunk: a record carries two histograms
+# of LP_HIST_SLOTS slots, and 32k of them (events.CHUNK_ROWS) took ~41 MB
+# more at the end of a run, 8k ~22 MB.
+CHUNK_ROWS = 8192
+
 
 @dataclass
 class BuiltIntervals:
@@ -56,17 +62,17 @@ def _build(chunks: Iterable[np.ndarray], hidden: set[int], spill: bool) -> Built
             totals.add_records(raw)
             if len(hidden_locks):
                 raw = raw[~np.isin(raw["lock"], hidden_locks)]
-            kept.append(raw)
-            # One chunk stays in memory; from a second on, every chunk goes
-            # to the file (when spill), so memory holds one at a time.
-            if spill and len(kept) > 1:
+            # Every chunk goes to the file (when spill), as an Arrow table
+            # built from its records' arrays. Even one chunk: as a frame,
+            # its histograms are a numpy array per row, and a 10-minute
+            # run's 30k rows took ~50 MB to build and ~90 MB to write
+            # (pyarrow's conversion of those cells) at the end of the run.
+            if spill:
                 spilled = spilled or SpilledTable()
-                for part in kept:
-                    spilled.append_table(records_table(part))
-                kept = []
+                spilled.append_table(records_table(raw))
+            else:
+                kept.append(raw)
         if spilled is not None:
-            for part in kept:
-                spilled.append_table(records_table(part))
             spilled.finish()
     except BaseException:
         if spilled is not None:

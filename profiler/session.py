@@ -25,6 +25,7 @@ from profiler import aggregate, ksyms, schema
 from profiler.allocator import release_free_heap
 from profiler.errors import LockprofError
 from profiler.events import CHUNK_ROWS, build_events, on_locks, without_locks
+from profiler.intervals import CHUNK_ROWS as INTERVAL_CHUNK_ROWS
 from profiler.intervals import build_intervals
 from profiler.options import CollectOptions, CpuFigures, LiveState
 from profiler.recording import (
@@ -670,7 +671,7 @@ def _build_recording(
     callers = namer.callers()
     tasks = pd.DataFrame(session.read_tasks(), columns=TASK_COLUMNS)
     hidden = hidden_locks(target, session)
-    intervals = build_intervals(lambda: state.spool.chunks(CHUNK_ROWS), hidden)
+    intervals = build_intervals(lambda: state.spool.chunks(INTERVAL_CHUNK_ROWS), hidden)
     # The chunks' temporaries, freed, stay in glibc's heap unless asked: the
     # 2-hour soak's rows left 130 MB there while the recording was written
     # and the summary (or --html's report) built: 405 -> 274 MB. (The peak,

@@ -118,19 +118,25 @@ def test_spilled_chunks_make_the_table_and_totals_of_one_frame(tmp_path, hidden)
     whole = aggregate.records_frame(raw)
     at_once = intervals.build_intervals(chunked(raw, 1000), hidden)
     spilled = intervals.build_intervals(chunked(raw, 64), hidden)
-    assert at_once.spilled is None and at_once.frame is not None  # one chunk: in memory
+    # Without a temporary file (spill_or_in_memory's fallback): in memory.
+    in_memory = intervals._build(chunked(raw, 64)(), hidden, spill=False)
+    # Even one chunk is spilled: as a frame, its histograms are a numpy
+    # array per row, costly to build and to write.
+    assert at_once.frame is None and at_once.spilled is not None
     assert spilled.frame is None and spilled.spilled is not None
+    assert in_memory.spilled is None and in_memory.frame is not None
     kept = events.without_locks(whole, hidden)
-    assert spilled.spilled.rows == len(kept) and len(at_once.frame) == len(kept)
+    assert spilled.spilled.rows == at_once.spilled.rows == len(in_memory.frame) == len(kept)
     # The chunks' Arrow tables (intervals.records_table) read back as the
     # in-memory frame: values, nulls and dtypes.
-    pd.testing.assert_frame_equal(spilled.spilled.load(), at_once.frame)
+    pd.testing.assert_frame_equal(spilled.spilled.load(), in_memory.frame)
+    pd.testing.assert_frame_equal(at_once.spilled.load(), in_memory.frame)
     assert (
-        at_once.frame["wait_max_ns"].isna().any()
-        and str(at_once.frame["wait_max_ns"].dtype) == "Int64"
+        in_memory.frame["wait_max_ns"].isna().any()
+        and str(in_memory.frame["wait_max_ns"].dtype) == "Int64"
     )
     locks = locks_of(whole)
-    for built in (at_once, spilled):
+    for built in (at_once, spilled, in_memory):
         assert summary_of(built.totals, locks) == summary_of(kept, locks)
         hidden_rows = whole[events.on_locks(whole, hidden)] if hidden else whole.iloc[:0]
         assert int(built.hidden_totals["acquisitions"].sum()) == int(

@@ -25,7 +25,8 @@ import pytest
 import profiler
 from profiler import aggregate, ksyms, recording, render, session, summary
 from profiler.errors import LockprofError
-from profiler.events import CHUNK_ROWS, events_frame
+from profiler.events import events_frame
+from profiler.intervals import CHUNK_ROWS as INTERVAL_CHUNK_ROWS
 from profiler.intervals import build_intervals
 from profiler.options import CpuFigures
 from profiler.targets import PRE_EXEC_COMM, CommandTarget, PidTarget, pre_exec_locks
@@ -889,7 +890,7 @@ def test_interval_rows_spilled_as_records_read_back_the_same(make_row, tmp_path)
 def kept_intervals(state: session._Collected) -> pd.DataFrame:
     """The intervals table a recording gets from the spooled rows, as the
     end of a collection builds it (profiler/intervals.py)."""
-    built = build_intervals(lambda: state.spool.chunks(CHUNK_ROWS), set())
+    built = build_intervals(lambda: state.spool.chunks(INTERVAL_CHUNK_ROWS), set())
     rec = recording.Recording(
         meta={},
         intervals=built.frame,
