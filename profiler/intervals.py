@@ -28,10 +28,11 @@ from profiler.events import on_locks
 from profiler.recording import SpilledTable, spill_or_in_memory
 
 # Interval records per chunk. Each chunk is written as one Parquet row group,
-# and the writer's buffers follow the chunk: a record carries two histograms
-# of LP_HIST_SLOTS slots, and 32k of them (events.CHUNK_ROWS) took ~41 MB
-# more at the end of a run, 8k ~22 MB.
-CHUNK_ROWS = 8192
+# and the writer's buffers follow the chunk: a record (~800 bytes) carries
+# two histograms, and building a 10-minute run's intervals (30k records)
+# took ~50 MB more than the records at 16k a chunk, 35 at 8k, 25 at 4k, 23
+# at 2k (bench/endrun.py's end of run, its intervals from that recording).
+CHUNK_ROWS = 4096
 
 
 @dataclass
