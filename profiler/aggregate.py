@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -294,20 +295,53 @@ def _collapse_arrays(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     at once (a 2-hour recording's totals are ~130k rows of 80 slots)."""
     keys = pd.MultiIndex.from_arrays([columns[name] for name in _COLLAPSE_KEY])
     codes, _uniques = keys.factorize()
+    del keys
     # Rows sorted by key, then each run of one key reduced in one call.
-    order = np.argsort(codes, kind="stable")
-    sorted_codes = codes[order]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-    del keys, sorted_codes
+    order, starts = _runs(codes)
     out = {}
     for name in list(columns):
         values = columns.pop(name)
         if name in _COLLAPSE_KEY:
             out[name] = values[order[starts]]
-        elif name in _COLLAPSE_LARGEST:
-            out[name] = np.maximum.reduceat(values[order], starts)
         else:
-            out[name] = np.add.reduceat(values[order], starts, axis=0)
+            reduce = np.maximum if name in _COLLAPSE_LARGEST else np.add
+            out[name] = _reduce_runs(reduce, values, order, starts)
+    return out
+
+
+def _runs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, starts): the rows sorted by code (stable), and where in
+    order each code's run of rows starts."""
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    return order, starts
+
+
+# Rows taken at once, in their runs' order, by _run_chunks(): a 2-hour
+# recording's histogram column (~40 MB) was copied whole in that order.
+RUN_CHUNK_ROWS = 8192
+
+
+def _run_chunks(
+    order: np.ndarray, starts: np.ndarray
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """The runs of _runs() in chunks of about RUN_CHUNK_ROWS rows (a longer
+    run is a chunk of its own): (first run, end of its runs, the chunk's rows
+    from order, where each of its runs starts in them)."""
+    firsts = np.searchsorted(starts, np.arange(0, len(order), RUN_CHUNK_ROWS))
+    bounds = np.unique(np.r_[firsts, len(starts)]).tolist()
+    run_rows = np.r_[starts, len(order)]  # where each run begins, and the end
+    for first, last in pairwise(bounds):
+        begin = run_rows[first]
+        yield first, last, order[begin : run_rows[last]], starts[first:last] - begin
+
+
+def _reduce_runs(reduce: np.ufunc, values: np.ndarray, order: np.ndarray, starts: np.ndarray):
+    """reduce.reduceat(values[order], starts), a chunk of runs at a time."""
+    out = np.empty((len(starts), *values.shape[1:]), dtype=values.dtype)
+    for first, last, rows, run_starts in _run_chunks(order, starts):
+        out[first:last] = reduce.reduceat(values[rows], run_starts, axis=0)
     return out
 
 

@@ -59,6 +59,14 @@ def summary_of(frame: pd.DataFrame, locks: pd.DataFrame) -> list[dict]:
     return aggregate.summary_rows(frame, locks, ["mmap_lock", "contention"])
 
 
+def assert_same_totals(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    for column in aggregate.INTERVAL_COLUMNS:
+        if column.endswith("_slots"):
+            assert np.array_equal(np.stack(got[column]), np.stack(want[column])), column
+        else:
+            pd.testing.assert_series_equal(got[column], want[column], check_names=False)
+
+
 def test_collapsed_totals_give_the_summary_of_the_whole_table():
     whole = aggregate.records_frame(raw_intervals(2000))
     totals = aggregate.collapse_intervals(whole)
@@ -89,12 +97,19 @@ def test_totals_given_in_parts_equal_the_totals_of_the_whole():
     got = totals.result().sort_values([*aggregate.KEY_COLUMNS, "cpu"], ignore_index=True)
     want = aggregate.collapse_intervals(whole)
     want = want.sort_values([*aggregate.KEY_COLUMNS, "cpu"], ignore_index=True)
-    for column in aggregate.INTERVAL_COLUMNS:
-        if column.endswith("_slots"):
-            assert np.array_equal(np.stack(got[column]), np.stack(want[column])), column
-        else:
-            pd.testing.assert_series_equal(got[column], want[column], check_names=False)
+    assert_same_totals(got, want)
     assert aggregate.IntervalTotals().result().empty
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 500])
+def test_collapsed_a_chunk_of_keys_at_a_time_as_at_once(monkeypatch, chunk_rows):
+    """Each column's rows are sorted by key a chunk of whole runs of one key
+    at a time (aggregate.RUN_CHUNK_ROWS rows; a longer run is a chunk of its
+    own), not whole: the same totals."""
+    whole = aggregate.records_frame(raw_intervals(3000, seed=5))
+    want = aggregate.collapse_intervals(whole)  # one chunk
+    monkeypatch.setattr(aggregate, "RUN_CHUNK_ROWS", chunk_rows)
+    assert_same_totals(aggregate.collapse_intervals(whole), want)
 
 
 def test_percentiles_at_once_equal_one_row_at_a_time():
