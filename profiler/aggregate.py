@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -294,20 +296,53 @@ def _collapse_arrays(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     at once (a 2-hour recording's totals are ~130k rows of 80 slots)."""
     keys = pd.MultiIndex.from_arrays([columns[name] for name in _COLLAPSE_KEY])
     codes, _uniques = keys.factorize()
+    del keys
     # Rows sorted by key, then each run of one key reduced in one call.
-    order = np.argsort(codes, kind="stable")
-    sorted_codes = codes[order]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-    del keys, sorted_codes
+    order, starts = _runs(codes)
     out = {}
     for name in list(columns):
         values = columns.pop(name)
         if name in _COLLAPSE_KEY:
             out[name] = values[order[starts]]
-        elif name in _COLLAPSE_LARGEST:
-            out[name] = np.maximum.reduceat(values[order], starts)
         else:
-            out[name] = np.add.reduceat(values[order], starts, axis=0)
+            reduce = np.maximum if name in _COLLAPSE_LARGEST else np.add
+            out[name] = _reduce_runs(reduce, values, order, starts)
+    return out
+
+
+def _runs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, starts): the rows sorted by code (stable), and where in
+    order each code's run of rows starts."""
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    return order, starts
+
+
+# Rows taken at once, in their runs' order, by _run_chunks(): a 2-hour
+# recording's histogram column (~40 MB) was copied whole in that order.
+RUN_CHUNK_ROWS = 8192
+
+
+def _run_chunks(
+    order: np.ndarray, starts: np.ndarray
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """The runs of _runs() in chunks of about RUN_CHUNK_ROWS rows (a longer
+    run is a chunk of its own): (first run, end of its runs, the chunk's rows
+    from order, where each of its runs starts in them)."""
+    firsts = np.searchsorted(starts, np.arange(0, len(order), RUN_CHUNK_ROWS))
+    bounds = np.unique(np.r_[firsts, len(starts)]).tolist()
+    run_rows = np.r_[starts, len(order)]  # where each run begins, and the end
+    for first, last in pairwise(bounds):
+        begin = run_rows[first]
+        yield first, last, order[begin : run_rows[last]], starts[first:last] - begin
+
+
+def _reduce_runs(reduce: np.ufunc, values: np.ndarray, order: np.ndarray, starts: np.ndarray):
+    """reduce.reduceat(values[order], starts), a chunk of runs at a time."""
+    out = np.empty((len(starts), *values.shape[1:]), dtype=values.dtype)
+    for first, last, rows, run_starts in _run_chunks(order, starts):
+        out[first:last] = reduce.reduceat(values[rows], run_starts, axis=0)
     return out
 
 
@@ -570,50 +605,71 @@ def _slots_matrix(column: pd.Series) -> np.ndarray:
     """A *_slots column as one (rows, slots) uint64 array."""
     if column.empty:
         return np.zeros((0, schema.const("LP_HIST_SLOTS")), dtype=np.uint64)
-    rows = column.to_numpy().tolist()
-    width = len(rows[0])
-    if not (np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)) == width).all():
+    return _stacked(column.to_numpy().tolist())
+
+
+def _stacked(histograms: list) -> np.ndarray:
+    """Histograms (one or more; lists or arrays) as one (rows, slots) uint64
+    array."""
+    width = len(histograms[0])
+    lengths = np.fromiter(map(len, histograms), dtype=np.int64, count=len(histograms))
+    if not (lengths == width).all():
         raise ValueError("histograms of different lengths")
     # One concatenation of the rows (a C loop; np.stack reshaped each row
     # first, half of a 2-hour recording's summary time), shaped once.
-    flat = np.concatenate(rows).astype(np.uint64, copy=False)
-    return flat.reshape(len(rows), width)
+    flat = np.concatenate(histograms).astype(np.uint64, copy=False)
+    return flat.reshape(len(histograms), width)
 
 
-def _columns_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    columns = {name: frame[name].to_numpy(dtype=np.uint64) for name in _SUMMED + _MAXED}
-    for h in ("wait", "hold"):
-        columns[f"{h}_slots"] = _slots_matrix(frame[f"{h}_slots"])
+def _scalar_columns(intervals: pd.DataFrame, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The summed and maximised columns of intervals at rows (positions), as
+    uint64 arrays."""
+    every_row = len(rows) == len(intervals) and (rows == np.arange(len(rows))).all()
+    columns = {}
+    for name in _SUMMED + _MAXED:
+        values = intervals[name].to_numpy(dtype=np.uint64)
+        columns[name] = values if every_row else values[rows]
     return columns
 
 
-def _with_percentiles(totals: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """totals with each row's wait and hold p50 and p99, computed at once, in
-    place of the histograms: the rows need nothing else of them (a 2-hour
-    run's 101k lock-mode rows hold 65 MB of histograms)."""
+def _with_percentiles(
+    totals: dict[str, np.ndarray], intervals: pd.DataFrame, rows: np.ndarray, codes: np.ndarray
+) -> dict[str, np.ndarray]:
+    """totals (one row per code) with each row's wait and hold p50 and p99,
+    from the histograms of intervals at rows (positions) summed over the
+    rows of each code (codes: one per row)."""
     for prefix in ("wait", "hold"):
         # The largest running maximum is the largest sample of the whole
         # collection (summaries cover whole recordings).
         largest = totals[f"{prefix}_running_max_ns"]
-        slots = totals.pop(f"{prefix}_slots")
-        for name, q in (("p50", 0.50), ("p99", 0.99)):
-            totals[f"{prefix}_{name}"] = _percentiles_by_chunk(slots, q, largest)
+        column = intervals[f"{prefix}_slots"]
+        percentiles = _percentiles_by_code(column, rows, codes, largest)
+        totals[f"{prefix}_p50"], totals[f"{prefix}_p99"] = percentiles
     return totals
 
 
-# Rows of histograms whose percentiles are computed at once: the arithmetic
-# takes several float copies of what it is given (a 2-hour run's 101k rows:
-# ~50 MB each, +216 MB at the end of the run for a 50-row summary).
-PERCENTILE_CHUNK_ROWS = 8192
-
-
-def _percentiles_by_chunk(slots: np.ndarray, q: float, largest: np.ndarray) -> np.ndarray:
-    """hist.percentiles() a chunk of rows at a time (row by row the same)."""
-    out = np.empty(len(slots), dtype=np.float64)
-    for start in range(0, len(slots), PERCENTILE_CHUNK_ROWS):
-        end = start + PERCENTILE_CHUNK_ROWS
-        out[start:end] = hist.percentiles(slots[start:end], q, largest[start:end])
-    return out
+def _percentiles_by_code(
+    column: pd.Series, rows: np.ndarray, codes: np.ndarray, largest: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The p50 and p99 of each code's histogram: the sum of column's at the
+    rows of that code (every code from 0 up has rows). A chunk of codes at a
+    time, their rows' histograms stacked only then: a 2-hour recording's
+    two columns, stacked whole and then summed, were ~130 MB at once (its
+    `show`'s peak), and the percentiles' arithmetic takes several float
+    copies of what it is given."""
+    order, starts = _runs(codes)
+    cells = column.to_numpy()
+    p50, p99 = np.empty(len(starts)), np.empty(len(starts))
+    width = None
+    for first, last, chunk, run_starts in _run_chunks(order, starts):
+        stacked = _stacked(cells[rows[chunk]].tolist())
+        if width not in (None, stacked.shape[1]):
+            raise ValueError("histograms of different lengths")
+        width = stacked.shape[1]
+        sums = np.add.reduceat(stacked, run_starts, axis=0)
+        p50[first:last] = hist.percentiles(sums, 0.50, largest[first:last])
+        p99[first:last] = hist.percentiles(sums, 0.99, largest[first:last])
+    return p50, p99
 
 
 def _hist_at(totals: dict[str, np.ndarray], i: int, prefix: str) -> dict:
@@ -625,6 +681,10 @@ def _hist_at(totals: dict[str, np.ndarray], i: int, prefix: str) -> dict:
         p50=float(totals[f"{prefix}_p50"][i]),
         p99=float(totals[f"{prefix}_p99"][i]),
     )
+
+
+# What _per_cpu_rows() reads.
+_PER_CPU_COLUMNS = ("acquisitions", "contended", "wait_total_ns", "hold_total_ns")
 
 
 def _per_cpu_rows(cpus: list[tuple[int, int]], totals: dict[str, np.ndarray], mmap: bool):
@@ -663,80 +723,110 @@ class SummaryRows:
     come from those sums, so that no row need be built before it is used: a
     2-hour system-wide run has 78k rows (~175 MB as dicts), and the summary
     printed at its end shows 50, `show --json` writes one at a time.
+
+    Until then it keeps arrays, one entry per row (a "pair": lock and mode),
+    per family (lock, mode and whether its probes count every acquisition)
+    or per CPU, and one identity per lock: dicts and tuples per pair and per
+    CPU row were ~100 MB of a 2-hour recording's `show`, these ~27 MB.
     """
 
     def __init__(self, intervals: pd.DataFrame, locks: pd.DataFrame, families: list[str]):
         self._families = families
-        self._order: list[tuple[int, str]] = []  # (lock, mode), busiest first
+        self._order = np.zeros(0, dtype=np.int64)  # pairs, busiest first
         if intervals.empty:
             return
-        merged = intervals.merge(locks, on=KEY_COLUMNS, how="left")
-        merged = merged[merged["mode"].notna()]
-        if merged.empty:
+        matched = _rows_with_mode(intervals, locks)
+        if matched.empty:
             return
-        self._identities = _lock_identities(merged)
-        every_acquisition = list(schema.every_acquisition_sources())
-        keys = pd.DataFrame(
-            {
-                "lock": merged["lock"].to_numpy(dtype=np.uint64),
-                "mode": merged["mode"].to_numpy(),
-                "mmap": merged["source"].isin(every_acquisition).to_numpy(),
-                "cpu": merged["cpu"].to_numpy(dtype=np.int64),
-            }
+        self._identities = _lock_identities(matched)
+        rows = matched["row"].to_numpy()
+        cpu_codes, cpu_keys = _cpu_keys(matched)
+        del matched
+        families_seen = self._set_totals(intervals, rows, cpu_codes, cpu_keys)
+        self._set_pairs(families_seen)
+        self._order = _busiest_first(self._figures.wait_total)
+
+    def _set_totals(
+        self,
+        intervals: pd.DataFrame,
+        rows: np.ndarray,
+        cpu_codes: np.ndarray,
+        cpu_keys: pd.MultiIndex,
+    ) -> pd.MultiIndex:
+        """The sums of intervals at rows by CPU key (cpu_codes: each row's,
+        into cpu_keys), and by family: those sums summed, with the
+        percentiles of the histograms, which nothing else needs (the per-CPU
+        rows need counts and sums only). Returns the families, in the order
+        of cpu_keys."""
+        per_cpu = _reduce(cpu_codes, len(cpu_keys), _scalar_columns(intervals, rows))
+        family_of_cpu, families_seen = cpu_keys.droplevel(3).factorize()  # (lock, mode, mmap)
+        assert isinstance(families_seen, pd.MultiIndex)
+        totals = _reduce(family_of_cpu, len(families_seen), per_cpu)
+        family_of_row = family_of_cpu[cpu_codes]
+        self._totals = _with_percentiles(totals, intervals, rows, family_of_row)
+        self._per_cpu = {name: per_cpu[name] for name in _PER_CPU_COLUMNS}
+        self._cpus = cpu_keys.get_level_values(3).to_numpy(dtype=np.int64)
+        self._cpu_rows, self._cpu_rows_start = _rows_by_family(
+            self._cpus, family_of_cpu, len(families_seen)
         )
-        codes, cpu_keys = pd.MultiIndex.from_frame(keys).factorize()
-        self._per_cpu = _reduce(codes, len(cpu_keys), _columns_of(merged))
-        del merged, keys, codes
-        family_keys = [(lock, mode, mmap) for lock, mode, mmap, _cpu in cpu_keys]
-        family_codes, families_seen = pd.factorize(pd.Series(family_keys, dtype=object))
-        self._totals = _with_percentiles(_reduce(family_codes, len(families_seen), self._per_cpu))
-        # The per-CPU rows need counts and sums only (_per_cpu_rows), not
-        # the histograms: ~95 MB for a 2-hour run's 148k lock-CPU rows.
-        for name in SLOT_COLUMNS:
-            del self._per_cpu[name]
-        self._family_index = {key: i for i, key in enumerate(families_seen)}
-        self._cpus_of: dict[tuple, list[tuple[int, int]]] = {}
-        for i, (lock, mode, mmap, cpu) in enumerate(cpu_keys):
-            self._cpus_of.setdefault((lock, mode, mmap), []).append((int(cpu), i))
-        pairs = [
-            (int(lock), mode)
-            for lock, mode in dict.fromkeys((lock, mode) for lock, mode, _m in families_seen)
-        ]
-        figures = [self._figures(lock, mode) for lock, mode in pairs]
-        self._figures_of = dict(zip(pairs, figures, strict=True))
-        self._reconciled = _reconciliation(pairs, figures)
-        # Busiest first; ties keep the order above (a stable sort).
-        by_wait = sorted(range(len(pairs)), key=lambda i: figures[i].wait_total, reverse=True)
-        self._order = [pairs[i] for i in by_wait]
+        return families_seen
+
+    def _set_pairs(self, families_seen: pd.MultiIndex) -> None:
+        """The (lock, mode) pairs of families_seen, in their order: each
+        one's families, identity and figures."""
+        pair_of_family, pairs = families_seen.droplevel(2).factorize()  # (lock, mode)
+        assert isinstance(pairs, pd.MultiIndex)
+        self._lock = pairs.get_level_values(0).to_numpy(dtype=np.uint64)
+        mode_code, modes = pd.factorize(pairs.get_level_values(1))
+        self._mode_code, self._modes = mode_code, list(modes)
+        mmap = families_seen.get_level_values(2).to_numpy(dtype=bool)
+        # Each pair's family of each kind (an index into _totals), or -1.
+        self._m = _family_of_pair(pair_of_family, mmap, len(pairs))
+        self._c = _family_of_pair(pair_of_family, ~mmap, len(pairs))
+        self._read_pair, self._write_pair = (
+            _pair_in_mode(self._lock, mode_code, self._modes, mode) for mode in ("read", "write")
+        )
+        self._identity = self._identities.positions(self._lock)  # of each pair
+        mmap_class = self._identities.lock_class(self._identity) == "mmap_lock"
+        summed = mode_code == (self._modes.index("sum") if "sum" in self._modes else -1)
+        self._figures = _PairFigures.of(
+            self._totals, self._m, self._c, mmap_class, summed, self._families
+        )
 
     def __len__(self) -> int:
         return len(self._order)
 
     def __iter__(self) -> Iterator[dict]:
-        for lock, mode in self._order:
-            row = self._row(lock, mode, self._figures_of[(lock, mode)])
-            still_held, ratio = self._reconciled[(lock, mode)]
+        for pair in self._order.tolist():
+            mode = self._modes[self._mode_code[pair]]
+            row = self._row(int(self._lock[pair]), mode, pair)
+            still_held, ratio = _reconciled(
+                mode,
+                self._figures.at(int(self._read_pair[pair])),
+                self._figures.at(int(self._write_pair[pair])),
+            )
             row["still_held"] = still_held
             row["reader_writer_ratio"] = ratio
             yield row
 
-    def _row(self, lock: int, mode: str, figures: _RowFigures) -> dict:
-        """(lock, mode)'s summary dict, its counts from figures."""
-        m = self._family_index.get((lock, mode, True))
-        c = self._family_index.get((lock, mode, False))
-        ident, totals = self._identities[lock], self._totals
-        has_mmap = figures.acquisitions is not None  # as _figures() decided
+    def _row(self, lock: int, mode: str, pair: int) -> dict:
+        """(lock, mode)'s summary dict, its counts from its figures."""
+        m, c = _index_or_none(self._m[pair]), _index_or_none(self._c[pair])
+        figures = self._figures.at(pair)
+        assert figures is not None
+        ident, totals = self._identities.at(int(self._identity[pair])), self._totals
+        has_mmap = figures.acquisitions is not None  # as _PairFigures decided
         counted = has_mmap and mode != "sum"  # a sum function's "acquisitions" are calls
-        row = {
-            "lock": ident["name"],
-            "lock_class": ident["lock_class"],
+        row: dict = {
+            "lock": ident.name,
+            "lock_class": ident.lock_class,
             "mode": mode,
-            "lock_addr": f"{ident['address']:#x}",
+            "lock_addr": f"{ident.address:#x}",
             # Two processes' mmap_locks can share an address (one after the
             # other): the id tells them apart (profiler/lockids.py).
             "lock_id": f"{lock:#x}",
-            "owner_pid": ident["owner_pid"],
-            "owner_comm": ident["owner_comm"],
+            "owner_pid": ident.owner_pid,
+            "owner_comm": ident.owner_comm,
             "acquisitions": figures.acquisitions,
             "contended": figures.contended,
             "releases": figures.releases,
@@ -753,44 +843,82 @@ class SummaryRows:
             row["hold_ns"] = None
         row["contended_wait_ns"] = _hist_at(totals, c, "wait") if c is not None else None
         # Per CPU from the mmap_lock family's rows if it has any, else contention's.
-        family = m is not None
-        if m is not None or c is not None:
-            cpus = sorted(self._cpus_of[(lock, mode, family)])
-            row["per_cpu"] = _per_cpu_rows(cpus, self._per_cpu, family)
-        else:
-            row["per_cpu"] = []
+        family = m if m is not None else c
+        row["per_cpu"] = (
+            _per_cpu_rows(self._cpus_of(family), self._per_cpu, m is not None)
+            if family is not None
+            else []
+        )
         return row
 
-    def _figures(self, lock: int, mode: str) -> _RowFigures:
-        """The counts of (lock, mode)'s row, which also order and reconcile
-        the rows. Figures the probes cannot know are None."""
-        m = self._family_index.get((lock, mode, True))
-        c = self._family_index.get((lock, mode, False))
-        totals = self._totals
+    def _cpus_of(self, family: int) -> list[tuple[int, int]]:
+        """(cpu, index into _per_cpu) of the family's per-CPU rows, by cpu."""
+        rows = self._cpu_rows[self._cpu_rows_start[family] : self._cpu_rows_start[family + 1]]
+        return list(zip(self._cpus[rows].tolist(), rows.tolist(), strict=True))
 
-        def at(name: str, i: int | None) -> int:
-            return int(totals[name][i]) if i is not None else 0
 
-        contended = at("contended", c) if c is not None else None
-        if self._has_mmap(lock, m):
-            if self._identities[lock]["lock_class"] == "mmap_lock":
-                contended = at("contended", m) if "contention" in self._families else None
-            wait = m
-            acquisitions: int | None = at("acquisitions", m)
-            releases: int | None = at("releases", m) if mode != "sum" else None
-            downgrades: int | None = at("downgrades", m) if mode != "sum" else None
-        else:
-            wait = c
-            acquisitions = releases = downgrades = None
-            contended = contended if contended is not None else 0
-        wait_total = at("wait_total_ns", wait) if wait is not None and at("wait_count", wait) else 0
-        return _RowFigures(acquisitions, releases, downgrades, contended, wait_total)
+def _rows_with_mode(intervals: pd.DataFrame, locks: pd.DataFrame) -> pd.DataFrame:
+    """Each row of intervals whose lock has a mode: its key and cpu, its
+    position in intervals (`row`) and its locks row. Only those columns of
+    intervals: merged whole, they were all copied."""
+    keys = intervals[[*KEY_COLUMNS, "cpu"]].assign(row=np.arange(len(intervals)))
+    merged = keys.merge(locks, on=KEY_COLUMNS, how="left")
+    return merged[merged["mode"].notna()]
 
-    def _has_mmap(self, lock: int, m: int | None) -> bool:
-        ident = self._identities[lock]
-        return m is not None or (
-            ident["lock_class"] == "mmap_lock" and "mmap_lock" in self._families
-        )
+
+def _cpu_keys(matched: pd.DataFrame) -> tuple[np.ndarray, pd.MultiIndex]:
+    """Each of matched's rows' (lock, mode, mmap, cpu) key, as a code into
+    the distinct keys (mmap: its family counts every acquisition)."""
+    every_acquisition = list(schema.every_acquisition_sources())
+    keys = pd.DataFrame(
+        {
+            "lock": matched["lock"].to_numpy(dtype=np.uint64),
+            "mode": matched["mode"].to_numpy(),
+            "mmap": matched["source"].isin(every_acquisition).to_numpy(),
+            "cpu": matched["cpu"].to_numpy(dtype=np.int64),
+        }
+    )
+    codes, distinct = pd.MultiIndex.from_frame(keys).factorize()
+    assert isinstance(distinct, pd.MultiIndex)
+    return codes, distinct
+
+
+def _rows_by_family(
+    cpus: np.ndarray, family_of_cpu: np.ndarray, families: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, starts): the per-CPU rows of family f are
+    rows[starts[f]:starts[f + 1]], sorted by cpu (cpus: each row's)."""
+    rows = np.lexsort((cpus, family_of_cpu))
+    return rows, np.searchsorted(family_of_cpu[rows], np.arange(families + 1))
+
+
+def _family_of_pair(pair_of_family: np.ndarray, chosen: np.ndarray, pairs: int) -> np.ndarray:
+    """Each pair's chosen family (an index), or -1 if it has none."""
+    out = np.full(pairs, -1, dtype=np.int64)
+    out[pair_of_family[chosen]] = np.flatnonzero(chosen)
+    return out
+
+
+def _pair_in_mode(
+    lock: np.ndarray, mode_code: np.ndarray, modes: list[str], mode: str
+) -> np.ndarray:
+    """For each pair, the pair of its lock in mode, or -1 if it has none."""
+    if mode not in modes:
+        return np.full(len(lock), -1, dtype=np.int64)
+    in_mode = np.flatnonzero(mode_code == modes.index(mode))
+    found = pd.Index(lock[in_mode]).get_indexer(lock)  # one pair per lock and mode
+    return np.where(found >= 0, in_mode[found], -1)
+
+
+def _index_or_none(index: np.integer) -> int | None:
+    return int(index) if index >= 0 else None
+
+
+def _busiest_first(wait_total: np.ndarray) -> np.ndarray:
+    """Indexes by wait_total, the largest first; ties in index order (as
+    sorted(..., reverse=True) leaves them)."""
+    backwards = np.argsort(wait_total[::-1], kind="stable")[::-1]
+    return len(wait_total) - 1 - backwards
 
 
 @dataclass(frozen=True)
@@ -802,38 +930,131 @@ class _RowFigures:
     wait_total: int
 
 
-def _reconciliation(
-    pairs: list[tuple[int, str]], figures: list[_RowFigures]
-) -> dict[tuple[int, str], tuple[int | None, float | None]]:
-    """(lock, mode) -> (still_held, reader:writer ratio). still_held: acquired,
-    neither released nor downgraded by the end; the ratio is per lock (two
+@dataclass(frozen=True)
+class _PairFigures:
+    """The counts of every pair's row, which also order and reconcile the
+    rows, as arrays (uint64), and where each is known: a figure the probes
+    cannot know is None in the row."""
+
+    acquisitions: np.ndarray
+    releases: np.ndarray
+    downgrades: np.ndarray
+    contended: np.ndarray
+    wait_total: np.ndarray
+    counted: np.ndarray  # acquisitions known
+    released: np.ndarray  # releases and downgrades known
+    contended_known: np.ndarray
+
+    @classmethod
+    def of(
+        cls,
+        totals: dict[str, np.ndarray],
+        m: np.ndarray,
+        c: np.ndarray,
+        mmap_class: np.ndarray,
+        summed: np.ndarray,
+        families: list[str],
+    ) -> _PairFigures:
+        """m, c: each pair's family of each kind (every acquisition, contended
+        waits only), or -1; mmap_class: its lock is an mmap_lock; summed: its
+        mode is a lock spec's sum."""
+
+        def at(name: str, family: np.ndarray) -> np.ndarray:
+            return np.where(family >= 0, totals[name][family], np.uint64(0))
+
+        has_mmap = (m >= 0) | (mmap_class & ("mmap_lock" in families))
+        wait = np.where(has_mmap, m, c)
+        wait_total = at("wait_total_ns", wait)
+        return cls(
+            acquisitions=at("acquisitions", m),
+            releases=at("releases", m),
+            downgrades=at("downgrades", m),
+            # An mmap_lock's contended waits are its mmap_lock rows' count.
+            contended=np.where(has_mmap & mmap_class, at("contended", m), at("contended", c)),
+            wait_total=np.where(at("wait_count", wait) > 0, wait_total, np.uint64(0)),
+            counted=has_mmap,
+            released=has_mmap & ~summed,
+            contended_known=np.where(
+                has_mmap, np.where(mmap_class, "contention" in families, c >= 0), True
+            ),
+        )
+
+    def at(self, pair: int) -> _RowFigures | None:
+        """The figures of a pair (-1: None)."""
+        if pair < 0:
+            return None
+
+        def known(values: np.ndarray, known: np.ndarray) -> int | None:
+            return int(values[pair]) if known[pair] else None
+
+        return _RowFigures(
+            known(self.acquisitions, self.counted),
+            known(self.releases, self.released),
+            known(self.downgrades, self.released),
+            known(self.contended, self.contended_known),
+            int(self.wait_total[pair]),
+        )
+
+
+def _reconciled(
+    mode: str, read: _RowFigures | None, write: _RowFigures | None
+) -> tuple[int | None, float | None]:
+    """(still_held, reader:writer ratio) of a lock's row in mode, from the
+    figures of its read and write rows. still_held: acquired, neither
+    released nor downgraded by the end; the ratio is per lock (two
     processes' mmap_locks can share an address: the lock is their id)."""
-    by_lock: dict[int, dict[str, _RowFigures]] = {}
-    for (lock, mode), figure in zip(pairs, figures, strict=True):
-        by_lock.setdefault(lock, {})[mode] = figure
-    out = {}
-    for lock, modes in by_lock.items():
-        read, write = modes.get("read"), modes.get("write")
-        downgrades = (write.downgrades if write else None) or 0
-        held: dict[str, int | None] = {}
-        if write and write.acquisitions is not None:
-            held["write"] = write.acquisitions - (write.releases or 0) - downgrades
-        if read and read.acquisitions is not None:
-            held["read"] = read.acquisitions + downgrades - (read.releases or 0)
-        reads = read.acquisitions if read else None
-        writes = write.acquisitions if write else None
-        if reads is None or writes is None:
-            reads = read.contended if read else None
-            writes = write.contended if write else None
-        ratio = (reads / writes) if reads is not None and writes else None
-        for mode in modes:
-            # A lock spec's sum function has no readers or writers of its own.
-            out[(lock, mode)] = (held.get(mode), ratio if mode != "sum" else None)
-    return out
+    downgrades = (write.downgrades if write else None) or 0
+    held: dict[str, int | None] = {}
+    if write and write.acquisitions is not None:
+        held["write"] = write.acquisitions - (write.releases or 0) - downgrades
+    if read and read.acquisitions is not None:
+        held["read"] = read.acquisitions + downgrades - (read.releases or 0)
+    reads = read.acquisitions if read else None
+    writes = write.acquisitions if write else None
+    if reads is None or writes is None:
+        reads = read.contended if read else None
+        writes = write.contended if write else None
+    ratio = (reads / writes) if reads is not None and writes else None
+    # A lock spec's sum function has no readers or writers of its own.
+    return held.get(mode), ratio if mode != "sum" else None
 
 
-def _lock_identities(merged: pd.DataFrame) -> dict[int, dict]:
-    """lock address -> the name, class and owner every row of that lock gets.
+class _LockIdentity(NamedTuple):
+    address: int
+    lock_class: str
+    name: str
+    owner_pid: int | None
+    owner_comm: str | None
+
+
+class _LockIdentities:
+    """Locks' identities (_LockIdentity), one column each: a tuple and a
+    dict entry per lock, and a text of its own per row, took ~12 MB of a
+    2-hour recording's `show`."""
+
+    def __init__(self) -> None:
+        self._locks: list[int] = []
+        self._columns: tuple[list, ...] = tuple([] for _ in _LockIdentity._fields)
+        self._texts: dict = {}  # one object per distinct text
+
+    def add(self, lock: int, identity: _LockIdentity) -> None:
+        self._locks.append(lock)
+        for column, value in zip(self._columns, identity, strict=True):
+            column.append(self._texts.setdefault(value, value) if isinstance(value, str) else value)
+
+    def positions(self, locks: np.ndarray) -> np.ndarray:
+        """Where each of locks (all added) is in the columns."""
+        return pd.Index(np.array(self._locks, dtype=np.uint64)).get_indexer(pd.Index(locks))
+
+    def lock_class(self, positions: np.ndarray) -> np.ndarray:
+        return np.array(self._columns[1], dtype=object)[positions]
+
+    def at(self, position: int) -> _LockIdentity:
+        return _LockIdentity(*(column[position] for column in self._columns))
+
+
+def _lock_identities(merged: pd.DataFrame) -> _LockIdentities:
+    """The name, class and owner every row of each lock gets.
 
     A lock's rows differ by probe family and mode, and so may their locks
     rows: an mmap_lock whose owner was never learned is "mmap_lock" on its
@@ -846,15 +1067,16 @@ def _lock_identities(merged: pd.DataFrame) -> dict[int, dict]:
         _not_mmap=(merged["lock_class"] != "mmap_lock").astype(int),
         _no_owner=merged["owner_pid"].isna().astype(int),
     ).sort_values(["_not_mmap", "_no_owner"], kind="stable")
-    identities = {}
+    identities = _LockIdentities()
     for row in ranked.drop_duplicates("lock").to_dict("records"):
         owner_pid, owner_comm = row["owner_pid"], row["owner_comm"]
         address = row.get("address")
-        identities[int(row["lock"])] = {
-            "address": int(row["lock"]) if address is None or pd.isna(address) else int(address),
-            "lock_class": row["lock_class"],
-            "name": row["name"],
-            "owner_pid": None if pd.isna(owner_pid) else int(owner_pid),
-            "owner_comm": None if pd.isna(owner_comm) else owner_comm,
-        }
+        identity = _LockIdentity(
+            address=int(row["lock"]) if address is None or pd.isna(address) else int(address),
+            lock_class=row["lock_class"],
+            name=row["name"],
+            owner_pid=None if pd.isna(owner_pid) else int(owner_pid),
+            owner_comm=None if pd.isna(owner_comm) else owner_comm,
+        )
+        identities.add(int(row["lock"]), identity)
     return identities

@@ -533,6 +533,103 @@ def test_summary_identity_ignores_locks_table_order(make_row, order):
     assert rows["write"]["contended_wait_ns"]["total"] == 900
 
 
+def one_slot(slot: int, n: int) -> list[int]:
+    return [n if i == slot else 0 for i in range(SLOTS)]
+
+
+def mixed_families(make_row):
+    """Rows of every family: an owned mmap_lock with a contention row, an
+    unowned one whose wait ties with it, an rwsem seen only contended (its
+    read and write waits tie), a spinlock on two CPUs, and a lock spec's read,
+    write and sum functions."""
+    spec, summed = schema.const("LP_SRC_SPEC"), schema.const("LP_F_SUM")
+    unowned, rwsem, spec_lock = MM_LOCK + 0x100, 0xFFFF888200000000, 0xFFFF888300000000
+
+    def timed(lock, flags, source, cpu, waits, wait_ns, slot, **counts):
+        holds = counts.get("releases", 0)
+        return make_row(
+            lock,
+            flags,
+            source,
+            cpu,
+            wait_count=waits,
+            wait_total_ns=wait_ns,
+            wait_running_max_ns=2**slot,
+            wait_slots=one_slot(slot, waits),
+            hold_count=holds,
+            hold_total_ns=holds * 3000,
+            hold_running_max_ns=4096 if holds else 0,
+            hold_slots=one_slot(12, holds),
+            **counts,
+        )
+
+    frame = aggregate.intervals_frame(
+        [
+            timed(
+                MM_LOCK, WRITE, SRC_MMAP, 0, 10, 5000, 9, acquisitions=10, releases=6, downgrades=3
+            ),
+            timed(MM_LOCK, WRITE, SRC_MMAP, 1, 4, 800, 8, acquisitions=4, releases=4),
+            timed(
+                MM_LOCK, READ, SRC_MMAP, 0, 20, 3000, 8, acquisitions=20, releases=22, failures=2
+            ),
+            timed(MM_LOCK, WRITE, SRC_CONT, 1, 3, 7000, 12, contended=3),
+            timed(unowned, READ, SRC_MMAP, 1, 5, 5800, 10, acquisitions=5, releases=5),
+            timed(rwsem, READ, SRC_CONT, 0, 6, 600, 7, contended=6),
+            timed(rwsem, WRITE, SRC_CONT, 1, 2, 600, 9, contended=2),
+            timed(OTHER_LOCK, SPIN, SRC_CONT, 1, 1, 700, 9, contended=1),
+            timed(OTHER_LOCK, SPIN, SRC_CONT, 0, 1, 300, 8, contended=1),
+            timed(spec_lock, READ, spec, 0, 7, 1400, 8, acquisitions=7, releases=7),
+            timed(spec_lock, WRITE, spec, 1, 2, 9000, 13, acquisitions=2, releases=1),
+            timed(spec_lock, summed, spec, 0, 9, 2700, 8, acquisitions=9, releases=9),
+        ]
+    )
+    owners = {MM_LOCK: (4242, "app")}
+    return frame, aggregate.name_locks(frame, owners, EMPTY_CALLERS, {}, spec_class="pthread")
+
+
+def test_summary_figures_of_every_family(make_row):
+    frame, locks = mixed_families(make_row)
+    rows = aggregate.summary_rows(frame, locks, ["mmap_lock", "contention"])
+    figures = [
+        (
+            row["lock"],
+            row["mode"],
+            row["owner_pid"],
+            row["acquisitions"],
+            row["contended"],
+            row["releases"],
+            row["downgrades"],
+            row["trylock_failures"],
+            row["still_held"],
+            row["reader_writer_ratio"],
+            row["wait_ns"] and row["wait_ns"]["total"],
+            row["hold_ns"] and row["hold_ns"]["count"],
+            row["contended_wait_ns"] and row["contended_wait_ns"]["count"],
+            [cpu["cpu"] for cpu in row["per_cpu"]],
+        )
+        for row in rows
+    ]
+    spec, spin, rwsem = (
+        "pthread 0xffff888300000000",
+        f"spinlock {OTHER_LOCK:#x}",
+        "rwsem 0xffff888200000000",
+    )
+    # Busiest first, ties in the order the locks came; an mmap_lock's
+    # contended count is its tracepoint rows' (zero here), its contention
+    # rows give contended_wait_ns.
+    assert figures == [
+        (spec, "write", None, 2, None, 1, 0, 0, 1, 3.5, 9000, 1, None, [1]),
+        ("mmap_lock", "write", 4242, 14, 0, 10, 3, 0, 1, 20 / 14, 5800, 10, 3, [0, 1]),
+        ("mmap_lock", "read", None, 5, 0, 5, 0, 0, 0, None, 5800, 5, None, [1]),
+        ("mmap_lock", "read", 4242, 20, 0, 22, 0, 2, 1, 20 / 14, 3000, 22, None, [0]),
+        (spec, "sum", None, 9, None, None, None, None, None, None, 2700, None, None, [0]),
+        (spec, "read", None, 7, None, 7, 0, 0, 0, 3.5, 1400, 7, None, [0]),
+        (spin, "exclusive", None, None, 2, None, None, None, None, None, 1000, None, 2, [0, 1]),
+        (rwsem, "read", None, None, 6, None, None, None, None, 3.0, 600, None, 6, [0]),
+        (rwsem, "write", None, None, 2, None, None, None, None, 3.0, 600, None, 2, [1]),
+    ]
+
+
 # -- naming locks ---------------------------------------------------------------------------
 
 

@@ -305,17 +305,54 @@ def test_the_shown_rows_summarise_every_row_not_only_the_first(rec):
     """The table prints `top` rows; its per-CPU line, the still-held lines
     and the count of rows left out still cover every row."""
     from profiler import render
-    from profiler.cli.common import _ShownRows
+    from profiler.cli.common import _ShownRows, table_row
 
     rows = list(summary.LockRows(rec).locks)
     rows[-1] = dict(rows[-1], still_held=3)  # the quietest row: beyond any top
     shown = _ShownRows.of(iter(rows), top=1)
-    assert shown.first == rows[:1] and shown.count == len(rows)
-    assert shown.held == [r for r in rows if r.get("still_held")] and rows[-1] in shown.held
+    assert shown.first == [table_row(rows[0])] and shown.count == len(rows)
+    held = [table_row(r) for r in rows if r.get("still_held")]
+    assert shown.held == held and table_row(rows[-1]) in shown.held
     every_cpu = render.per_cpu_line(rows).plain
     assert render.per_cpu_line(shown.first, shown.cpu_totals).plain == every_cpu
     assert render.per_cpu_line(shown.first).plain != every_cpu  # not vacuous
-    assert _ShownRows.of(iter(rows), top=None).first == rows
+    assert _ShownRows.of(iter(rows), top=None).first == [table_row(r) for r in rows]
+
+
+class _Reads(dict):
+    """A dict that notes the keys read from it (nested: with their path)."""
+
+    def __init__(self, row: dict, read: set, path: str = ""):
+        super().__init__(
+            (k, _Reads(v, read, f"{path}{k}.") if isinstance(v, dict) else v)
+            for k, v in row.items()
+        )
+        self._read, self._path = read, path
+
+    def __getitem__(self, key):
+        self._read.add(self._path + key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self._read.add(self._path + key)
+        return super().get(key, default)
+
+
+def test_the_table_rows_hold_all_the_table_reads(rec):
+    """_ShownRows keeps only what the table reads of each row it prints
+    (table_row): the same cells and still-held lines as the whole rows."""
+    from profiler import render
+    from profiler.cli.common import TABLE_FIELDS, TABLE_FIGURES, table_row
+
+    rows = [dict(row, still_held=2) for row in summary.LockRows(rec).locks]
+    read: set[str] = set()
+    for row in rows:
+        assert render.summary_cells(table_row(row)) == render.summary_cells(row)
+        render.summary_cells(_Reads(row, read))
+        render.lock_label(_Reads(row, read))
+    kept = set(TABLE_FIELDS) | {f"{name}.{f}" for name, fs in TABLE_FIGURES.items() for f in fs}
+    assert read - set(TABLE_FIGURES) <= kept
+    assert {"lock", "mode", "still_held"} <= kept  # the still-held lines
 
 
 def test_print_summary_with_top_keeps_the_footer_of_all_rows(rec, capsys):
