@@ -860,9 +860,12 @@ class SummaryRows:
 def _rows_with_mode(intervals: pd.DataFrame, locks: pd.DataFrame) -> pd.DataFrame:
     """Each row of intervals whose lock has a mode: its key and cpu, its
     position in intervals (`row`) and its locks row. Only those columns of
-    intervals: merged whole, they were all copied."""
+    intervals: merged whole, they were all copied. An inner join (in
+    intervals' order): a left one gave the rows of locks with no locks row
+    NaN addresses, which made the column float64 and rounded every kernel
+    address in it (0xffff888100818138 -> 0xffff888100818000)."""
     keys = intervals[[*KEY_COLUMNS, "cpu"]].assign(row=np.arange(len(intervals)))
-    merged = keys.merge(locks, on=KEY_COLUMNS, how="left")
+    merged = keys.merge(locks, on=KEY_COLUMNS, how="inner")
     return merged[merged["mode"].notna()]
 
 
