@@ -80,6 +80,7 @@ def end_of_run(records_path: Path, out: Path) -> dict:
     """In this process: spool the records, then end the run as lockprof does
     (pyarrow on glibc's malloc, as the CLI loads it: main() runs this
     process with ARROW_DEFAULT_MEMORY_POOL set)."""
+    allocator.map_large_blocks()  # as the lockprof program does first
     from profiler.cli.common import FINAL_SUMMARY_TOP, print_summary
     from profiler.intervals import CHUNK_ROWS, build_intervals
     from profiler.spool import RecordSpool

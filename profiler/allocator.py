@@ -38,3 +38,21 @@ def release_free_heap() -> None:
     the stages that end a run, whose sum would otherwise be its peak."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: it stays
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
+# glibc's default threshold, kept fixed (see map_large_blocks).
+LARGE_BLOCK_BYTES = 128 * 1024
+
+
+def map_large_blocks() -> None:
+    """Blocks of LARGE_BLOCK_BYTES and more get mappings of their own, given
+    back to the system when freed. By default glibc raises that threshold
+    each time such a block is freed (up to 32 MB), after which numpy's and
+    Arrow's large temporaries come from the heap, and what they leave
+    between live blocks keeps its peak up: `show` of a 2-hour recording
+    peaked at 522 MB, 431 with this; `show --json` 504 -> 339
+    (bench/endrun.py). This process only: a command lockprof runs execs its
+    own allocator."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: as it is
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)

@@ -18,8 +18,10 @@ def subcommand(argv: list[str] | None) -> str | None:
 
 
 def prepare_program() -> None:
-    """Load pyarrow with malloc as its allocator (allocator.py), except for
-    the collecting subcommands: they first check their command line and
-    compile the probes, then load it (cli/common.py, _compile_before_pandas)."""
+    """Map large blocks on their own (allocator.py). Load pyarrow with
+    malloc as its allocator, except for the collecting subcommands: they
+    first check their command line and compile the probes, then load it
+    (cli/common.py, _compile_before_pandas)."""
+    allocator.map_large_blocks()
     if subcommand(None) not in COLLECTING:
         allocator.arrow_allocates_with_malloc()

@@ -42,3 +42,33 @@ def test_a_users_own_pool_wins(choice):
     if choice not in pyarrow.supported_memory_backends():
         pytest.skip(f"this pyarrow has no {choice}")
     assert _pool_and_env({**os.environ, "ARROW_DEFAULT_MEMORY_POOL": choice}) == [choice, choice]
+
+
+# Frees a 4 MB block (glibc then raises its threshold to 4 MB, unless it is
+# fixed), then takes a 1 MB one: mapped on its own, or from the heap? glibc's
+# mallinfo2().hblks counts the blocks mapped on their own.
+LARGE_BLOCK_PROBE = """
+import ctypes, json, sys
+sys.argv = ['lockprof', 'show']
+if FIX:
+    import profiler.cli.main
+libc = ctypes.CDLL('libc.so.6')
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ('arena', 'ordblks', 'smblks', 'hblks')]
+libc.mallinfo2.restype = Info
+libc.free(libc.malloc(4 << 20))
+before = libc.mallinfo2().hblks
+block = libc.malloc(1 << 20)
+print(json.dumps(libc.mallinfo2().hblks - before))
+"""
+
+
+@pytest.mark.parametrize(("fixed", "mapped"), [(True, 1), (False, 0)])
+def test_the_program_maps_large_blocks_on_their_own_however_large_a_freed_one(fixed, mapped):
+    out = subprocess.run(
+        [sys.executable, "-c", f"FIX = {fixed}\n{LARGE_BLOCK_PROBE}"], cwd=REPO,
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert json.loads(out.stdout.splitlines()[-1]) == mapped
