@@ -24,7 +24,8 @@ import pandas as pd
 from profiler import aggregate, ksyms, schema
 from profiler.allocator import release_free_heap
 from profiler.errors import LockprofError
-from profiler.events import CHUNK_ROWS, build_events, on_locks, without_locks
+from profiler.events import CHUNK_ROWS as EVENT_CHUNK_ROWS
+from profiler.events import build_events, on_locks, without_locks
 from profiler.intervals import CHUNK_ROWS as INTERVAL_CHUNK_ROWS
 from profiler.intervals import build_intervals
 from profiler.options import CollectOptions, CpuFigures, LiveState
@@ -677,7 +678,7 @@ def _build_recording(
     # and the summary (or --html's report) built: 405 -> 274 MB. (The peak,
     # building the summary, is not lower for it: bench/endrun.py.)
     release_free_heap()
-    events = build_events(lambda: session.take_events(CHUNK_ROWS), start_ns, hidden)
+    events = build_events(lambda: session.take_events(EVENT_CHUNK_ROWS), start_ns, hidden)
     release_free_heap()
     pre_exec = pre_exec_note(
         intervals.hidden_totals, events.hidden, hidden, session.lock_addresses(forgotten=True)
