@@ -225,6 +225,9 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
                     session, state, snapshot, owners, (now - start_ns) / 1e9, retire_ns, hidden
                 )
                 session.forget_owners(_process_alive, entries)
+                # Each interval builds and drops numpy and pandas temporaries;
+                # glibc keeps the freed pages unless asked, and a long run's
+                # RSS crept up by them.
                 release_free_heap()
             if on_interval and not _shown(
                 on_interval,
