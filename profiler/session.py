@@ -246,11 +246,7 @@ def _shown(on_interval: Callable[[LiveState], bool | None], live: Callable[[], L
     try:
         return on_interval(live()) is not False
     except Exception as exc:
-        from profiler.render import safe_text
-
-        reason = safe_text(f"{type(exc).__name__}: {exc}")
-        with contextlib.suppress(OSError):
-            sys.stderr.write(f"lockprof: live view stopped ({reason}); collection goes on\n")
+        _say_view_failed("lockprof: live view stopped ({}); collection goes on", exc)
         return False
 
 
@@ -260,10 +256,15 @@ def _stopped(on_stopped: Callable[[], None]) -> None:
     try:
         on_stopped()
     except Exception as exc:
-        from profiler.render import safe_text
+        _say_view_failed("lockprof: live view: {}", exc)
 
-        with contextlib.suppress(OSError):
-            sys.stderr.write(f"lockprof: live view: {safe_text(f'{type(exc).__name__}: {exc}')}\n")
+
+def _say_view_failed(line: str, exc: Exception) -> None:
+    """line, its {} the exception, on stderr (a gone stderr silences it)."""
+    from profiler.render import safe_text
+
+    with contextlib.suppress(OSError):
+        sys.stderr.write(line.format(safe_text(f"{type(exc).__name__}: {exc}")) + "\n")
 
 
 def _retire_period_ns() -> int:
