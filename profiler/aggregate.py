@@ -1050,7 +1050,8 @@ class _LockIdentities:
         return pd.Index(np.array(self._locks, dtype=np.uint64)).get_indexer(pd.Index(locks))
 
     def lock_class(self, positions: np.ndarray) -> np.ndarray:
-        return np.array(self._columns[1], dtype=object)[positions]
+        column = self._columns[_LockIdentity._fields.index("lock_class")]
+        return np.array(column, dtype=object)[positions]
 
     def at(self, position: int) -> _LockIdentity:
         return _LockIdentity(*(column[position] for column in self._columns))
