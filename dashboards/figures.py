@@ -22,8 +22,8 @@ from plotly.subplots import make_subplots
 from dashboards import frames
 from dashboards.escape import text
 from profiler import hist, schema
+from profiler.options import FIRST_TICK_S
 from profiler.render import fmt_ns
-from profiler.session import FIRST_TICK_S
 from profiler.targets import recorded_exit
 
 MODE_COLORS = {"read": "#1f77b4", "write": "#d62728", "exclusive": "#7f7f7f"}

@@ -7,6 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+# The first snapshot comes this long after the probes are armed (or after
+# one interval, if shorter), so that the live view shows a row early; the
+# next ones fall on the interval grid from the start. The report's interval
+# boundaries follow the same rule (dashboards/figures.py _nominal_end).
+FIRST_TICK_S = 0.5
+
 
 @dataclass
 class CollectOptions:

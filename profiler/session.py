@@ -28,7 +28,7 @@ from profiler.events import CHUNK_ROWS as EVENT_CHUNK_ROWS
 from profiler.events import build_events, on_locks, without_locks
 from profiler.intervals import CHUNK_ROWS as INTERVAL_CHUNK_ROWS
 from profiler.intervals import build_intervals
-from profiler.options import CollectOptions, CpuFigures, LiveState
+from profiler.options import FIRST_TICK_S, CollectOptions, CpuFigures, LiveState
 from profiler.recording import (
     CALLER_COLUMNS,
     OFFCPU_COLUMNS,
@@ -41,7 +41,6 @@ from profiler.spool import RecordSpool
 from profiler.targets import PRE_EXEC_COMM, CommandTarget, Target, pre_exec_locks
 
 POLL_MS = 100
-FIRST_TICK_S = 0.5
 # How often rows of exited tasks and of gone or idle locks move out of the
 # kernel's maps (a retired lock row is freed one such round later).
 RETIRE_NS = 10_000_000_000
