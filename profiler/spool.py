@@ -21,6 +21,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from profiler.errors import LockprofError
+
 
 class RecordSpool:
     """Records of one numpy dtype, appended in batches, read back as one array."""
@@ -99,13 +101,25 @@ class RecordSpool:
         assert self._file is not None
         data = bytearray(self._bytes_on_disk - start if size is None else size)
         view, done = memoryview(data), 0
-        self._file.seek(start)
-        while done < len(data):
-            got = self._file.readinto(view[done:])
-            if not got:
-                raise OSError(f"lockprof: the {self.what} spill file is shorter than written")
-            done += got
-        self._file.seek(0, 2)
+        # A failure here is not the disk refusing a write (which falls back to
+        # memory, see spill_or_in_memory): what was spilled cannot be read
+        # back, and building again in memory would read the same file.
+        try:
+            self._file.seek(start)
+            while done < len(data):
+                got = self._file.readinto(view[done:])
+                if not got:
+                    raise LockprofError(
+                        f"the {self.what} spill file is shorter than written "
+                        f"({start + done:,} of {start + len(data):,} bytes)"
+                    )
+                done += got
+            self._file.seek(0, 2)
+        except OSError as exc:
+            raise LockprofError(
+                f"cannot read back the {self.what} spilled to a temporary file "
+                f"({exc.strerror or exc})"
+            ) from None
         return data
 
     def clear(self) -> None:

@@ -113,3 +113,29 @@ def test_chunks_give_every_record_in_order_at_most_rows_at_a_time(rows):
 
 def test_chunks_of_an_empty_spool():
     assert list(RecordSpool(DTYPE, "events").chunks(10)) == []
+
+
+def test_a_spill_file_that_cannot_be_read_back_is_one_error_not_a_write_failure(
+    tmp_path, capsys
+):
+    """A spill file shorter than what was written is not the disk refusing a
+    write: the build must not say "cannot write" and retry in memory (which
+    reads the same file), but end with one error naming the spool."""
+    from profiler.errors import LockprofError
+    from profiler.recording import spill_or_in_memory
+
+    spool = RecordSpool(DTYPE, "interval rows", directory=str(tmp_path))
+    spool.append(batch(0, 50))
+    spool._file.truncate(10 * DTYPE.itemsize)  # what a lost write-back would leave
+    attempts = []
+
+    def build(spill: bool) -> int:
+        attempts.append(spill)
+        return sum(len(chunk) for chunk in spool.chunks(20))
+
+    with pytest.raises(LockprofError, match="interval rows spill file is shorter than written"):
+        spill_or_in_memory(build, "interval rows")
+    assert attempts == [True]
+    assert "cannot write" not in capsys.readouterr().err
+    with pytest.raises(LockprofError, match="shorter than written"):
+        spool.read()
