@@ -115,9 +115,7 @@ def test_chunks_of_an_empty_spool():
     assert list(RecordSpool(DTYPE, "events").chunks(10)) == []
 
 
-def test_a_spill_file_that_cannot_be_read_back_is_one_error_not_a_write_failure(
-    tmp_path, capsys
-):
+def test_a_spill_file_that_cannot_be_read_back_is_one_error_not_a_write_failure(tmp_path, capsys):
     """A spill file shorter than what was written is not the disk refusing a
     write: the build must not say "cannot write" and retry in memory (which
     reads the same file), but end with one error naming the spool."""
