@@ -160,7 +160,11 @@ def summary_table(result: RunSet) -> Table:
     return table
 
 
-@click.command("bench", context_settings={"ignore_unknown_options": True})
+@click.command(
+    "bench",
+    # Options end at CMD, as for run.
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
 @click.option(
     "--runs",
     type=int,

@@ -13,7 +13,12 @@ from profiler.cli.common import (
 from profiler.targets import CommandTarget, check_command
 
 
-@click.command("run", context_settings={"ignore_unknown_options": True})
+@click.command(
+    "run",
+    # Options end at CMD: `run ./ebizzy -t 1` passes -t 1 to ebizzy, as time
+    # and strace do, not to lockprof.
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
 @collection_options
 @follow_option
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED, required=True, metavar="CMD...")

@@ -1025,3 +1025,24 @@ def test_sampling_options_with_sample_pass(capsys, never_collect):
     argv = ["record", "-a", "--sample", "--cpus", "64", "--sample-hz", "9"]
     code, _out, err = run_main(capsys, *argv)
     assert "reached the privilege check" in err and code != 2
+
+
+@pytest.mark.parametrize("subcommand", ["run", "bench"])
+def test_options_after_the_command_are_the_commands(capsys, monkeypatch, subcommand):
+    """`lockprof run -q ./lpbizzy -t 1 -S 1` (no --): -t 1 is lpbizzy's
+    thread count, as `time ./lpbizzy -t 1` would pass it. lockprof took it
+    for its own --threshold, and lpbizzy ran with its default threads."""
+    from profiler.cli import bench, run
+
+    seen = {}
+
+    def stop_here(argv):
+        seen["argv"] = list(argv)
+        raise LockprofError("test: stopped before collecting", exit_code=9)
+
+    module = run if subcommand == "run" else bench
+    monkeypatch.setattr(module, "refuse_unknown_option", stop_here)
+    extra = ["-o", "x.lpset"] if subcommand == "bench" else []
+    code, _out, err = run_main(capsys, subcommand, "-q", *extra, "true", "-t", "1", "-d", "2")
+    assert code == 9, err
+    assert seen["argv"] == ["true", "-t", "1", "-d", "2"]
