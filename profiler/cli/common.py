@@ -489,9 +489,16 @@ def run_collection(
         )
     finally:
         view.stop()
-    recording.save(rec, output)
+    try:
+        recording.save(rec, output)
+        not_saved = None
+    except LockprofError as exc:  # the data went to a rescue file (the error names it), or is lost
+        not_saved = exc
     allocator.release_free_heap()  # Parquet's buffers, before the summary's own
     written = f"lockprof: {_ending(rec.meta)}; recording written to {output}"
+    if not_saved is not None:
+        # The summary is still printed: it is all the user has on screen.
+        written = f"lockprof: {render.safe_text(not_saved)}"
     try:
         # --json: every row (README); the table: the busiest.
         print_summary(rec, as_json, top=None if as_json else FINAL_SUMMARY_TOP)
@@ -503,6 +510,10 @@ def run_collection(
         else:
             written += f" (summary not printed: {exc.strerror or exc})"
     say(written)
+    if not_saved is not None:
+        if html is not None:
+            say(f"lockprof: report not written (the recording was not written to {output})")
+        return not_saved.exit_code
     if html is None:
         return code or command_status(rec.meta, stop)
     try:

@@ -1046,3 +1046,35 @@ def test_options_after_the_command_are_the_commands(capsys, monkeypatch, subcomm
     code, _out, err = run_main(capsys, subcommand, "-q", *extra, "true", "-t", "1", "-d", "2")
     assert code == 9, err
     assert seen["argv"] == ["true", "-t", "1", "-d", "2"]
+
+
+def test_the_summary_is_printed_when_the_recording_cannot_be_written(capsys, monkeypatch, tmp_path):
+    """The output directory removed during the run: the error names the
+    rescue file, and the summary is still printed (it was lost: stdout held
+    only the command's own output), with exit status 1 and no report."""
+    from types import SimpleNamespace
+
+    from profiler import recording, session
+    from profiler.cli import common
+    from profiler.options import CollectOptions
+
+    rec = _recording_with_many_locks(3)
+    monkeypatch.setattr(session, "collect", lambda *_args, **_kwargs: rec)
+
+    def fail(_rec, path):
+        raise LockprofError(f"cannot write recording to {path} (gone); data kept in /tmp/x.lpr")
+
+    monkeypatch.setattr(recording, "save", fail)
+    target = SimpleNamespace(mode="run", tgid=4242)
+    options = CollectOptions(families=("contention",), interval_s=1.0)
+    html = tmp_path / "r.html"
+    code = common.run_collection(
+        target, options, tmp_path / "r.lpr", 15, True, False, set(), html=html
+    )
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "spinlock 0xffff888000200080" in out and "rusage  user 0.10s" in out, out
+    lines = err.splitlines()
+    assert any(line.endswith("data kept in /tmp/x.lpr") for line in lines), err
+    assert "recording written" not in err
+    assert lines[-1].startswith("lockprof: report not written") and not html.exists()
