@@ -9,7 +9,7 @@ from profiler.targets import PidTarget
 
 
 @click.command("attach")
-@click.option("-p", "--pid", type=int, required=True, help="Process to profile.")
+@click.option("-p", "--pid", type=click.IntRange(min=1), required=True, help="Process to profile.")
 @collection_options
 @follow_option
 def command(pid, **options) -> None:
@@ -22,7 +22,7 @@ def command(pid, **options) -> None:
     Examples:
       lockprof attach -p 1234                 live view until Ctrl-C
       lockprof attach -p 1234 -d 30 -o a.lpr  30 seconds into a.lpr
-      lockprof attach -p 1234 -t 1ms --json   stream waits >= 1 ms, JSON summary
+      lockprof attach -p 1234 -t 1ms --json   record waits >= 1 ms, JSON summary
       lockprof attach -p 1234 -f              also its children, now and later
     """
     collect_command(lambda: PidTarget(pid), **options)

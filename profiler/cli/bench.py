@@ -167,7 +167,7 @@ def summary_table(result: RunSet) -> Table:
 )
 @click.option(
     "--runs",
-    type=int,
+    type=click.IntRange(1, MAX_RUNS),
     default=3,
     show_default=True,
     help="How many times to run the command.",
@@ -204,10 +204,10 @@ def summary_table(result: RunSet) -> Table:
 @click.option(
     "-t",
     "--threshold",
-    type=TimeParam("us"),
+    type=TimeParam("us", positive=True),
     default="100us",
     show_default=True,
-    help="Stream every wait or hold at least this long.",
+    help="Keep every wait or hold at least this long in the event stream (a bare number is in us).",
 )
 @stack_options
 @click.option("--no-mmap-lock", is_flag=True, help="Leave out the mmap_lock tracepoints.")
@@ -268,8 +268,6 @@ def command(
     if not argv:
         raise LockprofError("no command given: lockprof bench ... -- CMD [ARGS...]", exit_code=2)
     refuse_unknown_option(argv)
-    if runs < 1 or runs > MAX_RUNS:
-        raise LockprofError(f"--runs must be between 1 and {MAX_RUNS}, not {runs}", exit_code=2)
     regex = compile_throughput(throughput_regex)
     outputs.refuse_clobbering(
         output, spec_files(lock_spec), "-o", "a run set", kind=outputs.RUN_SET

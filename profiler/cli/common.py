@@ -49,9 +49,10 @@ class TimeParam(click.ParamType):
 
     name = "time"
 
-    def __init__(self, default_unit: str, max_s: float = 3600):
+    def __init__(self, default_unit: str, max_s: float = 3600, positive: bool = False):
         self.default_unit = default_unit
         self.max_ns = int(max_s * 1e9)
+        self.positive = positive  # 0 refused (a --threshold of 0 would keep every event)
 
     def convert(self, value, param, ctx):
         if isinstance(value, int | float):
@@ -64,11 +65,15 @@ class TimeParam(click.ParamType):
             ns = number * _NS_PER[unit]
         if not math.isfinite(ns) or ns > self.max_ns:
             self.fail(f"{value!r} is longer than {self.max_ns // 1_000_000_000} s", param, ctx)
+        if self.positive and int(ns) <= 0:
+            self.fail(f"must be longer than 0, not {value!r} (examples: 1ns, 500us)", param, ctx)
         return int(ns)
 
 
 class FiniteFloatRange(click.FloatRange):
     """click.FloatRange without nan (which passes every range check)."""
+
+    name = "number"  # `-d abc`: "'abc' is not a valid number", not "... float range"
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
@@ -131,11 +136,11 @@ def collection_options(func):
         click.option(
             "-t",
             "--threshold",
-            type=TimeParam("us"),
+            type=TimeParam("us", positive=True),
             default="100us",
             show_default=True,
-            help="Stream every wait or hold at least this long "
-            "(for timelines); aggregates count everything.",
+            help="Keep every wait or hold at least this long in the recording's event "
+            "stream, for timelines (a bare number is in us); aggregates count everything.",
         ),
         *STACK_OPTIONS,
         click.option(
@@ -241,23 +246,34 @@ def refuse_unknown_option(argv) -> None:
         raise click.NoSuchOption(argv[0], ctx=click.get_current_context(silent=True))
 
 
+def usage_error(message: str, option: str | None = None) -> Exception:
+    """A command-line error found after parsing, formatted as click's own
+    (one line, `lockprof run: --lock-types: ... (see lockprof run --help)`,
+    status 2): a BadParameter of the option named by its parameter name when
+    it is one of the current command's, else a UsageError. Outside a click
+    command, a LockprofError with status 2."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return LockprofError(message if option is None else f"{option}: {message}", exit_code=2)
+    param = next((p for p in ctx.command.params if p.name == option), None)
+    if param is not None:
+        return click.BadParameter(message, ctx=ctx, param=param)
+    return click.UsageError(message, ctx=ctx)
+
+
 def parse_lock_types(text: str | None, no_contention: bool) -> tuple[str, ...] | None:
     """--lock-types TYPES: the lock types whose contention is traced."""
     if text is None:
         return None
     if no_contention:
-        raise LockprofError(
-            "--lock-types chooses among lock:contention_* waits, which --no-contention leaves out",
-            exit_code=2,
+        raise usage_error(
+            "--lock-types chooses among lock:contention_* waits, which --no-contention leaves out"
         )
     types = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
     unknown = [t for t in types if t not in schema.LOCK_TYPES]
     if unknown or not types:
         what = f"unknown lock type {unknown[0]!r}" if unknown else "no lock type given"
-        raise LockprofError(
-            f"--lock-types: {what} (one or more of: {', '.join(schema.LOCK_TYPES)})",
-            exit_code=2,
-        )
+        raise usage_error(f"{what} (one or more of: {', '.join(schema.LOCK_TYPES)})", "lock_types")
     return types
 
 
@@ -266,11 +282,9 @@ def build_options(duration, interval, threshold, no_mmap_lock, no_contention) ->
         f for f, off in (("mmap_lock", no_mmap_lock), ("contention", no_contention)) if not off
     )
     if not families:
-        raise LockprofError(
-            "--no-mmap-lock and --no-contention leave nothing to trace", exit_code=2
-        )
-    if threshold <= 0:
-        raise LockprofError("--threshold must be positive", exit_code=2)
+        raise usage_error("--no-mmap-lock and --no-contention leave nothing to trace")
+    if threshold <= 0:  # the option refuses it; a caller from Python may not
+        raise usage_error("must be longer than 0", "threshold")
     return CollectOptions(
         families=families, interval_s=interval, duration_s=duration, threshold_ns=threshold
     )

@@ -26,7 +26,7 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("lockprof:")
+    assert lines[0].startswith(("lockprof:", "lockprof attach:", "lockprof run:")), lines[0]
     return lines[0]
 
 
@@ -78,7 +78,8 @@ def test_pid_zero_and_negative():
         result = subprocess.run(
             [*LOCKPROF, "attach", "-p", pid, "-d", "1"], capture_output=True, text=True
         )
-        assert "invalid pid" in _one_line_error(result)
+        assert result.returncode == 2
+        assert f"-p/--pid: {pid} is not in the range x>=1" in _one_line_error(result)
 
 
 def test_command_not_found(tmp_path):
