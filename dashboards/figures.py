@@ -531,11 +531,22 @@ def build_timeline(
         )
     else:
         shown = sample_events(events, max_events)
+        notes = []
         if len(shown) < total:
-            title += (
-                f" (showing {len(shown):,} of {total:,} events: "
-                "the longest in each time slice, then the longest overall)"
+            notes.append(
+                f"showing {len(shown):,} of {total:,} events: "
+                "the longest in each time slice, then the longest overall"
             )
+        double = int(events.attrs.get("double_counted", 0))
+        if double:
+            # `show` counts them: its event count is the recording's rows.
+            waits, are = ("wait", "is") if double == 1 else ("waits", "are")
+            notes.append(
+                f"{double:,} contended mmap_lock {waits} also streamed by lock:contention "
+                f"{are} drawn once"
+            )
+        if notes:
+            title += f" ({'; '.join(notes)})"
         for key, group in shown.groupby(["kind", "mode"], sort=True):
             kind, mode = str(key[0]), str(key[1])
             colors = MODE_COLORS if kind == "wait" else HOLD_COLORS

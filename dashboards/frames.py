@@ -197,9 +197,15 @@ def lock_totals(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFra
 def lock_events(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:
     """The event stream (waits and holds over the threshold) with lock labels.
     A contended mmap_lock wait is streamed by both families; the mmap_lock
-    tracepoints' event (which spans the whole wait) is kept."""
+    tracepoints' event (which spans the whole wait) is kept; how many were
+    left out is in attrs["double_counted"] (`show` counts every row of the
+    recording's events table, and the timeline says why it has fewer)."""
     locks = lock_table(rec) if locks is None else locks
-    return _without_sum(_drop_double_counted(_with_locks(rec.events, locks), []))
+    labelled = _with_locks(rec.events, locks)
+    kept = _without_sum(_drop_double_counted(labelled, []))
+    mmap_sum = _without_sum(labelled)
+    kept.attrs["double_counted"] = len(mmap_sum) - len(kept)
+    return kept
 
 
 def lock_tasks(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -229,6 +229,10 @@ def test_events_keep_the_mmap_lock_view_of_a_wait():
     kept = frames.lock_events(rec)
     assert sorted(kept["duration_ns"]) == [300_000, 500_000]
     assert kept.loc[kept["duration_ns"] == 500_000, "label"].item() == "spinlock 0xffff0000"
+    # `show` counts the recording's 3 rows; the timeline says why it draws 2.
+    assert kept.attrs["double_counted"] == 1
+    title = figures.build_timeline(frames.lock_intervals(rec), kept).layout.title.text
+    assert "1 contended mmap_lock wait also streamed by lock:contention is drawn once" in title
 
 
 def test_folded_stacks_are_root_first_without_probe_frames_or_offsets():
