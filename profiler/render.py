@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -428,11 +429,12 @@ def view(
     more_locks: int = 0,
     cpu_totals: dict[int, CpuFigures] | None = None,
     row_count: int | None = None,
+    source: str | None = None,
 ) -> Group:
     return Group(
         Text(safe_text(header), style="bold"),
         summary_table(rows, top),
-        *view_footer(rows, errors, lost, top, more_locks, cpu_totals, row_count),
+        *view_footer(rows, errors, lost, top, more_locks, cpu_totals, row_count, source),
     )
 
 
@@ -508,20 +510,23 @@ def view_footer(
     more_locks: int = 0,
     cpu_totals: dict[int, CpuFigures] | None = None,
     row_count: int | None = None,
+    source: str | None = None,
 ) -> list:
     """What the view prints under its table: the per-CPU line, the problems
     and how many rows were left out (row_count: how many there are, when
-    rows holds only the first)."""
+    rows holds only the first; source: the recording, named in the hint)."""
     parts: list = [per_cpu_line(rows, cpu_totals)]
     problems = problems_line(errors, lost)
     if problems is not None:
         parts.append(problems)
     hidden = max(0, (len(rows) if row_count is None else row_count) - top) if top else 0
     if hidden or more_locks:
-        what = f"{hidden} more rows" if hidden else ""
+        what = f"{hidden} more {'row' if hidden == 1 else 'rows'}" if hidden else ""
         if more_locks:
-            what += f"{', and ' if what else ''}{more_locks} quieter locks"
-        parts.append(Text(f"({what}; `lockprof show FILE` lists all)"))
+            locks = "lock" if more_locks == 1 else "locks"
+            what += f"{', and ' if what else ''}{more_locks} quieter {locks}"
+        recording = shlex.quote(source) if source else "FILE"
+        parts.append(Text(safe_text(f"({what}; `lockprof show {recording}` lists all)")))
     return parts
 
 

@@ -164,7 +164,8 @@ def notes(meta: dict) -> list[str]:
     for name, consequence in COUNTER_NOTES.items():
         if errors.get(name):
             out.append(
-                f"{name.replace('_', ' ')} {errors[name]:,} times: {consequence}; "
+                f"{name.replace('_', ' ')} {errors[name]:,} "
+                f"{'time' if errors[name] == 1 else 'times'}: {consequence}; "
                 "collection went on"
             )
     stack_note = schema.stack_rate_note(meta)

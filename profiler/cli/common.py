@@ -515,7 +515,12 @@ def run_collection(
         written = f"lockprof: {render.safe_text(not_saved)}"
     try:
         # --json: every row (README); the table: the busiest.
-        print_summary(rec, as_json, top=None if as_json else FINAL_SUMMARY_TOP)
+        print_summary(
+            rec,
+            as_json,
+            top=None if as_json else FINAL_SUMMARY_TOP,
+            source=output if not_saved is None else None,
+        )
         code = 0
     except OSError as exc:  # stdout is gone (a closed pipe or terminal); the recording is not
         code = 141 if isinstance(exc, BrokenPipeError) else 1
@@ -660,10 +665,15 @@ def table_row(row: dict) -> dict:
 
 
 def print_summary(
-    rec: Recording, as_json: bool, top: int | None, what_if_cpus: int | None = None
+    rec: Recording,
+    as_json: bool,
+    top: int | None,
+    what_if_cpus: int | None = None,
+    source: str | Path | None = None,
 ) -> None:
     """The summary, a table (its first `top` rows) or JSON. Rows are built
-    as they are used: only the table's are kept."""
+    as they are used: only the table's are kept. source: the recording's
+    file, for the hint that `lockprof show` lists every row."""
     from profiler import summary
 
     document = summary.summary_document(rec, what_if_cpus, top)
@@ -684,12 +694,13 @@ def print_summary(
     del rows  # what built the rows (~30 MB for a 2-hour recording): shown has them
     errors, lost = meta.get("errors", {}), meta.get("lost_events", 0)
     footer = (errors, lost, top, 0, shown.cpu_totals, shown.count)
+    named = str(source) if source is not None else None
     if len(shown.first) > render.PLAIN_TABLE_ROWS:
         out.print(Text(render.safe_text(header), style="bold"))
         out.file.writelines(f"{line}\n" for line in render.plain_summary_lines(shown.first))
-        out.print(Group(*render.view_footer(shown.first, *footer)))
+        out.print(Group(*render.view_footer(shown.first, *footer, source=named)))
     else:
-        out.print(render.view(shown.first, header, *footer))
+        out.print(render.view(shown.first, header, *footer, source=named))
     if offcpu_rows:
         out.print(render.offcpu_table(offcpu_rows, top))
     if document.get("writer_cost"):

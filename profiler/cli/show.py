@@ -33,4 +33,4 @@ def command(path, as_json, top, what_if_cpus) -> None:
       lockprof show demo.lpr
       lockprof show demo.lpr --json | jq '.locks[] | select(.lock == "mmap_lock")'
     """
-    print_summary(recording.load(path, summary_only=True), as_json, top, what_if_cpus)
+    print_summary(recording.load(path, summary_only=True), as_json, top, what_if_cpus, path)

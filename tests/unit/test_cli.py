@@ -130,7 +130,7 @@ def test_show_table(capsys, recording_path):
 def test_show_top(capsys, recording_path):
     code, out, _err = run_main(capsys, "show", "--top", "1", str(recording_path))
     assert code == 0
-    assert "(5 more rows; `lockprof show FILE` lists all)" in out
+    assert f"(5 more rows; `lockprof show {recording_path}` lists all)" in out
 
 
 def test_show_json_top(capsys, recording_path):
@@ -157,7 +157,7 @@ def test_show_prints_a_long_table_as_plain_text(capsys, recording_path, monkeypa
     rich_tail = rich_out.splitlines()[len(rich_out.splitlines()) - 2 :]
     assert out.splitlines()[-2:] == rich_tail  # per-CPU line, rusage
     code, out, _err = run_main(capsys, "show", "--top", "3", str(recording_path))
-    assert "(3 more rows; `lockprof show FILE` lists all)" in out and "│" not in out
+    assert f"(3 more rows; `lockprof show {recording_path}` lists all)" in out and "│" not in out
 
 
 def test_show_escapes_hostile_text(capsys, rec, tmp_path):
@@ -964,7 +964,7 @@ def test_a_collections_json_summary_has_every_row(capsys, monkeypatch, tmp_path,
         assert doc["locks_total"] == count
         assert len(doc["locks"]) == count
     else:
-        assert "(10 more rows; `lockprof show FILE` lists all)" in out
+        assert f"(10 more rows; `lockprof show {tmp_path / 'r.lpr'}` lists all)" in out
 
 
 def test_bare_lockprof_shows_the_whole_help(capsys):

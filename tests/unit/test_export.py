@@ -353,7 +353,7 @@ def test_the_summary_after_a_collection_prints_the_busiest_rows(
     out = capsys.readouterr().out
     rows = len(summary.summary_json(fake_collect)["locks"])
     assert code == 0 and rows > 3
-    assert f"({rows - 3} more rows; `lockprof show FILE` lists all)" in out
+    assert f"({rows - 3} more rows; `lockprof show {tmp_path / 'rec.lpr'}` lists all)" in out
     code = main(["show", str(tmp_path / "rec.lpr")])
     assert code == 0 and "more rows" not in capsys.readouterr().out
 

@@ -189,7 +189,7 @@ def test_plain_summary_lines_escape_hostile_text(comm):
 def test_view_mentions_hidden_rows_and_problems():
     rows = [lock_row(f"c{i}") for i in range(4)]
     _raw, plain = rendered(render.view(rows, "hdr", {"stack": 2, "ringbuf_full": 9}, 9, top=3))
-    assert "(1 more rows; `lockprof show FILE` lists all)" in plain
+    assert "(1 more row; `lockprof show FILE` lists all)" in plain
     assert "! lost events: 9; stack: 2" in plain
 
 
