@@ -9,8 +9,8 @@ and exit add a few more acquisitions on top.
 
 from __future__ import annotations
 
-import re
 import json
+import re
 
 import pytest
 
