@@ -683,8 +683,9 @@ def print_summary(
     meta = rec.meta
     rusage = meta.get("rusage") or {}
     header = (
-        f"{meta.get('target')}: {meta.get('duration_s', 0):.2f}s on {meta.get('kernel')}, "
-        f"{meta.get('cpus')} CPUs, {rec.event_count:,} events over "
+        f"{meta.get('target') or 'unknown target'}: {meta.get('duration_s', 0):.2f}s "
+        f"on {meta.get('kernel') or 'an unknown kernel'}, "
+        f"{meta.get('cpus') or '?'} CPUs, {rec.event_count:,} events over "
         f"{render.fmt_ns(meta.get('threshold_ns'))}"
     )
     out = render.console()

@@ -33,4 +33,12 @@ def command(path, as_json, top, what_if_cpus) -> None:
       lockprof show demo.lpr
       lockprof show demo.lpr --json | jq '.locks[] | select(.lock == "mmap_lock")'
     """
-    print_summary(recording.load(path, summary_only=True), as_json, top, what_if_cpus, path)
+    rec = recording.load(path, summary_only=True)
+    if what_if_cpus is not None and "sample" not in (rec.meta.get("families") or []):
+        # Not an error: the summary is still what was asked for.
+        click.echo(
+            f"lockprof: --cpus scales the sampled cost of the writer's sum, and {path} has "
+            "no samples (record with --sample): ignored",
+            err=True,
+        )
+    print_summary(rec, as_json, top, what_if_cpus, path)
