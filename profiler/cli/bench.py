@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shlex
 import statistics
 import sys
@@ -106,6 +107,9 @@ def _exit_text(run: Run) -> str:
     return f"{run.exit_status} (stopped)" if run.ended_by_lockprof else str(run.exit_status)
 
 
+# A format that _stat() reads as "by the spread" (see _by_spread).
+_BY_SPREAD = "by spread"
+
 _COLUMNS = [
     # (header, format of one value)
     ("elapsed s", "{:.3f}"),
@@ -113,17 +117,31 @@ _COLUMNS = [
     ("sys s", "{:.3f}"),
     ("minor faults", "{:,.0f}"),
     ("acquisitions", "{:,.0f}"),
-    ("throughput", "{:,.6g}"),
+    ("throughput", _BY_SPREAD),
 ]
 
 
 def _stat(values: list[float], fmt: str) -> str:
     if not values:
         return "-"
+    if fmt == _BY_SPREAD:
+        return _by_spread(values)
     mean = fmt.format(statistics.fmean(values))
     if len(values) < 2:
         return mean
     return f"{mean} ± {fmt.format(statistics.stdev(values))}"
+
+
+def _by_spread(values: list[float]) -> str:
+    """Mean ± sd of a figure of any scale (a command's own throughput): the
+    sd to 3 significant digits and the mean to the same decimal place, not
+    "11,783 ± 2,381.92"."""
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    scale = sd if sd > 0 else abs(mean)
+    decimals = max(0, 2 - math.floor(math.log10(scale))) if scale > 0 else 0
+    text = f"{mean:,.{decimals}f}"
+    return text if len(values) < 2 else f"{text} ± {sd:,.{decimals}f}"
 
 
 def summary_table(result: RunSet) -> Table:

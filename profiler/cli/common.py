@@ -784,12 +784,13 @@ def refuse_sampling_options_alone(sample: bool, what_if_cpus: int | None) -> Non
     hz_given = ctx is not None and (
         ctx.get_parameter_source("sample_hz") == click.core.ParameterSource.COMMANDLINE
     )
+    purpose = {
+        "--cpus": "it scales the sampled cost of the writer's sum",
+        "--sample-hz": "it is the sampling frequency",
+    }
     given = [o for o, on in (("--cpus", what_if_cpus is not None), ("--sample-hz", hz_given)) if on]
     if given:
-        raise LockprofError(
-            f"{given[0]} needs --sample (it scales or paces the sampled cost of the writer's sum)",
-            exit_code=2,
-        )
+        raise usage_error(f"{given[0]} needs --sample: {purpose[given[0]]}")
 
 
 def _start_and_collect(

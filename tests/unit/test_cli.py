@@ -1026,10 +1026,12 @@ def test_sampling_options_without_sample_are_refused(capsys, never_collect, opti
         code, out, err = run_main(capsys, *argv)
         line = assert_one_error_line(code, err)
         assert code == 2 and out == ""
-        assert line == (
-            f"lockprof: {option[0]} needs --sample "
-            "(it scales or paces the sampled cost of the writer's sum)"
-        )
+        purpose = {
+            "--cpus": "it scales the sampled cost of the writer's sum",
+            "--sample-hz": "it is the sampling frequency",
+        }[option[0]]
+        command = f"lockprof {argv[0]}"
+        assert line == f"{command}: {option[0]} needs --sample: {purpose} (see {command} --help)"
 
 
 def test_sampling_options_with_sample_pass(capsys, never_collect):
@@ -1100,3 +1102,20 @@ def test_show_cpus_without_samples_says_it_is_ignored(capsys, recording_path):
         f"lockprof: --cpus scales the sampled cost of the writer's sum, and {recording_path} "
         "has no samples (record with --sample): ignored\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("values", "shown"),
+    [
+        ([9783.0, 11783.0, 13783.0], "11,783 ± 2,000"),
+        ([11000.0, 11783.4, 13700.0], "12,161 ± 1,389"),
+        ([0.51, 0.52], "0.51500 ± 0.00707"),
+        ([1234.5], "1,234"),
+    ],
+)
+def test_bench_throughput_is_shown_to_the_precision_of_its_spread(values, shown):
+    """`bench`'s table printed "11,783 ± 2,381.92": the sd to 3 significant
+    digits, the mean to the same place."""
+    from profiler.cli import bench
+
+    assert bench._stat(values, bench._BY_SPREAD) == shown
