@@ -90,6 +90,16 @@ def check_pid(pid: int) -> int:
     return pid
 
 
+# task->flags bit of a kernel thread (include/linux/sched.h), in /proc/PID/stat
+PF_KTHREAD = 0x00200000
+
+
+def is_kernel_thread(pid: int) -> bool:
+    """Is pid a kernel thread (no mm, no mmap_lock)? False if it is gone."""
+    fields = _stat_fields(pid)
+    return fields is not None and bool(int(fields[6]) & PF_KTHREAD)
+
+
 def _stat_fields(pid: int) -> list[bytes] | None:
     """The fields of /proc/PID/stat after "pid (comm)", or None if there is
     no such process. Field N of proc(5) is at index N - 3: state 0, minflt

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from profiler.cli.common import collect_command, collection_options, follow_option
-from profiler.targets import PidTarget
+from profiler.targets import PidTarget, is_kernel_thread
 
 
 @click.command("attach")
@@ -25,4 +25,16 @@ def command(pid, **options) -> None:
       lockprof attach -p 1234 -t 1ms --json   record waits >= 1 ms, JSON summary
       lockprof attach -p 1234 -f              also its children, now and later
     """
-    collect_command(lambda: PidTarget(pid), **options)
+    collect_command(lambda: _with_kernel_thread_note(PidTarget(pid)), **options)
+
+
+def _with_kernel_thread_note(target: PidTarget) -> PidTarget:
+    """A kernel thread has no mm: the table would come out empty of
+    mmap_lock rows without a word why."""
+    if is_kernel_thread(target.tgid):
+        click.echo(
+            f"lockprof: {target.describe()} is a kernel thread: it has no mmap_lock; "
+            "only its contended waits on other locks are recorded",
+            err=True,
+        )
+    return target

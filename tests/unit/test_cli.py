@@ -1119,3 +1119,14 @@ def test_bench_throughput_is_shown_to_the_precision_of_its_spread(values, shown)
     from profiler.cli import bench
 
     assert bench._stat(values, bench._BY_SPREAD) == shown
+
+
+def test_kernel_threads_are_told_from_processes():
+    """kthreadd (pid 2) has PF_KTHREAD in /proc/2/stat; this process has not;
+    a pid that is gone is not one (attach says a kernel thread has no
+    mmap_lock: its table came out empty without a word why)."""
+    from profiler.targets import is_kernel_thread
+
+    assert is_kernel_thread(2)
+    assert not is_kernel_thread(os.getpid())
+    assert not is_kernel_thread(free_pid())
