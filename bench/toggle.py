@@ -20,6 +20,13 @@ them between short windows:
           (probes/ only; the same flags), or from a directory holding
           lockprof.bpf.c and lockprof.h, to tell whether a change to the
           probes made them cheaper
+  bpftrace, perf-lock   the peers of bench/overhead.py, system-wide: its
+          bpftrace script (the same wait and hold histograms as lp) and
+          `perf lock record -a` (lock:contention_* only, as lp-contention).
+          Each is started for its window and stopped after it (SIGINT, as
+          a user ends it), so its start-up and its exit's work (bpftrace
+          printing its maps, perf writing its file) fall outside the
+          windows, as lockprof's do in the lp states.
 
 Each cycle visits the states in turn (forward, then reversed); a window
 is the workload's own count of operations between two of its clock reads
@@ -51,6 +58,7 @@ import contextlib
 import functools
 import json
 import math
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,8 +75,11 @@ from profiler import probes, schema  # noqa: E402
 from profiler.cli.common import parse_lock_types  # noqa: E402
 from profiler.options import CollectOptions  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+import overhead  # noqa: E402  (its bpftrace script)
+
 LPBIZZY = REPO / "workloads" / "bin" / "lpbizzy"
-STATES = ("bare", "floor", "lp", "lp-mmap", "lp-contention", "base")
+STATES = ("bare", "floor", "lp", "lp-mmap", "lp-contention", "base", "bpftrace", "perf-lock")
 # Two-sided 95% t quantiles by degrees of freedom (1-30; then 40, 60, 120).
 T95 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -133,6 +144,60 @@ class Switch:
             else:
                 self.bcc_object.detach_raw_tracepoint(tp=event.encode())
         self.on = on
+
+
+class ProcessSwitch:
+    """A peer tracer as a switch: started (and waited for until it has
+    attached) when switched on, stopped with SIGINT when switched off."""
+
+    # perf lock record prints nothing when ready: its attach takes well
+    # under this (bench/overhead.py waits as long).
+    PERF_READY_S = 1.5
+
+    def __init__(self, name: str, workdir: Path):
+        self.name = name
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.on = False
+
+    def set(self, on: bool) -> None:
+        if on == self.on:
+            return
+        if on:
+            self._start()
+        else:
+            self._stop()
+        self.on = on
+
+    def _start(self) -> None:
+        if self.name == "perf-lock":
+            argv = ["perf", "lock", "record", "-a", "-o", str(self.workdir / "perf.data")]
+            self.proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir
+            )
+            time.sleep(self.PERF_READY_S)
+            return
+        self.proc = subprocess.Popen(
+            ["bpftrace", "-e", overhead.BPFTRACE_SCRIPT],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "Attaching" in line:
+                # "Attaching N probes..." comes just before the attach:
+                # give it the moment the attach itself takes.
+                time.sleep(0.3)
+                return
+        raise SystemExit(f"bpftrace did not start (exit {self.proc.wait()})")
+
+    def _stop(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.communicate(timeout=120)
+        (self.workdir / "perf.data").unlink(missing_ok=True)
+        self.proc = None
 
 
 def floor_switch() -> Switch:
@@ -259,6 +324,10 @@ def load(states: list[str], args: argparse.Namespace, cleanup: contextlib.ExitSt
         sessions["lp"] = session
         switches.update(lp_switches)
         objects.update(dict.fromkeys(lp_switches, session._bpf))
+    for peer in ("bpftrace", "perf-lock"):
+        if peer in states:
+            workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="lp-peer-")))
+            switches[peer] = ProcessSwitch(peer, workdir)
     if "base" in states:
         with probes_of(args.baseline):
             base_session, base_switches = lockprof_switches()
@@ -471,7 +540,15 @@ def summarise(results: Results, args: argparse.Namespace) -> str:
         "mean, its 95% interval, median. Empty programs (*floor*) and lockprof's "
         "(*lp*: mmap_lock and contention families; *lp-mmap*, *lp-contention*: "
         "one family) are attached and detached between windows; lockprof's user "
-        "space and start-up are not in these figures.",
+        "space and start-up are not in these figures."
+        + (
+            " The peers (*bpftrace*: the same wait and hold histograms; *perf-lock*: "
+            "`perf lock record -a`, contention only) are started before their window "
+            "and stopped after it: their user space is in their figures, their "
+            "start-up and exit are not."
+            if {"bpftrace", "perf-lock"} & set(rates)
+            else ""
+        ),
         "",
         "| state | median ops/s | loss, mean | 95% CI | loss, median |",
         "|---|---|---|---|---|",
