@@ -26,6 +26,20 @@ def _lock_title(entry: dict) -> str:
     return render.safe_text(entry["lock"])
 
 
+def shown_verdicts(verdicts: list[dict], top: int | None, everything: bool) -> list[dict]:
+    """The verdicts of the top locks, key metrics only unless everything."""
+    shown: list[dict] = []
+    locks: list[str] = []
+    for entry in verdicts:
+        if entry["lock"] not in locks:
+            locks.append(entry["lock"])
+        if top is not None and len(locks) > top:
+            break
+        if everything or entry["metric"] in cmp.KEY_METRICS:
+            shown.append(entry)
+    return shown
+
+
 def verdict_table(verdicts: list[dict], top: int | None, everything: bool) -> Table:
     table = Table(header_style="bold", pad_edge=False)
     for header, justify in (
@@ -39,25 +53,17 @@ def verdict_table(verdicts: list[dict], top: int | None, everything: bool) -> Ta
         ("verdict", "left"),
     ):
         table.add_column(header, justify=justify, no_wrap=header != "lock")  # type: ignore[arg-type]
-    locks: list[str] = []
     previous = None
-    for entry in verdicts:
-        if entry["lock"] not in locks:
-            locks.append(entry["lock"])
-        if top is not None and len(locks) > top:
-            break
-        if not everything and entry["metric"] not in cmp.KEY_METRICS:
-            continue
+    for entry in shown_verdicts(verdicts, top, everything):
         ident = (entry["lock"], entry["mode"])
-        ci = cmp.fmt_ci(entry).removeprefix("95% CI ") if entry["significant"] is not None else "-"
         table.add_row(
             Text(_lock_title(entry)) if ident != previous else Text(""),
             entry["mode"] if ident != previous else "",
-            entry.get("name") or entry["metric"],
+            cmp.entry_label(entry),
             cmp.fmt_value(entry["before"], entry["unit"]),
             cmp.fmt_value(entry["after"], entry["unit"]),
             cmp.fmt_delta(entry),
-            ci,
+            cmp.fmt_ci(entry),
             Text(cmp.shown_verdict(entry), style=VERDICT_STYLE.get(entry["verdict"], "")),
         )
         previous = ident
@@ -113,6 +119,9 @@ def terminal_view(document: dict, top: int | None, everything: bool) -> Group:
             parts.append(
                 Text(f"({'; '.join(notes)}: --all shows every lock and metric, --json all)")
             )
+        shown = shown_verdicts(document["verdicts"], top, everything)
+        if any(cmp.fmt_ci(entry) == cmp.NO_PERCENT_CI for entry in shown):
+            parts.append(Text(cmp.NO_PERCENT_CI_NOTE))
     else:
         parts.append(Text("no lock activity on either side"))
     return Group(*parts)

@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import stat
 import sys
@@ -1210,23 +1211,150 @@ def test_the_page_and_terminal_show_the_direction(tmp_path, capsys):
     assert '<td class="sig better">significant increase (better)</td>' in page.read_text()
 
 
-def test_a_change_from_zero_shows_its_delta_in_units():
-    """A lock only the after side saw: there is no percent, but the change is
-    known. The terminal and page showed '-' in the delta column."""
+def test_a_change_from_zero_says_new_and_zero_to_zero_says_unchanged():
+    """The delta column holds percents: a lock only the after side saw has
+    none, and showed "+15us" or "+3" there (an absolute change among
+    percents); 0 -> 0 showed "+0.0%, CI +0.0% to +0.0%"."""
     before = make_set("before", [{"writes": 10}] * 3)
     after = make_set("after", [{"writes": 10, "spin_waits": 3}] * 3)
     doc = cmp.compare(before, after).document
     waits = verdict(doc, "wait_total_ns", "exclusive", "zap_pte_range+0x99")
     assert waits["delta_pct"] is None and waits["delta"] == pytest.approx(15_000)
-    assert cmp.fmt_delta(waits) == "+15us"
+    assert cmp.fmt_delta(waits) == "new" and cmp.fmt_ci(waits) == "-"
     contended = verdict(doc, "contended", "exclusive", "zap_pte_range+0x99")
-    assert cmp.fmt_delta(contended) == "+3"
-    assert cmp.fmt_delta(verdict(doc, "acquisitions")) == "+0.0%"
+    assert cmp.fmt_delta(contended) == "new"
+    assert cmp.fmt_delta(verdict(doc, "acquisitions")) == "+0.0%"  # 10 -> 10: a percent
+    zero = verdict(doc, "contended")  # the mmap_lock: 0 -> 0
+    assert (zero["before"], zero["after"], zero["delta_pct"]) == (0, 0, 0.0)
+    assert cmp.fmt_delta(zero) == "unchanged" and cmp.fmt_ci(zero) == "-"
     p99 = verdict(doc, "wait_p99_ns", "exclusive", "zap_pte_range+0x99")
     assert p99["delta"] is None and cmp.fmt_delta(p99) == "-"  # not measured before
     from dashboards import compare as page
 
-    assert '<td class="num">+15us</td>' in page.verdict_table(doc)
+    table = page.verdict_table(doc)
+    assert '<td class="num">new</td>' in table and '<td class="num">unchanged</td>' in table
+    assert "+15us" not in table
+
+
+def test_the_delta_and_ci_columns_hold_percents_only(tmp_path, capsys):
+    """Before with a run at 0 (a spinlock 1 run of 3 did not see): the
+    percent change is known but its interval is not, and the CI column
+    showed the absolute interval ("0 to 18,227", "0ns to 14.5ms") next to
+    percents. It now says n/a, and never holds a figure in other units."""
+    before = make_set("before", [{"writes": 10, "spin_waits": n} for n in (0, 6, 8)])
+    after = make_set("after", [{"writes": 10, "spin_waits": n} for n in (20, 22, 24)])
+    doc = cmp.compare(before, after).document
+    spin = verdict(doc, "contended", "exclusive", "zap_pte_range+0x99")
+    assert spin["delta_pct"] == pytest.approx(371.4, abs=0.1)  # 14/3 -> 22
+    assert spin["ci_low_pct"] is None and spin["ci_low"] is not None
+    assert cmp.fmt_delta(spin) == "+371.4%"
+    assert cmp.fmt_ci(spin) == cmp.NO_PERCENT_CI == "n/a"
+    percent = re.compile(r"^[+-][\d,.]+% to [+-][\d,.]+%$")
+    for entry in doc["verdicts"] + doc["rusage"]:
+        delta, ci = cmp.fmt_delta(entry), cmp.fmt_ci(entry)
+        assert delta in ("new", "unchanged", "-") or re.fullmatch(r"[+-][\d,.]+%", delta), entry
+        assert ci in ("-", "n/a") or percent.match(ci), entry
+    paths = [runset.save(s, tmp_path / f"{s.label}.lpset") for s in (before, after)]
+    assert main(["compare", "--all", str(paths[0]), str(paths[1])]) == 0
+    out = capsys.readouterr().out
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines()]
+    assert ["zap_pte_range+0x99", "exclusive", "contended", "4.67", "22", "+371.4%", "n/a"] in [
+        row[:7] for row in rows
+    ]
+    assert cmp.NO_PERCENT_CI_NOTE in " ".join(out.split())
+
+
+@pytest.mark.parametrize(
+    "value,shown",
+    [
+        (-10.569, "-10.6%"),
+        (0.0, "+0.0%"),
+        (0.01, "+0.01%"),
+        (-100.0, "-100.0%"),
+        (999.94, "+999.9%"),
+        (173_300.0, "+173,300%"),
+        (-1234.5, "-1,234%"),
+        (None, "-"),
+    ],
+)
+def test_percent_formats(value, shown):
+    assert cmp.fmt_pct(value) == shown
+
+
+def _entry(**fields) -> dict:
+    entry = {
+        "name": "user time",
+        "metric": "user_s",
+        "unit": "s",
+        "before": 0.000398,
+        "after": 0.00239,
+        "delta": 0.001992,
+        "delta_pct": 500.3,
+        "ci_low": 0.000414,
+        "ci_high": 0.00435,
+        "ci_low_pct": None,
+        "ci_high_pct": None,
+        "significant": True,
+        "verdict": "significant increase",
+    }
+    return {**entry, **fields}
+
+
+def test_headlines_keep_one_kind_of_unit():
+    """The reviewer's line, 'user time: 0.000398 s -> 0.00239 s (+500.3%, 95%
+    CI 0.000414 s to 0.00435 s)': a percent change with an interval in
+    seconds."""
+    assert cmp.headline(_entry()) == (
+        "user time: 0.000398 s -> 0.00239 s (+500.3%, no percent CI: a before run was 0): "
+        "significant increase"
+    )
+    new = _entry(before=0.0, after=0.002, delta=0.002, delta_pct=None)
+    assert cmp.headline(new) == "user time: 0 s -> 0.002 s (new): significant increase"
+    unchanged = _entry(
+        before=0.0,
+        after=0.0,
+        delta=0.0,
+        delta_pct=0.0,
+        ci_low=0.0,
+        ci_high=0.0,
+        ci_low_pct=0.0,
+        ci_high_pct=0.0,
+        significant=False,
+        verdict="no significant change",
+    )
+    assert cmp.headline(unchanged) == "user time: 0 s -> 0 s (unchanged): no significant change"
+    few = _entry(significant=None, verdict="too few runs to judge (1 per side; need at least 3)")
+    assert cmp.headline(few) == (
+        "user time: 0.000398 s -> 0.00239 s (+500.3%): too few runs to judge (1 per side; "
+        "need at least 3)"
+    )
+
+
+@pytest.mark.parametrize(
+    "mode,metric,label",
+    [
+        ("write", "acquisitions", "acquisitions"),
+        ("write", "wait_total_ns", "wait total"),
+        ("read", "hold_p99_ns", "hold p99"),
+        ("read", "reader_writer_ratio", "reader:writer ratio"),
+        ("write", "cpu1.wait_total_ns", "cpu1 wait total"),
+        ("sum", "wait_total_ns", "time in sum"),
+        ("sum", "cpu0.acquisitions", "cpu0 sum calls"),
+    ],
+)
+def test_metrics_are_shown_by_name(mode, metric, label):
+    assert cmp.metric_label(mode, metric) == label
+
+
+def test_the_terminal_names_metrics_as_the_show_table_does(tmp_path, capsys):
+    paths = [
+        runset.save(make_set(label, specs), tmp_path / f"{label}.lpset")
+        for label, specs in (("before", BEFORE), ("after", AFTER))
+    ]
+    assert main(["compare", "--all", str(paths[0]), str(paths[1])]) == 0
+    out = capsys.readouterr().out
+    assert "wait total" in out and "cpu0 acquisitions" in out and "hold p99" in out
+    assert "_ns" not in out and "cpu0." not in out
 
 
 def test_error_bars_stop_at_zero():
