@@ -78,14 +78,18 @@ def _side_line(name: str, side: dict) -> str:
     )
 
 
-def terminal_view(document: dict, top: int | None, everything: bool) -> Group:
+def terminal_view(
+    document: dict, top: int | None, everything: bool, warnings: bool = True
+) -> Group:
+    """The report on stdout; with warnings, the document's warnings under
+    its side lines (see command: not when stderr has them on the terminal)."""
     method = document["method"]
     parts: list = [
         Text(_side_line("before", document["before"]), style="bold"),
         Text(_side_line("after", document["after"]), style="bold"),
     ]
-    for warning in document["warnings"]:
-        parts.append(Text("! " + render.safe_text(warning), style="yellow"))
+    for warning in document["warnings"] if warnings else []:
+        parts.append(Text("warning: " + render.safe_text(warning), style="yellow"))
     for pair in document.get("paired_classes") or []:
         parts.append(
             Text(
@@ -207,13 +211,21 @@ def command(before, after, output, as_json, top, everything, seed, pair_class) -
     sides = [runset.load_side(before), runset.load_side(after)]
     result = cmp.compare(sides[0], sides[1], seed=seed, pairs=pairs)
     document = result.document
+    # Each warning once where it is read: always on stderr, as every
+    # diagnostic; in the report too only when stdout is not the terminal
+    # (a file or pipe, which then keeps its caveats; --json has them in
+    # "warnings"), since on a terminal both streams are one screen.
     for warning in document["warnings"]:
         click.echo(f"lockprof: warning: {render.safe_text(warning)}", err=True)
     if as_json:
         json.dump(document, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
-        render.console().print(terminal_view(document, None if everything else top, everything))
+        console = render.console()
+        view = terminal_view(
+            document, None if everything else top, everything, warnings=not console.is_terminal
+        )
+        console.print(view)
     if output is not None:
         page.write(result, output)
         click.echo(f"lockprof: comparison page written to {output}", err=True)

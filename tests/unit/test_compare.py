@@ -560,6 +560,45 @@ def test_cli_prints_warnings_on_stderr_and_in_json(tmp_path, capsys):
     assert "lockprof: warning: kernel release differs" in err
 
 
+def _warned_sets(tmp_path) -> list[str]:
+    before = make_set("before", [{"writes": 10}])
+    after = make_set("after", [{"writes": 10}], kernel="6.19.0")
+    return [str(runset.save(s, tmp_path / f"{s.label}.lpset")) for s in (before, after)]
+
+
+def test_each_warning_is_printed_once_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """Each warning was printed twice on the terminal: on stderr and as a
+    "!" line of the report. On a terminal, stderr alone has it."""
+    import rich.console
+
+    from profiler import render
+
+    def terminal(stderr: bool = False) -> rich.console.Console:
+        return rich.console.Console(
+            file=sys.stderr if stderr else sys.stdout, force_terminal=True, color_system=None
+        )
+
+    monkeypatch.setattr(render, "console", terminal)
+    assert main(["compare", *_warned_sets(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    screen = out + err
+    assert screen.count("kernel release differs") == 1
+    assert "lockprof: warning: kernel release differs" in err
+    assert "sys time:" in out  # the report is there, without the warning
+
+
+def test_a_report_that_is_not_on_the_terminal_keeps_its_warnings(tmp_path, capsys):
+    """Redirected (stdout a file or pipe, as under capsys), the report has
+    the warnings too, so that a saved report carries them; stderr still
+    says them once."""
+    assert main(["compare", *_warned_sets(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("kernel release differs") == 1
+    assert "warning: kernel release differs: before 6.18.44, after 6.19.0" in out
+    assert "! " not in out
+    assert err.count("kernel release differs") == 1
+
+
 # -- the JSON document and the terminal ---------------------------------------------
 
 
