@@ -620,6 +620,26 @@ def lock_verdicts(
     return verdicts
 
 
+def side_target(side: dict) -> str:
+    """What a side profiled, for a side without a command line."""
+    mode = side.get("target_mode")
+    return TARGET_MODES[mode][0] if mode else ""
+
+
+def _target_shown(side: dict) -> str:
+    if side.get("target_mode") == "system":
+        return "the whole system"
+    return f"{side.get('process') or '?'} (the profiled process)"
+
+
+def process_heading(document: dict) -> str:
+    """What the process figures are of: 'lpbizzy (the profiled process)',
+    'the whole system', or, when the sides differ, each side's: 'before the
+    whole system, after lpbizzy (the profiled process)'."""
+    before, after = _target_shown(document["before"]), _target_shown(document["after"])
+    return before if before == after else f"before {before}, after {after}"
+
+
 def process_name(runset: RunSet) -> str:
     command = runset.command or (runset.runs[0].recording.meta.get("command") or [])
     if command:
@@ -691,15 +711,67 @@ MISMATCH_FIELDS = [
 ]
 
 
+# What a recording profiled (its meta's "mode", from the target), how the
+# warnings name it, and what its rusage covers.
+TARGET_MODES = {
+    "system": ("the whole system (record -a)", "the whole system's"),
+    "attach": ("a running process (attach)", "the process's own (over the collection window)"),
+    "run": ("a command lockprof started (run, bench)", "the command's and its reaped children's"),
+}
+
+
+def target_mode(meta: dict) -> str | None:
+    """'system', 'attach' or 'run'; None when the recording does not say."""
+    mode = meta.get("mode")
+    return mode if mode in TARGET_MODES else None
+
+
+def _side_mode(runset: RunSet) -> str | None:
+    """The side's target mode, None when its runs do not agree or say."""
+    modes = _distinct([target_mode(run.recording.meta) for run in runset.runs])
+    return modes[0] if len(modes) == 1 else None
+
+
+def target_mode_warnings(before: RunSet, after: RunSet) -> list[str]:
+    """The sides profiled different kinds of target: the whole system
+    against one process, or a running process against a command. The
+    process figures then measure different things, and a system-wide side
+    also counts every other process's locks."""
+    warnings = []
+    for side, runset in (("before", before), ("after", after)):
+        modes = _distinct([target_mode(run.recording.meta) for run in runset.runs])
+        if len(modes) > 1:
+            shown = "; ".join(TARGET_MODES[m][0] if m else "not recorded" for m in modes)
+            warnings.append(f"profiled target differs between the {side} runs: {shown}")
+    b, a = _side_mode(before), _side_mode(after)
+    if b is None or a is None or b == a:
+        return warnings
+    text = (
+        f"profiled target differs: before {TARGET_MODES[b][0]}, after {TARGET_MODES[a][0]}; "
+        f"the user, sys, elapsed time and minor faults before are {TARGET_MODES[b][1]}, "
+        f"after {TARGET_MODES[a][1]}"
+    )
+    if "system" in (b, a):
+        wide, other = ("before", "after") if b == "system" else ("after", "before")
+        text += (
+            f"; the {wide} side counts every process's locks, the {other} side the target's only"
+        )
+    warnings.append(text + ": the sides do not measure the same thing")
+    return warnings
+
+
 def mismatch_warnings(before: RunSet, after: RunSet) -> list[str]:
     """What differs between (or within) the sides, and other caveats."""
-    warnings = []
+    warnings = target_mode_warnings(before, after)
+    modes = {_side_mode(before), _side_mode(after)}
     for key, name, note in MISMATCH_FIELDS:
         b, a = _side_values(before, key), _side_values(after, key)
         for side, values in (("before", b), ("after", a)):
             if len(values) > 1:
                 shown = "; ".join(_shown(v) for v in values)
                 warnings.append(f"{name} differs between the {side} runs: {shown}")
+        if key == "command" and "system" in modes and len(modes) > 1:
+            continue  # the whole system has no command: the target warning says so
         if b != a:
             warnings.append(
                 f"{name} differs: before {' | '.join(_shown(v) for v in b)}, "
@@ -794,6 +866,8 @@ def side_info(runset: RunSet) -> dict:
         "kernel": first.get("kernel"),
         "cpus": first.get("cpus"),
         "command": runset.command or first.get("command"),
+        "target_mode": _side_mode(runset),
+        "process": process_name(runset),
         "mechanisms": _mechanisms(runset.runs[0].recording),
         "throughput_regex": runset.throughput_regex,
         "exit_statuses": [run.exit_status for run in runset.runs],

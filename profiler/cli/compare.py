@@ -71,7 +71,7 @@ def verdict_table(verdicts: list[dict], top: int | None, everything: bool) -> Ta
 
 
 def _side_line(name: str, side: dict) -> str:
-    command = " ".join(str(c) for c in side.get("command") or [])
+    command = " ".join(str(c) for c in side.get("command") or []) or cmp.side_target(side)
     return render.safe_text(
         f"{name}: {side['label']} ({side['runs']} run{'s' if side['runs'] != 1 else ''}, "
         f"kernel {side['kernel']}, {side['cpus']} CPUs) {command}"
@@ -106,8 +106,7 @@ def terminal_view(
         )
     )
     parts.append(Text(""))
-    process = document["rusage"][0]["process"] if document["rusage"] else "process"
-    parts.append(Text(render.safe_text(f"{process} (the profiled process):"), style="bold"))
+    parts.append(Text(render.safe_text(f"{cmp.process_heading(document)}:"), style="bold"))
     for line in document["headline"]:
         parts.append(Text("  " + render.safe_text(line)))
     parts.append(Text(""))

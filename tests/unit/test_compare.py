@@ -560,6 +560,87 @@ def test_cli_prints_warnings_on_stderr_and_in_json(tmp_path, capsys):
     assert "lockprof: warning: kernel release differs" in err
 
 
+def _profiling(runset: RunSet, mode: str) -> RunSet:
+    """The set as if recorded system-wide (record -a) or attached (attach)."""
+    for run in runset.runs:
+        meta = run.recording.meta
+        meta["mode"] = mode
+        if mode == "system":
+            meta.update(target="the whole system", target_pid=None, command=[])
+    if mode == "system":
+        runset.command = []
+    return runset
+
+
+def test_a_system_wide_side_against_a_command_is_warned_about(tmp_path, capsys):
+    """compare rec1.lpr (record -a) run1.lpr (run) gave no warning, and
+    headed the process lines "the whole system (the profiled process):"."""
+    before = _profiling(make_set("before", [{"writes": 10}] * 3), "system")
+    after = make_set("after", [{"writes": 10}] * 3)
+    doc = cmp.compare(before, after).document
+    assert (doc["before"]["target_mode"], doc["after"]["target_mode"]) == ("system", "run")
+    (warning,) = doc["warnings"]  # no "command line differs: before (none)" besides
+    assert warning == (
+        "profiled target differs: before the whole system (record -a), after a command "
+        "lockprof started (run, bench); the user, sys, elapsed time and minor faults before "
+        "are the whole system's, after the command's and its reaped children's; the before "
+        "side counts every process's locks, the after side the target's only: the sides do "
+        "not measure the same thing"
+    )
+    assert cmp.process_heading(doc) == "before the whole system, after work (the profiled process)"
+    paths = [runset.save(s, tmp_path / f"{s.label}.lpset") for s in (before, after)]
+    assert main(["compare", *map(str, paths)]) == 0
+    out, err = capsys.readouterr()
+    assert "lockprof: warning: profiled target differs: before the whole system" in err
+    assert "\nbefore the whole system, after work (the profiled process):\n" in out
+    assert "before: before (3 runs, kernel 6.18.44, 2 CPUs) the whole system (record -a)" in out
+    assert "(the profiled process)" not in out.replace("after work (the profiled process)", "")
+    # The other way round.
+    doc = cmp.compare(after, before).document
+    assert "the after side counts every process's locks" in doc["warnings"][0]
+
+
+def test_an_attached_process_against_a_command_is_warned_about():
+    before = _profiling(make_set("before", [{"writes": 10}] * 3), "attach")
+    after = make_set("after", [{"writes": 10}] * 3)
+    (warning,) = cmp.compare(before, after).document["warnings"]
+    assert warning.startswith(
+        "profiled target differs: before a running process (attach), after a command "
+        "lockprof started (run, bench); the user, sys, elapsed time and minor faults before "
+        "are the process's own (over the collection window), after the command's"
+    )
+    assert "every process's locks" not in warning
+
+
+def test_sides_of_one_kind_of_target_are_not_warned_about():
+    for mode, heading in (
+        ("system", "the whole system"),
+        ("attach", "work (the profiled process)"),
+    ):
+        before = _profiling(make_set("before", [{"writes": 10}] * 3), mode)
+        after = _profiling(make_set("after", [{"writes": 10}] * 3), mode)
+        doc = cmp.compare(before, after).document
+        assert doc["warnings"] == [] and cmp.process_heading(doc) == heading
+    # Recordings that do not say what they profiled are not taken to differ.
+    before = make_set("before", [{"writes": 10}] * 3)
+    after = _profiling(make_set("after", [{"writes": 10}] * 3), "system")
+    for run in before.runs:
+        del run.recording.meta["mode"]
+    doc = cmp.compare(before, after).document
+    assert not [w for w in doc["warnings"] if w.startswith("profiled target")]
+    assert doc["before"]["target_mode"] is None
+
+
+def test_runs_of_one_side_that_profiled_different_targets_are_warned_about():
+    before = make_set("before", [{"writes": 10}] * 3)
+    before.runs[1].recording.meta["mode"] = "attach"
+    warnings = cmp.compare(before, make_set("after", [{"writes": 10}] * 3)).document["warnings"]
+    assert warnings == [
+        "profiled target differs between the before runs: a command lockprof started "
+        "(run, bench); a running process (attach)"
+    ]
+
+
 def _warned_sets(tmp_path) -> list[str]:
     before = make_set("before", [{"writes": 10}])
     after = make_set("after", [{"writes": 10}], kernel="6.19.0")
