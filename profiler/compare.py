@@ -1012,9 +1012,9 @@ def metric_label(mode: str, metric: str) -> str:
 def entry_label(entry: dict) -> str:
     """The shown name of a verdict (its lock metric's label) or of a
     process figure (its name: 'sys time')."""
-    if "lock" in entry and "mode" in entry:
-        return metric_label(entry["mode"], entry["metric"])
-    return entry.get("name") or entry["metric"]
+    if "process" in entry or "mode" not in entry:
+        return entry.get("name") or entry["metric"]
+    return metric_label(entry["mode"], entry["metric"])
 
 
 def _zero_to_zero(entry: dict) -> bool:

@@ -600,6 +600,33 @@ def test_a_system_wide_side_against_a_command_is_warned_about(tmp_path, capsys):
     assert "the after side counts every process's locks" in doc["warnings"][0]
 
 
+def test_the_page_names_each_sides_target_and_metrics_as_the_terminal_does():
+    from dashboards import compare as page
+
+    before = _profiling(
+        make_set("before", [{"writes": 10, "spin_waits": n} for n in (0, 6, 8)]), "system"
+    )
+    after = make_set("after", [{"writes": 10, "spin_waits": n} for n in (20, 22, 24)])
+    result = cmp.compare(before, after)
+    html = page.build(result)
+    assert "<h2>The profiled targets</h2>" in html
+    assert "before the whole system, after work (the profiled process): the mean" in html
+    assert "the whole system (record -a)</code>" in html  # the before side's line
+    table = page.verdict_table(result.document)
+    assert "<td>the whole system -&gt; work (process)</td><td></td><td>sys time</td>" in table
+    assert "<td>wait total</td>" in table and "<td>cpu1 contended</td>" in table
+    assert "wait_total_ns" not in table and "cpu1." not in table
+    assert '<td class="num">n/a</td>' in table and "n/a: no percent CI" in table
+    # One kind of target: as before.
+    same = page.verdict_table(cmp.compare(after, after).document)
+    assert "<td>work (process)</td><td></td><td>sys time</td>" in same
+    assert "n/a: no percent CI" not in same
+    assert page.process_title(cmp.compare(after, after).document) == "The profiled process"
+    system = cmp.compare(before, before).document
+    assert page.process_title(system) == "The whole system"
+    assert "<td>the whole system</td><td></td><td>sys time</td>" in page.verdict_table(system)
+
+
 def test_an_attached_process_against_a_command_is_warned_about():
     before = _profiling(make_set("before", [{"writes": 10}] * 3), "attach")
     after = make_set("after", [{"writes": 10}] * 3)
