@@ -188,11 +188,14 @@ def command(before, after, output, as_json, top, everything, seed, pair_class) -
 
     Per lock and mode (matched by class, name and owner, never by address),
     and for the profiled process (user, sys, elapsed, minor faults,
-    throughput): before, after, delta and percent. With at least 3 runs per
-    side each delta has a 95% bootstrap confidence interval (fewer: the
-    delta, and "too few runs to judge"); changes within
-    the noise read "no significant change". Differences in kernel, CPU
-    count, command line or probe mechanisms are warned about.
+    throughput): before, after and the change in percent ("new" from 0,
+    "unchanged" for 0 on both sides). With at least 3 runs per side each
+    change has a 95% bootstrap confidence interval, in percent (fewer: the
+    change, and "too few runs to judge"); changes within the noise read "no
+    significant change". Differences in what was profiled (the whole
+    system, a running process, a command), kernel, CPU count, command line
+    or probe mechanisms are warned about, on stderr (and in the report when
+    stdout is not a terminal).
 
     \b
     Examples:
