@@ -162,7 +162,7 @@ def locks_figure(document: dict, limit: int = TOP_LOCKS) -> go.Figure:
         rows=len(metrics),
         cols=1,
         shared_xaxes=True,  # lock names once, under the last row
-        subplot_titles=[text(m.removesuffix("_ns").replace("_", " ")) for m in metrics],
+        subplot_titles=[text(cmp.metric_label("", m)) for m in metrics],
         vertical_spacing=0.2 / max(len(metrics), 1),
     )
     for row, metric in enumerate(metrics, start=1):
@@ -258,20 +258,35 @@ def _fmt(entry: dict, key: str) -> str:
     return cmp.fmt_value(entry[key], entry.get("unit", "count"))
 
 
+def _row_target(side: dict) -> str:
+    if side.get("target_mode") == "system":
+        return "the whole system"
+    return f"{side.get('process') or '?'} (process)"
+
+
+def process_row_label(document: dict) -> str:
+    """The lock column of the process rows: 'lpbizzy (process)', 'the whole
+    system', or each side's when they differ: 'the whole system -> lpbizzy
+    (process)'."""
+    before, after = _row_target(document["before"]), _row_target(document["after"])
+    return before if before == after else f"{before} -> {after}"
+
+
 def verdict_table(document: dict, limit: int = MAX_TABLE_ROWS) -> str:
     rows = []
-    entries = [
-        {**e, "lock": f"{e['process']} (process)", "mode": ""} for e in document["rusage"]
-    ] + document["verdicts"]
+    process = process_row_label(document)
+    entries = [{**e, "lock": process, "mode": ""} for e in document["rusage"]] + document[
+        "verdicts"
+    ]
     for entry in entries[:limit]:
-        ci = cmp.fmt_ci(entry).removeprefix("95% CI ") if entry["significant"] is not None else "-"
+        ci = cmp.fmt_ci(entry)
         verdict = cmp.shown_verdict(entry)
         cls = "sig" if entry["significant"] else ("none" if entry["significant"] is None else "")
         cls += f" {entry['direction']}" if entry.get("direction") else ""
         rows.append(
             "<tr>"
             f"<td>{html_text(entry['lock'])}</td><td>{html_text(entry['mode'])}</td>"
-            f"<td>{html_text(entry.get('name') or entry['metric'])}</td>"
+            f"<td>{html_text(cmp.entry_label(entry))}</td>"
             f'<td class="num">{html_text(_fmt(entry, "before"))}</td>'
             f'<td class="num">{html_text(_fmt(entry, "after"))}</td>'
             f'<td class="num">{html_text(cmp.fmt_delta(entry))}</td>'
@@ -285,6 +300,8 @@ def verdict_table(document: dict, limit: int = MAX_TABLE_ROWS) -> str:
             f'<p class="note">Showing {limit:,} of {len(entries):,} rows; '
             "<code>lockprof compare --json</code> lists all.</p>"
         )
+    if any(cmp.fmt_ci(entry) == cmp.NO_PERCENT_CI for entry in entries[:limit]):
+        note += f'<p class="note">{html_text(cmp.NO_PERCENT_CI_NOTE.strip("()"))}.</p>'
     head = "".join(
         f"<th>{h}</th>"
         for h in ("lock", "mode", "metric", "before", "after", "delta", "95% CI", "verdict")
@@ -296,7 +313,7 @@ def verdict_table(document: dict, limit: int = MAX_TABLE_ROWS) -> str:
 
 
 def _side_html(name: str, side: dict) -> str:
-    command = " ".join(str(c) for c in side.get("command") or [])
+    command = " ".join(str(c) for c in side.get("command") or []) or cmp.side_target(side)
     runs = side["runs"]
     return (
         f"<li><b>{html_text(name)}</b>: {html_text(side['label'])}, {runs} run"
@@ -351,6 +368,15 @@ td.none{color:#888}
 """
 
 
+def process_title(document: dict) -> str:
+    """The process panel's title: of the whole system when both sides
+    profiled it, of the targets when the sides profiled different kinds."""
+    modes = {document["before"].get("target_mode"), document["after"].get("target_mode")}
+    if modes == {"system"}:
+        return "The whole system"
+    return "The profiled targets" if "system" in modes else "The profiled process"
+
+
 def sections(
     result: cmp.Comparison,
 ) -> list[tuple[str, str, str, list[tuple[str, go.Figure]], str]]:
@@ -371,8 +397,9 @@ def sections(
         ),
         (
             "process",
-            "The profiled process",
-            "Mean of the runs per side; error bars one standard deviation; dots the runs.",
+            process_title(document),
+            f"{cmp.process_heading(document)}: the mean of the runs per side; error bars one "
+            "standard deviation; dots the runs.",
             [("process", process_figure(document))],
             "",
         ),

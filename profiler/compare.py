@@ -620,6 +620,26 @@ def lock_verdicts(
     return verdicts
 
 
+def side_target(side: dict) -> str:
+    """What a side profiled, for a side without a command line."""
+    mode = side.get("target_mode")
+    return TARGET_MODES[mode][0] if mode else ""
+
+
+def _target_shown(side: dict) -> str:
+    if side.get("target_mode") == "system":
+        return "the whole system"
+    return f"{side.get('process') or '?'} (the profiled process)"
+
+
+def process_heading(document: dict) -> str:
+    """What the process figures are of: 'lpbizzy (the profiled process)',
+    'the whole system', or, when the sides differ, each side's: 'before the
+    whole system, after lpbizzy (the profiled process)'."""
+    before, after = _target_shown(document["before"]), _target_shown(document["after"])
+    return before if before == after else f"before {before}, after {after}"
+
+
 def process_name(runset: RunSet) -> str:
     command = runset.command or (runset.runs[0].recording.meta.get("command") or [])
     if command:
@@ -691,15 +711,67 @@ MISMATCH_FIELDS = [
 ]
 
 
+# What a recording profiled (its meta's "mode", from the target), how the
+# warnings name it, and what its rusage covers.
+TARGET_MODES = {
+    "system": ("the whole system (record -a)", "the whole system's"),
+    "attach": ("a running process (attach)", "the process's own (over the collection window)"),
+    "run": ("a command lockprof started (run, bench)", "the command's and its reaped children's"),
+}
+
+
+def target_mode(meta: dict) -> str | None:
+    """'system', 'attach' or 'run'; None when the recording does not say."""
+    mode = meta.get("mode")
+    return mode if mode in TARGET_MODES else None
+
+
+def _side_mode(runset: RunSet) -> str | None:
+    """The side's target mode, None when its runs do not agree or say."""
+    modes = _distinct([target_mode(run.recording.meta) for run in runset.runs])
+    return modes[0] if len(modes) == 1 else None
+
+
+def target_mode_warnings(before: RunSet, after: RunSet) -> list[str]:
+    """The sides profiled different kinds of target: the whole system
+    against one process, or a running process against a command. The
+    process figures then measure different things, and a system-wide side
+    also counts every other process's locks."""
+    warnings = []
+    for side, runset in (("before", before), ("after", after)):
+        modes = _distinct([target_mode(run.recording.meta) for run in runset.runs])
+        if len(modes) > 1:
+            shown = "; ".join(TARGET_MODES[m][0] if m else "not recorded" for m in modes)
+            warnings.append(f"profiled target differs between the {side} runs: {shown}")
+    b, a = _side_mode(before), _side_mode(after)
+    if b is None or a is None or b == a:
+        return warnings
+    text = (
+        f"profiled target differs: before {TARGET_MODES[b][0]}, after {TARGET_MODES[a][0]}; "
+        f"the user, sys, elapsed time and minor faults before are {TARGET_MODES[b][1]}, "
+        f"after {TARGET_MODES[a][1]}"
+    )
+    if "system" in (b, a):
+        wide, other = ("before", "after") if b == "system" else ("after", "before")
+        text += (
+            f"; the {wide} side counts every process's locks, the {other} side the target's only"
+        )
+    warnings.append(text + ": the sides do not measure the same thing")
+    return warnings
+
+
 def mismatch_warnings(before: RunSet, after: RunSet) -> list[str]:
     """What differs between (or within) the sides, and other caveats."""
-    warnings = []
+    warnings = target_mode_warnings(before, after)
+    modes = {_side_mode(before), _side_mode(after)}
     for key, name, note in MISMATCH_FIELDS:
         b, a = _side_values(before, key), _side_values(after, key)
         for side, values in (("before", b), ("after", a)):
             if len(values) > 1:
                 shown = "; ".join(_shown(v) for v in values)
                 warnings.append(f"{name} differs between the {side} runs: {shown}")
+        if key == "command" and "system" in modes and len(modes) > 1:
+            continue  # the whole system has no command: the target warning says so
         if b != a:
             warnings.append(
                 f"{name} differs: before {' | '.join(_shown(v) for v in b)}, "
@@ -794,6 +866,8 @@ def side_info(runset: RunSet) -> dict:
         "kernel": first.get("kernel"),
         "cpus": first.get("cpus"),
         "command": runset.command or first.get("command"),
+        "target_mode": _side_mode(runset),
+        "process": process_name(runset),
         "mechanisms": _mechanisms(runset.runs[0].recording),
         "throughput_regex": runset.throughput_regex,
         "exit_statuses": [run.exit_status for run in runset.runs],
@@ -903,38 +977,112 @@ def fmt_pct(value: float | None) -> str:
         return "-"
     if value != 0 and abs(value) < 0.05:
         return f"{value:+.2g}%"  # not "-0.0%" for a real, tiny change
+    if abs(value) >= 1000:
+        return f"{value:+,.0f}%"  # "+173,300%", not "+173300.0%"
     return f"{value:+.1f}%"
 
 
+# How the terminal and the page name a lock metric (the show table's words).
+METRIC_LABELS = {
+    "acquisitions": "acquisitions",
+    "reader_writer_ratio": "reader:writer ratio",
+    "contended": "contended",
+    "wait_total_ns": "wait total",
+    "wait_p50_ns": "wait p50",
+    "wait_p99_ns": "wait p99",
+    "wait_max_ns": "wait max",
+    "hold_p50_ns": "hold p50",
+    "hold_p99_ns": "hold p99",
+    "hold_max_ns": "hold max",
+    "downgrades": "downgrades",
+}
+
+
+def metric_label(mode: str, metric: str) -> str:
+    """A lock metric as the terminal and the page show it: 'wait total',
+    'cpu0 acquisitions', and a spec's sum rows as 'time in sum'."""
+    cpu, dot, rest = metric.partition(".")
+    if dot and cpu.startswith("cpu"):
+        return f"{cpu} {metric_label(mode, rest)}"
+    if mode == "sum" and metric in SUM_METRIC_NAMES:
+        return SUM_METRIC_NAMES[metric]
+    return METRIC_LABELS.get(metric, metric.removesuffix("_ns").replace("_", " "))
+
+
+def entry_label(entry: dict) -> str:
+    """The shown name of a verdict (its lock metric's label) or of a
+    process figure (its name: 'sys time')."""
+    if "process" in entry or "mode" not in entry:
+        return entry.get("name") or entry["metric"]
+    return metric_label(entry["mode"], entry["metric"])
+
+
+def _zero_to_zero(entry: dict) -> bool:
+    return entry.get("before") == 0 and entry.get("after") == 0
+
+
+def _new(entry: dict) -> bool:
+    """Absent (0) before, present after: a change with no percent."""
+    return entry.get("before") == 0 and entry.get("delta") is not None and not _zero_to_zero(entry)
+
+
 def fmt_delta(entry: dict) -> str:
-    """The change in percent, or in the metric's unit when there is no
-    percent (a lock absent before: 0 -> 6.4us is '+6.4us', not '-')."""
-    if entry.get("delta_pct") is not None or entry.get("delta") is None:
-        return fmt_pct(entry.get("delta_pct"))
-    delta = entry["delta"]
-    return ("+" if delta > 0 else "") + fmt_value(delta, entry.get("unit", "count"))
+    """The delta column: always a percent change, or a word where there is
+    none: 'new' (0 before), 'unchanged' (0 -> 0), '-' (not on both sides)."""
+    if entry.get("delta") is None:
+        return "-"
+    if _zero_to_zero(entry):
+        return "unchanged"
+    if entry.get("delta_pct") is not None:
+        return fmt_pct(entry["delta_pct"])
+    return "new" if _new(entry) else "-"
+
+
+# A percent change whose interval is missing because some before run was 0:
+# a resample of only those runs has a before mean of 0, and an unbounded
+# percent change. The verdict still comes from the absolute interval.
+NO_PERCENT_CI = "n/a"
+NO_PERCENT_CI_WHY = "no percent CI: a before run was 0"
+NO_PERCENT_CI_NOTE = (
+    f"({NO_PERCENT_CI}: no percent CI, as a before run was 0 and a resample drawing only "
+    "such runs has an unbounded percent change; the verdict comes from the absolute "
+    "interval, ci_low and ci_high in --json)"
+)
+
+
+def ci_missing_percent(entry: dict) -> bool:
+    """A judged percent change with no percent interval (NO_PERCENT_CI)."""
+    return (
+        entry.get("significant") is not None
+        and entry.get("delta_pct") is not None
+        and not _zero_to_zero(entry)
+        and entry.get("ci_low_pct") is None
+    )
 
 
 def fmt_ci(entry: dict) -> str:
-    """'95% CI -14.2% to -7.0%', or why there is none."""
-    if entry.get("significant") is None:
-        return "no CI"
-    level = f"{int(CONFIDENCE * 100)}% CI"
-    if entry.get("ci_low_pct") is not None:
-        return f"{level} {fmt_pct(entry['ci_low_pct'])} to {fmt_pct(entry['ci_high_pct'])}"
-    unit = entry.get("unit", "count")
-    return f"{level} {fmt_value(entry['ci_low'], unit)} to {fmt_value(entry['ci_high'], unit)}"
+    """The 95% CI column, in percent like the delta: '-14.2% to -7.0%';
+    NO_PERCENT_CI where a before run was 0; '-' where there is no interval
+    to show (too few runs, not on both sides, 0 -> 0, new)."""
+    if ci_missing_percent(entry):
+        return NO_PERCENT_CI
+    if entry.get("significant") is None or _zero_to_zero(entry) or entry.get("ci_low_pct") is None:
+        return "-"
+    return f"{fmt_pct(entry['ci_low_pct'])} to {fmt_pct(entry['ci_high_pct'])}"
 
 
 def headline(entry: dict) -> str:
     """'sys time: 1.23 s -> 1.10 s (-10.6%, 95% CI -14.2% to -7.0%): significant decrease'."""
     unit = entry.get("unit", "count")
-    name = entry.get("name") or entry["metric"]
     before, after = fmt_value(entry["before"], unit), fmt_value(entry["after"], unit)
-    pct = fmt_delta(entry)
+    start = f"{entry_label(entry)}: {before} -> {after}"
     verdict = shown_verdict(entry)
     if entry.get("delta") is None:
-        return f"{name}: {before} -> {after}: {verdict}"
-    if entry.get("significant") is None:
-        return f"{name}: {before} -> {after} ({pct}): {verdict}"
-    return f"{name}: {before} -> {after} ({pct}, {fmt_ci(entry)}): {verdict}"
+        return f"{start}: {verdict}"
+    change = fmt_delta(entry)
+    ci = fmt_ci(entry)
+    if ci == NO_PERCENT_CI:
+        change += f", {NO_PERCENT_CI_WHY}"
+    elif ci != "-":
+        change += f", {int(CONFIDENCE * 100)}% CI {ci}"
+    return f"{start} ({change}): {verdict}"

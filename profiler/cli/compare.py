@@ -26,6 +26,20 @@ def _lock_title(entry: dict) -> str:
     return render.safe_text(entry["lock"])
 
 
+def shown_verdicts(verdicts: list[dict], top: int | None, everything: bool) -> list[dict]:
+    """The verdicts of the top locks, key metrics only unless everything."""
+    shown: list[dict] = []
+    locks: list[str] = []
+    for entry in verdicts:
+        if entry["lock"] not in locks:
+            locks.append(entry["lock"])
+        if top is not None and len(locks) > top:
+            break
+        if everything or entry["metric"] in cmp.KEY_METRICS:
+            shown.append(entry)
+    return shown
+
+
 def verdict_table(verdicts: list[dict], top: int | None, everything: bool) -> Table:
     table = Table(header_style="bold", pad_edge=False)
     for header, justify in (
@@ -39,25 +53,17 @@ def verdict_table(verdicts: list[dict], top: int | None, everything: bool) -> Ta
         ("verdict", "left"),
     ):
         table.add_column(header, justify=justify, no_wrap=header != "lock")  # type: ignore[arg-type]
-    locks: list[str] = []
     previous = None
-    for entry in verdicts:
-        if entry["lock"] not in locks:
-            locks.append(entry["lock"])
-        if top is not None and len(locks) > top:
-            break
-        if not everything and entry["metric"] not in cmp.KEY_METRICS:
-            continue
+    for entry in shown_verdicts(verdicts, top, everything):
         ident = (entry["lock"], entry["mode"])
-        ci = cmp.fmt_ci(entry).removeprefix("95% CI ") if entry["significant"] is not None else "-"
         table.add_row(
             Text(_lock_title(entry)) if ident != previous else Text(""),
             entry["mode"] if ident != previous else "",
-            entry.get("name") or entry["metric"],
+            cmp.entry_label(entry),
             cmp.fmt_value(entry["before"], entry["unit"]),
             cmp.fmt_value(entry["after"], entry["unit"]),
             cmp.fmt_delta(entry),
-            ci,
+            cmp.fmt_ci(entry),
             Text(cmp.shown_verdict(entry), style=VERDICT_STYLE.get(entry["verdict"], "")),
         )
         previous = ident
@@ -65,21 +71,25 @@ def verdict_table(verdicts: list[dict], top: int | None, everything: bool) -> Ta
 
 
 def _side_line(name: str, side: dict) -> str:
-    command = " ".join(str(c) for c in side.get("command") or [])
+    command = " ".join(str(c) for c in side.get("command") or []) or cmp.side_target(side)
     return render.safe_text(
         f"{name}: {side['label']} ({side['runs']} run{'s' if side['runs'] != 1 else ''}, "
         f"kernel {side['kernel']}, {side['cpus']} CPUs) {command}"
     )
 
 
-def terminal_view(document: dict, top: int | None, everything: bool) -> Group:
+def terminal_view(
+    document: dict, top: int | None, everything: bool, warnings: bool = True
+) -> Group:
+    """The report on stdout; with warnings, the document's warnings under
+    its side lines (see command: not when stderr has them on the terminal)."""
     method = document["method"]
     parts: list = [
         Text(_side_line("before", document["before"]), style="bold"),
         Text(_side_line("after", document["after"]), style="bold"),
     ]
-    for warning in document["warnings"]:
-        parts.append(Text("! " + render.safe_text(warning), style="yellow"))
+    for warning in document["warnings"] if warnings else []:
+        parts.append(Text("warning: " + render.safe_text(warning), style="yellow"))
     for pair in document.get("paired_classes") or []:
         parts.append(
             Text(
@@ -96,8 +106,7 @@ def terminal_view(document: dict, top: int | None, everything: bool) -> Group:
         )
     )
     parts.append(Text(""))
-    process = document["rusage"][0]["process"] if document["rusage"] else "process"
-    parts.append(Text(render.safe_text(f"{process} (the profiled process):"), style="bold"))
+    parts.append(Text(render.safe_text(f"{cmp.process_heading(document)}:"), style="bold"))
     for line in document["headline"]:
         parts.append(Text("  " + render.safe_text(line)))
     parts.append(Text(""))
@@ -113,6 +122,9 @@ def terminal_view(document: dict, top: int | None, everything: bool) -> Group:
             parts.append(
                 Text(f"({'; '.join(notes)}: --all shows every lock and metric, --json all)")
             )
+        shown = shown_verdicts(document["verdicts"], top, everything)
+        if any(cmp.fmt_ci(entry) == cmp.NO_PERCENT_CI for entry in shown):
+            parts.append(Text(cmp.NO_PERCENT_CI_NOTE))
     else:
         parts.append(Text("no lock activity on either side"))
     return Group(*parts)
@@ -176,11 +188,14 @@ def command(before, after, output, as_json, top, everything, seed, pair_class) -
 
     Per lock and mode (matched by class, name and owner, never by address),
     and for the profiled process (user, sys, elapsed, minor faults,
-    throughput): before, after, delta and percent. With at least 3 runs per
-    side each delta has a 95% bootstrap confidence interval (fewer: the
-    delta, and "too few runs to judge"); changes within
-    the noise read "no significant change". Differences in kernel, CPU
-    count, command line or probe mechanisms are warned about.
+    throughput): before, after and the change in percent ("new" from 0,
+    "unchanged" for 0 on both sides). With at least 3 runs per side each
+    change has a 95% bootstrap confidence interval, in percent (fewer: the
+    change, and "too few runs to judge"); changes within the noise read "no
+    significant change". Differences in what was profiled (the whole
+    system, a running process, a command), kernel, CPU count, command line
+    or probe mechanisms are warned about, on stderr (and in the report when
+    stdout is not a terminal).
 
     \b
     Examples:
@@ -198,13 +213,21 @@ def command(before, after, output, as_json, top, everything, seed, pair_class) -
     sides = [runset.load_side(before), runset.load_side(after)]
     result = cmp.compare(sides[0], sides[1], seed=seed, pairs=pairs)
     document = result.document
+    # Each warning once where it is read: always on stderr, as every
+    # diagnostic; in the report too only when stdout is not the terminal
+    # (a file or pipe, which then keeps its caveats; --json has them in
+    # "warnings"), since on a terminal both streams are one screen.
     for warning in document["warnings"]:
         click.echo(f"lockprof: warning: {render.safe_text(warning)}", err=True)
     if as_json:
         json.dump(document, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
-        render.console().print(terminal_view(document, None if everything else top, everything))
+        console = render.console()
+        view = terminal_view(
+            document, None if everything else top, everything, warnings=not console.is_terminal
+        )
+        console.print(view)
     if output is not None:
         page.write(result, output)
         click.echo(f"lockprof: comparison page written to {output}", err=True)

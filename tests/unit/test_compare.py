@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import stat
 import sys
@@ -557,6 +558,153 @@ def test_cli_prints_warnings_on_stderr_and_in_json(tmp_path, capsys):
     document = json.loads(out)
     assert any("kernel release differs" in w for w in document["warnings"])
     assert "lockprof: warning: kernel release differs" in err
+
+
+def _profiling(runset: RunSet, mode: str) -> RunSet:
+    """The set as if recorded system-wide (record -a) or attached (attach)."""
+    for run in runset.runs:
+        meta = run.recording.meta
+        meta["mode"] = mode
+        if mode == "system":
+            meta.update(target="the whole system", target_pid=None, command=[])
+    if mode == "system":
+        runset.command = []
+    return runset
+
+
+def test_a_system_wide_side_against_a_command_is_warned_about(tmp_path, capsys):
+    """compare rec1.lpr (record -a) run1.lpr (run) gave no warning, and
+    headed the process lines "the whole system (the profiled process):"."""
+    before = _profiling(make_set("before", [{"writes": 10}] * 3), "system")
+    after = make_set("after", [{"writes": 10}] * 3)
+    doc = cmp.compare(before, after).document
+    assert (doc["before"]["target_mode"], doc["after"]["target_mode"]) == ("system", "run")
+    (warning,) = doc["warnings"]  # no "command line differs: before (none)" besides
+    assert warning == (
+        "profiled target differs: before the whole system (record -a), after a command "
+        "lockprof started (run, bench); the user, sys, elapsed time and minor faults before "
+        "are the whole system's, after the command's and its reaped children's; the before "
+        "side counts every process's locks, the after side the target's only: the sides do "
+        "not measure the same thing"
+    )
+    assert cmp.process_heading(doc) == "before the whole system, after work (the profiled process)"
+    paths = [runset.save(s, tmp_path / f"{s.label}.lpset") for s in (before, after)]
+    assert main(["compare", *map(str, paths)]) == 0
+    out, err = capsys.readouterr()
+    assert "lockprof: warning: profiled target differs: before the whole system" in err
+    assert "\nbefore the whole system, after work (the profiled process):\n" in out
+    assert "before: before (3 runs, kernel 6.18.44, 2 CPUs) the whole system (record -a)" in out
+    assert "(the profiled process)" not in out.replace("after work (the profiled process)", "")
+    # The other way round.
+    doc = cmp.compare(after, before).document
+    assert "the after side counts every process's locks" in doc["warnings"][0]
+
+
+def test_the_page_names_each_sides_target_and_metrics_as_the_terminal_does():
+    from dashboards import compare as page
+
+    before = _profiling(
+        make_set("before", [{"writes": 10, "spin_waits": n} for n in (0, 6, 8)]), "system"
+    )
+    after = make_set("after", [{"writes": 10, "spin_waits": n} for n in (20, 22, 24)])
+    result = cmp.compare(before, after)
+    html = page.build(result)
+    assert "<h2>The profiled targets</h2>" in html
+    assert "before the whole system, after work (the profiled process): the mean" in html
+    assert "the whole system (record -a)</code>" in html  # the before side's line
+    table = page.verdict_table(result.document)
+    assert "<td>the whole system -&gt; work (process)</td><td></td><td>sys time</td>" in table
+    assert "<td>wait total</td>" in table and "<td>cpu1 contended</td>" in table
+    assert "wait_total_ns" not in table and "cpu1." not in table
+    assert '<td class="num">n/a</td>' in table and "n/a: no percent CI" in table
+    # One kind of target: as before.
+    same = page.verdict_table(cmp.compare(after, after).document)
+    assert "<td>work (process)</td><td></td><td>sys time</td>" in same
+    assert "n/a: no percent CI" not in same
+    assert page.process_title(cmp.compare(after, after).document) == "The profiled process"
+    system = cmp.compare(before, before).document
+    assert page.process_title(system) == "The whole system"
+    assert "<td>the whole system</td><td></td><td>sys time</td>" in page.verdict_table(system)
+
+
+def test_an_attached_process_against_a_command_is_warned_about():
+    before = _profiling(make_set("before", [{"writes": 10}] * 3), "attach")
+    after = make_set("after", [{"writes": 10}] * 3)
+    (warning,) = cmp.compare(before, after).document["warnings"]
+    assert warning.startswith(
+        "profiled target differs: before a running process (attach), after a command "
+        "lockprof started (run, bench); the user, sys, elapsed time and minor faults before "
+        "are the process's own (over the collection window), after the command's"
+    )
+    assert "every process's locks" not in warning
+
+
+def test_sides_of_one_kind_of_target_are_not_warned_about():
+    for mode, heading in (
+        ("system", "the whole system"),
+        ("attach", "work (the profiled process)"),
+    ):
+        before = _profiling(make_set("before", [{"writes": 10}] * 3), mode)
+        after = _profiling(make_set("after", [{"writes": 10}] * 3), mode)
+        doc = cmp.compare(before, after).document
+        assert doc["warnings"] == [] and cmp.process_heading(doc) == heading
+    # Recordings that do not say what they profiled are not taken to differ.
+    before = make_set("before", [{"writes": 10}] * 3)
+    after = _profiling(make_set("after", [{"writes": 10}] * 3), "system")
+    for run in before.runs:
+        del run.recording.meta["mode"]
+    doc = cmp.compare(before, after).document
+    assert not [w for w in doc["warnings"] if w.startswith("profiled target")]
+    assert doc["before"]["target_mode"] is None
+
+
+def test_runs_of_one_side_that_profiled_different_targets_are_warned_about():
+    before = make_set("before", [{"writes": 10}] * 3)
+    before.runs[1].recording.meta["mode"] = "attach"
+    warnings = cmp.compare(before, make_set("after", [{"writes": 10}] * 3)).document["warnings"]
+    assert warnings == [
+        "profiled target differs between the before runs: a command lockprof started "
+        "(run, bench); a running process (attach)"
+    ]
+
+
+def _warned_sets(tmp_path) -> list[str]:
+    before = make_set("before", [{"writes": 10}])
+    after = make_set("after", [{"writes": 10}], kernel="6.19.0")
+    return [str(runset.save(s, tmp_path / f"{s.label}.lpset")) for s in (before, after)]
+
+
+def test_each_warning_is_printed_once_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """Each warning was printed twice on the terminal: on stderr and as a
+    "!" line of the report. On a terminal, stderr alone has it."""
+    import rich.console
+
+    from profiler import render
+
+    def terminal(stderr: bool = False) -> rich.console.Console:
+        return rich.console.Console(
+            file=sys.stderr if stderr else sys.stdout, force_terminal=True, color_system=None
+        )
+
+    monkeypatch.setattr(render, "console", terminal)
+    assert main(["compare", *_warned_sets(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    screen = out + err
+    assert screen.count("kernel release differs") == 1
+    assert "lockprof: warning: kernel release differs" in err
+    assert "sys time:" in out  # the report is there, without the warning
+
+
+def test_a_report_that_is_not_on_the_terminal_keeps_its_warnings(tmp_path, capsys):
+    """Redirected (stdout a file or pipe, as under capsys), the report has
+    the warnings too, so that a saved report carries them; stderr still
+    says them once."""
+    assert main(["compare", *_warned_sets(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("kernel release differs") == 1
+    assert "warning: kernel release differs: before 6.18.44, after 6.19.0" in out
+    assert "! " not in out
+    assert err.count("kernel release differs") == 1
 
 
 # -- the JSON document and the terminal ---------------------------------------------
@@ -1210,23 +1358,150 @@ def test_the_page_and_terminal_show_the_direction(tmp_path, capsys):
     assert '<td class="sig better">significant increase (better)</td>' in page.read_text()
 
 
-def test_a_change_from_zero_shows_its_delta_in_units():
-    """A lock only the after side saw: there is no percent, but the change is
-    known. The terminal and page showed '-' in the delta column."""
+def test_a_change_from_zero_says_new_and_zero_to_zero_says_unchanged():
+    """The delta column holds percents: a lock only the after side saw has
+    none, and showed "+15us" or "+3" there (an absolute change among
+    percents); 0 -> 0 showed "+0.0%, CI +0.0% to +0.0%"."""
     before = make_set("before", [{"writes": 10}] * 3)
     after = make_set("after", [{"writes": 10, "spin_waits": 3}] * 3)
     doc = cmp.compare(before, after).document
     waits = verdict(doc, "wait_total_ns", "exclusive", "zap_pte_range+0x99")
     assert waits["delta_pct"] is None and waits["delta"] == pytest.approx(15_000)
-    assert cmp.fmt_delta(waits) == "+15us"
+    assert cmp.fmt_delta(waits) == "new" and cmp.fmt_ci(waits) == "-"
     contended = verdict(doc, "contended", "exclusive", "zap_pte_range+0x99")
-    assert cmp.fmt_delta(contended) == "+3"
-    assert cmp.fmt_delta(verdict(doc, "acquisitions")) == "+0.0%"
+    assert cmp.fmt_delta(contended) == "new"
+    assert cmp.fmt_delta(verdict(doc, "acquisitions")) == "+0.0%"  # 10 -> 10: a percent
+    zero = verdict(doc, "contended")  # the mmap_lock: 0 -> 0
+    assert (zero["before"], zero["after"], zero["delta_pct"]) == (0, 0, 0.0)
+    assert cmp.fmt_delta(zero) == "unchanged" and cmp.fmt_ci(zero) == "-"
     p99 = verdict(doc, "wait_p99_ns", "exclusive", "zap_pte_range+0x99")
     assert p99["delta"] is None and cmp.fmt_delta(p99) == "-"  # not measured before
     from dashboards import compare as page
 
-    assert '<td class="num">+15us</td>' in page.verdict_table(doc)
+    table = page.verdict_table(doc)
+    assert '<td class="num">new</td>' in table and '<td class="num">unchanged</td>' in table
+    assert "+15us" not in table
+
+
+def test_the_delta_and_ci_columns_hold_percents_only(tmp_path, capsys):
+    """Before with a run at 0 (a spinlock 1 run of 3 did not see): the
+    percent change is known but its interval is not, and the CI column
+    showed the absolute interval ("0 to 18,227", "0ns to 14.5ms") next to
+    percents. It now says n/a, and never holds a figure in other units."""
+    before = make_set("before", [{"writes": 10, "spin_waits": n} for n in (0, 6, 8)])
+    after = make_set("after", [{"writes": 10, "spin_waits": n} for n in (20, 22, 24)])
+    doc = cmp.compare(before, after).document
+    spin = verdict(doc, "contended", "exclusive", "zap_pte_range+0x99")
+    assert spin["delta_pct"] == pytest.approx(371.4, abs=0.1)  # 14/3 -> 22
+    assert spin["ci_low_pct"] is None and spin["ci_low"] is not None
+    assert cmp.fmt_delta(spin) == "+371.4%"
+    assert cmp.fmt_ci(spin) == cmp.NO_PERCENT_CI == "n/a"
+    percent = re.compile(r"^[+-][\d,.]+% to [+-][\d,.]+%$")
+    for entry in doc["verdicts"] + doc["rusage"]:
+        delta, ci = cmp.fmt_delta(entry), cmp.fmt_ci(entry)
+        assert delta in ("new", "unchanged", "-") or re.fullmatch(r"[+-][\d,.]+%", delta), entry
+        assert ci in ("-", "n/a") or percent.match(ci), entry
+    paths = [runset.save(s, tmp_path / f"{s.label}.lpset") for s in (before, after)]
+    assert main(["compare", "--all", str(paths[0]), str(paths[1])]) == 0
+    out = capsys.readouterr().out
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines()]
+    assert ["zap_pte_range+0x99", "exclusive", "contended", "4.67", "22", "+371.4%", "n/a"] in [
+        row[:7] for row in rows
+    ]
+    assert cmp.NO_PERCENT_CI_NOTE in " ".join(out.split())
+
+
+@pytest.mark.parametrize(
+    "value,shown",
+    [
+        (-10.569, "-10.6%"),
+        (0.0, "+0.0%"),
+        (0.01, "+0.01%"),
+        (-100.0, "-100.0%"),
+        (999.94, "+999.9%"),
+        (173_300.0, "+173,300%"),
+        (-1234.5, "-1,234%"),
+        (None, "-"),
+    ],
+)
+def test_percent_formats(value, shown):
+    assert cmp.fmt_pct(value) == shown
+
+
+def _entry(**fields) -> dict:
+    entry = {
+        "name": "user time",
+        "metric": "user_s",
+        "unit": "s",
+        "before": 0.000398,
+        "after": 0.00239,
+        "delta": 0.001992,
+        "delta_pct": 500.3,
+        "ci_low": 0.000414,
+        "ci_high": 0.00435,
+        "ci_low_pct": None,
+        "ci_high_pct": None,
+        "significant": True,
+        "verdict": "significant increase",
+    }
+    return {**entry, **fields}
+
+
+def test_headlines_keep_one_kind_of_unit():
+    """The reviewer's line, 'user time: 0.000398 s -> 0.00239 s (+500.3%, 95%
+    CI 0.000414 s to 0.00435 s)': a percent change with an interval in
+    seconds."""
+    assert cmp.headline(_entry()) == (
+        "user time: 0.000398 s -> 0.00239 s (+500.3%, no percent CI: a before run was 0): "
+        "significant increase"
+    )
+    new = _entry(before=0.0, after=0.002, delta=0.002, delta_pct=None)
+    assert cmp.headline(new) == "user time: 0 s -> 0.002 s (new): significant increase"
+    unchanged = _entry(
+        before=0.0,
+        after=0.0,
+        delta=0.0,
+        delta_pct=0.0,
+        ci_low=0.0,
+        ci_high=0.0,
+        ci_low_pct=0.0,
+        ci_high_pct=0.0,
+        significant=False,
+        verdict="no significant change",
+    )
+    assert cmp.headline(unchanged) == "user time: 0 s -> 0 s (unchanged): no significant change"
+    few = _entry(significant=None, verdict="too few runs to judge (1 per side; need at least 3)")
+    assert cmp.headline(few) == (
+        "user time: 0.000398 s -> 0.00239 s (+500.3%): too few runs to judge (1 per side; "
+        "need at least 3)"
+    )
+
+
+@pytest.mark.parametrize(
+    "mode,metric,label",
+    [
+        ("write", "acquisitions", "acquisitions"),
+        ("write", "wait_total_ns", "wait total"),
+        ("read", "hold_p99_ns", "hold p99"),
+        ("read", "reader_writer_ratio", "reader:writer ratio"),
+        ("write", "cpu1.wait_total_ns", "cpu1 wait total"),
+        ("sum", "wait_total_ns", "time in sum"),
+        ("sum", "cpu0.acquisitions", "cpu0 sum calls"),
+    ],
+)
+def test_metrics_are_shown_by_name(mode, metric, label):
+    assert cmp.metric_label(mode, metric) == label
+
+
+def test_the_terminal_names_metrics_as_the_show_table_does(tmp_path, capsys):
+    paths = [
+        runset.save(make_set(label, specs), tmp_path / f"{label}.lpset")
+        for label, specs in (("before", BEFORE), ("after", AFTER))
+    ]
+    assert main(["compare", "--all", str(paths[0]), str(paths[1])]) == 0
+    out = capsys.readouterr().out
+    assert "wait total" in out and "cpu0 acquisitions" in out and "hold p99" in out
+    assert "_ns" not in out and "cpu0." not in out
 
 
 def test_error_bars_stop_at_zero():
