@@ -239,124 +239,6 @@ def _fold(merged: np.ndarray, at: np.ndarray, rows: np.ndarray) -> None:
         merged[name][at] += rows[name]
 
 
-def _column_index(columns: list[str]) -> dict[str, int | list[int]]:
-    """Where each interval column lives in a flattened lp_stats row (the
-    interval maxima, derived from two rows, are not in here)."""
-    where: dict[str, int | list[int]] = {}
-    for name in COUNTER_COLUMNS:
-        where[name] = columns.index(name)
-    for h in ("wait", "hold"):
-        where[f"{h}_count"] = columns.index(f"{h}.count")
-        where[f"{h}_total_ns"] = columns.index(f"{h}.total_ns")
-        where[f"{h}_running_max_ns"] = columns.index(f"{h}.max_ns")
-        where[f"{h}_slots"] = [i for i, c in enumerate(columns) if c.startswith(f"{h}.slots[")]
-    return where
-
-
-def interval_max(running_before: int, running_now: int, samples: int) -> int | None:
-    """The maximum of one interval's samples, from the running maximum at its
-    start and end and the number of samples in it; None when unknowable."""
-    if running_now > _INT64_MAX:
-        return None  # a corrupt sample (see lp_contention_end): not a figure
-    if running_now > running_before:
-        return running_now  # the sample that raised it is the interval's largest
-    if running_now == 0 and samples > 0:
-        return 0  # every sample so far took 0 ns
-    return None
-
-
-def interval_rows(
-    previous: dict[tuple[int, int, int, int], np.ndarray],
-    current: dict[tuple[int, int, int, int], np.ndarray],
-    columns: list[str],
-    interval: int,
-    t_s: float,
-) -> list[dict]:
-    """Per-CPU deltas between two cumulative snapshots keyed by (lock, flags,
-    source, index), one dict per nonzero (lock, flags, source, cpu): a key
-    held at two indexes (a retired row and its successor) gives one row.
-    Counters, sums and histogram slots are exact deltas; *_running_max_ns is
-    the maximum since the start and *_max_ns the interval's own maximum where
-    known, else None (see INTERVAL_MAX_COLUMNS)."""
-    where = _column_index(columns)
-    maxima = [
-        (f"{h}_max_ns", columns.index(f"{h}.max_ns"), columns.index(f"{h}.count"))
-        for h in ("wait", "hold")
-    ]
-    active_cols = [columns.index(c) for c in ("wait.count", "hold.count", "failures")]
-    rows = []
-    for key, now in current.items():
-        before = previous.get(key)
-        if before is None:
-            before = np.zeros_like(now)
-        # Signed: a uint64 counter that went backwards gives a negative
-        # delta here, not one >= 2**63 that no int64 column can hold.
-        delta = now.astype(np.int64) - before.astype(np.int64)
-        for _name, max_col, _count_col in maxima:
-            # running, not differenced; capped: a corrupt ~2**64 sample
-            # must not fail the recording
-            delta[:, max_col] = np.minimum(now[:, max_col], _INT64_MAX)
-        activity = delta[:, active_cols]
-        for cpu in np.nonzero(activity.sum(axis=1))[0]:
-            d = delta[cpu]
-            row: dict = {
-                "interval": interval,
-                "t_s": t_s,
-                "lock": key[0],
-                "flags": key[1],
-                "source": key[2],
-                "cpu": int(cpu),
-            }
-            for name, index in where.items():
-                row[name] = d[index].tolist() if isinstance(index, list) else int(d[index])
-            for name, max_col, count_col in maxima:
-                row[name] = interval_max(
-                    int(before[cpu, max_col]), int(now[cpu, max_col]), int(d[count_col])
-                )
-            rows.append(row)
-    if len({key[:3] for key in current}) < len(current):
-        rows = _merged_rows(rows)
-    return rows
-
-
-def _merged_rows(rows: list[dict]) -> list[dict]:
-    """One row per (lock, flags, source, cpu): counts, sums and slots added,
-    running maxima the larger, interval maxima the larger of those with
-    samples (unknown if either of those is unknown)."""
-    merged: dict[tuple, dict] = {}
-    for row in rows:
-        ident = (row["lock"], row["flags"], row["source"], row["cpu"])
-        into = merged.get(ident)
-        if into is None:
-            merged[ident] = row
-            continue
-        for h in ("wait", "hold"):
-            into[f"{h}_max_ns"] = _interval_max_of_both(into, row, h)
-            running = f"{h}_running_max_ns"
-            into[running] = max(into[running], row[running])
-        for name, value in row.items():
-            if name in _MERGE_KEPT or name.endswith("max_ns"):
-                continue
-            if name.endswith("_slots"):
-                into[name] = [a + b for a, b in zip(into[name], value, strict=True)]
-            else:
-                into[name] += value
-    return list(merged.values())
-
-
-_MERGE_KEPT = ("interval", "t_s", "lock", "flags", "source", "cpu")
-
-
-def _interval_max_of_both(a: dict, b: dict, h: str) -> int | None:
-    if not b[f"{h}_count"]:
-        return a[f"{h}_max_ns"]
-    if not a[f"{h}_count"]:
-        return b[f"{h}_max_ns"]
-    if a[f"{h}_max_ns"] is None or b[f"{h}_max_ns"] is None:
-        return None
-    return max(a[f"{h}_max_ns"], b[f"{h}_max_ns"])
-
-
 def _interval_dtype(column: str) -> str:
     if column.endswith("_slots"):
         return "object"
@@ -399,8 +281,9 @@ def interval_record_dtype() -> np.dtype:
 
 
 def interval_records(rows: list[dict]) -> np.ndarray:
-    """Interval rows (dicts from interval_rows) as records; a null maximum
-    becomes UNKNOWN_MAX."""
+    """Interval rows as dicts (INTERVAL_COLUMNS, a null maximum None, as
+    intervals_frame() takes them) as records; a null maximum becomes
+    UNKNOWN_MAX. Collection makes its records directly (delta_records)."""
     records = np.zeros(len(rows), dtype=interval_record_dtype())
     for column in INTERVAL_COLUMNS:
         values = [row[column] for row in rows]
@@ -599,12 +482,11 @@ def interval_maxima_from_running(intervals: pd.DataFrame) -> pd.DataFrame:
     order = frame.sort_values("interval", kind="stable")
     groups = order.groupby([*KEY_COLUMNS, "cpu"], sort=False)
     for h in ("wait", "hold"):
-        running = order[f"{h}_running_max_ns"]
-        before = groups[f"{h}_running_max_ns"].shift(1, fill_value=0)
-        known = [
-            interval_max(int(b), int(n), int(c))
-            for b, n, c in zip(before, running, order[f"{h}_count"], strict=True)
-        ]
+        running = order[f"{h}_running_max_ns"].to_numpy()
+        before = groups[f"{h}_running_max_ns"].shift(1, fill_value=0).to_numpy()
+        maxima = interval_maxima(before, running, order[f"{h}_count"].to_numpy())
+        known = pd.array(maxima, dtype="Int64")
+        known[maxima == UNKNOWN_MAX] = pd.NA
         frame[f"{h}_max_ns"] = pd.Series(known, index=order.index, dtype="Int64")
     ordered = [c for c in INTERVAL_COLUMNS if c in frame.columns]
     return frame[ordered + [c for c in frame.columns if c not in ordered]]

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from profiler import aggregate
+from profiler import aggregate, session
 
-from .helpers import Snap
+from .helpers import Snap, record_dicts
 
 INT64_MAX = 2**63 - 1
 LOCKS = [0xFFFF888100000100, 0xFFFFFFFF830F3100, 2**64 - 1, 0x1000, 0]
@@ -331,3 +331,46 @@ def test_snapshots_of_different_numbers_of_cpus_are_refused(stats_columns):
 def test_an_empty_snapshot_gives_no_records(stats_columns):
     records = aggregate.delta_records({}, {}, stats_columns, 1, 1.0)
     assert len(records) == 0 and records.dtype == aggregate.interval_record_dtype()
+
+
+# -- the collection's interval -----------------------------------------------------
+
+
+class _StatsSession:
+    """BpfSession's read_stats, of a given snapshot (rows, columns)."""
+
+    def __init__(self, rows: dict, columns: list[str]) -> None:
+        self.rows, self.columns = rows, columns
+
+    def read_stats(self, ts_ns: int):
+        return self
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_an_interval_spools_the_records_and_marks_their_keys_active(stats_columns, seed):
+    previous, current = random_pair(seed, 1 + seed * 3, 12, stats_columns)
+    try:
+        rows = oracle_rows(previous, current, stats_columns, 4, 2.5)
+    except OverflowError:
+        return
+    state = session._Collected(interval=3)
+    state.previous = previous
+    state.last_active = {(7, 7, 7): 1.0}
+    session._take_interval(_StatsSession(current, stats_columns), state, 2.5)
+    assert state.previous is current
+    assert_same_records(
+        state.spool.read(), oracle_records(previous, current, stats_columns, 4, 2.5)
+    )
+    # What the old loop over the rows did: every row's key, this interval.
+    want = {(7, 7, 7): 1.0} | {(r["lock"], r["flags"], r["source"]): 2.5 for r in rows}
+    assert state.last_active == want
+    assert all(type(v) is int for key in state.last_active for v in key)
+    state.spool.close()
+
+
+def test_record_dicts_are_the_old_rows(stats_columns):
+    """tests/unit/helpers.record_dicts, which the older tests read rows
+    with, gives the old dicts (lists, Python ints, None)."""
+    previous, current = random_pair(5, 4, 16, stats_columns)
+    want = oracle_rows(previous, current, stats_columns, 1, 0.5)
+    assert record_dicts(aggregate.delta_records(previous, current, stats_columns, 1, 0.5)) == want
