@@ -56,125 +56,187 @@ SLOT_COLUMNS = ("wait_slots", "hold_slots")
 RUNNING_MAX_COLUMNS = ["wait_running_max_ns", "hold_running_max_ns"]
 
 
-def _column_index(columns: list[str]) -> dict[str, int | list[int]]:
-    """Where each interval column lives in a flattened lp_stats row (the
-    interval maxima, derived from two rows, are not in here)."""
-    where: dict[str, int | list[int]] = {}
-    for name in COUNTER_COLUMNS:
-        where[name] = columns.index(name)
-    for h in ("wait", "hold"):
-        where[f"{h}_count"] = columns.index(f"{h}.count")
-        where[f"{h}_total_ns"] = columns.index(f"{h}.total_ns")
-        where[f"{h}_running_max_ns"] = columns.index(f"{h}.max_ns")
-        where[f"{h}_slots"] = [i for i, c in enumerate(columns) if c.startswith(f"{h}.slots[")]
-    return where
+# The lp_stats columns whose deltas say whether a CPU had activity in an
+# interval (it gets a row when they do not sum to zero).
+_ACTIVITY_COLUMNS = ["wait.count", "hold.count", "failures"]
 
 
 _INT64_MAX = 2**63 - 1
 
 
-def interval_max(running_before: int, running_now: int, samples: int) -> int | None:
-    """The maximum of one interval's samples, from the running maximum at its
-    start and end and the number of samples in it; None when unknowable."""
-    if running_now > _INT64_MAX:
-        return None  # a corrupt sample (see lp_contention_end): not a figure
-    if running_now > running_before:
-        return running_now  # the sample that raised it is the interval's largest
-    if running_now == 0 and samples > 0:
-        return 0  # every sample so far took 0 ns
-    return None
+def interval_maxima(
+    running_before: np.ndarray, running_now: np.ndarray, samples: np.ndarray
+) -> np.ndarray:
+    """The maximum of each interval's samples, from the running maximum at
+    its start and end and the number of samples in it; UNKNOWN_MAX where
+    unknowable (an int64 array)."""
+    known = np.full(np.shape(running_now), UNKNOWN_MAX, dtype=np.int64)
+    # every sample so far took 0 ns
+    known[(running_now == 0) & (samples > 0)] = 0
+    # The sample that raised it is the interval's largest; one over 2**63-1
+    # is a corrupt sample (see lp_contention_end), not a figure.
+    raised = (running_now > running_before) & (running_now <= _INT64_MAX)
+    known[raised] = running_now[raised]
+    return known
 
 
-def interval_rows(
+def delta_records(
     previous: dict[tuple[int, int, int, int], np.ndarray],
     current: dict[tuple[int, int, int, int], np.ndarray],
     columns: list[str],
     interval: int,
     t_s: float,
-) -> list[dict]:
+) -> np.ndarray:
     """Per-CPU deltas between two cumulative snapshots keyed by (lock, flags,
-    source, index), one dict per nonzero (lock, flags, source, cpu): a key
-    held at two indexes (a retired row and its successor) gives one row.
-    Counters, sums and histogram slots are exact deltas; *_running_max_ns is
-    the maximum since the start and *_max_ns the interval's own maximum where
-    known, else None (see INTERVAL_MAX_COLUMNS)."""
-    where = _column_index(columns)
-    maxima = [
-        (f"{h}_max_ns", columns.index(f"{h}.max_ns"), columns.index(f"{h}.count"))
-        for h in ("wait", "hold")
-    ]
-    active_cols = [columns.index(c) for c in ("wait.count", "hold.count", "failures")]
-    rows = []
-    for key, now in current.items():
-        before = previous.get(key)
-        if before is None:
-            before = np.zeros_like(now)
-        # Signed: a uint64 counter that went backwards gives a negative
-        # delta here, not one >= 2**63 that no int64 column can hold.
-        delta = now.astype(np.int64) - before.astype(np.int64)
-        for _name, max_col, _count_col in maxima:
-            # running, not differenced; capped: a corrupt ~2**64 sample
-            # must not fail the recording
-            delta[:, max_col] = np.minimum(now[:, max_col], _INT64_MAX)
-        activity = delta[:, active_cols]
-        for cpu in np.nonzero(activity.sum(axis=1))[0]:
-            d = delta[cpu]
-            row: dict = {
-                "interval": interval,
-                "t_s": t_s,
-                "lock": key[0],
-                "flags": key[1],
-                "source": key[2],
-                "cpu": int(cpu),
-            }
-            for name, index in where.items():
-                row[name] = d[index].tolist() if isinstance(index, list) else int(d[index])
-            for name, max_col, count_col in maxima:
-                row[name] = interval_max(
-                    int(before[cpu, max_col]), int(now[cpu, max_col]), int(d[count_col])
-                )
-            rows.append(row)
-    if len({key[:3] for key in current}) < len(current):
-        rows = _merged_rows(rows)
-    return rows
+    source, index), as interval records (interval_record_dtype()): one per
+    (lock, flags, source, cpu) whose wait.count, hold.count and failures
+    deltas do not sum to zero, in the order of current's keys, then by cpu.
+    A key held at two indexes (a retired row and its successor) gives one
+    record, where its first one would be (_merged_records). Counters, sums
+    and histogram slots are exact deltas, signed (a uint64 counter that went
+    backwards gives a negative delta, not one >= 2**63 that no int64 field
+    holds); *_running_max_ns is the maximum since the start, capped at
+    2**63-1 (a corrupt ~2**64 sample must not fail the recording), and
+    *_max_ns the interval's own maximum where known, else UNKNOWN_MAX (see
+    INTERVAL_MAX_COLUMNS). Every array of the snapshots has the same shape
+    (CPUs, columns): ValueError if not.
+
+    numpy throughout (bench/cpus.py): per lock row, a few array calls (its
+    activity columns, then its active CPUs' rows); nothing per (lock row,
+    CPU) in Python. Only the rows of active CPUs are copied whole: with
+    hundreds of CPUs, most of a snapshot (64 MB at most, profiler/bpf.py
+    probe_cflags) is CPUs that did not touch the lock."""
+    keys = list(current)
+    if not keys:
+        return np.zeros(0, dtype=interval_record_dtype())
+    now = list(current.values())
+    unseen = np.zeros_like(now[0])  # a key new since previous counts from zero
+    before = [previous.get(key, unseen) for key in keys]
+    if len({values.shape for values in now} | {values.shape for values in before}) > 1:
+        raise ValueError("snapshot rows of different numbers of CPUs")
+    cpus = len(unseen)
+    layout = _DeltaLayout.of(columns)
+    # Which CPUs of which keys had activity: three columns of each row.
+    change = np.concatenate([values.take(layout.activity, axis=1) for values in now])
+    was = np.concatenate([values.take(layout.activity, axis=1) for values in before])
+    change = _signed(np.subtract(change, was, out=change))
+    key_at, cpu = np.divmod(np.flatnonzero(change.sum(axis=1)), cpus)
+    del change, was
+    if not len(cpu):
+        return np.zeros(0, dtype=interval_record_dtype())
+    starts = np.flatnonzero(np.r_[True, key_at[1:] != key_at[:-1]])  # of each key's CPUs
+    ends = np.r_[starts[1:], len(key_at)]
+    runs = list(zip(key_at[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))
+    # The active CPUs' rows, now and before, each key's taken into place.
+    now_rows = np.empty((len(cpu), len(columns)), dtype=np.uint64)
+    before_rows = np.empty_like(now_rows)
+    for k, start, end in runs:
+        at = cpu[start:end]
+        now[k].take(at, axis=0, out=now_rows[start:end], mode="clip")
+        before[k].take(at, axis=0, out=before_rows[start:end], mode="clip")
+    records = layout.records(now_rows, before_rows)
+    idents = np.array([keys[k][:3] for k, _start, _end in runs], dtype=np.uint64)
+    for i, name in enumerate(KEY_COLUMNS):
+        records[name] = np.repeat(idents[:, i], ends - starts)
+    records["cpu"] = cpu
+    records["interval"] = interval
+    records["t_s"] = t_s
+    if len({key[:3] for key in keys}) < len(keys):
+        records = _merged_records(records)
+    return records
 
 
-def _merged_rows(rows: list[dict]) -> list[dict]:
-    """One row per (lock, flags, source, cpu): counts, sums and slots added,
-    running maxima the larger, interval maxima the larger of those with
-    samples (unknown if either of those is unknown)."""
-    merged: dict[tuple, dict] = {}
-    for row in rows:
-        ident = (row["lock"], row["flags"], row["source"], row["cpu"])
-        into = merged.get(ident)
-        if into is None:
-            merged[ident] = row
-            continue
+@dataclass(frozen=True)
+class _DeltaLayout:
+    """Where delta_records() finds each interval column in a flattened
+    lp_stats row."""
+
+    activity: np.ndarray  # _ACTIVITY_COLUMNS
+    differenced: dict[str, int | slice]  # counters, counts, sums, slots
+    running: list[int]  # {wait,hold}.max_ns
+
+    @classmethod
+    def of(cls, columns: list[str]) -> _DeltaLayout:
+        where: dict[str, int | slice] = {c: columns.index(c) for c in COUNTER_COLUMNS}
         for h in ("wait", "hold"):
-            into[f"{h}_max_ns"] = _interval_max_of_both(into, row, h)
-            running = f"{h}_running_max_ns"
-            into[running] = max(into[running], row[running])
-        for name, value in row.items():
-            if name in _MERGE_KEPT or name.endswith("max_ns"):
-                continue
-            if name.endswith("_slots"):
-                into[name] = [a + b for a, b in zip(into[name], value, strict=True)]
-            else:
-                into[name] += value
-    return list(merged.values())
+            where[f"{h}_count"] = columns.index(f"{h}.count")
+            where[f"{h}_total_ns"] = columns.index(f"{h}.total_ns")
+            first = columns.index(f"{h}.slots[0]")  # a flattened array: consecutive
+            where[f"{h}_slots"] = slice(first, first + schema.const("LP_HIST_SLOTS"))
+        return cls(
+            activity=np.array([columns.index(c) for c in _ACTIVITY_COLUMNS], dtype=np.intp),
+            differenced=where,
+            running=[columns.index(f"{h}.max_ns") for h in ("wait", "hold")],
+        )
+
+    def records(self, now: np.ndarray, before: np.ndarray) -> np.ndarray:
+        """The records of rows now and before (before is overwritten with
+        the deltas): all but their key, cpu, interval and t_s."""
+        records = np.zeros(len(now), dtype=interval_record_dtype())
+        running = now[:, self.running]  # running, not differenced
+        running_before = before[:, self.running]
+        delta = _signed(np.subtract(now, before, out=before))
+        for name, index in self.differenced.items():
+            records[name] = delta[:, index]
+        for i, h in enumerate(("wait", "hold")):
+            records[f"{h}_running_max_ns"] = np.minimum(running[:, i], _INT64_MAX)
+            records[f"{h}_max_ns"] = interval_maxima(
+                running_before[:, i], running[:, i], records[f"{h}_count"]
+            )
+        return records
 
 
-_MERGE_KEPT = ("interval", "t_s", "lock", "flags", "source", "cpu")
+def _signed(difference: np.ndarray) -> np.ndarray:
+    """A uint64 difference (wrapped) as the signed delta it is: a counter
+    that went backwards gives a negative delta, not one >= 2**63."""
+    return difference.view(np.int64)
 
 
-def _interval_max_of_both(a: dict, b: dict, h: str) -> int | None:
-    if not b[f"{h}_count"]:
-        return a[f"{h}_max_ns"]
-    if not a[f"{h}_count"]:
-        return b[f"{h}_max_ns"]
-    if a[f"{h}_max_ns"] is None or b[f"{h}_max_ns"] is None:
-        return None
-    return max(a[f"{h}_max_ns"], b[f"{h}_max_ns"])
+# Added when the records of a key held at two indexes are merged.
+_MERGE_SUMMED = [
+    *COUNTER_COLUMNS,
+    *(f"{h}_{name}" for h in ("wait", "hold") for name in ("count", "total_ns", "slots")),
+]
+
+
+def _merged_records(records: np.ndarray) -> np.ndarray:
+    """One record per (lock, flags, source, cpu), where its first record
+    is: counts, sums and slots added, running maxima the larger, interval
+    maxima the larger of those with samples (unknown if either of those is
+    unknown). A key's records are folded into its first one in their order
+    (three indexes of one key fold as (a + b) + c)."""
+    idents = np.column_stack([records[name].astype(np.uint64) for name in _COLLAPSE_KEY])
+    _unique, first, inverse = np.unique(idents, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)  # each record's ident
+    by_first = np.argsort(first)
+    position = np.empty_like(by_first)  # of each ident's merged record: by first record
+    position[by_first] = np.arange(len(first))
+    into = position[inverse]
+    merged = records[first[by_first]]
+    later = np.flatnonzero(np.arange(len(records)) != first[inverse])
+    while len(later):
+        # The next record of each ident still to fold: at most one each.
+        _seen, next_of_each = np.unique(into[later], return_index=True)
+        step = later[next_of_each]
+        _fold(merged, into[step], records[step])
+        later = np.delete(later, next_of_each)
+    return merged
+
+
+def _fold(merged: np.ndarray, at: np.ndarray, rows: np.ndarray) -> None:
+    """Merge rows into merged[at] (at: distinct positions)."""
+    for h in ("wait", "hold"):
+        count, maximum, running = f"{h}_count", f"{h}_max_ns", f"{h}_running_max_ns"
+        mine, theirs = merged[maximum][at], rows[maximum]
+        both = np.where(
+            (mine == UNKNOWN_MAX) | (theirs == UNKNOWN_MAX), UNKNOWN_MAX, np.maximum(mine, theirs)
+        )
+        merged[maximum][at] = np.where(
+            rows[count] == 0, mine, np.where(merged[count][at] == 0, theirs, both)
+        )
+        merged[running][at] = np.maximum(merged[running][at], rows[running])
+    for name in _MERGE_SUMMED:
+        merged[name][at] += rows[name]
 
 
 def _interval_dtype(column: str) -> str:
@@ -219,8 +281,9 @@ def interval_record_dtype() -> np.dtype:
 
 
 def interval_records(rows: list[dict]) -> np.ndarray:
-    """Interval rows (dicts from interval_rows) as records; a null maximum
-    becomes UNKNOWN_MAX."""
+    """Interval rows as dicts (INTERVAL_COLUMNS, a null maximum None, as
+    intervals_frame() takes them) as records; a null maximum becomes
+    UNKNOWN_MAX. Collection makes its records directly (delta_records)."""
     records = np.zeros(len(rows), dtype=interval_record_dtype())
     for column in INTERVAL_COLUMNS:
         values = [row[column] for row in rows]
@@ -419,12 +482,11 @@ def interval_maxima_from_running(intervals: pd.DataFrame) -> pd.DataFrame:
     order = frame.sort_values("interval", kind="stable")
     groups = order.groupby([*KEY_COLUMNS, "cpu"], sort=False)
     for h in ("wait", "hold"):
-        running = order[f"{h}_running_max_ns"]
-        before = groups[f"{h}_running_max_ns"].shift(1, fill_value=0)
-        known = [
-            interval_max(int(b), int(n), int(c))
-            for b, n, c in zip(before, running, order[f"{h}_count"], strict=True)
-        ]
+        running = order[f"{h}_running_max_ns"].to_numpy()
+        before = groups[f"{h}_running_max_ns"].shift(1, fill_value=0).to_numpy()
+        maxima = interval_maxima(before, running, order[f"{h}_count"].to_numpy())
+        known = pd.array(maxima, dtype="Int64")
+        known[maxima == UNKNOWN_MAX] = pd.NA
         frame[f"{h}_max_ns"] = pd.Series(known, index=order.index, dtype="Int64")
     ordered = [c for c in INTERVAL_COLUMNS if c in frame.columns]
     return frame[ordered + [c for c in frame.columns if c not in ordered]]

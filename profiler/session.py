@@ -69,8 +69,9 @@ class _Collected:
     # source -> per-CPU sums of freed lock rows, for the live view's totals
     retired_totals: dict = field(default_factory=dict)
 
-    def keep(self, rows: list[dict]) -> None:
-        self.spool.append(aggregate.interval_records(rows))
+    def keep(self, records: np.ndarray) -> None:
+        """Spool an interval's records (aggregate.delta_records)."""
+        self.spool.append(records)
 
 
 def collect(
@@ -374,14 +375,24 @@ def locks_to_retire(
 def _take_interval(session, state: _Collected, t_s: float):
     snapshot = session.read_stats(time.monotonic_ns())
     state.interval += 1
-    rows = aggregate.interval_rows(
+    records = aggregate.delta_records(
         state.previous, snapshot.rows, snapshot.columns, state.interval, round(t_s, 6)
     )
-    state.keep(rows)
-    for row in rows:
-        state.last_active[(row["lock"], row["flags"], row["source"])] = t_s
+    state.keep(records)
+    state.last_active.update(dict.fromkeys(_active_keys(records), t_s))
     state.previous = snapshot.rows
     return snapshot
+
+
+def _active_keys(records: np.ndarray) -> list[tuple[int, int, int]]:
+    """The (lock, flags, source) of records: of each run of records of one
+    key, the first (a key's records are consecutive but for merged ones,
+    see aggregate.delta_records: a key may come more than once)."""
+    idents = [records[name] for name in aggregate.KEY_COLUMNS]
+    starts = np.ones(len(records), dtype=bool)
+    if len(records):
+        starts[1:] = np.logical_or.reduce([i[1:] != i[:-1] for i in idents])
+    return list(zip(*(i[starts].tolist() for i in idents), strict=True))
 
 
 # After a signal ends a `run`, the command has this long to exit before it
@@ -422,8 +433,8 @@ def _grace_for_command(target: CommandTarget, stop: StopFlag) -> None:
 
 def _cumulative_frame(snapshot) -> pd.DataFrame:
     """A snapshot as one interval of per-CPU rows (for the live view)."""
-    rows = aggregate.interval_rows({}, snapshot.rows, snapshot.columns, 0, 0.0)
-    return aggregate.intervals_frame(rows)
+    records = aggregate.delta_records({}, snapshot.rows, snapshot.columns, 0, 0.0)
+    return aggregate.records_frame(records)
 
 
 # The live view summarises this many locks, the busiest by wait and hold

@@ -106,3 +106,17 @@ def interval_row(
         row[column] = values.pop(column, [0] * nslots if column.endswith("_slots") else 0)
     assert not values, f"unknown columns {sorted(values)}"
     return row
+
+
+def record_dicts(records: np.ndarray) -> list[dict]:
+    """Interval records (aggregate.delta_records) as dicts of Python values:
+    lists for the histograms, None for an unknown maximum (as
+    aggregate.intervals_frame and interval_records take rows)."""
+    rows = []
+    for record in records:
+        row = {column: record[column].tolist() for column in aggregate.INTERVAL_COLUMNS}
+        for column in aggregate.INTERVAL_MAX_COLUMNS:
+            if row[column] == aggregate.UNKNOWN_MAX:
+                row[column] = None
+        rows.append(row)
+    return rows

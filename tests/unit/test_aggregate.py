@@ -8,7 +8,7 @@ import pytest
 
 from profiler import aggregate, schema
 
-from .helpers import EMPTY_CALLERS
+from .helpers import EMPTY_CALLERS, record_dicts
 
 READ, WRITE, SPIN, PERCPU, MUTEX = 2, 4, 1, 16, 32
 SRC_MMAP, SRC_CONT = 0, 1
@@ -17,7 +17,7 @@ OTHER_LOCK = 0xFFFFFFFF830F3100
 SLOTS = schema.const("LP_HIST_SLOTS")
 
 
-# -- interval_rows --------------------------------------------------------------------
+# -- delta_records ------------------------------------------------------------------
 
 
 def test_first_interval_is_the_snapshot_itself(snap, stats_columns):
@@ -39,7 +39,7 @@ def test_first_interval_is_the_snapshot_itself(snap, stats_columns):
             "hold.slots[12]": 2,
         },
     )
-    rows = aggregate.interval_rows({}, s.copy(), stats_columns, 1, 0.5)
+    rows = record_dicts(aggregate.delta_records({}, s.copy(), stats_columns, 1, 0.5))
     assert len(rows) == 1  # cpu 0 had no activity: no row
     row = rows[0]
     assert (row["interval"], row["t_s"], row["lock"], row["flags"], row["source"], row["cpu"]) == (
@@ -104,7 +104,7 @@ def test_deltas_between_cumulative_snapshots(snap, stats_columns):
             "hold.slots[10]": 15,
         },
     )
-    (row,) = aggregate.interval_rows(before, s.copy(), stats_columns, 2, 2.0)
+    (row,) = record_dicts(aggregate.delta_records(before, s.copy(), stats_columns, 2, 2.0))
     assert (row["acquisitions"], row["releases"]) == (5, 6)
     assert (row["wait_count"], row["wait_total_ns"]) == (5, 600)
     assert (row["hold_count"], row["hold_total_ns"]) == (6, 600)
@@ -129,10 +129,15 @@ def test_deltas_between_cumulative_snapshots(snap, stats_columns):
         (300, 900, 5, 900),  # raised: the raising sample is the largest
         (900, 900, 5, None),  # not raised: somewhere in [0, 900]
         (900, 900, 0, None),
+        (900, 2**64 - 40, 1, None),  # a corrupt sample: not a figure
+        (0, 2**63 - 1, 1, 2**63 - 1),
     ],
 )
-def test_interval_max(before, now, samples, expected):
-    assert aggregate.interval_max(before, now, samples) == expected
+def test_interval_maxima(before, now, samples, expected):
+    known = aggregate.interval_maxima(
+        np.array([before], dtype=np.uint64), np.array([now], dtype=np.uint64), np.array([samples])
+    )
+    assert known.tolist() == [aggregate.UNKNOWN_MAX if expected is None else expected]
 
 
 def test_interval_maxima_over_several_intervals(snap, stats_columns):
@@ -143,7 +148,7 @@ def test_interval_maxima_over_several_intervals(snap, stats_columns):
     key = (MM_LOCK, WRITE, SRC_MMAP)
     per_interval = [[100, 400], [50, 60], [700], [], [700, 10], [0]]
     previous: dict = {}
-    rows = []
+    records = []
     for i, waits in enumerate(per_interval, 1):
         for ns in waits:
             s.bump(key, 1, "acquisitions")
@@ -151,9 +156,9 @@ def test_interval_maxima_over_several_intervals(snap, stats_columns):
         s.bump(key, 0, "acquisitions")  # cpu 0: one 0 ns wait per interval
         s.hist_add(key, 0, "wait", 0)
         current = s.copy()
-        rows += aggregate.interval_rows(previous, current, stats_columns, i, float(i))
+        records.append(aggregate.delta_records(previous, current, stats_columns, i, float(i)))
         previous = current
-    frame = aggregate.intervals_frame(rows)
+    frame = aggregate.records_frame(np.concatenate(records))
     cpu1 = frame[frame["cpu"] == 1].set_index("interval")
     assert list(cpu1.index) == [1, 2, 3, 5, 6]  # interval 4: no sample, no row
     assert cpu1["wait_running_max_ns"].tolist() == [400, 400, 700, 700, 700]
@@ -192,8 +197,8 @@ def test_unchanged_snapshot_yields_no_rows(snap, stats_columns):
     s.set((MM_LOCK, WRITE, SRC_MMAP), 2, {"acquisitions": 7, "wait.count": 7, "wait.max_ns": 9})
     s.set((OTHER_LOCK, SPIN, SRC_CONT), 3, {"contended": 1, "wait.count": 1})
     first = s.copy()
-    assert len(aggregate.interval_rows({}, first, stats_columns, 1, 1.0)) == 2
-    assert aggregate.interval_rows(first, s.copy(), stats_columns, 2, 2.0) == []
+    assert len(aggregate.delta_records({}, first, stats_columns, 1, 1.0)) == 2
+    assert record_dicts(aggregate.delta_records(first, s.copy(), stats_columns, 2, 2.0)) == []
 
 
 def test_one_row_per_active_cpu(snap, stats_columns):
@@ -204,7 +209,7 @@ def test_one_row_per_active_cpu(snap, stats_columns):
     before = s.copy()
     s.set(key, 2, {"contended": 6, "wait.count": 6, "wait.total_ns": 70})
     s.set(key, 3, {"contended": 1, "wait.count": 1, "wait.total_ns": 5})
-    rows = aggregate.interval_rows(before, s.copy(), stats_columns, 2, 2.0)
+    rows = record_dicts(aggregate.delta_records(before, s.copy(), stats_columns, 2, 2.0))
     assert {r["cpu"]: (r["contended"], r["wait_total_ns"]) for r in rows} == {2: (2, 30), 3: (1, 5)}
 
 
@@ -212,7 +217,7 @@ def test_failures_alone_make_a_row(snap, stats_columns):
     # A failed trylock bumps only `failures` (no wait, no hold sample).
     s = snap(cpus=1)
     s.set((MM_LOCK, WRITE, SRC_MMAP), 0, {"failures": 2})
-    (row,) = aggregate.interval_rows({}, s.copy(), stats_columns, 1, 1.0)
+    (row,) = record_dicts(aggregate.delta_records({}, s.copy(), stats_columns, 1, 1.0))
     assert row["failures"] == 2 and row["wait_count"] == 0
 
 
@@ -221,7 +226,7 @@ def test_new_key_in_a_later_interval_counts_from_zero(snap, stats_columns):
     s.set((MM_LOCK, WRITE, SRC_MMAP), 0, {"acquisitions": 1, "wait.count": 1})
     before = s.copy()
     s.set((MM_LOCK, READ, SRC_MMAP), 0, {"acquisitions": 4, "wait.count": 4})
-    (row,) = aggregate.interval_rows(before, s.copy(), stats_columns, 2, 2.0)
+    (row,) = record_dicts(aggregate.delta_records(before, s.copy(), stats_columns, 2, 2.0))
     assert (row["flags"], row["acquisitions"]) == (READ, 4)
 
 
@@ -298,11 +303,11 @@ class MmapLock:
 
     def frame(self, columns):
         previous: dict = {}
-        rows: list[dict] = []
+        records = []
         for i, current in enumerate(self.snapshots, 1):
-            rows += aggregate.interval_rows(previous, current, columns, i, float(i))
+            records.append(aggregate.delta_records(previous, current, columns, i, float(i)))
             previous = current
-        return aggregate.intervals_frame(rows)
+        return aggregate.records_frame(np.concatenate(records))
 
     def summary(self, columns, owners=None, families=("mmap_lock", "contention")):
         self.tick()  # the final read when collection ends
@@ -412,7 +417,7 @@ def test_contention_only_rows(snap, stats_columns):
     s.hist_add(key, 1, "wait", 700)
     s.bump(key, 0, "contended")
     s.bump(key, 1, "contended")
-    frame = aggregate.intervals_frame(aggregate.interval_rows({}, s.copy(), stats_columns, 1, 1))
+    frame = aggregate.records_frame(aggregate.delta_records({}, s.copy(), stats_columns, 1, 1))
     locks = aggregate.name_locks(frame, {}, EMPTY_CALLERS, {})
     (row,) = aggregate.summary_rows(frame, locks, ["mmap_lock", "contention"])
     assert (row["lock_class"], row["mode"]) == ("spinlock", "exclusive")

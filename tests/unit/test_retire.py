@@ -1,5 +1,5 @@
 """Retiring lock rows from the kernel's map (session.locks_to_retire, the
-previous-snapshot bookkeeping and interval_rows over a key at two indexes).
+previous-snapshot bookkeeping and delta_records over a key at two indexes).
 The kernel side is tested for real in tests/integration/test_retire.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 from profiler import aggregate, session
 from profiler.options import CpuFigures
 
-from .helpers import Snap
+from .helpers import Snap, record_dicts
 
 READ, WRITE = 2, 4
 SRC_MMAP, SRC_CONT = 0, 1
@@ -91,7 +91,7 @@ def test_a_key_back_at_a_new_index_while_the_old_one_retires_gives_exact_deltas(
         snap.bump(key, 0, "acquisitions")
     first = snap.copy()  # {(K, 0): ...}
     state = session._Collected()
-    rows = aggregate.interval_rows(state.previous, first, stats_columns, 1, 1.0)
+    rows = record_dicts(aggregate.delta_records(state.previous, first, stats_columns, 1, 1.0))
     assert _only_row(rows, key)["acquisitions"] == 2
     state.previous = first
 
@@ -102,7 +102,7 @@ def test_a_key_back_at_a_new_index_while_the_old_one_retires_gives_exact_deltas(
     again.hist_add(key, 0, "wait", 5000)
     again.bump(key, 0, "acquisitions")
     second = {(*key, 0): old, (*key, 7): again.copy()[(*key, 0)]}
-    rows = aggregate.interval_rows(state.previous, second, stats_columns, 2, 2.0)
+    rows = record_dicts(aggregate.delta_records(state.previous, second, stats_columns, 2, 2.0))
     merged = _only_row(rows, key)
     assert merged["acquisitions"] == 2  # one at each index
     assert merged["wait_count"] == 2 and merged["wait_max_ns"] == 5000
@@ -115,7 +115,7 @@ def test_a_key_back_at_a_new_index_while_the_old_one_retires_gives_exact_deltas(
     third = {(*key, 7): second[(*key, 7)].copy()}
     third[(*key, 7)][1, stats_columns.index("acquisitions")] += 4
     third[(*key, 7)][1, stats_columns.index("wait.count")] += 4
-    rows = aggregate.interval_rows(state.previous, third, stats_columns, 3, 3.0)
+    rows = record_dicts(aggregate.delta_records(state.previous, third, stats_columns, 3, 3.0))
     assert _only_row(rows, key)["acquisitions"] == 4 and _only_row(rows, key)["cpu"] == 1
 
 

@@ -205,7 +205,7 @@ def run_snapshot(snap, pid_lock_pairs=True):
 
 def build(target, fake, snap, stats_columns):
     state = session._Collected()
-    state.keep(aggregate.interval_rows({}, run_snapshot(snap).copy(), stats_columns, 1, 0.1))
+    state.keep(aggregate.delta_records({}, run_snapshot(snap).copy(), stats_columns, 1, 0.1))
     options = session.CollectOptions()
     now = time.monotonic_ns()
     return session._build_recording(
@@ -425,7 +425,7 @@ def test_the_live_per_cpu_totals_are_the_final_summarys(snap, stats_columns):
         s.bump(spin, cpu, "contended", 4 * n)
         s.hist_add(spin, cpu, "wait", 300)
     snapshot = s.copy()
-    frame = aggregate.intervals_frame(aggregate.interval_rows({}, snapshot, stats_columns, 1, 1))
+    frame = aggregate.records_frame(aggregate.delta_records({}, snapshot, stats_columns, 1, 1))
     locks = aggregate.name_locks(frame, {COMMAND_LOCK: (4242, "x")}, EMPTY_CALLERS, {})
     rows = aggregate.summary_rows(frame, locks, ["mmap_lock", "contention"])
     live = session.cpu_totals(snapshot, stats_columns)
@@ -871,7 +871,7 @@ def test_interval_rows_spilled_as_records_read_back_the_same(make_row, tmp_path)
     rows[3][1]["hold_max_ns"] = 12345
     spilled = session._Collected()
     for row_list in rows:
-        spilled.keep(row_list)
+        spilled.keep(aggregate.interval_records(row_list))
     assert spilled.spool.records == 30 and spilled.spool._file is not None  # on disk
     whole = aggregate.intervals_frame([row for row_list in rows for row in row_list])
     rec = recording.Recording(meta={}, intervals=whole, locks=recording.empty_table("locks"))
@@ -910,7 +910,7 @@ def test_a_counter_that_went_backwards_does_not_lose_the_recording(snap, stats_c
     before = s.copy()
     s.set(key, 0, {"acquisitions": 2, "wait.count": 2, "wait.slots[0]": 0, "wait.slots[3]": 2})
     kept = session._Collected()
-    kept.keep(aggregate.interval_rows(before, s.copy(), stats_columns, 2, 2.0))
+    kept.keep(aggregate.delta_records(before, s.copy(), stats_columns, 2, 2.0))
     frame = kept_intervals(kept)
     assert frame["acquisitions"].tolist() == [-3]
     assert frame["wait_slots"][0][0] == -1
@@ -924,7 +924,7 @@ def test_a_wait_of_about_2_to_the_64_ns_does_not_lose_the_recording(snap, stats_
     s = snap()
     s.set(key, 1, {"contended": 1, "wait.count": 1, "wait.max_ns": 2**64 - 40})
     kept = session._Collected()
-    kept.keep(aggregate.interval_rows({}, s.copy(), stats_columns, 1, 1.0))
+    kept.keep(aggregate.delta_records({}, s.copy(), stats_columns, 1, 1.0))
     frame = kept_intervals(kept)
     assert frame["contended"].tolist() == [1]
     assert frame["wait_max_ns"].isna().all()
