@@ -275,7 +275,7 @@ class StatsSnapshot:
     (cpus, len(columns)) whose columns are the flattened fields of struct
     lp_stats. index is the row's place in the kernel's map: one key has two
     for a moment when its row was retired and the key came back
-    (BpfSession.retire_locks); aggregate.interval_rows sums them.
+    (BpfSession.retire_locks); aggregate.delta_records sums them.
     """
 
     ts_ns: int
