@@ -145,7 +145,7 @@ def check_writable(path: str | Path, what: str = "output") -> None:
 
 def write_atomic(page: str, path: str | Path, what: str = "output") -> Path:
     """Write a page with outputs.write_file(): through a temporary file and
-    a rename, mode 0600; through a
+    a rename, mode 0600 (the invoking user's under sudo); through a
     symlink; into an existing device or FIFO (/dev/stdout). Errors are
     LockprofError with one line."""
     path = Path(path)

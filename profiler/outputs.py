@@ -12,7 +12,10 @@ copy kept when that failed:
   (fs.protected_symlinks);
 - an existing character device or FIFO (/dev/null, /dev/stdout on a
   terminal or a pipe, a named pipe) is written into directly, as a shell's
-  `>` would: no temporary file, no rename, no chmod.
+  `>` would: no temporary file, no rename, no chmod;
+- under sudo (running as root with SUDO_UID and SUDO_GID set), a file
+  lockprof creates belongs to the user who ran sudo, so that `show`,
+  `report`, `compare` and `export` read it without privilege.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import contextlib
 import errno
 import io
 import os
+import re
 import stat
 import tempfile
 import zipfile
@@ -144,6 +148,33 @@ def check_writable(path: str | Path) -> None:
 
 # -- writing ------------------------------------------------------------------------------
 
+_ID = re.compile(r"[0-9]{1,10}")
+
+
+def invoking_user() -> tuple[int, int] | None:
+    """(uid, gid) of the user who ran `sudo lockprof`: when this process is
+    root and SUDO_UID and SUDO_GID are both decimal ids; else None."""
+    if os.geteuid() != 0:
+        return None
+    values = [os.environ.get(name, "") for name in ("SUDO_UID", "SUDO_GID")]
+    if not all(_ID.fullmatch(value) for value in values):
+        return None
+    uid, gid = (int(value) for value in values)
+    if max(uid, gid) >= 0xFFFFFFFF:  # (uid_t)-1 means "leave as it is"
+        return None
+    return uid, gid
+
+
+def _give_to_invoking_user(fd: int) -> None:
+    """Under sudo, a file lockprof created belongs to the user who ran sudo
+    (it stays 0600): `show`, `report`, `compare` and `export` need no
+    privilege. Where the file system cannot (vfat, root squashed on NFS),
+    the file is kept as it is."""
+    owner = invoking_user()
+    if owner is not None:
+        with contextlib.suppress(OSError):
+            os.fchown(fd, *owner)
+
 
 def _write_new(
     directory: Path, prefix: str, write: Callable[[BinaryIO], object], suffix: str = ""
@@ -154,6 +185,7 @@ def _write_new(
     try:
         with os.fdopen(fd, "wb") as out:
             os.fchmod(fd, 0o600)  # mkstemp's mode, whatever the umask
+            _give_to_invoking_user(fd)
             write(out)
             out.flush()
             os.fsync(out.fileno())
@@ -224,9 +256,9 @@ def write_file(
 ) -> Path:
     """Write what write() writes to path, the one way lockprof writes an
     output (the module's docstring): a regular file or a new name through a
-    temporary file renamed into place (mode 0600; before_rename() runs
-    just before the rename), a symlink followed, an existing device or
-    FIFO written into. Returns the file written.
+    temporary file renamed into place (mode 0600, the invoking user's under
+    sudo; before_rename() runs just before the rename), a symlink followed,
+    an existing device or FIFO written into. Returns the file written.
     OSError on failure, leaving no temporary file."""
     path = Path(path)
     where = _destination(path, create=True)
@@ -264,6 +296,25 @@ def write_rescue(write: Callable[[BinaryIO], object], suffix: str) -> tuple[str 
         except OSError as exc:
             failures.append(f"{directory}: {exc.strerror or type(exc).__name__}")
     return None, failures
+
+
+def make_directory(path: str | Path) -> None:
+    """mkdir -p path. Under sudo, each directory it creates belongs to the
+    user who ran sudo, as the files written into it. OSError as mkdir."""
+    made = []
+    path = Path(path)
+    for directory in (*reversed(path.parents), path):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            continue
+        made.append(directory)
+    owner = invoking_user()
+    if owner is None:
+        return
+    for directory in made:
+        with contextlib.suppress(OSError):
+            os.chown(directory, *owner, follow_symlinks=False)
 
 
 # What a lockprof file holds, by the member only it has (runs/NNN.lpr inside

@@ -388,7 +388,7 @@ def dumps(rec: Recording) -> bytes:
 
 def save(rec: Recording, path: str | Path) -> Path:
     """Write with outputs.write_file(): atomically (temp file + rename), mode
-    0600; through a symlink; into an
+    0600, the invoking user's under sudo; through a symlink; into an
     existing device or FIFO. On failure (a full disk, a directory removed
     or made read-only meanwhile), keep the data in a temporary file and
     raise an error that names it."""

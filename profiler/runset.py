@@ -125,8 +125,8 @@ def dumps(runset: RunSet) -> bytes:
 
 
 def save(runset: RunSet, path: str | Path) -> Path:
-    """Write with outputs.write_file() (temp file + rename, mode 0600;
-    through a symlink; into an existing device
+    """Write with outputs.write_file() (temp file + rename, mode 0600, the
+    invoking user's under sudo; through a symlink; into an existing device
     or FIFO). On failure the data is kept in a temporary file and the error
     names it."""
     path = Path(path)

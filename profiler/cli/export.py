@@ -108,8 +108,8 @@ def _write_text(path: Path, fill: Callable[[TextIO], object]) -> None:
     """Write text to path with outputs.write_file(): mode 0600 as recordings
     and reports are (the tables and meta.json hold command lines, comm names
     and kernel addresses, which a umask of 022 would make readable by every
-    user), through a temporary file and a rename; a symlink followed, a
-    device or FIFO written into."""
+    user), the invoking user's under sudo, through a temporary file and a
+    rename; a symlink followed, a device or FIFO written into."""
 
     def write(out: BinaryIO) -> None:
         text = io.TextIOWrapper(out, encoding="utf-8", newline="")
@@ -128,7 +128,7 @@ def csv_files(directory: Path) -> list[Path]:
 
 def write_csv(rec: recording.Recording, directory: Path) -> list[Path]:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        outputs.make_directory(directory)
     except OSError as exc:
         raise LockprofError(f"cannot create {directory} ({exc.strerror})") from None
     if not directory.is_dir():

@@ -6,6 +6,7 @@ writer: recordings, run sets, HTML pages, folded stacks and CSV tables.
 - a symlink is followed: the file it names is written, the link stays;
 - an existing character device or FIFO is written into: no temporary file,
   no rename, no chmod;
+- under sudo, a file lockprof creates belongs to the user who ran sudo.
 """
 
 from __future__ import annotations
@@ -348,3 +349,85 @@ def test_a_collection_writes_its_recording_and_report_into_devices(capsys, tmp_p
     assert code == 0, capsys.readouterr().err
     assert stat.S_ISCHR(null.lstat().st_mode) and stat.S_ISCHR(null2.lstat().st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nulldev", "nulldev2"]
+
+
+# -- under sudo ---------------------------------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+
+
+@pytest.fixture
+def under_sudo(monkeypatch):
+    monkeypatch.setenv("SUDO_UID", str(NOBODY))
+    monkeypatch.setenv("SUDO_GID", str(NOBODY))
+
+
+def owner(path: Path) -> tuple[int, int]:
+    found = path.lstat()
+    return found.st_uid, found.st_gid
+
+
+@needs_root
+def test_under_sudo_a_new_file_belongs_to_the_user_who_ran_sudo(writer, tmp_path, under_sudo):
+    for path in (tmp_path / "new", tmp_path / "new"):  # created, then replaced
+        writer(path)
+        assert owner(path) == (NOBODY, NOBODY)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@needs_root
+def test_under_sudo_a_device_written_into_keeps_its_owner(writer, tmp_path, under_sudo):
+    null = device(tmp_path / "nulldev")
+    writer(null)
+    assert owner(null) == (0, 0)
+
+
+@needs_root
+def test_under_sudo_the_rescue_copy_belongs_to_the_user(rec, tmp_path, monkeypatch, under_sudo):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for save, suffix in (
+        (recording.save, ".lpr"),
+        (lambda rec, path: runset.save(runset.from_recording(rec, label="x"), path), ".lpset"),
+    ):
+        with pytest.raises(LockprofError) as excinfo:
+            save(rec, tmp_path / "missing" / f"r{suffix}")
+        rescue = Path(re.search(r"data kept in (\S+)$", str(excinfo.value)).group(1))
+        assert rescue.parent == tmp_path and rescue.name.endswith(suffix)
+        assert owner(rescue) == (NOBODY, NOBODY)
+        assert stat.S_IMODE(rescue.stat().st_mode) == 0o600
+
+
+@needs_root
+def test_under_sudo_csv_files_and_the_directories_made_for_them(capsys, tmp_path, under_sudo):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    target = existing / "made" / "csv"
+    code, _out, err = run_main(capsys, "export", RECORDING, "--csv", target)
+    assert code == 0, err
+    assert owner(existing) == (0, 0)
+    assert owner(existing / "made") == owner(target) == (NOBODY, NOBODY)
+    files = list(target.iterdir())
+    assert files and {owner(p) for p in files} == {(NOBODY, NOBODY)}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("uid", "gid"),
+    [("abc", "1"), ("-1", "1"), ("1_000", "1"), (" 1", "1"), ("1", ""), ("4294967295", "1")],
+)
+def test_under_sudo_ids_that_are_not_valid_are_ignored(tmp_path, monkeypatch, uid, gid):
+    monkeypatch.setenv("SUDO_UID", uid)
+    monkeypatch.setenv("SUDO_GID", gid)
+    assert outputs.invoking_user() is None
+    page.write_atomic(PAGE, tmp_path / "p.html")
+    assert owner(tmp_path / "p.html") == (0, 0)
+
+
+def test_without_root_nothing_is_given_away(monkeypatch, under_sudo):
+    monkeypatch.setattr(outputs.os, "geteuid", lambda: 1000)
+    assert outputs.invoking_user() is None
+    monkeypatch.setattr(outputs.os, "geteuid", lambda: 0)
+    assert outputs.invoking_user() == (NOBODY, NOBODY)
+    monkeypatch.delenv("SUDO_GID")
+    assert outputs.invoking_user() is None
