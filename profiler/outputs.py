@@ -32,11 +32,38 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, cast
 
+import click
+
 from profiler.errors import LockprofError
 
 # A recording with empty tables takes about 40 KiB: refuse to start with
 # less free space than this where the recording goes.
 MIN_FREE_BYTES = 1 << 20
+
+
+# -- names ----------------------------------------------------------------------------
+
+
+def names_a_directory(name: str) -> bool:
+    """Does name, as typed, end in a directory ("out/", "out/.", "..")?
+    pathlib drops a trailing slash and a trailing "." (Path("out/") is
+    Path("out")), so that such a name would write a file named out."""
+    return bool(name) and name != "-" and os.path.basename(name) in ("", ".", "..")
+
+
+class OutputFile(click.Path):
+    """click.Path (path_type Path unless given) for a file lockprof writes:
+    a name that ends in a directory (names_a_directory) is refused as the
+    command line is parsed, before any work (a usage error: one line, exit 2)."""
+
+    def __init__(self, **options) -> None:
+        options.setdefault("path_type", Path)
+        super().__init__(**options)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and names_a_directory(value):
+            self.fail(f"{value} names a directory; give a file name", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 # -- where the bytes go -----------------------------------------------------------------
@@ -360,6 +387,8 @@ def refuse_clobbering(
     output (-o, --html, ...). Exit 2: the command line is at fault."""
     if str(output) == "-":
         return
+    if isinstance(output, str) and names_a_directory(output):
+        raise LockprofError(f"{flag} {output} names a directory; give a file name", exit_code=2)
     for source in inputs:
         if Path(source).exists() and same_file(output, source):
             what = "the input" if str(source) == str(output) else f"the input {source}"

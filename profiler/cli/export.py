@@ -169,7 +169,7 @@ def write_folded(rec: recording.Recording, output: Path) -> int:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
     "--folded",
-    type=click.Path(allow_dash=True, path_type=Path),
+    type=outputs.OutputFile(allow_dash=True),
     help="Write folded stacks (`frame;frame value`, root first, value = contended "
     "wait ns) for FlameGraph or speedscope; - for stdout.",
 )

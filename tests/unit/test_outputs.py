@@ -6,6 +6,7 @@ writer: recordings, run sets, HTML pages, folded stacks and CSV tables.
 - a symlink is followed: the file it names is written, the link stays;
 - an existing character device or FIFO is written into: no temporary file,
   no rename, no chmod;
+- a name ending in a directory ("out/") is refused before any work;
 - under sudo, a file lockprof creates belongs to the user who ran sudo.
 """
 
@@ -431,3 +432,75 @@ def test_without_root_nothing_is_given_away(monkeypatch, under_sudo):
     assert outputs.invoking_user() == (NOBODY, NOBODY)
     monkeypatch.delenv("SUDO_GID")
     assert outputs.invoking_user() is None
+
+
+# -- refusals, before any work (status 2) -------------------------------------------------
+
+
+def test_names_that_end_in_a_directory():
+    for name in ("out/", "a/b/", "out/.", "out/..", ".", "..", "/"):
+        assert outputs.names_a_directory(name), name
+    for name in ("out", "a/b", "-", "", "out.", "..out", "./out"):
+        assert not outputs.names_a_directory(name), name
+
+
+@pytest.fixture
+def never_collect(monkeypatch):
+    """A collecting command that gets past the output checks stops at its
+    privilege check: a regression fails the test, never starts a collection."""
+    from profiler import privileges
+
+    def refuse(*_args, **_kwargs):
+        raise LockprofError("test: reached the privilege check")
+
+    monkeypatch.setattr(privileges, "require", refuse)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", RECORDING, "-o", "{d}/newdir/"],
+        ["report", RECORDING, "-o", "{d}/newdir/."],
+        ["compare", RECORDING, RECORDING, "-o", "{d}/newdir/"],
+        ["export", RECORDING, "--folded", "{d}/newdir/"],
+        ["bench", "--runs", "1", "-o", "{d}/newdir/", "--", "true"],
+    ],
+)
+def test_a_name_that_ends_in_a_directory_is_refused(capsys, tmp_path, argv, never_collect):
+    argv = [str(a).format(d=tmp_path) for a in argv]
+    code, out, err = run_main(capsys, *argv)
+    line = one_error_line(code, err)
+    assert code == 2 and out == ""
+    assert f"{tmp_path}/newdir/" in line and "names a directory; give a file name" in line
+    assert list(tmp_path.iterdir()) == []  # no file named newdir
+
+
+def _common_declares_output_files() -> bool:
+    from profiler.cli import common
+
+    source = Path(common.__file__).read_text()
+    return source.count("outputs.OutputFile(") >= 2
+
+
+@pytest.mark.xfail(
+    not _common_declares_output_files(),
+    reason="profiler/cli/common.py declares -o and --html as click.Path, which drops the "
+    "trailing slash: they need type=outputs.OutputFile(dir_okay=False)",
+    strict=True,
+)
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "-q", "-o", "{d}/newdir/", "--", "true"],
+        ["run", "-q", "--html", "{d}/newdir/", "--", "true"],
+        ["record", "-a", "-o", "{d}/newdir/."],
+    ],
+)
+def test_a_collection_output_that_ends_in_a_directory_is_refused(
+    capsys, tmp_path, argv, never_collect
+):
+    argv = [str(a).format(d=tmp_path) for a in argv]
+    code, out, err = run_main(capsys, *argv)
+    line = one_error_line(code, err)
+    assert code == 2 and out == ""
+    assert "names a directory; give a file name" in line
