@@ -380,11 +380,14 @@ def refuse_clobbering(
     kind: str | None = None,
 ) -> None:
     """Refuse, before any work, an output that would destroy recorded data:
-    one of the inputs (the same file, however named), or an existing
-    recording or run set that what is written (writes; of kind RECORDING,
-    RUN_SET or None) is not. A recording may replace a recording and a run
-    set a run set: an explicit -o asks for it. flag: how the user named the
-    output (-o, --html, ...). Exit 2: the command line is at fault."""
+    one of the inputs (the same file, however named), an existing recording
+    or run set that what is written (writes; of kind RECORDING, RUN_SET or
+    None) is not, or, for a recording or a run set, any other file that is
+    not empty (a page or a table may replace a file, as a shell's > would).
+    A recording may replace a recording and a run set a run set: an
+    explicit -o asks for it. A block device or a socket is refused too; a
+    character device or a FIFO is written into. flag: how the user named
+    the output (-o, --html, ...). Exit 2: the command line is at fault."""
     if str(output) == "-":
         return
     if isinstance(output, str) and names_a_directory(output):
@@ -401,5 +404,22 @@ def refuse_clobbering(
         raise LockprofError(
             f"{flag} {output} is a lockprof {existing}; writing {writes} there would "
             "destroy it (choose another file)",
+            exit_code=2,
+        )
+    try:
+        found = os.stat(output)  # through symlinks: what would be written
+    except OSError:
+        return  # a new name (or one that check_directory() explains)
+    mode = found.st_mode
+    if stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        what = "a block device" if stat.S_ISBLK(mode) else "a socket"
+        raise LockprofError(
+            f"{flag} {output} is {what}, not a file lockprof writes {writes} to (choose a file)",
+            exit_code=2,
+        )
+    if kind is not None and existing is None and stat.S_ISREG(mode) and found.st_size > 0:
+        raise LockprofError(
+            f"{flag} {output} is an existing file that is not a lockprof {kind}; writing "
+            f"{writes} there would destroy it (choose another file)",
             exit_code=2,
         )

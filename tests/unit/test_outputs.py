@@ -7,6 +7,7 @@ writer: recordings, run sets, HTML pages, folded stacks and CSV tables.
 - an existing character device or FIFO is written into: no temporary file,
   no rename, no chmod;
 - a name ending in a directory ("out/") is refused before any work;
+- a recording or a run set never replaces a file that is not one;
 - under sudo, a file lockprof creates belongs to the user who ran sudo.
 """
 
@@ -504,3 +505,59 @@ def test_a_collection_output_that_ends_in_a_directory_is_refused(
     line = one_error_line(code, err)
     assert code == 2 and out == ""
     assert "names a directory; give a file name" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "kind"),
+    [
+        (["run", "-q", "-o", "{notes}", "--", "true"], "recording"),
+        (["record", "-a", "-o", "{notes}"], "recording"),
+        (["bench", "--runs", "1", "-o", "{notes}", "--", "true"], "run set"),
+    ],
+)
+def test_a_recording_or_run_set_never_replaces_another_file(
+    capsys, tmp_path, argv, kind, never_collect
+):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("notes\n")
+    for name in (notes, tmp_path / "link"):
+        if name != notes:
+            name.symlink_to(notes)
+        code, out, err = run_main(capsys, *[a.format(notes=name) for a in argv])
+        line = one_error_line(code, err)
+        assert code == 2 and out == ""
+        assert line == (
+            f"lockprof: -o {name} is an existing file that is not a lockprof {kind}; "
+            f"writing {'the recording' if kind == 'recording' else 'a run set'} there would "
+            "destroy it (choose another file)"
+        )
+        assert notes.read_text() == "notes\n"
+
+
+def test_what_a_recording_may_be_written_over(tmp_path):
+    """An empty file (mktemp's, or a shell's `> file` behind -o /dev/stdout),
+    a device, a FIFO and a recording: yes. A block device: no."""
+    empty = tmp_path / "empty.lpr"
+    empty.write_bytes(b"")
+    null = device(tmp_path / "nulldev")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path in (empty, null, fifo, RECORDING, tmp_path / "new.lpr"):
+        outputs.refuse_clobbering(path, [], "-o", "the recording", kind=outputs.RECORDING)
+    block = tmp_path / "disk"
+    try:
+        os.mknod(block, 0o600 | stat.S_IFBLK, os.makedev(7, 0))
+    except PermissionError:
+        return
+    with pytest.raises(LockprofError, match="is a block device") as excinfo:
+        outputs.refuse_clobbering(block, [], "--html", "the HTML report")
+    assert excinfo.value.exit_code == 2
+
+
+def test_a_page_or_a_table_may_replace_a_file_as_a_shell_would(capsys, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("notes\n")
+    outputs.refuse_clobbering(notes, [], "--html", "the HTML report")
+    code, _out, _err = run_main(capsys, "export", RECORDING, "--folded", notes)
+    assert code == 0 and notes.read_text() != "notes\n"
+    assert stat.S_IMODE(notes.stat().st_mode) == 0o600
