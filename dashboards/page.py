@@ -10,12 +10,9 @@ written atomically with mode 0600: they hold command lines.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-import os
 import secrets
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,20 +144,15 @@ def check_writable(path: str | Path, what: str = "output") -> None:
 
 
 def write_atomic(page: str, path: str | Path, what: str = "output") -> Path:
-    """Write a page through a temporary file and a rename, mode 0600 (mkstemp).
-    Errors are LockprofError with one line."""
+    """Write a page with outputs.write_file(): through a temporary file and
+    a rename, mode 0600 (the invoking user's under sudo); through a
+    symlink; into an existing device or FIFO (/dev/stdout). Errors are
+    LockprofError with one line."""
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
+    data = page.encode("utf-8")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        outputs.write_file(path, lambda out: out.write(data))
     except OSError as exc:
-        raise LockprofError(f"cannot write {what} to {path} ({exc.strerror})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(page)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise LockprofError(f"cannot write {what} to {path} ({exc.strerror})") from None
+        reason = exc.strerror or type(exc).__name__
+        raise LockprofError(f"cannot write {what} to {path} ({reason})") from None
     return path

@@ -34,7 +34,7 @@ Load it with one call: ``profiler.load(path)`` returns a Recording whose
 attributes are those DataFrames plus ``meta``.
 
 Files are written to a temporary file and renamed into place, mode 0600
-(they hold command lines).
+(they hold command lines), by profiler.outputs.write_file().
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pandas.api import types as ptypes
 
-from profiler import aggregate
+from profiler import aggregate, outputs
 from profiler.errors import LockprofError
 
 T = TypeVar("T")
@@ -387,19 +387,21 @@ def dumps(rec: Recording) -> bytes:
 
 
 def save(rec: Recording, path: str | Path) -> Path:
-    """Write atomically (temp file + rename), mode 0600. On failure (a full
-    disk, a directory removed or made read-only meanwhile), keep the data in
-    a temporary file and raise an error that names it."""
+    """Write with outputs.write_file(): atomically (temp file + rename), mode
+    0600, the invoking user's under sudo; through a symlink; into an
+    existing device or FIFO. On failure (a full disk, a directory removed
+    or made read-only meanwhile), keep the data in a temporary file and
+    raise an error that names it."""
     path = Path(path)
 
     def write(out: BinaryIO) -> None:
         write_archive(rec, out)
 
     try:
-        _write_atomically(write, path)
+        outputs.write_file(path, write, before_rename=_test_write_delay)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        rescue, failures = _rescue(write)
+        rescue, failures = outputs.write_rescue(write, ".lpr")
         if rescue is None:
             raise LockprofError(
                 f"cannot write recording to {path} ({reason}), nor a temporary copy "
@@ -409,30 +411,6 @@ def save(rec: Recording, path: str | Path) -> Path:
             f"cannot write recording to {path} ({reason}); data kept in {rescue}"
         ) from None
     return path
-
-
-def _rescue(write: Callable[[BinaryIO], None]) -> tuple[str | None, list[str]]:
-    """Write the recording (write) to a new 0600 file in the temporary directory, else in
-    the home directory: (its path, None) or (None, why each failed)."""
-    failures = []
-    for directory in (tempfile.gettempdir(), os.path.expanduser("~")):
-        try:
-            fd, rescue = tempfile.mkstemp(prefix="lockprof-", suffix=".lpr", dir=directory)
-        except OSError as exc:
-            failures.append(f"{directory}: {exc.strerror}")
-            continue
-        try:
-            with os.fdopen(fd, "wb") as out:
-                write(out)
-                out.flush()
-                os.fsync(out.fileno())
-        except OSError as exc:
-            failures.append(f"{directory}: {exc.strerror}")
-            with _suppress_oserror():
-                os.unlink(rescue)
-            continue
-        return rescue, failures
-    return None, failures
 
 
 # Test hook (tests/integration/test_lifecycle.py): seconds to pause after the
@@ -448,31 +426,6 @@ def _test_write_delay() -> None:
     sys.stderr.write(f"lockprof: {WRITE_DELAY_ENV}: pausing {float(delay):g} s before the rename\n")
     sys.stderr.flush()
     time.sleep(float(delay))
-
-
-def _write_atomically(write: Callable[[BinaryIO], None], path: Path) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        _test_write_delay()
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress_oserror():
-            os.unlink(tmp)
-        raise
-
-
-class _suppress_oserror:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, *_rest) -> bool:
-        return exc_type is not None and issubclass(exc_type, OSError)
 
 
 def load(path: str | Path, *, summary_only: bool = False) -> Recording:

@@ -16,7 +16,8 @@ The manifest repeats each run's exit status and rusage (they are also in the
 recording's meta) so that a script can read them without pandas.
 
 Like recordings, a set is written to a temporary file and renamed into place,
-mode 0600 (it holds command lines and the command's output).
+mode 0600 (it holds command lines and the command's output), by
+profiler.outputs.write_file().
 
 load_side() reads either a set or a single recording (a set of one run), so
 `lockprof compare` takes both. Every defect is a LockprofError with one line.
@@ -24,19 +25,17 @@ load_side() reads either a set or a single recording (a set of one run), so
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import io
 import json
-import os
 import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO
 
-from profiler import recording
+from profiler import outputs, recording
 from profiler.errors import LockprofError
 from profiler.recording import Recording
 from profiler.targets import recorded_exit
@@ -126,38 +125,32 @@ def dumps(runset: RunSet) -> bytes:
 
 
 def save(runset: RunSet, path: str | Path) -> Path:
-    """Write atomically (temp file + rename), mode 0600. On failure the data is
-    kept in a temporary file and the error names it."""
+    """Write with outputs.write_file() (temp file + rename, mode 0600, the
+    invoking user's under sudo; through a symlink; into an existing device
+    or FIFO). On failure the data is kept in a temporary file and the error
+    names it."""
     path = Path(path)
     if not runset.runs:
         raise LockprofError("a run set needs at least one run")
     payload = dumps(runset)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    except OSError as exc:
-        _rescue(payload, path, exc)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        _rescue(payload, path, exc)
-    return path
 
-
-def _rescue(payload: bytes, path: Path, exc: OSError) -> NoReturn:
-    fd, rescue = tempfile.mkstemp(prefix="lockprof-", suffix=".lpset")
-    with os.fdopen(fd, "wb") as out:
+    def write(out: BinaryIO) -> None:
         out.write(payload)
-    raise LockprofError(
-        f"cannot write run set to {path} ({exc.strerror}); data kept in {rescue}"
-    ) from None
+
+    try:
+        outputs.write_file(path, write)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        rescue, failures = outputs.write_rescue(write, ".lpset")
+        if rescue is None:
+            raise LockprofError(
+                f"cannot write run set to {path} ({reason}), nor a temporary copy "
+                f"({'; '.join(failures)}): the run set is lost"
+            ) from None
+        raise LockprofError(
+            f"cannot write run set to {path} ({reason}); data kept in {rescue}"
+        ) from None
+    return path
 
 
 # -- reading ----------------------------------------------------------------------

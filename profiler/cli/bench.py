@@ -194,7 +194,7 @@ def summary_table(result: RunSet) -> Table:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
+    type=outputs.OutputFile(),
     required=True,
     help="The run set file to write (.lpset).",
 )

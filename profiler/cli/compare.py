@@ -154,7 +154,7 @@ def parse_pairs(values: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
+    type=outputs.OutputFile(),
     help="Also write a self-contained HTML page (plots, verdict table).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (stable).")

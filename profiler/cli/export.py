@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import json
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
 import click
 import pandas as pd
@@ -101,13 +104,20 @@ def summary_table(rec: recording.Recording) -> pd.DataFrame:
     return frame
 
 
-def _private(path: Path):
-    """path opened for writing text, mode 0600 as recordings and reports are:
-    the tables and meta.json hold command lines, comm names and kernel
-    addresses, which a umask of 022 would make readable by every user."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # a file that existed keeps its mode through O_CREAT
-    return os.fdopen(fd, "w", newline="")
+def _write_text(path: Path, fill: Callable[[TextIO], object]) -> None:
+    """Write text to path with outputs.write_file(): mode 0600 as recordings
+    and reports are (the tables and meta.json hold command lines, comm names
+    and kernel addresses, which a umask of 022 would make readable by every
+    user), the invoking user's under sudo, through a temporary file and a
+    rename; a symlink followed, a device or FIFO written into."""
+
+    def write(out: BinaryIO) -> None:
+        text = io.TextIOWrapper(out, encoding="utf-8", newline="")
+        fill(text)
+        text.flush()
+        text.detach()  # out is write_file's to close
+
+    outputs.write_file(path, write)
 
 
 def csv_files(directory: Path) -> list[Path]:
@@ -118,7 +128,7 @@ def csv_files(directory: Path) -> list[Path]:
 
 def write_csv(rec: recording.Recording, directory: Path) -> list[Path]:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        outputs.make_directory(directory)
     except OSError as exc:
         raise LockprofError(f"cannot create {directory} ({exc.strerror})") from None
     if not directory.is_dir():
@@ -129,11 +139,10 @@ def write_csv(rec: recording.Recording, directory: Path) -> list[Path]:
     *table_files, meta = csv_files(directory)
     try:
         for (_name, frame), path in zip(tables.items(), table_files, strict=True):
-            with _private(path) as out:
-                csv_frame(frame).to_csv(out, index=False)
+            _write_text(path, functools.partial(csv_frame(frame).to_csv, index=False))
             written.append(path)
-        with _private(meta) as out:
-            out.write(json.dumps(rec.meta, indent=2, default=str) + "\n")
+        document = json.dumps(rec.meta, indent=2, default=str) + "\n"
+        _write_text(meta, lambda out: out.write(document))
         written.append(meta)
     except OSError as exc:
         raise LockprofError(f"cannot write {directory} ({exc.strerror})") from None
@@ -148,8 +157,9 @@ def write_folded(rec: recording.Recording, output: Path) -> int:
         return len(lines)
     if output.is_dir():
         raise LockprofError(f"cannot write {output}: it is a directory")
+    data = text.encode("utf-8")
     try:
-        output.write_text(text)
+        outputs.write_file(output, lambda out: out.write(data))
     except OSError as exc:
         raise LockprofError(f"cannot write {output} ({exc.strerror})") from None
     return len(lines)
@@ -159,7 +169,7 @@ def write_folded(rec: recording.Recording, output: Path) -> int:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
     "--folded",
-    type=click.Path(allow_dash=True, path_type=Path),
+    type=outputs.OutputFile(allow_dash=True),
     help="Write folded stacks (`frame;frame value`, root first, value = contended "
     "wait ns) for FlameGraph or speedscope; - for stdout.",
 )

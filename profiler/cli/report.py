@@ -51,7 +51,7 @@ def write_html(
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
+    type=outputs.OutputFile(),
     help="HTML file to write (default: the recording's name with .html).",
 )
 @click.option(
