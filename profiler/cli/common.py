@@ -130,7 +130,7 @@ def collection_options(func):
         click.option(
             "-o",
             "--output",
-            type=click.Path(dir_okay=False, path_type=Path),
+            type=outputs.OutputFile(dir_okay=False),
             help="Recording file (default: lockprof-MODE-PID-TIME.lpr here).",
         ),
         click.option(
@@ -212,7 +212,7 @@ def collection_options(func):
         ),
         click.option(
             "--html",
-            type=click.Path(dir_okay=False, path_type=Path),
+            type=outputs.OutputFile(dir_okay=False),
             help="Also write the HTML report (as `lockprof report`) to this file.",
         ),
         click.option("-q", "--quiet", is_flag=True, help="No live view."),

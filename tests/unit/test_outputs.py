@@ -476,19 +476,6 @@ def test_a_name_that_ends_in_a_directory_is_refused(capsys, tmp_path, argv, neve
     assert list(tmp_path.iterdir()) == []  # no file named newdir
 
 
-def _common_declares_output_files() -> bool:
-    from profiler.cli import common
-
-    source = Path(common.__file__).read_text()
-    return source.count("outputs.OutputFile(") >= 2
-
-
-@pytest.mark.xfail(
-    not _common_declares_output_files(),
-    reason="profiler/cli/common.py declares -o and --html as click.Path, which drops the "
-    "trailing slash: they need type=outputs.OutputFile(dir_okay=False)",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "argv",
     [
