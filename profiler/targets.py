@@ -12,11 +12,16 @@ import os
 import select
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from profiler.errors import LockprofError
+
+if TYPE_CHECKING:
+    from resource import struct_rusage
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -430,7 +435,13 @@ class CommandTarget(Target):
         self.ended_by_lockprof = False  # stop() ended it
         self._rusage: dict | None = None
         self._window_closed = False  # close_window() was called
+        # What the reaper saw: (wait status, rusage, monotonic exit time).
+        self._exit: tuple[int, struct_rusage, float] | None = None
+        self._exited = threading.Event()
         self.tgid = self._spawn_held()
+        self._pidfd = os.pidfd_open(self.tgid)  # signals reach the command, never a reused pid
+        self._reaper = threading.Thread(target=self._reap, name="lockprof-reaper", daemon=True)
+        self._reaper.start()
         self.lineage = Lineage(self.tgid, skip_comm=PRE_EXEC_COMM)
 
     def _spawn_held(self) -> int:
@@ -490,35 +501,57 @@ class CommandTarget(Target):
         reason = os.read(self._err_r, 512).decode(errors="replace")
         os.close(self._err_r)
         if reason:
-            os.waitpid(self.tgid, 0)
+            self.wait()
             raise LockprofError(f"cannot run {self.argv[0]}: {reason}", exit_code=127)
 
     def abandon(self) -> None:
         """Collection failed before begin(): do not leave the held child behind."""
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        self.wait()
+
+    def _reap(self) -> None:
+        """The reaper thread: the one place the command is waited for. It
+        blocks until the command exits and stamps that moment, so that the
+        elapsed time is the command's own, not rounded up to the collection
+        loop's next poll (POLL_MS: /bin/true took 0.103 s). poll(), wait()
+        and the rest read what it saw (_collect), in the caller's thread."""
         try:
-            os.kill(self.tgid, signal.SIGKILL)
-            os.waitpid(self.tgid, 0)
-        except (ProcessLookupError, ChildProcessError):
+            os.waitid(os.P_PID, self.tgid, os.WEXITED | os.WNOWAIT)  # exited, not reaped yet
+            exited = time.monotonic()
+            _pid, status, usage = os.wait4(self.tgid, 0)
+            self._exit = (status, usage, exited)
+        except ChildProcessError:  # not ours to wait for (see _finish)
             pass
+        finally:
+            self._exited.set()
+
+    def _collect(self) -> bool:
+        """Whether the command has exited (and its figures are taken)."""
+        if self._rusage is None and self._exited.is_set():
+            self._finish()
+        return self._rusage is not None
 
     def poll(self) -> str | None:
-        if self._rusage is None:
-            pid, status, usage = os.wait4(self.tgid, os.WNOHANG)
-            if pid == 0:
-                if self.lineage is not None and self._start_wall:
-                    self.lineage.observe(time.monotonic() - self._start_wall)
-                return None
-            self._finish(status, usage)
+        if not self._collect():
+            if self.lineage is not None and self._start_wall:
+                self.lineage.observe(time.monotonic() - self._start_wall)
+            return None
         return f"command {exit_text(self.exit_status, self.exit_signal)}"
 
     def wait(self) -> None:
         """Reap the command (after Ctrl-C it may still be running)."""
-        if self._rusage is None:
-            _pid, status, usage = os.wait4(self.tgid, 0)
-            self._finish(status, usage)
+        self._exited.wait()
+        self._collect()
 
-    def _finish(self, status: int, usage) -> None:
-        self._end_wall = time.monotonic()
+    def _finish(self) -> None:
+        os.close(self._pidfd)
+        if self._exit is None:  # the reaper could not wait for it: status unknown
+            self._end_wall = time.monotonic()
+            self._rusage = super().rusage()
+            return
+        status, usage, exited = self._exit
+        self._end_wall = max(exited, self._start_wall)
         self.exit_status, self.exit_signal = exit_status_of(status)
         self._rusage = {
             "user_s": round(usage.ru_utime, 6),
@@ -555,7 +588,7 @@ class CommandTarget(Target):
         """The window over which a command still running is measured ends
         now (once: a later call keeps the first end). One that exits
         afterwards is reaped with its whole life's rusage (_finish)."""
-        if self._rusage is None and not self._window_closed:
+        if not self._collect() and not self._window_closed:
             self._window_closed = True
             self._end_wall = time.monotonic()
             self._last = self._sample() or self._last
@@ -583,8 +616,9 @@ class CommandTarget(Target):
                 os.close(fd)
 
     def _signal_all(self, pidfds: list[int], signum: int) -> None:
-        if self._rusage is None:  # not reaped: the pid is still the command's
-            os.kill(self.tgid, signum)
+        if not self._collect():  # not exited: its pidfd is still open
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signum)
         for fd in pidfds:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(fd, signum)
