@@ -36,7 +36,7 @@ def test_run_elapsed_is_the_commands_life(tmp_path):
     0.602-0.605 s in every bench run, /bin/true 0.103 s)."""
     rusage = run_meta(tmp_path, "sleep", "0.3")["rusage"]
     assert rusage["elapsed_s"] == pytest.approx(0.3, abs=0.02)
-    assert run_meta(tmp_path, "/bin/true")["rusage"]["elapsed_s"] < 0.02
+    assert run_meta(tmp_path, "/bin/true")["rusage"]["elapsed_s"] < 0.05  # 3-6 ms; was 0.103
 
 
 @pytest.mark.skipif(not os.access(TIME, os.X_OK), reason=f"no {TIME}")

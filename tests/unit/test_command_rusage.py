@@ -47,7 +47,7 @@ def test_elapsed_is_the_commands_life_not_rounded_to_the_poll():
 
 def test_elapsed_of_a_command_that_exits_at_once_is_near_zero():
     target = run_polled(["true"])
-    assert 0 <= target.rusage()["elapsed_s"] < 0.02
+    assert 0 <= target.rusage()["elapsed_s"] < 0.05  # ~1 ms; was 0.1 s, the poll
 
 
 def test_elapsed_is_not_quantised_to_the_poll():
@@ -67,7 +67,7 @@ def test_a_command_that_exited_before_the_window_closed_keeps_its_life():
     time.sleep(0.3)
     target.close_window()
     assert target.exit_status == 0
-    assert target.rusage()["elapsed_s"] < 0.02
+    assert target.rusage()["elapsed_s"] < 0.05
     assert target.poll() == "command exited with status 0"
 
 
