@@ -8,23 +8,66 @@ figures /usr/bin/time gave in the seed thread.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import os
 import select
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from profiler.errors import LockprofError
+
+if TYPE_CHECKING:
+    from resource import struct_rusage
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # The comm of a `lockprof run` child from fork until it execs the command
 # (at most 15 bytes: TASK_COMM_LEN - 1). Until the exec the child runs in a
-# copy of lockprof's own address space; this name tells that mm (and its
-# mmap_lock) apart from the command's own in the BPF owner map.
+# copy of the holder shell's address space (CommandTarget._spawn_held); this
+# name tells that mm (and its mmap_lock) apart from the command's own in the
+# BPF owner map.
 PRE_EXEC_COMM = "lockprof-exec"
+
+# The held child is a subshell of /bin/sh, forked by the shell, not by
+# lockprof: a process keeps the largest RSS it ever had across its execs
+# (ru_maxrss) and counts the faults it took before them, so one forked or
+# vforked from lockprof's Python (19-100 MB) gave /bin/true a max RSS of
+# 19 MB and 380 minor faults (/usr/bin/time: 1 MB, 68). The subshell starts
+# from the shell's few hundred KB; the faults it takes before the gate opens
+# are not counted (CommandTarget.begin). The shell itself is killed once the
+# subshell has said its pid, which makes the subshell lockprof's child.
+# $0 is PRE_EXEC_COMM (the shell's messages name it), $1 is empty when
+# lockprof's environment has no PWD (which the shell would add), the command
+# follows. The script's own variables are unset before the exec (one the
+# environment had would reach the command changed). Fds 3 and 4: the gate
+# (read end) and the ready pipe (write end).
+HOLDER_SHELL = "/bin/sh"
+_HOLDER_SCRIPT = """(
+printf %s "$0" >/proc/self/comm || exit 125
+read -r __lockprof_pid __lockprof_rest </proc/self/stat || exit 125
+echo "$__lockprof_pid" >&4 || exit 125
+exec 4>&-
+IFS= read -r __lockprof_go <&3
+[ "$__lockprof_go" = x ] || exit 125
+exec 3<&-
+unset __lockprof_pid __lockprof_rest __lockprof_go
+[ -n "$1" ] || unset PWD
+shift
+exec "$@"
+)
+:
+"""
+_GATE_FD, _READY_FD = 3, 4
+
+# prctl(2): orphaned descendants are reparented to this process, not init.
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -362,20 +405,6 @@ def _ended(fields: list[bytes] | None, started: int | None) -> bool:
     return started is not None and int(fields[19]) != started
 
 
-def _set_own_comm(name: str) -> None:
-    """Rename the calling (single-threaded) process, as prctl(PR_SET_NAME) does."""
-    try:
-        fd = os.open("/proc/self/comm", os.O_WRONLY)
-    except OSError:
-        return
-    try:
-        os.write(fd, name.encode())
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def pre_exec_locks(owners: dict[int, tuple[int, str]], tgid: int, command_lock: int) -> set[int]:
     """The mmap_lock addresses of a `run` child's pre-exec mm.
 
@@ -416,10 +445,49 @@ def _holds_within(condition: Callable[[], bool], seconds: float) -> bool:
     return True
 
 
+def _child_subreaper(on: bool) -> bool:
+    """Make this process the reaper of its orphaned descendants, or not
+    (prctl PR_SET_CHILD_SUBREAPER); whether it was."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    was = ctypes.c_int(0)
+    libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    return bool(was.value)
+
+
+def _pipe_above(low: int) -> tuple[int, int]:
+    """A pipe (close-on-exec) whose two fds are at least low, so that
+    posix_spawn's dup2s onto lower fds never overwrite one of them."""
+    ends = []
+    for fd in os.pipe():
+        ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, low))
+        os.close(fd)
+    return ends[0], ends[1]
+
+
+def _read_line(fd: int) -> bytes:
+    """Bytes from fd up to a newline or end of file."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break
+        line += chunk
+    return line
+
+
+def _parent_of(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
+
+
 class CommandTarget(Target):
-    """A command lockprof starts (`lockprof run -- CMD`). The child is forked
-    and held before exec until the probes are attached, so nothing is missed.
-    Until the exec it is called PRE_EXEC_COMM (see pre_exec_locks)."""
+    """A command lockprof starts (`lockprof run -- CMD`). The child is held
+    before exec until the probes are attached, so nothing is missed. Until
+    the exec it is called PRE_EXEC_COMM (see pre_exec_locks). Its rusage is
+    the command's own, as /usr/bin/time gives it: elapsed from the gate to
+    the exit, minor faults and max RSS without the holder's (_HOLDER_SCRIPT)."""
 
     mode = "run"
 
@@ -440,48 +508,68 @@ class CommandTarget(Target):
         self.ended_by_lockprof = False  # stop() ended it
         self._rusage: dict | None = None
         self._window_closed = False  # close_window() was called
+        # What the reaper saw: (wait status, rusage, monotonic exit time,
+        # whether it had exec'd the command).
+        self._exit: tuple[int, struct_rusage, float, bool] | None = None
+        self._exited = threading.Event()
+        self._held_faults = (0, 0)  # (minor, major) the holder took before the gate
         self.tgid = self._spawn_held()
+        self._pidfd = os.pidfd_open(self.tgid)  # signals reach the command, never a reused pid
+        self._reaper = threading.Thread(target=self._reap, name="lockprof-reaper", daemon=True)
+        self._reaper.start()
         self.lineage = Lineage(self.tgid, skip_comm=PRE_EXEC_COMM)
 
     def _spawn_held(self) -> int:
-        gate_r, gate_w = os.pipe()
-        err_r, err_w = os.pipe()
-        ready_r, ready_w = os.pipe()
-        os.set_inheritable(err_w, False)
-        pid = os.fork()
-        if pid == 0:  # child: rename itself, say so, wait for the gate, then exec
-            # lockprof's handlers are not the command's: default dispositions
-            # (a Ctrl-C before the exec ends the held child), and SIGPIPE and
-            # SIGXFSZ, which Python ignores, not ignored by the command.
-            for signum in (*_STOP_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
-                signal.signal(signum, signal.SIG_DFL)
-            os.close(gate_w)
-            os.close(err_r)
-            os.close(ready_r)
-            if self._stdout_to_stderr:
-                os.dup2(2, 1)
-            _set_own_comm(PRE_EXEC_COMM)
-            os.close(ready_w)
+        """Start the held child (see _HOLDER_SCRIPT) and return its pid once
+        it is lockprof's child and renamed: the probes are attached after
+        this returns, so none sees it under another name. posix_spawn
+        starts the shell without copying lockprof; the holder resets
+        lockprof's signal handlers, and SIGPIPE and SIGXFSZ (which Python
+        ignores), to the default (a Ctrl-C before the exec ends it)."""
+        gate_r, gate_w = _pipe_above(10)
+        ready_r, ready_w = _pipe_above(10)
+        actions = [
+            (os.POSIX_SPAWN_DUP2, gate_r, _GATE_FD),
+            (os.POSIX_SPAWN_DUP2, ready_w, _READY_FD),
+        ]
+        if self._stdout_to_stderr:
+            actions.append((os.POSIX_SPAWN_DUP2, 2, 1))
+        pwd = "keep" if "PWD" in os.environ else ""
+        argv = ["sh", "-c", _HOLDER_SCRIPT, PRE_EXEC_COMM, pwd, *self.argv]
+        was_reaper = _child_subreaper(True)  # so that the shell's child becomes ours
+        try:
             try:
-                # End of file instead of the go byte: lockprof stopped (or
-                # died) before collection started. Never run the command
-                # unprofiled.
-                if os.read(gate_r, 1) != b"x":
-                    os._exit(125)
-                os.close(gate_r)
-                os.set_blocking(err_w, True)
-                os.execvp(self.argv[0], self.argv)
+                shell = os.posix_spawn(
+                    HOLDER_SHELL,
+                    argv,
+                    os.environ,
+                    file_actions=actions,
+                    setsigdef=(*_STOP_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ),
+                )
             except OSError as exc:
-                os.write(err_w, f"{exc.strerror}".encode())
-            os._exit(127)
-        os.close(gate_r)
-        os.close(err_w)
-        os.close(ready_w)
-        # The child is renamed before any probe can see it: the probes are
-        # attached after this returns.
-        os.read(ready_r, 1)  # end of file once the child closed its end
-        os.close(ready_r)
-        self._gate_w, self._err_r = gate_w, err_r
+                os.close(gate_w)
+                os.close(ready_r)
+                raise LockprofError(
+                    f"cannot run {self.argv[0]}: cannot start {HOLDER_SHELL}: {exc.strerror}",
+                    exit_code=127,
+                ) from None
+            finally:
+                os.close(gate_r)
+                os.close(ready_w)
+            try:
+                line = _read_line(ready_r)  # the subshell's pid, once renamed
+            finally:
+                os.close(ready_r)
+                os.kill(shell, signal.SIGKILL)
+                os.waitpid(shell, 0)  # the subshell is reparented to us as it dies
+        finally:
+            if not was_reaper:
+                _child_subreaper(False)
+        pid = int(line) if line.strip().isdigit() else 0
+        if not pid or _parent_of(pid) != os.getpid():
+            os.close(gate_w)  # a holder still there exits 125
+            raise LockprofError(f"cannot run {self.argv[0]}: {HOLDER_SHELL} did not hold it")
+        self._gate_w = gate_w
         return pid
 
     def describe(self) -> str:
@@ -491,51 +579,101 @@ class CommandTarget(Target):
         return [printable_arg(arg) for arg in self.argv]
 
     def begin(self) -> None:
+        # The holder's faults so far (its fork from the shell, up to its
+        # wait at the gate) are not the command's: /bin/true counts 80
+        # with them, 51 without, as perf stat (49) and a posix_spawn'd
+        # /bin/true (51) count its own. Its user and sys time (a fraction of
+        # a millisecond) stay in: /proc counts them in 10 ms ticks.
+        fields = _stat_fields(self.tgid)
+        if fields is not None:
+            self._held_faults = (int(fields[7]), int(fields[9]))  # minflt, majflt
         super().begin()
         # BrokenPipeError: the held child died (a signal) before the exec.
         with contextlib.suppress(BrokenPipeError):
             os.write(self._gate_w, b"x")
         os.close(self._gate_w)
-        # An exec failure writes its reason; a successful exec closes the pipe.
-        reason = os.read(self._err_r, 512).decode(errors="replace")
-        os.close(self._err_r)
-        if reason:
-            os.waitpid(self.tgid, 0)
-            raise LockprofError(f"cannot run {self.argv[0]}: {reason}", exit_code=127)
+        self._await_exec()
+
+    def _await_exec(self) -> None:
+        """Wait for the held child to exec the command (its comm changes)
+        or to exit. One that exits 126 or 127 without having exec'd could
+        not run it (the shell said why, on stderr): raise, as before any
+        collection."""
+        pause = 0.0001
+        while not self._exited.is_set():
+            comm = _stat_comm(self.tgid)
+            if comm is not None and comm != PRE_EXEC_COMM:
+                return
+            self._exited.wait(pause)
+            pause = min(pause * 2, 0.01)
+        if self._exit is None:
+            return
+        status, _usage, _exited, execed = self._exit
+        code = os.waitstatus_to_exitcode(status)
+        if not execed and code in (126, 127):
+            self._collect()
+            raise LockprofError(
+                f"cannot run {self.argv[0]} (status {code}; the line above says why)",
+                exit_code=code,
+            )
 
     def abandon(self) -> None:
         """Collection failed before begin(): do not leave the held child behind."""
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        self.wait()
+
+    def _reap(self) -> None:
+        """The reaper thread: the one place the command is waited for. It
+        blocks until the command exits and stamps that moment, so that the
+        elapsed time is the command's own, not rounded up to the collection
+        loop's next poll (POLL_MS: /bin/true took 0.103 s). poll(), wait()
+        and the rest read what it saw (_collect), in the caller's thread."""
         try:
-            os.kill(self.tgid, signal.SIGKILL)
-            os.waitpid(self.tgid, 0)
-        except (ProcessLookupError, ChildProcessError):
+            os.waitid(os.P_PID, self.tgid, os.WEXITED | os.WNOWAIT)  # exited, not reaped yet
+            exited = time.monotonic()
+            execed = _stat_comm(self.tgid) != PRE_EXEC_COMM  # a zombie keeps its comm
+            _pid, status, usage = os.wait4(self.tgid, 0)
+            self._exit = (status, usage, exited, execed)
+        except ChildProcessError:  # not ours to wait for (see _finish)
             pass
+        finally:
+            self._exited.set()
+
+    def _collect(self) -> bool:
+        """Whether the command has exited (and its figures are taken)."""
+        if self._rusage is None and self._exited.is_set():
+            self._finish()
+        return self._rusage is not None
 
     def poll(self) -> str | None:
-        if self._rusage is None:
-            pid, status, usage = os.wait4(self.tgid, os.WNOHANG)
-            if pid == 0:
-                if self.lineage is not None and self._start_wall:
-                    self.lineage.observe(time.monotonic() - self._start_wall)
-                return None
-            self._finish(status, usage)
+        if not self._collect():
+            if self.lineage is not None and self._start_wall:
+                self.lineage.observe(time.monotonic() - self._start_wall)
+            return None
         return f"command {exit_text(self.exit_status, self.exit_signal)}"
 
     def wait(self) -> None:
         """Reap the command (after Ctrl-C it may still be running)."""
-        if self._rusage is None:
-            _pid, status, usage = os.wait4(self.tgid, 0)
-            self._finish(status, usage)
+        self._exited.wait()
+        self._collect()
 
-    def _finish(self, status: int, usage) -> None:
-        self._end_wall = time.monotonic()
+    def _finish(self) -> None:
+        os.close(self._pidfd)
+        if self._exit is None:  # the reaper could not wait for it: status unknown
+            self._end_wall = time.monotonic()
+            self._rusage = super().rusage()
+            return
+        status, usage, exited, _execed = self._exit
+        self._end_wall = max(exited, self._start_wall)
         self.exit_status, self.exit_signal = exit_status_of(status)
+        minor, major = self._held_faults
         self._rusage = {
             "user_s": round(usage.ru_utime, 6),
             "sys_s": round(usage.ru_stime, 6),
             "elapsed_s": round(self._end_wall - self._start_wall, 6),
-            "minor_faults": int(usage.ru_minflt),
-            "major_faults": int(usage.ru_majflt),
+            "minor_faults": max(0, int(usage.ru_minflt) - minor),
+            "major_faults": max(0, int(usage.ru_majflt) - major),
             "max_rss_kb": int(usage.ru_maxrss),
         }
 
@@ -565,7 +703,7 @@ class CommandTarget(Target):
         """The window over which a command still running is measured ends
         now (once: a later call keeps the first end). One that exits
         afterwards is reaped with its whole life's rusage (_finish)."""
-        if self._rusage is None and not self._window_closed:
+        if not self._collect() and not self._window_closed:
             self._window_closed = True
             self._end_wall = time.monotonic()
             self._last = self._sample() or self._last
@@ -593,8 +731,9 @@ class CommandTarget(Target):
                 os.close(fd)
 
     def _signal_all(self, pidfds: list[int], signum: int) -> None:
-        if self._rusage is None:  # not reaped: the pid is still the command's
-            os.kill(self.tgid, signum)
+        if not self._collect():  # not exited: its pidfd is still open
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signum)
         for fd in pidfds:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(fd, signum)

@@ -448,8 +448,8 @@ def test_held_child_never_runs_the_command_if_lockprof_goes_away(tmp_path):
     marker = tmp_path / "ran"
     target = CommandTarget(["touch", str(marker)])
     os.close(target._gate_w)
-    _pid, status = os.waitpid(target.tgid, 0)
-    assert os.waitstatus_to_exitcode(status) == 125
+    target.wait()
+    assert target.exit_status == 125
     assert not marker.exists()
 
 
