@@ -112,8 +112,36 @@ def check_command(argv0: str) -> None:
             raise LockprofError(f"command not found: {argv0}", exit_code=127)
         if path.is_dir() or not os.access(path, os.X_OK):
             raise LockprofError(f"command is not executable: {argv0}", exit_code=126)
-    elif shutil.which(argv0) is None:
-        raise LockprofError(f"command not found: {argv0}", exit_code=127)
+    else:
+        found = shutil.which(argv0)
+        if found is None:
+            raise LockprofError(f"command not found: {argv0}", exit_code=127)
+        path = Path(found)
+    _check_interpreter(argv0, path)
+
+
+def _check_interpreter(argv0: str, path: Path) -> None:
+    """A script's #! interpreter, checked as the command is: the shell that
+    execs the command would otherwise print its own line before lockprof's."""
+    try:
+        with open(path, "rb") as script:
+            first = script.readline(4096)
+    except OSError:
+        return  # executable but not readable: the kernel may still run it
+    if not first.startswith(b"#!"):
+        return
+    words = first[2:].split()
+    if not words:
+        return
+    interpreter = os.fsdecode(words[0])
+    if not os.path.exists(interpreter):
+        raise LockprofError(
+            f"command {argv0}: its interpreter {interpreter} is not found", exit_code=127
+        )
+    if os.path.isdir(interpreter) or not os.access(interpreter, os.X_OK):
+        raise LockprofError(
+            f"command {argv0}: its interpreter {interpreter} is not executable", exit_code=126
+        )
 
 
 def check_pid(pid: int) -> int:

@@ -1130,3 +1130,23 @@ def test_kernel_threads_are_told_from_processes():
     assert is_kernel_thread(2)
     assert not is_kernel_thread(os.getpid())
     assert not is_kernel_thread(free_pid())
+
+
+@pytest.mark.parametrize(("interpreter_mode", "status"), [(None, 127), (0o644, 126)])
+def test_a_script_whose_interpreter_cannot_run_is_one_line(
+    capsys, tmp_path, never_collect, interpreter_mode, status
+):
+    """The command is exec'd by a shell, which would print its own line
+    ("exec: ...: not found") before lockprof's: the #! line is checked with
+    the command, before anything starts."""
+    interpreter = tmp_path / "interp"
+    if interpreter_mode is not None:
+        interpreter.write_text("")
+        interpreter.chmod(interpreter_mode)
+    script = tmp_path / "script"
+    script.write_text(f"#!{interpreter} -x\necho hi\n")
+    script.chmod(0o755)
+    code, out, err = run_main(capsys, "run", "-q", "--", str(script))
+    what = "is not found" if status == 127 else "is not executable"
+    assert (code, out) == (status, "")
+    assert err == f"lockprof: command {script}: its interpreter {interpreter} {what}\n"
