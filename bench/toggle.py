@@ -58,6 +58,7 @@ import contextlib
 import functools
 import json
 import math
+import shutil
 import signal
 import statistics
 import subprocess
@@ -641,6 +642,9 @@ def main() -> int:
         parser.error("--processes: from 1 to --cycles")
     if "base" in states and not args.baseline:
         parser.error("the state 'base' needs --baseline REV")
+    for peer, exe in (("bpftrace", "bpftrace"), ("perf-lock", "perf")):
+        if peer in states and shutil.which(exe) is None:
+            parser.error(f"the state {peer!r} needs {exe}, which is not installed")
     results = run(args)
     if args.raw:
         args.raw.write_text(
