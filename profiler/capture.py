@@ -9,7 +9,6 @@ is both shown and saved. Throughput is then parsed from the captured text.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import select
@@ -18,7 +17,7 @@ import threading
 from typing import BinaryIO
 
 from profiler.errors import LockprofError
-from profiler.targets import CommandTarget, Lineage, children_of, term_then_kill
+from profiler.targets import CommandTarget, Lineage, child_subreaper, children_of, term_then_kill
 
 _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
@@ -89,18 +88,12 @@ class OutputCapture:
         return b"".join(self._chunks)
 
 
-# prctl(2): orphaned descendants are reparented to this process, not init.
-PR_SET_CHILD_SUBREAPER = 36
-
-
 def adopt_orphans(on: bool = True) -> None:
     """Become the reaper of the commands' orphans (bench): a background
     child that a command leaves behind when it exits is then lockprof's, and
     is stopped with its run (CapturedCommand.end), not left running into the
     next run, holding the capture pipe open (finish() then waited 5 s)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    child_subreaper(on)
 
 
 def own_children() -> set[int]:

@@ -473,7 +473,7 @@ def _holds_within(condition: Callable[[], bool], seconds: float) -> bool:
     return True
 
 
-def _child_subreaper(on: bool) -> bool:
+def child_subreaper(on: bool) -> bool:
     """Make this process the reaper of its orphaned descendants, or not
     (prctl PR_SET_CHILD_SUBREAPER); whether it was."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -564,7 +564,7 @@ class CommandTarget(Target):
             actions.append((os.POSIX_SPAWN_DUP2, 2, 1))
         pwd = "keep" if "PWD" in os.environ else ""
         argv = ["sh", "-c", _HOLDER_SCRIPT, PRE_EXEC_COMM, pwd, *self.argv]
-        was_reaper = _child_subreaper(True)  # so that the shell's child becomes ours
+        was_reaper = child_subreaper(True)  # so that the shell's child becomes ours
         try:
             try:
                 shell = os.posix_spawn(
@@ -592,7 +592,7 @@ class CommandTarget(Target):
                 os.waitpid(shell, 0)  # the subshell is reparented to us as it dies
         finally:
             if not was_reaper:
-                _child_subreaper(False)
+                child_subreaper(False)
         pid = int(line) if line.strip().isdigit() else 0
         if not pid or _parent_of(pid) != os.getpid():
             os.close(gate_w)  # a holder still there exits 125

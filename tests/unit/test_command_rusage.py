@@ -155,7 +155,7 @@ def test_the_held_child_is_ours_and_the_shell_is_gone(reaper_before):
     """The shell that forked the held child is killed and reaped; the child
     is lockprof's (so that wait4 gives its rusage), and lockprof is the
     reaper of orphans afterwards only if it was before (bench)."""
-    targets._child_subreaper(reaper_before)
+    targets.child_subreaper(reaper_before)
     try:
         children_before = children_of(os.getpid(), 256)
         target = CommandTarget(["true"])
@@ -168,7 +168,7 @@ def test_the_held_child_is_ours_and_the_shell_is_gone(reaper_before):
             target.wait()
         assert target.exit_status == 0
     finally:
-        targets._child_subreaper(False)
+        targets.child_subreaper(False)
 
 
 @pytest.mark.parametrize("pwd", [None, "keep"])
