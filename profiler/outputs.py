@@ -311,6 +311,31 @@ def write_file(
     return where.path
 
 
+def write_or_rescue(
+    path: Path,
+    write: Callable[[BinaryIO], object],
+    what: str,
+    suffix: str,
+    before_rename: Callable[[], None] | None = None,
+) -> None:
+    """write_file(path, write); if that fails (a full disk, the directory
+    gone), write_rescue() keeps the data and the error names where, or says
+    it is lost (what: "recording", "run set")."""
+    try:
+        write_file(path, write, before_rename=before_rename)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        rescue, failures = write_rescue(write, suffix)
+        if rescue is None:
+            raise LockprofError(
+                f"cannot write {what} to {path} ({reason}), nor a temporary copy "
+                f"({'; '.join(failures)}): the {what} is lost"
+            ) from None
+        raise LockprofError(
+            f"cannot write {what} to {path} ({reason}); data kept in {rescue}"
+        ) from None
+
+
 def write_rescue(write: Callable[[BinaryIO], object], suffix: str) -> tuple[str | None, list[str]]:
     """Keep what write() writes (an output that could not be written where
     asked) in a new 0600 file, lockprof-*<suffix>, in the temporary

@@ -397,19 +397,7 @@ def save(rec: Recording, path: str | Path) -> Path:
     def write(out: BinaryIO) -> None:
         write_archive(rec, out)
 
-    try:
-        outputs.write_file(path, write, before_rename=_test_write_delay)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        rescue, failures = outputs.write_rescue(write, ".lpr")
-        if rescue is None:
-            raise LockprofError(
-                f"cannot write recording to {path} ({reason}), nor a temporary copy "
-                f"({'; '.join(failures)}): the recording is lost"
-            ) from None
-        raise LockprofError(
-            f"cannot write recording to {path} ({reason}); data kept in {rescue}"
-        ) from None
+    outputs.write_or_rescue(path, write, "recording", ".lpr", before_rename=_test_write_delay)
     return path
 
 

@@ -137,19 +137,7 @@ def save(runset: RunSet, path: str | Path) -> Path:
     def write(out: BinaryIO) -> None:
         out.write(payload)
 
-    try:
-        outputs.write_file(path, write)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        rescue, failures = outputs.write_rescue(write, ".lpset")
-        if rescue is None:
-            raise LockprofError(
-                f"cannot write run set to {path} ({reason}), nor a temporary copy "
-                f"({'; '.join(failures)}): the run set is lost"
-            ) from None
-        raise LockprofError(
-            f"cannot write run set to {path} ({reason}); data kept in {rescue}"
-        ) from None
+    outputs.write_or_rescue(path, write, "run set", ".lpset")
     return path
 
 

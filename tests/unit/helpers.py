@@ -120,3 +120,23 @@ def record_dicts(records: np.ndarray) -> list[dict]:
                 row[column] = None
         rows.append(row)
     return rows
+
+
+def run_main(capsys, *argv) -> tuple[int, str, str]:
+    """lockprof's main() on argv: (status, stdout, stderr)."""
+    from profiler.cli.main import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(code: int, err: str) -> str:
+    """The one stderr line of a failure (a nonzero status, no traceback):
+    `lockprof: ...`, or `lockprof CMD: ...` for a command-line error."""
+    assert code != 0
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert re.match(r"lockprof( [a-z]+)?: ", lines[0]), lines[0]
+    return lines[0]

@@ -18,25 +18,10 @@ from profiler.cli.export import csv_frame, folded_lines
 from profiler.cli.main import main
 from profiler.session import CollectOptions
 
-from .helpers import DATA
+from .helpers import DATA, one_error_line, run_main
 
 HOSTILE = DATA / "hostile-comm.lpr"
 FOLDED_LINE = re.compile(r"^[^ ;]+(;[^ ;]+)* [1-9][0-9]*$")
-
-
-def run_main(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(code: int, err: str) -> str:
-    assert code != 0
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("lockprof: ")
-    return lines[0]
 
 
 # -- report -----------------------------------------------------------------------------

@@ -29,27 +29,12 @@ import pytest
 from dashboards import page
 from profiler import outputs, recording, runset
 from profiler.cli import export
-from profiler.cli.main import main
 from profiler.errors import LockprofError
 
-from .helpers import RECORDING
+from .helpers import RECORDING, one_error_line, run_main
 
 PAGE = "<!DOCTYPE html>\n<html><body>a page</body></html>\n"
 NOBODY = 65534
-
-
-def run_main(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(code: int, err: str) -> str:
-    assert code != 0
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # -- the writers, and what each should leave ------------------------------------------------
