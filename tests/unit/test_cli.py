@@ -25,12 +25,12 @@ import pytest
 
 from profiler import recording, render
 from profiler.cli.common import TimeParam
-from profiler.cli.main import main
 from profiler.errors import LockprofError
 from profiler.targets import check_pid
 
 from .helpers import RECORDING as RECORDING_PATH
-from .helpers import REPO
+from .helpers import REPO, run_main
+from .helpers import one_error_line as assert_one_error_line
 
 LOCKPROF = REPO / ".venv" / "bin" / "lockprof"
 SUBCOMMANDS = ["attach", "run", "record", "show", "doctor"]
@@ -43,22 +43,6 @@ def free_pid() -> int:
     while Path(f"/proc/{pid}").exists():
         pid -= 1
     return pid
-
-
-def run_main(capsys, *argv) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_error_line(code: int, err: str) -> str:
-    assert code != 0
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    # "lockprof: ..." or, for a command-line error, "lockprof run: ... (see ...)"
-    assert re.match(r"lockprof( [a-z]+)?: ", lines[0]), lines[0]
-    return lines[0]
 
 
 @pytest.fixture
