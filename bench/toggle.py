@@ -27,6 +27,8 @@ them between short windows:
           a user ends it), so its start-up and its exit's work (bpftrace
           printing its maps, perf writing its file) fall outside the
           windows, as lockprof's do in the lp states.
+  bpftrace-mmap, bpftrace-contention   the bpftrace script's mmap_lock
+          probes alone, or its lock:contention_* probes alone
 
 Each cycle visits the states in turn (forward, then reversed); a window
 is the workload's own count of operations between two of its clock reads
@@ -58,6 +60,7 @@ import contextlib
 import functools
 import json
 import math
+import re
 import shutil
 import signal
 import statistics
@@ -80,7 +83,22 @@ sys.path.insert(0, str(REPO / "bench"))
 import overhead  # noqa: E402  (its bpftrace script)
 
 LPBIZZY = REPO / "workloads" / "bin" / "lpbizzy"
-STATES = ("bare", "floor", "lp", "lp-mmap", "lp-contention", "base", "bpftrace", "perf-lock")
+BPFTRACE_STATES = ("bpftrace", "bpftrace-mmap", "bpftrace-contention")
+PEER_TOOLS = {**dict.fromkeys(BPFTRACE_STATES, "bpftrace"), "perf-lock": "perf"}
+STATES = ("bare", "floor", "lp", "lp-mmap", "lp-contention", "base", *PEER_TOOLS)
+
+
+def bpftrace_script(state: str) -> str:
+    """bench/overhead.py's bpftrace script, or its mmap_lock or its
+    lock:contention_* probes alone (each probe is a block that starts with
+    its tracepoint's name at the start of a line)."""
+    if state == "bpftrace":
+        return overhead.BPFTRACE_SCRIPT
+    family = "tracepoint:mmap_lock:" if state == "bpftrace-mmap" else "tracepoint:lock:"
+    blocks = re.split(r"\n(?=tracepoint:)", overhead.BPFTRACE_SCRIPT.strip())
+    return "\n".join(block for block in blocks if block.startswith(family)) + "\n"
+
+
 # Two-sided 95% t quantiles by degrees of freedom (1-30; then 40, 60, 120).
 T95 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -179,7 +197,7 @@ class ProcessSwitch:
             time.sleep(self.PERF_READY_S)
             return
         self.proc = subprocess.Popen(
-            ["bpftrace", "-e", overhead.BPFTRACE_SCRIPT],
+            ["bpftrace", "-e", bpftrace_script(self.name)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -325,7 +343,7 @@ def load(states: list[str], args: argparse.Namespace, cleanup: contextlib.ExitSt
         sessions["lp"] = session
         switches.update(lp_switches)
         objects.update(dict.fromkeys(lp_switches, session._bpf))
-    for peer in ("bpftrace", "perf-lock"):
+    for peer in PEER_TOOLS:
         if peer in states:
             workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="lp-peer-")))
             switches[peer] = ProcessSwitch(peer, workdir)
@@ -547,7 +565,7 @@ def summarise(results: Results, args: argparse.Namespace) -> str:
             "`perf lock record -a`, contention only) are started before their window "
             "and stopped after it: their user space is in their figures, their "
             "start-up and exit are not."
-            if {"bpftrace", "perf-lock"} & set(rates)
+            if set(PEER_TOOLS) & set(rates)
             else ""
         ),
         "",
@@ -642,7 +660,7 @@ def main() -> int:
         parser.error("--processes: from 1 to --cycles")
     if "base" in states and not args.baseline:
         parser.error("the state 'base' needs --baseline REV")
-    for peer, exe in (("bpftrace", "bpftrace"), ("perf-lock", "perf")):
+    for peer, exe in PEER_TOOLS.items():
         if peer in states and shutil.which(exe) is None:
             parser.error(f"the state {peer!r} needs {exe}, which is not installed")
     results = run(args)
