@@ -162,8 +162,10 @@ def check_writable(path: str | Path) -> None:
             pass
         fs = os.statvfs(directory)
     except OSError as exc:
+        # "not writable (No such file or directory)" read oddly for /proc:
+        # say what failed, and the kernel's reason.
         raise LockprofError(
-            f"output directory {directory} is not writable ({exc.strerror})"
+            f"cannot create a file in output directory {directory} ({exc.strerror})"
         ) from None
     free = fs.f_bavail * fs.f_frsize
     if free < MIN_FREE_BYTES:
