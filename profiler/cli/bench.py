@@ -23,6 +23,7 @@ from profiler.capture import (
     parse_throughput,
 )
 from profiler.cli.common import (
+    FiniteFloatRange,
     TimeParam,
     build_options,
     checked_spec,
@@ -207,14 +208,16 @@ def summary_table(result: RunSet) -> Table:
 @click.option(
     "-d",
     "--duration",
-    type=click.FloatRange(min=0.1, max=7 * 86400),
+    type=FiniteFloatRange(min=0.1, max=7 * 86400),
+    metavar="SECONDS",
     help="Stop each run's collection after SECONDS (default: the command's exit), "
     "and the command if still running (SIGTERM, then SIGKILL after 1 s).",
 )
 @click.option(
     "-i",
     "--interval",
-    type=click.FloatRange(min=0.1, max=3600),
+    type=FiniteFloatRange(min=0.1, max=3600),
+    metavar="SECONDS",
     default=1.0,
     show_default=True,
     help="Seconds between aggregate snapshots.",

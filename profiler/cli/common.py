@@ -116,13 +116,15 @@ def collection_options(func):
             "-d",
             "--duration",
             type=FiniteFloatRange(min=0.1, max=7 * 86400),
-            help="Stop collecting after SECONDS (default: Ctrl-C; with attach and run, also "
-            "the target's exit); a target still running is left running.",
+            metavar="SECONDS",
+            help="Stop collecting after SECONDS (default: at Ctrl-C, or when the target "
+            "exits). A target still running then is left running.",
         ),
         click.option(
             "-i",
             "--interval",
             type=FiniteFloatRange(min=0.1, max=3600),
+            metavar="SECONDS",
             default=1.0,
             show_default=True,
             help="Seconds between live-view refreshes and aggregate snapshots.",
