@@ -55,11 +55,14 @@ def write_html(
     help="HTML file to write (default: the recording's name with .html).",
 )
 @click.option(
-    "--max-events",
+    "--max-points",
+    "--max-events",  # its first name: collecting's --max-events is what is kept, not drawn
+    "max_events",
     type=click.IntRange(min=0),
     default=5000,
     show_default=True,
-    help="Most individual waits/holds drawn on the timeline (the page says when it samples).",
+    help="Most individual waits/holds drawn on the timeline (the page says when it samples; "
+    "the recording keeps them all). --max-events is an older name for it.",
 )
 @click.option(
     "--top",

@@ -43,9 +43,10 @@ def test_report_default_output_is_next_to_the_recording(capsys, tmp_path):
     assert code == 0 and (tmp_path / "demo.html").is_file()
 
 
-def test_report_options_reach_the_page(capsys, tmp_path):
+@pytest.mark.parametrize("option", ["--max-points", "--max-events"])  # its older name too
+def test_report_options_reach_the_page(capsys, tmp_path, option):
     out_path = tmp_path / "r.html"
-    code, _out, _err = run_main(capsys, "report", HOSTILE, "-o", out_path, "--max-events", "10")
+    code, _out, _err = run_main(capsys, "report", HOSTILE, "-o", out_path, option, "10")
     assert code == 0
     events = len(frames.lock_events(profiler.load(HOSTILE)))
     assert f"showing 10 of {events:,} events" in out_path.read_text()
