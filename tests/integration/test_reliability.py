@@ -429,9 +429,12 @@ def test_the_terminal_going_away_mid_run_loses_no_data(tmp_path):
         time.sleep(2)  # several refreshes into the closed terminal
         assert proc.poll() is None, (tmp_path / "stderr").read_text()
         target.go_and_wait_done()  # its exact work, after the terminal went
+        # Collection went on from the close to the SIGINT (not to the exit:
+        # writing the recording and the report took over a second on a
+        # loaded machine, and the bound failed there).
+        after_close_s = time.monotonic() - closed
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
-        after_close_s = time.monotonic() - closed
     finally:
         target.finish()
         if proc.poll() is None:
@@ -444,7 +447,7 @@ def test_the_terminal_going_away_mid_run_loses_no_data(tmp_path):
     assert "lockprof: report written to gone.html" in stderr  # the report needs no terminal
     assert (tmp_path / "gone.html").stat().st_size > 0
     rec = profiler.load(tmp_path / "gone.lpr")
-    assert rec.meta["duration_s"] >= after_close_s - 1.0
+    assert rec.meta["duration_s"] >= after_close_s - 0.5
     rows = rows_for(show_json(tmp_path / "gone.lpr"), target.pid)
     assert rows["write"]["acquisitions"] == 2 * 500
     assert lockprof_programs() == []
