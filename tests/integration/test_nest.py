@@ -75,7 +75,9 @@ def test_a_task_whose_waits_lost_their_ends_is_timed_again(tmp_path):
         f"timed {timed}, nest_overflow {overflow}, end_without_begin {unpaired}, "
         f"longest {longest_ns} ns"
     )
-    assert timed > 1000, figures
+    # Thousands a second on a quiet machine, 271 once beside other test
+    # runs; before the fix the two threads' waits all went untimed (0).
+    assert timed > 100, figures
     # Each thread's stale entries give way once each (4 per thread at most),
     # plus a few waits whose end the kernel skipped meanwhile (recursion).
     # Before the fix, the threads' waits stayed untimed: hundreds of each.
