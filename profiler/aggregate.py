@@ -251,16 +251,6 @@ def empty_intervals() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=_interval_dtype(c)) for c in INTERVAL_COLUMNS})
 
 
-def intervals_frame(rows: list[dict]) -> pd.DataFrame:
-    if not rows:
-        return empty_intervals()
-    frame = pd.DataFrame(rows, columns=INTERVAL_COLUMNS)
-    frame["lock"] = frame["lock"].astype("uint64")
-    for column in INTERVAL_MAX_COLUMNS:
-        frame[column] = frame[column].astype("Int64")
-    return frame
-
-
 # -- interval rows as fixed-size records (spilled during collection) ---------
 
 # Where an interval's maximum is unknown (null in the frame).
@@ -280,22 +270,9 @@ def interval_record_dtype() -> np.dtype:
     return np.dtype(fields)
 
 
-def interval_records(rows: list[dict]) -> np.ndarray:
-    """Interval rows as dicts (INTERVAL_COLUMNS, a null maximum None, as
-    intervals_frame() takes them) as records; a null maximum becomes
-    UNKNOWN_MAX. Collection makes its records directly (delta_records)."""
-    records = np.zeros(len(rows), dtype=interval_record_dtype())
-    for column in INTERVAL_COLUMNS:
-        values = [row[column] for row in rows]
-        if column in INTERVAL_MAX_COLUMNS:
-            values = [UNKNOWN_MAX if v is None else v for v in values]
-        if values:
-            records[column] = values
-    return records
-
-
 def records_frame(records: np.ndarray) -> pd.DataFrame:
-    """The interval frame of records, as intervals_frame() gives of the rows."""
+    """The interval frame of records: one column per INTERVAL_COLUMNS, a
+    null *_max_ns where the record holds UNKNOWN_MAX."""
     if len(records) == 0:
         return empty_intervals()
     columns: dict[str, object] = {}

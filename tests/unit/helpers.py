@@ -111,7 +111,7 @@ def interval_row(
 def record_dicts(records: np.ndarray) -> list[dict]:
     """Interval records (aggregate.delta_records) as dicts of Python values:
     lists for the histograms, None for an unknown maximum (as
-    aggregate.intervals_frame and interval_records take rows)."""
+    intervals_frame and interval_records take rows)."""
     rows = []
     for record in records:
         row = {column: record[column].tolist() for column in aggregate.INTERVAL_COLUMNS}
@@ -140,3 +140,30 @@ def one_error_line(code: int, err: str) -> str:
     assert len(lines) == 1, err
     assert re.match(r"lockprof( [a-z]+)?: ", lines[0]), lines[0]
     return lines[0]
+
+
+def intervals_frame(rows: list[dict]) -> pd.DataFrame:
+    """An intervals frame of hand-made rows (dicts of aggregate.INTERVAL_COLUMNS, a
+    null maximum None), as aggregate.records_frame() gives of records."""
+    if not rows:
+        return aggregate.empty_intervals()
+    frame = pd.DataFrame(rows, columns=aggregate.INTERVAL_COLUMNS)
+    frame["lock"] = frame["lock"].astype("uint64")
+    for column in aggregate.INTERVAL_MAX_COLUMNS:
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def interval_records(rows: list[dict]) -> np.ndarray:
+    """Interval rows as dicts (aggregate.INTERVAL_COLUMNS, a null maximum None, as
+    intervals_frame() takes them) as records; a null maximum becomes
+    UNKNOWN_MAX. Collection makes its records from snapshots
+    (aggregate.delta_records)."""
+    records = np.zeros(len(rows), dtype=aggregate.interval_record_dtype())
+    for column in aggregate.INTERVAL_COLUMNS:
+        values = [row[column] for row in rows]
+        if column in aggregate.INTERVAL_MAX_COLUMNS:
+            values = [aggregate.UNKNOWN_MAX if v is None else v for v in values]
+        if values:
+            records[column] = values
+    return records

@@ -8,7 +8,7 @@ import pytest
 
 from profiler import aggregate, schema
 
-from .helpers import EMPTY_CALLERS, record_dicts
+from .helpers import EMPTY_CALLERS, intervals_frame, record_dicts
 
 READ, WRITE, SPIN, PERCPU, MUTEX = 2, 4, 1, 16, 32
 SRC_MMAP, SRC_CONT = 0, 1
@@ -231,27 +231,27 @@ def test_new_key_in_a_later_interval_counts_from_zero(snap, stats_columns):
 
 
 def test_intervals_frame_keeps_kernel_addresses(make_row):
-    frame = aggregate.intervals_frame([make_row(MM_LOCK, WRITE, SRC_MMAP, acquisitions=1)])
+    frame = intervals_frame([make_row(MM_LOCK, WRITE, SRC_MMAP, acquisitions=1)])
     assert list(frame.columns) == aggregate.INTERVAL_COLUMNS
     assert frame["lock"].dtype == np.uint64
     assert int(frame["lock"].iloc[0]) == MM_LOCK
 
 
 def test_intervals_frame_dtypes(make_row):
-    frame = aggregate.intervals_frame(
+    frame = intervals_frame(
         [
             make_row(MM_LOCK, WRITE, SRC_MMAP, acquisitions=1, wait_max_ns=None),
             make_row(MM_LOCK, READ, SRC_MMAP, acquisitions=1, wait_max_ns=5),
         ]
     )
-    empty = aggregate.intervals_frame([])
+    empty = intervals_frame([])
     for column in aggregate.INTERVAL_COLUMNS:
         assert frame[column].dtype == empty[column].dtype, column
     assert frame["wait_max_ns"].tolist() == [pd.NA, 5]
 
 
 def test_empty_intervals():
-    frame = aggregate.intervals_frame([])
+    frame = intervals_frame([])
     assert list(frame.columns) == aggregate.INTERVAL_COLUMNS and frame.empty
     assert aggregate.summary_rows(frame, frame, ["mmap_lock"]) == []
 
@@ -443,7 +443,7 @@ def test_contention_only_rows(snap, stats_columns):
 
 def test_reader_writer_ratio_from_contention_counts(make_row):
     rwsem = 0xFFFF888200000000
-    frame = aggregate.intervals_frame(
+    frame = intervals_frame(
         [
             make_row(rwsem, READ, SRC_CONT, contended=6, wait_count=6, wait_total_ns=60),
             make_row(rwsem, WRITE, SRC_CONT, contended=2, wait_count=2, wait_total_ns=20),
@@ -464,7 +464,7 @@ def test_reader_writer_ratio_none_without_writes(snap, stats_columns):
 
 
 def test_rows_sorted_by_total_wait(make_row):
-    frame = aggregate.intervals_frame(
+    frame = intervals_frame(
         [
             make_row(0x1000, SPIN, SRC_CONT, contended=1, wait_count=1, wait_total_ns=10),
             make_row(0x2000, SPIN, SRC_CONT, contended=1, wait_count=1, wait_total_ns=30),
@@ -499,7 +499,7 @@ def test_unowned_mmap_lock_reconciles_whatever_the_row_order(snap, stats_columns
 def test_summary_identity_ignores_locks_table_order(make_row, order):
     # A locks table as older versions wrote it: the contention row of an
     # mmap_lock whose owner was unknown says "rwsem"; another row knows the owner.
-    frame = aggregate.intervals_frame(
+    frame = intervals_frame(
         [
             make_row(MM_LOCK, WRITE, SRC_CONT, contended=1, wait_count=1, wait_total_ns=900),
             make_row(MM_LOCK, WRITE, SRC_MMAP, acquisitions=3, releases=2, downgrades=1),
@@ -568,7 +568,7 @@ def mixed_families(make_row):
             **counts,
         )
 
-    frame = aggregate.intervals_frame(
+    frame = intervals_frame(
         [
             timed(
                 MM_LOCK, WRITE, SRC_MMAP, 0, 10, 5000, 9, acquisitions=10, releases=6, downgrades=3
@@ -644,7 +644,7 @@ def names(frame, owners=None, callers=EMPTY_CALLERS, stacks=None, data_symbols=N
 
 
 def test_rwsem_that_is_an_mm_mmap_lock_is_named_mmap_lock(make_row):
-    frame = aggregate.intervals_frame(
+    frame = intervals_frame(
         [
             make_row(MM_LOCK, READ, SRC_CONT, contended=1, wait_count=1),
             make_row(MM_LOCK, WRITE, SRC_MMAP, acquisitions=1, wait_count=1),
@@ -669,7 +669,7 @@ def test_rwsem_that_is_an_mm_mmap_lock_is_named_mmap_lock(make_row):
 def test_contention_row_of_an_unowned_mmap_lock_is_named_mmap_lock(make_row):
     # No owner entry (owner map full, or only foreign tasks took the lock), but
     # the mmap_lock tracepoints fired on this address: every row is mmap_lock.
-    frame = aggregate.intervals_frame(
+    frame = intervals_frame(
         [
             make_row(MM_LOCK, WRITE, SRC_CONT, contended=1, wait_count=1),
             make_row(MM_LOCK, READ, SRC_MMAP, acquisitions=1, wait_count=1),
@@ -685,21 +685,19 @@ def test_contention_row_of_an_unowned_mmap_lock_is_named_mmap_lock(make_row):
 
 def test_only_rwsems_become_mmap_lock(make_row):
     # A percpu rwsem can never be an mmap_lock, even at an address in the owner map.
-    frame = aggregate.intervals_frame(
-        [make_row(MM_LOCK, PERCPU | READ, SRC_CONT, contended=1, wait_count=1)]
-    )
+    frame = intervals_frame([make_row(MM_LOCK, PERCPU | READ, SRC_CONT, contended=1, wait_count=1)])
     (row,) = names(frame, owners={MM_LOCK: (1, "init")}).values()
     assert row.lock_class == "percpu-rwsem"
 
 
 def test_mmap_source_without_owner_is_still_mmap_lock(make_row):
-    frame = aggregate.intervals_frame([make_row(MM_LOCK, READ, SRC_MMAP, acquisitions=1)])
+    frame = intervals_frame([make_row(MM_LOCK, READ, SRC_MMAP, acquisitions=1)])
     (row,) = names(frame).values()
     assert (row.lock_class, row.name, row.owner_pid) == ("mmap_lock", "mmap_lock", None)
 
 
 def test_data_symbol_names_a_lock(make_row):
-    frame = aggregate.intervals_frame([make_row(OTHER_LOCK, SPIN, SRC_CONT, contended=1)])
+    frame = intervals_frame([make_row(OTHER_LOCK, SPIN, SRC_CONT, contended=1)])
     callers = pd.DataFrame(
         [{"lock": OTHER_LOCK, "stack_id": 3, "flags": SPIN, "count": 1, "total_ns": 5, "max_ns": 5}]
     )
@@ -710,7 +708,7 @@ def test_data_symbol_names_a_lock(make_row):
 
 
 def test_top_caller_names_a_lock(make_row):
-    frame = aggregate.intervals_frame([make_row(OTHER_LOCK, MUTEX, SRC_CONT, contended=3)])
+    frame = intervals_frame([make_row(OTHER_LOCK, MUTEX, SRC_CONT, contended=3)])
     callers = pd.DataFrame(
         [
             {
@@ -789,7 +787,7 @@ def test_waits_without_a_stack_do_not_keep_a_lock_unnamed(make_row):
     """A page-table spinlock: most of its waits are under --stack-threshold
     and share the no-stack row (stack_id -1), which holds most of the wait
     time; the few with a stack still name the lock after their caller."""
-    frame = aggregate.intervals_frame([make_row(OTHER_LOCK, SPIN, SRC_CONT, contended=94_079)])
+    frame = intervals_frame([make_row(OTHER_LOCK, SPIN, SRC_CONT, contended=94_079)])
     pte = ["__pv_queued_spin_lock_slowpath+0x15b", "_raw_spin_lock+0x3b"]
     rows = [
         (-1, 94_077, 100_023_509),

@@ -29,7 +29,7 @@ from profiler.errors import LockprofError
 from profiler.targets import check_pid
 
 from .helpers import RECORDING as RECORDING_PATH
-from .helpers import REPO, run_main
+from .helpers import REPO, intervals_frame, run_main
 from .helpers import one_error_line as assert_one_error_line
 
 LOCKPROF = REPO / ".venv" / "bin" / "lockprof"
@@ -903,7 +903,7 @@ def _recording_with_many_locks(count: int) -> recording.Recording:
                 wait_slots=slots,
             )
         )
-    intervals = aggregate.intervals_frame(rows)
+    intervals = intervals_frame(rows)
     locks = aggregate.name_locks(intervals, {}, EMPTY_CALLERS, {})
     meta = {
         "kernel": "6.18.44",

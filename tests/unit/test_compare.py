@@ -35,7 +35,7 @@ from profiler.hist import slot_of
 from profiler.recording import Recording
 from profiler.runset import Run, RunSet
 
-from .helpers import EMPTY_CALLERS, interval_row
+from .helpers import EMPTY_CALLERS, interval_row, intervals_frame
 
 SRC_MMAP = schema.const("LP_SRC_MMAP_LOCK")
 SRC_CONT = schema.const("LP_SRC_CONTENTION")
@@ -117,7 +117,7 @@ def make_recording(
                 spin, SPIN, SRC_CONT, cpu=1, contended=spin_waits, **_hist("wait", spin_waits, 5000)
             )
         )
-    intervals = aggregate.intervals_frame(rows)
+    intervals = intervals_frame(rows)
     callers = pd.DataFrame(
         [
             {
@@ -1185,7 +1185,7 @@ def spec_recording(
         rows.append(
             interval_row(address, F_SUM, SRC_SPEC, acquisitions=sums, **_hist("wait", sums, 12_000))
         )
-    intervals = aggregate.intervals_frame(rows)
+    intervals = intervals_frame(rows)
     locks = aggregate.name_locks(intervals, {}, EMPTY_CALLERS, {}, spec_class=spec)
     rec = make_recording(0, reads=0, command=("/bin/rwbench", "-l", spec))
     rec.intervals, rec.locks = intervals, locks

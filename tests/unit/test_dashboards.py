@@ -26,7 +26,7 @@ from profiler import aggregate, recording, schema
 from profiler.errors import LockprofError
 from profiler.hist import slot_of
 
-from .helpers import DATA, interval_row
+from .helpers import DATA, interval_row, intervals_frame
 
 HOSTILE = DATA / "hostile-comm.lpr"
 COMM = "</script><b>x"
@@ -89,7 +89,7 @@ def mode_slots(ns_values: list[int]) -> list[int]:
 
 
 def synthetic(rows: list[dict], owners=None, meta=None, **tables) -> profiler.Recording:
-    intervals = aggregate.intervals_frame(rows)
+    intervals = intervals_frame(rows)
     callers = tables.pop("callers", recording.empty_table("callers"))
     locks = aggregate.name_locks(intervals, owners or {}, callers, {})
     return profiler.Recording(
@@ -149,7 +149,7 @@ def test_two_mms_at_one_address_get_their_own_labels_and_summary_rows():
         wait_row(lock, WRITE, SRC_MMAP, waits=[n], holds=[n], acquisitions=1)
         for lock, n in ((first, 100), (second, 200), (third, 300))
     ]
-    intervals = aggregate.intervals_frame(rows)
+    intervals = intervals_frame(rows)
     owners = {first: (42, "sh")}  # the second and third never named
     locks = aggregate.name_locks(intervals, owners, recording.empty_table("callers"), {},
                                  addresses=ids.addresses())  # fmt: skip

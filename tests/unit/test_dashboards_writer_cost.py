@@ -15,7 +15,7 @@ import profiler
 from dashboards import escape, figures, frames, html
 from profiler import aggregate, recording, schema
 
-from .helpers import DATA, interval_row
+from .helpers import DATA, interval_row, intervals_frame
 from .test_dashboards import figure_strings, is_empty_state, mode_slots
 
 COMM = "</script><b>x"
@@ -112,7 +112,7 @@ def spec_recording() -> profiler.Recording:
             hold_slots=mode_slots([hold_ns] * count if hold_ns else []),
         )
 
-    intervals = aggregate.intervals_frame(
+    intervals = intervals_frame(
         [row(READ, 900, 1_000, 2_000), row(WRITE, 100, 100_000, 1_500), row(F_SUM, 400, 20_000, 0)]
     )
     locks = aggregate.name_locks(

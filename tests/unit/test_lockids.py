@@ -6,6 +6,8 @@ from __future__ import annotations
 from profiler import aggregate, lockids
 from profiler.lockids import LockIds
 
+from .helpers import intervals_frame
+
 A = 0xFFFF8881D649B8F8
 B = 0xFFFF8881A7B3AC78
 
@@ -89,7 +91,7 @@ def test_summary_keeps_two_processes_on_one_address_apart(make_row):
     ids = LockIds()
     first, second = ids.id_of(A, 100), ids.id_of(A, 200)
     read, write, mmap = 2, 4, 0
-    frame = aggregate.intervals_frame(
+    frame = intervals_frame(
         [
             make_row(first, write, mmap, acquisitions=3, releases=2, downgrades=1),
             make_row(first, read, mmap, releases=1),  # the downgraded hold's release

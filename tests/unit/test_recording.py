@@ -23,6 +23,8 @@ import profiler
 from profiler import outputs, recording
 from profiler.errors import LockprofError
 
+from .helpers import intervals_frame
+
 
 def assert_one_line_error(excinfo, path, *fragments):
     message = str(excinfo.value)
@@ -74,9 +76,8 @@ def test_round_trip_of_a_real_recording(rec, tmp_path):
 
 
 def test_round_trip_of_a_synthetic_recording(tmp_path, make_row):
-    from profiler import aggregate
 
-    intervals = aggregate.intervals_frame(
+    intervals = intervals_frame(
         [make_row(0xFFFF888100000100, 4, 0, cpu=c, acquisitions=c + 1) for c in range(3)]
     )
     locks = pd.DataFrame(

@@ -31,7 +31,7 @@ from profiler.intervals import build_intervals
 from profiler.options import CpuFigures
 from profiler.targets import PRE_EXEC_COMM, CommandTarget, PidTarget, pre_exec_locks
 
-from .helpers import EMPTY_CALLERS
+from .helpers import EMPTY_CALLERS, interval_records, intervals_frame
 
 READ, WRITE, SPIN = 2, 4, 1
 SRC_MMAP, SRC_CONT = 0, 1
@@ -871,9 +871,9 @@ def test_interval_rows_spilled_as_records_read_back_the_same(make_row, tmp_path)
     rows[3][1]["hold_max_ns"] = 12345
     spilled = session._Collected()
     for row_list in rows:
-        spilled.keep(aggregate.interval_records(row_list))
+        spilled.keep(interval_records(row_list))
     assert spilled.spool.records == 30 and spilled.spool._file is not None  # on disk
-    whole = aggregate.intervals_frame([row for row_list in rows for row in row_list])
+    whole = intervals_frame([row for row_list in rows for row in row_list])
     rec = recording.Recording(meta={}, intervals=whole, locks=recording.empty_table("locks"))
     reloaded = recording.load(recording.save(rec, tmp_path / "r.lpr")).intervals
     got = kept_intervals(spilled)
