@@ -108,9 +108,6 @@ def _exit_text(run: Run) -> str:
     return f"{run.exit_status} (stopped)" if run.ended_by_lockprof else str(run.exit_status)
 
 
-# A format that _stat() reads as "by the spread" (see _by_spread).
-_BY_SPREAD = "by spread"
-
 _COLUMNS = [
     # (header, format of one value)
     ("elapsed s", "{:.3f}"),
@@ -118,14 +115,17 @@ _COLUMNS = [
     ("sys s", "{:.3f}"),
     ("minor faults", "{:,.0f}"),
     ("acquisitions", "{:,.0f}"),
-    ("throughput", _BY_SPREAD),
+    ("throughput", "{:,.6g}"),
 ]
+# Figures of any scale (a command's own throughput): their mean row is shown
+# to the precision of their spread (_by_spread), not by their format.
+_BY_SPREAD = {"throughput"}
 
 
-def _stat(values: list[float], fmt: str) -> str:
+def _stat(values: list[float], fmt: str, by_spread: bool = False) -> str:
     if not values:
         return "-"
-    if fmt == _BY_SPREAD:
+    if by_spread:
         return _by_spread(values)
     mean = fmt.format(statistics.fmean(values))
     if len(values) < 2:
@@ -175,7 +175,8 @@ def summary_table(result: RunSet) -> Table:
             _exit_text(run),
             *("-" if values[h] is None else f.format(values[h]) for h, f in _COLUMNS),
         )
-    table.add_row("mean ± sd", "", *(_stat(columns[h], f) for h, f in _COLUMNS), style="bold")
+    means = (_stat(columns[h], f, h in _BY_SPREAD) for h, f in _COLUMNS)
+    table.add_row("mean ± sd", "", *means, style="bold")
     return table
 
 

@@ -1102,7 +1102,7 @@ def test_bench_throughput_is_shown_to_the_precision_of_its_spread(values, shown)
     digits, the mean to the same place."""
     from profiler.cli import bench
 
-    assert bench._stat(values, bench._BY_SPREAD) == shown
+    assert bench._stat(values, "{:,.6g}", by_spread=True) == shown
 
 
 def test_kernel_threads_are_told_from_processes():
@@ -1134,3 +1134,17 @@ def test_a_script_whose_interpreter_cannot_run_is_one_line(
     what = "is not found" if status == 127 else "is not executable"
     assert (code, out) == (status, "")
     assert err == f"lockprof: command {script}: its interpreter {interpreter} {what}\n"
+
+
+def test_bench_table_shows_each_runs_throughput_and_their_mean_by_spread():
+    """Each run's row keeps its own figure (the mean row's "by spread" rule
+    printed the words "by spread" in every run's throughput cell)."""
+    import profiler
+    from profiler.cli import bench
+    from profiler.runset import Run, RunSet
+
+    rec = profiler.load(RECORDING_PATH)
+    runs = [Run(rec, throughput=t) for t in (9783.0, 11783.0, 13783.0)]
+    table = bench.summary_table(RunSet(label="before", command=["work"], runs=runs))
+    throughput = [str(cell) for cell in table.columns[-1].cells]
+    assert throughput == ["9,783", "11,783", "13,783", "11,783 ± 2,000"]
