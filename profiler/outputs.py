@@ -417,8 +417,6 @@ def refuse_clobbering(
     the output (-o, --html, ...). Exit 2: the command line is at fault."""
     if str(output) == "-":
         return
-    if isinstance(output, str) and names_a_directory(output):
-        raise LockprofError(f"{flag} {output} names a directory; give a file name", exit_code=2)
     for source in inputs:
         if Path(source).exists() and same_file(output, source):
             what = "the input" if str(source) == str(output) else f"the input {source}"
