@@ -511,10 +511,13 @@ def run_collection(
     except LockprofError as exc:  # the data went to a rescue file (the error names it), or is lost
         not_saved = exc
     allocator.release_free_heap()  # Parquet's buffers, before the summary's own
-    written = f"lockprof: {_ending(rec.meta)}; recording written to {output}"
-    if not_saved is not None:
-        # The summary is still printed: it is all the user has on screen.
-        written = f"lockprof: {render.safe_text(not_saved)}"
+    # Not saved: the summary is still printed (all the user has on screen),
+    # then the error naming the rescue file.
+    written = (
+        f"lockprof: {_ending(rec.meta)}; recording written to {output}"
+        if not_saved is None
+        else f"lockprof: {render.safe_text(not_saved)}"
+    )
     try:
         # --json: every row (README); the table: the busiest.
         print_summary(
@@ -630,10 +633,13 @@ class _ShownRows:
         shown = cls()
         for row in rows:
             shown.count += 1
-            if top is None or len(shown.first) < top:
-                shown.first.append(table_row(row))
-            if row.get("still_held"):
-                shown.held.append(table_row(row))
+            wanted = top is None or len(shown.first) < top
+            if wanted or row.get("still_held"):
+                kept = table_row(row)  # one copy, in either list or both
+                if wanted:
+                    shown.first.append(kept)
+                if row.get("still_held"):
+                    shown.held.append(kept)
             render.add_cpu_totals(shown.cpu_totals, row)
         return shown
 
