@@ -202,9 +202,9 @@ def lock_events(rec: Recording, locks: pd.DataFrame | None = None) -> pd.DataFra
     recording's events table, and the timeline says why it has fewer)."""
     locks = lock_table(rec) if locks is None else locks
     labelled = _with_locks(rec.events, locks)
-    kept = _without_sum(_drop_double_counted(labelled, []))
-    mmap_sum = _without_sum(labelled)
-    kept.attrs["double_counted"] = len(mmap_sum) - len(kept)
+    once = _drop_double_counted(labelled, [])  # drops contention-source rows only, never sum rows
+    kept = _without_sum(once)
+    kept.attrs["double_counted"] = len(labelled) - len(once)
     return kept
 
 
