@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How long one read of the kernel's aggregate map takes (root):
 BpfSession.read_stats, with the map filled by 300 short mmapcount processes
-and an lpbizzy run (the best of 10 reads; the row count varies a little).
+and an lpbizzy run (the best of 12 reads; the row count varies a little).
 
     sudo .venv/bin/python bench/readstats.py
     sudo LPROOT=/tmp/wt-old PYTHONPATH=/tmp/wt-old .venv/bin/python bench/readstats.py
