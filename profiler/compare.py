@@ -983,30 +983,23 @@ def fmt_pct(value: float | None) -> str:
 
 
 # How the terminal and the page name a lock metric (the show table's words).
-METRIC_LABELS = {
-    "acquisitions": "acquisitions",
-    "reader_writer_ratio": "reader:writer ratio",
-    "contended": "contended",
-    "wait_total_ns": "wait total",
-    "wait_p50_ns": "wait p50",
-    "wait_p99_ns": "wait p99",
-    "wait_max_ns": "wait max",
-    "hold_p50_ns": "hold p50",
-    "hold_p99_ns": "hold p99",
-    "hold_max_ns": "hold max",
-    "downgrades": "downgrades",
-}
+# The one label that is not its metric's name without _ns and underscores.
+_LABELS = {"reader_writer_ratio": "reader:writer ratio"}
 
 
 def metric_label(mode: str, metric: str) -> str:
     """A lock metric as the terminal and the page show it: 'wait total',
-    'cpu0 acquisitions', and a spec's sum rows as 'time in sum'."""
-    cpu, dot, rest = metric.partition(".")
+    'cpu0 acquisitions', and a spec's sum rows as 'time in sum' (metric_name,
+    then spaces for the dot and the underscores)."""
+    name = metric_name(mode, metric)
+    cpu, dot, rest = name.partition(".")
     if dot and cpu.startswith("cpu"):
-        return f"{cpu} {metric_label(mode, rest)}"
-    if mode == "sum" and metric in SUM_METRIC_NAMES:
-        return SUM_METRIC_NAMES[metric]
-    return METRIC_LABELS.get(metric, metric.removesuffix("_ns").replace("_", " "))
+        return f"{cpu} {_label(rest)}"
+    return _label(name)
+
+
+def _label(name: str) -> str:
+    return _LABELS.get(name, name.removesuffix("_ns").replace("_", " "))
 
 
 def entry_label(entry: dict) -> str:
@@ -1021,11 +1014,6 @@ def _zero_to_zero(entry: dict) -> bool:
     return entry.get("before") == 0 and entry.get("after") == 0
 
 
-def _new(entry: dict) -> bool:
-    """Absent (0) before, present after: a change with no percent."""
-    return entry.get("before") == 0 and entry.get("delta") is not None and not _zero_to_zero(entry)
-
-
 def fmt_delta(entry: dict) -> str:
     """The delta column: always a percent change, or a word where there is
     none: 'new' (0 before), 'unchanged' (0 -> 0), '-' (not on both sides)."""
@@ -1035,7 +1023,7 @@ def fmt_delta(entry: dict) -> str:
         return "unchanged"
     if entry.get("delta_pct") is not None:
         return fmt_pct(entry["delta_pct"])
-    return "new" if _new(entry) else "-"
+    return "new" if entry.get("before") == 0 else "-"  # absent before, present after
 
 
 # A percent change whose interval is missing because some before run was 0:
