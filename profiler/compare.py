@@ -763,14 +763,19 @@ def target_mode_warnings(before: RunSet, after: RunSet) -> list[str]:
 def mismatch_warnings(before: RunSet, after: RunSet) -> list[str]:
     """What differs between (or within) the sides, and other caveats."""
     warnings = target_mode_warnings(before, after)
-    modes = {_side_mode(before), _side_mode(after)}
+    b_mode, a_mode = _side_mode(before), _side_mode(after)
+    # The command line is left out exactly when target_mode_warnings says
+    # one side is the whole system (which has no command) and the other not.
+    system_against_target = (
+        None not in (b_mode, a_mode) and b_mode != a_mode and "system" in (b_mode, a_mode)
+    )
     for key, name, note in MISMATCH_FIELDS:
         b, a = _side_values(before, key), _side_values(after, key)
         for side, values in (("before", b), ("after", a)):
             if len(values) > 1:
                 shown = "; ".join(_shown(v) for v in values)
                 warnings.append(f"{name} differs between the {side} runs: {shown}")
-        if key == "command" and "system" in modes and len(modes) > 1:
+        if key == "command" and system_against_target:
             continue  # the whole system has no command: the target warning says so
         if b != a:
             warnings.append(

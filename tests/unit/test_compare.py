@@ -1534,3 +1534,16 @@ def test_distributions_use_a_log_count_axis():
     fig = page.distribution_figure(key, result.hists[key])
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "log"
     assert "log" in fig.layout.yaxis.title.text
+
+
+def test_the_command_line_is_compared_unless_the_target_warning_explains_it():
+    """A system-wide side has no command: its "command line differs" warning
+    is left out only where the "profiled target differs" warning says why.
+    With the after side's runs of two kinds that warning is not given, and
+    the command line's was left out too: no word on either."""
+    before = _profiling(make_set("before", [{"writes": 10}] * 3), "system")
+    after = make_set("after", [{"writes": 10}] * 3)
+    after.runs[1].recording.meta["mode"] = "attach"
+    warnings = cmp.compare(before, after).document["warnings"]
+    assert not [w for w in warnings if w.startswith("profiled target differs:")]
+    assert [w for w in warnings if w.startswith("command line differs: before")]
