@@ -127,30 +127,13 @@ class Tracer:
                 args += ["-i", "10"]
             self._start([*LOCKPROF, *args], "attached", stream="stderr")
         elif self.config == "perf-lock":
-            # perf prints nothing when ready: give it a moment after exec.
-            argv = ["perf", "lock", "record", "-a", "-o", str(self.workdir / "perf.data")]
-            self.proc = subprocess.Popen(
-                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir
-            )
-            time.sleep(1.5)
+            self.proc = start_perf_lock(self.workdir)
         elif self.config == "bpftrace":
             self._start(["bpftrace", "-e", BPFTRACE_SCRIPT], "Attaching", stream="stdout")
         return self
 
     def _start(self, argv: list[str], ready: str, stream: str) -> None:
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE if stream == "stdout" else subprocess.DEVNULL,
-            stderr=subprocess.PIPE if stream == "stderr" else subprocess.DEVNULL,
-            text=True,
-            cwd=REPO,
-        )
-        pipe = self.proc.stdout if stream == "stdout" else self.proc.stderr
-        assert pipe is not None
-        for line in pipe:
-            if ready in line:
-                return
-        raise SystemExit(f"{self.config} did not start (exit {self.proc.wait()})")
+        self.proc = start_until(argv, ready, stream, self.config)
 
     def __exit__(self, *_exc) -> None:
         if self.progs is not None:
@@ -164,6 +147,36 @@ class Tracer:
                 capture_output=True,
                 timeout=300,
             )
+
+
+# perf lock record prints nothing when ready; its attach takes well under this.
+PERF_READY_S = 1.5
+
+
+def start_perf_lock(workdir: Path) -> subprocess.Popen:
+    """`perf lock record -a` into workdir/perf.data, given a moment to attach."""
+    argv = ["perf", "lock", "record", "-a", "-o", str(workdir / "perf.data")]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+    time.sleep(PERF_READY_S)
+    return proc
+
+
+def start_until(argv: list[str], ready: str, stream: str, name: str) -> subprocess.Popen:
+    """Start a tracer and return once it prints ready on stream ("stdout"
+    or "stderr"); name: named if it exits first."""
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE if stream == "stdout" else subprocess.DEVNULL,
+        stderr=subprocess.PIPE if stream == "stderr" else subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+    )
+    pipe = proc.stdout if stream == "stdout" else proc.stderr
+    assert pipe is not None
+    for line in pipe:
+        if ready in line:
+            return proc
+    raise SystemExit(f"{name} did not start (exit {proc.wait()})")
 
 
 def empty_programs(raw: bool, events: tuple[str, ...]):

@@ -167,11 +167,8 @@ class Switch:
 
 class ProcessSwitch:
     """A peer tracer as a switch: started (and waited for until it has
-    attached) when switched on, stopped with SIGINT when switched off."""
-
-    # perf lock record prints nothing when ready: its attach takes well
-    # under this (bench/overhead.py waits as long).
-    PERF_READY_S = 1.5
+    attached) when switched on, stopped with SIGINT when switched off
+    (bench/overhead.py's tracers, started as it starts them)."""
 
     def __init__(self, name: str, workdir: Path):
         self.name = name
@@ -190,26 +187,13 @@ class ProcessSwitch:
 
     def _start(self) -> None:
         if self.name == "perf-lock":
-            argv = ["perf", "lock", "record", "-a", "-o", str(self.workdir / "perf.data")]
-            self.proc = subprocess.Popen(
-                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir
-            )
-            time.sleep(self.PERF_READY_S)
+            self.proc = overhead.start_perf_lock(self.workdir)
             return
-        self.proc = subprocess.Popen(
-            ["bpftrace", "-e", bpftrace_script(self.name)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if "Attaching" in line:
-                # "Attaching N probes..." comes just before the attach:
-                # give it the moment the attach itself takes.
-                time.sleep(0.3)
-                return
-        raise SystemExit(f"bpftrace did not start (exit {self.proc.wait()})")
+        argv = ["bpftrace", "-e", bpftrace_script(self.name)]
+        self.proc = overhead.start_until(argv, "Attaching", "stdout", self.name)
+        # "Attaching N probes..." comes just before the attach: give it the
+        # moment the attach itself takes.
+        time.sleep(0.3)
 
     def _stop(self) -> None:
         assert self.proc is not None
