@@ -258,17 +258,12 @@ def _fmt(entry: dict, key: str) -> str:
     return cmp.fmt_value(entry[key], entry.get("unit", "count"))
 
 
-def _row_target(side: dict) -> str:
-    if side.get("target_mode") == "system":
-        return "the whole system"
-    return f"{side.get('process') or '?'} (process)"
-
-
 def process_row_label(document: dict) -> str:
     """The lock column of the process rows: 'lpbizzy (process)', 'the whole
     system', or each side's when they differ: 'the whole system -> lpbizzy
     (process)'."""
-    before, after = _row_target(document["before"]), _row_target(document["after"])
+    before = cmp.target_shown(document["before"], "(process)")
+    after = cmp.target_shown(document["after"], "(process)")
     return before if before == after else f"{before} -> {after}"
 
 
@@ -313,7 +308,7 @@ def verdict_table(document: dict, limit: int = MAX_TABLE_ROWS) -> str:
 
 
 def _side_html(name: str, side: dict) -> str:
-    command = " ".join(str(c) for c in side.get("command") or []) or cmp.side_target(side)
+    command = cmp.side_command(side)
     runs = side["runs"]
     return (
         f"<li><b>{html_text(name)}</b>: {html_text(side['label'])}, {runs} run"

@@ -626,17 +626,24 @@ def side_target(side: dict) -> str:
     return TARGET_MODES[mode][0] if mode else ""
 
 
-def _target_shown(side: dict) -> str:
+def side_command(side: dict) -> str:
+    """A side's command line, or what it profiled where it has none."""
+    return " ".join(str(c) for c in side.get("command") or []) or side_target(side)
+
+
+def target_shown(side: dict, suffix: str = "(the profiled process)") -> str:
+    """What a side's process figures are of: 'the whole system', or its
+    process and suffix ('lpbizzy (the profiled process)')."""
     if side.get("target_mode") == "system":
         return "the whole system"
-    return f"{side.get('process') or '?'} (the profiled process)"
+    return f"{side.get('process') or '?'} {suffix}"
 
 
 def process_heading(document: dict) -> str:
     """What the process figures are of: 'lpbizzy (the profiled process)',
     'the whole system', or, when the sides differ, each side's: 'before the
     whole system, after lpbizzy (the profiled process)'."""
-    before, after = _target_shown(document["before"]), _target_shown(document["after"])
+    before, after = target_shown(document["before"]), target_shown(document["after"])
     return before if before == after else f"before {before}, after {after}"
 
 

@@ -71,7 +71,7 @@ def verdict_table(verdicts: list[dict], top: int | None, everything: bool) -> Ta
 
 
 def _side_line(name: str, side: dict) -> str:
-    command = " ".join(str(c) for c in side.get("command") or []) or cmp.side_target(side)
+    command = cmp.side_command(side)
     return render.safe_text(
         f"{name}: {side['label']} ({side['runs']} run{'s' if side['runs'] != 1 else ''}, "
         f"kernel {side['kernel']}, {side['cpus']} CPUs) {command}"
