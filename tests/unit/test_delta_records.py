@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from profiler import aggregate, session
 
-from .helpers import Snap, record_dicts
+from .helpers import Snap, interval_records, record_dicts
 
 INT64_MAX = 2**63 - 1
 LOCKS = [0xFFFF888100000100, 0xFFFFFFFF830F3100, 2**64 - 1, 0x1000, 0]
@@ -122,15 +122,7 @@ def _interval_max_of_both(a: dict, b: dict, h: str) -> int | None:
 
 def oracle_records(previous, current, columns, interval, t_s) -> np.ndarray:
     """oracle_rows as records, as _Collected.keep spooled them."""
-    rows = oracle_rows(previous, current, columns, interval, t_s)
-    records = np.zeros(len(rows), dtype=aggregate.interval_record_dtype())
-    for column in aggregate.INTERVAL_COLUMNS:
-        values = [row[column] for row in rows]
-        if column in aggregate.INTERVAL_MAX_COLUMNS:
-            values = [aggregate.UNKNOWN_MAX if v is None else v for v in values]
-        if values:
-            records[column] = values
-    return records
+    return interval_records(oracle_rows(previous, current, columns, interval, t_s))
 
 
 # -- random snapshot pairs ---------------------------------------------------------
