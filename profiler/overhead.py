@@ -20,6 +20,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from profiler import probes
+from profiler.options import CollectOptions
 
 _LOAD = """
 import mmap, sys, threading, time
@@ -57,6 +58,7 @@ class OverheadResult:
     probes: list[ProbeCost]
     pairs_per_s: dict[str, float]  # bare, floor, lockprof
     us_per_pair: dict[str, float]
+    settings: dict  # what the probes were asked to do (measured_settings)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -80,12 +82,39 @@ def _per_run(stats: dict[str, tuple[int, int]], fn: str) -> tuple[int, float | N
     return runs, (ns / runs if runs else None)
 
 
-def measure(seconds: float = 3.0, families: tuple[str, ...] = probes.DEFAULT_FAMILIES):
-    """Bare, floor and lockprof phases of `seconds` each (needs root)."""
+def measured_settings(options: CollectOptions) -> dict:
+    """The settings that decide how often the programs' costliest paths run:
+    a ring-buffer record per event over the threshold, a kernel stack walk
+    (~2.7 us) per long contended wait, as often as the stack rate allows."""
+    return {
+        "families": list(options.families),
+        "threshold_ns": options.threshold_ns,
+        "stack_threshold_ns": options.stack_threshold_ns,
+        "stack_rate": options.stack_rate,
+        "lock_types": list(options.lock_types) if options.lock_types is not None else None,
+        "sample_hz": options.sample_hz if "sample" in options.families else None,
+    }
+
+
+def measure(
+    seconds: float = 3.0,
+    options: CollectOptions | None = None,
+    working: frozenset[str] = frozenset({"raw_tracepoint", "perf_event"}),
+) -> OverheadResult:
+    """Bare, floor and lockprof phases of `seconds` each (needs root), the
+    probes set up as a collection with these options would be (default:
+    `lockprof attach`'s defaults), on the mechanisms `working` (doctor's)."""
     from profiler import bpf
 
-    plans = probes.plan(families, {"raw_tracepoint"})
-    events = [p.point.target for p in plans]
+    options = options or CollectOptions()
+    plans = probes.plan(options.families, set(working))
+    # The floor: an empty program on each tracepoint (a perf event's
+    # sampling has no tracepoint to share; its row has no floor).
+    floor_of = {
+        chosen.probe.fn: f"floor_{i}"
+        for i, chosen in enumerate(c for c in plans if c.point.mechanism == "raw_tracepoint")
+    }
+    events = [c.point.target for c in plans if c.point.mechanism == "raw_tracepoint"]
     rates = {"bare": _load(seconds)}
     with bpf.run_stats_enabled():
         floor = bpf.empty_programs(events)
@@ -94,15 +123,23 @@ def measure(seconds: float = 3.0, families: tuple[str, ...] = probes.DEFAULT_FAM
             floor_stats = bpf.program_run_stats(floor)
         finally:
             floor.cleanup()
-        with bpf.BpfSession(plans) as session:
+        with bpf.BpfSession(
+            plans,
+            threshold_ns=options.threshold_ns,
+            stack_threshold_ns=options.stack_threshold_ns,
+            sample_hz=options.sample_hz,
+            stack_rate=options.stack_rate,
+            lock_types=options.lock_types,
+        ) as session:
             session.attach()
             rates["lockprof"] = _load(seconds)
             session.drain_events()
             lp_stats = session.run_stats()
     costs = []
-    for i, chosen in enumerate(plans):
+    for chosen in plans:
         runs, ns = _per_run(lp_stats, chosen.probe.fn)
-        _floor_runs, floor_ns = _per_run(floor_stats, f"floor_{i}")
+        floor_fn = floor_of.get(chosen.probe.fn)
+        floor_ns = _per_run(floor_stats, floor_fn)[1] if floor_fn else None
         costs.append(
             ProbeCost(
                 chosen.probe.name, chosen.point.target, chosen.point.mechanism, runs, ns, floor_ns
@@ -113,4 +150,5 @@ def measure(seconds: float = 3.0, families: tuple[str, ...] = probes.DEFAULT_FAM
         probes=costs,
         pairs_per_s={k: round(v, 1) for k, v in rates.items()},
         us_per_pair={k: round(1e6 / v, 3) for k, v in rates.items()},
+        settings=measured_settings(options),
     )

@@ -109,6 +109,74 @@ def stack_options(func):
     return func
 
 
+# What the probes trace and how: every collecting command, and `doctor
+# --overhead`, which measures what they would cost (probe_settings).
+THRESHOLD_OPTION = click.option(
+    "-t",
+    "--threshold",
+    type=TimeParam("us", positive=True),
+    default="100us",
+    show_default=True,
+    help="Keep every wait or hold at least this long in the recording's event "
+    "stream, for timelines (a bare number is in us); aggregates count everything.",
+)
+FAMILY_OPTIONS = [
+    click.option(
+        "--no-mmap-lock",
+        is_flag=True,
+        help="Leave out the mmap_lock tracepoints (contention only).",
+    ),
+    click.option(
+        "--no-contention", is_flag=True, help="Leave out lock:contention_* (mmap_lock only)."
+    ),
+    click.option(
+        "--lock-types",
+        metavar="TYPES",
+        help="Contention of these lock types only, comma-separated (as perf lock "
+        f"contention -Y): {', '.join(schema.LOCK_TYPES)}. The others' waits are "
+        "not timed (cheaper where they are frequent). Default: every type.",
+    ),
+]
+LOCKS_OPTION = click.option(
+    "--locks",
+    "lock_spec",
+    metavar="SPEC",
+    help="Also probe a lock's own functions: a built-in spec (rw_mutex, rwsem, "
+    "percpu_counter_sum, "
+    "pthread_rwlock), NAME@BINARY to point it at a binary or library, or a "
+    "TOML spec file (see README). Uses uprobes, or kprobes for the kernel.",
+)
+OPT_IN_OPTIONS = [
+    click.option(
+        "--offcpu",
+        is_flag=True,
+        help="Also record off-CPU time by kernel stack (sched_switch): the "
+        "writer's price of percpu rw-semaphores (grace period, reader drain). "
+        "Takes a stack per block of every traced task.",
+    ),
+    click.option(
+        "--sample",
+        is_flag=True,
+        help="Also sample kernel stacks on every CPU (perf cpu-clock): the CPU "
+        "time of __percpu_counter_sum where no kprobe can time it.",
+    ),
+    click.option(
+        "--sample-hz",
+        type=click.IntRange(min=1, max=10_000),
+        default=99,
+        show_default=True,
+        help="Sampling frequency per CPU for --sample (needs --sample).",
+    ),
+]
+
+
+def probe_options(func):
+    """The options choosing what the probes trace (doctor --overhead)."""
+    for option in reversed([THRESHOLD_OPTION, *STACK_OPTIONS, *FAMILY_OPTIONS, *OPT_IN_OPTIONS]):
+        func = option(func)
+    return func
+
+
 def collection_options(func):
     """The bcc-style flags every collecting subcommand takes."""
     options = [
@@ -135,60 +203,11 @@ def collection_options(func):
             type=outputs.OutputFile(dir_okay=False),
             help="Recording file (default: lockprof-MODE-PID-TIME.lpr here).",
         ),
-        click.option(
-            "-t",
-            "--threshold",
-            type=TimeParam("us", positive=True),
-            default="100us",
-            show_default=True,
-            help="Keep every wait or hold at least this long in the recording's event "
-            "stream, for timelines (a bare number is in us); aggregates count everything.",
-        ),
+        THRESHOLD_OPTION,
         *STACK_OPTIONS,
-        click.option(
-            "--no-mmap-lock",
-            is_flag=True,
-            help="Leave out the mmap_lock tracepoints (contention only).",
-        ),
-        click.option(
-            "--no-contention", is_flag=True, help="Leave out lock:contention_* (mmap_lock only)."
-        ),
-        click.option(
-            "--lock-types",
-            metavar="TYPES",
-            help="Contention of these lock types only, comma-separated (as perf lock "
-            f"contention -Y): {', '.join(schema.LOCK_TYPES)}. The others' waits are "
-            "not timed (cheaper where they are frequent). Default: every type.",
-        ),
-        click.option(
-            "--locks",
-            "lock_spec",
-            metavar="SPEC",
-            help="Also probe a lock's own functions: a built-in spec (rw_mutex, rwsem, "
-            "percpu_counter_sum, "
-            "pthread_rwlock), NAME@BINARY to point it at a binary or library, or a "
-            "TOML spec file (see README). Uses uprobes, or kprobes for the kernel.",
-        ),
-        click.option(
-            "--offcpu",
-            is_flag=True,
-            help="Also record off-CPU time by kernel stack (sched_switch): the "
-            "writer's price of percpu rw-semaphores (grace period, reader drain). "
-            "Takes a stack per block of every traced task.",
-        ),
-        click.option(
-            "--sample",
-            is_flag=True,
-            help="Also sample kernel stacks on every CPU (perf cpu-clock): the CPU "
-            "time of __percpu_counter_sum where no kprobe can time it.",
-        ),
-        click.option(
-            "--sample-hz",
-            type=click.IntRange(min=1, max=10_000),
-            default=99,
-            show_default=True,
-            help="Sampling frequency per CPU for --sample (needs --sample).",
-        ),
+        *FAMILY_OPTIONS,
+        LOCKS_OPTION,
+        *OPT_IN_OPTIONS,
         click.option(
             "--cpus",
             "what_if_cpus",
@@ -760,14 +779,12 @@ def collect_command(
     lock_types=None,
 ) -> None:
     options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
-    options.lock_types = parse_lock_types(lock_types, no_contention)
-    options.max_events = max_events
-    options.stack_threshold_ns = stack_threshold
-    options.stack_rate = stack_rate
-    options.families += tuple(
-        f for f, on in (("offcpu", offcpu), ("sample", sample), ("follow", follow)) if on
+    probe_settings(
+        options, stack_threshold, stack_rate, lock_types, no_contention, offcpu, sample, sample_hz
     )
-    options.sample_hz = sample_hz
+    options.max_events = max_events
+    if follow:
+        options.families += ("follow",)
     options.what_if_cpus = what_if_cpus
     refuse_sampling_options_alone(sample, what_if_cpus)
     refuse_clobbered_outputs(output, html, lock_spec)
@@ -781,6 +798,26 @@ def collect_command(
         stop.uninstall()
     if code:
         raise SystemExit(code)
+
+
+def probe_settings(
+    options: CollectOptions,
+    stack_threshold: int,
+    stack_rate: int,
+    lock_types: str | None,
+    no_contention: bool,
+    offcpu: bool,
+    sample: bool,
+    sample_hz: int,
+) -> CollectOptions:
+    """Put probe_options' choices (those build_options does not take) into
+    options: a collection's and doctor --overhead's, alike."""
+    options.lock_types = parse_lock_types(lock_types, no_contention)
+    options.stack_threshold_ns = stack_threshold
+    options.stack_rate = stack_rate
+    options.families += tuple(f for f, on in (("offcpu", offcpu), ("sample", sample)) if on)
+    options.sample_hz = sample_hz
+    return options
 
 
 def refuse_sampling_options_alone(sample: bool, what_if_cpus: int | None) -> None:

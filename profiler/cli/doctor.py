@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from profiler import doctor, render
+from profiler.cli import common
 
 
 @click.command("doctor")
@@ -32,7 +33,8 @@ from profiler import doctor, render
     help="First remove kprobe/uprobe events that killed BCC processes (lockprof "
     "included) left in tracefs; every collection does this too.",
 )
-def command(as_json, overhead, seconds, cleanup) -> None:
+@common.probe_options
+def command(as_json, overhead, seconds, cleanup, **probe_choices) -> None:
     """Load and attach a tiny program per mechanism and report what works:
     tracepoints (raw and classic), kprobes, fentry, uprobes, perf sampling,
     BTF, and which kernel headers BCC uses. Exits 1 when the minimum
@@ -43,12 +45,22 @@ def command(as_json, overhead, seconds, cleanup) -> None:
       lockprof doctor
       lockprof doctor --json | jq '.checks[] | select(.ok | not)'
       lockprof doctor --overhead        per-event cost of each probe, ~10 s
+      lockprof doctor --overhead --offcpu -t 1ms   as `attach --offcpu -t 1ms` would
       lockprof doctor --cleanup         remove probe events of killed BCC tools
+
+    With --overhead, the probe options (-t, --stack-rate, --offcpu, ...) set
+    the probes up as `attach` with the same options would: they decide how
+    often the costliest paths run (an event record, a kernel stack walk).
     """
+    options = _overhead_options(overhead, probe_choices)
     removed = _cleanup(as_json) if cleanup else None
     checks = doctor.run_checks()
     usable = all(c.ok for c in checks if c.required)
-    cost = _measure_overhead(seconds) if overhead and usable else None
+    cost = (
+        _measure_overhead(seconds, options, doctor.working_mechanisms(checks))
+        if overhead and usable
+        else None
+    )
     if as_json:
         click.echo(
             json.dumps(
@@ -91,11 +103,40 @@ def _cleanup(as_json: bool) -> list[str]:
     return removed
 
 
-def _measure_overhead(seconds: float):
+def _overhead_options(overhead: bool, choices: dict):
+    """The collection options --overhead measures: attach's defaults, changed
+    by the probe options given. Without --overhead, those options would do
+    nothing: refused, as click refuses an unknown option."""
+    ctx = click.get_current_context()
+    given = [
+        name
+        for name in choices
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    ]
+    if given and not overhead:
+        option = next(p for p in ctx.command.params if p.name == given[0]).opts[-1]
+        raise common.usage_error(f"{option} only sets up the probes --overhead measures")
+    options = common.build_options(
+        None, 1.0, choices["threshold"], choices["no_mmap_lock"], choices["no_contention"]
+    )
+    common.refuse_sampling_options_alone(choices["sample"], None)
+    return common.probe_settings(
+        options,
+        choices["stack_threshold"],
+        choices["stack_rate"],
+        choices["lock_types"],
+        choices["no_contention"],
+        choices["offcpu"],
+        choices["sample"],
+        choices["sample_hz"],
+    )
+
+
+def _measure_overhead(seconds: float, options, working: set[str]):
     from profiler import overhead
 
     click.echo(f"measuring overhead: 3 phases of {seconds:g} s ...", err=True)
-    return overhead.measure(seconds)
+    return overhead.measure(seconds, options, frozenset(working))
 
 
 def _print_overhead(out, cost) -> None:
@@ -120,9 +161,31 @@ def _print_overhead(out, cost) -> None:
             f"{ns - floor:,.0f}" if ns is not None and floor is not None else "-",
         )
     out.print(table)
+    out.print(_settings_line(cost.settings))
     us = cost.us_per_pair
     out.print(
         f"mmap+munmap pair, 2 contending threads: bare {us['bare']:.2f} us, "
         f"empty programs {us['floor']:.2f} us (x{us['floor'] / us['bare']:.2f}), "
         f"lockprof {us['lockprof']:.2f} us (x{us['lockprof'] / us['bare']:.2f})"
     )
+
+
+def _settings_line(settings: dict) -> str:
+    """What the measured probes did: the settings that decide how often
+    their costly paths run."""
+    types = settings["lock_types"]
+    parts = [
+        f"probes of {', '.join(settings['families'])}",
+        f"events kept from {render.fmt_ns(settings['threshold_ns'])}",
+        f"stacks of waits from {render.fmt_ns(settings['stack_threshold_ns'])}, "
+        + (
+            f"at most {settings['stack_rate']} per CPU per second"
+            if settings["stack_rate"]
+            else "every one"
+        ),
+    ]
+    if types is not None:
+        parts.append(f"lock types {', '.join(types)}")
+    if settings["sample_hz"]:
+        parts.append(f"sampling at {settings['sample_hz']} Hz")
+    return "measured with " + "; ".join(parts)

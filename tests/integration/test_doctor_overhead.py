@@ -30,4 +30,51 @@ def test_doctor_overhead_reports_per_probe_costs():
     assert by_probe["mmap_lock.acquired"]["runs"] >= by_probe["mmap_lock.start"]["runs"]
     for phase in ("bare", "floor", "lockprof"):
         assert cost["pairs_per_s"][phase] > 0
+    # Measured as `lockprof attach` runs by default, not with every event
+    # streamed and a stack walk for every long wait.
+    assert cost["settings"]["threshold_ns"] == 100_000
+    assert cost["settings"]["stack_rate"] == 200
+    assert lockprof_programs() == []
+
+
+def test_doctor_overhead_measures_the_options_given():
+    """With attach's probe options, the probes measured are the ones attach
+    would load: --offcpu adds the sched_switch program, --no-mmap-lock
+    leaves the mmap_lock ones out, and the settings say so."""
+    done = subprocess.run(
+        [
+            *LOCKPROF,
+            "doctor",
+            "--overhead",
+            "--seconds",
+            "0.5",
+            "--json",
+            "--no-mmap-lock",
+            "--offcpu",
+            "-t",
+            "1ms",
+            "--stack-rate",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    cost = json.loads(done.stdout)["overhead"]
+    by_probe = {p["probe"]: p for p in cost["probes"]}
+    assert set(by_probe) == {"contention.begin", "contention.end", "offcpu.switch"}
+    # The load's threads block on their mmap_lock and on the pipe to the
+    # parent: the switch program ran, and costs more than an empty one.
+    switch = by_probe["offcpu.switch"]
+    assert switch["runs"] > 0
+    assert switch["ns_per_run"] > switch["floor_ns_per_run"] > 0
+    assert cost["settings"] == {
+        "families": ["contention", "offcpu"],
+        "threshold_ns": 1_000_000,
+        "stack_threshold_ns": 10_000,
+        "stack_rate": 0,
+        "lock_types": None,
+        "sample_hz": None,
+    }
     assert lockprof_programs() == []

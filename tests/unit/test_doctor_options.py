@@ -1,0 +1,96 @@
+"""`lockprof doctor`'s probe options: what --overhead measures (no root)."""
+
+from __future__ import annotations
+
+import pytest
+
+from profiler.cli import doctor as doctor_cli
+from profiler.options import CollectOptions
+
+from .helpers import one_error_line, run_main
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["-t", "1ms"], ["--offcpu"], ["--stack-rate", "0"], ["--lock-types", "spinlock"]],
+)
+def test_probe_options_without_overhead_are_refused(capsys, argv):
+    code, _out, err = run_main(capsys, "doctor", *argv)
+    line = one_error_line(code, err)
+    assert code == 2
+    assert f"{argv[0] if argv[0].startswith('--') else '--threshold'} only sets up" in line
+
+
+def test_sample_hz_without_sample_is_refused(capsys):
+    code, _out, err = run_main(capsys, "doctor", "--overhead", "--sample-hz", "50")
+    assert "--sample-hz needs --sample" in one_error_line(code, err)
+
+
+def test_nothing_to_trace_is_refused(capsys):
+    code, _out, err = run_main(capsys, "doctor", "--overhead", "--no-mmap-lock", "--no-contention")
+    assert "leave nothing to trace" in one_error_line(code, err)
+
+
+def _measured_options(monkeypatch, capsys, *argv) -> CollectOptions:
+    """The options doctor hands the measurement, the checks and the
+    measurement itself replaced (they need root)."""
+    seen = {}
+
+    def measure(seconds, options, working):
+        seen["options"] = options
+        return None
+
+    monkeypatch.setattr(doctor_cli, "_measure_overhead", measure)
+    monkeypatch.setattr(doctor_cli.doctor, "run_checks", lambda: [])
+    run_main(capsys, "doctor", "--overhead", *argv)
+    return seen["options"]
+
+
+def test_overhead_measures_attach_defaults(monkeypatch, capsys):
+    options = _measured_options(monkeypatch, capsys)
+    defaults = CollectOptions()
+    assert options.families == defaults.families
+    assert options.threshold_ns == defaults.threshold_ns == 100_000
+    assert options.stack_rate == defaults.stack_rate
+    assert options.stack_threshold_ns == defaults.stack_threshold_ns
+    assert options.lock_types is None
+
+
+def test_overhead_takes_attach_options(monkeypatch, capsys):
+    options = _measured_options(
+        monkeypatch,
+        capsys,
+        "-t",
+        "2ms",
+        "--stack-rate",
+        "0",
+        "--no-mmap-lock",
+        "--lock-types",
+        "spinlock,mutex",
+        "--offcpu",
+        "--sample",
+        "--sample-hz",
+        "49",
+    )
+    assert options.families == ("contention", "offcpu", "sample")
+    assert options.threshold_ns == 2_000_000
+    assert options.stack_rate == 0
+    assert options.lock_types == ("spinlock", "mutex")
+    assert options.sample_hz == 49
+
+
+def test_settings_line_names_what_was_measured():
+    from profiler.overhead import measured_settings
+
+    options = CollectOptions(families=("mmap_lock", "contention", "sample"))
+    options.lock_types = ("spinlock",)
+    line = doctor_cli._settings_line(measured_settings(options))
+    assert line == (
+        "measured with probes of mmap_lock, contention, sample; events kept from 100us; "
+        "stacks of waits from 10us, at most 200 per CPU per second; lock types spinlock; "
+        "sampling at 99 Hz"
+    )
+    options.stack_rate = 0
+    assert "stacks of waits from 10us, every one;" in doctor_cli._settings_line(
+        measured_settings(options)
+    )
