@@ -62,8 +62,9 @@ demo-patch: setup
 	@workloads/bin/rwbench -l pthread -t $(PATCH_THREADS) -S $(PATCH_SECONDS) | sed -n 's/^\([0-9]* ops\/s\)$$/  pthread_rwlock: \1/p'
 	@workloads/bin/rwbench -l rw_mutex -t $(PATCH_THREADS) -S $(PATCH_SECONDS) | sed -n 's/^\([0-9]* ops\/s\)$$/  rw_mutex:       \1/p'
 
-# The whole suite, browser tests included: setup also installs chromium.
-test: SETUP_ARGS = --browser
+# The whole suite, browser tests and the check against bpftrace included:
+# setup also installs chromium and bpftrace.
+test: SETUP_ARGS = --browser --bpftrace
 test: setup
 	$(PY) -m pytest -ra tests
 

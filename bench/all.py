@@ -6,7 +6,9 @@ workloads), bench/toggle.py (the ebizzy-like loss, with probes switched
 under running workloads, five processes in turn: tighter than a run per
 configuration),
 bench/stream.py (event rate, loss, exactness, start-up) and
-bench/footprint.py (memory over a long run, report time), each printing a
+bench/footprint.py (memory over a long run, report time) and, with
+bpftrace installed, bench/agree.py (lockprof's figures against bpftrace's
+for the same process), each printing a
 markdown section, and writes them under one header with the date, machine
 and kernel. The hand-written analysis of docs/performance.md (everything
 after the generated part) is kept.
@@ -82,6 +84,11 @@ def main() -> int:
         ),
         section("Event stream and start-up", ["bench/stream.py", *reps]),
         section("Memory and report time", ["bench/footprint.py", *minutes]),
+        *(
+            [section("Agreement with bpftrace", ["bench/agree.py"])]
+            if shutil.which("bpftrace")
+            else []
+        ),
         END,
     ]
     generated = "\n".join(parts)

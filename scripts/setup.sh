@@ -4,13 +4,17 @@
 # Every step checks before it acts, so a second run is fast and changes nothing.
 set -euo pipefail
 
-# --browser: also Debian's chromium, which the report's browser tests drive
-# (`make test` passes it; without chromium those tests skip, saying so).
+# --browser: also Debian's chromium, which the report's browser tests drive;
+# --bpftrace: also Debian's bpftrace, the independent tracer lockprof's
+# figures are checked against (tests/integration/test_agree.py, bench/agree.py).
+# `make test` passes both; without them those tests skip, saying so.
 browser=0
+bpftrace=0
 for arg in "$@"; do
     case $arg in
         --browser) browser=1 ;;
-        *) echo "usage: $0 [--browser]" >&2; exit 2 ;;
+        --bpftrace) bpftrace=1 ;;
+        *) echo "usage: $0 [--browser] [--bpftrace]" >&2; exit 2 ;;
     esac
 done
 
@@ -46,6 +50,9 @@ apt_install() {
 apt_install python3-bpfcc libbpfcc bpftool stress-ng python3-venv gcc make libc6-dev ca-certificates
 if [ $browser -eq 1 ] && ! command -v chromium >/dev/null 2>&1; then
     apt_install chromium
+fi
+if [ $bpftrace -eq 1 ] && ! command -v bpftrace >/dev/null 2>&1; then
+    apt_install bpftrace
 fi
 
 # Kernel headers: BCC compiles against /lib/modules/$(uname -r)/build.
