@@ -34,7 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from overhead import BIN, LOCKPROF, REPO, start_until
+import overhead
+from overhead import BIN, LOCKPROF, REPO
 
 SCRIPT = REPO / "bench" / "agree.bt"
 MODES = {"0": "read", "1": "write"}
@@ -67,8 +68,8 @@ def start_lockprof(pid: int, recording: Path) -> subprocess.Popen:
 
 
 def start_bpftrace(pid: int) -> subprocess.Popen:
-    argv = ["bpftrace", "-f", "json", str(SCRIPT), str(pid)]
-    return start_until(argv, "armed", "stdout", "bpftrace")
+    script = SCRIPT.read_text()
+    return overhead.start_bpftrace(script, "bpftrace", ("-f", "json"), (str(pid),))
 
 
 def recursion_misses(pid: int) -> int:

@@ -189,11 +189,7 @@ class ProcessSwitch:
         if self.name == "perf-lock":
             self.proc = overhead.start_perf_lock(self.workdir)
             return
-        argv = ["bpftrace", "-e", bpftrace_script(self.name)]
-        self.proc = overhead.start_until(argv, "Attaching", "stdout", self.name)
-        # "Attaching N probes..." comes just before the attach: give it the
-        # moment the attach itself takes.
-        time.sleep(0.3)
+        self.proc = overhead.start_bpftrace(bpftrace_script(self.name), self.name)
 
     def _stop(self) -> None:
         assert self.proc is not None
