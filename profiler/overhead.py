@@ -1,11 +1,13 @@
 """`lockprof doctor --overhead`: what lockprof's probes cost on this machine.
 
-In about 10 s, before attaching in production, a user learns:
+In about 15 s, before attaching in production, a user learns:
   - per probe, the kernel's own count of runs and run time (BPF_ENABLE_STATS)
     for lockprof's programs and for empty programs on the same events (the
     price of the mechanism itself);
   - what that adds to an mmap+munmap pair, timed bare, under the empty
-    programs and under lockprof, with a generated load of two threads.
+    programs and under lockprof, with a generated load of two threads;
+  - what the same programs cost on this system as it runs, without the
+    load: their events a second and their run time a second.
 
 The load is a Python child mapping and unmapping one page in a loop (CPython
 drops the GIL around mmap and munmap, so two threads really contend on their
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 
 from profiler import probes
@@ -50,6 +53,9 @@ class ProbeCost:
     runs: int
     ns_per_run: float | None  # lockprof's program
     floor_ns_per_run: float | None  # an empty program on the same event
+    # The system phase (no load): runs and run time of lockprof's program
+    system_runs: int = 0
+    system_run_ns: int = 0
 
 
 @dataclass
@@ -59,9 +65,17 @@ class OverheadResult:
     pairs_per_s: dict[str, float]  # bare, floor, lockprof
     us_per_pair: dict[str, float]
     settings: dict  # what the probes were asked to do (measured_settings)
+    system_seconds: float = 0.0  # the system phase's length
+
+    def system_ns_per_s(self) -> float:
+        """Run time of lockprof's programs a second on the system as it ran
+        without the load (kernel run-time stats: the programs' own time,
+        not the tracepoint's dispatch to them)."""
+        total = sum(probe.system_run_ns for probe in self.probes)
+        return total / self.system_seconds if self.system_seconds else 0.0
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "system_ns_per_s": round(self.system_ns_per_s())}
 
 
 def _load(seconds: float) -> float:
@@ -101,7 +115,7 @@ def measure(
     options: CollectOptions | None = None,
     working: frozenset[str] = frozenset({"raw_tracepoint", "perf_event"}),
 ) -> OverheadResult:
-    """Bare, floor and lockprof phases of `seconds` each (needs root), the
+    """Bare, floor, lockprof and system phases of `seconds` each (needs root), the
     probes set up as a collection with these options would be (default:
     `lockprof attach`'s defaults), on the mechanisms `working` (doctor's)."""
     from profiler import bpf
@@ -135,14 +149,28 @@ def measure(
             rates["lockprof"] = _load(seconds)
             session.drain_events()
             lp_stats = session.run_stats()
+            # The system as it runs, the load gone: what the same programs
+            # cost here now (the question before attaching in production).
+            time.sleep(seconds)
+            session.drain_events()
+            system_stats = session.run_stats()
     costs = []
     for chosen in plans:
         runs, ns = _per_run(lp_stats, chosen.probe.fn)
         floor_fn = floor_of.get(chosen.probe.fn)
         floor_ns = _per_run(floor_stats, floor_fn)[1] if floor_fn else None
+        load_runs, load_ns = lp_stats.get(chosen.probe.fn, (0, 0))
+        all_runs, all_ns = system_stats.get(chosen.probe.fn, (0, 0))
         costs.append(
             ProbeCost(
-                chosen.probe.name, chosen.point.target, chosen.point.mechanism, runs, ns, floor_ns
+                chosen.probe.name,
+                chosen.point.target,
+                chosen.point.mechanism,
+                runs,
+                ns,
+                floor_ns,
+                system_runs=all_runs - load_runs,
+                system_run_ns=all_ns - load_ns,
             )
         )
     return OverheadResult(
@@ -151,4 +179,5 @@ def measure(
         pairs_per_s={k: round(v, 1) for k, v in rates.items()},
         us_per_pair={k: round(1e6 / v, 3) for k, v in rates.items()},
         settings=measured_settings(options),
+        system_seconds=seconds,
     )

@@ -820,6 +820,18 @@ def probe_settings(
     return options
 
 
+def warn_cpus_without_samples(meta: dict, what_if_cpus: int | None, path) -> None:
+    """--cpus on a recording without samples has nothing to scale: said in
+    one line (not an error: the summary or report is still what was asked
+    for). show and report alike."""
+    if what_if_cpus is not None and "sample" not in (meta.get("families") or []):
+        click.echo(
+            f"lockprof: --cpus scales the sampled cost of the writer's sum, and {path} has "
+            "no samples (record with --sample): ignored",
+            err=True,
+        )
+
+
 def refuse_sampling_options_alone(sample: bool, what_if_cpus: int | None) -> None:
     """--cpus and --sample-hz only shape --sample's estimate of the writer's
     sum: given without --sample they did nothing, and said nothing."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 
 import click
 from rich.table import Table
@@ -17,15 +19,16 @@ from profiler.cli import common
 @click.option(
     "--overhead",
     is_flag=True,
-    help="Also measure, in about 10 s, what each probe lockprof would attach costs "
-    "per event here (kernel run-time stats), and what it adds to an mmap+munmap pair.",
+    help="Also measure, in about 15 s, what each probe lockprof would attach costs "
+    "per event here (kernel run-time stats), what it adds to an mmap+munmap pair, "
+    "and what the probes cost on this system as it runs.",
 )
 @click.option(
     "--seconds",
     type=click.FloatRange(min=0.5, max=60),
     default=3.0,
     show_default=True,
-    help="Length of each --overhead phase (bare, empty programs, lockprof).",
+    help="Length of each --overhead phase (bare, empty programs, lockprof, system).",
 )
 @click.option(
     "--cleanup",
@@ -44,7 +47,7 @@ def command(as_json, overhead, seconds, cleanup, **probe_choices) -> None:
     Examples:
       lockprof doctor
       lockprof doctor --json | jq '.checks[] | select(.ok | not)'
-      lockprof doctor --overhead        per-event cost of each probe, ~10 s
+      lockprof doctor --overhead        per-event cost of each probe, ~15 s
       lockprof doctor --overhead --offcpu -t 1ms   as `attach --offcpu -t 1ms` would
       lockprof doctor --cleanup         remove probe events of killed BCC tools
 
@@ -135,7 +138,7 @@ def _overhead_options(overhead: bool, choices: dict):
 def _measure_overhead(seconds: float, options, working: set[str]):
     from profiler import overhead
 
-    click.echo(f"measuring overhead: 3 phases of {seconds:g} s ...", err=True)
+    click.echo(f"measuring overhead: 4 phases of {seconds:g} s ...", err=True)
     return overhead.measure(seconds, options, frozenset(working))
 
 
@@ -146,7 +149,16 @@ def _print_overhead(out, cost) -> None:
         title_justify="left",
         header_style="bold",
     )
-    for header in ("probe", "event", "events/s", "lockprof ns", "empty program ns", "added ns"):
+    headers = (
+        "probe",
+        "event",
+        "events/s",
+        "lockprof ns",
+        "empty program ns",
+        "added ns",
+        "events/s, system",
+    )
+    for header in headers:
         table.add_column(header, justify="left" if header in ("probe", "event") else "right")
     for probe in cost.probes:
         rate = probe.runs / cost.seconds_per_phase
@@ -159,14 +171,33 @@ def _print_overhead(out, cost) -> None:
             f"{ns:,.0f}" if ns is not None else "no events",
             f"{floor:,.0f}" if floor is not None else "-",
             f"{ns - floor:,.0f}" if ns is not None and floor is not None else "-",
+            f"{probe.system_runs / cost.system_seconds:,.0f}",
         )
     out.print(table)
     out.print(_settings_line(cost.settings))
+    out.print(_system_line(cost, os.cpu_count() or 1))
     us = cost.us_per_pair
     out.print(
         f"mmap+munmap pair, 2 contending threads: bare {us['bare']:.2f} us, "
         f"empty programs {us['floor']:.2f} us (x{us['floor'] / us['bare']:.2f}), "
         f"lockprof {us['lockprof']:.2f} us (x{us['lockprof'] / us['bare']:.2f})"
+    )
+
+
+def _system_line(cost, cpus: int) -> str:
+    """What the programs cost on this system without the load: the figure
+    to judge attaching in production by."""
+    events = sum(p.system_runs for p in cost.probes) / cost.system_seconds
+    ns_per_s = cost.system_ns_per_s()
+    percent = 100 * ns_per_s / (1e9 * cpus)
+    # Two significant digits below 0.001%: a quiet machine's share is millionths.
+    digits = 3 if percent >= 0.001 or percent <= 0 else 1 - math.floor(math.log10(percent))
+    shown = f"{percent:.{digits}f}%"
+    return (
+        f"this system without the load ({cost.system_seconds:g} s, the last column): "
+        f"{events:,.0f} event{'s' if round(events) != 1 else ''}/s; lockprof's programs ran "
+        f"{render.fmt_ns(ns_per_s)} a second, {shown} of {cpus} CPU{'s' if cpus != 1 else ''} "
+        "(their own run time, not the tracepoints' dispatch to them: the empty program column)"
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from profiler import recording
-from profiler.cli.common import print_summary
+from profiler.cli.common import print_summary, warn_cpus_without_samples
 
 
 @click.command("show")
@@ -34,11 +34,5 @@ def command(path, as_json, top, what_if_cpus) -> None:
       lockprof show demo.lpr --json | jq '.locks[] | select(.lock == "mmap_lock")'
     """
     rec = recording.load(path, summary_only=True)
-    if what_if_cpus is not None and "sample" not in (rec.meta.get("families") or []):
-        # Not an error: the summary is still what was asked for.
-        click.echo(
-            f"lockprof: --cpus scales the sampled cost of the writer's sum, and {path} has "
-            "no samples (record with --sample): ignored",
-            err=True,
-        )
+    warn_cpus_without_samples(rec.meta, what_if_cpus, path)
     print_summary(rec, as_json, top, what_if_cpus, path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from conftest import LOCKPROF, lockprof_programs
 
 
@@ -34,6 +35,13 @@ def test_doctor_overhead_reports_per_probe_costs():
     # streamed and a stack walk for every long wait.
     assert cost["settings"]["threshold_ns"] == 100_000
     assert cost["settings"]["stack_rate"] == 200
+    # The system phase: the same programs, the load gone (a quiet machine
+    # may take no lock in it); its total is the probes' run time over it.
+    assert cost["system_seconds"] == 0.5
+    assert cost["system_ns_per_s"] * cost["system_seconds"] == pytest.approx(
+        sum(p["system_run_ns"] for p in cost["probes"]), abs=2
+    )
+    assert all(p["system_run_ns"] >= 0 and p["system_runs"] >= 0 for p in cost["probes"])
     assert lockprof_programs() == []
 
 

@@ -1077,15 +1077,28 @@ def test_the_summary_is_printed_when_the_recording_cannot_be_written(capsys, mon
     assert lines[-1].startswith("lockprof: report not written") and not html.exists()
 
 
+IGNORED_CPUS = (
+    "lockprof: --cpus scales the sampled cost of the writer's sum, and {} "
+    "has no samples (record with --sample): ignored"
+)
+
+
 def test_show_cpus_without_samples_says_it_is_ignored(capsys, recording_path):
     """--cpus scales the writer's sampled sum; a recording without --sample
     has none, and the option did nothing without a word."""
     code, out, err = run_main(capsys, "show", "--cpus", "64", str(recording_path))
     assert code == 0 and "mmap_lock pid 4560 (mmapcount)" in out
-    assert err == (
-        f"lockprof: --cpus scales the sampled cost of the writer's sum, and {recording_path} "
-        "has no samples (record with --sample): ignored\n"
-    )
+    assert err == IGNORED_CPUS.format(recording_path) + "\n"
+
+
+def test_report_cpus_without_samples_says_it_is_ignored(capsys, recording_path, tmp_path):
+    html = tmp_path / "r.html"
+    code, _out, err = run_main(capsys, "report", "--cpus", "64", str(recording_path), "-o", html)
+    assert code == 0 and html.exists()
+    assert err.splitlines() == [
+        IGNORED_CPUS.format(recording_path),
+        f"lockprof: report written to {html}",
+    ]
 
 
 @pytest.mark.parametrize(

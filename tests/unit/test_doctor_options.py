@@ -94,3 +94,33 @@ def test_settings_line_names_what_was_measured():
     assert "stacks of waits from 10us, every one;" in doctor_cli._settings_line(
         measured_settings(options)
     )
+
+
+def test_system_line_sums_the_probes_run_time_over_the_phase():
+    from profiler.overhead import OverheadResult, ProbeCost
+
+    probes = [
+        ProbeCost(
+            "a", "x:a", "raw_tracepoint", 10, 80.0, 30.0, system_runs=3000, system_run_ns=240_000
+        ),
+        ProbeCost(
+            "b", "x:b", "raw_tracepoint", 10, 300.0, 40.0, system_runs=1000, system_run_ns=360_000
+        ),
+    ]
+    cost = OverheadResult(2.0, probes, {}, {}, {}, system_seconds=2.0)
+    # 600 us of program time over 2 s: 300 us a second, 0.015% of 2 CPUs.
+    assert cost.system_ns_per_s() == 300_000
+    assert cost.as_dict()["system_ns_per_s"] == 300_000
+    line = doctor_cli._system_line(cost, cpus=2)
+    assert line.startswith(
+        "this system without the load (2 s, the last column): 2,000 events/s; "
+        "lockprof's programs ran 300us a second, 0.015% of 2 CPUs"
+    ), line
+
+
+def test_system_line_on_a_quiet_machine():
+    from profiler.overhead import OverheadResult, ProbeCost
+
+    probes = [ProbeCost("a", "x:a", "raw_tracepoint", 10, 80.0, 30.0, 2, 3_320)]
+    line = doctor_cli._system_line(OverheadResult(2.0, probes, {}, {}, {}, 2.0), cpus=2)
+    assert "1 event/s; lockprof's programs ran 1.66us a second, 0.000083% of 2 CPUs" in line
