@@ -20,10 +20,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from profiler import probes
+from profiler.errors import LockprofError
 from profiler.options import CollectOptions
+
+POLL_S = 0.1  # as a collection drains the event ring (session.POLL_MS)
 
 _LOAD = """
 import mmap, sys, threading, time
@@ -78,17 +82,39 @@ class OverheadResult:
         return {**asdict(self), "system_ns_per_s": round(self.system_ns_per_s())}
 
 
-def _load(seconds: float) -> float:
-    """Run the load; mmap+munmap pairs per second."""
-    done = subprocess.run(
+def _load(seconds: float, meanwhile: Callable[[], object] | None = None) -> float:
+    """Run the load; mmap+munmap pairs per second. meanwhile: called every
+    POLL_S while it runs (the event ring's drain, as a collection's)."""
+    proc = subprocess.Popen(
         [sys.executable, "-c", _LOAD, str(seconds)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=True,
-        timeout=seconds * 10 + 30,
     )
-    pairs, elapsed = done.stdout.split()
+    deadline = time.monotonic() + seconds * 10 + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        if meanwhile is not None:
+            meanwhile()
+        time.sleep(POLL_S)
+    try:
+        out, err = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise LockprofError(f"the overhead load did not end in {seconds * 10 + 30:g} s") from None
+    if proc.returncode != 0:
+        last = (err.strip().splitlines() or ["no message"])[-1]
+        raise LockprofError(f"the overhead load failed (exit {proc.returncode}): {last}")
+    pairs, elapsed = out.split()
     return int(pairs) / float(elapsed)
+
+
+def _drain_for(seconds: float, drain: Callable[[], object]) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        drain()
+        time.sleep(min(POLL_S, max(0.0, end - time.monotonic())))
+    drain()
 
 
 def _per_run(stats: dict[str, tuple[int, int]], fn: str) -> tuple[int, float | None]:
@@ -114,14 +140,18 @@ def measure(
     seconds: float = 3.0,
     options: CollectOptions | None = None,
     working: frozenset[str] = frozenset({"raw_tracepoint", "perf_event"}),
+    on_start: Callable[[], object] | None = None,
 ) -> OverheadResult:
     """Bare, floor, lockprof and system phases of `seconds` each (needs root), the
-    probes set up as a collection with these options would be (default:
-    `lockprof attach`'s defaults), on the mechanisms `working` (doctor's)."""
+    probes set up as a system-wide collection (`record -a`) with these
+    options would be (default: attach's defaults), on the mechanisms
+    `working` (doctor's); on_start is called once the probes are planned."""
+    options = options or CollectOptions()
+    plans = probes.plan(options.families, set(working))  # MechanismUnavailable first
+    if on_start is not None:
+        on_start()
     from profiler import bpf
 
-    options = options or CollectOptions()
-    plans = probes.plan(options.families, set(working))
     # The floor: an empty program on each tracepoint (a perf event's
     # sampling has no tracepoint to share; its row has no floor).
     floor_of = {
@@ -146,14 +176,17 @@ def measure(
             lock_types=options.lock_types,
         ) as session:
             session.attach()
-            rates["lockprof"] = _load(seconds)
+            # The ring drained as a collection drains it: a full ring would
+            # make every later record a cheap failed reserve.
+            rates["lockprof"] = _load(seconds, session.drain_events)
             session.drain_events()
             lp_stats = session.run_stats()
             # The system as it runs, the load gone: what the same programs
             # cost here now (the question before attaching in production).
-            time.sleep(seconds)
-            session.drain_events()
+            system_start = time.monotonic()
+            _drain_for(seconds, session.drain_events)
             system_stats = session.run_stats()
+            system_seconds = time.monotonic() - system_start
     costs = []
     for chosen in plans:
         runs, ns = _per_run(lp_stats, chosen.probe.fn)
@@ -179,5 +212,5 @@ def measure(
         pairs_per_s={k: round(v, 1) for k, v in rates.items()},
         us_per_pair={k: round(1e6 / v, 3) for k, v in rates.items()},
         settings=measured_settings(options),
-        system_seconds=seconds,
+        system_seconds=round(system_seconds, 3),
     )

@@ -23,8 +23,10 @@ from profiler.capture import (
     parse_throughput,
 )
 from profiler.cli.common import (
+    NO_CONTENTION_OPTION,
+    NO_MMAP_LOCK_OPTION,
+    THRESHOLD_OPTION,
     FiniteFloatRange,
-    TimeParam,
     build_options,
     checked_spec,
     refuse_unknown_option,
@@ -223,17 +225,10 @@ def summary_table(result: RunSet) -> Table:
     show_default=True,
     help="Seconds between aggregate snapshots.",
 )
-@click.option(
-    "-t",
-    "--threshold",
-    type=TimeParam("us", positive=True),
-    default="100us",
-    show_default=True,
-    help="Keep every wait or hold at least this long in the event stream (a bare number is in us).",
-)
+@THRESHOLD_OPTION
 @stack_options
-@click.option("--no-mmap-lock", is_flag=True, help="Leave out the mmap_lock tracepoints.")
-@click.option("--no-contention", is_flag=True, help="Leave out lock:contention_*.")
+@NO_MMAP_LOCK_OPTION
+@NO_CONTENTION_OPTION
 @click.option(
     "--locks",
     "lock_spec",

@@ -120,15 +120,17 @@ THRESHOLD_OPTION = click.option(
     help="Keep every wait or hold at least this long in the recording's event "
     "stream, for timelines (a bare number is in us); aggregates count everything.",
 )
+NO_MMAP_LOCK_OPTION = click.option(
+    "--no-mmap-lock",
+    is_flag=True,
+    help="Leave out the mmap_lock tracepoints (contention only).",
+)
+NO_CONTENTION_OPTION = click.option(
+    "--no-contention", is_flag=True, help="Leave out lock:contention_* (mmap_lock only)."
+)
 FAMILY_OPTIONS = [
-    click.option(
-        "--no-mmap-lock",
-        is_flag=True,
-        help="Leave out the mmap_lock tracepoints (contention only).",
-    ),
-    click.option(
-        "--no-contention", is_flag=True, help="Leave out lock:contention_* (mmap_lock only)."
-    ),
+    NO_MMAP_LOCK_OPTION,
+    NO_CONTENTION_OPTION,
     click.option(
         "--lock-types",
         metavar="TYPES",
@@ -820,16 +822,18 @@ def probe_settings(
     return options
 
 
-def warn_cpus_without_samples(meta: dict, what_if_cpus: int | None, path) -> None:
+def warn_cpus_without_samples(meta: dict, what_if_cpus: int | None, path) -> bool:
     """--cpus on a recording without samples has nothing to scale: said in
     one line (not an error: the summary or report is still what was asked
-    for). show and report alike."""
-    if what_if_cpus is not None and "sample" not in (meta.get("families") or []):
+    for), and True. show and report alike."""
+    ignored = what_if_cpus is not None and "sample" not in (meta.get("families") or [])
+    if ignored:
         click.echo(
             f"lockprof: --cpus scales the sampled cost of the writer's sum, and {path} has "
             "no samples (record with --sample): ignored",
             err=True,
         )
+    return ignored
 
 
 def refuse_sampling_options_alone(sample: bool, what_if_cpus: int | None) -> None:

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from profiler import doctor, render
 from profiler.cli import common
+from profiler.errors import MechanismUnavailable
 
 
 @click.command("doctor")
@@ -48,22 +49,26 @@ def command(as_json, overhead, seconds, cleanup, **probe_choices) -> None:
       lockprof doctor
       lockprof doctor --json | jq '.checks[] | select(.ok | not)'
       lockprof doctor --overhead        per-event cost of each probe, ~15 s
-      lockprof doctor --overhead --offcpu -t 1ms   as `attach --offcpu -t 1ms` would
+      lockprof doctor --overhead --offcpu -t 1ms   as `record -a --offcpu -t 1ms` would
       lockprof doctor --cleanup         remove probe events of killed BCC tools
 
-    With --overhead, the probe options (-t, --stack-rate, --offcpu, ...) set
-    the probes up as `attach` with the same options would: they decide how
-    often the costliest paths run (an event record, a kernel stack walk).
+    With --overhead (and only with it), the probe options (-t, --stack-rate,
+    --offcpu, ...) set the probes up as `lockprof record -a` with the same
+    options would, system-wide: they decide how often the costliest paths
+    run (an event record, a kernel stack walk). `attach -p` costs less where
+    other processes take locks: their events end at the pid check.
     """
     options = _overhead_options(overhead, probe_choices)
     removed = _cleanup(as_json) if cleanup else None
     checks = doctor.run_checks()
     usable = all(c.ok for c in checks if c.required)
-    cost = (
-        _measure_overhead(seconds, options, doctor.working_mechanisms(checks))
-        if overhead and usable
-        else None
-    )
+    cost, unmeasured = None, None
+    if overhead and usable:
+        try:
+            cost = _measure_overhead(seconds, options, doctor.working_mechanisms(checks))
+        except MechanismUnavailable as exc:
+            unmeasured = exc  # the checks say why; then this, in one line
+
     if as_json:
         click.echo(
             json.dumps(
@@ -94,6 +99,8 @@ def command(as_json, overhead, seconds, cleanup, **probe_choices) -> None:
         )
         if cost:
             _print_overhead(out, cost)
+    if unmeasured is not None:
+        raise unmeasured
     if not usable:
         raise SystemExit(1)
 
@@ -138,8 +145,10 @@ def _overhead_options(overhead: bool, choices: dict):
 def _measure_overhead(seconds: float, options, working: set[str]):
     from profiler import overhead
 
-    click.echo(f"measuring overhead: 4 phases of {seconds:g} s ...", err=True)
-    return overhead.measure(seconds, options, frozenset(working))
+    def announce() -> None:
+        click.echo(f"measuring overhead: 4 phases of {seconds:g} s ...", err=True)
+
+    return overhead.measure(seconds, options, frozenset(working), on_start=announce)
 
 
 def _print_overhead(out, cost) -> None:
@@ -219,4 +228,4 @@ def _settings_line(settings: dict) -> str:
         parts.append(f"lock types {', '.join(types)}")
     if settings["sample_hz"]:
         parts.append(f"sampling at {settings['sample_hz']} Hz")
-    return "measured with " + "; ".join(parts)
+    return "measured system-wide with " + "; ".join(parts)

@@ -99,8 +99,7 @@ def command(path, output, max_events, top, what_if_cpus) -> None:
     # Histograms summed as the intervals are read; the per-interval ones are
     # never all in memory (a 2-hour recording: 0.96 GB read whole).
     rec = recording.load(path, summary_only=True)
-    warn_cpus_without_samples(rec.meta, what_if_cpus, path)
-    if what_if_cpus:
+    if what_if_cpus and not warn_cpus_without_samples(rec.meta, what_if_cpus, path):
         rec.meta["what_if_cpus"] = what_if_cpus
     write_html(rec, output, source=str(path), max_events=max_events, top=top)
     click.echo(f"lockprof: report written to {output}", err=True)

@@ -36,12 +36,11 @@ def test_doctor_overhead_reports_per_probe_costs():
     assert cost["settings"]["threshold_ns"] == 100_000
     assert cost["settings"]["stack_rate"] == 200
     # The system phase: the same programs, the load gone (a quiet machine
-    # may take no lock in it); its total is the probes' run time over it.
-    assert cost["system_seconds"] == 0.5
+    # may take no lock in it), timed from snapshot to snapshot.
+    assert 0.5 <= cost["system_seconds"] < 5
     assert cost["system_ns_per_s"] * cost["system_seconds"] == pytest.approx(
         sum(p["system_run_ns"] for p in cost["probes"]), abs=2
     )
-    assert all(p["system_run_ns"] >= 0 and p["system_runs"] >= 0 for p in cost["probes"])
     assert lockprof_programs() == []
 
 

@@ -11,14 +11,24 @@ from .helpers import one_error_line, run_main
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [["-t", "1ms"], ["--offcpu"], ["--stack-rate", "0"], ["--lock-types", "spinlock"]],
+    ("argv", "named"),
+    [
+        (["-t", "1ms"], "--threshold"),
+        (["--stack-threshold", "1ms"], "--stack-threshold"),
+        (["--stack-rate", "0"], "--stack-rate"),
+        (["--no-mmap-lock"], "--no-mmap-lock"),
+        (["--no-contention"], "--no-contention"),
+        (["--lock-types", "spinlock"], "--lock-types"),
+        (["--offcpu"], "--offcpu"),
+        (["--sample"], "--sample"),
+        (["--sample-hz", "49"], "--sample-hz"),
+    ],
 )
-def test_probe_options_without_overhead_are_refused(capsys, argv):
+def test_probe_options_without_overhead_are_refused(capsys, argv, named):
     code, _out, err = run_main(capsys, "doctor", *argv)
     line = one_error_line(code, err)
     assert code == 2
-    assert f"{argv[0] if argv[0].startswith('--') else '--threshold'} only sets up" in line
+    assert f"{named} only sets up the probes --overhead measures" in line
 
 
 def test_sample_hz_without_sample_is_refused(capsys):
@@ -86,9 +96,9 @@ def test_settings_line_names_what_was_measured():
     options.lock_types = ("spinlock",)
     line = doctor_cli._settings_line(measured_settings(options))
     assert line == (
-        "measured with probes of mmap_lock, contention, sample; events kept from 100us; "
-        "stacks of waits from 10us, at most 200 per CPU per second; lock types spinlock; "
-        "sampling at 99 Hz"
+        "measured system-wide with probes of mmap_lock, contention, sample; "
+        "events kept from 100us; stacks of waits from 10us, at most 200 per CPU per second; "
+        "lock types spinlock; sampling at 99 Hz"
     )
     options.stack_rate = 0
     assert "stacks of waits from 10us, every one;" in doctor_cli._settings_line(
@@ -124,3 +134,16 @@ def test_system_line_on_a_quiet_machine():
     probes = [ProbeCost("a", "x:a", "raw_tracepoint", 10, 80.0, 30.0, 2, 3_320)]
     line = doctor_cli._system_line(OverheadResult(2.0, probes, {}, {}, {}, 2.0), cpus=2)
     assert "1 event/s; lockprof's programs ran 1.66us a second, 0.000083% of 2 CPUs" in line
+
+
+def test_a_mechanism_the_measurement_lacks_is_one_line_after_the_checks(monkeypatch, capsys):
+    """--overhead --sample where perf sampling fails: the checks are printed
+    (they say why), then one line naming what cannot be attached."""
+    monkeypatch.setattr(doctor_cli.doctor, "run_checks", lambda: [])
+    monkeypatch.setattr(doctor_cli.doctor, "working_mechanisms", lambda checks: {"raw_tracepoint"})
+    code, out, err = run_main(capsys, "doctor", "--overhead", "--sample")
+    assert "usable: yes" in out
+    assert code == 3
+    assert "cannot attach sample.cpu: this kernel lacks perf_event cpu-clock" in one_error_line(
+        code, err
+    )
