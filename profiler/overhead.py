@@ -109,6 +109,35 @@ def _load(seconds: float, meanwhile: Callable[[], object] | None = None) -> floa
     return int(pairs) / float(elapsed)
 
 
+def _session(bpf, plans, options: CollectOptions, target_tgid: int = 0):
+    """lockprof's probes as a collection with these options loads them."""
+    return bpf.BpfSession(
+        plans,
+        target_tgid,
+        options.threshold_ns,
+        options.stack_threshold_ns,
+        sample_hz=options.sample_hz,
+        stack_rate=options.stack_rate,
+        lock_types=options.lock_types,
+    )
+
+
+def _system_phase(session, seconds: float) -> tuple[dict[str, tuple[int, int]], float]:
+    """The runs and run time each program gained over `seconds` of the
+    system as it runs, the load gone (the question before attaching in
+    production), and the seconds it really took, snapshot to snapshot."""
+    before = session.run_stats()
+    start = time.monotonic()
+    _drain_for(seconds, session.drain_events)
+    after = session.run_stats()
+    elapsed = time.monotonic() - start
+    gained = {}
+    for fn, (runs, run_ns) in after.items():
+        runs_before, ns_before = before.get(fn, (0, 0))
+        gained[fn] = (runs - runs_before, run_ns - ns_before)
+    return gained, elapsed
+
+
 def _drain_for(seconds: float, drain: Callable[[], object]) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -141,11 +170,14 @@ def measure(
     options: CollectOptions | None = None,
     working: frozenset[str] = frozenset({"raw_tracepoint", "perf_event"}),
     on_start: Callable[[], object] | None = None,
+    target_tgid: int = 0,
 ) -> OverheadResult:
     """Bare, floor, lockprof and system phases of `seconds` each (needs root), the
     probes set up as a system-wide collection (`record -a`) with these
     options would be (default: attach's defaults), on the mechanisms
-    `working` (doctor's); on_start is called once the probes are planned."""
+    `working` (doctor's); on_start is called once the probes are planned.
+    target_tgid: the system phase's probes as `attach -p` that process's
+    would run (other processes' events end at the pid check)."""
     options = options or CollectOptions()
     plans = probes.plan(options.families, set(working))  # MechanismUnavailable first
     if on_start is not None:
@@ -167,33 +199,26 @@ def measure(
             floor_stats = bpf.program_run_stats(floor)
         finally:
             floor.cleanup()
-        with bpf.BpfSession(
-            plans,
-            threshold_ns=options.threshold_ns,
-            stack_threshold_ns=options.stack_threshold_ns,
-            sample_hz=options.sample_hz,
-            stack_rate=options.stack_rate,
-            lock_types=options.lock_types,
-        ) as session:
+        with _session(bpf, plans, options) as session:
             session.attach()
             # The ring drained as a collection drains it: a full ring would
             # make every later record a cheap failed reserve.
             rates["lockprof"] = _load(seconds, session.drain_events)
             session.drain_events()
             lp_stats = session.run_stats()
-            # The system as it runs, the load gone: what the same programs
-            # cost here now (the question before attaching in production).
-            system_start = time.monotonic()
-            _drain_for(seconds, session.drain_events)
-            system_stats = session.run_stats()
-            system_seconds = time.monotonic() - system_start
+            if not target_tgid:
+                system_stats, system_seconds = _system_phase(session, seconds)
+        if target_tgid:
+            with _session(bpf, plans, options, target_tgid) as session:
+                session.attach()
+                session.learn_target_lock(target_tgid)  # as attach does
+                system_stats, system_seconds = _system_phase(session, seconds)
     costs = []
     for chosen in plans:
         runs, ns = _per_run(lp_stats, chosen.probe.fn)
         floor_fn = floor_of.get(chosen.probe.fn)
         floor_ns = _per_run(floor_stats, floor_fn)[1] if floor_fn else None
-        load_runs, load_ns = lp_stats.get(chosen.probe.fn, (0, 0))
-        all_runs, all_ns = system_stats.get(chosen.probe.fn, (0, 0))
+        system_runs, system_run_ns = system_stats.get(chosen.probe.fn, (0, 0))
         costs.append(
             ProbeCost(
                 chosen.probe.name,
@@ -202,8 +227,8 @@ def measure(
                 runs,
                 ns,
                 floor_ns,
-                system_runs=all_runs - load_runs,
-                system_run_ns=all_ns - load_ns,
+                system_runs=system_runs,
+                system_run_ns=system_run_ns,
             )
         )
     return OverheadResult(
@@ -211,6 +236,6 @@ def measure(
         probes=costs,
         pairs_per_s={k: round(v, 1) for k, v in rates.items()},
         us_per_pair={k: round(1e6 / v, 3) for k, v in rates.items()},
-        settings=measured_settings(options),
+        settings={**measured_settings(options), "target_pid": target_tgid or None},
         system_seconds=round(system_seconds, 3),
     )

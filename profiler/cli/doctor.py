@@ -13,6 +13,7 @@ from rich.text import Text
 from profiler import doctor, render
 from profiler.cli import common
 from profiler.errors import MechanismUnavailable
+from profiler.targets import check_pid
 
 
 @click.command("doctor")
@@ -37,8 +38,15 @@ from profiler.errors import MechanismUnavailable
     help="First remove kprobe/uprobe events that killed BCC processes (lockprof "
     "included) left in tracefs; every collection does this too.",
 )
+@click.option(
+    "-p",
+    "--pid",
+    type=click.IntRange(min=1),
+    help="With --overhead: run the last phase's probes as `attach -p PID` would "
+    "(other processes' events end at the pid check), to judge attaching to it.",
+)
 @common.probe_options
-def command(as_json, overhead, seconds, cleanup, **probe_choices) -> None:
+def command(as_json, overhead, seconds, cleanup, pid, **probe_choices) -> None:
     """Load and attach a tiny program per mechanism and report what works:
     tracepoints (raw and classic), kprobes, fentry, uprobes, perf sampling,
     BTF, and which kernel headers BCC uses. Exits 1 when the minimum
@@ -50,22 +58,27 @@ def command(as_json, overhead, seconds, cleanup, **probe_choices) -> None:
       lockprof doctor --json | jq '.checks[] | select(.ok | not)'
       lockprof doctor --overhead        per-event cost of each probe, ~15 s
       lockprof doctor --overhead --offcpu -t 1ms   as `record -a --offcpu -t 1ms` would
+      lockprof doctor --overhead -p 1234   and what `attach -p 1234` costs now
       lockprof doctor --cleanup         remove probe events of killed BCC tools
 
     With --overhead (and only with it), the probe options (-t, --stack-rate,
     --offcpu, ...) set the probes up as `lockprof record -a` with the same
     options would, system-wide: they decide how often the costliest paths
     run (an event record, a kernel stack walk). `attach -p` costs less where
-    other processes take locks: their events end at the pid check.
+    other processes take locks: their events end at the pid check; -p PID
+    runs the last phase (the system as it runs) that way.
     """
-    options = _overhead_options(overhead, probe_choices)
+    options = _overhead_options(overhead, {**probe_choices, "pid": pid})
+    target_tgid = check_pid(pid) if pid is not None else 0
     removed = _cleanup(as_json) if cleanup else None
     checks = doctor.run_checks()
     usable = all(c.ok for c in checks if c.required)
     cost, unmeasured = None, None
     if overhead and usable:
         try:
-            cost = _measure_overhead(seconds, options, doctor.working_mechanisms(checks))
+            cost = _measure_overhead(
+                seconds, options, doctor.working_mechanisms(checks), target_tgid
+            )
         except MechanismUnavailable as exc:
             unmeasured = exc  # the checks say why; then this, in one line
 
@@ -142,13 +155,15 @@ def _overhead_options(overhead: bool, choices: dict):
     )
 
 
-def _measure_overhead(seconds: float, options, working: set[str]):
+def _measure_overhead(seconds: float, options, working: set[str], target_tgid: int):
     from profiler import overhead
 
     def announce() -> None:
         click.echo(f"measuring overhead: 4 phases of {seconds:g} s ...", err=True)
 
-    return overhead.measure(seconds, options, frozenset(working), on_start=announce)
+    return overhead.measure(
+        seconds, options, frozenset(working), on_start=announce, target_tgid=target_tgid
+    )
 
 
 def _print_overhead(out, cost) -> None:
@@ -202,8 +217,10 @@ def _system_line(cost, cpus: int) -> str:
     # Two significant digits below 0.001%: a quiet machine's share is millionths.
     digits = 3 if percent >= 0.001 or percent <= 0 else 1 - math.floor(math.log10(percent))
     shown = f"{percent:.{digits}f}%"
+    target = cost.settings.get("target_pid")
+    how = f", probes as `attach -p {target}` runs them" if target else ""
     return (
-        f"this system without the load ({cost.system_seconds:g} s, the last column): "
+        f"this system without the load ({cost.system_seconds:g} s{how}, the last column): "
         f"{events:,.0f} event{'s' if round(events) != 1 else ''}/s; lockprof's programs ran "
         f"{render.fmt_ns(ns_per_s)} a second, {shown} of {cpus} CPU{'s' if cpus != 1 else ''} "
         "(their own run time, not the tracepoints' dispatch to them: the empty program column)"

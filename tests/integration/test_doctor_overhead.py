@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import LOCKPROF, lockprof_programs
+from conftest import BIN, LOCKPROF, lockprof_programs
 
 
 def test_doctor_overhead_reports_per_probe_costs():
@@ -83,5 +83,40 @@ def test_doctor_overhead_measures_the_options_given():
         "stack_rate": 0,
         "lock_types": None,
         "sample_hz": None,
+        "target_pid": None,
     }
+    assert lockprof_programs() == []
+
+
+def _system_ns_per_run(pid: int, probe: str) -> float:
+    """doctor --overhead -p PID: the probe's ns a run in the system phase."""
+    done = subprocess.run(
+        [*LOCKPROF, "doctor", "--overhead", "--seconds", "0.5", "--json", "-p", str(pid)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    cost = json.loads(done.stdout)["overhead"]
+    assert cost["settings"]["target_pid"] == pid
+    row = next(p for p in cost["probes"] if p["probe"] == probe)
+    assert row["system_runs"] > 1000, row  # rwcontend takes its mmap_lock all along
+    return row["system_run_ns"] / row["system_runs"]
+
+
+def test_doctor_overhead_pid_runs_the_system_phase_as_attach_p():
+    """-p PID: the last phase's probes filter on that process, as `attach
+    -p` does. With rwcontend busy on its mmap_lock all along, its events
+    cost lockprof's whole program when it is the target, and only the pid
+    check when a sleeping process is."""
+    busy = subprocess.Popen([str(BIN / "rwcontend"), "-S", "60"], stdout=subprocess.DEVNULL)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        on_target = _system_ns_per_run(busy.pid, "mmap_lock.start")
+        filtered_out = _system_ns_per_run(sleeper.pid, "mmap_lock.start")
+    finally:
+        for proc in (busy, sleeper):
+            proc.kill()
+            proc.wait()
+    assert on_target > 1.2 * filtered_out, (on_target, filtered_out)
     assert lockprof_programs() == []

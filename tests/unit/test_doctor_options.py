@@ -22,6 +22,7 @@ from .helpers import one_error_line, run_main
         (["--offcpu"], "--offcpu"),
         (["--sample"], "--sample"),
         (["--sample-hz", "49"], "--sample-hz"),
+        (["-p", "1"], "--pid"),
     ],
 )
 def test_probe_options_without_overhead_are_refused(capsys, argv, named):
@@ -46,8 +47,9 @@ def _measured_options(monkeypatch, capsys, *argv) -> CollectOptions:
     measurement itself replaced (they need root)."""
     seen = {}
 
-    def measure(seconds, options, working):
+    def measure(seconds, options, working, target_tgid):
         seen["options"] = options
+        seen["target_tgid"] = target_tgid
         return None
 
     monkeypatch.setattr(doctor_cli, "_measure_overhead", measure)
@@ -147,3 +149,21 @@ def test_a_mechanism_the_measurement_lacks_is_one_line_after_the_checks(monkeypa
     assert "cannot attach sample.cpu: this kernel lacks perf_event cpu-clock" in one_error_line(
         code, err
     )
+
+
+def test_pid_must_exist(capsys):
+    code, _out, err = run_main(capsys, "doctor", "--overhead", "-p", "999999999")
+    assert one_error_line(code, err) == "lockprof: no such process: 999999999"
+    assert code == 2
+
+
+def test_system_line_names_the_target():
+    from profiler.overhead import OverheadResult, ProbeCost
+
+    probes = [ProbeCost("a", "x:a", "raw_tracepoint", 10, 80.0, 30.0, 4, 400)]
+    cost = OverheadResult(2.0, probes, {}, {}, {"target_pid": 4321}, 2.0)
+    line = doctor_cli._system_line(cost, cpus=2)
+    assert line.startswith(
+        "this system without the load (2 s, probes as `attach -p 4321` runs them, the last "
+        "column): 2 events/s;"
+    ), line
