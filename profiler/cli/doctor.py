@@ -176,7 +176,7 @@ def _print_overhead(out, cost) -> None:
     headers = (
         "probe",
         "event",
-        "events/s",
+        "events/s, load",
         "lockprof ns",
         "empty program ns",
         "added ns",
