@@ -9,15 +9,20 @@ import pytest
 from conftest import BIN, LOCKPROF, lockprof_programs
 
 
-def test_doctor_overhead_reports_per_probe_costs():
+def _doctor_overhead(*options: str) -> dict:
+    """`lockprof doctor --overhead --seconds 0.5 --json OPTIONS`: its overhead part."""
     done = subprocess.run(
-        [*LOCKPROF, "doctor", "--overhead", "--seconds", "0.5", "--json"],
+        [*LOCKPROF, "doctor", "--overhead", "--seconds", "0.5", "--json", *options],
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert done.returncode == 0, done.stderr
-    cost = json.loads(done.stdout)["overhead"]
+    return json.loads(done.stdout)["overhead"]
+
+
+def test_doctor_overhead_reports_per_probe_costs():
+    cost = _doctor_overhead()
     by_probe = {p["probe"]: p for p in cost["probes"]}
     for name in ("mmap_lock.start", "mmap_lock.acquired", "mmap_lock.released"):
         probe = by_probe[name]
@@ -48,27 +53,7 @@ def test_doctor_overhead_measures_the_options_given():
     """With attach's probe options, the probes measured are the ones attach
     would load: --offcpu adds the sched_switch program, --no-mmap-lock
     leaves the mmap_lock ones out, and the settings say so."""
-    done = subprocess.run(
-        [
-            *LOCKPROF,
-            "doctor",
-            "--overhead",
-            "--seconds",
-            "0.5",
-            "--json",
-            "--no-mmap-lock",
-            "--offcpu",
-            "-t",
-            "1ms",
-            "--stack-rate",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr
-    cost = json.loads(done.stdout)["overhead"]
+    cost = _doctor_overhead("--no-mmap-lock", "--offcpu", "-t", "1ms", "--stack-rate", "0")
     by_probe = {p["probe"]: p for p in cost["probes"]}
     assert set(by_probe) == {"contention.begin", "contention.end", "offcpu.switch"}
     # The load's threads block on their mmap_lock and on the pipe to the
@@ -90,14 +75,7 @@ def test_doctor_overhead_measures_the_options_given():
 
 def _system_ns_per_run(pid: int, probe: str) -> float:
     """doctor --overhead -p PID: the probe's ns a run in the system phase."""
-    done = subprocess.run(
-        [*LOCKPROF, "doctor", "--overhead", "--seconds", "0.5", "--json", "-p", str(pid)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr
-    cost = json.loads(done.stdout)["overhead"]
+    cost = _doctor_overhead("-p", str(pid))
     assert cost["settings"]["target_pid"] == pid
     row = next(p for p in cost["probes"] if p["probe"] == probe)
     assert row["system_runs"] > 1000, row  # rwcontend takes its mmap_lock all along
