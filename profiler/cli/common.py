@@ -551,7 +551,7 @@ def run_collection(
     except OSError as exc:  # stdout is gone (a closed pipe or terminal); the recording is not
         code = 141 if isinstance(exc, BrokenPipeError) else 1
         if code == 141:
-            silence_stdout()  # a reader that stopped reading (`| head`)
+            silence_stream(sys.stdout)  # a reader that stopped reading (`| head`)
         else:
             written += f" (summary not printed: {exc.strerror or exc})"
     say(written)
@@ -603,16 +603,18 @@ def _ending(meta: dict) -> str:
 def say(line: str) -> None:
     """One line on stderr, if stderr is still there (after collection: the
     recording is written whatever becomes of the terminal)."""
-    with contextlib.suppress(OSError):
+    try:
         click.echo(render.safe_text(line), err=True)
+    except OSError:
+        silence_stream(sys.stderr)
 
 
-def silence_stdout() -> None:
-    """Point stdout at /dev/null once its reader is gone, so that Python's
-    flush at exit does not report the broken pipe."""
+def silence_stream(stream: TextIO) -> None:
+    """Point stream (stdout, stderr) at /dev/null once its reader is gone,
+    so that Python's flush at exit does not report the broken pipe."""
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
         os.close(devnull)
 
 

@@ -98,6 +98,29 @@ def _param_name(param: click.Parameter) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return flush_outputs(_run(argv))
+
+
+def flush_outputs(code: int) -> int:
+    """Flush stdout and stderr now, while a reader that went away can still
+    be answered: left to Python's flush at exit, a closed pipe or a hung-up
+    terminal turns lockprof's status into 120 (seen in a fresh chroot, where
+    attach's stdout and stderr readers closed mid-run). stdout gone: 141, as
+    for any closed pipe, unless lockprof already failed; stderr gone: the
+    status stands (the recording is written either way)."""
+    from profiler.cli.common import silence_stream
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError) as exc:  # EPIPE, EIO; ValueError: closed
+            silence_stream(stream)
+            if stream is sys.stdout and code == 0 and isinstance(exc, BrokenPipeError):
+                code = 141
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         if subcommand(argv) not in COLLECTING:
             signals.release_early()
@@ -121,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except BrokenPipeError:  # the reader of stdout stopped reading (`| head`)
-        from profiler.cli.common import silence_stdout
+        from profiler.cli.common import silence_stream
 
-        silence_stdout()
+        silence_stream(sys.stdout)
         return 141
     except Exception as exc:
         if os.environ.get("LOCKPROF_DEBUG"):

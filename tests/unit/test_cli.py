@@ -1161,3 +1161,42 @@ def test_bench_table_shows_each_runs_throughput_and_their_mean_by_spread():
     table = bench.summary_table(RunSet(label="before", command=["work"], runs=runs))
     throughput = [str(cell) for cell in table.columns[-1].cells]
     assert throughput == ["9,783", "11,783", "13,783", "11,783 ± 2,000"]
+
+
+class _GoneStream:
+    """A stream whose reader went away: flush fails as a closed pipe does."""
+
+    def __init__(self, error: OSError | None):
+        self.error = error
+        self.flushed = 0
+
+    def flush(self):
+        self.flushed += 1
+        if self.error is not None:
+            raise self.error
+
+    def fileno(self):
+        raise OSError("not a real file")  # silence_stream gives up quietly
+
+
+@pytest.mark.parametrize(
+    ("stdout_error", "stderr_error", "code", "expected"),
+    [
+        (None, None, 0, 0),
+        (BrokenPipeError(32, "Broken pipe"), None, 0, 141),  # `| head` gone before the end
+        (BrokenPipeError(32, "Broken pipe"), None, 3, 3),  # lockprof's own failure first
+        (None, BrokenPipeError(32, "Broken pipe"), 0, 0),  # stderr gone: the status stands
+        (OSError(5, "Input/output error"), None, 0, 0),  # a hung-up terminal
+    ],
+)
+def test_outputs_are_flushed_before_exit(monkeypatch, stdout_error, stderr_error, code, expected):
+    """A reader gone mid-run left output in Python's buffers; its flush at
+    exit then failed and turned the status into 120 (a fresh chroot's
+    test_pipes_that_close_mid_run_lose_no_data). main() flushes both first."""
+    from profiler.cli import main as main_module
+
+    out, err = _GoneStream(stdout_error), _GoneStream(stderr_error)
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main_module.flush_outputs(code) == expected
+    assert out.flushed == 1 and err.flushed == 1
