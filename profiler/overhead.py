@@ -1,6 +1,6 @@
 """`lockprof doctor --overhead`: what lockprof's probes cost on this machine.
 
-In about 15 s, before attaching in production, a user learns:
+In about 10 s, before attaching in production, a user learns:
   - per probe, the kernel's own count of runs and run time (BPF_ENABLE_STATS)
     for lockprof's programs and for empty programs on the same events (the
     price of the mechanism itself);
@@ -166,7 +166,7 @@ def measured_settings(options: CollectOptions) -> dict:
 
 
 def measure(
-    seconds: float = 3.0,
+    seconds: float = 1.5,
     options: CollectOptions | None = None,
     working: frozenset[str] = frozenset({"raw_tracepoint", "perf_event"}),
     on_start: Callable[[], object] | None = None,

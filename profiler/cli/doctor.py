@@ -21,14 +21,14 @@ from profiler.targets import check_pid
 @click.option(
     "--overhead",
     is_flag=True,
-    help="Also measure, in about 15 s, what each probe lockprof would attach costs "
+    help="Also measure, in about 10 s, what each probe lockprof would attach costs "
     "per event here (kernel run-time stats), what it adds to an mmap+munmap pair, "
     "and what the probes cost on this system as it runs.",
 )
 @click.option(
     "--seconds",
     type=click.FloatRange(min=0.5, max=60),
-    default=3.0,
+    default=1.5,
     show_default=True,
     help="Length of each --overhead phase (bare, empty programs, lockprof, system).",
 )
@@ -56,7 +56,7 @@ def command(as_json, overhead, seconds, cleanup, pid, **probe_choices) -> None:
     Examples:
       lockprof doctor
       lockprof doctor --json | jq '.checks[] | select(.ok | not)'
-      lockprof doctor --overhead        per-event cost of each probe, ~15 s
+      lockprof doctor --overhead        per-event cost of each probe, ~10 s
       lockprof doctor --overhead --offcpu -t 1ms   as `record -a --offcpu -t 1ms` would
       lockprof doctor --overhead -p 1234   and what `attach -p 1234` costs now
       lockprof doctor --cleanup         remove probe events of killed BCC tools
