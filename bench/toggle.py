@@ -225,16 +225,9 @@ def lockprof_switches(
     """lockprof's programs as `lockprof record -a [--lock-types ...]`
     compiles and configures them, armed, then detached: one switch per state
     that uses them."""
-    options = CollectOptions()
+    options = CollectOptions(lock_types=lock_types)
     plans = lockprof_plans()
-    session = bpf_mod.BpfSession(
-        plans,
-        0,
-        options.threshold_ns,
-        options.stack_threshold_ns,
-        stack_rate=options.stack_rate,
-        lock_types=lock_types,
-    )
+    session = bpf_mod.BpfSession.for_collection(plans, options)
     session.attach()
     bcc_object = session._bpf  # the bench switches what the session attached
     by_family: dict[str, dict[str, str]] = {}

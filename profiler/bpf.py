@@ -25,6 +25,7 @@ from profiler import btf, ksyms, schema
 from profiler.allocator import release_free_heap
 from profiler.errors import LockprofError, MechanismUnavailable
 from profiler.lockids import LockIds
+from profiler.options import CollectOptions
 from profiler.probes import Plan
 from profiler.spool import RecordSpool
 
@@ -370,6 +371,26 @@ class BpfSession:
         self._event_dtype = np.dtype(self._bpf["lp_event_layout"].Leaf)
         # Events wait on disk, not in memory, until the recording is built.
         self._events = RecordSpool(self._event_dtype, "events")
+
+    @classmethod
+    def for_collection(
+        cls, plans: list[Plan], options: CollectOptions, target_tgid: int = 0
+    ) -> BpfSession:
+        """The probes as a collection with these options sets them up (its
+        event threshold, stacks, sampling, --follow, --lock-types, event
+        budget): a collection, doctor --overhead and bench/toggle.py alike."""
+        session = cls(
+            plans,
+            target_tgid,
+            options.threshold_ns,
+            options.stack_threshold_ns,
+            sample_hz=options.sample_hz,
+            stack_rate=options.stack_rate,
+            follow="follow" in options.families,
+            lock_types=options.lock_types,
+        )
+        session.max_events = options.max_events
+        return session
 
     # -- set-up -----------------------------------------------------------------
 

@@ -109,19 +109,6 @@ def _load(seconds: float, meanwhile: Callable[[], object] | None = None) -> floa
     return int(pairs) / float(elapsed)
 
 
-def _session(bpf, plans, options: CollectOptions, target_tgid: int = 0):
-    """lockprof's probes as a collection with these options loads them."""
-    return bpf.BpfSession(
-        plans,
-        target_tgid,
-        options.threshold_ns,
-        options.stack_threshold_ns,
-        sample_hz=options.sample_hz,
-        stack_rate=options.stack_rate,
-        lock_types=options.lock_types,
-    )
-
-
 def _system_phase(session, seconds: float) -> tuple[dict[str, tuple[int, int]], float]:
     """The runs and run time each program gained over `seconds` of the
     system as it runs, the load gone (the question before attaching in
@@ -186,11 +173,9 @@ def measure(
 
     # The floor: an empty program on each tracepoint (a perf event's
     # sampling has no tracepoint to share; its row has no floor).
-    floor_of = {
-        chosen.probe.fn: f"floor_{i}"
-        for i, chosen in enumerate(c for c in plans if c.point.mechanism == "raw_tracepoint")
-    }
-    events = [c.point.target for c in plans if c.point.mechanism == "raw_tracepoint"]
+    on_tracepoints = [c for c in plans if c.point.mechanism == "raw_tracepoint"]
+    floor_of = {chosen.probe.fn: f"floor_{i}" for i, chosen in enumerate(on_tracepoints)}
+    events = [chosen.point.target for chosen in on_tracepoints]
     rates = {"bare": _load(seconds)}
     with bpf.run_stats_enabled():
         floor = bpf.empty_programs(events)
@@ -199,7 +184,7 @@ def measure(
             floor_stats = bpf.program_run_stats(floor)
         finally:
             floor.cleanup()
-        with _session(bpf, plans, options) as session:
+        with bpf.BpfSession.for_collection(plans, options) as session:
             session.attach()
             # The ring drained as a collection drains it: a full ring would
             # make every later record a cheap failed reserve.
@@ -209,7 +194,7 @@ def measure(
             if not target_tgid:
                 system_stats, system_seconds = _system_phase(session, seconds)
         if target_tgid:
-            with _session(bpf, plans, options, target_tgid) as session:
+            with bpf.BpfSession.for_collection(plans, options, target_tgid) as session:
                 session.attach()
                 session.learn_target_lock(target_tgid)  # as attach does
                 system_stats, system_seconds = _system_phase(session, seconds)

@@ -104,17 +104,7 @@ def collect(
             flag.install()
         plans = _plans(options, working_mechanisms)
         flag.check_before_start()
-        session = bpf_mod.BpfSession(
-            plans,
-            target.tgid,
-            options.threshold_ns,
-            options.stack_threshold_ns,
-            sample_hz=options.sample_hz,
-            stack_rate=options.stack_rate,
-            follow="follow" in options.families,
-            lock_types=options.lock_types,
-        )
-        session.max_events = options.max_events
+        session = bpf_mod.BpfSession.for_collection(plans, options, target.tgid)
         flag.check_before_start()
         attached = session.attach()
         if target.mode == "attach":

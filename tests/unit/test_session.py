@@ -745,6 +745,10 @@ def test_a_signal_before_collection_starts_undoes_everything(monkeypatch, tmp_pa
             if when == "compile":
                 os.kill(os.getpid(), signal.SIGTERM)
 
+        @classmethod
+        def for_collection(cls, *args, **kwargs):
+            return cls(*args, **kwargs)
+
         def attach(self):
             events.append("attached")
             if when == "attach":
@@ -783,6 +787,10 @@ def test_attach_to_a_pid_that_exits_before_collection_starts_is_an_error(monkeyp
     class FakeBpfSession:
         def __init__(self, *_args, **_kwargs):
             events.append("compiled")
+
+        @classmethod
+        def for_collection(cls, *args, **kwargs):
+            return cls(*args, **kwargs)
 
         def attach(self):
             events.append("attached")
@@ -1046,6 +1054,10 @@ def test_the_live_view_goes_as_soon_as_collection_stops(monkeypatch):
     class FakeBpfSession:
         def __init__(self, *_args, **_kwargs):
             pass
+
+        @classmethod
+        def for_collection(cls, *args, **kwargs):
+            return cls(*args, **kwargs)
 
         def attach(self):
             return []
