@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import select
-import sys
 import threading
 from typing import BinaryIO
 
@@ -130,20 +129,14 @@ def _reaped(pid: int) -> bool:
 
 
 class CapturedCommand(CommandTarget):
-    """CommandTarget with the child's stdout on the given fd, stopped when
-    collection stops (stop_at_end: a bench run's command must not run on
-    into the next run, nor hold the capture pipe open).
-
-    CommandTarget forks the held child in its constructor; the child inherits
-    fd 1 from the parent. For the moment of the fork, the parent's fd 1 is
-    pointed at the capture pipe and then restored (nothing else in lockprof
-    writes to fd 1 in that window)."""
+    """CommandTarget with the child's stdout on the given fd (the capture
+    pipe), stopped when collection stops (stop_at_end: a bench run's command
+    must not run on into the next run, nor hold the capture pipe open)."""
 
     def __init__(self, argv: list[str], stdout_fd: int):
-        self._stdout_fd = stdout_fd
         self._children_before = own_children()
         self.orphans_stopped = 0  # its background processes stopped at its end
-        super().__init__(argv, stop_at_end=True)
+        super().__init__(argv, stdout_fd=stdout_fd, stop_at_end=True)
 
     def end(self) -> None:
         """Collection stopped: the command is stopped if still running
@@ -154,16 +147,6 @@ class CapturedCommand(CommandTarget):
         if orphans:
             self.orphans_stopped = len(orphans)
             stop_processes(orphans, self.STOP_GRACE_S)
-
-    def _spawn_held(self) -> int:
-        sys.stdout.flush()
-        saved = os.dup(1)
-        try:
-            os.dup2(self._stdout_fd, 1)
-            return super()._spawn_held()
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
 
 
 def compile_throughput(pattern: str | None) -> re.Pattern[str] | None:

@@ -522,14 +522,15 @@ class CommandTarget(Target):
     # stop_at_end: SIGTERM, then SIGKILL after this long (see stop()).
     STOP_GRACE_S = 1.0
 
-    def __init__(self, argv: list[str], stdout_to_stderr: bool = False, stop_at_end: bool = False):
+    def __init__(self, argv: list[str], stdout_fd: int | None = None, stop_at_end: bool = False):
         super().__init__()
         if not argv:
             raise LockprofError("no command given: lockprof run -- CMD [ARGS...]", exit_code=2)
         self.argv = argv
-        # run --json: stdout holds the JSON alone, the command's output goes
-        # to stderr (as /usr/bin/time keeps its report apart from it).
-        self._stdout_to_stderr = stdout_to_stderr
+        # The command's stdout, if not lockprof's: run --json's stderr (stdout
+        # holds the JSON alone, as /usr/bin/time keeps its report apart from
+        # the command's output), bench's capture pipe.
+        self._stdout_fd = stdout_fd
         # bench: a command still running when collection stops is stopped
         # (run leaves it running, as attach leaves its target).
         self.stop_at_end = stop_at_end
@@ -556,12 +557,13 @@ class CommandTarget(Target):
         ignores), to the default (a Ctrl-C before the exec ends it)."""
         gate_r, gate_w = _pipe_above(10)
         ready_r, ready_w = _pipe_above(10)
-        actions = [
+        # stdout first: a pipe's fd may be _GATE_FD or _READY_FD, which the
+        # next two overwrite (gate and ready are above 10).
+        actions = [(os.POSIX_SPAWN_DUP2, self._stdout_fd, 1)] if self._stdout_fd is not None else []
+        actions += [
             (os.POSIX_SPAWN_DUP2, gate_r, _GATE_FD),
             (os.POSIX_SPAWN_DUP2, ready_w, _READY_FD),
         ]
-        if self._stdout_to_stderr:
-            actions.append((os.POSIX_SPAWN_DUP2, 2, 1))
         pwd = "keep" if "PWD" in os.environ else ""
         argv = ["sh", "-c", _HOLDER_SCRIPT, PRE_EXEC_COMM, pwd, *self.argv]
         was_reaper = child_subreaper(True)  # so that the shell's child becomes ours

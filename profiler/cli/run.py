@@ -50,5 +50,5 @@ def command(argv, **options) -> None:
     refuse_unknown_option(argv)
     check_command(argv[0])  # before the probes are compiled and attached
     collect_command(
-        lambda: CommandTarget(list(argv), stdout_to_stderr=options["as_json"]), **options
+        lambda: CommandTarget(list(argv), stdout_fd=2 if options["as_json"] else None), **options
     )

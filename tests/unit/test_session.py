@@ -496,7 +496,7 @@ def test_the_commands_status_is_kept_as_a_shell_gives_it(script, status, signame
 def test_run_json_sends_the_commands_stdout_to_stderr(capfd):
     """run --json: lockprof's stdout holds the JSON alone (the command's
     "40144 records in 3.000 s" came before the `{`)."""
-    target = CommandTarget(["sh", "-c", "echo to-stdout; echo to-stderr >&2"], True)
+    target = CommandTarget(["sh", "-c", "echo to-stdout; echo to-stderr >&2"], stdout_fd=2)
     target.begin()
     wait_for_exit(target)
     out, err = capfd.readouterr()
