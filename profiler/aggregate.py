@@ -283,9 +283,7 @@ def records_frame(records: np.ndarray) -> pd.DataFrame:
             # Python ints (27M of them for a 2-hour run's 334k rows).
             columns[column] = slot_views(values)
         elif column in INTERVAL_MAX_COLUMNS:
-            known = pd.array(values, dtype="Int64")
-            known[values == UNKNOWN_MAX] = pd.NA
-            columns[column] = known
+            columns[column] = known_maxima(values)
         else:
             columns[column] = values.astype(_interval_dtype(column), copy=False)
     return pd.DataFrame(columns, columns=INTERVAL_COLUMNS)
@@ -450,6 +448,13 @@ class IntervalTotals:
         return _arrays_frame(self._parts[0]) if self._parts else empty_intervals()
 
 
+def known_maxima(values: np.ndarray):
+    """Interval maxima as a nullable Int64 array: UNKNOWN_MAX becomes null."""
+    known = pd.array(values, dtype="Int64")
+    known[values == UNKNOWN_MAX] = pd.NA
+    return known
+
+
 def interval_maxima_from_running(intervals: pd.DataFrame) -> pd.DataFrame:
     """*_max_ns (per-interval, where known) from *_running_max_ns, for interval
     tables that only have the running maxima (schema 1 recordings). A key and
@@ -462,9 +467,7 @@ def interval_maxima_from_running(intervals: pd.DataFrame) -> pd.DataFrame:
         running = order[f"{h}_running_max_ns"].to_numpy()
         before = groups[f"{h}_running_max_ns"].shift(1, fill_value=0).to_numpy()
         maxima = interval_maxima(before, running, order[f"{h}_count"].to_numpy())
-        known = pd.array(maxima, dtype="Int64")
-        known[maxima == UNKNOWN_MAX] = pd.NA
-        frame[f"{h}_max_ns"] = pd.Series(known, index=order.index, dtype="Int64")
+        frame[f"{h}_max_ns"] = pd.Series(known_maxima(maxima), index=order.index, dtype="Int64")
     ordered = [c for c in INTERVAL_COLUMNS if c in frame.columns]
     return frame[ordered + [c for c in frame.columns if c not in ordered]]
 
