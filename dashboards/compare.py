@@ -295,7 +295,7 @@ def verdict_table(document: dict, limit: int = MAX_TABLE_ROWS) -> str:
             f'<p class="note">Showing {limit:,} of {len(entries):,} rows; '
             "<code>lockprof compare --json</code> lists all.</p>"
         )
-    if any(cmp.fmt_ci(entry) == cmp.NO_PERCENT_CI for entry in entries[:limit]):
+    if any(map(cmp.ci_missing_percent, entries[:limit])):
         note += f'<p class="note">{html_text(cmp.NO_PERCENT_CI_NOTE.strip("()"))}.</p>'
     head = "".join(
         f"<th>{h}</th>"

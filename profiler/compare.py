@@ -1081,7 +1081,7 @@ def headline(entry: dict) -> str:
         return f"{start}: {verdict}"
     change = fmt_delta(entry)
     ci = fmt_ci(entry)
-    if ci == NO_PERCENT_CI:
+    if ci_missing_percent(entry):
         change += f", {NO_PERCENT_CI_WHY}"
     elif ci != "-":
         change += f", {int(CONFIDENCE * 100)}% CI {ci}"

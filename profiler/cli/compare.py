@@ -40,7 +40,8 @@ def shown_verdicts(verdicts: list[dict], top: int | None, everything: bool) -> l
     return shown
 
 
-def verdict_table(verdicts: list[dict], top: int | None, everything: bool) -> Table:
+def verdict_table(shown: list[dict]) -> Table:
+    """The shown verdicts (shown_verdicts) as the terminal's table."""
     table = Table(header_style="bold", pad_edge=False)
     for header, justify in (
         ("lock", "left"),
@@ -54,7 +55,7 @@ def verdict_table(verdicts: list[dict], top: int | None, everything: bool) -> Ta
     ):
         table.add_column(header, justify=justify, no_wrap=header != "lock")  # type: ignore[arg-type]
     previous = None
-    for entry in shown_verdicts(verdicts, top, everything):
+    for entry in shown:
         ident = (entry["lock"], entry["mode"])
         table.add_row(
             Text(_lock_title(entry)) if ident != previous else Text(""),
@@ -111,7 +112,8 @@ def terminal_view(
         parts.append(Text("  " + render.safe_text(line)))
     parts.append(Text(""))
     if document["verdicts"]:
-        parts.append(verdict_table(document["verdicts"], top, everything))
+        shown = shown_verdicts(document["verdicts"], top, everything)
+        parts.append(verdict_table(shown))
         locks = len({(v["lock"], v["lock_class"]) for v in document["verdicts"]})
         notes = []
         if top is not None and locks > top:
@@ -122,8 +124,7 @@ def terminal_view(
             parts.append(
                 Text(f"({'; '.join(notes)}: --all shows every lock and metric, --json all)")
             )
-        shown = shown_verdicts(document["verdicts"], top, everything)
-        if any(cmp.fmt_ci(entry) == cmp.NO_PERCENT_CI for entry in shown):
+        if any(map(cmp.ci_missing_percent, shown)):
             parts.append(Text(cmp.NO_PERCENT_CI_NOTE))
     else:
         parts.append(Text("no lock activity on either side"))
