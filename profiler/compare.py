@@ -733,9 +733,14 @@ def target_mode(meta: dict) -> str | None:
     return mode if mode in TARGET_MODES else None
 
 
+def _modes(runset: RunSet) -> list[str | None]:
+    """The side's distinct target modes, in run order."""
+    return _distinct([target_mode(run.recording.meta) for run in runset.runs])
+
+
 def _side_mode(runset: RunSet) -> str | None:
     """The side's target mode, None when its runs do not agree or say."""
-    modes = _distinct([target_mode(run.recording.meta) for run in runset.runs])
+    modes = _modes(runset)
     return modes[0] if len(modes) == 1 else None
 
 
@@ -746,7 +751,7 @@ def target_mode_warnings(before: RunSet, after: RunSet) -> list[str]:
     also counts every other process's locks."""
     warnings = []
     for side, runset in (("before", before), ("after", after)):
-        modes = _distinct([target_mode(run.recording.meta) for run in runset.runs])
+        modes = _modes(runset)
         if len(modes) > 1:
             shown = "; ".join(TARGET_MODES[m][0] if m else "not recorded" for m in modes)
             warnings.append(f"profiled target differs between the {side} runs: {shown}")
