@@ -10,7 +10,7 @@ from profiler.targets import PidTarget, is_kernel_thread
 
 @click.command("attach")
 @click.option("-p", "--pid", type=click.IntRange(min=1), required=True, help="Process to profile.")
-@collection_options
+@collection_options("attach")
 @follow_option
 def command(pid, **options) -> None:
     """Profile a running process until Ctrl-C, -d SECONDS or its exit.

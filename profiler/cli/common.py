@@ -179,16 +179,40 @@ def probe_options(func):
     return func
 
 
-def collection_options(func):
-    """The bcc-style flags every collecting subcommand takes."""
+# What -d stops short of, and the default recording name, per collecting
+# subcommand: record has no target to exit or to leave running.
+_DURATION_HELP = {
+    "attach": "Stop collecting after SECONDS (default: at Ctrl-C, or when the process "
+    "exits). The process is left running.",
+    "run": "Stop collecting after SECONDS (default: at Ctrl-C, or when CMD exits). "
+    "A CMD still running then is left running.",
+    "record": "Stop collecting after SECONDS (default: at Ctrl-C).",
+}
+_OUTPUT_NAME = {
+    "attach": "lockprof-attach-PID-TIME.lpr",
+    "run": "lockprof-run-PID-TIME.lpr",
+    "record": "lockprof-system-all-TIME.lpr",
+}
+_JSON_HELP = {
+    "attach": "",
+    "run": " (CMD's stdout goes to stderr)",
+    "record": "",
+}
+
+
+def collection_options(command: str):
+    """The bcc-style flags every collecting subcommand (attach, run, record) takes."""
+    return lambda func: _add_collection_options(func, command)
+
+
+def _add_collection_options(func, command: str):
     options = [
         click.option(
             "-d",
             "--duration",
             type=FiniteFloatRange(min=0.1, max=7 * 86400),
             metavar="SECONDS",
-            help="Stop collecting after SECONDS (default: at Ctrl-C, or when the target "
-            "exits). A target still running then is left running.",
+            help=_DURATION_HELP[command],
         ),
         click.option(
             "-i",
@@ -203,7 +227,7 @@ def collection_options(func):
             "-o",
             "--output",
             type=outputs.OutputFile(dir_okay=False),
-            help="Recording file (default: lockprof-MODE-PID-TIME.lpr here).",
+            help=f"Recording file (default: {_OUTPUT_NAME[command]} here).",
         ),
         THRESHOLD_OPTION,
         *STACK_OPTIONS,
@@ -231,7 +255,7 @@ def collection_options(func):
             type=click.IntRange(min=1),
             default=15,
             show_default=True,
-            help="Rows in the live view.",
+            help="Rows in the live view (at most; fewer when the terminal is short).",
         ),
         click.option(
             "--html",
@@ -243,8 +267,9 @@ def collection_options(func):
             "--json",
             "as_json",
             is_flag=True,
-            help="Print the final summary as JSON (as `show --json`), alone on stdout "
-            "(run: the command's stdout goes to stderr).",
+            help="Print the final summary as JSON (as `show --json`), alone on stdout"
+            + _JSON_HELP[command]
+            + ".",
         ),
     ]
     for option in reversed(options):

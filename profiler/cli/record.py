@@ -18,7 +18,7 @@ from profiler.targets import Target
     required=True,
     help="Whole system (all processes, all CPUs).",
 )
-@collection_options
+@collection_options("record")
 def command(system_wide, **options) -> None:
     """Profile the whole system until Ctrl-C or -d SECONDS.
 

@@ -19,7 +19,7 @@ from profiler.targets import CommandTarget, check_command
     # and strace do, not to lockprof.
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
-@collection_options
+@collection_options("run")
 @follow_option
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED, required=True, metavar="CMD...")
 def command(argv, **options) -> None:

@@ -17,7 +17,7 @@ from profiler.cli.common import print_summary, warn_cpus_without_samples
     "--top",
     type=click.IntRange(min=1),
     default=None,
-    help="Only the first N rows of each table (with --json, of locks).",
+    help="Only the first N rows of each table (with --json, of locks and of foreign_tasks).",
 )
 @click.option(
     "--cpus",

@@ -283,6 +283,26 @@ def test_help_has_examples(capsys, command):
     assert "Examples" in out
     assert out.startswith(f"Usage: lockprof {' '.join(command)}".rstrip())
 
+@pytest.mark.parametrize(
+    ("command", "default_name", "has_target"),
+    [
+        ("attach", "lockprof-attach-PID-TIME.lpr", True),
+        ("run", "lockprof-run-PID-TIME.lpr", True),
+        ("record", "lockprof-system-all-TIME.lpr", False),
+    ],
+)
+def test_collecting_help_speaks_of_its_own_command(capsys, command, default_name, has_target):
+    """record has no target to exit or leave running, and each command names
+    the default recording it writes (default_output's names)."""
+    code, out, _err = run_main(capsys, command, "--help")
+    # click wraps the option help, also after a name's hyphens
+    text = re.sub(r"-\s+", "-", " ".join(out.split()))
+    assert code == 0
+    assert f"default: {default_name} here" in text
+    assert ("left running" in text) == has_target
+    assert ("stdout goes to stderr" in text) == (command == "run")
+
+
 
 def test_version(capsys):
     from profiler import __version__
