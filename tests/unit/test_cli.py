@@ -283,6 +283,7 @@ def test_help_has_examples(capsys, command):
     assert "Examples" in out
     assert out.startswith(f"Usage: lockprof {' '.join(command)}".rstrip())
 
+
 @pytest.mark.parametrize(
     ("command", "default_name", "has_target"),
     [
@@ -301,7 +302,6 @@ def test_collecting_help_speaks_of_its_own_command(capsys, command, default_name
     assert f"default: {default_name} here" in text
     assert ("left running" in text) == has_target
     assert ("stdout goes to stderr" in text) == (command == "run")
-
 
 
 def test_version(capsys):
