@@ -13,11 +13,13 @@ from pathlib import Path
 from profiler import signals
 from profiler.cli import startup
 
-# Run as the lockprof program (not imported by tests): catch SIGINT, SIGTERM
-# and SIGHUP before the 0.4 s of imports below, so that a signal at any
-# moment of start-up ends lockprof with one line (profiler.signals); then
-# what must come before pandas and pyarrow load (startup.py).
+# Run as the lockprof program (not imported by tests): standard streams that
+# were closed become /dev/null; catch SIGINT, SIGTERM and SIGHUP before the
+# 0.4 s of imports below, so that a signal at any moment of start-up ends
+# lockprof with one line (profiler.signals); then what must come before
+# pandas and pyarrow load (startup.py).
 if __name__ == "__main__" or Path(sys.argv[0]).name == "lockprof":
+    startup.ensure_standard_streams()
     signals.install_early()
     startup.prepare_program()
 
@@ -36,8 +38,19 @@ from profiler.errors import LockprofError
 SUBCOMMANDS = ("attach", "run", "record", "show", "report", "export", "doctor", "bench", "compare")
 
 
+class StdoutGone(Exception):
+    """stdout's reader went away (`| head`): not an OSError, which click
+    would turn into exit 1 on its own, past main()'s 141."""
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported when used (or listed)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise StdoutGone() from exc
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(SUBCOMMANDS)
@@ -143,7 +156,7 @@ def _run(argv: list[str] | None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except BrokenPipeError:  # the reader of stdout stopped reading (`| head`)
+    except (BrokenPipeError, StdoutGone):  # the reader of stdout stopped reading (`| head`)
         from profiler.cli.common import silence_stream
 
         silence_stream(sys.stdout)

@@ -507,6 +507,27 @@ def test_a_reader_that_stops_reading_the_summary_gets_exit_141_quietly(tmp_path)
     assert profiler.load(tmp_path / "head.lpr").meta["duration_s"] > 0
 
 
+@pytest.mark.parametrize("closed", [">&-", "2>&-", ">&- 2>&- <&-"])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_run_with_closed_standard_streams_exits_with_the_commands_status(tmp_path, closed, as_json):
+    """`lockprof run ... >&-`: Python starts with sys.stdout None; the end of
+    the run raised AttributeError (exit 1, `--json` an internal error) and
+    a closed stderr turned the command's 0 into 1. The command's status
+    comes back and the recording has every one of its 100 pairs."""
+    json_flag = "--json" if as_json else ""
+    script = (
+        f'exec "$0" "$@" run -q {json_flag} -o closed.lpr -- {BIN / "mmapcount"} -n 100 {closed}'
+    )
+    result = subprocess.run(
+        ["sh", "-c", script, *LOCKPROF], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    pid = profiler.load(tmp_path / "closed.lpr").meta["target_pid"]
+    # 100 pairs, and the few munmaps of the program's own start-up (ld.so)
+    assert 100 <= rows_for(show_json(tmp_path / "closed.lpr"), pid)["write"]["downgrades"] <= 110
+
+
 def test_hostile_and_invalid_utf8_command_line(tmp_path):
     """run with arguments holding an escape sequence and a byte that is not
     UTF-8: the attached line shows them escaped, the recording keeps valid

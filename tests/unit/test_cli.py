@@ -345,6 +345,46 @@ def test_entry_point_attach_pid_zero():
     assert result.stderr.startswith("lockprof attach: -p/--pid: 0 is not in the range")
 
 
+def _lockprof_command() -> list[str]:
+    return [str(LOCKPROF)] if LOCKPROF.exists() else [sys.executable, "-m", "profiler.cli.main"]
+
+
+@pytest.mark.parametrize("closed", [">&-", "2>&-", "<&-", ">&- 2>&- <&-"])
+def test_closed_standard_streams_are_dev_null(recording_path, closed):
+    """Started with a standard stream closed, Python sets sys.stdout (etc.)
+    to None: flush_outputs() and every direct write then raised
+    AttributeError (exit 1 with a traceback, `run --json` an internal
+    error). They become /dev/null instead: the status is the command's."""
+    script = f'exec "$@" {closed}'
+    result = subprocess.run(
+        ["sh", "-c", script, "sh", *_lockprof_command(), "show", "--json", str(recording_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    if ">&-" not in closed:
+        assert json.loads(result.stdout)["cpus"] == 2
+
+
+@pytest.mark.parametrize("argv", [["show"], ["show", "--json"]])
+def test_a_reader_gone_before_show_writes_gets_141(recording_path, argv):
+    """click turns an EPIPE inside a command into exit 1 by itself; main()
+    gives 141 for it, as for a collection's summary (a shell's status for a
+    writer killed by SIGPIPE), whatever the output's size."""
+    process = subprocess.Popen(
+        [*_lockprof_command(), *argv, str(recording_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/",
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before lockprof has written anything
+    err = process.stderr.read()
+    assert (process.wait(timeout=60), err) == (141, b"")
+
+
 # -- check_pid and TimeParam ---------------------------------------------------------------
 
 
