@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from profiler import aggregate, schema, summary, writer_cost
+from profiler.lockids import distinct_labels
 from profiler.recording import TABLE_COLUMNS, Recording
 
 KEY = ["lock", "flags", "source"]
@@ -114,15 +115,7 @@ def _labels(table: pd.DataFrame, rec: Recording) -> dict[int, str]:
             caller = callers.get(lock)
             label = f"{caller} ({lock:#x})" if caller else f"{lock_class} {lock:#x}"
         labels[lock] = label
-    counts: dict[str, int] = {}
-    for label in labels.values():
-        counts[label] = counts.get(label, 0) + 1
-    for lock, label in labels.items():
-        where = f"{address.get(lock, lock):#x}"
-        if counts[label] > 1:
-            # Two mms at one address, neither owner known: the ids differ.
-            labels[lock] = f"{label} {where}" if where not in label else f"{label} (id {lock:#x})"
-    return labels
+    return distinct_labels(labels, address)
 
 
 def _top_callers(rec: Recording) -> dict[int, str]:

@@ -22,6 +22,7 @@ from the owner map, and recorded per id with set_owner().
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -110,3 +111,26 @@ class LockIds:
         self._ids.pop((address, gen), None)
         tgid, comm = self._owner.pop(lock_id, (None, None))
         return address, tgid, comm
+
+
+def distinct_labels(labels: dict[int, str], addresses: dict[int, int]) -> dict[int, str]:
+    """labels (lock id -> label) made distinct where locks share one: a
+    process that execs the same program has an mmap_lock per mm, all
+    `mmap_lock pid N (sh)`. Each then says its address, or its id where
+    the address does not tell them apart either (a freed mm's address
+    taken by the next exec: mms that alternate between two addresses). The
+    id is the `lock_id` of `show --json`. addresses: lock id -> the lock's
+    address (the id itself where absent)."""
+    groups: dict[str, list[int]] = {}
+    for lock, label in labels.items():
+        groups.setdefault(label, []).append(lock)
+    distinct = dict(labels)
+    for label, locks in groups.items():
+        if len(locks) < 2:
+            continue
+        where = [addresses.get(lock, lock) for lock in locks]
+        sharing = Counter(where)
+        for lock, address in zip(locks, where, strict=True):
+            address_tells = sharing[address] == 1 and f"{address:#x}" not in label
+            distinct[lock] = f"{label} {address:#x}" if address_tells else f"{label} id {lock:#x}"
+    return distinct

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from profiler import schema
+from profiler.lockids import distinct_labels
 from profiler.options import CpuFigures
 
 
@@ -56,6 +57,35 @@ def lock_label(row: dict) -> str:
     if row.get("owner_pid") is not None:
         label += f" pid {row['owner_pid']} ({row.get('owner_comm') or '?'})"
     return safe_text(label)
+
+
+def row_labels(rows: list[dict]) -> list[str]:
+    """lock_label() of each row, told apart where different locks would
+    read the same (lockids.distinct_labels: the mms of a process that execs
+    one program again and again). Rows of one lock (its modes) share it."""
+    labels: dict[int, str] = {}
+    addresses: dict[int, int] = {}
+    ids = []
+    for row in rows:
+        lock_id = _hex_or_none(row.get("lock_id"))
+        ids.append(lock_id)
+        if lock_id is not None and lock_id not in labels:
+            labels[lock_id] = lock_label(row)
+            address = _hex_or_none(row.get("lock_addr"))
+            if address is not None:
+                addresses[lock_id] = address
+    distinct = distinct_labels(labels, addresses)
+    return [
+        lock_label(row) if lock_id is None else distinct[lock_id]
+        for row, lock_id in zip(rows, ids, strict=True)
+    ]
+
+
+def _hex_or_none(value) -> int | None:
+    try:
+        return int(value, 16)
+    except (TypeError, ValueError):
+        return None
 
 
 # The summary table's columns: (header, justify). The rich table stacks a
@@ -116,13 +146,14 @@ LOCK_WRAP_WIDTH = 32
 PLAIN_TABLE_ROWS = 2_000
 
 
-def summary_cells(row: dict) -> list[str]:
-    """One summary row's cells, as both tables print them (terminal-safe)."""
+def summary_cells(row: dict, label: str | None = None) -> list[str]:
+    """One summary row's cells, as both tables print them (terminal-safe).
+    label: the lock's, where row_labels() told it apart from another's."""
     wait = row.get("wait_ns") or {}
     hold = row.get("hold_ns") or {}
     ratio = row.get("reader_writer_ratio")
     return [
-        lock_label(row),
+        lock_label(row) if label is None else label,
         safe_text(row["mode"]),  # a recording's text
         fmt_count(row.get("acquisitions")),
         fmt_count(row.get("contended")),
@@ -201,7 +232,7 @@ class SummaryTable:
 
     def __init__(self, rows: list[dict], title: str | None = None):
         self.title = title
-        self.cells = [summary_cells(row) for row in rows]
+        self.cells = [summary_cells(*pair) for pair in zip(rows, row_labels(rows), strict=True)]
         self.widths = [
             max(
                 *(cell_len(line) for line in stacked_header(header)),
@@ -243,7 +274,7 @@ def summary_table(
 def plain_summary_lines(rows: list[dict]) -> Iterator[str]:
     """The summary table as aligned plain-text lines (header first), for
     tables too long for rich: the same cells, two spaces between columns."""
-    cells = [summary_cells(row) for row in rows]
+    cells = [summary_cells(*pair) for pair in zip(rows, row_labels(rows), strict=True)]
     headers = list(SUMMARY_HEADERS)
     # Terminal columns, not characters: a comm may hold wide (CJK) ones.
     widths = [cell_len(h) for h in headers]

@@ -698,6 +698,8 @@ class _ShownRows:
 # per-CPU figures and all, were ~175 MB; these parts of them ~80 MB.
 TABLE_FIELDS = (
     "lock",
+    "lock_id",
+    "lock_addr",
     "owner_pid",
     "owner_comm",
     "mode",
@@ -775,13 +777,11 @@ def print_summary(
         )
     for note in document.get("notes") or []:
         out.print(Text(render.safe_text(f"note: {note}")))
-    for row in shown.held + [r for r in offcpu_rows if r.get("still_held")]:
-        out.print(
-            Text(
-                f"still held at the end: {render.lock_label(row)} {row['mode']} "
-                f"x{row['still_held']}"
-            )
-        )
+    held = shown.held + [r for r in offcpu_rows if r.get("still_held")]
+    # Each lock as the table names it (told apart from another of one name).
+    labels = render.row_labels(shown.first + held)[len(shown.first) :]
+    for row, label in zip(held, labels, strict=True):
+        out.print(Text(f"still held at the end: {label} {row['mode']} x{row['still_held']}"))
 
 
 def collect_command(

@@ -172,6 +172,70 @@ def test_two_mms_at_one_address_get_their_own_labels_and_summary_rows():
     assert set(summary["lock_addr"]) == {f"{mm:#x}"}
 
 
+def test_a_process_that_execs_one_program_again_gets_a_label_per_mm(capsys):
+    """`sh` exec'ing `sh` four times: its mms alternate between two
+    addresses (a freed mm's is the next one's), all owned by one pid and
+    comm. The address did not tell them apart: the report failed on
+    duplicate labels (ValueError in build_top_locks' reindex) and `show`
+    printed four identical `mmap_lock pid 42 (sh)` rows."""
+    from profiler.cli.common import print_summary
+    from profiler.lockids import LockIds
+
+    ids = LockIds()
+    a, b = 0xFFFF888100000000, 0xFFFF888100004000
+    mms = [ids.id_of(address, gen) for gen, address in enumerate((a, b, a, b), start=10)]
+    rows = [
+        wait_row(lock, WRITE, SRC_MMAP, waits=[100 * n], holds=[n], acquisitions=1)
+        for n, lock in enumerate(mms, start=1)
+    ]
+    intervals = intervals_frame(rows)
+    owners = {lock: (42, "sh") for lock in mms}
+    locks = aggregate.name_locks(intervals, owners, recording.empty_table("callers"), {},
+                                 addresses=ids.addresses())  # fmt: skip
+    rec = profiler.Recording(
+        meta={"families": ["mmap_lock"], "cpus": 2},
+        intervals=intervals,
+        locks=locks,
+        events=recording.empty_table("events"),
+        tasks=recording.empty_table("tasks"),
+        callers=recording.empty_table("callers"),
+        stacks=recording.empty_table("stacks"),
+    )
+    labels = frames.lock_table(rec).drop_duplicates("lock").set_index("lock")["label"]
+    assert labels.is_unique and len(labels) == 4
+    for lock in mms:
+        assert labels[lock] == f"mmap_lock pid 42 (sh) id {lock:#x}"  # show --json's lock_id
+    assert "mmap_lock pid 42 (sh)" in html.render(rec)  # builds, every panel
+    print_summary(rec, as_json=False, top=None)
+    out = capsys.readouterr().out.splitlines()
+    shown = [line for line in out if line.startswith("│mmap_lock pid 42 (sh)")]
+    assert len(shown) == 4 and len(set(shown)) == 4
+    # the still-held lines (no release in the rows) name each as the table does
+    held = [line for line in out if line.startswith("still held at the end: ")]
+    for lock in mms:
+        label = f"mmap_lock pid 42 (sh) id {lock:#x}"
+        assert sum(label in line for line in shown) == 1
+        assert f"still held at the end: {label} write x1" in held
+
+
+def test_distinct_labels_say_the_address_where_it_tells_locks_apart():
+    from profiler.lockids import distinct_labels
+
+    labels = {1: "mmap_lock pid 7 (sh)", 2: "mmap_lock pid 7 (sh)", 3: "x", 4: "y 0x4"}
+    addresses = {1: 0xA0, 2: 0xB0, 3: 0xA0, 4: 0x4}
+    assert distinct_labels(labels, addresses) == {
+        1: "mmap_lock pid 7 (sh) 0xa0",
+        2: "mmap_lock pid 7 (sh) 0xb0",
+        3: "x",
+        4: "y 0x4",
+    }
+    # the address already in the label: the id
+    assert distinct_labels({4: "y 0x4", 5: "y 0x4"}, {5: 0x4}) == {
+        4: "y 0x4 id 0x4",
+        5: "y 0x4 id 0x5",
+    }
+
+
 def test_labels_skip_the_probes_own_frames(rec):
     """mmapcount-1000.lpr was recorded when spinlocks were named after the
     BPF program's frame; the report names them after the real caller."""
