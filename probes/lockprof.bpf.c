@@ -105,8 +105,12 @@ BPF_ARRAY(lp_config, struct lp_config, 1);
  * left out (all 0, every type kept, unless Python fills it). */
 BPF_ARRAY(lp_type_drop, u32, LP_TYPE_SLOTS);
 BPF_PERCPU_ARRAY(lp_errors, u64, LP_NR_ERRORS);
-/* When this CPU last took a contention stack (the --stack-rate limit). */
-BPF_PERCPU_ARRAY(lp_stack_last, u64, 1);
+/* When this CPU last took a contention stack (the --stack-rate limit): [0]
+ * for long waits, [1] for naming stacks (lp_wait_stack). */
+BPF_PERCPU_ARRAY(lp_stack_last, u64, 2);
+/* Per contention row (lp_stats index), the lock this CPU took a naming
+ * stack for (lp_wait_stack): a row reused for another lock reads as unnamed. */
+BPF_PERCPU_ARRAY(lp_row_named, u64, LP_MAX_LOCKS);
 
 /* Probes for a free lp_stats index before a new key counts as map full. */
 #ifndef LP_SLOT_PROBES
@@ -1303,20 +1307,61 @@ static __always_inline void lp_caller_account(u64 lock, s32 stack_id, u32 flags,
  * per CPU per stack_gap_ns still names each busy caller; the waits left
  * without one are counted (LP_ERR_STACK_RATE) and keep stack_id -1.
  */
-static __always_inline int lp_stack_allowed(struct lp_config *cfg, u64 now)
+static __always_inline int lp_stack_allowed(struct lp_config *cfg, u64 now, int budget)
 {
-	int zero = 0;
 	u64 *last;
 
 	if (!cfg->stack_gap_ns)
 		return 1;
-	last = lp_stack_last.lookup(&zero);
+	last = lp_stack_last.lookup(&budget);
 	if (!last)
 		return 1;
 	if (*last && now - *last < cfg->stack_gap_ns)
 		return 0;
 	*last = now; /* per-CPU slot: only this CPU writes it */
 	return 1;
+}
+
+/*
+ * The kernel stack of a contended wait, or -1. A lock with no kallsyms
+ * symbol is named after its callers, from the stacks of its waits: a busy
+ * lock whose waits were all under --stack-threshold, or lost the
+ * --stack-rate draw to another lock's (an ebizzy-like load's page-table
+ * spinlock against its mmap_lock waits), went unnamed ("spinlock 0x..."),
+ * and was named in one run and not the next: compare then saw it vanish.
+ * So a row's first wait on each CPU takes a naming stack whatever its
+ * length, from a --stack-rate budget of its own (one stack per new lock
+ * per CPU, ~3 us, while the waiter holds the lock).
+ */
+static __always_inline s32 lp_wait_stack(struct bpf_raw_tracepoint_args *ctx,
+					 struct lp_config *cfg, u64 now, u64 wait_ns, u64 lock,
+					 u32 slot_plus1)
+{
+	u32 slot = slot_plus1 - 1;
+	u64 *named = slot_plus1 ? lp_row_named.lookup(&slot) : 0;
+	int naming = named && *named != lock;
+	int long_wait = wait_ns >= cfg->stack_threshold_ns;
+	int taken = long_wait && lp_stack_allowed(cfg, now, 0);
+	s32 stack_id;
+
+	if (!taken && naming)
+		taken = lp_stack_allowed(cfg, now, 1);
+	if (!taken) {
+		if (long_wait)
+			lp_error(LP_ERR_STACK_RATE);
+		return -1;
+	}
+	stack_id = lp_stacks.get_stackid(ctx, 0);
+	if (stack_id < 0) {
+		/* An errno (-EEXIST: the bucket holds another stack): the
+		 * wait joins the ones with no stack, not a caller row of
+		 * its own per errno. */
+		lp_error(LP_ERR_STACK);
+		return -1;
+	}
+	if (named)
+		*named = lock; /* per-CPU slot: only this CPU writes it */
+	return stack_id;
 }
 
 static __always_inline void lp_nest_pop(struct bpf_raw_tracepoint_args *ctx,
@@ -1327,7 +1372,7 @@ static __always_inline void lp_nest_pop(struct bpf_raw_tracepoint_args *ctx,
 	struct lp_stats *stats;
 	struct lp_nest *found;
 	u64 now, start_ns, wait_ns;
-	s32 stack_id = -1;
+	s32 stack_id;
 	u32 depth, flags, gen;
 	int at = -1;
 
@@ -1377,21 +1422,8 @@ static __always_inline void lp_nest_pop(struct bpf_raw_tracepoint_args *ctx,
 		return;
 	}
 	wait_ns = now - start_ns;
-	if (wait_ns >= cfg->stack_threshold_ns) {
-		if (lp_stack_allowed(cfg, now)) {
-			stack_id = lp_stacks.get_stackid(ctx, 0);
-			if (stack_id < 0) {
-				/* An errno (-EEXIST: the bucket holds another
-				 * stack): the wait joins the ones with no stack,
-				 * not a caller row of its own per errno. */
-				lp_error(LP_ERR_STACK);
-				stack_id = -1;
-			}
-		} else {
-			lp_error(LP_ERR_STACK_RATE);
-		}
-	}
 	row = lp_contended_entry(ts, lock, flags);
+	stack_id = lp_wait_stack(ctx, cfg, now, wait_ns, lock, row->slot_plus1);
 	stats = lp_stats_at(row->slot_plus1);
 	if (stats) {
 		stats->contended++;

@@ -90,7 +90,8 @@ STACK_OPTIONS = [
         default="10us",
         show_default=True,
         help="Take the kernel stack of contended waits at least this long "
-        "(stacks cost microseconds each; shorter waits are counted without one).",
+        "(stacks cost microseconds each; shorter waits are counted without one, "
+        "but a lock's first wait on each CPU takes one to name the lock).",
     ),
     click.option(
         "--stack-rate",
