@@ -56,6 +56,11 @@ def lock_label(row: dict) -> str:
     label = row["lock"]
     if row.get("owner_pid") is not None:
         label += f" pid {row['owner_pid']} ({row.get('owner_comm') or '?'})"
+    elif label == "mmap_lock":
+        # Most often a child's new mm, written by the fork that copies the
+        # parent's mappings into it, replaced by the child's exec before
+        # its owner was learned.
+        label += " (owner unknown)"
     return safe_text(label)
 
 
@@ -347,7 +352,7 @@ def writer_cost_lines(cost: dict) -> list[Text]:
         lines.append(
             Text(
                 f"what-if {what_if['cpus']} CPUs: ~{what_if['estimated_cpu_s'] * 1000:.1f} ms "
-                f"of CPU (MODEL, not a measurement: {what_if['model']})",
+                f"of CPU (MODEL: {what_if['model']})",
                 style="italic",
             )
         )

@@ -328,7 +328,7 @@ def command(
         err.print(
             Text(
                 render.safe_text(
-                    f"lockprof: --throughput-regex {throughput_regex!r} matched no "
+                    f"lockprof: --throughput-regex {shlex.quote(throughput_regex)} matched no "
                     "number in the command's stdout"
                 ),
                 style="yellow",
@@ -337,11 +337,25 @@ def command(
     err.print(
         Text(
             render.safe_text(
-                f"lockprof: run set {result.label!r} with {len(result.runs)} runs "
+                f"lockprof: run set {result.label!r} with {_runs(len(result.runs))} "
                 f"written to {output}"
             )
         )
     )
+    _refuse_all_failed(result)
+
+
+def _refuse_all_failed(result: RunSet) -> None:
+    """Status 1 when the command failed in every run (the set is written):
+    a script would otherwise compare sets of failures unawares. Runs that
+    lockprof ended (-d) are not failures."""
+    failed = [r for r in result.runs if r.exit_status not in (0, None) and not r.ended_by_lockprof]
+    if result.runs and len(failed) == len(result.runs):
+        statuses = sorted({str(r.exit_status) for r in failed})
+        raise LockprofError(
+            f"the command failed in every run (exit status {', '.join(statuses)}); "
+            "the run set is written all the same"
+        )
 
 
 def _run_all(result: RunSet, runs: int, options, working, regex, quiet: bool, err) -> str | None:
@@ -367,4 +381,8 @@ def _save_partial(result: RunSet, output: Path) -> str:
     if not result.runs:
         return ""
     runset.save(result, output)
-    return f" ({len(result.runs)} completed runs written to {output})"
+    return f" ({_runs(len(result.runs), 'completed ')} written to {output})"
+
+
+def _runs(count: int, kind: str = "") -> str:
+    return f"{count} {kind}run" if count == 1 else f"{count} {kind}runs"

@@ -68,7 +68,7 @@ def command(as_json, overhead, seconds, cleanup, pid, **probe_choices) -> None:
     other processes take locks: their events end at the pid check; -p PID
     runs the last phase (the system as it runs) that way.
     """
-    options = _overhead_options(overhead, {**probe_choices, "pid": pid})
+    options = _overhead_options(overhead, {**probe_choices, "pid": pid, "seconds": seconds})
     target_tgid = check_pid(pid) if pid is not None else 0
     removed = _cleanup(as_json) if cleanup else None
     checks = doctor.run_checks()
@@ -138,7 +138,9 @@ def _overhead_options(overhead: bool, choices: dict):
     ]
     if given and not overhead:
         option = next(p for p in ctx.command.params if p.name == given[0]).opts[-1]
-        raise common.usage_error(f"{option} only sets up the probes --overhead measures")
+        raise common.usage_error(
+            f"{option} only applies with --overhead (it sets up what it measures)"
+        )
     options = common.build_options(
         None, 1.0, choices["threshold"], choices["no_mmap_lock"], choices["no_contention"]
     )

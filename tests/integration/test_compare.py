@@ -159,3 +159,24 @@ def test_bench_d_stops_each_runs_command(tmp_path):
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_bench_whose_command_fails_in_every_run_exits_1_and_keeps_the_set(tmp_path):
+    """Every run of a failing command: the set is written (its data kept),
+    and the status says so; it was 0, and a script went on to compare
+    sets of failures. One failing run of several leaves the status 0."""
+    proc = subprocess.run(
+        [*LOCKPROF, "bench", "--runs", "2", "-q", "-o", "fail.lpset",
+         "--throughput-regex", r"(\d+) x", "--", "sh", "-c", "exit 7"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        "lockprof: the command failed in every run (exit status 7); "
+        "the run set is written all the same"
+    )
+    assert "--throughput-regex '(\\d+) x' matched no number" in proc.stderr
+    from profiler import runset
+
+    assert [run.exit_status for run in runset.load(tmp_path / "fail.lpset").runs] == [7, 7]

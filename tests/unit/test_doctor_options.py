@@ -23,13 +23,14 @@ from .helpers import one_error_line, run_main
         (["--sample"], "--sample"),
         (["--sample-hz", "49"], "--sample-hz"),
         (["-p", "1"], "--pid"),
+        (["--seconds", "5"], "--seconds"),
     ],
 )
 def test_probe_options_without_overhead_are_refused(capsys, argv, named):
     code, _out, err = run_main(capsys, "doctor", *argv)
     line = one_error_line(code, err)
     assert code == 2
-    assert f"{named} only sets up the probes --overhead measures" in line
+    assert f"{named} only applies with --overhead" in line
 
 
 def test_sample_hz_without_sample_is_refused(capsys):

@@ -128,6 +128,18 @@ def test_csv_tables(capsys, tmp_path):
     assert "</script><b>x" in set(summary["owner_comm"].dropna())
 
 
+def test_csv_into_a_file_is_refused_before_reading_the_recording(capsys, tmp_path):
+    """An output refusal is status 2, before any work (README, "Outputs never
+    destroy recorded data"): --csv naming a file was status 1, after the
+    recording had been read."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    missing = tmp_path / "missing.lpr"  # read first, this would say so
+    code, _out, err = run_main(capsys, "export", missing, "--csv", notes)
+    assert one_error_line(code, err) == f"lockprof: --csv {notes} is not a directory"
+    assert code == 2 and notes.read_text() == "mine\n"
+
+
 def test_csv_frame_joins_lists():
     frame = pd.DataFrame({"frames": [["a+0x1", "b+0x2"], []], "n": [1, 2]})
     assert csv_frame(frame)["frames"].tolist() == ["a+0x1;b+0x2", ""]

@@ -438,6 +438,10 @@ def test_lock_label():
     assert render.lock_label({"lock": "m\x1b", "owner_pid": 7, "owner_comm": "a\nb"}) == (
         "m\\x1b pid 7 (a\\x0ab)"
     )
+    # an mm whose process was never learned (a child's new mm, its fork's)
+    assert render.lock_label({"lock": "mmap_lock", "owner_pid": None}) == (
+        "mmap_lock (owner unknown)"
+    )
 
 
 def test_view_of_the_real_recording(rec):
