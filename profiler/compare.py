@@ -833,7 +833,7 @@ def mismatch_warnings(before: RunSet, after: RunSet) -> list[str]:
         failed = [
             f"run {i} exited {run.exit_status}"
             for i, run in enumerate(runset.runs, start=1)
-            if run.exit_status not in (0, None) and not run.ended_by_lockprof
+            if run.failed
         ]
         if failed:
             warnings.append(f"{side}: {', '.join(failed)}")
