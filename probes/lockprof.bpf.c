@@ -106,7 +106,8 @@ BPF_ARRAY(lp_config, struct lp_config, 1);
 BPF_ARRAY(lp_type_drop, u32, LP_TYPE_SLOTS);
 BPF_PERCPU_ARRAY(lp_errors, u64, LP_NR_ERRORS);
 /* When this CPU last took a contention stack (the --stack-rate limit): [0]
- * for long waits, [1] for naming stacks (lp_wait_stack). */
+ * for long waits, [1] for naming stacks (lp_wait_stack). A CPU's first of
+ * each is free (0: never). */
 BPF_PERCPU_ARRAY(lp_stack_last, u64, 2);
 /* Per contention row (lp_stats index), the lock this CPU took a naming
  * stack for (lp_wait_stack): a row reused for another lock reads as unnamed. */
@@ -1300,7 +1301,8 @@ static __always_inline void lp_caller_account(u64 lock, s32 stack_id, u32 flags,
 }
 
 /*
- * May this CPU take a contention stack now? get_stackid costs ~2.7 us, and it
+ * May this CPU take a contention stack now, from budget 0 (long waits) or 1
+ * (naming stacks, lp_wait_stack)? get_stackid costs ~2.7 us, and it
  * runs in contention_end, where the waiter already holds the lock: on an
  * ebizzy-like load ~11k waits a second passed --stack-threshold, and their
  * stacks lengthened every hold the other threads then waited out. One stack

@@ -741,10 +741,14 @@ class BpfSession:
         self._keep_retired_callers(freed)
         stats = self._bpf["lp_stats"]
         short = self._bpf["lp_short_callers"]
+        named = self._bpf["lp_row_named"]
         claims = self._bpf["lp_slot_keys"]
         for index in freed:
             del stats[ctypes.c_int(index)]  # a per-CPU array: zeroes every CPU's copy
             del short[ctypes.c_int(index)]
+            # The row's naming stacks went out with its callers: the same
+            # lock back at this index takes them again (lp_wait_stack).
+            del named[ctypes.c_int(index)]
             with contextlib.suppress(KeyError):
                 del claims[ctypes.c_uint(index)]
             self._kernel_keys.pop(index, None)

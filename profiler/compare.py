@@ -369,6 +369,40 @@ def spec_warnings(before: RunSet, after: RunSet, pairs: dict[str, str]) -> list[
     ]
 
 
+_CALLER = re.compile(r"^(?P<function>[^\s+]+)\+0x[0-9a-fA-F]+$")
+
+
+def moved_caller_warnings(fig_b: list[RunFigures], fig_a: list[RunFigures]) -> list[str]:
+    """A lock named by its caller (`zap_pte_range+0x99`) whose name is on
+    one side only while the same function at another offset is on the
+    other only: a patch to that function moves its call sites, and the
+    lock then reads as gone and new. Said, not merged: two call sites of
+    one function may well take different locks."""
+    callers_b, callers_a = _callers_of(fig_b), _callers_of(fig_a)
+    warnings = []
+    for function in sorted(set(callers_b) & set(callers_a)):
+        before = sorted(callers_b[function] - callers_a[function])
+        after = sorted(callers_a[function] - callers_b[function])
+        if before and after:
+            warnings.append(
+                f"{', '.join(before)} (before only) and {', '.join(after)} (after only): "
+                f"call sites in {function} at other offsets, perhaps one lock whose "
+                "caller the change moved; compared as different locks"
+            )
+    return warnings
+
+
+def _callers_of(figures: list[RunFigures]) -> dict[str, set[str]]:
+    """function -> the caller names (function+offset) of a side's locks."""
+    callers: dict[str, set[str]] = {}
+    for run in figures:
+        for label, _lock_class, _mode in run.locks:
+            match = _CALLER.match(label)
+            if match:
+                callers.setdefault(match["function"], set()).add(label)
+    return callers
+
+
 # A lock spec's "sum" rows: calls of its sum function and their latency.
 SUM_METRIC_NAMES = {
     "acquisitions": "sum calls",
@@ -799,7 +833,7 @@ def mismatch_warnings(before: RunSet, after: RunSet) -> list[str]:
         failed = [
             f"run {i} exited {run.exit_status}"
             for i, run in enumerate(runset.runs, start=1)
-            if run.exit_status not in (0, None) and not run.ended_by_lockprof
+            if run.failed
         ]
         if failed:
             warnings.append(f"{side}: {', '.join(failed)}")
@@ -958,7 +992,8 @@ def compare(
         "warnings": mismatch_warnings(before, after)
         + spec_warnings(before, after, pairs)
         + target_warnings(before, fig_b, "before")
-        + target_warnings(after, fig_a, "after"),
+        + target_warnings(after, fig_a, "after")
+        + moved_caller_warnings(fig_b, fig_a),
         "headline": [headline(entry) for entry in rusage],
         "verdicts": lock_verdicts(fig_b, fig_a, seed, resamples),
         "rusage": rusage,

@@ -141,7 +141,8 @@ def _per_run(stats: dict[str, tuple[int, int]], fn: str) -> tuple[int, float | N
 def measured_settings(options: CollectOptions) -> dict:
     """The settings that decide how often the programs' costliest paths run:
     a ring-buffer record per event over the threshold, a kernel stack walk
-    (~2.7 us) per long contended wait, as often as the stack rate allows."""
+    (~2.7 us) per long contended wait, as often as the stack rate allows
+    (and one per lock and mode on each CPU, its naming stack)."""
     return {
         "families": list(options.families),
         "threshold_ns": options.threshold_ns,

@@ -235,9 +235,9 @@ class SummaryTable:
     not all fit. rich would instead squeeze the lock column to nothing and
     cut figures to "4.0…". Untrusted text goes in as Text, never as markup."""
 
-    def __init__(self, rows: list[dict], title: str | None = None):
+    def __init__(self, rows: list[dict], title: str | None = None, labels: list[str] | None = None):
         self.title = title
-        self.cells = [summary_cells(*pair) for pair in zip(rows, row_labels(rows), strict=True)]
+        self.cells = labelled_cells(rows, labels)
         self.widths = [
             max(
                 *(cell_len(line) for line in stacked_header(header)),
@@ -271,15 +271,26 @@ class SummaryTable:
 
 
 def summary_table(
-    rows: list[dict], top: int | None = None, title: str | None = None
+    rows: list[dict],
+    top: int | None = None,
+    title: str | None = None,
+    labels: list[str] | None = None,
 ) -> SummaryTable:
-    return SummaryTable(rows[:top] if top else rows, title)
+    shown = slice(None, top or None)
+    return SummaryTable(rows[shown], title, labels[shown] if labels is not None else None)
 
 
-def plain_summary_lines(rows: list[dict]) -> Iterator[str]:
+def labelled_cells(rows: list[dict], labels: list[str] | None = None) -> list[list[str]]:
+    """summary_cells() of each row, its lock named by labels (row_labels()
+    of rows where not given: one list for a table and the lines under it)."""
+    labels = row_labels(rows) if labels is None else labels
+    return [summary_cells(row, label) for row, label in zip(rows, labels, strict=True)]
+
+
+def plain_summary_lines(rows: list[dict], labels: list[str] | None = None) -> Iterator[str]:
     """The summary table as aligned plain-text lines (header first), for
     tables too long for rich: the same cells, two spaces between columns."""
-    cells = [summary_cells(*pair) for pair in zip(rows, row_labels(rows), strict=True)]
+    cells = labelled_cells(rows, labels)
     headers = list(SUMMARY_HEADERS)
     # Terminal columns, not characters: a comm may hold wide (CJK) ones.
     widths = [cell_len(h) for h in headers]
@@ -466,10 +477,11 @@ def view(
     cpu_totals: dict[int, CpuFigures] | None = None,
     row_count: int | None = None,
     source: str | None = None,
+    labels: list[str] | None = None,
 ) -> Group:
     return Group(
         Text(safe_text(header), style="bold"),
-        summary_table(rows, top),
+        summary_table(rows, top, labels=labels),
         *view_footer(rows, errors, lost, top, more_locks, cpu_totals, row_count, source),
     )
 

@@ -64,6 +64,11 @@ class Run:
         return self.recording.meta.get("ended_by_lockprof") is True
 
     @property
+    def failed(self) -> bool:
+        """The command exited nonzero by itself (not stopped by lockprof)."""
+        return self.exit_status not in (0, None) and not self.ended_by_lockprof
+
+    @property
     def rusage(self) -> dict:
         return self.recording.meta.get("rusage") or {}
 

@@ -349,11 +349,10 @@ def _refuse_all_failed(result: RunSet) -> None:
     """Status 1 when the command failed in every run (the set is written):
     a script would otherwise compare sets of failures unawares. Runs that
     lockprof ended (-d) are not failures."""
-    failed = [r for r in result.runs if r.exit_status not in (0, None) and not r.ended_by_lockprof]
-    if result.runs and len(failed) == len(result.runs):
-        statuses = sorted({str(r.exit_status) for r in failed})
+    if result.runs and all(run.failed for run in result.runs):
+        statuses = sorted({int(run.exit_status or 0) for run in result.runs})
         raise LockprofError(
-            f"the command failed in every run (exit status {', '.join(statuses)}); "
+            f"the command failed in every run (exit status {', '.join(map(str, statuses))}); "
             "the run set is written all the same"
         )
 
@@ -370,7 +369,7 @@ def _run_all(result: RunSet, runs: int, options, working, regex, quiet: bool, er
             return reason
         result.runs.append(run)
         err.print(Text(render.safe_text(run_line(i, runs, run))))
-        if run.exit_status not in (0, None) and not run.ended_by_lockprof:
+        if run.failed:
             failed = f"lockprof: run {i} exited with status {run.exit_status}"
             err.print(Text(failed, style="yellow"))
     return None

@@ -91,7 +91,7 @@ STACK_OPTIONS = [
         show_default=True,
         help="Take the kernel stack of contended waits at least this long "
         "(stacks cost microseconds each; shorter waits are counted without one, "
-        "but a lock's first wait on each CPU takes one to name the lock).",
+        "but a lock's first wait in each mode on each CPU takes one to name the lock).",
     ),
     click.option(
         "--stack-rate",
@@ -99,7 +99,8 @@ STACK_OPTIONS = [
         default=200,
         show_default=True,
         help="At most N such stacks per CPU per second; the other long waits are "
-        "counted without one. 0: a stack for every wait over --stack-threshold.",
+        "counted without one. Naming stacks have a budget of N of their own. "
+        "0: a stack for every wait over --stack-threshold.",
     ),
 ]
 
@@ -755,12 +756,18 @@ def print_summary(
     errors, lost = meta.get("errors", {}), meta.get("lost_events", 0)
     footer = (errors, lost, top, 0, shown.cpu_totals, shown.count)
     named = str(source) if source is not None else None
+    held = shown.held + [r for r in offcpu_rows if r.get("still_held")]
+    # One naming for the table and the still-held lines under it: a lock
+    # told apart from another (render.row_labels) reads the same in both.
+    labels = render.row_labels(shown.first + held)
+    first_labels, held_labels = labels[: len(shown.first)], labels[len(shown.first) :]
     if len(shown.first) > render.PLAIN_TABLE_ROWS:
         out.print(Text(render.safe_text(header), style="bold"))
-        out.file.writelines(f"{line}\n" for line in render.plain_summary_lines(shown.first))
+        lines = render.plain_summary_lines(shown.first, first_labels)
+        out.file.writelines(f"{line}\n" for line in lines)
         out.print(Group(*render.view_footer(shown.first, *footer, source=named)))
     else:
-        out.print(render.view(shown.first, header, *footer, source=named))
+        out.print(render.view(shown.first, header, *footer, source=named, labels=first_labels))
     if offcpu_rows:
         out.print(render.offcpu_table(offcpu_rows, top))
     if document.get("writer_cost"):
@@ -778,10 +785,7 @@ def print_summary(
         )
     for note in document.get("notes") or []:
         out.print(Text(render.safe_text(f"note: {note}")))
-    held = shown.held + [r for r in offcpu_rows if r.get("still_held")]
-    # Each lock as the table names it (told apart from another of one name).
-    labels = render.row_labels(shown.first + held)[len(shown.first) :]
-    for row, label in zip(held, labels, strict=True):
+    for row, label in zip(held, held_labels, strict=True):
         out.print(Text(f"still held at the end: {label} {row['mode']} x{row['still_held']}"))
 
 

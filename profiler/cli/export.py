@@ -184,7 +184,8 @@ def command(path, folded, csv_dir) -> None:
 
     Folded stacks have one line per kernel stack of contended waits, root
     first, offsets dropped so that call sites merge; waits taken without a
-    stack (shorter than --stack-threshold, over the --stack-rate limit, or
+    stack (shorter than --stack-threshold and not a lock's naming stack, over
+    the --stack-rate limit, or
     whose capture failed) are the single frame [no_stack].
     CSV cells holding lists (histogram slots, stack frames) are joined by ';'.
 

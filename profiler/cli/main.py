@@ -50,7 +50,13 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BrokenPipeError as exc:
-            raise StdoutGone() from exc
+            if _stdout_is_gone():
+                raise StdoutGone() from exc
+            # stderr's reader went: its line goes nowhere, stdout keeps its output.
+            from profiler.cli.common import silence_stream
+
+            silence_stream(sys.stderr)
+            raise LockprofError("stderr's reader went away") from exc
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(SUBCOMMANDS)
@@ -59,6 +65,19 @@ class LazyGroup(click.Group):
         if cmd_name not in SUBCOMMANDS:
             return None
         return importlib.import_module(f"profiler.cli.{cmd_name}").command
+
+
+def _stdout_is_gone() -> bool:
+    """Was a broken pipe stdout's? A pipe or socket whose reader went away
+    polls as an error."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -164,7 +164,7 @@ def test_bench_d_stops_each_runs_command(tmp_path):
 def test_bench_whose_command_fails_in_every_run_exits_1_and_keeps_the_set(tmp_path):
     """Every run of a failing command: the set is written (its data kept),
     and the status says so; it was 0, and a script went on to compare
-    sets of failures. One failing run of several leaves the status 0."""
+    sets of failures."""
     proc = subprocess.run(
         [*LOCKPROF, "bench", "--runs", "2", "-q", "-o", "fail.lpset",
          "--throughput-regex", r"(\d+) x", "--", "sh", "-c", "exit 7"],

@@ -104,9 +104,10 @@ def test_every_contended_lock_is_named_by_its_caller_without_long_waits(lockprof
     waits), named in one run and not in the next. Each lock row's first
     wait on a CPU now takes a naming stack whatever its length, from a
     budget of its own: with no wait long enough for a stack (1 s), every
-    contended lock is named, by naming stacks alone (one per row and CPU)."""
+    contended lock is named, by naming stacks alone (one per row and CPU;
+    --stack-rate 0: no lock's first wait lost to another's naming stack)."""
     lp = lockprof_factory(
-        "run", "-q", "-o", "named.lpr", "--stack-threshold", "1s", "--",
+        "run", "-q", "-o", "named.lpr", "--stack-threshold", "1s", "--stack-rate", "0", "--",
         str(BIN / "lpbizzy"), "-t", "2", "-S", "1",
     )  # fmt: skip
     code, _out, err = lp.wait(timeout=120)

@@ -315,7 +315,7 @@ def test_version(capsys):
 
 
 def lockprof(*argv: str) -> subprocess.CompletedProcess:
-    command = [str(LOCKPROF)] if LOCKPROF.exists() else [sys.executable, "-m", "profiler.cli.main"]
+    command = _lockprof_command()
     env = {k: v for k, v in os.environ.items() if k != "LOCKPROF_DEBUG"}
     return subprocess.run(
         [*command, *argv], capture_output=True, text=True, timeout=60, env=env, cwd="/"
@@ -349,7 +349,7 @@ def _lockprof_command() -> list[str]:
     return [str(LOCKPROF)] if LOCKPROF.exists() else [sys.executable, "-m", "profiler.cli.main"]
 
 
-@pytest.mark.parametrize("closed", [">&-", "2>&-", "<&-", ">&- 2>&- <&-"])
+@pytest.mark.parametrize("closed", [">&-", "2>&-", ">&- 2>&- <&-"])
 def test_closed_standard_streams_are_dev_null(recording_path, closed):
     """Started with a standard stream closed, Python sets sys.stdout (etc.)
     to None: flush_outputs() and every direct write then raised
@@ -366,6 +366,30 @@ def test_closed_standard_streams_are_dev_null(recording_path, closed):
     assert (result.returncode, result.stderr) == (0, "")
     if ">&-" not in closed:
         assert json.loads(result.stdout)["cpus"] == 2
+
+
+@pytest.mark.parametrize(("stdout_gone", "expected"), [(True, 141), (False, 1)])
+def test_a_broken_pipe_is_141_only_when_it_is_stdouts(
+    capsys, monkeypatch, recording_path, stdout_gone, expected
+):
+    """An EPIPE inside a subcommand: stdout's reader gone is 141 (a shell's
+    status for SIGPIPE); stderr's (stdout still read) is a failure, 1, and
+    stdout keeps its output."""
+    from profiler.cli import main as main_module
+    from profiler.cli import show
+
+    def broken(*_args, **_kwargs):
+        print("the first line")
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(show, "print_summary", broken)
+    monkeypatch.setattr(main_module, "_stdout_is_gone", lambda: stdout_gone)
+    from profiler.cli import common
+
+    monkeypatch.setattr(common, "silence_stream", lambda stream: None)
+    code, out, _err = run_main(capsys, "show", recording_path)
+    assert code == expected
+    assert out == "the first line\n"
 
 
 @pytest.mark.parametrize("argv", [["show"], ["show", "--json"]])

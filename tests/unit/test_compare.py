@@ -79,6 +79,7 @@ def make_recording(
     mechanisms: list | None = None,
     exit_status: int = 0,
     lock_types: list[str] | None = None,
+    caller: str = "zap_pte_range+0x99",
 ) -> Recording:
     """One run: the target's mmap_lock taken `writes` times for write (half of
     them downgraded, as munmap does), `reads` times for read, and optionally a
@@ -133,7 +134,7 @@ def make_recording(
         else [],
         columns=EMPTY_CALLERS.columns,
     )
-    stacks = {7: ["_raw_spin_lock+0x10", "zap_pte_range+0x99"]}
+    stacks = {7: ["_raw_spin_lock+0x10", caller]}
     locks = aggregate.name_locks(intervals, {mm: (pid, comm)}, callers, stacks)
     meta = {
         "kernel": kernel,
@@ -291,6 +292,28 @@ def test_a_lock_missing_from_some_runs_counts_zero_there():
     )
     assert wait["runs_before"] == 1 and wait["runs_after"] == 0
     assert wait["verdict"] == "not measured on both sides"
+
+
+def test_a_caller_the_change_moved_is_said_not_merged():
+    """A patched function's call sites move: the same spinlock, named by
+    its caller, is zap_pte_range+0x99 before and +0xa1 after, and reads as
+    gone and new. The warning says so; the verdicts keep them apart (two
+    offsets of one function may be two locks)."""
+    before = make_set("before", [{"writes": 10, "spin_waits": 6}] * 3)
+    after = make_set("after", [{"writes": 10, "spin_waits": 6, "caller": "zap_pte_range+0xa1"}] * 3)
+    doc = cmp.compare(before, after).document
+    assert doc["warnings"] == [
+        "zap_pte_range+0x99 (before only) and zap_pte_range+0xa1 (after only): call sites "
+        "in zap_pte_range at other offsets, perhaps one lock whose caller the change moved; "
+        "compared as different locks"
+    ]
+    assert verdict(doc, "contended", "exclusive", "zap_pte_range+0x99")["after_values"] == [0] * 3
+    assert verdict(doc, "contended", "exclusive", "zap_pte_range+0xa1")["before_values"] == [0] * 3
+    # On both sides, or another function's: nothing to say
+    same = make_set("after", [{"writes": 10, "spin_waits": 6}] * 3)
+    other = make_set("after", [{"writes": 10, "spin_waits": 6, "caller": "do_wp_page+0x99"}] * 3)
+    assert cmp.compare(before, same).document["warnings"] == []
+    assert cmp.compare(before, other).document["warnings"] == []
 
 
 def test_single_run_per_side_gives_no_confidence():

@@ -216,6 +216,16 @@ def test_a_process_that_execs_one_program_again_gets_a_label_per_mm(capsys):
         label = f"mmap_lock pid 42 (sh) id {lock:#x}"
         assert sum(label in line for line in shown) == 1
         assert f"still held at the end: {label} write x1" in held
+    # A table cut short (--top) names its locks as the lines under it do,
+    # which name every held lock, shown or not.
+    print_summary(rec, as_json=False, top=2)
+    out = capsys.readouterr().out.splitlines()
+    shown = [line for line in out if line.startswith("│mmap_lock pid 42 (sh)")]
+    held = [line for line in out if line.startswith("still held at the end: ")]
+    assert len(shown) == 2 and len(held) == 4
+    for line in shown:
+        label = line.split("│")[1].strip()
+        assert f"still held at the end: {label} write x1" in held
 
 
 def test_distinct_labels_say_the_address_where_it_tells_locks_apart():

@@ -351,6 +351,8 @@ def test_the_table_rows_hold_all_the_table_reads(rec):
         assert render.summary_cells(table_row(row)) == render.summary_cells(row)
         render.summary_cells(_Reads(row, read))
         render.lock_label(_Reads(row, read))
+    assert render.row_labels([table_row(row) for row in rows]) == render.row_labels(rows)
+    render.row_labels([_Reads(row, read) for row in rows])
     kept = set(TABLE_FIELDS) | {f"{name}.{f}" for name, fs in TABLE_FIGURES.items() for f in fs}
     assert read - set(TABLE_FIGURES) <= kept
     assert {"lock", "mode", "still_held"} <= kept  # the still-held lines
