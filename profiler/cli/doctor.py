@@ -238,8 +238,7 @@ def _settings_line(settings: dict) -> str:
         f"events kept from {render.fmt_ns(settings['threshold_ns'])}",
         f"stacks of waits from {render.fmt_ns(settings['stack_threshold_ns'])}, "
         + (
-            f"at most {settings['stack_rate']} per CPU per second "
-            "(and as many naming stacks, a lock's first wait on each CPU)"
+            f"at most {settings['stack_rate']} per CPU per second (and as many naming stacks)"
             if settings["stack_rate"]
             else "every one"
         ),

@@ -100,7 +100,8 @@ def test_settings_line_names_what_was_measured():
     line = doctor_cli._settings_line(measured_settings(options))
     assert line == (
         "measured system-wide with probes of mmap_lock, contention, sample; "
-        "events kept from 100us; stacks of waits from 10us, at most 200 per CPU per second; "
+        "events kept from 100us; stacks of waits from 10us, at most 200 per CPU per second "
+        "(and as many naming stacks); "
         "lock types spinlock; sampling at 99 Hz"
     )
     options.stack_rate = 0
