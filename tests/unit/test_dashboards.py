@@ -136,6 +136,23 @@ def test_labels_name_locks_by_identity(parts, hostile):
     assert f"mmap_lock pid {hostile.meta['target_pid']} ({COMM})" in set(locks["label"])
 
 
+def mmap_lock_recording(rows: list[dict], owners: dict, ids) -> profiler.Recording:
+    """A recording of mmap_lock rows whose lock ids come from ids (a LockIds:
+    mms sharing addresses), named with owners {id: (pid, comm)}."""
+    intervals = intervals_frame(rows)
+    locks = aggregate.name_locks(intervals, owners, recording.empty_table("callers"), {},
+                                 addresses=ids.addresses())  # fmt: skip
+    return profiler.Recording(
+        meta={"families": ["mmap_lock"], "cpus": 2},
+        intervals=intervals,
+        locks=locks,
+        events=recording.empty_table("events"),
+        tasks=recording.empty_table("tasks"),
+        callers=recording.empty_table("callers"),
+        stacks=recording.empty_table("stacks"),
+    )
+
+
 def test_two_mms_at_one_address_get_their_own_labels_and_summary_rows():
     """Lock ids (profiler/lockids.py): a later mm at an address has a
     synthetic id; the report shows the address, and keeps the locks apart
@@ -149,19 +166,8 @@ def test_two_mms_at_one_address_get_their_own_labels_and_summary_rows():
         wait_row(lock, WRITE, SRC_MMAP, waits=[n], holds=[n], acquisitions=1)
         for lock, n in ((first, 100), (second, 200), (third, 300))
     ]
-    intervals = intervals_frame(rows)
     owners = {first: (42, "sh")}  # the second and third never named
-    locks = aggregate.name_locks(intervals, owners, recording.empty_table("callers"), {},
-                                 addresses=ids.addresses())  # fmt: skip
-    rec = profiler.Recording(
-        meta={"families": ["mmap_lock"], "cpus": 2},
-        intervals=intervals,
-        locks=locks,
-        events=recording.empty_table("events"),
-        tasks=recording.empty_table("tasks"),
-        callers=recording.empty_table("callers"),
-        stacks=recording.empty_table("stacks"),
-    )
+    rec = mmap_lock_recording(rows, owners, ids)
     labels = frames.lock_table(rec).set_index("lock")["label"]
     assert labels[first] == "mmap_lock pid 42 (sh)"
     assert labels[second] != labels[third]
@@ -188,19 +194,7 @@ def test_a_process_that_execs_one_program_again_gets_a_label_per_mm(capsys):
         wait_row(lock, WRITE, SRC_MMAP, waits=[100 * n], holds=[n], acquisitions=1)
         for n, lock in enumerate(mms, start=1)
     ]
-    intervals = intervals_frame(rows)
-    owners = {lock: (42, "sh") for lock in mms}
-    locks = aggregate.name_locks(intervals, owners, recording.empty_table("callers"), {},
-                                 addresses=ids.addresses())  # fmt: skip
-    rec = profiler.Recording(
-        meta={"families": ["mmap_lock"], "cpus": 2},
-        intervals=intervals,
-        locks=locks,
-        events=recording.empty_table("events"),
-        tasks=recording.empty_table("tasks"),
-        callers=recording.empty_table("callers"),
-        stacks=recording.empty_table("stacks"),
-    )
+    rec = mmap_lock_recording(rows, {lock: (42, "sh") for lock in mms}, ids)
     labels = frames.lock_table(rec).drop_duplicates("lock").set_index("lock")["label"]
     assert labels.is_unique and len(labels) == 4
     for lock in mms:
