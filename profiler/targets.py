@@ -341,6 +341,11 @@ class Target:
     def command(self) -> list[str]:
         return []
 
+    def writes_to(self, fd: int) -> bool:
+        """Does the target write to the terminal that lockprof's fd is?
+        Only a command lockprof starts shares lockprof's terminal."""
+        return False
+
     def _sample(self) -> tuple[float, float, int] | None:
         return _system_times()
 
@@ -601,6 +606,19 @@ class CommandTarget(Target):
             raise LockprofError(f"cannot run {self.argv[0]}: {HOLDER_SHELL} did not hold it")
         self._gate_w = gate_w
         return pid
+
+    def writes_to(self, fd: int) -> bool:
+        """Do the command's stdout or stderr (lockprof's own fds 1 and 2, or
+        stdout_fd) go to the terminal that lockprof's fd is? A live table
+        redrawn in place there would draw over the command's output."""
+        try:
+            terminal = os.fstat(fd).st_rdev if os.isatty(fd) else None
+            outputs = (1 if self._stdout_fd is None else self._stdout_fd, 2)
+            return terminal is not None and any(
+                os.isatty(out) and os.fstat(out).st_rdev == terminal for out in outputs
+            )
+        except OSError:
+            return False
 
     def describe(self) -> str:
         return f"pid {self.tgid} ({' '.join(self.command())})"

@@ -441,15 +441,21 @@ class LiveView:
 
     def _attached(self, target: Target, probes: list) -> None:
         mechanisms = sorted({p.mechanism for p in probes})
+        table = not self.quiet and self.console.is_terminal
+        # A table redrawn in place erased the lines a command wrote to the
+        # same terminal between refreshes (and left stale table lines): a
+        # line an interval then, as perf stat -I prints.
+        shared = table and target.writes_to(sys.stdout.fileno())
+        note = "; the live view is a line an interval: the command writes here" if shared else ""
         self.err.print(
             Text(
                 render.safe_text(
                     f"lockprof: attached {len(probes)} probes ({', '.join(mechanisms)}) to "
-                    f"{target.describe()}; Ctrl-C to stop"
+                    f"{target.describe()}; Ctrl-C to stop{note}"
                 )
             )
         )
-        if not self.quiet and self.console.is_terminal:
+        if table and not shared:
             self._live = Live(
                 Text("waiting for the first interval..."),
                 console=self.console,

@@ -407,6 +407,49 @@ def test_hostile_comm_in_the_live_view_on_a_terminal(hostile, tmp_path):
     assert b"\x1b[" in screen  # it was a live view: rich drew with escape codes
 
 
+def _read_terminal(proc: subprocess.Popen, master: int, seconds: float = 60) -> bytes:
+    """Everything written to the terminal until the process exits."""
+    screen = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal's other end closed
+                break
+            if not chunk:
+                break
+            screen += chunk
+        elif proc.poll() is not None:
+            break
+    return screen
+
+
+def test_run_on_the_commands_terminal_draws_over_none_of_its_output(tmp_path):
+    """`lockprof run` on a terminal the command writes to: the live table,
+    redrawn in place, erased the lines the command wrote between two
+    refreshes and left stale table lines. The live view is then a line an
+    interval (said so when attached), and every line of the command stays.
+    attach keeps its table (test_hostile_comm_in_the_live_view_on_a_terminal)."""
+    script = "sleep 1.2; echo HELLO-MID; sleep 1.2; echo HELLO-END"
+    proc, master = on_pty(["run", "-i", "0.5", "-o", "t.lpr", "--", "sh", "-c", script], tmp_path)
+    try:
+        screen = _read_terminal(proc, master)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        os.close(master)
+    assert proc.returncode == 0, screen[-2000:]
+    text = screen.decode(errors="replace")
+    assert "the live view is a line an interval: the command writes here" in text
+    assert "since start:" in text  # the progress lines
+    lines = text.replace("\r", "").split("\n")
+    assert "HELLO-MID" in lines and "HELLO-END" in lines  # each a line of its own
+    assert "\x1b[2K" not in text and "\x1b[1A" not in text  # nothing erased, no cursor-up
+
+
 def test_the_terminal_going_away_mid_run_loses_no_data(tmp_path):
     """The live view's pty closes while collecting (its master end closed,
     no SIGHUP: not a controlling terminal) and every write to it fails with
