@@ -710,6 +710,9 @@ class _FakeTarget:
     def describe(self) -> str:
         return "pid 1 (x)"
 
+    def writes_to(self, fd: int) -> bool:
+        return False  # attached to: its output is not lockprof's terminal
+
 
 def test_the_live_progress_line_counts_the_quieter_locks():
     """The live state holds the rows of the busiest locks only
