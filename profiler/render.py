@@ -317,25 +317,51 @@ def offcpu_table(rows: list[dict], top: int | None = None) -> Table:
         header_style="bold",
         pad_edge=False,
     )
-    for header in ("lock <- caller", "mode", "blocked", "total", "max"):
-        table.add_column(header, justify="left" if header.startswith("lock") else "right")
-    for header in ("grace period", "reader drain", "writer wait", "tasks"):
-        table.add_column(header, justify="right" if header != "tasks" else "left")
-    for row in rows[:top] if top else rows:
+    shown = rows[:top] if top else rows
+    # The parts of the split some row has (most locks have two or three),
+    # headers on two lines, names wrapping within their column: the table
+    # fits 80 columns, its names never cut short with an ellipsis.
+    parts = [
+        (component, header)
+        for component, header in OFFCPU_COLUMNS
+        if any((row.get("offcpu_components_ns") or {}).get(component) for row in shown)
+    ]
+    table.add_column("lock <- caller", justify="left", overflow="fold")
+    for header in ("mode", "blocked", "total", "max", *(header for _c, header in parts)):
+        table.add_column(
+            "\n".join(stacked_header(header)), justify="right" if header != "mode" else "left"
+        )
+    table.add_column("tasks", justify="left", overflow="fold")
+    for row in shown:
         wait = row["wait_ns"]
-        parts = row.get("offcpu_components_ns") or {}
+        split = row.get("offcpu_components_ns") or {}
         table.add_row(
             Text(safe_text(row["lock"])),
             row["mode"],
             f"{wait['count']:,}",
             fmt_ns(wait["total"]),
             fmt_ns(wait["max"]),
-            fmt_ns(parts.get("grace_period")),
-            fmt_ns(parts.get("reader_drain")),
-            fmt_ns(parts.get("writer_wait") or parts.get("blocked_by_writer")),
-            Text(safe_text(", ".join(row.get("tasks") or [])[:40])),
+            *(fmt_ns(split.get(component)) for component, _header in parts),
+            Text(safe_text(_some(row.get("tasks") or [], OFFCPU_TASKS))),
         )
     return table
+
+
+# The off-CPU split (writer_cost.COMPONENTS), one column each, as the report
+# names them: a reader blocked by a writer is not the writer's own wait.
+OFFCPU_COLUMNS = (
+    ("grace_period", "grace period"),
+    ("reader_drain", "reader drain"),
+    ("writer_wait", "writer wait"),
+    ("blocked_by_writer", "reader blocked"),
+    ("wait", "other wait"),
+)
+OFFCPU_TASKS = 4  # task names shown per off-CPU row, then "+N more"
+
+
+def _some(names: list[str], shown: int) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" +{more} more" if more > 0 else "")
 
 
 def writer_cost_lines(cost: dict) -> list[Text]:

@@ -511,3 +511,44 @@ def test_the_live_frame_fits_from_the_last_frames_row_count(monkeypatch):
         again = render.LiveFrame(rows, "hdr", {}, 0, top=15, guess=first.shown)
         assert len(console.render_lines(again, console.options, pad=False)) <= height
         assert again.shown is not None and (again.shown > first.shown) == more
+
+
+def test_offcpu_table_gives_each_component_its_column_and_cuts_no_name():
+    """A reader's time blocked by a writer showed under `writer wait`, and
+    a plain wait (an rwsem writer's) in no column; names were cut with an
+    ellipsis on an 80-column terminal."""
+    from rich.console import Console
+
+    from profiler import writer_cost
+
+    assert [c for c, _h in render.OFFCPU_COLUMNS] == list(writer_cost.COMPONENTS)
+    name = "rwsem_down_read_slowpath <- __x64_sys_mincore+0x12c"
+    rows = [
+        {
+            "lock": name,
+            "mode": "read",
+            "wait_ns": {"count": 3, "total": 2_660_000_000, "max": 1_000_000_000},
+            "offcpu_components_ns": {"blocked_by_writer": 2_660_000_000},
+            "tasks": ["t1", "t2", "t3", "t4", "t5", "t6"],
+        },
+        {
+            "lock": "rwsem_down_write_slowpath <- vm_mmap_pgoff+0x155",
+            "mode": "write",
+            "wait_ns": {"count": 2, "total": 1_580_000_000, "max": 900_000_000},
+            "offcpu_components_ns": {"wait": 1_580_000_000},
+            "tasks": ["w"],
+        },
+    ]
+    console = Console(width=80, record=True, force_terminal=False)
+    console.print(render.offcpu_table(rows))
+    text = console.export_text()
+    assert "…" not in text
+    assert "+2 more" in text
+    # The lock column, line by line: each name wraps within it, whole.
+    column = "".join(line.split("│")[1].strip() for line in text.splitlines() if "│" in line)
+    assert name.replace(" ", "") in column.replace(" ", "")
+    table = render.offcpu_table(rows)
+    cells = {str(column.header).replace("\n", " "): list(column.cells) for column in table.columns}
+    assert cells["reader blocked"] == ["2.66s", "-"]
+    assert cells["other wait"] == ["-", "1.58s"]
+    assert "writer wait" not in cells and "grace period" not in cells  # no row has them
