@@ -463,7 +463,11 @@ def cpu_totals_of(rows: list[dict]) -> dict[int, CpuFigures]:
 def add_cpu_totals(totals: dict[int, CpuFigures], row: dict) -> None:
     """Add a summary row's per_cpu entries (those of `show --json`) into
     totals: acquisitions where the row has them (null: a contention-only
-    lock), contended waits and wait time."""
+    lock), contended waits and wait time. A lock spec's sum row is left
+    out: its calls are no acquisitions, and its time lies inside the lock's
+    write wait (the report's per-CPU panel leaves it out as well)."""
+    if row.get("mode") == "sum":
+        return
     for cpu in row.get("per_cpu") or []:
         before = totals.get(cpu["cpu"], CpuFigures())
         totals[cpu["cpu"]] = CpuFigures(

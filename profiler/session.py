@@ -483,7 +483,13 @@ def cpu_totals(
     freed from the kernel map (_forget_freed keeps those counted here)."""
     acq, cont = columns.index("acquisitions"), columns.index("contended")
     wait = columns.index("wait.total_ns")
-    sourced = [(key[2], rows[key]) for key in per_cpu_keys(rows) if key[0] not in hidden]
+    sourced = [
+        (key[2], rows[key])
+        for key in per_cpu_keys(rows)
+        # A lock spec's sum calls are no acquisitions, their time lies
+        # inside the write wait (render.add_cpu_totals leaves them out too).
+        if key[0] not in hidden and _mode(key[2], key[1]) != "sum"
+    ]
     sourced += list((retired or {}).items())
     cpus = max((values.shape[0] for _source, values in sourced), default=0)
     figures = np.zeros((cpus, 3), dtype=np.uint64)  # acquisitions, contended, wait ns
