@@ -29,6 +29,7 @@ from profiler.cli.common import (
     FiniteFloatRange,
     build_options,
     checked_spec,
+    one_lock_spec,
     refuse_unknown_option,
     spec_files,
     stack_options,
@@ -233,6 +234,8 @@ def summary_table(result: RunSet) -> Table:
     "--locks",
     "lock_spec",
     metavar="SPEC",
+    multiple=True,
+    callback=one_lock_spec,
     help="Also probe a lock's own functions in every run, as `lockprof run --locks`: "
     "a built-in spec (rw_mutex, rwsem, percpu_counter_sum, pthread_rwlock), NAME@BINARY, "
     "or a TOML file.",

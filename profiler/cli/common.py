@@ -141,10 +141,22 @@ FAMILY_OPTIONS = [
         "not timed (cheaper where they are frequent). Default: every type.",
     ),
 ]
+
+
+def one_lock_spec(_ctx, _param, specs: tuple[str, ...]) -> str | None:
+    """--locks once: a second one replaced the first without a word (its
+    locks then went unprobed)."""
+    if len(specs) > 1:
+        raise click.BadParameter(f"one lock spec a run, not {len(specs)}: {', '.join(specs)}")
+    return specs[0] if specs else None
+
+
 LOCKS_OPTION = click.option(
     "--locks",
     "lock_spec",
     metavar="SPEC",
+    multiple=True,
+    callback=one_lock_spec,
     help="Also probe a lock's own functions: a built-in spec (rw_mutex, rwsem, "
     "percpu_counter_sum, "
     "pthread_rwlock), NAME@BINARY to point it at a binary or library, or a "

@@ -1287,3 +1287,16 @@ def test_outputs_are_flushed_before_exit(monkeypatch, stdout_error, stderr_error
     monkeypatch.setattr(sys, "stderr", err)
     assert main_module.flush_outputs(code) == expected
     assert out.flushed == 1 and err.flushed == 1
+
+
+@pytest.mark.parametrize(
+    "command", [["run"], ["attach", "-p", "1"], ["record", "-a"], ["bench", "-o", "x.lpset"]]
+)
+def test_a_second_lock_spec_is_refused_not_dropped(capsys, command):
+    """`--locks A --locks B` probed B alone, A's locks silently unprobed."""
+    code, _out, err = run_main(
+        capsys, *command, "--locks", "rw_mutex", "--locks", "pthread_rwlock", "--", "true"
+    )
+    line = assert_one_error_line(code, err)
+    assert code == 2
+    assert "--locks: one lock spec a run, not 2: rw_mutex, pthread_rwlock" in line
