@@ -105,7 +105,7 @@ def _labels(table: pd.DataFrame, rec: Recording) -> dict[int, str]:
             pid, comm = owners[lock]
             label = f"mmap_lock pid {pid} ({comm})"
         elif lock_class == "mmap_lock":
-            label = f"mmap_lock {address.get(lock, lock):#x}"
+            label = f"mmap_lock (owner unknown) {address.get(lock, lock):#x}"  # as show
         elif isinstance(name, str) and name and not name.startswith(_PROBE_FRAMES):
             label = name
         else:

@@ -52,6 +52,11 @@ def fmt_count(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
+def counted(count: int, noun: str) -> str:
+    """'1 event', '2 events'."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
 def lock_label(row: dict) -> str:
     label = row["lock"]
     if row.get("owner_pid") is not None:
@@ -369,7 +374,8 @@ def writer_cost_lines(cost: dict) -> list[Text]:
     share = cost.get("share_of_cpu")
     lines = [
         Text(
-            f"{safe_text(cost['function'])}: {cost['samples']:,} samples, about "
+            f"{safe_text(cost['function'])}: {cost['samples']:,} of "
+            f"{int(cost.get('kernel_samples') or 0):,} kernel samples, about "
             f"{cost['estimated_cpu_s'] * 1000:.1f} ms of CPU"
             + (f" ({share * 100:.3f}% of all CPU time)" if share is not None else "")
             + f" on {cost.get('online_cpus')} online CPUs [{cost['method']}]"

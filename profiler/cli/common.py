@@ -530,7 +530,7 @@ def live_header(state: LiveState) -> str:
     over = f" over {render.fmt_ns(state.threshold_ns)}" if state.threshold_ns is not None else ""
     return (
         f"lockprof  {state.target}  totals since start, {state.elapsed_s:.1f}s  "
-        f"{state.events:,} events{over}"
+        f"{render.counted(state.events, 'event')}{over}"
     )
 
 
@@ -763,7 +763,7 @@ def print_summary(
     header = (
         f"{meta.get('target') or 'unknown target'}: {meta.get('duration_s', 0):.2f}s "
         f"on {meta.get('kernel') or 'an unknown kernel'}, "
-        f"{meta.get('cpus') or '?'} CPUs, {rec.event_count:,} events over "
+        f"{meta.get('cpus') or '?'} CPUs, {render.counted(rec.event_count, 'event')} over "
         f"{render.fmt_ns(meta.get('threshold_ns'))}"
     )
     out = render.console()

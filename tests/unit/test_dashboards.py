@@ -172,7 +172,8 @@ def test_two_mms_at_one_address_get_their_own_labels_and_summary_rows():
     assert labels[first] == "mmap_lock pid 42 (sh)"
     assert labels[second] != labels[third]
     for lock_id in (second, third):
-        assert labels[lock_id].startswith(f"mmap_lock {mm:#x}")  # the address, not the id
+        # the address, not the id
+        assert labels[lock_id].startswith(f"mmap_lock (owner unknown) {mm:#x}")
     summary = frames.summary_frame(rec)
     assert sorted(summary["wait_total"]) == [100, 200, 300]
     assert set(summary["lock_addr"]) == {f"{mm:#x}"}

@@ -552,3 +552,9 @@ def test_offcpu_table_gives_each_component_its_column_and_cuts_no_name():
     assert cells["reader blocked"] == ["2.66s", "-"]
     assert cells["other wait"] == ["-", "1.58s"]
     assert "writer wait" not in cells and "grace period" not in cells  # no row has them
+
+
+def test_counted_says_one_in_the_singular():
+    assert render.counted(1, "event") == "1 event"
+    assert render.counted(0, "event") == "0 events"
+    assert render.counted(1_196, "event") == "1,196 events"
