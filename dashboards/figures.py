@@ -687,11 +687,18 @@ def build_top_locks(summary: pd.DataFrame, top: int = 15) -> go.Figure:
     return fig
 
 
-def build_top_callers(callers: pd.DataFrame, top: int = 15) -> go.Figure:
-    """The kernel call sites with the most contended wait time, with their lock."""
+# What an empty callers or stacks panel says when lock:contention_* was not
+# traced at all, rather than that nothing contended.
+NOT_TRACED = "lock:contention_* was not traced (recorded with --no-contention)"
+
+
+def build_top_callers(callers: pd.DataFrame, top: int = 15, traced: bool = True) -> go.Figure:
+    """The kernel call sites with the most contended wait time, with their lock.
+    traced: whether the recording traced lock:contention_* at all."""
     title = "Top contending callers (contended wait time by call site)"
     if callers.empty or not (callers["total_ns"] > 0).any():
-        return empty_figure(title, "No contended waits with a call site in this recording")
+        message = "No contended waits with a call site in this recording"
+        return empty_figure(title, message if traced else NOT_TRACED)
     grouped = (
         callers.groupby(["caller", "label"])
         .agg(total_ns=("total_ns", "sum"), count=("count", "sum"), max_ns=("max_ns", "max"))
@@ -732,15 +739,17 @@ def build_top_callers(callers: pd.DataFrame, top: int = 15) -> go.Figure:
 
 
 def build_stacks(
-    folded: dict[str, int], max_nodes: int = 2500, min_share: float = 0.001
+    folded: dict[str, int], max_nodes: int = 2500, min_share: float = 0.001, traced: bool = True
 ) -> go.Figure:
     """An icicle of contended wait time by kernel stack (root: all waits;
     below it the outermost frames, down to the lock primitive). Subtrees
-    under min_share of the total are folded into their parent."""
+    under min_share of the total are folded into their parent. traced: as
+    for build_top_callers."""
     title = "Contended wait time by kernel stack"
     total = sum(folded.values())
     if not folded or total <= 0:
-        return empty_figure(title, "No contended waits with kernel stacks in this recording")
+        message = "No contended waits with kernel stacks in this recording"
+        return empty_figure(title, message if traced else NOT_TRACED)
     children: dict[str, dict[str, int]] = {}
     value: dict[str, int] = {"": total}
     for path, ns in folded.items():

@@ -45,6 +45,8 @@ def panels(
     folded = frames.folded_stacks(callers, frames.stack_frames(rec))
     meta = rec.meta
     cpus = meta.get("cpus")
+    # Recordings without `families` (the oldest) traced contention.
+    contention_traced = "contention" in (meta.get("families") or ["contention"])
     return [
         Panel(
             "header",
@@ -115,7 +117,7 @@ def panels(
             "Which locks hurt most, by identity, and the kernel call sites that waited for them.",
             [
                 ("top-locks", figures.build_top_locks(summary, top)),
-                ("top-callers", figures.build_top_callers(callers, top)),
+                ("top-callers", figures.build_top_callers(callers, top, contention_traced)),
             ],
         ),
         Panel(
@@ -124,7 +126,7 @@ def panels(
             "Contended wait time by kernel stack, outermost frame on top. Click a "
             "frame to zoom. `lockprof export REC --folded FILE` writes the same "
             "stacks for FlameGraph or speedscope.",
-            [("stacks", figures.build_stacks(folded))],
+            [("stacks", figures.build_stacks(folded, traced=contention_traced))],
         ),
         Panel(
             "tasks",

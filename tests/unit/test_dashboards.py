@@ -978,3 +978,21 @@ def test_a_report_read_batch_by_batch_is_the_report_read_whole(tmp_path):
             assert fig.to_json() == expected.to_json(), name
         assert panel.html == panels[panel.anchor].html
     assert batched.unread_file("intervals") is not None  # never read whole
+
+
+def test_callers_and_stacks_say_when_contention_was_not_traced():
+    """A --no-contention recording's callers and stacks panels said "No
+    contended waits with a call site", word for word what a traced run with
+    no contention says: they now say it was not traced."""
+    empty = pd.DataFrame(columns=["caller", "label", "total_ns", "count", "max_ns"])
+    for fig in (
+        figures.build_top_callers(empty, traced=False),
+        figures.build_stacks({}, traced=False),
+    ):
+        assert is_empty_state(fig, "lock:contention_* was not traced")
+    for fig in (figures.build_top_callers(empty), figures.build_stacks({})):
+        assert is_empty_state(fig, "No contended waits with")
+    rec = synthetic([wait_row(0xFFFF888100000000, WRITE, SRC_MMAP, waits=[100], holds=[5],
+                              acquisitions=1)],
+                    meta={"families": ["mmap_lock"], "cpus": 2})  # fmt: skip
+    assert "lock:contention_* was not traced" in html.render(rec)
