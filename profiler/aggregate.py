@@ -729,16 +729,20 @@ def _hist_at(totals: dict[str, np.ndarray], i: int, prefix: str) -> dict:
 _PER_CPU_COLUMNS = ("acquisitions", "contended", "wait_total_ns", "hold_total_ns")
 
 
-def _per_cpu_rows(cpus: list[tuple[int, int]], totals: dict[str, np.ndarray], mmap: bool):
-    """cpus: (cpu, row index in totals), sorted by cpu."""
+def _per_cpu_rows(cpus: list[tuple[int, int]], totals: dict[str, np.ndarray], row: dict):
+    """cpus: (cpu, row index in totals), sorted by cpu. A figure the lock's
+    row does not know (None: a lock spec's contended waits, a sum row's
+    holds, contended waits under --no-contention) is not known per CPU
+    either: 0 there read as measured."""
+    known = {
+        "acquisitions": row["acquisitions"] is not None,
+        "contended": row["contended"] is not None,
+        "wait_total_ns": row["wait_ns"] is not None,
+        "hold_total_ns": row["hold_ns"] is not None,
+    }
     return [
-        {
-            "cpu": cpu,
-            "acquisitions": int(totals["acquisitions"][i]) if mmap else None,
-            "contended": int(totals["contended"][i]),
-            "wait_total_ns": int(totals["wait_total_ns"][i]),
-            "hold_total_ns": int(totals["hold_total_ns"][i]) if mmap else None,
-        }
+        {"cpu": cpu}
+        | {name: int(totals[name][i]) if known[name] else None for name in _PER_CPU_COLUMNS}
         for cpu, i in cpus
     ]
 
@@ -887,9 +891,7 @@ class SummaryRows:
         # Per CPU from the mmap_lock family's rows if it has any, else contention's.
         family = m if m is not None else c
         row["per_cpu"] = (
-            _per_cpu_rows(self._cpus_of(family), self._per_cpu, m is not None)
-            if family is not None
-            else []
+            _per_cpu_rows(self._cpus_of(family), self._per_cpu, row) if family is not None else []
         )
         return row
 

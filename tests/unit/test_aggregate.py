@@ -812,3 +812,27 @@ def test_waits_without_a_stack_do_not_keep_a_lock_unnamed(make_row):
     # With no stack at all, the class and the address.
     (row,) = names(frame, callers=callers[callers["stack_id"] < 0], stacks=stacks).values()
     assert row.name == f"spinlock {OTHER_LOCK:#x}"
+
+
+def test_per_cpu_figures_are_null_where_the_rows_are(make_row):
+    """A figure the lock's row cannot know is not known per CPU either: a
+    lock spec's contended waits, its sum row's holds, the contended waits
+    of mmap_lock rows recorded without lock:contention_*. They read 0 per
+    CPU, as if measured (compare then judged "cpu0.contended 0 -> 0")."""
+    frame, locks = mixed_families(make_row)
+    for families in (["mmap_lock", "contention"], ["mmap_lock"]):
+        for row in aggregate.summary_rows(frame, locks, families):
+            for name, figure in (
+                ("acquisitions", row["acquisitions"]),
+                ("contended", row["contended"]),
+                ("wait_total_ns", row["wait_ns"]),
+                ("hold_total_ns", row["hold_ns"]),
+            ):
+                per_cpu = [cpu[name] for cpu in row["per_cpu"]]
+                assert (figure is None) == all(v is None for v in per_cpu), (row["lock"], name)
+    spec_rows = [
+        r for r in aggregate.summary_rows(frame, locks, ["mmap_lock", "contention"])
+        if r["lock_class"] == "pthread"
+    ]  # fmt: skip
+    assert {r["mode"] for r in spec_rows} == {"read", "write", "sum"}
+    assert all(cpu["contended"] is None for r in spec_rows for cpu in r["per_cpu"])
