@@ -378,33 +378,27 @@ def on_pty(args: list[str], cwd: Path, stderr=None) -> tuple[subprocess.Popen, i
 def test_hostile_comm_in_the_live_view_on_a_terminal(hostile, tmp_path):
     """The live view (rich, on a pseudo-terminal) shows the name escaped:
     the escape sequence the name carries never reaches the terminal."""
-    proc, master = on_pty(
+    code, screen = run_on_pty(
         ["attach", "-p", str(hostile.pid), "-d", "2", "-i", "0.5", "-o", "v.lpr"], tmp_path
     )
-    screen = b""
+    assert code == 0, screen[-2000:]
+    assert b"\x1b]2;PWN" not in screen and b"\x07" not in screen
+    assert ESCAPED_COMM.encode() in screen  # shown, escaped, in the live table
+    assert b"\x1b[" in screen  # it was a live view: rich drew with escape codes
+
+
+def run_on_pty(args: list[str], cwd: Path) -> tuple[int, bytes]:
+    """lockprof ARGS on a pseudo-terminal (on_pty) to its end (SIGINT after
+    60 s): its status and everything it and its command wrote there."""
+    proc, master = on_pty(args, cwd)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # the terminal's other end closed
-                    break
-                if not chunk:
-                    break
-                screen += chunk
-            elif proc.poll() is not None:
-                break
+        screen = _read_terminal(proc, master)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
         os.close(master)
-    assert proc.returncode == 0, screen[-2000:]
-    assert b"\x1b]2;PWN" not in screen and b"\x07" not in screen
-    assert ESCAPED_COMM.encode() in screen  # shown, escaped, in the live table
-    assert b"\x1b[" in screen  # it was a live view: rich drew with escape codes
+    return proc.returncode, screen
 
 
 def _read_terminal(proc: subprocess.Popen, master: int, seconds: float = 60) -> bytes:
@@ -433,15 +427,10 @@ def test_run_on_the_commands_terminal_draws_over_none_of_its_output(tmp_path):
     interval (said so when attached), and every line of the command stays.
     attach keeps its table (test_hostile_comm_in_the_live_view_on_a_terminal)."""
     script = "sleep 1.2; echo HELLO-MID; sleep 1.2; echo HELLO-END"
-    proc, master = on_pty(["run", "-i", "0.5", "-o", "t.lpr", "--", "sh", "-c", script], tmp_path)
-    try:
-        screen = _read_terminal(proc, master)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-        os.close(master)
-    assert proc.returncode == 0, screen[-2000:]
+    code, screen = run_on_pty(
+        ["run", "-i", "0.5", "-o", "t.lpr", "--", "sh", "-c", script], tmp_path
+    )
+    assert code == 0, screen[-2000:]
     text = screen.decode(errors="replace")
     assert "the live view is a line an interval: the command writes here" in text
     assert "since start:" in text  # the progress lines
