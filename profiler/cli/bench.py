@@ -340,8 +340,8 @@ def command(
     err.print(
         Text(
             render.safe_text(
-                f"lockprof: run set {result.label!r} with {_runs(len(result.runs))} "
-                f"written to {output}"
+                f"lockprof: run set {result.label!r} with "
+                f"{render.counted(len(result.runs), 'run')} written to {output}"
             )
         )
     )
@@ -383,8 +383,4 @@ def _save_partial(result: RunSet, output: Path) -> str:
     if not result.runs:
         return ""
     runset.save(result, output)
-    return f" ({_runs(len(result.runs), 'completed ')} written to {output})"
-
-
-def _runs(count: int, kind: str = "") -> str:
-    return f"{count} {kind}run" if count == 1 else f"{count} {kind}runs"
+    return f" ({render.counted(len(result.runs), 'completed run')} written to {output})"

@@ -223,8 +223,8 @@ def _system_line(cost, cpus: int) -> str:
     how = f", probes as `attach -p {target}` runs them" if target else ""
     return (
         f"this system without the load ({cost.system_seconds:g} s{how}, the last column): "
-        f"{events:,.0f} event{'s' if round(events) != 1 else ''}/s; lockprof's programs ran "
-        f"{render.fmt_ns(ns_per_s)} a second, {shown} of {cpus} CPU{'s' if cpus != 1 else ''} "
+        f"{render.counted(round(events), 'event')}/s; lockprof's programs ran "
+        f"{render.fmt_ns(ns_per_s)} a second, {shown} of {render.counted(cpus, 'CPU')} "
         "(their own run time, not the tracepoints' dispatch to them: the empty program column)"
     )
 
