@@ -29,7 +29,7 @@ from profiler.cli.common import (
     FiniteFloatRange,
     build_options,
     checked_spec,
-    one_lock_spec,
+    locks_option,
     refuse_unknown_option,
     spec_files,
     stack_options,
@@ -230,15 +230,10 @@ def summary_table(result: RunSet) -> Table:
 @stack_options
 @NO_MMAP_LOCK_OPTION
 @NO_CONTENTION_OPTION
-@click.option(
-    "--locks",
-    "lock_spec",
-    metavar="SPEC",
-    multiple=True,
-    callback=one_lock_spec,
-    help="Also probe a lock's own functions in every run, as `lockprof run --locks`: "
+@locks_option(
+    "Also probe a lock's own functions in every run, as `lockprof run --locks`: "
     "a built-in spec (rw_mutex, rwsem, percpu_counter_sum, pthread_rwlock), NAME@BINARY, "
-    "or a TOML file.",
+    "or a TOML file."
 )
 @click.option(
     "-q",

@@ -151,13 +151,20 @@ def one_lock_spec(_ctx, _param, specs: tuple[str, ...]) -> str | None:
     return specs[0] if specs else None
 
 
-LOCKS_OPTION = click.option(
-    "--locks",
-    "lock_spec",
-    metavar="SPEC",
-    multiple=True,
-    callback=one_lock_spec,
-    help="Also probe a lock's own functions: a built-in spec (rw_mutex, rwsem, "
+def locks_option(help_text: str):
+    """--locks SPEC, once (one_lock_spec): the collecting commands' and bench's."""
+    return click.option(
+        "--locks",
+        "lock_spec",
+        metavar="SPEC",
+        multiple=True,
+        callback=one_lock_spec,
+        help=help_text,
+    )
+
+
+LOCKS_OPTION = locks_option(
+    "Also probe a lock's own functions: a built-in spec (rw_mutex, rwsem, "
     "percpu_counter_sum, "
     "pthread_rwlock), NAME@BINARY to point it at a binary or library, or a "
     "TOML spec file (see README). Uses uprobes, or kprobes for the kernel.",
