@@ -40,8 +40,9 @@ class CpuFigures(NamedTuple):
     # --locks): the table's `acq`. Contention-only locks have none.
     acquisitions: int = 0
     # Contended waits on every lock: contended acquisitions of the former,
-    # lock:contention_* waits of the rest (spinlocks, mutexes, ...).
-    contended: int = 0
+    # lock:contention_* waits of the rest (spinlocks, mutexes, ...). None:
+    # not known, lock:contention_* was not traced (--no-contention).
+    contended: int | None = 0
     wait_ns: int = 0
 
 

@@ -451,12 +451,12 @@ def activity(figures: CpuFigures) -> str:
     """What the per-CPU line and the live progress line say of some
     CPUs' figures. Contended waits are not a part of `acq`: they include
     the waits on locks traced only when contended (spinlocks, mutexes, ...),
-    whose acquisitions are never seen."""
-    waits = "contended wait" if figures.contended == 1 else "contended waits"
-    return (
-        f"{figures.acquisitions:,} acq, {figures.contended:,} {waits}, "
-        f"wait {fmt_ns(figures.wait_ns)}"
-    )
+    whose acquisitions are never seen. Not known (lock:contention_* not
+    traced), they are not mentioned."""
+    parts = [f"{figures.acquisitions:,} acq"]
+    if figures.contended is not None:
+        parts.append(counted(figures.contended, "contended wait"))
+    return ", ".join([*parts, f"wait {fmt_ns(figures.wait_ns)}"])
 
 
 def cpu_totals_of(rows: list[dict]) -> dict[int, CpuFigures]:
@@ -475,16 +475,28 @@ def add_cpu_totals(totals: dict[int, CpuFigures], row: dict) -> None:
     if row.get("mode") == "sum":
         return
     for cpu in row.get("per_cpu") or []:
-        before = totals.get(cpu["cpu"], CpuFigures())
+        # Contended waits stay None (not known) until some row knows them.
+        before = totals.get(cpu["cpu"], CpuFigures(contended=None))
         totals[cpu["cpu"]] = CpuFigures(
             before.acquisitions + (cpu.get("acquisitions") or 0),
-            before.contended + (cpu.get("contended") or 0),
+            _known_sum(before.contended, cpu.get("contended")),
             before.wait_ns + (cpu.get("wait_total_ns") or 0),
         )
 
 
+def _known_sum(a: int | None, b: int | None) -> int | None:
+    """a + b, where None is a figure not known: None only if both are."""
+    return None if a is None and b is None else (a or 0) + (b or 0)
+
+
 def all_cpus(totals: dict[int, CpuFigures]) -> CpuFigures:
-    return CpuFigures(*(sum(column) for column in zip(*totals.values(), strict=True)))
+    figures = list(totals.values())
+    contended: int | None = None if figures else 0
+    for cpu in figures:
+        contended = _known_sum(contended, cpu.contended)
+    return CpuFigures(
+        sum(cpu.acquisitions for cpu in figures), contended, sum(cpu.wait_ns for cpu in figures)
+    )
 
 
 def problems_line(errors: dict[str, int], lost_events: int) -> Text | None:

@@ -476,11 +476,14 @@ def cpu_totals(
     columns: list[str],
     retired: dict[int, np.ndarray] | None = None,
     hidden: Collection[int] = (),
+    contention_traced: bool = True,
 ) -> dict[int, CpuFigures]:
     """Per CPU, over every lock but the hidden ones: the figures the
     summary's per_cpu entries add up to (render.add_cpu_totals), for the
     live view's per-CPU line. retired: source -> per-CPU sums of the rows
-    freed from the kernel map (_forget_freed keeps those counted here)."""
+    freed from the kernel map (_forget_freed keeps those counted here).
+    Without contention_traced the contended waits are not known (None), as
+    the summary's per_cpu entries have them, not 0."""
     acq, cont = columns.index("acquisitions"), columns.index("contended")
     wait = columns.index("wait.total_ns")
     sourced = [
@@ -498,7 +501,14 @@ def cpu_totals(
             figures[:, 0] += values[:, acq]
         figures[:, 1] += values[:, cont]
         figures[:, 2] += values[:, wait]
-    return {cpu: CpuFigures(*(int(n) for n in figures[cpu])) for cpu in range(cpus)}
+    return {
+        cpu: CpuFigures(
+            int(figures[cpu, 0]),
+            int(figures[cpu, 1]) if contention_traced else None,
+            int(figures[cpu, 2]),
+        )
+        for cpu in range(cpus)
+    }
 
 
 def _live_state(snapshot, session, namer, target, options, elapsed_ns, state) -> LiveState:
@@ -518,7 +528,13 @@ def _live_state(snapshot, session, namer, target, options, elapsed_ns, state) ->
         events=session.events_pending(),
         cpus=len(session_cpus()),
         more_rows=more,
-        cpu_totals=cpu_totals(snapshot.rows, snapshot.columns, state.retired_totals, hidden),
+        cpu_totals=cpu_totals(
+            snapshot.rows,
+            snapshot.columns,
+            state.retired_totals,
+            hidden,
+            contention_traced="contention" in options.families,
+        ),
         threshold_ns=options.threshold_ns,
     )
 

@@ -186,4 +186,30 @@ def test_the_per_cpu_totals_leave_a_lock_specs_sum_calls_out(stats_columns):
         {"mode": "write", "per_cpu": [{"cpu": 0, "acquisitions": 10, "wait_total_ns": 1000}]},
         {"mode": "sum", "per_cpu": [{"cpu": 0, "acquisitions": 8, "wait_total_ns": 400}]},
     ]
-    assert render.cpu_totals_of(summary_rows) == {0: CpuFigures(10, 0, 1000)}
+    # Neither row knows its contended waits (a lock spec's are not traced).
+    assert render.cpu_totals_of(summary_rows) == {0: CpuFigures(10, None, 1000)}
+
+
+def test_the_per_cpu_line_says_nothing_of_contended_waits_not_traced(stats_columns):
+    """Under --no-contention the per-CPU line said "0 contended waits" on
+    every CPU, live and at the end, where the table says "-": the waits
+    were not traced, not absent."""
+    from profiler import render, schema
+
+    values = np.zeros((2, len(stats_columns)), dtype=np.uint64)
+    values[:, stats_columns.index("acquisitions")] = (7, 9)
+    rows = {(LIVE_LOCK, WRITE, schema.const("LP_SRC_MMAP_LOCK"), 0): values}
+    live = session.cpu_totals(rows, stats_columns, contention_traced=False)
+    assert live == {0: CpuFigures(7, None, 0), 1: CpuFigures(9, None, 0)}
+    line = render.per_cpu_line([], live).plain
+    assert "contended" not in line and "cpu1: 9 acq, wait" in line
+    assert "contended" not in render.activity(render.all_cpus(live))
+    traced = session.cpu_totals(rows, stats_columns)
+    assert render.activity(render.all_cpus(traced)) == "16 acq, 0 contended waits, wait 0ns"
+    # The summary's rows: null contended waits beside known ones add up to the known.
+    summary_rows = [
+        {"mode": "write", "per_cpu": [{"cpu": 0, "acquisitions": 4, "contended": None}]},
+        {"mode": "write", "per_cpu": [{"cpu": 0, "acquisitions": 0, "contended": 1}]},
+    ]
+    assert render.cpu_totals_of(summary_rows) == {0: CpuFigures(4, 1, 0)}
+    assert render.cpu_totals_of(summary_rows[:1]) == {0: CpuFigures(4, None, 0)}
