@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from profiler import hist, schema
+from profiler.options import SORT_KEYS
 
 # Scalar columns of an interval row (from struct lp_stats), in order.
 COUNTER_COLUMNS = ["acquisitions", "contended", "releases", "downgrades", "failures"]
@@ -776,9 +777,17 @@ class SummaryRows:
     CPU row were ~100 MB of a 2-hour recording's `show`, these ~27 MB.
     """
 
-    def __init__(self, intervals: pd.DataFrame, locks: pd.DataFrame, families: list[str]):
+    def __init__(
+        self,
+        intervals: pd.DataFrame,
+        locks: pd.DataFrame,
+        families: list[str],
+        sort: str = "wait_total",
+    ):
+        if sort not in SORT_KEYS:
+            raise ValueError(f"sort key {sort!r} is not one of {', '.join(SORT_KEYS)}")
         self._families = families
-        self._order = np.zeros(0, dtype=np.int64)  # pairs, busiest first
+        self._order = np.zeros(0, dtype=np.int64)  # pairs, largest sort key first
         if intervals.empty:
             return
         matched = _rows_with_mode(intervals, locks)
@@ -790,7 +799,7 @@ class SummaryRows:
         del matched
         families_seen = self._set_totals(intervals, rows, cpu_codes, cpu_keys)
         self._set_pairs(families_seen)
-        self._order = _busiest_first(self._figures.wait_total)
+        self._order = _largest_first(self._sort_key(sort))
 
     def _set_totals(
         self,
@@ -838,6 +847,35 @@ class SummaryRows:
         self._figures = _PairFigures.of(
             self._totals, self._m, self._c, mmap_class, summed, self._families
         )
+
+    def _sort_key(self, sort: str) -> np.ndarray:
+        """Each pair's figure that orders the rows (SORT_KEYS), as float64;
+        -1 where the row does not know it (None in the row), which puts
+        those rows last."""
+        figures, totals = self._figures, self._totals
+        if sort == "wait_total":
+            return figures.wait_total.astype(np.float64)
+        if sort == "contended":
+            return np.where(figures.contended_known, figures.contended, -1.0)
+        if sort == "acquisitions":
+            return np.where(figures.counted, figures.acquisitions, -1.0)
+        # The family a row's wait and hold figures come from (as _row has it).
+        if sort.startswith("wait"):
+            family = np.where(figures.counted, self._m, self._c)
+        else:
+            family = np.where(figures.released, self._m, -1)  # holds: not a sum's
+        known = family >= 0
+        at = np.where(known, family, 0)
+        prefix = sort.split("_")[0]
+        count = totals[f"{prefix}_count"][at].astype(np.float64)
+        known &= count > 0
+        if sort.endswith("_max"):
+            figure = totals[f"{prefix}_running_max_ns"][at].astype(np.float64)
+        elif sort.endswith("_avg"):
+            figure = totals[f"{prefix}_total_ns"][at] / np.maximum(count, 1.0)
+        else:
+            figure = totals[f"{prefix}_total_ns"][at].astype(np.float64)
+        return np.where(known, figure, -1.0)
 
     def __len__(self) -> int:
         return len(self._order)
@@ -961,11 +999,11 @@ def _index_or_none(index: np.integer) -> int | None:
     return int(index) if index >= 0 else None
 
 
-def _busiest_first(wait_total: np.ndarray) -> np.ndarray:
-    """Indexes by wait_total, the largest first; ties in index order (as
+def _largest_first(key: np.ndarray) -> np.ndarray:
+    """Indexes by key, the largest first; ties in index order (as
     sorted(..., reverse=True) leaves them)."""
-    backwards = np.argsort(wait_total[::-1], kind="stable")[::-1]
-    return len(wait_total) - 1 - backwards
+    backwards = np.argsort(key[::-1], kind="stable")[::-1]
+    return len(key) - 1 - backwards
 
 
 @dataclass(frozen=True)

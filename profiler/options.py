@@ -13,6 +13,20 @@ from typing import NamedTuple
 # boundaries follow the same rule (dashboards/figures.py _nominal_end).
 FIRST_TICK_S = 0.5
 
+# What `show --sort` orders the rows by, the largest first (perf lock
+# contention's -k): each the row's figure of that name (wait_avg: the wait's
+# total over its count). Rows that do not know it come last.
+SORT_KEYS = (
+    "wait_total",
+    "contended",
+    "acquisitions",
+    "wait_max",
+    "wait_avg",
+    "hold_total",
+    "hold_max",
+    "hold_avg",
+)
+
 
 @dataclass
 class CollectOptions:

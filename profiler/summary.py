@@ -24,9 +24,9 @@ class LockRows:
     number without top. `locks` and `offcpu` hold every row (the table's
     footer sums them all)."""
 
-    def __init__(self, rec: Recording, top: int | None = None):
+    def __init__(self, rec: Recording, top: int | None = None, sort: str = "wait_total"):
         families = rec.meta.get("families", [])
-        self.locks = aggregate.SummaryRows(rec.interval_totals, rec.locks, families)
+        self.locks = aggregate.SummaryRows(rec.interval_totals, rec.locks, families, sort)
         self.offcpu = writer_cost.offcpu_rows(rec.offcpu, rec.stacks)
         self.top = top
 
@@ -218,12 +218,16 @@ def summary_json(rec: Recording, what_if_cpus: int | None = None, top: int | Non
 
 
 def summary_document(
-    rec: Recording, what_if_cpus: int | None = None, top: int | None = None
+    rec: Recording,
+    what_if_cpus: int | None = None,
+    top: int | None = None,
+    sort: str = "wait_total",
 ) -> dict:
-    """summary_json() with its `locks` as LockRows, built as they are read."""
+    """summary_json() with its `locks` as LockRows, built as they are read
+    (sort: what orders them, aggregate.SORT_KEYS)."""
     meta = rec.meta
     rusage = meta.get("rusage") or {}
-    rows = LockRows(rec, top)
+    rows = LockRows(rec, top, sort)
     exit_status, exit_signal = recorded_exit(meta)
     return {
         "json_version": JSON_VERSION,

@@ -755,13 +755,15 @@ def print_summary(
     top: int | None,
     what_if_cpus: int | None = None,
     source: str | Path | None = None,
+    sort: str = "wait_total",
 ) -> None:
     """The summary, a table (its first `top` rows) or JSON. Rows are built
     as they are used: only the table's are kept. source: the recording's
-    file, for the hint that `lockprof show` lists every row."""
+    file, for the hint that `lockprof show` lists every row; sort: what
+    orders the rows (aggregate.SORT_KEYS)."""
     from profiler import summary
 
-    document = summary.summary_document(rec, what_if_cpus, top)
+    document = summary.summary_document(rec, what_if_cpus, top, sort)
     if as_json:
         write_json_lines(document, sys.stdout)
         return

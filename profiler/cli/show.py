@@ -8,6 +8,7 @@ import click
 
 from profiler import recording
 from profiler.cli.common import print_summary, warn_cpus_without_samples
+from profiler.options import SORT_KEYS
 
 
 @click.command("show")
@@ -25,14 +26,24 @@ from profiler.cli.common import print_summary, warn_cpus_without_samples
     type=click.IntRange(min=1, max=65_536),
     help="What-if: scale the sampled cost of the writer's sum to N CPUs (a linear model).",
 )
-def command(path, as_json, top, what_if_cpus) -> None:
+@click.option(
+    "-k",
+    "--sort",
+    type=click.Choice(SORT_KEYS),
+    default="wait_total",
+    show_default=True,
+    help="Order the rows by this figure, the largest first (with --json, the locks "
+    "list too); rows that do not know it (a '-' in its column) come last.",
+)
+def command(path, as_json, top, what_if_cpus, sort) -> None:
     """Print the summary of a recording: one row per lock and mode.
 
     \b
     Examples:
       lockprof show demo.lpr
+      lockprof show demo.lpr -k wait_max --top 10     the 10 longest single waits
       lockprof show demo.lpr --json | jq '.locks[] | select(.lock == "mmap_lock")'
     """
     rec = recording.load(path, summary_only=True)
     warn_cpus_without_samples(rec.meta, what_if_cpus, path)
-    print_summary(rec, as_json, top, what_if_cpus, path)
+    print_summary(rec, as_json, top, what_if_cpus, path, sort)

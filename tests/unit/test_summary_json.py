@@ -161,6 +161,51 @@ def test_rows_are_sorted_by_total_wait(doc):
     assert totals == sorted(totals, reverse=True)
 
 
+def _sort_figure(row: dict, key: str):
+    """The figure of a `show --json` row that `show --sort key` orders by
+    (None: the row does not know it), read from the row as a user would."""
+    if key in ("contended", "acquisitions"):
+        return row[key]
+    hist = row[f"{key.split('_')[0]}_ns"]
+    if not hist or not hist["count"]:
+        return None
+    if key.endswith("_avg"):
+        return hist["total"] / hist["count"]
+    return hist[key.split("_")[1]]
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["contended", "acquisitions", "wait_max", "wait_avg", "hold_total", "hold_max", "hold_avg"],
+)
+def test_rows_sorted_by_another_figure_the_largest_first_unknowns_last(rec, key):
+    """`show --sort` (perf lock contention's -k): every row, ordered by the
+    figure, those without it (a '-' in the table) after the rest."""
+    from profiler.options import SORT_KEYS
+
+    assert key in SORT_KEYS
+    rows = list(summary.LockRows(rec, sort=key).locks)
+    assert len(rows) == len(list(summary.LockRows(rec).locks))
+    figures = [_sort_figure(row, key) for row in rows]
+    known = [f for f in figures if f is not None]
+    assert figures[: len(known)] == known, "rows without the figure come last"
+    assert known == sorted(known, reverse=True) and len(set(known)) > 1
+    by_wait = [_sort_figure(row, key) for row in summary.LockRows(rec).locks]
+    assert figures != by_wait, "not the default order"
+
+
+def test_show_sort_orders_the_json_and_refuses_an_unknown_key(capsys, recording_path):
+    from .helpers import one_error_line, run_main
+
+    path = str(recording_path)
+    code, out, _ = run_main(capsys, "show", path, "--json", "-k", "hold_max", "--top", "3")
+    assert code == 0
+    maxima = [row["hold_ns"]["max"] for row in json.loads(out)["locks"]]
+    assert len(maxima) == 3 and maxima == sorted(maxima, reverse=True)
+    code, _, err = run_main(capsys, "show", path, "--sort", "longest")
+    assert code == 2 and "'longest' is not one of" in one_error_line(code, err)
+
+
 def test_mmapcount_mmap_lock_counts(doc, rec):
     rows = target_rows(doc, rec)
     assert set(rows) == {"read", "write"}
