@@ -49,6 +49,13 @@ RETIRE_ENV = "LOCKPROF_TEST_RETIRE_S"
 # Rows idle for this many rounds (60 s) are retired too (those of the locks
 # the live view shows only once the map is half full).
 IDLE_ROUNDS = 6
+# Once the lock map is over half full, a round comes every interval instead
+# of every RETIRE_NS, and rows idle this long retire. Under process churn
+# (a parallel build, a fork storm) new processes' mmap_locks came faster
+# than 10 s rounds freed the exited ones' rows: cgmove's ~4,600 forks a
+# second filled the 4,096 rows in about a second, and every lock seen after
+# that was lost (stats_map_full), for the rest of the 10 s.
+CROWDED_IDLE_S = 2.0
 
 
 @dataclass
@@ -203,7 +210,7 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
                 next_tick += interval_ns
             snapshot = _take_interval(session, state, (now - start_ns) / 1e9)
             session.rq_lock_names()  # reads what lp_learn_rq found; detaches it when done
-            if now - state.retired_ns >= retire_ns:
+            if now - state.retired_ns >= retire_ns or _crowded(snapshot, session.max_locks):
                 state.retired_ns = now
                 session.retire_dead_tasks(_task_alive)
                 entries = session.owner_entries()  # the owner map, read once a round
@@ -257,6 +264,12 @@ def _say_view_failed(line: str, exc: Exception) -> None:
         sys.stderr.write(line.format(safe_text(f"{type(exc).__name__}: {exc}")) + "\n")
 
 
+def _crowded(snapshot, capacity: int) -> bool:
+    """The lock map is over half full (snapshot.rows: one entry a row in
+    use, retired ones not yet freed included): time for a round."""
+    return len(snapshot.rows) > capacity // 2
+
+
 def _retire_period_ns() -> int:
     override = os.environ.get(RETIRE_ENV)
     return int(float(override) * 1e9) if override else RETIRE_NS
@@ -303,6 +316,7 @@ def _retire_locks(
         session.max_locks,
         idle_s=IDLE_ROUNDS * period_ns / 1e9,
         keep={key[0] for key in shown},
+        crowded_idle_s=CROWDED_IDLE_S,
     )
     session.retire_locks(victims)
 
@@ -336,13 +350,16 @@ def locks_to_retire(
     capacity: int,
     idle_s: float,
     keep: Collection[int] = (),
+    crowded_idle_s: float | None = None,
 ) -> list[tuple[tuple[int, int, int], int]]:
     """Which of the kernel's lock rows (live: (lock, flags, source) -> index)
     to retire:
     - every row of an mmap_lock whose owner process has exited (its mm is
       gone; the address, if reused, is another process's lock);
     - every row idle for idle_s, unless its lock is in keep (the locks the
-      live view shows) and the map is at most half full. Transient locks
+      live view shows) and the map is at most half full; over half full,
+      the rows of the locks not in keep go once idle for crowded_idle_s if
+      that is shorter. Transient locks
       (page-table spinlocks come and go by the thousand under process churn)
       would otherwise stay until the map is half full, and lockprof's copy
       of every row (two snapshots: rows x CPUs x 728 bytes) with them: ~12 MB
@@ -352,12 +369,16 @@ def locks_to_retire(
     dead = {lock for lock, (tgid, _comm) in owners.items() if not process_alive(tgid)}
     victims = [(key, index) for key, index in live.items() if key[0] in dead]
     crowded = len(live) - len(victims) > capacity // 2
+    # Over half full, the rows no live view shows go sooner.
+    unkept_idle_s = idle_s
+    if crowded and crowded_idle_s is not None:
+        unkept_idle_s = min(idle_s, crowded_idle_s)
     victims += [
         (key, index)
         for key, index in live.items()
         if key[0] not in dead
         and (crowded or key[0] not in keep)
-        and now_s - last_active.get(key, now_s) >= idle_s
+        and now_s - last_active.get(key, now_s) >= (idle_s if key[0] in keep else unkept_idle_s)
     ]
     return victims
 

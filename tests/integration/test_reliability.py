@@ -121,10 +121,11 @@ def test_full_maps_are_counted_reported_and_collection_goes_on(lockprof_factory,
     # Snapshots kept coming (rows exist only for intervals with activity on
     # the 16 locks that got a row, so count the snapshots themselves).
     assert rec.meta["snapshots"] >= 5
-    assert 0 < len(rec.locks) <= 16
-    # Task rows: at most 16 live in the map at once; rows of exited tasks
-    # move out every 10 s (profiler/session.py), beyond this 3 s run.
-    assert len(rec.tasks) <= 16
+    # A map over half full brings a retirement round every interval, not
+    # every 10 s (profiler/session.py _crowded): the rows of exited
+    # processes' locks were freed for new ones during the 3 s run.
+    assert rec.meta["locks_retired"] > 0
+    assert len(rec.locks) > 16
     assert f"stats map full: {errors['stats_map_full']:,}" in out  # problems line
     assert "note: stats map full" in out and "collection went on" in out
     summary = show_json(tmp_path / "m.lpr")

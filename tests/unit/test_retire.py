@@ -67,6 +67,33 @@ def test_shown_idle_rows_retire_too_once_the_map_is_half_full():
     assert ((SPIN_LOCK, 1, SRC_CONT), 4) not in roomy
 
 
+def test_a_crowded_map_retires_rows_no_view_shows_after_a_short_idle():
+    """Over half full, rows idle CROWDED_IDLE_S go (process churn brings new
+    locks faster than 60 s of idleness frees rows); the locks the live view
+    shows keep the long threshold; a roomy map keeps every row idle 5 s."""
+    last_active = {key: 95.0 for key in LIVE}  # every row idle 5 s
+    shown = {LIVE_LOCK}
+    idle = dict(idle_s=60, keep=shown, crowded_idle_s=session.CROWDED_IDLE_S)
+    assert session.CROWDED_IDLE_S < 5
+    crowded = session.locks_to_retire(LIVE, OWNERS, alive, last_active, 100.0, 2, **idle)
+    assert ((SPIN_LOCK, 1, SRC_CONT), 4) in crowded
+    assert ((LIVE_LOCK, READ, SRC_MMAP), 3) not in crowded  # shown: 60 s still
+    roomy = session.locks_to_retire(LIVE, OWNERS, alive, last_active, 100.0, 8, **idle)
+    assert ((SPIN_LOCK, 1, SRC_CONT), 4) not in roomy
+    last_active[(SPIN_LOCK, 1, SRC_CONT)] = 99.0  # active a second ago: stays
+    busy = session.locks_to_retire(LIVE, OWNERS, alive, last_active, 100.0, 2, **idle)
+    assert ((SPIN_LOCK, 1, SRC_CONT), 4) not in busy
+
+
+def test_a_round_comes_every_interval_once_the_lock_map_is_over_half_full():
+    class Snapshot:
+        def __init__(self, rows: int):
+            self.rows = {(lock, 1, 0, lock): None for lock in range(rows)}
+
+    assert not session._crowded(Snapshot(2048), 4096)
+    assert session._crowded(Snapshot(2049), 4096)
+
+
 def test_a_row_never_seen_active_is_not_idle():
     victims = session.locks_to_retire(
         {(SPIN_LOCK, 1, SRC_CONT): 4}, {}, alive, {}, 1000.0, 0, idle_s=60
