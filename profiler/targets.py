@@ -396,6 +396,14 @@ class PidTarget(Target):
         fields = _stat_fields(self.tgid)
         # Its start time tells it from a process given its pid later.
         self._started = int(fields[19]) if fields else None
+        if _ended(fields, self._started, self.tgid):
+            # Said now, not after the probes' compile: nothing will run there.
+            raise LockprofError(
+                f"pid {self.tgid} has exited (a zombie its parent has not reaped): "
+                "nothing to profile",
+                exit_code=2,
+            )
+        self.given_tid = pid if pid != self.tgid else None
         self._comm = comm_of(self.tgid)
         self._cmdline = cmdline_of(self.tgid)
         self.lineage = Lineage(self.tgid)
@@ -414,14 +422,14 @@ class PidTarget(Target):
         nothing to record: one line and a nonzero exit, not an empty
         recording that looks like success. (One that exits from here on
         ends a collection that has started: its recording is written.)"""
-        if _ended(_stat_fields(self.tgid), self._started):
+        if _ended(_stat_fields(self.tgid), self._started, self.tgid):
             raise LockprofError(
                 f"pid {self.tgid} exited before collection started; nothing was recorded"
             )
 
     def poll(self) -> str | None:
         fields = _stat_fields(self.tgid)  # read once: whether it runs, and its times
-        if fields is None or _ended(fields, self._started):
+        if _ended(fields, self._started, self.tgid):
             return f"pid {self.tgid} exited"
         self._last = _times(fields)
         if self.lineage is not None:
@@ -429,13 +437,37 @@ class PidTarget(Target):
         return None
 
 
-def _ended(fields: list[bytes] | None, started: int | None) -> bool:
-    """Has the process that started at `started` (clock ticks after boot)
-    exited: reaped (fields None), a zombie, or its pid taken by a process
-    that started later?"""
-    if fields is None or fields[0] in (b"Z", b"X"):
+def _ended(fields: list[bytes] | None, started: int | None, tgid: int) -> bool:
+    """Has the process tgid that started at `started` (clock ticks after
+    boot) exited: reaped (fields None), a zombie with no thread left, or
+    its pid taken by a process that started later?"""
+    if fields is None:
         return True
-    return started is not None and int(fields[19]) != started
+    if started is not None and int(fields[19]) != started:
+        return True
+    return fields[0] in _GONE and not _threads_run(tgid)
+
+
+# /proc states of a task that has exited (zombie, dead).
+_GONE = (b"Z", b"X")
+
+
+def _threads_run(tgid: int) -> bool:
+    """Does some thread of tgid still run? A main thread that returned by
+    pthread_exit() is a zombie while the others go on: /proc/PID/stat then
+    says Z for a process that is still at work."""
+    try:
+        tids = os.listdir(f"/proc/{tgid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{tgid}/task/{tid}/stat").read_bytes()
+        except OSError:
+            continue  # exited meanwhile
+        if stat.rsplit(b")", 1)[1].split()[0] not in _GONE:
+            return True
+    return False
 
 
 def pre_exec_locks(owners: dict[int, tuple[int, str]], tgid: int, command_lock: int) -> set[int]:

@@ -15,7 +15,7 @@
  * thread maps its buffer once and reuses it, which removes that contention;
  * comparing the two rates is the intended before/after demonstration.
  *
- * Usage: lpbizzy [-t THREADS] [-s CHUNK_BYTES] [-S SECONDS] [-n OPS] [-R] [-q] [-P]
+ * Usage: lpbizzy [-t THREADS] [-s CHUNK_BYTES] [-S SECONDS] [-n OPS] [-R] [-q] [-P] [-x]
  *   -t THREADS      worker threads (default 2)
  *   -s CHUNK_BYTES  chunk size, >= 4096 and a multiple of 8 (default 262144)
  *   -S SECONDS      run time, may be fractional (default 10)
@@ -28,6 +28,11 @@
  *                   run, every line read on stdin is answered on stdout with
  *                   "<total_ops> <CLOCK_MONOTONIC ns>"; end of stdin stops
  *                   the workers (without -S or -n there is no time limit)
+ *   -x              the main thread exits (pthread_exit) once the workers
+ *                   run; they go on, and the process ends with the last of
+ *                   them, without the output below (a target whose
+ *                   /proc/PID/stat says zombie while it works: lockprof's
+ *                   tests/integration/test_lifecycle.py)
  *
  * Output (stdout, parsed by scripts):
  *   <total_ops> records in <elapsed> s
@@ -65,6 +70,7 @@ static uint64_t max_ops;		/* 0 = no operation limit */
 static int reuse_mode;
 static int quiet;
 static int progress_mode;
+static int main_exits;
 static atomic_int stop_now;		/* -P: stdin ended */
 
 static uint64_t *source;		/* sorted records */
@@ -81,7 +87,7 @@ static void usage_error(const char *msg)
 {
 	fprintf(stderr,
 		"lpbizzy: %s (usage: lpbizzy [-t THREADS] [-s CHUNK_BYTES] "
-		"[-S SECONDS] [-n OPS] [-R] [-q] [-P])\n", msg);
+		"[-S SECONDS] [-n OPS] [-R] [-q] [-P] [-x])\n", msg);
 	exit(2);
 }
 
@@ -256,7 +262,7 @@ int main(int argc, char **argv)
 	int opt, err;
 
 	opterr = 0;
-	while ((opt = getopt(argc, argv, ":t:s:S:n:RqP")) != -1) {
+	while ((opt = getopt(argc, argv, ":t:s:S:n:RqPx")) != -1) {
 		switch (opt) {
 		case 't':
 			if (!parse_u64(optarg, 1, MAX_THREADS, &v))
@@ -291,6 +297,9 @@ int main(int argc, char **argv)
 			break;
 		case 'P':
 			progress_mode = 1;
+			break;
+		case 'x':
+			main_exits = 1;
 			break;
 		case ':':
 			usage_error("option requires an argument");
@@ -342,6 +351,8 @@ int main(int argc, char **argv)
 		deadline.tv_nsec = nsec % 1000000000L;
 	}
 	pthread_barrier_wait(&start_barrier);
+	if (main_exits)
+		pthread_exit(NULL);
 	if (progress_mode)
 		serve_progress(workers);
 

@@ -25,12 +25,19 @@ def command(pid, **options) -> None:
       lockprof attach -p 1234 -t 1ms --json   record waits >= 1 ms, JSON summary
       lockprof attach -p 1234 -f              also its children, now and later
     """
-    collect_command(lambda: _with_kernel_thread_note(PidTarget(pid)), **options)
+    collect_command(lambda: _with_notes(PidTarget(pid)), **options)
 
 
-def _with_kernel_thread_note(target: PidTarget) -> PidTarget:
-    """A kernel thread has no mm: the table would come out empty of
+def _with_notes(target: PidTarget) -> PidTarget:
+    """A thread's id stands for its process (they share one mm), which is
+    said; a kernel thread has no mm: the table would come out empty of
     mmap_lock rows without a word why."""
+    if target.given_tid is not None:
+        click.echo(
+            f"lockprof: {target.given_tid} is a thread of pid {target.tgid}: "
+            "profiling the whole process",
+            err=True,
+        )
     if is_kernel_thread(target.tgid):
         click.echo(
             f"lockprof: {target.describe()} is a kernel thread: it has no mmap_lock; "

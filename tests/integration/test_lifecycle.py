@@ -66,6 +66,63 @@ def test_pid_that_exits_before_collection_starts_is_an_error(tmp_path):
     assert lockprof_programs() == []
 
 
+def test_a_process_whose_main_thread_exited_is_profiled_while_its_threads_run(
+    lockprof_factory, tmp_path
+):
+    """`lpbizzy -x`: the main thread returns by pthread_exit() and the two
+    workers go on; /proc/PID/stat says Z. lockprof took that for an exited
+    process: "exited before collection started" (status 1), or, when the
+    main thread quit during the run, it stopped there. Given a worker's
+    thread id, it says it profiles the whole process."""
+    target = subprocess.Popen([str(BIN / "lpbizzy"), "-x", "-q", "-S", "6"])
+    try:
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{target.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the main thread did not exit"
+            time.sleep(0.05)
+        worker = max(int(tid) for tid in os.listdir(f"/proc/{target.pid}/task"))
+        lp = lockprof_factory("attach", "-p", str(worker), "-d", "1.5", "-o", "z.lpr", "-q")
+        code, _out, err = lp.wait(timeout=60)
+    finally:
+        target.kill()
+        target.wait()
+    assert code == 0, err
+    assert f"lockprof: {worker} is a thread of pid {target.pid}: profiling the whole process" in err
+    rec = profiler.load(tmp_path / "z.lpr")
+    assert rec.meta["stop_reason"] == "duration 1.5s reached"
+    rows = rows_for(show_json(tmp_path / "z.lpr"), target.pid)
+    assert rows["write"]["acquisitions"] > 1000  # the workers' mmaps and munmaps
+    assert lockprof_programs() == []
+
+
+def test_a_zombie_is_refused_at_once():
+    """A process that exited and waits to be reaped has nothing to profile:
+    one line, said before the probes are compiled (after their ~1.7 s, it
+    said "exited before collection started")."""
+    parent = subprocess.Popen(["sh", "-c", "sleep 0.1 & exec sleep 5"])
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
+            stat = Path(f"/proc/{children[0]}/stat").read_text() if children else ""
+            if stat and stat.rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            assert time.monotonic() < deadline, "no zombie"
+            time.sleep(0.05)
+        zombie = int(children[0])
+        result = subprocess.run(
+            [*LOCKPROF, "attach", "-p", str(zombie), "-d", "1"], capture_output=True, text=True
+        )
+    finally:
+        parent.kill()
+        parent.wait()
+    assert result.returncode == 2
+    line = _one_line_error(result)
+    assert line == f"lockprof: pid {zombie} has exited (a zombie its parent has not reaped): " + (
+        "nothing to profile"
+    )
+
+
 def test_no_such_pid():
     result = subprocess.run(
         [*LOCKPROF, "attach", "-p", "4194303", "-d", "1"], capture_output=True, text=True
