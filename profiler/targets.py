@@ -429,7 +429,7 @@ class PidTarget(Target):
 
     def poll(self) -> str | None:
         fields = _stat_fields(self.tgid)  # read once: whether it runs, and its times
-        if _ended(fields, self._started, self.tgid):
+        if fields is None or _ended(fields, self._started, self.tgid):
             return f"pid {self.tgid} exited"
         self._last = _times(fields)
         if self.lineage is not None:
