@@ -34,6 +34,15 @@ from profiler.errors import LockprofError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+# Of those, the ones lockprof's parent left ignored (`nohup` ignores SIGHUP; a
+# non-interactive shell's background job, SIGINT), read before any handler
+# goes in: Python leaves an ignored SIGINT ignored at start-up. A `run`
+# command inherits them ignored, as under `time` or `strace`
+# (profiler/targets.py). lockprof itself keeps SIGHUP ignored, but stops on
+# SIGINT and SIGTERM whatever it inherited: a script's `kill -INT $!` stops
+# a background lockprof as it stops `perf record`.
+INHERITED_IGNORED = frozenset(s for s in SIGNALS if signal.getsignal(s) == signal.SIG_IGN)
+
 # Phases, for the message a further signal prints. GRACE: a `run` command
 # gets a moment to finish exiting after a signal (session._grace_for_command),
 # which a further signal ends.

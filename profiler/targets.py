@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from profiler.errors import LockprofError
+from profiler.signals import INHERITED_IGNORED
 
 if TYPE_CHECKING:
     from resource import struct_rusage
@@ -43,8 +44,9 @@ PRE_EXEC_COMM = "lockprof-exec"
 # are not counted (CommandTarget.begin). The shell itself is killed once the
 # subshell has said its pid, which makes the subshell lockprof's child.
 # $0 is PRE_EXEC_COMM (the shell's messages name it), $1 is empty when
-# lockprof's environment has no PWD (which the shell would add), the command
-# follows. The script's own variables are unset before the exec (one the
+# lockprof's environment has no PWD (which the shell would add), $2 names the
+# stop signals lockprof's parent left ignored ("HUP INT": the command gets
+# them ignored), the command follows. The script's own variables are unset before the exec (one the
 # environment had would reach the command changed). Fds 3 and 4: the gate
 # (read end) and the ready pipe (write end).
 HOLDER_SHELL = "/bin/sh"
@@ -58,7 +60,8 @@ IFS= read -r __lockprof_go <&3
 exec 3<&-
 unset __lockprof_pid __lockprof_rest __lockprof_go
 [ -n "$1" ] || unset PWD
-shift
+[ -z "$2" ] || trap '' $2
+shift 2
 exec "$@"
 )
 :
@@ -70,6 +73,12 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _inherited_ignored_names() -> str:
+    """The stop signals lockprof's parent left ignored, as the holder
+    shell's `trap` names them ("HUP INT"), for the command to inherit."""
+    return " ".join(signal.Signals(s).name[3:] for s in sorted(INHERITED_IGNORED))
 
 
 def signal_name(signum: int) -> str:
@@ -591,7 +600,11 @@ class CommandTarget(Target):
         this returns, so none sees it under another name. posix_spawn
         starts the shell without copying lockprof; the holder resets
         lockprof's signal handlers, and SIGPIPE and SIGXFSZ (which Python
-        ignores), to the default (a Ctrl-C before the exec ends it)."""
+        ignores), to the default (a Ctrl-C before the exec ends it). A stop
+        signal lockprof's parent left ignored stays ignored for the command
+        (`nohup lockprof run -- CMD`: CMD survives a hangup, as under
+        `nohup CMD`): the holder ignores it (`trap ''`), lockprof's own
+        handler notwithstanding, and exec keeps it ignored."""
         gate_r, gate_w = _pipe_above(10)
         ready_r, ready_w = _pipe_above(10)
         # stdout first: a pipe's fd may be _GATE_FD or _READY_FD, which the
@@ -602,7 +615,8 @@ class CommandTarget(Target):
             (os.POSIX_SPAWN_DUP2, ready_w, _READY_FD),
         ]
         pwd = "keep" if "PWD" in os.environ else ""
-        argv = ["sh", "-c", _HOLDER_SCRIPT, PRE_EXEC_COMM, pwd, *self.argv]
+        ignored = _inherited_ignored_names()
+        argv = ["sh", "-c", _HOLDER_SCRIPT, PRE_EXEC_COMM, pwd, ignored, *self.argv]
         was_reaper = child_subreaper(True)  # so that the shell's child becomes ours
         try:
             try:

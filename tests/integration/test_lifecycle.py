@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -121,6 +122,32 @@ def test_a_zombie_is_refused_at_once():
     assert line == f"lockprof: pid {zombie} has exited (a zombie its parent has not reaped): " + (
         "nothing to profile"
     )
+
+
+def _ignored_signals(shell_prefix: str, tmp_path) -> int:
+    """The ignored-signal mask (SigIgn) of a command `lockprof run` starts
+    from a shell that runs shell_prefix first."""
+    lockprof = " ".join(shlex.quote(part) for part in LOCKPROF)
+    out = tmp_path / "s.lpr"
+    command = f"exec {lockprof} run -q -o {out} -- grep SigIgn /proc/self/status"
+    result = subprocess.run(
+        ["sh", "-c", f"{shell_prefix} {command}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"^SigIgn:\s*([0-9a-f]+)$", result.stdout, re.M)
+    assert found, result.stdout
+    return int(found.group(1), 16)
+
+
+def test_run_leaves_the_signals_its_parent_ignored_ignored_for_the_command(tmp_path):
+    """`nohup lockprof run -- CMD`: CMD must survive a hangup, as under
+    `nohup CMD`; a background job of a script has SIGINT ignored, and keeps
+    it under `time` and `strace`. lockprof reset both to the default."""
+    hup, sig_int, term = (1 << (s - 1) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM))
+    ignored = _ignored_signals("trap '' HUP INT;", tmp_path)
+    assert ignored & (hup | sig_int) == hup | sig_int and not ignored & term
+    assert not _ignored_signals("", tmp_path) & (hup | sig_int | term)
 
 
 def test_no_such_pid():
