@@ -70,6 +70,9 @@ struct task_struct;
 #ifndef LP_TASK_COMM_OFFSET
 #error "LP_TASK_COMM_OFFSET (offsetof(struct task_struct, comm)) must come from BTF"
 #endif
+#ifndef LP_TASK_GROUP_LEADER_OFFSET
+#error "LP_TASK_GROUP_LEADER_OFFSET (offsetof(struct task_struct, group_leader)) must come from BTF"
+#endif
 #define LP_PF_KTHREAD 0x00200000 /* include/linux/sched.h, stable since 2.6 */
 /* offsetof(struct mm_struct, owner) (CONFIG_MEMCG), for lp_learn_idle_target();
  * -1: the kernel has none. */
@@ -735,6 +738,18 @@ static __always_inline void lp_emit(struct lp_config *cfg, u64 now, u64 duration
 	lp_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 }
 
+/* The name of task's process: its main thread's comm, as `ps` gives it. A
+ * thread that renamed itself (pthread_setname_np: "wrk-thread",
+ * "jemalloc_bg_thd") named its process's mmap_lock when it was the first
+ * seen on it. The main thread's task_struct outlives its pthread_exit(). */
+static __always_inline void lp_process_comm(u64 task, char comm[16])
+{
+	u64 leader = 0;
+
+	bpf_probe_read_kernel(&leader, sizeof(leader), (void *)(task + LP_TASK_GROUP_LEADER_OFFSET));
+	bpf_probe_read_kernel(comm, 16, (void *)((leader ? leader : task) + LP_TASK_COMM_OFFSET));
+}
+
 /*
  * Learn which process owns an mm, the first time a task is seen on its own
  * mm: the lock then gets a name (mmap_lock of pid N), and a --pid target's
@@ -763,10 +778,9 @@ static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task 
 		 * first (else the mm was named after the child, and without
 		 * x86's ids numbered twice). */
 		bpf_probe_read_kernel(&tgid, sizeof(tgid), (void *)(parent + LP_TASK_TGID_OFFSET));
-		bpf_probe_read_kernel(&owner.comm, sizeof(owner.comm),
-				      (void *)(parent + LP_TASK_COMM_OFFSET));
+		lp_process_comm(parent, owner.comm);
 	} else {
-		bpf_get_current_comm(&owner.comm, sizeof(owner.comm));
+		lp_process_comm(task, owner.comm);
 	}
 	owner.tgid = tgid;
 	ts->own_mm = mm;
@@ -849,7 +863,7 @@ static __always_inline void lp_learn_idle_target(struct lp_config *cfg, u64 mm, 
 		   lp_followed_locks.lookup(&lock)) {
 		return; /* not a descendant's, or its lock is known */
 	}
-	bpf_probe_read_kernel(&owner.comm, sizeof(owner.comm), (void *)(task + LP_TASK_COMM_OFFSET));
+	lp_process_comm(task, owner.comm);
 	gen = lp_learn_gen(mm, owner.tgid);
 	seen.lock = lock;
 	seen.mm_gen = gen;

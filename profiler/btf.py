@@ -212,6 +212,9 @@ PROBE_OFFSETS = {
     # thread on a borrowed mm not at all (PF_KTHREAD in flags).
     "LP_TASK_REAL_PARENT_OFFSET": ("task_struct", "real_parent"),
     "LP_TASK_COMM_OFFSET": ("task_struct", "comm"),
+    # An mm's owner is named after its process's main thread, not after the
+    # thread first seen on it (lp_process_comm).
+    "LP_TASK_GROUP_LEADER_OFFSET": ("task_struct", "group_leader"),
     "LP_TASK_FLAGS_OFFSET": ("task_struct", "flags"),
 }
 # Offsets the probes can do without: -1 when the member is absent.

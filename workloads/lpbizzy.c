@@ -15,7 +15,7 @@
  * thread maps its buffer once and reuses it, which removes that contention;
  * comparing the two rates is the intended before/after demonstration.
  *
- * Usage: lpbizzy [-t THREADS] [-s CHUNK_BYTES] [-S SECONDS] [-n OPS] [-R] [-q] [-P] [-x]
+ * Usage: lpbizzy [-t THREADS] [-s CHUNK_BYTES] [-S SECONDS] [-n OPS] [-R] [-q] [-P] [-x] [-N]
  *   -t THREADS      worker threads (default 2)
  *   -s CHUNK_BYTES  chunk size, >= 4096 and a multiple of 8 (default 262144)
  *   -S SECONDS      run time, may be fractional (default 10)
@@ -33,6 +33,8 @@
  *                   them, without the output below (a target whose
  *                   /proc/PID/stat says zombie while it works: lockprof's
  *                   tests/integration/test_lifecycle.py)
+ *   -N              name the worker threads lpbizzy-w0, lpbizzy-w1, ...
+ *                   (pthread_setname_np), as thread pools do
  *
  * Output (stdout, parsed by scripts):
  *   <total_ops> records in <elapsed> s
@@ -71,6 +73,7 @@ static int reuse_mode;
 static int quiet;
 static int progress_mode;
 static int main_exits;
+static int name_threads;
 static atomic_int stop_now;		/* -P: stdin ended */
 
 static uint64_t *source;		/* sorted records */
@@ -87,7 +90,7 @@ static void usage_error(const char *msg)
 {
 	fprintf(stderr,
 		"lpbizzy: %s (usage: lpbizzy [-t THREADS] [-s CHUNK_BYTES] "
-		"[-S SECONDS] [-n OPS] [-R] [-q] [-P] [-x])\n", msg);
+		"[-S SECONDS] [-n OPS] [-R] [-q] [-P] [-x] [-N])\n", msg);
 	exit(2);
 }
 
@@ -191,6 +194,12 @@ static void *worker_main(void *arg)
 	uint64_t acc = 0, ops = 0;
 	uint64_t *buf = NULL;
 
+	if (name_threads) {
+		char name[16];
+
+		snprintf(name, sizeof(name), "lpbizzy-w%u", w->index);
+		pthread_setname_np(pthread_self(), name);
+	}
 	if (reuse_mode)
 		buf = map_chunk();
 
@@ -262,7 +271,7 @@ int main(int argc, char **argv)
 	int opt, err;
 
 	opterr = 0;
-	while ((opt = getopt(argc, argv, ":t:s:S:n:RqPx")) != -1) {
+	while ((opt = getopt(argc, argv, ":t:s:S:n:RqPxN")) != -1) {
 		switch (opt) {
 		case 't':
 			if (!parse_u64(optarg, 1, MAX_THREADS, &v))
@@ -300,6 +309,9 @@ int main(int argc, char **argv)
 			break;
 		case 'x':
 			main_exits = 1;
+			break;
+		case 'N':
+			name_threads = 1;
 			break;
 		case ':':
 			usage_error("option requires an argument");

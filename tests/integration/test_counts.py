@@ -105,6 +105,22 @@ def test_foreign_readers_of_the_target_mm_are_counted_with_their_comm(lockprof_f
     assert listed["acquisitions"] == int(cats["waits"].sum())
 
 
+def test_a_processs_mmap_lock_is_named_after_the_process_not_a_thread(lockprof_factory, tmp_path):
+    """`lpbizzy -N` names its workers lpbizzy-w0 and lpbizzy-w1, as thread
+    pools do. Each new thread seen on the mm named its mmap_lock after
+    itself ("mmap_lock pid N (lpbizzy-w1)", and jemalloc_bg_thd for a
+    Python process): the process's name is its main thread's, as ps says."""
+    lp = lockprof_factory(
+        "run", "-q", "-o", "n.lpr", "--", str(BIN / "lpbizzy"), "-N", "-t", "2", "-S", "1", "-q"
+    )
+    code, _out, err = lp.wait(timeout=60)
+    assert code == 0, err
+    summary = show_json(tmp_path / "n.lpr")
+    rows = rows_for(summary, summary["target_pid"])
+    assert {row["owner_comm"] for row in rows.values()} == {"lpbizzy"}
+    assert rows["write"]["acquisitions"] > 100  # the workers' mmaps
+
+
 def test_an_idle_targets_lock_is_known_from_the_start(lockprof_factory, tmp_path):
     """A target that never takes its own mmap_lock while lockprof runs: the
     lock is learned at attach (lp_learn_idle_target), so its foreign readers
