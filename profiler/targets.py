@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import re
 import select
 import shutil
 import signal
@@ -139,11 +140,15 @@ def _check_interpreter(argv0: str, path: Path) -> None:
         return  # executable but not readable: the kernel may still run it
     if not first.startswith(b"#!"):
         return
-    words = first[2:].split()
-    if not words:
+    # As the kernel reads it (fs/binfmt_script.c): the name ends at a space,
+    # a tab or the newline; a carriage return is part of it.
+    name = re.split(rb"[ \t\n]", first[2:].lstrip(b" \t"), maxsplit=1)[0]
+    if not name:
         return
-    interpreter = os.fsdecode(words[0])
+    interpreter = os.fsdecode(name)
     if not os.path.exists(interpreter):
+        if interpreter.endswith("\r"):  # as `sh` says it: /bin/sh^M
+            interpreter = interpreter[:-1] + "^M (the script has DOS line endings)"
         raise LockprofError(
             f"command {argv0}: its interpreter {interpreter} is not found", exit_code=127
         )

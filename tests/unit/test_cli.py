@@ -1236,6 +1236,29 @@ def test_a_script_whose_interpreter_cannot_run_is_one_line(
     assert err == f"lockprof: command {script}: its interpreter {interpreter} {what}\n"
 
 
+def test_a_script_with_dos_line_endings_is_one_line_that_says_so(capsys, tmp_path, never_collect):
+    """`#!/bin/sh\\r`: the kernel looks for an interpreter named "/bin/sh\\r"
+    (fs/binfmt_script.c ends the name at a space, a tab or the newline
+    only). The check split the line as Python does, found /bin/sh, and the
+    command failed after the probes were attached, in two lines, one of
+    them the holder shell's ("lockprof-exec: 12: exec: ...: not found").
+    A space or a tab still ends the name."""
+    script = tmp_path / "crlf.sh"
+    script.write_bytes(b"#!/bin/sh\r\necho hi\r\n")
+    script.chmod(0o755)
+    code, out, err = run_main(capsys, "run", "-q", "--", str(script))
+    assert (code, out) == (127, "")
+    assert err == (
+        f"lockprof: command {script}: its interpreter /bin/sh^M (the script has DOS line "
+        "endings) is not found\n"
+    )
+    from profiler.targets import check_command
+
+    for line in (b"#! /bin/sh -e\n", b"#!/bin/sh\t-e\n", b"#!/bin/sh\n"):
+        script.write_bytes(line + b"echo hi\n")
+        check_command(str(script))  # no error
+
+
 def test_bench_table_shows_each_runs_throughput_and_their_mean_by_spread():
     """Each run's row keeps its own figure (the mean row's "by spread" rule
     printed the words "by spread" in every run's throughput cell)."""
