@@ -141,6 +141,8 @@ def check_directory(path: str | Path, what: str = "output") -> Path | None:
     except OSError as exc:
         raise LockprofError(f"cannot use {what} path {path} ({exc.strerror})") from None
     if not directory_exists:
+        if directory.exists():  # -o /etc/passwd/x.lpr
+            raise LockprofError(f"{what} path {path}: {directory} is not a directory")
         raise LockprofError(f"{what} directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
         raise LockprofError(f"{what} directory {directory} is not writable")

@@ -69,9 +69,15 @@ def test_report_of_a_missing_recording(capsys, tmp_path):
 
 @pytest.mark.parametrize(
     ("where", "words"),
-    [("missing/r.html", "does not exist"), (".", "is a directory")],
+    [
+        ("missing/r.html", "does not exist"),
+        (".", "is a directory"),
+        # a file where a directory should be: it said "does not exist"
+        ("file/r.html", "/file is not a directory"),
+    ],
 )
 def test_report_to_an_unusable_path(capsys, tmp_path, where, words):
+    (tmp_path / "file").write_text("")
     code, _out, err = run_main(capsys, "report", HOSTILE, "-o", tmp_path / where)
     assert words in one_error_line(code, err)
 
