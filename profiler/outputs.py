@@ -54,13 +54,19 @@ def names_a_directory(name: str) -> bool:
 class OutputFile(click.Path):
     """click.Path (path_type Path unless given) for a file lockprof writes:
     a name that ends in a directory (names_a_directory) is refused as the
-    command line is parsed, before any work (a usage error: one line, exit 2)."""
+    command line is parsed, before any work (a usage error: one line, exit
+    2). `-` is stdout (it made a file named "-"), as /dev/stdout, but not a
+    terminal: a recording or a page is bytes for a pipe or a file."""
 
     def __init__(self, **options) -> None:
         options.setdefault("path_type", Path)
         super().__init__(**options)
 
     def convert(self, value, param, ctx):
+        if value == "-":
+            if os.isatty(1):
+                self.fail("- is stdout, a terminal here: redirect it, or give a file", param, ctx)
+            value = "/dev/stdout"
         if isinstance(value, str) and names_a_directory(value):
             self.fail(f"{value} names a directory; give a file name", param, ctx)
         return super().convert(value, param, ctx)

@@ -533,3 +533,17 @@ def test_a_page_or_a_table_may_replace_a_file_as_a_shell_would(capsys, tmp_path)
     code, _out, _err = run_main(capsys, "export", RECORDING, "--folded", notes)
     assert code == 0 and notes.read_text() != "notes\n"
     assert stat.S_IMODE(notes.stat().st_mode) == 0o600
+
+
+def test_a_dash_is_stdout_but_not_a_terminal(monkeypatch):
+    """`-o -` made a file named "-"; it is stdout now, as /dev/stdout, and
+    refused (a usage error) when stdout is a terminal."""
+    import click
+
+    from profiler import outputs
+
+    monkeypatch.setattr(outputs.os, "isatty", lambda fd: False)
+    assert outputs.OutputFile(dir_okay=False).convert("-", None, None) == Path("/dev/stdout")
+    monkeypatch.setattr(outputs.os, "isatty", lambda fd: fd == 1)
+    with pytest.raises(click.BadParameter, match="- is stdout, a terminal here"):
+        outputs.OutputFile(dir_okay=False).convert("-", None, None)
