@@ -56,14 +56,15 @@ class OutputFile(click.Path):
     a name that ends in a directory (names_a_directory) is refused as the
     command line is parsed, before any work (a usage error: one line, exit
     2). `-` is stdout (it made a file named "-"), as /dev/stdout, but not a
-    terminal: a recording or a page is bytes for a pipe or a file."""
+    terminal: a recording or a page is bytes for a pipe or a file. With
+    allow_dash (click's), the command takes `-` itself (export's text)."""
 
     def __init__(self, **options) -> None:
         options.setdefault("path_type", Path)
         super().__init__(**options)
 
     def convert(self, value, param, ctx):
-        if value == "-":
+        if value == "-" and not self.allow_dash:
             if os.isatty(1):
                 self.fail("- is stdout, a terminal here: redirect it, or give a file", param, ctx)
             value = "/dev/stdout"

@@ -478,6 +478,7 @@ def test_probe_offsets_are_cached_per_blob(vmlinux, tmp_path, monkeypatch):
         "LP_TASK_TGID_OFFSET": vmlinux.member_offset("task_struct", "tgid"),
         "LP_TASK_REAL_PARENT_OFFSET": vmlinux.member_offset("task_struct", "real_parent"),
         "LP_TASK_COMM_OFFSET": vmlinux.member_offset("task_struct", "comm"),
+        "LP_TASK_GROUP_LEADER_OFFSET": vmlinux.member_offset("task_struct", "group_leader"),
         "LP_TASK_FLAGS_OFFSET": vmlinux.member_offset("task_struct", "flags"),
         "LP_MM_ID_OFFSET": vmlinux.member_offset("mm_struct", "context.ctx_id"),
         "LP_MM_MAP_COUNT_OFFSET": vmlinux.member_offset("mm_struct", "map_count"),
@@ -496,6 +497,7 @@ def test_probe_offsets_are_cached_per_blob(vmlinux, tmp_path, monkeypatch):
         "LP_TASK_TGID_OFFSET": 4,
         "LP_TASK_REAL_PARENT_OFFSET": 6,
         "LP_TASK_COMM_OFFSET": 8,
+        "LP_TASK_GROUP_LEADER_OFFSET": 13,
         "LP_TASK_FLAGS_OFFSET": 9,
         "LP_MM_ID_OFFSET": 5,
         "LP_MM_MAP_COUNT_OFFSET": 7,
@@ -520,7 +522,7 @@ def test_probe_offsets_from_a_synthetic_blob(tmp_path, monkeypatch):
     int_t = w.int_("int", 4)
     w.struct(
         "task_struct",
-        72,
+        80,
         [
             ("state", long_t, 0),
             ("flags", int_t, 64),
@@ -529,6 +531,7 @@ def test_probe_offsets_from_a_synthetic_blob(tmp_path, monkeypatch):
             ("tgid", int_t, 352),
             ("real_parent", long_t, 384),
             ("comm", long_t, 448),
+            ("group_leader", long_t, 576),
         ],
     )
     path = tmp_path / "vmlinux"
@@ -540,6 +543,7 @@ def test_probe_offsets_from_a_synthetic_blob(tmp_path, monkeypatch):
         "LP_TASK_TGID_OFFSET": 44,
         "LP_TASK_REAL_PARENT_OFFSET": 48,
         "LP_TASK_COMM_OFFSET": 56,
+        "LP_TASK_GROUP_LEADER_OFFSET": 72,
         "LP_TASK_FLAGS_OFFSET": 8,
         "LP_MM_ID_OFFSET": -1,  # optional: this mm_struct has no context.ctx_id
         "LP_MM_MAP_COUNT_OFFSET": -1,  # nor map_count
