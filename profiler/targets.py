@@ -17,7 +17,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -309,17 +309,21 @@ class Lineage:
 def children_of(pid: int, max_threads: int) -> set[int]:
     """The children of pid's threads (the first max_threads of them)."""
     found: set[int] = set()
+    for text in _thread_files(pid, "children", max_threads):
+        found.update(int(child) for child in text.split())
+    return found
+
+
+def _thread_files(pid: int, name: str, max_threads: int | None = None) -> Iterator[bytes]:
+    """/proc/PID/task/TID/name of each of pid's threads (the first
+    max_threads), but those that exit meanwhile; none if pid is gone."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")[:max_threads]
     except OSError:
-        return found
+        return
     for tid in tids:
-        try:
-            text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
-        except OSError:
-            continue
-        found.update(int(child) for child in text.split())
-    return found
+        with contextlib.suppress(OSError):
+            yield Path(f"/proc/{pid}/task/{tid}/{name}").read_bytes()
 
 
 def descendants_of(pid: int, limit: int = 4096) -> set[int]:
@@ -470,18 +474,9 @@ def _threads_run(tgid: int) -> bool:
     """Does some thread of tgid still run? A main thread that returned by
     pthread_exit() is a zombie while the others go on: /proc/PID/stat then
     says Z for a process that is still at work."""
-    try:
-        tids = os.listdir(f"/proc/{tgid}/task")
-    except OSError:
-        return False
-    for tid in tids:
-        try:
-            stat = Path(f"/proc/{tgid}/task/{tid}/stat").read_bytes()
-        except OSError:
-            continue  # exited meanwhile
-        if stat.rsplit(b")", 1)[1].split()[0] not in _GONE:
-            return True
-    return False
+    return any(
+        stat.rsplit(b")", 1)[1].split()[0] not in _GONE for stat in _thread_files(tgid, "stat")
+    )
 
 
 def pre_exec_locks(owners: dict[int, tuple[int, str]], tgid: int, command_lock: int) -> set[int]:
