@@ -51,10 +51,11 @@ RETIRE_ENV = "LOCKPROF_TEST_RETIRE_S"
 IDLE_ROUNDS = 6
 # Once the lock map is over half full, a round comes every interval instead
 # of every RETIRE_NS, and rows idle this long retire. Under process churn
-# (a parallel build, a fork storm) new processes' mmap_locks came faster
-# than 10 s rounds freed the exited ones' rows: cgmove's ~4,600 forks a
-# second filled the 4,096 rows in about a second, and every lock seen after
-# that was lost (stats_map_full), for the rest of the 10 s.
+# (a parallel build) new processes' mmap_locks came faster than 10 s rounds
+# freed the exited ones' rows: at 400 short processes a second the 4,096
+# rows filled in ~3 s, and every lock first seen after that was lost
+# (stats_map_full: 176,299 figures in 10 s, against 230 with these rounds).
+# A fork storm of thousands a second still outruns them (docs/performance.md).
 CROWDED_IDLE_S = 2.0
 
 

@@ -224,7 +224,7 @@ def summary_document(
     sort: str = "wait_total",
 ) -> dict:
     """summary_json() with its `locks` as LockRows, built as they are read
-    (sort: what orders them, aggregate.SORT_KEYS)."""
+    (sort: what orders them, options.SORT_KEYS)."""
     meta = rec.meta
     rusage = meta.get("rusage") or {}
     rows = LockRows(rec, top, sort)

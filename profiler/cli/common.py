@@ -760,7 +760,7 @@ def print_summary(
     """The summary, a table (its first `top` rows) or JSON. Rows are built
     as they are used: only the table's are kept. source: the recording's
     file, for the hint that `lockprof show` lists every row; sort: what
-    orders the rows (aggregate.SORT_KEYS)."""
+    orders the rows (options.SORT_KEYS)."""
     from profiler import summary
 
     document = summary.summary_document(rec, what_if_cpus, top, sort)
