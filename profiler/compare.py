@@ -255,6 +255,9 @@ def run_figures(rec: Recording, throughput: float | None = None) -> RunFigures:
             "reader_writer_ratio": row.get("reader_writer_ratio"),
             "contended": row.get("contended"),
             "wait_total_ns": None if wait is None else float(wait["total"]),
+            # Not compared: how many samples each percentile stands on.
+            "wait_count": None if wait is None else wait.get("count"),
+            "hold_count": None if hold is None else hold.get("count"),
             "wait_p50_ns": _hist_figure(wait, "p50"),
             "wait_p99_ns": _hist_figure(wait, "p99"),
             "wait_max_ns": _hist_figure(wait, "max"),
@@ -649,9 +652,38 @@ def lock_verdicts(
             entry["name"] = metric_name(mode, metric)
             entry["unit"] = unit
             entry.update(compare_values(b, a, seed, resamples))
+            if metric in SAMPLED_METRICS:
+                _unless_too_few_samples(entry, before, after, key, SAMPLED_METRICS[metric])
             entry["direction"] = direction(metric, entry["delta"], entry["significant"])
             verdicts.append(entry)
     return verdicts
+
+
+# A p99 of fewer samples than this a run is its largest sample or next to
+# it: no verdict on it (a `-R` run's 44 start-up holds made a "significant
+# increase (worse)" of its hold p99). metric -> the count it stands on.
+MIN_P99_SAMPLES = 100
+SAMPLED_METRICS = {"wait_p99_ns": "wait_count", "hold_p99_ns": "hold_count"}
+
+
+def _unless_too_few_samples(
+    entry: dict, before: list[RunFigures], after: list[RunFigures], key: LockKey, count: str
+) -> None:
+    """Take a p99's verdict back when a side has fewer than MIN_P99_SAMPLES
+    samples a run (on average); its values stay."""
+    if entry["delta"] is None:
+        return
+    means = []
+    for runs in (before, after):
+        counts = [(run.locks.get(key) or {}).get(count) or 0.0 for run in runs]
+        means.append(float(np.mean(counts)) if counts else 0.0)
+    if min(means) >= MIN_P99_SAMPLES:
+        return
+    entry.update(ci_low=None, ci_high=None, ci_low_pct=None, ci_high_pct=None, significant=None)
+    entry["verdict"] = (
+        f"too few samples for a p99 ({means[0]:,.0f} before and {means[1]:,.0f} after "
+        f"a run; {MIN_P99_SAMPLES} needed)"
+    )
 
 
 def side_target(side: dict) -> str:
@@ -673,6 +705,23 @@ def target_shown(side: dict, suffix: str = "(the profiled process)") -> str:
     return f"{side.get('process') or '?'} {suffix}"
 
 
+def _drop_unlike_throughputs(
+    before: RunSet, after: RunSet, fig_b: list[RunFigures], fig_a: list[RunFigures]
+) -> list[str]:
+    """Throughputs read with two --throughput-regex values may not measure
+    the same thing ("records/s" against "records in 2 s"): they are not
+    compared, and a warning says why. Returns the warnings."""
+    regexes = (before.throughput_regex, after.throughput_regex)
+    if None in regexes or regexes[0] == regexes[1]:
+        return []
+    for run in fig_b + fig_a:
+        run.rusage["throughput"] = None
+    return [
+        f"--throughput-regex differs: before {regexes[0]!r}, after {regexes[1]!r}: "
+        "throughput not compared (the two may not read the same figure)"
+    ]
+
+
 def process_heading(document: dict) -> str:
     """What the process figures are of: 'lpbizzy (the profiled process)',
     'the whole system', or, when the sides differ, each side's: 'before the
@@ -682,10 +731,33 @@ def process_heading(document: dict) -> str:
 
 
 def process_name(runset: RunSet) -> str:
+    """The profiled process, as its mmap_lock's owner is named (after an
+    exec: `sh -c "exec lpbizzy"`, `taskset ... lpbizzy` are lpbizzy), else
+    its command's first word."""
+    comm = _target_comm(runset.runs[0].recording)
+    if comm:
+        return comm
     command = runset.command or (runset.runs[0].recording.meta.get("command") or [])
     if command:
         return Path(str(command[0])).name or str(command[0])
     return str(runset.runs[0].recording.meta.get("target") or "?")
+
+
+def _target_comm(rec: Recording) -> str | None:
+    """The last name the target pid's own mmap_lock was learned under (not
+    `run`'s pre-exec holder's), or None."""
+    from profiler.targets import PRE_EXEC_COMM
+
+    pid, locks = rec.meta.get("target_pid"), rec.locks
+    if pid is None or locks.empty:
+        return None
+    own = locks[
+        (locks["lock_class"] == "mmap_lock")
+        & (locks["owner_pid"] == pid)
+        & (locks["owner_comm"] != PRE_EXEC_COMM)
+    ]
+    comms = own["owner_comm"].dropna().tolist()
+    return str(comms[-1]) if comms else None
 
 
 def rusage_verdicts(
@@ -976,6 +1048,7 @@ def compare(
     fig_b, fig_a = side_figures(before), side_figures(after)
     paired = pair_classes(fig_b, fig_a, pairs)
     process = process_name(before)
+    regex_warnings = _drop_unlike_throughputs(before, after, fig_b, fig_a)
     rusage = rusage_verdicts(fig_b, fig_a, process, seed, resamples)
     runs_before, runs_after = len(before.runs), len(after.runs)
     document = {
@@ -990,6 +1063,7 @@ def compare(
         ),
         "paired_classes": paired,
         "warnings": mismatch_warnings(before, after)
+        + regex_warnings
         + spec_warnings(before, after, pairs)
         + target_warnings(before, fig_b, "before")
         + target_warnings(after, fig_a, "after")

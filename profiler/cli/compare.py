@@ -169,7 +169,7 @@ def parse_pairs(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--all", "everything", is_flag=True, help="Every lock and metric in the terminal.")
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(min=0),
     default=cmp.SEED,
     show_default=True,
     help="Seed of the bootstrap (results are reproducible for a given seed).",
@@ -212,6 +212,8 @@ def command(before, after, output, as_json, top, everything, seed, pair_class) -
         outputs.refuse_clobbering(output, [before, after], "-o", "the comparison page")
         page.check_writable(output)
     sides = [runset.load_side(before), runset.load_side(after)]
+    for path, side in zip((before, after), sides, strict=True):
+        _refuse_failed_side(path, side)
     result = cmp.compare(sides[0], sides[1], seed=seed, pairs=pairs)
     document = result.document
     # Each warning once where it is read: always on stderr, as every
@@ -232,3 +234,15 @@ def command(before, after, output, as_json, top, everything, seed, pair_class) -
     if output is not None:
         page.write(result, output)
         click.echo(f"lockprof: comparison page written to {output}", err=True)
+
+
+def _refuse_failed_side(path, side) -> None:
+    """A side whose every run's command failed measured a failure (a bad
+    option exits in a millisecond): compared, it made "significant"
+    verdicts of it. Some failed runs are a warning (mismatch_warnings)."""
+    if side.runs and all(run.failed for run in side.runs):
+        statuses = ", ".join(str(run.exit_status) for run in side.runs)
+        raise LockprofError(
+            f"{path}: the command failed in every run (exit status {statuses}): "
+            "nothing to compare"
+        )

@@ -265,6 +265,10 @@ def test_identical_sets_give_no_significant_change_everywhere():
     entries = doc["verdicts"] + doc["rusage"]
     assert len(doc["verdicts"]) > 20
     for entry in entries:
+        if entry["verdict"].startswith("too few samples for a p99"):  # 5-9 spin waits
+            assert entry["metric"] == "wait_p99_ns" and entry["lock_class"] == "spinlock"
+            assert entry["significant"] is None
+            continue
         assert entry["significant"] is False, entry
         assert entry["verdict"] == "no significant change", entry
         assert entry["delta_pct"] == pytest.approx(0.0)
@@ -1570,3 +1574,75 @@ def test_the_command_line_is_compared_unless_the_target_warning_explains_it():
     warnings = cmp.compare(before, after).document["warnings"]
     assert not [w for w in warnings if w.startswith("profiled target differs:")]
     assert [w for w in warnings if w.startswith("command line differs: before")]
+
+
+def test_a_p99_of_few_samples_gets_no_verdict():
+    """A p99 of fewer than 100 samples a run is about its largest sample: a
+    `-R` run's 44 start-up holds made "significant increase (worse)" of the
+    mmap_lock's hold p99. Its values stay; the verdict says why there is
+    none. With enough samples on both sides the same change is judged."""
+    few = [{"writes": 40, "hold_ns": h} for h in (2000, 2100, 1900)]
+    more = [{"writes": 40, "hold_ns": h} for h in (9000, 9100, 8900)]
+    doc = cmp.compare(make_set("before", few), make_set("after", more)).document
+    entry = verdict(doc, "hold_p99_ns")
+    assert entry["significant"] is None and entry["direction"] is None
+    assert entry["verdict"] == (
+        "too few samples for a p99 (40 before and 40 after a run; 100 needed)"
+    )
+    assert entry["after"] > entry["before"]  # the values are still there
+    assert verdict(doc, "hold_p50_ns")["significant"] is True  # p50s are judged
+    many = [dict(spec, writes=400) for spec in few], [dict(spec, writes=400) for spec in more]
+    doc = cmp.compare(make_set("before", many[0]), make_set("after", many[1])).document
+    assert verdict(doc, "hold_p99_ns")["verdict"] == "significant increase"
+
+
+def test_throughputs_read_by_different_regexes_are_not_compared():
+    """Two --throughput-regex values may read different figures (records a
+    second, records in the run): compared, "+63.7% (better)" was a loss."""
+    before = make_set("before", BEFORE, throughputs=[100.0, 101.0, 99.0])
+    after = make_set("after", AFTER, throughputs=[200.0, 201.0, 199.0])
+    before.throughput_regex, after.throughput_regex = r"(\d+) records/s", r"(\d+) records in"
+    doc = cmp.compare(before, after).document
+    assert "throughput" not in [entry["metric"] for entry in doc["rusage"]]
+    (warning,) = [w for w in doc["warnings"] if "--throughput-regex" in w]
+    assert "records/s" in warning and "records in" in warning and "not compared" in warning
+    after.throughput_regex = before.throughput_regex
+    doc = cmp.compare(before, after).document
+    assert rusage_entry(doc, "throughput")["significant"] is True
+
+
+def test_the_process_is_named_as_its_mmap_lock_not_by_a_wrapper():
+    """`bench -- sh -c "exec lpbizzy"` (or taskset, numactl, env): the
+    heading said "sh (the profiled process)" over lpbizzy's locks."""
+    wrapped = {"command": ("sh", "-c", "exec /bin/work -n 10")}
+    before = make_set("before", [dict(spec, **wrapped) for spec in BEFORE])
+    after = make_set("after", AFTER)
+    doc = cmp.compare(before, after).document
+    assert doc["before"]["process"] == doc["after"]["process"] == "work"
+    assert cmp.process_heading(doc) == "work (the profiled process)"
+
+
+def test_a_side_whose_every_run_failed_is_refused(tmp_path, capsys):
+    """`bench -- lpbizzy -Z` (a bad option: status 2 in a millisecond)
+    compared with status 0 and "significant" verdicts of the failure; some
+    failed runs stay a warning. --seed -1 was an internal error."""
+    failed = make_set("before", [dict(spec, exit_status=2) for spec in BEFORE])
+    paths = [
+        str(runset.save(s, tmp_path / f"{s.label}.lpset"))
+        for s in (failed, make_set("after", AFTER))
+    ]
+    code = main(["compare", *paths])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err == (
+        f"lockprof: {paths[0]}: the command failed in every run (exit status 2, 2, 2): "
+        "nothing to compare\n"
+    )
+    some = make_set(
+        "before", [dict(spec, exit_status=0 if i == 0 else 2) for i, spec in enumerate(BEFORE)]
+    )
+    paths[0] = str(runset.save(some, tmp_path / "some.lpset"))
+    assert main(["compare", *paths]) == 0
+    assert "before: run 2 exited 2, run 3 exited 2" in capsys.readouterr().err
+    assert main(["compare", *paths, "--seed", "-1"]) == 2
+    assert "--seed: -1 is not in the range x>=0" in capsys.readouterr().err
