@@ -243,6 +243,5 @@ def _refuse_failed_side(path, side) -> None:
     if side.runs and all(run.failed for run in side.runs):
         statuses = ", ".join(str(run.exit_status) for run in side.runs)
         raise LockprofError(
-            f"{path}: the command failed in every run (exit status {statuses}): "
-            "nothing to compare"
+            f"{path}: the command failed in every run (exit status {statuses}): nothing to compare"
         )
