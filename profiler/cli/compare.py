@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from itertools import groupby
 from pathlib import Path
 
 import click
-from rich.console import Group
+from rich.console import Console, Group
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -60,15 +62,63 @@ def verdict_table(shown: list[dict]) -> Table:
         table.add_row(
             Text(_lock_title(entry)) if ident != previous else Text(""),
             entry["mode"] if ident != previous else "",
-            cmp.entry_label(entry),
-            cmp.fmt_value(entry["before"], entry["unit"]),
-            cmp.fmt_value(entry["after"], entry["unit"]),
-            cmp.fmt_delta(entry),
-            cmp.fmt_ci(entry),
-            Text(cmp.shown_verdict(entry), style=VERDICT_STYLE.get(entry["verdict"], "")),
+            *_figure_cells(entry),
         )
         previous = ident
     return table
+
+
+def verdict_tables(shown: list[dict], console: Console | None = None) -> list[Table]:
+    """The shown verdicts as one table, or, on a terminal too narrow for
+    it (console), one per lock and mode, titled with them: on 80 columns
+    the one table squeezed the lock column to nothing and cut the figures
+    and verdicts ("acquisi…", "significant decrease (bet…")."""
+    table = verdict_table(shown)
+    if console is None or _natural_width(console, table) <= console.width:
+        return [table]
+    tables: list[Table] = []
+    for (lock, mode), entries in groupby(shown, key=lambda e: (e["lock"], e["mode"])):
+        narrow = Table(
+            title=Text(render.safe_text(f"{lock} ({mode})"), style="bold"),
+            title_justify="left",
+            header_style="bold",
+            pad_edge=False,
+        )
+        for header, justify in _NARROW_COLUMNS:
+            # The figures stay whole; the interval and the verdict wrap.
+            narrow.add_column(header, justify=justify, no_wrap=header not in ("95% CI", "verdict"))  # type: ignore[arg-type]
+        for entry in entries:
+            narrow.add_row(*_figure_cells(entry))
+        tables.append(narrow)
+    return tables
+
+
+def _natural_width(console: Console, table: Table) -> int:
+    """The width the table takes when nothing limits it."""
+    unlimited = console.options.update_width(1_000_000)
+    return Measurement.get(console, unlimited, table).maximum
+
+
+_NARROW_COLUMNS = (
+    ("metric", "left"),
+    ("before", "right"),
+    ("after", "right"),
+    ("delta", "right"),
+    ("95% CI", "right"),
+    ("verdict", "left"),
+)
+
+
+def _figure_cells(entry: dict) -> list:
+    """A verdict's cells from its metric on (the lock and mode aside)."""
+    return [
+        cmp.entry_label(entry),
+        cmp.fmt_value(entry["before"], entry["unit"]),
+        cmp.fmt_value(entry["after"], entry["unit"]),
+        cmp.fmt_delta(entry),
+        cmp.fmt_ci(entry),
+        Text(cmp.shown_verdict(entry), style=VERDICT_STYLE.get(entry["verdict"], "")),
+    ]
 
 
 def _side_line(name: str, side: dict) -> str:
@@ -80,10 +130,16 @@ def _side_line(name: str, side: dict) -> str:
 
 
 def terminal_view(
-    document: dict, top: int | None, everything: bool, warnings: bool = True
+    document: dict,
+    top: int | None,
+    everything: bool,
+    warnings: bool = True,
+    console: Console | None = None,
 ) -> Group:
     """The report on stdout; with warnings, the document's warnings under
-    its side lines (see command: not when stderr has them on the terminal)."""
+    its side lines (see command: not when stderr has them on the terminal).
+    console: the terminal it is for, whose width may call for a table per
+    lock (verdict_tables)."""
     method = document["method"]
     parts: list = [
         Text(_side_line("before", document["before"]), style="bold"),
@@ -113,7 +169,7 @@ def terminal_view(
     parts.append(Text(""))
     if document["verdicts"]:
         shown = shown_verdicts(document["verdicts"], top, everything)
-        parts.append(verdict_table(shown))
+        parts.extend(verdict_tables(shown, console))
         locks = len({(v["lock"], v["lock_class"]) for v in document["verdicts"]})
         notes = []
         if top is not None and locks > top:
@@ -228,7 +284,11 @@ def command(before, after, output, as_json, top, everything, seed, pair_class) -
     else:
         console = render.console()
         view = terminal_view(
-            document, None if everything else top, everything, warnings=not console.is_terminal
+            document,
+            None if everything else top,
+            everything,
+            warnings=not console.is_terminal,
+            console=console if console.is_terminal else None,
         )
         console.print(view)
     if output is not None:

@@ -1646,3 +1646,21 @@ def test_a_side_whose_every_run_failed_is_refused(tmp_path, capsys):
     assert "before: run 2 exited 2, run 3 exited 2" in capsys.readouterr().err
     assert main(["compare", *paths, "--seed", "-1"]) == 2
     assert "--seed: -1 is not in the range x>=0" in capsys.readouterr().err
+
+
+def test_a_narrow_terminal_gets_a_table_per_lock_with_nothing_cut():
+    """On 80 columns the one table squeezed the lock column to nothing and
+    cut figures and verdicts with an ellipsis; a wide terminal keeps it."""
+    from rich.console import Console
+
+    from profiler.cli import compare as cli
+
+    doc = cmp.compare(make_set("before", BEFORE), make_set("after", AFTER)).document
+    for width, tables in ((80, 2), (200, 1)):
+        console = Console(width=width, force_terminal=True, color_system=None, record=True)
+        console.print(cli.terminal_view(doc, 1, False, console=console))
+        text = console.export_text()
+        assert "…" not in text
+        assert text.count("┏") == tables
+        assert "mmap_lock (target work)" in text and "10,000" in text
+        assert max(len(line) for line in text.splitlines()) <= width
