@@ -80,6 +80,27 @@ def _stdout_is_gone() -> bool:
         return False
 
 
+def _stdout_is_full(exc: OSError) -> bool:
+    """Is exc, an OSError that reached the top, stdout's having no room:
+    /dev/full, or a file on a file system with no space (or quota) left?
+    Every other file lockprof writes handles its own errors."""
+    import errno
+    import stat
+
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return False
+    try:
+        target = os.fstat(sys.stdout.fileno())
+        if stat.S_ISCHR(target.st_mode):
+            return target.st_rdev == os.makedev(1, 7)  # /dev/full
+        if not stat.S_ISREG(target.st_mode):
+            return False
+        space = os.fstatvfs(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return exc.errno != errno.ENOSPC or min(space.f_bavail, space.f_bfree) == 0
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lockprof")
 def cli() -> None:
@@ -181,6 +202,14 @@ def _run(argv: list[str] | None) -> int:
         silence_stream(sys.stdout)
         return 141
     except Exception as exc:
+        if isinstance(exc, OSError) and _stdout_is_full(exc):
+            # `show > /dev/full`, a full disk under `> file`: not a bug of ours.
+            from profiler.cli.common import silence_stream
+
+            silence_stream(sys.stdout)
+            reason = exc.strerror or str(exc)
+            click.echo(f"lockprof: cannot write to stdout: {reason}", err=True)
+            return 1
         if os.environ.get("LOCKPROF_DEBUG"):
             raise
         click.echo(

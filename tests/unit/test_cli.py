@@ -409,6 +409,21 @@ def test_a_reader_gone_before_show_writes_gets_141(recording_path, argv):
     assert (process.wait(timeout=60), err) == (141, b"")
 
 
+@pytest.mark.parametrize("argv", [["show"], ["show", "--json"]])
+def test_a_full_stdout_is_one_line_not_an_internal_error(recording_path, argv):
+    """`lockprof show rec.lpr > /dev/full` (or a full disk under `> file`):
+    "internal error: OSError: [Errno 28]", status 70, read as a bug."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [*_lockprof_command(), *argv, str(recording_path)],
+            stdout=full, stderr=subprocess.PIPE, text=True, cwd="/", timeout=60,
+        )  # fmt: skip
+    assert (done.returncode, done.stderr) == (
+        1,
+        "lockprof: cannot write to stdout: No space left on device\n",
+    )
+
+
 # -- check_pid and TimeParam ---------------------------------------------------------------
 
 
