@@ -83,6 +83,9 @@ LOCK_METRICS: list[tuple[str, str, bool]] = [
     ("hold_p99_ns", "ns", False),
     ("hold_max_ns", "ns", False),
     ("downgrades", "count", True),
+    # Failed trylocks (mmap_read_trylock under the per-VMA fault path, and
+    # the like): `show`'s `fail`; no direction, as for acquisitions.
+    ("trylock_failures", "count", True),
 ]
 # Per-CPU totals: metric "cpuN.<name>".
 CPU_METRICS: list[tuple[str, str]] = [
@@ -265,6 +268,7 @@ def run_figures(rec: Recording, throughput: float | None = None) -> RunFigures:
             "hold_p99_ns": _hist_figure(hold, "p99"),
             "hold_max_ns": _hist_figure(hold, "max"),
             "downgrades": row.get("downgrades"),
+            "trylock_failures": row.get("trylock_failures"),
         }
         for cpu in row.get("per_cpu") or []:
             for name, _unit in CPU_METRICS:
