@@ -1672,10 +1672,11 @@ def test_failed_trylocks_are_compared_without_a_direction():
     """`show`'s `fail` column (mmap_read_trylock failures of the per-VMA
     fault path: 18k-37k a run on lpbizzy) was left out of compare."""
     before = make_set(
-        "before", [dict(spec, read_failures=f) for spec, f in zip(BEFORE, (900, 950, 1000))]
+        "before",
+        [dict(spec, read_failures=f) for spec, f in zip(BEFORE, (900, 950, 1000), strict=True)],
     )
     after = make_set(
-        "after", [dict(spec, read_failures=f) for spec, f in zip(AFTER, (90, 95, 100))]
+        "after", [dict(spec, read_failures=f) for spec, f in zip(AFTER, (90, 95, 100), strict=True)]
     )
     doc = cmp.compare(before, after).document
     entry = verdict(doc, "trylock_failures", mode="read")
