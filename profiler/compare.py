@@ -884,7 +884,7 @@ def target_mode_warnings(before: RunSet, after: RunSet) -> list[str]:
 
 def mismatch_warnings(before: RunSet, after: RunSet) -> list[str]:
     """What differs between (or within) the sides, and other caveats."""
-    warnings = target_mode_warnings(before, after)
+    warnings = same_file_warnings(before, after) + target_mode_warnings(before, after)
     b_mode, a_mode = _side_mode(before), _side_mode(after)
     # The command line is left out exactly when target_mode_warnings says
     # one side is the whole system (which has no command) and the other not.
@@ -919,6 +919,20 @@ def mismatch_warnings(before: RunSet, after: RunSet) -> list[str]:
                 f"{side}: {lost:,} events lost (aggregates are exact; timelines miss them)"
             )
     return warnings
+
+
+def same_file_warnings(before: RunSet, after: RunSet) -> list[str]:
+    """BEFORE and AFTER name one file (a typo, a tab completion): every
+    change is 0, which reads as "the patch did nothing"."""
+    if not before.source or not after.source:
+        return []
+    try:
+        same = Path(before.source).samefile(after.source)
+    except OSError:
+        return []
+    return (
+        [f"BEFORE and AFTER are the same file ({after.source}): nothing can differ"] if same else []
+    )
 
 
 # Sides whose mean collection times differ by more than this fraction are

@@ -1683,3 +1683,10 @@ def test_failed_trylocks_are_compared_without_a_direction():
     assert (entry["before"], entry["after"]) == (950.0, 95.0)
     assert entry["verdict"] == "significant decrease" and entry["direction"] is None
     assert cmp.entry_label(entry) == "trylock failures"
+
+
+def test_comparing_a_file_with_itself_says_so(tmp_path, capsys):
+    path = str(runset.save(make_set("before", BEFORE), tmp_path / "b.lpset"))
+    assert main(["compare", path, path]) == 0
+    err = capsys.readouterr().err
+    assert f"lockprof: warning: BEFORE and AFTER are the same file ({path})" in err
