@@ -73,6 +73,19 @@ class OutputFile(click.Path):
         return super().convert(value, param, ctx)
 
 
+def is_our_stdout(path: str | Path | None) -> bool:
+    """Does path name the file lockprof's stdout is (`-o -`, `-o
+    /dev/stdout`, a pipe's /proc/self/fd/1)? False for no path, or one
+    that does not exist yet."""
+    if path is None:
+        return False
+    try:
+        named, ours = os.stat(path), os.fstat(1)
+    except OSError:
+        return False
+    return (named.st_dev, named.st_ino) == (ours.st_dev, ours.st_ino)
+
+
 # -- where the bytes go -----------------------------------------------------------------
 
 

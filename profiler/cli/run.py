@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from profiler import outputs
 from profiler.cli.common import (
     collect_command,
     collection_options,
@@ -39,7 +40,8 @@ def command(argv, **options) -> None:
     figures do.
 
     With --json, stdout holds the JSON summary alone: CMD's stdout goes to
-    lockprof's stderr (as /usr/bin/time keeps its report apart).
+    lockprof's stderr (as /usr/bin/time keeps its report apart). So it does
+    when the recording goes to stdout (-o -).
 
     \b
     Examples:
@@ -49,6 +51,8 @@ def command(argv, **options) -> None:
     """
     refuse_unknown_option(argv)
     check_command(argv[0])  # before the probes are compiled and attached
+    # stdout kept for lockprof's own bytes: the JSON, or the recording.
+    keep_stdout = options["as_json"] or outputs.is_our_stdout(options["output"])
     collect_command(
-        lambda: CommandTarget(list(argv), stdout_fd=2 if options["as_json"] else None), **options
+        lambda: CommandTarget(list(argv), stdout_fd=2 if keep_stdout else None), **options
     )

@@ -232,6 +232,20 @@ def test_run_duration_stops_collection_and_does_not_wait_for_the_command(
     assert f"duration 1s reached; command still running as pid {pid}, not waited for" in err
 
 
+def test_a_recording_to_stdout_is_alone_there(tmp_path):
+    """`run -o - -- CMD > rec.lpr`: CMD's output went into the same stream,
+    before the recording's bytes; it goes to stderr, as with --json."""
+    with open(tmp_path / "r.lpr", "wb") as recording:
+        result = subprocess.run(
+            [*LOCKPROF, "run", "-q", "-o", "-", "--", "sh", "-c", "echo from the command"],
+            stdout=recording, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "from the command" in result.stderr
+    assert (tmp_path / "r.lpr").read_bytes()[:4] == b"PK\x03\x04"
+    assert profiler.load(tmp_path / "r.lpr").meta["exit_status"] == 0
+
+
 @pytest.mark.parametrize("flags", [[], ["-d", "1"]])
 def test_run_json_is_alone_on_stdout(tmp_path, flags):
     """`run -q --json -- lpbizzy ... | jq .` parses: lpbizzy's "N records in"
