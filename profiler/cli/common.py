@@ -422,6 +422,25 @@ def refuse_clobbered_outputs(output: Path | None, html: Path | None, lock_spec: 
     outputs.refuse_clobbering(html, inputs, "--html", "the HTML report")
 
 
+def refuse_two_things_on_stdout(output: Path | None, html: Path | None, as_json: bool) -> None:
+    """stdout holds one of the recording (-o -), the report (--html -) and
+    the JSON summary: two of them in one stream are neither."""
+    on_stdout = [
+        name
+        for name, there in (
+            ("-o", outputs.is_our_stdout(output)),
+            ("--html", outputs.is_our_stdout(html)),
+            ("--json", as_json),
+        )
+        if there
+    ]
+    if len(on_stdout) > 1:
+        raise LockprofError(
+            f"{' and '.join(on_stdout)} would both write to stdout; send one to a file",
+            exit_code=2,
+        )
+
+
 def default_output(mode: str, tgid: int) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(f"lockprof-{mode}-{tgid or 'all'}-{stamp}.lpr")
@@ -592,12 +611,14 @@ def run_collection(
         else f"lockprof: {render.safe_text(not_saved)}"
     )
     try:
-        # --json: every row (README); the table: the busiest.
+        # --json: every row (README); the table: the busiest. On stderr when
+        # stdout carries the recording or the report (-o -, --html -).
         print_summary(
             rec,
             as_json,
             top=None if as_json else FINAL_SUMMARY_TOP,
             source=output if not_saved is None else None,
+            to_stderr=outputs.is_our_stdout(output) or outputs.is_our_stdout(html),
         )
         code = 0
     except OSError as exc:  # stdout is gone (a closed pipe or terminal); the recording is not
@@ -756,16 +777,18 @@ def print_summary(
     what_if_cpus: int | None = None,
     source: str | Path | None = None,
     sort: str = "wait_total",
+    to_stderr: bool = False,
 ) -> None:
     """The summary, a table (its first `top` rows) or JSON. Rows are built
     as they are used: only the table's are kept. source: the recording's
     file, for the hint that `lockprof show` lists every row; sort: what
-    orders the rows (options.SORT_KEYS)."""
+    orders the rows (options.SORT_KEYS); to_stderr: stdout carries other
+    bytes (the recording, the report)."""
     from profiler import summary
 
     document = summary.summary_document(rec, what_if_cpus, top, sort)
     if as_json:
-        write_json_lines(document, sys.stdout)
+        write_json_lines(document, sys.stderr if to_stderr else sys.stdout)
         return
     meta = rec.meta
     rusage = meta.get("rusage") or {}
@@ -775,7 +798,7 @@ def print_summary(
         f"{meta.get('cpus') or '?'} CPUs, {render.counted(rec.event_count, 'event')} over "
         f"{render.fmt_ns(meta.get('threshold_ns'))}"
     )
-    out = render.console()
+    out = render.console(stderr=to_stderr)
     rows = document.pop("locks")
     shown = _ShownRows.of(rows.locks, top)
     offcpu_rows = rows.offcpu
@@ -849,6 +872,7 @@ def collect_command(
     options.what_if_cpus = what_if_cpus
     refuse_sampling_options_alone(sample, what_if_cpus)
     refuse_clobbered_outputs(output, html, lock_spec)
+    refuse_two_things_on_stdout(output, html, as_json)
     # Signals from here (or from start-up, see profiler.signals) to the end.
     stop = signals.adopt()
     try:

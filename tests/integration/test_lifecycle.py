@@ -233,17 +233,29 @@ def test_run_duration_stops_collection_and_does_not_wait_for_the_command(
 
 
 def test_a_recording_to_stdout_is_alone_there(tmp_path):
-    """`run -o - -- CMD > rec.lpr`: CMD's output went into the same stream,
-    before the recording's bytes; it goes to stderr, as with --json."""
+    """`run -o - -- CMD > rec.lpr`: CMD's output went into the same stream
+    before the recording's bytes, and the summary table after them. They go
+    to stderr, as with --json; --json with -o - is refused."""
     with open(tmp_path / "r.lpr", "wb") as recording:
         result = subprocess.run(
             [*LOCKPROF, "run", "-q", "-o", "-", "--", "sh", "-c", "echo from the command"],
             stdout=recording, stderr=subprocess.PIPE, text=True, timeout=60,
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "from the command" in result.stderr
-    assert (tmp_path / "r.lpr").read_bytes()[:4] == b"PK\x03\x04"
+    assert "from the command" in result.stderr and "rusage" in result.stderr
+    data = (tmp_path / "r.lpr").read_bytes()
+    assert data[:4] == b"PK\x03\x04"
+    assert data.rindex(b"PK\x05\x06") + 22 == len(data)  # nothing after the zip's end
     assert profiler.load(tmp_path / "r.lpr").meta["exit_status"] == 0
+    with open(tmp_path / "j.lpr", "wb") as recording:
+        result = subprocess.run(
+            [*LOCKPROF, "run", "-q", "--json", "-o", "-", "--", "true"],
+            stdout=recording, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert _one_line_error(result) == (
+        "lockprof: -o and --json would both write to stdout; send one to a file"
+    )
 
 
 @pytest.mark.parametrize("flags", [[], ["-d", "1"]])
