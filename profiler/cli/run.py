@@ -51,8 +51,10 @@ def command(argv, **options) -> None:
     """
     refuse_unknown_option(argv)
     check_command(argv[0])  # before the probes are compiled and attached
-    # stdout kept for lockprof's own bytes: the JSON, or the recording.
-    keep_stdout = options["as_json"] or outputs.is_our_stdout(options["output"])
+    # stdout kept for lockprof's own bytes: the JSON, the recording or the report.
+    keep_stdout = options["as_json"] or any(
+        outputs.is_our_stdout(options.get(name)) for name in ("output", "html")
+    )
     collect_command(
         lambda: CommandTarget(list(argv), stdout_fd=2 if keep_stdout else None), **options
     )
