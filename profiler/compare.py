@@ -684,9 +684,10 @@ def _unless_too_few_samples(
     if min(means) >= MIN_P99_SAMPLES:
         return
     entry.update(ci_low=None, ci_high=None, ci_low_pct=None, ci_high_pct=None, significant=None)
+    # Rounded down: 99.6 is not "100 ... 100 needed".
     entry["verdict"] = (
-        f"too few samples for a p99 ({means[0]:,.0f} before and {means[1]:,.0f} after "
-        f"a run; {MIN_P99_SAMPLES} needed)"
+        f"too few samples for a p99 ({math.floor(means[0]):,} before and "
+        f"{math.floor(means[1]):,} after a run; {MIN_P99_SAMPLES} needed)"
     )
 
 
@@ -748,8 +749,10 @@ def process_name(runset: RunSet) -> str:
 
 
 def _target_comm(rec: Recording) -> str | None:
-    """The last name the target pid's own mmap_lock was learned under (not
-    `run`'s pre-exec holder's), or None."""
+    """The name of the target pid's busiest own mmap_lock (not `run`'s
+    pre-exec holder's), or None. A wrapper that execs the program
+    (`sh -c "exec lpbizzy"`, `taskset`) owned an mm of the pid too, for a
+    few acquisitions; the locks table's order does not say which came last."""
     from profiler.targets import PRE_EXEC_COMM
 
     pid, locks = rec.meta.get("target_pid"), rec.locks
@@ -759,9 +762,13 @@ def _target_comm(rec: Recording) -> str | None:
         (locks["lock_class"] == "mmap_lock")
         & (locks["owner_pid"] == pid)
         & (locks["owner_comm"] != PRE_EXEC_COMM)
-    ]
-    comms = own["owner_comm"].dropna().tolist()
-    return str(comms[-1]) if comms else None
+    ].dropna(subset=["owner_comm"])
+    if own.empty:
+        return None
+    totals = rec.interval_totals
+    taken = totals.groupby("lock")["acquisitions"].sum() if not totals.empty else pd.Series()
+    busiest = max(own.itertuples(), key=lambda row: int(taken.get(row.lock, 0)))
+    return str(busiest.owner_comm)
 
 
 def rusage_verdicts(
@@ -1027,9 +1034,11 @@ def method(seed: int = SEED, resamples: int = RESAMPLES) -> dict:
         "significant": "the interval excludes 0",
         "requires": (
             f"at least {MIN_RUNS} runs per side; with fewer, significant is null and "
-            "the verdict says there are too few runs to judge"
+            "the verdict says there are too few runs to judge; a p99 needs "
+            f"{MIN_P99_SAMPLES} samples a run on each side (else significant is null too)"
         ),
         "min_runs": MIN_RUNS,
+        "min_p99_samples": MIN_P99_SAMPLES,
     }
 
 

@@ -57,14 +57,19 @@ class OutputFile(click.Path):
     command line is parsed, before any work (a usage error: one line, exit
     2). `-` is stdout (it made a file named "-"), as /dev/stdout, but not a
     terminal: a recording or a page is bytes for a pipe or a file. With
-    allow_dash (click's), the command takes `-` itself (export's text)."""
+    allow_dash (click's), the command takes `-` itself (export's text);
+    without stdout_dash, `-` is refused (a command whose own report is on
+    stdout: bench, compare)."""
 
-    def __init__(self, **options) -> None:
+    def __init__(self, stdout_dash: bool = True, **options) -> None:
         options.setdefault("path_type", Path)
         super().__init__(**options)
+        self.stdout_dash = stdout_dash
 
     def convert(self, value, param, ctx):
         if value == "-" and not self.allow_dash:
+            if not self.stdout_dash:
+                self.fail("- (stdout) carries this command's report; give a file", param, ctx)
             if os.isatty(1):
                 self.fail("- is stdout, a terminal here: redirect it, or give a file", param, ctx)
             value = "/dev/stdout"

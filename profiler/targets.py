@@ -145,6 +145,13 @@ def _check_interpreter(argv0: str, path: Path) -> None:
     name = re.split(rb"[ \t\n]", first[2:].lstrip(b" \t"), maxsplit=1)[0]
     if not name:
         return
+    if first.endswith(b"\r\n") and not name.endswith(b"\r"):
+        # `#!/bin/bash -e\r`: the carriage return ends the argument instead.
+        raise LockprofError(
+            f"command {argv0}: its #! line ends in a carriage return "
+            "(the script has DOS line endings)",
+            exit_code=126,
+        )
     interpreter = os.fsdecode(name)
     if not os.path.exists(interpreter):
         if interpreter.endswith("\r"):  # as `sh` says it: /bin/sh^M
@@ -414,6 +421,8 @@ class PidTarget(Target):
         fields = _stat_fields(self.tgid)
         # Its start time tells it from a process given its pid later.
         self._started = int(fields[19]) if fields else None
+        if fields is None:  # gone since check_pid
+            raise LockprofError(f"no such process: {pid}", exit_code=2)
         if _ended(fields, self._started, self.tgid):
             # Said now, not after the probes' compile: nothing will run there.
             raise LockprofError(

@@ -199,7 +199,7 @@ def summary_table(result: RunSet) -> Table:
 @click.option(
     "-o",
     "--output",
-    type=outputs.OutputFile(),
+    type=outputs.OutputFile(stdout_dash=False),
     required=True,
     help="The run set file to write (.lpset).",
 )

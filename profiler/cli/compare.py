@@ -211,7 +211,7 @@ def parse_pairs(values: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "-o",
     "--output",
-    type=outputs.OutputFile(),
+    type=outputs.OutputFile(stdout_dash=False),
     help="Also write a self-contained HTML page (plots, verdict table).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (stable).")
@@ -297,10 +297,17 @@ def command(before, after, output, as_json, top, everything, seed, pair_class) -
 
 
 def _refuse_failed_side(path, side) -> None:
-    """A side whose every run's command failed measured a failure (a bad
-    option exits in a millisecond): compared, it made "significant"
-    verdicts of it. Some failed runs are a warning (mismatch_warnings)."""
-    if side.runs and all(run.failed for run in side.runs):
+    """A set of runs (`bench`) whose every command exited with an error
+    measured a failure (a bad option exits in a millisecond): compared, it
+    made "significant" verdicts of it; `bench` itself exits 1 for it. A
+    single recording (too few runs for verdicts), runs a signal ended (a
+    `run` stopped by Ctrl-C exits 130) and some failed runs are a warning
+    (mismatch_warnings)."""
+
+    def exited_with_an_error(run) -> bool:
+        return run.failed and run.exit_status is not None and 0 < run.exit_status < 128
+
+    if len(side.runs) > 1 and all(exited_with_an_error(run) for run in side.runs):
         statuses = ", ".join(str(run.exit_status) for run in side.runs)
         raise LockprofError(
             f"{path}: the command failed in every run (exit status {statuses}): nothing to compare"

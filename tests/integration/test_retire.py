@@ -104,8 +104,8 @@ def _spawn_at(rate: float, seconds: float) -> int:
 
 
 def test_process_churn_does_not_fill_the_lock_map(lockprof_factory, tmp_path):
-    """Every map capped at 128 entries; 120 processes come and go over 8 s,
-    more mmap_locks than the map holds. Once it is over half full, a
+    """Every map capped at 256 entries; ~190 processes come and go over
+    12 s, more mmap_locks than the map holds. Once it is over half full, a
     retirement round comes every interval (profiler/session.py _crowded),
     so the exited processes' rows are freed for the new ones in time: no
     lock is lost. With a round every 10 s, the map filled after ~2 s and

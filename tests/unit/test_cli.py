@@ -1269,6 +1269,13 @@ def test_a_script_with_dos_line_endings_is_one_line_that_says_so(capsys, tmp_pat
     )
     from profiler.targets import check_command
 
+    script.write_bytes(b"#!/bin/sh -e\r\necho hi\r\n")  # the \r ends the argument
+    code, out, err = run_main(capsys, "run", "-q", "--", str(script))
+    assert (code, out) == (126, "")
+    assert err == (
+        f"lockprof: command {script}: its #! line ends in a carriage return (the script has "
+        "DOS line endings)\n"
+    )
     for line in (b"#! /bin/sh -e\n", b"#!/bin/sh\t-e\n", b"#!/bin/sh\n"):
         script.write_bytes(line + b"echo hi\n")
         check_command(str(script))  # no error

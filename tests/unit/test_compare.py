@@ -1690,3 +1690,40 @@ def test_comparing_a_file_with_itself_says_so(tmp_path, capsys):
     assert main(["compare", path, path]) == 0
     err = capsys.readouterr().err
     assert f"lockprof: warning: BEFORE and AFTER are the same file ({path})" in err
+
+
+def test_runs_ended_by_a_signal_and_single_recordings_are_only_warned_about(tmp_path, capsys):
+    """A `run` stopped by Ctrl-C exits 130 (its command dies of SIGINT): a
+    side of such runs, or one recording of a command whose status was an
+    error, is compared with a warning, not refused."""
+    stopped = make_set("before", [dict(spec, exit_status=130) for spec in BEFORE])
+    paths = [
+        str(runset.save(s, tmp_path / f"{s.label}.lpset"))
+        for s in (stopped, make_set("after", AFTER))
+    ]
+    assert main(["compare", *paths]) == 0
+    assert "before: run 1 exited 130" in capsys.readouterr().err
+    single = runset.RunSet(
+        label="one", runs=[make_set("x", [dict(BEFORE[0], exit_status=2)]).runs[0]]
+    )
+    one = str(runset.save(single, tmp_path / "one.lpset"))
+    assert main(["compare", one, paths[1]]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("wrapper_first", [True, False])
+def test_a_wrappers_mm_of_the_same_pid_does_not_name_the_process(wrapper_first):
+    """`bench -- sh -c "exec work"`: the pid owned sh's mm (a few
+    acquisitions) and then work's; both come in the first interval, in no
+    set order. The busiest names the process."""
+    pid, mm, wrapper_mm = 4242, 0xFFFF888000100000, 0xFFFF888000300000
+    rows = [
+        interval_row(wrapper_mm, WRITE, SRC_MMAP, acquisitions=3, **_hist("wait", 3, 100)),
+        interval_row(mm, WRITE, SRC_MMAP, acquisitions=5000, **_hist("wait", 5000, 100)),
+    ]
+    intervals = intervals_frame(rows if wrapper_first else rows[::-1])
+    owners = {wrapper_mm: (pid, "sh"), mm: (pid, "work")}
+    locks = aggregate.name_locks(intervals, owners, EMPTY_CALLERS, {})
+    rec = Recording(meta={"target_pid": pid, "command": ["sh", "-c", "exec work"]},
+                    intervals=intervals, locks=locks)  # fmt: skip
+    assert cmp.process_name(runset.from_recording(rec, "x")) == "work"

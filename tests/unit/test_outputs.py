@@ -547,3 +547,14 @@ def test_a_dash_is_stdout_but_not_a_terminal(monkeypatch):
     monkeypatch.setattr(outputs.os, "isatty", lambda fd: fd == 1)
     with pytest.raises(click.BadParameter, match="- is stdout, a terminal here"):
         outputs.OutputFile(dir_okay=False).convert("-", None, None)
+
+
+def test_a_command_whose_report_is_on_stdout_refuses_a_dash():
+    """`compare -o -` wrote its page after its text report on stdout;
+    `bench -o -` its run set before its table."""
+    import click
+
+    from profiler import outputs
+
+    with pytest.raises(click.BadParameter, match="carries this command's report"):
+        outputs.OutputFile(stdout_dash=False).convert("-", None, None)
