@@ -42,19 +42,22 @@ def shown_verdicts(verdicts: list[dict], top: int | None, everything: bool) -> l
     return shown
 
 
+# The columns of a verdict from its metric on (_figure_cells), after the
+# lock and mode of the one table.
+_FIGURE_COLUMNS = (
+    ("metric", "left"),
+    ("before", "right"),
+    ("after", "right"),
+    ("delta", "right"),
+    ("95% CI", "right"),
+    ("verdict", "left"),
+)
+
+
 def verdict_table(shown: list[dict]) -> Table:
     """The shown verdicts (shown_verdicts) as the terminal's table."""
     table = Table(header_style="bold", pad_edge=False)
-    for header, justify in (
-        ("lock", "left"),
-        ("mode", "left"),
-        ("metric", "left"),
-        ("before", "right"),
-        ("after", "right"),
-        ("delta", "right"),
-        ("95% CI", "right"),
-        ("verdict", "left"),
-    ):
+    for header, justify in (("lock", "left"), ("mode", "left"), *_FIGURE_COLUMNS):
         table.add_column(header, justify=justify, no_wrap=header != "lock")  # type: ignore[arg-type]
     previous = None
     for entry in shown:
@@ -84,7 +87,7 @@ def verdict_tables(shown: list[dict], console: Console | None = None) -> list[Ta
             header_style="bold",
             pad_edge=False,
         )
-        for header, justify in _NARROW_COLUMNS:
+        for header, justify in _FIGURE_COLUMNS:
             # The figures stay whole; the interval and the verdict wrap.
             narrow.add_column(header, justify=justify, no_wrap=header not in ("95% CI", "verdict"))  # type: ignore[arg-type]
         for entry in entries:
@@ -97,16 +100,6 @@ def _natural_width(console: Console, table: Table) -> int:
     """The width the table takes when nothing limits it."""
     unlimited = console.options.update_width(1_000_000)
     return Measurement.get(console, unlimited, table).maximum
-
-
-_NARROW_COLUMNS = (
-    ("metric", "left"),
-    ("before", "right"),
-    ("after", "right"),
-    ("delta", "right"),
-    ("95% CI", "right"),
-    ("verdict", "left"),
-)
 
 
 def _figure_cells(entry: dict) -> list:
