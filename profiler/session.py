@@ -72,6 +72,9 @@ class _Collected:
         default_factory=lambda: RecordSpool(aggregate.interval_record_dtype(), "interval rows")
     )
     retired_ns: int = 0  # monotonic time rows were last retired
+    # Between rounds while the lock map is crowded (0: every interval); see
+    # next_crowded_wait.
+    crowded_wait_ns: int = 0
     # (lock, flags, source) -> t_s of its last interval row: idle rows retire
     last_active: dict = field(default_factory=dict)
     # source -> per-CPU sums of freed lock rows, for the live view's totals
@@ -211,7 +214,9 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
                 next_tick += interval_ns
             snapshot = _take_interval(session, state, (now - start_ns) / 1e9)
             session.rq_lock_names()  # reads what lp_learn_rq found; detaches it when done
-            if now - state.retired_ns >= retire_ns or _crowded(snapshot, session.max_locks):
+            since = now - state.retired_ns
+            due = since >= retire_ns
+            if due or (_crowded(snapshot, session.max_locks) and since >= state.crowded_wait_ns):
                 state.retired_ns = now
                 session.retire_dead_tasks(_task_alive)
                 entries = session.owner_entries()  # the owner map, read once a round
@@ -219,8 +224,11 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
                     session.forget_dead_followed(_process_alive, session.read_owners(entries))
                 owners = session.lock_owners(entries=entries)
                 hidden = hidden_locks(target, session)
-                _retire_locks(
+                retired = _retire_locks(
                     session, state, snapshot, owners, (now - start_ns) / 1e9, retire_ns, hidden
+                )
+                state.crowded_wait_ns = next_crowded_wait(
+                    state.crowded_wait_ns, retired, session.max_locks, interval_ns, retire_ns
                 )
                 session.forget_owners(_process_alive, entries)
                 # Each interval builds and drops numpy and pandas temporaries;
@@ -271,6 +279,20 @@ def _crowded(snapshot, capacity: int) -> bool:
     return len(snapshot.rows) > capacity // 2
 
 
+def next_crowded_wait(
+    wait_ns: int, retired: int, capacity: int, interval_ns: int, retire_ns: int
+) -> int:
+    """The wait before the next round while the map is crowded, after one
+    that retired `retired` rows. A round reads the owner and task maps and
+    looks up /proc for every row (tens of ms with thousands of rows): a map
+    crowded with busy locks, where rounds free little, gets them less and
+    less often (doubling up to the usual period); churn, where they free
+    many, every interval."""
+    if retired >= max(4, capacity // 64):
+        return 0
+    return min(retire_ns, max(interval_ns, 2 * wait_ns))
+
+
 def _retire_period_ns() -> int:
     override = os.environ.get(RETIRE_ENV)
     return int(float(override) * 1e9) if override else RETIRE_NS
@@ -292,13 +314,14 @@ def _retire_locks(
     t_s: float,
     period_ns: int,
     hidden: Collection[int] = (),
-) -> None:
+) -> int:
     """Free the lock rows retired a round ago (snapshot, just read, holds
     their last figures), then retire the rows of exited processes' locks
     (owners: session.lock_owners()) and idle rows (locks_to_retire). A
     long system-wide run under process churn otherwise fills the kernel's
     lock map (new locks then lost as stats_map_full) and grows lockprof's
-    memory with it. hidden: locks the live view leaves out (hidden_locks)."""
+    memory with it. hidden: locks the live view leaves out (hidden_locks).
+    Returns how many rows it retired."""
     freed = session.free_retired_locks()
     _forget_freed(state, freed, hidden)
     live = {key[:3]: key[3] for key in snapshot.rows if key[3] not in freed}
@@ -319,7 +342,7 @@ def _retire_locks(
         keep={key[0] for key in shown},
         crowded_idle_s=CROWDED_IDLE_S,
     )
-    session.retire_locks(victims)
+    return session.retire_locks(victims)
 
 
 def _forget_freed(

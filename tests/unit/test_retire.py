@@ -240,3 +240,19 @@ def test_the_per_cpu_line_says_nothing_of_contended_waits_not_traced(stats_colum
     ]
     assert render.cpu_totals_of(summary_rows) == {0: CpuFigures(4, 1, 0)}
     assert render.cpu_totals_of(summary_rows[:1]) == {0: CpuFigures(4, None, 0)}
+
+
+def test_a_map_crowded_with_busy_locks_gets_rounds_less_and_less_often():
+    """A round reads the owner and task maps and /proc for every row: while
+    rounds free little (busy locks crowd the map), their wait doubles from
+    one interval up to the usual period; under churn (many freed) every
+    interval."""
+    second, period = 1_000_000_000, session.RETIRE_NS
+    wait = 0
+    waits = []
+    for _ in range(6):
+        wait = session.next_crowded_wait(wait, 3, 4096, second, period)
+        waits.append(wait // second)
+    assert waits == [1, 2, 4, 8, 10, 10]
+    assert session.next_crowded_wait(wait, 64, 4096, second, period) == 0  # churn again
+    assert session.next_crowded_wait(wait, 4, 256, second, period) == 0  # small maps: 4 rows
