@@ -722,7 +722,7 @@ def _drop_unlike_throughputs(
     for run in fig_b + fig_a:
         run.rusage["throughput"] = None
     return [
-        f"--throughput-regex differs: before {regexes[0]!r}, after {regexes[1]!r}: "
+        f"--throughput-regex differs: before '{regexes[0]}', after '{regexes[1]}': "
         "throughput not compared (the two may not read the same figure)"
     ]
 

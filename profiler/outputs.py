@@ -67,28 +67,30 @@ class OutputFile(click.Path):
         self.stdout_dash = stdout_dash
 
     def convert(self, value, param, ctx):
-        if value == "-" and not self.allow_dash:
+        if value in STDOUT_NAMES and not (value == "-" and self.allow_dash):
             if not self.stdout_dash:
-                self.fail("- (stdout) carries this command's report; give a file", param, ctx)
+                self.fail(
+                    f"{value} (stdout) carries this command's report; give a file", param, ctx
+                )
             if os.isatty(1):
-                self.fail("- is stdout, a terminal here: redirect it, or give a file", param, ctx)
-            value = "/dev/stdout"
+                self.fail(
+                    f"{value} is stdout, a terminal here: redirect it, or give a file", param, ctx
+                )
+            value = STDOUT_NAMES[0]
         if isinstance(value, str) and names_a_directory(value):
             self.fail(f"{value} names a directory; give a file name", param, ctx)
         return super().convert(value, param, ctx)
 
 
+# The names of lockprof's own stdout (`-` becomes the first).
+STDOUT_NAMES = ("/dev/stdout", "-", "/dev/fd/1", "/proc/self/fd/1")
+
+
 def is_our_stdout(path: str | Path | None) -> bool:
-    """Does path name the file lockprof's stdout is (`-o -`, `-o
-    /dev/stdout`, a pipe's /proc/self/fd/1)? False for no path, or one
-    that does not exist yet."""
-    if path is None:
-        return False
-    try:
-        named, ours = os.stat(path), os.fstat(1)
-    except OSError:
-        return False
-    return (named.st_dev, named.st_ino) == (ours.st_dev, ours.st_ino)
+    """Does path name lockprof's stdout (`-o -`, `-o /dev/stdout`)? By
+    name: a file that stdout happens to be too (`-o /dev/null >
+    /dev/null`) is another output."""
+    return path is not None and str(path) in STDOUT_NAMES
 
 
 # -- where the bytes go -----------------------------------------------------------------
@@ -120,6 +122,11 @@ def _destination(path: Path, create: bool) -> _Destination:
     through the link so that its name is known; without (the checks), it
     is only named. OSError as opening path would fail (IsADirectoryError
     for a directory)."""
+    if is_our_stdout(path):
+        # Into lockprof's own fd 1, whatever it is: a file under `>>` keeps
+        # what it had (/dev/stdout, reopened, named the file itself, which
+        # was then replaced by a temporary file's rename).
+        return _Destination(Path(STDOUT_NAMES[0]), direct=True, made=False)
     made = False
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -263,7 +270,9 @@ def _open_into(path: Path) -> int:
     """An existing device or FIFO opened for writing into. A FIFO that no
     process reads is an error at once (a shell's > would wait for a reader,
     and lockprof, which ignores signals while it writes a recording, would
-    wait forever)."""
+    wait forever). lockprof's stdout is its fd 1 itself, where it is."""
+    if is_our_stdout(path):
+        return os.dup(1)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -442,8 +451,8 @@ def refuse_clobbering(
     explicit -o asks for it. A block device or a socket is refused too; a
     character device or a FIFO is written into. flag: how the user named
     the output (-o, --html, ...). Exit 2: the command line is at fault."""
-    if str(output) == "-":
-        return
+    if is_our_stdout(output):
+        return  # written into where it stands, as a shell's redirection asked
     for source in inputs:
         if Path(source).exists() and same_file(output, source):
             what = "the input" if str(source) == str(output) else f"the input {source}"

@@ -248,7 +248,7 @@ def _add_collection_options(func, command: str):
             "-o",
             "--output",
             type=outputs.OutputFile(dir_okay=False),
-            help=f"Recording file (default: {_OUTPUT_NAME[command]} here).",
+            help=f"Recording file (default: {_OUTPUT_NAME[command]} here; - for stdout).",
         ),
         THRESHOLD_OPTION,
         *STACK_OPTIONS,
@@ -281,7 +281,7 @@ def _add_collection_options(func, command: str):
         click.option(
             "--html",
             type=outputs.OutputFile(dir_okay=False),
-            help="Also write the HTML report (as `lockprof report`) to this file.",
+            help="Also write the HTML report (as `lockprof report`) to this file (- for stdout).",
         ),
         click.option("-q", "--quiet", is_flag=True, help="No live view."),
         click.option(

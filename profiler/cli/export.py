@@ -199,6 +199,8 @@ def command(path, folded, csv_dir) -> None:
         raise LockprofError("nothing to export: give --folded FILE and/or --csv DIR", exit_code=2)
     if folded is not None:
         outputs.refuse_clobbering(folded, [path], "--folded", "folded stacks")
+    if csv_dir is not None and str(csv_dir) == "-":  # made a directory named -
+        raise LockprofError("--csv takes a directory (one file a table), not -", exit_code=2)
     if csv_dir is not None and csv_dir.exists() and not csv_dir.is_dir():
         # Before the recording is read, as the other outputs' refusals are.
         raise LockprofError(f"--csv {csv_dir} is not a directory", exit_code=2)

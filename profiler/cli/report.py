@@ -53,7 +53,7 @@ def write_html(
     "-o",
     "--output",
     type=outputs.OutputFile(),
-    help="HTML file to write (default: the recording's name with .html).",
+    help="HTML file to write (default: the recording's name with .html; - for stdout).",
 )
 @click.option(
     "--max-points",

@@ -41,7 +41,7 @@ def command(argv, **options) -> None:
 
     With --json, stdout holds the JSON summary alone: CMD's stdout goes to
     lockprof's stderr (as /usr/bin/time keeps its report apart). So it does
-    when the recording goes to stdout (-o -).
+    when the recording or the report goes to stdout (-o -, --html -).
 
     \b
     Examples:

@@ -1345,3 +1345,22 @@ def test_a_second_lock_spec_is_refused_not_dropped(capsys, command):
     line = assert_one_error_line(code, err)
     assert code == 2
     assert "--locks: one lock spec a run, not 2: rw_mutex, pthread_rwlock" in line
+
+
+def test_a_report_to_stdout_appended_to_a_file_keeps_what_it_had(recording_path, tmp_path):
+    """`report rec.lpr -o - >> app.txt`: /dev/stdout named the file itself,
+    which a temporary file's rename then replaced: HEADER was gone, the mode
+    0600. lockprof's own fd 1 is written into, where it stands."""
+    target = tmp_path / "app.txt"
+    target.write_text("HEADER\n")
+    target.chmod(0o644)
+    inode = target.stat().st_ino
+    with open(target, "a") as appended:
+        done = subprocess.run(
+            [*_lockprof_command(), "report", str(recording_path), "-o", "-"],
+            stdout=appended, stderr=subprocess.PIPE, text=True, cwd="/", timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = target.read_text()
+    assert text.startswith("HEADER\n<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    assert (target.stat().st_ino, target.stat().st_mode & 0o777) == (inode, 0o644)

@@ -378,3 +378,13 @@ def test_csv_files_are_private_like_the_recording(capsys, tmp_path, monkeypatch)
     assert code == 0
     modes = {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
     assert modes and set(modes.values()) == {0o600}, modes
+
+
+def test_csv_to_a_dash_is_refused(capsys, tmp_path, monkeypatch):
+    """`export --csv -` wrote its tables into a directory named "-"."""
+    monkeypatch.chdir(tmp_path)
+    code, _out, err = run_main(capsys, "export", HOSTILE, "--csv", "-")
+    assert (
+        one_error_line(code, err) == "lockprof: --csv takes a directory (one file a table), not -"
+    )
+    assert code == 2 and not (tmp_path / "-").exists()
