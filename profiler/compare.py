@@ -1074,14 +1074,15 @@ def compare(
     pairs = pairs or {}
     fig_b, fig_a = side_figures(before), side_figures(after)
     paired = pair_classes(fig_b, fig_a, pairs)
-    process = process_name(before)
+    side_b, side_a = side_info(before), side_info(after)
+    process = side_b["process"]
     regex_warnings = _drop_unlike_throughputs(before, after, fig_b, fig_a)
     rusage = rusage_verdicts(fig_b, fig_a, process, seed, resamples)
     runs_before, runs_after = len(before.runs), len(after.runs)
     document = {
         "compare_version": COMPARE_VERSION,
-        "before": side_info(before),
-        "after": side_info(after),
+        "before": side_b,
+        "after": side_a,
         "method": method(seed, resamples),
         "confidence": (
             f"{int(CONFIDENCE * 100)}% bootstrap intervals from {runs_before} and {runs_after} runs"

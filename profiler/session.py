@@ -54,7 +54,8 @@ IDLE_ROUNDS = 6
 # (a parallel build) new processes' mmap_locks came faster than 10 s rounds
 # freed the exited ones' rows: at 400 short processes a second the 4,096
 # rows filled in ~3 s, and every lock first seen after that was lost
-# (stats_map_full: 176,299 figures in 10 s, against 230 with these rounds).
+# (stats_map_full: 176,299 figures in 10 s, against 56 with these rounds and
+# their back-off, next_crowded_wait).
 # A fork storm of thousands a second still outruns them (docs/performance.md).
 CROWDED_IDLE_S = 2.0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from profiler.errors import LockprofError
-from profiler.signals import INHERITED_IGNORED
+from profiler.signals import INHERITED_IGNORED, SIGNALS
 
 if TYPE_CHECKING:
     from resource import struct_rusage
@@ -72,8 +72,6 @@ _GATE_FD, _READY_FD = 3, 4
 # prctl(2): orphaned descendants are reparented to this process, not init.
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _inherited_ignored_names() -> str:
@@ -200,6 +198,12 @@ def _stat_fields(pid: int) -> list[bytes] | None:
         stat = Path(f"/proc/{pid}/stat").read_bytes()  # the comm may not be UTF-8
     except OSError:
         return None
+    return _after_comm(stat)
+
+
+def _after_comm(stat: bytes) -> list[bytes]:
+    """The fields of a /proc stat file after "pid (comm)" (a comm may hold
+    spaces and parentheses: the last ")" ends it)."""
     return stat.rsplit(b")", 1)[1].split()
 
 
@@ -483,9 +487,7 @@ def _threads_run(tgid: int) -> bool:
     """Does some thread of tgid still run? A main thread that returned by
     pthread_exit() is a zombie while the others go on: /proc/PID/stat then
     says Z for a process that is still at work."""
-    return any(
-        stat.rsplit(b")", 1)[1].split()[0] not in _GONE for stat in _thread_files(tgid, "stat")
-    )
+    return any(_after_comm(stat)[0] not in _GONE for stat in _thread_files(tgid, "stat"))
 
 
 def pre_exec_locks(owners: dict[int, tuple[int, str]], tgid: int, command_lock: int) -> set[int]:
@@ -634,7 +636,7 @@ class CommandTarget(Target):
                     argv,
                     os.environ,
                     file_actions=actions,
-                    setsigdef=(*_STOP_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ),
+                    setsigdef=(*SIGNALS, signal.SIGPIPE, signal.SIGXFSZ),
                 )
             except OSError as exc:
                 os.close(gate_w)
