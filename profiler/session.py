@@ -74,8 +74,9 @@ class _Collected:
     )
     retired_ns: int = 0  # monotonic time rows were last retired
     # Between rounds while the lock map is crowded (0: every interval); see
-    # next_crowded_wait.
+    # next_crowded_wait. rows_at_round: the map's rows after the last round.
     crowded_wait_ns: int = 0
+    rows_at_round: int = 0
     # (lock, flags, source) -> t_s of its last interval row: idle rows retire
     last_active: dict = field(default_factory=dict)
     # source -> per-CPU sums of freed lock rows, for the live view's totals
@@ -217,7 +218,13 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
             session.rq_lock_names()  # reads what lp_learn_rq found; detaches it when done
             since = now - state.retired_ns
             due = since >= retire_ns
-            if due or (_crowded(snapshot, session.max_locks) and since >= state.crowded_wait_ns):
+            if due or (
+                _crowded(snapshot, session.max_locks)
+                and (
+                    since >= state.crowded_wait_ns
+                    or _grown(snapshot, state.rows_at_round, session.max_locks)
+                )
+            ):
                 state.retired_ns = now
                 session.retire_dead_tasks(_task_alive)
                 entries = session.owner_entries()  # the owner map, read once a round
@@ -231,6 +238,7 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
                 state.crowded_wait_ns = next_crowded_wait(
                     state.crowded_wait_ns, retired, session.max_locks, interval_ns, retire_ns
                 )
+                state.rows_at_round = len(snapshot.rows) - retired
                 session.forget_owners(_process_alive, entries)
                 # Each interval builds and drops numpy and pandas temporaries;
                 # glibc keeps the freed pages unless asked, and a long run's
@@ -280,6 +288,18 @@ def _crowded(snapshot, capacity: int) -> bool:
     return len(snapshot.rows) > capacity // 2
 
 
+def _grown(snapshot, rows_at_round: int, capacity: int) -> bool:
+    """Has the map gained a round's worth of rows (ROUND_ROWS) since the
+    last round? Churn that starts while a map crowded with busy locks had
+    backed off its rounds to 10 s would otherwise fill it before the next."""
+    return len(snapshot.rows) - rows_at_round >= round_rows(capacity)
+
+
+def round_rows(capacity: int) -> int:
+    """Rows that make a round worth it: retired by one, or gained since."""
+    return max(4, capacity // 64)
+
+
 def next_crowded_wait(
     wait_ns: int, retired: int, capacity: int, interval_ns: int, retire_ns: int
 ) -> int:
@@ -289,7 +309,7 @@ def next_crowded_wait(
     crowded with busy locks, where rounds free little, gets them less and
     less often (doubling up to the usual period); churn, where they free
     many, every interval."""
-    if retired >= max(4, capacity // 64):
+    if retired >= round_rows(capacity):
         return 0
     return min(retire_ns, max(interval_ns, 2 * wait_ns))
 

@@ -256,3 +256,18 @@ def test_a_map_crowded_with_busy_locks_gets_rounds_less_and_less_often():
     assert waits == [1, 2, 4, 8, 10, 10]
     assert session.next_crowded_wait(wait, 64, 4096, second, period) == 0  # churn again
     assert session.next_crowded_wait(wait, 4, 256, second, period) == 0  # small maps: 4 rows
+
+
+def test_a_crowded_map_that_gains_rows_gets_a_round_whatever_its_back_off():
+    """Churn that starts after a quiet crowded spell (rounds backed off to
+    10 s) filled the map before the next round: a round's worth of new
+    rows since the last one brings the next at once."""
+
+    class Snapshot:
+        def __init__(self, rows: int):
+            self.rows = {(lock, 1, 0, lock): None for lock in range(rows)}
+
+    step = session.round_rows(4096)
+    assert step == 64
+    assert not session._grown(Snapshot(3000 + step - 1), 3000, 4096)
+    assert session._grown(Snapshot(3000 + step), 3000, 4096)
