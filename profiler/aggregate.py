@@ -793,7 +793,7 @@ class SummaryRows:
         matched = _rows_with_mode(intervals, locks)
         if matched.empty:
             return
-        self._identities = _lock_identities(matched)
+        self._identities = lock_identities(matched)
         rows = matched["row"].to_numpy()
         cpu_codes, cpu_keys = _cpu_keys(matched)
         del matched
@@ -1138,8 +1138,13 @@ class _LockIdentities:
     def at(self, position: int) -> _LockIdentity:
         return _LockIdentity(*(column[position] for column in self._columns))
 
+    def items(self) -> Iterator[tuple[int, _LockIdentity]]:
+        """(lock, identity) of every lock, in the order added."""
+        for position, lock in enumerate(self._locks):
+            yield lock, self.at(position)
 
-def _lock_identities(merged: pd.DataFrame) -> _LockIdentities:
+
+def lock_identities(merged: pd.DataFrame) -> _LockIdentities:
     """The name, class and owner every row of each lock gets.
 
     A lock's rows differ by probe family and mode, and so may their locks

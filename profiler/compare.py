@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from profiler import aggregate, schema
+from profiler.combine import lock_label
 from profiler.errors import LockprofError
 from profiler.recording import Recording
 from profiler.runset import RunSet
@@ -121,9 +122,6 @@ KEY_METRICS = ("acquisitions", "contended", "wait_total_ns", "wait_p99_ns", "hol
 
 NOT_MEASURED = "not measured on both sides"
 
-_ADDRESS_SUFFIX = re.compile(r"\s*\(0x[0-9a-fA-F]+\)$")
-_CLASS_AND_ADDRESS = re.compile(r"^(\S+) 0x[0-9a-fA-F]+$")
-
 LockKey = tuple[str, str, str]  # (lock label, lock class, mode)
 
 
@@ -131,21 +129,15 @@ LockKey = tuple[str, str, str]  # (lock label, lock class, mode)
 
 
 def lock_identity(row: dict, target_pid: int | None) -> tuple[str, str]:
-    """(stable label, lock class) of one summary row (aggregate.summary_rows)."""
-    lock_class = row.get("lock_class") or "unknown"
-    if lock_class == "mmap_lock":
-        comm = row.get("owner_comm")
-        owner = row.get("owner_pid")
-        if owner is not None and target_pid and owner == target_pid:
-            return f"mmap_lock (target {comm or '?'})", lock_class
-        if comm:
-            return f"mmap_lock ({comm})", lock_class
-        return "mmap_lock (owner unknown)", lock_class
-    name = str(row.get("lock") or "")
-    if _CLASS_AND_ADDRESS.match(name):
-        return f"{lock_class} (unnamed)", lock_class
-    name = _ADDRESS_SUFFIX.sub("", name)
-    return (name or f"{lock_class} (unnamed)"), lock_class
+    """(stable label, lock class) of one summary row (aggregate.summary_rows):
+    combine.lock_label, which `show --combine-locks` combines rows by."""
+    return lock_label(
+        row.get("lock_class"),
+        str(row.get("lock") or ""),
+        row.get("owner_pid"),
+        row.get("owner_comm"),
+        target_pid,
+    )
 
 
 @dataclass

@@ -59,6 +59,16 @@ def counted(count: int, noun: str) -> str:
 
 def lock_label(row: dict) -> str:
     label = row["lock"]
+    combined = row.get("locks_combined") or 1
+    if combined > 1:  # show --combine-locks
+        locks = counted(combined, "lock")
+        if label.endswith(")"):  # "spinlock (unnamed)"
+            return safe_text(f"{label[:-1]}, {locks})")
+        if label != "mmap_lock":
+            return safe_text(f"{label} ({locks})")
+        pid = row.get("owner_pid")
+        owner = row.get("owner_comm") or "owner unknown"
+        return safe_text(f"mmap_lock ({owner}{f', pid {pid}' if pid else ''}, {locks})")
     if row.get("owner_pid") is not None:
         label += f" pid {row['owner_pid']} ({row.get('owner_comm') or '?'})"
     elif label == "mmap_lock":

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from itertools import islice
 
 from profiler import aggregate, schema, writer_cost
+from profiler.combine import Combined, CombinedRows
 from profiler.foreign_tasks import foreign_task_rows
 from profiler.recording import Recording
 from profiler.targets import recorded_exit
@@ -24,9 +25,21 @@ class LockRows:
     number without top. `locks` and `offcpu` hold every row (the table's
     footer sums them all)."""
 
-    def __init__(self, rec: Recording, top: int | None = None, sort: str = "wait_total"):
+    def __init__(
+        self,
+        rec: Recording,
+        top: int | None = None,
+        sort: str = "wait_total",
+        combine: bool = False,
+    ):
         families = rec.meta.get("families", [])
-        self.locks = aggregate.SummaryRows(rec.interval_totals, rec.locks, families, sort)
+        self.locks: aggregate.SummaryRows | CombinedRows
+        if combine:
+            combined = Combined(rec.interval_totals, rec.locks, rec.meta.get("target_pid"))
+            rows = aggregate.SummaryRows(combined.totals, combined.locks, families, sort)
+            self.locks = CombinedRows(rows, combined)
+        else:
+            self.locks = aggregate.SummaryRows(rec.interval_totals, rec.locks, families, sort)
         self.offcpu = writer_cost.offcpu_rows(rec.offcpu, rec.stacks)
         self.top = top
 
@@ -222,12 +235,14 @@ def summary_document(
     what_if_cpus: int | None = None,
     top: int | None = None,
     sort: str = "wait_total",
+    combine: bool = False,
 ) -> dict:
     """summary_json() with its `locks` as LockRows, built as they are read
-    (sort: what orders them, options.SORT_KEYS)."""
+    (sort: what orders them, options.SORT_KEYS; combine: locks of one
+    name in one row, combine.Combined)."""
     meta = rec.meta
     rusage = meta.get("rusage") or {}
-    rows = LockRows(rec, top, sort)
+    rows = LockRows(rec, top, sort, combine)
     exit_status, exit_signal = recorded_exit(meta)
     return {
         "json_version": JSON_VERSION,

@@ -746,6 +746,7 @@ class _ShownRows:
 # per-CPU figures and all, were ~175 MB; these parts of them ~80 MB.
 TABLE_FIELDS = (
     "lock",
+    "locks_combined",
     "lock_id",
     "lock_addr",
     "owner_pid",
@@ -778,15 +779,17 @@ def print_summary(
     source: str | Path | None = None,
     sort: str = "wait_total",
     to_stderr: bool = False,
+    combine: bool = False,
 ) -> None:
     """The summary, a table (its first `top` rows) or JSON. Rows are built
     as they are used: only the table's are kept. source: the recording's
     file, for the hint that `lockprof show` lists every row; sort: what
     orders the rows (options.SORT_KEYS); to_stderr: stdout carries other
-    bytes (the recording, the report)."""
+    bytes (the recording, the report); combine: locks of one name in one
+    row (show --combine-locks)."""
     from profiler import summary
 
-    document = summary.summary_document(rec, what_if_cpus, top, sort)
+    document = summary.summary_document(rec, what_if_cpus, top, sort, combine)
     if as_json:
         write_json_lines(document, sys.stderr if to_stderr else sys.stdout)
         return

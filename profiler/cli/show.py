@@ -35,15 +35,26 @@ from profiler.options import SORT_KEYS
     help="Order the rows by this figure, the largest first (with --json, the locks "
     "list too); rows that do not know it (a '-' in its column) come last.",
 )
-def command(path, as_json, top, what_if_cpus, sort) -> None:
+@click.option(
+    "-c",
+    "--combine-locks",
+    "combine",
+    is_flag=True,
+    help="One row per lock name rather than per lock: the locks named after the same "
+    "contending caller (a page-table lock per page), and the mmap_locks of processes of "
+    "the same name, as perf lock contention shows callers (with --json, each row's "
+    "locks_combined counts them).",
+)
+def command(path, as_json, top, what_if_cpus, sort, combine) -> None:
     """Print the summary of a recording: one row per lock and mode.
 
     \b
     Examples:
       lockprof show demo.lpr
       lockprof show demo.lpr -k wait_max --top 10     the 10 longest single waits
+      lockprof show sys.lpr -c --top 20               by caller, as perf lock contention
       lockprof show demo.lpr --json | jq '.locks[] | select(.lock == "mmap_lock")'
     """
     rec = recording.load(path, summary_only=True)
     warn_cpus_without_samples(rec.meta, what_if_cpus, path)
-    print_summary(rec, as_json, top, what_if_cpus, path, sort)
+    print_summary(rec, as_json, top, what_if_cpus, path, sort, combine=combine)
