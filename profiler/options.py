@@ -73,3 +73,12 @@ class LiveState:
     more_rows: int = 0  # locks left out of `rows` (not the busiest)
     cpu_totals: dict[int, CpuFigures] | None = None  # over every lock
     threshold_ns: int | None = None  # events: waits and holds at least this long
+
+
+def in_cpu_totals(mode: str | None) -> bool:
+    """Does a row of this mode count toward the per-CPU line? Not a lock
+    spec's sum row: its calls are no acquisitions, and its time lies inside
+    the lock's write wait (the report's per-CPU panel leaves it out as
+    well). The live view's line (session.cpu_totals) and the summary's
+    (render.add_cpu_totals) both ask."""
+    return mode != "sum"

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from profiler import schema
 from profiler.lockids import distinct_labels
-from profiler.options import CpuFigures
+from profiler.options import CpuFigures, in_cpu_totals
 
 
 def safe_text(value: object) -> str:
@@ -479,10 +479,8 @@ def cpu_totals_of(rows: list[dict]) -> dict[int, CpuFigures]:
 def add_cpu_totals(totals: dict[int, CpuFigures], row: dict) -> None:
     """Add a summary row's per_cpu entries (those of `show --json`) into
     totals: acquisitions where the row has them (null: a contention-only
-    lock), contended waits and wait time. A lock spec's sum row is left
-    out: its calls are no acquisitions, and its time lies inside the lock's
-    write wait (the report's per-CPU panel leaves it out as well)."""
-    if row.get("mode") == "sum":
+    lock), contended waits and wait time (in_cpu_totals: which rows)."""
+    if not in_cpu_totals(row.get("mode")):
         return
     for cpu in row.get("per_cpu") or []:
         # Contended waits stay None (not known) until some row knows them.

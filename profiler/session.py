@@ -28,7 +28,7 @@ from profiler.events import CHUNK_ROWS as EVENT_CHUNK_ROWS
 from profiler.events import build_events, on_locks, without_locks
 from profiler.intervals import CHUNK_ROWS as INTERVAL_CHUNK_ROWS
 from profiler.intervals import build_intervals
-from profiler.options import FIRST_TICK_S, CollectOptions, CpuFigures, LiveState
+from profiler.options import FIRST_TICK_S, CollectOptions, CpuFigures, LiveState, in_cpu_totals
 from profiler.recording import (
     CALLER_COLUMNS,
     OFFCPU_COLUMNS,
@@ -283,9 +283,15 @@ def _say_view_failed(line: str, exc: Exception) -> None:
 
 
 def _crowded(snapshot, capacity: int) -> bool:
-    """The lock map is over half full (snapshot.rows: one entry a row in
-    use, retired ones not yet freed included): time for a round."""
-    return len(snapshot.rows) > capacity // 2
+    """The lock map is crowded (snapshot.rows: one entry a row in use,
+    retired ones not yet freed included): time for a round."""
+    return over_half(len(snapshot.rows), capacity)
+
+
+def over_half(rows: int, capacity: int) -> bool:
+    """What crowded means for a lock map of capacity rows, both for when a
+    round runs (_crowded) and for what it retires (locks_to_retire)."""
+    return rows > capacity // 2
 
 
 def _grown(snapshot, rows_at_round: int, capacity: int) -> bool:
@@ -413,7 +419,7 @@ def locks_to_retire(
     are deltas, so nothing is lost."""
     dead = {lock for lock, (tgid, _comm) in owners.items() if not process_alive(tgid)}
     victims = [(key, index) for key, index in live.items() if key[0] in dead]
-    crowded = len(live) - len(victims) > capacity // 2
+    crowded = over_half(len(live) - len(victims), capacity)  # the rows that stay
     # Over half full, the rows no live view shows go sooner.
     unkept_idle_s = idle_s
     if crowded and crowded_idle_s is not None:
@@ -555,9 +561,7 @@ def cpu_totals(
     sourced = [
         (key[2], rows[key])
         for key in per_cpu_keys(rows)
-        # A lock spec's sum calls are no acquisitions, their time lies
-        # inside the write wait (render.add_cpu_totals leaves them out too).
-        if key[0] not in hidden and _mode(key[2], key[1]) != "sum"
+        if key[0] not in hidden and in_cpu_totals(_mode(key[2], key[1]))
     ]
     sourced += list((retired or {}).items())
     cpus = max((values.shape[0] for _source, values in sourced), default=0)
