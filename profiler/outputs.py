@@ -10,6 +10,9 @@ copy kept when that failed:
 - a symbolic link is followed (the file it names is written, the link
   stays), as far as the kernel lets this process follow it
   (fs.protected_symlinks);
+- a name lockprof chose itself (ChosenName: a collection's default output)
+  never replaces a file: one taken by then (another lockprof that started
+  in the same second) gets -2, -3, ... before its suffix;
 - an existing character device or FIFO (/dev/null, /dev/stdout on a
   terminal or a pipe, a named pipe) is written into directly, as a shell's
   `>` would: no temporary file, no rename, no chmod;
@@ -42,6 +45,25 @@ MIN_FREE_BYTES = 1 << 20
 
 
 # -- names ----------------------------------------------------------------------------
+
+
+class ChosenName(type(Path())):  # type: ignore[misc]
+    """An output name lockprof chose (no -o): written as a new file, never
+    over another (write_file's claim_new_name)."""
+
+
+def claim_new_name(path: Path) -> Path:
+    """path, or path-2, path-3, ... (before the suffix): the first name not
+    taken, created empty (0600) so that no other process takes it before
+    the rename that fills it."""
+    for n in range(1, 10_000):
+        candidate = path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(errno.EEXIST, "no free name", str(path))
 
 
 def names_a_directory(name: str) -> bool:
@@ -323,8 +345,11 @@ def write_file(
     output (the module's docstring): a regular file or a new name through a
     temporary file renamed into place (mode 0600, the invoking user's under
     sudo; before_rename() runs just before the rename), a symlink followed,
-    an existing device or FIFO written into. Returns the file written.
-    OSError on failure, leaving no temporary file."""
+    an existing device or FIFO written into; a ChosenName as a new file
+    (claim_new_name). Returns the file written. OSError on failure, leaving
+    no temporary file."""
+    if isinstance(path, ChosenName):
+        return _write_chosen(path, write, before_rename)
     path = Path(path)
     where = _destination(path, create=True)
     if where.direct:
@@ -349,18 +374,39 @@ def write_file(
     return where.path
 
 
+def _write_chosen(
+    path: Path, write: Callable[[BinaryIO], object], before_rename: Callable[[], None] | None
+) -> Path:
+    """write_file() of a name lockprof chose: a new file at path or the next
+    free name after it, never one that exists."""
+    tmp = _write_new(path.parent, f".{path.name}.", write)
+    claimed = None
+    try:
+        if before_rename is not None:
+            before_rename()
+        claimed = claim_new_name(path)
+        os.replace(tmp, claimed)
+    except BaseException:
+        for name in (tmp, claimed):
+            if name is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+        raise
+    return claimed
+
+
 def write_or_rescue(
     path: Path,
     write: Callable[[BinaryIO], object],
     what: str,
     suffix: str,
     before_rename: Callable[[], None] | None = None,
-) -> None:
-    """write_file(path, write); if that fails (a full disk, the directory
-    gone), write_rescue() keeps the data and the error names where, or says
-    it is lost (what: "recording", "run set")."""
+) -> Path:
+    """write_file(path, write): the file written. If that fails (a full
+    disk, the directory gone), write_rescue() keeps the data and the error
+    names where, or says it is lost (what: "recording", "run set")."""
     try:
-        write_file(path, write, before_rename=before_rename)
+        return write_file(path, write, before_rename=before_rename)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         rescue, failures = write_rescue(write, suffix)

@@ -391,14 +391,19 @@ def save(rec: Recording, path: str | Path) -> Path:
     0600, the invoking user's under sudo; through a symlink; into an
     existing device or FIFO. On failure (a full disk, a directory removed
     or made read-only meanwhile), keep the data in a temporary file and
-    raise an error that names it."""
-    path = Path(path)
+    raise an error that names it. Returns the file written (a name
+    lockprof chose, outputs.ChosenName, may have become another)."""
 
     def write(out: BinaryIO) -> None:
         write_archive(rec, out)
 
-    outputs.write_or_rescue(path, write, "recording", ".lpr", before_rename=_test_write_delay)
-    return path
+    return outputs.write_or_rescue(
+        path if isinstance(path, outputs.ChosenName) else Path(path),
+        write,
+        "recording",
+        ".lpr",
+        before_rename=_test_write_delay,
+    )
 
 
 # Test hook (tests/integration/test_lifecycle.py): seconds to pause after the

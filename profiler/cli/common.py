@@ -442,8 +442,10 @@ def refuse_two_things_on_stdout(output: Path | None, html: Path | None, as_json:
 
 
 def default_output(mode: str, tgid: int) -> Path:
+    """The recording's name without -o: new each time, never over a file
+    (outputs.ChosenName: two lockprofs of the same second get -2)."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(f"lockprof-{mode}-{tgid or 'all'}-{stamp}.lpr")
+    return outputs.ChosenName(f"lockprof-{mode}-{tgid or 'all'}-{stamp}.lpr")
 
 
 class LiveView:
@@ -598,7 +600,7 @@ def run_collection(
     finally:
         view.stop()
     try:
-        recording.save(rec, output)
+        output = recording.save(rec, output)
         not_saved = None
     except LockprofError as exc:  # the data went to a rescue file (the error names it), or is lost
         not_saved = exc

@@ -155,6 +155,31 @@ def test_a_new_name_is_created_mode_0600(writer, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_a_name_lockprof_chose_never_replaces_a_file(tmp_path):
+    """Two collections started in the same second chose the same default
+    name: the second's rename replaced the first's recording."""
+    first = outputs.ChosenName(tmp_path / "lockprof-system-all-20261128-184246.lpr")
+    recording.save(recording.load(RECORDING), first)
+    written = recording.save(recording.load(RECORDING), first)
+    third = recording.save(recording.load(RECORDING), first)
+    assert Path(first).is_file()
+    assert written == tmp_path / "lockprof-system-all-20261128-184246-2.lpr"
+    assert third == tmp_path / "lockprof-system-all-20261128-184246-3.lpr"
+    for path in (first, written, third):
+        assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600
+        assert recording.load(path).meta == recording.load(RECORDING).meta
+    assert leftovers(tmp_path) == []
+
+
+def test_a_chosen_name_that_fails_leaves_no_claim(tmp_path):
+    def fail(_out):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        outputs.write_file(outputs.ChosenName(tmp_path / "x.lpr"), fail)
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- symlinks -----------------------------------------------------------------------------
 
 
