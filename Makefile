@@ -79,7 +79,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check profiler dashboards tests bench
 	$(VENV)/bin/mypy profiler
 
-# Every benchmark (about 25 minutes; BENCH_ARGS=--quick for about 6), written
+# Every benchmark (about 35 minutes; BENCH_ARGS=--quick for about 8), written
 # to docs/performance.md with the date and machine.
 bench: setup
 	@command -v perf >/dev/null && command -v bpftrace >/dev/null || \

@@ -176,7 +176,8 @@ struct lp_gen_claim {
 BPF_TABLE("lru_hash", struct lp_gen_claim, u32, lp_gen_claims, LP_MAX_OWNERS);
 #endif
 /* --follow: the target's descendants (added at fork, lp_follow_fork) and the
- * mmap_locks of their own mms (learned as the target's is, lp_learn_owner). */
+ * mmap_locks of their own mms (learned as the target's is, lp_learn_owner),
+ * each with its mm's generation (lp_same_mm). */
 BPF_HASH(lp_followed, u32, u32, LP_MAX_OWNERS);
 BPF_HASH(lp_followed_locks, u64, u32, LP_MAX_OWNERS);
 BPF_TABLE("stacktrace", int, struct lp_stack, lp_stacks, LP_MAX_STACKS);
@@ -214,11 +215,40 @@ static __always_inline struct lp_config *lp_cfg(void)
 	return cfg;
 }
 
+static __always_inline u32 lp_foreign_gen(u64 mm);
+
+/*
+ * Is the mm whose mmap_lock is at lock still the one of generation gen (a
+ * followed mm: the target's, a descendant's)? The kernel gives a freed mm's
+ * address to the next mm at once, and a fork or exec building that mm takes
+ * its lock from another process's task, before the new process can be told
+ * apart by its tgid (lp_learn_owner): those events were counted as tasks on
+ * the target's lock, in an "owner unknown" row (`run -- true` beside a busy
+ * fork loop: 7 runs of 10). A read of the mm's id, only for tasks of other
+ * processes on a followed lock's address. gen 0: not known, taken as the same.
+ */
+static __always_inline int lp_same_mm(u64 lock, u32 gen)
+{
+	u32 now;
+
+	if (!gen)
+		return 1;
+	now = lp_foreign_gen(lock - LP_MMAP_LOCK_OFFSET);
+	return !now || now == gen;
+}
+
 /* --follow: a descendant of the target, or a task on a descendant's
  * mmap_lock. Two hash lookups, only for events the target test rejected. */
 static __always_inline int lp_followed_event(struct lp_config *cfg, u32 tgid, u64 lock)
 {
-	return cfg->follow && (lp_followed.lookup(&tgid) || lp_followed_locks.lookup(&lock));
+	u32 *gen;
+
+	if (!cfg->follow)
+		return 0;
+	if (lp_followed.lookup(&tgid))
+		return 1;
+	gen = lp_followed_locks.lookup(&lock);
+	return gen && lp_same_mm(lock, *gen);
 }
 
 /* Is this process ours (events with no lock: off-CPU, samples)? */
@@ -236,8 +266,11 @@ static __always_inline int lp_wanted(struct lp_config *cfg, u32 tgid, u64 lock)
 		return 1;
 	if (tgid == cfg->self_tgid)
 		return 0; /* lockprof looking at the target (lp_learn_idle_target) */
-	return cfg->target_tgid == tgid || cfg->target_lock == lock ||
-	       lp_followed_event(cfg, tgid, lock);
+	if (cfg->target_tgid == tgid)
+		return 1;
+	if (cfg->target_lock == lock)
+		return lp_same_mm(lock, cfg->target_gen);
+	return lp_followed_event(cfg, tgid, lock);
 }
 
 /* The same, asking for the current task's tgid only when a target is set:
@@ -798,8 +831,6 @@ static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task 
 	u64 lock = mm + LP_MMAP_LOCK_OFFSET;
 
 	if (cfg->follow && cfg->target_tgid != tgid) {
-		u32 one = 1;
-
 		if (!lp_followed.lookup(&tgid)) {
 			/* Not a descendant: the address was a descendant's mm,
 			 * freed and reused, as above for the target's. */
@@ -807,7 +838,7 @@ static __always_inline int lp_learn_owner(struct lp_config *cfg, struct lp_task 
 				lp_followed_locks.delete(&lock);
 				return 1;
 			}
-		} else if (lp_followed_locks.update(&lock, &one)) {
+		} else if (lp_followed_locks.update(&lock, &ts->own_gen)) {
 			lp_error(LP_ERR_FOLLOW_MAP_FULL);
 		}
 	}
@@ -848,7 +879,7 @@ static __always_inline void lp_learn_idle_target(struct lp_config *cfg, u64 mm, 
 	struct lp_owner owner = {};
 	struct lp_owner_key seen = {};
 	u64 task = 0, lock = mm + LP_MMAP_LOCK_OFFSET;
-	u32 gen, one = 1;
+	u32 gen;
 
 	if (tgid != cfg->self_tgid || (cfg->target_lock && !cfg->follow))
 		return;
@@ -871,7 +902,7 @@ static __always_inline void lp_learn_idle_target(struct lp_config *cfg, u64 mm, 
 	if (lp_owners.update(&seen, &owner) || lp_mm_gens.update(&lock, &gen))
 		lp_error(LP_ERR_OWNER_MAP_FULL);
 	if (owner.tgid != cfg->target_tgid) {
-		if (lp_followed_locks.update(&lock, &one))
+		if (lp_followed_locks.update(&lock, &gen))
 			lp_error(LP_ERR_FOLLOW_MAP_FULL);
 		return;
 	}

@@ -26,6 +26,9 @@ SORT_KEYS = (
     "hold_max",
     "hold_avg",
 )
+# perf lock's names for the same keys (`perf lock contention -k avg_wait`,
+# `perf lock report -k acquired`), accepted as well.
+SORT_ALIASES = {"avg_wait": "wait_avg", "acquired": "acquisitions"}
 
 
 @dataclass

@@ -8,8 +8,25 @@ from profiler.cli.common import collect_command, collection_options, follow_opti
 from profiler.targets import PidTarget, is_kernel_thread
 
 
+class _Pid(click.IntRange):
+    """One process id (perf takes a list: say why not, rather than that
+    '1,2' is no integer)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "," in value:
+            self.fail(
+                f"{value!r}: one process id (-f also profiles the processes it forks; "
+                "`record -a` profiles every process)",
+                param,
+                ctx,
+            )
+        if isinstance(value, str) and not value.strip().lstrip("+").isdigit():
+            self.fail(f"{value!r} is not a process id", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @click.command("attach")
-@click.option("-p", "--pid", type=click.IntRange(min=1), required=True, help="Process to profile.")
+@click.option("-p", "--pid", type=_Pid(min=1), required=True, help="Process to profile (one pid).")
 @collection_options("attach")
 @follow_option
 def command(pid, **options) -> None:

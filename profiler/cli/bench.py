@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import shlex
+import signal
 import statistics
 import sys
 from pathlib import Path
@@ -315,7 +316,10 @@ def command(
         raise LockprofError(f"{exc}{kept}", exit_code=exc.exit_code) from None
     if interrupted:
         kept = _save_partial(result, output) or "; no run completed, nothing written"
-        raise LockprofError(f"{interrupted}: the interrupted run is not kept{kept}", exit_code=130)
+        raise LockprofError(
+            f"{interrupted}: the interrupted run is not kept{kept}",
+            exit_code=_signal_status(interrupted),
+        )
     runset.save(result, output)
     if as_json:
         json.dump(runset.manifest(result), sys.stdout, indent=2, default=str)
@@ -371,6 +375,15 @@ def _run_all(result: RunSet, runs: int, options, working, regex, quiet: bool, er
             failed = f"lockprof: run {i} exited with status {run.exit_status}"
             err.print(Text(failed, style="yellow"))
     return None
+
+
+def _signal_status(reason: str) -> int:
+    """128 + N for "SIGTERM received" and the like, as a signal between two
+    runs gives (signals.Interrupted); 130 for a KeyboardInterrupt."""
+    try:
+        return 128 + signal.Signals[reason.split()[0]].value
+    except (KeyError, IndexError):
+        return 130
 
 
 def _save_partial(result: RunSet, output: Path) -> str:

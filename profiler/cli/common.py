@@ -338,12 +338,28 @@ def parse_lock_types(text: str | None, no_contention: bool) -> tuple[str, ...] |
         raise usage_error(
             "--lock-types chooses among lock:contention_* waits, which --no-contention leaves out"
         )
-    types = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    given = [t.strip() for t in text.split(",") if t.strip()]
+    moded = [t for t in given if t.endswith((":R", ":W"))]
+    if moded:
+        raise usage_error(
+            f"{moded[0]}: the types are traced in both modes, each mode a row of its own "
+            f"(give {_perf_type(moded[0][:-2])})",
+            "lock_types",
+        )
+    types = tuple(dict.fromkeys(_perf_type(t) for t in given))
     unknown = [t for t in types if t not in schema.LOCK_TYPES]
     if unknown or not types:
         what = f"unknown lock type {unknown[0]!r}" if unknown else "no lock type given"
         raise usage_error(f"{what} (one or more of: {', '.join(schema.LOCK_TYPES)})", "lock_types")
     return types
+
+
+# perf lock contention -Y's names for lockprof's types.
+_PERF_LOCK_TYPES = {"rtmutex": "rt-mutex", "pcpu-sem": "percpu-rwsem"}
+
+
+def _perf_type(name: str) -> str:
+    return _PERF_LOCK_TYPES.get(name, name)
 
 
 def build_options(duration, interval, threshold, no_mmap_lock, no_contention) -> CollectOptions:
@@ -538,7 +554,7 @@ class LiveView:
         quieter = f" and {state.more_rows:,} quieter locks" if state.more_rows else ""
         self.err.print(
             f"[{state.elapsed_s:7.1f}s] since start: {len(rows):,} lock rows{quieter}, "
-            f"{render.activity(render.all_cpus(totals))}, lost {lost:,}"
+            f"{render.activity(render.all_cpus(totals))}, {events_kept(state)}, lost {lost:,}"
         )
 
     def stop(self) -> None:
@@ -555,11 +571,14 @@ def live_header(state: LiveState) -> str:
     as the final summary's are (not the last interval's); events are the
     waits and holds kept one by one, those over the threshold, as the
     summary's header counts them."""
+    since = f"totals since start, {state.elapsed_s:.1f}s"
+    return f"lockprof  {state.target}  {since}  {events_kept(state)}"
+
+
+def events_kept(state: LiveState) -> str:
+    """'93 events over 100us': the waits and holds kept one by one so far."""
     over = f" over {render.fmt_ns(state.threshold_ns)}" if state.threshold_ns is not None else ""
-    return (
-        f"lockprof  {state.target}  totals since start, {state.elapsed_s:.1f}s  "
-        f"{render.counted(state.events, 'event')}{over}"
-    )
+    return f"{render.counted(state.events, 'event')}{over}"
 
 
 def run_collection(

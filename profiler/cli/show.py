@@ -8,7 +8,18 @@ import click
 
 from profiler import recording
 from profiler.cli.common import print_summary, warn_cpus_without_samples
-from profiler.options import SORT_KEYS
+from profiler.options import SORT_ALIASES, SORT_KEYS
+
+
+class _SortKey(click.Choice):
+    """A SORT_KEYS name, or perf lock's name for one (SORT_ALIASES)."""
+
+    def convert(self, value, param, ctx):
+        if value == "wait_min":
+            self.fail(
+                "wait_min is not kept (the histograms keep no minimum); try wait_avg", param, ctx
+            )
+        return super().convert(SORT_ALIASES.get(value, value), param, ctx)
 
 
 @click.command("show")
@@ -29,11 +40,12 @@ from profiler.options import SORT_KEYS
 @click.option(
     "-k",
     "--sort",
-    type=click.Choice(SORT_KEYS),
+    type=_SortKey(SORT_KEYS),
     default="wait_total",
     show_default=True,
     help="Order the rows by this figure, the largest first (with --json, the locks "
-    "list too); rows that do not know it (a '-' in its column) come last.",
+    "list too); rows that do not know it (a '-' in its column) come last. perf lock's "
+    "avg_wait and acquired are taken too.",
 )
 @click.option(
     "-c",

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import Held, rows_for, show_json
+from conftest import LOCKPROF, Held, rows_for, show_json
 
 import profiler
 from profiler.bpf import NO_MM_ID_ENV, mm_id_offset
@@ -125,3 +125,32 @@ def test_a_vfork_child_counts_on_its_parents_mm(lockprof_factory, tmp_path, mm_i
     assert {r["owner_pid"] for r in at_address} == {parent.pid}, at_address
     writes = [r for r in at_address if r["mode"] == "write"]
     assert len(writes) == 1 and writes[0]["acquisitions"] >= 2 * (before + 300)  # one row
+
+
+def test_a_new_mm_at_the_targets_freed_address_is_not_counted(tmp_path):
+    """A command that exits leaves its mm's address to the next mm the kernel
+    builds, often at once, and building it (a fork's copy, an exec) takes the
+    new mm's lock from another process's task, which the probes counted as a
+    task on the target's lock: an "owner unknown" mmap_lock row in 7 `run --
+    true` of 10 beside a fork loop. The lock is now followed with its mm's
+    generation (probes: lp_same_mm)."""
+    forker = subprocess.Popen(["sh", "-c", "while :; do /bin/true; done"])
+    try:
+        strangers = []
+        for run in range(6):
+            out = tmp_path / f"true-{run}.lpr"
+            subprocess.run(
+                [*LOCKPROF, "run", "-q", "-o", str(out), "--", "true"],
+                check=True,
+                capture_output=True,
+            )
+            summary = show_json(out)
+            strangers += [
+                (run, row["mode"], row["owner_pid"], row["owner_comm"])
+                for row in summary["locks"]
+                if row["lock"] == "mmap_lock" and row["owner_pid"] != summary["target_pid"]
+            ]
+    finally:
+        forker.kill()
+        forker.wait()
+    assert strangers == []

@@ -14,6 +14,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -180,3 +181,32 @@ def test_bench_whose_command_fails_in_every_run_exits_1_and_keeps_the_set(tmp_pa
     from profiler import runset
 
     assert [run.exit_status for run in runset.load(tmp_path / "fail.lpset").runs] == [7, 7]
+
+
+@pytest.mark.parametrize("when", ["during a run", "between runs"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_bench_stopped_by_a_signal_exits_128_plus_n_and_keeps_the_completed_runs(
+    tmp_path, signum, when
+):
+    """A signal during a run's collection gave 130 whatever it was, one during
+    the next run's start-up 128 + N (signals.Interrupted): now 128 + N both
+    ways, as for run and attach."""
+    proc = subprocess.Popen(
+        [*LOCKPROF, "bench", "--runs", "5", "-q", "-o", "s.lpset", "--",
+         str(BIN / "lpbizzy"), "-t", "1", "-S", "3" if when == "during a run" else "0.2", "-q"],
+        cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    lines = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        lines.append(line)
+        if "run 2/5" in line:
+            break
+    time.sleep(2.0 if when == "during a run" else 0.05)
+    proc.send_signal(signum)
+    lines += proc.stderr.readlines()
+    assert proc.wait(timeout=120) == 128 + signum, "".join(lines)
+    assert "Traceback" not in "".join(lines)
+    from profiler import runset
+
+    assert len(runset.load(tmp_path / "s.lpset").runs) >= 1

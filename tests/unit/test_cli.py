@@ -637,10 +637,13 @@ def test_the_live_progress_line_says_what_the_per_cpu_line_counts():
     view.err = Console(file=out, width=200)
     state = _live_state()
     state.rows, state.cpu_totals = rows, totals
+    state.events, state.threshold_ns = 93, 100_000
     assert view.update(state) is True
-    # The table's acquisitions (35,336 + 2,805) and every contended wait.
+    # The table's acquisitions (35,336 + 2,805) and every contended wait;
+    # the events kept so far, as the terminal's header says them.
     assert out.getvalue() == (
-        "[    1.0s] since start: 5 lock rows, 38,141 acq, 653 contended waits, wait 294ms, lost 0\n"
+        "[    1.0s] since start: 5 lock rows, 38,141 acq, 653 contended waits, wait 294ms, "
+        "93 events over 100us, lost 0\n"
     )
     assert render.all_cpus(totals) == CpuFigures(38_141, 653, 293_551_634)
     # Without the kernel's per-CPU totals (no live view state yet), the rows'.
@@ -812,7 +815,11 @@ def test_lock_types_are_checked_and_kept_once_each_in_order():
 
     assert parse_lock_types(None, False) is None
     assert parse_lock_types("rwsem, spinlock,rwsem", False) == ("rwsem", "spinlock")
+    # perf lock contention -Y's names.
+    assert parse_lock_types("pcpu-sem,rtmutex,percpu-rwsem", False) == ("percpu-rwsem", "rt-mutex")
     for text, message in (
+        ("rwsem:W", r"rwsem:W: the types are traced in both modes.*\(give rwsem\)"),
+        ("pcpu-sem:R", r"\(give percpu-rwsem\)"),
         ("spinlok", "unknown lock type 'spinlok'"),
         (" , ", "no lock type given"),
         ("rwsem", "which --no-contention leaves out"),
@@ -820,6 +827,12 @@ def test_lock_types_are_checked_and_kept_once_each_in_order():
         with pytest.raises(LockprofError, match=message) as excinfo:
             parse_lock_types(text, text == "rwsem")
         assert excinfo.value.exit_code == 2
+
+
+def test_record_says_it_runs_no_command(capsys):
+    code, _, err = run_main(capsys, "record", "-a", "--", "sleep", "1")
+    assert code == 2
+    assert "record -a runs no command (sleep 1): -d SECONDS" in assert_one_error_line(code, err)
 
 
 def test_an_unknown_lock_type_is_one_line_and_exit_2():
@@ -1364,3 +1377,16 @@ def test_a_report_to_stdout_appended_to_a_file_keeps_what_it_had(recording_path,
     text = target.read_text()
     assert text.startswith("HEADER\n<!DOCTYPE html>") and text.rstrip().endswith("</html>")
     assert (target.stat().st_ino, target.stat().st_mode & 0o777) == (inode, 0o644)
+
+
+@pytest.mark.parametrize(
+    ("pid", "expected"),
+    [
+        ("1,2", "-p/--pid: '1,2': one process id (-f also profiles the processes it forks"),
+        ("x", "-p/--pid: 'x' is not a process id"),
+        ("0", "-p/--pid: 0 is not in the range x>=1"),
+    ],
+)
+def test_attach_pid_says_what_it_takes(capsys, pid, expected):
+    code, _, err = run_main(capsys, "attach", "-p", pid)
+    assert code == 2 and expected in assert_one_error_line(code, err)

@@ -430,3 +430,19 @@ def test_interrupt_waits_left_out_are_a_failure_with_a_note():
     assert not any(
         n.startswith("irq wait") for n in summary.notes({"errors": {"irq_wait_skipped": 0}})
     )
+
+
+def test_show_sort_takes_perf_locks_key_names(capsys, recording_path):
+    from .helpers import one_error_line, run_main
+
+    path = str(recording_path)
+    by_name = [
+        run_main(capsys, "show", path, "--json", "-k", key)[1] for key in ("wait_avg", "avg_wait")
+    ]
+    assert by_name[0] == by_name[1]
+    assert (
+        run_main(capsys, "show", path, "--json", "-k", "acquired")[1]
+        == run_main(capsys, "show", path, "--json", "-k", "acquisitions")[1]
+    )
+    code, _, err = run_main(capsys, "show", path, "-k", "wait_min")
+    assert code == 2 and "wait_min is not kept" in one_error_line(code, err)
