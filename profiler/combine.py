@@ -59,7 +59,8 @@ class Combined:
     def __init__(self, totals: pd.DataFrame, locks: pd.DataFrame, target_pid: int | None):
         self.sizes: dict[int, int] = {}  # group -> its number of locks
         self.owners: dict[int, set[int]] = {}  # group -> its locks' owner pids
-        self.labels: dict[int, str] = {}  # group -> its label
+        self.labels: dict[int, tuple[str, str]] = {}  # group -> its label and class
+        self._classes: dict[str, set[str]] = {}  # label -> the lock classes it has
         if totals.empty or locks.empty:
             self.totals, self.locks = totals, locks
             return
@@ -78,7 +79,8 @@ class Combined:
             group = first_of_label.setdefault(label, lock)
             group_of[lock] = group
             self.sizes[group] = self.sizes.get(group, 0) + 1
-            self.labels[group] = label[0]
+            self.labels[group] = label
+            self._classes.setdefault(label[0], set()).add(label[1])
             if ident.owner_pid is not None:
                 self.owners.setdefault(group, set()).add(ident.owner_pid)
         return group_of
@@ -101,8 +103,11 @@ class Combined:
         apart."""
         if self.sizes.get(group, 1) < 2:
             return None
-        label = self.labels[group]
-        return "mmap_lock" if label.startswith("mmap_lock (") else label
+        label, lock_class = self.labels[group]
+        if label.startswith("mmap_lock ("):
+            return "mmap_lock"
+        # One caller contending for locks of two classes: two rows, told apart.
+        return f"{label} ({lock_class})" if len(self._classes[label]) > 1 else label
 
     def annotate(self, row: dict) -> dict:
         """A summary row of the combined totals, with `locks_combined` (how

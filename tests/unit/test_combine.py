@@ -130,3 +130,18 @@ def test_show_combine_locks_prints_a_row_per_caller(capsys):
 )
 def test_lock_labels(fields, expected):
     assert lock_label(*fields, target_pid=42)[0] == expected
+
+
+def test_one_caller_on_locks_of_two_classes_gets_a_row_for_each():
+    rec = recording.load(HOSTILE)
+    locks = rec.locks.copy()
+    pte = locks["name"].str.startswith("__pte_offset_map_lock+0x98 (")
+    mutexes = locks.index[pte][::2]
+    locks.loc[mutexes, "lock_class"] = "mutex"
+    rec.locks = locks
+    names = {row["lock"] for row in summary.summary_document(rec, combine=True)["locks"]}
+    pte_names = {name for name in names if name.startswith("__pte_offset_map_lock")}
+    assert pte_names == {
+        "__pte_offset_map_lock+0x98 (mutex)",
+        "__pte_offset_map_lock+0x98 (spinlock)",
+    }
