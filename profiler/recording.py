@@ -40,6 +40,7 @@ Files are written to a temporary file and renamed into place, mode 0600
 from __future__ import annotations
 
 import io
+import math
 import json
 import os
 import shutil
@@ -102,9 +103,13 @@ OFFCPU_COLUMNS = ["tgid", "comm", "stack_id", "count", "total_ns", "max_ns"]
 # CPU samples by kernel stack and CPU (--sample): on-CPU kernel time.
 SAMPLE_COLUMNS = ["stack_id", "cpu", "count"]
 
-# What each column of each table holds: int, float (int or float), str, list
-# (of numbers or, for frames, of str); a trailing ? allows nulls.
+# What each column of each table holds: int (>= 0), sint (any integer: a
+# stack id is negative where no stack was taken), float (int or float,
+# finite, >= 0), str, list (of numbers or, for frames, of str); a trailing ?
+# allows nulls. A negative count was printed as 18,446,744,073,709,551,576
+# (the summary adds them as uint64), an owner pid of inf was an internal error.
 _KINDS_BY_NAME = {
+    "stack_id": "sint",
     "t_s": "float",
     "kind": "str",
     "comm": "str",
@@ -664,15 +669,22 @@ def _kind_problem(series: pd.Series, kind: str) -> str | None:
     if not nullable and series.isna().any():
         return "has nulls"
     dtype = series.dtype
-    if kind == "int":
-        return (
-            None
-            if ptypes.is_integer_dtype(dtype) or _all_null(series)
-            else f"is {dtype}, not integer"
-        )
+    if kind in ("int", "sint"):
+        if _all_null(series):
+            return None
+        if not ptypes.is_integer_dtype(dtype):
+            return f"is {dtype}, not integer"
+        return "has negative values" if kind == "int" and (series < 0).any() else None
     if kind == "float":
         numeric = ptypes.is_numeric_dtype(dtype) and not ptypes.is_bool_dtype(dtype)
-        return None if numeric or _all_null(series) else f"is {dtype}, not numeric"
+        if _all_null(series):
+            return None
+        if not numeric:
+            return f"is {dtype}, not numeric"
+        values = series.dropna().to_numpy(dtype=np.float64)
+        return (
+            None if np.isfinite(values).all() and (values >= 0).all() else "has values out of range"
+        )
     if kind == "str":
         try:
             values = series.dropna().tolist()  # arrow-backed text is decoded here
@@ -752,22 +764,42 @@ def _number(value) -> bool:
     return _int(value) or isinstance(value, float)
 
 
+def _count(value) -> bool:
+    """An integer >= 0 (a hand-edited -5 printed as "lost events: -5")."""
+    return _int(value) and value >= 0
+
+
+def _measure(value) -> bool:
+    """A finite number >= 0 (seconds, rusage figures)."""
+    return _number(value) and math.isfinite(value) and value >= 0
+
+
+# The most CPUs a recording may name (the report draws a row per CPU: a
+# hand-edited 10**12 took it to the OOM killer). Linux's NR_CPUS is at most
+# 8,192; --cpus' what-if goes to 65,536.
+MAX_CPUS = 65_536
+
+
+def _cpu_count(value) -> bool:
+    return _int(value) and 1 <= value <= MAX_CPUS
+
+
 def _text_list(value) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _number_dict(value) -> bool:
-    return isinstance(value, dict) and all(v is None or _number(v) for v in value.values())
+    return isinstance(value, dict) and all(v is None or _measure(v) for v in value.values())
 
 
 def _lineage(value) -> bool:
     return (
         isinstance(value, dict)
-        and _int(value.get("children_seen", 0))
+        and _count(value.get("children_seen", 0))
         and isinstance(value.get("execs", []), list)
         and all(
             isinstance(e, dict)
-            and _number(e.get("t_s", 0))
+            and _measure(e.get("t_s", 0))
             and isinstance(e.get("comm", ""), str)
             and isinstance(e.get("exe"), str | None)
             for e in value.get("execs", [])
@@ -777,29 +809,33 @@ def _lineage(value) -> bool:
 
 # What the summary, show and the reports read from meta, and what each must
 # hold where present (None is allowed where the value may be unknown).
+COUNT, MEASURE = "an integer >= 0", "a number >= 0"
 META_KINDS = {
     "kernel": ("text", lambda v: isinstance(v, str)),
     "target": ("text", lambda v: v is None or isinstance(v, str)),
     "stop_reason": ("text", lambda v: v is None or isinstance(v, str)),
-    "cpus": ("an integer", lambda v: v is None or _int(v)),
-    "target_pid": ("an integer", lambda v: v is None or _int(v)),
-    "exit_status": ("an integer", lambda v: v is None or _int(v)),
+    "cpus": (f"a CPU count (1 to {MAX_CPUS:,})", lambda v: v is None or _cpu_count(v)),
+    "target_pid": (COUNT, lambda v: v is None or _count(v)),
+    "exit_status": (
+        "an exit status (0 to 255)",
+        lambda v: v is None or (_int(v) and 0 <= v <= 255),
+    ),
     "exit_signal": ("text", lambda v: v is None or isinstance(v, str)),
     "ended_by_lockprof": ("true or false", lambda v: v is None or isinstance(v, bool)),
-    "orphans_stopped": ("an integer", lambda v: v is None or _int(v)),
-    "threshold_ns": ("an integer", lambda v: v is None or _int(v)),
-    "lost_events": ("an integer", _int),
-    "sample_hz": ("an integer", lambda v: v is None or _int(v)),
-    "what_if_cpus": ("an integer", lambda v: v is None or _int(v)),
-    "followed": ("an integer", lambda v: v is None or _int(v)),
-    "locks_retired": ("an integer", lambda v: v is None or _int(v)),
-    "duration_s": ("a number", _number),
-    "interval_s": ("a number", _number),
+    "orphans_stopped": (COUNT, lambda v: v is None or _count(v)),
+    "threshold_ns": (COUNT, lambda v: v is None or _count(v)),
+    "lost_events": (COUNT, _count),
+    "sample_hz": (COUNT, lambda v: v is None or _count(v)),
+    "what_if_cpus": (f"a CPU count (1 to {MAX_CPUS:,})", lambda v: v is None or _cpu_count(v)),
+    "followed": (COUNT, lambda v: v is None or _count(v)),
+    "locks_retired": (COUNT, lambda v: v is None or _count(v)),
+    "duration_s": (MEASURE, _measure),
+    "interval_s": (MEASURE, _measure),
     "command": ("a list of text", _text_list),
     "families": ("a list of text", _text_list),
     "lock_types": ("a list of text", lambda v: v is None or _text_list(v)),
-    "errors": ("counts by name", lambda v: isinstance(v, dict) and all(map(_int, v.values()))),
-    "rusage": ("figures by name", lambda v: v is None or _number_dict(v)),
+    "errors": ("counts by name", lambda v: isinstance(v, dict) and all(map(_count, v.values()))),
+    "rusage": ("figures by name (numbers >= 0)", lambda v: v is None or _number_dict(v)),
     "mechanisms": (
         "a list of objects",
         lambda v: isinstance(v, list) and all(isinstance(m, dict) for m in v),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from profiler.cli.common import collect_command, collection_options, follow_option
@@ -20,7 +22,7 @@ class _Pid(click.IntRange):
                 param,
                 ctx,
             )
-        if isinstance(value, str) and not value.strip().lstrip("+").isdigit():
+        if isinstance(value, str) and not re.fullmatch(r"\s*[+-]?\d+\s*", value):
             self.fail(f"{value!r} is not a process id", param, ctx)
         return super().convert(value, param, ctx)
 

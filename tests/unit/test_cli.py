@@ -247,7 +247,7 @@ def test_record_needs_all(capsys):
         (["run"], "lockprof run: Missing argument 'CMD...'"),
         (["bench", "-o", "x.lpset"], "lockprof bench: Missing argument 'CMD...'"),
         (["attach"], "lockprof attach: Missing option '-p' / '--pid'"),
-        (["attach", "-p", "abc"], "lockprof attach: -p/--pid: 'abc' is not a valid integer"),
+        (["attach", "-p", "abc"], "lockprof attach: -p/--pid: 'abc' is not a process id"),
         (["show", "--top", "0", "x.lpr"], "lockprof show: --top: 0 is not in the range x>=1"),
         (["run", "-d", "0", "--", "true"], "lockprof run: -d/--duration: 0.0 is not in the range"),
         (["record", "-a", "-i", "-1"], "lockprof record: -i/--interval: -1.0 is not in the range"),
@@ -535,7 +535,7 @@ def test_attach_pid_beyond_any_pid(capsys, pid):
 def test_attach_pid_that_is_not_a_number(capsys, pid):
     code, out, err = run_main(capsys, "attach", "-p", pid)
     assert code == 2 and out == ""
-    assert "Traceback" not in err and "is not a valid integer" in err
+    assert "Traceback" not in err and f"{pid!r} is not a process id" in err
 
 
 def test_show_a_directory(capsys, tmp_path):

@@ -311,6 +311,10 @@ def _set(table, column, values):
         (*_set("intervals", "acquisitions", "many"), "column acquisitions is str, not integer"),
         (*_set("intervals", "acquisitions", 1.5), "column acquisitions is float64, not integer"),
         (*_set("intervals", "t_s", "soon"), "column t_s is str, not numeric"),
+        (*_set("intervals", "acquisitions", -5), "column acquisitions has negative values"),
+        (*_set("intervals", "t_s", float("nan")), "column t_s has nulls"),
+        (*_set("intervals", "t_s", -1.0), "column t_s has values out of range"),
+        (*_set("locks", "owner_pid", float("inf")), "column owner_pid has values out of range"),
         (
             *_set(
                 "intervals", "wait_count", lambda f: pd.array([None] + [1] * (len(f) - 1), "Int64")
@@ -743,10 +747,21 @@ def test_fuzz_meta_values_load_and_show_or_refuse(recording_bytes, key, value):
 @pytest.mark.parametrize(
     "key, value, kind",
     [
-        ("duration_s", "10", "a number"),
-        ("cpus", True, "an integer"),
+        ("duration_s", "10", "a number >= 0"),
+        ("cpus", True, "a CPU count (1 to 65,536)"),
         ("errors", {"ringbuf_full": "1"}, "counts by name"),
         ("rusage", {"user_s": [1]}, "figures by name"),
+        # In range as well (QA pass: cpus 10**12 took `report` to the OOM
+        # killer; negative figures were printed as they were).
+        ("cpus", 10**12, "a CPU count (1 to 65,536)"),
+        ("cpus", 0, "a CPU count"),
+        ("duration_s", -5, "a number >= 0"),
+        ("duration_s", float("inf"), "a number >= 0"),
+        ("lost_events", -7, "an integer >= 0"),
+        ("threshold_ns", -100, "an integer >= 0"),
+        ("errors", {"stack": -3}, "counts by name"),
+        ("rusage", {"elapsed_s": -1}, "figures by name"),
+        ("exit_status", 300, "an exit status (0 to 255)"),
         ("command", "rm -rf /", "a list of text"),
         ("lineage", {"execs": [{"t_s": "soon"}]}, "children and execs"),
     ],
