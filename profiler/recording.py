@@ -40,8 +40,8 @@ Files are written to a temporary file and renamed into place, mode 0600
 from __future__ import annotations
 
 import io
-import math
 import json
+import math
 import os
 import shutil
 import stat
