@@ -681,9 +681,9 @@ def _kind_problem(series: pd.Series, kind: str) -> str | None:
             return None
         if not numeric:
             return f"is {dtype}, not numeric"
-        values = series.dropna().to_numpy(dtype=np.float64)
+        numbers = series.dropna().to_numpy(dtype=np.float64)
         return (
-            None if np.isfinite(values).all() and (values >= 0).all() else "has values out of range"
+            None if np.isfinite(numbers).all() and (numbers >= 0).all() else "has values out of range"
         )
     if kind == "str":
         try:
