@@ -683,7 +683,9 @@ def _kind_problem(series: pd.Series, kind: str) -> str | None:
             return f"is {dtype}, not numeric"
         numbers = series.dropna().to_numpy(dtype=np.float64)
         return (
-            None if np.isfinite(numbers).all() and (numbers >= 0).all() else "has values out of range"
+            None
+            if np.isfinite(numbers).all() and (numbers >= 0).all()
+            else "has values out of range"
         )
     if kind == "str":
         try:
