@@ -53,7 +53,7 @@ def panels(
             "Recording",
             "What was profiled, where and how, and what it cost.",
             [("header", figures.build_header(meta, len(rec.events)))],
-            html=lost_banner(meta),
+            html=lost_banner(meta) + damage_banner(rec.damaged),
         ),
         Panel(
             "summary",
@@ -169,6 +169,18 @@ def lost_banner(meta: dict) -> str:
         f'<p class="lost" role="alert"><b>{lost:,} events were lost</b> (the ring buffer '
         "was full): the timeline and the event counts miss them. The aggregates "
         "(summary, distributions, per CPU) are exact.</p>"
+    )
+
+
+def damage_banner(damaged: dict[str, str]) -> str:
+    """A line per table of the recording found damaged (left out)."""
+    from profiler.recording import DAMAGE_CONSEQUENCES
+
+    return "".join(
+        f'<p class="lost" role="alert"><b>Table {html_text(name)} of the recording is '
+        f"damaged</b> ({html_text(why)}): "
+        f"{html_text(DAMAGE_CONSEQUENCES.get(name, 'it is left out'))}.</p>"
+        for name, why in damaged.items()
     )
 
 

@@ -70,6 +70,20 @@ SCHEMA_VERSION = 3
 TABLES = ("intervals", "locks", "events", "tasks", "callers", "stacks", "offcpu", "samples")
 # Tables added after schema 2 was first written: absent means empty.
 OPTIONAL_TABLES = ("offcpu", "samples")
+# Tables a recording cannot be read without: the aggregates. Any other table
+# that is damaged (a bad CRC, a bad column) is left out, empty, and named in
+# Recording.damaged, so that the rest of the recording stays usable.
+ESSENTIAL_TABLES = ("intervals", "locks")
+# What a damaged table leaves out (Recording.damaged, the warning, a note).
+DAMAGE_CONSEQUENCES = {
+    "events": "its waits and holds over the threshold (timelines, the events export) are "
+    "left out; the aggregates are whole",
+    "tasks": "the per-task rows (tasks of other processes on mmap_locks) are left out",
+    "callers": "the contending callers (the report's callers, folded stacks) are left out",
+    "stacks": "the kernel stacks' frames are left out",
+    "offcpu": "the off-CPU figures (--offcpu) are left out",
+    "samples": "the CPU samples (--sample: the writer's sum cost) are left out",
+}
 
 EVENT_COLUMNS = [
     "t_s",
@@ -287,13 +301,32 @@ class Recording:
             self._lazy[name] = empty_table(name) if frame is None and file is None else frame
             self._files[name] = file
         self._interval_totals = interval_totals
+        # Tables found damaged (name -> why), left out empty (ESSENTIAL_TABLES
+        # are never: their damage refuses the recording); on_damage(name,
+        # why) hears of each as it is found (a table read later too).
+        self.damaged: dict[str, str] = {}
+        self.on_damage: Callable[[str, str], None] | None = None
+
+    def mark_damaged(self, name: str, why: str) -> None:
+        if name in self.damaged:
+            return
+        self.damaged[name] = why
+        if self.on_damage is not None:
+            self.on_damage(name, why)
 
     def _read(self, name: str) -> pd.DataFrame:
         frame = self._lazy[name]
         if frame is None:
             file = self._files[name]
             assert file is not None
-            frame = self._lazy[name] = file.load()
+            try:
+                frame = file.load()
+            except TableDamaged as exc:
+                if name in ESSENTIAL_TABLES:
+                    raise
+                self.mark_damaged(name, exc.why)
+                frame = empty_table(name)
+            self._lazy[name] = frame
         return frame
 
     def _set(self, name: str, frame: pd.DataFrame) -> None:
@@ -349,10 +382,16 @@ class Recording:
         return self.unread_file("events")
 
     @property
-    def event_count(self) -> int:
-        """Rows of the events table, without reading a spilled one."""
+    def event_count(self) -> int | None:
+        """Rows of the events table, without reading a spilled one (None:
+        the table is damaged, its rows unknown)."""
+        if "events" in self.damaged:
+            return None
         spilled = self.unread_events_file
-        return spilled.rows if spilled is not None else len(self.events)
+        if spilled is not None and spilled.rows is not None:
+            return spilled.rows
+        count = len(self.events)
+        return None if "events" in self.damaged else count
 
     def table(self, name: str) -> pd.DataFrame:
         return getattr(self, name)
@@ -426,8 +465,17 @@ def _test_write_delay() -> None:
     time.sleep(float(delay))
 
 
-def load(path: str | Path, *, summary_only: bool = False) -> Recording:
-    """Read a recording. Any defect raises LockprofError with one clear line.
+def load(
+    path: str | Path,
+    *,
+    summary_only: bool = False,
+    on_damage: Callable[[str, str], None] | None = None,
+) -> Recording:
+    """Read a recording. A defect in its meta or its aggregates
+    (ESSENTIAL_TABLES) raises LockprofError with one clear line; any other
+    damaged table is left out, empty, and named in Recording.damaged (with
+    why), and on_damage(name, why) is called for it, now or when a table
+    left in the file is read.
 
     summary_only: what a summary needs, in memory bounded by the locks rather
     than the length of the run: the intervals table collapsed to one row per
@@ -448,12 +496,21 @@ def load(path: str | Path, *, summary_only: bool = False) -> Recording:
         # Schema 1 intervals are upgraded in the order of the whole table.
         collapse = summary_only and meta["schema_version"] >= 2
         left = ("intervals", "events") if collapse else ()
-        tables = {name: _read_table(archive, name, path) for name in TABLES if name not in left}
+        damaged: dict[str, str] = {}
+        tables = {
+            name: _read_or_leave_out(archive, name, path, damaged)
+            for name in TABLES
+            if name not in left
+        }
         if collapse:
             totals, interval_rows = _interval_totals(archive, path)
+            try:
+                event_rows: int | None = _table_rows(archive, "events", path)
+            except TableDamaged as exc:
+                damaged["events"], event_rows = exc.why, None
             files = {
                 "intervals": ArchivedTable(path, "intervals", interval_rows),
-                "events": ArchivedTable(path, "events", _table_rows(archive, "events", path)),
+                "events": ArchivedTable(path, "events", event_rows),
             }
     version = meta["schema_version"]
     if version == 1:
@@ -463,8 +520,15 @@ def load(path: str | Path, *, summary_only: bool = False) -> Recording:
         # The tables are the current schema's now: say so, and where they came from.
         meta.update(schema_version=SCHEMA_VERSION, upgraded_from_schema=version)
     check_meta(meta, path)
-    for name, frame in tables.items():
-        check_table(frame, name, path)
+    for name, frame in list(tables.items()):
+        if name in damaged:
+            continue
+        try:
+            check_table(frame, name, path)
+        except TableDamaged as exc:
+            if name in ESSENTIAL_TABLES:
+                raise
+            damaged[name], tables[name] = exc.why, empty_table(name)
     if collapse:
         rec = Recording(
             meta=meta,
@@ -478,7 +542,24 @@ def load(path: str | Path, *, summary_only: bool = False) -> Recording:
         rec = Recording(meta=meta, intervals=tables.pop("intervals"), locks=tables.pop("locks"))
     for name, frame in tables.items():
         setattr(rec, name, frame)
+    rec.on_damage = on_damage
+    for name, why in damaged.items():
+        rec.mark_damaged(name, why)
     return rec
+
+
+def _read_or_leave_out(
+    archive: zipfile.ZipFile, name: str, path: Path, damaged: dict[str, str]
+) -> pd.DataFrame:
+    """_read_table(), but a damaged table that is not essential is left
+    out (empty), its defect kept in damaged."""
+    try:
+        return _read_table(archive, name, path)
+    except TableDamaged as exc:
+        if name in ESSENTIAL_TABLES:
+            raise
+        damaged[name] = exc.why
+        return empty_table(name)
 
 
 # Rows read at a time by load(summary_only=True).
@@ -557,7 +638,7 @@ def _table_rows(archive: zipfile.ZipFile, name: str, path: Path) -> int:
         with archive.open(f"{name}.parquet") as member:
             return pq.ParquetFile(member).metadata.num_rows
     except KeyError:
-        raise LockprofError(f"{path}: corrupt recording (table {name} missing)") from None
+        raise _missing(path, name) from None
     except Exception as exc:  # zlib, pyarrow and zipfile each raise their own
         raise _table_error(path, name, exc) from None
 
@@ -566,8 +647,8 @@ class ArchivedTable:
     """A table left in its recording until used (load(summary_only=True)):
     what a SpilledTable offers, read from the archive."""
 
-    def __init__(self, path: Path, name: str, rows: int) -> None:
-        self.path, self.name, self.rows = path, name, rows
+    def __init__(self, path: Path, name: str, rows: int | None) -> None:
+        self.path, self.name, self.rows = path, name, rows  # rows None: footer unreadable
 
     def load(self, columns: list[str] | None = None) -> pd.DataFrame:
         """The table, or these columns of it (each checked as load() checks
@@ -654,10 +735,14 @@ def check_table(frame: pd.DataFrame, name: str, path: str | Path) -> None:
 def _check_columns(frame: pd.DataFrame, name: str, kinds: dict[str, str], path: Path) -> None:
     for column, kind in kinds.items():
         if column not in frame.columns:
-            raise _corrupt(path, f"table {name} lacks column {column}")
+            raise _damaged_column(path, name, f"lacks column {column}")
         problem = _kind_problem(frame[column], kind)
         if problem:
-            raise _corrupt(path, f"table {name} column {column} {problem}")
+            raise _damaged_column(path, name, f"column {column} {problem}")
+
+
+def _damaged_column(path: Path, name: str, why: str) -> TableDamaged:
+    return TableDamaged(path, name, why, str(_corrupt(path, f"table {name} {why}")))
 
 
 def _kind_problem(series: pd.Series, kind: str) -> str | None:
@@ -862,11 +947,24 @@ def _read_table(
     except KeyError:
         if name in OPTIONAL_TABLES:
             return empty_table(name)
-        raise LockprofError(f"{path}: corrupt recording (table {name} missing)") from None
+        raise _missing(path, name) from None
     except Exception as exc:  # zlib, pyarrow and zipfile each raise their own
         raise _table_error(path, name, exc) from None
 
 
-def _table_error(path: Path, name: str, exc: Exception) -> LockprofError:
+class TableDamaged(LockprofError):
+    """A table that cannot be read or holds what it must not: the message
+    names the recording; why, the defect alone (Recording.damaged)."""
+
+    def __init__(self, path: Path, name: str, why: str, message: str | None = None):
+        super().__init__(message or f"{path}: corrupt recording (table {name}: {why})")
+        self.name, self.why = name, why
+
+
+def _missing(path: Path, name: str) -> TableDamaged:
+    return TableDamaged(path, name, "missing", f"{path}: corrupt recording (table {name} missing)")
+
+
+def _table_error(path: Path, name: str, exc: Exception) -> TableDamaged:
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return LockprofError(f"{path}: corrupt recording (table {name}: {reason})")
+    return TableDamaged(path, name, reason)

@@ -223,6 +223,17 @@ def notes(meta: dict) -> list[str]:
     return out
 
 
+def damage_notes(rec: Recording) -> list[str]:
+    """A note for every table of the recording found damaged (left out)."""
+    from profiler.recording import DAMAGE_CONSEQUENCES
+
+    return [
+        f"table {name} of the recording is damaged ({why}): "
+        f"{DAMAGE_CONSEQUENCES.get(name, 'it is left out')}"
+        for name, why in rec.damaged.items()
+    ]
+
+
 def summary_json(rec: Recording, what_if_cpus: int | None = None, top: int | None = None) -> dict:
     """The `show --json` document (`--top N`: its first N rows)."""
     document = summary_document(rec, what_if_cpus, top)
@@ -259,7 +270,7 @@ def summary_document(
         "lock_types": meta.get("lock_types"),
         "lost_events": meta.get("lost_events", 0),
         "errors": meta.get("errors", {}),
-        "notes": notes(meta),
+        "notes": notes(meta) + damage_notes(rec),
         "rusage": {k: rusage.get(k) for k in ("user_s", "sys_s", "elapsed_s", "minor_faults")},
         "events": rec.event_count,
         "locks_total": rows.total,

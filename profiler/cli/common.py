@@ -457,6 +457,31 @@ def refuse_two_things_on_stdout(output: Path | None, html: Path | None, as_json:
         )
 
 
+def events_of(count: int | None, threshold_ns: int | None) -> str:
+    """'93 events over 100us', or what a damaged events table leaves."""
+    if count is None:
+        return "events table damaged"
+    return f"{render.counted(count, 'event')} over {render.fmt_ns(threshold_ns)}"
+
+
+def load_recording(path: str | Path, summary_only: bool = False):
+    """recording.load() for a command that reads one: a table found
+    damaged (now or when read later) gets a warning line, naming what it
+    leaves out, and the rest is read."""
+    from profiler import recording
+
+    def warn(name: str, why: str) -> None:
+        consequence = recording.DAMAGE_CONSEQUENCES.get(name, "it is left out")
+        click.echo(
+            render.safe_text(
+                f"lockprof: warning: {path}: table {name} is damaged ({why}): {consequence}"
+            ),
+            err=True,
+        )
+
+    return recording.load(path, summary_only=summary_only, on_damage=warn)
+
+
 def default_output(mode: str, tgid: int) -> Path:
     """The recording's name without -o: new each time, never over a file
     (outputs.ChosenName: two lockprofs of the same second get -2)."""
@@ -819,8 +844,7 @@ def print_summary(
     header = (
         f"{meta.get('target') or 'unknown target'}: {meta.get('duration_s', 0):.2f}s "
         f"on {meta.get('kernel') or 'an unknown kernel'}, "
-        f"{meta.get('cpus') or '?'} CPUs, {render.counted(rec.event_count, 'event')} over "
-        f"{render.fmt_ns(meta.get('threshold_ns'))}"
+        f"{meta.get('cpus') or '?'} CPUs, {events_of(rec.event_count, meta.get('threshold_ns'))}"
     )
     out = render.console(stderr=to_stderr)
     rows = document.pop("locks")

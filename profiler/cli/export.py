@@ -14,6 +14,7 @@ import click
 import pandas as pd
 
 from profiler import outputs, recording, summary, writer_cost
+from profiler.cli.common import load_recording
 from profiler.errors import LockprofError
 
 
@@ -206,7 +207,7 @@ def command(path, folded, csv_dir) -> None:
         raise LockprofError(f"--csv {csv_dir} is not a directory", exit_code=2)
     for csv_file in csv_files(csv_dir) if csv_dir is not None else []:
         outputs.refuse_clobbering(csv_file, [path], "--csv", "a CSV table")
-    rec = recording.load(path)
+    rec = load_recording(path)
     if folded is not None:
         count = write_folded(rec, folded)
         if str(folded) != "-":

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from profiler import outputs, recording
-from profiler.cli.common import warn_cpus_without_samples
+from profiler.cli.common import load_recording, warn_cpus_without_samples
 from profiler.errors import LockprofError
 
 
@@ -98,7 +98,7 @@ def command(path, output, max_events, top, what_if_cpus) -> None:
     check_output(output)
     # Histograms summed as the intervals are read; the per-interval ones are
     # never all in memory (a 2-hour recording: 0.96 GB read whole).
-    rec = recording.load(path, summary_only=True)
+    rec = load_recording(path, summary_only=True)
     if what_if_cpus and not warn_cpus_without_samples(rec.meta, what_if_cpus, path):
         rec.meta["what_if_cpus"] = what_if_cpus
     write_html(rec, output, source=str(path), max_events=max_events, top=top)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from profiler import recording
-from profiler.cli.common import print_summary, warn_cpus_without_samples
+from profiler.cli.common import load_recording, print_summary, warn_cpus_without_samples
 from profiler.options import SORT_ALIASES, SORT_KEYS
 
 
@@ -67,6 +66,6 @@ def command(path, as_json, top, what_if_cpus, sort, combine) -> None:
       lockprof show sys.lpr -c --top 20               by caller, as perf lock contention
       lockprof show demo.lpr --json | jq '.locks[] | select(.lock == "mmap_lock")'
     """
-    rec = recording.load(path, summary_only=True)
+    rec = load_recording(path, summary_only=True)
     warn_cpus_without_samples(rec.meta, what_if_cpus, path)
     print_summary(rec, as_json, top, what_if_cpus, path, sort, combine=combine)

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -290,13 +292,37 @@ def test_html_path_is_checked_before_collecting(tmp_path, monkeypatch):
 
 
 def test_report_of_a_recording_with_a_broken_table(capsys, tmp_path):
+    """A broken events table made every reader refuse the recording; the
+    report is written without the events, saying so on stderr and on the
+    page. Broken aggregates still refuse it."""
     rec = profiler.load(HOSTILE)
     rec.events = rec.events.drop(columns=["comm"])
     broken = recording.save(rec, tmp_path / "broken.lpr")
     code, _out, err = run_main(capsys, "report", broken, "-o", tmp_path / "r.html")
+    assert code == 0 and "Traceback" not in err
+    assert err.splitlines()[0] == (
+        f"lockprof: warning: {broken}: table events is damaged (lacks column comm): its "
+        "waits and holds over the threshold (timelines, the events export) are left out; "
+        "the aggregates are whole"
+    )
+    assert "Table events of the recording is damaged" in (tmp_path / "r.html").read_text()
+    # Without its events member, show cannot count them: null, with a note.
+    without = tmp_path / "without-events.lpr"
+    with zipfile.ZipFile(broken) as src, zipfile.ZipFile(without, "w") as dst:
+        for item in src.infolist():
+            if item.filename != "events.parquet":
+                dst.writestr(item, src.read(item))
+    code, out, err = run_main(capsys, "show", "--json", without)
+    assert code == 0 and json.loads(out)["events"] is None
+    notes = json.loads(out)["notes"]
+    assert "table events of the recording is damaged (missing)" in " ".join(notes)
+    rec.events = profiler.load(HOSTILE).events
+    rec.locks = rec.locks.drop(columns=["name"])
+    broken = recording.save(rec, tmp_path / "broken2.lpr")
+    code, _out, err = run_main(capsys, "report", broken, "-o", tmp_path / "r2.html")
     line = one_error_line(code, err)
-    assert line == f"lockprof: {broken}: corrupt recording: table events lacks column comm"
-    assert not (tmp_path / "r.html").exists()
+    assert line == f"lockprof: {broken}: corrupt recording: table locks lacks column name"
+    assert not (tmp_path / "r2.html").exists()
 
 
 def test_folded_to_a_directory(capsys, tmp_path):

@@ -34,6 +34,34 @@ def assert_one_line_error(excinfo, path, *fragments):
         assert fragment in message
 
 
+def assert_damaged(path, table: str, *fragments: str) -> None:
+    """A defect in table: the recording is refused in one line if the table
+    is an essential one (the aggregates); else the rest is read, the table
+    left out empty, and its defect named in damaged and told to on_damage."""
+    if table in recording.ESSENTIAL_TABLES:
+        with pytest.raises(LockprofError) as excinfo:
+            recording.load(path)
+        assert_one_line_error(excinfo, path, *fragments)
+        return
+    for summary_only in (False, True):
+        loaded, heard = _load_hearing_damage(path, summary_only)
+        loaded.table(table)  # read now if it was left in the file
+        assert list(loaded.damaged) == [table] and heard == list(loaded.damaged.items())
+        assert loaded.table(table).empty
+        assert list(loaded.table(table).columns) == list(recording.TABLE_COLUMNS[table])
+        for fragment in fragments:  # what the refusal said, after "table NAME"
+            assert fragment.split(f"table {table}")[-1].strip() in loaded.damaged[table]
+        assert not loaded.interval_totals.empty and not loaded.locks.empty
+
+
+def _load_hearing_damage(path, summary_only: bool):
+    heard: list[tuple[str, str]] = []
+    loaded = recording.load(
+        path, summary_only=summary_only, on_damage=lambda *damage: heard.append(damage)
+    )
+    return loaded, heard
+
+
 def members(data: bytes) -> dict[str, bytes]:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         return {name: archive.read(name) for name in archive.namelist()}
@@ -240,9 +268,7 @@ def test_corrupt_parquet_member(rec, tmp_path, table):
     contents[f"{table}.parquet"] = good[:8] + b"\x00" * (len(good) - 16) + good[-8:]
     path = tmp_path / "p.lpr"
     path.write_bytes(rezip(contents))
-    with pytest.raises(LockprofError) as excinfo:
-        recording.load(path)
-    assert_one_line_error(excinfo, path, f"table {table}")
+    assert_damaged(path, table, f"table {table}")
 
 
 @pytest.mark.parametrize("table", recording.TABLES)
@@ -257,9 +283,7 @@ def test_missing_table(rec, tmp_path, table):
         assert loaded.table(table).empty
         assert list(loaded.table(table).columns) == list(recording.TABLE_COLUMNS[table])
         return
-    with pytest.raises(LockprofError) as excinfo:
-        recording.load(path)
-    assert_one_line_error(excinfo, path, f"table {table} missing")
+    assert_damaged(path, table, f"table {table} missing")
 
 
 # -- table columns ---------------------------------------------------------------------
@@ -283,9 +307,7 @@ def test_every_table_column_is_declared(rec):
 def test_table_that_lacks_a_column(rec, tmp_path, table, column):
     setattr(rec, table, rec.table(table).drop(columns=[column]))
     path = recording.save(rec, tmp_path / "c.lpr")
-    with pytest.raises(LockprofError) as excinfo:
-        recording.load(path)
-    assert str(excinfo.value) == f"{path}: corrupt recording: table {table} lacks column {column}"
+    assert_damaged(path, table, f"corrupt recording: table {table} lacks column {column}")
 
 
 def _ragged(frame):
@@ -345,9 +367,7 @@ def test_table_with_a_mistyped_column(rec, tmp_path, table, change, problem):
     change(frame)
     setattr(rec, table, frame)
     path = recording.save(rec, tmp_path / "t.lpr")
-    with pytest.raises(LockprofError) as excinfo:
-        recording.load(path)
-    assert str(excinfo.value) == f"{path}: corrupt recording: table {table} {problem}"
+    assert_damaged(path, table, f"corrupt recording: table {table} {problem}")
 
 
 def test_nulls_where_they_are_allowed(rec, tmp_path):
@@ -485,9 +505,7 @@ def test_table_member_zip_defects_are_lockprof_errors(recording_bytes, tmp_path,
     struct.pack_into("<H", out, central_directory_entry(data, b"events.parquet") + offset, value)
     path = tmp_path / "z.lpr"
     path.write_bytes(bytes(out))
-    with pytest.raises(LockprofError) as excinfo:
-        recording.load(path)
-    assert_one_line_error(excinfo, path, "table events")
+    assert_damaged(path, "events")
 
 
 # -- fuzzing ------------------------------------------------------------------------------
