@@ -461,15 +461,45 @@ _KIND_MEMBER = {"meta.json": RECORDING, "manifest.json": RUN_SET}
 
 def lockprof_kind(path: str | Path) -> str | None:
     """RECORDING or RUN_SET when path is an existing lockprof file, else None
-    (zipfile only: this runs before the probes are compiled)."""
+    (zipfile only: this runs before the probes are compiled). A file cut
+    short (an interrupted copy: no ZIP directory at its end) is one too, by
+    the member its first local header names: `report sys.lpr -o cut.lpr`
+    replaced a truncated recording whose members were nearly all whole."""
     try:
         if not Path(path).is_file():
             return None
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
     except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, RuntimeError):
-        return None
+        return _KIND_MEMBER.get(first_member(Path(path)) or "")
     return next((kind for member, kind in _KIND_MEMBER.items() if member in names), None)
+
+
+def first_member(path: Path) -> str | None:
+    """The name in a ZIP file's first local header, or None (not a ZIP):
+    lockprof's writers put meta.json (a recording) or manifest.json (a run
+    set) first, so it tells a damaged or truncated one apart."""
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(30 + 64)
+    except OSError:
+        return None
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        return None
+    length = int.from_bytes(head[26:28], "little")
+    return head[30 : 30 + length].decode("utf-8", errors="replace")
+
+
+def truncated_note(path: Path, exc: Exception) -> str | None:
+    """Why a ZIP that does not open is a damaged lockprof file, if it is
+    one (None: not lockprof's, or no more than zipfile's reason to say)."""
+    kind = _KIND_MEMBER.get(first_member(path) or "")
+    if kind is None or not isinstance(exc, zipfile.BadZipFile):
+        return None
+    return (
+        f"{path}: truncated or damaged lockprof {kind}: it starts as one, but the ZIP "
+        "directory at its end is missing or unreadable (a copy cut short?)"
+    )
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:

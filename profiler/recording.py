@@ -489,7 +489,8 @@ def load(
     except FileNotFoundError:
         raise LockprofError(f"{path}: no such file") from None
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
-        raise LockprofError(f"{path}: not a lockprof recording ({exc})") from None
+        note = outputs.truncated_note(path, exc)
+        raise LockprofError(note or f"{path}: not a lockprof recording ({exc})") from None
     with archive:
         _check_expansion(archive, path)
         meta = _read_meta(archive, path)

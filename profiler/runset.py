@@ -164,7 +164,8 @@ def _open(path: Path) -> zipfile.ZipFile:
         raise LockprofError(f"{path}: permission denied") from None
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
         raise LockprofError(
-            f"{path}: not a lockprof run set or recording ({exc or type(exc).__name__})"
+            outputs.truncated_note(path, exc)
+            or f"{path}: not a lockprof run set or recording ({exc or type(exc).__name__})"
         ) from None
 
 
@@ -231,7 +232,10 @@ def load(path: str | Path) -> RunSet:
     """Read a run set (.lpset). Any defect raises LockprofError with one line."""
     path = Path(path)
     with _open(path) as archive:
-        if "manifest.json" not in archive.namelist() and _first_member(path) == "manifest.json":
+        if (
+            "manifest.json" not in archive.namelist()
+            and outputs.first_member(path) == "manifest.json"
+        ):
             raise _corrupt(path, "truncated or damaged (its directory does not list manifest.json)")
         document = _read_manifest(archive, path)
         runs = []
@@ -277,26 +281,12 @@ def from_recording(rec: Recording, label: str, source: str | None = None) -> Run
     )
 
 
-def _first_member(path: Path) -> str | None:
-    """The name in the archive's first local header (the writer puts
-    manifest.json first), or None."""
-    try:
-        with path.open("rb") as stream:
-            head = stream.read(30 + 64)
-    except OSError:
-        return None
-    if len(head) < 30 or head[:4] != b"PK\x03\x04":
-        return None
-    length = int.from_bytes(head[26:28], "little")
-    return head[30 : 30 + length].decode("utf-8", errors="replace")
-
-
 def load_side(path: str | Path) -> RunSet:
     """A run set, or a single recording as a set of one run: whichever path is."""
     path = Path(path)
     with _open(path) as archive:
         names = set(archive.namelist())
-    if _first_member(path) == "manifest.json" and "manifest.json" not in names:
+    if outputs.first_member(path) == "manifest.json" and "manifest.json" not in names:
         # A set's runs are stored zips: when the set's own directory is cut
         # off, zipfile finds the last run's directory instead. Not a recording.
         raise _corrupt(path, "truncated or damaged (its directory does not list manifest.json)")

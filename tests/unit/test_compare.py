@@ -931,6 +931,7 @@ def test_truncated_lpset_is_one_line_error(tmp_path):
             runset.load_side(path)
         assert "\n" not in str(info.value)
         assert str(info.value).startswith(f"{path}: ")
+        assert "truncated or damaged" in str(info.value)
     # Cut inside the set's own directory, zipfile would find the last run's
     # (a stored zip) and read a single recording: the set is refused instead.
     path = tmp_path / "cut.lpset"

@@ -188,6 +188,13 @@ def test_truncated_recording(recording_bytes, tmp_path, fraction):
     with pytest.raises(LockprofError) as excinfo:
         recording.load(path)
     assert_one_line_error(excinfo, path)
+    if len(path.read_bytes()) >= 30 + len("meta.json"):
+        # Said as what it is, not "not a lockprof recording (File is not a zip file)".
+        assert "truncated or damaged lockprof recording" in str(excinfo.value)
+    # and never replaced by another kind of output
+    assert outputs.lockprof_kind(path) in (outputs.RECORDING, None)
+    if len(path.read_bytes()) >= 40:
+        assert outputs.lockprof_kind(path) == outputs.RECORDING
 
 
 def test_zip_without_meta(recording_bytes, tmp_path):
