@@ -485,9 +485,33 @@ def load(
     path = Path(path)
     _check_regular_file(path)
     try:
-        archive = zipfile.ZipFile(path)
+        # One open file for the whole read, the tables left in it included:
+        # reopened by name, a recording replaced meanwhile (a cron job
+        # re-recording to one name) gave a report of two recordings.
+        stream = path.open("rb")
     except FileNotFoundError:
         raise LockprofError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise LockprofError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        rec, lazy = _load_from(stream, path, summary_only)
+    except BaseException:
+        stream.close()
+        raise
+    if not lazy:
+        stream.close()  # else it stays open with the tables left in it
+    rec.on_damage = on_damage
+    if on_damage is not None:
+        for name, why in rec.damaged.items():
+            on_damage(name, why)
+    return rec
+
+
+def _load_from(stream: BinaryIO, path: Path, summary_only: bool) -> tuple[Recording, bool]:
+    """load() of the open file: the recording, and whether tables were
+    left in the file (summary_only)."""
+    try:
+        archive = zipfile.ZipFile(stream)
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
         note = outputs.truncated_note(path, exc)
         raise LockprofError(note or f"{path}: not a lockprof recording ({exc})") from None
@@ -510,8 +534,8 @@ def load(
             except TableDamaged as exc:
                 damaged["events"], event_rows = exc.why, None
             files = {
-                "intervals": ArchivedTable(path, "intervals", interval_rows),
-                "events": ArchivedTable(path, "events", event_rows),
+                "intervals": ArchivedTable(path, "intervals", interval_rows, stream),
+                "events": ArchivedTable(path, "events", event_rows, stream),
             }
     version = meta["schema_version"]
     if version == 1:
@@ -543,10 +567,9 @@ def load(
         rec = Recording(meta=meta, intervals=tables.pop("intervals"), locks=tables.pop("locks"))
     for name, frame in tables.items():
         setattr(rec, name, frame)
-    rec.on_damage = on_damage
     for name, why in damaged.items():
-        rec.mark_damaged(name, why)
-    return rec
+        rec.damaged[name] = why
+    return rec, collapse
 
 
 def _read_or_leave_out(
@@ -648,13 +671,14 @@ class ArchivedTable:
     """A table left in its recording until used (load(summary_only=True)):
     what a SpilledTable offers, read from the archive."""
 
-    def __init__(self, path: Path, name: str, rows: int | None) -> None:
+    def __init__(self, path: Path, name: str, rows: int | None, stream: BinaryIO) -> None:
         self.path, self.name, self.rows = path, name, rows  # rows None: footer unreadable
+        self._stream = stream  # the recording, open since load(): path may name another now
 
     def load(self, columns: list[str] | None = None) -> pd.DataFrame:
         """The table, or these columns of it (each checked as load() checks
         the whole table)."""
-        with zipfile.ZipFile(self.path) as archive:
+        with zipfile.ZipFile(self._stream) as archive:
             frame = _read_table(archive, self.name, self.path, columns)
         kinds = TABLE_COLUMNS[self.name]
         if columns is not None:
@@ -663,7 +687,10 @@ class ArchivedTable:
         return frame
 
     def copy_to(self, out: IO[bytes]) -> None:
-        with zipfile.ZipFile(self.path) as archive, archive.open(f"{self.name}.parquet") as member:
+        with (
+            zipfile.ZipFile(self._stream) as archive,
+            archive.open(f"{self.name}.parquet") as member,
+        ):
             shutil.copyfileobj(member, out, _COPY_CHUNK_BYTES)
 
     def close(self) -> None:

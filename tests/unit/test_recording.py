@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import shutil
 import stat
 import struct
 import tempfile
@@ -797,3 +798,21 @@ def test_meta_of_the_wrong_kind_is_one_line(recording_bytes, tmp_path, key, valu
     with pytest.raises(LockprofError) as excinfo:
         recording.load(path)
     assert_one_line_error(excinfo, path, f"corrupt recording: meta field {key} is not {kind}")
+
+
+def test_tables_left_in_the_file_come_from_the_file_that_was_loaded(tmp_path, recording_bytes):
+    """load(summary_only=True) leaves the intervals and events in the file:
+    read later by name, a recording replaced meanwhile (a cron job
+    re-recording to one name) gave `report` the summary of one and the
+    events of the other."""
+    from .helpers import DATA
+
+    path = tmp_path / "same.lpr"
+    shutil.copyfile(DATA / "hostile-comm.lpr", path)
+    rec = recording.load(path, summary_only=True)
+    expected = recording.load(DATA / "hostile-comm.lpr")
+    other = tmp_path / "other.lpr"
+    other.write_bytes(recording_bytes)
+    os.replace(other, path)  # as a rename into place does
+    assert len(rec.events) == len(expected.events) != len(recording.load(path).events)
+    assert len(rec.intervals) == len(expected.intervals)
