@@ -868,7 +868,10 @@ class SummaryRows:
         at = np.where(known, family, 0)
         prefix = sort.split("_")[0]
         count = totals[f"{prefix}_count"][at].astype(np.float64)
-        known &= count > 0
+        if not sort.endswith("_total"):
+            # A row with no samples has a total (0) but no max or average
+            # (null in the row), so it goes last for those keys only.
+            known &= count > 0
         if sort.endswith("_max"):
             figure = totals[f"{prefix}_running_max_ns"][at].astype(np.float64)
         elif sort.endswith("_avg"):

@@ -93,6 +93,7 @@ def command(path, output, max_events, top, what_if_cpus) -> None:
       lockprof report demo.lpr -o /tmp/r.html
     """
     flag = "-o" if output is not None else "report path"
+    recording.check_regular_file(path)  # `report .`: said before naming the output
     output = output or default_output(path)
     outputs.refuse_clobbering(output, [path], flag, "the HTML report")
     check_output(output)

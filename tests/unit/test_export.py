@@ -414,3 +414,10 @@ def test_csv_to_a_dash_is_refused(capsys, tmp_path, monkeypatch):
         one_error_line(code, err) == "lockprof: --csv takes a directory (one file a table), not -"
     )
     assert code == 2 and not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize("path", [".", "/"])
+def test_report_of_a_directory_is_one_line(capsys, path):
+    """`report .` was an internal error (the default output of '.')."""
+    code, _out, err = run_main(capsys, "report", path)
+    assert one_error_line(code, err) == f"lockprof: {path}: is a directory, not a recording"

@@ -167,6 +167,8 @@ def _sort_figure(row: dict, key: str):
     if key in ("contended", "acquisitions"):
         return row[key]
     hist = row[f"{key.split('_')[0]}_ns"]
+    if hist and key.endswith("_total"):
+        return hist["total"]  # 0 where it has no samples: known
     if not hist or not hist["count"]:
         return None
     if key.endswith("_avg"):
@@ -446,3 +448,34 @@ def test_show_sort_takes_perf_locks_key_names(capsys, recording_path):
     )
     code, _, err = run_main(capsys, "show", path, "-k", "wait_min")
     assert code == 2 and "wait_min is not kept" in one_error_line(code, err)
+
+
+def test_a_row_with_no_holds_sorts_by_its_hold_total_of_0_not_last():
+    """A row whose hold total is a known 0 (no releases in the run) went
+    among the rows that cannot know holds (contention-only locks), for
+    -k hold_total; it has no max or average, so those keys still put it
+    last."""
+    from profiler import recording
+
+    from .helpers import DATA
+
+    rec = recording.load(DATA / "hostile-comm.lpr")
+    frame = rec.intervals.copy()
+    reads = (frame["source"] == 0) & (
+        frame["flags"] == frame.loc[frame["source"] == 0, "flags"].min()
+    )
+    for column in ("hold_count", "hold_total_ns", "hold_running_max_ns", "releases"):
+        frame.loc[reads, column] = 0
+    frame.loc[reads, "hold_max_ns"] = None
+    frame["hold_slots"] = [
+        [0] * len(slots) if read else slots
+        for slots, read in zip(frame["hold_slots"], reads, strict=True)
+    ]
+    rec.intervals = frame
+    for key in ("hold_total", "hold_max"):
+        rows = list(summary.summary_document(rec, sort=key)["locks"])
+        figures = [_sort_figure(row, key) for row in rows]
+        known = [f for f in figures if f is not None]
+        assert figures[: len(known)] == sorted(known, reverse=True)
+        assert all(f is None for f in figures[len(known) :])
+        assert (0 in known) == (key == "hold_total")
