@@ -31,7 +31,7 @@ import re
 import stat
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, cast
 
@@ -372,6 +372,36 @@ def write_file(
                 os.unlink(where.path)
         raise
     return where.path
+
+
+def write_files(items: Sequence[tuple[Path, Callable[[BinaryIO], object]]]) -> list[Path]:
+    """write_file() of files that belong together (export --csv's tables):
+    each regular file is written to a temporary file first, and only once
+    all are whole are they renamed into place. A failure (a full disk)
+    leaves the files as they were: it left one export's tables beside
+    another's. Devices and FIFOs are written into last. OSError on failure."""
+    staged: list[tuple[str, Path]] = []
+    direct = []
+    try:
+        for path, write in items:
+            where = _destination(Path(path), create=True)
+            if where.direct:
+                direct.append((path, write))
+                continue
+            staged.append(
+                (_write_new(where.path.parent, f".{where.path.name}.", write), where.path)
+            )
+        renamed = []
+        while staged:
+            tmp, final = staged[0]
+            os.replace(tmp, final)
+            renamed.append(final)
+            staged.pop(0)
+    finally:
+        for tmp, _final in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return renamed + [write_file(path, write) for path, write in direct]
 
 
 def _write_chosen(

@@ -105,12 +105,13 @@ def summary_table(rec: recording.Recording) -> pd.DataFrame:
     return frame
 
 
-def _write_text(path: Path, fill: Callable[[TextIO], object]) -> None:
-    """Write text to path with outputs.write_file(): mode 0600 as recordings
-    and reports are (the tables and meta.json hold command lines, comm names
-    and kernel addresses, which a umask of 022 would make readable by every
-    user), the invoking user's under sudo, through a temporary file and a
-    rename; a symlink followed, a device or FIFO written into."""
+def _text_writer(fill: Callable[[TextIO], object]) -> Callable[[BinaryIO], None]:
+    """A write() for outputs.write_file() and write_files() of text: mode
+    0600 as recordings and reports are (the tables and meta.json hold
+    command lines, comm names and kernel addresses, which a umask of 022
+    would make readable by every user), the invoking user's under sudo,
+    through a temporary file and a rename; a symlink followed, a device or
+    FIFO written into."""
 
     def write(out: BinaryIO) -> None:
         text = io.TextIOWrapper(out, encoding="utf-8", newline="")
@@ -118,7 +119,11 @@ def _write_text(path: Path, fill: Callable[[TextIO], object]) -> None:
         text.flush()
         text.detach()  # out is write_file's to close
 
-    outputs.write_file(path, write)
+    return write
+
+
+def _write_text(path: Path, fill: Callable[[TextIO], object]) -> None:
+    outputs.write_file(path, _text_writer(fill))
 
 
 def csv_files(directory: Path) -> list[Path]:
@@ -134,20 +139,21 @@ def write_csv(rec: recording.Recording, directory: Path) -> list[Path]:
         raise LockprofError(f"cannot create {directory} ({exc.strerror})") from None
     if not directory.is_dir():
         raise LockprofError(f"{directory} is not a directory")
-    written = []
     tables = {name: rec.table(name) for name in recording.TABLES}
     tables["summary"] = summary_table(rec)
     *table_files, meta = csv_files(directory)
+    items = [
+        (path, _text_writer(functools.partial(csv_frame(frame).to_csv, index=False)))
+        for frame, path in zip(tables.values(), table_files, strict=True)
+    ]
+    document = json.dumps(rec.meta, indent=2, default=str) + "\n"
+    items.append((meta, _text_writer(lambda out: out.write(document))))
     try:
-        for (_name, frame), path in zip(tables.items(), table_files, strict=True):
-            _write_text(path, functools.partial(csv_frame(frame).to_csv, index=False))
-            written.append(path)
-        document = json.dumps(rec.meta, indent=2, default=str) + "\n"
-        _write_text(meta, lambda out: out.write(document))
-        written.append(meta)
+        return outputs.write_files(items)
     except OSError as exc:
-        raise LockprofError(f"cannot write {directory} ({exc.strerror})") from None
-    return written
+        raise LockprofError(
+            f"cannot write {directory} ({exc.strerror or exc}); the files in it are as they were"
+        ) from None
 
 
 def write_folded(rec: recording.Recording, output: Path) -> int:

@@ -14,13 +14,13 @@ import pytest
 
 import profiler
 from dashboards import frames
-from profiler import recording, session, summary
+from profiler import outputs, recording, session, summary
 from profiler.cli import common, report
 from profiler.cli.export import csv_frame, folded_lines
 from profiler.cli.main import main
 from profiler.session import CollectOptions
 
-from .helpers import DATA, one_error_line, run_main
+from .helpers import DATA, RECORDING, one_error_line, run_main
 
 HOSTILE = DATA / "hostile-comm.lpr"
 FOLDED_LINE = re.compile(r"^[^ ;]+(;[^ ;]+)* [1-9][0-9]*$")
@@ -421,3 +421,26 @@ def test_report_of_a_directory_is_one_line(capsys, path):
     """`report .` was an internal error (the default output of '.')."""
     code, _out, err = run_main(capsys, "report", path)
     assert one_error_line(code, err) == f"lockprof: {path}: is a directory, not a recording"
+
+
+def test_csv_export_that_fails_leaves_the_directory_as_it_was(capsys, tmp_path, monkeypatch):
+    """A full disk in the middle of `export --csv DIR` left one export's
+    tables beside another's: the tables are all written aside first."""
+    out = tmp_path / "csv"
+    code, _out, _err = run_main(capsys, "export", HOSTILE, "--csv", out)
+    assert code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = outputs._write_new, []
+
+    def full_disk_on_the_third(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(outputs, "_write_new", full_disk_on_the_third)
+    code, _out, err = run_main(capsys, "export", RECORDING, "--csv", out)
+    assert one_error_line(code, err) == (
+        f"lockprof: cannot write {out} (No space left on device); the files in it are as they were"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file either
