@@ -9,6 +9,7 @@ is both shown and saved. Throughput is then parsed from the captured text.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import select
@@ -172,6 +173,7 @@ def parse_throughput(regex: re.Pattern[str], text: str) -> float | None:
     if number is None:
         return None
     try:
-        return float(number.group(0).replace(",", ""))
+        value = float(number.group(0).replace(",", ""))
     except ValueError:
         return None
+    return value if math.isfinite(value) else None  # "1e999": no throughput

@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import math
 import tempfile
 import zipfile
 import zlib
@@ -212,6 +213,8 @@ def _number_or_none(value, what: str, path: Path) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _corrupt(path, f"{what} is not a number")
+    if not math.isfinite(value):  # NaN and Infinity were dropped without a word
+        raise _corrupt(path, f"{what} is not a finite number")
     return float(value)
 
 

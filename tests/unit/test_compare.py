@@ -911,14 +911,22 @@ def test_corrupt_lpset_is_one_line_error(tmp_path, members, message):
     assert str(info.value).startswith(str(path))
 
 
-def test_bad_throughput_in_manifest_is_one_line_error(tmp_path, good_lpr_bytes):
+@pytest.mark.parametrize(
+    ("throughput", "problem"),
+    [("fast", "is not a number"), (float("nan"), "is not a finite number"),
+     (float("inf"), "is not a finite number")],
+)  # fmt: skip
+def test_bad_throughput_in_manifest_is_one_line_error(
+    tmp_path, good_lpr_bytes, throughput, problem
+):
+    """NaN and Infinity (JSON's extensions) were dropped without a word."""
     manifest = json.loads(_good_manifest())
-    manifest["runs"][0]["throughput"] = "fast"
+    manifest["runs"][0]["throughput"] = throughput
     path = _zip(
         tmp_path / "bad.lpset",
         {"manifest.json": json.dumps(manifest), "runs/001.lpr": good_lpr_bytes},
     )
-    with pytest.raises(LockprofError, match="run 1 throughput is not a number"):
+    with pytest.raises(LockprofError, match=f"run 1 throughput {problem}"):
         runset.load(path)
 
 
@@ -1031,6 +1039,7 @@ def test_bench_without_privileges_is_one_line(tmp_path, capsys):
         (r"[\d,.]+ records/s", "1,234.5 records/s\n", 1234.5),
         (r"rate=(\S+)", "rate=fast", None),
         (r"(\d+) ops", "nothing here", None),
+        (r"rate=(\S+)", "rate=1e999", None),  # no finite number: no throughput
     ],
 )
 def test_parse_throughput(pattern, text, expected):
