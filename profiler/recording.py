@@ -39,6 +39,7 @@ Files are written to a temporary file and renamed into place, mode 0600
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -596,25 +597,50 @@ def _interval_totals(archive: zipfile.ZipFile, path: Path) -> tuple[pd.DataFrame
     and its number of rows."""
     totals = aggregate.IntervalTotals()
     rows = 0
-    try:
-        with archive.open("intervals.parquet") as member:
-            # One thread: a read of the member that raises (a bad CRC) left an
-            # Arrow reader thread running at exit, and the process aborted
-            # (SIGABRT, "terminate called without an active exception") after
-            # its one-line error, about 1 time in 100.
-            parquet = pq.ParquetFile(member, pre_buffer=False)
-            for batch in parquet.iter_batches(batch_size=SUMMARY_BATCH_ROWS, use_threads=False):
+    error: LockprofError | None = None
+    with contextlib.ExitStack() as readers:
+        try:
+            _verified(archive, "intervals.parquet")
+            member = readers.enter_context(archive.open("intervals.parquet"))
+            # Checked whole first (_verified); the reader and its batches
+            # are closed before any error leaves, on one thread.
+            parquet = readers.enter_context(pq.ParquetFile(member, pre_buffer=False))
+            batches = parquet.iter_batches(batch_size=SUMMARY_BATCH_ROWS, use_threads=False)
+            readers.callback(batches.close)
+            for batch in batches:
                 _add_batch(totals, batch, path)
                 rows += batch.num_rows
-        # Inside: batches each well formed may still not add up (histograms
-        # of one length in one batch, another in the next).
+        except KeyError:
+            error = LockprofError(f"{path}: corrupt recording (table intervals missing)")
+        except LockprofError as exc:
+            error = exc
+        except Exception as exc:  # zlib, pyarrow and zipfile each raise their own
+            error = _table_error(path, "intervals", exc)
+    parquet = batches = None  # closed: nothing of them outlives this frame
+    if error is not None:
+        raise error  # outside the handlers: no context holding the reader's frames
+    # Batches each well formed may still not add up (histograms of one
+    # length in one batch, another in the next).
+    try:
         return totals.result(), rows
-    except KeyError:
-        raise LockprofError(f"{path}: corrupt recording (table intervals missing)") from None
     except LockprofError:
         raise
-    except Exception as exc:  # zlib, pyarrow and zipfile each raise their own
+    except Exception as exc:
         raise _table_error(path, "intervals", exc) from None
+
+
+def _verified(archive: zipfile.ZipFile, name: str) -> None:
+    """Read member name through once, in Python, so that a damaged one (a
+    bad CRC, a cut deflate stream) raises here, before Arrow reads it as a
+    file object. Arrow reads such a file from its own threads, which call
+    back into Python: one still doing so when the process exits after the
+    error is killed mid-call by Python's finalization, and the process
+    aborts (SIGABRT, "terminate called without an active exception") after
+    its one-line error (`show` of a recording whose intervals.parquet had a
+    bad CRC: ~2 runs in 100). Costs one sequential read of the member."""
+    with archive.open(name) as member:
+        while member.read(_COPY_CHUNK_BYTES):
+            pass
 
 
 def _add_batch(totals: aggregate.IntervalTotals, batch: pa.RecordBatch, path: Path) -> None:
@@ -664,6 +690,7 @@ def _slot_matrix(batch: pa.RecordBatch, name: str) -> np.ndarray | None:
 def _table_rows(archive: zipfile.ZipFile, name: str, path: Path) -> int:
     """Rows of a table, from its Parquet footer alone."""
     try:
+        _verified(archive, f"{name}.parquet")
         with archive.open(f"{name}.parquet") as member:
             return pq.ParquetFile(member).metadata.num_rows
     except KeyError:
@@ -976,7 +1003,9 @@ def _read_table(
     archive: zipfile.ZipFile, name: str, path: Path, columns: list[str] | None = None
 ) -> pd.DataFrame:
     try:
-        return pd.read_parquet(io.BytesIO(archive.read(f"{name}.parquet")), columns=columns)
+        # A buffer Arrow reads itself, not a Python file object (which
+        # Arrow's threads call back into: see _verified).
+        return pd.read_parquet(pa.BufferReader(archive.read(f"{name}.parquet")), columns=columns)
     except KeyError:
         if name in OPTIONAL_TABLES:
             return empty_table(name)
