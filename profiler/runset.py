@@ -213,7 +213,7 @@ def _number_or_none(value, what: str, path: Path) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _corrupt(path, f"{what} is not a number")
-    if not math.isfinite(value):  # NaN and Infinity were dropped without a word
+    if isinstance(value, float) and not math.isfinite(value):  # NaN and Infinity were dropped
         raise _corrupt(path, f"{what} is not a finite number")
     return float(value)
 
