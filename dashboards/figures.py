@@ -87,7 +87,7 @@ def _ns(value) -> str:
 # -- 1. header ------------------------------------------------------------------------
 
 
-def header_rows(meta: dict, events: int) -> list[tuple[str, str]]:
+def header_rows(meta: dict, events: int | None) -> list[tuple[str, str]]:
     """(field, value) pairs of the header, values unescaped."""
     rusage = meta.get("rusage") or {}
     mechanisms = meta.get("mechanisms") or []
@@ -112,7 +112,9 @@ def header_rows(meta: dict, events: int) -> list[tuple[str, str]]:
         ),
         (
             "events",
-            f"{events:,} waits and holds of at least {fmt_ns(meta.get('threshold_ns'))}",
+            "unknown: the events table is damaged"
+            if events is None
+            else f"{events:,} waits and holds of at least {fmt_ns(meta.get('threshold_ns'))}",
         ),
         ("lost events", f"{int(meta.get('lost_events') or 0):,}"),
     ]
@@ -139,7 +141,7 @@ def header_rows(meta: dict, events: int) -> list[tuple[str, str]]:
     return rows
 
 
-def build_header(meta: dict, events: int) -> go.Figure:
+def build_header(meta: dict, events: int | None) -> go.Figure:
     """Kernel, CPUs, command, duration, mechanisms, lost events (red when
     nonzero) and rusage, as a two-column table."""
     rows = header_rows(meta, events)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from dashboards import figures, frames, page
 from dashboards.escape import html_text
-from profiler.recording import Recording
+from profiler.recording import Recording, damage_text
 from profiler.render import fmt_ns
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True, "scrollZoom": False}
@@ -52,7 +52,7 @@ def panels(
             "header",
             "Recording",
             "What was profiled, where and how, and what it cost.",
-            [("header", figures.build_header(meta, len(rec.events)))],
+            [("header", figures.build_header(meta, rec.event_count))],
             html=lost_banner(meta) + damage_banner(rec.damaged),
         ),
         Panel(
@@ -174,12 +174,9 @@ def lost_banner(meta: dict) -> str:
 
 def damage_banner(damaged: dict[str, str]) -> str:
     """A line per table of the recording found damaged (left out)."""
-    from profiler.recording import DAMAGE_CONSEQUENCES
-
     return "".join(
-        f'<p class="lost" role="alert"><b>Table {html_text(name)} of the recording is '
-        f"damaged</b> ({html_text(why)}): "
-        f"{html_text(DAMAGE_CONSEQUENCES.get(name, 'it is left out'))}.</p>"
+        f'<p class="lost" role="alert"><b>Recording damaged</b>: '
+        f"{html_text(damage_text(name, why))}.</p>"
         for name, why in damaged.items()
     )
 

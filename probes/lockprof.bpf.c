@@ -224,8 +224,10 @@ static __always_inline u32 lp_foreign_gen(u64 mm);
  * its lock from another process's task, before the new process can be told
  * apart by its tgid (lp_learn_owner): those events were counted as tasks on
  * the target's lock, in an "owner unknown" row (`run -- true` beside a busy
- * fork loop: 7 runs of 10). A read of the mm's id, only for tasks of other
- * processes on a followed lock's address. gen 0: not known, taken as the same.
+ * fork loop: 7 runs of 10). Only for tasks of other processes on a followed
+ * lock's address: with x86's mm ids a read of the mm's id; without, the
+ * mm's latest generation (lp_foreign_gen: a new one for an mm being built).
+ * gen 0, or no generation now: not known, taken as the same.
  */
 static __always_inline int lp_same_mm(u64 lock, u32 gen)
 {
@@ -237,20 +239,6 @@ static __always_inline int lp_same_mm(u64 lock, u32 gen)
 	return !now || now == gen;
 }
 
-/* --follow: a descendant of the target, or a task on a descendant's
- * mmap_lock. Two hash lookups, only for events the target test rejected. */
-static __always_inline int lp_followed_event(struct lp_config *cfg, u32 tgid, u64 lock)
-{
-	u32 *gen;
-
-	if (!cfg->follow)
-		return 0;
-	if (lp_followed.lookup(&tgid))
-		return 1;
-	gen = lp_followed_locks.lookup(&lock);
-	return gen && lp_same_mm(lock, *gen);
-}
-
 /* Is this process ours (events with no lock: off-CPU, samples)? */
 static __always_inline int lp_wanted_process(struct lp_config *cfg, u32 tgid)
 {
@@ -258,19 +246,38 @@ static __always_inline int lp_wanted_process(struct lp_config *cfg, u32 tgid)
 	       (cfg->follow && lp_followed.lookup(&tgid));
 }
 
-/* Is this event ours? The target's own tasks, or anyone on its mmap_lock
- * (and with --follow, the same for its descendants). */
+/*
+ * Is this event ours? The target's own tasks, or anyone on its mmap_lock
+ * (and with --follow, the same for its descendants), while that lock's mm
+ * is the one followed (lp_same_mm, called at one place: it is inlined in
+ * every program that asks). A lock whose mm was freed and another built at
+ * its address is followed no more, as lp_learn_owner does when the
+ * newcomer's own process takes it.
+ */
 static __always_inline int lp_wanted(struct lp_config *cfg, u32 tgid, u64 lock)
 {
+	u32 *followed_gen = 0;
+	u32 gen;
+
 	if (cfg->target_tgid == 0)
 		return 1;
 	if (tgid == cfg->self_tgid)
 		return 0; /* lockprof looking at the target (lp_learn_idle_target) */
-	if (cfg->target_tgid == tgid)
+	if (cfg->target_tgid == tgid || (cfg->follow && lp_followed.lookup(&tgid)))
 		return 1;
 	if (cfg->target_lock == lock)
-		return lp_same_mm(lock, cfg->target_gen);
-	return lp_followed_event(cfg, tgid, lock);
+		gen = cfg->target_gen;
+	else if (cfg->follow && (followed_gen = lp_followed_locks.lookup(&lock)))
+		gen = *followed_gen;
+	else
+		return 0;
+	if (lp_same_mm(lock, gen))
+		return 1;
+	if (followed_gen)
+		lp_followed_locks.delete(&lock);
+	else
+		cfg->target_lock = 0; /* one aligned 8-byte store */
+	return 0;
 }
 
 /* The same, asking for the current task's tgid only when a target is set:

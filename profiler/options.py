@@ -13,6 +13,11 @@ from typing import NamedTuple
 # boundaries follow the same rule (dashboards/figures.py _nominal_end).
 FIRST_TICK_S = 0.5
 
+# The most CPUs lockprof takes anywhere: --cpus' what-if, and a recording's
+# meta (the report draws a row per CPU: a hand-edited 10**12 took it to the
+# OOM killer). Linux's NR_CPUS is at most 8,192.
+MAX_CPUS = 65_536
+
 # What `show --sort` orders the rows by, the largest first (perf lock
 # contention's -k): each the row's figure of that name (wait_avg: the wait's
 # total over its count). Rows that do not know it come last.

@@ -502,6 +502,8 @@ def lockprof_kind(path: str | Path) -> str | None:
             names = set(archive.namelist())
     except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, RuntimeError):
         return _KIND_MEMBER.get(first_member(Path(path)) or "")
+    if first_member(Path(path)) == "manifest.json":
+        return RUN_SET  # whole, or cut short (zipfile then finds its last run's directory)
     return next((kind for member, kind in _KIND_MEMBER.items() if member in names), None)
 
 

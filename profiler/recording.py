@@ -63,6 +63,7 @@ from pandas.api import types as ptypes
 
 from profiler import aggregate, outputs
 from profiler.errors import LockprofError
+from profiler.options import MAX_CPUS
 
 T = TypeVar("T")
 
@@ -85,6 +86,14 @@ DAMAGE_CONSEQUENCES = {
     "offcpu": "the off-CPU figures (--offcpu) are left out",
     "samples": "the CPU samples (--sample: the writer's sum cost) are left out",
 }
+
+
+def damage_text(name: str, why: str) -> str:
+    """What a damaged table leaves out, as every reader says it (the
+    warning line, show --json's notes, the report's banner)."""
+    consequence = DAMAGE_CONSEQUENCES.get(name, "it is left out")
+    return f"table {name} is damaged ({why}): {consequence}"
+
 
 EVENT_COLUMNS = [
     "t_s",
@@ -312,6 +321,21 @@ class Recording:
         self.damaged: dict[str, str] = {}
         self.on_damage: Callable[[str, str], None] | None = None
 
+    def close(self) -> None:
+        """Let go of the file the tables left in it are read from (load
+        summary_only): read after this, they raise. The CLI loads once per
+        command; a script that loads many recordings closes each, or uses
+        `with profiler.load(path, summary_only=True) as rec:`."""
+        for file in self._files.values():
+            if file is not None:
+                file.close()
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
     def mark_damaged(self, name: str, why: str) -> None:
         if name in self.damaged:
             return
@@ -521,6 +545,15 @@ def _load_from(stream: BinaryIO, path: Path, summary_only: bool) -> tuple[Record
         note = outputs.truncated_note(path, exc)
         raise LockprofError(note or f"{path}: not a lockprof recording ({exc})") from None
     with archive:
+        if (
+            outputs.first_member(path) == "manifest.json"
+            and "manifest.json" not in archive.namelist()
+        ):
+            # A run set cut short: zipfile finds its last run's directory
+            # (a stored zip inside), and would read that run as the file.
+            raise LockprofError(
+                f"{path}: truncated or damaged lockprof run set: its ZIP directory is missing"
+            )
         _check_expansion(archive, path)
         meta = _read_meta(archive, path)
         # Schema 1 intervals are upgraded in the order of the whole table.
@@ -730,7 +763,7 @@ class ArchivedTable:
             shutil.copyfileobj(member, out, _COPY_CHUNK_BYTES)
 
     def close(self) -> None:
-        pass
+        self._stream.close()  # shared by the recording's tables: closing it twice is harmless
 
 
 def check_regular_file(path: Path) -> None:
@@ -913,20 +946,24 @@ def _number(value) -> bool:
 
 
 def _count(value) -> bool:
-    """An integer >= 0 (a hand-edited -5 printed as "lost events: -5")."""
-    return _int(value) and value >= 0
+    """An integer >= 0 that a u64 holds, as the kernel's counters (a
+    hand-edited -5 printed as "lost events: -5")."""
+    return _int(value) and 0 <= value < 1 << 64
 
 
 def _measure(value) -> bool:
-    """A finite number >= 0 (seconds, rusage figures). An int is finite
-    whatever its size (math.isfinite(10**400) raises OverflowError)."""
-    return _number(value) and (_int(value) or math.isfinite(value)) and value >= 0
+    """A finite number >= 0 (seconds, rusage figures) that a float holds:
+    10**400 (math.isfinite raises OverflowError for it) was an internal
+    error where the summary printed it."""
+    return _number(value) and finite(value) and value >= 0
 
 
-# The most CPUs a recording may name (the report draws a row per CPU: a
-# hand-edited 10**12 took it to the OOM killer). Linux's NR_CPUS is at most
-# 8,192; --cpus' what-if goes to 65,536.
-MAX_CPUS = 65_536
+def finite(value: int | float) -> bool:
+    """Does value make a finite float?"""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _cpu_count(value) -> bool:

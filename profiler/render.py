@@ -534,11 +534,14 @@ def view(
     row_count: int | None = None,
     source: str | None = None,
     labels: list[str] | None = None,
+    show_flags: str = "",
 ) -> Group:
     return Group(
         Text(safe_text(header), style="bold"),
         summary_table(rows, top, labels=labels),
-        *view_footer(rows, errors, lost, top, more_locks, cpu_totals, row_count, source),
+        *view_footer(
+            rows, errors, lost, top, more_locks, cpu_totals, row_count, source, show_flags
+        ),
     )
 
 
@@ -615,10 +618,12 @@ def view_footer(
     cpu_totals: dict[int, CpuFigures] | None = None,
     row_count: int | None = None,
     source: str | None = None,
+    show_flags: str = "",
 ) -> list:
     """What the view prints under its table: the per-CPU line, the problems
     and how many rows were left out (row_count: how many there are, when
-    rows holds only the first; source: the recording, named in the hint)."""
+    rows holds only the first; source: the recording, named in the hint,
+    with show_flags: the options that made these rows, `-c `)."""
     parts: list = [per_cpu_line(rows, cpu_totals)]
     problems = problems_line(errors, lost)
     if problems is not None:
@@ -630,7 +635,8 @@ def view_footer(
             locks = "lock" if more_locks == 1 else "locks"
             what += f"{', and ' if what else ''}{more_locks} quieter {locks}"
         recording = shlex.quote(source) if source else "FILE"
-        parts.append(Text(safe_text(f"({what}; `lockprof show {recording}` lists all)")))
+        hint = f"`lockprof show {show_flags}{recording}` lists all"
+        parts.append(Text(safe_text(f"({what}; {hint})")))
     return parts
 
 

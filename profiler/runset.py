@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import math
 import tempfile
 import zipfile
 import zlib
@@ -213,7 +212,7 @@ def _number_or_none(value, what: str, path: Path) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _corrupt(path, f"{what} is not a number")
-    if isinstance(value, float) and not math.isfinite(value):  # NaN and Infinity were dropped
+    if not recording.finite(value):  # NaN and Infinity were dropped, 10**400 an internal error
         raise _corrupt(path, f"{what} is not a finite number")
     return float(value)
 

@@ -11,7 +11,7 @@ from itertools import islice
 from profiler import aggregate, schema, writer_cost
 from profiler.combine import Combined, CombinedRows
 from profiler.foreign_tasks import foreign_task_rows
-from profiler.recording import Recording
+from profiler.recording import Recording, damage_text
 from profiler.targets import recorded_exit
 
 JSON_VERSION = 1
@@ -225,13 +225,7 @@ def notes(meta: dict) -> list[str]:
 
 def damage_notes(rec: Recording) -> list[str]:
     """A note for every table of the recording found damaged (left out)."""
-    from profiler.recording import DAMAGE_CONSEQUENCES
-
-    return [
-        f"table {name} of the recording is damaged ({why}): "
-        f"{DAMAGE_CONSEQUENCES.get(name, 'it is left out')}"
-        for name, why in rec.damaged.items()
-    ]
+    return [damage_text(name, why) for name, why in rec.damaged.items()]
 
 
 def summary_json(rec: Recording, what_if_cpus: int | None = None, top: int | None = None) -> dict:

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from profiler import allocator, outputs, privileges, render, schema, signals
 from profiler.errors import LockprofError
-from profiler.options import CollectOptions, CpuFigures, LiveState
+from profiler.options import MAX_CPUS, CollectOptions, CpuFigures, LiveState
 from profiler.signals import StopFlag
 from profiler.targets import CommandTarget, Target, exit_text, recorded_exit
 
@@ -258,7 +258,7 @@ def _add_collection_options(func, command: str):
         click.option(
             "--cpus",
             "what_if_cpus",
-            type=click.IntRange(min=1, max=65_536),
+            type=click.IntRange(min=1, max=MAX_CPUS),
             help="What-if: scale the measured per-CPU cost of the writer's sum "
             "to N CPUs (a linear model, labelled as such; needs --sample).",
         ),
@@ -471,13 +471,8 @@ def load_recording(path: str | Path, summary_only: bool = False):
     from profiler import recording
 
     def warn(name: str, why: str) -> None:
-        consequence = recording.DAMAGE_CONSEQUENCES.get(name, "it is left out")
-        click.echo(
-            render.safe_text(
-                f"lockprof: warning: {path}: table {name} is damaged ({why}): {consequence}"
-            ),
-            err=True,
-        )
+        text = f"lockprof: warning: {path}: {recording.damage_text(name, why)}"
+        click.echo(render.safe_text(text), err=True)
 
     return recording.load(path, summary_only=summary_only, on_damage=warn)
 
@@ -854,6 +849,8 @@ def print_summary(
     errors, lost = meta.get("errors", {}), meta.get("lost_events", 0)
     footer = (errors, lost, top, 0, shown.cpu_totals, shown.count)
     named = str(source) if source is not None else None
+    # The hint under a cut table keeps the options that made its rows.
+    show_flags = ("-c " if combine else "") + (f"-k {sort} " if sort != "wait_total" else "")
     held = shown.held + [r for r in offcpu_rows if r.get("still_held")]
     # One naming for the table and the still-held lines under it: a lock
     # told apart from another (render.row_labels) reads the same in both.
@@ -863,9 +860,20 @@ def print_summary(
         out.print(Text(render.safe_text(header), style="bold"))
         lines = render.plain_summary_lines(shown.first, first_labels)
         out.file.writelines(f"{line}\n" for line in lines)
-        out.print(Group(*render.view_footer(shown.first, *footer, source=named)))
+        out.print(
+            Group(*render.view_footer(shown.first, *footer, source=named, show_flags=show_flags))
+        )
     else:
-        out.print(render.view(shown.first, header, *footer, source=named, labels=first_labels))
+        out.print(
+            render.view(
+                shown.first,
+                header,
+                *footer,
+                source=named,
+                labels=first_labels,
+                show_flags=show_flags,
+            )
+        )
     if offcpu_rows:
         out.print(render.offcpu_table(offcpu_rows, top))
     if document.get("writer_cost"):

@@ -122,8 +122,8 @@ def _text_writer(fill: Callable[[TextIO], object]) -> Callable[[BinaryIO], None]
     return write
 
 
-def _write_text(path: Path, fill: Callable[[TextIO], object]) -> None:
-    outputs.write_file(path, _text_writer(fill))
+def _write_csv_table(frame: pd.DataFrame, out: TextIO) -> None:
+    csv_frame(frame).to_csv(out, index=False)
 
 
 def csv_files(directory: Path) -> list[Path]:
@@ -142,8 +142,9 @@ def write_csv(rec: recording.Recording, directory: Path) -> list[Path]:
     tables = {name: rec.table(name) for name in recording.TABLES}
     tables["summary"] = summary_table(rec)
     *table_files, meta = csv_files(directory)
+    # Each table converted as its file is written, not all of them at once.
     items = [
-        (path, _text_writer(functools.partial(csv_frame(frame).to_csv, index=False)))
+        (path, _text_writer(functools.partial(_write_csv_table, frame)))
         for frame, path in zip(tables.values(), table_files, strict=True)
     ]
     document = json.dumps(rec.meta, indent=2, default=str) + "\n"

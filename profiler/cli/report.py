@@ -10,6 +10,7 @@ import click
 from profiler import outputs, recording
 from profiler.cli.common import load_recording, warn_cpus_without_samples
 from profiler.errors import LockprofError
+from profiler.options import MAX_CPUS
 
 
 def default_output(path: Path) -> Path:
@@ -75,7 +76,7 @@ def write_html(
 @click.option(
     "--cpus",
     "what_if_cpus",
-    type=click.IntRange(min=1, max=65_536),
+    type=click.IntRange(min=1, max=MAX_CPUS),
     help="What-if: scale the sampled cost of the writer's sum to N CPUs (a linear model; "
     "default: the --cpus given when recording).",
 )

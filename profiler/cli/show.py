@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from profiler.cli.common import load_recording, print_summary, warn_cpus_without_samples
-from profiler.options import SORT_ALIASES, SORT_KEYS
+from profiler.options import MAX_CPUS, SORT_ALIASES, SORT_KEYS
 
 
 class _SortKey(click.Choice):
@@ -33,7 +33,7 @@ class _SortKey(click.Choice):
 @click.option(
     "--cpus",
     "what_if_cpus",
-    type=click.IntRange(min=1, max=65_536),
+    type=click.IntRange(min=1, max=MAX_CPUS),
     help="What-if: scale the sampled cost of the writer's sum to N CPUs (a linear model).",
 )
 @click.option(

@@ -305,7 +305,8 @@ def test_report_of_a_recording_with_a_broken_table(capsys, tmp_path):
         "waits and holds over the threshold (timelines, the events export) are left out; "
         "the aggregates are whole"
     )
-    assert "Table events of the recording is damaged" in (tmp_path / "r.html").read_text()
+    page = (tmp_path / "r.html").read_text()
+    assert "<b>Recording damaged</b>: table events is damaged (lacks column comm)" in page
     # Without its events member, show cannot count them: null, with a note.
     without = tmp_path / "without-events.lpr"
     with zipfile.ZipFile(broken) as src, zipfile.ZipFile(without, "w") as dst:
@@ -315,7 +316,7 @@ def test_report_of_a_recording_with_a_broken_table(capsys, tmp_path):
     code, out, err = run_main(capsys, "show", "--json", without)
     assert code == 0 and json.loads(out)["events"] is None
     notes = json.loads(out)["notes"]
-    assert "table events of the recording is damaged (missing)" in " ".join(notes)
+    assert "table events is damaged (missing): its waits" in " ".join(notes)
     rec.events = profiler.load(HOSTILE).events
     rec.locks = rec.locks.drop(columns=["name"])
     broken = recording.save(rec, tmp_path / "broken2.lpr")
