@@ -104,26 +104,31 @@ def _spawn_at(rate: float, seconds: float) -> int:
 
 
 def test_process_churn_does_not_fill_the_lock_map(lockprof_factory, tmp_path):
-    """Every map capped at 256 entries; ~190 processes come and go over
+    """Every map capped at 512 entries; ~380 processes come and go over
     12 s, more mmap_locks than the map holds. Once it is over half full, a
     retirement round comes every interval (profiler/session.py _crowded),
     so the exited processes' rows are freed for the new ones in time: no
     lock is lost. With a round every 10 s, the map filled after ~2 s and
-    every lock seen after that was lost (stats_map_full)."""
+    every lock seen after that was lost (stats_map_full): 6.2% and 49.6% of
+    the figures in two runs at this cap and rate (the nineteenth session's
+    start, 1532a84, as the round fell), none now (0.9% with two pyenv shim
+    bursts of ~100 processes beside it). At 256 entries and 16 a second the
+    test failed now and then in the full suite: such a burst took 19% of
+    that smaller map's figures."""
     lp = lockprof_factory(
-        "record", "-a", "-q", "-i", "0.5", "-o", "c.lpr", env={MAX_ENTRIES_ENV: "256"}
+        "record", "-a", "-q", "-i", "0.5", "-o", "c.lpr", env={MAX_ENTRIES_ENV: "512"}
     )
     lp.wait_attached()
-    spawned = _spawn_at(rate=16, seconds=12)
+    spawned = _spawn_at(rate=32, seconds=12)
     time.sleep(1.0)
     code, _out, err = lp.stop()
     assert code == 0, err
     rec = profiler.load(tmp_path / "c.lpr", summary_only=True)
-    assert spawned >= 180
+    assert spawned >= 360
     # System-wide, another burst on the machine (a pyenv shim starts ~100
     # processes) can still fill the map for a moment: a few lost figures,
-    # where 10 s rounds lost half of them (5,747 of 11,192).
+    # where 10 s rounds lost most of them.
     lost = rec.meta["errors"]["stats_map_full"]
     counted = int(rec.interval_totals[["acquisitions", "contended"]].to_numpy().sum())
-    assert lost <= 0.05 * (lost + counted), rec.meta["errors"]
-    assert len(rec.locks) > 256 and rec.meta["locks_retired"] > 256
+    assert lost <= 0.03 * (lost + counted), rec.meta["errors"]
+    assert len(rec.locks) > 512 and rec.meta["locks_retired"] > 512
