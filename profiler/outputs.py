@@ -348,30 +348,37 @@ def write_file(
     an existing device or FIFO written into; a ChosenName as a new file
     (claim_new_name). Returns the file written. OSError on failure, leaving
     no temporary file."""
-    if isinstance(path, ChosenName):
-        return _write_chosen(path, write, before_rename)
+    chosen = isinstance(path, ChosenName)
     path = Path(path)
-    where = _destination(path, create=True)
+    # A name lockprof chose is neither followed nor replaced: the file it
+    # names is claimed new at the rename.
+    where = _Destination(path, False, False) if chosen else _destination(path, create=True)
     if where.direct:
         with os.fdopen(_open_into(where.path), "wb") as out:
             write(cast(BinaryIO, _ForwardOnly(out)))
         return where.path
+    final = where.path
     try:
         tmp = _write_new(where.path.parent, f".{where.path.name}.", write)
+        claimed = None
         try:
             if before_rename is not None:
                 before_rename()
-            os.replace(tmp, where.path)
+            if chosen:
+                final = claimed = claim_new_name(where.path)
+            os.replace(tmp, final)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            for name in (tmp, claimed):
+                if name is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name)
             raise
     except BaseException:
         if where.made:
             with contextlib.suppress(OSError):
                 os.unlink(where.path)
         raise
-    return where.path
+    return final
 
 
 def write_files(items: Sequence[tuple[Path, Callable[[BinaryIO], object]]]) -> list[Path]:
@@ -402,27 +409,6 @@ def write_files(items: Sequence[tuple[Path, Callable[[BinaryIO], object]]]) -> l
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     return renamed + [write_file(path, write) for path, write in direct]
-
-
-def _write_chosen(
-    path: Path, write: Callable[[BinaryIO], object], before_rename: Callable[[], None] | None
-) -> Path:
-    """write_file() of a name lockprof chose: a new file at path or the next
-    free name after it, never one that exists."""
-    tmp = _write_new(path.parent, f".{path.name}.", write)
-    claimed = None
-    try:
-        if before_rename is not None:
-            before_rename()
-        claimed = claim_new_name(path)
-        os.replace(tmp, claimed)
-    except BaseException:
-        for name in (tmp, claimed):
-            if name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(name)
-        raise
-    return claimed
 
 
 def write_or_rescue(
@@ -501,9 +487,12 @@ def lockprof_kind(path: str | Path) -> str | None:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
     except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, RuntimeError):
-        return _KIND_MEMBER.get(first_member(Path(path)) or "")
-    if first_member(Path(path)) == "manifest.json":
-        return RUN_SET  # whole, or cut short (zipfile then finds its last run's directory)
+        names = set()
+    first = first_member(Path(path))
+    if first == "manifest.json" or not names:
+        # A run set whole or cut short (zipfile then finds its last run's
+        # directory), or a file whose ZIP directory is gone.
+        return _KIND_MEMBER.get(first or "")
     return next((kind for member, kind in _KIND_MEMBER.items() if member in names), None)
 
 

@@ -351,10 +351,7 @@ class Recording:
             try:
                 frame = file.load()
             except TableDamaged as exc:
-                if name in ESSENTIAL_TABLES:
-                    raise
-                self.mark_damaged(name, exc.why)
-                frame = empty_table(name)
+                frame = _left_out(name, exc, self.mark_damaged)
             self._lazy[name] = frame
         return frame
 
@@ -589,9 +586,7 @@ def _load_from(stream: BinaryIO, path: Path, summary_only: bool) -> tuple[Record
         try:
             check_table(frame, name, path)
         except TableDamaged as exc:
-            if name in ESSENTIAL_TABLES:
-                raise
-            damaged[name], tables[name] = exc.why, empty_table(name)
+            tables[name] = _left_out(name, exc, damaged.__setitem__)
     if collapse:
         rec = Recording(
             meta=meta,
@@ -618,10 +613,17 @@ def _read_or_leave_out(
     try:
         return _read_table(archive, name, path)
     except TableDamaged as exc:
-        if name in ESSENTIAL_TABLES:
-            raise
-        damaged[name] = exc.why
-        return empty_table(name)
+        return _left_out(name, exc, damaged.__setitem__)
+
+
+def _left_out(name: str, exc: TableDamaged, record: Callable[[str, str], object]) -> pd.DataFrame:
+    """A damaged table: raised again if the recording cannot do without it
+    (ESSENTIAL_TABLES); else record(name, why) and an empty table in its
+    place."""
+    if name in ESSENTIAL_TABLES:
+        raise exc
+    record(name, exc.why)
+    return empty_table(name)
 
 
 # Rows read at a time by load(summary_only=True).
