@@ -698,10 +698,22 @@ static __always_inline struct lp_task_row *lp_task_row_at(u32 slot_plus1)
 	return lp_task_rows.lookup(&slot);
 }
 
-/* Per-task split. Only the current task writes its own row, so plain adds. */
+/* Per-task split. Only the current task writes its own row, so plain adds;
+ * but every CPU's idle task is pid 0, and an interrupt's contended waits on
+ * idle CPUs share one row: atomic adds there. */
 static __always_inline void lp_task_add(struct lp_task_row *row, u64 wait_ns, u64 hold_ns,
 					int is_hold)
 {
+	if (row->key.tid == 0 && is_hold) {
+		__sync_fetch_and_add(&row->stats.holds, 1);
+		__sync_fetch_and_add(&row->stats.hold_ns, hold_ns);
+		return;
+	}
+	if (row->key.tid == 0) {
+		__sync_fetch_and_add(&row->stats.waits, 1);
+		__sync_fetch_and_add(&row->stats.wait_ns, wait_ns);
+		return;
+	}
 	if (is_hold) {
 		row->stats.holds++;
 		row->stats.hold_ns += hold_ns;
@@ -1737,6 +1749,11 @@ int lp_learn_rq(struct bpf_raw_tracepoint_args *ctx)
 #error "LP_TASK_PID_OFFSET (offsetof(struct task_struct, pid)) must come from BTF"
 #endif
 
+/* include/linux/sched.h's TASK_DEAD (a #define, not in BTF): 0x80 since 4.14. */
+#ifndef LP_TASK_DEAD
+#define LP_TASK_DEAD 0x80
+#endif
+
 BPF_HASH(lp_offcpu_start, u32, struct lp_offcpu_start, LP_MAX_TASKS);
 BPF_HASH(lp_offcpu, struct lp_offcpu_key, struct lp_offcpu_stats, LP_MAX_CALLERS);
 
@@ -1762,7 +1779,11 @@ int lp_offcpu_switch(struct bpf_raw_tracepoint_args *ctx)
 	if (!cfg)
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (!preempt && prev_state != 0 && tid != 0 && lp_wanted_process(cfg, pid_tgid >> 32)) {
+	/* A dead task (do_task_dead: TASK_DEAD) is never switched in again: its
+	 * start would stay in the map for good, one per exited thread, until the
+	 * map was full (offcpu_map_full) and every new thread went untimed. */
+	if (!preempt && prev_state != 0 && !(prev_state & LP_TASK_DEAD) && tid != 0 &&
+	    lp_wanted_process(cfg, pid_tgid >> 32)) {
 		struct lp_offcpu_start blocked = { .ts_ns = now, .tgid = pid_tgid >> 32 };
 
 		blocked.stack_id = lp_stacks.get_stackid(ctx, 0);

@@ -60,6 +60,9 @@ _FORGOTTEN_OWNER = np.dtype([("lock", "<u8"), ("address", "<u8"), ("tgid", "<u4"
 
 # Cap the per-CPU aggregate map's memory: entries x value size x CPUs.
 _STATS_MAP_BUDGET_BYTES = 64 << 20
+# Tasks that can be inside one kretprobed lock function at once (the
+# kernel's limit for a kprobe_events probe is 4096).
+KRETPROBE_MAXACTIVE = 4096
 # Test hook: cap every map's entries (see probe_cflags).
 MAX_ENTRIES_ENV = "LOCKPROF_TEST_MAX_ENTRIES"
 # Test hook: compile as on a kernel without x86's mm ids (see mm_id_offset).
@@ -518,9 +521,16 @@ class BpfSession:
                     fn_name=fn,
                     sample_freq=self.sample_hz,
                 )
+            elif point.mechanism == "kprobe" and point.ret:
+                # The kernel's default keeps max(10, 2 x CPUs) tasks inside a
+                # kretprobed function at once; the rest lose their return,
+                # and with it the acquisition, the longest waits first: under
+                # contention, exactly what is measured (KRETPROBE_MAXACTIVE_MAX).
+                self._bpf.attach_kretprobe(
+                    event=point.target.encode(), fn_name=fn, maxactive=KRETPROBE_MAXACTIVE
+                )
             elif point.mechanism == "kprobe":
-                attach = self._bpf.attach_kretprobe if point.ret else self._bpf.attach_kprobe
-                attach(event=point.target.encode(), fn_name=fn)
+                self._bpf.attach_kprobe(event=point.target.encode(), fn_name=fn)
             else:
                 raise MechanismUnavailable(f"mechanism {point.mechanism} is not implemented")
         except MechanismUnavailable:

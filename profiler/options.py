@@ -52,6 +52,10 @@ class CollectOptions:
     what_if_cpus: int | None = None  # --cpus: scale the writer's sum to N CPUs
     # --lock-types: contention of these types only (None: every type)
     lock_types: tuple[str, ...] | None = None
+    # -c: the live view and the final summary show the locks of one name
+    # (combine.lock_label) in one row. Display only: the recording keeps
+    # every lock, and `show` without -c lists them apart.
+    combine_locks: bool = False
 
 
 class CpuFigures(NamedTuple):

@@ -23,6 +23,7 @@ import pandas as pd
 
 from profiler import aggregate, ksyms, schema
 from profiler.allocator import release_free_heap
+from profiler.combine import Combined, CombinedRows
 from profiler.errors import LockprofError
 from profiler.events import CHUNK_ROWS as EVENT_CHUNK_ROWS
 from profiler.events import build_events, on_locks, without_locks
@@ -326,7 +327,10 @@ def _retire_period_ns() -> int:
 
 
 def _task_alive(tgid: int, tid: int) -> bool:
-    return os.path.exists(f"/proc/{tgid}/task/{tid}")
+    """Is the task still there? The idle tasks (pid 0, one per CPU, waiting
+    in interrupts) are not in /proc and never exit: retired every round,
+    their row lost the waits counted between its read and its reset."""
+    return tid == 0 or os.path.exists(f"/proc/{tgid}/task/{tid}")
 
 
 def _process_alive(tgid: int) -> bool:
@@ -587,7 +591,7 @@ def _live_state(snapshot, session, namer, target, options, elapsed_ns, state) ->
     hidden = hidden_locks(target, session)
     frame = without_locks(frame, hidden)
     locks = namer.name(frame)
-    rows = aggregate.summary_rows(frame, locks, list(options.families))
+    rows = _live_rows(frame, locks, options, target)
     if "offcpu" in options.families:
         rows += _live_offcpu_rows(session, namer)
     return LiveState(
@@ -607,6 +611,19 @@ def _live_state(snapshot, session, namer, target, options, elapsed_ns, state) ->
         ),
         threshold_ns=options.threshold_ns,
     )
+
+
+def _live_rows(frame: pd.DataFrame, locks: pd.DataFrame, options, target) -> list[dict]:
+    """The live view's lock rows: one per lock and mode, or with -c one per
+    lock name and mode (combine.Combined), over the busiest locks only, as
+    the rows without -c are: a name's quieter locks join its row when they
+    become busy enough, and the final summary combines every lock."""
+    families = list(options.families)
+    if not options.combine_locks:
+        return aggregate.summary_rows(frame, locks, families)
+    combined = Combined(frame, locks, target.tgid or None)
+    rows = aggregate.SummaryRows(combined.totals, combined.locks, families)
+    return list(CombinedRows(rows, combined))
 
 
 def _live_offcpu_rows(session, namer) -> list[dict]:

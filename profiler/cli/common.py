@@ -221,6 +221,18 @@ _JSON_HELP = {
 }
 
 
+COMBINE_OPTION = click.option(
+    "-c",
+    "--combine-locks",
+    "combine",
+    is_flag=True,
+    help="One row per lock name rather than per lock: the locks named after the same "
+    "contending caller (a page-table lock per page), and the mmap_locks of processes of "
+    "the same name, as perf lock contention shows callers (with --json, each row's "
+    "locks_combined counts them).",
+)
+
+
 def collection_options(command: str):
     """The bcc-style flags every collecting subcommand (attach, run, record) takes."""
     return lambda func: _add_collection_options(func, command)
@@ -278,6 +290,7 @@ def _add_collection_options(func, command: str):
             show_default=True,
             help="Rows in the live view (at most; fewer when the terminal is short).",
         ),
+        COMBINE_OPTION,
         click.option(
             "--html",
             type=outputs.OutputFile(dir_okay=False),
@@ -660,6 +673,7 @@ def run_collection(
             top=None if as_json else FINAL_SUMMARY_TOP,
             source=output if not_saved is None else None,
             to_stderr=outputs.is_our_stdout(output) or outputs.is_our_stdout(html),
+            combine=options.combine_locks,
         )
         code = 0
     except OSError as exc:  # stdout is gone (a closed pipe or terminal); the recording is not
@@ -827,7 +841,7 @@ def print_summary(
     file, for the hint that `lockprof show` lists every row; sort: what
     orders the rows (options.SORT_KEYS); to_stderr: stdout carries other
     bytes (the recording, the report); combine: locks of one name in one
-    row (show --combine-locks)."""
+    row (--combine-locks)."""
     from profiler import summary
 
     document = summary.summary_document(rec, what_if_cpus, top, sort, combine)
@@ -917,8 +931,10 @@ def collect_command(
     max_events=1_000_000,
     follow=False,
     lock_types=None,
+    combine=False,
 ) -> None:
     options = build_options(duration, interval, threshold, no_mmap_lock, no_contention)
+    options.combine_locks = combine
     probe_settings(
         options, stack_threshold, stack_rate, lock_types, no_contention, offcpu, sample, sample_hz
     )

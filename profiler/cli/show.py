@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from profiler.cli.common import load_recording, print_summary, warn_cpus_without_samples
+from profiler.cli.common import (
+    COMBINE_OPTION,
+    load_recording,
+    print_summary,
+    warn_cpus_without_samples,
+)
 from profiler.options import MAX_CPUS, SORT_ALIASES, SORT_KEYS
 
 
@@ -46,16 +51,7 @@ class _SortKey(click.Choice):
     "list too); rows that do not know it (a '-' in its column) come last. perf lock's "
     "avg_wait and acquired are taken too.",
 )
-@click.option(
-    "-c",
-    "--combine-locks",
-    "combine",
-    is_flag=True,
-    help="One row per lock name rather than per lock: the locks named after the same "
-    "contending caller (a page-table lock per page), and the mmap_locks of processes of "
-    "the same name, as perf lock contention shows callers (with --json, each row's "
-    "locks_combined counts them).",
-)
+@COMBINE_OPTION
 def command(path, as_json, top, what_if_cpus, sort, combine) -> None:
     """Print the summary of a recording: one row per lock and mode.
 

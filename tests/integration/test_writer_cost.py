@@ -9,12 +9,14 @@ reads (workloads/rwbench.c), each a lock+unlock of one lock.
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import BIN, LOCKPROF, show_json
 
-from profiler import doctor
+import profiler
+from profiler import bpf, doctor
 
 THREADS, OPS, WRITE_EVERY = 4, 1000, 10
 WRITES = THREADS * (OPS // WRITE_EVERY)
@@ -165,3 +167,24 @@ def test_sampling_finds_percpu_counter_sum_or_says_why(tmp_path):
     assert cost["what_if"]["estimated_cpu_s"] == pytest.approx(
         cost["estimated_cpu_s"] * 64 / cost["online_cpus"]
     )
+
+
+def test_offcpu_keeps_no_start_for_exited_tasks(tmp_path, monkeypatch):
+    """An exiting thread's last switch (TASK_DEAD) blocks it for good: its
+    start time must not stay in the off-CPU start map, which then filled up
+    (offcpu_map_full) after as many exits as it has entries, and every later
+    task went untimed. 300 threads started and joined one after another, in
+    a map capped at 64 entries: with the leak, 236 or more failures."""
+    monkeypatch.setenv(bpf.MAX_ENTRIES_ENV, "64")
+    threads = (
+        "import threading\n"
+        "for _ in range(300):\n"
+        "    t = threading.Thread(target=lambda: None); t.start(); t.join()\n"
+    )
+    done = _run(tmp_path, "--offcpu", "--", sys.executable, "-c", threads)
+    assert done.returncode == 0, done.stderr
+    summary = show_json(tmp_path / "rec.lpr")
+    assert summary["errors"].get("offcpu_map_full", 0) == 0, summary["errors"]
+    offcpu = profiler.load(tmp_path / "rec.lpr").table("offcpu")
+    # The joins were traced: the main thread blocked on each thread's exit.
+    assert offcpu["count"].sum() >= 300, "too few blocks seen: the test proves nothing"

@@ -145,3 +145,24 @@ def test_one_caller_on_locks_of_two_classes_gets_a_row_for_each():
         "__pte_offset_map_lock+0x98 (mutex)",
         "__pte_offset_map_lock+0x98 (spinlock)",
     }
+
+
+def test_the_live_view_combines_its_rows_as_the_summary_does(rec, combined):
+    """attach/run/record -c: the live view's rows (session._live_rows) over
+    the same totals read as show -c's."""
+    from types import SimpleNamespace
+
+    from profiler.options import CollectOptions
+    from profiler.session import _live_rows
+
+    families = tuple(rec.meta["families"])
+    target = SimpleNamespace(tgid=rec.meta["target_pid"])
+    totals, locks = rec.interval_totals, rec.locks
+
+    def key(row: dict) -> tuple:
+        return (row["lock"], row["mode"], row["locks_combined"], row["contended"])
+
+    live = _live_rows(totals, locks, CollectOptions(families=families, combine_locks=True), target)
+    assert sorted(map(key, live)) == sorted(map(key, combined))
+    apart = _live_rows(totals, locks, CollectOptions(families=families), target)
+    assert len(apart) > len(live) and "locks_combined" not in apart[0]

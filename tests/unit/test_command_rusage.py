@@ -200,6 +200,12 @@ def test_the_command_gets_no_fd_of_the_holders():
     target = CommandTarget(["sleep", "5"])
     try:
         target.begin()
+        # begin() lets the holder go: until it has exec'd, the fds listed
+        # are the holder's own (the gate among them), not the command's.
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{target.tgid}/comm").read_text().strip() != "sleep":
+            assert time.monotonic() < deadline, "the command never exec'd"
+            time.sleep(0.005)
         assert {int(fd) for fd in os.listdir(f"/proc/{target.tgid}/fd")} <= {0, 1, 2} | inheritable
     finally:
         target.stop()

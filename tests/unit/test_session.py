@@ -1095,3 +1095,14 @@ def test_the_live_view_goes_as_soon_as_collection_stops(monkeypatch):
             on_stopped=lambda: events.append("view stopped"),
         )
     assert events == ["loop", "view stopped", "disarm", "close"]
+
+
+def test_the_idle_tasks_rows_are_never_retired_as_dead():
+    """pid 0 (each CPU's idle task, contending in interrupts) has no /proc
+    entry and never exits: its per-task row must not be retired every round
+    (waits counted between the row's read and its reset were lost)."""
+    from profiler.session import _task_alive
+
+    assert _task_alive(0, 0)
+    assert _task_alive(os.getpid(), os.getpid())
+    assert not _task_alive(os.getpid(), 2**22 + 1)  # above pid_max: no such thread
