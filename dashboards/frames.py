@@ -10,8 +10,11 @@ Two rules shared by every panel:
   lock address (the address is appended when two locks would share one).
 * **No double counting.** A contended mmap_lock wait is seen twice: by the
   mmap_lock tracepoints (every acquisition) and by lock:contention_* (as an
-  rwsem). As in the summary, where a lock and mode has mmap_lock-tracepoint
-  rows, its contention rows are left out of totals. A lock spec's "sum"
+  rwsem), and a kernel lock spec's (down_read) by the mmap_lock tracepoints
+  too. Where a lock and mode has rows of a family that counts every
+  acquisition, its contention rows are left out of totals, and a spec's rows
+  where the mmap_lock tracepoints have it (aggregate.shadowed, as the
+  summary and compare). A lock spec's "sum"
   rows (calls of its sum function, timed from entry to return) are left out
   of the interval, event and task frames too: the writer calls the sum
   while it waits for the lock, so that time is already in the write wait.
@@ -36,10 +39,6 @@ INTERVAL_SCALARS = [c for c in TABLE_COLUMNS["intervals"] if not c.endswith("_sl
 # Frames of the probe itself at the top of a stack (bpf program, trampolines).
 _PROBE_FRAMES = ("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "bpf_trampoline_")
 NO_STACK = "[no_stack]"
-
-
-def src_mmap() -> int:
-    return schema.const("LP_SRC_MMAP_LOCK")
 
 
 def lock_table(rec: Recording) -> pd.DataFrame:
@@ -137,17 +136,14 @@ def _with_locks(frame: pd.DataFrame, locks: pd.DataFrame) -> pd.DataFrame:
 
 
 def _drop_double_counted(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Leave out contention-source rows of a (lock, mode, *by) that has
-    mmap_lock-tracepoint rows."""
+    """Leave out the rows another family already counts for their (lock,
+    mode, *by): contention rows where the mmap_lock tracepoints or a lock
+    spec count every acquisition, a kernel spec's rows on an mmap_lock
+    (aggregate.shadowed)."""
     if frame.empty:
         return frame
-    keys = ["lock", "mode", *by]
-    covered = frame.loc[frame["source"] == src_mmap(), keys].drop_duplicates()
-    if covered.empty:
-        return frame
-    marked = frame.merge(covered.assign(_covered=True), on=keys, how="left")
-    keep = (marked["source"] == src_mmap()) | marked["_covered"].isna()
-    return frame.loc[keep.to_numpy()].reset_index(drop=True)
+    keep = ~aggregate.shadowed(frame, tuple(by))
+    return frame if keep.all() else frame.loc[keep].reset_index(drop=True)
 
 
 SUM_MODE = "sum"
@@ -282,7 +278,9 @@ def summary_frame(
         ranked = lock_totals(rec, locks)
         waits = ranked.groupby("lock")["wait_total_ns"].sum()
         if len(waits) > max_locks:
-            total_rows = len(ranked[["lock", "mode"]].drop_duplicates())
+            # Every row show has: a lock spec's sum rows too (ranked has none).
+            every_row = _with_locks(intervals, locks)[["lock", "mode"]].dropna()
+            total_rows = len(every_row.drop_duplicates())
             keep = waits.nlargest(max_locks).index
             intervals = intervals[intervals["lock"].isin(keep)]
             known = known[known["lock"].isin(keep)]

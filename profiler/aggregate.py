@@ -942,6 +942,36 @@ class SummaryRows:
         return list(zip(self._cpus[rows].tolist(), rows.tolist(), strict=True))
 
 
+def shadowed(frame: pd.DataFrame, by: tuple[str, ...] = (), contention: bool = True) -> np.ndarray:
+    """Which of frame's rows (columns lock, mode, source and `by`) hold
+    figures another probe family has for the same lock and mode (and by):
+
+    * a lock spec's, where the mmap_lock tracepoints see the lock: a kernel
+      spec's down_read runs inside mmap_read_lock, one acquisition seen by
+      both (the tracepoints see downgrades and trylocks too);
+    * with contention, lock:contention_*'s, where a family that counts every
+      acquisition sees the lock: its contended waits are among those
+      acquisitions' waits. The summary keeps them apart, as the contended
+      wait distribution; the per-CPU totals, the report and compare's
+      histograms leave them out.
+
+    The one rule of the summary, the live view's per-CPU line, the report
+    and compare: each adds up only the rows left."""
+    mmap_source, spec_source = schema.every_acquisition_sources()
+    source = frame["source"].to_numpy()
+    if frame.empty:
+        return np.zeros(0, dtype=bool)
+    keys = ["lock", "mode", *by]
+    seen = frame[keys].assign(_mmap=source == mmap_source, _spec=source == spec_source)
+    has = seen.groupby(keys, sort=False, dropna=False)[["_mmap", "_spec"]].transform("any")
+    has_mmap, has_spec = has["_mmap"].to_numpy(), has["_spec"].to_numpy()
+    out = (source == spec_source) & has_mmap
+    if contention:
+        every = (source == mmap_source) | (source == spec_source)
+        out |= ~every & (has_mmap | has_spec)
+    return out
+
+
 def _rows_with_mode(intervals: pd.DataFrame, locks: pd.DataFrame) -> pd.DataFrame:
     """Each row of intervals whose lock has a mode: its key and cpu, its
     position in intervals (`row`) and its locks row. Only those columns of
@@ -951,7 +981,9 @@ def _rows_with_mode(intervals: pd.DataFrame, locks: pd.DataFrame) -> pd.DataFram
     address in it (0xffff888100818138 -> 0xffff888100818000)."""
     keys = intervals[[*KEY_COLUMNS, "cpu"]].assign(row=np.arange(len(intervals)))
     merged = keys.merge(locks, on=KEY_COLUMNS, how="inner")
-    return merged[merged["mode"].notna()]
+    merged = merged[merged["mode"].notna()]
+    # A kernel lock spec's rows on an mmap_lock count its acquisitions again.
+    return merged[~shadowed(merged, contention=False)]
 
 
 def _cpu_keys(matched: pd.DataFrame) -> tuple[np.ndarray, pd.MultiIndex]:

@@ -273,14 +273,14 @@ def run_figures(rec: Recording, throughput: float | None = None) -> RunFigures:
 def _histograms(
     intervals: pd.DataFrame, locks: pd.DataFrame, labels: dict[int, tuple[str, str]]
 ) -> dict[LockKey, dict[str, np.ndarray]]:
-    """Summed log2 histograms of wait and hold per identity and mode (rows of
-    the mmap_lock tracepoints where there are any, as summary_rows does)."""
+    """Summed log2 histograms of wait and hold per identity and mode: of
+    the rows of a family that counts every acquisition where there are any,
+    as summary_rows does (aggregate.shadowed)."""
     merged = intervals.merge(locks, on=aggregate.KEY_COLUMNS, how="inner")
-    src_mmap = _mmap_source()
+    merged = merged[merged["mode"].notna()]
+    merged = merged[~aggregate.shadowed(merged)]
     out: dict[LockKey, dict[str, np.ndarray]] = {}
-    for (lock, mode), group in merged.groupby(["lock", "mode"], sort=False):
-        mmap_rows = group[group["source"] == src_mmap]
-        rows = mmap_rows if not mmap_rows.empty else group
+    for (lock, mode), rows in merged.groupby(["lock", "mode"], sort=False):
         label, lock_class = labels[int(lock)]  # type: ignore[call-overload]
         entry = {}
         for which in ("wait", "hold"):
@@ -288,10 +288,6 @@ def _histograms(
                 entry[which] = np.sum(np.array(rows[f"{which}_slots"].tolist(), dtype=float), 0)
         out[(label, lock_class, str(mode))] = entry
     return out
-
-
-def _mmap_source() -> int:
-    return schema.const("LP_SRC_MMAP_LOCK")
 
 
 # -- paired lock classes ------------------------------------------------------------

@@ -25,12 +25,14 @@ from profiler import schema
 _TASK_FIGURES = ["waits", "wait_ns", "holds", "hold_ns"]
 
 
-def foreign_task_rows(tasks: pd.DataFrame, locks: pd.DataFrame) -> list[dict]:
+def foreign_task_rows(tasks: pd.DataFrame, locks: pd.DataFrame, meta: dict) -> list[dict]:
     """One dict per (comm, mmap_lock, mode) of the tasks of processes that
     are not profiled, on a profiled process's mmap_lock: comm, pids (their
     processes), lock, lock_id, owner_pid, owner_comm, mode, acquisitions
-    (null where only contention was traced), contended, wait_ns and hold_ns
-    ({count, total}). Busiest first."""
+    (null where only contention was traced), contended (null where
+    contention was not traced: --no-contention), wait_ns and hold_ns
+    ({count, total}). Busiest first. meta: the recording's."""
+    contention_traced = "contention" in (meta.get("families") or ["contention"])
     if tasks.empty or locks.empty:
         return []
     named = tasks.merge(
@@ -52,13 +54,15 @@ def foreign_task_rows(tasks: pd.DataFrame, locks: pd.DataFrame) -> list[dict]:
     contended = foreign[~mmap_src].groupby(keys, dropna=False)[_TASK_FIGURES].sum()
     pids = foreign.groupby(keys, dropna=False)["tgid"].unique()
     rows = [
-        _row(key, sorted(int(p) for p in pids.loc[key]), every, contended)
+        _row(key, sorted(int(p) for p in pids.loc[key]), every, contended, contention_traced)
         for key in every.index.union(contended.index)
     ]
     return sorted(rows, key=lambda r: -(r["wait_ns"]["total"] + (r["hold_ns"]["total"] or 0)))
 
 
-def _row(key: tuple, pids: list[int], every: pd.DataFrame, contended: pd.DataFrame) -> dict:
+def _row(
+    key: tuple, pids: list[int], every: pd.DataFrame, contended: pd.DataFrame, traced: bool
+) -> dict:
     """Every acquisition's figures where the mmap_lock tracepoints saw them;
     a contention-only run has the contended waits alone (no holds)."""
     comm, lock, mode, owner_pid, owner_comm = key
@@ -75,7 +79,7 @@ def _row(key: tuple, pids: list[int], every: pd.DataFrame, contended: pd.DataFra
         "owner_comm": owner_comm,
         "mode": mode,
         "acquisitions": int(seen["waits"]) if seen is not None else None,
-        "contended": int(waited["waits"]) if waited is not None else 0,
+        "contended": int(waited["waits"]) if waited is not None else (0 if traced else None),
         "wait_ns": {"count": int(waits["waits"]), "total": int(waits["wait_ns"])},
         "hold_ns": {
             "count": int(seen["holds"]) if seen is not None else None,

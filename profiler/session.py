@@ -384,7 +384,8 @@ def _forget_freed(
     live view's per-CPU totals, as cpu_totals counts the live rows: not
     those of hidden locks (a `run` child's pre-exec mm, freed at its exec)."""
     gone = [key for key in state.previous if freed.get(key[3]) == key[:3]]
-    counted = {key for key in per_cpu_keys(state.previous) if key[0] not in hidden}
+    # As cpu_totals counts the live rows: a spec's sum rows left out too.
+    counted = set(per_cpu_keys(state.previous, hidden))
     for key in gone:
         values = state.previous.pop(key)
         if key not in counted:
@@ -532,19 +533,26 @@ def _mode(source: int, flags: int) -> str:
     return schema.classify(source, flags)[1]
 
 
-def per_cpu_keys(keys: Iterable[tuple]) -> list[tuple]:
+def per_cpu_keys(keys: Iterable[tuple], hidden: Collection[int] = ()) -> list[tuple]:
     """The snapshot keys (lock, flags, source, ...) whose figures the per-CPU
     totals add up: those the summary's per_cpu entries come from
-    (aggregate.SummaryRows). Every row of a family that sees every
-    acquisition, and the contention rows of a lock and mode with no such
-    row: where there is one, its contended acquisitions are those waits."""
-    keys = list(keys)
-    seen_fully = {(k[0], _mode(k[2], k[1])) for k in keys if _sees_every_acquisition(k[2])}
-    return [
-        k
-        for k in keys
-        if _sees_every_acquisition(k[2]) or (k[0], _mode(k[2], k[1])) not in seen_fully
-    ]
+    (aggregate.SummaryRows), but for the hidden locks (hidden_locks) and a
+    lock spec's sum rows (options.in_cpu_totals). Not the rows another
+    family counts already (aggregate.shadowed): the contention rows of a
+    lock and mode whose every acquisition is counted (its contended
+    acquisitions are those waits), a kernel spec's rows on an mmap_lock."""
+    keys = [k for k in keys if k[0] not in hidden and in_cpu_totals(_mode(k[2], k[1]))]
+    if not keys:
+        return []
+    frame = pd.DataFrame(
+        {
+            "lock": [k[0] for k in keys],
+            "mode": [_mode(k[2], k[1]) for k in keys],
+            "source": [k[2] for k in keys],
+        }
+    )
+    left_out = aggregate.shadowed(frame)
+    return [k for k, out in zip(keys, left_out.tolist(), strict=True) if not out]
 
 
 def cpu_totals(
@@ -562,11 +570,7 @@ def cpu_totals(
     the summary's per_cpu entries have them, not 0."""
     acq, cont = columns.index("acquisitions"), columns.index("contended")
     wait = columns.index("wait.total_ns")
-    sourced = [
-        (key[2], rows[key])
-        for key in per_cpu_keys(rows)
-        if key[0] not in hidden and in_cpu_totals(_mode(key[2], key[1]))
-    ]
+    sourced = [(key[2], rows[key]) for key in per_cpu_keys(rows, hidden)]
     sourced += list((retired or {}).items())
     cpus = max((values.shape[0] for _source, values in sourced), default=0)
     figures = np.zeros((cpus, 3), dtype=np.uint64)  # acquisitions, contended, wait ns

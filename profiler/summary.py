@@ -271,5 +271,5 @@ def summary_document(
         "locks": rows,
         "writer_cost": writer_cost_json(rec, what_if_cpus),
         # Tasks of other processes on an mmap_lock (khugepaged, /proc readers).
-        "foreign_tasks": foreign_task_rows(rec.tasks, rec.locks)[:top],
+        "foreign_tasks": foreign_task_rows(rec.tasks, rec.locks, rec.meta)[:top],
     }

@@ -895,7 +895,7 @@ def print_summary(
             out.print(line)
     from profiler.foreign_tasks import foreign_task_rows  # pandas: not before the compile
 
-    foreign = foreign_task_rows(rec.tasks, rec.locks)  # all: the hint counts the rest
+    foreign = foreign_task_rows(rec.tasks, rec.locks, rec.meta)  # all: the hint counts the rest
     for line in render.foreign_task_lines(foreign, top or render.FOREIGN_TASK_LINES):
         out.print(line)
     if rusage.get("user_s") is not None:

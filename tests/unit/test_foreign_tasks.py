@@ -61,8 +61,11 @@ def _tasks() -> pd.DataFrame:
     )
 
 
+TRACED = {"families": ["mmap_lock", "contention"]}
+
+
 def test_foreign_tasks_are_grouped_by_comm_busiest_first():
-    rows = foreign_task_rows(_tasks(), _locks())
+    rows = foreign_task_rows(_tasks(), _locks(), TRACED)
     assert [(r["comm"], r["mode"]) for r in rows] == [
         ("khugepaged", "write"), ("cat", "read"), ("gdb", "read")
     ]  # fmt: skip
@@ -81,13 +84,21 @@ def test_foreign_tasks_are_grouped_by_comm_busiest_first():
     assert gdb["hold_ns"] == {"count": None, "total": None}
 
 
+def test_contended_is_null_where_contention_was_not_traced():
+    """--no-contention: a task's contended waits are not known (null, as
+    the lock rows have them), not 0."""
+    rows = foreign_task_rows(_tasks(), _locks(), {"families": ["mmap_lock"]})
+    cat = next(r for r in rows if r["comm"] == "cat")
+    assert cat["contended"] is None and cat["acquisitions"] == 6
+
+
 def test_no_foreign_tasks():
-    assert foreign_task_rows(_tasks().iloc[5:], _locks()) == []
-    assert foreign_task_rows(_tasks().iloc[0:0], _locks()) == []
+    assert foreign_task_rows(_tasks().iloc[5:], _locks(), TRACED) == []
+    assert foreign_task_rows(_tasks().iloc[0:0], _locks(), TRACED) == []
 
 
 def test_foreign_task_lines():
-    rows = foreign_task_rows(_tasks(), _locks())
+    rows = foreign_task_rows(_tasks(), _locks(), TRACED)
     lines = [line.plain for line in render.foreign_task_lines(rows, limit=2)]
     assert lines == [
         "tasks of other processes on mmap_locks (by wait + hold time):",
