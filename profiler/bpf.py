@@ -1026,11 +1026,16 @@ class BpfSession:
         once, when the first stack is named: lockprof's programs are loaded
         by then, and their frames are named too), or BCC's where kallsyms
         hides addresses."""
+        text_symbols = self.read_text_symbols()
+        if len(text_symbols):
+            return text_symbols.frame(address)
+        return self._bpf.ksym(address, show_offset=True).decode(errors="replace")
+
+    def read_text_symbols(self) -> ksyms.TextSymbols:
+        """lockprof's table of kallsyms' functions, read the first time."""
         if self._text_symbols is None:
             self._text_symbols = ksyms.TextSymbols()
-        if len(self._text_symbols):
-            return self._text_symbols.frame(address)
-        return self._bpf.ksym(address, show_offset=True).decode(errors="replace")
+        return self._text_symbols
 
     # -- event stream -----------------------------------------------------------
 

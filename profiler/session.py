@@ -13,6 +13,7 @@ import functools
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -146,6 +147,10 @@ def collect(
         target.begin()
         state = _Collected(retired_ns=start_ns)
         namer = _LockNamer(session, spec_class(options.locks))
+        if on_interval is not None:
+            # The first live row names its locks: read the symbol tables
+            # (~0.35 s here) while the first snapshot is awaited.
+            namer.start_warming()
         _collect_loop(options, target, session, stop, state, namer, start_ns, on_interval)
         stop.draining = True
         if on_stopped is not None:
@@ -668,6 +673,26 @@ class _LockNamer:
         self._merged: dict[int, str] | None = None  # _symbols()
         self._merged_rq = 0  # runqueue locks in it
         self.unreadable_stacks = 0  # stacks whose frames could not be read
+        self._warming: threading.Thread | None = None
+
+    def start_warming(self) -> None:
+        """Read kallsyms' data and text symbols in a thread, so that the first
+        naming finds them read: the first live row came ~0.35 s after the
+        first snapshot, for them. The loop's polls go on meanwhile (they
+        wait in the kernel, without the GIL). Started after the probes are
+        loaded: their own frames are in kallsyms by then."""
+        self._warming = threading.Thread(target=self._warm, name="lockprof-symbols", daemon=True)
+        self._warming.start()
+
+    def _warm(self) -> None:
+        with contextlib.suppress(Exception):  # read again, and failing there, when used
+            self._data_symbols = ksyms.data_symbols()
+            self._session.read_text_symbols()
+
+    def _warmed(self) -> None:
+        warming, self._warming = self._warming, None
+        if warming is not None:
+            warming.join()
 
     def callers(self, retired: bool = True) -> pd.DataFrame:
         return pd.DataFrame(self._session.read_callers(retired), columns=CALLER_COLUMNS)
@@ -676,6 +701,7 @@ class _LockNamer:
         """The frames of these stacks (each read once, then cached). Only
         these: the cache also holds the ids name() looked up, a failed
         capture's errno (-17) among them, which are no stacks to record."""
+        self._warmed()
         wanted = [int(stack_id) for stack_id in stack_ids]
         for stack_id in wanted:
             if stack_id not in self._frames:
@@ -702,6 +728,7 @@ class _LockNamer:
         recognised over them, merged again only when more runqueue locks
         are known: with CONFIG_KALLSYMS_ALL there are 100k+ data symbols,
         and the live view names its locks every interval."""
+        self._warmed()
         if self._data_symbols is None:
             self._data_symbols = ksyms.data_symbols()
         rq_names = self._session.rq_lock_names()

@@ -1106,3 +1106,39 @@ def test_the_idle_tasks_rows_are_never_retired_as_dead():
     assert _task_alive(0, 0)
     assert _task_alive(os.getpid(), os.getpid())
     assert not _task_alive(os.getpid(), 2**22 + 1)  # above pid_max: no such thread
+
+
+def test_the_namer_reads_the_symbol_tables_ahead_and_names_with_them(monkeypatch):
+    """start_warming reads kallsyms' data and text symbols in a thread
+    while the first snapshot is awaited; the first naming waits for it and
+    reads neither again. A failure there is left for the naming to meet."""
+    reads = []
+    release = threading.Event()
+
+    def data_symbols():
+        release.wait(5)
+        reads.append("data")
+        return {0x1000: "some_lock"}
+
+    monkeypatch.setattr(session.ksyms, "data_symbols", data_symbols)
+    fake = SimpleNamespace(
+        read_text_symbols=lambda: reads.append("text"),
+        rq_lock_names=dict,
+        stack_frames=lambda stack_id: [f"f{stack_id}"],
+    )
+    namer = session._LockNamer(fake)
+    namer.start_warming()
+    assert reads == []  # the thread waits: the caller went on
+    release.set()
+    assert namer._symbols() == {0x1000: "some_lock"}
+    assert reads == ["data", "text"]
+    assert namer.frames([7]) == {7: ["f7"]} and reads == ["data", "text"]
+
+    def broken():
+        raise OSError("no kallsyms")
+
+    monkeypatch.setattr(session.ksyms, "data_symbols", broken)
+    failing = session._LockNamer(fake)
+    failing.start_warming()
+    with pytest.raises(OSError):
+        failing._symbols()  # read again where it is used, and said there
