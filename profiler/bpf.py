@@ -522,13 +522,7 @@ class BpfSession:
                     sample_freq=self.sample_hz,
                 )
             elif point.mechanism == "kprobe" and point.ret:
-                # The kernel's default keeps max(10, 2 x CPUs) tasks inside a
-                # kretprobed function at once; the rest lose their return,
-                # and with it the acquisition, the longest waits first: under
-                # contention, exactly what is measured (KRETPROBE_MAXACTIVE_MAX).
-                self._bpf.attach_kretprobe(
-                    event=point.target.encode(), fn_name=fn, maxactive=KRETPROBE_MAXACTIVE
-                )
+                self._attach_kretprobe(point.target.encode(), fn)
             elif point.mechanism == "kprobe":
                 self._bpf.attach_kprobe(event=point.target.encode(), fn_name=fn)
             else:
@@ -540,6 +534,20 @@ class BpfSession:
                 f"attaching {chosen.probe.name} to {point.mechanism} {point.target} failed: {exc}"
             ) from None
         self.attached.append(Attached(chosen.probe.name, point.mechanism, point.target))
+
+    def _attach_kretprobe(self, event: bytes, fn: bytes) -> None:
+        """The kernel's default keeps max(10, 2 x CPUs) tasks inside a
+        kretprobed function at once; the rest lose their return, and with it
+        the acquisition, the longest waits first: under contention, exactly
+        what is measured. BCC makes a probe with room for more through
+        tracefs' kprobe_events only (a named event, removed at close, or by
+        the next collection if lockprof is killed); where tracefs cannot be
+        written (a read-only /sys), the kernel's default through
+        perf_event_open, as before."""
+        try:
+            self._bpf.attach_kretprobe(event=event, fn_name=fn, maxactive=KRETPROBE_MAXACTIVE)
+        except Exception:
+            self._bpf.attach_kretprobe(event=event, fn_name=fn)
 
     def _learn_rq_locks(self) -> None:
         """Contention runs: attach lp_learn_rq, which notes each CPU's
@@ -679,8 +687,9 @@ class BpfSession:
         return found
 
     def retire_dead_tasks(self, alive) -> int:
-        """Move the rows of tasks that have exited (alive(tgid, tid) is
-        False) out of the kernel's task map, so that process churn does not
+        """Move the rows of tasks that have exited (alive(tgid, tid, lock
+        id) is False; None for a lock never given an id) out of the kernel's
+        task map, so that process churn does not
         fill it (a new task's row would be lost as task_map_full). Their
         figures are final: a dead task takes no more locks. The order keeps
         the BPF side consistent: the key is unpublished, the row read, then
@@ -692,7 +701,9 @@ class BpfSession:
         dead = [
             (key, index.value)
             for key, index in slots.items()
-            if not alive(int(key.tgid), int(key.tid))
+            if not alive(
+                int(key.tgid), int(key.tid), self.lock_ids.find(int(key.lock), int(key.mm_gen))
+            )
         ]
         final = []
         for key, index in dead:

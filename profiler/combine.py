@@ -147,3 +147,18 @@ class CombinedRows:
     def __iter__(self) -> Iterator[dict]:
         for row in self._rows:
             yield self._combined.annotate(row)
+
+
+def summary_rows(
+    totals: pd.DataFrame,
+    locks: pd.DataFrame,
+    families: list[str],
+    target_pid: int | None,
+    sort: str = "wait_total",
+) -> CombinedRows:
+    """The summary rows of totals with the locks of each name combined:
+    `show -c` and, with -c, a collection's live view and final summary."""
+    combined = Combined(totals, locks, target_pid)
+    return CombinedRows(
+        aggregate.SummaryRows(combined.totals, combined.locks, families, sort), combined
+    )

@@ -278,9 +278,10 @@ def as_dicts(checks) -> list[dict]:
 TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 # BCC names the tracefs events it creates "<group>/<name>_bcc_<pid>" (libbcc:
 # "%c:%ss/%s %s" with the alias "%s_bcc_%d"), group uprobes or kprobes. It
-# creates them only where perf_event_open cannot make the probe itself (before
-# 4.17, or without the kprobe/uprobe PMU), and removes them when it detaches:
-# a BCC process killed with SIGKILL leaves them behind.
+# creates them where perf_event_open cannot make the probe itself (before
+# 4.17, or without the kprobe/uprobe PMU), and for every kretprobe of a kernel
+# lock spec (maxactive, bpf.KRETPROBE_MAXACTIVE: "r4096:"); it removes them
+# when it detaches: a BCC process killed with SIGKILL leaves them behind.
 _BCC_EVENT = re.compile(r"^[pr]\d*:(?P<group>[^/\s]+)/(?P<event>\S*_bcc_(?P<pid>\d+))(\s|$)")
 
 

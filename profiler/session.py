@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from profiler import aggregate, ksyms, schema
+from profiler import aggregate, combine, ksyms, schema
 from profiler.allocator import release_free_heap
-from profiler.combine import Combined, CombinedRows
 from profiler.errors import LockprofError
 from profiler.events import CHUNK_ROWS as EVENT_CHUNK_ROWS
 from profiler.events import build_events, on_locks, without_locks
@@ -232,7 +231,8 @@ def _collect_loop(options, target, session, stop, state, namer, start_ns, on_int
                 )
             ):
                 state.retired_ns = now
-                session.retire_dead_tasks(_task_alive)
+                live_locks = {key[0] for key in snapshot.rows}
+                session.retire_dead_tasks(functools.partial(_task_alive, live_locks=live_locks))
                 entries = session.owner_entries()  # the owner map, read once a round
                 if "follow" in options.families:
                     session.forget_dead_followed(_process_alive, session.read_owners(entries))
@@ -331,11 +331,18 @@ def _retire_period_ns() -> int:
     return int(float(override) * 1e9) if override else RETIRE_NS
 
 
-def _task_alive(tgid: int, tid: int) -> bool:
-    """Is the task still there? The idle tasks (pid 0, one per CPU, waiting
-    in interrupts) are not in /proc and never exit: retired every round,
-    their row lost the waits counted between its read and its reset."""
-    return tid == 0 or os.path.exists(f"/proc/{tgid}/task/{tid}")
+def _task_alive(
+    tgid: int, tid: int, lock: int | None = None, live_locks: Collection[int] = ()
+) -> bool:
+    """Is the task's row (on lock, its id) still wanted? While the task is
+    there. The idle tasks (pid 0, one per CPU, waiting in interrupts) are
+    not in /proc and never exit: retired every round, their rows lost the
+    waits counted between a read and the reset; kept for good, one per lock
+    an interrupt ever contended on, they would fill the task map. Theirs go
+    with their lock's row (live_locks: the lock ids of the kernel's rows)."""
+    if tid == 0:
+        return lock is not None and lock in live_locks
+    return os.path.exists(f"/proc/{tgid}/task/{tid}")
 
 
 def _process_alive(tgid: int) -> bool:
@@ -630,9 +637,7 @@ def _live_rows(frame: pd.DataFrame, locks: pd.DataFrame, options, target) -> lis
     families = list(options.families)
     if not options.combine_locks:
         return aggregate.summary_rows(frame, locks, families)
-    combined = Combined(frame, locks, target.tgid or None)
-    rows = aggregate.SummaryRows(combined.totals, combined.locks, families)
-    return list(CombinedRows(rows, combined))
+    return list(combine.summary_rows(frame, locks, families, target.tgid or None))
 
 
 def _live_offcpu_rows(session, namer) -> list[dict]:

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from itertools import islice
 
 from profiler import aggregate, schema, writer_cost
-from profiler.combine import Combined, CombinedRows
+from profiler.combine import CombinedRows
+from profiler.combine import summary_rows as combined_rows
 from profiler.foreign_tasks import foreign_task_rows
 from profiler.recording import Recording, damage_text
 from profiler.targets import recorded_exit
@@ -35,9 +36,8 @@ class LockRows:
         families = rec.meta.get("families", [])
         self.locks: aggregate.SummaryRows | CombinedRows
         if combine:
-            combined = Combined(rec.interval_totals, rec.locks, rec.meta.get("target_pid"))
-            rows = aggregate.SummaryRows(combined.totals, combined.locks, families, sort)
-            self.locks = CombinedRows(rows, combined)
+            target_pid = rec.meta.get("target_pid")
+            self.locks = combined_rows(rec.interval_totals, rec.locks, families, target_pid, sort)
         else:
             self.locks = aggregate.SummaryRows(rec.interval_totals, rec.locks, families, sort)
         self.offcpu = writer_cost.offcpu_rows(rec.offcpu, rec.stacks)

@@ -8,6 +8,7 @@ read acquisitions of its own.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -247,3 +248,31 @@ def test_a_sustained_storm_streams_without_loss_with_a_cpu_to_spare(lockprof_fac
     assert summary["events"] >= 5 * pairs
     # A few could still be lost if lockprof is kept off its CPU for 40 ms.
     assert summary["lost_events"] <= 5, summary["lost_events"]
+
+
+def test_run_combine_locks_prints_the_summary_show_c_prints(tmp_path):
+    """`run -c --json`: the final summary combines locks of one name, as
+    `show -c --json` of the same recording does; the recording keeps every
+    lock apart (`show --json` without -c)."""
+    from conftest import LOCKPROF
+
+    rec = tmp_path / "c.lpr"
+    done = subprocess.run(
+        [*LOCKPROF, "run", "-c", "--json", "-q", "-o", str(rec), "--",
+         str(BIN / "lpbizzy"), "-t", "4", "-S", "2", "-q"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    final = json.loads(done.stdout)["locks"]
+    shown = subprocess.run(
+        [*LOCKPROF, "show", "-c", "--json", str(rec)], capture_output=True, text=True, check=True
+    )
+
+    def rows(locks: list[dict]) -> list[tuple]:
+        return sorted((r["lock"], r["mode"], r["locks_combined"], r["contended"]) for r in locks)
+
+    assert rows(final) == rows(json.loads(shown.stdout)["locks"])
+    apart = show_json(rec)["locks"]
+    assert "locks_combined" not in apart[0]
+    assert len(final) < len(apart), "nothing to combine: the test proves nothing"
+    assert sum(r["contended"] or 0 for r in final) == sum(r["contended"] or 0 for r in apart)

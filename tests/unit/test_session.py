@@ -1097,14 +1097,19 @@ def test_the_live_view_goes_as_soon_as_collection_stops(monkeypatch):
     assert events == ["loop", "view stopped", "disarm", "close"]
 
 
-def test_the_idle_tasks_rows_are_never_retired_as_dead():
+def test_the_idle_tasks_rows_go_with_their_locks_row():
     """pid 0 (each CPU's idle task, contending in interrupts) has no /proc
     entry and never exits: its per-task row must not be retired every round
-    (waits counted between the row's read and its reset were lost)."""
+    (waits counted between the row's read and its reset were lost), nor
+    kept for good (one per lock an interrupt ever contended on would fill
+    the task map): it goes when its lock's row has left the kernel's map."""
     from profiler.session import _task_alive
 
-    assert _task_alive(0, 0)
-    assert _task_alive(os.getpid(), os.getpid())
+    live = {0xFFFF888100001000}
+    assert _task_alive(0, 0, 0xFFFF888100001000, live_locks=live)
+    assert not _task_alive(0, 0, 0xFFFF888100002000, live_locks=live)
+    assert not _task_alive(0, 0, None, live_locks=live)  # a lock never given an id
+    assert _task_alive(os.getpid(), os.getpid(), 0xFFFF888100002000, live_locks=live)
     assert not _task_alive(os.getpid(), 2**22 + 1)  # above pid_max: no such thread
 
 
