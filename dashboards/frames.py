@@ -279,7 +279,9 @@ def summary_frame(
         waits = ranked.groupby("lock")["wait_total_ns"].sum()
         if len(waits) > max_locks:
             # Every row show has: a lock spec's sum rows too (ranked has none).
-            every_row = _with_locks(intervals, locks)[["lock", "mode"]].dropna()
+            # Only the keys: interval_totals merged whole was copied for a count.
+            keys = intervals[KEY].drop_duplicates()
+            every_row = _with_locks(keys, locks)[["lock", "mode"]].dropna()
             total_rows = len(every_row.drop_duplicates())
             keep = waits.nlargest(max_locks).index
             intervals = intervals[intervals["lock"].isin(keep)]
