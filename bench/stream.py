@@ -8,7 +8,8 @@ stream:   `lockprof record -a -t 1ns` (every wait and hold is an event) while
           write acquisitions, whatever the stream lost).
 startup:  seconds from running `lockprof record -a` to its first live-view
           row (the first progress line, stdout not being a terminal), and to
-          "attached".
+          "attached": with the compiled-probe cache's entry and without it
+          (LOCKPROF_CACHE_DIR=off, as a first run), alternating.
 
     sudo .venv/bin/python bench/stream.py [--reps 5] [--storms 2] [--pairs 200000]
 """
@@ -29,6 +30,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / "workloads" / "bin"
 LOCKPROF = [sys.executable, "-m", "profiler.cli.main"]
+
+sys.path.insert(0, str(REPO))
+import profiler  # noqa: E402  (the repository's, for the recordings' meta)
+from profiler.probecache import CACHE_DIR_ENV, DEFAULT_DIR  # noqa: E402
 
 
 def _held(pairs: int) -> subprocess.Popen:
@@ -107,7 +112,13 @@ def stream_once(storms: int, pairs: int) -> dict:
         }
 
 
-def startup_once() -> dict:
+def startup_once(cache: bool = True) -> dict:
+    """One start-up of `record -a`. cache: with the compiled-probe cache
+    (its default directory, where an earlier run left the entry), else with
+    LOCKPROF_CACHE_DIR=off (a full compile, as on a first run)."""
+    env = {**os.environ, CACHE_DIR_ENV: os.environ.get(CACHE_DIR_ENV, str(DEFAULT_DIR))}
+    if not cache:
+        env[CACHE_DIR_ENV] = "off"
     begin = time.monotonic()
     lp = subprocess.Popen(
         [*LOCKPROF, "record", "-a", "-o", "/tmp/lpstart.lpr"],
@@ -115,6 +126,7 @@ def startup_once() -> dict:
         stdout=subprocess.DEVNULL,
         text=True,
         cwd=REPO,
+        env=env,
     )
     assert lp.stderr is not None
     attached = first_row = None
@@ -126,8 +138,28 @@ def startup_once() -> dict:
             break
     lp.send_signal(signal.SIGINT)
     lp.communicate(timeout=120)
+    compiled = profiler.load("/tmp/lpstart.lpr").meta.get("probes_compile") or {}
     Path("/tmp/lpstart.lpr").unlink(missing_ok=True)
-    return {"attached_s": attached, "first_row_s": first_row}
+    return {
+        "attached_s": attached,
+        "first_row_s": first_row,
+        "from_cache": compiled.get("from_cache"),
+        "compile_s": compiled.get("seconds"),
+    }
+
+
+def _startup_rows(label: str, starts: list[dict]) -> list[str]:
+    firsts = [s["first_row_s"] for s in starts if s["first_row_s"] is not None]
+    attaches = [s["attached_s"] for s in starts if s["attached_s"] is not None]
+    compiles = [s["compile_s"] for s in starts if s["compile_s"] is not None]
+    return [
+        f"| seconds to 'attached', {label} | {statistics.median(attaches):.2f} | "
+        f"{min(attaches):.2f}-{max(attaches):.2f} |",
+        f"| seconds building the probes (meta.probes_compile), {label} | "
+        f"{statistics.median(compiles):.2f} | {min(compiles):.2f}-{max(compiles):.2f} |",
+        f"| seconds to the first live row (-i 1), {label} | {statistics.median(firsts):.2f} | "
+        f"{min(firsts):.2f}-{max(firsts):.2f} |",
+    ]
 
 
 def main() -> int:
@@ -140,15 +172,18 @@ def main() -> int:
         print("bench: needs root (BPF)", file=sys.stderr)
         return 1
     subprocess.run(["make", "-s", "-C", str(REPO / "workloads")], check=True)
-    streams, starts = [], []
+    startup_once()  # leaves the cache entry the cached start-ups use
+    streams, cached, compiled = [], [], []
     for rep in range(args.reps):
         streams.append(stream_once(args.storms, args.pairs))
-        starts.append(startup_once())
-        print(f"rep {rep + 1}: {streams[-1]} {starts[-1]}", file=sys.stderr)
+        # in alternating order, so that both see the same stretches of a noisy host
+        order = (True, False) if rep % 2 == 0 else (False, True)
+        pair = {cache: startup_once(cache) for cache in order}
+        cached.append(pair[True])
+        compiled.append(pair[False])
+        print(f"rep {rep + 1}: {streams[-1]} {pair}", file=sys.stderr)
     rates = [s["events_per_s"] for s in streams]
     lost = [s["lost"] for s in streams]
-    firsts = [s["first_row_s"] for s in starts if s["first_row_s"] is not None]
-    attaches = [s["attached_s"] for s in starts if s["attached_s"] is not None]
     print(
         "\n".join(
             [
@@ -163,10 +198,12 @@ def main() -> int:
                 f"| {min(lost):,}-{max(lost):,} |",
                 f"| in-kernel write acquisitions exact in every run | "
                 f"{all(s['exact'] for s in streams)} | |",
-                f"| seconds to 'attached' | {statistics.median(attaches):.2f} | "
-                f"{min(attaches):.2f}-{max(attaches):.2f} |",
-                f"| seconds to the first live row (-i 1) | {statistics.median(firsts):.2f} | "
-                f"{min(firsts):.2f}-{max(firsts):.2f} |",
+                f"| start-ups from the compiled-probe cache, as asked | "
+                f"{sum(s['from_cache'] is True for s in cached)} of {len(cached)} | |",
+                f"| start-ups compiling, as asked | "
+                f"{sum(s['from_cache'] is False for s in compiled)} of {len(compiled)} | |",
+                *_startup_rows("cache entry", cached),
+                *_startup_rows("no entry (LOCKPROF_CACHE_DIR=off)", compiled),
                 "",
             ]
         )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from profiler import btf, ksyms, schema
+from profiler import btf, ksyms, probecache, schema
 from profiler.allocator import release_free_heap
 from profiler.errors import LockprofError, MechanismUnavailable
 from profiler.lockids import LockIds
@@ -208,23 +208,252 @@ def mm_id_offset(offsets: dict[str, int] | None = None) -> int:
     return (offsets if offsets is not None else btf.probe_offsets())["LP_MM_ID_OFFSET"]
 
 
+# The maps-only compile a cached run makes (probes/lockprof.bpf.c LP_MAPS_ONLY).
+MAPS_ONLY_FLAG = "-DLP_MAPS_ONLY=1"
+
+
+@dataclass(frozen=True)
+class CompileInfo:
+    """How the probes of this process were built: from the compiled-probe
+    cache (profiler/probecache.py) or by a full compile, and how long it took."""
+
+    from_cache: bool
+    seconds: float
+
+
+last_compile: CompileInfo | None = None  # compile_probes()'s latest
+
+
 def compile_probes(flags: list[str]):  # -> bcc.BPF
     """Compile and load probes/lockprof.bpf.c (maps created, no program
-    attached), then give the compiler's memory back."""
+    attached), then give the compiler's memory back.
+
+    With an entry in the compiled-probe cache (profiler/probecache.py) only
+    the maps are compiled and the programs the entry names are loaded from
+    it, here, so that an entry the kernel refuses falls back to a full
+    compile. A full compile's programs are kept once attached
+    (BpfSession.attach: keep_compiled)."""
+    global last_compile
     bcc = import_bcc()
     source = schema.probes_dir() / "lockprof.bpf.c"
+    started = time.monotonic()
+    key = _probe_cache_key(source, flags)
+    cached = probecache.load(key) if key is not None else None
+    bpf = _from_cache(bcc, source, flags, cached) if cached is not None else None
+    if bpf is None:
+        src = str(source).encode()
+        bpf = _built(lambda: _probes_class(bcc)(cache_key=key, src_file=src, cflags=flags))
+    last_compile = CompileInfo(bpf.from_cache, round(time.monotonic() - started, 3))
+    release_free_heap()
+    release_compiler_pages()
+    return bpf
+
+
+def _built(make):  # -> bcc.BPF
+    """make()'s BPF object; a compile or map error as one LockprofError
+    quoting the compiler's first error line."""
     failure: Exception | None = None
     with _captured_stderr() as output:
         try:
-            bpf = bcc.BPF(src_file=str(source).encode(), cflags=flags)
+            bpf = make()
         except Exception as exc:  # bcc raises plain Exception on compile errors
             failure = exc
     if failure is not None:
         detail = _first_error(output[0]) if output else str(failure)
         raise LockprofError(f"BPF compile/load failed: {detail}")
-    release_free_heap()
-    release_compiler_pages()
     return bpf
+
+
+def _probe_cache_key(source: Path, flags: list[str]) -> str | None:
+    """The cache key of these probes on this kernel and BCC; None if caching
+    is off (LOCKPROF_CACHE_DIR=off)."""
+    if probecache.cache_dir() is None:
+        return None
+    header = source.with_name("lockprof.h").read_bytes()
+    return probecache.cache_key(source.read_bytes(), header, flags, _toolchain())
+
+
+def _toolchain() -> str:
+    """What else a compile depends on: BCC (its version and library file),
+    the running kernel and the kernel headers BCC compiles against."""
+    uname = os.uname()
+    parts = [f"bcc {import_bcc().__version__}", uname.release, uname.version, uname.machine]
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            path = line.split(maxsplit=5)[5:] or [""]
+            if "/libbcc.so" in path[0]:
+                st = os.stat(path[0])
+                parts.append(f"{path[0]} {st.st_size} {st.st_mtime_ns}")
+                break
+    build = Path(f"/lib/modules/{uname.release}/build")
+    with contextlib.suppress(OSError):
+        parts.append(f"{build.resolve()} {build.resolve().stat().st_mtime_ns}")
+    for name in ("BCC_KERNEL_SOURCE", "BCC_LINUX_VERSION_CODE"):
+        parts.append(f"{name}={os.environ.get(name, '')}")
+    return "\n".join(parts)
+
+
+def _libbcc_tables():  # -> bcc.lib with the table-listing calls declared
+    """bcc's Python binding leaves out the calls that list a module's maps."""
+    lib = import_bcc().lib
+    lib.bpf_num_tables.restype = ctypes.c_size_t
+    lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
+    for name, restype in (
+        ("bpf_table_name", ctypes.c_char_p),
+        ("bpf_table_fd_id", ctypes.c_int),
+        ("bpf_table_type_id", ctypes.c_int),
+        ("bpf_table_key_size_id", ctypes.c_size_t),
+        ("bpf_table_leaf_size_id", ctypes.c_size_t),
+    ):
+        getattr(lib, name).restype = restype
+        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return lib
+
+
+def _module_maps(module) -> dict[str, tuple[int, tuple[int, int, int]]]:
+    """Each map of a compiled module: name -> (fd, (type, key size, value size))."""
+    lib = _libbcc_tables()
+    maps = {}
+    for index in range(lib.bpf_num_tables(module)):
+        shape = (
+            lib.bpf_table_type_id(module, index),
+            lib.bpf_table_key_size_id(module, index),
+            lib.bpf_table_leaf_size_id(module, index),
+        )
+        name = lib.bpf_table_name(module, index).decode()
+        maps[name] = (lib.bpf_table_fd_id(module, index), shape)
+    return maps
+
+
+def _from_cache(bcc, source: Path, flags: list[str], cached: probecache.CachedProbes):
+    """The probes' maps from a maps-only compile and their programs from the
+    cache entry, loaded; None (a full compile follows) if that compile
+    fails, its maps differ from the entry's or the kernel refuses a program
+    (the entry is then removed)."""
+    try:
+        bpf = _built(
+            lambda: _probes_class(bcc)(
+                cached=cached, src_file=str(source).encode(), cflags=[*flags, MAPS_ONLY_FLAG]
+            )
+        )
+    except LockprofError:
+        return None
+    try:
+        bpf.load_cached()
+    except Exception:  # bcc's own kind, from load_func
+        probecache.discard(cached.key)
+        bpf.cleanup()
+        return None
+    return bpf
+
+
+def keep_compiled(bpf) -> None:
+    """Write a full compile's programs to the cache, with the type each was
+    loaded as (a later run loads them as such before attaching). Never
+    fails the run: a read-only /var, or a program that cannot be relocated,
+    is not cached."""
+    if bpf.from_cache or bpf.cache_key is None:
+        return
+    lib = import_bcc().lib
+    maps = _module_maps(bpf.module)
+    names = {fd: name for name, (fd, _shape) in maps.items()}
+    programs = {}
+    for index in range(lib.bpf_num_functions(bpf.module)):
+        name = lib.bpf_function_name(bpf.module, index)
+        start = lib.bpf_function_start(bpf.module, name)
+        insns = ctypes.string_at(start, lib.bpf_function_size(bpf.module, name))
+        loads = probecache.map_loads(insns, names)
+        if loads is None:
+            return
+        programs[name.decode()] = probecache.CachedProgram(insns, loads, bpf.loaded_types.get(name))
+    entry = probecache.CachedProbes(
+        bpf.cache_key,
+        lib.bpf_module_license(bpf.module).decode(),
+        int(lib.bpf_module_kern_version(bpf.module)),
+        programs,
+        {name: shape for name, (_fd, shape) in maps.items()},
+    )
+    with contextlib.suppress(OSError):
+        probecache.store(entry)
+
+
+_probes_type = None
+
+
+def _probes_class(bcc):  # -> a subclass of bcc.BPF
+    """bcc.BPF, remembering how each program was loaded (for the cache) and
+    loading a cache entry's programs from it: every other call (maps,
+    attaching, cleanup) is bcc's own."""
+    global _probes_type
+    if _probes_type is not None:
+        return _probes_type
+
+    class Probes(bcc.BPF):  # type: ignore[name-defined]
+        def __init__(self, cache_key=None, cached=None, **kwargs):
+            self.cache_key = cached.key if cached is not None else cache_key
+            self.from_cache = cached is not None
+            self._cached = cached
+            # name -> (program type, attach type) of every program loaded
+            self.loaded_types: dict[bytes, tuple[int, int]] = {}
+            self._relocated: dict[bytes, bytes] = {}
+            super().__init__(**kwargs)
+            if cached is not None:
+                self._relocated = _relocate_entry(cached, _module_maps(self.module))
+
+        def load_cached(self) -> None:
+            """Load the entry's programs as the run that wrote it did;
+            raises Exception if its maps differ or the kernel refuses one."""
+            if self._cached is None or not self._relocated:
+                raise Exception("the cache entry does not fit these maps")
+            for name, program in self._cached.programs.items():
+                if program.loaded_as is not None:
+                    prog_type, attach_type = program.loaded_as
+                    self.load_func(name.encode(), prog_type, attach_type=attach_type)
+
+        def load_func(self, func_name, prog_type, device=None, attach_type=-1):
+            name = func_name if isinstance(func_name, bytes) else func_name.encode()
+            insns = self._relocated.get(name)
+            if insns is None or name in self.funcs:
+                loaded = super().load_func(name, prog_type, device, attach_type)
+            else:
+                loaded = self._load_relocated(name, insns, prog_type, device, attach_type)
+            self.loaded_types.setdefault(name, (prog_type, attach_type))
+            return loaded
+
+        def _load_relocated(self, name, insns, prog_type, device, attach_type):
+            buffer = ctypes.create_string_buffer(insns, len(insns))
+            fd = bcc.lib.bcc_func_load(
+                self.module, prog_type, name, buffer, len(insns),
+                self._cached.license.encode(), self._cached.kern_version,
+                0, None, 0, device, attach_type,
+            )  # fmt: skip
+            if fd < 0:
+                error = os.strerror(ctypes.get_errno())
+                probecache.discard(self._cached.key)  # the next run compiles
+                raise Exception(
+                    f"Failed to load BPF program {name.decode()} from the compiled-probe "
+                    f"cache (entry removed): {error}"
+                )
+            self.funcs[name] = bcc.BPF.Function(self, name, fd)
+            return self.funcs[name]
+
+    _probes_type = Probes
+    return Probes
+
+
+def _relocate_entry(
+    cached: probecache.CachedProbes, maps: dict[str, tuple[int, tuple[int, int, int]]]
+) -> dict[bytes, bytes]:
+    """The entry's programs pointed at these maps; {} if the maps are not
+    the ones the entry was compiled with."""
+    for name, shape in cached.maps.items():
+        if name not in maps or maps[name][1] != shape:
+            return {}
+    fds = {name: fd for name, (fd, _shape) in maps.items()}
+    return {
+        name.encode(): probecache.relocated(program, fds)
+        for name, program in cached.programs.items()
+    }
 
 
 # compile_early()'s result: (flags, the BPF object or None, its error or None).
@@ -359,6 +588,7 @@ class BpfSession:
         self.sample_hz = sample_hz
         self.families = frozenset(chosen.probe.family for chosen in plans) | set(extra_families)
         self._bpf = self._compile(self.families)
+        self.compile_info = last_compile  # from the cache or compiled, and its time
         self._configure(target_tgid, threshold_ns, stack_threshold_ns, stack_rate, follow)
         if lock_types is not None:
             self._drop_lock_types(lock_types)
@@ -492,6 +722,7 @@ class BpfSession:
     def attach(self) -> list[Attached]:
         for chosen in self.plans:
             self._attach_one(chosen)
+        keep_compiled(self._bpf)  # now that each program's type is known
         self._learn_rq_locks()
         self._arm()
         self._ring = RingReader(

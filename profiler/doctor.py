@@ -152,7 +152,19 @@ def _probes_compile() -> str:
     with bpf.BpfSession(plans, extra_families=tuple(bpf.OPTIONAL_FAMILIES)) as session:
         session.attach()
         names = ", ".join(sorted({a.mechanism for a in session.attached}))
-    return f"lockprof's probes compile, load and attach ({names}; task storage, ring buffer)"
+        info = session.compile_info
+    how = "maps compiled, programs from the cache" if info and info.from_cache else "compiled"
+    return f"lockprof's probes compile, load and attach ({names}; task storage, ring buffer; {how})"
+
+
+def _probe_cache() -> str:
+    from profiler import probecache
+
+    directory = probecache.cache_dir()
+    if directory is None:
+        return f"off ({probecache.CACHE_DIR_ENV}=off): every run compiles its probes"
+    entries = len(list(directory.glob("*.json"))) if directory.is_dir() else 0
+    return f"{directory}: {entries} compiled-probe entries ({probecache.CACHE_DIR_ENV}=off: none)"
 
 
 def _btf() -> str:
@@ -221,6 +233,7 @@ def run_checks() -> list[Check]:
     checks.append(_try("uprobe", False, _uprobe))
     checks.append(_try("perf_event sampling", False, _perf_event))
     checks.append(_try("lockprof probes", True, _probes_compile))
+    checks.append(_try("probe cache", False, _probe_cache))
     return checks
 
 

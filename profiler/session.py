@@ -876,6 +876,8 @@ def _build_recording(
         "sample_hz": options.sample_hz if "sample" in options.families else None,
         "what_if_cpus": options.what_if_cpus,
         "mechanisms": [a.__dict__ for a in attached],
+        # The probes came from the compiled-probe cache or a full compile (start-up)
+        "probes_compile": session.compile_info.__dict__ if session.compile_info else None,
         "interval_s": options.interval_s,
         "snapshots": state.interval,  # aggregate snapshots taken (rows only where active)
         "threshold_ns": options.threshold_ns,

@@ -134,6 +134,25 @@ def lockprof_factory(tmp_path):
             lp.proc.wait()
 
 
+def attach_to_held(
+    lockprof_factory, pairs: int, name: str, *flags: str, threads: int = 1, env=None
+) -> int:
+    """`attach -p` (with flags, recording to name) to a held mmapcount while
+    it does its pairs, then Ctrl-C; the target's pid. The run must end well."""
+    target = Held(pairs, threads)
+    try:
+        lp = lockprof_factory("attach", "-p", str(target.pid), *flags, "-o", name, "-q", env=env)
+        lp.wait_attached()
+        time.sleep(0.3)  # let the first poll of /proc/PID pass
+        target.go_and_wait_done()
+        code, _out, err = lp.stop()
+    finally:
+        target.finish()
+    assert code == 0, err
+    assert "Traceback" not in err
+    return target.pid
+
+
 def show_json(path: Path) -> dict:
     out = subprocess.run(
         [*LOCKPROF, "show", "--json", str(path)], capture_output=True, text=True, check=True

@@ -13,23 +13,13 @@ import subprocess
 import time
 
 import pytest
-from conftest import BIN, Held, lockprof_programs, rows_for, show_json
+from conftest import BIN, Held, attach_to_held, lockprof_programs, rows_for, show_json
 
 
 @pytest.mark.parametrize("pairs,threads", [(2000, 1), (3000, 3)])
 def test_attach_counts_are_exact(lockprof_factory, tmp_path, pairs, threads):
-    target = Held(pairs, threads)
-    try:
-        lp = lockprof_factory("attach", "-p", str(target.pid), "-o", "rec.lpr", "-q")
-        lp.wait_attached()
-        time.sleep(0.3)  # let the first poll of /proc/PID pass
-        target.go_and_wait_done()
-        code, _out, err = lp.stop()
-    finally:
-        target.finish()
-    assert code == 0, err
-    assert "Traceback" not in err
-    rows = rows_for(show_json(tmp_path / "rec.lpr"), target.pid)
+    pid = attach_to_held(lockprof_factory, pairs, "rec.lpr", threads=threads)
+    rows = rows_for(show_json(tmp_path / "rec.lpr"), pid)
     write, read = rows["write"], rows["read"]
     assert write["acquisitions"] == 2 * pairs
     assert write["downgrades"] == pairs
@@ -176,20 +166,9 @@ def test_no_lockprof_program_stays_loaded(lockprof_factory, tmp_path):
 
 def streamed_pairs(lockprof_factory, tmp_path, pairs: int, name: str, *flags: str):
     """A held mmapcount's pairs under `attach -p PID -t 1ns` (every wait and
-    hold streamed): (the target, show --json of the recording)."""
-    target = Held(pairs)
-    try:
-        lp = lockprof_factory(
-            "attach", "-p", str(target.pid), "-t", "1ns", *flags, "-o", name, "-q"
-        )
-        lp.wait_attached()
-        time.sleep(0.3)
-        target.go_and_wait_done()
-        code, _out, err = lp.stop()
-    finally:
-        target.finish()
-    assert code == 0, err
-    return target, show_json(tmp_path / name)
+    hold streamed): (the target's pid, show --json of the recording)."""
+    pid = attach_to_held(lockprof_factory, pairs, name, "-t", "1ns", *flags)
+    return pid, show_json(tmp_path / name)
 
 
 def test_event_stream_carries_every_event_in_bulk(lockprof_factory, tmp_path):
@@ -197,7 +176,7 @@ def test_event_stream_carries_every_event_in_bulk(lockprof_factory, tmp_path):
     2N write waits, N write holds ended by downgrade, N write and N read
     holds ended by release (5N), all read in bulk from the ring, none lost."""
     pairs = 50_000
-    target, summary = streamed_pairs(lockprof_factory, tmp_path, pairs, "e.lpr")
+    pid, summary = streamed_pairs(lockprof_factory, tmp_path, pairs, "e.lpr")
     # Loss is possible only if lockprof is kept off the CPU for ~0.2 s on this
     # shared 2-CPU machine; it must then be counted, and stay small.
     lost = summary["lost_events"]
@@ -206,7 +185,7 @@ def test_event_stream_carries_every_event_in_bulk(lockprof_factory, tmp_path):
     import profiler
 
     events = profiler.load(tmp_path / "e.lpr").events
-    mine = events[events["tgid"] == target.pid]
+    mine = events[events["tgid"] == pid]
     assert len(mine) + lost >= 5 * pairs
     assert (mine["kind"] == "wait").sum() + lost >= 2 * pairs
     assert (mine["duration_ns"] > 0).all()

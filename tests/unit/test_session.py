@@ -99,6 +99,7 @@ class FakeSession:
         self.stacks = stacks or {}
         self.events_dropped_userspace = 0
         self.locks_retired = 0
+        self.compile_info = None  # as if compiled outside bpf.compile_probes
         self._events_raw: list[bytes] = []
 
     def read_offcpu(self):

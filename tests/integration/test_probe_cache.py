@@ -1,0 +1,98 @@
+"""The compiled-probe cache (profiler/probecache.py) with real eBPF: a run
+with a cache entry compiles only the maps and loads its programs from the
+entry, and counts exactly what a compiled run counts. A damaged entry, or
+one the kernel refuses, costs a full compile, never the run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from conftest import attach_to_held, rows_for, show_json
+
+import profiler
+from profiler import probecache
+
+PAIRS = 1500
+
+
+@pytest.fixture
+def cache_env(tmp_path):
+    directory = tmp_path / "cache"
+    return directory, {probecache.CACHE_DIR_ENV: str(directory)}
+
+
+def counted_run(lockprof_factory, tmp_path, env, name: str) -> tuple[dict, dict]:
+    """attach -p to a held mmapcount doing PAIRS pairs: (its mmap_lock rows
+    by mode, the recording's probes_compile)."""
+    pid = attach_to_held(lockprof_factory, PAIRS, name, env=env)
+    compiled = profiler.load(tmp_path / name).meta["probes_compile"]
+    return rows_for(show_json(tmp_path / name), pid), compiled
+
+
+def exact(rows: dict) -> None:
+    write, read = rows["write"], rows["read"]
+    assert write["acquisitions"] == 2 * PAIRS
+    assert write["downgrades"] == PAIRS
+    assert read["releases"] == PAIRS
+    assert write["hold_ns"]["count"] == 2 * PAIRS
+    assert read["hold_ns"]["count"] == PAIRS
+
+
+def the_entry(directory) -> dict:
+    entries = list(directory.glob("*.json"))
+    assert len(entries) == 1, entries
+    return json.loads(entries[0].read_text())
+
+
+def test_a_cached_run_counts_what_a_compiled_run_counts(lockprof_factory, tmp_path, cache_env):
+    directory, env = cache_env
+    first, compiled = counted_run(lockprof_factory, tmp_path, env, "first.lpr")
+    assert compiled["from_cache"] is False
+    entry = the_entry(directory)
+    loaded = {name for name, program in entry["programs"].items() if program["loaded_as"]}
+    assert {"lp_mmap_start", "lp_mmap_acquired", "lp_mmap_released"} <= loaded
+    second, cached = counted_run(lockprof_factory, tmp_path, env, "second.lpr")
+    assert cached["from_cache"] is True
+    exact(first)
+    exact(second)
+
+
+def test_a_damaged_entry_is_compiled_again_and_rewritten(lockprof_factory, tmp_path, cache_env):
+    directory, env = cache_env
+    counted_run(lockprof_factory, tmp_path, env, "first.lpr")
+    (path,) = directory.glob("*.json")
+    path.write_text(path.read_text()[:1000])
+    rows, compiled = counted_run(lockprof_factory, tmp_path, env, "second.lpr")
+    assert compiled["from_cache"] is False
+    exact(rows)
+    assert the_entry(directory)["format"] == probecache.FORMAT  # whole again
+
+
+def test_an_entry_the_kernel_refuses_falls_back_to_a_compile(lockprof_factory, tmp_path, cache_env):
+    """Programs whose instructions the verifier rejects (here: every one
+    ends at its first instruction, with r0 unset) are dropped with their
+    entry, and the run compiles: its counts are still exact."""
+    directory, env = cache_env
+    counted_run(lockprof_factory, tmp_path, env, "first.lpr")
+    (path,) = directory.glob("*.json")
+    entry = json.loads(path.read_text())
+    for program in entry["programs"].values():
+        program["insns"] = base64.b64encode(bytes([0x95, 0, 0, 0, 0, 0, 0, 0])).decode()
+        program["map_loads"] = []
+    path.write_text(json.dumps(entry))
+    rows, compiled = counted_run(lockprof_factory, tmp_path, env, "second.lpr")
+    assert compiled["from_cache"] is False
+    exact(rows)
+    rewritten = the_entry(directory)
+    assert all(len(base64.b64decode(p["insns"])) > 8 for p in rewritten["programs"].values())
+
+
+def test_off_compiles_every_time_and_writes_nothing(lockprof_factory, tmp_path):
+    env = {probecache.CACHE_DIR_ENV: "off"}
+    for name in ("a.lpr", "b.lpr"):
+        rows, compiled = counted_run(lockprof_factory, tmp_path, env, name)
+        assert compiled["from_cache"] is False
+        exact(rows)
