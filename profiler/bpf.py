@@ -238,8 +238,7 @@ def compile_probes(flags: list[str]):  # -> bcc.BPF
     source = schema.probes_dir() / "lockprof.bpf.c"
     started = time.monotonic()
     key = _probe_cache_key(source, flags)
-    cached = probecache.load(key) if key is not None else None
-    bpf = _from_cache(bcc, source, flags, cached) if cached is not None else None
+    bpf = _from_cache(bcc, source, flags, key) if key is not None else None
     if bpf is None:
         src = str(source).encode()
         bpf = _built(lambda: _probes_class(bcc)(cache_key=key, src_file=src, cflags=flags))
@@ -273,22 +272,43 @@ def _probe_cache_key(source: Path, flags: list[str]) -> str | None:
     return probecache.cache_key(source.read_bytes(), header, flags, _toolchain())
 
 
+# The environment variables BCC's compile reads (loader.cc, kbuild_helper.cc).
+_BCC_ENVIRONMENT = (
+    "BCC_KERNEL_SOURCE",
+    "BCC_LINUX_VERSION_CODE",
+    "BCC_KERNEL_MODULES_SUFFIX",
+    "ARCH",
+)
+
+
 def _toolchain() -> str:
     """What else a compile depends on: BCC (its version and library file),
     the running kernel and the kernel headers BCC compiles against."""
     uname = os.uname()
     parts = [f"bcc {import_bcc().__version__}", uname.release, uname.version, uname.machine]
+    # The compiler: libbcc and the LLVM and clang libraries it links.
+    libraries: set[str] = set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/maps").read_text().splitlines():
-            path = line.split(maxsplit=5)[5:] or [""]
-            if "/libbcc.so" in path[0]:
-                st = os.stat(path[0])
-                parts.append(f"{path[0]} {st.st_size} {st.st_mtime_ns}")
-                break
-    build = Path(f"/lib/modules/{uname.release}/build")
-    with contextlib.suppress(OSError):
-        parts.append(f"{build.resolve()} {build.resolve().stat().st_mtime_ns}")
-    for name in ("BCC_KERNEL_SOURCE", "BCC_LINUX_VERSION_CODE"):
+            path = (line.split(maxsplit=5)[5:] or [""])[0]
+            if Path(path).name.startswith(("libbcc.so", *_COMPILER_LIBRARIES)):
+                libraries.add(path)
+    for path in sorted(libraries):
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            parts.append(f"{path} {st.st_size} {st.st_mtime_ns}")
+    # The kernel headers: BCC takes source/ over build/ where both exist.
+    for kind in ("build", "source"):
+        headers = Path(f"/lib/modules/{uname.release}/{kind}")
+        with contextlib.suppress(OSError):
+            parts.append(f"{kind} {headers.resolve()} {headers.resolve().stat().st_mtime_ns}")
+    parts.append(f"kheaders {Path('/sys/kernel/kheaders.tar.xz').exists()}")
+    for name in (
+        "BCC_KERNEL_SOURCE",
+        "BCC_LINUX_VERSION_CODE",
+        "BCC_KERNEL_MODULES_SUFFIX",
+        "ARCH",
+    ):
         parts.append(f"{name}={os.environ.get(name, '')}")
     return "\n".join(parts)
 
@@ -325,36 +345,51 @@ def _module_maps(module) -> dict[str, tuple[int, tuple[int, int, int]]]:
     return maps
 
 
-def _from_cache(bcc, source: Path, flags: list[str], cached: probecache.CachedProbes):
+def _from_cache(bcc, source: Path, flags: list[str], key: str):
     """The probes' maps from a maps-only compile and their programs from the
-    cache entry, loaded; None (a full compile follows) if that compile
-    fails, its maps differ from the entry's or the kernel refuses a program
-    (the entry is then removed)."""
+    cache entry, all loaded; None if there is no usable entry. An entry
+    that fails in any way (its maps-only compile, maps unlike the entry's,
+    a program the kernel refuses) is removed and None returned: the caller
+    compiles as without a cache, in the same run."""
+    cached = probecache.load(key)
+    if cached is None:
+        return None
+    bpf = None
     try:
-        bpf = _built(
-            lambda: _probes_class(bcc)(
+        # A refused program's verifier log (libbpf prints it) is not for the user.
+        with _captured_stderr():
+            bpf = _probes_class(bcc)(
                 cached=cached, src_file=str(source).encode(), cflags=[*flags, MAPS_ONLY_FLAG]
             )
-        )
-    except LockprofError:
-        return None
-    try:
-        bpf.load_cached()
-    except Exception:  # bcc's own kind, from load_func
-        probecache.discard(cached.key)
-        bpf.cleanup()
+            bpf.load_cached()
+    except Exception:  # bcc raises plain Exception; relocation ValueError
+        probecache.discard(key)
+        if bpf is not None:
+            bpf.cleanup()  # its maps (tens of MB of per-CPU arrays) go now
         return None
     return bpf
 
 
+def _program_types(bcc) -> dict[bytes, tuple[int, int]]:
+    """name -> (program type, attach type), as bcc's attach calls load them."""
+    text = (schema.probes_dir() / "lockprof.bpf.c").read_text()
+    return {
+        name.encode(): (getattr(bcc.BPF, probecache.CONTEXT_TYPES[context]), -1)
+        for name, context in probecache.program_contexts(text).items()
+        if context in probecache.CONTEXT_TYPES
+    }
+
+
 def keep_compiled(bpf) -> None:
-    """Write a full compile's programs to the cache, with the type each was
-    loaded as (a later run loads them as such before attaching). Never
-    fails the run: a read-only /var, or a program that cannot be relocated,
-    is not cached."""
+    """Write a full compile's programs to the cache, each with the type it
+    is loaded as (a later run loads them all as such before attaching).
+    Never fails the run: a read-only /var, or a program that cannot be
+    relocated, is not cached."""
     if bpf.from_cache or bpf.cache_key is None:
         return
-    lib = import_bcc().lib
+    bcc = import_bcc()
+    lib = bcc.lib
+    types = {**_program_types(bcc), **bpf.loaded_types}
     maps = _module_maps(bpf.module)
     names = {fd: name for name, (fd, _shape) in maps.items()}
     programs = {}
@@ -365,7 +400,7 @@ def keep_compiled(bpf) -> None:
         loads = probecache.map_loads(insns, names)
         if loads is None:
             return
-        programs[name.decode()] = probecache.CachedProgram(insns, loads, bpf.loaded_types.get(name))
+        programs[name.decode()] = probecache.CachedProgram(insns, loads, types.get(name))
     entry = probecache.CachedProbes(
         bpf.cache_key,
         lib.bpf_module_license(bpf.module).decode(),
@@ -397,14 +432,12 @@ def _probes_class(bcc):  # -> a subclass of bcc.BPF
             self.loaded_types: dict[bytes, tuple[int, int]] = {}
             self._relocated: dict[bytes, bytes] = {}
             super().__init__(**kwargs)
-            if cached is not None:
-                self._relocated = _relocate_entry(cached, _module_maps(self.module))
 
         def load_cached(self) -> None:
-            """Load the entry's programs as the run that wrote it did;
-            raises Exception if its maps differ or the kernel refuses one."""
-            if self._cached is None or not self._relocated:
-                raise Exception("the cache entry does not fit these maps")
+            """Point the entry's programs at this object's maps and load
+            them; raises ValueError if the maps are not the entry's, and
+            bcc's Exception if the kernel refuses a program."""
+            self._relocated = _relocate_entry(self._cached, _module_maps(self.module))
             for name, program in self._cached.programs.items():
                 if program.loaded_as is not None:
                     prog_type, attach_type = program.loaded_as
@@ -444,11 +477,11 @@ def _probes_class(bcc):  # -> a subclass of bcc.BPF
 def _relocate_entry(
     cached: probecache.CachedProbes, maps: dict[str, tuple[int, tuple[int, int, int]]]
 ) -> dict[bytes, bytes]:
-    """The entry's programs pointed at these maps; {} if the maps are not
-    the ones the entry was compiled with."""
+    """The entry's programs pointed at these maps; ValueError if the maps
+    are not the ones the entry was compiled with."""
     for name, shape in cached.maps.items():
         if name not in maps or maps[name][1] != shape:
-            return {}
+            raise ValueError(f"map {name} is not the cache entry's")
     fds = {name: fd for name, (fd, _shape) in maps.items()}
     return {
         name.encode(): probecache.relocated(program, fds)

@@ -163,7 +163,7 @@ def _probe_cache() -> str:
     directory = probecache.cache_dir()
     if directory is None:
         return f"off ({probecache.CACHE_DIR_ENV}=off): every run compiles its probes"
-    entries = len(list(directory.glob("*.json"))) if directory.is_dir() else 0
+    entries = probecache.entries(directory)
     return f"{directory}: {entries} compiled-probe entries ({probecache.CACHE_DIR_ENV}=off: none)"
 
 

@@ -23,9 +23,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import secrets
+import stat
 import struct
-import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,23 @@ KEEP_ENTRIES = 32  # the least recently used beyond this are removed
 _INSN = struct.Struct("<BBhi")
 _LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
 _PSEUDO_MAP_FD = 1  # its imm is a map's fd
+
+
+# The BPF program type (bcc.BPF's constant) of each context a lockprof
+# program takes: a cached run loads every program of its entry as this
+# type before attaching, so that one the kernel refuses falls back to a
+# compile.
+CONTEXT_TYPES = {
+    "bpf_raw_tracepoint_args": "RAW_TRACEPOINT",
+    "pt_regs": "KPROBE",
+    "bpf_perf_event_data": "PERF_EVENT",
+}
+_PROGRAM_LINE = re.compile(r"^LP_PROGRAM int (\w+)\(struct (\w+) \*ctx\)", re.MULTILINE)
+
+
+def program_contexts(source_text: str) -> dict[str, str]:
+    """Each program of probes/lockprof.bpf.c and the struct its ctx points to."""
+    return dict(_PROGRAM_LINE.findall(source_text))
 
 
 @dataclass(frozen=True)
@@ -61,25 +80,30 @@ class CachedProbes:
     maps: dict[str, tuple[int, int, int]]
 
 
+def _wide_loads(insns: bytes) -> Iterator[tuple[int, int, int]]:
+    """(instruction index, source register field, imm) of each ld_imm64."""
+    index = 0
+    count = len(insns) // _INSN.size
+    while index < count:
+        code, regs, _off, imm = _INSN.unpack_from(insns, index * _INSN.size)
+        if code == _LD_IMM64:
+            yield index, regs >> 4, imm
+            index += 2
+        else:
+            index += 1
+
+
 def map_loads(insns: bytes, map_names: Mapping[int, str]) -> tuple[tuple[int, str], ...] | None:
     """The map each map load of a compiled program refers to, by its fd at
     compile time (map_names: fd -> name). None if an ld_imm64 refers to
     anything else (a map value, a BTF id, an fd no map has): such a program
     cannot be relocated, so nothing is cached."""
     found: list[tuple[int, str]] = []
-    index = 0
-    count = len(insns) // _INSN.size
-    while index < count:
-        code, regs, _off, imm = _INSN.unpack_from(insns, index * _INSN.size)
-        if code != _LD_IMM64:
-            index += 1
-            continue
-        source = regs >> 4
+    for index, source, imm in _wide_loads(insns):
         if source == _PSEUDO_MAP_FD and imm in map_names:
             found.append((index, map_names[imm]))
         elif source != 0:  # 0: a plain 64-bit constant
             return None
-        index += 2
     return tuple(found)
 
 
@@ -118,53 +142,110 @@ def cache_dir() -> Path | None:
     return Path(given)
 
 
-def _trusted(path: Path) -> bool:
+# An entry's file name: its key (sha256, hex) and .json. Nothing else in the
+# directory is ever read, replaced or removed.
+_ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.json")
+
+
+def _owned_and_closed(st: os.stat_result) -> bool:
     """Owned by this user and writable by no one else."""
-    try:
-        st = path.lstat()
-    except OSError:
-        return False
     return st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
-def _entry(directory: Path, key: str) -> Path:
-    return directory / f"{key}.json"
+def _safe_ancestors(directory: Path) -> bool:
+    """No one but root and this user can replace the directory: each
+    directory above it belongs to one of them and is writable by no one
+    else, unless sticky (as /tmp: others cannot rename what is not theirs)."""
+    for ancestor in Path(os.path.abspath(directory)).parents:
+        try:
+            st = ancestor.stat()
+        except OSError:
+            return False
+        if st.st_uid not in (0, os.geteuid()):
+            return False
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _opened_dir(directory: Path) -> Iterator[int | None]:
+    """An fd of the directory if it can be trusted (not a symlink, owned by
+    this user, written by no one else, safe ancestors), else None. Every
+    entry is opened relative to it, so the directory checked is the one
+    used."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        yield None
+        return
+    try:
+        yield fd if _owned_and_closed(os.fstat(fd)) and _safe_ancestors(directory) else None
+    finally:
+        os.close(fd)
+
+
+def _entry_name(key: str) -> str:
+    return f"{key}.json"
 
 
 def load(key: str, directory: Path | None = None) -> CachedProbes | None:
-    """The entry for this key, or None: none, unreadable, corrupt, made for
-    another key, or not trusted."""
+    """The entry for this key, or None: none, unreadable, damaged in any way,
+    made for another key, or not trusted."""
     directory = directory if directory is not None else cache_dir()
-    if directory is None or not _trusted(directory):
+    if directory is None:
         return None
-    path = _entry(directory, key)
-    if not _trusted(path):
-        return None
-    try:
-        probes = _decode(json.loads(path.read_bytes()))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if probes.key != key:
-        return None
-    with contextlib.suppress(OSError):
-        os.utime(path)  # most recently used: kept longest
+    with _opened_dir(directory) as dir_fd:
+        if dir_fd is None:
+            return None
+        try:
+            fd = os.open(_entry_name(key), os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as entry:
+                if not _owned_and_closed(os.fstat(entry.fileno())):
+                    return None
+                probes = _decode(json.loads(entry.read()))
+        except Exception:  # whatever a damaged file makes the decoder raise
+            return None
+        if probes.key != key:
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(_entry_name(key), dir_fd=dir_fd)  # most recently used: kept longest
     return probes
 
 
 def _decode(data: dict) -> CachedProbes:
     if data["format"] != FORMAT:
         raise ValueError("another format")
-    programs = {
-        name: CachedProgram(
+    programs = {}
+    for name, entry in data["programs"].items():
+        program = CachedProgram(
             base64.b64decode(entry["insns"], validate=True),
             tuple((int(index), str(map_name)) for index, map_name in entry["map_loads"]),
             _loaded_as(entry.get("loaded_as")),
         )
-        for name, entry in data["programs"].items()
-    }
-    maps = {name: (int(t), int(k), int(v)) for name, (t, k, v) in data["maps"].items()}
+        _check_map_loads(program)
+        programs[str(name)] = program
+    maps = {str(name): (int(t), int(k), int(v)) for name, (t, k, v) in data["maps"].items()}
+    for program in programs.values():
+        if any(map_name not in maps for _index, map_name in program.map_loads):
+            raise ValueError("a map load names a map the entry does not have")
     key, license_, kern_version = str(data["key"]), str(data["license"]), int(data["kern_version"])
     return CachedProbes(key, license_, kern_version, programs, maps)
+
+
+def _check_map_loads(program: CachedProgram) -> None:
+    """The listed map loads are exactly the program's loads of an fd: one
+    left out would keep the fd of the run that wrote the entry."""
+    if not program.insns or len(program.insns) % _INSN.size:
+        raise ValueError("not whole instructions")
+    loads = [(index, source) for index, source, _imm in _wide_loads(program.insns) if source]
+    if any(source != _PSEUDO_MAP_FD for _index, source in loads):
+        raise ValueError("a load of something other than a map's fd")
+    if [index for index, _source in loads] != [index for index, _name in program.map_loads]:
+        raise ValueError("the map loads listed are not the program's")
 
 
 def _loaded_as(value) -> tuple[int, int] | None:
@@ -177,14 +258,12 @@ def _loaded_as(value) -> tuple[int, int] | None:
 def store(probes: CachedProbes, directory: Path | None = None) -> Path | None:
     """Write the entry (atomically: a reader sees the old file or the new
     one) and drop the least recently used beyond KEEP_ENTRIES. None if
-    caching is off or the directory cannot be used; raises OSError if it
+    caching is off or the directory cannot be trusted; raises OSError if it
     cannot be written."""
     directory = directory if directory is not None else cache_dir()
     if directory is None:
         return None
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not _trusted(directory):
-        return None
+    _make_dirs(directory)
     data = {
         "format": FORMAT,
         "key": probes.key,
@@ -200,34 +279,65 @@ def store(probes: CachedProbes, directory: Path | None = None) -> Path | None:
         },
         "maps": probes.maps,
     }
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".entry-")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out)
-        path = _entry(directory, probes.key)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _prune(directory)
-    return path
+    with _opened_dir(directory) as dir_fd:
+        if dir_fd is None:
+            return None
+        temporary = f".entry-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(
+            temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd
+        )
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(data, out)
+            os.replace(temporary, _entry_name(probes.key), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=dir_fd)
+            raise
+        _prune(dir_fd)
+    return directory / _entry_name(probes.key)
+
+
+def _make_dirs(directory: Path) -> None:
+    """Create the directory (0700) and any missing parent (0755: not left
+    to the umask, which may be 0)."""
+    missing = []
+    for path in (directory, *directory.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700 if path == directory else 0o755)
 
 
 def discard(key: str, directory: Path | None = None) -> None:
-    """Remove an entry whose programs the kernel refused."""
+    """Remove an entry whose programs the kernel refused, or that no longer
+    fits its maps."""
     directory = directory if directory is not None else cache_dir()
-    if directory is not None:
-        with contextlib.suppress(OSError):
-            _entry(directory, key).unlink()
+    if directory is None:
+        return
+    with _opened_dir(directory) as dir_fd:
+        if dir_fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(_entry_name(key), dir_fd=dir_fd)
 
 
-def _prune(directory: Path) -> None:
-    entries = []
-    for path in directory.glob("*.json"):
+def entries(directory: Path) -> int:
+    """How many entries the directory holds (lockprof doctor)."""
+    with _opened_dir(directory) as dir_fd:
+        if dir_fd is None:
+            return 0
+        return sum(1 for name in os.listdir(dir_fd) if _ENTRY_NAME.fullmatch(name))
+
+
+def _prune(dir_fd: int) -> None:
+    dated = []
+    for name in os.listdir(dir_fd):
+        if _ENTRY_NAME.fullmatch(name):
+            with contextlib.suppress(OSError):
+                dated.append((os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime, name))
+    dated.sort(reverse=True)
+    for _mtime, name in dated[KEEP_ENTRIES:]:
         with contextlib.suppress(OSError):
-            entries.append((path.stat().st_mtime, path))
-    entries.sort(reverse=True)
-    for _mtime, path in entries[KEEP_ENTRIES:]:
-        with contextlib.suppress(OSError):
-            path.unlink()
+            os.unlink(name, dir_fd=dir_fd)

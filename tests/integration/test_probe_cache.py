@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 
 import pytest
 from conftest import attach_to_held, rows_for, show_json
@@ -24,10 +25,10 @@ def cache_env(tmp_path):
     return directory, {probecache.CACHE_DIR_ENV: str(directory)}
 
 
-def counted_run(lockprof_factory, tmp_path, env, name: str) -> tuple[dict, dict]:
+def counted_run(lockprof_factory, tmp_path, env, name: str, pass_fds=()) -> tuple[dict, dict]:
     """attach -p to a held mmapcount doing PAIRS pairs: (its mmap_lock rows
     by mode, the recording's probes_compile)."""
-    pid = attach_to_held(lockprof_factory, PAIRS, name, env=env)
+    pid = attach_to_held(lockprof_factory, PAIRS, name, env=env, pass_fds=pass_fds)
     compiled = profiler.load(tmp_path / name).meta["probes_compile"]
     return rows_for(show_json(tmp_path / name), pid), compiled
 
@@ -48,13 +49,22 @@ def the_entry(directory) -> dict:
 
 
 def test_a_cached_run_counts_what_a_compiled_run_counts(lockprof_factory, tmp_path, cache_env):
+    """The cached run starts with ten more fds open, so that its maps get
+    other fd numbers than the run that wrote the entry: programs not
+    pointed at the new maps would load with fds that are no maps, or
+    another map's, and fail or miscount."""
     directory, env = cache_env
     first, compiled = counted_run(lockprof_factory, tmp_path, env, "first.lpr")
     assert compiled["from_cache"] is False
     entry = the_entry(directory)
-    loaded = {name for name, program in entry["programs"].items() if program["loaded_as"]}
-    assert {"lp_mmap_start", "lp_mmap_acquired", "lp_mmap_released"} <= loaded
-    second, cached = counted_run(lockprof_factory, tmp_path, env, "second.lpr")
+    assert all(program["loaded_as"] for program in entry["programs"].values())
+    assert {"lp_mmap_start", "lp_mmap_acquired", "lp_mmap_released"} <= set(entry["programs"])
+    extra = [os.open("/dev/null", os.O_RDONLY) for _ in range(10)]
+    try:
+        second, cached = counted_run(lockprof_factory, tmp_path, env, "second.lpr", extra)
+    finally:
+        for fd in extra:
+            os.close(fd)
     assert cached["from_cache"] is True
     exact(first)
     exact(second)

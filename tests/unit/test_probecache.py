@@ -5,6 +5,7 @@ tests/integration/test_probe_cache.py."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import struct
@@ -85,7 +86,15 @@ def test_the_key_changes_with_each_input():
     assert probecache.cache_key(*base) == probecache.cache_key(*base)
 
 
-def entry(key: str = "k1") -> probecache.CachedProbes:
+def key(number: int) -> str:
+    """A key as cache_key makes them (sha256 in hex): pruning takes no other name."""
+    return f"{number:064x}"
+
+
+K1, K2, K3 = key(1), key(2), key(3)
+
+
+def entry(key: str = K1) -> probecache.CachedProbes:
     prog = program()
     return probecache.CachedProbes(
         key,
@@ -111,15 +120,15 @@ def test_an_entry_reads_back_as_it_was_written(cache):
     assert path is not None and path.parent == cache
     assert oct(cache.stat().st_mode & 0o777) == "0o700"
     assert oct(path.stat().st_mode & 0o777) == "0o600"
-    assert probecache.load("k1") == entry()
-    assert probecache.load("k2") is None
+    assert probecache.load(K1) == entry()
+    assert probecache.load(K2) is None
 
 
 def test_an_entry_holding_another_key_is_not_used(cache):
     path = probecache.store(entry())
-    (cache / "k2.json").write_bytes(path.read_bytes())  # renamed, say
-    (cache / "k2.json").chmod(0o600)
-    assert probecache.load("k2") is None
+    (cache / f"{K2}.json").write_bytes(path.read_bytes())  # renamed, say
+    (cache / f"{K2}.json").chmod(0o600)
+    assert probecache.load(K2) is None
 
 
 @pytest.mark.parametrize(
@@ -128,7 +137,7 @@ def test_an_entry_holding_another_key_is_not_used(cache):
         lambda text: text[: len(text) // 2],
         lambda text: text.replace('"format": 1', '"format": 99'),
         lambda text: text.replace('"insns": "', '"insns": "!'),
-        lambda text: json.dumps({"format": 1, "key": "k1"}),
+        lambda text: json.dumps({"format": 1, "key": K1}),
         lambda text: "[]",
     ],
     ids=["truncated", "format", "base64", "fields", "not-an-object"],
@@ -136,50 +145,138 @@ def test_an_entry_holding_another_key_is_not_used(cache):
 def test_a_damaged_entry_is_a_miss_not_an_error(cache, damage):
     path = probecache.store(entry())
     path.write_text(damage(path.read_text()))
-    assert probecache.load("k1") is None
+    assert probecache.load(K1) is None
 
 
 def test_entries_others_may_write_are_never_read(cache):
     path = probecache.store(entry())
     path.chmod(0o620)
-    assert probecache.load("k1") is None
+    assert probecache.load(K1) is None
     path.chmod(0o600)
     cache.chmod(0o777)
-    assert probecache.load("k1") is None
-    assert probecache.store(entry("k3")) is None  # nor written there
+    assert probecache.load(K1) is None
+    assert probecache.store(entry(K3)) is None  # nor written there
     cache.chmod(0o700)
-    assert probecache.load("k1") == entry()
+    assert probecache.load(K1) == entry()
 
 
 def test_an_entry_owned_by_another_user_is_never_read(cache, monkeypatch):
     probecache.store(entry())
     monkeypatch.setattr(os, "geteuid", lambda: 12345)
-    assert probecache.load("k1") is None
+    assert probecache.load(K1) is None
 
 
 def test_off_disables_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv(probecache.CACHE_DIR_ENV, "off")
     assert probecache.cache_dir() is None
-    assert probecache.store(entry()) is None and probecache.load("k1") is None
+    assert probecache.store(entry()) is None and probecache.load(K1) is None
     monkeypatch.delenv(probecache.CACHE_DIR_ENV)
     assert probecache.cache_dir() == probecache.DEFAULT_DIR
 
 
 def test_discard_removes_the_entry(cache):
     probecache.store(entry())
-    probecache.discard("k1")
-    assert probecache.load("k1") is None
-    probecache.discard("k1")  # already gone: no error
+    probecache.discard(K1)
+    assert probecache.load(K1) is None
+    probecache.discard(K1)  # already gone: no error
 
 
 def test_the_least_recently_used_entries_are_pruned(cache, monkeypatch):
     monkeypatch.setattr(probecache, "KEEP_ENTRIES", 3)
     for number in range(4):
-        path = probecache.store(entry(f"k{number}"))
+        path = probecache.store(entry(key(number)))
         os.utime(path, (1000 + number, 1000 + number))
-    # k0 was the oldest when k3 came: gone. Reading k1 makes it the newest,
-    # so the next entry pushes out k2.
-    assert sorted(p.stem for p in cache.glob("*.json")) == ["k1", "k2", "k3"]
-    assert probecache.load("k1") is not None
-    probecache.store(entry("k4"))
-    assert sorted(p.stem for p in cache.glob("*.json")) == ["k1", "k3", "k4"]
+    # key 0 was the oldest when key 3 came: gone. Reading key 1 makes it the
+    # newest, so the next entry pushes out key 2.
+    assert sorted(p.stem for p in cache.glob("*.json")) == [key(1), key(2), key(3)]
+    assert probecache.load(key(1)) is not None
+    probecache.store(entry(key(4)))
+    assert sorted(p.stem for p in cache.glob("*.json")) == [key(1), key(3), key(4)]
+    assert probecache.entries(cache) == 3
+
+
+def test_pruning_leaves_every_other_file_alone(cache, monkeypatch):
+    """LOCKPROF_CACHE_DIR may name a directory with files of its own."""
+    monkeypatch.setattr(probecache, "KEEP_ENTRIES", 1)
+    cache.mkdir(mode=0o700)
+    (cache / "settings.json").write_text("{}")
+    (cache / f"{key(9)}.json.bak").write_text("{}")
+    probecache.store(entry(key(1)))
+    probecache.store(entry(key(2)))
+    names = sorted(p.name for p in cache.iterdir())
+    assert names == [f"{key(2)}.json", f"{key(9)}.json.bak", "settings.json"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data["programs"]["lp_mmap_start"].update(map_loads=[[1, "a"]]),  # one left out
+        lambda data: data["programs"]["lp_mmap_start"].update(map_loads=[[1, "a"], [3, "b"]]),
+        lambda data: data["programs"]["lp_mmap_start"].update(map_loads=[[1, "a"], [5, "zz"]]),
+        lambda data: data["programs"]["lp_mmap_start"].update(
+            insns=base64.b64encode(program()[:-3]).decode()
+        ),
+        lambda data: data.update(programs=[]),
+        lambda data: data["programs"]["lp_mmap_start"].update(map_loads=[[10**6, "a"]]),
+    ],
+    ids=["load-left-out", "constant-as-map", "unknown-map", "partial-insn", "list", "out-of-range"],
+)
+def test_an_entry_that_does_not_hold_together_is_a_miss(cache, damage):
+    path = probecache.store(entry())
+    data = json.loads(path.read_text())
+    damage(data)
+    path.write_text(json.dumps(data))
+    assert probecache.load(K1) is None
+
+
+def test_a_symlinked_directory_or_entry_is_never_read(cache, tmp_path):
+    probecache.store(entry())
+    real = tmp_path / "real"
+    cache.rename(real)
+    cache.symlink_to(real)
+    assert probecache.load(K1) is None
+    cache.unlink()
+    real.rename(cache)
+    moved = tmp_path / "elsewhere.json"
+    (cache / f"{K1}.json").rename(moved)
+    (cache / f"{K1}.json").symlink_to(moved)
+    assert probecache.load(K1) is None
+
+
+def test_a_directory_others_could_replace_is_never_used(tmp_path, monkeypatch):
+    """Its parent writable by all, without the sticky bit: anyone could put
+    another directory in its place."""
+    open_parent = tmp_path / "open"
+    open_parent.mkdir()
+    open_parent.chmod(0o777)
+    monkeypatch.setenv(probecache.CACHE_DIR_ENV, str(open_parent / "probes"))
+    assert probecache.store(entry()) is None
+    assert probecache.load(K1) is None
+    open_parent.chmod(0o1777)  # sticky, as /tmp: no one can rename what is not theirs
+    assert probecache.store(entry()) is not None
+    assert probecache.load(K1) == entry()
+
+
+def test_missing_parents_are_made_0755_whatever_the_umask(tmp_path, monkeypatch):
+    directory = tmp_path / "a" / "b" / "probes"
+    monkeypatch.setenv(probecache.CACHE_DIR_ENV, str(directory))
+    old = os.umask(0)
+    try:
+        probecache.store(entry())
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "a").stat().st_mode & 0o777) == "0o755"
+    assert oct((tmp_path / "a" / "b").stat().st_mode & 0o777) == "0o755"
+    assert oct(directory.stat().st_mode & 0o777) == "0o700"
+
+
+def test_every_program_in_the_source_has_a_known_program_type():
+    """A cached run loads each program before attaching, as the type its
+    context gives (CONTEXT_TYPES): a program with another context would be
+    loaded only when attached, past the fallback to a compile."""
+    from profiler import schema
+
+    text = (schema.probes_dir() / "lockprof.bpf.c").read_text()
+    contexts = probecache.program_contexts(text)
+    assert len(contexts) == text.count("\nLP_PROGRAM int ") >= 18
+    assert set(contexts.values()) <= set(probecache.CONTEXT_TYPES)
