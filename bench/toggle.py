@@ -229,6 +229,9 @@ def lockprof_switches(
     plans = lockprof_plans()
     session = bpf_mod.BpfSession.for_collection(plans, options)
     session.attach()
+    # A run keeps lp_learn_rq for its first seconds only; left on, it ran in
+    # every window of every state, bare included.
+    session.stop_rq_learning()
     bcc_object = session._bpf  # the bench switches what the session attached
     by_family: dict[str, dict[str, str]] = {}
     for chosen in plans:

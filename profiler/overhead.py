@@ -187,6 +187,9 @@ def measure(
             floor.cleanup()
         with bpf.BpfSession.for_collection(plans, options) as session:
             session.attach()
+            # The per-event costs a run keeps: its runqueue-lock learner
+            # runs only in its first seconds, on every enqueue and dequeue.
+            session.stop_rq_learning()
             # The ring drained as a collection drains it: a full ring would
             # make every later record a cheap failed reserve.
             rates["lockprof"] = _load(seconds, session.drain_events)
@@ -197,6 +200,7 @@ def measure(
         if target_tgid:
             with bpf.BpfSession.for_collection(plans, options, target_tgid) as session:
                 session.attach()
+                session.stop_rq_learning()
                 session.learn_target_lock(target_tgid)  # as attach does
                 system_stats, system_seconds = _system_phase(session, seconds)
     costs = []

@@ -11,8 +11,9 @@ import time
 import pytest
 from conftest import BIN, show_json
 
-from profiler import bpf, btf
+from profiler import bpf, btf, probes
 from profiler.errors import LockprofError
+from profiler.options import CollectOptions
 
 RQ_EVENT = "sched:" + bpf.RQ_TRACEPOINT.decode()
 
@@ -67,3 +68,18 @@ def test_runqueue_locks_are_named_by_cpu_and_learning_stops(lockprof_factory, tm
     for row in rq_rows:
         assert int(row["lock"].removeprefix("rq_lock cpu")) in online
         assert row["lock_class"] == "spinlock" and row["acquisitions"] is None
+
+
+def test_stop_rq_learning_detaches_the_learner_at_once():
+    """bench/toggle.py and doctor --overhead measure the programs a run
+    keeps: the learner, left attached, ran in every window (bare too)."""
+    reason = _rq_learning_possible()
+    if reason:
+        pytest.skip(reason)
+    plans = probes.plan(probes.DEFAULT_FAMILIES, {"raw_tracepoint"})
+    with bpf.BpfSession.for_collection(plans, CollectOptions()) as session:
+        session.attach()
+        assert _rq_links() == 1
+        session.stop_rq_learning()
+        assert _rq_links() == 0
+        session.stop_rq_learning()  # again: nothing to do, no error
