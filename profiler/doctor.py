@@ -163,6 +163,9 @@ def _probe_cache() -> str:
     directory = probecache.cache_dir()
     if directory is None:
         return f"off ({probecache.CACHE_DIR_ENV}=off): every run compiles its probes"
+    reason = probecache.unusable(directory)
+    if reason:
+        raise LockprofError(f"{directory}: {reason}")
     entries = probecache.entries(directory)
     return f"{directory}: {entries} compiled-probe entries ({probecache.CACHE_DIR_ENV}=off: none)"
 

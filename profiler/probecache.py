@@ -323,6 +323,20 @@ def discard(key: str, directory: Path | None = None) -> None:
                 os.unlink(_entry_name(key), dir_fd=dir_fd)
 
 
+def unusable(directory: Path) -> str | None:
+    """Why entries cannot be kept in the directory (lockprof doctor), or
+    None: usable, or absent (made at the first write)."""
+    if not directory.exists() and not directory.is_symlink():
+        return None
+    with _opened_dir(directory) as dir_fd:
+        if dir_fd is None:
+            return (
+                "not a directory of this user's that only it may write, "
+                "under directories others cannot replace: every run compiles"
+            )
+    return None
+
+
 def entries(directory: Path) -> int:
     """How many entries the directory holds (lockprof doctor)."""
     with _opened_dir(directory) as dir_fd:

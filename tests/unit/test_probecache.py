@@ -280,3 +280,15 @@ def test_every_program_in_the_source_has_a_known_program_type():
     contexts = probecache.program_contexts(text)
     assert len(contexts) == text.count("\nLP_PROGRAM int ") >= 18
     assert set(contexts.values()) <= set(probecache.CONTEXT_TYPES)
+
+
+def test_unusable_says_why_for_what_cannot_hold_entries(tmp_path, cache):
+    assert probecache.unusable(cache) is None  # absent: made at the first write
+    probecache.store(entry())
+    assert probecache.unusable(cache) is None
+    cache.chmod(0o770)
+    assert "only it may write" in probecache.unusable(cache)
+    cache.chmod(0o700)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert probecache.unusable(a_file) is not None
