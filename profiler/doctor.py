@@ -162,7 +162,7 @@ def _probe_cache() -> str:
 
     directory = probecache.cache_dir()
     if directory is None:
-        return f"off ({probecache.CACHE_DIR_ENV}=off): every run compiles its probes"
+        return f"off ({probecache.off_reason()}): every run compiles its probes"
     reason = probecache.unusable(directory)
     if reason:
         raise LockprofError(f"{directory}: {reason}")

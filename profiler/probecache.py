@@ -27,6 +27,7 @@ import re
 import secrets
 import stat
 import struct
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,18 +134,30 @@ def cache_key(source: bytes, header: bytes, flags: Iterable[str], toolchain: str
 
 def cache_dir() -> Path | None:
     """Where entries live: $LOCKPROF_CACHE_DIR, else /var/cache/lockprof/probes;
-    None if that variable is "off" or empty (every run compiles)."""
+    None if that variable is "off" or empty, or if lockprof does not run as
+    root (every run compiles). Not for a user given CAP_BPF and CAP_PERFMON:
+    the entries would be theirs, so any process of theirs without those
+    capabilities could write instructions that lockprof, with them, loads."""
     given = os.environ.get(CACHE_DIR_ENV)
-    if given is None:
-        return DEFAULT_DIR
-    if given.strip() in ("", "off"):
+    if os.geteuid() != 0 or (given is not None and given.strip() in ("", "off")):
         return None
-    return Path(given)
+    return DEFAULT_DIR if given is None else Path(given)
+
+
+def off_reason() -> str:
+    """Why cache_dir() is None (lockprof doctor)."""
+    if os.geteuid() != 0:
+        return "not root: kept for root's runs only"
+    return f"{CACHE_DIR_ENV}=off"
 
 
 # An entry's file name: its key (sha256, hex) and .json. Nothing else in the
 # directory is ever read, replaced or removed.
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.json")
+# A writer's temporary file: renamed to its entry's name when whole; one a
+# killed writer left is removed after an hour.
+_TEMPORARY_PREFIX = ".entry-"
+_STALE_TEMPORARY_S = 3600.0
 
 
 def _owned_and_closed(st: os.stat_result) -> bool:
@@ -152,20 +165,34 @@ def _owned_and_closed(st: os.stat_result) -> bool:
     return st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
-def _safe_ancestors(directory: Path) -> bool:
-    """No one but root and this user can replace the directory: each
-    directory above it belongs to one of them and is writable by no one
-    else, unless sticky (as /tmp: others cannot rename what is not theirs)."""
-    for ancestor in Path(os.path.abspath(directory)).parents:
-        try:
-            st = ancestor.stat()
-        except OSError:
-            return False
-        if st.st_uid not in (0, os.geteuid()):
-            return False
-        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-            return False
-    return True
+def _closed_ancestor(st: os.stat_result) -> bool:
+    """A directory above the cache's that no one but root and this user can
+    change: theirs, and writable by no one else unless sticky (as /tmp:
+    others cannot rename what is not theirs)."""
+    if st.st_uid not in (0, os.geteuid()):
+        return False
+    return not st.st_mode & 0o022 or bool(st.st_mode & stat.S_ISVTX)
+
+
+def _safe_ancestors(dir_fd: int) -> bool:
+    """Every directory above the opened one, walked up through ".." from it
+    (not the path as written: a symlink or ".." in it leads elsewhere), is
+    a closed ancestor, up to the root."""
+    current = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd)
+    try:
+        while True:
+            st = os.fstat(current)
+            if not _closed_ancestor(st):
+                return False
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=current)
+            above = os.fstat(parent)
+            if (above.st_dev, above.st_ino) == (st.st_dev, st.st_ino):
+                os.close(parent)
+                return True  # "/": its ".." is itself
+            os.close(current)
+            current = parent
+    finally:
+        os.close(current)
 
 
 @contextlib.contextmanager
@@ -180,7 +207,34 @@ def _opened_dir(directory: Path) -> Iterator[int | None]:
         yield None
         return
     try:
-        yield fd if _owned_and_closed(os.fstat(fd)) and _safe_ancestors(directory) else None
+        trusted = _owned_and_closed(os.fstat(fd)) and _safe_ancestors(fd)
+    except OSError:
+        trusted = False
+    try:
+        yield fd if trusted else None
+    finally:
+        os.close(fd)
+
+
+def _nearest_existing(directory: Path) -> Path:
+    for path in (directory, *directory.parents):
+        if path.exists() or path.is_symlink():
+            return path
+    return Path("/")
+
+
+def _may_make(directory: Path) -> bool:
+    """The missing directory can be made where no one else can change it:
+    its nearest existing ancestor is a closed ancestor, as are those above."""
+    existing = _nearest_existing(Path(os.path.abspath(directory)))
+    try:
+        fd = os.open(existing, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        return _closed_ancestor(os.fstat(fd)) and _safe_ancestors(fd)
+    except OSError:
+        return False
     finally:
         os.close(fd)
 
@@ -214,6 +268,36 @@ def load(key: str, directory: Path | None = None) -> CachedProbes | None:
         with contextlib.suppress(OSError):
             os.utime(_entry_name(key), dir_fd=dir_fd)  # most recently used: kept longest
     return probes
+
+
+def refused(key: str, directory: Path | None = None) -> bool:
+    """The cached path failed for this key (mark_refused): a run compiles
+    and writes no entry for it, rather than writing one that fails again."""
+    directory = directory if directory is not None else cache_dir()
+    if directory is None:
+        return False
+    with _opened_dir(directory) as dir_fd:
+        if dir_fd is None:
+            return False
+        try:
+            fd = os.open(_entry_name(key), os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except OSError:
+            return False
+        try:
+            with os.fdopen(fd, "rb") as entry:
+                data = json.loads(entry.read())
+            return isinstance(data, dict) and data.get("refused") is True and data["key"] == key
+        except Exception:
+            return False
+
+
+def mark_refused(key: str, directory: Path | None = None) -> None:
+    """Put a marker in place of an entry whose cached path failed (its
+    maps-only compile, its maps, a program the kernel refused): the same
+    failure would otherwise be written back after each run's compile and
+    paid again by the next run. Pruned as entries are."""
+    with contextlib.suppress(OSError):
+        _write(json.dumps({"format": FORMAT, "key": key, "refused": True}), key, directory)
 
 
 def _decode(data: dict) -> CachedProbes:
@@ -260,10 +344,6 @@ def store(probes: CachedProbes, directory: Path | None = None) -> Path | None:
     one) and drop the least recently used beyond KEEP_ENTRIES. None if
     caching is off or the directory cannot be trusted; raises OSError if it
     cannot be written."""
-    directory = directory if directory is not None else cache_dir()
-    if directory is None:
-        return None
-    _make_dirs(directory)
     data = {
         "format": FORMAT,
         "key": probes.key,
@@ -279,23 +359,33 @@ def store(probes: CachedProbes, directory: Path | None = None) -> Path | None:
         },
         "maps": probes.maps,
     }
+    return _write(json.dumps(data), probes.key, directory)
+
+
+def _write(text: str, key: str, directory: Path | None) -> Path | None:
+    directory = directory if directory is not None else cache_dir()
+    if directory is None:
+        return None
+    if not directory.exists():
+        if not _may_make(directory):
+            return None
+        _make_dirs(directory)
     with _opened_dir(directory) as dir_fd:
         if dir_fd is None:
             return None
-        temporary = f".entry-{os.getpid()}-{secrets.token_hex(4)}"
-        fd = os.open(
-            temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd
-        )
+        temporary = f"{_TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(temporary, flags, 0o600, dir_fd=dir_fd)
         try:
             with os.fdopen(fd, "w") as out:
-                json.dump(data, out)
-            os.replace(temporary, _entry_name(probes.key), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                out.write(text)
+            os.replace(temporary, _entry_name(key), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temporary, dir_fd=dir_fd)
             raise
         _prune(dir_fd)
-    return directory / _entry_name(probes.key)
+    return directory / _entry_name(key)
 
 
 def _make_dirs(directory: Path) -> None:
@@ -311,23 +401,13 @@ def _make_dirs(directory: Path) -> None:
             os.mkdir(path, 0o700 if path == directory else 0o755)
 
 
-def discard(key: str, directory: Path | None = None) -> None:
-    """Remove an entry whose programs the kernel refused, or that no longer
-    fits its maps."""
-    directory = directory if directory is not None else cache_dir()
-    if directory is None:
-        return
-    with _opened_dir(directory) as dir_fd:
-        if dir_fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(_entry_name(key), dir_fd=dir_fd)
-
-
 def unusable(directory: Path) -> str | None:
     """Why entries cannot be kept in the directory (lockprof doctor), or
-    None: usable, or absent (made at the first write)."""
+    None: usable, or absent and safe to make at the first write."""
     if not directory.exists() and not directory.is_symlink():
-        return None
+        if _may_make(directory):
+            return None
+        return "cannot be made where only root could change it: every run compiles"
     with _opened_dir(directory) as dir_fd:
         if dir_fd is None:
             return (
@@ -347,10 +427,14 @@ def entries(directory: Path) -> int:
 
 def _prune(dir_fd: int) -> None:
     dated = []
+    now = time.time()
     for name in os.listdir(dir_fd):
-        if _ENTRY_NAME.fullmatch(name):
-            with contextlib.suppress(OSError):
-                dated.append((os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime, name))
+        with contextlib.suppress(OSError):
+            mtime = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime
+            if _ENTRY_NAME.fullmatch(name):
+                dated.append((mtime, name))
+            elif name.startswith(_TEMPORARY_PREFIX) and now - mtime > _STALE_TEMPORARY_S:
+                os.unlink(name, dir_fd=dir_fd)  # a writer killed mid-write
     dated.sort(reverse=True)
     for _mtime, name in dated[KEEP_ENTRIES:]:
         with contextlib.suppress(OSError):

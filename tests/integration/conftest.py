@@ -28,10 +28,11 @@ signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 # The compiled-probe cache (profiler/probecache.py): the suite's own, empty
 # at its start, so that each set of probe flags is compiled once for real
-# and then read from the cache, whatever earlier runs left in
-# /var/cache/lockprof; and the test hooks' entries stay out of it.
+# and then read from the cache, whatever earlier runs (or a
+# LOCKPROF_CACHE_DIR of the user's) hold; and the test hooks' entries stay
+# out of them.
 _SUITE_CACHE = tempfile.mkdtemp(prefix="lockprof-suite-cache-")
-os.environ.setdefault("LOCKPROF_CACHE_DIR", _SUITE_CACHE)
+os.environ["LOCKPROF_CACHE_DIR"] = _SUITE_CACHE
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -68,12 +69,11 @@ def workloads_built():
 class Lockprof:
     """A lockprof process started in the background, ready once attached."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None, pass_fds=()):
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None):
         self.proc = subprocess.Popen(
             [*LOCKPROF, *args],
             cwd=cwd,
             env={**os.environ, **(env or {})},
-            pass_fds=pass_fds,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -134,8 +134,8 @@ class Held:
 def lockprof_factory(tmp_path):
     started: list[Lockprof] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, pass_fds=()) -> Lockprof:
-        lp = Lockprof(list(args), tmp_path, env, pass_fds)
+    def start(*args: str, env: dict[str, str] | None = None) -> Lockprof:
+        lp = Lockprof(list(args), tmp_path, env)
         started.append(lp)
         return lp
 
@@ -147,14 +147,14 @@ def lockprof_factory(tmp_path):
 
 
 def attach_to_held(
-    lockprof_factory, pairs: int, name: str, *flags: str, threads: int = 1, env=None, pass_fds=()
+    lockprof_factory, pairs: int, name: str, *flags: str, threads: int = 1, env=None
 ) -> int:
     """`attach -p` (with flags, recording to name) to a held mmapcount while
     it does its pairs, then Ctrl-C; the target's pid. The run must end well."""
     target = Held(pairs, threads)
     try:
         args = ("attach", "-p", str(target.pid), *flags, "-o", name, "-q")
-        lp = lockprof_factory(*args, env=env, pass_fds=pass_fds)
+        lp = lockprof_factory(*args, env=env)
         lp.wait_attached()
         time.sleep(0.3)  # let the first poll of /proc/PID pass
         target.go_and_wait_done()

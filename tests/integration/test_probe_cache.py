@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+from pathlib import Path
 
 import pytest
 from conftest import attach_to_held, rows_for, show_json
 
 import profiler
-from profiler import probecache
+from profiler import bpf, probecache
 
 PAIRS = 1500
 
@@ -25,10 +26,10 @@ def cache_env(tmp_path):
     return directory, {probecache.CACHE_DIR_ENV: str(directory)}
 
 
-def counted_run(lockprof_factory, tmp_path, env, name: str, pass_fds=()) -> tuple[dict, dict]:
+def counted_run(lockprof_factory, tmp_path, env, name: str) -> tuple[dict, dict]:
     """attach -p to a held mmapcount doing PAIRS pairs: (its mmap_lock rows
     by mode, the recording's probes_compile)."""
-    pid = attach_to_held(lockprof_factory, PAIRS, name, env=env, pass_fds=pass_fds)
+    pid = attach_to_held(lockprof_factory, PAIRS, name, env=env)
     compiled = profiler.load(tmp_path / name).meta["probes_compile"]
     return rows_for(show_json(tmp_path / name), pid), compiled
 
@@ -49,22 +50,18 @@ def the_entry(directory) -> dict:
 
 
 def test_a_cached_run_counts_what_a_compiled_run_counts(lockprof_factory, tmp_path, cache_env):
-    """The cached run starts with ten more fds open, so that its maps get
-    other fd numbers than the run that wrote the entry: programs not
-    pointed at the new maps would load with fds that are no maps, or
-    another map's, and fail or miscount."""
+    """The cached run opens ten more fds before compiling (a test hook), so
+    that its maps get other fd numbers than the run that wrote the entry:
+    programs not pointed at the new maps would load with fds that are no
+    maps, or another map's, and fail or miscount."""
     directory, env = cache_env
     first, compiled = counted_run(lockprof_factory, tmp_path, env, "first.lpr")
     assert compiled["from_cache"] is False
     entry = the_entry(directory)
     assert all(program["loaded_as"] for program in entry["programs"].values())
     assert {"lp_mmap_start", "lp_mmap_acquired", "lp_mmap_released"} <= set(entry["programs"])
-    extra = [os.open("/dev/null", os.O_RDONLY) for _ in range(10)]
-    try:
-        second, cached = counted_run(lockprof_factory, tmp_path, env, "second.lpr", extra)
-    finally:
-        for fd in extra:
-            os.close(fd)
+    shifted = {**env, bpf.HOLD_FDS_ENV: "10"}
+    second, cached = counted_run(lockprof_factory, tmp_path, shifted, "second.lpr")
     assert cached["from_cache"] is True
     exact(first)
     exact(second)
@@ -83,8 +80,9 @@ def test_a_damaged_entry_is_compiled_again_and_rewritten(lockprof_factory, tmp_p
 
 def test_an_entry_the_kernel_refuses_falls_back_to_a_compile(lockprof_factory, tmp_path, cache_env):
     """Programs whose instructions the verifier rejects (here: every one
-    ends at its first instruction, with r0 unset) are dropped with their
-    entry, and the run compiles: its counts are still exact."""
+    ends at its first instruction, with r0 unset): the run compiles, with
+    exact counts, and leaves a marker instead of an entry, so that later
+    runs compile without trying the cached path again."""
     directory, env = cache_env
     counted_run(lockprof_factory, tmp_path, env, "first.lpr")
     (path,) = directory.glob("*.json")
@@ -96,13 +94,25 @@ def test_an_entry_the_kernel_refuses_falls_back_to_a_compile(lockprof_factory, t
     rows, compiled = counted_run(lockprof_factory, tmp_path, env, "second.lpr")
     assert compiled["from_cache"] is False
     exact(rows)
-    rewritten = the_entry(directory)
-    assert all(len(base64.b64decode(p["insns"])) > 8 for p in rewritten["programs"].values())
+    assert the_entry(directory).get("refused") is True
+    rows, compiled = counted_run(lockprof_factory, tmp_path, env, "third.lpr")
+    assert compiled["from_cache"] is False
+    exact(rows)
+    assert the_entry(directory).get("refused") is True  # not written back
+
+
+def listing(directory) -> list[tuple[str, float]]:
+    if not directory.is_dir():
+        return []
+    return sorted((p.name, p.stat().st_mtime) for p in directory.iterdir())
 
 
 def test_off_compiles_every_time_and_writes_nothing(lockprof_factory, tmp_path):
     env = {probecache.CACHE_DIR_ENV: "off"}
+    suite = Path(os.environ[probecache.CACHE_DIR_ENV])
+    before = listing(suite), listing(probecache.DEFAULT_DIR)
     for name in ("a.lpr", "b.lpr"):
         rows, compiled = counted_run(lockprof_factory, tmp_path, env, name)
         assert compiled["from_cache"] is False
         exact(rows)
+    assert (listing(suite), listing(probecache.DEFAULT_DIR)) == before

@@ -77,9 +77,10 @@ def test_stop_rq_learning_detaches_the_learner_at_once():
     if reason:
         pytest.skip(reason)
     plans = probes.plan(probes.DEFAULT_FAMILIES, {"raw_tracepoint"})
+    others = _rq_links()  # another tracer's, if any
     with bpf.BpfSession.for_collection(plans, CollectOptions()) as session:
         session.attach()
-        assert _rq_links() == 1
+        assert _rq_links() == others + 1
         session.stop_rq_learning()
-        assert _rq_links() == 0
+        assert _rq_links() == others
         session.stop_rq_learning()  # again: nothing to do, no error

@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import struct
+import time
 
 import pytest
 
@@ -160,10 +161,12 @@ def test_entries_others_may_write_are_never_read(cache):
     assert probecache.load(K1) == entry()
 
 
-def test_an_entry_owned_by_another_user_is_never_read(cache, monkeypatch):
-    probecache.store(entry())
-    monkeypatch.setattr(os, "geteuid", lambda: 12345)
+def test_an_entry_owned_by_another_user_is_never_read(cache):
+    path = probecache.store(entry())
+    os.chown(path, 12345, 12345)  # the directory stays this user's
     assert probecache.load(K1) is None
+    os.chown(path, os.geteuid(), os.getegid())
+    assert probecache.load(K1) == entry()
 
 
 def test_off_disables_the_cache(monkeypatch, tmp_path):
@@ -174,11 +177,26 @@ def test_off_disables_the_cache(monkeypatch, tmp_path):
     assert probecache.cache_dir() == probecache.DEFAULT_DIR
 
 
-def test_discard_removes_the_entry(cache):
+def test_only_root_keeps_a_cache(monkeypatch, tmp_path):
+    """A user given CAP_BPF and CAP_PERFMON compiles every time: entries of
+    theirs could be written by any of their processes without those
+    capabilities."""
+    monkeypatch.setenv(probecache.CACHE_DIR_ENV, str(tmp_path / "probes"))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert probecache.cache_dir() is None
+    assert "not root" in probecache.off_reason()
+
+
+def test_a_refused_key_is_marked_not_rewritten(cache):
+    """The cached path failed for this key (bpf._from_cache): a marker
+    takes the entry's place, so that the run's compile does not write back
+    an entry that fails again."""
     probecache.store(entry())
-    probecache.discard(K1)
-    assert probecache.load(K1) is None
-    probecache.discard(K1)  # already gone: no error
+    assert not probecache.refused(K1)
+    probecache.mark_refused(K1)
+    assert probecache.refused(K1) and probecache.load(K1) is None
+    assert not probecache.refused(K2)
+    assert probecache.entries(cache) == 1  # pruned as an entry is
 
 
 def test_the_least_recently_used_entries_are_pruned(cache, monkeypatch):
@@ -292,3 +310,38 @@ def test_unusable_says_why_for_what_cannot_hold_entries(tmp_path, cache):
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     assert probecache.unusable(a_file) is not None
+
+
+def test_the_directory_checked_is_the_one_opened_not_the_path_as_written(tmp_path, monkeypatch):
+    """A/link/../probes, where link leads into another user's directory:
+    the kernel opens other/probes, whose parent is not root's nor this
+    user's, though the path as written only names A."""
+    other = tmp_path / "other"
+    (other / "sub").mkdir(parents=True)
+    (other / "probes").mkdir(mode=0o700)
+    os.chown(other, 12345, 12345)
+    mine = tmp_path / "A"
+    mine.mkdir()
+    (mine / "link").symlink_to(other / "sub")
+    monkeypatch.setenv(probecache.CACHE_DIR_ENV, f"{mine}/link/../probes")
+    assert probecache.store(entry()) is None
+    assert probecache.load(K1) is None
+    assert not (other / "probes" / f"{K1}.json").exists()
+
+
+def test_a_killed_writers_leftovers_are_removed_after_an_hour(cache):
+    probecache.store(entry(key(1)))
+    old, new = cache / ".entry-1-dead", cache / ".entry-2-busy"
+    old.write_text("{")
+    new.write_text("{")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    probecache.store(entry(key(2)))
+    assert not old.exists() and new.exists()
+
+
+def test_a_missing_directory_under_an_open_parent_is_unusable(tmp_path):
+    open_parent = tmp_path / "open"
+    open_parent.mkdir()
+    open_parent.chmod(0o777)
+    assert "cannot be made" in probecache.unusable(open_parent / "probes")
+    assert probecache.unusable(tmp_path / "fine" / "probes") is None
