@@ -36,6 +36,10 @@ FORMAT = 1
 CACHE_DIR_ENV = "LOCKPROF_CACHE_DIR"  # a directory, or "off"
 DEFAULT_DIR = Path("/var/cache/lockprof/probes")
 KEEP_ENTRIES = 32  # the least recently used beyond this are removed
+# A key whose cached path failed compiles without writing an entry for this
+# long; then one entry is tried again (the failure may have been passing:
+# memory short for the maps, say).
+REFUSED_FOR_S = 86400.0
 
 # struct bpf_insn: u8 code, u8 dst_reg:4 | src_reg:4, s16 off, s32 imm
 _INSN = struct.Struct("<BBhi")
@@ -243,9 +247,10 @@ def _entry_name(key: str) -> str:
     return f"{key}.json"
 
 
-def load(key: str, directory: Path | None = None) -> CachedProbes | None:
-    """The entry for this key, or None: none, unreadable, damaged in any way,
-    made for another key, or not trusted."""
+def _read(key: str, directory: Path | None, touch: bool = False) -> object:
+    """The parsed JSON of the key's file, or None: no cache, no such file,
+    not trusted, or not JSON. touch: mark it the most recently used (kept
+    longest)."""
     directory = directory if directory is not None else cache_dir()
     if directory is None:
         return None
@@ -260,35 +265,38 @@ def load(key: str, directory: Path | None = None) -> CachedProbes | None:
             with os.fdopen(fd, "rb") as entry:
                 if not _owned_and_closed(os.fstat(entry.fileno())):
                     return None
-                probes = _decode(json.loads(entry.read()))
-        except Exception:  # whatever a damaged file makes the decoder raise
+                data = json.loads(entry.read())
+        except Exception:  # whatever a damaged file makes the parser raise
             return None
-        if probes.key != key:
-            return None
-        with contextlib.suppress(OSError):
-            os.utime(_entry_name(key), dir_fd=dir_fd)  # most recently used: kept longest
-    return probes
+        if touch:
+            with contextlib.suppress(OSError):
+                os.utime(_entry_name(key), dir_fd=dir_fd)
+    return data
+
+
+def load(key: str, directory: Path | None = None) -> CachedProbes | None:
+    """The entry for this key, or None: none, unreadable, damaged in any way,
+    made for another key, a refused key's marker, or not trusted."""
+    data = _read(key, directory, touch=True)
+    if data is None:
+        return None
+    try:
+        probes = _decode(data)  # type: ignore[arg-type]
+    except Exception:  # whatever a damaged entry makes the decoder raise
+        return None
+    return probes if probes.key == key else None
 
 
 def refused(key: str, directory: Path | None = None) -> bool:
     """The cached path failed for this key (mark_refused): a run compiles
     and writes no entry for it, rather than writing one that fails again."""
-    directory = directory if directory is not None else cache_dir()
-    if directory is None:
+    data = _read(key, directory)
+    if not isinstance(data, dict) or data.get("refused") is not True or data.get("key") != key:
         return False
-    with _opened_dir(directory) as dir_fd:
-        if dir_fd is None:
-            return False
-        try:
-            fd = os.open(_entry_name(key), os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-        except OSError:
-            return False
-        try:
-            with os.fdopen(fd, "rb") as entry:
-                data = json.loads(entry.read())
-            return isinstance(data, dict) and data.get("refused") is True and data["key"] == key
-        except Exception:
-            return False
+    try:
+        return time.time() - float(data["refused_at"]) < REFUSED_FOR_S
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def mark_refused(key: str, directory: Path | None = None) -> None:
@@ -297,7 +305,8 @@ def mark_refused(key: str, directory: Path | None = None) -> None:
     failure would otherwise be written back after each run's compile and
     paid again by the next run. Pruned as entries are."""
     with contextlib.suppress(OSError):
-        _write(json.dumps({"format": FORMAT, "key": key, "refused": True}), key, directory)
+        marker = {"format": FORMAT, "key": key, "refused": True, "refused_at": time.time()}
+        _write(json.dumps(marker), key, directory)
 
 
 def _decode(data: dict) -> CachedProbes:

@@ -197,6 +197,12 @@ def test_a_refused_key_is_marked_not_rewritten(cache):
     assert probecache.refused(K1) and probecache.load(K1) is None
     assert not probecache.refused(K2)
     assert probecache.entries(cache) == 1  # pruned as an entry is
+    # A day later the key is tried again: the failure may have passed.
+    path = cache / f"{K1}.json"
+    marker = json.loads(path.read_text())
+    marker["refused_at"] -= probecache.REFUSED_FOR_S + 1
+    path.write_text(json.dumps(marker))
+    assert not probecache.refused(K1)
 
 
 def test_the_least_recently_used_entries_are_pruned(cache, monkeypatch):
