@@ -131,6 +131,22 @@ _COMPILER_LIBRARIES = ("libLLVM", "libclang-cpp", "libclang.so", "libz3")
 _MADV_PAGEOUT = 21  # Linux 5.4+
 
 
+def _mapped_files(prefixes: tuple[str, ...]) -> list[tuple[int, int, str]]:
+    """(start, end, path) of this process's mappings of files whose names
+    start with one of prefixes; [] if /proc/self/maps cannot be read."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in maps:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and Path(fields[5]).name.startswith(prefixes):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            found.append((start, end, fields[5]))
+    return found
+
+
 def release_compiler_pages() -> int:
     """Ask the kernel to reclaim the compiler libraries' pages from this
     process (MADV_PAGEOUT). It never loses data: clean file pages are
@@ -139,16 +155,11 @@ def release_compiler_pages() -> int:
     the bytes advised; 0 where the kernel or libc does not support it."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return 0
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     advised = 0
-    for line in maps:
-        fields = line.split(maxsplit=5)
-        if len(fields) < 6 or not Path(fields[5]).name.startswith(_COMPILER_LIBRARIES):
-            continue
-        start, end = (int(x, 16) for x in fields[0].split("-"))
+    for start, end, _path in _mapped_files(_COMPILER_LIBRARIES):
         if libc.madvise(start, end - start, _MADV_PAGEOUT) == 0:
             advised += end - start
     return advised
@@ -221,9 +232,6 @@ class CompileInfo:
     seconds: float
 
 
-last_compile: CompileInfo | None = None  # compile_probes()'s latest
-
-
 def compile_probes(flags: list[str]):  # -> bcc.BPF
     """Compile and load probes/lockprof.bpf.c (maps created, no program
     attached), then give the compiler's memory back.
@@ -233,7 +241,6 @@ def compile_probes(flags: list[str]):  # -> bcc.BPF
     it, here, so that an entry the kernel refuses falls back to a full
     compile. A full compile's programs are kept once attached
     (BpfSession.attach: keep_compiled)."""
-    global last_compile
     bcc = import_bcc()
     _hold_test_fds()
     source = schema.probes_dir() / "lockprof.bpf.c"
@@ -243,7 +250,7 @@ def compile_probes(flags: list[str]):  # -> bcc.BPF
     if bpf is None:
         src = str(source).encode()
         bpf = _built(lambda: _probes_class(bcc)(cache_key=key, src_file=src, cflags=flags))
-    last_compile = CompileInfo(bpf.from_cache, round(time.monotonic() - started, 3))
+    bpf.compile_info = CompileInfo(bpf.from_cache, round(time.monotonic() - started, 3))
     release_free_heap()
     release_compiler_pages()
     return bpf
@@ -301,12 +308,7 @@ def _toolchain() -> str:
     uname = os.uname()
     parts = [f"bcc {import_bcc().__version__}", uname.release, uname.version, uname.machine]
     # The compiler: libbcc and the LLVM and clang libraries it links.
-    libraries: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/maps").read_text().splitlines():
-            path = (line.split(maxsplit=5)[5:] or [""])[0]
-            if Path(path).name.startswith(("libbcc.so", *_COMPILER_LIBRARIES)):
-                libraries.add(path)
+    libraries = {path for _s, _e, path in _mapped_files(("libbcc.so", *_COMPILER_LIBRARIES))}
     for path in sorted(libraries):
         with contextlib.suppress(OSError):
             st = os.stat(path)
@@ -317,12 +319,7 @@ def _toolchain() -> str:
         with contextlib.suppress(OSError, RuntimeError):  # RuntimeError: a symlink loop
             parts.append(f"{kind} {headers.resolve()} {headers.resolve().stat().st_mtime_ns}")
     parts.append(f"kheaders {Path('/sys/kernel/kheaders.tar.xz').exists()}")
-    for name in (
-        "BCC_KERNEL_SOURCE",
-        "BCC_LINUX_VERSION_CODE",
-        "BCC_KERNEL_MODULES_SUFFIX",
-        "ARCH",
-    ):
+    for name in _BCC_ENVIRONMENT:
         parts.append(f"{name}={os.environ.get(name, '')}")
     return "\n".join(parts)
 
@@ -363,8 +360,9 @@ def _from_cache(bcc, source: Path, flags: list[str], key: str):
     """The probes' maps from a maps-only compile and their programs from the
     cache entry, all loaded; None if there is no usable entry. An entry
     that fails in any way (its maps-only compile, maps unlike the entry's,
-    a program the kernel refuses) is removed and None returned: the caller
-    compiles as without a cache, in the same run."""
+    a program the kernel refuses) gives way to a marker (probecache.mark_refused)
+    and None is returned: the caller compiles as without a cache, in the
+    same run."""
     cached = probecache.load(key)
     if cached is None:
         return None
@@ -479,7 +477,7 @@ def _probes_class(bcc):  # -> a subclass of bcc.BPF
                 probecache.mark_refused(self._cached.key)  # the next run compiles
                 raise Exception(
                     f"Failed to load BPF program {name.decode()} from the compiled-probe "
-                    f"cache (entry removed): {error}"
+                    f"cache (the entry is set aside for a day): {error}"
                 )
             self.funcs[name] = bcc.BPF.Function(self, name, fd)
             return self.funcs[name]
@@ -635,7 +633,7 @@ class BpfSession:
         self.sample_hz = sample_hz
         self.families = frozenset(chosen.probe.family for chosen in plans) | set(extra_families)
         self._bpf = self._compile(self.families)
-        self.compile_info = last_compile  # from the cache or compiled, and its time
+        self.compile_info: CompileInfo = self._bpf.compile_info  # cached or compiled, its time
         self._configure(target_tgid, threshold_ns, stack_threshold_ns, stack_rate, follow)
         if lock_types is not None:
             self._drop_lock_types(lock_types)
