@@ -399,12 +399,10 @@ def _write(text: str, key: str, directory: Path | None) -> Path | None:
 
 def _make_dirs(directory: Path) -> None:
     """Create the directory (0700) and any missing parent (0755: not left
-    to the umask, which may be 0)."""
-    missing = []
-    for path in (directory, *directory.parents):
-        if path.exists():
-            break
-        missing.append(path)
+    to the umask, which may be 0): those below its nearest existing one."""
+    directory = Path(os.path.abspath(directory))
+    chain = [directory, *directory.parents]
+    missing = chain[: chain.index(_nearest_existing(directory))]
     for path in reversed(missing):
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700 if path == directory else 0o755)
