@@ -26,7 +26,7 @@ from profiler.allocator import release_free_heap
 from profiler.errors import LockprofError, MechanismUnavailable
 from profiler.lockids import LockIds
 from profiler.options import CollectOptions
-from profiler.probes import Plan
+from profiler.probes import OPTIONAL_FAMILIES, Plan
 from profiler.spool import RecordSpool
 
 _RING_CHECK_S = 0.010
@@ -77,13 +77,6 @@ MAX_STACKS_ENV = "LOCKPROF_TEST_MAX_STACKS"
 KEEP_MARKS_ENV = "LOCKPROF_TEST_KEEP_MARKS"
 # read_errors() key: probe runs the kernel skipped (not an lp_errors counter).
 RECURSION_MISSES = "recursion_misses"
-# Opt-in probe families and the define that compiles each into the probes:
-# a run compiles only those it uses (compiling is most of its start-up).
-OPTIONAL_FAMILIES = {
-    "locks": "LP_WITH_LOCK_SPECS",
-    "offcpu": "LP_WITH_OFFCPU",
-    "sample": "LP_WITH_SAMPLE",
-}
 
 
 def import_bcc():  # -> module bcc
@@ -422,6 +415,64 @@ def keep_compiled(bpf) -> None:
     )
     with contextlib.suppress(OSError):
         probecache.store(entry)
+
+
+@dataclass(frozen=True)
+class Precompiled:
+    """What precompile() did: the entry was there already, or compiled."""
+
+    directory: Path
+    already: bool
+    seconds: float
+
+
+def precompile(families: Iterable[str]) -> Precompiled:
+    """Put the probes a collection of these families loads into the
+    compiled-probe cache, unless an entry is there: compile them, load
+    every program (the kernel verifies each, nothing attaches) and keep
+    them. `make setup` runs this (`lockprof precompile`), so that the first
+    collection after setting up starts from the cache, as perf's lock
+    contention starts from the skeleton compiled with perf. Raises
+    LockprofError when the cache is off or cannot hold the entry."""
+    directory = probecache.cache_dir()
+    if directory is None:
+        raise LockprofError(f"the compiled-probe cache is off ({probecache.off_reason()})")
+    reason = probecache.unusable(directory)
+    if reason is not None:
+        raise LockprofError(f"the compiled-probe cache at {directory} is {reason}")
+    flags, _max_locks = probe_cflags(families)
+    key = _probe_cache_key(schema.probes_dir() / "lockprof.bpf.c", flags)
+    if key is not None and probecache.load(key) is not None:
+        return Precompiled(directory, True, 0.0)
+    if key is not None and probecache.refused(key):
+        raise LockprofError(
+            "this kernel refused the cached probes for these flags in the last day: "
+            "collections compile them; `rm` the entry to try again"
+        )
+    started = time.monotonic()
+    bpf = compile_probes(flags)
+    try:
+        _load_every_program(bpf)
+        keep_compiled(bpf)
+    finally:
+        bpf.cleanup()
+    if key is None or probecache.load(key) is None:
+        raise LockprofError(f"the compiled probes could not be written to {directory}")
+    return Precompiled(directory, False, round(time.monotonic() - started, 3))
+
+
+def _load_every_program(bpf) -> None:
+    """Load each program of a full compile as the type its context gives,
+    as a collection's attach does: the entry kept holds only programs this
+    kernel's verifier accepted."""
+    bcc = import_bcc()
+    lib = bcc.lib
+    types = _program_types(bcc)
+    for index in range(lib.bpf_num_functions(bpf.module)):
+        name = lib.bpf_function_name(bpf.module, index)
+        if name in types:
+            prog_type, attach_type = types[name]
+            _built(lambda n=name, t=prog_type, a=attach_type: bpf.load_func(n, t, attach_type=a))
 
 
 _probes_type = None

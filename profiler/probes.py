@@ -76,6 +76,13 @@ PROBES: tuple[Probe, ...] = (
 
 FAMILIES = ("mmap_lock", "contention", "offcpu", "sample", "follow")
 DEFAULT_FAMILIES = ("mmap_lock", "contention")
+# Opt-in probe families and the define that compiles each into the probes:
+# a run compiles only those it uses (compiling is most of its start-up).
+OPTIONAL_FAMILIES = {
+    "locks": "LP_WITH_LOCK_SPECS",
+    "offcpu": "LP_WITH_OFFCPU",
+    "sample": "LP_WITH_SAMPLE",
+}
 
 # Lock spec probes share one BPF family taking pt_regs, which kprobes and
 # uprobes give; fentry's context differs, so kernel specs use kprobes.

@@ -35,7 +35,18 @@ from profiler.errors import LockprofError
 # Subcommands (modules profiler.cli.NAME), in the order `--help` lists them.
 # A module is imported when its subcommand runs: `attach`, `run` and
 # `record` must not load pandas before their probes are compiled.
-SUBCOMMANDS = ("attach", "run", "record", "show", "report", "export", "doctor", "bench", "compare")
+SUBCOMMANDS = (
+    "attach",
+    "run",
+    "record",
+    "show",
+    "report",
+    "export",
+    "doctor",
+    "precompile",
+    "bench",
+    "compare",
+)
 
 
 class StdoutGone(Exception):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import attach_to_held, rows_for, show_json
+from conftest import LOCKPROF, attach_to_held, lockprof_programs, rows_for, show_json
 
 import profiler
 from profiler import bpf, probecache
@@ -116,3 +117,47 @@ def test_off_compiles_every_time_and_writes_nothing(lockprof_factory, tmp_path):
         assert compiled["from_cache"] is False
         exact(rows)
     assert (listing(suite), listing(probecache.DEFAULT_DIR)) == before
+
+
+def precompile(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*LOCKPROF, "precompile", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_precompile_makes_the_first_collection_load_from_the_cache(
+    lockprof_factory, tmp_path, cache_env
+):
+    """make setup's `lockprof precompile`: the entry it keeps is the one a
+    default collection looks for, and that first collection counts exactly
+    from it. A second precompile finds it; --with offcpu is another entry.
+    Nothing stays loaded."""
+    directory, env = cache_env
+    done = precompile(env, "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["already_cached"] is False and result["compile_s"] > 0
+    assert result["directory"] == str(directory)
+    assert all(program["loaded_as"] for program in the_entry(directory)["programs"].values())
+    assert lockprof_programs() == []
+    again = precompile(env)
+    assert again.returncode == 0 and "already in" in again.stdout, again
+    rows, compiled = counted_run(lockprof_factory, tmp_path, env, "first.lpr")
+    assert compiled["from_cache"] is True
+    exact(rows)
+    assert len(list(directory.glob("*.json"))) == 1  # the collection kept no other
+    offcpu = json.loads(precompile(env, "--with", "offcpu", "--json").stdout)
+    assert offcpu["already_cached"] is False and "offcpu" in offcpu["families"]
+    assert len(list(directory.glob("*.json"))) == 2
+
+
+def test_precompile_with_the_cache_off_says_so_in_one_line(tmp_path):
+    done = precompile({probecache.CACHE_DIR_ENV: "off"})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"lockprof: the compiled-probe cache is off ({probecache.CACHE_DIR_ENV}=off)"
+    ]

@@ -33,7 +33,7 @@ from .helpers import REPO, intervals_frame, run_main
 from .helpers import one_error_line as assert_one_error_line
 
 LOCKPROF = REPO / ".venv" / "bin" / "lockprof"
-SUBCOMMANDS = ["attach", "run", "record", "show", "doctor"]
+SUBCOMMANDS = ["attach", "run", "record", "show", "doctor", "precompile"]
 
 
 def free_pid() -> int:
