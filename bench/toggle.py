@@ -273,15 +273,28 @@ def probes_of(revision: str):
             schema.constants.cache_clear()
 
 
+# /proc/stat's "cpu" line, in its order (clock ticks summed over the CPUs).
+CPU_TIMES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time so far, by kind (CPU_TIMES)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    return [int(v) for v in fields[1 : 1 + len(CPU_TIMES)]]
+
+
 def measure(workload: Workload, settle: float, window: float, wait, run_stats):
-    """Operations, seconds and the programs' run stats (run_stats() before,
-    after) over one window, after settling."""
+    """Operations, seconds, the programs' run stats (run_stats() before,
+    after) and the CPU time by kind over one window, after settling."""
     time.sleep(settle)
     before = run_stats()
     ops0, ns0 = workload.progress()
+    times0 = cpu_times()
     wait(window)
     ops1, ns1 = workload.progress()
-    return ops1 - ops0, (ns1 - ns0) / 1e9, before, run_stats()
+    times = [after - first for after, first in zip(cpu_times(), times0, strict=True)]
+    return ops1 - ops0, (ns1 - ns0) / 1e9, before, run_stats(), times
 
 
 class Results:
@@ -299,8 +312,13 @@ class Results:
         # lockprof session -> per workload process: contended waits on each
         # lock, over every window its contention programs were attached in
         self.waits_by_lock: dict[str, list[dict[int, int]]] = {}
+        # CPU time by kind (CPU_TIMES) over the state's windows, in ticks
+        self.cpu_times: dict[str, list[int]] = {s: [0] * len(CPU_TIMES) for s in states}
 
-    def add(self, state: str, ops: int, seconds: float, before: dict, after: dict) -> None:
+    def add(
+        self, state: str, ops: int, seconds: float, before: dict, after: dict, times: list[int]
+    ) -> None:
+        self.cpu_times[state] = [a + b for a, b in zip(self.cpu_times[state], times, strict=True)]
         self.rates[state].append(ops / seconds)
         self.window_ops[state].append(ops)
         self.seconds[state] += seconds
@@ -568,11 +586,39 @@ def summarise(results: Results, args: argparse.Namespace) -> str:
         mode = workload_mode(results, name)
         if mode:
             lines.append(f"\n{mode}")
+    lines += ["", *_cpu_times_table(results)]
     if args.processes > 1:
         lines += ["", *per_process_table(results)]
     if args.run_stats:
         lines += ["", *_run_stats_table(results)]
     return "\n".join(lines)
+
+
+def _cpu_times_table(results: Results) -> list[str]:
+    """Where the machine's CPU time went in each state's windows: a tracer
+    whose programs lengthen the workload's critical sections can change how
+    long its waiters spin, sleep or halt (a paravirtual spinlock halts its
+    vCPU), or how often the host deschedules a vCPU (steal), beyond its
+    programs' own run time."""
+    kinds = ("user", "system", "irq+softirq", "idle+iowait", "steal")
+    lines = [
+        "CPU time in each state's windows, as a share of all CPUs' time (/proc/stat):",
+        "",
+        "| state | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
+    for state, ticks in results.cpu_times.items():
+        by_kind = dict(zip(CPU_TIMES, ticks, strict=True))
+        shares = (
+            by_kind["user"] + by_kind["nice"],
+            by_kind["system"],
+            by_kind["irq"] + by_kind["softirq"],
+            by_kind["idle"] + by_kind["iowait"],
+            by_kind["steal"],
+        )
+        total = max(sum(ticks), 1)
+        lines.append(f"| {state} | " + " | ".join(f"{v / total:.1%}" for v in shares) + " |")
+    return lines
 
 
 def _run_stats_table(results: Results) -> list[str]:
