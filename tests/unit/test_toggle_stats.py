@@ -28,8 +28,8 @@ def results_of(toggle, process_losses: list[list[float]]):
     results = toggle.Results(["bare", "lp"])
     for process, losses in enumerate(process_losses):
         for loss in losses:
-            results.add("bare", 1000, 1.0, {}, {})
-            results.add("lp", round(1000 * (1 - loss)), 1.0, {}, {})
+            results.add("bare", 1000, 1.0, {}, {}, [0] * len(toggle.CPU_TIMES))
+            results.add("lp", round(1000 * (1 - loss)), 1.0, {}, {}, [0] * len(toggle.CPU_TIMES))
             results.process_of_cycle.append(process)
         results.waits_by_lock["lp"] = [{1: 10, 2: 30}] * (process + 1)
     return results
@@ -58,3 +58,19 @@ def test_each_process_has_its_own_mode(toggle):
     per_op, locks, share, _ = toggle.mode_figures(results, "lp", [0, 1])
     assert (per_op, locks) == (0.11, 3)
     assert share == pytest.approx(340 / 440)
+
+
+def test_cpu_time_is_shared_out_by_kind_over_each_states_windows(toggle):
+    results = toggle.Results(["bare", "lp"])
+    # ticks: user nice system idle iowait irq softirq steal
+    results.add("bare", 1000, 1.0, {}, {}, [10, 0, 140, 40, 0, 0, 0, 10])
+    results.add("bare", 1000, 1.0, {}, {}, [10, 0, 140, 40, 0, 0, 0, 10])
+    results.add("lp", 900, 1.0, {}, {}, [5, 5, 120, 50, 10, 4, 2, 4])
+    table = toggle._cpu_times_table(results)
+    assert "| bare | 5.0% | 70.0% | 0.0% | 20.0% | 5.0% |" in table
+    assert "| lp | 5.0% | 60.0% | 3.0% | 30.0% | 2.0% |" in table
+
+
+def test_cpu_times_reads_the_machines_line(toggle):
+    times = toggle.cpu_times()
+    assert len(times) == len(toggle.CPU_TIMES) and sum(times) > 0
