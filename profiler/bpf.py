@@ -440,8 +440,7 @@ def precompile(families: Iterable[str]) -> Precompiled:
     reason = probecache.unusable(directory)
     if reason is not None:
         raise LockprofError(f"the compiled-probe cache at {directory} is {reason}")
-    flags, _max_locks = probe_cflags(families)
-    key = _probe_cache_key(schema.probes_dir() / "lockprof.bpf.c", flags)
+    flags, key = _flags_and_key(families)
     if key is not None and probecache.load(key) is not None:
         return Precompiled(directory, True, 0.0)
     if key is not None and probecache.refused(key):
@@ -459,6 +458,19 @@ def precompile(families: Iterable[str]) -> Precompiled:
     if key is None or probecache.load(key) is None:
         raise LockprofError(f"the compiled probes could not be written to {directory}")
     return Precompiled(directory, False, round(time.monotonic() - started, 3))
+
+
+def precompiled(families: Iterable[str]) -> bool:
+    """Has the cache an entry that a collection of these families would
+    load (lockprof doctor)?"""
+    _flags, key = _flags_and_key(families)
+    return key is not None and probecache.load(key) is not None
+
+
+def _flags_and_key(families: Iterable[str]) -> tuple[list[str], str | None]:
+    """A collection's compiler flags and their cache key (None: cache off)."""
+    flags, _max_locks = probe_cflags(families)
+    return flags, _probe_cache_key(schema.probes_dir() / "lockprof.bpf.c", flags)
 
 
 def _load_every_program(bpf) -> None:

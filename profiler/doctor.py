@@ -158,7 +158,8 @@ def _probes_compile() -> str:
 
 
 def _probe_cache() -> str:
-    from profiler import probecache
+    from profiler import bpf, probecache
+    from profiler.probes import DEFAULT_FAMILIES
 
     directory = probecache.cache_dir()
     if directory is None:
@@ -167,7 +168,15 @@ def _probe_cache() -> str:
     if reason:
         raise LockprofError(f"{directory}: {reason}")
     entries = probecache.entries(directory)
-    return f"{directory}: {entries} compiled-probe entries ({probecache.CACHE_DIR_ENV}=off: none)"
+    default = (
+        "a default collection's among them"
+        if bpf.precompiled(DEFAULT_FAMILIES)
+        else "none for a default collection yet: `lockprof precompile` makes it"
+    )
+    return (
+        f"{directory}: {entries} compiled-probe entries, {default} "
+        f"({probecache.CACHE_DIR_ENV}=off: none)"
+    )
 
 
 def _btf() -> str:

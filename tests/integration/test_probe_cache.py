@@ -129,6 +129,19 @@ def precompile(env: dict, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def cache_check(env: dict) -> str:
+    """lockprof doctor's probe cache line."""
+    done = subprocess.run(
+        [*LOCKPROF, "doctor", "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    checks = {check["name"]: check for check in json.loads(done.stdout)["checks"]}
+    return checks["probe cache"]["detail"]
+
+
 def test_precompile_makes_the_first_collection_load_from_the_cache(
     lockprof_factory, tmp_path, cache_env
 ):
@@ -137,6 +150,7 @@ def test_precompile_makes_the_first_collection_load_from_the_cache(
     from it. A second precompile finds it; --with offcpu is another entry.
     Nothing stays loaded."""
     directory, env = cache_env
+    assert "none for a default collection yet" in cache_check(env)
     done = precompile(env, "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -146,6 +160,7 @@ def test_precompile_makes_the_first_collection_load_from_the_cache(
     assert lockprof_programs() == []
     again = precompile(env)
     assert again.returncode == 0 and "already in" in again.stdout, again
+    assert "a default collection's among them" in cache_check(env)
     rows, compiled = counted_run(lockprof_factory, tmp_path, env, "first.lpr")
     assert compiled["from_cache"] is True
     exact(rows)
