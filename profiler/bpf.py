@@ -446,7 +446,7 @@ def precompile(families: Iterable[str]) -> Precompiled:
     if key is not None and probecache.refused(key):
         raise LockprofError(
             "this kernel refused the cached probes for these flags in the last day: "
-            "collections compile them; `rm` the entry to try again"
+            f"collections compile them; remove {directory / (key + '.json')} to try again"
         )
     started = time.monotonic()
     bpf = compile_probes(flags)

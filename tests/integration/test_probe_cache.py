@@ -17,6 +17,7 @@ from conftest import LOCKPROF, attach_to_held, lockprof_programs, rows_for, show
 
 import profiler
 from profiler import bpf, probecache
+from profiler.probes import DEFAULT_FAMILIES
 
 PAIRS = 1500
 
@@ -178,3 +179,17 @@ def test_precompile_with_the_cache_off_says_so_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"lockprof: the compiled-probe cache is off ({probecache.CACHE_DIR_ENV}=off)"
     ]
+
+
+def test_precompile_of_a_refused_key_names_the_marker_to_remove(tmp_path, cache_env, monkeypatch):
+    """A key whose cached path failed in the last day is not compiled again
+    by precompile (collections compile it): one line names the marker."""
+    directory, env = cache_env
+    monkeypatch.setenv(probecache.CACHE_DIR_ENV, str(directory))
+    _flags, key = bpf._flags_and_key(DEFAULT_FAMILIES)
+    probecache.mark_refused(key)
+    done = precompile(env)
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("lockprof: this kernel refused the cached probes")
+    assert line.endswith(f"remove {directory / (key + '.json')} to try again")
