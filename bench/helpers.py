@@ -32,6 +32,7 @@ struct sink { u64 value; };
 struct per_task { u64 value; };
 BPF_PERCPU_ARRAY(sinks, struct sink, 1);
 BPF_TASK_STORAGE(tasks, struct per_task);
+BPF_STACK_TRACE(stacks, 1024);
 
 int probe(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -59,6 +60,8 @@ VARIANTS = {
     "ktime": "value = bpf_ktime_get_ns();",
     "task storage": f"{TASK} if (t) value = ++t->value;",
     "task storage + ktime": f"{TASK} if (t) value = t->value = bpf_ktime_get_ns();",
+    # lockprof takes one for some contended waits (--stack-rate, naming stacks)
+    "kernel stack (get_stackid)": "value = stacks.get_stackid(ctx, 0);",
 }
 
 
