@@ -385,13 +385,16 @@ def _program_types(bcc) -> dict[bytes, tuple[int, int]]:
     }
 
 
-def keep_compiled(bpf) -> None:
+def keep_compiled(bpf) -> str | None:
     """Write a full compile's programs to the cache, each with the type it
     is loaded as (a later run loads them all as such before attaching).
     Never fails the run: a read-only /var, or a program that cannot be
-    relocated, is not cached."""
-    if bpf.from_cache or bpf.cache_key is None or probecache.refused(bpf.cache_key):
-        return
+    relocated, is not cached; the reason is returned (None: kept, or
+    nothing to keep)."""
+    if bpf.from_cache or bpf.cache_key is None:
+        return None
+    if probecache.refused(bpf.cache_key):
+        return "the kernel refused this key's cached programs in the last day"
     bcc = import_bcc()
     lib = bcc.lib
     types = {**_program_types(bcc), **bpf.loaded_types}
@@ -404,7 +407,7 @@ def keep_compiled(bpf) -> None:
         insns = ctypes.string_at(start, lib.bpf_function_size(bpf.module, name))
         loads = probecache.map_loads(insns, names)
         if loads is None:
-            return
+            return f"program {name.decode()} loads a map lockprof cannot name"
         programs[name.decode()] = probecache.CachedProgram(insns, loads, types.get(name))
     entry = probecache.CachedProbes(
         bpf.cache_key,
@@ -413,8 +416,12 @@ def keep_compiled(bpf) -> None:
         programs,
         {name: shape for name, (_fd, shape) in maps.items()},
     )
-    with contextlib.suppress(OSError):
-        probecache.store(entry)
+    try:
+        if probecache.store(entry) is None:
+            return "the cache directory is off or cannot be trusted"
+    except OSError as exc:
+        return f"cannot write the entry: {exc.strerror or exc}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -439,7 +446,7 @@ def precompile(families: Iterable[str]) -> Precompiled:
         raise LockprofError(f"the compiled-probe cache is off ({probecache.off_reason()})")
     reason = probecache.unusable(directory)
     if reason is not None:
-        raise LockprofError(f"the compiled-probe cache at {directory} is {reason}")
+        raise LockprofError(f"the compiled-probe cache at {directory}: {reason}")
     flags, key = _flags_and_key(families)
     if key is not None and probecache.load(key) is not None:
         return Precompiled(directory, True, 0.0)
@@ -452,11 +459,12 @@ def precompile(families: Iterable[str]) -> Precompiled:
     bpf = compile_probes(flags)
     try:
         _load_every_program(bpf)
-        keep_compiled(bpf)
+        not_kept = keep_compiled(bpf)
     finally:
         bpf.cleanup()
-    if key is None or probecache.load(key) is None:
-        raise LockprofError(f"the compiled probes could not be written to {directory}")
+    if not_kept is not None or key is None or probecache.load(key) is None:
+        why = not_kept or "the entry written cannot be read back"
+        raise LockprofError(f"the compiled probes were not kept in {directory}: {why}")
     return Precompiled(directory, False, round(time.monotonic() - started, 3))
 
 
@@ -464,7 +472,7 @@ def precompiled(families: Iterable[str]) -> bool:
     """Has the cache an entry that a collection of these families would
     load (lockprof doctor)?"""
     _flags, key = _flags_and_key(families)
-    return key is not None and probecache.load(key) is not None
+    return key is not None and probecache.load(key, touch=False) is not None
 
 
 def _flags_and_key(families: Iterable[str]) -> tuple[list[str], str | None]:

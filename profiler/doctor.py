@@ -168,11 +168,14 @@ def _probe_cache() -> str:
     if reason:
         raise LockprofError(f"{directory}: {reason}")
     entries = probecache.entries(directory)
-    default = (
-        "a default collection's among them"
-        if bpf.precompiled(DEFAULT_FAMILIES)
-        else "none for a default collection yet: `lockprof precompile` makes it"
-    )
+    try:
+        default = (
+            "a default collection's among them"
+            if bpf.precompiled(DEFAULT_FAMILIES)
+            else "none for a default collection yet: `lockprof precompile` makes it"
+        )
+    except LockprofError as exc:  # no BTF, no BCC: the checks above say so
+        default = f"whether a default collection's is among them is unknown ({exc})"
     return (
         f"{directory}: {entries} compiled-probe entries, {default} "
         f"({probecache.CACHE_DIR_ENV}=off: none)"

@@ -274,10 +274,12 @@ def _read(key: str, directory: Path | None, touch: bool = False) -> object:
     return data
 
 
-def load(key: str, directory: Path | None = None) -> CachedProbes | None:
+def load(key: str, directory: Path | None = None, touch: bool = True) -> CachedProbes | None:
     """The entry for this key, or None: none, unreadable, damaged in any way,
-    made for another key, a refused key's marker, or not trusted."""
-    data = _read(key, directory, touch=True)
+    made for another key, a refused key's marker, or not trusted. touch:
+    mark it used (pruning keeps the most recently used); lockprof doctor
+    only looks."""
+    data = _read(key, directory, touch=touch)
     if data is None:
         return None
     try:

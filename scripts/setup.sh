@@ -118,7 +118,9 @@ make -s -C "$repo/workloads"
 # that the first collection loads them (~1 s less to its first live row).
 # Nothing to do once they are there; a failure is the first collection's
 # to report (it compiles them itself).
-if [ "${LOCKPROF_CACHE_DIR-}" != off ]; then
+# LOCKPROF_CACHE_DIR=off (or empty) turns the cache off, as lockprof reads it.
+cache_setting=$(printf '%s' "${LOCKPROF_CACHE_DIR-default}" | tr -d '[:space:]')
+if [ "$cache_setting" != off ] && [ -n "$cache_setting" ]; then
     if out=$("$venv/bin/lockprof" precompile 2>&1); then
         case $out in *" compiled in "*) say "${out#lockprof: }" ;; esac
     else

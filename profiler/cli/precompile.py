@@ -7,7 +7,8 @@ import json
 
 import click
 
-from profiler import privileges
+from profiler import privileges, probecache
+from profiler.errors import LockprofError
 from profiler.probes import DEFAULT_FAMILIES, OPTIONAL_FAMILIES
 
 # The opt-in probe families (a collection's --locks, --offcpu, --sample),
@@ -28,9 +29,10 @@ OPTIONAL = tuple(sorted(OPTIONAL_FAMILIES))
 def command(extra, as_json) -> None:
     """Compile lockprof's probes for this kernel, load every program (the
     kernel verifies them, nothing is attached) and keep them in the
-    compiled-probe cache, so that the next attach, run or record loads them
-    instead of compiling (about a second less to the first live row). Does
-    nothing if they are there already. `make setup` runs it; a kernel or
+    compiled-probe cache, so that the next attach, run or record (without
+    --locks, --offcpu or --sample: see --with) loads them instead of
+    compiling (about a second less to the first live row). Does nothing
+    if they are there already. `make setup` runs it; a kernel or
     BCC upgrade needs it again (or one collection, which compiles and keeps
     them). Root only, as the cache is.
 
@@ -42,8 +44,12 @@ def command(extra, as_json) -> None:
     """
     from profiler import bpf  # bcc's ctypes, only when it runs
 
+    # The cache is root's only: a user with CAP_BPF and CAP_PERFMON is told
+    # that, not that those capabilities would do.
+    if probecache.cache_dir() is None:
+        raise LockprofError(f"the compiled-probe cache is off ({probecache.off_reason()})")
     privileges.require()
-    families = (*DEFAULT_FAMILIES, *extra)
+    families = tuple(dict.fromkeys((*DEFAULT_FAMILIES, *extra)))  # --with twice: once
     done = bpf.precompile(families)
     if as_json:
         result = {

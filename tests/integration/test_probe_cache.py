@@ -17,6 +17,7 @@ from conftest import LOCKPROF, attach_to_held, lockprof_programs, rows_for, show
 
 import profiler
 from profiler import bpf, probecache
+from profiler.errors import LockprofError
 from profiler.probes import DEFAULT_FAMILIES
 
 PAIRS = 1500
@@ -173,7 +174,24 @@ def test_precompile_makes_the_first_collection_load_from_the_cache(
     assert "none for a default collection yet" in cache_check(empty)
 
 
-def test_precompile_with_the_cache_off_says_so_in_one_line(tmp_path):
+def test_a_precompile_that_fails_leaves_nothing_loaded_and_no_entry(monkeypatch, cache_env):
+    """In this process, so that a program left loaded is held here: the
+    entry cannot be kept after every program was loaded."""
+    directory, _env = cache_env
+    monkeypatch.setenv(probecache.CACHE_DIR_ENV, str(directory))
+
+    def cannot_keep(bpf_object):
+        assert len(bpf_object.funcs) >= 5  # every program was loaded
+        raise LockprofError("kept nowhere, for the test")
+
+    monkeypatch.setattr(bpf, "keep_compiled", cannot_keep)
+    with pytest.raises(LockprofError, match="kept nowhere, for the test"):
+        bpf.precompile(DEFAULT_FAMILIES)
+    assert lockprof_programs() == []
+    assert not list(directory.glob("*.json"))
+
+
+def test_precompile_with_the_cache_off_says_so_in_one_line():
     done = precompile({probecache.CACHE_DIR_ENV: "off"})
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
