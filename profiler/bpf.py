@@ -441,16 +441,12 @@ def precompile(families: Iterable[str]) -> Precompiled:
     collection after setting up starts from the cache, as perf's lock
     contention starts from the skeleton compiled with perf. Raises
     LockprofError when the cache is off or cannot hold the entry."""
-    directory = probecache.cache_dir()
-    if directory is None:
-        raise LockprofError(f"the compiled-probe cache is off ({probecache.off_reason()})")
-    reason = probecache.unusable(directory)
-    if reason is not None:
-        raise LockprofError(f"the compiled-probe cache at {directory}: {reason}")
+    directory = probecache.usable_dir()
     flags, key = _flags_and_key(families)
-    if key is not None and probecache.load(key) is not None:
+    assert key is not None  # the cache is on: usable_dir() said so
+    if probecache.load(key) is not None:
         return Precompiled(directory, True, 0.0)
-    if key is not None and probecache.refused(key):
+    if probecache.refused(key):
         raise LockprofError(
             "this kernel refused the cached probes for these flags in the last day: "
             f"collections compile them; remove {directory / (key + '.json')} to try again"
@@ -462,7 +458,7 @@ def precompile(families: Iterable[str]) -> Precompiled:
         not_kept = keep_compiled(bpf)
     finally:
         bpf.cleanup()
-    if not_kept is not None or key is None or probecache.load(key) is None:
+    if not_kept is not None or probecache.load(key) is None:
         why = not_kept or "the entry written cannot be read back"
         raise LockprofError(f"the compiled probes were not kept in {directory}: {why}")
     return Precompiled(directory, False, round(time.monotonic() - started, 3))

@@ -32,6 +32,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from profiler.errors import LockprofError
+
 FORMAT = 1
 CACHE_DIR_ENV = "LOCKPROF_CACHE_DIR"  # a directory, or "off"
 DEFAULT_DIR = Path("/var/cache/lockprof/probes")
@@ -424,6 +426,19 @@ def unusable(directory: Path) -> str | None:
                 "under directories others cannot replace: every run compiles"
             )
     return None
+
+
+def usable_dir() -> Path:
+    """The directory entries are kept in (lockprof precompile); a
+    LockprofError saying why there is none: the cache is off, or its
+    directory cannot hold entries."""
+    directory = cache_dir()
+    if directory is None:
+        raise LockprofError(f"the compiled-probe cache is off ({off_reason()})")
+    reason = unusable(directory)
+    if reason is not None:
+        raise LockprofError(f"the compiled-probe cache at {directory}: {reason}")
+    return directory
 
 
 def entries(directory: Path) -> int:

@@ -8,7 +8,6 @@ import json
 import click
 
 from profiler import privileges, probecache
-from profiler.errors import LockprofError
 from profiler.probes import DEFAULT_FAMILIES, OPTIONAL_FAMILIES
 
 # The opt-in probe families (a collection's --locks, --offcpu, --sample),
@@ -46,8 +45,7 @@ def command(extra, as_json) -> None:
 
     # The cache is root's only: a user with CAP_BPF and CAP_PERFMON is told
     # that, not that those capabilities would do.
-    if probecache.cache_dir() is None:
-        raise LockprofError(f"the compiled-probe cache is off ({probecache.off_reason()})")
+    probecache.usable_dir()
     privileges.require()
     families = tuple(dict.fromkeys((*DEFAULT_FAMILIES, *extra)))  # --with twice: once
     done = bpf.precompile(families)

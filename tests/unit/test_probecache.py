@@ -8,12 +8,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import struct
 import time
 
 import pytest
 
 from profiler import probecache
+from profiler.errors import LockprofError
 
 INSN = struct.Struct("<BBhi")
 
@@ -304,6 +306,17 @@ def test_every_program_in_the_source_has_a_known_program_type():
     contexts = probecache.program_contexts(text)
     assert len(contexts) == text.count("\nLP_PROGRAM int ") >= 18
     assert set(contexts.values()) <= set(probecache.CONTEXT_TYPES)
+
+
+def test_usable_dir_says_why_there_is_none(monkeypatch, cache):
+    assert probecache.usable_dir() == cache  # absent: made at the first write
+    probecache.store(entry())
+    cache.chmod(0o770)
+    with pytest.raises(LockprofError, match=re.escape(f"cache at {cache}: not a directory")):
+        probecache.usable_dir()
+    monkeypatch.setenv(probecache.CACHE_DIR_ENV, "off")
+    with pytest.raises(LockprofError, match=r"^the compiled-probe cache is off \("):
+        probecache.usable_dir()
 
 
 def test_unusable_says_why_for_what_cannot_hold_entries(tmp_path, cache):
