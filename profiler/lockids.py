@@ -113,6 +113,37 @@ class LockIds:
         return address, tgid, comm
 
 
+def dead_owners(
+    entries: dict[tuple[int, int], tuple[int, str]],
+    alive: Callable[[int], bool],
+    known: Callable[[int, int], int | None],
+    unread_before: set[tuple[int, int]],
+) -> tuple[list[tuple[int, int, int | None]], set[tuple[int, int]]]:
+    """Which owner-map entries ((address, gen) -> (tgid, comm)) of exited
+    processes to forget now, as (address, gen, lock id or None), and which
+    to keep one round more: those whose lock has no id yet (known(address,
+    gen) is None: no row of it read yet) and were not kept last round
+    (unread_before). A process that starts after an interval's read of the
+    lock map and exits before the round has its owner entry in the round
+    but its rows only in the next read: forgotten at once, its rows came
+    out with no owner (1 to 23 of ~380 short processes in a churn run). One
+    round is enough (a round follows a read of the map); an entry whose
+    rows never come (none counted: a full map) goes then.
+    Generation 0 entries stay: without generations an entry is its
+    address's, for the next process there."""
+    forget: list[tuple[int, int, int | None]] = []
+    unread: set[tuple[int, int]] = set()
+    for (address, gen), (tgid, _comm) in entries.items():
+        if gen == 0 or alive(tgid):
+            continue
+        lock_id = known(address, gen)
+        if lock_id is None and (address, gen) not in unread_before:
+            unread.add((address, gen))
+            continue
+        forget.append((address, gen, lock_id))
+    return forget, unread
+
+
 def distinct_labels(labels: dict[int, str], addresses: dict[int, int]) -> dict[int, str]:
     """labels (lock id -> label) made distinct where locks share one: a
     process that execs the same program has an mmap_lock per mm, all

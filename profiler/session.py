@@ -50,8 +50,8 @@ RETIRE_ENV = "LOCKPROF_TEST_RETIRE_S"
 # Rows idle for this many rounds (60 s) are retired too (those of the locks
 # the live view shows only once the map is half full).
 IDLE_ROUNDS = 6
-# Once the lock map is over half full, a round comes every interval instead
-# of every RETIRE_NS, and rows idle this long retire. Under process churn
+# Once the lock map is over half full, rows idle this long retire. Under
+# process churn
 # (a parallel build) new processes' mmap_locks came faster than 10 s rounds
 # freed the exited ones' rows: at 400 short processes a second the 4,096
 # rows filled in ~3 s, and every lock first seen after that was lost
@@ -59,6 +59,14 @@ IDLE_ROUNDS = 6
 # their back-off, next_crowded_wait).
 # A fork storm of thousands a second still outruns them (docs/performance.md).
 CROWDED_IDLE_S = 2.0
+# Once the lock map is over 1/ROUND_FILL full, a round comes every interval
+# instead of every RETIRE_NS (with next_crowded_wait's back-off). From half
+# full, churn kept the map near half full, and a burst of other processes
+# beside it (a shell starting a hundred in 0.14 s, ~4 rows each) had only
+# the other half: 15.5-21.6% of the figures lost in four runs of 32
+# processes a second with three such bursts at 512 rows, 9.5-15.0% from an
+# eighth (the twenty-fourth session).
+ROUND_FILL = 8
 
 
 @dataclass
@@ -289,9 +297,10 @@ def _say_view_failed(line: str, exc: Exception) -> None:
 
 
 def _crowded(snapshot, capacity: int) -> bool:
-    """The lock map is crowded (snapshot.rows: one entry a row in use,
-    retired ones not yet freed included): time for a round."""
-    return over_half(len(snapshot.rows), capacity)
+    """The lock map is crowded enough for a round every interval
+    (snapshot.rows: one entry a row in use, retired ones not yet freed
+    included; ROUND_FILL)."""
+    return len(snapshot.rows) > capacity // ROUND_FILL
 
 
 def over_half(rows: int, capacity: int) -> bool:

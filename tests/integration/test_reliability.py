@@ -121,7 +121,7 @@ def test_full_maps_are_counted_reported_and_collection_goes_on(lockprof_factory,
     # Snapshots kept coming (rows exist only for intervals with activity on
     # the 16 locks that got a row, so count the snapshots themselves).
     assert rec.meta["snapshots"] >= 5
-    # A map over half full brings a retirement round every interval, not
+    # A map over an eighth full brings a retirement round every interval, not
     # every 10 s (profiler/session.py _crowded): the rows of exited
     # processes' locks were freed for new ones during the 3 s run.
     assert rec.meta["locks_retired"] > 0

@@ -7,10 +7,12 @@ that later processes reuse (a retired key coming back at a new index)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 
-from conftest import Held
+from conftest import LOCKPROF, Held
 
 import profiler
 from profiler.bpf import MAX_ENTRIES_ENV
@@ -92,43 +94,59 @@ def test_exited_processes_lock_rows_retire_and_every_figure_stays(lockprof_facto
     assert set(held_pids) & set(rec.tasks["tgid"]), "no exited process's task rows"
 
 
-def _spawn_at(rate: float, seconds: float) -> int:
-    """Short-lived processes (/bin/true), rate a second for seconds, as a
-    parallel build starts compilers: each brings an mm, so an mmap_lock."""
-    start, spawned = time.monotonic(), 0
-    while time.monotonic() - start < seconds:
-        subprocess.run(["/bin/true"], check=True)
-        spawned += 1
-        time.sleep(max(0.0, start + spawned / rate - time.monotonic()))
-    return spawned
+SPAWNER = """
+import subprocess, sys, time
+rate, seconds, out = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+start, spawned = time.monotonic(), 0
+while time.monotonic() - start < seconds:
+    subprocess.run(["/bin/true"], check=True)
+    spawned += 1
+    time.sleep(max(0.0, start + spawned / rate - time.monotonic()))
+with open(out, "w") as counted:
+    counted.write(str(spawned))
+"""
 
 
-def test_process_churn_does_not_fill_the_lock_map(lockprof_factory, tmp_path):
-    """Every map capped at 512 entries; ~380 processes come and go over
-    12 s, more mmap_locks than the map holds. Once it is over half full, a
-    retirement round comes every interval (profiler/session.py _crowded),
-    so the exited processes' rows are freed for the new ones in time: no
-    lock is lost. With a round every 10 s, the map filled after ~2 s and
-    every lock seen after that was lost (stats_map_full): 6.2% and 49.6% of
-    the figures in two runs at this cap and rate (the nineteenth session's
-    start, 1532a84, as the round fell), none now (0.9% with two pyenv shim
-    bursts of ~100 processes beside it). At 256 entries and 16 a second the
-    test failed now and then in the full suite: such a burst took 19% of
-    that smaller map's figures."""
-    lp = lockprof_factory(
-        "record", "-a", "-q", "-i", "0.5", "-o", "c.lpr", env={MAX_ENTRIES_ENV: "512"}
-    )
-    lp.wait_attached()
-    spawned = _spawn_at(rate=32, seconds=12)
-    time.sleep(1.0)
-    code, _out, err = lp.stop()
-    assert code == 0, err
-    rec = profiler.load(tmp_path / "c.lpr", summary_only=True)
+def test_process_churn_does_not_fill_the_lock_map(tmp_path):
+    """Every map capped at 512 entries; a command starts ~380 short
+    processes over 12 s (32 a second, as a parallel build starts
+    compilers), each with its own mm, so its own mmap_lock: more rows than
+    the map holds. Once the map is an eighth full, a retirement round comes
+    every interval (profiler/session.py _crowded), so the exited processes'
+    rows are freed for the new ones in time: no lock is lost, and every
+    process's lock is in the recording. With a round every 10 s, the map
+    filled after ~2 s and every lock seen after that was lost
+    (stats_map_full: 6.2% and 49.6% of the figures in two runs at this cap
+    and rate, the nineteenth session's start, 1532a84).
+
+    --follow keeps the map to the command's processes: system-wide (as this
+    test was until the twenty-fourth session), a burst of other processes
+    on the machine fills a map this small whatever the rounds (~4 rows per
+    process: a hundred processes started by a shell in 0.14 s take ~400 of
+    its 512; 12-22% of the figures lost in four runs here) and once failed
+    the test in CI (9.7%)."""
+    done = subprocess.run(
+        [*LOCKPROF, "run", "-f", "-i", "0.5", "-q", "-o", str(tmp_path / "c.lpr"), "--",
+         sys.executable, "-c", SPAWNER, "32", "12", str(tmp_path / "spawned")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, MAX_ENTRIES_ENV: "512"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    spawned = int((tmp_path / "spawned").read_text())
+    rec = profiler.load(tmp_path / "c.lpr")
     assert spawned >= 360
-    # System-wide, another burst on the machine (a pyenv shim starts ~100
-    # processes) can still fill the map for a moment: a few lost figures,
-    # where 10 s rounds lost most of them.
-    lost = rec.meta["errors"]["stats_map_full"]
-    counted = int(rec.interval_totals[["acquisitions", "contended"]].to_numpy().sum())
-    assert lost <= 0.03 * (lost + counted), rec.meta["errors"]
+    errors = rec.meta["errors"]
+    full = {name: count for name, count in errors.items() if name.endswith("_full")}
+    assert len(full) >= 5 and not any(full.values()), errors
+    assert rec.meta["followed"] == spawned  # its descendants
     assert len(rec.locks) > 512 and rec.meta["locks_retired"] > 512
+    # Every process's own mmap_lock was counted and named (the spawner's
+    # too), under the lock id its task rows carry. A process that started
+    # after an interval's read and exited before the round lost its id with
+    # its owner, and its rows came back under a new id, unnamed and apart
+    # from its task rows (profiler/bpf.py _lock_ids_in_kernel, lockids.py
+    # dead_owners): in 8 of 11 runs with a shell's bursts beside them.
+    owners = set(rec.locks["owner_pid"].dropna().astype(int))
+    assert len(owners) == spawned + 1, (len(owners), spawned)
+    counted = set(rec.intervals.loc[rec.intervals["source"] == 0, "lock"])
+    tasks = set(rec.tasks.loc[rec.tasks["source"] == 0, "lock"])
+    assert tasks <= counted, len(tasks - counted)

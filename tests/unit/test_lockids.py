@@ -124,3 +124,36 @@ def _no_callers():
     from profiler.recording import CALLER_COLUMNS
 
     return pd.DataFrame(columns=CALLER_COLUMNS)
+
+
+def test_an_exited_owner_whose_rows_are_not_read_yet_is_kept_one_round():
+    """A process that started after the interval's read of the lock map and
+    exited before the round: its owner entry is kept one round, until the
+    next read hands its lock an id (forgotten then with its owner); an
+    entry whose rows never come is forgotten the round after."""
+    ids = LockIds()
+    known_id = ids.id_of(0x1000, 7)
+    entries = {
+        (0x1000, 7): (10, "seen"),  # exited, its row read: forgotten now
+        (0x2000, 8): (11, "late"),  # exited, no row read yet: kept
+        (0x3000, 9): (12, "alive"),  # alive: kept, not deferred
+        (0x4000, 0): (13, "nogen"),  # no generations: the address's, kept
+    }
+    alive = {12}.__contains__
+    forget, unread = lockids.dead_owners(entries, alive, ids.find, set())
+    assert forget == [(0x1000, 7, known_id)]
+    assert unread == {(0x2000, 8)}
+
+    # Next round: the late process's row was read in between.
+    late_id = ids.id_of(0x2000, 8)
+    again = {key: entries[key] for key in [(0x2000, 8), (0x3000, 9), (0x4000, 0)]}
+    forget, unread = lockids.dead_owners(again, alive, ids.find, unread)
+    assert forget == [(0x2000, 8, late_id)]
+    assert unread == set()
+
+    # An entry whose rows never come goes on the second round.
+    never = {(0x5000, 3): (14, "lost")}
+    forget, unread = lockids.dead_owners(never, alive, ids.find, set())
+    assert (forget, unread) == ([], {(0x5000, 3)})
+    forget, unread = lockids.dead_owners(never, alive, ids.find, unread)
+    assert (forget, unread) == ([(0x5000, 3, None)], set())

@@ -85,13 +85,13 @@ def test_a_crowded_map_retires_rows_no_view_shows_after_a_short_idle():
     assert ((SPIN_LOCK, 1, SRC_CONT), 4) not in busy
 
 
-def test_a_round_comes_every_interval_once_the_lock_map_is_over_half_full():
+def test_a_round_comes_every_interval_once_the_lock_map_is_over_an_eighth_full():
     class Snapshot:
         def __init__(self, rows: int):
             self.rows = {(lock, 1, 0, lock): None for lock in range(rows)}
 
-    assert not session._crowded(Snapshot(2048), 4096)
-    assert session._crowded(Snapshot(2049), 4096)
+    assert not session._crowded(Snapshot(512), 4096)
+    assert session._crowded(Snapshot(513), 4096)
 
 
 def test_a_row_never_seen_active_is_not_idle():
