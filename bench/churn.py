@@ -5,7 +5,9 @@ parallel build starts compilers; each brings a new mm, so a new mmap_lock.
     python3 bench/churn.py 400 10
 
 docs/performance.md ("Nineteenth session") runs it under `lockprof record -a`
-to see whether the kernel's lock map keeps up (`stats_map_full`)."""
+to see whether the kernel's lock map keeps up (`stats_map_full`), and
+docs/reliability.md ("Short processes") with bursts beside it;
+tests/integration/test_retire.py runs it under `lockprof run -f`."""
 
 from __future__ import annotations
 

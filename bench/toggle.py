@@ -69,15 +69,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from profiler import bpf as bpf_mod  # noqa: E402
 from profiler import probes, schema  # noqa: E402
 from profiler.cli.common import parse_lock_types  # noqa: E402
 from profiler.options import CollectOptions  # noqa: E402
+
+if TYPE_CHECKING:  # imported where used: the unit tests load this file without it
+    from profiler import bpf as bpf_mod
 
 sys.path.insert(0, str(REPO / "bench"))
 import overhead  # noqa: E402  (its bpftrace script)
@@ -207,6 +210,8 @@ class ProcessSwitch:
 
 
 def floor_switch() -> Switch:
+    from profiler import bpf as bpf_mod
+
     events = [p.point.target for p in lockprof_plans()]
     prog = bpf_mod.empty_programs(events)  # attached: switched off below
     switch = Switch(prog, {e.split(":", 1)[1]: f"floor_{i}" for i, e in enumerate(events)})
@@ -225,6 +230,8 @@ def lockprof_switches(
     """lockprof's programs as `lockprof record -a [--lock-types ...]`
     compiles and configures them, armed, then detached: one switch per state
     that uses them."""
+    from profiler import bpf as bpf_mod
+
     options = CollectOptions(lock_types=lock_types)
     plans = lockprof_plans()
     session = bpf_mod.BpfSession.for_collection(plans, options)
@@ -359,6 +366,8 @@ def load(states: list[str], args: argparse.Namespace, cleanup: contextlib.ExitSt
 
 
 def run(args: argparse.Namespace) -> Results:
+    from profiler import bpf as bpf_mod
+
     states = args.states.split(",")
     results = Results(states)
     with contextlib.ExitStack() as cleanup:

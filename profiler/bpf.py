@@ -24,7 +24,7 @@ import numpy as np
 from profiler import btf, ksyms, probecache, schema
 from profiler.allocator import release_free_heap
 from profiler.errors import LockprofError, MechanismUnavailable
-from profiler.lockids import LockIds, dead_owners
+from profiler.lockids import LockIds, dead_owners, ids_in_use
 from profiler.options import CollectOptions
 from profiler.probes import OPTIONAL_FAMILIES, Plan
 from profiler.spool import RecordSpool
@@ -1343,20 +1343,11 @@ class BpfSession:
         return len(gone)
 
     def _lock_ids_in_kernel(self) -> set[int]:
-        """The ids of the kernel's lock rows: those read and not yet freed
-        (each was handed out when read), and those lp_slots holds now that
-        have an id. A process that starts after an interval's read and
-        exits before the round has rows no read has seen, but an id already
-        if its task rows were retired (retire_dead_tasks names them):
-        forgotten then, its rows got a new id at the next read, with no
-        owner and apart from its task rows (1 to 23 of ~380 short
-        processes in a churn run)."""
-        in_use = {self.lock_ids.id_of(key[0], key[3]) for key in self._kernel_keys.values()}
-        for key in self._bpf["lp_slots"]:
-            lock_id = self.lock_ids.find(int(key.lock), int(key.mm_gen))
-            if lock_id is not None:
-                in_use.add(lock_id)
-        return in_use
+        """The ids of the kernel's lock rows (lockids.ids_in_use): those
+        read, and those lp_slots holds now."""
+        published = [(int(key.lock), int(key.mm_gen)) for key in self._bpf["lp_slots"]]
+        read = [(key[0], key[3]) for key in self._kernel_keys.values()]
+        return ids_in_use(self.lock_ids, read, published)
 
     def run_stats(self) -> dict[str, tuple[int, int]]:
         """BPF function -> (runs, run time ns), while run_stats_enabled()."""

@@ -50,22 +50,21 @@ RETIRE_ENV = "LOCKPROF_TEST_RETIRE_S"
 # Rows idle for this many rounds (60 s) are retired too (those of the locks
 # the live view shows only once the map is half full).
 IDLE_ROUNDS = 6
-# Once the lock map is over half full, rows idle this long retire. Under
-# process churn
-# (a parallel build) new processes' mmap_locks came faster than 10 s rounds
-# freed the exited ones' rows: at 400 short processes a second the 4,096
-# rows filled in ~3 s, and every lock first seen after that was lost
-# (stats_map_full: 176,299 figures in 10 s, against 56 with these rounds and
-# their back-off, next_crowded_wait).
-# A fork storm of thousands a second still outruns them (docs/performance.md).
+# Once the lock map is over half full, rows idle this long retire (but the
+# live view's).
 CROWDED_IDLE_S = 2.0
 # Once the lock map is over 1/ROUND_FILL full, a round comes every interval
-# instead of every RETIRE_NS (with next_crowded_wait's back-off). From half
-# full, churn kept the map near half full, and a burst of other processes
-# beside it (a shell starting a hundred in 0.14 s, ~4 rows each) had only
-# the other half: 15.5-21.6% of the figures lost in four runs of 32
-# processes a second with three such bursts at 512 rows, 9.5-15.0% from an
-# eighth (the twenty-fourth session).
+# instead of every RETIRE_NS (with next_crowded_wait's back-off). Under
+# process churn (a parallel build) new processes' mmap_locks came faster
+# than 10 s rounds freed the exited ones' rows: at 400 short processes a
+# second the 4,096 rows filled in ~3 s, and every lock first seen after that
+# was lost (stats_map_full: 176,299 figures in 10 s, against 56 with rounds
+# every interval from half full). From half full, churn kept the map near
+# half full, and a burst of other processes beside it (a shell starting a
+# hundred in 0.14 s, ~4 rows each) had only the other half: 15.5-21.6% of
+# the figures lost in four runs of 32 processes a second with three such
+# bursts at 512 rows, 9.5-15.0% from an eighth (the twenty-fourth session).
+# A fork storm of thousands a second still outruns them (docs/performance.md).
 ROUND_FILL = 8
 
 
@@ -304,8 +303,8 @@ def _crowded(snapshot, capacity: int) -> bool:
 
 
 def over_half(rows: int, capacity: int) -> bool:
-    """What crowded means for a lock map of capacity rows, both for when a
-    round runs (_crowded) and for what it retires (locks_to_retire)."""
+    """What crowded means for what a round retires (locks_to_retire) from a
+    lock map of capacity rows (rounds come sooner: _crowded)."""
     return rows > capacity // 2
 
 
