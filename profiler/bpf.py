@@ -24,7 +24,7 @@ import numpy as np
 from profiler import btf, ksyms, probecache, schema
 from profiler.allocator import release_free_heap
 from profiler.errors import LockprofError, MechanismUnavailable
-from profiler.lockids import LockIds, dead_owners, ids_in_use
+from profiler.lockids import LockIds, dead_owners
 from profiler.options import CollectOptions
 from profiler.probes import OPTIONAL_FAMILIES, Plan
 from profiler.spool import RecordSpool
@@ -979,6 +979,7 @@ class BpfSession:
         """((lock id, flags, source), lp_stats index) of every row: those
         lp_slots publishes, and the retired ones not yet freed."""
         named = []
+        self.lock_ids.read_begins()
         for key, slot in self._bpf["lp_slots"].items():
             kernel_key = (int(key.lock), int(key.flags), int(key.source), int(key.mm_gen))
             self._kernel_keys[slot.value] = kernel_key
@@ -1328,7 +1329,10 @@ class BpfSession:
                     del gens[gens.Key(address)]
             with contextlib.suppress(KeyError):
                 del owners[owners.Key(address, gen)]
-        in_use = self._lock_ids_in_kernel()
+        # Ids of the rows read and not yet freed (each was handed out when
+        # read), and of rows perhaps not read yet.
+        in_use = {self.lock_ids.id_of(key[0], key[3]) for key in self._kernel_keys.values()}
+        in_use |= self.lock_ids.since_read()
         gone = self.lock_ids.to_forget(in_use, alive)
         rows = [self.lock_ids.forget(lock_id) for lock_id in gone]
         self._forgotten.append(
@@ -1341,13 +1345,6 @@ class BpfSession:
             )
         )
         return len(gone)
-
-    def _lock_ids_in_kernel(self) -> set[int]:
-        """The ids of the kernel's lock rows (lockids.ids_in_use): those
-        read, and those lp_slots holds now."""
-        published = [(int(key.lock), int(key.mm_gen)) for key in self._bpf["lp_slots"]]
-        read = [(key[0], key[3]) for key in self._kernel_keys.values()]
-        return ids_in_use(self.lock_ids, read, published)
 
     def run_stats(self) -> dict[str, tuple[int, int]]:
         """BPF function -> (runs, run time ns), while run_stats_enabled()."""

@@ -23,7 +23,7 @@ from the owner map, and recorded per id with set_owner().
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # A top byte of 0x01..0x7e: no canonical x86-64 address (4- or 5-level paging)
@@ -49,6 +49,8 @@ class LockIds:
     _seen: set[int] = field(default_factory=set)  # addresses that have an id
     _owner: dict[int, tuple[int, str | None]] = field(default_factory=dict)  # id -> (tgid, comm)
     _next: int = SYNTHETIC_BASE
+    # Ids handed out since the kernel's lock rows were last read (read_begins)
+    _since_read: set[int] = field(default_factory=set)
 
     def id_of(self, address: int, gen: int) -> int:
         """The id of the mmap_lock at address of the mm of generation gen
@@ -66,7 +68,23 @@ class LockIds:
             self._seen.add(address)
         self._ids[(address, gen)] = lock_id
         self._key[lock_id] = (address, gen)
+        self._since_read.add(lock_id)
         return lock_id
+
+    def read_begins(self) -> None:
+        """The kernel's lock rows are being read: ids handed out from now on
+        may have rows that read did not see (since_read)."""
+        self._since_read = set()
+
+    def since_read(self) -> set[int]:
+        """Ids handed out since the last read of the kernel's lock rows
+        began. They count as in use (to_forget): a process that starts
+        after an interval's read and exits before the round has rows no
+        read has seen, but an id already once its task rows are retired
+        (they name theirs). Forgotten then, its rows got a new id at the
+        next read, with no owner and apart from its task rows (1 to 23 of
+        ~380 short processes in a churn run)."""
+        return set(self._since_read)
 
     def find(self, address: int, gen: int) -> int | None:
         """The id of (address, gen) if one was handed out (gen 0: the
@@ -109,29 +127,9 @@ class LockIds:
         the address still get new ids, never this one."""
         address, gen = self._key.pop(lock_id, (lock_id, 0))
         self._ids.pop((address, gen), None)
+        self._since_read.discard(lock_id)
         tgid, comm = self._owner.pop(lock_id, (None, None))
         return address, tgid, comm
-
-
-def ids_in_use(
-    lock_ids: LockIds,
-    read: Iterable[tuple[int, int]],
-    published: Iterable[tuple[int, int]],
-) -> set[int]:
-    """The ids of the kernel's lock rows, as (address, gen): those read and
-    not yet freed (each was handed out when read), and those the kernel
-    publishes now that have an id (none is handed out for them here). A
-    process that starts after an interval's read and exits before the round
-    has rows no read has seen, but an id already if its task rows were
-    retired (they name theirs): forgotten then, its rows got a new id at the
-    next read, with no owner and apart from its task rows (1 to 23 of ~380
-    short processes in a churn run)."""
-    in_use = {lock_ids.id_of(address, gen) for address, gen in read}
-    for address, gen in published:
-        lock_id = lock_ids.find(address, gen)
-        if lock_id is not None:
-            in_use.add(lock_id)
-    return in_use
 
 
 def dead_owners(

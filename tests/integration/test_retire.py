@@ -136,7 +136,7 @@ def test_process_churn_does_not_fill_the_lock_map(tmp_path):
     # too), under the lock id its task rows carry. A process that started
     # after an interval's read and exited before the round lost its id with
     # its owner, and its rows came back under a new id, unnamed and apart
-    # from its task rows (profiler/bpf.py _lock_ids_in_kernel, lockids.py
+    # from its task rows (profiler/lockids.py LockIds.since_read and
     # dead_owners): in 8 of 11 runs with a shell's bursts beside them.
     owners = set(rec.locks["owner_pid"].dropna().astype(int))
     assert len(owners) == spawned + 1, (len(owners), spawned)

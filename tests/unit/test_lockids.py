@@ -159,27 +159,31 @@ def test_an_exited_owner_whose_rows_are_not_read_yet_is_kept_one_round():
     assert (forget, unread) == ([(0x5000, 3, None)], set())
 
 
-def test_an_id_a_task_row_gave_an_unread_row_is_not_forgotten():
+def test_an_id_handed_out_since_the_last_read_is_not_forgotten():
     """The round's sequence for a process that started after the read and
     exited before the round: retiring its task rows hands its lock an id;
-    its lock rows are in the kernel (published) but not read. The id, and
-    its owner, must stay for the next read to find; once no kernel row
-    has it, it goes."""
+    its lock rows are in the kernel but not read. The id, and its owner,
+    must stay for the next read to find; after a read that did not see
+    them, it goes."""
     ids = LockIds()
+    ids.read_begins()
     read_id = ids.id_of(0x1000, 1)  # an earlier process's row, read
-    task_id = ids.id_of(0x1000, 2)  # from the late process's task rows
+    ids.read_begins()  # the next interval's read: it sees that row again
+    assert ids.id_of(0x1000, 1) == read_id
+    task_id = ids.id_of(0x1000, 2)  # the late process's task rows, after the read
     ids.set_owner(task_id, 20, "late")
-    gone = {20}
-    alive = lambda tgid: tgid not in gone  # noqa: E731
+    alive = {20: False}.get
 
-    in_use = lockids.ids_in_use(ids, read=[(0x1000, 1)], published=[(0x1000, 1), (0x1000, 2)])
-    assert in_use == {read_id, task_id}
-    assert task_id not in ids.to_forget(in_use, alive)
+    read = {read_id}  # the ids of the rows read (bpf.py _kernel_keys)
+    assert ids.since_read() == {task_id}
+    assert task_id not in ids.to_forget(read | ids.since_read(), alive)
     assert ids.id_of(0x1000, 2) == task_id  # the next read finds it...
     assert ids.owner_of(task_id) == (20, "late")  # ...with its owner
 
-    # Without the published keys (only the rows read) it was forgotten.
-    assert task_id in ids.to_forget(lockids.ids_in_use(ids, [(0x1000, 1)], []), alive)
-    # A key published with no id yet gets none here.
-    assert lockids.ids_in_use(ids, [], [(0x9000, 5)]) == set()
-    assert ids.find(0x9000, 5) is None
+    # Without it (only the rows read) it was forgotten.
+    assert task_id in ids.to_forget(read, alive)
+    # A read that did not see its rows: it goes.
+    ids.read_begins()
+    assert task_id in ids.to_forget(read | ids.since_read(), alive)
+    ids.forget(task_id)
+    assert ids.since_read() == set()
