@@ -16,6 +16,7 @@ import time
 from conftest import LOCKPROF, REPO, Held
 
 import profiler
+from profiler import schema
 from profiler.bpf import MAX_ENTRIES_ENV
 from profiler.session import RETIRE_ENV
 
@@ -140,6 +141,7 @@ def test_process_churn_does_not_fill_the_lock_map(tmp_path):
     # dead_owners): in 8 of 11 runs with a shell's bursts beside them.
     owners = set(rec.locks["owner_pid"].dropna().astype(int))
     assert len(owners) == spawned + 1, (len(owners), spawned)
-    counted = set(rec.intervals.loc[rec.intervals["source"] == 0, "lock"])
-    tasks = set(rec.tasks.loc[rec.tasks["source"] == 0, "lock"])
+    mmap = schema.const("LP_SRC_MMAP_LOCK")
+    counted = set(rec.intervals.loc[rec.intervals["source"] == mmap, "lock"])
+    tasks = set(rec.tasks.loc[rec.tasks["source"] == mmap, "lock"])
     assert tasks <= counted, len(tasks - counted)
