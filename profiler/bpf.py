@@ -433,15 +433,15 @@ class Precompiled:
     seconds: float
 
 
-def precompile(families: Iterable[str]) -> Precompiled:
+def precompile(families: Iterable[str], directory: Path) -> Precompiled:
     """Put the probes a collection of these families loads into the
     compiled-probe cache, unless an entry is there: compile them, load
     every program (the kernel verifies each, nothing attaches) and keep
     them. `make setup` runs this (`lockprof precompile`), so that the first
     collection after setting up starts from the cache, as perf's lock
-    contention starts from the skeleton compiled with perf. Raises
-    LockprofError when the cache is off or cannot hold the entry."""
-    directory = probecache.usable_dir()
+    contention starts from the skeleton compiled with perf. directory: the
+    cache's, from probecache.usable_dir() (the cache is on and can hold
+    entries). Raises LockprofError when the entry cannot be kept."""
     flags, key = _flags_and_key(families)
     assert key is not None  # the cache is on: usable_dir() said so
     if probecache.load(key) is not None:

@@ -45,10 +45,10 @@ def command(extra, as_json) -> None:
 
     # The cache is root's only: a user with CAP_BPF and CAP_PERFMON is told
     # that, not that those capabilities would do.
-    probecache.usable_dir()
+    directory = probecache.usable_dir()
     privileges.require()
     families = tuple(dict.fromkeys((*DEFAULT_FAMILIES, *extra)))  # --with twice: once
-    done = bpf.precompile(families)
+    done = bpf.precompile(families, directory)
     if as_json:
         result = {
             "directory": str(done.directory),

@@ -186,7 +186,7 @@ def test_a_precompile_that_fails_leaves_nothing_loaded_and_no_entry(monkeypatch,
 
     monkeypatch.setattr(bpf, "keep_compiled", cannot_keep)
     with pytest.raises(LockprofError, match="kept nowhere, for the test"):
-        bpf.precompile(DEFAULT_FAMILIES)
+        bpf.precompile(DEFAULT_FAMILIES, probecache.usable_dir())
     assert lockprof_programs() == []
     assert not list(directory.glob("*.json"))
 
