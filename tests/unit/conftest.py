@@ -6,6 +6,7 @@ needs root: the whole suite must pass as an unprivileged user.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -38,14 +39,23 @@ settings.load_profile("lockprof-unit")
 BPF_MODULES = ("profiler.bpf", "bcc")
 
 
-@pytest.fixture(autouse=True)
-def _no_bpf_import():
-    """Fail any unit test that drags in the BPF side (it needs bcc and root).
-    (In a whole-tree run the integration tests may have imported it already.)"""
+@contextlib.contextmanager
+def no_bpf_import(what: str = "unit tests"):
+    """Fail if the code run inside drags in the BPF side (it needs bcc and
+    root). (In a whole-tree run the integration tests may have imported it
+    already.)"""
     before = {m for m in BPF_MODULES if m in sys.modules}
     yield
     leaked = [m for m in BPF_MODULES if m in sys.modules and m not in before]
-    assert not leaked, f"unit tests must not import {leaked}"
+    assert not leaked, f"{what} must not import {leaked}"
+
+
+@pytest.fixture(autouse=True)
+def _no_bpf_import():
+    """Every unit test, under no_bpf_import (a module-scoped fixture's
+    imports happen outside it: such a fixture uses it itself)."""
+    with no_bpf_import():
+        yield
 
 
 # -- the real recording ---------------------------------------------------------

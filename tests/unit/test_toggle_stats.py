@@ -2,12 +2,11 @@
 windows (no root: nothing is attached)."""
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import BPF_MODULES
+from .conftest import no_bpf_import
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,12 +16,10 @@ def toggle():
     """bench/toggle.py, loaded once: the BPF side it imports where it is
     used stays out (conftest's guard, per test, would not see a module
     fixture's imports)."""
-    before = {name for name in BPF_MODULES if name in sys.modules}
     spec = importlib.util.spec_from_file_location("toggle", REPO / "bench" / "toggle.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    leaked = [name for name in BPF_MODULES if name in sys.modules and name not in before]
-    assert not leaked, f"bench/toggle.py imports {leaked}"
+    with no_bpf_import("bench/toggle.py"):
+        spec.loader.exec_module(module)
     return module
 
 
